@@ -1,0 +1,1 @@
+"""The anyplane front end: grammar, parser, checks, lowering and the CLI."""

@@ -1,0 +1,344 @@
+"""The surface syntax as frozen dataclasses, each with the span it was parsed from.
+
+These types stop at `compiler/`: lowering turns them into `anyplane.ir`, and
+nothing outside this package sees them. Block items keep their source order
+so that `fmt` can print them back as written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from anyplane.ir.source import Span
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """A name, keyword value or other bare token, with its span."""
+
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Num:
+    """An integer literal."""
+
+    value: int
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Str:
+    """A string literal, unescaped (`raw` keeps the source text)."""
+
+    value: str
+    raw: str
+    span: Span
+
+
+# ---- endpoints ---------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class AddressClause:
+    """`address CIDR, CIDR...`"""
+
+    addresses: tuple[Word, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class PortClause:
+    """`port N PROTOCOL`"""
+
+    number: Num
+    protocol: Word
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class VersionClause:
+    """`version NAME address CIDR, ...`"""
+
+    name: Word
+    addresses: tuple[Word, ...]
+    span: Span
+
+
+ServiceItem = Union[AddressClause, PortClause, VersionClause]
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """`service NAME { items }`"""
+
+    name: Word
+    items: tuple[ServiceItem, ...]
+    span: Span
+
+    @property
+    def addresses(self) -> tuple[Word, ...]:
+        """Every address of the service's `address` clauses."""
+        return tuple(a for item in self.items if isinstance(item, AddressClause) for a in item.addresses)
+
+    @property
+    def ports(self) -> tuple[PortClause, ...]:
+        """The `port` clauses."""
+        return tuple(item for item in self.items if isinstance(item, PortClause))
+
+    @property
+    def versions(self) -> tuple[VersionClause, ...]:
+        """The `version` clauses."""
+        return tuple(item for item in self.items if isinstance(item, VersionClause))
+
+
+@dataclass(frozen=True, slots=True)
+class External:
+    """`external NAME { address ... }`"""
+
+    name: Word
+    items: tuple[AddressClause, ...]
+    span: Span
+
+    @property
+    def addresses(self) -> tuple[Word, ...]:
+        """Every address of the external's `address` clauses."""
+        return tuple(a for item in self.items for a in item.addresses)
+
+
+# ---- rules -------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class EndpointRef:
+    """One endpoint in a rule or pattern: `name`, `name.version`, an address or `any`."""
+
+    kind: str  # "name" | "version" | "address" | "any"
+    name: Word | None
+    version: Word | None
+    address: Word | None
+    span: Span
+
+    @property
+    def text(self) -> str:
+        """The endpoint as written, canonically."""
+        if self.kind == "any":
+            return "any"
+        if self.kind == "address":
+            return self.address.text
+        if self.kind == "version":
+            return f"{self.name.text}.{self.version.text}"
+        return self.name.text
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    """`N` or `LO-HI`."""
+
+    lo: Num
+    hi: Num
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class L4:
+    """The L4 part: `tcp|udp [PORTS] [sport PORTS]`, `icmp [type N [code M]]`, `proto N`."""
+
+    kind: str  # "tcp" | "udp" | "icmp" | "proto"
+    ports: tuple[PortRange, ...]
+    sports: tuple[PortRange, ...]
+    icmp_type: Num | None
+    icmp_code: Num | None
+    proto: Num | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderTest:
+    """`header "name" present|absent|= "value"`."""
+
+    name: Str
+    test: str  # "present" | "absent" | "equals"
+    value: Str | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class L7:
+    """The HTTP part: `http [METHODS] [PATHS] [host H] [header ...]`; empty methods = any."""
+
+    methods: tuple[Word, ...]
+    any_method: bool
+    paths: tuple[Word, ...]
+    host: Str | None
+    headers: tuple[HeaderTest, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """`rate N/UNIT [burst B]`."""
+
+    count: int
+    unit: str
+    burst: Num | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """`SRC -> DST [l4] [l7]`: the flow set of a rule, assert, query or explain."""
+
+    src: tuple[EndpointRef, ...]
+    dst: tuple[EndpointRef, ...]
+    l4: L4 | None
+    l7: L7 | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """`allow|deny PATTERN [rate ...] [priority N]`."""
+
+    verdict: Word
+    pattern: Pattern
+    rates: tuple[Rate, ...]
+    priorities: tuple[Num, ...]
+    span: Span
+
+    @property
+    def rate(self) -> Rate | None:
+        """The rate clause, if any (checks reject more than one)."""
+        return self.rates[0] if self.rates else None
+
+    @property
+    def priority(self) -> int:
+        """The rule's priority (0 when not given)."""
+        return self.priorities[0].value if self.priorities else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Default:
+    """`default allow|deny`."""
+
+    verdict: Word
+    span: Span
+
+
+# ---- traffic management --------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class BackendRef:
+    """`VERSION [N%]` inside `to`."""
+
+    version: Word
+    weight: Num | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTo:
+    """`to v1 80%, v2 20%`."""
+
+    backends: tuple[BackendRef, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTimeout:
+    """`timeout DURATION`."""
+
+    duration: Word
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRetry:
+    """`retry N [on COND, ...] [per-try DURATION]`."""
+
+    attempts: Num
+    conditions: tuple[Word, ...]
+    per_try: Word | None
+    span: Span
+
+
+RouteItem = Union[RouteTo, RouteTimeout, RouteRetry]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """`route SERVICE http ... { items }`."""
+
+    service: Word
+    l7: L7
+    items: tuple[RouteItem, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class LimitValue:
+    """`max-connections N` and friends."""
+
+    key: Word
+    value: Num
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class LimitEject:
+    """`eject N consecutive COND for DURATION`."""
+
+    consecutive: Num
+    condition: Word
+    duration: Word
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """`limits SERVICE { items }`."""
+
+    service: Word
+    items: tuple[Union[LimitValue, LimitEject], ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Assert:
+    """`assert [not] reachable PATTERN`."""
+
+    reachable: bool
+    pattern: Pattern
+    span: Span
+
+
+Statement = Union[Service, External, Default, Rule, Route, Limits, Assert]
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    """A `#` comment, kept for `fmt`."""
+
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """One parsed file: its statements and comments."""
+
+    path: str
+    statements: tuple[Statement, ...]
+    comments: tuple[Comment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Several files that form one policy (names are global)."""
+
+    files: tuple[SourceFile, ...]
+
+    @property
+    def statements(self) -> tuple[Statement, ...]:
+        """Every statement of every file, in file order."""
+        return tuple(s for f in self.files for s in f.statements)

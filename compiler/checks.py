@@ -1,0 +1,306 @@
+"""Semantic checks: every mistake in a policy becomes a diagnostic at its span.
+
+    ast.Policy --check--> (Symbols, [Diagnostic])
+
+All checks run; nothing stops at the first error. Lowering runs only on a
+policy with no error-level diagnostics, so it may assume what is checked here.
+"""
+
+from __future__ import annotations
+
+from anyplane.ir.actions import EJECT_CONDITIONS, RETRY_CONDITIONS
+from anyplane.ir.nodes import MAX_PRIORITY
+from anyplane.ir.source import Diagnostic, Note, Span, error
+
+from . import ast
+from .symbols import Declaration, ResolveError, Symbols, collect, resolve
+from .values import (check_header_name, check_header_value, check_host, check_method, parse_duration_ms,
+                     parse_rate_unit, path_match)
+
+MAX_RETRIES = 25
+
+
+class Checker:
+    """Collects diagnostics over a whole policy."""
+
+    def __init__(self, symbols: Symbols):
+        self.symbols = symbols
+        self.diags: list[Diagnostic] = []
+
+    def err(self, span: Span, code: str, message: str, *notes: Note) -> None:
+        """Record an error."""
+        self.diags.append(error(span, code, message, *notes))
+
+    def attempt(self, span: Span, code: str, fn, *args):
+        """Call a value parser; on ValueError record it and return None."""
+        try:
+            return fn(*args)
+        except ValueError as exc:
+            self.err(span, code, str(exc))
+            return None
+
+    # -- declarations -------------------------------------------------------
+    def declarations(self) -> None:
+        """Addresses (duplicates, versions inside their service) and ports."""
+        seen: dict = {}
+        for decl in self.symbols.decls.values():
+            owned = [(p, w, decl.name) for p, w in decl.prefixes]
+            for v, ps in decl.version_prefixes.items():
+                owned += [(p, w, f"{decl.name}.{v}") for p, w in ps]
+                for p, w in ps:
+                    if not any(sp.covers(p) for sp, _ in decl.prefixes):
+                        self.err(w.span, "version-outside",
+                                 f"version '{v}' address {p} is outside the addresses of service '{decl.name}'")
+            for p, w, owner in owned:
+                if p in seen:
+                    first_w, first_owner = seen[p]
+                    self.err(w.span, "duplicate-address",
+                             f"{p} is declared by both '{first_owner}' and '{owner}'; ownership would be ambiguous",
+                             Note(first_w.span, "first declared here"))
+                else:
+                    seen[p] = (w, owner)
+            if decl.kind == "service":
+                self._ports(decl)
+
+    def _ports(self, decl: Declaration) -> None:
+        numbers: dict[int, ast.PortClause] = {}
+        for pc in decl.node.ports:
+            n = pc.number.value
+            if not 1 <= n <= 65535:
+                self.err(pc.number.span, "bad-port", f"port {n} is out of range 1-65535")
+            elif n in numbers:
+                self.err(pc.number.span, "duplicate-port", f"port {n} of '{decl.name}' is declared twice",
+                         Note(numbers[n].span, "first declared here"))
+            numbers[n] = pc
+
+    # -- patterns -----------------------------------------------------------
+    def pattern(self, p: ast.Pattern) -> None:
+        """Endpoints, L4 and L7 parts of a rule, assert or query pattern."""
+        src = self._endpoints(p.src)
+        dst = self._endpoints(p.dst)
+        if src is not None and dst is not None and not (src & dst):
+            fam = lambda s: " and ".join(f"IPv{f}" for f in sorted(s)) or "no"
+            self.err(p.span, "family-mismatch",
+                     f"source has only {fam(src)} addresses and destination only {fam(dst)} addresses: "
+                     "this can never match")
+        if p.l4 is not None:
+            self._l4(p.l4)
+        if p.l7 is not None:
+            self.l7(p.l7)
+            self._http_port(p)
+
+    def _endpoints(self, refs) -> set[int] | None:
+        families: set[int] = set()
+        ok = True
+        for ref in refs:
+            try:
+                families |= resolve(ref, self.symbols).families
+            except ResolveError as exc:
+                self.err(ref.span, exc.code, exc.message)
+                ok = False
+        return families if ok else None
+
+    def _ranges(self, ranges, what: str) -> None:
+        for r in ranges:
+            for n in (r.lo, r.hi):
+                if not 0 <= n.value <= 65535:
+                    self.err(n.span, "bad-port", f"{what} {n.value} is out of range 0-65535")
+            if r.lo.value > r.hi.value:
+                self.err(r.span, "empty-range", f"{what} range {r.lo.value}-{r.hi.value} is empty")
+
+    def _l4(self, l4: ast.L4) -> None:
+        self._ranges(l4.ports, "port")
+        self._ranges(l4.sports, "source port")
+        for n, what in ((l4.icmp_type, "ICMP type"), (l4.icmp_code, "ICMP code"), (l4.proto, "protocol")):
+            if n is not None and not 0 <= n.value <= 255:
+                self.err(n.span, "bad-number", f"{what} {n.value} is out of range 0-255")
+
+    def l7(self, l7: ast.L7) -> None:
+        """Methods, paths, host and headers of an HTTP part."""
+        for m in l7.methods:
+            self.attempt(m.span, "bad-method", check_method, m.text)
+        for p in l7.paths:
+            self.attempt(p.span, "bad-path", path_match, p.text)
+        if l7.host is not None:
+            self.attempt(l7.host.span, "bad-host", check_host, l7.host.value)
+        names: dict[str, ast.HeaderTest] = {}
+        for h in l7.headers:
+            self.attempt(h.name.span, "bad-header", check_header_name, h.name.value)
+            if h.value is not None:
+                self.attempt(h.value.span, "bad-header", check_header_value, h.value.value)
+            if h.name.value in names:
+                self.err(h.span, "duplicate-clause", f"header '{h.name.value}' is tested twice",
+                         Note(names[h.name.value].span, "first tested here"))
+            names[h.name.value] = h
+
+    def _http_port(self, p: ast.Pattern) -> None:
+        if p.l4 is not None:
+            if p.l4.kind != "tcp":
+                self.err(p.l4.span, "http-needs-tcp", "HTTP runs over TCP: use 'tcp PORT http ...' or drop the L4 part")
+            return
+        for ref in p.dst:
+            if ref.kind in ("any", "address"):
+                self.err(ref.span, "no-http-port",
+                         f"'{ref.text}' has no http port: write 'tcp PORT http ...' to say which port")
+                continue
+            decl = self.symbols.decls.get(ref.name.text)
+            if decl is None:
+                continue
+            if not decl.http_ports:
+                what = "an external" if decl.kind == "external" else "a service with no 'port N http'"
+                self.err(ref.span, "no-http-port",
+                         f"'{decl.name}' is {what}: write 'tcp PORT http ...' or declare an http port")
+
+    # -- statements -----------------------------------------------------------
+    def rule(self, r: ast.Rule) -> None:
+        """A policy rule: its pattern, rate and priority."""
+        self.pattern(r.pattern)
+        for extra in r.rates[1:]:
+            self.err(extra.span, "duplicate-clause", "a rule takes one 'rate' clause",
+                     Note(r.rates[0].span, "first given here"))
+        for extra in r.priorities[1:]:
+            self.err(extra.span, "duplicate-clause", "a rule takes one 'priority' clause",
+                     Note(r.priorities[0].span, "first given here"))
+        for n in r.priorities[:1]:
+            if n.value > MAX_PRIORITY:
+                self.err(n.span, "bad-priority", f"priority {n.value} is out of range 0-{MAX_PRIORITY}")
+        for rate in r.rates[:1]:
+            if r.verdict.text == "deny":
+                self.err(rate.span, "bad-rate", "a deny rule cannot have a rate limit")
+            self.attempt(rate.span, "bad-rate", parse_rate_unit, rate.unit)
+            if rate.count <= 0:
+                self.err(rate.span, "bad-rate", "a rate must be at least 1")
+            if rate.burst is not None and rate.burst.value <= 0:
+                self.err(rate.burst.span, "bad-rate", "a burst must be at least 1")
+
+    def route(self, r: ast.Route) -> None:
+        """A route: its service, match, backends, timeout and retry policy."""
+        decl = self.symbols.decls.get(r.service.text)
+        if decl is None:
+            self.err(r.service.span, "unknown-name", f"unknown service '{r.service.text}'")
+        elif decl.kind != "service":
+            self.err(r.service.span, "not-a-service", f"'{decl.name}' is an external; only services have routes")
+            decl = None
+        elif not decl.http_ports:
+            self.err(r.service.span, "no-http-port", f"service '{decl.name}' has no http port to route")
+        self.l7(r.l7)
+        firsts: dict[type, object] = {}
+        for item in r.items:
+            if type(item) in firsts:
+                self.err(item.span, "duplicate-clause", "this clause is given twice in one route",
+                         Note(firsts[type(item)].span, "first given here"))
+                continue
+            firsts[type(item)] = item
+            if isinstance(item, ast.RouteTo):
+                self._backends(item, decl)
+            elif isinstance(item, ast.RouteTimeout):
+                self.attempt(item.duration.span, "bad-duration", parse_duration_ms, item.duration.text)
+            else:
+                self._retry(item)
+
+    def _backends(self, to: ast.RouteTo, decl: Declaration | None) -> None:
+        seen: dict[str, ast.BackendRef] = {}
+        for b in to.backends:
+            v = b.version.text
+            if decl is not None and v not in decl.versions:
+                known = ", ".join(sorted(decl.versions)) or "none"
+                self.err(b.version.span, "unknown-version",
+                         f"service '{decl.name}' has no version '{v}' (versions: {known})")
+            if v in seen:
+                self.err(b.span, "duplicate-clause", f"version '{v}' appears twice", Note(seen[v].span, "first here"))
+            seen[v] = b
+            if b.weight is not None and not 0 <= b.weight.value <= 100:
+                self.err(b.weight.span, "bad-weight", f"weight {b.weight.value}% is out of range 0-100%")
+        weights = [b.weight for b in to.backends]
+        if len(weights) == 1 and weights[0] is None:
+            return
+        missing = [b for b in to.backends if b.weight is None]
+        if missing:
+            self.err(missing[0].span, "bad-weight", "give every version a weight when splitting traffic")
+            return
+        total = sum(w.value for w in weights)
+        if total != 100:
+            self.err(to.span, "bad-weight", f"weights add up to {total}%, not 100%")
+
+    def _retry(self, r: ast.RouteRetry) -> None:
+        if not 0 <= r.attempts.value <= MAX_RETRIES:
+            self.err(r.attempts.span, "bad-retry", f"retry count {r.attempts.value} is out of range 0-{MAX_RETRIES}")
+        for c in r.conditions:
+            if c.text not in RETRY_CONDITIONS:
+                self.err(c.span, "bad-retry", f"unknown retry condition '{c.text}'; use one of {', '.join(RETRY_CONDITIONS)}")
+        if r.per_try is not None:
+            self.attempt(r.per_try.span, "bad-duration", parse_duration_ms, r.per_try.text)
+
+    def limits(self, lim: ast.Limits) -> None:
+        """Circuit-breaking limits of a service."""
+        decl = self.symbols.decls.get(lim.service.text)
+        if decl is None:
+            self.err(lim.service.span, "unknown-name", f"unknown service '{lim.service.text}'")
+        elif decl.kind != "service":
+            self.err(lim.service.span, "not-a-service", f"'{decl.name}' is an external; only services have limits")
+        seen: dict[str, object] = {}
+        for item in lim.items:
+            key = item.key.text if isinstance(item, ast.LimitValue) else "eject"
+            if key in seen:
+                self.err(item.span, "duplicate-clause", f"'{key}' is given twice", Note(seen[key].span, "first here"))
+            seen[key] = item
+            if isinstance(item, ast.LimitValue):
+                if item.value.value < 1:
+                    self.err(item.value.span, "bad-limit", f"'{key}' must be at least 1")
+                continue
+            if item.consecutive.value < 1:
+                self.err(item.consecutive.span, "bad-limit", "eject needs at least 1 consecutive error")
+            if item.condition.text not in EJECT_CONDITIONS:
+                self.err(item.condition.span, "bad-limit",
+                         f"unknown ejection condition '{item.condition.text}'; use {' or '.join(EJECT_CONDITIONS)}")
+            self.attempt(item.duration.span, "bad-duration", parse_duration_ms, item.duration.text)
+
+    def uniqueness(self, policy: ast.Policy) -> None:
+        """One default, one limits block per service, no two routes with the same match."""
+        defaults = [s for s in policy.statements if isinstance(s, ast.Default)]
+        for extra in defaults[1:]:
+            self.err(extra.span, "duplicate-default", "the default is set twice",
+                     Note(defaults[0].span, "first set here"))
+        limits: dict[str, ast.Limits] = {}
+        for s in policy.statements:
+            if isinstance(s, ast.Limits):
+                if s.service.text in limits:
+                    self.err(s.span, "duplicate-clause", f"'{s.service.text}' has two limits blocks",
+                             Note(limits[s.service.text].span, "first here"))
+                limits.setdefault(s.service.text, s)
+        matches: dict[tuple, ast.Route] = {}
+        for s in policy.statements:
+            if not isinstance(s, ast.Route):
+                continue
+            l7 = s.l7
+            base = (s.service.text, frozenset(m.text for m in l7.methods),
+                    l7.host.value if l7.host else None,
+                    frozenset((h.name.value, h.test, h.value.value if h.value else None) for h in l7.headers))
+            for path in l7.paths or (ast.Word("/*", l7.span),):
+                key = base + (path.text,)
+                if key in matches:
+                    self.err(path.span, "duplicate-route",
+                             f"this route matches exactly what another route of '{s.service.text}' matches "
+                             f"({path.text}); precedence cannot order them",
+                             Note(matches[key].span, "the other route"))
+                matches.setdefault(key, s)
+
+
+def check(policy: ast.Policy) -> tuple[Symbols, list[Diagnostic]]:
+    """Run every check; diagnostics come back sorted by position."""
+    symbols, diags = collect(policy)
+    checker = Checker(symbols)
+    checker.declarations()
+    for stmt in policy.statements:
+        if isinstance(stmt, ast.Rule):
+            checker.rule(stmt)
+        elif isinstance(stmt, ast.Route):
+            checker.route(stmt)
+        elif isinstance(stmt, ast.Limits):
+            checker.limits(stmt)
+        elif isinstance(stmt, ast.Assert):
+            checker.pattern(stmt.pattern)
+    checker.uniqueness(policy)
+    out = diags + checker.diags
+    out.sort(key=lambda d: (d.span.file, d.span.line, d.span.col) if d.span else ("", 0, 0))
+    return symbols, out

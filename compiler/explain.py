@@ -1,0 +1,90 @@
+"""explain: why one flow gets its verdict, as a JSON-ready dict.
+
+The verdict comes from the reference interpreter; the kernel/switch verdict
+is the interpreter on the L4 projection, so users see both layers at once.
+"""
+
+from __future__ import annotations
+
+from anyplane.ir.addr import format_address
+from anyplane.ir.flow import Flow
+from anyplane.ir.interp import evaluate, match_holds
+from anyplane.ir.nodes import Program, decision_key
+from anyplane.ir.printer import format_action, format_breaker
+from anyplane.ir.project import project_l4
+
+
+def _rule_text(program: Program, rule_id: str | None) -> str | None:
+    if rule_id is None:
+        return None
+    try:
+        return program.rule(rule_id).text
+    except KeyError:
+        return None
+
+
+def explain(program: Program, flow: Flow) -> dict:
+    """Verdict, deciding rule, route, limits, every matching rule and the L4-projection verdict."""
+    d = evaluate(program, flow)
+    below = evaluate(project_l4(program), flow.without_http())
+    matching = sorted((e for e in program.acl.entries if match_holds(e.match, flow, d.src_id, d.dst_id)),
+                      key=decision_key)
+    seen, matched = set(), []
+    for e in matching:
+        if e.rule in seen:
+            continue
+        seen.add(e.rule)
+        matched.append({"rule": e.origin.loc, "priority": e.priority, "action": format_action(e.action),
+                        "text": _rule_text(program, e.rule)})
+    rate = d.rate
+    route = None
+    if d.route is not None:
+        a = d.route.action
+        route = {"rule": d.route.origin.loc, "service": a.service,
+                 "split": [{"version": b.version, "weight": b.weight} for b in a.split],
+                 "timeout_ms": a.timeout_ms,
+                 "retry": None if a.retry is None else {"attempts": a.retry.attempts, "on": list(a.retry.on),
+                                                        "per_try_ms": a.retry.per_try_ms},
+                 "text": format_action(a)}
+    return {
+        "flow": flow.text,
+        "verdict": d.verdict,
+        "rule": d.rule,
+        "rule_text": _rule_text(program, d.entry.rule if d.entry else None),
+        "default": d.entry is None,
+        "src": {"address": format_address(flow.family, flow.src), "identity": d.src_id},
+        "dst": {"address": format_address(flow.family, flow.dst), "identity": d.dst_id},
+        "rate": None if rate is None else {"count": rate.count, "per_s": rate.per_s, "burst": rate.burst},
+        "route": route,
+        "limits": None if d.limits is None else format_breaker(d.limits),
+        "matched": matched,
+        "l4_verdict": below.verdict,
+        "l4_rule": below.rule,
+    }
+
+
+def format_explanation(x: dict) -> str:
+    """The text form of `explain`."""
+    def who(end: dict) -> str:
+        return f"{end['address']} ({end['identity'] or 'unowned'})"
+
+    lines = [f"flow      {x['flow']}", f"source    {who(x['src'])}", f"dest      {who(x['dst'])}",
+             f"verdict   {x['verdict']}"]
+    if x["default"]:
+        lines.append("rule      (no rule matches: the default decides)")
+    else:
+        lines.append(f"rule      {x['rule']}  {x['rule_text']}")
+    if x["rate"]:
+        r = x["rate"]
+        lines.append(f"rate      {r['count']} per {r['per_s']}s, burst {r['burst']}")
+    if x["route"]:
+        lines.append(f"route     {x['route']['rule']}  {x['route']['text']}")
+    if x["limits"]:
+        lines.append(f"limits    {x['limits']}")
+    l4_rule = f" ({x['l4_rule']})" if x["l4_rule"] else " (default)"
+    lines.append(f"below L7  {x['l4_verdict']}{l4_rule}  [what kernel and switch engines decide]")
+    others = x["matched"][1:] if not x["default"] else x["matched"]
+    if others:
+        lines.append("also matched, lower in precedence:")
+        lines += [f"  {m['rule']}  [{m['priority']}] {m['text']}" for m in others]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,145 @@
+"""The compile pipeline as a list of stages: read -> parse -> check -> lower -> validate.
+
+    load(["policies/"])  ->  Compiled(policy, symbols, program, sources)
+
+Every stage that finds errors raises `DiagnosticError` with all of them.
+`--dump-after STAGE` prints the state after a stage (`parse`: the formatted
+AST; `lower`: the IR dump; `project`: the L4 projection).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from anyplane.ir import printer, validate
+from anyplane.ir.nodes import Assert, Program, Table
+from anyplane.ir.project import project_l4
+from anyplane.ir.source import DiagnosticError, SourceMap, error
+
+from . import ast
+from .checks import check
+from .fmt import format_file, format_pattern
+from .lower.endpoints import resolve_endpoints
+from .lower.matches import lower_pattern
+from .lower.routes import lower_limits, order_routes
+from .lower.rules import expand_rules
+from .parser import parse_file
+from .symbols import Symbols
+
+STAGES = ("parse", "check", "lower", "project")
+POLICY_SUFFIX = ".ap"
+
+
+class UsageError(Exception):
+    """Bad command-line input (missing file, empty directory): exit code 2."""
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """The result of compiling a policy: every intermediate form, for tools that need them."""
+
+    policy: ast.Policy
+    symbols: Symbols
+    program: Program
+    sources: SourceMap
+
+
+def read_sources(paths: list[str]) -> list[tuple[str, str]]:
+    """Files named, and `*.ap` files under directories named, in a stable order."""
+    files: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(str(f) for f in Path(p).rglob(f"*{POLICY_SUFFIX}") if f.is_file())
+            if not found:
+                raise UsageError(f"no {POLICY_SUFFIX} files under directory '{p}'")
+            files += found
+        elif os.path.isfile(p):
+            files.append(p)
+        else:
+            raise UsageError(f"no such file or directory: '{p}'")
+    out, seen = [], set()
+    for f in files:
+        if f in seen:
+            continue
+        seen.add(f)
+        try:
+            with open(f, encoding="utf-8") as fh:
+                out.append((f, fh.read()))
+        except UnicodeDecodeError as exc:
+            raise DiagnosticError([error(None, "bad-encoding", f"{f}: not UTF-8 text ({exc.reason})")]) from None
+        except OSError as exc:
+            raise UsageError(f"cannot read '{f}': {exc.strerror}") from None
+    return out
+
+
+def parse_policy(sources: list[tuple[str, str]]) -> ast.Policy:
+    """Parse every file, reporting the syntax errors of all of them together."""
+    files, diagnostics = [], []
+    for path, text in sources:
+        try:
+            files.append(parse_file(text, path))
+        except DiagnosticError as exc:
+            diagnostics += exc.diagnostics
+    if diagnostics:
+        raise DiagnosticError(diagnostics)
+    return ast.Policy(tuple(files))
+
+
+def check_policy(policy: ast.Policy) -> Symbols:
+    """Run the checks; raise with every error found."""
+    symbols, diagnostics = check(policy)
+    errors = [d for d in diagnostics if d.severity == "error"]
+    if errors:
+        raise DiagnosticError(errors)
+    return symbols
+
+
+def lower_policy(policy: ast.Policy, symbols: Symbols) -> Program:
+    """AST -> IR, through the lowering passes in order."""
+    identities, endpoints = resolve_endpoints(symbols)
+    stmts = policy.statements
+    rules, acl = expand_rules([s for s in stmts if isinstance(s, ast.Rule)], symbols)
+    routes = order_routes([s for s in stmts if isinstance(s, ast.Route)], symbols)
+    limits = lower_limits([s for s in stmts if isinstance(s, ast.Limits)])
+    default = next((s for s in stmts if isinstance(s, ast.Default)), None)
+    asserts = tuple(Assert(s.reachable, lower_pattern(s.pattern, symbols), s.span, format_pattern(s.pattern))
+                    for s in stmts if isinstance(s, ast.Assert))
+    program = Program(
+        default=default.verdict.text if default else "deny",
+        default_origin=default.span if default else None,
+        identities=identities,
+        endpoints=endpoints,
+        acl=Table("acl", acl),
+        routes=Table("routes", routes),
+        limits=limits,
+        asserts=asserts,
+        rules=rules,
+    )
+    return validate.check(program)
+
+
+def compile_sources(sources: list[tuple[str, str]], dump_after: str | None = None, dump=print) -> Compiled:
+    """Run the whole pipeline on in-memory sources."""
+    source_map = SourceMap(dict(sources))
+    try:
+        policy = parse_policy(sources)
+        if dump_after == "parse":
+            for f in policy.files:
+                dump(f"# {f.path}\n{format_file(f)}")
+        symbols = check_policy(policy)
+        program = lower_policy(policy, symbols)
+    except DiagnosticError as exc:
+        exc.sources = source_map
+        raise
+    if dump_after == "lower":
+        dump(printer.dump(program))
+    elif dump_after == "project":
+        dump(printer.dump(project_l4(program)))
+    return Compiled(policy, symbols, program, source_map)
+
+
+def load(paths: list[str], dump_after: str | None = None, dump=print) -> Compiled:
+    """Read files and directories, then compile them as one policy."""
+    return compile_sources(read_sources(paths), dump_after, dump)

@@ -1,0 +1,98 @@
+"""Literal values of the language: addresses, durations, rates, paths, headers.
+
+Each parser returns the value or raises ValueError with a message fit for a
+diagnostic. Checks call them to report errors; lowering calls them again on
+input the checks accepted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from anyplane.ir.addr import Prefix
+from anyplane.ir.flow import HTTP_METHODS
+
+DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+RATE_UNITS_S = {"s": 1, "m": 60, "h": 3600}
+MAX_DURATION_MS = 24 * 3_600_000
+
+_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()+;=:@/%]*")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+
+
+def parse_prefix(text: str) -> Prefix:
+    """An address or CIDR; a bare address means a host prefix."""
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        reason = str(exc)
+        if "has host bits set" in reason:
+            suggestion = ipaddress.ip_network(text, strict=False)
+            raise ValueError(f"'{text}' has host bits set; did you mean {suggestion}?") from None
+        raise ValueError(f"'{text}' is not a valid IPv4 or IPv6 address or prefix") from None
+    return Prefix(net.version, int(net.network_address), net.prefixlen)
+
+
+def parse_duration_ms(text: str) -> int:
+    """`250ms`, `2s`, `1m`, `1h` -> milliseconds (positive, at most a day)."""
+    m = re.fullmatch(r"([0-9]+)([a-z]+)", text)
+    if not m or m.group(2) not in DURATION_UNITS_MS:
+        raise ValueError(f"'{text}' is not a duration; use a number with ms, s, m or h (e.g. 250ms, 2s)")
+    value = int(m.group(1)) * DURATION_UNITS_MS[m.group(2)]
+    if value <= 0:
+        raise ValueError(f"duration '{text}' must be positive")
+    if value > MAX_DURATION_MS:
+        raise ValueError(f"duration '{text}' is longer than 24h")
+    return value
+
+
+def parse_rate_unit(unit: str) -> int:
+    """`s`, `m`, `h` -> seconds per period."""
+    if unit not in RATE_UNITS_S:
+        raise ValueError(f"unknown rate unit '/{unit}'; use /s, /m or /h")
+    return RATE_UNITS_S[unit]
+
+
+def check_method(method: str) -> None:
+    """Raise unless the method is a standard HTTP method."""
+    if method not in HTTP_METHODS:
+        raise ValueError(f"unknown HTTP method '{method}'; use one of {', '.join(HTTP_METHODS)}")
+
+
+def path_match(path: str) -> tuple[str, str]:
+    """`/a` -> ("exact", "/a"); `/a/*` -> ("prefix", "/a/"); `/*` -> ("prefix", "/")."""
+    if not path.startswith("/"):
+        raise ValueError(f"path '{path}' must start with '/'")
+    body, kind = (path[:-1], "prefix") if path.endswith("/*") else (path, "exact")
+    if "*" in body:
+        raise ValueError(f"path '{path}': '*' is only allowed as a final '/*' (prefix match)")
+    if not _PATH_CHARS.fullmatch(body):
+        bad = next(ch for ch in body if not _PATH_CHARS.fullmatch(ch))
+        raise ValueError(f"path '{path}' contains {bad!r}, which is not allowed in a URL path")
+    segments = body.split("/")[1:-1] if kind == "prefix" else body.split("/")[1:]
+    if any(seg in (".", "..") for seg in segments) or "//" in body:
+        raise ValueError(f"path '{path}' is not normalised (no '.', '..' or empty segments)")
+    if "%" in body and not re.fullmatch(r"([^%]|%[0-9A-Fa-f]{2})*", body):
+        raise ValueError(f"path '{path}' has a malformed percent-escape")
+    return kind, body
+
+
+def check_header_name(name: str) -> None:
+    """Raise unless the name is a lower-case HTTP header token (not a pseudo-header)."""
+    if not _HEADER_NAME.fullmatch(name):
+        raise ValueError(f"header name {name!r} must be a lower-case HTTP token (letters, digits, '-')")
+
+
+def check_header_value(value: str) -> None:
+    """Raise unless the value is printable ASCII without leading or trailing blanks."""
+    if any(not (0x20 <= ord(ch) < 0x7F) for ch in value):
+        raise ValueError("header values must be printable ASCII")
+    if value != value.strip():
+        raise ValueError("header values must not start or end with a space")
+
+
+def check_host(host: str) -> None:
+    """Raise unless the host is a DNS name or address, optionally with a port."""
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?", host):
+        raise ValueError(f"host {host!r} must be a lower-case DNS name, optionally with :port")

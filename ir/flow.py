@@ -1,0 +1,153 @@
+"""Concrete flows and HTTP requests: the inputs of the reference interpreter.
+
+A flow is one packet's worth of header fields (or one HTTP request with the
+connection it travels on). `Flow.text` renders it in the policy's pattern
+syntax, so a flow printed by any command can be pasted into
+`anyplane explain --flow`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from . import fields as F
+from .addr import WIDTH, format_address
+
+TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
+PORT_PROTOCOLS = (TCP, UDP)
+ICMP_PROTOCOLS = (ICMP, ICMP6)
+PROTOCOL_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMP6: "icmp"}
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+
+
+def quote(text: str) -> str:
+    """A policy-syntax string literal (JSON escaping is a subset of ours)."""
+    return json.dumps(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request: method, path (no query string), host and headers (lower-case names)."""
+
+    method: str
+    path: str
+    host: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [n for n, _ in self.headers]
+        if names != sorted(set(names)) or any(n != n.lower() for n in names):
+            raise ValueError("request headers must have distinct lower-case names, sorted")
+
+    def header(self, name: str) -> str | None:
+        """Value of a header, or None when absent."""
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A concrete flow: addresses, protocol, ports or ICMP type/code, optional HTTP request."""
+
+    family: int
+    src: int
+    dst: int
+    proto: int
+    sport: int | None = None
+    dport: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    http: Request | None = None
+
+    def __post_init__(self) -> None:
+        if self.family not in WIDTH:
+            raise ValueError("family must be 4 or 6")
+        limit = 1 << WIDTH[self.family]
+        if not (0 <= self.src < limit and 0 <= self.dst < limit):
+            raise ValueError("address out of range for its family")
+        if not 0 <= self.proto <= 255:
+            raise ValueError("protocol out of range")
+        has_ports = self.proto in PORT_PROTOCOLS
+        if has_ports != (self.sport is not None and self.dport is not None):
+            raise ValueError("TCP and UDP flows, and only they, carry both ports")
+        for p in (self.sport, self.dport):
+            if p is not None and not 0 <= p <= 65535:
+                raise ValueError("port out of range")
+        if self.is_icmp != (self.icmp_type is not None and self.icmp_code is not None):
+            raise ValueError("ICMP (IPv4) and ICMPv6 (IPv6) flows, and only they, carry a type and a code")
+        if self.http is not None and self.proto != TCP:
+            raise ValueError("HTTP requests travel over TCP")
+
+    @property
+    def is_icmp(self) -> bool:
+        """ICMP over IPv4 or ICMPv6 over IPv6: the flows that carry a type and a code."""
+        return (self.proto, self.family) in ((ICMP, 4), (ICMP6, 6))
+
+    def value(self, field: str):
+        """The flow's value of a header field (None when the flow has no such field).
+
+        `src.id` and `dst.id` are not header fields: the interpreter resolves them.
+        """
+        if field == F.SRC_IP:
+            return (self.family, self.src)
+        if field == F.DST_IP:
+            return (self.family, self.dst)
+        simple = {F.PROTO: self.proto, F.SPORT: self.sport, F.DPORT: self.dport,
+                  F.ICMP_TYPE: self.icmp_type, F.ICMP_CODE: self.icmp_code}
+        if field in simple:
+            return simple[field]
+        if field == F.HTTP:
+            return True if self.http is not None else None
+        if self.http is None:
+            return None
+        if field == F.HTTP_METHOD:
+            return self.http.method
+        if field == F.HTTP_PATH:
+            return self.http.path
+        if field == F.HTTP_HOST:
+            return self.http.host
+        if field.startswith(F.HEADER_PREFIX):
+            return self.http.header(field[len(F.HEADER_PREFIX):])
+        raise KeyError(f"unknown field {field!r}")
+
+    def without_http(self) -> "Flow":
+        """The same flow as seen below L7 (what a kernel or switch sees)."""
+        if self.http is None:
+            return self
+        return Flow(self.family, self.src, self.dst, self.proto, self.sport, self.dport,
+                    self.icmp_type, self.icmp_code, None)
+
+    @property
+    def text(self) -> str:
+        """The flow in pattern syntax, e.g. `10.0.1.1 -> 10.0.2.1 tcp 9080 sport 49152`."""
+        parts = [format_address(self.family, self.src), "->", format_address(self.family, self.dst)]
+        if self.proto in PORT_PROTOCOLS:
+            parts += [PROTOCOL_NAMES[self.proto], str(self.dport), "sport", str(self.sport)]
+        elif self.is_icmp:
+            parts += ["icmp", "type", str(self.icmp_type), "code", str(self.icmp_code)]
+        else:
+            parts += ["proto", str(self.proto)]
+        if self.http is not None:
+            parts += ["http", self.http.method, self.http.path]
+            if self.http.host is not None:
+                parts += ["host", quote(self.http.host)]
+            for name, value in self.http.headers:
+                parts += ["header", quote(name), "=", quote(value)]
+        return " ".join(parts)
+
+    def to_json(self) -> dict:
+        """Structured fields beside the pattern-syntax text."""
+        out = {"flow": self.text, "family": self.family,
+               "src": format_address(self.family, self.src),
+               "dst": format_address(self.family, self.dst), "proto": self.proto}
+        if self.sport is not None:
+            out.update(sport=self.sport, dport=self.dport)
+        if self.icmp_type is not None:
+            out.update(icmp_type=self.icmp_type, icmp_code=self.icmp_code)
+        if self.http is not None:
+            out["http"] = {"method": self.http.method, "path": self.http.path,
+                           "host": self.http.host, "headers": dict(self.http.headers)}
+        return out

@@ -1,0 +1,121 @@
+"""Reference semantics: `evaluate(program, flow) -> Decision`.
+
+This module is the oracle every engine and the verifier are tested against,
+so it is written to be obviously right rather than fast: linear scans, one
+definition per match kind, no indexes.
+
+1. Each address belongs to the identity of the longest endpoint prefix that
+   contains it (or to nobody).
+2. Among the acl entries whose match holds, the one with the lowest
+   `decision_key` decides: highest priority, then deny before rate limit
+   before allow. With no matching entry, the program's default decides.
+3. An allowed HTTP request is routed by the highest-priority matching route
+   of its destination; circuit-breaking limits of the destination service apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import fields as F
+from .actions import CircuitBreaker, RateLimit
+from .flow import Flow
+from .match import (Absent, AnyOf, Exact, FieldMatch, InSet, Match, Present, PrefixMatch, Range,
+                    StrExact, StrPrefix, Ternary)
+from .nodes import Entry, Program, decision_key
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the policy does with one flow."""
+
+    verdict: str
+    entry: Entry | None
+    src_id: str | None
+    dst_id: str | None
+    route: Entry | None = None
+    limits: CircuitBreaker | None = None
+
+    @property
+    def rule(self) -> str | None:
+        """`FILE:LINE` of the deciding rule, or None when the default decided."""
+        return self.entry.origin.loc if self.entry else None
+
+    @property
+    def rate(self) -> RateLimit | None:
+        """The deciding rule's rate limit, if any."""
+        action = self.entry.action if self.entry else None
+        return action if isinstance(action, RateLimit) else None
+
+
+def owner(program: Program, family: int, address: int) -> str | None:
+    """The identity owning an address: the longest endpoint prefix containing it."""
+    best = None
+    for row in program.endpoints:
+        if row.prefix.contains(family, address):
+            if best is None or row.prefix.length > best.prefix.length:
+                best = row
+    return best.identity if best else None
+
+
+def field_matches(fm: FieldMatch, value) -> bool:
+    """Whether a field value satisfies a field match (None means the field is absent)."""
+    if isinstance(fm, Absent):
+        return value is None
+    if value is None:
+        return False
+    if isinstance(fm, AnyOf):
+        return any(field_matches(option, value) for option in fm.options)
+    if isinstance(fm, Present):
+        return True
+    if isinstance(fm, Exact) or isinstance(fm, StrExact):
+        return value == fm.value
+    if isinstance(fm, InSet):
+        return value in fm.values
+    if isinstance(fm, PrefixMatch):
+        family, address = value
+        return fm.prefix.contains(family, address)
+    if isinstance(fm, Range):
+        return fm.lo <= value <= fm.hi
+    if isinstance(fm, Ternary):
+        return value & fm.mask == fm.value
+    if isinstance(fm, StrPrefix):
+        return value.startswith(fm.value)
+    raise TypeError(f"unknown match kind {type(fm).__name__}")
+
+
+def match_holds(match: Match, flow: Flow, src_id: str | None, dst_id: str | None) -> bool:
+    """Whether every field match of `match` holds for the flow."""
+    for name, fm in match.fields:
+        if name == F.SRC_ID:
+            value = src_id
+        elif name == F.DST_ID:
+            value = dst_id
+        else:
+            value = flow.value(name)
+        if not field_matches(fm, value):
+            return False
+    return True
+
+
+def evaluate(program: Program, flow: Flow) -> Decision:
+    """Decide one flow: verdict, deciding entry, route and limits."""
+    src_id = owner(program, flow.family, flow.src)
+    dst_id = owner(program, flow.family, flow.dst)
+
+    matching = [e for e in program.acl.entries if match_holds(e.match, flow, src_id, dst_id)]
+    entry = min(matching, key=decision_key) if matching else None
+    verdict = entry.action.verdict if entry else program.default
+    if verdict != "allow":
+        return Decision(verdict, entry, src_id, dst_id)
+
+    route = None
+    if flow.http is not None:
+        routes = [e for e in program.routes.entries if match_holds(e.match, flow, src_id, dst_id)]
+        route = max(routes, key=lambda e: e.priority) if routes else None
+
+    limits = None
+    if dst_id is not None:
+        service = program.identity(dst_id).service
+        limits = next((lim.breaker for lim in program.limits if lim.service == service), None)
+    return Decision(verdict, entry, src_id, dst_id, route, limits)

@@ -1,0 +1,141 @@
+"""Match kinds: what a table entry requires of one field.
+
+A `Match` is a conjunction over fields; each field gets one `FieldMatch`.
+Disjunction inside a field is `AnyOf` (or `InSet` for exact values). The
+meaning of every kind is defined once, in `ir.interp.field_matches`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Union
+
+from .addr import Prefix
+from .fields import lookup, sort_key
+
+
+@dataclass(frozen=True, slots=True)
+class Exact:
+    """The field equals the value."""
+
+    value: int | str
+
+
+@dataclass(frozen=True, slots=True)
+class InSet:
+    """The field equals one of the values (sorted, distinct, non-empty)."""
+
+    values: tuple
+
+    def __post_init__(self) -> None:
+        if not self.values:
+            raise ValueError("InSet needs at least one value")
+        if tuple(sorted(set(self.values))) != self.values:
+            raise ValueError(f"InSet values must be sorted and distinct: {self.values!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """The address field lies inside the prefix (same family)."""
+
+    prefix: Prefix
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """The integer field lies in [lo, hi]."""
+
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        if self.lo > self.hi:
+            raise ValueError(f"empty range {self.lo}-{self.hi}")
+
+
+@dataclass(frozen=True, slots=True)
+class Ternary:
+    """`field & mask == value`; the value has no bits outside the mask."""
+
+    value: int
+    mask: int
+
+    def __post_init__(self) -> None:
+        if self.value & ~self.mask:
+            raise ValueError(f"ternary value {self.value:#x} has bits outside mask {self.mask:#x}")
+
+
+@dataclass(frozen=True, slots=True)
+class StrExact:
+    """The string field is present and equals the value."""
+
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class StrPrefix:
+    """The string field is present and starts with the value."""
+
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Present:
+    """The field is present (any value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Absent:
+    """The field is absent."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """At least one of the options holds (no nested AnyOf, at least one option)."""
+
+    options: tuple
+
+    def __post_init__(self) -> None:
+        if not self.options:
+            raise ValueError("AnyOf needs at least one option")
+        if any(isinstance(o, AnyOf) for o in self.options):
+            raise ValueError("AnyOf options must not be AnyOf")
+
+
+FieldMatch = Union[Exact, InSet, PrefixMatch, Range, Ternary, StrExact, StrPrefix, Present, Absent, AnyOf]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A conjunction of field matches, one per field, sorted by field; empty matches all."""
+
+    fields: tuple[tuple[str, FieldMatch], ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.fields]
+        for name in names:
+            lookup(name)
+        if names != sorted(set(names), key=sort_key):
+            raise ValueError(f"match fields must be distinct and in catalogue order: {names}")
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[str, FieldMatch]] | dict) -> "Match":
+        """Build a match from (field, match) pairs in any order."""
+        items = pairs.items() if isinstance(pairs, dict) else pairs
+        return cls(tuple(sorted(items, key=lambda kv: sort_key(kv[0]))))
+
+    def get(self, name: str) -> FieldMatch | None:
+        """The match on one field, or None when the field is unconstrained."""
+        for field_name, fm in self.fields:
+            if field_name == name:
+                return fm
+        return None
+
+    @property
+    def layer(self) -> str:
+        """The highest layer any constrained field belongs to (L3 when empty)."""
+        return max((lookup(n).layer for n, _ in self.fields), default="L3")
+
+    def without_layer(self, layer: str) -> "Match":
+        """This match with every field of the given layer dropped."""
+        return Match(tuple((n, m) for n, m in self.fields if lookup(n).layer != layer))

@@ -1,0 +1,170 @@
+"""Program structure: identities, the endpoint table, prioritised tables, asserts.
+
+A `Program` is what the compiler produces and what every engine and the
+verifier read. It is immutable; passes rewrite it with `dataclasses.replace`.
+Every entry carries `origin`, the span of the policy line it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .actions import CircuitBreaker, strictness
+from .addr import Prefix
+from .match import Match
+from .source import Span
+
+MAX_PRIORITY = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    """A declared service port and its application protocol (http, grpc, tcp, udp)."""
+
+    number: int
+    protocol: str
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A named owner of addresses: a service, a service version, or an external.
+
+    `id` is a small positive integer (0 means "owned by nobody"); engines that
+    key tables on identities use it. A version's `name` is `service.version`.
+    """
+
+    id: int
+    name: str
+    kind: str
+    service: str
+    version: str | None
+    ports: tuple[Port, ...]
+    origin: Span
+
+    @property
+    def http_ports(self) -> tuple[int, ...]:
+        """Ports that speak HTTP (http or grpc)."""
+        return tuple(p.number for p in self.ports if p.protocol in ("http", "grpc"))
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPrefix:
+    """One row of the ownership table: addresses in `prefix` belong to `identity`.
+
+    Longest prefix wins; no two rows share a prefix.
+    """
+
+    prefix: Prefix
+    identity: str
+    origin: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A table entry: if `match` holds, `action` applies, highest `priority` first.
+
+    `rule` names the policy rule the entry was lowered from; one rule may give
+    several entries (all share its origin and, for rate limits, its bucket).
+    """
+
+    priority: int
+    match: Match
+    action: object
+    origin: Span
+    rule: str
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.priority <= MAX_PRIORITY:
+            raise ValueError(f"priority {self.priority} out of 0..{MAX_PRIORITY}")
+
+    @property
+    def layer(self) -> str:
+        """The highest layer any matched field belongs to."""
+        return self.match.layer
+
+
+def decision_key(entry: Entry) -> tuple:
+    """Order in which matching acl entries decide: lower key wins.
+
+    Highest priority first; at equal priority deny beats rate limit beats
+    allow (the slower rate first); the remaining tie is broken by source
+    location so that the deciding rule reported is deterministic.
+    """
+    return (-entry.priority, strictness(entry.action), entry.origin)
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A prioritised match-action table."""
+
+    name: str
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A policy rule as written: its id, origin, action, layer and canonical text."""
+
+    id: str
+    origin: Span
+    action: str
+    layer: str
+    priority: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Circuit breaking for one destination service."""
+
+    service: str
+    breaker: CircuitBreaker
+    origin: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Assert:
+    """`assert [not] reachable PATTERN`: the pattern is a disjunction of matches."""
+
+    reachable: bool
+    pattern: tuple[Match, ...]
+    origin: Span
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """A whole policy, lowered."""
+
+    default: str
+    default_origin: Span | None
+    identities: tuple[Identity, ...]
+    endpoints: tuple[EndpointPrefix, ...]
+    acl: Table
+    routes: Table
+    limits: tuple[Limits, ...]
+    asserts: tuple[Assert, ...]
+    rules: tuple[Rule, ...]
+
+    def __post_init__(self) -> None:
+        if self.default not in ("allow", "deny"):
+            raise ValueError(f"default must be allow or deny, not {self.default!r}")
+
+    def identity(self, name: str) -> Identity:
+        """The identity with this name (KeyError if none)."""
+        for ident in self.identities:
+            if ident.name == name:
+                return ident
+        raise KeyError(name)
+
+    def rule(self, rule_id: str) -> Rule:
+        """The source rule with this id (KeyError if none)."""
+        for r in self.rules:
+            if r.id == rule_id:
+                return r
+        raise KeyError(rule_id)
+
+    def service_identities(self, service: str) -> tuple[str, ...]:
+        """Names of the identities that make up a service (the service and its versions)."""
+        return tuple(i.name for i in self.identities if i.service == service)
+

@@ -1,0 +1,43 @@
+"""The L4 projection: what an engine below L7 (kernel, switch) enforces.
+
+    allow/rate-limit with HTTP conditions  ->  allow of the same L3/L4 match
+    deny with HTTP conditions              ->  (dropped)
+    L3/L4 entries                          ->  unchanged
+
+The projection is never stricter than the policy: every request the policy
+allows travels on a flow the projection allows (docs/language.md proves it).
+Request rate limits are not packet rates, so they are not projected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .actions import Allow, Deny
+from .nodes import Entry, Program, Rule, Table
+
+ENFORCED = "enforced"
+PROJECTED = "l4-projection"
+SIDECAR_ONLY = "sidecar-only"
+
+
+def project_entry(entry: Entry) -> Entry | None:
+    """The L4 projection of one acl entry (None when it is not applied below L7)."""
+    if entry.layer != "L7":
+        return entry
+    if isinstance(entry.action, Deny):
+        return None
+    return replace(entry, match=entry.match.without_layer("L7"), action=Allow())
+
+
+def project_l4(program: Program) -> Program:
+    """The program an L3/L4 engine enforces: projected acl, no routes."""
+    entries = tuple(p for p in map(project_entry, program.acl.entries) if p is not None)
+    return replace(program, acl=Table(program.acl.name, entries), routes=Table(program.routes.name, ()))
+
+
+def enforcement(rule: Rule) -> str:
+    """How an L3/L4 engine treats a rule: enforced, as its L4 projection, or not at all."""
+    if rule.layer != "L7":
+        return ENFORCED
+    return SIDECAR_ONLY if rule.action == "deny" else PROJECTED
