@@ -63,15 +63,16 @@ class Checker:
                 self._ports(decl)
 
     def _ports(self, decl: Declaration) -> None:
-        numbers: dict[int, ast.PortClause] = {}
+        numbers: dict[tuple[int, str], ast.PortClause] = {}
         for pc in decl.node.ports:
             n = pc.number.value
+            key = (n, "udp" if pc.protocol.text == "udp" else "tcp")
             if not 1 <= n <= 65535:
                 self.err(pc.number.span, "bad-port", f"port {n} is out of range 1-65535")
-            elif n in numbers:
-                self.err(pc.number.span, "duplicate-port", f"port {n} of '{decl.name}' is declared twice",
-                         Note(numbers[n].span, "first declared here"))
-            numbers[n] = pc
+            elif key in numbers:
+                self.err(pc.number.span, "duplicate-port", f"{key[1]} port {n} of '{decl.name}' is declared twice",
+                         Note(numbers[key].span, "first declared here"))
+            numbers[key] = pc
 
     # -- patterns -----------------------------------------------------------
     def pattern(self, p: ast.Pattern) -> None:
@@ -102,7 +103,7 @@ class Checker:
 
     def _ranges(self, ranges, what: str) -> None:
         for r in ranges:
-            for n in (r.lo, r.hi):
+            for n in ((r.lo,) if r.lo is r.hi else (r.lo, r.hi)):
                 if not 0 <= n.value <= 65535:
                     self.err(n.span, "bad-port", f"{what} {n.value} is out of range 0-65535")
             if r.lo.value > r.hi.value:

@@ -57,6 +57,7 @@ class Symbols:
     """Every declaration of a policy by name."""
 
     decls: dict[str, Declaration] = field(default_factory=dict)
+    resolved: dict[str, "Resolved"] = field(default_factory=dict)
 
     def service(self, name: str) -> Declaration | None:
         """The service with this name, or None."""
@@ -129,7 +130,15 @@ def collect(policy: ast.Policy) -> tuple[Symbols, list[Diagnostic]]:
 
 
 def resolve(ref: ast.EndpointRef, symbols: Symbols) -> Resolved:
-    """Resolve an endpoint reference; raises ResolveError when it cannot."""
+    """Resolve an endpoint reference; raises ResolveError when it cannot (memoised per text)."""
+    text = ref.text
+    hit = symbols.resolved.get(text)
+    if hit is None:
+        hit = symbols.resolved[text] = _resolve(ref, symbols)
+    return hit
+
+
+def _resolve(ref: ast.EndpointRef, symbols: Symbols) -> Resolved:
     if ref.kind == "any":
         return Resolved("any")
     if ref.kind == "address":

@@ -65,8 +65,9 @@ def header_field(name: str) -> str:
 
 def lookup(name: str) -> Field:
     """The catalogue entry of a field, including `http.header.<name>` fields."""
-    if name in FIELDS:
-        return FIELDS[name]
+    found = FIELDS.get(name)
+    if found is not None:
+        return found
     if name.startswith(HEADER_PREFIX) and len(name) > len(HEADER_PREFIX):
         return Field(name, None, "L7", f"HTTP header {name[len(HEADER_PREFIX):]!r}")
     raise KeyError(f"unknown field {name!r}")
@@ -79,4 +80,5 @@ def layer(name: str) -> str:
 
 def sort_key(name: str) -> tuple[int, str]:
     """Catalogue order first, then header fields by name."""
-    return (FIELD_ORDER.get(name, len(FIELD_ORDER)), name)
+    rank = FIELD_ORDER.get(name)
+    return (rank, "") if rank is not None else (len(FIELD_ORDER), name)

@@ -112,11 +112,11 @@ class Match:
     fields: tuple[tuple[str, FieldMatch], ...] = ()
 
     def __post_init__(self) -> None:
-        names = [name for name, _ in self.fields]
-        for name in names:
+        keys = [sort_key(name) for name, _ in self.fields]
+        for name, _ in self.fields:
             lookup(name)
-        if names != sorted(set(names), key=sort_key):
-            raise ValueError(f"match fields must be distinct and in catalogue order: {names}")
+        if any(a >= b for a, b in zip(keys, keys[1:])):
+            raise ValueError(f"match fields must be distinct and in catalogue order: {[n for n, _ in self.fields]}")
 
     @classmethod
     def of(cls, pairs: Iterable[tuple[str, FieldMatch]] | dict) -> "Match":

@@ -17,7 +17,7 @@ from .source import Span
 MAX_PRIORITY = 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Port:
     """A declared service port and its application protocol (http, grpc, tcp, udp)."""
 

@@ -52,6 +52,13 @@ def _any_of(options: list):
 
 
 def _endpoint_alternatives(refs, symbols: Symbols, id_field: str, ip_field: str) -> list[Pairs]:
+    if len(refs) == 1:  # the common case, without the set algebra below
+        r = resolve(refs[0], symbols)
+        if r.kind == "any":
+            return [[]]
+        if r.kind == "prefix":
+            return [[(ip_field, PrefixMatch(r.prefix))]]
+        return [[(id_field, InSet(tuple(sorted(r.identities))))]]
     resolved = [resolve(r, symbols) for r in refs]
     if any(r.kind == "any" for r in resolved):
         return [[]]

@@ -1,0 +1,46 @@
+# anyplane: `make demo` compiles and checks the bookinfo example; `make test` sets up
+# everything the test suite needs (Debian packages, a virtualenv, bpffs) and runs it.
+# Every step is idempotent: run it as often as you like.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 wrk
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup sysdeps venv bpffs bench clean
+
+demo: venv
+	$(BIN)/anyplane check examples/bookinfo.ap
+	$(BIN)/anyplane compile examples/bookinfo.ap -t ir -o out/bookinfo
+	$(BIN)/anyplane explain examples/bookinfo.ap --flow 'productpage -> reviews http GET /reviews/1'
+	$(BIN)/anyplane explain examples/bookinfo.ap --flow 'internet -> productpage http GET /admin/users'
+
+test: setup
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+
+setup: sysdeps venv bpffs
+
+sysdeps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+bpffs:
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+bench: venv
+	$(BIN)/python bench/frontend.py
+
+clean:
+	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis

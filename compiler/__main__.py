@@ -1,0 +1,5 @@
+"""`python -m anyplane.compiler` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,246 @@
+"""Random flows biased to the edges of a policy, for differential tests.
+
+Uniformly random flows almost never hit a /32, the last port of a range or
+an HTTP rule's path. `FlowGen` draws most flows *aimed* at one table entry:
+it picks an entry (acl, route or assert pattern) and builds a flow inside
+its match from boundary values (first and last address of a prefix, an
+address owned by a named identity, first and last port of a range, an exact
+path or a prefix plus a suffix), then often pushes one field just outside
+(the address after the prefix, the port after the range, the path without
+its last character). The rest are random flows over boundary values.
+IPv4 and IPv6 both appear when the policy mentions both.
+"""
+
+from __future__ import annotations
+
+import random
+
+from . import fields as F
+from .addr import WIDTH, Prefix
+from .flow import HTTP_METHODS, ICMP, ICMP6, TCP, UDP, Flow, Request
+from .lpm import LpmTable
+from .match import (Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, StrExact, StrPrefix,
+                    Ternary)
+from .nodes import Program
+
+
+def _options(fm):
+    return fm.options if isinstance(fm, AnyOf) else (fm,)
+
+
+def _edges(p: Prefix) -> list[int]:
+    top = (1 << WIDTH[p.family]) - 1
+    return [a for a in (p.first, p.last, p.first + 1, (p.first + p.last) // 2) if 0 <= a <= top]
+
+
+def _outside(p: Prefix) -> list[int]:
+    top = (1 << WIDTH[p.family]) - 1
+    return [a for a in (p.first - 1, p.last + 1) if 0 <= a <= top]
+
+
+class FlowGen:
+    """Edge-biased flow generator for one program (deterministic for a seed)."""
+
+    def __init__(self, program: Program, seed: int = 0, http_share: float = 0.5, aimed_share: float = 0.75):
+        self.rng = random.Random(seed)
+        self.http_share = http_share
+        self.aimed_share = aimed_share
+        self.matches: list[Match] = [e.match for e in program.acl.entries]
+        self.matches += [e.match for e in program.routes.entries]
+        self.matches += [m for a in program.asserts for m in a.pattern]
+        self.addresses: dict[int, set[int]] = {4: set(), 6: set()}
+        self.ports: set[int] = {0, 1, 80, 443, 1023, 1024, 49152, 65535}
+        self.protos: set[int] = {TCP, UDP, ICMP, ICMP6, 0, 47, 255}
+        self.icmp: set[int] = {0, 3, 8, 128, 129, 255}
+        self.methods: set[str] = {"GET", "POST"}
+        self.paths: set[str] = {"/", "/x"}
+        self.hosts: set[str] = {"example.com"}
+        self.headers: dict[str, set[str]] = {}
+        self.owned = self._owned_addresses(program)
+        for row in program.endpoints:
+            self._collect_prefix(row.prefix)
+        for m in self.matches:
+            for name, fm in m.fields:
+                for o in _options(fm):
+                    self._collect(name, o)
+        for ident in program.identities:
+            self.ports.update(p.number for p in ident.ports)
+        if not self.addresses[4] and not self.addresses[6]:
+            self._collect_prefix(Prefix(4, 0, 0))
+        self.families = [f for f in (4, 6) if self.addresses[f]]
+        self.pool = {f: sorted(self.addresses[f]) for f in (4, 6)}
+        self.port_pool = sorted(self.ports)
+        self.proto_pool = sorted(self.protos)
+
+    # -- collecting boundary values ------------------------------------------------
+    @staticmethod
+    def _owned_addresses(program: Program) -> dict[str, list[tuple[int, int]]]:
+        """For each identity, boundary addresses that it really owns (longest prefix)."""
+        table = LpmTable((row.prefix, row.identity) for row in program.endpoints)
+        rows = sorted(program.endpoints, key=lambda r: (r.prefix.family, r.prefix.value, r.prefix.length))
+        owned: dict[str, list[tuple[int, int]]] = {}
+        for row in rows:
+            p = row.prefix
+            candidates = _edges(p)
+            # Addresses right around more specific prefixes nested inside this one.
+            for other in rows:
+                if other.prefix != p and p.covers(other.prefix):
+                    candidates += [a for a in _outside(other.prefix) if p.contains(p.family, a)]
+                    if len(candidates) > 64:
+                        break
+            for a in candidates:
+                who = table.lookup(p.family, a)
+                if who is not None:
+                    owned.setdefault(who, []).append((p.family, a))
+        return {k: sorted(set(v)) for k, v in owned.items()}
+
+    def _collect_prefix(self, p: Prefix) -> None:
+        self.addresses[p.family].update(_edges(p) + _outside(p))
+
+    def _collect(self, name: str, o) -> None:
+        if isinstance(o, PrefixMatch):
+            self._collect_prefix(o.prefix)
+        elif name in (F.SPORT, F.DPORT) and isinstance(o, Range):
+            self.ports.update(v for v in (o.lo, o.hi, o.lo - 1, o.hi + 1) if 0 <= v <= 65535)
+        elif name == F.PROTO and isinstance(o, (Exact, InSet)):
+            self.protos.update(o.values if isinstance(o, InSet) else (o.value,))
+        elif name == F.PROTO and isinstance(o, Ternary):
+            self.protos.update((o.value, o.value | (~o.mask & 0xFF)))
+        elif name in (F.ICMP_TYPE, F.ICMP_CODE) and isinstance(o, Exact):
+            self.icmp.update(v for v in (o.value, o.value + 1) if v <= 255)
+        elif name == F.HTTP_METHOD and isinstance(o, InSet):
+            self.methods.update(o.values)
+        elif name == F.HTTP_PATH and isinstance(o, StrExact):
+            self.paths.update((o.value, o.value + "/", o.value + "x", o.value[:-1] or "/"))
+        elif name == F.HTTP_PATH and isinstance(o, StrPrefix):
+            self.paths.update((o.value, o.value + "x", o.value + "a/b", o.value[:-1] or "/"))
+        elif name == F.HTTP_HOST and isinstance(o, StrExact):
+            self.hosts.update((o.value, "x" + o.value))
+        elif name.startswith(F.HEADER_PREFIX):
+            values = self.headers.setdefault(name[len(F.HEADER_PREFIX):], {"1"})
+            if isinstance(o, StrExact):
+                values.update((o.value, o.value + "x"))
+
+    # -- drawing values --------------------------------------------------------------
+    def _random_address(self, family: int) -> int:
+        if self.rng.random() < 0.85 and self.pool[family]:
+            return self.rng.choice(self.pool[family])
+        return self.rng.getrandbits(WIDTH[family])
+
+    def _address_in(self, fm, family: int | None, miss: bool) -> tuple[int, int] | None:
+        """An address satisfying an address or identity match (or just missing it)."""
+        rng = self.rng
+        if isinstance(fm, InSet):
+            choices = [a for ident in fm.values for a in self.owned.get(ident, ())
+                       if family is None or a[0] == family]
+            return rng.choice(choices) if choices else None
+        prefixes = [o.prefix for o in _options(fm) if isinstance(o, PrefixMatch)
+                    and (family is None or o.prefix.family == family)]
+        if not prefixes:
+            return None
+        p = rng.choice(prefixes)
+        pool = (_outside(p) or _edges(p)) if miss else _edges(p) + [p.first | rng.getrandbits(p.width - p.length)]
+        return p.family, rng.choice(pool)
+
+    def _port_in(self, fm, miss: bool) -> int:
+        if fm is None:
+            return self.rng.choice(self.port_pool)
+        r = self.rng.choice([o for o in _options(fm) if isinstance(o, Range)])
+        if miss:
+            return self.rng.choice([v for v in (r.lo - 1, r.hi + 1) if 0 <= v <= 65535] or [r.lo])
+        return self.rng.choice((r.lo, r.hi, self.rng.randint(r.lo, r.hi)))
+
+    def _string_in(self, fm, pool: list[str]) -> str:
+        o = self.rng.choice(_options(fm))
+        if isinstance(o, StrExact):
+            return o.value
+        if isinstance(o, StrPrefix):
+            return o.value + self.rng.choice(("", "x", "a/b", "1"))
+        return self.rng.choice(pool)
+
+    def _request(self, m: Match | None = None) -> Request:
+        rng = self.rng
+        get = (lambda name: m.get(name)) if m is not None else (lambda name: None)
+        methods = get(F.HTTP_METHOD)
+        method = rng.choice(methods.values) if isinstance(methods, InSet) else rng.choice(
+            sorted(self.methods) if rng.random() < 0.9 else HTTP_METHODS)
+        path = self._string_in(get(F.HTTP_PATH), sorted(self.paths)) if get(F.HTTP_PATH) else rng.choice(
+            sorted(self.paths))
+        host_m = get(F.HTTP_HOST)
+        host = self._string_in(host_m, sorted(self.hosts)) if host_m else (
+            rng.choice(sorted(self.hosts)) if rng.random() < 0.3 else None)
+        headers = {}
+        for name, values in sorted(self.headers.items()):
+            hm = get(F.header_field(name))
+            if isinstance(hm, Absent) or (hm is None and rng.random() < 0.5):
+                continue
+            headers[name] = hm.value if isinstance(hm, StrExact) else rng.choice(sorted(values))
+        return Request(method, path, host, tuple(sorted(headers.items())))
+
+    # -- flows -------------------------------------------------------------------------
+    def random_flow(self) -> Flow:
+        """A flow over boundary values, not aimed at any entry."""
+        rng = self.rng
+        family = rng.choice(self.families)
+        src, dst = self._random_address(family), self._random_address(family)
+        proto = rng.choice(self.proto_pool) if rng.random() < 0.9 else rng.randrange(256)
+        return self._finish(family, src, dst, proto, None, None, None)
+
+    def aimed_flow(self, m: Match) -> Flow | None:
+        """A flow inside `m`, or (often) with one field just outside it."""
+        rng = self.rng
+        miss = rng.choice([None, None, F.SRC_IP, F.DST_IP, F.DPORT, F.SPORT, F.PROTO, F.HTTP_PATH])
+        family = None
+        ends = {}
+        for side, id_field, ip_field in (("src", F.SRC_ID, F.SRC_IP), ("dst", F.DST_ID, F.DST_IP)):
+            fm = m.get(ip_field) or m.get(id_field)
+            if fm is None:
+                continue
+            hit = self._address_in(fm, family, miss == ip_field)
+            if hit is None:
+                return None
+            family = hit[0]
+            ends[side] = hit[1]
+        family = family or rng.choice(self.families)
+        src = ends.get("src", self._random_address(family))
+        dst = ends.get("dst", self._random_address(family))
+        pm = m.get(F.PROTO)
+        if pm is None or miss == F.PROTO:
+            proto = rng.choice(self.proto_pool)
+        else:
+            proto = rng.choice(pm.values) if isinstance(pm, InSet) else pm.value if isinstance(pm, Exact) \
+                else rng.choice(self.proto_pool)
+        return self._finish(family, src, dst, proto, m, miss, m.get(F.HTTP))
+
+    def _finish(self, family, src, dst, proto, m, miss, wants_http) -> Flow:
+        rng = self.rng
+        get = (lambda name: m.get(name)) if m is not None else (lambda name: None)
+        if proto in (TCP, UDP):
+            dport = self._port_in(get(F.DPORT), miss == F.DPORT)
+            sport = self._port_in(get(F.SPORT), miss == F.SPORT)
+            http = None
+            if proto == TCP and (isinstance(wants_http, Present) or rng.random() < self.http_share):
+                http = self._request(m)
+                if miss == F.HTTP_PATH and http.path != "/":
+                    http = Request(http.method, http.path[:-1] or "/", http.host, http.headers)
+            return Flow(family, src, dst, proto, sport, dport, http=http)
+        if (proto, family) in ((ICMP, 4), (ICMP6, 6)):
+            pool = sorted(self.icmp)
+            tm, cm = get(F.ICMP_TYPE), get(F.ICMP_CODE)
+            icmp_type = tm.value if isinstance(tm, Exact) and rng.random() < 0.8 else rng.choice(pool)
+            icmp_code = cm.value if isinstance(cm, Exact) and rng.random() < 0.8 else rng.choice(pool)
+            return Flow(family, src, dst, proto, icmp_type=icmp_type, icmp_code=icmp_code)
+        return Flow(family, src, dst, proto)
+
+    def flow(self) -> Flow:
+        """One flow: usually aimed at a random entry, otherwise random over boundaries."""
+        if self.matches and self.rng.random() < self.aimed_share:
+            for _ in range(4):
+                f = self.aimed_flow(self.rng.choice(self.matches))
+                if f is not None:
+                    return f
+        return self.random_flow()
+
+    def flows(self, n: int) -> list[Flow]:
+        """`n` flows."""
+        return [self.flow() for _ in range(n)]

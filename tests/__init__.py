@@ -1,0 +1,1 @@
+"""anyplane test suite."""

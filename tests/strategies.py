@@ -1,0 +1,73 @@
+"""Hypothesis strategies: random small policies (as text) over a tiny field domain.
+
+The domain is small on purpose (a few /24s inside 10.0.0.0/16, ports near 80,
+three paths) so that random rules overlap often, which is where priority,
+deny-beats-allow and longest-prefix ownership matter.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+NAMES = ("a", "b", "c", "d")
+PREFIXES = ("10.0.0.0/16", "10.0.1.0/24", "10.0.2.0/24", "10.0.1.128/25", "10.0.3.0/24", "fd00::/64")
+RULE_CIDRS = ("10.0.0.0/8", "10.0.1.0/24", "10.0.2.128/25", "10.0.1.7", "fd00::/112", "0.0.0.0/0")
+PATHS = ("/", "/a", "/a/*", "/b/*", "/*")
+METHODS = ("GET", "POST", "DELETE")
+
+
+@st.composite
+def services(draw):
+    """Declarations: names with distinct prefixes, some with an http port."""
+    chosen = draw(st.lists(st.sampled_from(PREFIXES), min_size=1, max_size=len(NAMES), unique=True))
+    out = []
+    for name, prefix in zip(NAMES, chosen):
+        http = draw(st.booleans())
+        port = " port 80 http" if http else " port 22 tcp"
+        kind = "service" if http or draw(st.booleans()) else "external"
+        out.append((name, kind, http and kind == "service", f"{kind} {name} {{ address {prefix}"
+                    + (port if kind == "service" else "") + " }"))
+    return out
+
+
+def _ports(draw):
+    lo = draw(st.integers(78, 84))
+    hi = draw(st.integers(lo, 86))
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+@st.composite
+def rules(draw, decls):
+    """One rule over the declared names, CIDRs, small port ranges and HTTP parts."""
+    names = [d[0] for d in decls]
+    http_names = [d[0] for d in decls if d[2]]
+    ep = st.sampled_from(names + list(RULE_CIDRS) + ["any"])
+    verdict = draw(st.sampled_from(["allow", "deny"]))
+    src = draw(ep)
+    kind = draw(st.sampled_from(["none", "tcp", "udp", "icmp", "http"] if http_names else ["none", "tcp", "udp", "icmp"]))
+    if kind == "http":
+        dst = draw(st.sampled_from(http_names))
+        methods = draw(st.sampled_from(["*", "GET", "GET, POST", "DELETE"]))
+        paths = ", ".join(draw(st.lists(st.sampled_from(PATHS), min_size=1, max_size=2, unique=True)))
+        tail = f"http {methods} {paths}"
+        if draw(st.booleans()):
+            tail += draw(st.sampled_from([' header "x-k" present', ' header "x-k" = "1"', ' header "x-k" absent']))
+    else:
+        dst = draw(ep)
+        tail = {"none": "", "tcp": f"tcp {_ports(draw)}", "udp": f"udp {_ports(draw)}",
+                "icmp": draw(st.sampled_from(["icmp", "icmp type 8", "icmp type 8 code 0"]))}[kind]
+    text = f"{verdict} {src} -> {dst} {tail}".rstrip()
+    if verdict == "allow" and draw(st.integers(0, 4)) == 0:
+        text += " rate 10/s"
+    prio = draw(st.integers(0, 3))
+    return text + (f" priority {prio}" if prio else "")
+
+
+@st.composite
+def policies(draw, max_rules: int = 6):
+    """A whole policy as text (it may still fail checks, e.g. a family mismatch)."""
+    decls = draw(services())
+    body = [d[3] for d in decls]
+    body.append(f"default {draw(st.sampled_from(['allow', 'deny']))}")
+    body += draw(st.lists(rules(decls), min_size=0, max_size=max_rules))
+    return "\n".join(body) + "\n"

@@ -1,0 +1,127 @@
+"""The command line as users run it: exit codes, text and JSON output, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT
+
+BOOKINFO = "examples/bookinfo.ap"
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "anyplane.compiler", *args], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def test_check_accepts_every_example():
+    for target in (BOOKINFO, "examples/canary.ap", "examples/edge-firewall.ap", "examples/zero-trust"):
+        proc = run("check", target)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("ok:")
+
+
+def test_check_json_reports_diagnostics_as_fields(tmp_path):
+    bad = tmp_path / "bad.ap"
+    bad.write_text("service a { address 10.0.0.0/8 }\nallow a -> nowhere tcp 80\n")
+    proc = run("check", str(bad), "--format", "json")
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)
+    assert data["ok"] is False
+    (d,) = data["diagnostics"]
+    assert (d["code"], d["span"]["line"], d["span"]["col"]) == ("unknown-name", 2, 12)
+
+
+def test_invalid_policy_exits_1_with_file_line_col_and_caret(tmp_path):
+    bad = tmp_path / "bad.ap"
+    bad.write_text("service a { address 10.0.0.0/8 }\nallow a -> a tcp 70000\n")
+    proc = run("check", str(bad))
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"{bad}:2:18: error: port 70000 is out of range 0-65535"
+    assert lines[1] == "  allow a -> a tcp 70000"
+    assert lines[2] == "  " + " " * 17 + "^~~~~"
+
+
+@pytest.mark.parametrize("args", [("check", "no/such/file.ap"), ("check",), ("compile", BOOKINFO),
+                                  ("explain", BOOKINFO), ("frobnicate",), ("check", BOOKINFO, "--format", "xml")])
+def test_bad_usage_exits_2(args):
+    proc = run(*args)
+    assert proc.returncode == 2, proc
+    assert "Traceback" not in proc.stderr
+
+
+def test_compile_ir_writes_deterministic_json_and_text(tmp_path):
+    out1, out2 = tmp_path / "one", tmp_path / "two"
+    assert run("compile", BOOKINFO, "-t", "ir", "-o", str(out1)).returncode == 0
+    assert run("compile", BOOKINFO, "-t", "ir", "-o", str(out2)).returncode == 0
+    for name in ("ir.json", "ir.txt"):
+        assert (out1 / name).read_bytes() == (out2 / name).read_bytes()
+    program = json.loads((out1 / "ir.json").read_text())
+    assert program["kind"] == "Program" and len(program["rules"]) == 12
+
+
+def test_compile_dump_after_lower_and_no_src(tmp_path):
+    proc = run("compile", BOOKINFO, "-o", str(tmp_path), "--dump-after", "lower", "--no-src")
+    assert proc.returncode == 0
+    assert "table acl:" in proc.stdout
+    assert "@examples" not in (tmp_path / "ir.txt").read_text()
+
+
+def test_explain_text_names_the_deciding_rule():
+    proc = run("explain", BOOKINFO, "--flow", "internet -> productpage http GET /admin/users")
+    assert proc.returncode == 0
+    assert "verdict   deny" in proc.stdout
+    assert "examples/bookinfo.ap:40" in proc.stdout
+
+
+def test_explain_json_shape():
+    proc = run("explain", BOOKINFO, "--flow", "office -> productpage http GET /admin/x header \"x-admin-token\" = \"t\"",
+               "--format", "json")
+    assert proc.returncode == 0
+    data = json.loads(proc.stdout)
+    assert data["verdict"] == "allow" and data["rule"] == "examples/bookinfo.ap:41"
+    assert data["src"]["identity"] == "office" and data["dst"]["identity"] == "productpage"
+    assert [m["rule"] for m in data["matched"]] == ["examples/bookinfo.ap:41", "examples/bookinfo.ap:40",
+                                                     "examples/bookinfo.ap:33"]
+
+
+def test_explain_reports_the_route_and_the_rate():
+    data = json.loads(run("explain", BOOKINFO, "--flow", "reviews.v2 -> ratings http GET /ratings/7",
+                          "--format", "json").stdout)
+    assert data["verdict"] == "allow" and data["rate"] == {"count": 100, "per_s": 1, "burst": 20}
+    assert data["limits"].startswith("max-connections 100")
+    data = json.loads(run("explain", BOOKINFO, "--flow", "productpage -> reviews http GET /reviews/1",
+                          "--format", "json").stdout)
+    assert data["route"]["split"] == [{"version": "v1", "weight": 80}, {"version": "v2", "weight": 20}]
+
+
+def test_explain_flow_that_is_not_concrete_is_an_error():
+    proc = run("explain", BOOKINFO, "--flow", "any -> productpage tcp 9080")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("<flow>:1:1: error: a flow needs a concrete endpoint")
+
+
+def test_explain_witness_text_round_trips():
+    first = json.loads(run("explain", BOOKINFO, "--flow", "office -> 10.0.3.7 icmp", "--format", "json").stdout)
+    again = json.loads(run("explain", BOOKINFO, "--flow", first["flow"], "--format", "json").stdout)
+    assert again["flow"] == first["flow"] and again["verdict"] == first["verdict"] == "allow"
+
+
+def test_fmt_check_and_rewrite(tmp_path):
+    f = tmp_path / "p.ap"
+    shutil.copy(ROOT / BOOKINFO, f)
+    assert run("fmt", "--check", str(f)).returncode == 1
+    assert run("fmt", str(f)).returncode == 0
+    assert run("fmt", "--check", str(f)).returncode == 0
+    assert run("check", str(f)).returncode == 0
+
+
+def test_a_directory_is_one_policy():
+    proc = run("check", "examples/zero-trust", "--format", "json")
+    assert json.loads(proc.stdout)["summary"]["files"] == 2

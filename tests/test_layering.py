@@ -1,0 +1,80 @@
+"""The import rules of the architecture, checked on the source files."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ALLOWED = {
+    "ir": {"ir"},
+    "compiler": {"compiler", "ir", "backends", "verify"},
+    "backends": {"backends", "ir"},
+    "verify": {"verify", "ir"},
+}
+THIRD_PARTY_ONLY_IN_COMPILER = {"lark"}
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text(), str(path))
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                yield ".".join(["anyplane"] + base + ([node.module] if node.module else []))
+            else:
+                yield node.module
+
+
+def _sources(top: str):
+    return sorted((ROOT / top).rglob("*.py"))
+
+
+@pytest.mark.parametrize("top", sorted(ALLOWED))
+def test_layer_imports_only_what_it_may(top):
+    bad = []
+    for path in _sources(top):
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] == "anyplane" and len(parts) > 1 and parts[1] not in ALLOWED[top]:
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+            if parts[0] in ALLOWED and parts[0] != "anyplane":
+                bad.append(f"{path.relative_to(ROOT)} imports top-level '{name}' (use anyplane.{name})")
+            if top != "compiler" and parts[0] in THIRD_PARTY_ONLY_IN_COMPILER:
+                bad.append(f"{path.relative_to(ROOT)} imports {name}; only compiler/ sees lark")
+    assert not bad, "\n".join(bad)
+
+
+def test_only_the_cli_imports_backends_and_verify():
+    bad = []
+    for path in _sources("compiler"):
+        if path.name == "cli.py" or "commands" in path.parts:
+            continue
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[:1] == ["anyplane"] and len(parts) > 1 and parts[1] in ("backends", "verify"):
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_ast_stays_in_the_compiler():
+    for top in ("ir", "backends", "verify"):
+        for path in _sources(top):
+            for name in _imports(path):
+                assert "compiler" not in name.split("."), f"{path} imports {name}"
+
+
+def test_installed_packages_live_under_anyplane():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert all(p.startswith("anyplane.") for p in config["packages"])
+    on_disk = {str(p.parent.relative_to(ROOT)).replace("/", ".") for top in ALLOWED
+               for p in (ROOT / top).rglob("__init__.py")}
+    assert {f"anyplane.{p}" for p in on_disk} == set(config["packages"]), "every package folder must be listed"
