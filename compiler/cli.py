@@ -1,167 +1,20 @@
 """The `anyplane` command line: parse flags, call library functions, format output.
 
-Exit codes: 0 success, 1 invalid policy or failed verification, 2 bad usage.
+Subcommands live in `compiler/commands/` (policy files; verification); this
+module assembles them and is the console entry point.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
-import json
 import os
 import sys
-from pathlib import Path
 
 import click
 
-from anyplane.ir import printer
-from anyplane.ir.source import DiagnosticError, SourceMap, render
+from .commands import analysis, policy  # noqa: F401  (registers the subcommands)
+from .commands.common import EXIT_INTERNAL, cli
 
-from .explain import explain as explain_flow, format_explanation
-from .flows import parse_flow
-from .fmt import format_file
-from .parser import parse_file
-from .pipeline import STAGES, UsageError, load, read_sources
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
-
-
-def _emit_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
-
-
-def handle_errors(fn):
-    """Turn diagnostics into rendered errors (exit 1) and usage errors into exit 2."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        fmt = kwargs.get("output_format", "text")
-        try:
-            return fn(*args, **kwargs)
-        except DiagnosticError as exc:
-            if fmt == "json":
-                _emit_json({"ok": False, "diagnostics": [d.to_json() for d in exc.diagnostics]})
-            else:
-                click.echo(render(exc.diagnostics, getattr(exc, "sources", None) or SourceMap()), err=True, nl=False)
-            sys.exit(EXIT_FAIL)
-        except UsageError as exc:
-            click.echo(f"anyplane: error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
-    return wrapper
-
-
-format_option = click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
-                             show_default=True, help="Output format (json for scripts).")
-files_argument = click.argument("files", nargs=-1, required=True, type=click.Path())
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="anyplane")
-def cli() -> None:
-    """anyplane: one policy language, compiled to Envoy, eBPF/XDP and P4."""
-
-
-@cli.command()
-@files_argument
-@format_option
-@handle_errors
-def check(files, output_format) -> None:
-    """Parse and check policy FILES (files or directories); exit 1 on errors."""
-    compiled = load(list(files))
-    p = compiled.program
-    summary = {"files": len(compiled.policy.files), "rules": len(p.rules), "entries": len(p.acl.entries),
-               "identities": len(p.identities), "routes": len(p.routes.entries), "asserts": len(p.asserts)}
-    if output_format == "json":
-        _emit_json({"ok": True, "diagnostics": [], "summary": summary})
-    else:
-        click.echo(f"ok: {summary['files']} file(s), {summary['rules']} rules ({summary['entries']} entries), "
-                   f"{summary['identities']} identities, {summary['routes']} route entries, "
-                   f"{summary['asserts']} asserts")
-
-
-@cli.command()
-@files_argument
-@click.option("-t", "--target", type=click.Choice(["ir"]), default="ir", show_default=True,
-              help="What to emit.")
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Directory to write artifacts into.")
-@click.option("--dump-after", type=click.Choice(STAGES), help="Print the program after a stage.")
-@click.option("--no-src", is_flag=True, help="Leave source locations out of text dumps.")
-@format_option
-@handle_errors
-def compile(files, target, out_dir, dump_after, no_src, output_format) -> None:
-    """Compile policy FILES into artifacts for a target."""
-    compiled = load(list(files), dump_after=dump_after, dump=lambda s: click.echo(s, nl=False))
-    written = write_artifacts(out_dir, {"ir.json": printer.to_json(compiled.program),
-                                        "ir.txt": printer.dump(compiled.program, src=not no_src)})
-    if output_format == "json":
-        _emit_json({"ok": True, "target": target, "artifacts": written})
-    else:
-        for path in written:
-            click.echo(f"wrote {path}")
-
-
-def write_artifacts(out_dir: str, artifacts: dict[str, str]) -> list[str]:
-    """Write text artifacts atomically (temp file + rename); return their paths."""
-    root = Path(out_dir)
-    written = []
-    for name, text in sorted(artifacts.items()):
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        written.append(str(path))
-    return written
-
-
-@cli.command()
-@files_argument
-@click.option("--flow", "flow_text", required=True,
-              help="A flow in pattern syntax, e.g. 'office -> productpage http GET /'.")
-@format_option
-@handle_errors
-def explain(files, flow_text, output_format) -> None:
-    """Show the verdict for one FLOW and the rule that decides it."""
-    compiled = load(list(files))
-    try:
-        flow = parse_flow(flow_text, compiled.symbols, compiled.program)
-    except DiagnosticError as exc:
-        exc.sources = SourceMap({"<flow>": flow_text})
-        raise
-    result = explain_flow(compiled.program, flow)
-    if output_format == "json":
-        _emit_json(result)
-    else:
-        click.echo(format_explanation(result), nl=False)
-
-
-@cli.command()
-@files_argument
-@click.option("--check", "check_only", is_flag=True, help="Only report files that would change (exit 1 if any).")
-@click.option("--diff", "show_diff", is_flag=True, help="Print a diff instead of rewriting.")
-@handle_errors
-def fmt(files, check_only, show_diff) -> None:
-    """Rewrite policy FILES in canonical form."""
-    changed = []
-    for path, text in read_sources(list(files)):
-        try:
-            formatted = format_file(parse_file(text, path))
-        except DiagnosticError as exc:
-            exc.sources = SourceMap({path: text})
-            raise
-        if formatted == text:
-            continue
-        changed.append(path)
-        if show_diff:
-            click.echo("".join(difflib.unified_diff(text.splitlines(True), formatted.splitlines(True),
-                                                    f"a/{path}", f"b/{path}")), nl=False)
-        elif check_only:
-            click.echo(f"would reformat {path}")
-        else:
-            Path(path).write_text(formatted, encoding="utf-8")
-            click.echo(f"reformatted {path}")
-    if (check_only or show_diff) and changed:
-        sys.exit(EXIT_FAIL)
+__all__ = ["cli", "main"]
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from anyplane.ir.addr import WIDTH, Prefix
 from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP, Flow, Request
-from anyplane.ir.interp import owner
+from anyplane.ir.flowgen import READABLE
+from anyplane.ir.lpm import LpmTable
 from anyplane.ir.nodes import Program
 from anyplane.ir.source import DiagnosticError, Span, error
 
@@ -24,27 +25,28 @@ from .values import check_header_name, check_header_value, check_host, check_met
 
 DEFAULT_SPORT = 49152
 
-#: Readable addresses tried first inside very broad prefixes (documentation ranges, RFC 5737/3849).
-_READABLE = {4: [0xCB007101, 0xC6336401, 0xC0000201], 6: [0x20010DB8 << 96 | 1]}
-
 
 def _fail(span: Span, code: str, message: str):
     raise DiagnosticError([error(span, code, message)])
 
 
 def representative(program: Program, identities: tuple[str, ...], prefixes: list[Prefix], family: int | None):
-    """A readable address owned by one of `identities`, from `prefixes` (or None)."""
+    """A readable address owned by one of `identities`, from `prefixes` (or None).
+
+    Each prefix is tried in order: a documentation address (very broad prefixes),
+    the address after the network address, the network address, the last
+    addresses, then the gaps around more specific prefixes nested inside.
+    """
+    table = LpmTable((row.prefix, row.identity) for row in program.endpoints)
     inner = [row.prefix for row in program.endpoints]
     for p in prefixes:
         if family is not None and p.family != family:
             continue
-        candidates = [a for a in _READABLE[p.family] if p.contains(p.family, a)] if p.length < 8 else []
+        candidates = [a for a in READABLE[p.family] if p.contains(p.family, a)] if p.length < 8 else []
         candidates += [p.first + 1, p.first, p.last - 1, p.last]
-        for q in inner:
-            if p.covers(q) and q != p:
-                candidates += [q.last + 1, q.first - 1]
+        candidates += [a for q in inner if p.covers(q) and q != p for a in (q.last + 1, q.first - 1)]
         for a in candidates:
-            if p.contains(p.family, a) and owner(program, p.family, a) in identities:
+            if p.contains(p.family, a) and table.lookup(p.family, a) in identities:
                 return p.family, a
     return None
 

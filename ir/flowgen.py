@@ -30,12 +30,51 @@ def _options(fm):
 
 def _edges(p: Prefix) -> list[int]:
     top = (1 << WIDTH[p.family]) - 1
-    return [a for a in (p.first, p.last, p.first + 1, (p.first + p.last) // 2) if 0 <= a <= top]
+    return [a for a in (p.first + 1, p.first, p.last, (p.first + p.last) // 2) if 0 <= a <= top]
 
 
 def _outside(p: Prefix) -> list[int]:
     top = (1 << WIDTH[p.family]) - 1
     return [a for a in (p.first - 1, p.last + 1) if 0 <= a <= top]
+
+
+#: Readable addresses tried first inside very broad prefixes (documentation ranges, RFC 5737/3849).
+READABLE = {4: (0xCB007101, 0xC6336401, 0xC0000201), 6: (0x20010DB8 << 96 | 1,)}
+
+
+def owned_addresses(program: Program) -> dict[str, list[tuple[int, int]]]:
+    """For each identity, boundary addresses that it really owns, most readable first.
+
+    Readable means: a documentation address inside a very broad prefix, then
+    the address after a network address, then the network address, the last
+    address and the middle, then addresses right around nested prefixes.
+    """
+    table = LpmTable((row.prefix, row.identity) for row in program.endpoints)
+    rows = sorted(program.endpoints, key=lambda r: (r.prefix.family, r.prefix.value, r.prefix.length))
+    children: dict[Prefix, list[Prefix]] = {r.prefix: [] for r in rows}
+    stack: list[Prefix] = []
+    for r in rows:
+        while stack and not stack[-1].covers(r.prefix):
+            stack.pop()
+        if stack:
+            children[stack[-1]].append(r.prefix)
+        stack.append(r.prefix)
+    owned: dict[str, dict[tuple[int, int], None]] = {}
+    # Two passes so that every identity's own edges come before the addresses it owns
+    # only as the gaps around someone else's nested prefix.
+    for around in (False, True):
+        for row in rows:
+            p = row.prefix
+            if around:
+                candidates = [a for c in children[p][:32] for a in _outside(c) if p.contains(p.family, a)]
+            else:
+                candidates = [a for a in READABLE[p.family] if p.contains(p.family, a)] if p.length < 8 else []
+                candidates += _edges(p)
+            for a in candidates:
+                who = table.lookup(p.family, a)
+                if who is not None:
+                    owned.setdefault(who, {})[(p.family, a)] = None
+    return {k: list(v) for k, v in owned.items()}
 
 
 class FlowGen:
@@ -56,7 +95,8 @@ class FlowGen:
         self.paths: set[str] = {"/", "/x"}
         self.hosts: set[str] = {"example.com"}
         self.headers: dict[str, set[str]] = {}
-        self.owned = self._owned_addresses(program)
+        self.owned = owned_addresses(program)
+        self._table = LpmTable((row.prefix, row.identity) for row in program.endpoints)
         for row in program.endpoints:
             self._collect_prefix(row.prefix)
         for m in self.matches:
@@ -73,27 +113,6 @@ class FlowGen:
         self.proto_pool = sorted(self.protos)
 
     # -- collecting boundary values ------------------------------------------------
-    @staticmethod
-    def _owned_addresses(program: Program) -> dict[str, list[tuple[int, int]]]:
-        """For each identity, boundary addresses that it really owns (longest prefix)."""
-        table = LpmTable((row.prefix, row.identity) for row in program.endpoints)
-        rows = sorted(program.endpoints, key=lambda r: (r.prefix.family, r.prefix.value, r.prefix.length))
-        owned: dict[str, list[tuple[int, int]]] = {}
-        for row in rows:
-            p = row.prefix
-            candidates = _edges(p)
-            # Addresses right around more specific prefixes nested inside this one.
-            for other in rows:
-                if other.prefix != p and p.covers(other.prefix):
-                    candidates += [a for a in _outside(other.prefix) if p.contains(p.family, a)]
-                    if len(candidates) > 64:
-                        break
-            for a in candidates:
-                who = table.lookup(p.family, a)
-                if who is not None:
-                    owned.setdefault(who, []).append((p.family, a))
-        return {k: sorted(set(v)) for k, v in owned.items()}
-
     def _collect_prefix(self, p: Prefix) -> None:
         self.addresses[p.family].update(_edges(p) + _outside(p))
 
@@ -188,8 +207,11 @@ class FlowGen:
 
     def aimed_flow(self, m: Match) -> Flow | None:
         """A flow inside `m`, or (often) with one field just outside it."""
+        miss = self.rng.choice([None, None, F.SRC_IP, F.DST_IP, F.DPORT, F.SPORT, F.PROTO, F.HTTP_PATH])
+        return self._aimed(m, miss)
+
+    def _aimed(self, m: Match, miss: str | None) -> Flow | None:
         rng = self.rng
-        miss = rng.choice([None, None, F.SRC_IP, F.DST_IP, F.DPORT, F.SPORT, F.PROTO, F.HTTP_PATH])
         family = None
         ends = {}
         for side, id_field, ip_field in (("src", F.SRC_ID, F.SRC_IP), ("dst", F.DST_ID, F.DST_IP)):
@@ -240,6 +262,20 @@ class FlowGen:
                 if f is not None:
                     return f
         return self.random_flow()
+
+    def inside(self, m: Match, tries: int = 6) -> list[Flow]:
+        """Distinct flows that satisfy `m` (as many as found in `tries` attempts)."""
+        from .interp import match_holds
+
+        table = self._table
+        out: list[Flow] = []
+        for _ in range(tries):
+            f = self._aimed(m, miss=None)
+            if f is None or f in out:
+                continue
+            if match_holds(m, f, table.lookup(f.family, f.src), table.lookup(f.family, f.dst)):
+                out.append(f)
+        return out
 
     def flows(self, n: int) -> list[Flow]:
         """`n` flows."""

@@ -16,10 +16,15 @@ PATHS = ("/", "/a", "/a/*", "/b/*", "/*")
 METHODS = ("GET", "POST", "DELETE")
 
 
+SMALL_PREFIXES = ("10.0.0.0/16", "10.0.1.0/24", "10.0.1.128/25", "fd00::/64")
+SMALL_RULE_CIDRS = ("10.0.0.0/8", "10.0.1.7", "fd00::/112")
+
+
 @st.composite
-def services(draw):
+def services(draw, small: bool = False):
     """Declarations: names with distinct prefixes, some with an http port."""
-    chosen = draw(st.lists(st.sampled_from(PREFIXES), min_size=1, max_size=len(NAMES), unique=True))
+    pool = SMALL_PREFIXES if small else PREFIXES
+    chosen = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3 if small else len(NAMES), unique=True))
     out = []
     for name, prefix in zip(NAMES, chosen):
         http = draw(st.booleans())
@@ -31,24 +36,25 @@ def services(draw):
 
 
 def _ports(draw):
-    lo = draw(st.integers(78, 84))
-    hi = draw(st.integers(lo, 86))
+    lo = draw(st.integers(79, 82))
+    hi = draw(st.integers(lo, 83))
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
 @st.composite
-def rules(draw, decls):
+def rules(draw, decls, small: bool = False):
     """One rule over the declared names, CIDRs, small port ranges and HTTP parts."""
     names = [d[0] for d in decls]
     http_names = [d[0] for d in decls if d[2]]
-    ep = st.sampled_from(names + list(RULE_CIDRS) + ["any"])
+    ep = st.sampled_from(names + list(SMALL_RULE_CIDRS if small else RULE_CIDRS) + ["any"])
     verdict = draw(st.sampled_from(["allow", "deny"]))
     src = draw(ep)
     kind = draw(st.sampled_from(["none", "tcp", "udp", "icmp", "http"] if http_names else ["none", "tcp", "udp", "icmp"]))
     if kind == "http":
         dst = draw(st.sampled_from(http_names))
         methods = draw(st.sampled_from(["*", "GET", "GET, POST", "DELETE"]))
-        paths = ", ".join(draw(st.lists(st.sampled_from(PATHS), min_size=1, max_size=2, unique=True)))
+        paths = ", ".join(draw(st.lists(st.sampled_from(PATHS[:4] if small else PATHS), min_size=1, max_size=2,
+                                        unique=True)))
         tail = f"http {methods} {paths}"
         if draw(st.booleans()):
             tail += draw(st.sampled_from([' header "x-k" present', ' header "x-k" = "1"', ' header "x-k" absent']))
@@ -64,10 +70,19 @@ def rules(draw, decls):
 
 
 @st.composite
-def policies(draw, max_rules: int = 6):
+def policies(draw, max_rules: int = 6, small: bool = False):
     """A whole policy as text (it may still fail checks, e.g. a family mismatch)."""
-    decls = draw(services())
+    decls = draw(services(small))
     body = [d[3] for d in decls]
     body.append(f"default {draw(st.sampled_from(['allow', 'deny']))}")
-    body += draw(st.lists(rules(decls), min_size=0, max_size=max_rules))
+    body += draw(st.lists(rules(decls, small), min_size=0, max_size=max_rules))
     return "\n".join(body) + "\n"
+
+
+@st.composite
+def patterns(draw, decls_text: str):
+    """A query pattern over the names of a policy text."""
+    names = [line.split()[1] for line in decls_text.splitlines() if line.startswith(("service", "external"))]
+    ep = st.sampled_from(names + ["any", "10.0.1.0/24", "fd00::/64"])
+    tail = draw(st.sampled_from(["", " tcp 80", " tcp 79-81", " udp 82", " icmp"]))
+    return f"{draw(ep)} -> {draw(ep)}{tail}"

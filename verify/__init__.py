@@ -1,1 +1,1 @@
-"""verify."""
+"""Verification with Z3: findings, reachability queries and semantic diff, over the IR only."""

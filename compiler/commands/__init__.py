@@ -1,0 +1,1 @@
+"""The `anyplane` subcommands, one module per group of commands."""

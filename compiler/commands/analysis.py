@@ -1,0 +1,145 @@
+"""Verification commands: verify, query (with what-if edits), diff."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import version
+
+import click
+
+from anyplane.ir.source import Diagnostic, DiagnosticError, Note, render
+from anyplane.verify.context import Analysis
+from anyplane.verify.diff import diff as diff_programs
+from anyplane.verify.reach import reachability
+from anyplane.verify.result import DEFAULT_FAIL_ON, KINDS
+from anyplane.verify.run import verify as verify_program
+from anyplane.verify.sarif import to_sarif
+
+from ..pipeline import load
+from ..whatif import edit, query_pattern
+from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, progress_reporter, \
+    with_source
+
+
+def _kinds(value: str | None) -> frozenset[str]:
+    if value is None:
+        return DEFAULT_FAIL_ON
+    kinds = frozenset(k.strip() for k in value.split(",") if k.strip())
+    unknown = kinds - set(KINDS)
+    if unknown:
+        raise click.BadParameter(f"unknown kinds {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
+    return kinds
+
+
+def _as_diagnostic(f, texts: dict[str, str]) -> Diagnostic:
+    notes = [Note(None, f"{s.loc}: {texts.get(s.loc, '')}".rstrip(": ")) for s in f.related]
+    if f.witness is not None:
+        notes.insert(0, Note(None, f"witness: {f.witness.text}"))
+    return Diagnostic(f.span, f.severity, f.kind, f"[{f.kind}] {f.message}", tuple(notes))
+
+
+@cli.command()
+@files_argument
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "sarif"]), default="text",
+              show_default=True, help="Output format (sarif for code-scanning UIs).")
+@click.option("--fail-on", "fail_on", metavar="KINDS",
+              help=f"Comma list of finding kinds that fail the run [default: {','.join(sorted(DEFAULT_FAIL_ON))}].")
+@click.option("--timeout", type=click.IntRange(1), default=20, show_default=True,
+              help="Seconds the solver may spend on one question (undecided questions fail).")
+@click.option("-v", "--verbose", is_flag=True, help="Also print notes (allow/deny overlaps that priority settles).")
+@handle_errors
+def verify(files, output_format, fail_on, timeout, verbose) -> None:
+    """Check asserts and find dead, redundant and conflicting rules in FILES; exit 1 on errors."""
+    kinds = _kinds(fail_on)
+    compiled = load(list(files))
+    update, close = progress_reporter("verifying")
+    try:
+        report = verify_program(compiled.program, kinds, progress=update, timeout_ms=timeout * 1000)
+    finally:
+        close()
+    if output_format == "json":
+        emit_json(report.to_json())
+    elif output_format == "sarif":
+        emit_json(to_sarif(list(report.findings), version("anyplane")))
+    else:
+        p = compiled.program
+        texts = {r.origin.loc: r.text for r in p.rules}
+        shown = [f for f in report.findings if verbose or f.severity != "info"]
+        click.echo(render([_as_diagnostic(f, texts) for f in shown], compiled.sources), nl=False)
+        counts = {sev: sum(f.severity == sev for f in report.findings) for sev in ("error", "warning", "info")}
+        hidden = "" if verbose or not counts["info"] else " (-v to show them)"
+        click.echo(f"{'ok' if report.ok else 'FAILED'}: {counts['error']} errors, {counts['warning']} warnings, "
+                   f"{counts['info']} notes{hidden} ({len(p.rules)} rules, {len(p.asserts)} asserts)")
+    if not report.ok:
+        sys.exit(EXIT_FAIL)
+
+
+@cli.command()
+@files_argument
+@click.argument("pattern")
+@click.option("--without", "without", multiple=True, metavar="FILE:LINE",
+              help="Evaluate as if the rule at FILE:LINE were removed (repeatable).")
+@click.option("--with", "with_rules", multiple=True, metavar="RULE",
+              help="Evaluate as if this rule were added, e.g. 'deny office -> db' (repeatable).")
+@format_option
+@handle_errors
+def query(files, pattern, without, with_rules, output_format) -> None:
+    """Is some flow of PATTERN allowed by FILES? Prints a witness and its rule, or what blocks it."""
+    compiled = load(list(files))
+    try:
+        matches = query_pattern(compiled, pattern)
+    except DiagnosticError as exc:
+        raise with_source(exc, "<query>", pattern)
+    try:
+        program = edit(compiled, list(without), list(with_rules)) if (without or with_rules) else compiled.program
+    except DiagnosticError as exc:
+        exc.sources = compiled.sources
+        exc.sources.texts.update({f"<with:{n}>": t for n, t in enumerate(with_rules, start=1)})
+        raise
+    result = reachability(Analysis(program, extra=list(matches)), matches)
+    if output_format == "json":
+        emit_json(result.to_json())
+        return
+    if result.reachable is None:
+        click.echo(f"reachable: unknown (the solver gave up: {result.reason})")
+        sys.exit(EXIT_FAIL)
+    texts = {r.origin.loc: r.text for r in program.rules}
+    if result.reachable:
+        click.echo("reachable: yes")
+        click.echo(f"witness:   {result.witness.text}")
+        rule = result.rule.loc if result.rule else None
+        click.echo(f"rule:      {rule}  {texts.get(rule, '')}" if rule else "rule:      (the default allows it)")
+    else:
+        click.echo("reachable: no")
+        for s in result.blockers:
+            click.echo(f"blocked by {s.loc}  {texts.get(s.loc, '')}")
+        if result.default_blocks:
+            click.echo(f"blocked by the default ({program.default})")
+
+
+@cli.command()
+@click.argument("old", type=click.Path())
+@click.argument("new", type=click.Path())
+@format_option
+@handle_errors
+def diff(old, new, output_format) -> None:
+    """What changes between policy versions OLD and NEW (files or directories); exit 1 if any."""
+    a, b = load([old]), load([new])
+    report = diff_programs(a.program, b.program)
+    if output_format == "json":
+        emit_json(report.to_json())
+    else:
+        click.echo(f"relation: {report.relation}")
+        for title, classes in (("newly allowed", report.newly_allowed), ("newly denied", report.newly_denied),
+                               ("changed", report.changed)):
+            click.echo(f"{title} ({len(classes)}):")
+            for c in classes:
+                what = f"  [{c.what}: {c.old} -> {c.new}]" if c.what else ""
+                click.echo(f"  {c.witness.text}{what}")
+                click.echo(f"      old: {c.old_rule or 'the default'}   new: {c.new_rule or 'the default'}")
+        if report.truncated:
+            click.echo("(more classes exist; only the first ones are listed)")
+        if report.unknown:
+            click.echo(f"the solver gave up ({report.unknown}): the list may be incomplete")
+    if report.unknown or report.newly_allowed or report.newly_denied or report.changed:
+        sys.exit(EXIT_FAIL)

@@ -1,0 +1,96 @@
+"""What every subcommand shares: the click group, exit codes, error handling, output helpers.
+
+Exit codes: 0 success, 1 invalid policy or failed verification, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from anyplane.ir.source import DiagnosticError, SourceMap, render
+
+from ..pipeline import UsageError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="anyplane")
+def cli() -> None:
+    """anyplane: one policy language, compiled to Envoy, eBPF/XDP and P4."""
+
+
+def emit_json(data) -> None:
+    """Print JSON for scripts."""
+    click.echo(json.dumps(data, indent=2))
+
+
+def handle_errors(fn):
+    """Turn diagnostics into rendered errors (exit 1) and usage errors into exit 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        fmt = kwargs.get("output_format", "text")
+        try:
+            return fn(*args, **kwargs)
+        except DiagnosticError as exc:
+            if fmt in ("json", "sarif"):
+                emit_json({"ok": False, "diagnostics": [d.to_json() for d in exc.diagnostics]})
+            else:
+                click.echo(render(exc.diagnostics, getattr(exc, "sources", None) or SourceMap()), err=True, nl=False)
+            sys.exit(EXIT_FAIL)
+        except UsageError as exc:
+            click.echo(f"anyplane: error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+    return wrapper
+
+
+def with_source(exc: DiagnosticError, name: str, text: str) -> DiagnosticError:
+    """Attach an in-memory source (a flow or rule given on the command line) to diagnostics."""
+    exc.sources = SourceMap({name: text})
+    return exc
+
+
+format_option = click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
+                             show_default=True, help="Output format (json for scripts).")
+files_argument = click.argument("files", nargs=-1, required=True, type=click.Path())
+
+
+def progress_reporter(label: str):
+    """A progress callback drawing a bar on a terminal's stderr (silent otherwise)."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    state = {"bar": None}
+
+    def update(done: int, total: int) -> None:
+        if state["bar"] is None:
+            state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr)
+            state["bar"].__enter__()
+        state["bar"].update(done - state["bar"].pos)
+
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].__exit__(None, None, None)
+    return update, close
+
+
+def write_artifacts(out_dir: str, artifacts: dict[str, str | bytes]) -> list[str]:
+    """Write artifacts atomically (temp file + rename); return their paths."""
+    root = Path(out_dir)
+    written = []
+    for name, data in sorted(artifacts.items()):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+        os.replace(tmp, path)
+        written.append(str(path))
+    return written

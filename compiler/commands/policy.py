@@ -1,0 +1,108 @@
+"""Commands on policy files: check, compile, explain, fmt."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+
+import click
+
+from anyplane.ir import printer
+from anyplane.ir.source import DiagnosticError, SourceMap
+
+from ..explain import explain as explain_flow, format_explanation
+from ..flows import parse_flow
+from ..fmt import format_file
+from ..parser import parse_file
+from ..pipeline import STAGES, load, read_sources
+from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, with_source, write_artifacts
+
+
+@cli.command()
+@files_argument
+@format_option
+@handle_errors
+def check(files, output_format) -> None:
+    """Parse and check policy FILES (files or directories); exit 1 on errors."""
+    compiled = load(list(files))
+    p = compiled.program
+    summary = {"files": len(compiled.policy.files), "rules": len(p.rules), "entries": len(p.acl.entries),
+               "identities": len(p.identities), "routes": len(p.routes.entries), "asserts": len(p.asserts)}
+    if output_format == "json":
+        emit_json({"ok": True, "diagnostics": [], "summary": summary})
+    else:
+        click.echo(f"ok: {summary['files']} file(s), {summary['rules']} rules ({summary['entries']} entries), "
+                   f"{summary['identities']} identities, {summary['routes']} route entries, "
+                   f"{summary['asserts']} asserts")
+
+
+@cli.command()
+@files_argument
+@click.option("-t", "--target", type=click.Choice(["ir"]), default="ir", show_default=True,
+              help="What to emit.")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Directory to write artifacts into.")
+@click.option("--dump-after", type=click.Choice(STAGES), help="Print the program after a stage.")
+@click.option("--no-src", is_flag=True, help="Leave source locations out of text dumps.")
+@format_option
+@handle_errors
+def compile(files, target, out_dir, dump_after, no_src, output_format) -> None:
+    """Compile policy FILES into artifacts for a target."""
+    compiled = load(list(files), dump_after=dump_after, dump=lambda s: click.echo(s, nl=False))
+    written = write_artifacts(out_dir, {"ir.json": printer.to_json(compiled.program),
+                                        "ir.txt": printer.dump(compiled.program, src=not no_src)})
+    if output_format == "json":
+        emit_json({"ok": True, "target": target, "artifacts": written})
+    else:
+        for path in written:
+            click.echo(f"wrote {path}")
+
+
+@cli.command()
+@files_argument
+@click.option("--flow", "flow_text", required=True,
+              help="A flow in pattern syntax, e.g. 'office -> productpage http GET /'.")
+@format_option
+@handle_errors
+def explain(files, flow_text, output_format) -> None:
+    """Show the verdict for one FLOW and the rule that decides it."""
+    compiled = load(list(files))
+    try:
+        flow = parse_flow(flow_text, compiled.symbols, compiled.program)
+    except DiagnosticError as exc:
+        raise with_source(exc, "<flow>", flow_text)
+    result = explain_flow(compiled.program, flow)
+    if output_format == "json":
+        emit_json(result)
+    else:
+        click.echo(format_explanation(result), nl=False)
+
+
+@cli.command()
+@files_argument
+@click.option("--check", "check_only", is_flag=True, help="Only report files that would change (exit 1 if any).")
+@click.option("--diff", "show_diff", is_flag=True, help="Print a diff instead of rewriting.")
+@handle_errors
+def fmt(files, check_only, show_diff) -> None:
+    """Rewrite policy FILES in canonical form."""
+    changed = []
+    for path, text in read_sources(list(files)):
+        try:
+            formatted = format_file(parse_file(text, path))
+        except DiagnosticError as exc:
+            exc.sources = SourceMap({path: text})
+            raise
+        if formatted == text:
+            continue
+        changed.append(path)
+        if show_diff:
+            click.echo("".join(difflib.unified_diff(text.splitlines(True), formatted.splitlines(True),
+                                                    f"a/{path}", f"b/{path}")), nl=False)
+        elif check_only:
+            click.echo(f"would reformat {path}")
+        else:
+            Path(path).write_text(formatted, encoding="utf-8")
+            click.echo(f"reformatted {path}")
+    if (check_only or show_diff) and changed:
+        sys.exit(EXIT_FAIL)

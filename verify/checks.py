@@ -1,0 +1,324 @@
+"""Anomaly findings: dead, redundant and conflicting rules; routes never taken; unused versions.
+
+    dead        a rule that decides no flow: every flow it matches is decided by
+                rules earlier in decision order (reported with those rules)
+    redundant   removing the rule changes no decision (the next rule, or the
+                default, decides the same way everywhere it decides)
+    conflict    an allow and a deny overlap and priority settles it (info)
+    rate-conflict  overlapping allows at the same priority disagree on the rate (error)
+
+Each entry is first tried on a few concrete flows inside its match, checked
+against only the entries its box overlaps; the solver is asked only when the
+flows do not settle the question. Rules lowered into several entries are
+judged as a whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import z3
+
+from anyplane.ir.actions import Deny, RateLimit
+from anyplane.ir.nodes import Entry
+from anyplane.ir.source import Span
+
+from .context import Analysis
+from .concrete import covers, escape, intersection
+from .encode import action_code
+from .reach import prefer
+from .result import Finding, VerificationBug
+
+MAX_CONFLICT_PAIRS = 20_000
+
+
+@dataclass
+class _EntryFacts:
+    live: bool | None = None
+    witness: object = None
+    covering: list[int] = field(default_factory=list)
+    redundant: bool | None = None
+    deciders: list[int] = field(default_factory=list)
+    solver_proved: bool = False
+    unknown: str | None = None
+
+
+def _rate(e: Entry):
+    a = e.action
+    return (a.count, a.per_s, a.burst) if isinstance(a, RateLimit) else None
+
+
+class AnomalyChecker:
+    """Runs the per-entry analysis over a whole program."""
+
+    def __init__(self, analysis: Analysis, progress=None):
+        self.a = analysis
+        self.progress = progress or (lambda done, total: None)
+        self.facts: list[_EntryFacts] = [_EntryFacts() for _ in analysis.ordered]
+        self.rule_of = [e.rule for e in analysis.ordered]
+        self.solver_calls = 0
+        self._splits: dict[int, tuple[list[int], list[int]]] = {}
+
+    def code(self, e: Entry | None) -> int:
+        return action_code(e, self.a.program.default)
+
+    def _split(self, i: int) -> tuple[list[int], list[int]]:
+        """Overlapping entries before and after entry i (other rules only after it); cached."""
+        hit = self._splits.get(i)
+        if hit is None:
+            cands = self.a.index.candidates(self.a.boxes[i])
+            earlier = [c for c in cands if c < i]
+            later = [c for c in cands if c > i and self.rule_of[c] != self.rule_of[i]]
+            hit = self._splits[i] = (earlier, later)
+        return hit
+
+    def _region(self, i: int) -> list:
+        """Terms: entry i matches and no earlier entry does (entry i decides)."""
+        a = self.a
+        return [a.term(a.ordered[i].match)] + [a.outside(a.ordered[c].match) for c in self._split(i)[0]]
+
+    def _solve(self, *terms):
+        self.solver_calls += 1
+        return self.a.solve(*terms)
+
+    def analyse_entry(self, i: int) -> None:
+        """Is entry i live (decides some flow), and does it matter (not redundant)?"""
+        a, facts = self.a, self.facts[i]
+        e = a.ordered[i]
+        code = self.code(e)
+        samples = a.gen.inside(e.match, tries=4)
+        if samples:
+            cover = next((x for x in a.matching(samples[0]) if x < i and covers(a, a.ordered[x].match, e.match)), None)
+            if cover is not None:
+                facts.live, facts.covering = False, [cover]
+                return
+        for start in samples[:2]:
+            w = escape(a, i, start, lambda ms: [m for m in ms if m < i])
+            if w is not None:
+                facts.live, facts.witness = True, w
+                break
+        if facts.live is None:
+            self._decide_live(i)
+            if not facts.live:
+                return
+        if self._next_differs(i, facts.witness, code):
+            facts.redundant = False
+            return
+        later = self._split(i)[1]
+        if self._same_after(i, later):
+            facts.redundant = True
+            return
+        result, _ = self._solve(*self._region(i), a.code_term(later) != code)
+        if result == "unknown":
+            facts.unknown = a.solver.reason_unknown() or "timeout"
+            return
+        facts.redundant = result == "unsat"
+        facts.solver_proved = facts.redundant
+
+    def _decide_live(self, i: int) -> None:
+        """Ask the solver whether entry i decides any flow; record a witness or the covering rules."""
+        a, facts, e = self.a, self.facts[i], self.a.ordered[i]
+        result, model = self._solve(*self._region(i))
+        if result == "unknown":
+            facts.unknown = a.solver.reason_unknown() or "timeout"
+            return
+        facts.live = result == "sat"
+        if not facts.live:
+            facts.covering = self._covering(i)
+            return
+        facts.witness = a.enc.flow(model)
+        a.confirm(facts.witness, lambda d: d.entry is e or (d.entry is not None and d.entry.rule == e.rule),
+                  f"get decided by {e.origin.loc}")
+
+    def _covering(self, i: int) -> list[int]:
+        """The rules that decide the flows of a dead entry: an unsat core when the entry has few
+        overlapping predecessors, else the deciders of sample flows (Batfish's blocking lines)."""
+        a, e = self.a, self.a.ordered[i]
+        earlier = self._split(i)[0]
+        if len(earlier) <= 64:
+            tracked = {str(c): a.outside(a.ordered[c].match) for c in earlier}
+            return [int(n) for n in a.core([a.term(e.match)], tracked)]
+        found = []
+        for f in a.gen.inside(e.match, tries=24):
+            first = next((m for m in a.matching(f) if m < i), None)
+            if first is not None and first not in found:
+                found.append(first)
+        return found or earlier[:1]
+
+    def _next_differs(self, i: int, witness, code: int) -> bool:
+        """Search concretely for a flow entry i decides whose next decider (without i's rule) differs."""
+        a, rule = self.a, self.rule_of[i]
+
+        def nxt(ms):
+            return next((m for m in ms if m > i and self.rule_of[m] != rule), None)
+
+        def blockers(ms):
+            earlier = [m for m in ms if m < i]
+            if earlier:
+                return earlier
+            k = nxt(ms)
+            if k is None:
+                return [] if self.code(None) != code else [i]
+            return [] if self.code(a.ordered[k]) != code else [k]
+        if escape(a, i, witness, blockers) is not None:
+            return True
+        # Aim at later entries that decide differently: start inside both, then escape.
+        e = a.ordered[i]
+        tried = 0
+        for c in self._split(i)[1]:
+            if self.code(a.ordered[c]) == code:
+                continue
+            start = intersection(a, [e.match, a.ordered[c].match])
+            if start is not None and escape(a, i, start, blockers) is not None:
+                return True
+            tried += 1
+            if tried >= 8:
+                break
+        return False
+
+    def _same_after(self, i: int, later: list[int]) -> bool:
+        """Sufficient for redundancy: every later entry up to one that covers entry i decides like it
+        (or, when none covers it, every later entry and the default do). Records who decides instead."""
+        a, facts = self.a, self.facts[i]
+        code = self.code(a.ordered[i])
+        for c in later:
+            x = a.ordered[c]
+            if self.code(x) != code:
+                return False
+            if covers(a, x.match, a.ordered[i].match):
+                facts.deciders = [c]
+                return True
+        facts.deciders = self._sampled_deciders(i)
+        return self.code(None) == code
+
+    def _sampled_deciders(self, i: int) -> list[int]:
+        """Entries that decide, in place of entry i, sample flows that entry i decides."""
+        a, rule, found = self.a, self.rule_of[i], []
+        samples = a.gen.inside(a.ordered[i].match, tries=12)
+        if self.facts[i].witness is not None:
+            samples.insert(0, self.facts[i].witness)
+        for f in samples:
+            ms = a.matching(f)
+            if any(m < i for m in ms):
+                continue
+            nxt = next((m for m in ms if m > i and self.rule_of[m] != rule), None)
+            if nxt is not None and nxt not in found:
+                found.append(nxt)
+        return found[:3]
+
+    def run(self) -> list[Finding]:
+        """Analyse every entry, then judge rules as wholes."""
+        total = len(self.a.ordered)
+        for i in range(total):
+            self.analyse_entry(i)
+            self.progress(i + 1, total)
+        return self._rule_findings() + self._conflicts()
+
+    # -- findings per rule --------------------------------------------------------------
+    def _rule_findings(self) -> list[Finding]:
+        a = self.a
+        by_rule: dict[str, list[int]] = {}
+        for i, e in enumerate(a.ordered):
+            by_rule.setdefault(e.rule, []).append(i)
+        out = []
+        for rule in a.program.rules:
+            positions = by_rule.get(rule.id, [])
+            facts = [self.facts[i] for i in positions]
+            if any(f.unknown for f in facts):
+                out.append(Finding("unknown", "error", rule.origin,
+                                   f"the solver could not decide whether this rule matters ({facts[0].unknown})"))
+                continue
+            if facts and all(f.live is False for f in facts):
+                covering = sorted({a.ordered[c].origin for f in facts for c in f.covering})
+                names = ", ".join(s.loc for s in covering) or "the rules before it"
+                out.append(Finding("dead", "error", rule.origin,
+                                   f"this rule never decides a flow: {names} decide every flow it matches",
+                                   related=tuple(covering)))
+                continue
+            live = [f for f in facts if f.live]
+            if live and all(f.redundant for f in live):
+                out.append(self._redundant(rule, positions))
+        return out
+
+    def _redundant(self, rule, positions: list[int]) -> Finding:
+        a = self.a
+        live = [i for i in positions if self.facts[i].live]
+        for i in live:
+            if self.facts[i].solver_proved:
+                self.facts[i].deciders = self._deciders(i)
+        deciders = sorted({a.ordered[c].origin for i in live for c in self.facts[i].deciders})
+        if not deciders and all(self.facts[i].solver_proved or not self._split(i)[1] for i in live):
+            msg = f"this rule only repeats the default ({a.program.default}): removing it changes no decision"
+        elif deciders:
+            names = ", ".join(s.loc for s in deciders)
+            msg = f"removing this rule changes no decision: {names} (and the default) decide the same way"
+        else:
+            msg = "removing this rule changes no decision: later rules and the default decide the same way"
+        return Finding("redundant", "warning", rule.origin, msg, related=tuple(deciders))
+
+    def _deciders(self, i: int) -> list[int]:
+        """Later entries that decide some flow entry i decides (a few, found by the solver)."""
+        a = self.a
+        later = self._split(i)[1]
+        found: list[int] = []
+        while len(found) < 3 and later:
+            region = self._region(i) + [a.outside(a.ordered[c].match) for c in found]
+            result, model = self._solve(*region, a.region([a.ordered[c].match for c in later]))
+            if result != "sat":
+                break
+            c = a.first(later, a.enc.flow(model))
+            if c is None or c in found:
+                break
+            found.append(c)
+        return found
+
+    # -- conflicts -------------------------------------------------------------------------
+    def _conflicts(self) -> list[Finding]:
+        a = self.a
+        overridden: dict[str, dict] = {}
+        rate: list[Finding] = []
+        pairs = 0
+        for i, e in enumerate(a.ordered):
+            if not self.facts[i].live:
+                continue
+            earlier, _ = self._split(i)
+            for c in earlier:
+                x = a.ordered[c]
+                if x.rule == e.rule:
+                    continue
+                opposite = isinstance(x.action, Deny) != isinstance(e.action, Deny)
+                rate_clash = (not opposite and not isinstance(x.action, Deny) and x.priority == e.priority
+                              and _rate(x) != _rate(e))
+                if not (opposite or rate_clash):
+                    continue
+                if pairs >= MAX_CONFLICT_PAIRS:
+                    break
+                pairs += 1
+                f = intersection(a, [x.match, e.match])
+                if f is None:
+                    overlap = [a.term(x.match), a.term(e.match)]
+                    result, model = self._solve(*overlap)
+                    if result != "sat":
+                        continue
+                    f = a.enc.flow(prefer(a, overlap, model))
+                ids = a.ids(f)
+                if not (a.holds(c, f, ids) and a.holds(i, f, ids)):
+                    raise VerificationBug(f"overlap witness {f.text} does not match both rules")
+                if rate_clash:
+                    rate.append(Finding("rate-conflict", "error", e.origin,
+                                        f"overlaps {x.origin.loc} at the same priority ({e.priority}) with a "
+                                        f"different rate limit; the slower one wins, which is probably not meant",
+                                        witness=f, related=(x.origin,)))
+                else:
+                    slot = overridden.setdefault(e.rule, {"entry": e, "winners": {}, "witness": f})
+                    slot["winners"].setdefault(x.origin, x)
+        out = []
+        for rule_id, slot in overridden.items():
+            e, winners = slot["entry"], slot["winners"]
+            verb = "deny" if isinstance(e.action, Deny) else "allow"
+            detail = ", ".join(f"{s.loc} ({'deny' if isinstance(w.action, Deny) else 'allow'}, "
+                               f"priority {w.priority})" for s, w in sorted(winners.items()))
+            out.append(Finding("conflict", "info", e.origin,
+                               f"this {verb} (priority {e.priority}) overlaps {detail}, which take precedence "
+                               f"where they overlap", witness=slot["witness"], related=tuple(sorted(winners))))
+        return out + rate

@@ -1,0 +1,170 @@
+"""The state every verification question shares: one program, encoded once.
+
+    Analysis(program)
+      .domain    finite abstraction of HTTP strings
+      .enc       Z3 flow variables and cached match terms
+      .ordered   acl entries in decision order (index = position)
+      .index     overlap index over their boxes
+      .solver    a solver holding only the well-formedness of flows; every
+                 question pushes its own terms and pops them again
+
+Questions ask only about the entries whose boxes overlap the region of
+interest: outside its box an entry matches nothing, so leaving it out of a
+first-match chain changes no decision inside the region.
+"""
+
+from __future__ import annotations
+
+import z3
+
+from anyplane.ir.flow import Flow
+from anyplane.ir.flowgen import FlowGen
+from anyplane.ir.interp import evaluate, match_holds
+from anyplane.ir.lpm import LpmTable
+from anyplane.ir.match import Match
+from anyplane.ir.nodes import Entry, Program
+
+from .domain import Domain
+from .encode import Encoder, action_code, mk_and, mk_or
+from .index import Boxer, OverlapIndex
+from .result import Unknown, VerificationBug
+
+DEFAULT_TIMEOUT_MS = 20_000
+
+
+class Analysis:
+    """One program, encoded once and queried many times."""
+
+    def __init__(self, program: Program, extra: list[Match] = (), timeout_ms: int = DEFAULT_TIMEOUT_MS,
+                 encoder: Encoder | None = None):
+        self.program = program
+        self.domain = encoder.domain if encoder else Domain.of([program], list(extra))
+        self.enc = encoder or Encoder(self.domain)
+        self.ordered: list[Entry] = Encoder.ordered(program.acl.entries)
+        self.boxer = Boxer(program)
+        self.boxes = [self.boxer.box(e.match) for e in self.ordered]
+        self.index = OverlapIndex(self.boxes)
+        self.lpm = LpmTable((row.prefix, row.identity) for row in program.endpoints)
+        self.default_code = action_code(None, program.default)
+        self.solver = z3.Solver()
+        self.solver.set("timeout", timeout_ms)
+        self.solver.add(self.enc.wellformed)
+        self._gen: FlowGen | None = None
+
+    # -- regions ------------------------------------------------------------------------
+    def term(self, m: Match) -> z3.BoolRef:
+        """The term of a match of this program."""
+        return self.enc.match(self.program, m)
+
+    def outside(self, m: Match) -> z3.BoolRef:
+        """The negated term of a match of this program."""
+        return self.enc.negated(self.program, m)
+
+    def region(self, matches) -> z3.BoolRef:
+        """A disjunction of matches."""
+        return mk_or([self.term(m) for m in matches])
+
+    def relevant(self, matches) -> list[int]:
+        """Positions of the acl entries that can match some flow in the region, ascending."""
+        out: set[int] = set()
+        for m in matches:
+            out.update(self.index.candidates(self.boxer.box(m)))
+        return sorted(out)
+
+    def code_term(self, positions: list[int], code=None) -> z3.ExprRef:
+        """The decision's action code over the given entries (first match, else the default)."""
+        code = code or (lambda e: action_code(e, self.program.default))
+        consts: dict[int, z3.BitVecRef] = {}
+
+        def const(e):
+            k = code(e)
+            if k not in consts:
+                consts[k] = z3.BitVecVal(k, 32)
+            return consts[k]
+        return self.enc.first_match(self.program, [self.ordered[i] for i in positions], const(None), const)
+
+    def allowed_term(self, positions: list[int]) -> z3.BoolRef:
+        """The decision over these entries is an allow (plain or rate-limited)."""
+        return self.code_term(positions) != 0
+
+    def selector(self, positions: list[int]) -> z3.ExprRef:
+        """Position of the deciding entry among these (or -1 for the default)."""
+        return self.enc.first_match(self.program, [self.ordered[i] for i in positions], z3.IntVal(-1),
+                                    lambda e: z3.IntVal(self.position[id(e)]))
+
+    @property
+    def position(self) -> dict[int, int]:
+        """Entry object id -> position."""
+        if not hasattr(self, "_position"):
+            self._position = {id(e): i for i, e in enumerate(self.ordered)}
+        return self._position
+
+    # -- solving ------------------------------------------------------------------------
+    def solve(self, *terms) -> tuple[str, z3.ModelRef | None]:
+        """("sat", model) | ("unsat", None) | ("unknown", None)."""
+        s = self.solver
+        s.push()
+        try:
+            # One conjunction through the C API: Solver.add casts every argument, which
+            # dominates the cost of checks over thousands of negated entries.
+            z3.Z3_solver_assert(s.ctx.ref(), s.solver, mk_and(terms).as_ast())
+            result = s.check()
+            if result == z3.sat:
+                return "sat", s.model()
+            return ("unsat", None) if result == z3.unsat else ("unknown", None)
+        finally:
+            s.pop()
+
+    def unknown(self) -> Unknown:
+        """Why the last check was undecided."""
+        return Unknown(self.solver.reason_unknown() or "unknown")
+
+    def core(self, base: list, tracked: dict[str, z3.BoolRef]) -> list[str]:
+        """Names of a subset of `tracked` constraints that, with `base`, is unsatisfiable."""
+        s = z3.Solver()
+        s.set("timeout", DEFAULT_TIMEOUT_MS)
+        s.add(self.enc.wellformed, *base)
+        literals = {}
+        for name, term in tracked.items():
+            lit = z3.Bool(f"track:{name}")
+            literals[lit.get_id()] = name
+            s.add(z3.Implies(lit, term))
+        if s.check([z3.Bool(f"track:{n}") for n in tracked]) != z3.unsat:
+            return list(tracked)
+        return sorted(literals[c.get_id()] for c in s.unsat_core())
+
+    # -- concrete flows ---------------------------------------------------------------------
+    @property
+    def gen(self) -> FlowGen:
+        """An edge-biased flow generator for this program (built on first use)."""
+        if self._gen is None:
+            self._gen = FlowGen(self.program, seed=0)
+        return self._gen
+
+    def ids(self, f: Flow) -> tuple[str | None, str | None]:
+        """Owners of the flow's addresses."""
+        return self.lpm.lookup(f.family, f.src), self.lpm.lookup(f.family, f.dst)
+
+    def holds(self, position: int, f: Flow, ids=None) -> bool:
+        """Whether the entry at `position` matches the flow."""
+        src_id, dst_id = ids or self.ids(f)
+        return match_holds(self.ordered[position].match, f, src_id, dst_id)
+
+    def matching(self, f: Flow) -> list[int]:
+        """Positions of every acl entry that matches the flow, in decision order (via the index)."""
+        ids = self.ids(f)
+        return [i for i in self.index.at(f.family, f.src, f.dst, f.proto, f.sport, f.dport)
+                if self.holds(i, f, ids)]
+
+    def first(self, positions: list[int], f: Flow) -> int | None:
+        """The first of these entries that matches the flow."""
+        ids = self.ids(f)
+        return next((i for i in positions if self.holds(i, f, ids)), None)
+
+    def confirm(self, f: Flow, claim, what: str):
+        """Re-evaluate a witness in the reference interpreter; a disagreement is a bug."""
+        decision = evaluate(self.program, f)
+        if not claim(decision):
+            raise VerificationBug(f"witness {f.text} does not {what} in the interpreter "
+                                  f"(it says {decision.verdict} by {decision.rule or 'the default'})")
+        return decision

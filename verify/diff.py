@@ -1,0 +1,207 @@
+"""Semantic diff of two versions of a policy: which flows change decision, and who decides.
+
+    region    flows that match an entry present in only one version (every
+              other flow meets the same entries in the same order in both);
+              the whole flow space when endpoints or the default changed
+    question  old decision != new decision, or both allow and the route differs
+    classes   each answer is blocked by the pair (old deciding entry, new
+              deciding entry) and asked again, until no new class appears
+
+Rate limits compare by their parameters (rate, period, burst), routes by
+their actions; the result states Zelkova's relation between the allowed sets.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import z3
+
+from anyplane.ir.actions import Deny, RateLimit
+from anyplane.ir.interp import evaluate
+from anyplane.ir.nodes import Entry, Program
+
+from .context import Analysis
+from .domain import Domain
+from .encode import Encoder, mk_and, mk_or
+from .reach import prefer
+from .result import VerificationBug
+
+MAX_CLASSES = 64
+
+
+def action_key(action) -> tuple:
+    """What an action decides, without which rule it came from."""
+    if isinstance(action, Deny):
+        return ("deny",)
+    if isinstance(action, RateLimit):
+        return ("rate", action.count, action.per_s, action.burst)
+    return ("allow",)
+
+
+def _entry_key(e: Entry) -> tuple:
+    return (e.priority, e.match, action_key(e.action))
+
+
+@dataclass
+class DiffClass:
+    """One class of flows whose decision changed, with a witness and the deciding rules."""
+
+    witness: object
+    old_rule: str | None
+    new_rule: str | None
+    what: str = ""
+    old: str = ""
+    new: str = ""
+
+    def to_json(self) -> dict:
+        """`{"witness", "old_rule", "new_rule"}` (+ what changed for `changed`)."""
+        out = {"witness": self.witness.to_json(), "old_rule": self.old_rule, "new_rule": self.new_rule}
+        if self.what:
+            out.update(what=self.what, old=self.old, new=self.new)
+        return out
+
+
+@dataclass
+class DiffReport:
+    """Newly allowed, newly denied and changed classes, and the relation between versions."""
+
+    newly_allowed: list[DiffClass] = field(default_factory=list)
+    newly_denied: list[DiffClass] = field(default_factory=list)
+    changed: list[DiffClass] = field(default_factory=list)
+    truncated: bool = False
+    unknown: str | None = None
+
+    @property
+    def relation(self) -> str:
+        """Zelkova's comparison of the allowed sets."""
+        if self.newly_allowed and self.newly_denied:
+            return "incomparable"
+        if self.newly_allowed:
+            return "more-permissive"
+        if self.newly_denied:
+            return "less-permissive"
+        return "equivalent"
+
+    def to_json(self) -> dict:
+        """The documented JSON shape."""
+        return {"relation": self.relation, "identical": not (self.newly_allowed or self.newly_denied or self.changed),
+                "newly_allowed": [c.to_json() for c in self.newly_allowed],
+                "newly_denied": [c.to_json() for c in self.newly_denied],
+                "changed": [c.to_json() for c in self.changed], "truncated": self.truncated,
+                "unknown": self.unknown}
+
+
+class _Codes:
+    """Small integers for decisions and routes, shared by both versions."""
+
+    def __init__(self):
+        self.table: dict[tuple, int] = {("deny",): 0}
+
+    def code(self, key: tuple) -> int:
+        return self.table.setdefault(key, len(self.table))
+
+
+def _same_endpoints(old: Program, new: Program) -> bool:
+    ends = lambda p: sorted((r.prefix, r.identity) for r in p.endpoints)  # noqa: E731
+    return ends(old) == ends(new) and old.default == new.default
+
+
+def _route_key(e: Entry | None) -> tuple:
+    if e is None:
+        return ("no-route",)
+    a = e.action
+    return ("route", a.split, a.timeout_ms, a.retry)
+
+
+def _describe(decision) -> tuple[str, str]:
+    rate = decision.rate
+    route = decision.route
+    rate_text = f"rate {rate.count}/{rate.per_s}s burst {rate.burst}" if rate else "no rate limit"
+    if route is None:
+        return rate_text, "no route"
+    a = route.action
+    split = ", ".join(f"{b.version} {b.weight}%" for b in a.split) or "whole service"
+    return rate_text, f"{split}; timeout {a.timeout_ms}ms; retry {a.retry.attempts if a.retry else 0}"
+
+
+def diff(old: Program, new: Program, limit: int = MAX_CLASSES) -> DiffReport:
+    """The decision differences between two programs."""
+    enc = Encoder(Domain.of([old, new]))
+    a_old, a_new = Analysis(old, encoder=enc), Analysis(new, encoder=enc)
+    old_keys, new_keys = Counter(map(_entry_key, old.acl.entries)), Counter(map(_entry_key, new.acl.entries))
+    gone = [e for e in old.acl.entries if old_keys[_entry_key(e)] > new_keys[_entry_key(e)]]
+    added = [e for e in new.acl.entries if new_keys[_entry_key(e)] > old_keys[_entry_key(e)]]
+    routes_differ = [(e.priority, e.match, _route_key(e)) for e in old.routes.entries] != \
+        [(e.priority, e.match, _route_key(e)) for e in new.routes.entries]
+
+    if _same_endpoints(old, new) and not routes_differ:
+        region = mk_or([a_old.term(e.match) for e in gone] + [a_new.term(e.match) for e in added])
+        rel_old = a_old.relevant([e.match for e in gone + added])
+        rel_new = a_new.relevant([e.match for e in gone + added])
+    else:
+        region = z3.BoolVal(True)
+        rel_old, rel_new = list(range(len(a_old.ordered))), list(range(len(a_new.ordered)))
+    report = DiffReport()
+    if not (gone or added or routes_differ or not _same_endpoints(old, new)):
+        return report
+
+    codes = _Codes()
+    code = lambda program: (lambda e: codes.code(action_key(e.action) if e else (program.default,)))  # noqa: E731
+    old_code, new_code = a_old.code_term(rel_old, code(old)), a_new.code_term(rel_new, code(new))
+    old_sel, new_sel = a_old.selector(rel_old), a_new.selector(rel_new)
+    question = [region, old_code != new_code]
+    if routes_differ:
+        r_old, r_new = _route_term(a_old, codes), _route_term(a_new, codes)
+        question = [region, z3.Or(old_code != new_code,
+                                  z3.And(old_code != 0, new_code != 0, enc.http, r_old != r_new))]
+    blocked: list[z3.BoolRef] = []
+    while True:
+        if len(report.newly_allowed) + len(report.newly_denied) + len(report.changed) >= limit:
+            report.truncated = True
+            break
+        result, model = a_old.solve(*question, *blocked)
+        if result == "unknown":
+            report.unknown = a_old.solver.reason_unknown() or "timeout"
+            break
+        if result == "unsat":
+            break
+        so = model.eval(old_sel, model_completion=True).as_long()
+        sn = model.eval(new_sel, model_completion=True).as_long()
+        pin = [old_sel == so, new_sel == sn]
+        f = enc.flow(prefer(a_old, question + blocked + pin, model))
+        _classify(report, f, evaluate(old, f), evaluate(new, f))
+        blocked.append(z3.Not(mk_and(pin + ([_route_pin(a_old, a_new, model, codes)] if routes_differ else []))))
+    return report
+
+
+def _route_term(a: Analysis, codes: _Codes) -> z3.ExprRef:
+    routes = sorted(a.program.routes.entries, key=lambda e: -e.priority)
+    term = z3.BitVecVal(codes.code(_route_key(None)), 32)
+    for e in reversed(routes):
+        term = z3.If(a.term(e.match), z3.BitVecVal(codes.code(_route_key(e)), 32), term)
+    return term
+
+
+def _route_pin(a_old: Analysis, a_new: Analysis, model, codes: _Codes) -> z3.BoolRef:
+    r_old, r_new = _route_term(a_old, codes), _route_term(a_new, codes)
+    return z3.And(r_old == model.eval(r_old, model_completion=True), r_new == model.eval(r_new, model_completion=True))
+
+
+def _classify(report: DiffReport, f, d_old, d_new) -> None:
+    cls = DiffClass(f, d_old.rule, d_new.rule)
+    if d_old.verdict == "deny" and d_new.verdict == "allow":
+        report.newly_allowed.append(cls)
+    elif d_old.verdict == "allow" and d_new.verdict == "deny":
+        report.newly_denied.append(cls)
+    else:
+        (rate_o, route_o), (rate_n, route_n) = _describe(d_old), _describe(d_new)
+        if d_old.verdict == "allow" and rate_o != rate_n:
+            cls.what, cls.old, cls.new = "rate", rate_o, rate_n
+        elif d_old.verdict == "allow" and route_o != route_n:
+            cls.what, cls.old, cls.new = "route", route_o, route_n
+        else:
+            raise VerificationBug(f"diff witness {f.text} gets the same decision from both versions "
+                                  f"({d_old.verdict}) in the interpreter")
+        report.changed.append(cls)

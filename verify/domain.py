@@ -1,0 +1,139 @@
+"""Finite abstraction of the HTTP part of a flow, exact for the IR's string matches.
+
+The IR only compares strings by equality (methods, hosts, header values) and
+by prefix (paths). So the infinitely many strings split into finitely many
+classes that every match treats alike:
+
+    paths:   for every literal L (exact paths, path prefixes and "/"):
+             "eq L"  = exactly L;
+             "ext L" = strictly longer than L, starting with no longer literal
+    hosts:   absent | each literal | any other value
+    headers: per name: absent | each literal value | any other value
+
+Each class has a concrete witness string, so a model turns into a real
+request. `Domain.of(programs)` collects the literals of one or more programs
+(two for a diff), so both sides share one abstraction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from anyplane.ir import fields as F
+from anyplane.ir.flow import HTTP_METHODS
+from anyplane.ir.match import AnyOf, Match, StrExact, StrPrefix
+from anyplane.ir.nodes import Program
+
+_EXTENSION_CHARS = "xyzqjkw0123456789abcdefghilmnoprstuv-._~"
+
+
+def _options(fm):
+    return fm.options if isinstance(fm, AnyOf) else (fm,)
+
+
+@dataclass(frozen=True)
+class PathDomain:
+    """Path classes: index i is ("eq" | "ext", literal)."""
+
+    classes: tuple[tuple[str, str], ...]
+    witnesses: tuple[str, ...]
+
+    @classmethod
+    def build(cls, exact: set[str], prefixes: set[str]) -> "PathDomain":
+        nodes = sorted(exact | prefixes | {"/"})
+        classes, witnesses = [], []
+        for lit in nodes:
+            classes.append(("eq", lit))
+            witnesses.append(lit)
+            longer = [n for n in nodes if n != lit and n.startswith(lit)]
+            used = {n[len(lit)] for n in longer}
+            ch = next((c for c in _EXTENSION_CHARS if c not in used), None)
+            if ch is not None:
+                classes.append(("ext", lit))
+                witnesses.append(lit + ch)
+        return cls(tuple(classes), tuple(witnesses))
+
+    def exact(self, value: str) -> list[int]:
+        """Classes of paths equal to `value`."""
+        return [i for i, (kind, lit) in enumerate(self.classes) if kind == "eq" and lit == value]
+
+    def prefix(self, value: str) -> list[int]:
+        """Classes of paths starting with `value`."""
+        return [i for i, (_, lit) in enumerate(self.classes) if lit.startswith(value)]
+
+    def classify(self, path: str) -> int:
+        """The class of a concrete path (which must start with '/')."""
+        best = max((i for i, (kind, lit) in enumerate(self.classes) if path.startswith(lit)),
+                   key=lambda i: len(self.classes[i][1]))
+        lit = self.classes[best][1]
+        want = "eq" if path == lit else "ext"
+        return next(i for i, c in enumerate(self.classes) if c == (want, lit))
+
+
+@dataclass(frozen=True)
+class ValueDomain:
+    """Absent (0), each literal (1..n), any other present value (n+1)."""
+
+    literals: tuple[str, ...]
+    other: str
+
+    @classmethod
+    def build(cls, literals: set[str], other: str) -> "ValueDomain":
+        lits = tuple(sorted(literals))
+        while other in lits:
+            other += "-other"
+        return cls(lits, other)
+
+    @property
+    def size(self) -> int:
+        """Number of classes including absent."""
+        return len(self.literals) + 2
+
+    def exact(self, value: str) -> int:
+        """Class of a literal value."""
+        return self.literals.index(value) + 1
+
+    def witness(self, cls_id: int) -> str | None:
+        """A value of the class (None for absent)."""
+        if cls_id == 0:
+            return None
+        return self.literals[cls_id - 1] if cls_id <= len(self.literals) else self.other
+
+    def classify(self, value: str | None) -> int:
+        """The class of a concrete value."""
+        if value is None:
+            return 0
+        return self.literals.index(value) + 1 if value in self.literals else len(self.literals) + 1
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Everything needed to treat HTTP requests finitely."""
+
+    methods: tuple[str, ...]
+    paths: PathDomain
+    hosts: ValueDomain
+    headers: dict[str, ValueDomain]
+
+    @classmethod
+    def of(cls, programs: list[Program], extra: list[Match] = ()) -> "Domain":
+        """The domain covering every literal of the programs (and of extra matches, e.g. a query)."""
+        exact, prefixes, hosts = set(), set(), set()
+        headers: dict[str, set[str]] = {}
+        matches = list(extra)
+        for p in programs:
+            matches += [e.match for e in p.acl.entries] + [e.match for e in p.routes.entries]
+            matches += [m for a in p.asserts for m in a.pattern]
+        for m in matches:
+            for name, fm in m.fields:
+                for o in _options(fm):
+                    if name == F.HTTP_PATH:
+                        (exact if isinstance(o, StrExact) else prefixes).add(o.value)
+                    elif name == F.HTTP_HOST and isinstance(o, StrExact):
+                        hosts.add(o.value)
+                    elif name.startswith(F.HEADER_PREFIX):
+                        values = headers.setdefault(name[len(F.HEADER_PREFIX):], set())
+                        if isinstance(o, StrExact):
+                            values.add(o.value)
+        return cls(HTTP_METHODS, PathDomain.build(exact, prefixes), ValueDomain.build(hosts, "other.example"),
+                   {h: ValueDomain.build(v, "other") for h, v in sorted(headers.items())})

@@ -1,0 +1,155 @@
+"""Reachability: asserts, `anyplane query`, and the rules that block a flow.
+
+    reachable P   some flow matching P is allowed: a witness, its deciding rule
+    otherwise     the rules (and/or the default) that decide the flows of P
+
+Witnesses are made readable the way Batfish picks preferred flows: after the
+solver finds any witness, preferences are added one at a time and kept when
+they stay satisfiable (the named endpoint's representative address, the
+pattern's own values, well-known ports, source port 49152, GET, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import z3
+
+from anyplane.ir.actions import Deny
+from anyplane.ir.interp import match_holds
+from anyplane.ir.match import Match
+from anyplane.ir.nodes import Assert, Entry
+from anyplane.ir.source import Span
+
+from .context import Analysis
+from .result import Finding, VerificationBug
+
+WELL_KNOWN_PORTS = (80, 443, 8080, 22, 53, 3306, 5432, 6379, 9090)
+MAX_BLOCKERS = 8
+
+
+@dataclass(frozen=True)
+class Reachability:
+    """The answer to "is some flow of the pattern allowed?"."""
+
+    reachable: bool | None
+    witness: object = None
+    rule: Span | None = None
+    blockers: tuple[Span, ...] = ()
+    default_blocks: bool = False
+    reason: str | None = None
+
+    def to_json(self) -> dict:
+        """`{"reachable", "witness", "rule", "blocked_by"}` (witness in pattern syntax under "flow")."""
+        out = {"reachable": self.reachable,
+               "witness": self.witness.to_json() if self.witness else None,
+               "rule": self.rule.loc if self.rule else None}
+        if self.reachable is False:
+            out["blocked_by"] = [s.loc for s in self.blockers] + (["default"] if self.default_blocks else [])
+        if self.reachable is None:
+            out["unknown"] = self.reason
+        return out
+
+
+def prefer(a: Analysis, base: list, model: z3.ModelRef) -> z3.ModelRef:
+    """Refine a model towards a readable witness, keeping each preference that stays satisfiable."""
+    enc = a.enc
+    f = enc.flow(model)
+    prefs: list[z3.BoolRef] = [z3.Not(enc.http)]
+    src_id, dst_id = a.ids(f)
+    for ident, var in ((src_id, enc.src), (dst_id, enc.dst)):
+        owned = a.gen.owned.get(ident, []) if ident else []
+        for fam, addr in owned[:2]:
+            prefs.append(z3.And(enc.v6 == (fam == 6), var == addr))
+        prefs.append(z3.Extract(7, 0, var) != 0)
+    ports = [p.number for p in a.program.identity(dst_id).ports] if dst_id is not None else []
+    prefs.append(z3.Or([enc.dport == p for p in ports + list(WELL_KNOWN_PORTS)]))
+    prefs.append(enc.sport == 49152)
+    prefs += [enc.icmp_type == z3.If(enc.v6, z3.BitVecVal(128, 8), z3.BitVecVal(8, 8)), enc.icmp_code == 0]
+    prefs.append(enc.method == a.domain.methods.index("GET"))
+    prefs.append(enc.host == 0)
+    prefs += [var == 0 for var in enc.headers.values()]
+    prefs.append(z3.Or([enc.path == i for i, (kind, _) in enumerate(a.domain.paths.classes) if kind == "eq"]))
+    s = a.solver
+    s.push()
+    try:
+        s.add(*base)
+        best = model
+        for p in prefs:
+            s.push()
+            s.add(p)
+            if s.check() == z3.sat:
+                best = s.model()
+                s.pop()
+                s.add(p)
+            else:
+                s.pop()
+        return best
+    finally:
+        s.pop()
+
+
+def reachability(a: Analysis, pattern: tuple[Match, ...]) -> Reachability:
+    """Whether some flow of the pattern is allowed, with a witness or the blocking rules."""
+    positions = a.relevant(pattern)
+    region = a.region(pattern)
+    base = [region, a.allowed_term(positions)]
+    result, model = a.solve(*base)
+    if result == "unknown":
+        return Reachability(None, reason=a.solver.reason_unknown() or "timeout")
+    if result == "sat":
+        f = a.enc.flow(prefer(a, base, model))
+        d = a.confirm(f, lambda d: d.verdict == "allow", "get allowed")
+        _check_in_pattern(a, f, pattern)
+        return Reachability(True, f, d.entry.origin if d.entry else None)
+    return _blockers(a, pattern, positions, region)
+
+
+def _check_in_pattern(a: Analysis, f, pattern) -> None:
+    src_id, dst_id = a.ids(f)
+    if not any(match_holds(m, f, src_id, dst_id) for m in pattern):
+        raise VerificationBug(f"witness {f.text} is outside the pattern it answers")
+
+
+def _blockers(a: Analysis, pattern, positions: list[int], region) -> Reachability:
+    """Enumerate the distinct deciders of the pattern's flows (all denies or the default)."""
+    sel = a.selector(positions)
+    seen: list[int] = []
+    blockers: list[Entry] = []
+    default = False
+    while len(seen) < MAX_BLOCKERS:
+        result, model = a.solve(region, *[sel != s for s in seen])
+        if result != "sat":
+            break
+        f = a.enc.flow(model)
+        d = a.confirm(f, lambda d: d.verdict == "deny", "get denied")
+        k = model.eval(sel, model_completion=True).as_long()
+        seen.append(k)
+        if d.entry is None:
+            default = True
+        elif isinstance(d.entry.action, Deny):
+            blockers.append(d.entry)
+    spans = tuple(sorted({e.origin for e in blockers}))
+    return Reachability(False, blockers=spans, default_blocks=default)
+
+
+def check_asserts(a: Analysis) -> list[Finding]:
+    """An `assertion-failed` finding for every assert that does not hold."""
+    out = []
+    for asrt in a.program.asserts:
+        r = reachability(a, asrt.pattern)
+        if r.reachable is None:
+            out.append(Finding("unknown", "error", asrt.origin, f"the solver could not decide this assertion ({r.reason})"))
+        elif asrt.reachable and not r.reachable:
+            out.append(Finding("assertion-failed", "error", asrt.origin, _blocked_message(asrt, r),
+                               related=r.blockers))
+        elif not asrt.reachable and r.reachable:
+            out.append(Finding("assertion-failed", "error", asrt.origin,
+                               f"'{asrt.text}' is reachable: {r.witness.text} is allowed by {r.rule.loc if r.rule else 'the default'}",
+                               witness=r.witness, related=(r.rule,) if r.rule else ()))
+    return out
+
+
+def _blocked_message(asrt: Assert, r: Reachability) -> str:
+    parts = [s.loc for s in r.blockers] + (["the default (deny)"] if r.default_blocks else [])
+    return f"'{asrt.text}' is not reachable: no flow of it is allowed; blocked by {', '.join(parts) or 'nothing'}"

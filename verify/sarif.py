@@ -1,0 +1,46 @@
+"""SARIF 2.1.0 output for `anyplane verify --format sarif`, so code-scanning UIs show findings on policy lines."""
+
+from __future__ import annotations
+
+from .result import KINDS, Finding
+
+_LEVEL = {"error": "error", "warning": "warning", "info": "note", "note": "note"}
+_DESCRIPTIONS = {
+    "dead": "A rule that decides no flow: rules before it decide every flow it matches.",
+    "redundant": "A rule whose removal changes no decision.",
+    "conflict": "An allow and a deny overlap; priority decides where they do.",
+    "rate-conflict": "Overlapping allows at the same priority with different rate limits.",
+    "assertion-failed": "An assert that does not hold.",
+    "route-unreachable": "A route that no allowed request takes.",
+    "unused-version": "A service version that receives no traffic.",
+    "unknown": "The solver could not decide (timeout): not a pass.",
+}
+
+
+def _location(span) -> dict:
+    return {"physicalLocation": {
+        "artifactLocation": {"uri": span.file},
+        "region": {"startLine": span.line, "startColumn": span.col, "endLine": span.end_line,
+                   "endColumn": span.end_col}}}
+
+
+def to_sarif(findings: list[Finding], version: str) -> dict:
+    """A SARIF log with one run."""
+    results = []
+    for f in findings:
+        result = {"ruleId": f.kind, "level": _LEVEL[f.severity], "message": {"text": f.message}}
+        if f.span is not None:
+            result["locations"] = [_location(f.span)]
+        if f.related:
+            result["relatedLocations"] = [dict(_location(s), id=n) for n, s in enumerate(f.related)]
+        if f.witness is not None:
+            result["properties"] = {"witness": f.witness.to_json()}
+        results.append(result)
+    rules = [{"id": k, "shortDescription": {"text": _DESCRIPTIONS[k]}} for k in KINDS]
+    return {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{"tool": {"driver": {"name": "anyplane", "version": version,
+                                      "informationUri": "https://github.com/anyplane/anyplane", "rules": rules}},
+                  "results": results}],
+    }
