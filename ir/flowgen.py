@@ -110,6 +110,8 @@ class FlowGen:
         self.families = [f for f in (4, 6) if self.addresses[f]]
         self.pool = {f: sorted(self.addresses[f]) for f in (4, 6)}
         self.port_pool = sorted(self.ports)
+        self.path_pool, self.method_pool, self.host_pool = sorted(self.paths), sorted(self.methods), sorted(self.hosts)
+        self.header_pools = {name: sorted(values) for name, values in sorted(self.headers.items())}
         self.proto_pool = sorted(self.protos)
 
     # -- collecting boundary values ------------------------------------------------
@@ -182,18 +184,17 @@ class FlowGen:
         get = (lambda name: m.get(name)) if m is not None else (lambda name: None)
         methods = get(F.HTTP_METHOD)
         method = rng.choice(methods.values) if isinstance(methods, InSet) else rng.choice(
-            sorted(self.methods) if rng.random() < 0.9 else HTTP_METHODS)
-        path = self._string_in(get(F.HTTP_PATH), sorted(self.paths)) if get(F.HTTP_PATH) else rng.choice(
-            sorted(self.paths))
+            self.method_pool if rng.random() < 0.9 else HTTP_METHODS)
+        path = self._string_in(get(F.HTTP_PATH), self.path_pool) if get(F.HTTP_PATH) else rng.choice(self.path_pool)
         host_m = get(F.HTTP_HOST)
-        host = self._string_in(host_m, sorted(self.hosts)) if host_m else (
-            rng.choice(sorted(self.hosts)) if rng.random() < 0.3 else None)
+        host = self._string_in(host_m, self.host_pool) if host_m else (
+            rng.choice(self.host_pool) if rng.random() < 0.3 else None)
         headers = {}
-        for name, values in sorted(self.headers.items()):
+        for name, values in self.header_pools.items():
             hm = get(F.header_field(name))
             if isinstance(hm, Absent) or (hm is None and rng.random() < 0.5):
                 continue
-            headers[name] = hm.value if isinstance(hm, StrExact) else rng.choice(sorted(values))
+            headers[name] = hm.value if isinstance(hm, StrExact) else rng.choice(values)
         return Request(method, path, host, tuple(sorted(headers.items())))
 
     # -- flows -------------------------------------------------------------------------

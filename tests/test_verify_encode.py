@@ -24,7 +24,7 @@ from .strategies import policies
 def _agree(program, flows):
     a = Analysis(program)
     terms = [(e, a.term(e.match)) for e in a.ordered]
-    solver = z3.Solver()
+    solver = z3.Solver(ctx=a.enc.ctx)
     solver.add(a.enc.wellformed)
     for f in flows:
         solver.push()

@@ -24,8 +24,7 @@ from anyplane.ir.nodes import Entry
 from anyplane.ir.source import Span
 
 from .context import Analysis
-from .concrete import covers, escape, intersection
-from .encode import action_code
+from .concrete import covers, disjoint, escape, intersection
 from .reach import prefer
 from .result import Finding, VerificationBug
 
@@ -60,7 +59,7 @@ class AnomalyChecker:
         self._splits: dict[int, tuple[list[int], list[int]]] = {}
 
     def code(self, e: Entry | None) -> int:
-        return action_code(e, self.a.program.default)
+        return self.a.enc.action_code(e, self.a.program.default)
 
     def _split(self, i: int) -> tuple[list[int], list[int]]:
         """Overlapping entries before and after entry i (other rules only after it); cached."""
@@ -294,6 +293,8 @@ class AnomalyChecker:
                 if pairs >= MAX_CONFLICT_PAIRS:
                     break
                 pairs += 1
+                if disjoint(x.match, e.match):
+                    continue
                 f = intersection(a, [x.match, e.match])
                 if f is None:
                     overlap = [a.term(x.match), a.term(e.match)]

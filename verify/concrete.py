@@ -18,6 +18,7 @@ from anyplane.ir.interp import match_holds
 from anyplane.ir.match import Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, StrExact, StrPrefix
 
 from .context import Analysis
+from .domain import intersect_ranges
 
 
 def _options(fm):
@@ -100,12 +101,14 @@ def _request(a: Analysis, matches: list[Match]) -> Request | None:
     if not methods:
         return None
     method = "GET" if "GET" in methods else methods[0]
-    path_fms = [m.get(F.HTTP_PATH) for m in matches if m.get(F.HTTP_PATH)]
-    paths = [p for p in a.domain.paths.witnesses
-             if all(any((isinstance(o, StrExact) and p == o.value) or (isinstance(o, StrPrefix) and p.startswith(o.value))
-                        for o in _options(fm)) for fm in path_fms)]
-    if not paths:
+    dom = a.domain.paths
+    allowed = [(0, len(dom.classes) - 1)]
+    for m in matches:
+        if m.get(F.HTTP_PATH) is not None:
+            allowed = intersect_ranges(allowed, dom.ranges(m.get(F.HTTP_PATH)))
+    if not allowed:
         return None
+    paths = [dom.witnesses[lo] for lo, _ in allowed]
     headers = {}
     host = None
     for m in matches:
@@ -247,7 +250,7 @@ def _rebuild(p: Flow, **changes) -> Flow | None:
         return None
 
 
-def _moves(a: Analysis, ebox, xbox, xmatch: Match, p: Flow):
+def _moves(a: Analysis, ebox, emtch: Match, xbox, xmatch: Match, p: Flow):
     """Flows next to p that leave the blocking entry's box along one dimension."""
     top = (1 << WIDTH[p.family]) - 1
     for side, mine, theirs in (("src", ebox.src, xbox.src), ("dst", ebox.dst, xbox.dst)):
@@ -276,9 +279,17 @@ def _moves(a: Analysis, ebox, xbox, xmatch: Match, p: Flow):
         for method in HTTP_METHODS:
             if method != r.method:
                 yield _rebuild(p, http=Request(method, r.path, r.host, r.headers))
-        for path in a.domain.paths.witnesses:
-            if path != r.path:
-                yield _rebuild(p, http=Request(r.method, path, r.host, r.headers))
+        dom = a.domain.paths
+        mine = dom.ranges(emtch.get(F.HTTP_PATH)) if emtch.get(F.HTTP_PATH) is not None else [(0, len(dom.classes) - 1)]
+        theirs = dom.ranges(xmatch.get(F.HTTP_PATH)) if xmatch.get(F.HTTP_PATH) is not None else []
+        tried = 0
+        for lo, hi in mine:
+            for k in (lo, hi, lo + 1, (lo + hi) // 2):
+                if lo <= k <= hi and not any(u <= k <= v for u, v in theirs) and dom.witnesses[k] != r.path:
+                    tried += 1
+                    yield _rebuild(p, http=Request(r.method, dom.witnesses[k], r.host, r.headers))
+            if tried > 8:
+                break
 
 
 def escape(a: Analysis, i: int, start: Flow, blockers) -> Flow | None:
@@ -295,7 +306,7 @@ def escape(a: Analysis, i: int, start: Flow, blockers) -> Flow | None:
             return p
         x = blocking[0]
         step = None
-        for q in _moves(a, ebox, a.boxes[x], a.ordered[x].match, p):
+        for q in _moves(a, ebox, e.match, a.boxes[x], a.ordered[x].match, p):
             if q is not None and q not in seen and match_holds(e.match, q, *a.ids(q)):
                 step = q
                 break
@@ -304,3 +315,66 @@ def escape(a: Analysis, i: int, start: Flow, blockers) -> Flow | None:
         seen.add(step)
         p = step
     return None
+
+
+def _strings_disjoint(xf, ef) -> bool:
+    for x in _options(xf):
+        for e in _options(ef):
+            xs, es = x.value if hasattr(x, "value") else None, e.value if hasattr(e, "value") else None
+            if xs is None or es is None:
+                return False
+            if isinstance(x, StrExact) and isinstance(e, StrExact) and xs != es:
+                continue
+            if isinstance(x, StrPrefix) and isinstance(e, StrExact) and not es.startswith(xs):
+                continue
+            if isinstance(e, StrPrefix) and isinstance(x, StrExact) and not xs.startswith(es):
+                continue
+            if isinstance(x, StrPrefix) and isinstance(e, StrPrefix) and not (xs.startswith(es) or es.startswith(xs)):
+                continue
+            return False
+    return True
+
+
+def _exact_set(fm) -> set | None:
+    """The values an Exact/InSet match (or a disjunction of them) admits; None for other kinds."""
+    out = set()
+    for o in _options(fm):
+        if isinstance(o, Exact):
+            out.add(o.value)
+        elif isinstance(o, InSet):
+            out.update(o.values)
+        else:
+            return None
+    return out
+
+
+def disjoint(x: Match, e: Match) -> bool:
+    """Whether no flow can match both (a sufficient, syntactic test: False when unsure).
+
+    Different identities never share an address (an address has one owner), so
+    disjoint identity sets are disjoint matches, like disjoint protocols or methods.
+    """
+    for name, xf in x.fields:
+        ef = e.get(name)
+        if ef is None:
+            continue
+        xv, ev = _exact_set(xf), _exact_set(ef)
+        if xv is not None and ev is not None:
+            if not xv & ev:
+                return True
+        elif name in (F.SPORT, F.DPORT):
+            xr = [(o.lo, o.hi) for o in _options(xf) if isinstance(o, Range)]
+            er = [(o.lo, o.hi) for o in _options(ef) if isinstance(o, Range)]
+            if len(xr) == len(_options(xf)) and len(er) == len(_options(ef)) and \
+                    not any(a <= d and c <= b for a, b in xr for c, d in er):
+                return True
+        elif name == F.HTTP_PATH or name == F.HTTP_HOST or name.startswith(F.HEADER_PREFIX):
+            if isinstance(xf, Absent) != isinstance(ef, Absent):
+                if not isinstance(xf, Absent) and not isinstance(ef, Absent):
+                    continue
+                if isinstance(xf, (StrExact, Present)) or isinstance(ef, (StrExact, Present)):
+                    return True
+            elif not isinstance(xf, (Absent, Present)) and not isinstance(ef, (Absent, Present)) \
+                    and _strings_disjoint(xf, ef):
+                return True
+    return False

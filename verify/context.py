@@ -25,7 +25,7 @@ from anyplane.ir.match import Match
 from anyplane.ir.nodes import Entry, Program
 
 from .domain import Domain
-from .encode import Encoder, action_code, mk_and, mk_or
+from .encode import Encoder, mk_and, mk_or
 from .index import Boxer, OverlapIndex
 from .result import Unknown, VerificationBug
 
@@ -45,8 +45,8 @@ class Analysis:
         self.boxes = [self.boxer.box(e.match) for e in self.ordered]
         self.index = OverlapIndex(self.boxes)
         self.lpm = LpmTable((row.prefix, row.identity) for row in program.endpoints)
-        self.default_code = action_code(None, program.default)
-        self.solver = z3.Solver()
+        self.default_code = self.enc.action_code(None, program.default)
+        self.solver = z3.Solver(ctx=self.enc.ctx)
         self.solver.set("timeout", timeout_ms)
         self.solver.add(self.enc.wellformed)
         self._gen: FlowGen | None = None
@@ -62,7 +62,7 @@ class Analysis:
 
     def region(self, matches) -> z3.BoolRef:
         """A disjunction of matches."""
-        return mk_or([self.term(m) for m in matches])
+        return mk_or([self.term(m) for m in matches], self.enc.ctx) if matches else self.enc.false
 
     def relevant(self, matches) -> list[int]:
         """Positions of the acl entries that can match some flow in the region, ascending."""
@@ -73,13 +73,13 @@ class Analysis:
 
     def code_term(self, positions: list[int], code=None) -> z3.ExprRef:
         """The decision's action code over the given entries (first match, else the default)."""
-        code = code or (lambda e: action_code(e, self.program.default))
+        code = code or (lambda e: self.enc.action_code(e, self.program.default))
         consts: dict[int, z3.BitVecRef] = {}
 
         def const(e):
             k = code(e)
             if k not in consts:
-                consts[k] = z3.BitVecVal(k, 32)
+                consts[k] = self.enc.bv(k, 32)
             return consts[k]
         return self.enc.first_match(self.program, [self.ordered[i] for i in positions], const(None), const)
 
@@ -89,8 +89,8 @@ class Analysis:
 
     def selector(self, positions: list[int]) -> z3.ExprRef:
         """Position of the deciding entry among these (or -1 for the default)."""
-        return self.enc.first_match(self.program, [self.ordered[i] for i in positions], z3.IntVal(-1),
-                                    lambda e: z3.IntVal(self.position[id(e)]))
+        return self.enc.first_match(self.program, [self.ordered[i] for i in positions], self.enc.int(-1),
+                                    lambda e: self.enc.int(self.position[id(e)]))
 
     @property
     def position(self) -> dict[int, int]:
@@ -107,7 +107,7 @@ class Analysis:
         try:
             # One conjunction through the C API: Solver.add casts every argument, which
             # dominates the cost of checks over thousands of negated entries.
-            z3.Z3_solver_assert(s.ctx.ref(), s.solver, mk_and(terms).as_ast())
+            z3.Z3_solver_assert(s.ctx.ref(), s.solver, mk_and(terms, self.enc.ctx).as_ast() if terms else self.enc.true.as_ast())
             result = s.check()
             if result == z3.sat:
                 return "sat", s.model()
@@ -121,15 +121,15 @@ class Analysis:
 
     def core(self, base: list, tracked: dict[str, z3.BoolRef]) -> list[str]:
         """Names of a subset of `tracked` constraints that, with `base`, is unsatisfiable."""
-        s = z3.Solver()
+        s = z3.Solver(ctx=self.enc.ctx)
         s.set("timeout", DEFAULT_TIMEOUT_MS)
         s.add(self.enc.wellformed, *base)
         literals = {}
         for name, term in tracked.items():
-            lit = z3.Bool(f"track:{name}")
+            lit = z3.Bool(f"track:{name}", self.enc.ctx)
             literals[lit.get_id()] = name
             s.add(z3.Implies(lit, term))
-        if s.check([z3.Bool(f"track:{n}") for n in tracked]) != z3.unsat:
+        if s.check([z3.Bool(f"track:{n}", self.enc.ctx) for n in tracked]) != z3.unsat:
             return list(tracked)
         return sorted(literals[c.get_id()] for c in s.unsat_core())
 

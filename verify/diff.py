@@ -137,11 +137,12 @@ def diff(old: Program, new: Program, limit: int = MAX_CLASSES) -> DiffReport:
         [(e.priority, e.match, _route_key(e)) for e in new.routes.entries]
 
     if _same_endpoints(old, new) and not routes_differ:
-        region = mk_or([a_old.term(e.match) for e in gone] + [a_new.term(e.match) for e in added])
+        region = mk_or([a_old.term(e.match) for e in gone] + [a_new.term(e.match) for e in added], enc.ctx) \
+            if gone or added else enc.false
         rel_old = a_old.relevant([e.match for e in gone + added])
         rel_new = a_new.relevant([e.match for e in gone + added])
     else:
-        region = z3.BoolVal(True)
+        region = enc.true
         rel_old, rel_new = list(range(len(a_old.ordered))), list(range(len(a_new.ordered)))
     report = DiffReport()
     if not (gone or added or routes_differ or not _same_endpoints(old, new)):
@@ -172,15 +173,15 @@ def diff(old: Program, new: Program, limit: int = MAX_CLASSES) -> DiffReport:
         pin = [old_sel == so, new_sel == sn]
         f = enc.flow(prefer(a_old, question + blocked + pin, model))
         _classify(report, f, evaluate(old, f), evaluate(new, f))
-        blocked.append(z3.Not(mk_and(pin + ([_route_pin(a_old, a_new, model, codes)] if routes_differ else []))))
+        blocked.append(z3.Not(mk_and(pin + ([_route_pin(a_old, a_new, model, codes)] if routes_differ else []), enc.ctx)))
     return report
 
 
 def _route_term(a: Analysis, codes: _Codes) -> z3.ExprRef:
     routes = sorted(a.program.routes.entries, key=lambda e: -e.priority)
-    term = z3.BitVecVal(codes.code(_route_key(None)), 32)
+    term = a.enc.bv(codes.code(_route_key(None)), 32)
     for e in reversed(routes):
-        term = z3.If(a.term(e.match), z3.BitVecVal(codes.code(_route_key(e)), 32), term)
+        term = z3.If(a.term(e.match), a.enc.bv(codes.code(_route_key(e)), 32), term)
     return term
 
 

@@ -17,6 +17,7 @@ request. `Domain.of(programs)` collects the literals of one or more programs
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 
 from anyplane.ir import fields as F
@@ -33,33 +34,63 @@ def _options(fm):
 
 @dataclass(frozen=True)
 class PathDomain:
-    """Path classes: index i is ("eq" | "ext", literal)."""
+    """Path classes: index i is ("eq" | "ext", literal), sorted by literal.
+
+    Because literals are sorted, the classes of every path starting with a
+    prefix form one contiguous index range: a prefix match is two comparisons.
+    """
 
     classes: tuple[tuple[str, str], ...]
     witnesses: tuple[str, ...]
+    literals: tuple[str, ...]
 
     @classmethod
     def build(cls, exact: set[str], prefixes: set[str]) -> "PathDomain":
         nodes = sorted(exact | prefixes | {"/"})
         classes, witnesses = [], []
-        for lit in nodes:
+        for k, lit in enumerate(nodes):
             classes.append(("eq", lit))
             witnesses.append(lit)
-            longer = [n for n in nodes if n != lit and n.startswith(lit)]
-            used = {n[len(lit)] for n in longer}
+            used = set()
+            for n in nodes[k + 1:]:  # the longer literals extending lit follow it directly
+                if not n.startswith(lit):
+                    break
+                used.add(n[len(lit)])
             ch = next((c for c in _EXTENSION_CHARS if c not in used), None)
             if ch is not None:
                 classes.append(("ext", lit))
                 witnesses.append(lit + ch)
-        return cls(tuple(classes), tuple(witnesses))
+        return cls(tuple(classes), tuple(witnesses), tuple(c[1] for c in classes))
 
     def exact(self, value: str) -> list[int]:
         """Classes of paths equal to `value`."""
-        return [i for i, (kind, lit) in enumerate(self.classes) if kind == "eq" and lit == value]
+        i = bisect_left(self.literals, value)
+        return [i] if i < len(self.literals) and self.classes[i] == ("eq", value) else []
+
+    def prefix_range(self, value: str) -> tuple[int, int] | None:
+        """The inclusive range of classes of paths starting with `value` (None if empty)."""
+        lo = bisect_left(self.literals, value)
+        hi = bisect_left(self.literals, value + "\U0010ffff")
+        return (lo, hi - 1) if hi > lo else None
+
+    def ranges(self, fm) -> list[tuple[int, int]]:
+        """Inclusive class ranges of the paths a path match admits (StrExact, StrPrefix or AnyOf of them)."""
+        out = []
+        for o in (fm.options if isinstance(fm, AnyOf) else (fm,)):
+            if isinstance(o, StrExact):
+                out += [(i, i) for i in self.exact(o.value)]
+            elif isinstance(o, StrPrefix):
+                r = self.prefix_range(o.value)
+                if r is not None:
+                    out.append(r)
+            else:
+                out.append((0, len(self.classes) - 1))
+        return out
 
     def prefix(self, value: str) -> list[int]:
         """Classes of paths starting with `value`."""
-        return [i for i, (_, lit) in enumerate(self.classes) if lit.startswith(value)]
+        r = self.prefix_range(value)
+        return list(range(r[0], r[1] + 1)) if r else []
 
     def classify(self, path: str) -> int:
         """The class of a concrete path (which must start with '/')."""
@@ -68,6 +99,11 @@ class PathDomain:
         lit = self.classes[best][1]
         want = "eq" if path == lit else "ext"
         return next(i for i, c in enumerate(self.classes) if c == (want, lit))
+
+
+def intersect_ranges(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Pairwise intersection of two lists of inclusive ranges."""
+    return [(max(x, u), min(y, v)) for x, y in a for u, v in b if max(x, u) <= min(y, v)]
 
 
 @dataclass(frozen=True)

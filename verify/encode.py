@@ -34,43 +34,36 @@ CODE_BITS = 32
 # Term builders on Z3's C API. The z3 module's And/Or/Not/If check and coerce
 # their arguments, which costs ~30 us a call; policies need millions of calls.
 # Every result is wrapped at once (wrapping takes a reference), as z3 does.
-_CTX = z3.main_ctx()
+# Each Encoder owns a Z3 context, so answers do not depend on what else the
+# process asked before (Z3's choices depend on its context's history).
 
 
-def _wrap(ast, kind=z3.BoolRef):
-    return kind(ast, _CTX)
-
-
-def mk_and(terms) -> z3.BoolRef:
+def mk_and(terms, ctx: z3.Context) -> z3.BoolRef:
     """Conjunction (True when empty)."""
     terms = list(terms)
-    if not terms:
-        return z3.BoolVal(True)
     if len(terms) == 1:
         return terms[0]
     arr = (z3.Ast * len(terms))(*[t.as_ast() for t in terms])
-    return _wrap(z3.Z3_mk_and(_CTX.ref(), len(terms), arr))
+    return z3.BoolRef(z3.Z3_mk_and(ctx.ref(), len(terms), arr), ctx)
 
 
-def mk_or(terms) -> z3.BoolRef:
+def mk_or(terms, ctx: z3.Context) -> z3.BoolRef:
     """Disjunction (False when empty)."""
     terms = list(terms)
-    if not terms:
-        return z3.BoolVal(False)
     if len(terms) == 1:
         return terms[0]
     arr = (z3.Ast * len(terms))(*[t.as_ast() for t in terms])
-    return _wrap(z3.Z3_mk_or(_CTX.ref(), len(terms), arr))
+    return z3.BoolRef(z3.Z3_mk_or(ctx.ref(), len(terms), arr), ctx)
 
 
 def mk_not(term) -> z3.BoolRef:
     """Negation."""
-    return _wrap(z3.Z3_mk_not(_CTX.ref(), term.as_ast()))
+    return z3.BoolRef(z3.Z3_mk_not(term.ctx.ref(), term.as_ast()), term.ctx)
 
 
 def mk_ite(cond, then, other):
     """If-then-else of two terms of the same sort."""
-    return _wrap(z3.Z3_mk_ite(_CTX.ref(), cond.as_ast(), then.as_ast(), other.as_ast()), type(then))
+    return type(then)(z3.Z3_mk_ite(cond.ctx.ref(), cond.as_ast(), then.as_ast(), other.as_ast()), cond.ctx)
 
 
 class Unsupported(Exception):
@@ -104,8 +97,8 @@ class Ownership:
             for p in self.by_identity.get(identity, ()):
                 inside = self.enc.in_prefix(side, p)
                 kids = [self.enc.in_prefix(side, c) for c in self.children[p]]
-                terms.append(mk_and([inside, mk_not(mk_or(kids))]) if kids else inside)
-            self.cache[key] = mk_or(terms)
+                terms.append(mk_and([inside, mk_not(mk_or(kids, self.enc.ctx))], self.enc.ctx) if kids else inside)
+            self.cache[key] = mk_or(terms, self.enc.ctx)
         return self.cache[key]
 
     def owner_prefixes(self, identity: str) -> list[Prefix]:
@@ -116,19 +109,22 @@ class Ownership:
 class Encoder:
     """Flow variables and term builders shared by every program in one question."""
 
-    def __init__(self, domain: Domain, tag: str = ""):
+    def __init__(self, domain: Domain):
         self.domain = domain
-        bv = z3.BitVec
-        self.v6 = z3.Bool(f"v6{tag}")
-        self.src, self.dst = bv(f"src{tag}", 128), bv(f"dst{tag}", 128)
-        self.proto = bv(f"proto{tag}", 8)
-        self.sport, self.dport = bv(f"sport{tag}", 16), bv(f"dport{tag}", 16)
-        self.icmp_type, self.icmp_code = bv(f"icmp_type{tag}", 8), bv(f"icmp_code{tag}", 8)
-        self.http = z3.Bool(f"http{tag}")
-        self.method = bv(f"method{tag}", CLASS_BITS)
-        self.path = bv(f"path{tag}", CLASS_BITS)
-        self.host = bv(f"host{tag}", CLASS_BITS)
-        self.headers = {h: bv(f"header{tag}:{h}", CLASS_BITS) for h in domain.headers}
+        self.ctx = ctx = z3.Context()
+        bv = lambda name, bits: z3.BitVec(name, bits, ctx)  # noqa: E731
+        self.true, self.false = z3.BoolVal(True, ctx), z3.BoolVal(False, ctx)
+        self.v6 = z3.Bool("v6", ctx)
+        self.src, self.dst = bv("src", 128), bv("dst", 128)
+        self.proto = bv("proto", 8)
+        self.sport, self.dport = bv("sport", 16), bv("dport", 16)
+        self.icmp_type, self.icmp_code = bv("icmp_type", 8), bv("icmp_code", 8)
+        self.http = z3.Bool("http", ctx)
+        self.method = bv("method", CLASS_BITS)
+        self.path = bv("path", CLASS_BITS)
+        self.host = bv("host", CLASS_BITS)
+        self.headers = {h: bv(f"header:{h}", CLASS_BITS) for h in domain.headers}
+        self._buckets: dict[str, int] = {}
         self.has_ports = z3.Or(self.proto == TCP, self.proto == UDP)
         self.is_icmp = z3.Or(z3.And(z3.Not(self.v6), self.proto == ICMP), z3.And(self.v6, self.proto == ICMP6))
         self._ownership: dict[int, tuple[Program, Ownership]] = {}
@@ -186,7 +182,7 @@ class Encoder:
         hit = self._match_cache.get(id(m))
         if hit is not None and hit[0] is m:
             return hit[1]
-        term = mk_and([self.field(program, name, fm) for name, fm in m.fields])
+        term = mk_and([self.field(program, name, fm) for name, fm in m.fields], self.ctx) if m.fields else self.true
         self._match_cache[id(m)] = (m, term)
         return term
 
@@ -206,13 +202,13 @@ class Encoder:
     def field(self, program: Program, name: str, fm) -> z3.BoolRef:
         """The term for one field match, including the field's presence."""
         if isinstance(fm, AnyOf):
-            return mk_or([self.field(program, name, o) for o in fm.options])
+            return mk_or([self.field(program, name, o) for o in fm.options], self.ctx)
         if name in (F.SRC_ID, F.DST_ID):
             side = "src" if name == F.SRC_ID else "dst"
             if not isinstance(fm, InSet):
                 raise Unsupported(f"{name} supports set matches only, not {type(fm).__name__}")
             own = self.ownership(program)
-            return mk_or([own.owned(side, i) for i in fm.values])
+            return mk_or([own.owned(side, i) for i in fm.values], self.ctx)
         if name in (F.SRC_IP, F.DST_IP):
             if not isinstance(fm, PrefixMatch):
                 raise Unsupported(f"{name} supports prefix matches only, not {type(fm).__name__}")
@@ -237,9 +233,9 @@ class Encoder:
         if isinstance(fm, Ternary):
             return var & fm.mask == fm.value
         if isinstance(fm, Present):
-            return z3.BoolVal(True)
+            return self.true
         if isinstance(fm, Absent):
-            return z3.BoolVal(False)
+            return self.false
         raise Unsupported(f"{name} does not support {type(fm).__name__}")
 
     def _l7(self, name: str, fm) -> z3.BoolRef:
@@ -257,7 +253,10 @@ class Encoder:
             if isinstance(fm, StrExact):
                 return z3.And(self.http, z3.Or([self.path == i for i in d.paths.exact(fm.value)]))
             if isinstance(fm, StrPrefix):
-                return z3.And(self.http, z3.Or([self.path == i for i in d.paths.prefix(fm.value)]))
+                r = d.paths.prefix_range(fm.value)
+                if r is None:
+                    return self.false
+                return z3.And(self.http, z3.ULE(r[0], self.path), z3.ULE(self.path, r[1]))
             if isinstance(fm, Present):
                 return self.http
         elif name == F.HTTP_HOST or name.startswith(F.HEADER_PREFIX):
@@ -329,15 +328,21 @@ class Encoder:
         return z3.And(terms)
 
 
-_BUCKETS: dict[str, int] = {}
+    # -- action codes -----------------------------------------------------------------------
+    def action_code(self, e: Entry | None, default: str) -> int:
+        """Deny 0, allow 1, a rate limit 2 + a number for its bucket: equal codes, equal decisions."""
+        if e is None:
+            return 0 if default == "deny" else 1
+        if isinstance(e.action, Deny):
+            return 0
+        if isinstance(e.action, RateLimit):
+            return 2 + self._buckets.setdefault(e.action.bucket, len(self._buckets))
+        return 1
 
+    def bv(self, value: int, bits: int) -> z3.BitVecRef:
+        """A bit-vector constant in this encoder's context."""
+        return z3.BitVecVal(value, bits, self.ctx)
 
-def action_code(e: Entry | None, default: str) -> int:
-    """Deny 0, allow 1, a rate limit 2 + a number for its bucket: equal codes, equal decisions."""
-    if e is None:
-        return 0 if default == "deny" else 1
-    if isinstance(e.action, Deny):
-        return 0
-    if isinstance(e.action, RateLimit):
-        return 2 + _BUCKETS.setdefault(e.action.bucket, len(_BUCKETS))
-    return 1
+    def int(self, value: int) -> z3.IntNumRef:
+        """An integer constant in this encoder's context."""
+        return z3.IntVal(value, self.ctx)

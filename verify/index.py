@@ -172,7 +172,12 @@ class _PrefixDimension:
 
 
 class OverlapIndex:
-    """Boxes of a list of matches, queried by box."""
+    """Boxes of a list of matches, queried by box or by point.
+
+    The address dimensions are looked up in prefix indexes and intersected (a
+    wildcard dimension is not looked up: it filters nothing); protocols and
+    ports are then checked per candidate.
+    """
 
     def __init__(self, boxes: list[Box]):
         self.boxes = boxes
@@ -184,12 +189,7 @@ class OverlapIndex:
         self.dst.freeze()
 
     def candidates(self, box: Box) -> list[int]:
-        """Indices of boxes that overlap `box`, ascending.
-
-        Each constrained address dimension is looked up in the index and the
-        results intersected (an unconstrained dimension filters nothing, so it
-        is not looked up); protocols and ports are checked per candidate.
-        """
+        """Indices of boxes that overlap `box`, ascending."""
         found: set[int] | None = None
         for dim, prefixes in ((self.dst, box.dst), (self.src, box.src)):
             if prefixes is None:

@@ -65,7 +65,7 @@ def prefer(a: Analysis, base: list, model: z3.ModelRef) -> z3.ModelRef:
     ports = [p.number for p in a.program.identity(dst_id).ports] if dst_id is not None else []
     prefs.append(z3.Or([enc.dport == p for p in ports + list(WELL_KNOWN_PORTS)]))
     prefs.append(enc.sport == 49152)
-    prefs += [enc.icmp_type == z3.If(enc.v6, z3.BitVecVal(128, 8), z3.BitVecVal(8, 8)), enc.icmp_code == 0]
+    prefs += [enc.icmp_type == z3.If(enc.v6, enc.bv(128, 8), enc.bv(8, 8)), enc.icmp_code == 0]
     prefs.append(enc.method == a.domain.methods.index("GET"))
     prefs.append(enc.host == 0)
     prefs += [var == 0 for var in enc.headers.values()]
