@@ -92,7 +92,7 @@ class AnomalyChecker:
                 facts.live, facts.covering = False, [cover]
                 return
         for start in samples[:2]:
-            w = escape(a, i, start, lambda ms: [m for m in ms if m < i])
+            w = escape(a, e.match, a.boxes[i], start, lambda ms: [m for m in ms if m < i])
             if w is not None:
                 facts.live, facts.witness = True, w
                 break
@@ -159,16 +159,16 @@ class AnomalyChecker:
             if k is None:
                 return [] if self.code(None) != code else [i]
             return [] if self.code(a.ordered[k]) != code else [k]
-        if escape(a, i, witness, blockers) is not None:
+        e = a.ordered[i]
+        if escape(a, e.match, a.boxes[i], witness, blockers) is not None:
             return True
         # Aim at later entries that decide differently: start inside both, then escape.
-        e = a.ordered[i]
         tried = 0
         for c in self._split(i)[1]:
             if self.code(a.ordered[c]) == code:
                 continue
             start = intersection(a, [e.match, a.ordered[c].match])
-            if start is not None and escape(a, i, start, blockers) is not None:
+            if start is not None and escape(a, e.match, a.boxes[i], start, blockers) is not None:
                 return True
             tried += 1
             if tried >= 8:

@@ -292,22 +292,23 @@ def _moves(a: Analysis, ebox, emtch: Match, xbox, xmatch: Match, p: Flow):
                 break
 
 
-def escape(a: Analysis, i: int, start: Flow, blockers) -> Flow | None:
-    """A flow inside entry i's match that `blockers(matching positions)` leaves empty, or None.
+def escape(a: Analysis, stay: Match, stay_box, start: Flow, blockers) -> Flow | None:
+    """A flow inside `stay` that `blockers(matching positions)` leaves empty, or None.
 
     A greedy walk: from `start`, step just outside the first blocking entry's box
-    along one dimension, staying inside entry i, until nothing blocks.
+    along one dimension, staying inside `stay`, until nothing blocks.
     """
-    e, ebox = a.ordered[i], a.boxes[i]
     p, seen = start, {start}
     for _ in range(MAX_STEPS):
         blocking = blockers(a.matching(p))
         if not blocking:
             return p
         x = blocking[0]
+        if x < 0:  # blocked by the default, not by an entry one could step out of
+            return None
         step = None
-        for q in _moves(a, ebox, e.match, a.boxes[x], a.ordered[x].match, p):
-            if q is not None and q not in seen and match_holds(e.match, q, *a.ids(q)):
+        for q in _moves(a, stay_box, stay, a.boxes[x], a.ordered[x].match, p):
+            if q is not None and q not in seen and match_holds(stay, q, *a.ids(q)):
                 step = q
                 break
         if step is None:
@@ -378,3 +379,28 @@ def disjoint(x: Match, e: Match) -> bool:
                     and _strings_disjoint(xf, ef):
                 return True
     return False
+
+
+def polish(a: Analysis, f: Flow, keep) -> Flow:
+    """Make a witness more readable, one tweak at a time, keeping tweaks for which `keep(flow)` holds."""
+    tweaks = []
+    src_id, dst_id = a.ids(f)
+    for side, ident in (("src", src_id), ("dst", dst_id)):
+        for fam, addr in a.gen.owned.get(ident, [])[:1] if ident else ():
+            if fam == f.family:
+                tweaks.append({side: addr})
+    if f.http is not None:
+        tweaks.append(dict(http=None))
+        if f.http.method != "GET":
+            tweaks.append(dict(http=Request("GET", f.http.path, f.http.host, f.http.headers)))
+    if f.sport is not None:
+        tweaks.append(dict(sport=49152))
+        ports = [p.number for p in a.program.identity(dst_id).ports] if dst_id else []
+        tweaks += [dict(dport=p) for p in ports + [80, 443] if p != f.dport]
+    if f.icmp_type is not None:
+        tweaks.append(dict(icmp_type=8 if f.family == 4 else 128, icmp_code=0))
+    for t in tweaks:
+        candidate = _rebuild(f, **t)
+        if candidate is not None and keep(candidate):
+            f = candidate
+    return f

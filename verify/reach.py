@@ -22,6 +22,7 @@ from anyplane.ir.nodes import Assert, Entry
 from anyplane.ir.source import Span
 
 from .context import Analysis
+from .concrete import escape, intersection, polish
 from .result import Finding, VerificationBug
 
 WELL_KNOWN_PORTS = (80, 443, 8080, 22, 53, 3306, 5432, 6379, 9090)
@@ -89,8 +90,34 @@ def prefer(a: Analysis, base: list, model: z3.ModelRef) -> z3.ModelRef:
         s.pop()
 
 
+def _concrete_witness(a: Analysis, pattern: tuple[Match, ...]):
+    """Look for an allowed flow of the pattern without the solver (None when not found)."""
+    deny_default = a.program.default == "deny"
+
+    def blockers(ms):
+        if not ms:
+            return [-1] if deny_default else []
+        return [] if a.ordered[ms[0]].action.verdict == "allow" else [ms[0]]
+
+    for m in pattern:
+        box = a.boxer.box(m)
+        starts = a.gen.inside(m, tries=3)
+        allows = [c for c in a.index.candidates(box) if a.ordered[c].action.verdict == "allow"][:8]
+        starts += [f for f in (intersection(a, [m, a.ordered[c].match]) for c in allows) if f is not None]
+        for start in starts:
+            w = escape(a, m, box, start, blockers)
+            if w is not None:
+                return polish(a, w, lambda f: match_holds(m, f, *a.ids(f)) and not blockers(a.matching(f)))
+    return None
+
+
 def reachability(a: Analysis, pattern: tuple[Match, ...]) -> Reachability:
     """Whether some flow of the pattern is allowed, with a witness or the blocking rules."""
+    w = _concrete_witness(a, pattern)
+    if w is not None:
+        d = a.confirm(w, lambda d: d.verdict == "allow", "get allowed")
+        _check_in_pattern(a, w, pattern)
+        return Reachability(True, w, d.entry.origin if d.entry else None)
     positions = a.relevant(pattern)
     region = a.region(pattern)
     base = [region, a.allowed_term(positions)]
