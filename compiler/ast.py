@@ -151,6 +151,7 @@ class L4:
     icmp_code: Num | None
     proto: Num | None
     span: Span
+    fragment: bool = False  # flows only: a non-first fragment (no L4 header)
 
 
 @dataclass(frozen=True, slots=True)

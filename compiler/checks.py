@@ -110,6 +110,8 @@ class Checker:
                 self.err(r.span, "empty-range", f"{what} range {r.lo.value}-{r.hi.value} is empty")
 
     def _l4(self, l4: ast.L4) -> None:
+        if l4.fragment:
+            self.err(l4.span, "bad-fragment", "'fragment' describes one concrete packet (explain, replay), not a rule")
         self._ranges(l4.ports, "port")
         self._ranges(l4.sports, "source port")
         for n, what in ((l4.icmp_type, "ICMP type"), (l4.icmp_code, "ICMP code"), (l4.proto, "protocol")):

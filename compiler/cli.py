@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .commands import analysis, policy  # noqa: F401  (registers the subcommands)
+from .commands import analysis, engines, policy  # noqa: F401  (registers the subcommands)
 from .commands.common import EXIT_INTERNAL, cli
 
 __all__ = ["cli", "main"]

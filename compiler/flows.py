@@ -159,7 +159,8 @@ def flow_from_pattern(p: ast.Pattern, symbols: Symbols, program: Program) -> Flo
         return Flow(src_family, src, dst, proto, DEFAULT_SPORT if sport is None else sport, dport, http=request)
     if request is not None:
         _fail(l4.span, "http-needs-tcp", "HTTP runs over TCP")
-    if l4.kind == "icmp" or (l4.kind == "proto" and (l4.proto.value, src_family) in ((ICMP, 4), (ICMP6, 6))):
+    if l4.kind == "icmp" or (l4.kind == "proto" and not l4.fragment
+                             and (l4.proto.value, src_family) in ((ICMP, 4), (ICMP6, 6))):
         proto = ICMP if src_family == 4 else ICMP6
         icmp_type = l4.icmp_type.value if l4.icmp_type is not None else (8 if src_family == 4 else 128)
         icmp_code = l4.icmp_code.value if l4.icmp_code is not None else 0
@@ -167,10 +168,12 @@ def flow_from_pattern(p: ast.Pattern, symbols: Symbols, program: Program) -> Flo
             _fail(l4.span, "bad-number", "ICMP type and code are 0-255")
         return Flow(src_family, src, dst, proto, icmp_type=icmp_type, icmp_code=icmp_code)
     proto = l4.proto.value
-    if proto in (TCP, UDP):
-        _fail(l4.span, "not-concrete", f"use '{'tcp' if proto == TCP else 'udp'} PORT' for a flow of protocol {proto}")
     if not 0 <= proto <= 255:
         _fail(l4.proto.span, "bad-number", f"protocol {proto} is out of range 0-255")
+    if l4.fragment:
+        return Flow(src_family, src, dst, proto, fragment=True)
+    if proto in (TCP, UDP):
+        _fail(l4.span, "not-concrete", f"use '{'tcp' if proto == TCP else 'udp'} PORT' for a flow of protocol {proto}")
     return Flow(src_family, src, dst, proto)
 
 

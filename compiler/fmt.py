@@ -35,7 +35,7 @@ def format_l4(l4: ast.L4) -> str:
             if l4.icmp_code is not None:
                 out += f" code {l4.icmp_code.value}"
         return out
-    return f"proto {l4.proto.value}"
+    return f"proto {l4.proto.value}" + (" fragment" if l4.fragment else "")
 
 
 def format_l7(l7: ast.L7) -> str:

@@ -241,7 +241,7 @@ class ToAst(Transformer):
                          self._s(children))
 
     def l4_proto(self, children):
-        return ast.L4("proto", (), (), None, None, self._num(children[1]), self._s(children))
+        return ast.L4("proto", (), (), None, None, self._num(children[1]), self._s(children), len(children) > 2)
 
     def l7(self, children):
         methods = next((c for c in children if isinstance(c, _Methods)), None)

@@ -61,6 +61,7 @@ class Flow:
     icmp_type: int | None = None
     icmp_code: int | None = None
     http: Request | None = None
+    fragment: bool = False
 
     def __post_init__(self) -> None:
         if self.family not in WIDTH:
@@ -70,21 +71,21 @@ class Flow:
             raise ValueError("address out of range for its family")
         if not 0 <= self.proto <= 255:
             raise ValueError("protocol out of range")
-        has_ports = self.proto in PORT_PROTOCOLS
+        has_ports = self.proto in PORT_PROTOCOLS and not self.fragment
         if has_ports != (self.sport is not None and self.dport is not None):
-            raise ValueError("TCP and UDP flows, and only they, carry both ports")
+            raise ValueError("TCP and UDP flows (not their non-first fragments), and only they, carry both ports")
         for p in (self.sport, self.dport):
             if p is not None and not 0 <= p <= 65535:
                 raise ValueError("port out of range")
         if self.is_icmp != (self.icmp_type is not None and self.icmp_code is not None):
             raise ValueError("ICMP (IPv4) and ICMPv6 (IPv6) flows, and only they, carry a type and a code")
-        if self.http is not None and self.proto != TCP:
+        if self.http is not None and (self.proto != TCP or self.fragment):
             raise ValueError("HTTP requests travel over TCP")
 
     @property
     def is_icmp(self) -> bool:
-        """ICMP over IPv4 or ICMPv6 over IPv6: the flows that carry a type and a code."""
-        return (self.proto, self.family) in ((ICMP, 4), (ICMP6, 6))
+        """ICMP over IPv4 or ICMPv6 over IPv6 (first fragments): the flows that carry a type and a code."""
+        return (self.proto, self.family) in ((ICMP, 4), (ICMP6, 6)) and not self.fragment
 
     def value(self, field: str):
         """The flow's value of a header field (None when the flow has no such field).
@@ -118,18 +119,18 @@ class Flow:
         if self.http is None:
             return self
         return Flow(self.family, self.src, self.dst, self.proto, self.sport, self.dport,
-                    self.icmp_type, self.icmp_code, None)
+                    self.icmp_type, self.icmp_code, None, self.fragment)
 
     @property
     def text(self) -> str:
         """The flow in pattern syntax, e.g. `10.0.1.1 -> 10.0.2.1 tcp 9080 sport 49152`."""
         parts = [format_address(self.family, self.src), "->", format_address(self.family, self.dst)]
-        if self.proto in PORT_PROTOCOLS:
+        if self.sport is not None:
             parts += [PROTOCOL_NAMES[self.proto], str(self.dport), "sport", str(self.sport)]
         elif self.is_icmp:
             parts += ["icmp", "type", str(self.icmp_type), "code", str(self.icmp_code)]
         else:
-            parts += ["proto", str(self.proto)]
+            parts += ["proto", str(self.proto)] + (["fragment"] if self.fragment else [])
         if self.http is not None:
             parts += ["http", self.http.method, self.http.path]
             if self.http.host is not None:
@@ -140,7 +141,7 @@ class Flow:
 
     def to_json(self) -> dict:
         """Structured fields beside the pattern-syntax text."""
-        out = {"flow": self.text, "family": self.family,
+        out = {"flow": self.text, "family": self.family, "fragment": self.fragment,
                "src": format_address(self.family, self.src),
                "dst": format_address(self.family, self.dst), "proto": self.proto}
         if self.sport is not None:

@@ -32,15 +32,21 @@ class LpmTable(Generic[V]):
             self._lengths = {f: sorted(self._by_len[f], reverse=True) for f in (4, 6)}
         return self._lengths[family]
 
-    def lookup_prefix(self, family: int, address: int) -> tuple[Prefix, V] | None:
-        """The longest prefix containing the address and its value, or None."""
+    def lookup_prefix(self, family: int, address: int, max_length: int | None = None) -> tuple[Prefix, V] | None:
+        """The longest prefix containing the address (no longer than max_length) and its value, or None."""
         width = WIDTH[family]
         for length in self._sorted_lengths(family):
+            if max_length is not None and length > max_length:
+                continue
             key = address >> (width - length) << (width - length) if length else 0
             table = self._by_len[family][length]
             if key in table:
                 return Prefix(family, key, length), table[key]
         return None
+
+    def covering(self, prefix: Prefix) -> tuple[Prefix, V] | None:
+        """The longest stored prefix that covers every address of `prefix`."""
+        return self.lookup_prefix(prefix.family, prefix.value, prefix.length)
 
     def lookup(self, family: int, address: int) -> V | None:
         """The value of the longest prefix containing the address, or None."""

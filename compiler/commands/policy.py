@@ -1,4 +1,4 @@
-"""Commands on policy files: check, compile, explain, fmt."""
+"""Commands on policy files: check, explain, fmt."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ from pathlib import Path
 
 import click
 
-from anyplane.ir import printer
 from anyplane.ir.source import DiagnosticError, SourceMap
 
 from ..explain import explain as explain_flow, format_explanation
 from ..flows import parse_flow
 from ..fmt import format_file
 from ..parser import parse_file
-from ..pipeline import STAGES, load, read_sources
-from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, with_source, write_artifacts
+from ..pipeline import load, read_sources
+from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, with_source
 
 
 @cli.command()
@@ -35,28 +34,6 @@ def check(files, output_format) -> None:
         click.echo(f"ok: {summary['files']} file(s), {summary['rules']} rules ({summary['entries']} entries), "
                    f"{summary['identities']} identities, {summary['routes']} route entries, "
                    f"{summary['asserts']} asserts")
-
-
-@cli.command()
-@files_argument
-@click.option("-t", "--target", type=click.Choice(["ir"]), default="ir", show_default=True,
-              help="What to emit.")
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Directory to write artifacts into.")
-@click.option("--dump-after", type=click.Choice(STAGES), help="Print the program after a stage.")
-@click.option("--no-src", is_flag=True, help="Leave source locations out of text dumps.")
-@format_option
-@handle_errors
-def compile(files, target, out_dir, dump_after, no_src, output_format) -> None:
-    """Compile policy FILES into artifacts for a target."""
-    compiled = load(list(files), dump_after=dump_after, dump=lambda s: click.echo(s, nl=False))
-    written = write_artifacts(out_dir, {"ir.json": printer.to_json(compiled.program),
-                                        "ir.txt": printer.dump(compiled.program, src=not no_src)})
-    if output_format == "json":
-        emit_json({"ok": True, "target": target, "artifacts": written})
-    else:
-        for path in written:
-            click.echo(f"wrote {path}")
 
 
 @cli.command()

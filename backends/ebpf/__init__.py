@@ -1,0 +1,1 @@
+"""The kernel engine: an XDP program whose policy lives in BPF maps."""

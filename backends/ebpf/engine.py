@@ -1,0 +1,177 @@
+"""The kernel engine's entry points: emit artifacts, push to an interface, replay, status.
+
+    emit(program)               -> xdp.c, xdp.o, the map contents, report.txt
+    push(program, iface, name)  -> load (first time or when the policy outgrows the
+                                   program), write the idle generation, flip, attach
+    replay(program, frames)     -> the kernel's verdict for each frame (BPF_PROG_TEST_RUN)
+    status(name)                -> counters per rule of the live policy
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+from anyplane.ir.interp import evaluate
+from anyplane.ir.nodes import Program
+from anyplane.ir.project import ENFORCED, PROJECTED, enforcement, project_l4
+
+from .. import base
+from . import packet
+from .emit import Layout, compile_c, render
+from .loader import VERDICTS, Classifier, LoadError, Tables, run_frames, tables
+from .model import Model, Unsupported, build
+
+NAME = "ebpf"
+
+
+def labels(program: Program) -> dict[str, str]:
+    """Rule id -> "FILE:LINE text", for counters."""
+    return {r.id: f"{r.origin.loc} {r.text}" for r in program.rules}
+
+
+def report(program: Program, model: Model) -> list[base.RuleReport]:
+    """How the kernel engine treats each rule."""
+    per_rule: dict[str, int] = {}
+    for e in model.entries:
+        per_rule[e.rule] = per_rule.get(e.rule, 0) + 1
+
+    def classify(rule):
+        status = enforcement(rule)
+        n = per_rule.get(rule.id, 0)
+        if status == ENFORCED:
+            return base.ENFORCED, "", n
+        if status == PROJECTED:
+            return base.PROJECTED, "HTTP conditions and request rates are left to the sidecar", n
+        return base.NOT_ENFORCED, "a deny with HTTP conditions is not applied below L7", 0
+    return base.rule_rows(program, classify)
+
+
+@dataclass
+class Compiled:
+    """Everything built for one program."""
+
+    model: Model
+    tables: Tables
+    layout: Layout
+    source: str
+
+
+def build_all(program: Program, capacity: int | None = None) -> Compiled:
+    """Model, map contents and the layout the program is rendered for."""
+    try:
+        model = build(program, capacity)
+    except Unsupported as exc:
+        raise LoadError(f"the kernel engine cannot hold this policy: {exc}") from exc
+    t = tables(model, labels(program))
+    layout = t.need.grown()
+    return Compiled(model, t, layout, render(layout))
+
+
+def emit(program: Program) -> base.Output:
+    """The artifacts `anyplane compile -t ebpf` writes."""
+    c = build_all(program)
+    t = c.tables
+    out = base.Output(report=report(program, c.model))
+    meta = {"layout": vars(c.layout), "need": vars(t.need), "entries": len(c.model.entries),
+            "classes": {"src": len(c.model.src.keys), "dst": len(c.model.dst.keys),
+                        "sport": c.model.sport.count, "dport": c.model.dport.count, "icmp": c.model.icmp.count},
+            "counters": t.labels, "default": "allow" if c.model.default_verdict else "deny"}
+    out.artifacts += [
+        base.Artifact("xdp.c", c.source),
+        base.Artifact("xdp.o", compile_c(c.source)),
+        base.Artifact("maps/addr4.bin", t.addr4.tobytes()),
+        base.Artifact("maps/cls.bin", t.cls.tobytes()),
+        base.Artifact("maps/bv.bin", t.bv),
+        base.Artifact("maps/act.bin", t.act),
+        base.Artifact("maps/tb.bin", t.tb),
+        base.Artifact("maps/meta.bin", t.meta),
+        base.Artifact("maps/addr6.json", json.dumps([[k.hex(), v] for k, v in t.addr6], indent=1) + "\n"),
+        base.Artifact("tables.json", json.dumps(meta, indent=2) + "\n"),
+        base.Artifact("report.txt", out.report_text("ebpf/xdp")),
+    ]
+    return out
+
+
+def attached_prog(iface: str) -> int | None:
+    """Id of the XDP program on an interface (None if none)."""
+    proc = subprocess.run(["ip", "-j", "link", "show", "dev", iface], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LoadError(f"no interface '{iface}'")
+    info = json.loads(proc.stdout)[0]
+    xdp = info.get("xdp") or {}
+    return xdp.get("prog", {}).get("id") if isinstance(xdp, dict) else None
+
+
+def _prog_id(cl: Classifier) -> int:
+    out = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", str(cl.root / "prog")],
+                         capture_output=True, text=True).stdout
+    return json.loads(out)["id"]
+
+
+def push(program: Program, iface: str | None, name: str = "default") -> dict:
+    """Make `program` the live policy of classifier `name` (attached to `iface` if given)."""
+    started = time.perf_counter()
+    cl = Classifier(name)
+    capacity = cl.layout.capacity if cl.installed else None
+    try:
+        c = build_all(program, capacity)
+    except ValueError:  # more entries than the loaded program's capacity
+        c = build_all(program)
+    reloaded = False
+    if not cl.installed or not cl.layout.fits(c.tables.need):
+        was = attached_prog(iface) if iface else None
+        cl.install(compile_c(c.source), c.layout)
+        reloaded = True
+        if was is not None:
+            cl.attach(iface)
+    gen = cl.write(c.tables)
+    if iface and attached_prog(iface) != _prog_id(cl):
+        cl.attach(iface)
+    return {"name": name, "iface": iface, "generation": gen, "reloaded": reloaded,
+            "entries": len(c.model.entries), "seconds": round(time.perf_counter() - started, 4)}
+
+
+def status(name: str = "default") -> dict:
+    """Counters per rule of the live policy."""
+    cl = Classifier(name)
+    if not cl.installed:
+        raise LoadError(f"no classifier named '{name}' is loaded (anyplane push -t ebpf ... first)")
+    return {"name": name, "generation": cl.live_gen(), "rules": cl.counters()}
+
+
+def expected(program: Program, parsed) -> str:
+    """What the policy's L4 projection says about a parsed frame ("pass" / "drop")."""
+    if parsed == packet.NOT_IP:
+        return "pass"
+    if parsed == packet.MALFORMED:
+        return "drop"
+    return "pass" if evaluate(program, parsed).verdict == "allow" else "drop"
+
+
+def replay(program: Program, frames: list[bytes], name: str = "replay") -> list[dict]:
+    """Run frames through the compiled program in the kernel; compare with the interpreter."""
+    c = build_all(program)
+    cl = Classifier(f"{name}-{os.getpid()}")
+    cl.install(compile_c(c.source), c.layout)
+    try:
+        cl.write(c.tables)
+        projected = project_l4(program)
+        fd = cl.prog_fd()
+        try:
+            results = run_frames(fd, frames)
+        finally:
+            os.close(fd)
+        rows = []
+        for data, (rc, _) in zip(frames, results):
+            parsed = packet.parse(data)
+            decision = evaluate(projected, parsed) if not isinstance(parsed, str) else None
+            rows.append({"flow": parsed.text if decision else parsed, "verdict": VERDICTS.get(rc, str(rc)),
+                         "expected": expected(projected, parsed),
+                         "rule": decision.rule if decision else None})
+        return rows
+    finally:
+        cl.remove()

@@ -1,0 +1,265 @@
+"""Load, pin, fill and switch the XDP classifier's maps.
+
+    /sys/fs/bpf/anyplane/<name>/prog        the program (never reloaded for a policy change)
+    /sys/fs/bpf/anyplane/<name>/maps/<m>    its maps; each holds two generations
+    <state dir>/<name>.json                 layout, live generation, counter labels
+
+A push writes every table of the new policy into the idle generation's
+region of each map, zeroes that region's counters, then flips `gen`: one
+4-byte write, so a packet sees either the old policy or the new one, never a
+mix. Anything that fails before the flip leaves the old policy in force.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import time
+from array import array
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import bpfsys as B
+from .addr4 import LEVEL1, build_addr4
+from .emit import Layout
+from .model import Model
+
+PIN_ROOT = Path(os.environ.get("ANYPLANE_BPFFS", "/sys/fs/bpf")) / "anyplane"
+STATE_ROOT = Path(os.environ.get("ANYPLANE_STATE_DIR", "/run/anyplane")) / "ebpf"
+SLOT_REUSE_MS = 50  # a region is rewritten only this long after it stopped being live
+COUNTER = struct.Struct("=QQQ")
+XDP_ABORTED, XDP_DROP, XDP_PASS = 0, 1, 2
+VERDICTS = {XDP_DROP: "drop", XDP_PASS: "pass", XDP_ABORTED: "aborted"}
+
+
+class LoadError(Exception):
+    """The kernel refused something (the message says what; the old policy stays in force)."""
+
+
+def _run(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LoadError(f"{' '.join(cmd[:3])} failed: {(proc.stderr or proc.stdout).strip()[-2000:]}")
+    return proc.stdout
+
+
+@dataclass
+class Tables:
+    """The serialised contents of one policy generation."""
+
+    addr4: array
+    addr6: list[tuple[bytes, int]]
+    cls: array
+    bv: bytes
+    bv_rows: int
+    act: bytes
+    tb: bytes
+    meta: bytes
+    labels: list[str]
+    need: Layout
+
+
+def tables(model: Model, labels: dict[str, str]) -> Tables:
+    """Map contents for a model; `labels` names rules for `status`."""
+    cap = model.capacity
+    addr4 = build_addr4([[pc for pc in model.src.prefixes if pc[0].family == 4],
+                         [pc for pc in model.dst.prefixes if pc[0].family == 4]]).data
+    addr6 = []
+    for side, classes in enumerate((model.src, model.dst)):
+        for p, cls in classes.prefixes:
+            if p.family == 6:
+                addr6.append((struct.pack("=I", 8 + p.length) + bytes([side]) + p.value.to_bytes(16, "big"), cls))
+    cls_arr = array("I", bytes(4 * 3 * 65536))
+    for base, fc in ((0, model.sport), (65536, model.dport), (2 * 65536, model.icmp)):
+        starts = list(fc.starts) + [65536]
+        for k in range(len(fc.starts)):
+            cls_arr[base + starts[k]:base + starts[k + 1]] = array("I", [k + 1]) * (starts[k + 1] - starts[k])
+    bases, rows = {}, []
+    for name in ("src", "dst", "proto", "sport", "dport", "icmp"):
+        bases[name] = len(rows)
+        matrix = model.bits[name]
+        rows += [matrix.value(r) for r in range(len(matrix.rows))]
+    act = b"".join(struct.pack("=IIII", verdict, slot, bucket, 0) for verdict, slot, bucket in model.actions)
+    tb = b"".join(struct.pack("=QQQQQ", rl.burst * rl.per_s * 10**9, 0, rl.count, rl.per_s * 10**9, rl.burst)
+                  for rl in model.buckets)
+    meta = struct.pack("=10I", bases["src"], bases["dst"], bases["proto"], bases["sport"], bases["dport"],
+                       bases["icmp"], model.default_verdict, cap, len(model.entries), 0)
+    need = Layout(cap, len(rows), (len(addr4) - 2 * LEVEL1) // 256, len(addr6), len(model.buckets))
+    return Tables(addr4, addr6, cls_arr, b"".join(rows), len(rows), act, tb, meta,
+                  [labels.get(r, r) for r in model.rules], need)
+
+
+class Classifier:
+    """One pinned XDP classifier instance."""
+
+    def __init__(self, name: str = "default"):
+        self.name = name
+        self.root = PIN_ROOT / name
+        self.state_path = STATE_ROOT / f"{name}.json"
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def installed(self) -> bool:
+        """Whether a program is pinned under this name."""
+        return (self.root / "prog").exists() and self.state_path.exists()
+
+    def state(self) -> dict:
+        """Layout, live generation and labels (empty when not installed)."""
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def layout(self) -> Layout:
+        """The sizes the loaded program was built for."""
+        return Layout(**self.state()["layout"])
+
+    def _save(self, state: dict) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.state_path)
+
+    # -- program ---------------------------------------------------------------------------
+    def install(self, obj: bytes, layout: Layout) -> None:
+        """Load and pin a program (replacing a pinned one of the same name)."""
+        bpffs = PIN_ROOT.parent
+        if not bpffs.is_dir() or not os.path.ismount(bpffs):
+            raise LoadError(f"bpffs is not mounted at {bpffs} (mount -t bpf bpf {bpffs})")
+        self.remove()
+        self.root.mkdir(parents=True, exist_ok=True)
+        obj_path = self.state_path.with_suffix(".o")
+        obj_path.parent.mkdir(parents=True, exist_ok=True)
+        obj_path.write_bytes(obj)
+        try:
+            _run(["bpftool", "prog", "load", str(obj_path), str(self.root / "prog"), "type", "xdp",
+                  "pinmaps", str(self.root / "maps")])
+        except LoadError:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
+        self._save({"layout": asdict(layout), "gen": 0, "flipped_ns": 0, "labels": {}, "addr6": {}})
+
+    def remove(self) -> None:
+        """Unpin everything (detach from interfaces first)."""
+        if self.root.exists():
+            shutil.rmtree(self.root, ignore_errors=True)
+        for p in (self.state_path, self.state_path.with_suffix(".o")):
+            p.unlink(missing_ok=True)
+
+    def prog_fd(self) -> int:
+        """An fd of the pinned program (caller closes it)."""
+        return B.obj_get(str(self.root / "prog"))
+
+    def attach(self, iface: str) -> None:
+        """Attach to an interface (native mode where the driver has it, else generic)."""
+        _run(["ip", "link", "set", "dev", iface, "xdp", "pinned", str(self.root / "prog")])
+
+    @staticmethod
+    def detach(iface: str) -> None:
+        """Remove whatever XDP program an interface runs."""
+        subprocess.run(["ip", "link", "set", "dev", iface, "xdp", "off"], capture_output=True)
+
+    # -- policy generations -----------------------------------------------------------------
+    def _map(self, name: str) -> int:
+        return B.obj_get(str(self.root / "maps" / name))
+
+    def live_gen(self) -> int:
+        """The generation packets use now."""
+        fd = self._map("gen")
+        try:
+            return struct.unpack("=I", B.map_lookup(fd, b"\0\0\0\0", 4))[0] & 1
+        finally:
+            os.close(fd)
+
+    def write(self, t: Tables) -> int:
+        """Fill the idle generation with `t` and make it live; returns the new generation."""
+        state = self.state()
+        layout = Layout(**state["layout"])
+        if not layout.fits(t.need):
+            raise LoadError(f"the policy needs {t.need} but the loaded program was built for {layout}: "
+                            "push reloads the program in that case")
+        idle = 1 - self.live_gen()
+        wait = SLOT_REUSE_MS / 1000 - (time.time_ns() - state.get("flipped_ns", 0)) / 1e9
+        if wait > 0:
+            time.sleep(wait)
+        slots4 = 2 * LEVEL1 + 256 * layout.chunks
+        ncpu = B.possible_cpus()
+        try:
+            self._fill("addr4", 4, idle * slots4, t.addr4.tobytes())
+            self._fill("cls", 4, idle * 3 * 65536, t.cls.tobytes())
+            self._fill("bv", len(t.bv) // max(1, t.bv_rows), idle * layout.rows, t.bv)
+            self._fill("act", 16, idle * layout.capacity, t.act)
+            self._fill("tb", 40, idle * layout.buckets, t.tb)
+            self._fill("cnt", COUNTER.size * ncpu, idle * (layout.capacity + 1),
+                       bytes(COUNTER.size * ncpu * (layout.capacity + 1)))
+            self._fill("meta", 40, idle, t.meta)
+            self._trie(idle, state.get("addr6", {}).get(str(idle), []), t.addr6)
+        except (B.BpfError, OSError) as exc:
+            raise LoadError(f"could not write the new policy ({exc}); the previous policy stays in force") from exc
+        gen_fd = self._map("gen")
+        try:
+            B.map_update(gen_fd, b"\0\0\0\0", struct.pack("=I", idle))
+        finally:
+            os.close(gen_fd)
+        state.update(gen=idle, flipped_ns=time.time_ns())
+        state.setdefault("labels", {})[str(idle)] = t.labels
+        state.setdefault("addr6", {})[str(idle)] = [k.hex() for k, _ in t.addr6]
+        self._save(state)
+        return idle
+
+    def _fill(self, name: str, value_size: int, base: int, values: bytes) -> None:
+        n = len(values) // value_size if value_size else 0
+        fd = self._map(name)
+        try:
+            chunk = max(1, (1 << 20) // value_size)
+            for start in range(0, n, chunk):
+                count = min(chunk, n - start)
+                B.map_update_batch(fd, array("I", range(base + start, base + start + count)).tobytes(),
+                                   values[start * value_size:(start + count) * value_size], count)
+        finally:
+            os.close(fd)
+
+    def _trie(self, gen: int, old: list[str], new: list[tuple[bytes, int]]) -> None:
+        fd = self._map(f"addr6_{gen}")
+        try:
+            keep = {k for k, _ in new}
+            for hexkey in old:
+                key = bytes.fromhex(hexkey)
+                if key not in keep:
+                    B.map_delete(fd, key)
+            for key, cls in new:
+                B.map_update(fd, key, struct.pack("=I", cls))
+        finally:
+            os.close(fd)
+
+    # -- counters ----------------------------------------------------------------------------
+    def counters(self) -> list[dict]:
+        """Packets, bytes and rate-limited drops per rule of the live policy (summed over CPUs)."""
+        state = self.state()
+        gen = self.live_gen()
+        labels = state.get("labels", {}).get(str(gen), [])
+        cap = state["layout"]["capacity"]
+        fd = self._map("cnt")
+        ncpu = B.possible_cpus()
+        rows = []
+        try:
+            for slot, label in list(enumerate(labels)) + [(cap, "default")]:
+                key = struct.pack("=I", gen * (cap + 1) + slot)
+                raw = B.map_lookup(fd, key, COUNTER.size * ncpu) or b""
+                totals = [0, 0, 0]
+                for c in range(ncpu):
+                    for i, v in enumerate(COUNTER.unpack_from(raw, c * COUNTER.size)):
+                        totals[i] += v
+                rows.append({"rule": label, "packets": totals[0], "bytes": totals[1], "rate_limited": totals[2]})
+        finally:
+            os.close(fd)
+        return rows
+
+
+def run_frames(prog_fd: int, frames: list[bytes], repeat: int = 1) -> list[tuple[int, int]]:
+    """(XDP return code, ns per run) for each frame."""
+    return [B.test_run(prog_fd, f, repeat) for f in frames]

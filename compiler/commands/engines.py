@@ -1,0 +1,169 @@
+"""Commands that involve the engines: compile, push, status, replay."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from anyplane.backends.base import Output
+from anyplane.ir import printer
+from anyplane.ir.nodes import Program
+from anyplane.ir.source import DiagnosticError
+
+from ..flows import parse_flow
+from ..pipeline import STAGES, UsageError, load
+from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, with_source, \
+    write_artifacts
+
+
+def _ir(program: Program, no_src: bool) -> Output:
+    from anyplane.backends.base import Artifact
+
+    return Output([Artifact("ir.json", printer.to_json(program)), Artifact("ir.txt", printer.dump(program, src=not no_src))])
+
+
+def _engine(target: str):
+    """The backend module for a target (imported when used: each pulls its own toolchain)."""
+    if target == "ebpf":
+        from anyplane.backends.ebpf import engine
+        return engine
+    raise UsageError(f"unknown target '{target}'")
+
+
+TARGETS = ("ir", "ebpf")
+
+
+def _engine_error(exc: Exception) -> None:
+    click.echo(f"anyplane: error: {exc}", err=True)
+    sys.exit(EXIT_FAIL)
+
+
+@cli.command()
+@files_argument
+@click.option("-t", "--target", type=click.Choice(TARGETS), default="ir", show_default=True, help="What to emit.")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Directory to write artifacts into.")
+@click.option("--dump-after", type=click.Choice(STAGES), help="Print the program after a stage.")
+@click.option("--no-src", is_flag=True, help="Leave source locations out of text dumps.")
+@format_option
+@handle_errors
+def compile(files, target, out_dir, dump_after, no_src, output_format) -> None:
+    """Compile policy FILES into artifacts for a target."""
+    compiled = load(list(files), dump_after=dump_after, dump=lambda s: click.echo(s, nl=False))
+    if target == "ir":
+        out = _ir(compiled.program, no_src)
+    else:
+        try:
+            out = _engine(target).emit(compiled.program)
+        except Exception as exc:  # noqa: BLE001 - toolchain and kernel errors are reported, not traced
+            if type(exc).__name__ not in ("LoadError", "CompileError"):
+                raise
+            _engine_error(exc)
+    written = write_artifacts(out_dir, {a.path: a.data for a in out.artifacts})
+    if output_format == "json":
+        emit_json({"ok": True, "target": target, "artifacts": written,
+                   "report": [r.to_json() for r in out.report]})
+    else:
+        for path in written:
+            click.echo(f"wrote {path}")
+
+
+@cli.command()
+@files_argument
+@click.option("-t", "--target", type=click.Choice(["ebpf"]), required=True, help="Which engine to update.")
+@click.option("--iface", help="Network interface to attach the XDP program to.")
+@click.option("--name", default="default", show_default=True, help="Name of the classifier instance.")
+@format_option
+@handle_errors
+def push(files, target, iface, name, output_format) -> None:
+    """Make FILES the live policy of a running engine (atomically; the old one stays on failure)."""
+    compiled = load(list(files))
+    try:
+        result = _engine(target).push(compiled.program, iface, name)
+    except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ != "LoadError":
+            raise
+        _engine_error(exc)
+    if output_format == "json":
+        emit_json(result)
+    else:
+        how = "loaded the program and " if result["reloaded"] else ""
+        where = f" on {iface}" if iface else ""
+        click.echo(f"{how}switched '{name}'{where} to generation {result['generation']}: "
+                   f"{result['entries']} entries in {result['seconds'] * 1000:.1f} ms")
+
+
+@cli.command()
+@click.option("-t", "--target", type=click.Choice(["ebpf"]), required=True, help="Which engine.")
+@click.option("--name", default="default", show_default=True, help="Name of the classifier instance.")
+@format_option
+@handle_errors
+def status(target, name, output_format) -> None:
+    """Counters per policy rule of a running engine."""
+    try:
+        result = _engine(target).status(name)
+    except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ != "LoadError":
+            raise
+        _engine_error(exc)
+    if output_format == "json":
+        emit_json(result)
+        return
+    click.echo(f"classifier '{name}', generation {result['generation']}")
+    click.echo(f"{'packets':>12} {'bytes':>14} {'limited':>9}  rule")
+    for row in result["rules"]:
+        click.echo(f"{row['packets']:>12} {row['bytes']:>14} {row['rate_limited']:>9}  {row['rule']}")
+
+
+@cli.command()
+@files_argument
+@click.option("-t", "--target", type=click.Choice(["ebpf"]), required=True, help="Which engine.")
+@click.option("--flows", "flows_file", type=click.Path(dir_okay=False), help="One flow per line (pattern syntax).")
+@click.option("--pcap", "pcap_file", type=click.Path(dir_okay=False), help="A pcap capture (Ethernet).")
+@format_option
+@handle_errors
+def replay(files, target, flows_file, pcap_file, output_format) -> None:
+    """Run flows or captured packets through the compiled engine; compare with the policy."""
+    if bool(flows_file) == bool(pcap_file):
+        raise UsageError("give exactly one of --flows FILE and --pcap FILE")
+    compiled = load(list(files))
+    engine = _engine(target)
+    from anyplane.backends.ebpf import packet
+
+    if flows_file:
+        frames = []
+        try:
+            lines = open(flows_file, encoding="utf-8").read().splitlines()
+        except OSError as exc:
+            raise UsageError(f"cannot read '{flows_file}': {exc.strerror}") from None
+        for n, line in enumerate(lines, start=1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                flow = parse_flow(text, compiled.symbols, compiled.program, path=f"{flows_file}:{n}")
+            except DiagnosticError as exc:
+                raise with_source(exc, f"{flows_file}:{n}", text)
+            frames.append(packet.frame(flow.without_http()))
+    else:
+        try:
+            frames = packet.read_pcap(pcap_file)
+        except (OSError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+    try:
+        rows = engine.replay(compiled.program, frames)
+    except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ not in ("LoadError", "CompileError"):
+            raise
+        _engine_error(exc)
+    mismatches = [r for r in rows if r["verdict"] != r["expected"]]
+    if output_format == "json":
+        emit_json(rows)
+    else:
+        for r in rows:
+            flag = "" if r["verdict"] == r["expected"] else "   MISMATCH"
+            click.echo(f"{r['verdict']:<5} (policy: {r['expected']:<4} {r['rule'] or 'default'})  {r['flow']}{flag}")
+        click.echo(f"{len(rows)} packets, {len(mismatches)} mismatches")
+    if mismatches:
+        sys.exit(EXIT_FAIL)
