@@ -16,6 +16,7 @@ from .addr import WIDTH, format_address
 
 TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
 PORT_PROTOCOLS = (TCP, UDP)
+IPV6_EXTENSION_HEADERS = (0, 43, 44, 60)  # hop-by-hop, routing, fragment, destination options
 ICMP_PROTOCOLS = (ICMP, ICMP6)
 PROTOCOL_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMP6: "icmp"}
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
@@ -71,6 +72,8 @@ class Flow:
             raise ValueError("address out of range for its family")
         if not 0 <= self.proto <= 255:
             raise ValueError("protocol out of range")
+        if self.family == 6 and self.proto in IPV6_EXTENSION_HEADERS:
+            raise ValueError(f"IPv6 next header {self.proto} is an extension header, not a protocol")
         has_ports = self.proto in PORT_PROTOCOLS and not self.fragment
         if has_ports != (self.sport is not None and self.dport is not None):
             raise ValueError("TCP and UDP flows (not their non-first fragments), and only they, carry both ports")

@@ -17,7 +17,7 @@ import random
 
 from . import fields as F
 from .addr import WIDTH, Prefix
-from .flow import HTTP_METHODS, ICMP, ICMP6, TCP, UDP, Flow, Request
+from .flow import HTTP_METHODS, ICMP, ICMP6, IPV6_EXTENSION_HEADERS, TCP, UDP, Flow, Request
 from .lpm import LpmTable
 from .match import (Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, StrExact, StrPrefix,
                     Ternary)
@@ -204,6 +204,8 @@ class FlowGen:
         family = rng.choice(self.families)
         src, dst = self._random_address(family), self._random_address(family)
         proto = rng.choice(self.proto_pool) if rng.random() < 0.9 else rng.randrange(256)
+        if family == 6 and proto in IPV6_EXTENSION_HEADERS:
+            proto = UDP
         return self._finish(family, src, dst, proto, None, None, None)
 
     def aimed_flow(self, m: Match) -> Flow | None:
@@ -233,6 +235,10 @@ class FlowGen:
         else:
             proto = rng.choice(pm.values) if isinstance(pm, InSet) else pm.value if isinstance(pm, Exact) \
                 else rng.choice(self.proto_pool)
+        if family == 6 and proto in IPV6_EXTENSION_HEADERS:
+            if pm is not None and miss != F.PROTO:
+                return None  # no IPv6 packet carries this protocol
+            proto = UDP
         return self._finish(family, src, dst, proto, m, miss, m.get(F.HTTP))
 
     def _finish(self, family, src, dst, proto, m, miss, wants_http) -> Flow:

@@ -14,7 +14,7 @@ from itertools import product
 
 from anyplane.ir import fields as F
 from anyplane.ir.addr import WIDTH, Prefix
-from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP, Flow, Request
+from anyplane.ir.flow import ICMP, ICMP6, IPV6_EXTENSION_HEADERS, TCP, UDP, Flow, Request
 from anyplane.ir.match import AnyOf, Exact, InSet, PrefixMatch, Range
 from anyplane.verify.domain import Domain
 
@@ -102,6 +102,8 @@ def universe(programs, extra=()) -> list[Flow]:
         addrs = _address_classes(programs, extra, family)
         for src, dst in product(addrs, addrs):
             for proto in protos:
+                if family == 6 and proto in IPV6_EXTENSION_HEADERS:
+                    continue
                 if proto in (TCP, UDP):
                     for sport, dport in product(sports, dports):
                         flows.append(Flow(family, src, dst, proto, sport, dport))

@@ -21,7 +21,7 @@ import z3
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.addr import WIDTH, Prefix
-from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP, Flow, Request
+from anyplane.ir.flow import ICMP, ICMP6, IPV6_EXTENSION_HEADERS, TCP, UDP, Flow, Request
 from anyplane.ir.match import (Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, StrExact,
                                StrPrefix, Ternary)
 from anyplane.ir.nodes import Entry, Program, decision_key
@@ -143,6 +143,7 @@ class Encoder:
         blank = [self.method == 0, self.path == 0, self.host == 0] + [v == 0 for v in self.headers.values()]
         return z3.And(
             z3.Implies(z3.Not(self.v6), z3.And(high_zero(self.src), high_zero(self.dst))),
+            z3.Implies(self.v6, z3.And([self.proto != h for h in IPV6_EXTENSION_HEADERS])),
             z3.Implies(self.http, self.proto == TCP),
             z3.Implies(z3.Not(self.has_ports), z3.And(self.sport == 0, self.dport == 0)),
             z3.Implies(z3.Not(self.is_icmp), z3.And(self.icmp_type == 0, self.icmp_code == 0)),

@@ -96,9 +96,10 @@ def emit(program: Program) -> base.Output:
     return out
 
 
-def attached_prog(iface: str) -> int | None:
+def attached_prog(iface: str, netns: str | None = None) -> int | None:
     """Id of the XDP program on an interface (None if none)."""
-    proc = subprocess.run(["ip", "-j", "link", "show", "dev", iface], capture_output=True, text=True)
+    cmd = ["ip"] + (["-n", netns] if netns else []) + ["-j", "link", "show", "dev", iface]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise LoadError(f"no interface '{iface}'")
     info = json.loads(proc.stdout)[0]
@@ -112,7 +113,7 @@ def _prog_id(cl: Classifier) -> int:
     return json.loads(out)["id"]
 
 
-def push(program: Program, iface: str | None, name: str = "default") -> dict:
+def push(program: Program, iface: str | None, name: str = "default", netns: str | None = None) -> dict:
     """Make `program` the live policy of classifier `name` (attached to `iface` if given)."""
     started = time.perf_counter()
     cl = Classifier(name)
@@ -123,14 +124,14 @@ def push(program: Program, iface: str | None, name: str = "default") -> dict:
         c = build_all(program)
     reloaded = False
     if not cl.installed or not cl.layout.fits(c.tables.need):
-        was = attached_prog(iface) if iface else None
+        was = attached_prog(iface, netns) if iface else None
         cl.install(compile_c(c.source), c.layout)
         reloaded = True
         if was is not None:
-            cl.attach(iface)
+            cl.attach(iface, netns)
     gen = cl.write(c.tables)
-    if iface and attached_prog(iface) != _prog_id(cl):
-        cl.attach(iface)
+    if iface and attached_prog(iface, netns) != _prog_id(cl):
+        cl.attach(iface, netns)
     return {"name": name, "iface": iface, "generation": gen, "reloaded": reloaded,
             "entries": len(c.model.entries), "seconds": round(time.perf_counter() - started, 4)}
 

@@ -46,6 +46,10 @@ def _run(cmd: list[str]) -> str:
     return proc.stdout
 
 
+def _in_netns(netns: str | None) -> list[str]:
+    return ["nsenter", f"--net=/var/run/netns/{netns}"] if netns else []
+
+
 @dataclass
 class Tables:
     """The serialised contents of one policy generation."""
@@ -121,7 +125,7 @@ class Classifier:
     def _save(self, state: dict) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
+        tmp.write_text(json.dumps(state, separators=(",", ":")))
         os.replace(tmp, self.state_path)
 
     # -- program ---------------------------------------------------------------------------
@@ -141,27 +145,32 @@ class Classifier:
         except LoadError:
             shutil.rmtree(self.root, ignore_errors=True)
             raise
-        self._save({"layout": asdict(layout), "gen": 0, "flipped_ns": 0, "labels": {}, "addr6": {}})
+        self._save({"layout": asdict(layout), "gen": 0, "flipped_ns": 0, "addr6": {}})
 
     def remove(self) -> None:
         """Unpin everything (detach from interfaces first)."""
         if self.root.exists():
             shutil.rmtree(self.root, ignore_errors=True)
-        for p in (self.state_path, self.state_path.with_suffix(".o")):
+        for p in [self.state_path, self.state_path.with_suffix(".o")] + list(
+                self.state_path.parent.glob(f"{self.name}.gen[01].*")):
             p.unlink(missing_ok=True)
 
     def prog_fd(self) -> int:
         """An fd of the pinned program (caller closes it)."""
         return B.obj_get(str(self.root / "prog"))
 
-    def attach(self, iface: str) -> None:
-        """Attach to an interface (native mode where the driver has it, else generic)."""
-        _run(["ip", "link", "set", "dev", iface, "xdp", "pinned", str(self.root / "prog")])
+    def attach(self, iface: str, netns: str | None = None) -> None:
+        """Attach to an interface (native mode where the driver has it, else generic).
+
+        For an interface in a named network namespace, only the network namespace is
+        entered (nsenter), so that bpffs stays visible.
+        """
+        _run(_in_netns(netns) + ["ip", "link", "set", "dev", iface, "xdp", "pinned", str(self.root / "prog")])
 
     @staticmethod
-    def detach(iface: str) -> None:
+    def detach(iface: str, netns: str | None = None) -> None:
         """Remove whatever XDP program an interface runs."""
-        subprocess.run(["ip", "link", "set", "dev", iface, "xdp", "off"], capture_output=True)
+        subprocess.run(_in_netns(netns) + ["ip", "link", "set", "dev", iface, "xdp", "off"], capture_output=True)
 
     # -- policy generations -----------------------------------------------------------------
     def _map(self, name: str) -> int:
@@ -182,46 +191,97 @@ class Classifier:
         if not layout.fits(t.need):
             raise LoadError(f"the policy needs {t.need} but the loaded program was built for {layout}: "
                             "push reloads the program in that case")
+        started = time.perf_counter()
         idle = 1 - self.live_gen()
         wait = SLOT_REUSE_MS / 1000 - (time.time_ns() - state.get("flipped_ns", 0)) / 1e9
         if wait > 0:
             time.sleep(wait)
+            started += wait
         slots4 = 2 * LEVEL1 + 256 * layout.chunks
         ncpu = B.possible_cpus()
+        regions = {  # map -> (value size, first key of the idle region, contents)
+            "addr4": (4, idle * slots4, t.addr4.tobytes()),
+            "cls": (4, idle * 3 * 65536, t.cls.tobytes()),
+            "bv": (len(t.bv) // max(1, t.bv_rows), idle * layout.rows, t.bv),
+            "act": (16, idle * layout.capacity, t.act),
+            "tb": (40, idle * layout.buckets, t.tb),
+            "meta": (40, idle, t.meta),
+        }
+        previous = self._read_cache(idle)
+        image = {name: data for name, (_, _, data) in regions.items()}
+        image["labels"] = json.dumps(t.labels, separators=(",", ":")).encode()
+        written = 0
         try:
-            self._fill("addr4", 4, idle * slots4, t.addr4.tobytes())
-            self._fill("cls", 4, idle * 3 * 65536, t.cls.tobytes())
-            self._fill("bv", len(t.bv) // max(1, t.bv_rows), idle * layout.rows, t.bv)
-            self._fill("act", 16, idle * layout.capacity, t.act)
-            self._fill("tb", 40, idle * layout.buckets, t.tb)
-            self._fill("cnt", COUNTER.size * ncpu, idle * (layout.capacity + 1),
-                       bytes(COUNTER.size * ncpu * (layout.capacity + 1)))
-            self._fill("meta", 40, idle, t.meta)
+            for name, (size, base, data) in regions.items():
+                if previous.get(name) != data:
+                    self._forget_cache(idle, name)  # the region is about to change
+                    written += self._fill(name, size, base, data, previous.get(name))
             self._trie(idle, state.get("addr6", {}).get(str(idle), []), t.addr6)
         except (B.BpfError, OSError) as exc:
             raise LoadError(f"could not write the new policy ({exc}); the previous policy stays in force") from exc
+        self._write_cache(idle, {k: v for k, v in image.items() if previous.get(k) != v})
+        self.last_write = {"entries_written": written}
         gen_fd = self._map("gen")
         try:
             B.map_update(gen_fd, b"\0\0\0\0", struct.pack("=I", idle))
         finally:
             os.close(gen_fd)
+        self.last_write["seconds_to_live"] = time.perf_counter() - started
         state.update(gen=idle, flipped_ns=time.time_ns())
-        state.setdefault("labels", {})[str(idle)] = t.labels
         state.setdefault("addr6", {})[str(idle)] = [k.hex() for k, _ in t.addr6]
         self._save(state)
+        # The demoted generation's counters are cleared now, after the flip, so that they
+        # start from zero when that region next becomes live (activation does not wait for it).
+        demoted = 1 - idle
+        self._fill("cnt", COUNTER.size * ncpu, demoted * (layout.capacity + 1),
+                   bytes(COUNTER.size * ncpu * (layout.capacity + 1)))
         return idle
 
-    def _fill(self, name: str, value_size: int, base: int, values: bytes) -> None:
+    def _fill(self, name: str, value_size: int, base: int, values: bytes, previous: bytes | None = None) -> int:
+        """Write a region; with the region's previous contents, only the elements that changed.
+
+        Returns how many elements were written.
+        """
         n = len(values) // value_size if value_size else 0
+        if previous is not None and len(previous) == len(values):
+            keys = _changed(previous, values, value_size)
+        else:
+            keys = range(n)
         fd = self._map(name)
         try:
             chunk = max(1, (1 << 20) // value_size)
-            for start in range(0, n, chunk):
-                count = min(chunk, n - start)
-                B.map_update_batch(fd, array("I", range(base + start, base + start + count)).tobytes(),
-                                   values[start * value_size:(start + count) * value_size], count)
+            keys = list(keys)
+            for start in range(0, len(keys), chunk):
+                part = keys[start:start + chunk]
+                blob = b"".join(values[k * value_size:(k + 1) * value_size] for k in part) \
+                    if len(part) != n else values
+                B.map_update_batch(fd, array("I", (base + k for k in part)).tobytes(), blob, len(part))
         finally:
             os.close(fd)
+        return len(keys)
+
+    # -- cached region contents: what each generation's regions hold, so a push writes only changes ---
+    def _cache_path(self, gen: int, region: str) -> Path:
+        return self.state_path.with_name(f"{self.name}.gen{gen}.{region}")
+
+    def _read_cache(self, gen: int) -> dict[str, bytes]:
+        out = {}
+        for region in ("addr4", "cls", "bv", "act", "tb", "meta", "labels"):
+            try:
+                out[region] = self._cache_path(gen, region).read_bytes()
+            except OSError:
+                pass
+        return out
+
+    def _forget_cache(self, gen: int, region: str) -> None:
+        self._cache_path(gen, region).unlink(missing_ok=True)
+
+    def _write_cache(self, gen: int, regions: dict[str, bytes]) -> None:
+        for region, data in regions.items():
+            path = self._cache_path(gen, region)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
 
     def _trie(self, gen: int, old: list[str], new: list[tuple[bytes, int]]) -> None:
         fd = self._map(f"addr6_{gen}")
@@ -241,7 +301,7 @@ class Classifier:
         """Packets, bytes and rate-limited drops per rule of the live policy (summed over CPUs)."""
         state = self.state()
         gen = self.live_gen()
-        labels = state.get("labels", {}).get(str(gen), [])
+        labels = json.loads(self._read_cache(gen).get("labels", b"[]"))
         cap = state["layout"]["capacity"]
         fd = self._map("cnt")
         ncpu = B.possible_cpus()
@@ -258,6 +318,24 @@ class Classifier:
         finally:
             os.close(fd)
         return rows
+
+
+BLOCK = 4096
+
+
+def _changed(old: bytes, new: bytes, size: int) -> list[int]:
+    """Indices of elements to rewrite: every element of each 4 KiB block that differs.
+
+    Rewriting an unchanged element is harmless and cheaper than finding it in Python.
+    """
+    out: list[int] = []
+    per_block = max(1, BLOCK // size)
+    block = per_block * size
+    for start in range(0, len(new), block):
+        if old[start:start + block] != new[start:start + block]:
+            first = start // size
+            out.extend(range(first, min(first + per_block, len(new) // size)))
+    return out
 
 
 def run_frames(prog_fd: int, frames: list[bytes], repeat: int = 1) -> list[tuple[int, int]]:

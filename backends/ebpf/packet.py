@@ -15,7 +15,7 @@ from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP, Flow
 NOT_IP, MALFORMED = "not-ip", "malformed"
 ETH_IP, ETH_IP6, ETH_VLAN, ETH_QINQ, ETH_ARP = 0x0800, 0x86DD, 0x8100, 0x88A8, 0x0806
 MACS = bytes.fromhex("020000000002") + bytes.fromhex("020000000001")
-EXT_HEADERS = (0, 43, 44, 60, 51)
+EXT_HEADERS = (0, 43, 44, 60)  # walked; AH (51) and ESP (50) are protocols, as in IPv4
 MAX_EXT_HEADERS = 6
 MAX_VLANS = 2
 
@@ -74,6 +74,8 @@ def parse(data: bytes):
             return MALFORMED
         ethertype = struct.unpack_from("!H", data, at + 2)[0]
         at += 4
+    if ethertype in (ETH_VLAN, ETH_QINQ):
+        return MALFORMED
     if ethertype == ETH_IP:
         if len(data) < at + 20 or data[at] >> 4 != 4 or data[at] & 15 < 5:
             return MALFORMED
@@ -101,7 +103,7 @@ def parse(data: bytes):
                 if offset:
                     return Flow(6, src, dst, nxt, fragment=True)
                 continue
-            length = (data[hdr + 1] + 2) * 4 if nxt == 51 else (data[hdr + 1] + 1) * 8
+            length = (data[hdr + 1] + 1) * 8
             nxt, hdr = data[hdr], hdr + length
         if nxt in EXT_HEADERS or len(data) < hdr:
             return MALFORMED

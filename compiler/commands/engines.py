@@ -73,14 +73,15 @@ def compile(files, target, out_dir, dump_after, no_src, output_format) -> None:
 @files_argument
 @click.option("-t", "--target", type=click.Choice(["ebpf"]), required=True, help="Which engine to update.")
 @click.option("--iface", help="Network interface to attach the XDP program to.")
+@click.option("--netns", help="Named network namespace the interface lives in.")
 @click.option("--name", default="default", show_default=True, help="Name of the classifier instance.")
 @format_option
 @handle_errors
-def push(files, target, iface, name, output_format) -> None:
+def push(files, target, iface, netns, name, output_format) -> None:
     """Make FILES the live policy of a running engine (atomically; the old one stays on failure)."""
     compiled = load(list(files))
     try:
-        result = _engine(target).push(compiled.program, iface, name)
+        result = _engine(target).push(compiled.program, iface, name, netns)
     except Exception as exc:  # noqa: BLE001
         if type(exc).__name__ != "LoadError":
             raise

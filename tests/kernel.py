@@ -1,0 +1,60 @@
+"""Helpers for tests that load programs into the running kernel."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+
+import pytest
+
+from anyplane.backends.ebpf import packet
+from anyplane.backends.ebpf.emit import compile_c
+from anyplane.backends.ebpf.engine import build_all
+from anyplane.backends.ebpf.loader import VERDICTS, Classifier, run_frames
+
+from .conftest import CI
+
+
+def missing() -> str | None:
+    """Why kernel tests cannot run here (None when they can)."""
+    if os.geteuid() != 0:
+        return "they need root (CAP_BPF and CAP_NET_ADMIN)"
+    if not os.path.ismount("/sys/fs/bpf"):
+        return "bpffs is not mounted at /sys/fs/bpf (make setup mounts it)"
+    for tool in ("clang", "bpftool", "ip", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (make setup installs it)"
+    return None
+
+
+def require_kernel() -> None:
+    """Skip outside CI, fail in CI: kernel tests must run there."""
+    why = missing()
+    if why:
+        (pytest.fail if CI else pytest.skip)(f"kernel tests cannot run: {why}")
+
+
+@contextmanager
+def loaded(program, name: str):
+    """A classifier with `program` loaded and live; removed afterwards."""
+    c = build_all(program)
+    cl = Classifier(f"test-{name}-{os.getpid()}")
+    cl.install(compile_c(c.source), c.layout)
+    try:
+        cl.write(c.tables)
+        yield cl, c
+    finally:
+        cl.remove()
+
+
+def kernel_verdicts(cl: Classifier, frames: list[bytes]) -> list[str]:
+    """The kernel's verdict for each frame."""
+    fd = cl.prog_fd()
+    try:
+        return [VERDICTS[rc] for rc, _ in run_frames(fd, frames)]
+    finally:
+        os.close(fd)
+
+
+__all__ = ["missing", "require_kernel", "loaded", "kernel_verdicts", "packet"]
