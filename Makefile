@@ -11,10 +11,12 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test setup sysdeps venv bpffs bench clean
 
-demo: venv
+demo: setup
 	$(BIN)/anyplane check examples/bookinfo.ap
-	$(BIN)/anyplane compile examples/bookinfo.ap -t ir -o out/bookinfo
-	$(BIN)/anyplane explain examples/bookinfo.ap --flow 'productpage -> reviews http GET /reviews/1'
+	$(BIN)/anyplane compile examples/bookinfo.ap -t ir -o out/bookinfo/ir
+	$(BIN)/anyplane compile examples/bookinfo.ap -t ebpf -o out/bookinfo/ebpf
+	$(BIN)/anyplane verify examples/bookinfo.ap
+	$(BIN)/anyplane query examples/bookinfo.ap 'internet -> mysql tcp 3306'
 	$(BIN)/anyplane explain examples/bookinfo.ap --flow 'internet -> productpage http GET /admin/users'
 
 test: setup
@@ -39,8 +41,10 @@ $(STAMP): pyproject.toml
 bpffs:
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 
-bench: venv
+bench: setup
 	$(BIN)/python bench/frontend.py
+	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/ebpf.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis

@@ -110,8 +110,24 @@ class Baselines:
         shutil.rmtree(self.pin, ignore_errors=True)
 
 
+MAP_BUDGET = 2 << 30  # bytes of maps a rule set may need before it is reported as not fitting
+
+
+def estimated_map_bytes(rules) -> int:
+    """Bit-vector memory for a rule set: rows (address and port classes) x vector size x 2 generations."""
+    cap = 64
+    while cap < len(rules):
+        cap *= 2
+    rows = len({r.src for r in rules}) + len({r.dst for r in rules}) + 256 + len({r.dport for r in rules}) * 2
+    return int(rows * 1.5 * 2 * (cap // 8 + max(1, cap // 4096) * 8))
+
+
 def measure(name: str, rules, trace_path: Path, base: Baselines, rng) -> dict:
     """Figures for one rule set."""
+    need = estimated_map_bytes(rules)
+    if need > MAP_BUDGET:
+        return {"set": name, "rules": len(rules),
+                "error": f"does not fit: about {need / 2**30:.1f} GiB of bit vectors (budget {MAP_BUDGET / 2**30:.0f} GiB)"}
     text = classbench.to_policy(rules, name)
     program = compile_sources([(f"{name}.ap", text)]).program
     t0 = time.perf_counter()
@@ -132,7 +148,8 @@ def measure(name: str, rules, trace_path: Path, base: Baselines, rng) -> dict:
         # One-rule edits, each pushed as a delta into the idle generation (both generations
         # first hold a cached image): a verdict flip, and a new source-port condition.
         lines = text.splitlines()
-        k = next(i for i in range(len(lines) // 2, len(lines)) if " tcp " in lines[i] or " udp " in lines[i])
+        k = next(i for i in range(len(lines) // 2, len(lines))
+                 if (" tcp " in lines[i] or " udp " in lines[i]) and " sport " not in lines[i])
         edits = {"flip": lines[k].replace("allow", "deny ", 1) if lines[k].startswith("allow")
                  else lines[k].replace("deny ", "allow", 1),
                  "port": lines[k].replace(" priority", " sport 7 priority", 1)}
