@@ -16,11 +16,23 @@ the default is deny.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "classbench"
+def _find_data() -> Path:
+    """The ClassBench directory: $ANYPLANE_CLASSBENCH, ../shared beside the checkout, or /work/shared."""
+    candidates = [os.environ.get("ANYPLANE_CLASSBENCH", ""),
+                  Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "classbench",
+                  Path("/work/shared/data/classbench")]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return Path(candidates[1])
+
+
+DATA = _find_data()
 TCP, UDP = 6, 17
 
 
