@@ -23,10 +23,11 @@ from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import Flow
-from anyplane.ir.lpm import LpmTable
 from anyplane.ir.match import AnyOf, Exact, InSet, PrefixMatch, Range, Ternary
 from anyplane.ir.nodes import Entry, Program, decision_key
 from anyplane.ir.project import project_l4
+
+from ..classes import AddressClasses, address_classes
 
 MIN_CAPACITY = 64
 WORD = 64
@@ -49,48 +50,6 @@ def capacity_for(n: int) -> int:
 
 class Unsupported(Exception):
     """An L3/L4 match this engine cannot express (reported at the rule, never dropped silently)."""
-
-
-@dataclass(frozen=True)
-class AddressClasses:
-    """One side's address classes: class 0 is "in no prefix the policy mentions"."""
-
-    keys: tuple[tuple[str | None, frozenset[Prefix]], ...]
-    prefixes: tuple[tuple[Prefix, int], ...]
-
-    def lookup(self, family: int, address: int) -> int:
-        """The class of an address (longest matching prefix, else 0)."""
-        hit = LpmTable(self.prefixes).lookup(family, address)
-        return 0 if hit is None else hit
-
-
-def address_classes(program: Program, entries: list[Entry], side: str) -> AddressClasses:
-    """Classes for one side: atoms are endpoint prefixes and the side's CIDRs in matches."""
-    ip_field = F.SRC_IP if side == "src" else F.DST_IP
-    cidrs: set[Prefix] = set()
-    for e in entries:
-        fm = e.match.get(ip_field)
-        if fm is not None:
-            cidrs.update(o.prefix for o in _options(fm) if isinstance(o, PrefixMatch))
-    owners = LpmTable((row.prefix, row.identity) for row in program.endpoints)
-    atoms = sorted({row.prefix for row in program.endpoints} | cidrs)
-    by_length: dict[tuple[int, int], set[int]] = {}
-    for c in cidrs:
-        by_length.setdefault((c.family, c.length), set()).add(c.value)
-    keys: dict[tuple, int] = {(None, frozenset()): 0}
-    prefixes = []
-    for p in atoms:
-        hit = owners.covering(p)
-        owner = hit[1] if hit is not None else None
-        width = p.width
-        member = frozenset(Prefix(p.family, p.value >> (width - length) << (width - length) if length else 0, length)
-                           for (fam, length), values in by_length.items()
-                           if fam == p.family and length <= p.length
-                           and (p.value >> (width - length) << (width - length) if length else 0) in values)
-        cls = keys.setdefault((owner, member), len(keys))
-        prefixes.append((p, cls))
-    ordered = sorted(keys.items(), key=lambda kv: kv[1])
-    return AddressClasses(tuple(k for k, _ in ordered), tuple(prefixes))
 
 
 @dataclass(frozen=True)

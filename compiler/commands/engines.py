@@ -28,10 +28,24 @@ def _engine(target: str):
     if target == "ebpf":
         from anyplane.backends.ebpf import engine
         return engine
+    if target == "envoy":
+        from anyplane.backends.envoy import engine
+        return engine
     raise UsageError(f"unknown target '{target}'")
 
 
-TARGETS = ("ir", "ebpf")
+TARGETS = ("ir", "ebpf", "envoy")
+# Failures an engine reports in words (toolchain, kernel, Envoy, deployment file): no traceback.
+ENGINE_ERRORS = ("LoadError", "CompileError", "EnvoyError", "DeploymentError")
+
+
+def _deployment(path):
+    from anyplane.backends.envoy import deployment
+
+    try:
+        return deployment.load(path)
+    except deployment.DeploymentError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _engine_error(exc: Exception) -> None:
@@ -46,18 +60,26 @@ def _engine_error(exc: Exception) -> None:
               help="Directory to write artifacts into.")
 @click.option("--dump-after", type=click.Choice(STAGES), help="Print the program after a stage.")
 @click.option("--no-src", is_flag=True, help="Leave source locations out of text dumps.")
+@click.option("--deployment", "deployment_file", type=click.Path(dir_okay=False),
+              help="envoy: sidecar sockets and upstream endpoints (YAML).")
+@click.option("--dry-run", is_flag=True, help="envoy: observe the policy (shadow rules) without enforcing it.")
 @format_option
 @handle_errors
-def compile(files, target, out_dir, dump_after, no_src, output_format) -> None:
+def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run, output_format) -> None:
     """Compile policy FILES into artifacts for a target."""
+    if (deployment_file or dry_run) and target != "envoy":
+        raise UsageError("--deployment and --dry-run apply to -t envoy")
     compiled = load(list(files), dump_after=dump_after, dump=lambda s: click.echo(s, nl=False))
     if target == "ir":
         out = _ir(compiled.program, no_src)
     else:
         try:
-            out = _engine(target).emit(compiled.program)
+            if target == "envoy":
+                out = _engine(target).emit(compiled.program, _deployment(deployment_file), out_dir, dry_run)
+            else:
+                out = _engine(target).emit(compiled.program)
         except Exception as exc:  # noqa: BLE001 - toolchain and kernel errors are reported, not traced
-            if type(exc).__name__ not in ("LoadError", "CompileError"):
+            if type(exc).__name__ not in ENGINE_ERRORS:
                 raise
             _engine_error(exc)
     written = write_artifacts(out_dir, {a.path: a.data for a in out.artifacts})
@@ -71,23 +93,46 @@ def compile(files, target, out_dir, dump_after, no_src, output_format) -> None:
 
 @cli.command()
 @files_argument
-@click.option("-t", "--target", type=click.Choice(["ebpf"]), required=True, help="Which engine to update.")
-@click.option("--iface", help="Network interface to attach the XDP program to.")
-@click.option("--netns", help="Named network namespace the interface lives in.")
-@click.option("--name", default="default", show_default=True, help="Name of the classifier instance.")
+@click.option("-t", "--target", type=click.Choice(["ebpf", "envoy"]), required=True, help="Which engine to update.")
+@click.option("--iface", help="ebpf: network interface to attach the XDP program to.")
+@click.option("--netns", help="ebpf: named network namespace the interface lives in.")
+@click.option("--name", default="default", show_default=True, help="ebpf: name of the classifier instance.")
+@click.option("--service", help="envoy: the service whose sidecar to update.")
+@click.option("--dir", "xds_dir", type=click.Path(file_okay=False), help="envoy: the sidecar's watched xDS directory.")
+@click.option("--admin", help="envoy: the sidecar's admin address HOST:PORT (default: from the deployment).")
+@click.option("--deployment", "deployment_file", type=click.Path(dir_okay=False),
+              help="envoy: sidecar sockets and upstream endpoints (YAML).")
+@click.option("--dry-run", is_flag=True, help="envoy: push the policy as shadow rules (observe, do not enforce).")
 @format_option
 @handle_errors
-def push(files, target, iface, netns, name, output_format) -> None:
+def push(files, target, iface, netns, name, service, xds_dir, admin, deployment_file, dry_run, output_format) -> None:
     """Make FILES the live policy of a running engine (atomically; the old one stays on failure)."""
+    if target == "envoy" and not (service and xds_dir):
+        raise UsageError("push -t envoy needs --service NAME and --dir XDS_DIR")
+    if target == "ebpf" and (service or xds_dir or admin or deployment_file or dry_run):
+        raise UsageError("--service, --dir, --admin, --deployment and --dry-run apply to -t envoy")
     compiled = load(list(files))
     try:
-        result = _engine(target).push(compiled.program, iface, name, netns)
+        if target == "envoy":
+            from anyplane.backends.envoy import push as envoy_push
+
+            deployment = _deployment(deployment_file)
+            if admin is None:
+                host, port = deployment.sidecar(service).admin
+                admin = f"{host}:{port}"
+            result = envoy_push.push(compiled.program, service, xds_dir, admin, deployment, dry_run)
+        else:
+            result = _engine(target).push(compiled.program, iface, name, netns)
     except Exception as exc:  # noqa: BLE001
-        if type(exc).__name__ != "LoadError":
+        if type(exc).__name__ not in ENGINE_ERRORS:
             raise
         _engine_error(exc)
     if output_format == "json":
         emit_json(result)
+    elif target == "envoy":
+        mode = " (dry run: shadow rules only)" if result["dry_run"] else ""
+        click.echo(f"sidecar of '{service}' runs {result['version']}{mode}: {result['listeners']} listeners, "
+                   f"{result['clusters']} clusters, confirmed in {result['seconds'] * 1000:.0f} ms")
     else:
         how = "loaded the program and " if result["reloaded"] else ""
         where = f" on {iface}" if iface else ""

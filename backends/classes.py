@@ -1,0 +1,69 @@
+"""Address classes: the equivalence classes of addresses that a set of entries can tell apart.
+
+    atoms   = every endpoint prefix, and every CIDR that the entries match on one side
+    class   = (owner of the atom under longest-prefix ownership, CIDRs containing the atom)
+
+Two addresses in the same class get the same answer from every source (or
+destination) match of the entries, so engines classify an address once, by
+longest prefix over the atoms, and decide on the class. Class 0 is "in no
+atom": owned by nobody and inside no CIDR. The kernel and sidecar engines
+(and the switch) all build their lookups from this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from anyplane.ir import fields as F
+from anyplane.ir.addr import Prefix
+from anyplane.ir.lpm import LpmTable
+from anyplane.ir.match import AnyOf, PrefixMatch
+from anyplane.ir.nodes import Entry, Program
+
+
+def _options(fm):
+    return fm.options if isinstance(fm, AnyOf) else (fm,)
+
+
+@dataclass(frozen=True)
+class AddressClasses:
+    """One side's address classes: class 0 is "in no prefix the policy mentions"."""
+
+    keys: tuple[tuple[str | None, frozenset[Prefix]], ...]
+    prefixes: tuple[tuple[Prefix, int], ...]
+
+    def lookup(self, family: int, address: int) -> int:
+        """The class of an address (longest matching prefix, else 0)."""
+        hit = LpmTable(self.prefixes).lookup(family, address)
+        return 0 if hit is None else hit
+
+
+def address_classes(program: Program, entries: list[Entry], side: str) -> AddressClasses:
+    """Classes for one side: atoms are endpoint prefixes and the side's CIDRs in matches."""
+    ip_field = F.SRC_IP if side == "src" else F.DST_IP
+    cidrs: set[Prefix] = set()
+    for e in entries:
+        fm = e.match.get(ip_field)
+        if fm is not None:
+            cidrs.update(o.prefix for o in _options(fm) if isinstance(o, PrefixMatch))
+    owners = LpmTable((row.prefix, row.identity) for row in program.endpoints)
+    atoms = sorted({row.prefix for row in program.endpoints} | cidrs)
+    by_length: dict[tuple[int, int], set[int]] = {}
+    for c in cidrs:
+        by_length.setdefault((c.family, c.length), set()).add(c.value)
+    keys: dict[tuple, int] = {(None, frozenset()): 0}
+    prefixes = []
+    for p in atoms:
+        hit = owners.covering(p)
+        owner = hit[1] if hit is not None else None
+        width = p.width
+        member = frozenset(Prefix(p.family, p.value >> (width - length) << (width - length) if length else 0, length)
+                           for (fam, length), values in by_length.items()
+                           if fam == p.family and length <= p.length
+                           and (p.value >> (width - length) << (width - length) if length else 0) in values)
+        cls = keys.setdefault((owner, member), len(keys))
+        prefixes.append((p, cls))
+    ordered = sorted(keys.items(), key=lambda kv: kv[1])
+    return AddressClasses(tuple(k for k, _ in ordered), tuple(prefixes))
+
+

@@ -1,0 +1,1 @@
+"""The sidecar engine: Envoy configuration for every service, pushed through filesystem xDS."""

@@ -1,0 +1,161 @@
+"""Envoy v3 configuration for one service's sidecar, as plain dicts (then YAML or JSON).
+
+    inbound  one listener per service port: HTTP ports run the HTTP connection
+             manager with RBAC (the policy's decisions), a local rate limit per
+             rate-limited rule, and the router to the local application; TCP
+             ports run network RBAC and a TCP proxy
+    outbound one listener the application sends to: a virtual host per
+             destination service and port, routes in Gateway API precedence with
+             weighted version clusters, timeouts and retries; clusters carry the
+             destination's circuit breakers and outlier detection
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from anyplane.ir.actions import RateLimit
+from anyplane.ir.nodes import Program
+
+from .deployment import Deployment
+from .inbound import TYPE, Listener, header_input, listener_plan, rbac_matcher, rule_names
+from .routes import outbound_clusters, outbound_listener
+
+HCM = TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ACCESS_LOG_FORMAT = ("[%START_TIME%] %DOWNSTREAM_DIRECT_REMOTE_ADDRESS% -> %DOWNSTREAM_LOCAL_ADDRESS% "
+                     "\"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% "
+                     "rule=%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_effective_policy_id)%\n")
+MIN_FILL_MS = 50
+
+
+def duration(ms: int | Fraction) -> str:
+    """An Envoy duration string from milliseconds (nanosecond precision)."""
+    ns = int(Fraction(ms) * 1_000_000)
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}s"
+
+
+def token_bucket(rl: RateLimit) -> dict:
+    """A token bucket for `count` tokens per `per_s` seconds, burst `burst`, refilled at least every 50 ms."""
+    per_token_ms = Fraction(rl.per_s * 1000, rl.count)
+    tokens = max(1, -(-MIN_FILL_MS // per_token_ms)) if per_token_ms < MIN_FILL_MS else 1
+    return {"max_tokens": rl.burst, "tokens_per_fill": int(tokens), "fill_interval": duration(per_token_ms * int(tokens))}
+
+
+def _access_log() -> list[dict]:
+    return [{"name": "envoy.access_loggers.stdout",
+             "typed_config": {"@type": TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                              "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}}}}]
+
+
+def _rbac(program: Program, plan: Listener, service: str, dry_run: bool, http: bool) -> dict:
+    kind = "http.rbac.v3.RBAC" if http else "network.rbac.v3.RBAC"
+    matcher = rbac_matcher(program, plan, service)
+    config = {"@type": TYPE + f"envoy.extensions.filters.{kind}", "shadow_matcher": matcher}
+    if not dry_run:
+        config["matcher"] = matcher
+    if not http:
+        config["stat_prefix"] = f"in_{plan.port}"
+    return {"name": f"envoy.filters.{'http' if http else 'network'}.rbac", "typed_config": config}
+
+
+def _rate_limit(plan: Listener, dry_run: bool) -> dict | None:
+    limits = plan.rate_limited
+    if not limits:
+        return None
+    full = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    none = {"default_value": {"numerator": 0, "denominator": "HUNDRED"}}
+    return {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+        "@type": TYPE + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": f"in_{plan.port}_rate",
+        "filter_enabled": full,
+        "filter_enforced": none if dry_run else full,
+        # Requests whose deciding rule has no rate limit fall to this bucket: effectively unlimited.
+        "token_bucket": {"max_tokens": 1 << 30, "tokens_per_fill": 1 << 30, "fill_interval": "1s"},
+        "descriptors": [{"entries": [{"key": "rule", "value": name}], "token_bucket": token_bucket(rl)}
+                        for name, rl in sorted(limits.items())],
+        # The RBAC filter's shadow engine records which rule decided; the descriptor is that rule.
+        "rate_limits": [{"actions": [{"metadata": {
+            "descriptor_key": "rule", "source": "DYNAMIC",
+            "metadata_key": {"key": "envoy.filters.http.rbac", "path": [{"key": "shadow_effective_policy_id"}]}}}]}],
+    }}
+
+
+def inbound_listener(program: Program, service: str, port: int, protocol: str, deployment: Deployment,
+                     names: dict[int, str], dry_run: bool) -> tuple[dict, dict, Listener]:
+    """(listener, local application cluster, plan) for one service port."""
+    sidecar = deployment.sidecar(service)
+    http = protocol in ("http", "grpc")
+    plan = listener_plan(program, service, port, http, names)
+    cluster_name = f"in|{service}|{port}"
+    app = {"name": cluster_name, "type": "STATIC", "connect_timeout": "1s",
+           "load_assignment": {"cluster_name": cluster_name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+               "address": {"socket_address": {"address": sidecar.app, "port_value": port + sidecar.app_port_offset}}}}]}]}}
+    if protocol == "grpc":
+        app["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
+    if http:
+        filters = [_rbac(program, plan, service, dry_run, True)]
+        rate = _rate_limit(plan, dry_run)
+        if rate:
+            filters.append(rate)
+        filters.append({"name": "envoy.filters.http.router",
+                        "typed_config": {"@type": TYPE + "envoy.extensions.filters.http.router.v3.Router"}})
+        chain = [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": HCM, "stat_prefix": f"in_{port}", "codec_type": "AUTO",
+            # The policy matches paths as sent: no normalisation that the interpreter would not do.
+            "normalize_path": False, "merge_slashes": False,
+            "access_log": _access_log(),
+            "route_config": {"name": f"in|{service}|{port}", "virtual_hosts": [{
+                "name": "local", "domains": ["*"],
+                "routes": [{"name": "local", "match": {"prefix": "/"}, "route": {"cluster": cluster_name}}]}]},
+            "http_filters": filters}}]
+    else:
+        chain = [_rbac(program, plan, service, dry_run, False),
+                 {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                     "@type": TYPE + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                     "stat_prefix": f"in_{port}", "cluster": cluster_name}}]
+    listener = {"name": f"in|{service}|{port}",
+                "address": {"socket_address": {"address": sidecar.inbound, "port_value": port}},
+                "filter_chains": [{"filters": chain}]}
+    return listener, app, plan
+
+
+def sidecar_resources(program: Program, service: str, deployment: Deployment, dry_run: bool = False
+                      ) -> tuple[list[dict], list[dict], list[Listener]]:
+    """Every listener and cluster of one service's sidecar, and the inbound plans."""
+    names = rule_names(program)
+    listeners, clusters, plans = [], [], []
+    ident = program.identity(service)
+    for p in ident.ports:
+        if p.protocol == "udp":
+            continue
+        listener, app, plan = inbound_listener(program, service, p.number, p.protocol, deployment, names, dry_run)
+        listeners.append(listener)
+        clusters.append(app)
+        plans.append(plan)
+    out_listener = outbound_listener(program, service, deployment)
+    if out_listener is not None:
+        listeners.append(out_listener)
+        clusters += outbound_clusters(program, deployment)
+    return listeners, clusters, plans
+
+
+def bootstrap(service: str, deployment: Deployment, xds_dir: str | None, listeners=None, clusters=None) -> dict:
+    """A bootstrap: static resources, or filesystem xDS watching `xds_dir` (lds.yaml and cds.yaml)."""
+    host, port = deployment.sidecar(service).admin
+    out = {"node": {"id": f"sidecar~{service}", "cluster": service},
+           "admin": {"address": {"socket_address": {"address": host, "port_value": port}}},
+           "layered_runtime": {"layers": [{"name": "static", "static_layer": {}}]}}
+    if xds_dir is None:
+        out["static_resources"] = {"listeners": listeners or [], "clusters": clusters or []}
+    else:
+        out["dynamic_resources"] = {
+            "lds_config": {"resource_api_version": "V3", "path_config_source": {
+                "path": f"{xds_dir}/lds.yaml", "watched_directory": {"path": xds_dir}}},
+            "cds_config": {"resource_api_version": "V3", "path_config_source": {
+                "path": f"{xds_dir}/cds.yaml", "watched_directory": {"path": xds_dir}}}}
+    return out
+
+
+__all__ = ["sidecar_resources", "bootstrap", "token_bucket", "duration", "header_input"]

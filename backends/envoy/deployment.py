@@ -1,0 +1,110 @@
+"""Where sidecars listen and where upstreams are: the deployment, not the policy.
+
+A policy names services by address ranges; Envoy needs concrete sockets. The
+optional deployment file (YAML) says, per service and per identity:
+
+    sidecars:
+      reviews:
+        inbound: 127.0.2.1        # address the inbound listeners bind (default 0.0.0.0)
+        app: 127.0.0.1            # where the local application listens (default 127.0.0.1)
+        app_port_offset: 10000    # application port = service port + offset (default 10000)
+        outbound: 127.0.0.1:15001 # the outbound listener the application sends to (default 127.0.0.1:15001)
+        admin: 127.0.0.1:15000    # Envoy's admin listener (default 127.0.0.1:15000)
+    endpoints:                    # upstream instances per identity (service or service.version)
+      reviews.v1: [127.0.2.1]     # address, or address:port (default: the service port)
+
+Without endpoints, an identity whose every prefix is a single host uses those
+hosts; otherwise its cluster resolves the DNS name `<version>.<service>` (or
+`<service>`), the Kubernetes convention.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+import yaml
+
+
+class DeploymentError(Exception):
+    """The deployment file is malformed (the message says where)."""
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """Sockets of one service's sidecar."""
+
+    inbound: str = "0.0.0.0"
+    app: str = "127.0.0.1"
+    app_port_offset: int = 10000
+    outbound: tuple[str, int] = ("127.0.0.1", 15001)
+    admin: tuple[str, int] = ("127.0.0.1", 15000)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Sidecar sockets per service and upstream endpoints per identity."""
+
+    sidecars: dict[str, Sidecar] = field(default_factory=dict)
+    endpoints: dict[str, tuple[tuple[str, int | None], ...]] = field(default_factory=dict)
+
+    def sidecar(self, service: str) -> Sidecar:
+        """The sidecar sockets of a service (defaults when not given)."""
+        return self.sidecars.get(service, Sidecar())
+
+
+def _address(text, where: str) -> str:
+    try:
+        return str(ipaddress.ip_address(str(text)))
+    except ValueError:
+        raise DeploymentError(f"{where}: '{text}' is not an IP address") from None
+
+
+def _socket(text, where: str) -> tuple[str, int]:
+    host, _, port = str(text).rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise DeploymentError(f"{where}: '{text}' is not ADDRESS:PORT")
+    return _address(host.strip("[]"), where), int(port)
+
+
+def _endpoint(text, where: str) -> tuple[str, int | None]:
+    text = str(text)
+    if text.count(":") == 1 or text.startswith("["):
+        return _socket(text, where)
+    return _address(text, where), None
+
+
+def load(path: str | None) -> Deployment:
+    """Read a deployment file (None: every default)."""
+    if path is None:
+        return Deployment()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise DeploymentError(f"cannot read '{path}': {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise DeploymentError(f"{path}: not YAML ({exc})") from None
+    if not isinstance(data, dict) or set(data) - {"sidecars", "endpoints"}:
+        raise DeploymentError(f"{path}: expected the keys 'sidecars' and 'endpoints'")
+    sidecars = {}
+    for name, spec in (data.get("sidecars") or {}).items():
+        where = f"{path}: sidecars.{name}"
+        spec = spec or {}
+        unknown = set(spec) - {"inbound", "app", "app_port_offset", "outbound", "admin"}
+        if unknown:
+            raise DeploymentError(f"{where}: unknown keys {sorted(unknown)}")
+        d = Sidecar()
+        sidecars[str(name)] = Sidecar(
+            inbound=_address(spec.get("inbound", d.inbound), where),
+            app=_address(spec.get("app", d.app), where),
+            app_port_offset=int(spec.get("app_port_offset", d.app_port_offset)),
+            outbound=_socket(spec["outbound"], where) if "outbound" in spec else d.outbound,
+            admin=_socket(spec["admin"], where) if "admin" in spec else d.admin)
+    endpoints = {}
+    for ident, items in (data.get("endpoints") or {}).items():
+        where = f"{path}: endpoints.{ident}"
+        if not isinstance(items, list) or not items:
+            raise DeploymentError(f"{where}: give a non-empty list of addresses")
+        endpoints[str(ident)] = tuple(_endpoint(i, where) for i in items)
+    return Deployment(sidecars, endpoints)

@@ -1,0 +1,113 @@
+"""The sidecar engine's entry points: emit every service's Envoy configuration, and the report.
+
+    emit(program, deployment, out_dir)
+      <service>/envoy.yaml, envoy.json   a complete static configuration (envoy -c)
+      <service>/bootstrap.yaml           the same sidecar driven by filesystem xDS:
+      <service>/xds/lds.yaml, cds.yaml   listeners and clusters, replaced by `push`
+      report.txt                         how every rule is enforced
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import yaml
+
+from anyplane.ir import fields as F
+from anyplane.ir.actions import RateLimit
+from anyplane.ir.nodes import Program
+
+from .. import base
+from .config import bootstrap, sidecar_resources
+from .deployment import Deployment
+from .inbound import Unsupported
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+
+
+class EnvoyError(Exception):
+    """The policy cannot be expressed for the sidecar, or a push failed (the message says why)."""
+
+
+def services(program: Program) -> list[str]:
+    """Services that get a sidecar: those with at least one TCP (http, grpc, tcp) port."""
+    return [i.name for i in program.identities
+            if i.version is None and i.kind == "service" and any(p.protocol != "udp" for p in i.ports)]
+
+
+def dump(data) -> str:
+    """YAML as Envoy reads it (safe, key order kept: the output is deterministic)."""
+    return yaml.safe_dump(data, sort_keys=False, width=120)
+
+
+def xds_files(listeners: list[dict], clusters: list[dict], version: str) -> dict[str, str]:
+    """lds.yaml and cds.yaml as filesystem xDS discovery responses."""
+    return {"lds.yaml": dump({"version_info": version,
+                              "resources": [dict({"@type": LISTENER_TYPE}, **l) for l in listeners]}),
+            "cds.yaml": dump({"version_info": version,
+                              "resources": [dict({"@type": CLUSTER_TYPE}, **c) for c in clusters]})}
+
+
+def content_version(listeners, clusters) -> str:
+    """A version name derived from the content (the same policy gives the same version)."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([listeners, clusters], sort_keys=True).encode()).hexdigest()
+    return f"anyplane-{digest[:16]}"
+
+
+def report(program: Program, placed: set[int]) -> list[base.RuleReport]:
+    """How the sidecars treat each rule."""
+    by_rule: dict[str, list] = {}
+    for e in program.acl.entries:
+        by_rule.setdefault(e.rule, []).append(e)
+
+    def classify(rule):
+        entries = by_rule.get(rule.id, [])
+        n = sum(1 for e in entries if id(e) in placed)
+        if n == 0:
+            protos = [e.match.get(F.PROTO) for e in entries]
+            if entries and all(p is not None and 6 not in getattr(p, "values", (getattr(p, "value", None),))
+                               for p in protos):
+                return base.NOT_ENFORCED, "the sidecar carries TCP only (UDP, ICMP and other protocols: kernel/switch)", 0
+            return base.NOT_ENFORCED, "no sidecar receives this traffic (its destination has no service port)", 0
+        detail = ""
+        if any(isinstance(e.action, RateLimit) and e.match.layer != "L7" for e in entries):
+            detail = "allow/deny enforced; a packet rate limit is left to the kernel/switch engines"
+        elif n < len(entries):
+            detail = "enforced where a sidecar receives the traffic"
+        return base.ENFORCED, detail, n
+    return base.rule_rows(program, classify)
+
+
+def build(program: Program, deployment: Deployment, dry_run: bool = False):
+    """{service: (listeners, clusters)} and the set of placed entry ids."""
+    out, placed = {}, set()
+    try:
+        for svc in services(program):
+            listeners, clusters, plans = sidecar_resources(program, svc, deployment, dry_run)
+            out[svc] = (listeners, clusters)
+            placed.update(id(e) for p in plans for e in p.entries)
+    except Unsupported as exc:
+        raise EnvoyError(f"the sidecar cannot express this policy: {exc}") from exc
+    return out, placed
+
+
+def emit(program: Program, deployment: Deployment | None = None, out_dir: str = ".",
+         dry_run: bool = False) -> base.Output:
+    """The artifacts `anyplane compile -t envoy` writes."""
+    deployment = deployment or Deployment()
+    built, placed = build(program, deployment, dry_run)
+    out = base.Output(report=report(program, placed))
+    for svc, (listeners, clusters) in built.items():
+        static = bootstrap(svc, deployment, None, listeners, clusters)
+        xds_dir = os.path.abspath(os.path.join(out_dir, svc, "xds"))
+        out.artifacts += [base.Artifact(f"{svc}/envoy.yaml", dump(static)),
+                          base.Artifact(f"{svc}/envoy.json", json.dumps(static, indent=1) + "\n"),
+                          base.Artifact(f"{svc}/bootstrap.yaml", dump(bootstrap(svc, deployment, xds_dir)))]
+        for name, text in xds_files(listeners, clusters, content_version(listeners, clusters)).items():
+            out.artifacts.append(base.Artifact(f"{svc}/xds/{name}", text))
+    out.artifacts.append(base.Artifact("report.txt", out.report_text("envoy (sidecars)")))
+    return out
