@@ -15,6 +15,7 @@ demo: setup
 	$(BIN)/anyplane check examples/bookinfo.ap
 	$(BIN)/anyplane compile examples/bookinfo.ap -t ir -o out/bookinfo/ir
 	$(BIN)/anyplane compile examples/bookinfo.ap -t ebpf -o out/bookinfo/ebpf
+	$(BIN)/anyplane compile examples/bookinfo.ap -t envoy -o out/bookinfo/envoy
 	$(BIN)/anyplane verify examples/bookinfo.ap
 	$(BIN)/anyplane query examples/bookinfo.ap 'internet -> mysql tcp 3306'
 	$(BIN)/anyplane explain examples/bookinfo.ap --flow 'internet -> productpage http GET /admin/users'
@@ -45,6 +46,7 @@ bench: setup
 	$(BIN)/python bench/frontend.py
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/ebpf.py
+	$(BIN)/python bench/envoy.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis

@@ -50,7 +50,11 @@ def _access_log() -> list[dict]:
 def _rbac(program: Program, plan: Listener, service: str, dry_run: bool, http: bool) -> dict:
     kind = "http.rbac.v3.RBAC" if http else "network.rbac.v3.RBAC"
     matcher = rbac_matcher(program, plan, service)
-    config = {"@type": TYPE + f"envoy.extensions.filters.{kind}", "shadow_matcher": matcher}
+    config = {"@type": TYPE + f"envoy.extensions.filters.{kind}"}
+    if dry_run or (http and plan.rate_limited):
+        # The shadow engine records the deciding rule: the rate limit's descriptor, and in a
+        # dry run the only effect. Without either it would double the per-request cost.
+        config["shadow_matcher"] = matcher
     if not dry_run:
         config["matcher"] = matcher
     if not http:

@@ -241,16 +241,42 @@ def rbac_matcher(program: Program, listener: Listener, service: str) -> dict:
                    or (e.match.get(F.DST_ID) is not None and not identities <= set(e.match.get(F.DST_ID).values))]
     dst = address_classes(program, entries, "dst") if dst_entries else None
 
+    # Index the entries by what can select them, so each class looks only at its candidates.
+    position = {id(e): k for k, e in enumerate(entries)}
+    by_owner: dict[str, list[Entry]] = {}
+    by_prefix: dict[Prefix, list[Entry]] = {}
+    unconstrained: list[Entry] = []
+    for e in entries:
+        ids, ips = e.match.get(F.SRC_ID), e.match.get(F.SRC_IP)
+        if ids is not None:
+            for v in ids.values:
+                by_owner.setdefault(v, []).append(e)
+        elif ips is not None:
+            for o in _options(ips):
+                by_prefix.setdefault(o.prefix, []).append(e)
+        else:
+            unconstrained.append(e)
+    rendered: dict[int, dict] = {}
+
+    def render(e: Entry) -> dict:
+        if id(e) not in rendered:
+            preds = field_predicates(e.match, {F.SRC_ID, F.SRC_IP, F.DST_ID, F.DST_IP, F.PROTO, F.DPORT})
+            rendered[id(e)] = {"predicate": _and(preds) if preds else ALWAYS,
+                               "on_match": action(listener.names[id(e)], not isinstance(e.action, Deny))}
+        return rendered[id(e)]
+
     def items(owner, member, dst_key):
+        candidates = {id(e): e for e in unconstrained}
+        candidates.update((id(e), e) for e in by_owner.get(owner, ()))
+        for p in member:
+            candidates.update((id(e), e) for e in by_prefix.get(p, ()))
         out = []
-        for e in entries:
+        for e in sorted(candidates.values(), key=lambda e: position[id(e)]):
             if not _accepts(e, F.SRC_ID, F.SRC_IP, owner, member):
                 continue
             if dst_key is not None and not _accepts(e, F.DST_ID, F.DST_IP, *dst_key):
                 continue
-            preds = field_predicates(e.match, {F.SRC_ID, F.SRC_IP, F.DST_ID, F.DST_IP, F.PROTO, F.DPORT})
-            out.append({"predicate": _and(preds) if preds else ALWAYS,
-                        "on_match": action(listener.names[id(e)], not isinstance(e.action, Deny))})
+            out.append(render(e))
         return out
 
     def decision(owner, member, dst_key=None) -> dict:
