@@ -31,12 +31,15 @@ def _engine(target: str):
     if target == "envoy":
         from anyplane.backends.envoy import engine
         return engine
+    if target == "p4":
+        from anyplane.backends.p4 import engine
+        return engine
     raise UsageError(f"unknown target '{target}'")
 
 
-TARGETS = ("ir", "ebpf", "envoy")
+TARGETS = ("ir", "ebpf", "envoy", "p4")
 # Failures an engine reports in words (toolchain, kernel, Envoy, deployment file): no traceback.
-ENGINE_ERRORS = ("LoadError", "CompileError", "EnvoyError", "DeploymentError")
+ENGINE_ERRORS = ("LoadError", "CompileError", "EnvoyError", "DeploymentError", "P4Error")
 
 
 def _deployment(path):
@@ -63,12 +66,15 @@ def _engine_error(exc: Exception) -> None:
 @click.option("--deployment", "deployment_file", type=click.Path(dir_okay=False),
               help="envoy: sidecar sockets and upstream endpoints (YAML).")
 @click.option("--dry-run", is_flag=True, help="envoy: observe the policy (shadow rules) without enforcing it.")
+@click.option("--no-range", is_flag=True, help="p4: the target has no range match; ports become ternary entries.")
 @format_option
 @handle_errors
-def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run, output_format) -> None:
+def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run, no_range, output_format) -> None:
     """Compile policy FILES into artifacts for a target."""
     if (deployment_file or dry_run) and target != "envoy":
         raise UsageError("--deployment and --dry-run apply to -t envoy")
+    if no_range and target != "p4":
+        raise UsageError("--no-range applies to -t p4")
     compiled = load(list(files), dump_after=dump_after, dump=lambda s: click.echo(s, nl=False))
     if target == "ir":
         out = _ir(compiled.program, no_src)
@@ -76,6 +82,10 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
         try:
             if target == "envoy":
                 out = _engine(target).emit(compiled.program, _deployment(deployment_file), out_dir, dry_run)
+            elif target == "p4":
+                from anyplane.backends.p4.pipeline import Features
+
+                out = _engine(target).emit(compiled.program, Features(range_match=not no_range))
             else:
                 out = _engine(target).emit(compiled.program)
         except Exception as exc:  # noqa: BLE001 - toolchain and kernel errors are reported, not traced
@@ -93,7 +103,7 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
 
 @cli.command()
 @files_argument
-@click.option("-t", "--target", type=click.Choice(["ebpf", "envoy"]), required=True, help="Which engine to update.")
+@click.option("-t", "--target", type=click.Choice(["ebpf", "envoy", "p4"]), required=True, help="Which engine to update.")
 @click.option("--iface", help="ebpf: network interface to attach the XDP program to.")
 @click.option("--netns", help="ebpf: named network namespace the interface lives in.")
 @click.option("--name", default="default", show_default=True, help="ebpf: name of the classifier instance.")
@@ -102,18 +112,41 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
 @click.option("--admin", help="envoy: the sidecar's admin address HOST:PORT (default: from the deployment).")
 @click.option("--deployment", "deployment_file", type=click.Path(dir_okay=False),
               help="envoy: sidecar sockets and upstream endpoints (YAML).")
-@click.option("--dry-run", is_flag=True, help="envoy: push the policy as shadow rules (observe, do not enforce).")
+@click.option("--dry-run", is_flag=True,
+              help="envoy: push shadow rules (observe, do not enforce); p4: print the write, send nothing.")
+@click.option("--grpc-addr", help="p4: the P4Runtime target HOST:PORT.")
+@click.option("--device-id", type=int, default=1, show_default=True, help="p4: the P4Runtime device id.")
+@click.option("--election-id", type=int, default=1, show_default=True, help="p4: the election id (low 64 bits).")
+@click.option("--pipeline-config", help="p4: P4INFO,DEVICE_CONFIG files to set the pipeline first.")
+@click.option("--no-range", is_flag=True, help="p4: the target has no range match.")
 @format_option
 @handle_errors
-def push(files, target, iface, netns, name, service, xds_dir, admin, deployment_file, dry_run, output_format) -> None:
+def push(files, target, iface, netns, name, service, xds_dir, admin, deployment_file, dry_run, grpc_addr, device_id,
+         election_id, pipeline_config, no_range, output_format) -> None:
     """Make FILES the live policy of a running engine (atomically; the old one stays on failure)."""
     if target == "envoy" and not (service and xds_dir):
         raise UsageError("push -t envoy needs --service NAME and --dir XDS_DIR")
     if target == "ebpf" and (service or xds_dir or admin or deployment_file or dry_run):
         raise UsageError("--service, --dir, --admin, --deployment and --dry-run apply to -t envoy")
+    if target == "p4" and not grpc_addr:
+        raise UsageError("push -t p4 needs --grpc-addr HOST:PORT")
+    if target != "p4" and (grpc_addr or pipeline_config or no_range):
+        raise UsageError("--grpc-addr, --pipeline-config and --no-range apply to -t p4")
+    pipeline = None
+    if pipeline_config:
+        parts = pipeline_config.split(",")
+        if len(parts) != 2 or not all(parts):
+            raise UsageError("--pipeline-config takes P4INFO,DEVICE_CONFIG")
+        pipeline = (parts[0], parts[1])
     compiled = load(list(files))
     try:
-        if target == "envoy":
+        if target == "p4":
+            from anyplane.backends.p4 import push as p4_push
+            from anyplane.backends.p4.pipeline import Features
+
+            result = p4_push.push(compiled.program, grpc_addr, device_id, Features(range_match=not no_range),
+                                  pipeline, (0, election_id), dry_run)
+        elif target == "envoy":
             from anyplane.backends.envoy import push as envoy_push
 
             deployment = _deployment(deployment_file)
@@ -129,6 +162,16 @@ def push(files, target, iface, netns, name, service, xds_dir, admin, deployment_
         _engine_error(exc)
     if output_format == "json":
         emit_json(result)
+    elif target == "p4":
+        if result["dry_run"]:
+            click.echo(result["write_request"], nl=False)
+            click.echo(f"# dry run: {result['updates']} updates, nothing sent", err=True)
+        elif result["updates"] == 0:
+            click.echo(f"{grpc_addr} already holds this policy ({result['entries']} acl entries)")
+        else:
+            click.echo(f"wrote {result['updates']} updates to {grpc_addr} device {device_id} "
+                       f"({result['inserted']} inserted, {result['modified']} modified, {result['deleted']} deleted; "
+                       f"{result['atomicity']}) in {result['seconds'] * 1000:.0f} ms")
     elif target == "envoy":
         mode = " (dry run: shadow rules only)" if result["dry_run"] else ""
         click.echo(f"sidecar of '{service}' runs {result['version']}{mode}: {result['listeners']} listeners, "

@@ -1,0 +1,87 @@
+"""The fabric engine's entry points: emit the program, P4Info and entries; the compile report.
+
+    emit(program, features)
+      anyplane.p4        P4_16 source for v1model
+      p4info.txt/.json   its P4Info (IDs as p4c assigns them)
+      entries.txt/.json  the policy as one P4Runtime WriteRequest
+      report.txt         how each rule is enforced, and how many entries it took
+"""
+
+from __future__ import annotations
+
+from google.protobuf import json_format, text_format
+from p4.v1 import p4runtime_pb2
+
+from anyplane.ir.nodes import Program
+from anyplane.ir.project import PROJECTED, enforcement
+
+from .. import base
+from .entries import Entries, Unsupported, build, updates
+from .pipeline import Features, Names, p4info, program_text
+
+
+class P4Error(Exception):
+    """The policy does not fit the program, or a push failed (the message says why)."""
+
+
+def write_request(names: Names, entries: Entries, device_id: int = 1,
+                  election_id: tuple[int, int] = (0, 1)) -> tuple[p4runtime_pb2.WriteRequest, list[str]]:
+    """The whole policy as one WriteRequest, and the source of each update."""
+    req = p4runtime_pb2.WriteRequest(device_id=device_id)
+    req.election_id.high, req.election_id.low = election_id
+    req.atomicity = p4runtime_pb2.WriteRequest.ROLLBACK_ON_ERROR
+    sources = []
+    for u, src in updates(names, entries):
+        req.updates.append(u)
+        sources.append(src)
+    return req, sources
+
+
+def report(program: Program, entries: Entries) -> list[base.RuleReport]:
+    """How the switch treats each rule."""
+    def classify(rule):
+        loc = rule.origin.loc
+        if loc in entries.unsupported:
+            return base.NOT_ENFORCED, entries.unsupported[loc], 0
+        how = enforcement(rule)
+        n = entries.per_rule.get(loc, 0)
+        if how == PROJECTED:
+            return base.PROJECTED, "HTTP conditions are left to the sidecar", n
+        if how != base.ENFORCED:
+            return base.NOT_ENFORCED, "a deny with HTTP conditions cannot be applied below L7", 0
+        if n == 0:
+            return base.ENFORCED, "every flow it matches is decided by earlier entries: no entry needed", 0
+        return base.ENFORCED, "", n
+    return base.rule_rows(program, classify)
+
+
+def build_all(program: Program, features: Features = Features()):
+    """(P4Info, names, entries) for a program."""
+    info = p4info(features)
+    names = Names(info)
+    try:
+        entries = build(program, features)
+    except Unsupported as exc:
+        raise P4Error(str(exc)) from exc
+    if len(entries.acl) > features.acl_size:
+        raise P4Error(f"the policy needs {len(entries.acl)} acl entries; the table holds {features.acl_size}")
+    return info, names, entries
+
+
+def emit(program: Program, features: Features = Features()) -> base.Output:
+    """The artifacts `anyplane compile -t p4` writes."""
+    info, names, entries = build_all(program, features)
+    req, _ = write_request(names, entries)
+    out = base.Output(report=report(program, entries))
+    out.artifacts += [
+        base.Artifact("anyplane.p4", program_text(features)),
+        base.Artifact("p4info.txt", text_format.MessageToString(info)),
+        base.Artifact("p4info.json", json_format.MessageToJson(info, sort_keys=True) + "\n"),
+        base.Artifact("entries.txt", text_format.MessageToString(req)),
+        base.Artifact("entries.json", json_format.MessageToJson(req, sort_keys=True) + "\n"),
+    ]
+    summary = (f"\nacl entries: {len(entries.acl)} ({'native ranges' if features.range_match else 'ranges as ternary'}),"
+               f" naive prefix expansion: {entries.naive}; endpoint entries: {len(entries.endpoints)};"
+               f" meters: {len(entries.meters)}\n")
+    out.artifacts.append(base.Artifact("report.txt", out.report_text("p4 (switch)") + summary))
+    return out

@@ -1,0 +1,364 @@
+"""Table entries for a program's L4 projection, and their P4Runtime encoding.
+
+    endpoint tables  one LPM entry per endpoint prefix -> the identity's id
+    acl              per policy entry, in decision order: the product of its
+                     options (identities, prefixes, protocols, port ranges),
+                     minimised, with distinct priorities (higher wins)
+    default          the policy's default as the acl's default action
+    meters           one per packet-rate-limited rule
+
+Minimisation: port ranges of one rule are merged, sibling prefixes of one
+rule are merged, and an entry that an earlier (higher-priority) entry with
+the same address and protocol keys fully covers is dropped: it can never
+match. `--no-range` turns each port range into its minimal prefix cover.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from p4.v1 import p4runtime_pb2
+
+from anyplane.ir import fields as F
+from anyplane.ir.actions import Deny, RateLimit
+from anyplane.ir.addr import Prefix
+from anyplane.ir.match import AnyOf, Exact, InSet, PrefixMatch, Range
+from anyplane.ir.nodes import Entry, Program, decision_key
+from anyplane.ir.project import project_l4
+
+from .pipeline import ENDPOINT_TABLES, ID_BITS, Features, Names, acl_keys
+
+FAMILY = {4: 1, 6: 2}
+ICMP_FOR = {4: 1, 6: 58}
+PORT_PROTOS = (6, 17)
+
+
+class Unsupported(Exception):
+    """A match this engine cannot express (reported at the rule)."""
+
+
+@dataclass
+class P4Entry:
+    """One table entry: key {field: (kind, a, b)}, action, params, priority, source rule."""
+
+    table: str
+    key: dict[str, tuple]
+    action: str
+    params: tuple[tuple[str, int], ...] = ()
+    priority: int = 0
+    rule: str = ""
+    location: str = ""
+
+
+@dataclass
+class Entries:
+    """Everything written to the target for one policy."""
+
+    endpoints: list[P4Entry] = field(default_factory=list)
+    acl: list[P4Entry] = field(default_factory=list)
+    default: str = "acl_deny"
+    meters: list[tuple[int, int, int, str]] = field(default_factory=list)  # (index, rate/s, burst, location)
+    per_rule: dict[str, int] = field(default_factory=dict)
+    unsupported: dict[str, str] = field(default_factory=dict)
+    naive: int = 0
+
+
+def _options(fm):
+    return fm.options if isinstance(fm, AnyOf) else (fm,)
+
+
+def canonical(value: int) -> bytes:
+    """P4Runtime's canonical bytestring: the shortest big-endian encoding (one byte for 0)."""
+    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping and adjacent ranges merged."""
+    out: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(lo, hi) for lo, hi in out]
+
+
+def prefix_cover(lo: int, hi: int, width: int) -> list[tuple[int, int]]:
+    """The minimal set of (value, mask) prefixes covering [lo, hi]."""
+    out = []
+    full = (1 << width) - 1
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << width
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append((lo, full ^ (size - 1)))
+        lo += size
+    return out
+
+
+def merge_prefixes(prefixes: list[Prefix]) -> list[Prefix]:
+    """Prefixes with covered ones dropped and sibling pairs merged, until nothing changes."""
+    current = set(prefixes)
+    while True:
+        kept = {p for p in current if not any(q != p and q.covers(p) for q in current)}
+        merged = set(kept)
+        for p in kept:
+            if p.length == 0 or p not in merged:
+                continue
+            width = 32 if p.family == 4 else 128
+            bit = 1 << (width - p.length)
+            sibling = Prefix(p.family, p.value ^ bit, p.length)
+            if sibling in merged:
+                merged -= {p, sibling}
+                merged.add(Prefix(p.family, p.value & ~bit, p.length - 1))
+        if merged == current:
+            return sorted(current, key=lambda q: (q.family, q.value, q.length))
+        current = merged
+
+
+def _values(fm, what: str) -> list[int]:
+    out = []
+    for o in _options(fm):
+        if isinstance(o, Exact):
+            out.append(o.value)
+        elif isinstance(o, InSet):
+            out.extend(o.values)
+        else:
+            raise Unsupported(f"{what} match '{type(o).__name__}'")
+    return sorted(set(out))
+
+
+def _ranges(fm, what: str) -> list[tuple[int, int]]:
+    out = []
+    for o in _options(fm):
+        if isinstance(o, Exact):
+            out.append((o.value, o.value))
+        elif isinstance(o, InSet):
+            out.extend((v, v) for v in o.values)
+        elif isinstance(o, Range):
+            out.append((o.lo, o.hi))
+        else:
+            raise Unsupported(f"{what} match '{type(o).__name__}'")
+    return merge_ranges(out)
+
+
+def _side(e: Entry, side: str, ids: dict[str, int]) -> list[dict]:
+    """Key fragments for one side: identities and/or prefixes (each a family)."""
+    id_field, ip_field = (F.SRC_ID, F.SRC_IP) if side == "src" else (F.DST_ID, F.DST_IP)
+    out: list[dict] = [{}]
+    idm, ipm = e.match.get(id_field), e.match.get(ip_field)
+    if idm is not None:
+        values = []
+        for o in _options(idm):
+            if not isinstance(o, InSet):
+                raise Unsupported(f"{id_field} match '{type(o).__name__}'")
+            values.extend(ids.get(v, 0) if v is not None else 0 for v in o.values)
+        out = [{f"meta.{side}_id": ("ternary", v, (1 << ID_BITS) - 1)} for v in sorted(set(values))]
+    if ipm is not None:
+        prefixes = []
+        for o in _options(ipm):
+            if not isinstance(o, PrefixMatch):
+                raise Unsupported(f"{ip_field} match '{type(o).__name__}'")
+            prefixes.append(o.prefix)
+        frags = []
+        for p in merge_prefixes(prefixes):
+            width = 32 if p.family == 4 else 128
+            frag = {"meta.family": ("ternary", FAMILY[p.family], 3)}
+            if p.length:
+                mask = ((1 << p.length) - 1) << (width - p.length)
+                frag[f"meta.{side}_{'v4' if p.family == 4 else 'v6'}"] = ("ternary", p.value, mask)
+            frags.append(frag)
+        out = [dict(a, **b) for a in out for b in frags]
+    return out
+
+
+def _combine(parts: list[dict]) -> dict | None:
+    """Merge key fragments; None when two fragments disagree (e.g. IPv4 source, IPv6 destination)."""
+    key: dict = {}
+    for part in parts:
+        for name, m in part.items():
+            if name in key and key[name] != m:
+                return None
+            key[name] = m
+    return key
+
+
+def acl_options(e: Entry, ids: dict[str, int], features: Features) -> tuple[list[dict], int]:
+    """The acl keys for one projected entry, and the naive (unminimised prefix expansion) count."""
+    for name, _ in e.match.fields:
+        if F.lookup(name).layer == "L7":
+            raise Unsupported(f"{name} is not visible below L7")
+    m = e.match
+    protos = _values(m.get(F.PROTO), "proto") if m.get(F.PROTO) is not None else None
+    sports = _ranges(m.get(F.SPORT), "sport") if m.get(F.SPORT) is not None else None
+    dports = _ranges(m.get(F.DPORT), "dport") if m.get(F.DPORT) is not None else None
+    types = _values(m.get(F.ICMP_TYPE), "icmp.type") if m.get(F.ICMP_TYPE) is not None else None
+    codes = _values(m.get(F.ICMP_CODE), "icmp.code") if m.get(F.ICMP_CODE) is not None else None
+    l4: list[dict] = [{}]
+    if sports is not None or dports is not None:
+        # Ports exist only on TCP and UDP first fragments.
+        l4 = [{"meta.ip_proto": ("ternary", p, 255), "meta.l4_valid": ("ternary", 1, 1)}
+              for p in (protos if protos is not None else PORT_PROTOS) if p in PORT_PROTOS]
+    elif types is not None or codes is not None:
+        pairs = [(fam, p) for fam, p in ICMP_FOR.items() if protos is None or p in protos]
+        l4 = [{"meta.family": ("ternary", FAMILY[fam], 3), "meta.ip_proto": ("ternary", p, 255),
+               "meta.l4_valid": ("ternary", 1, 1)} for fam, p in pairs]
+    elif protos is not None:
+        l4 = [{"meta.ip_proto": ("ternary", p, 255)} for p in protos]
+
+    def port_opts(ranges, name):
+        if ranges is None or ranges == [(0, 65535)]:
+            return [{}], 1
+        naive = sum(len(prefix_cover(lo, hi, 16)) for lo, hi in ranges)
+        if features.range_match:
+            return [{name: ("range", lo, hi)} for lo, hi in ranges], naive
+        return [{name: ("ternary", v, mk)} for lo, hi in ranges for v, mk in prefix_cover(lo, hi, 16)], naive
+
+    sp, naive_s = port_opts(sports, "meta.sport")
+    dp, naive_d = port_opts(dports, "meta.dport")
+    ty = [{"meta.icmp_type": ("ternary", t, 255)} for t in types] if types is not None else [{}]
+    co = [{"meta.icmp_code": ("ternary", c, 255)} for c in codes] if codes is not None else [{}]
+    src, dst = _side(e, "src", ids), _side(e, "dst", ids)
+    keys = []
+    for parts in itertools.product(src, dst, l4, sp, dp, ty, co):
+        key = _combine(list(parts))
+        if key is not None:
+            keys.append(key)
+    naive = len(src) * len(dst) * len(l4) * naive_s * naive_d * len(ty) * len(co)
+    return keys, naive
+
+
+def covers(a: dict, b: dict) -> bool:
+    """Whether every packet matching key `b` also matches key `a`."""
+    for name, (kind, x, y) in a.items():
+        if name not in b:
+            return False
+        bk, bx, by = b[name]
+        if kind == "range":
+            lo, hi = (bx, by) if bk == "range" else (bx, bx | (~by & 0xFFFF))
+            if not (x <= lo and hi <= y):
+                return False
+        else:
+            if bk == "range":
+                return False
+            if (by & y) != y or (bx & y) != x:
+                return False
+    return True
+
+
+PORT_KEYS = ("meta.sport", "meta.dport")
+
+
+def build(program: Program, features: Features = Features()) -> Entries:
+    """All entries for a program."""
+    ids = {ident.name: k for k, ident in enumerate(sorted(program.identities, key=lambda i: i.name), start=1)}
+    if len(ids) >= 1 << ID_BITS:
+        raise Unsupported(f"{len(ids)} identities: the ids are {ID_BITS} bits wide")
+    out = Entries(default="acl_allow" if program.default == "allow" else "acl_deny")
+    for row in program.endpoints:
+        p = row.prefix
+        fam = "v4" if p.family == 4 else "v6"
+        for side in ("src", "dst"):
+            table, key_name, _, action = next(t for t in ENDPOINT_TABLES if t[0] == f"{side}_endpoint_{fam}")
+            out.endpoints.append(P4Entry(table, {key_name: ("lpm", p.value, p.length)}, action,
+                                         (("id", ids[row.identity]),), location=str(p)))
+    rules = {r.id: r for r in program.rules}
+    buckets: dict[tuple, list[dict]] = {}
+    meters: dict[str, int] = {}
+    for e in sorted(project_l4(program).acl.entries, key=decision_key):
+        loc = rules[e.rule].origin.loc if e.rule in rules else e.origin.loc
+        try:
+            keys, naive = acl_options(e, ids, features)
+        except Unsupported as exc:
+            out.unsupported[loc] = str(exc)
+            continue
+        out.naive += naive
+        if isinstance(e.action, Deny):
+            action, params = "acl_deny", ()
+        elif isinstance(e.action, RateLimit):
+            if loc not in meters:
+                meters[loc] = len(meters)
+                rl = e.action
+                out.meters.append((meters[loc], max(1, round(rl.count / rl.per_s)), rl.burst, loc))
+            action, params = "acl_rate_limit", (("meter_index", meters[loc]),)
+        else:
+            action, params = "acl_allow", ()
+        kept = 0
+        for key in keys:
+            bucket = tuple(sorted((k, v) for k, v in key.items() if k not in PORT_KEYS))
+            earlier = buckets.setdefault(bucket, [])
+            if any(covers(a, key) for a in earlier):
+                continue  # a higher-priority entry takes every packet this one would
+            earlier.append(key)
+            out.acl.append(P4Entry("acl", key, action, params, rule=e.rule, location=loc))
+            kept += 1
+        out.per_rule[loc] = out.per_rule.get(loc, 0) + kept
+    if len(meters) > features.meter_size:
+        raise Unsupported(f"{len(meters)} rate-limited rules: the program has {features.meter_size} meters")
+    total = len(out.acl)
+    for k, entry in enumerate(out.acl):
+        entry.priority = total - k  # distinct, non-zero, higher wins
+    return out
+
+
+def _field_match(fid: int, bits: int, m: tuple) -> p4runtime_pb2.FieldMatch:
+    kind, a, b = m
+    fm = p4runtime_pb2.FieldMatch(field_id=fid)
+    if kind == "lpm":
+        fm.lpm.value, fm.lpm.prefix_len = canonical(a), b
+    elif kind == "ternary":
+        fm.ternary.value, fm.ternary.mask = canonical(a & b), canonical(b)
+    elif kind == "range":
+        fm.range.low, fm.range.high = canonical(a), canonical(b)
+    else:
+        fm.exact.value = canonical(a)
+    return fm
+
+
+def table_entry(names: Names, e: P4Entry) -> p4runtime_pb2.TableEntry:
+    """The P4Runtime TableEntry (don't-care fields omitted, canonical bytes)."""
+    table = names.table(e.table)
+    te = p4runtime_pb2.TableEntry(table_id=table.preamble.id, priority=e.priority)
+    for mf in table.match_fields:
+        m = e.key.get(mf.name)
+        if m is None or (m[0] == "lpm" and m[2] == 0):
+            continue
+        te.match.append(_field_match(mf.id, mf.bitwidth, m))
+    action = names.actions[e.action]
+    te.action.action.action_id = action.preamble.id
+    for p, (pname, value) in zip(action.params, e.params):
+        te.action.action.params.add(param_id=p.id, value=canonical(value))
+    return te
+
+
+def updates(names: Names, entries: Entries) -> list[tuple[p4runtime_pb2.Update, str]]:
+    """INSERT / MODIFY updates for an empty target, each with the rule (or prefix) it comes from."""
+    out = []
+    meter = names.meter
+    for index, rate, burst, loc in entries.meters:
+        u = p4runtime_pb2.Update(type=p4runtime_pb2.Update.MODIFY)
+        me = u.entity.meter_entry
+        me.meter_id = meter.preamble.id
+        me.index.index = index
+        me.config.cir, me.config.cburst, me.config.pir, me.config.pburst = rate, burst, rate, burst
+        out.append((u, loc))
+    for e in entries.endpoints + entries.acl:
+        u = p4runtime_pb2.Update(type=p4runtime_pb2.Update.INSERT)
+        u.entity.table_entry.CopyFrom(table_entry(names, e))
+        out.append((u, e.location))
+    u = p4runtime_pb2.Update(type=p4runtime_pb2.Update.MODIFY)
+    te = u.entity.table_entry
+    te.table_id = names.table("acl").preamble.id
+    te.is_default_action = True
+    te.action.action.action_id = names.action_id(entries.default)
+    out.append((u, "default"))
+    return out
+
+
+def acl_width(features: Features) -> dict[str, int]:
+    return {name: bits for name, bits, _ in acl_keys(features)}
+
+
+__all__ = ["build", "Entries", "P4Entry", "updates", "table_entry", "prefix_cover", "merge_ranges",
+           "merge_prefixes", "canonical", "Unsupported"]

@@ -1,0 +1,280 @@
+"""The fabric engine: P4 program, P4Info IDs, entries, pushes through p4runtime-shell, table semantics."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from google.protobuf import text_format
+from p4.v1 import p4runtime_pb2
+
+from anyplane.backends.ebpf import packet
+from anyplane.backends.p4 import engine
+from anyplane.backends.p4.engine import P4Error
+from anyplane.backends.p4.entries import canonical, merge_prefixes, merge_ranges, prefix_cover
+from anyplane.backends.p4.ids import ACTION, TABLE, Ids, jenkins_one_at_a_time
+from anyplane.backends.p4.pipeline import Features, p4info, program_text
+from anyplane.backends.p4.push import push
+from anyplane.compiler.cli import cli
+from anyplane.compiler.pipeline import compile_sources
+from anyplane.ir.addr import Prefix
+from anyplane.ir.flow import Flow
+from anyplane.ir.flowgen import FlowGen
+from anyplane.ir.interp import evaluate
+from anyplane.ir.project import project_l4
+
+from bench import classbench
+
+from .conftest import EXAMPLES, compile_text, load_example
+from .p4eval import Switch
+from .p4server import Device, Server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ids_are_the_ones_p4c_assigns():
+    # From the P4Info p4c writes for the P4 tutorial's basic.p4.
+    ids = Ids()
+    assert ids.get(TABLE, "MyIngress.ipv4_lpm") == 37375156
+    assert ids.get(ACTION, "MyIngress.drop") == 25652968
+    assert ids.get(ACTION, "MyIngress.ipv4_forward") == 28792405
+    assert ids.get(ACTION, "NoAction") == 21257015
+    # Collisions probe linearly inside the prefix.
+    ids.used.add((ACTION << 24) | (jenkins_one_at_a_time("x") & 0xFFFFFF))
+    assert ids.get(ACTION, "x") == ((ACTION << 24) | (jenkins_one_at_a_time("x") & 0xFFFFFF)) + 1
+
+
+def test_range_helpers():
+    assert len(prefix_cover(1024, 65535, 16)) == 6
+    assert len(prefix_cover(1, 65534, 16)) == 30
+    assert prefix_cover(80, 80, 16) == [(80, 0xFFFF)]
+    for lo, hi in [(0, 0), (3, 17), (1000, 2000), (0, 65535), (65535, 65535)]:
+        covered = set()
+        for v, m in prefix_cover(lo, hi, 16):
+            covered |= {x for x in range(max(0, lo - 300), min(65536, hi + 300)) if x & m == v}
+        assert covered == set(range(lo, hi + 1)) & set(range(max(0, lo - 300), min(65536, hi + 300)))
+    assert merge_ranges([(5, 9), (1, 4), (20, 30), (25, 26)]) == [(1, 9), (20, 30)]
+    a, b = Prefix(4, 0x0A000000, 25), Prefix(4, 0x0A000080, 25)
+    assert merge_prefixes([a, b, Prefix(4, 0x0A000010, 28)]) == [Prefix(4, 0x0A000000, 24)]
+    assert canonical(0) == b"\x00" and canonical(256) == b"\x01\x00"
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_golden_program_p4info_entries(example, golden):
+    out = engine.emit(load_example(example).program)
+    files = {a.path: a.data for a in out.artifacts}
+    for name in ("anyplane.p4", "p4info.txt", "entries.txt", "report.txt"):
+        golden(f"{example}/p4/{name}", files[name])
+    json.loads(files["entries.json"])
+
+
+def _push_and_switch(program, features=Features(), atomic=True, capacity=None):
+    device = Device(p4info(features), capacity)
+    with Server(device, atomic=atomic) as server:
+        result = push(program, server.addr, 1, features)
+        writes = list(server.servicer.writes)
+    return device, result, writes
+
+
+def _flows(program, n, seed):
+    out = []
+    for f in FlowGen(program, seed=seed).flows(n):
+        out.append(f.without_http())
+    return out
+
+
+def _assert_agree(program, device, flows):
+    switch = Switch(device.p4info, device)
+    projected = project_l4(program)
+    bad = []
+    for f in flows:
+        got, action = switch.verdict(packet.frame(f))
+        want = evaluate(projected, f).verdict
+        if got != want:
+            bad.append((f.text, want, got, action))
+    assert not bad, bad[:10]
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_entries_written_through_p4runtime_shell_agree_with_the_interpreter(example):
+    program = load_example(example).program
+    device, result, writes = _push_and_switch(program)
+    # The server received one batch, checked against the P4Info, and holds what we computed.
+    assert len(writes) == 1 and result["updates"] == len(writes[0].updates)
+    _, _, entries = engine.build_all(program)
+    assert len(device.entries("acl")) == len(entries.acl)
+    _assert_agree(program, device, _flows(program, 10000, seed=21))
+
+
+def test_no_range_targets_get_ternary_ports_and_the_same_verdicts():
+    program = load_example("edge-firewall").program
+    features = Features(range_match=False)
+    assert "meta.dport: ternary;" in program_text(features)
+    device, _, _ = _push_and_switch(program, features)
+    ranged, _, _ = _push_and_switch(program)
+    assert len(device.entries("acl")) >= len(ranged.entries("acl"))
+    _assert_agree(program, device, _flows(program, 10000, seed=4))
+
+
+@pytest.mark.parametrize("name", ["acl1_1k", "fw1_1k", "ipc1_1k"])
+def test_classbench_traces_agree_with_interpreter_and_first_match(name):
+    rules = classbench.read_rules(classbench.DATA / f"{name}.rules")
+    program = compile_sources([(f"{name}.ap", classbench.to_policy(rules, name))]).program
+    device, _, _ = _push_and_switch(program)
+    switch = Switch(device.p4info, device)
+    projected = project_l4(program)
+    trace = classbench.read_trace(classbench.DATA / f"{name}.trace")
+    sample = random.Random(1).sample(trace, min(3000, len(trace)))
+    for src, dst, sport, dport, proto in sample:
+        if proto in (6, 17):
+            f = Flow(4, src, dst, proto, sport, dport)
+        elif proto == 1:
+            f = Flow(4, src, dst, proto, icmp_type=8, icmp_code=0)
+        else:
+            f = Flow(4, src, dst, proto)
+        first = classbench.first_match(rules, src, dst, sport, dport, proto)
+        oracle = "deny" if first is None or classbench.is_deny(first) else "allow"
+        got, _ = switch.verdict(packet.frame(f))
+        assert got == oracle == evaluate(projected, f).verdict, f.text
+
+
+def test_fewer_entries_than_naive_expansion():
+    # fw1 has wide port ranges: native range match needs far fewer entries than prefix expansion.
+    rules = classbench.read_rules(classbench.DATA / "fw1_1k.rules")
+    program = compile_sources([("fw1.ap", classbench.to_policy(rules, "fw1"))]).program
+    _, _, ranged = engine.build_all(program)
+    _, _, ternary = engine.build_all(program, Features(range_match=False))
+    assert len(ranged.acl) <= len(rules)
+    assert len(ranged.acl) * 2 <= ranged.naive
+    assert len(ternary.acl) <= ternary.naive
+    assert sum(ranged.per_rule.values()) == len(ranged.acl)
+
+
+def test_rejected_batch_rolls_back_and_names_the_rule():
+    small = compile_text("service db { address 10.0.5.0/24 port 5432 tcp }\ndefault deny\n"
+                         "allow 10.1.0.0/16 -> db tcp 5432\n", "v1.ap").program
+    big_text = "service db { address 10.0.5.0/24 port 5432 tcp }\ndefault deny\n" + "".join(
+        f"allow 10.{i}.0.0/16 -> db tcp 5432\n" for i in range(1, 9))
+    big = compile_text(big_text, "v2.ap").program
+    for atomic in (True, False):
+        device = Device(p4info(Features()), capacity={"acl": 5})
+        with Server(device, atomic=atomic) as server:
+            push(small, server.addr)
+            before = [text_format.MessageToString(e) for e in device.entries("acl")]
+            with pytest.raises(P4Error) as err:
+                push(big, server.addr)
+            after = [text_format.MessageToString(e) for e in device.entries("acl")]
+        assert after == before, "the target must keep the old entries"
+        message = str(err.value)
+        assert "RESOURCE_EXHAUSTED" in message and "v2.ap:" in message
+        assert ("rolled the batch back" if atomic else "were undone") in message
+
+
+def test_second_push_writes_only_the_difference():
+    v1 = compile_text("service db { address 10.0.5.0/24 port 5432 tcp }\ndefault deny\n"
+                      "allow 10.1.0.0/16 -> db tcp 5432\nallow 10.2.0.0/16 -> db tcp 5432\n", "p.ap").program
+    v2 = compile_text("service db { address 10.0.5.0/24 port 5432 tcp }\ndefault deny\n"
+                      "allow 10.1.0.0/16 -> db tcp 5432\nallow 10.2.0.0/16 -> db tcp 5433\n",
+                      "p.ap").program
+    device = Device(p4info(Features()))
+    with Server(device) as server:
+        first = push(v1, server.addr)
+        second = push(v2, server.addr)
+        third = push(v2, server.addr)
+        assert [w.atomicity for w in server.servicer.writes] == [p4runtime_pb2.WriteRequest.DATAPLANE_ATOMIC] * 2
+    assert first["inserted"] > 0
+    # One rule's port changes: its entry is replaced, nothing else is touched.
+    assert (second["modified"], second["inserted"], second["deleted"]) == (0, 1, 1)
+    assert third["updates"] == 0
+    _assert_agree(v2, device, _flows(v2, 2000, seed=2))
+
+
+def test_the_server_rejects_what_the_spec_forbids():
+    info = p4info(Features())
+    device = Device(info)
+    acl = next(t for t in info.tables if t.preamble.alias == "acl")
+    allow = next(a for a in info.actions if a.preamble.alias == "acl_allow")
+
+    def entry(**kw):
+        te = p4runtime_pb2.TableEntry(table_id=acl.preamble.id, priority=kw.get("priority", 1))
+        m = te.match.add(field_id=8)
+        m.ternary.value, m.ternary.mask = kw.get("value", b"\x06"), kw.get("mask", b"\xff")
+        te.action.action.action_id = allow.preamble.id
+        return p4runtime_pb2.Update(type=p4runtime_pb2.Update.INSERT, entity=p4runtime_pb2.Entity(table_entry=te))
+
+    from .p4server import Invalid
+
+    for bad in (entry(priority=0), entry(value=b"\x00\x06"), entry(value=b"\x07", mask=b"\x06"),
+                entry(mask=b"\x00")):
+        with pytest.raises(Invalid):
+            device.apply(bad)
+    device.apply(entry())
+    with pytest.raises(Invalid):
+        device.apply(entry())  # duplicate
+
+
+def test_program_parses_with_the_p4_16_grammar():
+    from lark import Lark
+
+    grammar = (ROOT / "tests" / "p4_16_subset.lark").read_text()
+    parser = Lark(grammar, start="p4program", parser="earley")
+    for features in (Features(), Features(range_match=False)):
+        text = program_text(features)
+        source = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+        tree = parser.parse(source)
+        tables = {t.children[1].children[0].value for t in tree.find_data("table_declaration")}
+        assert tables == {"src_endpoint_v4", "src_endpoint_v6", "dst_endpoint_v4", "dst_endpoint_v6", "acl"}
+    # And the grammar is not a catch-all: broken programs fail.
+    from lark.exceptions import LarkError
+
+    with pytest.raises(LarkError):
+        parser.parse("control C() { apply { x = ; } }")
+
+
+def test_program_and_p4info_agree_on_names():
+    for features in (Features(), Features(range_match=False)):
+        text = program_text(features)
+        info = p4info(features)
+        for t in info.tables:
+            assert f"table {t.preamble.alias} " in text
+            for mf in t.match_fields:
+                assert f"{mf.name}: " in text
+        for a in info.actions:
+            assert f"action {a.preamble.alias}(" in text
+
+
+def test_compile_and_push_from_the_cli(tmp_path):
+    out = CliRunner().invoke(cli, ["compile", "examples/bookinfo.ap", "-t", "p4", "-o", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert {"anyplane.p4", "p4info.txt", "entries.txt", "entries.json", "report.txt"} <= \
+        {p.name for p in tmp_path.iterdir()}
+    dry = CliRunner().invoke(cli, ["push", "-t", "p4", "examples/bookinfo.ap", "--grpc-addr", "127.0.0.1:1",
+                                   "--dry-run"])
+    assert dry.exit_code == 0 and "updates {" in dry.output
+    device = Device(p4info(Features()))
+    with Server(device) as server:
+        res = CliRunner().invoke(cli, ["push", "-t", "p4", "examples/bookinfo.ap", "--grpc-addr", server.addr,
+                                       "--device-id", "1", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["inserted"] == len(device.entries("acl")) + sum(
+        len(device.entries(t)) for t in ("src_endpoint_v4", "dst_endpoint_v4", "src_endpoint_v6", "dst_endpoint_v6"))
+    nobody = CliRunner().invoke(cli, ["push", "-t", "p4", "examples/bookinfo.ap", "--grpc-addr", "127.0.0.1:9"])
+    assert nobody.exit_code == 1 and "no P4Runtime server answered" in nobody.output
+
+
+def test_pipeline_config_is_pushed_when_asked(tmp_path):
+    info_path = tmp_path / "p4info.txt"
+    info_path.write_text(text_format.MessageToString(p4info(Features())))
+    blob = tmp_path / "device.bin"
+    blob.write_bytes(b"opaque target binary")
+    device = Device(None)
+    with Server(device) as server:
+        with pytest.raises(P4Error):
+            push(load_example("bookinfo").program, server.addr)  # no pipeline on the target yet
+        from anyplane.backends.p4.push import push as push_fn
+
+        push_fn(load_example("bookinfo").program, server.addr, pipeline_config=(str(info_path), str(blob)))
+    assert device.entries("acl")
