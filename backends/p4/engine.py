@@ -16,7 +16,7 @@ from anyplane.ir.nodes import Program
 from anyplane.ir.project import PROJECTED, enforcement
 
 from .. import base
-from .entries import Entries, Unsupported, build, updates
+from .entries import Entries, Unsupported, add_updates, build
 from .pipeline import Features, Names, p4info, program_text
 
 
@@ -30,11 +30,7 @@ def write_request(names: Names, entries: Entries, device_id: int = 1,
     req = p4runtime_pb2.WriteRequest(device_id=device_id)
     req.election_id.high, req.election_id.low = election_id
     req.atomicity = p4runtime_pb2.WriteRequest.ROLLBACK_ON_ERROR
-    sources = []
-    for u, src in updates(names, entries):
-        req.updates.append(u)
-        sources.append(src)
-    return req, sources
+    return req, add_updates(req, names, entries)
 
 
 def report(program: Program, entries: Entries) -> list[base.RuleReport]:
@@ -50,7 +46,7 @@ def report(program: Program, entries: Entries) -> list[base.RuleReport]:
         if how != base.ENFORCED:
             return base.NOT_ENFORCED, "a deny with HTTP conditions cannot be applied below L7", 0
         if n == 0:
-            return base.ENFORCED, "every flow it matches is decided by earlier entries: no entry needed", 0
+            return base.ENFORCED, "no entry needed: higher entries take its flows, or lower ones (or the default) decide them the same way", 0
         return base.ENFORCED, "", n
     return base.rule_rows(program, classify)
 

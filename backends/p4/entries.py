@@ -27,7 +27,7 @@ from anyplane.ir.match import AnyOf, Exact, InSet, PrefixMatch, Range
 from anyplane.ir.nodes import Entry, Program, decision_key
 from anyplane.ir.project import project_l4
 
-from .pipeline import ENDPOINT_TABLES, ID_BITS, Features, Names, acl_keys
+from .pipeline import ENDPOINT_TABLES, ID_BITS, Features, Names
 
 FAMILY = {4: 1, 6: 2}
 ICMP_FOR = {4: 1, 6: 58}
@@ -250,6 +250,91 @@ def covers(a: dict, b: dict) -> bool:
 PORT_KEYS = ("meta.sport", "meta.dport")
 
 
+def _interval(m: tuple, bits: int = 16) -> tuple[int, int]:
+    kind, a, b = m
+    if kind == "range":
+        return a, b
+    return a & b, (a & b) | (~b & ((1 << bits) - 1))
+
+
+def overlaps(a: dict, b: dict) -> bool:
+    """Whether some packet can match both keys (True when the keys use different fields: conservative)."""
+    for name, (kind, x, y) in a.items():
+        other = b.get(name)
+        if other is None:
+            continue
+        if kind == "ternary" and other[0] == "ternary":
+            if (x ^ other[1]) & y & other[2]:
+                return False
+        else:
+            lo, hi = _interval((kind, x, y))
+            olo, ohi = _interval(other)
+            if hi < olo or ohi < lo:
+                return False
+    return True
+
+
+def _slash8(key: dict, name: str):
+    m = key.get(name)
+    if m is None or m[0] != "ternary" or m[2] < 0xFF000000:
+        return None
+    return m[1] >> 24
+
+
+SCAN_LIMIT = 2000
+
+
+def drop_downward_redundant(acl: list[P4Entry], default: str) -> list[P4Entry]:
+    """Entries (highest priority first) without those whose removal changes no decision.
+
+    Going from the lowest entry up, an entry is redundant when the first kept
+    lower entry that overlaps it and acts differently does not exist (the
+    default acts the same), or comes after a kept lower entry with the same
+    action that covers it entirely. Candidates are found through an index on
+    the first octet of the IPv4 source and destination prefixes.
+    """
+    kept: list[int] = []
+    index: dict[tuple, list[int]] = {}
+    by_src: dict[object, set] = {}
+    by_dst: dict[object, set] = {}
+    for i in range(len(acl) - 1, -1, -1):
+        e = acl[i]
+        s8, d8 = _slash8(e.key, "meta.src_v4"), _slash8(e.key, "meta.dst_v4")
+        src_keys = {s8, None} if s8 is not None else set(by_src)
+        dst_keys = {d8, None} if d8 is not None else set(by_dst)
+        candidates = []
+        for sk in src_keys:
+            for bk in by_src.get(sk, ()):
+                if bk[1] in dst_keys:
+                    candidates.extend(index[bk])
+        if len(candidates) > SCAN_LIMIT:
+            # Bounded work: an entry with thousands of lower candidates is kept as it is.
+            redundant, candidates = False, []
+        else:
+            candidates.sort()  # the nearest lower entry first
+            redundant = default == e.action and not e.params
+        for j in candidates:
+            g = acl[j]
+            if not overlaps(g.key, e.key):
+                continue
+            if (g.action, g.params) != (e.action, e.params):
+                redundant = False
+                break
+            if covers(g.key, e.key):
+                redundant = True
+                break
+        if redundant:
+            continue
+        kept.append(i)
+        bk = (s8, d8)
+        if bk not in index:
+            index[bk] = []
+            by_src.setdefault(s8, set()).add(bk)
+            by_dst.setdefault(d8, set()).add(bk)
+        index[bk].append(i)
+    return [acl[i] for i in sorted(kept)]
+
+
 def build(program: Program, features: Features = Features()) -> Entries:
     """All entries for a program."""
     ids = {ident.name: k for k, ident in enumerate(sorted(program.identities, key=lambda i: i.name), start=1)}
@@ -296,15 +381,19 @@ def build(program: Program, features: Features = Features()) -> Entries:
         out.per_rule[loc] = out.per_rule.get(loc, 0) + kept
     if len(meters) > features.meter_size:
         raise Unsupported(f"{len(meters)} rate-limited rules: the program has {features.meter_size} meters")
+    out.acl = drop_downward_redundant(out.acl, out.default)
+    out.per_rule = {}
+    for entry in out.acl:
+        out.per_rule[entry.location] = out.per_rule.get(entry.location, 0) + 1
     total = len(out.acl)
     for k, entry in enumerate(out.acl):
         entry.priority = total - k  # distinct, non-zero, higher wins
     return out
 
 
-def _field_match(fid: int, bits: int, m: tuple) -> p4runtime_pb2.FieldMatch:
+def _fill_match(fm, mf_id: int, m: tuple) -> None:
     kind, a, b = m
-    fm = p4runtime_pb2.FieldMatch(field_id=fid)
+    fm.field_id = mf_id
     if kind == "lpm":
         fm.lpm.value, fm.lpm.prefix_len = canonical(a), b
     elif kind == "ternary":
@@ -313,52 +402,58 @@ def _field_match(fid: int, bits: int, m: tuple) -> p4runtime_pb2.FieldMatch:
         fm.range.low, fm.range.high = canonical(a), canonical(b)
     else:
         fm.exact.value = canonical(a)
-    return fm
 
 
-def table_entry(names: Names, e: P4Entry) -> p4runtime_pb2.TableEntry:
-    """The P4Runtime TableEntry (don't-care fields omitted, canonical bytes)."""
+def fill_table_entry(te: p4runtime_pb2.TableEntry, names: Names, e: P4Entry) -> None:
+    """Fill a TableEntry in place (don't-care fields omitted, canonical bytes)."""
     table = names.table(e.table)
-    te = p4runtime_pb2.TableEntry(table_id=table.preamble.id, priority=e.priority)
+    te.table_id = table.preamble.id
+    te.priority = e.priority
     for mf in table.match_fields:
         m = e.key.get(mf.name)
         if m is None or (m[0] == "lpm" and m[2] == 0):
             continue
-        te.match.append(_field_match(mf.id, mf.bitwidth, m))
+        _fill_match(te.match.add(), mf.id, m)
     action = names.actions[e.action]
     te.action.action.action_id = action.preamble.id
-    for p, (pname, value) in zip(action.params, e.params):
-        te.action.action.params.add(param_id=p.id, value=canonical(value))
+    for p, (_, value) in zip(action.params, e.params):
+        param = te.action.action.params.add()
+        param.param_id, param.value = p.id, canonical(value)
+
+
+def table_entry(names: Names, e: P4Entry) -> p4runtime_pb2.TableEntry:
+    """The P4Runtime TableEntry of one entry."""
+    te = p4runtime_pb2.TableEntry()
+    fill_table_entry(te, names, e)
     return te
 
 
-def updates(names: Names, entries: Entries) -> list[tuple[p4runtime_pb2.Update, str]]:
-    """INSERT / MODIFY updates for an empty target, each with the rule (or prefix) it comes from."""
-    out = []
+def add_updates(req: p4runtime_pb2.WriteRequest, names: Names, entries: Entries) -> list[str]:
+    """Append the updates that load `entries` into an empty target; the source of each, in order."""
+    sources = []
     meter = names.meter
     for index, rate, burst, loc in entries.meters:
-        u = p4runtime_pb2.Update(type=p4runtime_pb2.Update.MODIFY)
+        u = req.updates.add()
+        u.type = p4runtime_pb2.Update.MODIFY
         me = u.entity.meter_entry
         me.meter_id = meter.preamble.id
         me.index.index = index
         me.config.cir, me.config.cburst, me.config.pir, me.config.pburst = rate, burst, rate, burst
-        out.append((u, loc))
+        sources.append(loc)
     for e in entries.endpoints + entries.acl:
-        u = p4runtime_pb2.Update(type=p4runtime_pb2.Update.INSERT)
-        u.entity.table_entry.CopyFrom(table_entry(names, e))
-        out.append((u, e.location))
-    u = p4runtime_pb2.Update(type=p4runtime_pb2.Update.MODIFY)
+        u = req.updates.add()
+        u.type = p4runtime_pb2.Update.INSERT
+        fill_table_entry(u.entity.table_entry, names, e)
+        sources.append(e.location)
+    u = req.updates.add()
+    u.type = p4runtime_pb2.Update.MODIFY
     te = u.entity.table_entry
     te.table_id = names.table("acl").preamble.id
     te.is_default_action = True
     te.action.action.action_id = names.action_id(entries.default)
-    out.append((u, "default"))
-    return out
+    sources.append("default")
+    return sources
 
 
-def acl_width(features: Features) -> dict[str, int]:
-    return {name: bits for name, bits, _ in acl_keys(features)}
-
-
-__all__ = ["build", "Entries", "P4Entry", "updates", "table_entry", "prefix_cover", "merge_ranges",
+__all__ = ["build", "Entries", "P4Entry", "add_updates", "table_entry", "prefix_cover", "merge_ranges",
            "merge_prefixes", "canonical", "Unsupported"]
