@@ -16,11 +16,13 @@ demo: setup
 	$(BIN)/anyplane compile examples/bookinfo.ap -t ir -o out/bookinfo/ir
 	$(BIN)/anyplane compile examples/bookinfo.ap -t ebpf -o out/bookinfo/ebpf
 	$(BIN)/anyplane compile examples/bookinfo.ap -t envoy -o out/bookinfo/envoy
+	$(BIN)/anyplane compile examples/bookinfo.ap -t p4 -o out/bookinfo/p4
 	$(BIN)/anyplane verify examples/bookinfo.ap
 	$(BIN)/anyplane query examples/bookinfo.ap 'internet -> mysql tcp 3306'
 	$(BIN)/anyplane explain examples/bookinfo.ap --flow 'internet -> productpage http GET /admin/users'
 
 test: setup
+	$(BIN)/python -m pip check  # p4runtime-shell's old protobuf pins and everything else, in one environment
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 setup: sysdeps venv bpffs
@@ -47,6 +49,7 @@ bench: setup
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/ebpf.py
 	$(BIN)/python bench/envoy.py
+	$(BIN)/python bench/fabric.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis
