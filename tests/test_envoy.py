@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -349,3 +350,53 @@ allow any -> web http GET /a.b/* header "x-k" = "v: [1] {2} # ' \\" *"
     import json
 
     assert json.dumps("v: [1] {2} # ' \" *")[1:-1] in json.dumps(config)
+
+
+def test_tcp_port_is_enforced_by_network_rbac():
+    """A plain TCP port: allowed sources get through the TCP proxy, others are cut before the application."""
+    import socket
+    import socketserver
+
+    n = subnet()
+    text = f"""service db {{ address 127.{n}.5.0/24  port 5432 tcp }}
+external app {{ address 127.{n}.9.1/32 }}
+default deny
+allow app -> db tcp 5432
+"""
+    program = compile_text(text, "db.ap").program
+    db = f"127.{n}.5.1"
+    admin = ("127.0.0.1", free_port())
+    deployment = Deployment({"db": Sidecar(inbound=db, app=db, admin=admin)})
+    listeners, clusters, _ = sidecar_resources(program, "db", deployment)
+    config = bootstrap("db", deployment, None, listeners, clusters)
+    accepted = []
+
+    class Echo(socketserver.BaseRequestHandler):
+        def handle(self):
+            accepted.append(self.client_address)
+            data = self.request.recv(100)
+            self.request.sendall(b"echo:" + data)
+
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    server = socketserver.ThreadingTCPServer((db, 15432), Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def talk(source: str) -> bytes:
+        with socket.create_connection((db, 5432), timeout=5, source_address=(source, 0)) as s:
+            s.sendall(b"ping")
+            try:
+                return s.recv(100)
+            except ConnectionResetError:
+                return b""
+
+    try:
+        with running(config, f"{admin[0]}:{admin[1]}"):
+            allowed = talk(f"127.{n}.9.1")
+            denied = talk(f"127.{n}.9.2")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert allowed == b"echo:ping"
+    assert denied == b""
+    assert len(accepted) == 1, "a denied client must not cause a connection to the application"

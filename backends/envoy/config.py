@@ -115,14 +115,45 @@ def inbound_listener(program: Program, service: str, port: int, protocol: str, d
                 "routes": [{"name": "local", "match": {"prefix": "/"}, "route": {"cluster": cluster_name}}]}]},
             "http_filters": filters}}]
     else:
-        chain = [_rbac(program, plan, service, dry_run, False),
-                 {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-                     "@type": TYPE + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                     "stat_prefix": f"in_{port}", "cluster": cluster_name}}]
+        return _tcp_listener(program, service, port, sidecar, plan, dry_run, cluster_name), app, plan
     listener = {"name": f"in|{service}|{port}",
                 "address": {"socket_address": {"address": sidecar.inbound, "port_value": port}},
                 "filter_chains": [{"filters": chain}]}
     return listener, app, plan
+
+
+def _chain_selector(matcher):
+    """The RBAC matcher with each decision replaced by the filter chain it selects ("allow" / "deny")."""
+    if isinstance(matcher, list):
+        return [_chain_selector(m) for m in matcher]
+    if not isinstance(matcher, dict):
+        return matcher
+    action = matcher.get("action")
+    if isinstance(action, dict) and action.get("name") == "rbac":
+        chain = "allow" if action["typed_config"]["action"] == "ALLOW" else "deny"
+        return {"action": {"name": chain, "typed_config": {"@type": TYPE + "google.protobuf.StringValue",
+                                                           "value": chain}}}
+    return {k: _chain_selector(v) for k, v in matcher.items()}
+
+
+def _tcp_listener(program: Program, service: str, port: int, sidecar, plan: Listener, dry_run: bool,
+                  cluster_name: str) -> dict:
+    """A TCP port. The decision is taken when the connection is accepted (the listener's filter
+    chain matcher runs the policy's matcher), so a denied client never causes an upstream
+    connection; the "deny" chain's RBAC filter still names the rule on the client's first bytes."""
+    rbac = _rbac(program, plan, service, dry_run, False)
+    proxy = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": TYPE + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": f"in_{port}", "cluster": cluster_name}}
+    listener = {"name": f"in|{service}|{port}",
+                "address": {"socket_address": {"address": sidecar.inbound, "port_value": port}},
+                "filter_chains": [{"name": "allow", "filters": [rbac, proxy]}]}
+    if not dry_run:
+        close = {"name": "envoy.filters.network.direct_response", "typed_config": {
+            "@type": TYPE + "envoy.extensions.filters.network.direct_response.v3.Config"}}
+        listener["filter_chains"].append({"name": "deny", "filters": [rbac, close]})
+        listener["filter_chain_matcher"] = _chain_selector(rbac_matcher(program, plan, service))
+    return listener
 
 
 def sidecar_resources(program: Program, service: str, deployment: Deployment, dry_run: bool = False
