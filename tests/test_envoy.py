@@ -400,3 +400,33 @@ allow app -> db tcp 5432
     assert allowed == b"echo:ping"
     assert denied == b""
     assert len(accepted) == 1, "a denied client must not cause a connection to the application"
+
+
+def test_outlier_detection_ejects_a_failing_instance():
+    n = subnet()
+    text = f"""service web {{
+  address 127.{n}.1.0/24
+  port 8080 http
+  version v1 address 127.{n}.1.0/25
+}}
+service front {{ address 127.{n}.2.0/24  port 8080 http }}
+default deny
+route web http /o/* {{
+  to v1
+}}
+limits web {{
+  eject 3 consecutive gateway-error for 1m
+}}
+"""
+    program = compile_text(text, "o.ap").program
+    bad, good = f"127.{n}.1.10", f"127.{n}.1.11"
+    config, admin, _ = sidecar_config(program, "front", n, {"web.v1": ((bad, 18080), (good, 18080))})
+    front = f"127.{n}.2.1"
+    with Upstream(bad, 18080, "bad", lambda k, p: (503, 0)) as b, Upstream(good, 18080, "good") as g, \
+            running(config, admin) as envoy:
+        codes = [request(front, 15001, "GET", f"/o/{i}", {"host": "web"})[0] for i in range(20)]
+        ejected = envoy.stat("cluster.out|web.v1|8080.outlier_detection.ejections_enforced_total")
+    assert len(b.seen) == 3, "the failing instance is ejected after 3 consecutive gateway errors"
+    assert codes.count(503) == 3 and codes[-10:] == [200] * 10
+    assert len(g.seen) == 17
+    assert ejected == 1
