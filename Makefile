@@ -17,6 +17,7 @@ demo: setup
 	$(BIN)/anyplane compile examples/bookinfo.ap -t ebpf -o out/bookinfo/ebpf
 	$(BIN)/anyplane compile examples/bookinfo.ap -t envoy -o out/bookinfo/envoy
 	$(BIN)/anyplane compile examples/bookinfo.ap -t p4 -o out/bookinfo/p4
+	$(BIN)/anyplane compile examples/bookinfo.ap -t all --path fabric,kernel,sidecar -o out/bookinfo/all
 	$(BIN)/anyplane verify examples/bookinfo.ap
 	$(BIN)/anyplane query examples/bookinfo.ap 'internet -> mysql tcp 3306'
 	$(BIN)/anyplane explain examples/bookinfo.ap --flow 'internet -> productpage http GET /admin/users'
@@ -50,6 +51,7 @@ bench: setup
 	$(BIN)/python bench/ebpf.py
 	$(BIN)/python bench/envoy.py
 	$(BIN)/python bench/fabric.py
+	$(BIN)/python bench/compose.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis

@@ -62,6 +62,29 @@ class Output:
         return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class Capability:
+    """What an engine can match and do, and how much it holds: data the compiler places rules by."""
+
+    engine: str
+    place: str  # where it sits on a path: fabric, kernel or sidecar
+    fields: tuple[str, ...]
+    match_kinds: tuple[str, ...]
+    families: tuple[int, ...]
+    actions: tuple[str, ...]
+    capacity: int | None
+    protocols: str = "any"  # "any", or "tcp" for an engine that only sees TCP streams
+
+    def to_json(self) -> dict:
+        """The capability as a JSON object (placement reports carry it)."""
+        return {"engine": self.engine, "place": self.place, "fields": list(self.fields),
+                "match_kinds": list(self.match_kinds), "families": list(self.families),
+                "actions": list(self.actions), "capacity": self.capacity, "protocols": self.protocols}
+
+
+L4_FIELDS = ("src.ip", "dst.ip", "src.id", "dst.id", "proto", "sport", "dport", "icmp.type", "icmp.code")
+
+
 def rule_rows(program: Program, classify) -> list[RuleReport]:
     """One report row per rule; `classify(rule) -> (status, detail, entries)`."""
     rows = []

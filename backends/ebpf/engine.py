@@ -28,6 +28,12 @@ from .model import Model, Unsupported, build
 NAME = "ebpf"
 
 
+CAPABILITY = base.Capability(
+    engine="ebpf", place="kernel", fields=base.L4_FIELDS,
+    match_kinds=("exact", "prefix", "range", "set"), families=(4, 6),
+    actions=("allow", "deny", "packet-rate-limit", "counters"), capacity=None)
+
+
 def labels(program: Program) -> dict[str, str]:
     """Rule id -> "FILE:LINE text", for counters."""
     return {r.id: f"{r.origin.loc} {r.text}" for r in program.rules}
@@ -176,3 +182,19 @@ def replay(program: Program, frames: list[bytes], name: str = "replay") -> list[
         return rows
     finally:
         cl.remove()
+
+
+def lifted(program: Program, drop: str | None = None) -> Program:
+    """What the classifier's tables decide, as IR: the entries the bit vectors were built from,
+    in their order, and the default (for the composition proof; the kernel tests check that the
+    tables decide like these entries)."""
+    from dataclasses import replace
+
+    from anyplane.ir.nodes import Table
+
+    model = build_all(program).model
+    entries = tuple(e for e in model.entries if e.origin.loc != drop)
+    n = len(entries)
+    ordered = tuple(replace(e, priority=n - k) for k, e in enumerate(entries))
+    return replace(program, default="allow" if model.default_verdict else "deny",
+                   acl=Table("kernel", ordered), routes=Table("routes", ()))

@@ -27,6 +27,15 @@ LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 
 
+CAPABILITY = base.Capability(
+    engine="envoy", place="sidecar",
+    fields=base.L4_FIELDS + ("http", "http.method", "http.path", "http.host", "http.header.*"),
+    match_kinds=("exact", "prefix", "range", "set", "string-exact", "string-prefix", "present", "absent"),
+    families=(4, 6), actions=("allow", "deny", "request-rate-limit", "routes", "retries", "timeouts",
+                              "circuit-breaking", "outlier-ejection"),
+    capacity=None, protocols="tcp")
+
+
 class EnvoyError(Exception):
     """The policy cannot be expressed for the sidecar, or a push failed (the message says why)."""
 
@@ -111,3 +120,44 @@ def emit(program: Program, deployment: Deployment | None = None, out_dir: str = 
             out.artifacts.append(base.Artifact(f"{svc}/xds/{name}", text))
     out.artifacts.append(base.Artifact("report.txt", out.report_text("envoy (sidecars)")))
     return out
+
+
+def lifted(program: Program, deployment: Deployment | None = None, drop: str | None = None) -> Program:
+    """What the sidecars decide, as IR: per inbound listener, its entries restricted to the traffic the
+    listener receives (TCP to that service and port), then its default; everything else passes (no
+    sidecar sees it). For the composition proof."""
+    from dataclasses import replace
+
+    from anyplane.ir.actions import Allow, Deny
+    from anyplane.ir.match import Exact, InSet, Match
+    from anyplane.ir.nodes import Entry, Table, decision_key
+
+    from .inbound import listener_plan, rule_names
+
+    deployment = deployment or Deployment()
+    names = rule_names(program)
+    out: list[Entry] = []
+    for svc in services(program):
+        identities = tuple(sorted(program.service_identities(svc)))
+        for port in program.identity(svc).ports:
+            if port.protocol == "udp":
+                continue
+            plan = listener_plan(program, svc, port.number, port.protocol in ("http", "grpc"), names)
+            scope = {F.DST_ID: InSet(identities), F.PROTO: Exact(6), F.DPORT: Exact(port.number)}
+            chain = [e for e in sorted(plan.entries, key=decision_key) if e.origin.loc != drop]
+            for e in chain:
+                fields = dict(e.match.fields)
+                ids = fields.get(F.DST_ID)
+                fields[F.DST_ID] = InSet(tuple(i for i in identities if ids is None or i in ids.values)) \
+                    if ids is not None else scope[F.DST_ID]
+                if not fields[F.DST_ID].values:
+                    continue
+                fields[F.PROTO], fields[F.DPORT] = scope[F.PROTO], scope[F.DPORT]
+                out.append(replace(e, match=Match.of(fields)))
+            default = Allow() if plan.default_allow else Deny()
+            origin = program.default_origin or (program.rules[0].origin if program.rules else None)
+            out.append(Entry(0, Match.of(scope), default, origin, "default"))
+    n = len(out)
+    # One priority per entry, in the order the listeners decide (listeners never overlap).
+    ordered = tuple(replace(e, priority=n - k) for k, e in enumerate(out))
+    return replace(program, default="allow", acl=Table("sidecar", ordered), routes=Table("routes", ()))

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import json
+
 from google.protobuf import json_format, text_format
 from p4.v1 import p4runtime_pb2
 
@@ -18,6 +20,12 @@ from anyplane.ir.project import PROJECTED, enforcement
 from .. import base
 from .entries import Entries, Unsupported, add_updates, build
 from .pipeline import Features, Names, p4info, program_text
+
+
+CAPABILITY = base.Capability(
+    engine="p4", place="fabric", fields=base.L4_FIELDS,
+    match_kinds=("exact", "prefix", "range", "set", "ternary"), families=(4, 6),
+    actions=("allow", "deny", "packet-rate-limit", "counters"), capacity=Features().acl_size)
 
 
 class P4Error(Exception):
@@ -75,9 +83,21 @@ def emit(program: Program, features: Features = Features()) -> base.Output:
         base.Artifact("p4info.json", json_format.MessageToJson(info, sort_keys=True) + "\n"),
         base.Artifact("entries.txt", text_format.MessageToString(req)),
         base.Artifact("entries.json", json_format.MessageToJson(req, sort_keys=True) + "\n"),
+        base.Artifact("identities.json", json.dumps({str(v): k for k, v in sorted(entries.ids.items(),
+                                                                                  key=lambda kv: kv[1])},
+                                                    indent=1) + "\n"),
     ]
     summary = (f"\nacl entries: {len(entries.acl)} ({'native ranges' if features.range_match else 'ranges as ternary'}),"
                f" naive prefix expansion: {entries.naive}; endpoint entries: {len(entries.endpoints)};"
                f" meters: {len(entries.meters)}\n")
     out.artifacts.append(base.Artifact("report.txt", out.report_text("p4 (switch)") + summary))
     return out
+
+
+def lifted(program: Program, features: Features = Features(), drop: str | None = None) -> Program:
+    """What the emitted entries enforce, read back from the WriteRequest (for the composition proof)."""
+    from .lift import lift
+
+    info, names, entries = build_all(program, features)
+    req, sources = write_request(names, entries)
+    return lift(program, info, req, sources, {v: k for k, v in entries.ids.items()}, drop)

@@ -62,6 +62,7 @@ class Entries:
     per_rule: dict[str, int] = field(default_factory=dict)
     unsupported: dict[str, str] = field(default_factory=dict)
     naive: int = 0
+    ids: dict[str, int] = field(default_factory=dict)  # identity -> the id the endpoint tables set
 
 
 def _options(fm):
@@ -340,7 +341,7 @@ def build(program: Program, features: Features = Features()) -> Entries:
     ids = {ident.name: k for k, ident in enumerate(sorted(program.identities, key=lambda i: i.name), start=1)}
     if len(ids) >= 1 << ID_BITS:
         raise Unsupported(f"{len(ids)} identities: the ids are {ID_BITS} bits wide")
-    out = Entries(default="acl_allow" if program.default == "allow" else "acl_deny")
+    out = Entries(default="acl_allow" if program.default == "allow" else "acl_deny", ids=ids)
     for row in program.endpoints:
         p = row.prefix
         fam = "v4" if p.family == 4 else "v6"

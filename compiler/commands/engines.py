@@ -37,7 +37,8 @@ def _engine(target: str):
     raise UsageError(f"unknown target '{target}'")
 
 
-TARGETS = ("ir", "ebpf", "envoy", "p4")
+TARGETS = ("ir", "ebpf", "envoy", "p4", "all")
+ENGINE_AT = {"fabric": "p4", "kernel": "ebpf", "sidecar": "envoy"}
 # Failures an engine reports in words (toolchain, kernel, Envoy, deployment file): no traceback.
 ENGINE_ERRORS = ("LoadError", "CompileError", "EnvoyError", "DeploymentError", "P4Error")
 
@@ -56,6 +57,68 @@ def _engine_error(exc: Exception) -> None:
     sys.exit(EXIT_FAIL)
 
 
+def _all(program: Program, path: list[str], deployment_file, dry_run: bool, no_range: bool, prove: bool) -> Output:
+    """Every engine on the path, each in its own folder, and the placement report."""
+    import json
+
+    from anyplane.backends.base import Artifact
+    from anyplane.backends.p4.pipeline import Features
+
+    from .placement import place, text
+
+    outputs = {}
+    for where in path:
+        engine = _engine(ENGINE_AT[where])
+        try:
+            if where == "sidecar":
+                outputs[where] = engine.emit(program, _deployment(deployment_file), ".", dry_run)
+            elif where == "fabric":
+                outputs[where] = engine.emit(program, Features(range_match=not no_range))
+            else:
+                outputs[where] = engine.emit(program)
+        except Exception as exc:  # noqa: BLE001
+            if type(exc).__name__ not in ENGINE_ERRORS:
+                raise
+            _engine_error(exc)
+    rows = place(program, path, outputs)
+    out = Output()
+    for where, o in outputs.items():
+        out.artifacts += [Artifact(f"{ENGINE_AT[where]}/{a.path}", a.data) for a in o.artifacts]
+    capabilities = [_engine(ENGINE_AT[w]).CAPABILITY.to_json() for w in path]
+    out.artifacts += [Artifact("placement.txt", text(rows, path)),
+                      Artifact("placement.json", json.dumps({"path": path, "capabilities": capabilities,
+                                                             "rules": [r.to_json() for r in rows]}, indent=1) + "\n")]
+    unplaced = [r for r in rows if r.placed is None]
+    if unplaced:
+        for r in unplaced:
+            click.echo(f"{r.location}: error: {r.why}: {r.text}", err=True)
+        sys.exit(EXIT_FAIL)
+    from anyplane.backends.base import RuleReport
+
+    out.report = [RuleReport("", r.location, r.text, "placed", r.placed or "-") for r in rows]
+    if prove and not dry_run:
+        from . import placement
+
+        result = placement.prove_path(program, path, _deployment(deployment_file), not no_range)
+        out.artifacts.append(Artifact("proof.json", json.dumps(result.to_json(), indent=1) + "\n"))
+        if result.proved:
+            click.echo(f"proved: {' + '.join(path)} together decide exactly what the policy decides "
+                       f"({result.seconds:.2f} s)", err=True)
+        elif result.unknown:
+            click.echo(f"anyplane: error: the composition proof is undecided ({result.unknown})", err=True)
+            sys.exit(EXIT_FAIL)
+        else:
+            cex = result.counterexample
+            lines = [f"anyplane: error: compiler bug: the engines together do not enforce the policy",
+                     f"  flow      {cex['flow']}",
+                     f"  policy    {cex['policy']['verdict']} ({cex['policy']['rule'] or 'default'})"]
+            lines += [f"  {name:<9} {d['verdict']} ({d['rule'] or 'default'})" for name, d in cex["engines"].items()]
+            lines.append(f"  together  {cex['together']}")
+            click.echo("\n".join(lines), err=True)
+            sys.exit(EXIT_FAIL)
+    return out
+
+
 @cli.command()
 @files_argument
 @click.option("-t", "--target", type=click.Choice(TARGETS), default="ir", show_default=True, help="What to emit.")
@@ -67,17 +130,30 @@ def _engine_error(exc: Exception) -> None:
               help="envoy: sidecar sockets and upstream endpoints (YAML).")
 @click.option("--dry-run", is_flag=True, help="envoy: observe the policy (shadow rules) without enforcing it.")
 @click.option("--no-range", is_flag=True, help="p4: the target has no range match; ports become ternary entries.")
+@click.option("--path", "path_text", default="fabric,kernel,sidecar", show_default=True,
+              help="all: the engines a flow crosses, in order.")
+@click.option("--no-prove", is_flag=True, help="all: skip the proof that the engines together enforce the policy.")
 @format_option
 @handle_errors
-def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run, no_range, output_format) -> None:
+def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run, no_range, path_text, no_prove,
+            output_format) -> None:
     """Compile policy FILES into artifacts for a target."""
     if (deployment_file or dry_run) and target != "envoy":
         raise UsageError("--deployment and --dry-run apply to -t envoy")
-    if no_range and target != "p4":
-        raise UsageError("--no-range applies to -t p4")
+    if no_range and target not in ("p4", "all"):
+        raise UsageError("--no-range applies to -t p4 and -t all")
+    if target == "all":
+        from .placement import parse_path
+
+        try:
+            path = parse_path(path_text)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     compiled = load(list(files), dump_after=dump_after, dump=lambda s: click.echo(s, nl=False))
     if target == "ir":
         out = _ir(compiled.program, no_src)
+    elif target == "all":
+        out = _all(compiled.program, path, deployment_file, dry_run, no_range, not no_prove)
     else:
         try:
             if target == "envoy":
