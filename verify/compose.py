@@ -54,6 +54,26 @@ def regions(policy: Program, bits: int = 8) -> list[Match]:
     return out
 
 
+SPLIT_ABOVE = 800
+
+
+def _refined(a: Analysis, blocks: list[Match]):
+    """The blocks, each crowded one (many entries reach it) split again by IPv4 source /8."""
+    for block in blocks:
+        dst = block.get(F.DST_IP)
+        size = len(a.relevant([block]))
+        if dst.prefix.family != 4 or size <= SPLIT_ABOVE:
+            yield block
+            continue
+        subs = [Match.of({F.DST_IP: dst, F.SRC_IP: PrefixMatch(Prefix(4, i << 24, 8))}) for i in range(256)]
+        # Splitting only pays when the entries really spread over the sources.
+        if max(len(a.relevant([m])) for m in subs) > size // 8:
+            yield block
+            continue
+        yield from subs
+        yield Match.of({F.DST_IP: dst, F.SRC_IP: PrefixMatch(Prefix(6, 0, 0))})
+
+
 def prove(policy: Program, engines: dict[str, Program], timeout_ms: int = 60_000) -> Composition:
     """Prove that AND(engine allows) == policy allows for every flow and request."""
     started = time.perf_counter()
@@ -62,7 +82,7 @@ def prove(policy: Program, engines: dict[str, Program], timeout_ms: int = 60_000
     analyses = {name: Analysis(p, encoder=enc, timeout_ms=timeout_ms) for name, p in engines.items()}
     names = list(engines)
     result, model, question = "unsat", None, []
-    for region in regions(policy):
+    for region in _refined(a_policy, regions(policy)):
         term = a_policy.term(region)
         policy_allows = a_policy.allowed_term(a_policy.relevant([region]))
         together = mk_and([a.allowed_term(a.relevant([region])) for a in analyses.values()], enc.ctx)
