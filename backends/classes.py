@@ -17,12 +17,8 @@ from dataclasses import dataclass
 from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
 from anyplane.ir.lpm import LpmTable
-from anyplane.ir.match import AnyOf, PrefixMatch
+from anyplane.ir.match import PrefixMatch, options
 from anyplane.ir.nodes import Entry, Program
-
-
-def _options(fm):
-    return fm.options if isinstance(fm, AnyOf) else (fm,)
 
 
 @dataclass(frozen=True)
@@ -45,7 +41,7 @@ def address_classes(program: Program, entries: list[Entry], side: str) -> Addres
     for e in entries:
         fm = e.match.get(ip_field)
         if fm is not None:
-            cidrs.update(o.prefix for o in _options(fm) if isinstance(o, PrefixMatch))
+            cidrs.update(o.prefix for o in options(fm) if isinstance(o, PrefixMatch))
     owners = LpmTable((row.prefix, row.identity) for row in program.endpoints)
     atoms = sorted({row.prefix for row in program.endpoints} | cidrs)
     by_length: dict[tuple[int, int], set[int]] = {}

@@ -19,13 +19,9 @@ from . import fields as F
 from .addr import WIDTH, Prefix
 from .flow import HTTP_METHODS, ICMP, ICMP6, IPV6_EXTENSION_HEADERS, TCP, UDP, Flow, Request
 from .lpm import LpmTable
-from .match import (Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, StrExact, StrPrefix,
-                    Ternary)
+from .match import (Absent, Exact, InSet, Match, PrefixMatch, Present, Range, StrExact, StrPrefix, Ternary,
+                    options)
 from .nodes import Program
-
-
-def _options(fm):
-    return fm.options if isinstance(fm, AnyOf) else (fm,)
 
 
 def _edges(p: Prefix) -> list[int]:
@@ -101,7 +97,7 @@ class FlowGen:
             self._collect_prefix(row.prefix)
         for m in self.matches:
             for name, fm in m.fields:
-                for o in _options(fm):
+                for o in options(fm):
                     self._collect(name, o)
         for ident in program.identities:
             self.ports.update(p.number for p in ident.ports)
@@ -155,7 +151,7 @@ class FlowGen:
             choices = [a for ident in fm.values for a in self.owned.get(ident, ())
                        if family is None or a[0] == family]
             return rng.choice(choices) if choices else None
-        prefixes = [o.prefix for o in _options(fm) if isinstance(o, PrefixMatch)
+        prefixes = [o.prefix for o in options(fm) if isinstance(o, PrefixMatch)
                     and (family is None or o.prefix.family == family)]
         if not prefixes:
             return None
@@ -166,13 +162,13 @@ class FlowGen:
     def _port_in(self, fm, miss: bool) -> int:
         if fm is None:
             return self.rng.choice(self.port_pool)
-        r = self.rng.choice([o for o in _options(fm) if isinstance(o, Range)])
+        r = self.rng.choice([o for o in options(fm) if isinstance(o, Range)])
         if miss:
             return self.rng.choice([v for v in (r.lo - 1, r.hi + 1) if 0 <= v <= 65535] or [r.lo])
         return self.rng.choice((r.lo, r.hi, self.rng.randint(r.lo, r.hi)))
 
     def _string_in(self, fm, pool: list[str]) -> str:
-        o = self.rng.choice(_options(fm))
+        o = self.rng.choice(options(fm))
         if isinstance(o, StrExact):
             return o.value
         if isinstance(o, StrPrefix):

@@ -139,3 +139,37 @@ class Match:
     def without_layer(self, layer: str) -> "Match":
         """This match with every field of the given layer dropped."""
         return Match(tuple((n, m) for n, m in self.fields if lookup(n).layer != layer))
+
+
+def options(fm: FieldMatch) -> tuple:
+    """The alternatives of a field match (a single match is its own only alternative)."""
+    return fm.options if isinstance(fm, AnyOf) else (fm,)
+
+
+def exact_values(fm: FieldMatch) -> frozenset[int] | None:
+    """The values an Exact / InSet match (or a disjunction of them) admits; None for any other kind."""
+    out: set[int] = set()
+    for o in options(fm):
+        if isinstance(o, Exact):
+            out.add(o.value)
+        elif isinstance(o, InSet):
+            out.update(o.values)
+        else:
+            return None
+    return frozenset(out)
+
+
+def int_ranges(fm: FieldMatch) -> list[tuple[int, int]] | None:
+    """An integer match (Exact / InSet / Range, or a disjunction of them) as inclusive ranges; None
+    for any other kind."""
+    out: list[tuple[int, int]] = []
+    for o in options(fm):
+        if isinstance(o, Range):
+            out.append((o.lo, o.hi))
+        elif isinstance(o, Exact):
+            out.append((o.value, o.value))
+        elif isinstance(o, InSet):
+            out.extend((v, v) for v in o.values)
+        else:
+            return None
+    return out

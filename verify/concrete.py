@@ -15,14 +15,11 @@ from anyplane.ir import fields as F
 from anyplane.ir.addr import WIDTH, Prefix
 from anyplane.ir.flow import HTTP_METHODS, ICMP, ICMP6, TCP, UDP, Flow, Request
 from anyplane.ir.interp import match_holds
-from anyplane.ir.match import Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, StrExact, StrPrefix
+from anyplane.ir.match import (Absent, Exact, InSet, Match, PrefixMatch, Present, Range, StrExact, StrPrefix,
+                             exact_values, options)
 
 from .context import Analysis
 from .domain import intersect_ranges
-
-
-def _options(fm):
-    return fm.options if isinstance(fm, AnyOf) else (fm,)
 
 
 def _values(fms, universe):
@@ -30,7 +27,7 @@ def _values(fms, universe):
     allowed = list(universe)
     for fm in fms:
         ok = set()
-        for o in _options(fm):
+        for o in options(fm):
             if isinstance(o, Exact):
                 ok.add(o.value)
             elif isinstance(o, InSet):
@@ -47,8 +44,8 @@ def _port(fms) -> int | None:
     lo, hi = 0, 65535
     choices = [(0, 65535)]
     for fm in fms:
-        ranges = [(o.lo, o.hi) for o in _options(fm) if isinstance(o, Range)]
-        if len(ranges) != len(_options(fm)):
+        ranges = [(o.lo, o.hi) for o in options(fm) if isinstance(o, Range)]
+        if len(ranges) != len(options(fm)):
             return None
         choices = [(max(a, c), min(b, d)) for a, b in choices for c, d in ranges if max(a, c) <= min(b, d)]
         if not choices:
@@ -89,7 +86,7 @@ def _side(a: Analysis, matches: list[Match], id_field: str, ip_field: str):
             ids = mine if ids is None else ids & mine
         fm = m.get(ip_field)
         if fm is not None:
-            opts = _options(fm)
+            opts = options(fm)
             if len(opts) != 1 or not isinstance(opts[0], PrefixMatch):
                 return "fail"
             prefixes.append(opts[0].prefix)
@@ -178,7 +175,7 @@ def intersection(a: Analysis, matches: list[Match]) -> Flow | None:
 
 def _field_covers(xf, ef) -> bool:
     """Whether every value `ef` admits is admitted by `xf` (conservative: False when unsure)."""
-    xs, es = _options(xf), _options(ef)
+    xs, es = options(xf), options(ef)
     if isinstance(xf, Present):
         return not any(isinstance(o, Absent) for o in es)
     return all(any(_option_covers(x, e) for x in xs) for e in es)
@@ -218,7 +215,7 @@ def covers(a: Analysis, x: Match, e: Match) -> bool:
         if not isinstance(ids, InSet):
             return False
         declared = [p for i in ids.values for p in a.boxer.identity_prefixes.get(i, ())]
-        prefixes = [o.prefix for o in _options(xf) if isinstance(o, PrefixMatch)]
+        prefixes = [o.prefix for o in options(xf) if isinstance(o, PrefixMatch)]
         if not declared or not all(any(q.covers(p) for q in prefixes) for p in declared):
             return False
     return True
@@ -319,8 +316,8 @@ def escape(a: Analysis, stay: Match, stay_box, start: Flow, blockers) -> Flow | 
 
 
 def _strings_disjoint(xf, ef) -> bool:
-    for x in _options(xf):
-        for e in _options(ef):
+    for x in options(xf):
+        for e in options(ef):
             xs, es = x.value if hasattr(x, "value") else None, e.value if hasattr(e, "value") else None
             if xs is None or es is None:
                 return False
@@ -336,18 +333,6 @@ def _strings_disjoint(xf, ef) -> bool:
     return True
 
 
-def _exact_set(fm) -> set | None:
-    """The values an Exact/InSet match (or a disjunction of them) admits; None for other kinds."""
-    out = set()
-    for o in _options(fm):
-        if isinstance(o, Exact):
-            out.add(o.value)
-        elif isinstance(o, InSet):
-            out.update(o.values)
-        else:
-            return None
-    return out
-
 
 def disjoint(x: Match, e: Match) -> bool:
     """Whether no flow can match both (a sufficient, syntactic test: False when unsure).
@@ -359,14 +344,14 @@ def disjoint(x: Match, e: Match) -> bool:
         ef = e.get(name)
         if ef is None:
             continue
-        xv, ev = _exact_set(xf), _exact_set(ef)
+        xv, ev = exact_values(xf), exact_values(ef)
         if xv is not None and ev is not None:
             if not xv & ev:
                 return True
         elif name in (F.SPORT, F.DPORT):
-            xr = [(o.lo, o.hi) for o in _options(xf) if isinstance(o, Range)]
-            er = [(o.lo, o.hi) for o in _options(ef) if isinstance(o, Range)]
-            if len(xr) == len(_options(xf)) and len(er) == len(_options(ef)) and \
+            xr = [(o.lo, o.hi) for o in options(xf) if isinstance(o, Range)]
+            er = [(o.lo, o.hi) for o in options(ef) if isinstance(o, Range)]
+            if len(xr) == len(options(xf)) and len(er) == len(options(ef)) and \
                     not any(a <= d and c <= b for a, b in xr for c, d in er):
                 return True
         elif name == F.HTTP_PATH or name == F.HTTP_HOST or name.startswith(F.HEADER_PREFIX):

@@ -22,14 +22,10 @@ from dataclasses import dataclass
 
 from anyplane.ir import fields as F
 from anyplane.ir.flow import HTTP_METHODS
-from anyplane.ir.match import AnyOf, Match, StrExact, StrPrefix
+from anyplane.ir.match import AnyOf, Match, StrExact, StrPrefix, options
 from anyplane.ir.nodes import Program
 
 _EXTENSION_CHARS = "xyzqjkw0123456789abcdefghilmnoprstuv-._~"
-
-
-def _options(fm):
-    return fm.options if isinstance(fm, AnyOf) else (fm,)
 
 
 @dataclass(frozen=True)
@@ -162,7 +158,7 @@ class Domain:
             matches += [m for a in p.asserts for m in a.pattern]
         for m in matches:
             for name, fm in m.fields:
-                for o in _options(fm):
+                for o in options(fm):
                     if name == F.HTTP_PATH:
                         (exact if isinstance(o, StrExact) else prefixes).add(o.value)
                     elif name == F.HTTP_HOST and isinstance(o, StrExact):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from anyplane.ir import fields as F
 from anyplane.ir.addr import WIDTH, Prefix
-from anyplane.ir.match import AnyOf, Exact, InSet, Match, PrefixMatch, Range
+from anyplane.ir.match import InSet, Match, PrefixMatch, exact_values, int_ranges, options
 from anyplane.ir.nodes import Program
 
 ALL = None
@@ -35,10 +35,6 @@ class Box:
     proto: frozenset[int] | None
     sport: tuple[tuple[int, int], ...] | None
     dport: tuple[tuple[int, int], ...] | None
-
-
-def _options(fm):
-    return fm.options if isinstance(fm, AnyOf) else (fm,)
 
 
 def _prefixes_overlap(a: tuple[Prefix, ...] | None, b: tuple[Prefix, ...] | None) -> bool:
@@ -78,10 +74,10 @@ class Boxer:
         ids, ips = m.get(id_field), m.get(ip_field)
         out = None
         if ids is not None:
-            out = tuple(p for o in _options(ids) for v in (o.values if isinstance(o, InSet) else (o.value,))
+            out = tuple(p for o in options(ids) for v in (o.values if isinstance(o, InSet) else (o.value,))
                         for p in self.identity_prefixes.get(v, ()))
         if ips is not None:
-            mine = tuple(o.prefix for o in _options(ips) if isinstance(o, PrefixMatch))
+            mine = tuple(o.prefix for o in options(ips) if isinstance(o, PrefixMatch))
             if out is None:
                 out = mine
             else:  # both constrained: keep the more specific side of each overlapping pair
@@ -90,31 +86,12 @@ class Boxer:
 
     @staticmethod
     def _ints(fm) -> frozenset[int] | None:
-        if fm is None:
-            return None
-        values = set()
-        for o in _options(fm):
-            if isinstance(o, Exact):
-                values.add(o.value)
-            elif isinstance(o, InSet):
-                values.update(o.values)
-            else:
-                return None
-        return frozenset(values)
+        return None if fm is None else exact_values(fm)
 
     @staticmethod
     def _ranges(fm) -> tuple[tuple[int, int], ...] | None:
-        if fm is None:
-            return None
-        out = []
-        for o in _options(fm):
-            if isinstance(o, Range):
-                out.append((o.lo, o.hi))
-            elif isinstance(o, Exact):
-                out.append((o.value, o.value))
-            else:
-                return None
-        return tuple(out)
+        out = None if fm is None else int_ranges(fm)
+        return None if out is None else tuple(out)
 
     def box(self, m: Match) -> Box:
         """The box of a match."""

@@ -23,7 +23,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import Flow
-from anyplane.ir.match import AnyOf, Exact, InSet, PrefixMatch, Range, Ternary
+from anyplane.ir.match import InSet, Ternary, int_ranges, options
 from anyplane.ir.nodes import Entry, Program, decision_key
 from anyplane.ir.project import project_l4
 
@@ -34,10 +34,6 @@ WORD = 64
 SUMMARY_SPAN = WORD * WORD  # entries covered by one summary word
 VERDICT_DENY, VERDICT_ALLOW = 0, 1
 NO_BUCKET = 0xFFFFFFFF
-
-
-def _options(fm):
-    return fm.options if isinstance(fm, AnyOf) else (fm,)
 
 
 def capacity_for(n: int) -> int:
@@ -71,16 +67,9 @@ class FieldClasses:
 
 
 def _field_ranges(fm, name: str) -> list[tuple[int, int]]:
-    out = []
-    for o in _options(fm):
-        if isinstance(o, Range):
-            out.append((o.lo, o.hi))
-        elif isinstance(o, Exact):
-            out.append((o.value, o.value))
-        elif isinstance(o, InSet):
-            out += [(v, v) for v in o.values]
-        else:
-            raise Unsupported(f"{name} {type(o).__name__} match")
+    out = int_ranges(fm)
+    if out is None:
+        raise Unsupported(f"{name} {type(fm).__name__} match")
     return out
 
 
@@ -179,7 +168,7 @@ def _address_bits(program, entries, side, classes: AddressClasses, width) -> Bit
             wild |= 1 << i
         for ident in (ids.values if isinstance(ids, InSet) else ()) if ids is not None else ():
             by_owner[ident] = by_owner.get(ident, 0) | 1 << i
-        for o in _options(ips) if ips is not None else ():
+        for o in options(ips) if ips is not None else ():
             by_cidr[o.prefix] = by_cidr.get(o.prefix, 0) | 1 << i
     rows = BitRows(0, width, 0)
     for owner, member in classes.keys:
@@ -208,7 +197,7 @@ def _proto_bits(entries, width) -> BitRows:
         fm = e.match.get(F.PROTO)
         if fm is None:
             continue
-        for o in _options(fm):
+        for o in options(fm):
             if isinstance(o, Ternary):
                 values = [v for v in range(256) if v & o.mask == o.value]
             else:

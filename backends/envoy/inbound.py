@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.addr import Prefix
-from anyplane.ir.match import Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, StrExact, StrPrefix
+from anyplane.ir.match import Absent, Exact, InSet, Match, Present, Range, StrExact, options
 from anyplane.ir.nodes import Entry, Program, decision_key
 
 from ..classes import AddressClasses, address_classes
@@ -41,10 +41,6 @@ DPORT_INPUT = {"name": "destination_port",
 
 class Unsupported(Exception):
     """A match the sidecar cannot express (reported at the rule)."""
-
-
-def _options(fm):
-    return fm.options if isinstance(fm, AnyOf) else (fm,)
 
 
 def header_input(name: str) -> dict:
@@ -110,13 +106,13 @@ def field_predicates(m: Match, skip: set[str]) -> list[dict]:
             continue
         if name == F.SPORT:
             out.append(_or([_predicate(SPORT_INPUT, {"safe_regex": {"google_re2": {}, "regex": port_regex(o.lo, o.hi)}})
-                            for o in _options(fm) if isinstance(o, Range)]))
+                            for o in options(fm) if isinstance(o, Range)]))
         elif name == F.HTTP_METHOD:
             values = fm.values if isinstance(fm, InSet) else (fm.value,)
             out.append(_or([_predicate(header_input(":method"), {"exact": v}) for v in values]))
         elif name == F.HTTP_PATH:
             preds = []
-            for o in _options(fm):
+            for o in options(fm):
                 match = _exact_path(o.value) if isinstance(o, StrExact) else {"prefix": o.value}
                 preds.append(_predicate(header_input(":path"), match))
             out.append(_or(preds))
@@ -163,7 +159,7 @@ class Listener:
 def _admits(fm, value: int) -> bool:
     if fm is None:
         return True
-    for o in _options(fm):
+    for o in options(fm):
         if isinstance(o, Exact) and o.value == value:
             return True
         if isinstance(o, InSet) and value in o.values:
@@ -179,7 +175,7 @@ def toward(e: Entry, identities: set[str], prefixes: list[Prefix]) -> bool:
     if ids is not None and not (set(ids.values) & identities):
         return False
     if ips is not None and not any(o.prefix.covers(p) or p.covers(o.prefix)
-                                   for o in _options(ips) for p in prefixes):
+                                   for o in options(ips) for p in prefixes):
         return False
     return True
 
@@ -205,7 +201,7 @@ def _accepts(e: Entry, side_id: str, side_ip: str, owner: str | None, member: fr
     ids, ips = e.match.get(side_id), e.match.get(side_ip)
     if ids is not None and owner not in ids.values:
         return False
-    if ips is not None and not any(o.prefix in member for o in _options(ips)):
+    if ips is not None and not any(o.prefix in member for o in options(ips)):
         return False
     return True
 
@@ -252,7 +248,7 @@ def rbac_matcher(program: Program, listener: Listener, service: str) -> dict:
             for v in ids.values:
                 by_owner.setdefault(v, []).append(e)
         elif ips is not None:
-            for o in _options(ips):
+            for o in options(ips):
                 by_prefix.setdefault(o.prefix, []).append(e)
         else:
             unconstrained.append(e)

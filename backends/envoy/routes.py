@@ -11,17 +11,13 @@ from __future__ import annotations
 import re
 
 from anyplane.ir import fields as F
-from anyplane.ir.match import Absent, AnyOf, Exact, InSet, Present, StrExact, StrPrefix
+from anyplane.ir.match import Absent, InSet, Present, StrExact, StrPrefix
 from anyplane.ir.nodes import Entry, Program
 
 from .deployment import Deployment
 from .inbound import TYPE
 
 HCM = TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-
-
-def _options(fm):
-    return fm.options if isinstance(fm, AnyOf) else (fm,)
 
 
 def _ms(ms: int) -> str:

@@ -23,7 +23,7 @@ from p4.v1 import p4runtime_pb2
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.addr import Prefix
-from anyplane.ir.match import AnyOf, Exact, InSet, PrefixMatch, Range
+from anyplane.ir.match import InSet, PrefixMatch, exact_values, int_ranges, options
 from anyplane.ir.nodes import Entry, Program, decision_key
 from anyplane.ir.project import project_l4
 
@@ -63,10 +63,6 @@ class Entries:
     unsupported: dict[str, str] = field(default_factory=dict)
     naive: int = 0
     ids: dict[str, int] = field(default_factory=dict)  # identity -> the id the endpoint tables set
-
-
-def _options(fm):
-    return fm.options if isinstance(fm, AnyOf) else (fm,)
 
 
 def canonical(value: int) -> bytes:
@@ -119,28 +115,16 @@ def merge_prefixes(prefixes: list[Prefix]) -> list[Prefix]:
 
 
 def _values(fm, what: str) -> list[int]:
-    out = []
-    for o in _options(fm):
-        if isinstance(o, Exact):
-            out.append(o.value)
-        elif isinstance(o, InSet):
-            out.extend(o.values)
-        else:
-            raise Unsupported(f"{what} match '{type(o).__name__}'")
-    return sorted(set(out))
+    out = exact_values(fm)
+    if out is None:
+        raise Unsupported(f"{what} match '{type(fm).__name__}'")
+    return sorted(out)
 
 
 def _ranges(fm, what: str) -> list[tuple[int, int]]:
-    out = []
-    for o in _options(fm):
-        if isinstance(o, Exact):
-            out.append((o.value, o.value))
-        elif isinstance(o, InSet):
-            out.extend((v, v) for v in o.values)
-        elif isinstance(o, Range):
-            out.append((o.lo, o.hi))
-        else:
-            raise Unsupported(f"{what} match '{type(o).__name__}'")
+    out = int_ranges(fm)
+    if out is None:
+        raise Unsupported(f"{what} match '{type(fm).__name__}'")
     return merge_ranges(out)
 
 
@@ -151,14 +135,14 @@ def _side(e: Entry, side: str, ids: dict[str, int]) -> list[dict]:
     idm, ipm = e.match.get(id_field), e.match.get(ip_field)
     if idm is not None:
         values = []
-        for o in _options(idm):
+        for o in options(idm):
             if not isinstance(o, InSet):
                 raise Unsupported(f"{id_field} match '{type(o).__name__}'")
             values.extend(ids.get(v, 0) if v is not None else 0 for v in o.values)
         out = [{f"meta.{side}_id": ("ternary", v, (1 << ID_BITS) - 1)} for v in sorted(set(values))]
     if ipm is not None:
         prefixes = []
-        for o in _options(ipm):
+        for o in options(ipm):
             if not isinstance(o, PrefixMatch):
                 raise Unsupported(f"{ip_field} match '{type(o).__name__}'")
             prefixes.append(o.prefix)
