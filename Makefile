@@ -18,6 +18,7 @@ demo: setup
 	$(BIN)/anyplane compile examples/bookinfo.ap -t envoy -o out/bookinfo/envoy
 	$(BIN)/anyplane compile examples/bookinfo.ap -t p4 -o out/bookinfo/p4
 	$(BIN)/anyplane compile examples/bookinfo.ap -t all --path fabric,kernel,sidecar -o out/bookinfo/all
+	@cat out/bookinfo/all/placement.txt
 	$(BIN)/anyplane verify examples/bookinfo.ap
 	$(BIN)/anyplane query examples/bookinfo.ap 'internet -> mysql tcp 3306'
 	$(BIN)/anyplane explain examples/bookinfo.ap --flow 'internet -> productpage http GET /admin/users'

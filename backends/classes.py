@@ -28,6 +28,28 @@ class AddressClasses:
     keys: tuple[tuple[str | None, frozenset[Prefix]], ...]
     prefixes: tuple[tuple[Prefix, int], ...]
 
+    def merged(self, signature) -> "AddressClasses":
+        """Classes that get the same `signature(key)` merged into one (the first key represents it), and
+        atoms whose class equals the class of the atom around them dropped: the longest-prefix lookup
+        still gives every address a class with the same signature."""
+        ids: dict = {signature(self.keys[0]): 0}
+        keys = [self.keys[0]]
+        remap = []
+        for key in self.keys:
+            sig = signature(key)
+            if sig not in ids:
+                ids[sig] = len(keys)
+                keys.append(key)
+            remap.append(ids[sig])
+        table = LpmTable(self.prefixes)
+        prefixes = []
+        for p, cls in self.prefixes:
+            parent = table.covering(Prefix(p.family, p.value >> (p.width - p.length + 1) << (p.width - p.length + 1),
+                                           p.length - 1)) if p.length else None
+            if remap[cls] != (remap[parent[1]] if parent is not None else 0):
+                prefixes.append((p, remap[cls]))
+        return AddressClasses(tuple(keys), tuple(prefixes))
+
     def lookup(self, family: int, address: int) -> int:
         """The class of an address (longest matching prefix, else 0)."""
         hit = LpmTable(self.prefixes).lookup(family, address)

@@ -20,6 +20,7 @@ from anyplane.backends.envoy.config import bootstrap, sidecar_resources
 from anyplane.backends.envoy.deployment import Deployment, Sidecar
 from anyplane.backends.p4.pipeline import Features, p4info
 from anyplane.backends.p4.push import push
+from anyplane.compiler.commands import placement
 from anyplane.compiler.pipeline import compile_sources
 from anyplane.ir.flowgen import FlowGen
 from anyplane.ir.interp import evaluate
@@ -100,11 +101,16 @@ def _on_sidecar_path(program, f) -> bool:
     return f.proto == 6 and f.dport in PORTS.values() and bool(owners)
 
 
-def test_bookinfo_end_to_end_through_switch_kernel_and_sidecar():
+@pytest.mark.parametrize("prefer", ["early", "late"])
+def test_bookinfo_end_to_end_through_switch_kernel_and_sidecar(prefer):
+    """Each engine runs the program placed on it (`compile -t all --prefer PREFER`)."""
     require_kernel()
     require_envoy()
     n = subnet()
     program = compile_text(_bookinfo(n), "bookinfo.ap").program
+    plan = placement.plan(program, placement.regions(program, ("fabric", "kernel", "sidecar")), prefer)
+    held = {where: len(sub.rules) for where, sub in plan.programs.items()}
+    assert held["sidecar"] and (held["fabric"] if prefer == "early" else held["kernel"])
     flows = []
     for f in FlowGen(program, seed=13, http_share=0.7).flows(20000):
         if f.family != 4 or not ipaddress.ip_address(f.src).is_loopback or not ipaddress.ip_address(f.dst).is_loopback:
@@ -122,12 +128,12 @@ def test_bookinfo_end_to_end_through_switch_kernel_and_sidecar():
         if len(flows) == 600:
             break
     assert len(flows) == 600
-    fabric = _fabric(program)
+    fabric = _fabric(plan.programs["fabric"])
     fabric_verdicts = [fabric.verdict(packet.frame(f.without_http()))[0] for f in flows]
-    with loaded(program, f"cross{n}") as (cl, _):
+    with loaded(plan.programs["kernel"], f"cross{n}") as (cl, _):
         kernel = ["allow" if v == "pass" else "deny"
                   for v in kernel_verdicts(cl, [packet.frame(f.without_http()) for f in flows])]
-    config, admin = _sidecars(program, n)
+    config, admin = _sidecars(plan.programs["sidecar"], n)
     apps = [Upstream("127.0.0.1", port + 10000, svc) for svc, port in PORTS.items() if svc != "mysql"]
     import socketserver
     import threading
@@ -166,13 +172,16 @@ def test_bookinfo_end_to_end_through_switch_kernel_and_sidecar():
 
 @pytest.mark.parametrize("name", ["acl1_1k", "fw1_1k"])
 def test_classbench_policies_through_switch_and_kernel(name):
+    """The switch holds 300 acl entries: the default and the lowest denies spill to the kernel."""
     require_kernel()
     rules = classbench.read_rules(classbench.DATA / f"{name}.rules")
     program = compile_sources([(f"{name}.ap", classbench.to_policy(rules, name))]).program
+    plan = placement.plan(program, placement.regions(program, ("fabric", "kernel")), "early", {"fabric": 300})
+    assert plan.spilled
     flows = [f.without_http() for f in FlowGen(program, seed=3).flows(3000)]
-    fabric = _fabric(program)
+    fabric = _fabric(plan.programs["fabric"])
     frames = [packet.frame(f) for f in flows]
-    with loaded(program, name) as (cl, _):
+    with loaded(plan.programs["kernel"], name) as (cl, _):
         kernel = kernel_verdicts(cl, frames)
     for f, frame, ker in zip(flows, frames, kernel):
         together = "allow" if fabric.verdict(frame)[0] == "allow" and ker == "pass" else "deny"

@@ -22,6 +22,7 @@ from anyplane.ir.nodes import Program
 from .context import Analysis
 from .domain import Domain
 from .encode import Encoder, mk_and
+from .index import overlaps
 from .reach import prefer
 from .result import VerificationBug
 
@@ -74,20 +75,42 @@ def _refined(a: Analysis, blocks: list[Match]):
         yield Match.of({F.DST_IP: dst, F.SRC_IP: PrefixMatch(Prefix(6, 0, 0))})
 
 
-def prove(policy: Program, engines: dict[str, Program], timeout_ms: int = 60_000) -> Composition:
-    """Prove that AND(engine allows) == policy allows for every flow and request."""
+@dataclass(frozen=True)
+class Scope:
+    """Destinations that cross the same engines: `match` (None: all), minus `excluded`."""
+
+    label: str
+    match: Match | None
+    excluded: tuple[Match, ...]
+    engines: tuple[str, ...]
+
+
+def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | None = None,
+          timeout_ms: int = 60_000) -> Composition:
+    """Prove that, within every scope, AND(allows of its engines) == policy allows for every flow and request."""
     started = time.perf_counter()
+    scopes = scopes or [Scope("default", None, (), tuple(engines))]
     enc = Encoder(Domain.of([policy, *engines.values()]))
     a_policy = Analysis(policy, encoder=enc, timeout_ms=timeout_ms)
     analyses = {name: Analysis(p, encoder=enc, timeout_ms=timeout_ms) for name, p in engines.items()}
     names = list(engines)
-    result, model, question = "unsat", None, []
-    for region in _refined(a_policy, regions(policy)):
-        term = a_policy.term(region)
-        policy_allows = a_policy.allowed_term(a_policy.relevant([region]))
-        together = mk_and([a.allowed_term(a.relevant([region])) for a in analyses.values()], enc.ctx)
-        question = [term, policy_allows != together]
-        result, model = a_policy.solve(*question)
+    result, model, question, scope = "unsat", None, [], scopes[0]
+    blocks = list(_refined(a_policy, regions(policy)))
+    for scope in scopes:
+        inside = [] if scope.match is None else [a_policy.term(scope.match)]
+        inside += [a_policy.outside(m) for m in scope.excluded]
+        box = None if scope.match is None else a_policy.boxer.box(scope.match)
+        for block in blocks:
+            if box is not None and not overlaps(box, a_policy.boxer.box(block)):
+                continue
+            where = [block] if scope.match is None else [block, scope.match]
+            policy_allows = a_policy.allowed_term(_relevant(a_policy, where))
+            together = mk_and([analyses[n].allowed_term(_relevant(analyses[n], where)) for n in scope.engines],
+                              enc.ctx)
+            question = [a_policy.term(block), *inside, policy_allows != together]
+            result, model = a_policy.solve(*question)
+            if result != "unsat":
+                break
         if result != "unsat":
             break
     if result == "unknown":
@@ -96,11 +119,20 @@ def prove(policy: Program, engines: dict[str, Program], timeout_ms: int = 60_000
         return Composition(True, time.perf_counter() - started, engines=names)
     flow = enc.flow(prefer(a_policy, question, model))
     want = evaluate(policy, flow)
-    got = {name: evaluate(p, flow) for name, p in engines.items()}
+    got = {name: evaluate(engines[name], flow) for name in scope.engines}
     together_verdict = "allow" if all(d.verdict == "allow" for d in got.values()) else "deny"
     if together_verdict == want.verdict:
         raise VerificationBug(f"the solver's counterexample {flow.text} does not re-evaluate as claimed")
-    cex = {"flow": flow.text, "policy": {"verdict": want.verdict, "rule": want.rule},
+    cex = {"flow": flow.text, "scope": scope.label, "policy": {"verdict": want.verdict, "rule": want.rule},
            "engines": {name: {"verdict": d.verdict, "rule": d.rule} for name, d in got.items()},
            "together": together_verdict}
     return Composition(False, time.perf_counter() - started, counterexample=cex, engines=names)
+
+
+def _relevant(a: Analysis, matches: list[Match]) -> list[int]:
+    """Entries whose boxes meet every one of these matches."""
+    out = None
+    for m in matches:
+        mine = set(a.relevant([m]))
+        out = mine if out is None else out & mine
+    return sorted(out or ())

@@ -184,7 +184,7 @@ def replay(program: Program, frames: list[bytes], name: str = "replay") -> list[
         cl.remove()
 
 
-def lifted(program: Program, drop: str | None = None) -> Program:
+def lifted(program: Program) -> Program:
     """What the classifier's tables decide, as IR: the entries the bit vectors were built from,
     in their order, and the default (for the composition proof; the kernel tests check that the
     tables decide like these entries)."""
@@ -193,7 +193,7 @@ def lifted(program: Program, drop: str | None = None) -> Program:
     from anyplane.ir.nodes import Table
 
     model = build_all(program).model
-    entries = tuple(e for e in model.entries if e.origin.loc != drop)
+    entries = tuple(model.entries)
     n = len(entries)
     ordered = tuple(replace(e, priority=n - k) for k, e in enumerate(entries))
     return replace(program, default="allow" if model.default_verdict else "deny",

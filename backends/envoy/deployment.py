@@ -12,6 +12,8 @@ optional deployment file (YAML) says, per service and per identity:
         admin: 127.0.0.1:15000    # Envoy's admin listener (default 127.0.0.1:15000)
     endpoints:                    # upstream instances per identity (service or service.version)
       reviews.v1: [127.0.2.1]     # address, or address:port (default: the service port)
+    paths:                        # which engines traffic to a destination crosses (compile -t all)
+      mysql: fabric,kernel
 
 Without endpoints, an identity whose every prefix is a single host uses those
 hosts; otherwise its cluster resolves the DNS name `<version>.<service>` (or
@@ -85,8 +87,8 @@ def load(path: str | None) -> Deployment:
         raise DeploymentError(f"cannot read '{path}': {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise DeploymentError(f"{path}: not YAML ({exc})") from None
-    if not isinstance(data, dict) or set(data) - {"sidecars", "endpoints"}:
-        raise DeploymentError(f"{path}: expected the keys 'sidecars' and 'endpoints'")
+    if not isinstance(data, dict) or set(data) - {"sidecars", "endpoints", "paths"}:
+        raise DeploymentError(f"{path}: expected the keys 'sidecars', 'endpoints' and 'paths'")
     sidecars = {}
     for name, spec in (data.get("sidecars") or {}).items():
         where = f"{path}: sidecars.{name}"

@@ -36,6 +36,36 @@ CAPABILITY = base.Capability(
     capacity=None, protocols="tcp")
 
 
+def covers(program: Program) -> dict[str, bool]:
+    """Per rule id: whether every flow the rule matches reaches a sidecar (TCP to a port of a service
+    that has one), so that the sidecars alone can enforce it. Placement reads this."""
+    from anyplane.ir.match import InSet, exact_values, int_ranges, options
+
+    ports: dict[str, frozenset[int]] = {}
+    for svc in services(program):
+        tcp = frozenset(p.number for p in program.identity(svc).ports if p.protocol != "udp")
+        for ident in program.service_identities(svc):
+            ports[ident] = tcp
+
+    def in_scope(m) -> bool:
+        proto, ids, dport = m.get(F.PROTO), m.get(F.DST_ID), m.get(F.DPORT)
+        if proto is None or exact_values(proto) != {6} or ids is None or dport is None:
+            return False
+        if m.get(F.ICMP_TYPE) is not None or m.get(F.ICMP_CODE) is not None:
+            return False
+        owners = [v for o in options(ids) for v in (o.values if isinstance(o, InSet) else (None,))]
+        ranges = int_ranges(dport)
+        if not owners or ranges is None or any(v not in ports for v in owners):
+            return False
+        return all(hi - lo < len(ports[v]) and all(p in ports[v] for p in range(lo, hi + 1))
+                   for v in owners for lo, hi in ranges)
+
+    out: dict[str, bool] = {}
+    for e in program.acl.entries:
+        out[e.rule] = out.get(e.rule, True) and in_scope(e.match)
+    return out
+
+
 class EnvoyError(Exception):
     """The policy cannot be expressed for the sidecar, or a push failed (the message says why)."""
 
@@ -122,7 +152,7 @@ def emit(program: Program, deployment: Deployment | None = None, out_dir: str = 
     return out
 
 
-def lifted(program: Program, deployment: Deployment | None = None, drop: str | None = None) -> Program:
+def lifted(program: Program) -> Program:
     """What the sidecars decide, as IR: per inbound listener, its entries restricted to the traffic the
     listener receives (TCP to that service and port), then its default; everything else passes (no
     sidecar sees it). For the composition proof."""
@@ -134,7 +164,6 @@ def lifted(program: Program, deployment: Deployment | None = None, drop: str | N
 
     from .inbound import listener_plan, rule_names
 
-    deployment = deployment or Deployment()
     names = rule_names(program)
     out: list[Entry] = []
     for svc in services(program):
@@ -144,7 +173,7 @@ def lifted(program: Program, deployment: Deployment | None = None, drop: str | N
                 continue
             plan = listener_plan(program, svc, port.number, port.protocol in ("http", "grpc"), names)
             scope = {F.DST_ID: InSet(identities), F.PROTO: Exact(6), F.DPORT: Exact(port.number)}
-            chain = [e for e in sorted(plan.entries, key=decision_key) if e.origin.loc != drop]
+            chain = sorted(plan.entries, key=decision_key)
             for e in chain:
                 fields = dict(e.match.fields)
                 ids = fields.get(F.DST_ID)

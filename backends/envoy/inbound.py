@@ -252,6 +252,20 @@ def rbac_matcher(program: Program, listener: Listener, service: str) -> dict:
                 by_prefix.setdefault(o.prefix, []).append(e)
         else:
             unconstrained.append(e)
+
+    def _candidates(key) -> list[Entry]:
+        owner, member = key
+        found = {id(e): e for e in unconstrained}
+        found.update((id(e), e) for e in by_owner.get(owner, ()))
+        for p in member:
+            found.update((id(e), e) for e in by_prefix.get(p, ()))
+        return sorted(found.values(), key=lambda e: position[id(e)])
+
+    # Classes no entry tells apart share one branch (a listener's entries name few of the policy's atoms).
+    src = src.merged(lambda key: tuple(position[id(e)] for e in _candidates(key)
+                                       if _accepts(e, F.SRC_ID, F.SRC_IP, *key)))
+    if dst is not None:
+        dst = dst.merged(lambda key: tuple(k for k, e in enumerate(entries) if _accepts(e, F.DST_ID, F.DST_IP, *key)))
     rendered: dict[int, dict] = {}
 
     def render(e: Entry) -> dict:
@@ -262,12 +276,8 @@ def rbac_matcher(program: Program, listener: Listener, service: str) -> dict:
         return rendered[id(e)]
 
     def items(owner, member, dst_key):
-        candidates = {id(e): e for e in unconstrained}
-        candidates.update((id(e), e) for e in by_owner.get(owner, ()))
-        for p in member:
-            candidates.update((id(e), e) for e in by_prefix.get(p, ()))
         out = []
-        for e in sorted(candidates.values(), key=lambda e: position[id(e)]):
+        for e in _candidates((owner, member)):
             if not _accepts(e, F.SRC_ID, F.SRC_IP, owner, member):
                 continue
             if dst_key is not None and not _accepts(e, F.DST_ID, F.DST_IP, *dst_key):

@@ -94,10 +94,10 @@ def emit(program: Program, features: Features = Features()) -> base.Output:
     return out
 
 
-def lifted(program: Program, features: Features = Features(), drop: str | None = None) -> Program:
+def lifted(program: Program, features: Features = Features()) -> Program:
     """What the emitted entries enforce, read back from the WriteRequest (for the composition proof)."""
     from .lift import lift
 
     info, names, entries = build_all(program, features)
     req, sources = write_request(names, entries)
-    return lift(program, info, req, sources, {v: k for k, v in entries.ids.items()}, drop)
+    return lift(program, info, req, sources, {v: k for k, v in entries.ids.items()})

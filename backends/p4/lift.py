@@ -37,11 +37,8 @@ def _prefix_len(mask: int, width: int) -> int:
 
 
 def lift(policy: Program, info: p4info_pb2.P4Info, request: p4runtime_pb2.WriteRequest, sources: list[str],
-         id_names: dict[int, str], drop: str | None = None) -> Program:
-    """The IR program these entries implement (endpoints from the LPM tables, acl from the acl table).
-
-    `drop` leaves out every entry from one rule (FILE:LINE): a test hook that breaks the fabric.
-    """
+         id_names: dict[int, str]) -> Program:
+    """The IR program these entries implement (endpoints from the LPM tables, acl from the acl table)."""
     tables = {t.preamble.id: t for t in info.tables}
     actions = {a.preamble.id: a.preamble.alias for a in info.actions}
     origins = {r.origin.loc: r.origin for r in policy.rules}
@@ -63,8 +60,6 @@ def lift(policy: Program, info: p4info_pb2.P4Info, request: p4runtime_pb2.WriteR
                 prefix = Prefix(fam, _int(m.lpm.value), m.lpm.prefix_len)
             ident = id_names[_int(te.action.action.params[0].value)]
             endpoints[side].add((prefix, ident))
-            continue
-        if src == drop:
             continue
         names = {mf.id: (mf.name, mf.bitwidth) for mf in table.match_fields}
         key = {}

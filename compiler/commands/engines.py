@@ -57,60 +57,97 @@ def _engine_error(exc: Exception) -> None:
     sys.exit(EXIT_FAIL)
 
 
-def _all(program: Program, path: list[str], deployment_file, dry_run: bool, no_range: bool, prove: bool) -> Output:
-    """Every engine on the path, each in its own folder, and the placement report."""
+def _paths_spec(deployment_file) -> dict | None:
+    """The `paths` section of a deployment file (None when absent)."""
+    if deployment_file is None:
+        return None
+    import yaml
+
+    try:
+        with open(deployment_file, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read '{deployment_file}': {exc}") from None
+    spec = data.get("paths") if isinstance(data, dict) else None
+    if spec is not None and not isinstance(spec, dict):
+        raise UsageError(f"{deployment_file}: paths: expected a mapping of destination to path")
+    return spec
+
+
+def _capacity(items: tuple[str, ...]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        place, _, n = item.partition("=")
+        if place not in ("fabric",) or not n.isdigit() or int(n) <= 0:
+            raise UsageError(f"--capacity takes fabric=ENTRIES (the switch's acl table size), not '{item}'")
+        out[place] = int(n)
+    return out
+
+
+def _all(compiled, path_text, prefer: str, capacity: dict[str, int], deployment_file, dry_run: bool,
+         no_range: bool, prove: bool) -> Output:
+    """Every engine on the paths, each with the program placed on it, the placement report and the proof."""
     import json
 
-    from anyplane.backends.base import Artifact
+    from anyplane.backends.base import Artifact, RuleReport
     from anyplane.backends.p4.pipeline import Features
 
-    from .placement import place, text
+    from . import placement
 
+    program = compiled.program
+    try:
+        path = placement.parse_path(path_text or "fabric,kernel,sidecar")
+        regions = placement.regions(program, path, _paths_spec(deployment_file),
+                                    f"{deployment_file}: paths" if deployment_file else "paths")
+    except placement.PathError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        plan = placement.plan(program, regions, prefer, capacity, not no_range)
+    except DiagnosticError as exc:
+        exc.sources = compiled.sources
+        raise
+    deployment = _deployment(deployment_file)
     outputs = {}
-    for where in path:
-        engine = _engine(ENGINE_AT[where])
+    for where in plan.places:
+        engine, sub = _engine(ENGINE_AT[where]), plan.programs[where]
         try:
             if where == "sidecar":
-                outputs[where] = engine.emit(program, _deployment(deployment_file), ".", dry_run)
+                outputs[where] = engine.emit(sub, deployment, ".", dry_run)
             elif where == "fabric":
-                outputs[where] = engine.emit(program, Features(range_match=not no_range))
+                outputs[where] = engine.emit(sub, Features(range_match=not no_range,
+                                                           acl_size=capacity.get("fabric", Features().acl_size)))
             else:
-                outputs[where] = engine.emit(program)
+                outputs[where] = engine.emit(sub)
         except Exception as exc:  # noqa: BLE001
             if type(exc).__name__ not in ENGINE_ERRORS:
                 raise
             _engine_error(exc)
-    rows = place(program, path, outputs)
     out = Output()
     for where, o in outputs.items():
         out.artifacts += [Artifact(f"{ENGINE_AT[where]}/{a.path}", a.data) for a in o.artifacts]
-    capabilities = [_engine(ENGINE_AT[w]).CAPABILITY.to_json() for w in path]
-    out.artifacts += [Artifact("placement.txt", text(rows, path)),
-                      Artifact("placement.json", json.dumps({"path": path, "capabilities": capabilities,
-                                                             "rules": [r.to_json() for r in rows]}, indent=1) + "\n")]
-    unplaced = [r for r in rows if r.placed is None]
-    if unplaced:
-        for r in unplaced:
-            click.echo(f"{r.location}: error: {r.why}: {r.text}", err=True)
-        sys.exit(EXIT_FAIL)
-    from anyplane.backends.base import RuleReport
-
-    out.report = [RuleReport("", r.location, r.text, "placed", r.placed or "-") for r in rows]
+    capabilities = [_engine(ENGINE_AT[w]).CAPABILITY.to_json() for w in plan.places]
+    out.artifacts += [Artifact("placement.txt", placement.text(plan)),
+                      Artifact("placement.json", json.dumps({
+                          "prefer": plan.prefer, "places": plan.places,
+                          "paths": [{"destination": r.label, "path": list(r.path)} for r in plan.regions],
+                          "capabilities": capabilities, "spilled": plan.spilled,
+                          "rules": [r.to_json() for r in plan.rows]}, indent=1) + "\n")]
+    out.report = [RuleReport("", r.location, r.text, "placed", ",".join(r.placed) or "-") for r in plan.rows]
     if prove and not dry_run:
-        from . import placement
-
-        result = placement.prove_path(program, path, _deployment(deployment_file), not no_range)
+        result = placement.prove(program, plan, not no_range)
         out.artifacts.append(Artifact("proof.json", json.dumps(result.to_json(), indent=1) + "\n"))
+        on = " + ".join(plan.places)
         if result.proved:
-            click.echo(f"proved: {' + '.join(path)} together decide exactly what the policy decides "
+            click.echo(f"proved: {on} together decide exactly what the policy decides "
                        f"({result.seconds:.2f} s)", err=True)
         elif result.unknown:
             click.echo(f"anyplane: error: the composition proof is undecided ({result.unknown})", err=True)
             sys.exit(EXIT_FAIL)
         else:
             cex = result.counterexample
-            lines = [f"anyplane: error: compiler bug: the engines together do not enforce the policy",
+            lines = ["anyplane: error: compiler bug: the engines together do not enforce the policy",
                      f"  flow      {cex['flow']}",
+                     f"  path      {cex['scope']}: {' -> '.join(cex['engines'])}",
                      f"  policy    {cex['policy']['verdict']} ({cex['policy']['rule'] or 'default'})"]
             lines += [f"  {name:<9} {d['verdict']} ({d['rule'] or 'default'})" for name, d in cex["engines"].items()]
             lines.append(f"  together  {cex['together']}")
@@ -130,30 +167,30 @@ def _all(program: Program, path: list[str], deployment_file, dry_run: bool, no_r
               help="envoy: sidecar sockets and upstream endpoints (YAML).")
 @click.option("--dry-run", is_flag=True, help="envoy: observe the policy (shadow rules) without enforcing it.")
 @click.option("--no-range", is_flag=True, help="p4: the target has no range match; ports become ternary entries.")
-@click.option("--path", "path_text", default="fabric,kernel,sidecar", show_default=True,
-              help="all: the engines a flow crosses, in order.")
+@click.option("--path", "path_text", help="all: the engines a flow crosses, in order "
+              "[default: fabric,kernel,sidecar; per destination: `paths` in the deployment file].")
+@click.option("--prefer", type=click.Choice(["early", "late", "everywhere"]), default="early", show_default=True,
+              help="all: enforce L3/L4 denies on the first engine on the path that can, the last, or every one.")
+@click.option("--capacity", multiple=True, metavar="fabric=N",
+              help="all: the switch's acl table holds N entries; what does not fit spills to the next engine.")
 @click.option("--no-prove", is_flag=True, help="all: skip the proof that the engines together enforce the policy.")
 @format_option
 @handle_errors
-def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run, no_range, path_text, no_prove,
-            output_format) -> None:
+def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run, no_range, path_text, prefer,
+            capacity, no_prove, output_format) -> None:
     """Compile policy FILES into artifacts for a target."""
-    if (deployment_file or dry_run) and target != "envoy":
-        raise UsageError("--deployment and --dry-run apply to -t envoy")
+    if (deployment_file or dry_run) and target not in ("envoy", "all"):
+        raise UsageError("--deployment and --dry-run apply to -t envoy and -t all")
     if no_range and target not in ("p4", "all"):
         raise UsageError("--no-range applies to -t p4 and -t all")
-    if target == "all":
-        from .placement import parse_path
-
-        try:
-            path = parse_path(path_text)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+    if target != "all" and (path_text or capacity or prefer != "early" or no_prove):
+        raise UsageError("--path, --prefer, --capacity and --no-prove apply to -t all")
+    capacities = _capacity(capacity)
     compiled = load(list(files), dump_after=dump_after, dump=lambda s: click.echo(s, nl=False))
     if target == "ir":
         out = _ir(compiled.program, no_src)
     elif target == "all":
-        out = _all(compiled.program, path, deployment_file, dry_run, no_range, not no_prove)
+        out = _all(compiled, path_text, prefer, capacities, deployment_file, dry_run, no_range, not no_prove)
     else:
         try:
             if target == "envoy":

@@ -1,102 +1,586 @@
-"""Placement: which engine on a flow's path enforces each rule, from the engines' capability data
-and their compile reports.
+"""Placement: which engine on a flow's path enforces each part of the policy.
 
-With `--prefer early` (the only preference so far) a rule goes to the first engine on the path that
-enforces it exactly; an allow with HTTP conditions is admitted as its L4 projection by the engines
-before the sidecar and refined there. A rule that no engine on the path can enforce is an error at
-its source location.
+A flow is allowed iff every engine on its path allows it. Each engine gets a
+program of its own, made of rules of the policy:
+
+    denies it enforces     an L3/L4 deny goes to the first engine on the path that can hold it
+                           (`--prefer early`: unwanted traffic is shed before it reaches hosts) or
+                           the last (`--prefer late`: enforced next to the workload); HTTP denies go
+                           to the sidecar, the only engine that sees requests
+    rate limits            packet rates on the first (last) engine that meters; request rates on
+                           the sidecar
+    the default deny       on the first (last) engine that can hold it; that engine then admits
+                           every allow of the policy
+    allows as context      an engine admits every allow above a deny it holds that can meet it, so
+                           that the deny takes only the flows the policy denies; an engine below L7
+                           admits an HTTP allow as its L4 projection
+    rechecks               when an engine below L7 holds a deny (or the default) beneath an HTTP
+                           allow it can only admit as its L4 projection, the sidecar holds that
+                           deny too and refines the allow
+
+Every engine's program therefore allows at least what the policy allows (it
+holds only allows, and denies in their full context), and every flow the
+policy denies is denied by the engine its deny is placed on: together they
+decide exactly what the policy decides. `verify/compose.py` proves it for
+what the engines actually emitted.
+
+Capacity: an engine that declares one (the switch's acl table) takes duties
+in decision order while its entries fit; the rest spill to the next capable
+engine on the path, the default first (it needs every allow), then the
+lowest denies.
+
+Paths: one for every destination (`--path`), or per destination in the
+deployment file:
+
+    paths:
+      default: fabric,kernel,sidecar
+      mysql: fabric,kernel          # a service (or identity) by name: no sidecar in front of it
+      10.0.9.0/28: fabric           # a CIDR
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field, replace
 
-from anyplane.backends.base import ENFORCED, NOT_ENFORCED, PROJECTED, Output
-from anyplane.ir.nodes import Program
+from anyplane.ir import fields as F
+from anyplane.ir.actions import Allow, Deny, RateLimit
+from anyplane.ir.addr import Prefix
+from anyplane.ir.match import InSet, Match, PrefixMatch
+from anyplane.ir.nodes import Entry, Program, Rule, Table, decision_key
+from anyplane.ir.source import Diagnostic, DiagnosticError, error
+from anyplane.verify.index import Boxer, OverlapIndex, overlaps
 
 PLACES = ("fabric", "kernel", "sidecar")
-#: Test hook: leave every entry of this rule (FILE:LINE) out of what the engines emit, so that
-#: the composition proof has a broken placement to catch.
+BELOW_L7 = ("fabric", "kernel")
+PREFERENCES = ("early", "late", "everywhere")
+#: Test hook: leave every entry of this rule (FILE:LINE) out of every engine's program, so that the
+#: composition proof has a broken placement to catch.
 DROP_FOR_TESTS: str | None = None
+
+ENFORCES, RECHECKS, ADMITS, ADMITS_L4, NOTHING = "enforces", "rechecks", "admits", "admits-l4", "-"
+
+
+class PathError(ValueError):
+    """A path or a `paths` section is malformed (usage error)."""
+
+
+def parse_path(text) -> tuple[str, ...]:
+    """`fabric,kernel,sidecar` (any order or subset, or a YAML list) as a tuple."""
+    parts = [str(p).strip() for p in text] if isinstance(text, list) else \
+        [p.strip() for p in str(text).split(",") if p.strip()]
+    bad = [p for p in parts if p not in PLACES]
+    if bad or not parts or len(set(parts)) != len(parts):
+        raise PathError(f"a path is a comma-separated subset of {', '.join(PLACES)}, each once")
+    return tuple(parts)
+
+
+@dataclass(frozen=True)
+class Region:
+    """Destinations that share a path: `match` (None: every destination no earlier region takes)."""
+
+    label: str
+    match: Match | None
+    path: tuple[str, ...]
+
+
+def regions(program: Program, path: tuple[str, ...], spec: dict | None = None, where: str = "paths") \
+        -> list[Region]:
+    """The regions of a `paths` section (in its order, first match wins), then the default."""
+    spec = dict(spec or {})
+    if "default" in spec:
+        try:
+            path = parse_path(spec.pop("default"))
+        except PathError as exc:
+            raise PathError(f"{where}.default: {exc}") from None
+    out = []
+    names = {i.name for i in program.identities}
+    for key, value in spec.items():
+        label = str(key)
+        try:
+            p = parse_path(value)
+        except PathError as exc:
+            raise PathError(f"{where}.{label}: {exc}") from None
+        if label in names:
+            idents = program.service_identities(label) if program.identity(label).version is None else (label,)
+            m = Match.of({F.DST_ID: InSet(tuple(sorted(idents)))})
+        else:
+            try:
+                net = ipaddress.ip_network(label, strict=True)
+            except ValueError:
+                raise PathError(f"{where}.{label}: neither a service, an identity of the policy nor a CIDR") \
+                    from None
+            m = Match.of({F.DST_IP: PrefixMatch(Prefix(net.version, int(net.network_address), net.prefixlen))})
+        out.append(Region(label, m, p))
+    out.append(Region("default", None, path))
+    return out
+
+
+@dataclass
+class Duty:
+    """Something an engine must deny: a deny rule, a rate limit, or the default deny."""
+
+    key: str  # a rule id, or "default"
+    kind: str  # deny, rate, http-deny, http-rate, default
+    rule: Rule | None
+    capable: tuple[str, ...]  # places that can hold it alone
+    chosen: dict[str, list[str]] = field(default_factory=dict)  # region -> places holding it there
+    why: dict[str, str] = field(default_factory=dict)  # region -> why
 
 
 @dataclass(frozen=True)
 class Placement:
-    """One rule: where it is enforced, and what every engine on the path does with it."""
+    """One row of the report: a rule (or the default), what every engine does with it, and why."""
 
     location: str
     text: str
-    placed: str | None
-    statuses: dict[str, str]
+    placed: tuple[str, ...]
+    roles: dict[str, str]
     why: str
+    regions: dict[str, list[str]]
 
     def to_json(self) -> dict:
         """One row of placement.json."""
-        return {"rule": self.location, "text": self.text, "placed": self.placed, "engines": self.statuses,
-                "why": self.why}
+        return {"rule": self.location, "text": self.text, "placed": list(self.placed), "engines": self.roles,
+                "why": self.why, "regions": self.regions}
 
 
-def parse_path(text: str) -> list[str]:
-    """`fabric,kernel,sidecar` (any order or subset) as a list; ValueError on anything else."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    bad = [p for p in parts if p not in PLACES]
-    if bad or not parts or len(set(parts)) != len(parts):
-        raise ValueError(f"--path takes a comma-separated subset of {', '.join(PLACES)}, each once")
-    return parts
+@dataclass
+class Plan:
+    """The outcome: each engine's program, the report rows and the regions."""
+
+    places: list[str]
+    programs: dict[str, Program]
+    rows: list[Placement]
+    regions: list[Region]
+    prefer: str
+    spilled: list[str] = field(default_factory=list)
 
 
-def place(program: Program, path: list[str], reports: dict[str, Output]) -> list[Placement]:
-    """A placement row per rule; `reports` maps each place on the path to its engine's output."""
-    by_place = {p: {r.location: r for r in reports[p].report} for p in path}
-    rows = []
-    for rule in program.rules:
-        loc = rule.origin.loc
-        statuses = {p: by_place[p][loc].status for p in path}
-        exact = [p for p in path if statuses[p] == ENFORCED]
-        projected = [p for p in path if statuses[p] == PROJECTED]
-        if exact:
-            placed = exact[0]
-            why = "first engine on the path that enforces it as written"
-            if projected and path.index(projected[0]) < path.index(placed):
-                why += f"; {', '.join(projected)} admit its L4 projection before"
-        elif projected:
-            placed, why = None, "only its L4 projection is enforced on this path: add the sidecar"
+class Planner:
+    """Places one program on the paths of its regions."""
+
+    def __init__(self, program: Program, regions_: list[Region], prefer: str = "early",
+                 capacity: dict[str, int] | None = None, sidecar_covers: dict[str, bool] | None = None,
+                 count_entries=None):
+        if prefer not in PREFERENCES:
+            raise PathError(f"--prefer takes one of {', '.join(PREFERENCES)}")
+        self.program, self.regions, self.prefer = program, regions_, prefer
+        self.capacity = capacity or {}
+        self.covers = sidecar_covers or {}
+        self.count_entries = count_entries  # place, program -> (entries, {loc: entries}, unsupported locs)
+        self.places = [p for p in PLACES if any(p in r.path for r in regions_)]
+        self.ordered = sorted(program.acl.entries, key=decision_key)
+        self.rules = {r.id: r for r in program.rules}
+        self.boxer = Boxer(program)
+        self.boxes = [self.boxer.box(e.match) for e in self.ordered]
+        self.position = {id(e): k for k, e in enumerate(self.ordered)}
+        self.by_rule: dict[str, list[int]] = {}
+        for k, e in enumerate(self.ordered):
+            self.by_rule.setdefault(e.rule, []).append(k)
+        self.region_boxes = [None if r.match is None else self.boxer.box(r.match) for r in regions_]
+        # Indexes over the allows only, and over the HTTP allows only: context and rechecks ask them.
+        self.allow_pos = [k for k, e in enumerate(self.ordered) if not isinstance(e.action, Deny)]
+        self.allow_index = OverlapIndex([self.boxes[k] for k in self.allow_pos])
+        self.http_pos = [k for k in self.allow_pos if self.ordered[k].match.layer == "L7"]
+        self.http_index = OverlapIndex([self.boxes[k] for k in self.http_pos])
+        self.errors: list[Diagnostic] = []
+        self.spilled: list[str] = []
+
+    # -- what each rule asks for ----------------------------------------------------------
+    def _duties(self) -> list[Duty]:
+        out = []
+        for rule in self.program.rules:
+            if rule.id not in self.by_rule:
+                continue
+            actions = {type(self.ordered[k].action) for k in self.by_rule[rule.id]}
+            http = rule.layer == "L7"
+            sidecar = ("sidecar",) if self.covers.get(rule.id, False) else ()
+            if Deny in actions:
+                out.append(Duty(rule.id, "http-deny" if http else "deny", rule,
+                                sidecar if http else BELOW_L7 + sidecar))
+            elif RateLimit in actions:
+                out.append(Duty(rule.id, "http-rate" if http else "rate", rule, sidecar if http else BELOW_L7))
+        if self.program.default == "deny":
+            out.append(Duty("default", "default", None, BELOW_L7))
+        return out
+
+    def _touches(self, duty: Duty, r: int) -> bool:
+        """Whether some of the duty's flows go to destinations of region r (earlier regions take theirs)."""
+        if duty.rule is None:
+            return True
+        rbox = self.region_boxes[r]
+        for k in self.by_rule[duty.key]:
+            if rbox is not None and not overlaps(self.boxes[k], rbox):
+                continue
+            if not any(self._inside(k, j) for j in range(r)):
+                return True
+        return False
+
+    def _inside(self, k: int, r: int) -> bool:
+        """Whether every destination entry k can match belongs to region r (a structural check)."""
+        region = self.regions[r].match
+        m = self.ordered[k].match
+        ids, ips = m.get(F.DST_ID), m.get(F.DST_IP)
+        want_ids, want_ip = region.get(F.DST_ID), region.get(F.DST_IP)
+        if want_ids is not None:
+            return isinstance(ids, InSet) and set(ids.values) <= set(want_ids.values)
+        net = want_ip.prefix
+        if isinstance(ips, PrefixMatch):
+            return net.covers(ips.prefix)
+        if isinstance(ids, InSet):
+            declared = [p for v in ids.values for p in self.boxer.identity_prefixes.get(v, [None])]
+            return all(p is not None and net.covers(p) for p in declared)
+        return False
+
+    def _order(self, path: tuple[str, ...]) -> list[str]:
+        return list(reversed(path)) if self.prefer == "late" else list(path)
+
+    def _choose(self, duty: Duty, r: int, skip: set[str] = frozenset()) -> None:
+        region = self.regions[r]
+        options = [p for p in self._order(region.path) if p in duty.capable and p not in skip]
+        if not options:
+            duty.chosen[region.label] = []
+            return
+        duty.chosen[region.label] = options if self.prefer == "everywhere" else options[:1]
+        first = "last" if self.prefer == "late" else "first"
+        duty.why[region.label] = {
+            "deny": f"L3/L4 deny: the {first} engine on the path that can hold it",
+            "rate": f"packet rate limit: the {first} engine on the path that meters",
+            "http-deny": "HTTP conditions: only the sidecar sees requests",
+            "http-rate": "request rate limit: only the sidecar counts requests",
+            "default": f"the default deny: the {first} engine on the path that can hold it; it admits every allow",
+        }[duty.kind]
+        if self.prefer == "everywhere":
+            duty.why[region.label] = "every engine on the path that can hold it (--prefer everywhere)"
+
+    def _unplaceable(self, duty: Duty, region: Region) -> None:
+        span = duty.rule.origin if duty.rule else self.program.default_origin
+        path = "the path" if region.match is None else f"the path of {region.label}"
+        on = f"{path} ({' -> '.join(region.path)})"
+        if duty.kind == "default":
+            msg = f"the default deny needs the kernel or the fabric on {on}: the sidecar sees only TCP to service ports"
+        elif duty.kind in ("http-deny", "http-rate"):
+            what = "HTTP conditions" if duty.kind == "http-deny" else "a request rate limit"
+            if "sidecar" in region.path:
+                msg = f"{what} need a sidecar, and not all of this rule's traffic reaches one (TCP to a service port)"
+            else:
+                msg = f"{what} need the sidecar on {on}"
+        elif duty.kind == "rate":
+            msg = f"a packet rate limit needs the kernel or the fabric on {on}"
         else:
-            placed, why = None, "no engine on this path can enforce it"
-        rows.append(Placement(loc, rule.text, placed, statuses, why))
-    return rows
+            msg = f"no engine on {on} can enforce this deny: the sidecar sees only TCP to service ports"
+        self.errors.append(error(span, "placement", msg))
+
+    # -- programs -------------------------------------------------------------------------
+    def _held(self, duties: list[Duty]) -> tuple[dict[str, set[str]], dict[str, bool]]:
+        """Per place: the duty keys it enforces, and whether it holds the default."""
+        enforce = {p: set() for p in self.places}
+        default = {p: False for p in self.places}
+        for d in duties:
+            for places in d.chosen.values():
+                for p in places:
+                    if d.key == "default":
+                        default[p] = True
+                    else:
+                        enforce[p].add(d.key)
+        return enforce, default
+
+    def _http_allows_above(self, positions: list[int], r: int | None) -> list[int]:
+        """HTTP allows decided before these entries that can meet them (and the region)."""
+        out = set()
+        if not self.http_pos:
+            return []
+        for k in positions:
+            for i in self.http_index.candidates(self.boxes[k]):
+                if self.http_pos[i] >= k:
+                    break
+                out.add(self.http_pos[i])
+        if r is not None and self.region_boxes[r] is not None:
+            out = {j for j in out if overlaps(self.boxes[j], self.region_boxes[r])}
+        return sorted(out)
+
+    def _http_allows(self, r: int) -> list[int]:
+        rbox = self.region_boxes[r]
+        return [k for k, e in enumerate(self.ordered) if e.match.layer == "L7" and not isinstance(e.action, Deny)
+                and (rbox is None or overlaps(self.boxes[k], rbox))]
+
+    def _rechecks(self, duties: list[Duty]) -> dict[str, list[str]]:
+        """Duties held below L7 beneath HTTP allows: the sidecar holds them too, per region."""
+        out: dict[str, list[str]] = {}
+        for d in duties:
+            if d.kind not in ("deny", "default"):
+                continue
+            for r, region in enumerate(self.regions):
+                held = d.chosen.get(region.label, [])
+                if not any(p in BELOW_L7 for p in held) or "sidecar" in held:
+                    continue
+                above = self._http_allows(r) if d.key == "default" else \
+                    self._http_allows_above(self.by_rule[d.key], r)
+                if not above:
+                    continue
+                if "sidecar" not in region.path:
+                    for k in above[:1]:
+                        rule = self.rules[self.ordered[k].rule]
+                        path = "the path" if region.match is None else f"the path of {region.label}"
+                        self.errors.append(error(rule.origin, "placement",
+                                                 f"only the L4 projection of this HTTP allow is enforced on {path} "
+                                                 f"({' -> '.join(region.path)}): add the sidecar"))
+                    continue
+                out.setdefault(d.key, []).append(region.label)
+        return out
+
+    def _context(self, denies: set[str], default: bool) -> set[str]:
+        """Allow rules an engine must admit: all of them under its own default deny, else those decided
+        before one of its denies that can meet it."""
+        if default:
+            return {e.rule for e in self.ordered if not isinstance(e.action, Deny)}
+        out = set()
+        for key in denies:
+            for k in self.by_rule.get(key, ()):
+                for i in self.allow_index.candidates(self.boxes[k]):
+                    if self.allow_pos[i] >= k:
+                        break
+                    out.add(self.ordered[self.allow_pos[i]].rule)
+        return out
+
+    def program_for(self, place: str, denies: set[str], default: bool, rates: set[str]) -> Program:
+        """One engine's program: its denies and rate limits, the allows they need, its default."""
+        keep = denies | rates | self._context(denies, default)
+        if DROP_FOR_TESTS is not None:
+            keep = {k for k in keep if k not in self.rules or self.rules[k].origin.loc != DROP_FOR_TESTS}
+        entries = []
+        for e in self.program.acl.entries:
+            if e.rule not in keep:
+                continue
+            if isinstance(e.action, RateLimit) and e.rule not in rates:
+                e = replace(e, action=Allow())  # context only: the limit is metered elsewhere
+            entries.append(e)
+        rules = tuple(r for r in self.program.rules if r.id in keep)
+        return replace(self.program, default="deny" if default else "allow", acl=Table(self.program.acl.name,
+                       tuple(entries)), rules=rules,
+                       routes=self.program.routes if place == "sidecar" else Table(self.program.routes.name, ()))
+
+    def _programs(self, duties: list[Duty]) -> tuple[dict[str, Program], dict[str, list[str]]]:
+        enforce, default = self._held(duties)
+        rechecks = self._rechecks(duties)
+        if "sidecar" in self.places:
+            for key in rechecks:
+                if key == "default":
+                    default["sidecar"] = True
+                else:
+                    enforce["sidecar"].add(key)
+        kinds = {d.key: d.kind for d in duties}
+        programs = {}
+        for p in self.places:
+            denies = {k for k in enforce[p] if kinds[k] in ("deny", "http-deny")}
+            rates = {k for k in enforce[p] if kinds[k] in ("rate", "http-rate")}
+            programs[p] = self.program_for(p, denies, default[p], rates)
+        return programs, rechecks
+
+    # -- capacity -------------------------------------------------------------------------
+    def _spill(self, duties: list[Duty], programs: dict[str, Program]) -> bool:
+        """Move duties off engines whose program does not fit; True when something moved."""
+        moved = False
+        for place, cap in self.capacity.items():
+            if place not in programs or self.count_entries is None:
+                continue
+            total, per_loc, unsupported = self.count_entries(place, programs[place])
+            here = [d for d in duties if any(place in ps for ps in d.chosen.values())]
+            victims: list[Duty] = [d for d in here if d.rule is not None and d.rule.origin.loc in unsupported]
+            if total > cap:
+                excess = total - cap
+                default = next((d for d in here if d.key == "default"), None)
+                if default is not None:
+                    victims.append(default)
+                else:
+                    ranked = sorted((d for d in here if d.rule is not None and d not in victims),
+                                    key=lambda d: min(self.by_rule[d.key]), reverse=True)
+                    for d in ranked:
+                        victims.append(d)
+                        excess -= max(1, per_loc.get(d.rule.origin.loc, 1))
+                        if excess <= 0:
+                            break
+            for d in victims:
+                loc = d.rule.origin.loc if d.rule else None
+                why = f"spilled: {place} cannot express it ({unsupported[loc]})" if loc in unsupported \
+                    else f"spilled: {place} holds {cap} acl entries, this policy needs {total} there"
+                for r, region in enumerate(self.regions):
+                    if place not in d.chosen.get(region.label, []):
+                        continue
+                    self._choose(d, r, skip={place})
+                    d.why[region.label] = f"{why}; then {d.why.get(region.label, '')}"
+                    if not d.chosen[region.label]:
+                        path = "the path" if region.match is None else f"the path of {region.label}"
+                        what = "the default deny" if d.key == "default" else "this rule"
+                        self.errors.append(error(
+                            d.rule.origin if d.rule else self.program.default_origin, "placement",
+                            f"{why.removeprefix('spilled: ')}; no other engine on {path} "
+                            f"({' -> '.join(region.path)}) can take {what}"))
+                    moved = True
+                label = d.rule.origin.loc if d.rule else "default"
+                self.spilled.append(f"{label}: {place} -> "
+                                    + ",".join(sorted({p for ps in d.chosen.values() for p in ps})))
+        return moved
+
+    # -- everything -----------------------------------------------------------------------
+    def plan(self) -> Plan:
+        duties = self._duties()
+        for d in duties:
+            for r, region in enumerate(self.regions):
+                if not self._touches(d, r):
+                    continue
+                self._choose(d, r)
+                if not d.chosen[region.label]:
+                    self._unplaceable(d, region)
+        self._raise()
+        programs, rechecks = self._programs(duties)
+        self._raise()
+        for _ in range(12):
+            if not self._spill(duties, programs):
+                break
+            self._raise()
+            programs, rechecks = self._programs(duties)
+            self._raise()
+        rows = self._rows(duties, programs, rechecks)
+        return Plan(self.places, programs, rows, self.regions, self.prefer, self.spilled)
+
+    def _raise(self) -> None:
+        if self.errors:
+            seen, unique = set(), []
+            for d in self.errors:
+                if (d.span, d.message) not in seen:
+                    seen.add((d.span, d.message))
+                    unique.append(d)
+            unique.sort(key=lambda d: (d.span is None, d.span or ("", 0, 0, 0, 0)))
+            raise DiagnosticError(unique)
+
+    # -- report ---------------------------------------------------------------------------
+    def _rows(self, duties: list[Duty], programs: dict[str, Program], rechecks: dict[str, list[str]]) \
+            -> list[Placement]:
+        by_key = {d.key: d for d in duties}
+        held = {p: {r.id for r in prog.rules} for p, prog in programs.items()}
+        rows = []
+        for rule in self.program.rules:
+            d = by_key.get(rule.id)
+            roles = {}
+            for p in self.places:
+                if rule.id not in held[p]:
+                    roles[p] = NOTHING
+                elif d is not None and any(p in ps for ps in d.chosen.values()):
+                    roles[p] = ENFORCES
+                elif d is not None and p == "sidecar" and rule.id in rechecks:
+                    roles[p] = RECHECKS
+                else:
+                    roles[p] = ADMITS_L4 if rule.layer == "L7" and p != "sidecar" else ADMITS
+            if d is not None:
+                placed = tuple(p for p in self.places if roles[p] in (ENFORCES, RECHECKS))
+                why = _why(d, self.regions)
+                if rule.id in rechecks:
+                    why += "; the sidecar rechecks it: HTTP allows above it are admitted as L4 projections before"
+                regions_ = {k: v for k, v in d.chosen.items()}
+            else:
+                placed = tuple(p for p in self.places if roles[p] == ADMITS)
+                if rule.layer == "L7":
+                    placed = ("sidecar",) if roles.get("sidecar") == ADMITS else ()
+                    why = "HTTP allow: the sidecar checks its conditions" if placed else \
+                        "nothing below it is denied by any engine: its flows pass"
+                    below = [p for p in self.places if roles[p] == ADMITS_L4]
+                    if below and placed:
+                        why += f"; its L4 projection is admitted by {', '.join(below)}"
+                elif placed:
+                    why = "allow: admitted where a deny beneath it or the default is enforced"
+                else:
+                    why = "nothing below it is denied by any engine: its flows pass"
+                regions_ = {}
+            rows.append(Placement(rule.origin.loc, rule.text, placed, roles, why, regions_))
+        if self.program.default == "deny":
+            d = by_key["default"]
+            roles = {p: ENFORCES if any(p in ps for ps in d.chosen.values()) else
+                     (RECHECKS if p == "sidecar" and "default" in rechecks else NOTHING) for p in self.places}
+            why = _why(d, self.regions)
+            if "default" in rechecks:
+                why += "; the sidecar rechecks it: HTTP allows are admitted as L4 projections before"
+            loc = self.program.default_origin.loc if self.program.default_origin else "default"
+            rows.append(Placement(loc, "default deny", tuple(p for p in self.places if roles[p] != NOTHING), roles,
+                                  why, dict(d.chosen)))
+        return rows
 
 
-def text(rows: list[Placement], path: list[str]) -> str:
+def _why(d: Duty, regions_: list[Region]) -> str:
+    """Why a duty sits where it does; per destination when the paths place it differently."""
+    chosen = {tuple(v) for v in d.chosen.values()}
+    reasons = sorted(set(d.why.values()))
+    if len(chosen) <= 1:
+        return "; ".join(reasons)
+    where = ", ".join(f"{r.label}: {','.join(d.chosen[r.label]) or '-'}" for r in regions_ if r.label in d.chosen)
+    return "; ".join(reasons) + f" (per destination: {where})"
+
+
+def text(plan: Plan) -> str:
     """The placement report as text."""
+    rows = plan.rows
     width = max((len(r.location) for r in rows), default=10)
-    lines = [f"# placement on the path {' -> '.join(path)}", "",
-             f"{'rule':<{width}}  {'placed':<8} " + " ".join(f"{p:<14}" for p in path)]
+    paths = "; ".join(f"{r.label}: {' -> '.join(r.path)}" for r in plan.regions)
+    lines = [f"# placement (prefer {plan.prefer}); paths: {paths}", "",
+             f"{'rule':<{width}}  {'placed':<22} " + " ".join(f"{p:<10}" for p in plan.places) + "  why"]
     for r in rows:
-        lines.append(f"{r.location:<{width}}  {r.placed or '-':<8} "
-                     + " ".join(f"{r.statuses[p]:<14}" for p in path) + f"  {r.why}")
+        placed = ",".join(r.placed) or "-"
+        lines.append(f"{r.location:<{width}}  {placed:<22} " + " ".join(f"{r.roles[p]:<10}" for p in plan.places)
+                     + f"  {r.why}")
+    counts = {p: len(prog.rules) for p, prog in plan.programs.items()}
+    lines += ["", "rules held: " + ", ".join(f"{p} {n}" for p, n in counts.items())]
+    if plan.spilled:
+        lines += ["spilled: " + "; ".join(plan.spilled)]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["place", "parse_path", "text", "Placement", "PLACES", "NOT_ENFORCED"]
+def fabric_counter(range_match: bool):
+    """How many acl entries a program needs on the switch, per rule, and what it cannot express."""
+    from anyplane.backends.p4.entries import Unsupported, build
+    from anyplane.backends.p4.pipeline import Features
+
+    def count(place: str, program: Program):
+        try:
+            entries = build(program, Features(range_match=range_match, acl_size=1 << 30))
+        except Unsupported:
+            return 0, {}, {}
+        return len(entries.acl), entries.per_rule, entries.unsupported
+    return count
 
 
-def prove_path(program: Program, path: list[str], deployment=None, range_match: bool = True):
-    """The composition proof for a path: each engine's emitted decisions, read back as IR, together
-    against the policy (translation validation of `compile -t all`)."""
+def plan(program: Program, regions_: list[Region], prefer: str = "early", capacity: dict[str, int] | None = None,
+         range_match: bool = True) -> Plan:
+    """Place a program on its regions' paths (engines that declare a capacity spill what does not fit)."""
+    covers = None
+    if any("sidecar" in r.path for r in regions_):
+        from anyplane.backends.envoy.engine import covers as sidecar_covers
+
+        covers = sidecar_covers(program)
+    return Planner(program, regions_, prefer, capacity, covers, fabric_counter(range_match)).plan()
+
+
+def prove(program: Program, placed: Plan, range_match: bool = True):
+    """The composition proof: what each engine emitted for its program, read back as IR, together
+    against the policy, per region with the engines on its path (translation validation)."""
     from anyplane.backends.ebpf import engine as kernel
     from anyplane.backends.envoy import engine as sidecar
     from anyplane.backends.p4 import engine as fabric
     from anyplane.backends.p4.pipeline import Features
-    from anyplane.verify.compose import prove
+    from anyplane.verify.compose import Scope, prove as prove_composition
 
-    drop = DROP_FOR_TESTS
     lifted = {}
-    for where in path:
+    for where, sub in placed.programs.items():
         if where == "fabric":
-            lifted[where] = fabric.lifted(program, Features(range_match=range_match, acl_size=1 << 30), drop)
+            lifted[where] = fabric.lifted(sub, Features(range_match=range_match, acl_size=1 << 30))
         elif where == "kernel":
-            lifted[where] = kernel.lifted(program, drop)
+            lifted[where] = kernel.lifted(sub)
         else:
-            lifted[where] = sidecar.lifted(program, deployment, drop)
-    return prove(program, lifted)
+            lifted[where] = sidecar.lifted(sub)
+    earlier: list[Match] = []
+    scopes = []
+    for r in placed.regions:
+        scopes.append(Scope(r.label, r.match, tuple(earlier), r.path))
+        if r.match is not None:
+            earlier.append(r.match)
+    return prove_composition(program, lifted, scopes)
