@@ -101,11 +101,22 @@ def _on_sidecar_path(program, f) -> bool:
     return f.proto == 6 and f.dport in PORTS.values() and bool(owners)
 
 
-@pytest.mark.parametrize("prefer", ["early", "late"])
-def test_bookinfo_end_to_end_through_switch_kernel_and_sidecar(prefer):
-    """Each engine runs the program placed on it (`compile -t all --prefer PREFER`)."""
+def test_bookinfo_end_to_end_through_switch_kernel_and_sidecar():
+    """Each engine runs the program placed on it, with L3/L4 enforcement early (the switch holds the
+    denies and the default) and late (the kernel does). One test: both runs bind the same ports."""
     require_kernel()
     require_envoy()
+    global PORTS
+    base = dict(PORTS)
+    try:
+        for shift, prefer in enumerate(("early", "late")):
+            PORTS = {svc: port + 100 * shift for svc, port in base.items()}  # fresh sockets for each run
+            _bookinfo_through_the_path(prefer)
+    finally:
+        PORTS = base
+
+
+def _bookinfo_through_the_path(prefer: str) -> None:
     n = subnet()
     program = compile_text(_bookinfo(n), "bookinfo.ap").program
     plan = placement.plan(program, placement.regions(program, ("fabric", "kernel", "sidecar")), prefer)

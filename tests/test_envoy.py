@@ -411,6 +411,7 @@ def test_outlier_detection_ejects_a_failing_instance():
 }}
 service front {{ address 127.{n}.2.0/24  port 8080 http }}
 default deny
+allow front -> web http * /*
 route web http /o/* {{
   to v1
 }}
@@ -430,3 +431,26 @@ limits web {{
     assert codes.count(503) == 3 and codes[-10:] == [200] * 10
     assert len(g.seen) == 17
     assert ejected == 1
+
+
+def test_a_sidecar_gets_routes_only_to_destinations_the_policy_lets_it_reach():
+    """Egress scoping from the policy: ratings may reach only mysql (TCP), so its sidecar has no
+    outbound HTTP routes; productpage's has details and reviews, not ratings."""
+    from anyplane.backends.envoy.config import sidecar_resources
+    from anyplane.backends.envoy.deployment import Deployment
+
+    program = load_example("bookinfo").program
+
+    def vhosts(svc):
+        listeners, clusters, _ = sidecar_resources(program, svc, Deployment())
+        out = [lst for lst in listeners if lst["name"] == f"out|{svc}"]
+        if not out:
+            return set(), {c["name"] for c in clusters}
+        hcm = out[0]["filter_chains"][0]["filters"][0]["typed_config"]
+        return {v["name"] for v in hcm["route_config"]["virtual_hosts"]}, {c["name"] for c in clusters}
+
+    hosts, clusters = vhosts("productpage")
+    assert hosts == {"details:9080", "reviews:9080"}
+    assert "out|reviews.v1|9080" in clusters and not any(c.startswith("out|ratings") for c in clusters)
+    assert vhosts("reviews")[0] == {"ratings:9080"}
+    assert vhosts("ratings")[0] == set()

@@ -172,7 +172,7 @@ def sidecar_resources(program: Program, service: str, deployment: Deployment, dr
     out_listener = outbound_listener(program, service, deployment)
     if out_listener is not None:
         listeners.append(out_listener)
-        clusters += outbound_clusters(program, deployment)
+        clusters += outbound_clusters(program, deployment, service)
     return listeners, clusters, plans
 
 

@@ -180,12 +180,40 @@ def toward(e: Entry, identities: set[str], prefixes: list[Prefix]) -> bool:
     return True
 
 
+_ORDERED: dict[int, tuple] = {}
+
+
+def _by_destination(program: Program) -> tuple[list[Entry], dict[str, list[int]], list[int]]:
+    """The acl in decision order, positions per destination identity, and positions with no identity
+    (computed once per program: every listener of every service asks)."""
+    hit = _ORDERED.get(id(program))
+    if hit is not None and hit[0] is program:
+        return hit[1]
+    ordered = sorted(program.acl.entries, key=decision_key)
+    by_id: dict[str, list[int]] = {}
+    anywhere: list[int] = []
+    for k, e in enumerate(ordered):
+        ids = e.match.get(F.DST_ID)
+        if ids is None:
+            anywhere.append(k)
+        else:
+            for v in ids.values:
+                by_id.setdefault(v, []).append(k)
+    _ORDERED.clear()
+    _ORDERED[id(program)] = (program, (ordered, by_id, anywhere))
+    return ordered, by_id, anywhere
+
+
 def listener_plan(program: Program, service: str, port: int, http: bool, names: dict[int, str]) -> Listener:
     """The entries one inbound listener decides with, in decision order."""
     identities = set(program.service_identities(service))
     prefixes = [row.prefix for row in program.endpoints if row.identity in identities]
+    ordered, by_id, anywhere = _by_destination(program)
+    positions = set(anywhere)
+    for v in identities:
+        positions.update(by_id.get(v, ()))
     entries = []
-    for e in sorted(program.acl.entries, key=decision_key):
+    for e in (ordered[k] for k in sorted(positions)):
         m = e.match
         if not (toward(e, identities, prefixes) and _admits(m.get(F.PROTO), TCP) and _admits(m.get(F.DPORT), port)):
             continue

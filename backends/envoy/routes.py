@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 from anyplane.ir import fields as F
-from anyplane.ir.match import Absent, InSet, Present, StrExact, StrPrefix
+from anyplane.ir.actions import Deny
+from anyplane.ir.match import Absent, InSet, Present, StrExact, StrPrefix, options
 from anyplane.ir.nodes import Entry, Program
 
 from .deployment import Deployment
@@ -86,12 +87,46 @@ def _services(program: Program):
     return [i for i in program.identities if i.version is None and i.kind == "service" and i.http_ports]
 
 
+def _side_meets(m, id_field: str, ip_field: str, identities: set[str], prefixes: list) -> bool:
+    ids, ips = m.get(id_field), m.get(ip_field)
+    if ids is not None and not (set(ids.values) & identities):
+        return False
+    if ips is not None and not any(o.prefix.covers(p) or p.covers(o.prefix) for o in options(ips) for p in prefixes):
+        return False
+    return True
+
+
+def egress(program: Program, service: str) -> list:
+    """Destination services this service's sidecar needs routes and clusters for: those some allow of the
+    policy lets it reach (every one under `default allow`). Like an Istio Sidecar's egress hosts, from
+    the policy: the other destinations are denied anyway, and a mesh of many services stays small."""
+    dests = _services(program)
+    if program.default == "allow":
+        return dests
+    owned: dict[str, list] = {}
+    for row in program.endpoints:
+        owned.setdefault(row.identity, []).append(row.prefix)
+    mine = set(program.service_identities(service))
+    my_prefixes = [p for i in mine for p in owned.get(i, ())]
+    allows = [e for e in program.acl.entries if not isinstance(e.action, Deny)
+              and _side_meets(e.match, F.SRC_ID, F.SRC_IP, mine, my_prefixes)]
+    out = []
+    for dest in dests:
+        theirs = set(program.service_identities(dest.name))
+        prefixes = [p for i in theirs for p in owned.get(i, ())]
+        if any(_side_meets(e.match, F.DST_ID, F.DST_IP, theirs, prefixes) for e in allows):
+            out.append(dest)
+    return out
+
+
 def outbound_listener(program: Program, service: str, deployment: Deployment) -> dict | None:
     """The listener the application's requests to other services go through."""
     vhosts = []
-    for dest in _services(program):
-        routes = sorted((e for e in program.routes.entries if e.action.service == dest.name),
-                        key=lambda e: -e.priority)
+    by_service: dict[str, list] = {}
+    for e in program.routes.entries:
+        by_service.setdefault(e.action.service, []).append(e)
+    for dest in egress(program, service):
+        routes = sorted(by_service.get(dest.name, ()), key=lambda e: -e.priority)
         for k, port in enumerate(dest.http_ports):
             domains = [f"{dest.name}:{port}"] + ([dest.name] if k == 0 else [])
             vhosts.append({"name": f"{dest.name}:{port}", "domains": domains, "routes": [
@@ -108,11 +143,11 @@ def outbound_listener(program: Program, service: str, deployment: Deployment) ->
                     "@type": TYPE + "envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}
 
 
-def _endpoints(program: Program, identities: list[str], dns: str, port: int, deployment: Deployment):
-    """(cluster type, lb endpoints) for a set of identities."""
+def _endpoints(owned: dict[str, list], identities: list[str], dns: str, port: int, deployment: Deployment):
+    """(cluster type, lb endpoints) for a set of identities (`owned`: identity -> its endpoint prefixes)."""
     given = [ep for i in identities for ep in deployment.endpoints.get(i, ())]
     if not given:
-        rows = [row.prefix for row in program.endpoints if row.identity in identities]
+        rows = [p for i in identities for p in owned.get(i, ())]
         if rows and all(p.length == p.width for p in rows):
             given = [(str(p).split("/")[0], None) for p in rows]
     if given:
@@ -144,16 +179,20 @@ def _breaker(program: Program, service: str) -> dict:
     return out
 
 
-def outbound_clusters(program: Program, deployment: Deployment) -> list[dict]:
-    """A cluster per destination service and port, and per version, with its limits."""
+def outbound_clusters(program: Program, deployment: Deployment, service: str | None = None) -> list[dict]:
+    """A cluster per destination service (of `service`'s egress, or all) and port, and per version, with its
+    limits."""
     clusters = []
-    for dest in _services(program):
+    owned: dict[str, list] = {}
+    for row in program.endpoints:
+        owned.setdefault(row.identity, []).append(row.prefix)
+    for dest in (egress(program, service) if service else _services(program)):
         idents = list(program.service_identities(dest.name))
         for port in dest.http_ports:
             members = [(dest.name, idents, dest.name)] + [
                 (i, [i], f"{program.identity(i).version}.{dest.name}") for i in idents if i != dest.name]
             for ident, group, dns in members:
-                kind, eps = _endpoints(program, group, dns, port, deployment)
+                kind, eps = _endpoints(owned, group, dns, port, deployment)
                 name = cluster_name(ident, port)
                 cluster = {"name": name, "type": kind, "connect_timeout": "1s",
                            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": eps}]}}
