@@ -8,7 +8,6 @@ Target: at 10k rules, everything (front end, three engines, placement, proof) in
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from anyplane.backends.p4.pipeline import Features  # noqa: E402
 from anyplane.compiler.commands import placement  # noqa: E402
 from anyplane.compiler.pipeline import compile_sources  # noqa: E402
 
-from bench import classbench, synth  # noqa: E402
+from bench import classbench, report, synth  # noqa: E402
 
 
 def source(name: str) -> str:
@@ -59,20 +58,15 @@ def main() -> None:
     ap.add_argument("--prefer", default="early", help="early, late or everywhere (comma-separated for several)")
     ap.add_argument("--format", choices=("text", "json"), default="text")
     args = ap.parse_args()
-    rows = []
-    for name in args.sets.split(","):
-        for prefer in args.prefer.split(","):
-            row = measure(name, prefer)
-            rows.append(row)
-            if args.format == "text":
-                held = ", ".join(f"{p} {n}" for p, n in row["held"].items())
-                print(f"{name:>14} {prefer:<10}: {row['rules']:>6} rules  total {row['total_s']:>6.1f} s  (front end "
-                      f"{row['frontend_s']:.1f}, placement {row['placement_s']:.1f}, engines {row['engines_s']:.1f}, "
-                      f"proof {row['proof_s']:.1f} s = {row['proof_share']:.0%})  proved={row['proved']}  "
-                      f"rules held: {held}", flush=True)
-    if args.format == "json":
-        print(json.dumps(rows, indent=1))
+    def line(row: dict) -> str:
+        held = ", ".join(f"{p} {n}" for p, n in row["held"].items())
+        return (f"{row['set']:>14} {row['prefer']:<10}: {row['rules']:>6} rules  total {row['total_s']:>6.1f} s  "
+                f"(front end {row['frontend_s']:.1f}, placement {row['placement_s']:.1f}, engines "
+                f"{row['engines_s']:.1f}, proof {row['proof_s']:.1f} s = {row['proof_share']:.0%})  "
+                f"proved={row['proved']}  rules held: {held}")
 
+    cases = [(name, prefer) for name in args.sets.split(",") for prefer in args.prefer.split(",")]
+    report.run(cases, measure, line, args.format)
 
 if __name__ == "__main__":
     main()

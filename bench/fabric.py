@@ -14,7 +14,6 @@ Target: fewer entries than naive by at least half; 10k rules compile in < 10 s.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from anyplane.backends.p4 import engine  # noqa: E402
 from anyplane.backends.p4.pipeline import Features, Names, p4info  # noqa: E402
 from anyplane.compiler.pipeline import compile_sources  # noqa: E402
 
-from bench import classbench  # noqa: E402
+from bench import classbench, report  # noqa: E402
 
 
 def measure(name: str) -> dict:
@@ -54,20 +53,15 @@ def main() -> None:
     ap.add_argument("--sets", default="acl1,fw1,ipc1")
     ap.add_argument("--format", choices=("text", "json"), default="text")
     args = ap.parse_args()
-    rows = []
-    for size in args.sizes.split(","):
-        for s in args.sets.split(","):
-            row = measure(f"{s}_{size}")
-            rows.append(row)
-            if args.format == "text":
-                print(f"{row['set']:>9}: {row['rules']:>6} rules | range {row['range_entries']:>6} entries "
-                      f"({row['range_entries'] / row['range_naive']:.0%} of naive {row['range_naive']}) "
-                      f"{row['range_compile_s']:.2f} s | no-range {row['ternary_entries']:>6} "
-                      f"({row['ternary_entries'] / row['ternary_naive']:.0%} of naive) "
-                      f"{row['ternary_compile_s']:.2f} s | front end {row['frontend_s']:.2f} s", flush=True)
-    if args.format == "json":
-        print(json.dumps(rows, indent=1))
+    def line(row: dict) -> str:
+        return (f"{row['set']:>9}: {row['rules']:>6} rules | range {row['range_entries']:>6} entries "
+                f"({row['range_entries'] / row['range_naive']:.0%} of naive {row['range_naive']}) "
+                f"{row['range_compile_s']:.2f} s | no-range {row['ternary_entries']:>6} "
+                f"({row['ternary_entries'] / row['ternary_naive']:.0%} of naive) "
+                f"{row['ternary_compile_s']:.2f} s | front end {row['frontend_s']:.2f} s")
 
+    cases = [(f"{s}_{size}",) for size in args.sizes.split(",") for s in args.sets.split(",")]
+    report.run(cases, measure, line, args.format)
 
 if __name__ == "__main__":
     main()

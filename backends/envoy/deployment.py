@@ -49,6 +49,7 @@ class Deployment:
 
     sidecars: dict[str, Sidecar] = field(default_factory=dict)
     endpoints: dict[str, tuple[tuple[str, int | None], ...]] = field(default_factory=dict)
+    paths: dict | None = None  # destination -> path, as written (placement reads it: compile -t all)
 
     def sidecar(self, service: str) -> Sidecar:
         """The sidecar sockets of a service (defaults when not given)."""
@@ -109,4 +110,7 @@ def load(path: str | None) -> Deployment:
         if not isinstance(items, list) or not items:
             raise DeploymentError(f"{where}: give a non-empty list of addresses")
         endpoints[str(ident)] = tuple(_endpoint(i, where) for i in items)
-    return Deployment(sidecars, endpoints)
+    paths = data.get("paths")
+    if paths is not None and not isinstance(paths, dict):
+        raise DeploymentError(f"{path}: paths: expected a mapping of destination to path")
+    return Deployment(sidecars, endpoints, paths)

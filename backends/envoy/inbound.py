@@ -169,9 +169,9 @@ def _admits(fm, value: int) -> bool:
     return False
 
 
-def toward(e: Entry, identities: set[str], prefixes: list[Prefix]) -> bool:
-    """Whether an entry's destination can be an address of this service."""
-    ids, ips = e.match.get(F.DST_ID), e.match.get(F.DST_IP)
+def meets(m: Match, id_field: str, ip_field: str, identities: set[str], prefixes: list[Prefix]) -> bool:
+    """Whether one side (source or destination) of a match can be an address of these identities."""
+    ids, ips = m.get(id_field), m.get(ip_field)
     if ids is not None and not (set(ids.values) & identities):
         return False
     if ips is not None and not any(o.prefix.covers(p) or p.covers(o.prefix)
@@ -215,7 +215,7 @@ def listener_plan(program: Program, service: str, port: int, http: bool, names: 
     entries = []
     for e in (ordered[k] for k in sorted(positions)):
         m = e.match
-        if not (toward(e, identities, prefixes) and _admits(m.get(F.PROTO), TCP) and _admits(m.get(F.DPORT), port)):
+        if not (meets(m, F.DST_ID, F.DST_IP, identities, prefixes) and _admits(m.get(F.PROTO), TCP) and _admits(m.get(F.DPORT), port)):
             continue
         if m.get(F.ICMP_TYPE) is not None or m.get(F.ICMP_CODE) is not None:
             continue

@@ -12,11 +12,11 @@ import re
 
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny
-from anyplane.ir.match import Absent, InSet, Present, StrExact, StrPrefix, options
+from anyplane.ir.match import Absent, InSet, Present, StrExact, StrPrefix
 from anyplane.ir.nodes import Entry, Program
 
 from .deployment import Deployment
-from .inbound import TYPE
+from .inbound import TYPE, meets
 
 HCM = TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
@@ -87,13 +87,12 @@ def _services(program: Program):
     return [i for i in program.identities if i.version is None and i.kind == "service" and i.http_ports]
 
 
-def _side_meets(m, id_field: str, ip_field: str, identities: set[str], prefixes: list) -> bool:
-    ids, ips = m.get(id_field), m.get(ip_field)
-    if ids is not None and not (set(ids.values) & identities):
-        return False
-    if ips is not None and not any(o.prefix.covers(p) or p.covers(o.prefix) for o in options(ips) for p in prefixes):
-        return False
-    return True
+def _owned(program: Program) -> dict[str, list]:
+    """Identity -> its endpoint prefixes."""
+    out: dict[str, list] = {}
+    for row in program.endpoints:
+        out.setdefault(row.identity, []).append(row.prefix)
+    return out
 
 
 def egress(program: Program, service: str) -> list:
@@ -103,18 +102,16 @@ def egress(program: Program, service: str) -> list:
     dests = _services(program)
     if program.default == "allow":
         return dests
-    owned: dict[str, list] = {}
-    for row in program.endpoints:
-        owned.setdefault(row.identity, []).append(row.prefix)
+    owned = _owned(program)
     mine = set(program.service_identities(service))
     my_prefixes = [p for i in mine for p in owned.get(i, ())]
     allows = [e for e in program.acl.entries if not isinstance(e.action, Deny)
-              and _side_meets(e.match, F.SRC_ID, F.SRC_IP, mine, my_prefixes)]
+              and meets(e.match, F.SRC_ID, F.SRC_IP, mine, my_prefixes)]
     out = []
     for dest in dests:
         theirs = set(program.service_identities(dest.name))
         prefixes = [p for i in theirs for p in owned.get(i, ())]
-        if any(_side_meets(e.match, F.DST_ID, F.DST_IP, theirs, prefixes) for e in allows):
+        if any(meets(e.match, F.DST_ID, F.DST_IP, theirs, prefixes) for e in allows):
             out.append(dest)
     return out
 
@@ -183,9 +180,7 @@ def outbound_clusters(program: Program, deployment: Deployment, service: str | N
     """A cluster per destination service (of `service`'s egress, or all) and port, and per version, with its
     limits."""
     clusters = []
-    owned: dict[str, list] = {}
-    for row in program.endpoints:
-        owned.setdefault(row.identity, []).append(row.prefix)
+    owned = _owned(program)
     for dest in (egress(program, service) if service else _services(program)):
         idents = list(program.service_identities(dest.name))
         for port in dest.http_ports:

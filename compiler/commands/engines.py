@@ -57,23 +57,6 @@ def _engine_error(exc: Exception) -> None:
     sys.exit(EXIT_FAIL)
 
 
-def _paths_spec(deployment_file) -> dict | None:
-    """The `paths` section of a deployment file (None when absent)."""
-    if deployment_file is None:
-        return None
-    import yaml
-
-    try:
-        with open(deployment_file, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"cannot read '{deployment_file}': {exc}") from None
-    spec = data.get("paths") if isinstance(data, dict) else None
-    if spec is not None and not isinstance(spec, dict):
-        raise UsageError(f"{deployment_file}: paths: expected a mapping of destination to path")
-    return spec
-
-
 def _capacity(items: tuple[str, ...]) -> dict[str, int]:
     out = {}
     for item in items:
@@ -95,9 +78,10 @@ def _all(compiled, path_text, prefer: str, capacity: dict[str, int], deployment_
     from . import placement
 
     program = compiled.program
+    deployment = _deployment(deployment_file)
     try:
         path = placement.parse_path(path_text or "fabric,kernel,sidecar")
-        regions = placement.regions(program, path, _paths_spec(deployment_file),
+        regions = placement.regions(program, path, deployment.paths,
                                     f"{deployment_file}: paths" if deployment_file else "paths")
     except placement.PathError as exc:
         raise UsageError(str(exc)) from None
@@ -106,7 +90,6 @@ def _all(compiled, path_text, prefer: str, capacity: dict[str, int], deployment_
     except DiagnosticError as exc:
         exc.sources = compiled.sources
         raise
-    deployment = _deployment(deployment_file)
     outputs = {}
     for where in plan.places:
         engine, sub = _engine(ENGINE_AT[where]), plan.programs[where]

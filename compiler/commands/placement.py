@@ -47,7 +47,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny, RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.match import InSet, Match, PrefixMatch
-from anyplane.ir.nodes import Entry, Program, Rule, Table, decision_key
+from anyplane.ir.nodes import Program, Rule, Table, decision_key
 from anyplane.ir.source import Diagnostic, DiagnosticError, error
 from anyplane.verify.index import Boxer, OverlapIndex, overlaps
 
@@ -82,6 +82,12 @@ class Region:
     label: str
     match: Match | None
     path: tuple[str, ...]
+
+    @property
+    def where(self) -> str:
+        """`the path (a -> b)` or `the path of LABEL (a -> b)`, for messages."""
+        name = "the path" if self.match is None else f"the path of {self.label}"
+        return f"{name} ({' -> '.join(self.path)})"
 
 
 def regions(program: Program, path: tuple[str, ...], spec: dict | None = None, where: str = "paths") \
@@ -174,7 +180,6 @@ class Planner:
         self.rules = {r.id: r for r in program.rules}
         self.boxer = Boxer(program)
         self.boxes = [self.boxer.box(e.match) for e in self.ordered]
-        self.position = {id(e): k for k, e in enumerate(self.ordered)}
         self.by_rule: dict[str, list[int]] = {}
         for k, e in enumerate(self.ordered):
             self.by_rule.setdefault(e.rule, []).append(k)
@@ -256,8 +261,7 @@ class Planner:
 
     def _unplaceable(self, duty: Duty, region: Region) -> None:
         span = duty.rule.origin if duty.rule else self.program.default_origin
-        path = "the path" if region.match is None else f"the path of {region.label}"
-        on = f"{path} ({' -> '.join(region.path)})"
+        on = region.where
         if duty.kind == "default":
             msg = f"the default deny needs the kernel or the fabric on {on}: the sidecar sees only TCP to service ports"
         elif duty.kind in ("http-deny", "http-rate"):
@@ -302,12 +306,11 @@ class Planner:
 
     def _http_allows(self, r: int) -> list[int]:
         rbox = self.region_boxes[r]
-        return [k for k, e in enumerate(self.ordered) if e.match.layer == "L7" and not isinstance(e.action, Deny)
-                and (rbox is None or overlaps(self.boxes[k], rbox))]
+        return [k for k in self.http_pos if rbox is None or overlaps(self.boxes[k], rbox)]
 
-    def _rechecks(self, duties: list[Duty]) -> dict[str, list[str]]:
-        """Duties held below L7 beneath HTTP allows: the sidecar holds them too, per region."""
-        out: dict[str, list[str]] = {}
+    def _rechecks(self, duties: list[Duty]) -> set[str]:
+        """Duties held below L7 beneath HTTP allows: the sidecar holds them too."""
+        out: set[str] = set()
         for d in duties:
             if d.kind not in ("deny", "default"):
                 continue
@@ -320,14 +323,11 @@ class Planner:
                 if not above:
                     continue
                 if "sidecar" not in region.path:
-                    for k in above[:1]:
-                        rule = self.rules[self.ordered[k].rule]
-                        path = "the path" if region.match is None else f"the path of {region.label}"
-                        self.errors.append(error(rule.origin, "placement",
-                                                 f"only the L4 projection of this HTTP allow is enforced on {path} "
-                                                 f"({' -> '.join(region.path)}): add the sidecar"))
+                    rule = self.rules[self.ordered[above[0]].rule]
+                    self.errors.append(error(rule.origin, "placement", "only the L4 projection of this HTTP allow "
+                                             f"is enforced on {region.where}: add the sidecar"))
                     continue
-                out.setdefault(d.key, []).append(region.label)
+                out.add(d.key)
         return out
 
     def _context(self, denies: set[str], default: bool) -> set[str]:
@@ -361,7 +361,7 @@ class Planner:
                        tuple(entries)), rules=rules,
                        routes=self.program.routes if place == "sidecar" else Table(self.program.routes.name, ()))
 
-    def _programs(self, duties: list[Duty]) -> tuple[dict[str, Program], dict[str, list[str]]]:
+    def _programs(self, duties: list[Duty]) -> tuple[dict[str, Program], set[str]]:
         enforce, default = self._held(duties)
         rechecks = self._rechecks(duties)
         if "sidecar" in self.places:
@@ -411,12 +411,10 @@ class Planner:
                     self._choose(d, r, skip={place})
                     d.why[region.label] = f"{why}; then {d.why.get(region.label, '')}"
                     if not d.chosen[region.label]:
-                        path = "the path" if region.match is None else f"the path of {region.label}"
                         what = "the default deny" if d.key == "default" else "this rule"
                         self.errors.append(error(
                             d.rule.origin if d.rule else self.program.default_origin, "placement",
-                            f"{why.removeprefix('spilled: ')}; no other engine on {path} "
-                            f"({' -> '.join(region.path)}) can take {what}"))
+                            f"{why.removeprefix('spilled: ')}; no other engine on {region.where} can take {what}"))
                     moved = True
                 label = d.rule.origin.loc if d.rule else "default"
                 self.spilled.append(f"{label}: {place} -> "
@@ -456,7 +454,7 @@ class Planner:
             raise DiagnosticError(unique)
 
     # -- report ---------------------------------------------------------------------------
-    def _rows(self, duties: list[Duty], programs: dict[str, Program], rechecks: dict[str, list[str]]) \
+    def _rows(self, duties: list[Duty], programs: dict[str, Program], rechecks: set[str]) \
             -> list[Placement]:
         by_key = {d.key: d for d in duties}
         held = {p: {r.id for r in prog.rules} for p, prog in programs.items()}
