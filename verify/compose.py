@@ -11,6 +11,7 @@ interpreter before it is reported.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from anyplane.ir import fields as F
@@ -24,6 +25,7 @@ from .domain import Domain
 from .encode import Encoder, mk_and
 from .index import overlaps
 from .reach import prefer
+from .refine import refines
 from .result import VerificationBug
 
 
@@ -36,11 +38,14 @@ class Composition:
     counterexample: dict | None = None
     unknown: str | None = None
     engines: list[str] = field(default_factory=list)
+    #: Per engine given a source: "" when its read-back refines the source rule by rule, else why not.
+    refined: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """The outcome as JSON."""
         return {"proved": self.proved, "seconds": round(self.seconds, 3), "engines": self.engines,
-                "counterexample": self.counterexample, "unknown": self.unknown}
+                "counterexample": self.counterexample, "unknown": self.unknown,
+                "refined": {name: why or "rule by rule" for name, why in self.refined.items()}}
 
 
 def regions(policy: Program, bits: int = 8) -> list[Match]:
@@ -86,26 +91,43 @@ class Scope:
 
 
 def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | None = None,
-          timeout_ms: int = 60_000) -> Composition:
-    """Prove that, within every scope, AND(allows of its engines) == policy allows for every flow and request."""
+          timeout_ms: int = 60_000, sources: dict[str, Program] | None = None) -> Composition:
+    """Prove that, within every scope, AND(allows of its engines) == policy allows for every flow and request.
+
+    `sources` (optional) names the program each engine was compiled from. An
+    engine whose read-back refines its source rule by rule (verify.refine) is
+    represented by that source in the solver's questions: the same decisions,
+    and terms the policy shares. Scopes whose engines then trivially decide
+    like the policy are settled without the solver.
+    """
     started = time.perf_counter()
     scopes = scopes or [Scope("default", None, (), tuple(engines))]
-    enc = Encoder(Domain.of([policy, *engines.values()]))
-    a_policy = Analysis(policy, encoder=enc, timeout_ms=timeout_ms)
-    analyses = {name: Analysis(p, encoder=enc, timeout_ms=timeout_ms) for name, p in engines.items()}
+    stand_in, refined = dict(engines), {}
+    for name, src in (sources or {}).items():
+        if name in engines:
+            same, refined[name] = refines(engines[name], src)
+            if same is not None:
+                stand_in[name] = same
     names = list(engines)
-    result, model, question, scope = "unsat", None, [], scopes[0]
+    open_scopes = [s for s in scopes if not _settled(policy, [stand_in[n] for n in s.engines])]
+    if not open_scopes:
+        return Composition(True, time.perf_counter() - started, engines=names, refined=refined)
+    enc = Encoder(Domain.of([policy, *stand_in.values()]))
+    a_policy = Analysis(policy, encoder=enc, timeout_ms=timeout_ms)
+    analyses = {name: Analysis(p, encoder=enc, timeout_ms=timeout_ms) for name, p in stand_in.items()}
+    result, model, question, scope = "unsat", None, [], open_scopes[0]
     blocks = list(_refined(a_policy, regions(policy)))
-    for scope in scopes:
+    for scope in open_scopes:
         inside = [] if scope.match is None else [a_policy.term(scope.match)]
         inside += [a_policy.outside(m) for m in scope.excluded]
         box = None if scope.match is None else a_policy.boxer.box(scope.match)
+        deciding = [n for n in scope.engines if not _allows_all(stand_in[n])]
         for block in blocks:
             if box is not None and not overlaps(box, a_policy.boxer.box(block)):
                 continue
             where = [block] if scope.match is None else [block, scope.match]
             policy_allows = a_policy.allowed_term(_relevant(a_policy, where))
-            together = mk_and([analyses[n].allowed_term(_relevant(analyses[n], where)) for n in scope.engines],
+            together = mk_and([analyses[n].allowed_term(_relevant(analyses[n], where)) for n in deciding],
                               enc.ctx)
             question = [a_policy.term(block), *inside, policy_allows != together]
             result, model = a_policy.solve(*question)
@@ -114,9 +136,10 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
         if result != "unsat":
             break
     if result == "unknown":
-        return Composition(False, time.perf_counter() - started, unknown=a_policy.unknown().reason, engines=names)
+        return Composition(False, time.perf_counter() - started, unknown=a_policy.unknown().reason, engines=names,
+                           refined=refined)
     if result == "unsat":
-        return Composition(True, time.perf_counter() - started, engines=names)
+        return Composition(True, time.perf_counter() - started, engines=names, refined=refined)
     flow = enc.flow(prefer(a_policy, question, model))
     want = evaluate(policy, flow)
     got = {name: evaluate(engines[name], flow) for name in scope.engines}
@@ -126,7 +149,27 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
     cex = {"flow": flow.text, "scope": scope.label, "policy": {"verdict": want.verdict, "rule": want.rule},
            "engines": {name: {"verdict": d.verdict, "rule": d.rule} for name, d in got.items()},
            "together": together_verdict}
-    return Composition(False, time.perf_counter() - started, counterexample=cex, engines=names)
+    return Composition(False, time.perf_counter() - started, counterexample=cex, engines=names, refined=refined)
+
+
+def _allows_all(p: Program) -> bool:
+    """A program that allows every flow: default allow and no entry that denies."""
+    return p.default == "allow" and all(e.action.verdict == "allow" for e in p.acl.entries)
+
+
+def _decisions(p: Program):
+    """What decides a program's verdicts, in a form two programs can be compared by."""
+    return (p.default, {(r.prefix, r.identity) for r in p.endpoints},
+            Counter((e.priority, e.action.verdict, e.match) for e in p.acl.entries))
+
+
+def _settled(policy: Program, programs: list[Program]) -> bool:
+    """Whether these engines together plainly decide like the policy: every one allows everything
+    except at most one, which holds the policy's own entries (allow and rate limit alike) and default."""
+    deciding = [p for p in programs if not _allows_all(p)]
+    if not deciding:
+        return _allows_all(policy)
+    return len(deciding) == 1 and (deciding[0] is policy or _decisions(deciding[0]) == _decisions(policy))
 
 
 def _relevant(a: Analysis, matches: list[Match]) -> list[int]:

@@ -42,6 +42,7 @@ def lift(policy: Program, info: p4info_pb2.P4Info, request: p4runtime_pb2.WriteR
     tables = {t.preamble.id: t for t in info.tables}
     actions = {a.preamble.id: a.preamble.alias for a in info.actions}
     origins = {r.origin.loc: r.origin for r in policy.rules}
+    rule_ids = {r.origin.loc: r.id for r in policy.rules}
     endpoints: dict[str, set[tuple[Prefix, str]]] = {"src": set(), "dst": set()}
     entries, default = [], "deny"
     for k, (u, src) in enumerate(zip(request.updates, sources)):
@@ -107,7 +108,7 @@ def lift(policy: Program, info: p4info_pb2.P4Info, request: p4runtime_pb2.WriteR
             raise LiftError(f"entry {k}: 'transport header present' without a port or ICMP match")
         action = Deny() if actions[te.action.action.action_id] == "acl_deny" else Allow()
         origin = origins.get(src, Span("entries.txt", k + 1, 1, k + 1, 1))
-        entries.append(Entry(te.priority, Match.of(fields), action, origin, src))
+        entries.append(Entry(te.priority, Match.of(fields), action, origin, rule_ids.get(src, src)))
     if endpoints["src"] != endpoints["dst"]:
         raise LiftError("the source and destination endpoint tables differ")
     spans = {row.prefix: row.origin for row in policy.endpoints}

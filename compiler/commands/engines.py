@@ -121,8 +121,10 @@ def _all(compiled, path_text, prefer: str, capacity: dict[str, int], deployment_
         out.artifacts.append(Artifact("proof.json", json.dumps(result.to_json(), indent=1) + "\n"))
         on = " + ".join(plan.places)
         if result.proved:
+            by_rule = [w for w, why in result.refined.items() if not why]
+            how = f"; {', '.join(by_rule)} checked rule by rule" if by_rule else ""
             click.echo(f"proved: {on} together decide exactly what the policy decides "
-                       f"({result.seconds:.2f} s)", err=True)
+                       f"({result.seconds:.2f} s{how})", err=True)
         elif result.unknown:
             click.echo(f"anyplane: error: the composition proof is undecided ({result.unknown})", err=True)
             sys.exit(EXIT_FAIL)

@@ -48,6 +48,7 @@ from anyplane.ir.actions import Allow, Deny, RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.match import InSet, Match, PrefixMatch
 from anyplane.ir.nodes import Program, Rule, Table, decision_key
+from anyplane.ir.project import project_l4
 from anyplane.ir.source import Diagnostic, DiagnosticError, error
 from anyplane.verify.index import Boxer, OverlapIndex, overlaps
 
@@ -581,4 +582,6 @@ def prove(program: Program, placed: Plan, range_match: bool = True):
         scopes.append(Scope(r.label, r.match, tuple(earlier), r.path))
         if r.match is not None:
             earlier.append(r.match)
-    return prove_composition(program, lifted, scopes)
+    # What each engine compiles: the switch and the kernel enforce their program's L4 projection.
+    sources = {where: sub if where == "sidecar" else project_l4(sub) for where, sub in placed.programs.items()}
+    return prove_composition(program, lifted, scopes, sources=sources)

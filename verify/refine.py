@@ -1,0 +1,453 @@
+"""Rule-by-rule refinement: an engine's read-back decides like the program it was compiled from.
+
+Every entry an engine emits names the policy rule it came from. That gives a
+cheap, exact check that needs no solver when the engine kept the rules'
+structure (which compilers of first-match tables do):
+
+  1. both sides have the same default and the same ownership table;
+  2. each rule's entries are contiguous in decision order on both sides, and
+     the rules come in the same order;
+  3. each rule's entries all allow or all deny, the same on both sides;
+  4. the union of a rule's entries covers the same flows on both sides.
+
+Then, for any flow, the first entry that matches on either side belongs to
+the same rule (the first rule whose union contains the flow) and the verdict
+is that rule's. Unions are compared as sets of boxes over per-field integer
+intervals (identities coded as integers, IPv4 and IPv6 on one address line,
+-1 for an absent port or ICMP field). Boxes range over every combination of
+field values, a superset of the flows that can occur, so equal sets of boxes
+mean equal decisions.
+
+The check is sufficient, not necessary: when it fails (an engine merged
+rules, projected HTTP conditions away, restricted entries to a listener) the
+caller compares the engine with the solver instead. It never says equal when
+the decisions differ.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+from anyplane.ir import fields as F
+from anyplane.ir.match import (Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, Ternary,
+                               options)
+from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP
+from anyplane.ir.nodes import Entry, Program, decision_key
+
+from .index import Boxer, OverlapIndex
+
+Intervals = tuple[tuple[int, int], ...]
+Box = tuple[Intervals, ...]
+
+V6_BASE = 1 << 32
+ADDRESSES = ((0, V6_BASE + (1 << 128) - 1),)
+#: The dimensions of a box, and the whole domain of each integer field (-1: the field is absent).
+INTEGER = {F.PROTO: (0, 255), F.SPORT: (-1, 65535), F.DPORT: (-1, 65535), F.ICMP_TYPE: (-1, 255),
+           F.ICMP_CODE: (-1, 255)}
+#: The most selective fields first: most pairs of boxes are told apart by the first dimension or two.
+DIMENSIONS = (F.DST_IP, F.SRC_IP, F.DPORT, F.SPORT, F.PROTO, F.DST_ID, F.SRC_ID, F.ICMP_TYPE, F.ICMP_CODE)
+#: Owners of one side of a match beyond which its boxes are not split per owner.
+SPLIT_OWNERS = 16
+#: Pieces a rule's boxes may be cut into when they are compared with others.
+BUDGET = 20_000
+
+
+class NotComparable(Exception):
+    """Some match cannot be written as boxes (HTTP fields, a non-prefix ternary)."""
+
+
+def _merge(spans) -> Intervals:
+    out: list[list[int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return tuple((lo, hi) for lo, hi in out)
+
+
+def _intersect(a: Intervals, b: Intervals) -> Intervals:
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo <= hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tuple(out)
+
+
+def _minus(a: Intervals, b: Intervals) -> Intervals:
+    out = []
+    for lo, hi in a:
+        for blo, bhi in b:
+            if bhi < lo or blo > hi:
+                continue
+            if blo > lo:
+                out.append((lo, blo - 1))
+            lo = bhi + 1
+            if lo > hi:
+                break
+        if lo <= hi:
+            out.append((lo, hi))
+    return tuple(out)
+
+
+V4, V6 = ((0, V6_BASE - 1),), ((V6_BASE, ADDRESSES[0][1]),)
+NO_VALUE = ((-1, -1),)
+DST_IP, SRC_IP, DPORT, SPORT, PROTO, DST_ID, SRC_ID, ICMP_TYPE, ICMP_CODE = range(len(DIMENSIONS))
+
+
+def _protocols(family: int):
+    """Per family, the protocol classes that decide which fields a flow carries: (protocols, ports may
+    be present, ICMP fields may be present)."""
+    icmp = ICMP if family == 4 else ICMP6
+    return (((TCP, TCP), (UDP, UDP)), True, False), (((icmp, icmp),), False, True), \
+        (_minus(((0, 255),), ((TCP, TCP), (UDP, UDP), (icmp, icmp))), False, False)
+
+
+class Boxes:
+    """Writes matches as boxes, with identity names coded over the names both programs know.
+
+    A match becomes one box per address family and protocol class, each cut to the flows that can
+    exist: the addresses its identities own, one family on both sides, no ports unless TCP or UDP, no
+    ICMP fields unless ICMP of the family. The boxes hold exactly the match's flows, so two matches
+    whose boxes differ only in impossible combinations of values still compare equal.
+    """
+
+    def __init__(self, names, endpoints):
+        self.code = {name: k + 1 for k, name in enumerate(sorted(names))}
+        self.ids = ((0, len(self.code)),)
+        owned: dict[int, list] = {}
+        for row in endpoints:
+            base = 0 if row.prefix.family == 4 else V6_BASE
+            owned.setdefault(self.code[row.identity], []).append((base + row.prefix.first, base + row.prefix.last))
+        self.owned = {k: _merge(v) for k, v in owned.items()}
+
+    def boxes(self, m: Match) -> list[Box]:
+        """The boxes of a match (NotComparable for HTTP fields)."""
+        box = self._box(m)
+        # One box per owner: a flow's owner and its address go together.
+        sides = []
+        for id_dim, ip_dim in ((DST_ID, DST_IP), (SRC_ID, SRC_IP)):
+            ids = box[id_dim]
+            codes = [c for lo, hi in ids for c in range(lo, hi + 1)]
+            if ids == self.ids or ids[0][0] == 0 or len(codes) > SPLIT_OWNERS:
+                sides.append([(ids, box[ip_dim])])
+            else:
+                sides.append([(((c, c),), _intersect(box[ip_dim], self.owned.get(c, ()))) for c in codes])
+        out = []
+        for (dst_ids, dst_ip), (src_ids, src_ip) in ((d, s) for d in sides[0] for s in sides[1]):
+            b = list(box)
+            b[DST_ID], b[DST_IP], b[SRC_ID], b[SRC_IP] = dst_ids, dst_ip, src_ids, src_ip
+            out += self._possible(b)
+        return out
+
+    @staticmethod
+    def _possible(b: list) -> list[Box]:
+        """The box cut to one family and protocol class at a time, without impossible field values."""
+        out = []
+        for family, part in ((4, V4), (6, V6)):
+            dst, src = _intersect(b[DST_IP], part), _intersect(b[SRC_IP], part)
+            if not dst or not src:
+                continue
+            for protos, ports, icmp in _protocols(family):
+                c = list(b)
+                c[DST_IP], c[SRC_IP], c[PROTO] = dst, src, _intersect(b[PROTO], protos)
+                if not ports:
+                    c[DPORT], c[SPORT] = _intersect(c[DPORT], NO_VALUE), _intersect(c[SPORT], NO_VALUE)
+                if not icmp:
+                    c[ICMP_TYPE], c[ICMP_CODE] = _intersect(c[ICMP_TYPE], NO_VALUE), _intersect(c[ICMP_CODE], NO_VALUE)
+                if all(c):
+                    out.append(tuple(c))
+        return out
+
+    def _address(self, fm) -> Intervals:
+        spans = []
+        for o in options(fm):
+            if not isinstance(o, PrefixMatch):
+                raise NotComparable(type(o).__name__)
+            base = 0 if o.prefix.family == 4 else V6_BASE
+            spans.append((base + o.prefix.first, base + o.prefix.last))
+        return _merge(spans)
+
+    def _identity(self, fm) -> Intervals:
+        spans = []
+        for o in options(fm):
+            values = o.values if isinstance(o, InSet) else (o.value,) if isinstance(o, Exact) else None
+            if values is None or any(v not in self.code for v in values):
+                raise NotComparable(type(o).__name__)
+            spans += [(self.code[v], self.code[v]) for v in values]
+        return _merge(spans)
+
+    @staticmethod
+    def _integer(fm, name: str) -> Intervals:
+        top = INTEGER[name][1]
+        spans = []
+        for o in options(fm):
+            if isinstance(o, Exact):
+                spans.append((o.value, o.value))
+            elif isinstance(o, InSet):
+                spans += [(v, v) for v in o.values]
+            elif isinstance(o, Range):
+                spans.append((o.lo, o.hi))
+            elif isinstance(o, Present):
+                spans.append((0, top))
+            elif isinstance(o, Absent):
+                spans.append((-1, -1))
+            elif isinstance(o, Ternary):
+                free = ~o.mask & top
+                if free & (free + 1) or o.value & free:
+                    raise NotComparable("a ternary that is not a prefix")
+                spans.append((o.value, o.value | free))
+            else:
+                raise NotComparable(type(o).__name__)
+        return _merge(spans)
+
+    def _box(self, m: Match) -> Box:
+        out = []
+        for name in DIMENSIONS:
+            fm = m.get(name)
+            if fm is None:
+                out.append(self.ids if name in (F.SRC_ID, F.DST_ID) else
+                           ADDRESSES if name in (F.SRC_IP, F.DST_IP) else (INTEGER[name],))
+            elif name in (F.SRC_ID, F.DST_ID):
+                out.append(self._identity(fm))
+            elif name in (F.SRC_IP, F.DST_IP):
+                out.append(self._address(fm))
+            else:
+                out.append(self._integer(fm, name))
+        if len(m.fields) != sum(1 for name in DIMENSIONS if m.get(name) is not None):
+            raise NotComparable("an entry matches HTTP fields, which the boxes do not model")
+        return tuple(out)
+
+
+def _as_product(boxes: list[Box]) -> Box | None:
+    """One box equal to the union, when the boxes are every combination of per-field values."""
+    distinct = set(boxes)
+    if len(distinct) == 1:
+        return boxes[0]
+    per_field = [set(b[d] for b in distinct) for d in range(len(DIMENSIONS))]
+    count = 1
+    for values in per_field:
+        count *= len(values)
+    if count != len(distinct):
+        return None
+    return tuple(_merge(span for v in values for span in v) for values in per_field)
+
+
+def _empty(box: Box) -> bool:
+    return any(not dim for dim in box)
+
+
+def _covered(box: Box, others: list[Box], budget: list[int]) -> bool:
+    """Whether the union of `others` contains the box (splitting it along the first box it meets)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise NotComparable("too many pieces")
+    for k, o in enumerate(others):
+        meet = tuple(_intersect(a, b) for a, b in zip(box, o))
+        if _empty(meet):
+            continue
+        rest = others[k + 1:]
+        for d in range(len(box)):
+            outside = _minus(box[d], o[d])
+            if outside and not _covered(box[:d] + (outside,) + box[d + 1:], rest, budget):
+                return False
+            box = box[:d] + (meet[d],) + box[d + 1:]
+        return True
+    return _empty(box)
+
+
+def same_flows(a: list[Box], b: list[Box]) -> bool:
+    """Whether two unions of boxes hold the same points."""
+    pa, pb = _as_product(a), _as_product(b)
+    if pa is not None and pb is not None:
+        return pa == pb
+    budget = [BUDGET]
+    return all(_covered(x, b, budget) for x in a) and all(_covered(x, a, budget) for x in b)
+
+
+def _groups(entries: list[Entry]) -> list[tuple[str, list[Entry]]] | None:
+    """Entries in decision order, grouped by rule; None when a rule's entries are not contiguous."""
+    out: list[tuple[str, list[Entry]]] = []
+    seen = set()
+    for e in sorted(entries, key=decision_key):
+        if out and out[-1][0] == e.rule:
+            out[-1][1].append(e)
+            continue
+        if e.rule in seen:
+            return None
+        seen.add(e.rule)
+        out.append((e.rule, [e]))
+    return out
+
+
+def _cut(p: Box, h: Box) -> list[Box]:
+    """p minus h, as disjoint boxes."""
+    meet = tuple(_intersect(a, b) for a, b in zip(p, h))
+    if _empty(meet):
+        return [p]
+    out = []
+    for d in range(len(p)):
+        outside = _minus(p[d], h[d])
+        if outside:
+            out.append(p[:d] + (outside,) + p[d + 1:])
+        p = p[:d] + (meet[d],) + p[d + 1:]
+    return out
+
+
+def _apart(p: Box, h: Box) -> bool:
+    """Whether two boxes share no point (one interval per dimension is the common case)."""
+    for a, b in zip(p, h):
+        if len(a) == 1 and len(b) == 1:
+            if a[0][1] < b[0][0] or b[0][1] < a[0][0]:
+                return True
+        elif not _intersect(a, b):
+            return True
+    return False
+
+
+def _inside(p: Box, h: Box) -> bool:
+    """Whether box p lies inside box h."""
+    for a, b in zip(p, h):
+        if len(b) == 1:
+            if a[0][0] < b[0][0] or a[-1][1] > b[0][1]:
+                return False
+        elif _minus(a, b):
+            return False
+    return True
+
+
+def _without(pieces: list[Box], holes, budget: list[int]) -> list[Box]:
+    """The pieces minus every hole (a hole that covers a piece removes it whole)."""
+    holes = list(holes)
+    out: list[Box] = []
+    work = [(p, 0) for p in pieces]
+    while work:
+        p, k = work.pop()
+        while k < len(holes):
+            h = holes[k]
+            k += 1
+            if _apart(p, h):
+                continue
+            if _inside(p, h):
+                break
+            parts = _cut(p, h)
+            budget[0] -= len(parts)
+            if budget[0] < 0:
+                raise NotComparable("too many pieces")
+            work.extend((q, k) for q in parts)
+            break
+        else:
+            out.append(p)
+    return out
+
+
+def _meet(p: Box, h: Box) -> Box:
+    return tuple(_intersect(a, b) for a, b in zip(p, h))
+
+
+def _taken(pieces: list[Box], holes: list[Box], budget: list[int]) -> bool:
+    """Whether the holes cover every piece."""
+    near = [h for h in holes if _meets(pieces, h)]
+    return not _without(pieces, near, budget)
+
+
+def _meets(pieces: list[Box], h: Box) -> bool:
+    return any(not _apart(p, h) for p in pieces)
+
+
+class _Side:
+    """One program's entries in decision order: their boxes (built when first asked for), and an
+    overlap index to find neighbours."""
+
+    def __init__(self, program: Program, boxes: Boxes):
+        self.ordered = sorted(program.acl.entries, key=decision_key)
+        self._boxes, self._cache = boxes, {}
+        self.boxer = Boxer(program)
+        self.index = OverlapIndex([self.boxer.box(e.match) for e in self.ordered])
+
+    def boxes(self, j: int) -> list[Box]:
+        """The boxes of the entry at position j."""
+        if j not in self._cache:
+            self._cache[j] = self._boxes.boxes(self.ordered[j].match)
+        return self._cache[j]
+
+    def near(self, entries: list[Entry], lo: int, hi: int) -> list[int]:
+        """Positions in [lo, hi) of entries that can share a flow with one of these, in order."""
+        out: set[int] = set()
+        for e in entries:
+            out.update(j for j in self.index.candidates(self.boxer.box(e.match)) if lo <= j < hi)
+        return sorted(out)
+
+
+def refines(engine: Program, source: Program) -> tuple[Program | None, str]:
+    """(source, "") when the engine decides every flow as `source` does, by the check above; otherwise
+    (None, the first reason it could not be shown that way).
+
+    A compiler may leave out entries (or whole rules) whose flows earlier entries take, or later ones
+    decide alike. The flows a rule loses are checked to be exactly such flows: taken by an earlier
+    rule of the source, or decided with the rule's verdict by the engine's next entries or default.
+    """
+    if engine.default != source.default:
+        return None, "the defaults differ"
+    if {(r.prefix, r.identity) for r in engine.endpoints} != {(r.prefix, r.identity) for r in source.endpoints}:
+        return None, "the ownership tables differ"
+    mine, theirs = _groups(list(engine.acl.entries)), _groups(list(source.acl.entries))
+    if mine is None or theirs is None:
+        return None, "a rule's entries are not contiguous"
+    rank = {rule: k for k, (rule, _) in enumerate(theirs)}
+    ranks = [rank.get(rule, -1) for rule, _ in mine]
+    if -1 in ranks or ranks != sorted(ranks):
+        return None, "the rules differ or come in another order"
+    try:
+        return _refines(engine, source, dict(mine), theirs, ranks)
+    except NotComparable as exc:
+        return None, str(exc)
+
+
+def _refines(engine: Program, source: Program, mine: dict[str, list[Entry]], theirs, ranks: list[int]):
+    boxes = Boxes({r.identity for r in source.endpoints} | {i.name for i in source.identities}, source.endpoints)
+    src, eng = _Side(source, boxes), _Side(engine, boxes)
+    eng_at = {id(e): k for k, e in enumerate(eng.ordered)}
+    starts = [eng_at[id(mine[rule][0])] for rule in mine] + [len(eng.ordered)]
+    src_pos = 0
+    for k, (rule, wanted) in enumerate(theirs):
+        ours, begin, budget = mine.get(rule, []), src_pos, [BUDGET]
+        src_pos += len(wanted)
+        verdict = wanted[0].action.verdict
+        if {e.action.verdict for e in ours + wanted} != {verdict}:
+            return None, f"rule {rule}: the verdicts differ"
+        if [e.match for e in ours] == [e.match for e in wanted]:
+            continue
+        want = [b for j in range(begin, src_pos) for b in src.boxes(j)]
+        have = [b for e in ours for b in boxes.boxes(e.match)]
+        if have and same_flows(have, want):
+            continue
+        if _without(have, want, budget):
+            return None, f"rule {rule}: the entries cover other flows"
+        lost = _without(want, have, budget)
+        # Flows of the rule that an earlier rule of the source takes never reach it in either program.
+        before = [b for i in src.near(wanted, 0, begin) for b in src.boxes(i)]
+        lost = [p for p in lost if not any(_inside(p, h) for h in before)]
+        # Walk down the engine's later entries: a piece inside an entry of the rule's verdict is done.
+        # Where an entry deciding otherwise meets a piece, those flows must all be taken before: by an
+        # earlier rule of the source or by an entry of the rule's verdict met so far.
+        for j in eng.near(wanted, starts[bisect_right(ranks, k)], len(eng.ordered)):
+            if not lost:
+                break
+            got = eng.boxes(j)
+            met = [_meet(p, h) for h in got for p in lost if not _apart(p, h)]
+            if not met:
+                continue
+            if eng.ordered[j].action.verdict == verdict:
+                lost = [p for p in lost if not any(_inside(p, h) for h in got)]
+                before += got
+            elif not _taken(met, before, budget):
+                return None, f"rule {rule}: flows it leaves out reach rule {eng.ordered[j].rule}, which decides otherwise"
+        if lost and engine.default != verdict and not _taken(lost, before, budget):
+            return None, f"rule {rule}: flows it leaves out reach the default, which decides otherwise"
+    return source, ""
