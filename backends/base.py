@@ -8,6 +8,7 @@ L4 projection, or not at all (and why).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from anyplane.ir.nodes import Program
 
@@ -47,6 +48,9 @@ class Output:
 
     artifacts: list[Artifact] = field(default_factory=list)
     report: list[RuleReport] = field(default_factory=list)
+    #: What the artifacts decide, read back as IR (for the composition proof); None when the engine
+    #: offers no read-back of this output.
+    read_back: Callable[[], Program] | None = None
 
     def report_text(self, engine: str) -> str:
         """The compile report as text."""

@@ -40,11 +40,10 @@ def measure(name: str, prefer: str, capacity: int | None = None) -> dict:
                           {"fabric": capacity} if capacity else None)
     t2 = time.perf_counter()
     programs = plan.programs
-    fabric.emit(programs["fabric"], Features(acl_size=1 << 20))
-    kernel.emit(programs["kernel"])
-    sidecar.emit(programs["sidecar"])
+    outputs = {"fabric": fabric.emit(programs["fabric"], Features(acl_size=1 << 20)),
+               "kernel": kernel.emit(programs["kernel"]), "sidecar": sidecar.emit(programs["sidecar"])}
     t3 = time.perf_counter()
-    result = placement.prove(program, plan)
+    result = placement.prove(program, plan, outputs=outputs)
     t4 = time.perf_counter()
     total = t4 - t0
     return {"set": name, "prefer": prefer, "capacity": capacity, "rules": len(program.rules), "frontend_s": round(t1 - t0, 2),

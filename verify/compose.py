@@ -48,7 +48,48 @@ class Composition:
                 "refined": {name: why or "rule by rule" for name, why in self.refined.items()}}
 
 
-def regions(policy: Program, bits: int = 8) -> list[Match]:
+@dataclass(frozen=True)
+class Block:
+    """One question's share of the flow space: `match` minus the destination prefixes in `carve`
+    (asked about in blocks of their own)."""
+
+    match: Match
+    carve: frozenset[Prefix] = frozenset()
+    carve_length: int = 0
+
+    def term(self, a: Analysis):
+        """The block as a term of one analysis."""
+        out = [a.term(self.match)]
+        out += [a.outside(Match.of({F.DST_IP: PrefixMatch(p)})) for p in sorted(self.carve, key=_key)]
+        return mk_and(out, a.enc.ctx)
+
+    def relevant(self, a: Analysis, scope: Match | None = None) -> list[int]:
+        """Entries of the analysis that can match a flow in the block (and in the scope)."""
+        out = set(a.relevant([self.match]))
+        if scope is not None:
+            out &= set(a.relevant([scope]))
+        if self.carve:
+            out = {i for i in out if not self._carved(a.boxes[i].dst)}
+        return sorted(out)
+
+    def _carved(self, prefixes) -> bool:
+        """Whether every destination of a box lies in a carved prefix (the entry matches nothing here)."""
+        if prefixes is None:
+            return False
+        n = self.carve_length
+        return all(p.length >= n and _truncated(p, n) in self.carve for p in prefixes)
+
+
+def _key(p: Prefix):
+    return p.family, p.value, p.length
+
+
+def _truncated(p: Prefix, length: int) -> Prefix:
+    shift = p.width - length
+    return Prefix(p.family, p.value >> shift << shift, length)
+
+
+def regions(policy: Program, bits: int = 8) -> list[Block]:
     """A partition of the flow space by destination: IPv4 in /8 blocks, and all of IPv6.
 
     Each question then involves only the entries whose boxes reach its block
@@ -57,27 +98,46 @@ def regions(policy: Program, bits: int = 8) -> list[Match]:
     """
     out = [Match.of({F.DST_IP: PrefixMatch(Prefix(4, i << (32 - bits), bits))}) for i in range(1 << bits)]
     out.append(Match.of({F.DST_IP: PrefixMatch(Prefix(6, 0, 0))}))
-    return out
+    return [Block(m) for m in out]
 
 
 SPLIT_ABOVE = 800
 
 
-def _refined(a: Analysis, blocks: list[Match]):
-    """The blocks, each crowded one (many entries reach it) split again by IPv4 source /8."""
+def _refined(a: Analysis, blocks: list[Block]):
+    """The blocks, each crowded one (many entries reach it) split again: by the destination prefixes
+    its entries use, or else by IPv4 source /8."""
     for block in blocks:
-        dst = block.get(F.DST_IP)
-        size = len(a.relevant([block]))
-        if dst.prefix.family != 4 or size <= SPLIT_ABOVE:
+        dst = block.match.get(F.DST_IP)
+        relevant = block.relevant(a)
+        if len(relevant) <= SPLIT_ABOVE:
             yield block
             continue
-        subs = [Match.of({F.DST_IP: dst, F.SRC_IP: PrefixMatch(Prefix(4, i << 24, 8))}) for i in range(256)]
-        # Splitting only pays when the entries really spread over the sources.
-        if max(len(a.relevant([m])) for m in subs) > size // 8:
-            yield block
-            continue
-        yield from subs
-        yield Match.of({F.DST_IP: dst, F.SRC_IP: PrefixMatch(Prefix(6, 0, 0))})
+        subs = _by_destination(a, block, dst.prefix, relevant)
+        if subs is None and dst.prefix.family == 4:
+            subs = [Block(Match.of({F.DST_IP: dst, F.SRC_IP: PrefixMatch(Prefix(4, i << 24, 8))}))
+                    for i in range(256)]
+            subs.append(Block(Match.of({F.DST_IP: dst, F.SRC_IP: PrefixMatch(Prefix(6, 0, 0))})))
+            # Splitting only pays when the entries really spread over the sources.
+            if max(len(b.relevant(a)) for b in subs) > len(relevant) // 8:
+                subs = None
+        yield from subs or [block]
+
+
+def _by_destination(a: Analysis, block: Block, prefix: Prefix, relevant: list[int]) -> list[Block] | None:
+    """Blocks for the destination prefixes the block's entries use (cut to their most common length),
+    and one for the rest of the block; None when the entries do not spread over them."""
+    inside = [p for i in relevant for p in (a.boxes[i].dst or ()) if p.length > prefix.length and prefix.covers(p)]
+    if not inside:
+        return None
+    length = Counter(p.length for p in inside).most_common(1)[0][0]
+    keys = frozenset(_truncated(p, length) for p in inside if p.length >= length)
+    if len(keys) < 2:
+        return None
+    subs = [Block(Match.of({F.DST_IP: PrefixMatch(k)})) for k in sorted(keys, key=_key)]
+    if max(len(b.relevant(a)) for b in subs) > len(relevant) // 8:
+        return None
+    return subs + [Block(block.match, keys, length)]
 
 
 @dataclass(frozen=True)
@@ -123,13 +183,12 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
         box = None if scope.match is None else a_policy.boxer.box(scope.match)
         deciding = [n for n in scope.engines if not _allows_all(stand_in[n])]
         for block in blocks:
-            if box is not None and not overlaps(box, a_policy.boxer.box(block)):
+            if box is not None and not overlaps(box, a_policy.boxer.box(block.match)):
                 continue
-            where = [block] if scope.match is None else [block, scope.match]
-            policy_allows = a_policy.allowed_term(_relevant(a_policy, where))
-            together = mk_and([analyses[n].allowed_term(_relevant(analyses[n], where)) for n in deciding],
-                              enc.ctx)
-            question = [a_policy.term(block), *inside, policy_allows != together]
+            policy_allows = a_policy.allowed_term(block.relevant(a_policy, scope.match))
+            together = mk_and([analyses[n].allowed_term(block.relevant(analyses[n], scope.match))
+                               for n in deciding], enc.ctx)
+            question = [block.term(a_policy), *inside, policy_allows != together]
             result, model = a_policy.solve(*question)
             if result != "unsat":
                 break
@@ -170,12 +229,3 @@ def _settled(policy: Program, programs: list[Program]) -> bool:
     if not deciding:
         return _allows_all(policy)
     return len(deciding) == 1 and (deciding[0] is policy or _decisions(deciding[0]) == _decisions(policy))
-
-
-def _relevant(a: Analysis, matches: list[Match]) -> list[int]:
-    """Entries whose boxes meet every one of these matches."""
-    out = None
-    for m in matches:
-        mine = set(a.relevant([m]))
-        out = mine if out is None else out & mine
-    return sorted(out or ())

@@ -131,6 +131,7 @@ class Encoder:
         self._match_cache: dict[int, tuple[object, z3.BoolRef]] = {}
         self._prefix_cache: dict[tuple[str, Prefix], z3.BoolRef] = {}
         self._not_cache: dict[int, tuple[object, z3.BoolRef]] = {}
+        self._field_cache: dict[tuple, z3.BoolRef] = {}
         self.wellformed = self._wellformed()
 
     # -- the flow space ---------------------------------------------------------------
@@ -171,10 +172,11 @@ class Encoder:
         return z3.And(fam, bits == (p.value >> (width - p.length)))
 
     def ownership(self, program: Program) -> Ownership:
-        """The (cached) ownership formulas of a program."""
-        hit = self._ownership.get(id(program))
+        """The (cached) ownership formulas of a program's endpoint table (programs rewritten from one
+        another share theirs)."""
+        hit = self._ownership.get(id(program.endpoints))
         if hit is None:
-            hit = self._ownership[id(program)] = (program, Ownership(program, self))
+            hit = self._ownership[id(program.endpoints)] = (program.endpoints, Ownership(program, self))
         return hit[1]
 
     # -- matches ----------------------------------------------------------------------
@@ -201,7 +203,15 @@ class Encoder:
         return self.match(program, e.match)
 
     def field(self, program: Program, name: str, fm) -> z3.BoolRef:
-        """The term for one field match, including the field's presence."""
+        """The term for one field match, including the field's presence (cached: entries share most of
+        their field matches; identity matches per ownership table)."""
+        key = (name, fm, id(program.endpoints) if name in (F.SRC_ID, F.DST_ID) else None)
+        hit = self._field_cache.get(key)
+        if hit is None:
+            hit = self._field_cache[key] = self._field(program, name, fm)
+        return hit
+
+    def _field(self, program: Program, name: str, fm) -> z3.BoolRef:
         if isinstance(fm, AnyOf):
             return mk_or([self.field(program, name, o) for o in fm.options], self.ctx)
         if name in (F.SRC_ID, F.DST_ID):

@@ -82,6 +82,7 @@ def emit(program: Program) -> base.Output:
     c = build_all(program)
     t = c.tables
     out = base.Output(report=report(program, c.model))
+    out.read_back = lambda: lifted(program, c.model)
     meta = {"layout": vars(c.layout), "need": vars(t.need), "entries": len(c.model.entries),
             "classes": {"src": len(c.model.src.keys), "dst": len(c.model.dst.keys),
                         "sport": c.model.sport.count, "dport": c.model.dport.count, "icmp": c.model.icmp.count},
@@ -184,15 +185,15 @@ def replay(program: Program, frames: list[bytes], name: str = "replay") -> list[
         cl.remove()
 
 
-def lifted(program: Program) -> Program:
+def lifted(program: Program, model=None) -> Program:
     """What the classifier's tables decide, as IR: the entries the bit vectors were built from,
     in their order, and the default (for the composition proof; the kernel tests check that the
-    tables decide like these entries)."""
+    tables decide like these entries). `model`: the tables already built for the program."""
     from dataclasses import replace
 
     from anyplane.ir.nodes import Table
 
-    model = build_all(program).model
+    model = model or build_all(program).model
     entries = tuple(model.entries)
     n = len(entries)
     ordered = tuple(replace(e, priority=n - k) for k, e in enumerate(entries))

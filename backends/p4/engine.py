@@ -74,9 +74,12 @@ def build_all(program: Program, features: Features = Features()):
 
 def emit(program: Program, features: Features = Features()) -> base.Output:
     """The artifacts `anyplane compile -t p4` writes."""
+    from .lift import lift
+
     info, names, entries = build_all(program, features)
-    req, _ = write_request(names, entries)
+    req, sources = write_request(names, entries)
     out = base.Output(report=report(program, entries))
+    out.read_back = lambda: lift(program, info, req, sources, {v: k for k, v in entries.ids.items()})
     out.artifacts += [
         base.Artifact("anyplane.p4", program_text(features)),
         base.Artifact("p4info.txt", text_format.MessageToString(info)),

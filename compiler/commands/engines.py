@@ -117,7 +117,7 @@ def _all(compiled, path_text, prefer: str, capacity: dict[str, int], deployment_
                           "rules": [r.to_json() for r in plan.rows]}, indent=1) + "\n")]
     out.report = [RuleReport("", r.location, r.text, "placed", ",".join(r.placed) or "-") for r in plan.rows]
     if prove and not dry_run:
-        result = placement.prove(program, plan, not no_range)
+        result = placement.prove(program, plan, not no_range, outputs)
         out.artifacts.append(Artifact("proof.json", json.dumps(result.to_json(), indent=1) + "\n"))
         on = " + ".join(plan.places)
         if result.proved:

@@ -559,9 +559,12 @@ def plan(program: Program, regions_: list[Region], prefer: str = "early", capaci
     return Planner(program, regions_, prefer, capacity, covers, fabric_counter(range_match)).plan()
 
 
-def prove(program: Program, placed: Plan, range_match: bool = True):
+def prove(program: Program, placed: Plan, range_match: bool = True, outputs: dict | None = None):
     """The composition proof: what each engine emitted for its program, read back as IR, together
-    against the policy, per region with the engines on its path (translation validation)."""
+    against the policy, per region with the engines on its path (translation validation).
+
+    `outputs` (engine -> backend Output) are the artifacts just emitted: an engine whose output can be
+    read back is read from it; the others are compiled again for the read-back."""
     from anyplane.backends.ebpf import engine as kernel
     from anyplane.backends.envoy import engine as sidecar
     from anyplane.backends.p4 import engine as fabric
@@ -570,7 +573,10 @@ def prove(program: Program, placed: Plan, range_match: bool = True):
 
     lifted = {}
     for where, sub in placed.programs.items():
-        if where == "fabric":
+        out = (outputs or {}).get(where)
+        if out is not None and out.read_back is not None:
+            lifted[where] = out.read_back()
+        elif where == "fabric":
             lifted[where] = fabric.lifted(sub, Features(range_match=range_match, acl_size=1 << 30))
         elif where == "kernel":
             lifted[where] = kernel.lifted(sub)
