@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .actions import CircuitBreaker, strictness
 from .addr import Prefix
 from .match import Match
+from .memo import per_program
 from .source import Span
 
 MAX_PRIORITY = 1_000_000
@@ -166,5 +167,12 @@ class Program:
 
     def service_identities(self, service: str) -> tuple[str, ...]:
         """Names of the identities that make up a service (the service and its versions)."""
-        return tuple(i.name for i in self.identities if i.service == service)
+        return _identities_by_service(self).get(service, ())
 
+
+@per_program
+def _identities_by_service(program: Program) -> dict[str, tuple[str, ...]]:
+    out: dict[str, list[str]] = {}
+    for i in program.identities:
+        out.setdefault(i.service, []).append(i.name)
+    return {k: tuple(v) for k, v in out.items()}

@@ -35,7 +35,8 @@ from .p4server import Device, Server
 
 pytestmark = [pytest.mark.kernel, pytest.mark.envoy]
 
-PORTS = {"productpage": 29080, "reviews": 29081, "ratings": 29082, "details": 29083, "mysql": 23306}
+# Below the kernel's ephemeral port range (32768-60999), apps at +10000 too: no client socket can hold them.
+PORTS = {"productpage": 19080, "reviews": 19081, "ratings": 19082, "details": 19083, "mysql": 13306}
 
 
 def _bookinfo(n: int) -> str:

@@ -145,7 +145,7 @@ def emit(program: Program, deployment: Deployment | None = None, out_dir: str = 
         static = bootstrap(svc, deployment, None, listeners, clusters)
         xds_dir = os.path.abspath(os.path.join(out_dir, svc, "xds"))
         out.artifacts += [base.Artifact(f"{svc}/envoy.yaml", dump(static)),
-                          base.Artifact(f"{svc}/envoy.json", json.dumps(static, indent=1) + "\n"),
+                          base.Artifact(f"{svc}/envoy.json", json.dumps(static, separators=(",", ":")) + "\n"),
                           base.Artifact(f"{svc}/bootstrap.yaml", dump(bootstrap(svc, deployment, xds_dir)))]
         for name, text in xds_files(listeners, clusters, content_version(listeners, clusters)).items():
             out.artifacts.append(base.Artifact(f"{svc}/xds/{name}", text))

@@ -22,6 +22,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.match import Absent, Exact, InSet, Match, Present, Range, StrExact, options
+from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Entry, Program, decision_key
 
 from ..classes import AddressClasses, address_classes
@@ -180,15 +181,10 @@ def meets(m: Match, id_field: str, ip_field: str, identities: set[str], prefixes
     return True
 
 
-_ORDERED: dict[int, tuple] = {}
-
-
+@per_program
 def _by_destination(program: Program) -> tuple[list[Entry], dict[str, list[int]], list[int]]:
     """The acl in decision order, positions per destination identity, and positions with no identity
     (computed once per program: every listener of every service asks)."""
-    hit = _ORDERED.get(id(program))
-    if hit is not None and hit[0] is program:
-        return hit[1]
     ordered = sorted(program.acl.entries, key=decision_key)
     by_id: dict[str, list[int]] = {}
     anywhere: list[int] = []
@@ -199,8 +195,6 @@ def _by_destination(program: Program) -> tuple[list[Entry], dict[str, list[int]]
         else:
             for v in ids.values:
                 by_id.setdefault(v, []).append(k)
-    _ORDERED.clear()
-    _ORDERED[id(program)] = (program, (ordered, by_id, anywhere))
     return ordered, by_id, anywhere
 
 
@@ -329,6 +323,7 @@ def rbac_matcher(program: Program, listener: Listener, service: str) -> dict:
     return dict(_trie(SRC_INPUT, src, src_branch), on_no_match=src_branch(0))
 
 
+@per_program
 def rule_names(program: Program) -> dict[int, str]:
     """Entry object id -> the name Envoy reports for it: FILE:LINE of its rule (made unique)."""
     by_rule: dict[str, str] = {}

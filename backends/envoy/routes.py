@@ -13,6 +13,7 @@ import re
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny
 from anyplane.ir.match import Absent, InSet, Present, StrExact, StrPrefix
+from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Entry, Program
 
 from .deployment import Deployment
@@ -102,18 +103,36 @@ def egress(program: Program, service: str) -> list:
     dests = _services(program)
     if program.default == "allow":
         return dests
+    reach = _reach(program).get(service, set())
+    return [d for d in dests if d.name in reach]
+
+
+@per_program
+def _reach(program: Program) -> dict[str, set[str]]:
+    """Service -> the services some allow lets it reach (computed once per program)."""
     owned = _owned(program)
-    mine = set(program.service_identities(service))
-    my_prefixes = [p for i in mine for p in owned.get(i, ())]
-    allows = [e for e in program.acl.entries if not isinstance(e.action, Deny)
-              and meets(e.match, F.SRC_ID, F.SRC_IP, mine, my_prefixes)]
-    out = []
-    for dest in dests:
-        theirs = set(program.service_identities(dest.name))
-        prefixes = [p for i in theirs for p in owned.get(i, ())]
-        if any(meets(e.match, F.DST_ID, F.DST_IP, theirs, prefixes) for e in allows):
-            out.append(dest)
-    return out
+    sides = {i.service: (set(program.service_identities(i.service)), []) for i in program.identities}
+    for name, (idents, prefixes) in sides.items():
+        prefixes += [p for i in idents for p in owned.get(i, ())]
+    service_of = {i.name: i.service for i in program.identities}
+    every = set(sides)
+
+    def services(m, id_field, ip_field) -> set[str]:
+        ids = m.get(id_field)
+        cand = every if ids is None else {service_of[v] for v in ids.values if v in service_of}
+        if m.get(ip_field) is None:
+            return set(cand)
+        return {s for s in cand if meets(m, id_field, ip_field, *sides[s])}
+
+    reach: dict[str, set[str]] = {}
+    for e in program.acl.entries:
+        if isinstance(e.action, Deny):
+            continue
+        dsts = services(e.match, F.DST_ID, F.DST_IP)
+        if dsts:
+            for src in services(e.match, F.SRC_ID, F.SRC_IP):
+                reach.setdefault(src, set()).update(dsts)
+    return reach
 
 
 def outbound_listener(program: Program, service: str, deployment: Deployment) -> dict | None:
