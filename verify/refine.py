@@ -6,22 +6,31 @@ structure (which compilers of first-match tables do):
 
   1. both sides have the same default and the same ownership table;
   2. each rule's entries are contiguous in decision order on both sides, and
-     the rules come in the same order;
+     the engine's rules come in the program's order (some may be missing);
   3. each rule's entries all allow or all deny, the same on both sides;
-  4. the union of a rule's entries covers the same flows on both sides.
+  4. a rule's entries in the engine cover no flow its entries in the program
+     do not; every flow they lose ("left out": a whole rule, or part of one)
+     is taken by an earlier rule of the program, or reaches, in the engine,
+     a later entry or the default with the rule's verdict.
 
-Then, for any flow, the first entry that matches on either side belongs to
-the same rule (the first rule whose union contains the flow) and the verdict
-is that rule's. Unions are compared as sets of boxes over per-field integer
-intervals (identities coded as integers, IPv4 and IPv6 on one address line,
--1 for an absent port or ICMP field). Boxes range over every combination of
-field values, a superset of the flows that can occur, so equal sets of boxes
-mean equal decisions.
+Why that suffices: take a flow and the first rule of the program that
+matches it. If the engine's entries for that rule match it, no earlier rule
+of the engine does (their flows are inside the program's earlier rules), so
+both decide by that rule. If not, the flow is one the rule lost, and the
+engine decides it further down with the same verdict. A flow no rule
+matches gets the (same) default on both sides.
+
+Unions are compared as boxes over per-field integer intervals: identities as
+integers (one box per owner, with the addresses it owns), IPv4 and IPv6 on
+one address line (one box per family), -1 for an absent port or ICMP field
+(cut by protocol class). Every flow lies in the boxes of exactly the matches
+that hold for it, so statements about boxes are statements about flows.
 
 The check is sufficient, not necessary: when it fails (an engine merged
-rules, projected HTTP conditions away, restricted entries to a listener) the
-caller compares the engine with the solver instead. It never says equal when
-the decisions differ.
+rules, restricted entries to a listener, or the comparison outgrew its work
+bound) the caller compares the engine with the solver instead. It never
+says "alike" when a flow is decided otherwise; tests/test_refine.py checks
+that against exhaustive enumeration.
 """
 
 from __future__ import annotations
@@ -48,8 +57,8 @@ INTEGER = {F.PROTO: (0, 255), F.SPORT: (-1, 65535), F.DPORT: (-1, 65535), F.ICMP
 DIMENSIONS = (F.DST_IP, F.SRC_IP, F.DPORT, F.SPORT, F.PROTO, F.DST_ID, F.SRC_ID, F.ICMP_TYPE, F.ICMP_CODE)
 #: Owners of one side of a match beyond which its boxes are not split per owner.
 SPLIT_OWNERS = 16
-#: Pieces a rule's boxes may be cut into when they are compared with others.
-BUDGET = 20_000
+#: Comparisons one check may make: a base, and so many per entry of the two programs.
+BUDGET, WORK_PER_ENTRY = 100_000, 200
 
 
 class NotComparable(Exception):
@@ -242,11 +251,22 @@ def _empty(box: Box) -> bool:
     return any(not dim for dim in box)
 
 
-def _covered(box: Box, others: list[Box], budget: list[int]) -> bool:
+class Work:
+    """A bound on the comparisons one check may make: past it the check gives up (the caller then asks
+    the solver), so a pathological policy costs a bounded detour, never an unbounded one."""
+
+    def __init__(self, limit: int):
+        self.left = limit
+
+    def spend(self, n: int = 1) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise NotComparable("too much work to compare rule by rule")
+
+
+def _covered(box: Box, others: list[Box], budget: Work) -> bool:
     """Whether the union of `others` contains the box (splitting it along the first box it meets)."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise NotComparable("too many pieces")
+    budget.spend()
     for k, o in enumerate(others):
         meet = tuple(_intersect(a, b) for a, b in zip(box, o))
         if _empty(meet):
@@ -261,12 +281,12 @@ def _covered(box: Box, others: list[Box], budget: list[int]) -> bool:
     return _empty(box)
 
 
-def same_flows(a: list[Box], b: list[Box]) -> bool:
+def same_flows(a: list[Box], b: list[Box], budget: Work | None = None) -> bool:
     """Whether two unions of boxes hold the same points."""
     pa, pb = _as_product(a), _as_product(b)
     if pa is not None and pb is not None:
         return pa == pb
-    budget = [BUDGET]
+    budget = budget or Work(BUDGET)
     return all(_covered(x, b, budget) for x in a) and all(_covered(x, a, budget) for x in b)
 
 
@@ -321,7 +341,7 @@ def _inside(p: Box, h: Box) -> bool:
     return True
 
 
-def _without(pieces: list[Box], holes, budget: list[int]) -> list[Box]:
+def _without(pieces: list[Box], holes, budget: Work) -> list[Box]:
     """The pieces minus every hole (a hole that covers a piece removes it whole)."""
     holes = list(holes)
     out: list[Box] = []
@@ -331,14 +351,13 @@ def _without(pieces: list[Box], holes, budget: list[int]) -> list[Box]:
         while k < len(holes):
             h = holes[k]
             k += 1
+            budget.spend()
             if _apart(p, h):
                 continue
             if _inside(p, h):
                 break
             parts = _cut(p, h)
-            budget[0] -= len(parts)
-            if budget[0] < 0:
-                raise NotComparable("too many pieces")
+            budget.spend(len(parts))
             work.extend((q, k) for q in parts)
             break
         else:
@@ -350,8 +369,9 @@ def _meet(p: Box, h: Box) -> Box:
     return tuple(_intersect(a, b) for a, b in zip(p, h))
 
 
-def _taken(pieces: list[Box], holes: list[Box], budget: list[int]) -> bool:
+def _taken(pieces: list[Box], holes: list[Box], budget: Work) -> bool:
     """Whether the holes cover every piece."""
+    budget.spend(len(holes) * len(pieces))
     near = [h for h in holes if _meets(pieces, h)]
     return not _without(pieces, near, budget)
 
@@ -414,9 +434,9 @@ def _refines(engine: Program, source: Program, mine: dict[str, list[Entry]], the
     src, eng = _Side(source, boxes), _Side(engine, boxes)
     eng_at = {id(e): k for k, e in enumerate(eng.ordered)}
     starts = [eng_at[id(mine[rule][0])] for rule in mine] + [len(eng.ordered)]
-    src_pos = 0
+    src_pos, budget = 0, Work(BUDGET + WORK_PER_ENTRY * (len(src.ordered) + len(eng.ordered)))
     for k, (rule, wanted) in enumerate(theirs):
-        ours, begin, budget = mine.get(rule, []), src_pos, [BUDGET]
+        ours, begin = mine.get(rule, []), src_pos
         src_pos += len(wanted)
         verdict = wanted[0].action.verdict
         if {e.action.verdict for e in ours + wanted} != {verdict}:
@@ -425,13 +445,14 @@ def _refines(engine: Program, source: Program, mine: dict[str, list[Entry]], the
             continue
         want = [b for j in range(begin, src_pos) for b in src.boxes(j)]
         have = [b for e in ours for b in boxes.boxes(e.match)]
-        if have and same_flows(have, want):
+        if have and same_flows(have, want, budget):
             continue
         if _without(have, want, budget):
             return None, f"rule {rule}: the entries cover other flows"
         lost = _without(want, have, budget)
         # Flows of the rule that an earlier rule of the source takes never reach it in either program.
         before = [b for i in src.near(wanted, 0, begin) for b in src.boxes(i)]
+        budget.spend(len(before) * len(lost))
         lost = [p for p in lost if not any(_inside(p, h) for h in before)]
         # Walk down the engine's later entries: a piece inside an entry of the rule's verdict is done.
         # Where an entry deciding otherwise meets a piece, those flows must all be taken before: by an
@@ -440,6 +461,7 @@ def _refines(engine: Program, source: Program, mine: dict[str, list[Entry]], the
             if not lost:
                 break
             got = eng.boxes(j)
+            budget.spend(len(lost) * len(got))
             met = [_meet(p, h) for h in got for p in lost if not _apart(p, h)]
             if not met:
                 continue
