@@ -132,6 +132,9 @@ def test_the_composition_is_proved_for_every_example(tmp_path, prefer):
         assert "proved: fabric + kernel + sidecar" in out.output
         proof = json.loads((tmp_path / example / "proof.json").read_text())
         assert proof["proved"] is True
+        # The switch and the kernel keep their programs' rule structure: checked rule by rule.
+        assert proof["refined"] == {"fabric": "rule by rule", "kernel": "rule by rule",
+                                    "sidecar": "whole read-back to the solver"}
 
 
 def test_capacity_spills_what_does_not_fit_the_switch_to_the_kernel(tmp_path):

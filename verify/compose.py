@@ -45,7 +45,9 @@ class Composition:
         """The outcome as JSON."""
         return {"proved": self.proved, "seconds": round(self.seconds, 3), "engines": self.engines,
                 "counterexample": self.counterexample, "unknown": self.unknown,
-                "refined": {name: why or "rule by rule" for name, why in self.refined.items()}}
+                "refined": {name: ("rule by rule" if self.refined.get(name) == "" else
+                                   f"whole read-back to the solver: {self.refined[name]}" if name in self.refined
+                                   else "whole read-back to the solver") for name in self.engines}}
 
 
 @dataclass(frozen=True)

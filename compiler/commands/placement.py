@@ -588,6 +588,7 @@ def prove(program: Program, placed: Plan, range_match: bool = True, outputs: dic
         scopes.append(Scope(r.label, r.match, tuple(earlier), r.path))
         if r.match is not None:
             earlier.append(r.match)
-    # What each engine compiles: the switch and the kernel enforce their program's L4 projection.
-    sources = {where: sub if where == "sidecar" else project_l4(sub) for where, sub in placed.programs.items()}
+    # What the switch and the kernel compile: their program's L4 projection. (A sidecar's read-back is
+    # per listener, not rule by rule: it goes to the solver whole.)
+    sources = {where: project_l4(sub) for where, sub in placed.programs.items() if where != "sidecar"}
     return prove_composition(program, lifted, scopes, sources=sources)
