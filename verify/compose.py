@@ -153,14 +153,15 @@ class Scope:
 
 
 def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | None = None,
-          timeout_ms: int = 60_000, sources: dict[str, Program] | None = None) -> Composition:
+          timeout_ms: int = 60_000, sources: dict[str, Program] | None = None, progress=None) -> Composition:
     """Prove that, within every scope, AND(allows of its engines) == policy allows for every flow and request.
 
     `sources` (optional) names the program each engine was compiled from. An
     engine whose read-back refines its source rule by rule (verify.refine) is
     represented by that source in the solver's questions: the same decisions,
     and terms the policy shares. Scopes whose engines then trivially decide
-    like the policy are settled without the solver.
+    like the policy are settled without the solver. `progress(done, total)`
+    is called as the solver's questions are answered.
     """
     started = time.perf_counter()
     scopes = scopes or [Scope("default", None, (), tuple(engines))]
@@ -179,12 +180,16 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
     analyses = {name: Analysis(p, encoder=enc, timeout_ms=timeout_ms) for name, p in stand_in.items()}
     result, model, question, scope = "unsat", None, [], open_scopes[0]
     blocks = list(_refined(a_policy, regions(policy)))
+    done, total = 0, len(blocks) * len(open_scopes)
     for scope in open_scopes:
         inside = [] if scope.match is None else [a_policy.term(scope.match)]
         inside += [a_policy.outside(m) for m in scope.excluded]
         box = None if scope.match is None else a_policy.boxer.box(scope.match)
         deciding = [n for n in scope.engines if not _allows_all(stand_in[n])]
         for block in blocks:
+            done += 1
+            if progress is not None:
+                progress(done, total)
             if box is not None and not overlaps(box, a_policy.boxer.box(block.match)):
                 continue
             policy_allows = a_policy.allowed_term(block.relevant(a_policy, scope.match))

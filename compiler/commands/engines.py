@@ -13,8 +13,8 @@ from anyplane.ir.source import DiagnosticError
 
 from ..flows import parse_flow
 from ..pipeline import STAGES, UsageError, load
-from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, with_source, \
-    write_artifacts
+from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, progress_reporter, \
+    with_source, write_artifacts
 
 
 def _ir(program: Program, no_src: bool) -> Output:
@@ -93,6 +93,8 @@ def _all(compiled, path_text, prefer: str, capacity: dict[str, int], deployment_
     outputs = {}
     for where in plan.places:
         engine, sub = _engine(ENGINE_AT[where]), plan.programs[where]
+        if sys.stderr.isatty():
+            click.echo(f"{where}: {len(sub.rules)} rules ...", err=True)
         try:
             if where == "sidecar":
                 outputs[where] = engine.emit(sub, deployment, ".", dry_run)
@@ -117,7 +119,11 @@ def _all(compiled, path_text, prefer: str, capacity: dict[str, int], deployment_
                           "rules": [r.to_json() for r in plan.rows]}, indent=1) + "\n")]
     out.report = [RuleReport("", r.location, r.text, "placed", ",".join(r.placed) or "-") for r in plan.rows]
     if prove and not dry_run:
-        result = placement.prove(program, plan, not no_range, outputs)
+        update, close = progress_reporter("proving")
+        try:
+            result = placement.prove(program, plan, not no_range, outputs, update)
+        finally:
+            close()
         out.artifacts.append(Artifact("proof.json", json.dumps(result.to_json(), indent=1) + "\n"))
         on = " + ".join(plan.places)
         if result.proved:

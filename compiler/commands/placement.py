@@ -559,7 +559,7 @@ def plan(program: Program, regions_: list[Region], prefer: str = "early", capaci
     return Planner(program, regions_, prefer, capacity, covers, fabric_counter(range_match)).plan()
 
 
-def prove(program: Program, placed: Plan, range_match: bool = True, outputs: dict | None = None):
+def prove(program: Program, placed: Plan, range_match: bool = True, outputs: dict | None = None, progress=None):
     """The composition proof: what each engine emitted for its program, read back as IR, together
     against the policy, per region with the engines on its path (translation validation).
 
@@ -591,4 +591,4 @@ def prove(program: Program, placed: Plan, range_match: bool = True, outputs: dic
     # What the switch and the kernel compile: their program's L4 projection. (A sidecar's read-back is
     # per listener, not rule by rule: it goes to the solver whole.)
     sources = {where: project_l4(sub) for where, sub in placed.programs.items() if where != "sidecar"}
-    return prove_composition(program, lifted, scopes, sources=sources)
+    return prove_composition(program, lifted, scopes, sources=sources, progress=progress)
