@@ -121,7 +121,7 @@ def test_a_rule_no_engine_on_the_path_can_enforce_is_an_error_at_its_line(tmp_pa
     assert "examples/bookinfo.ap:27:1: error: the default deny needs the kernel or the fabric" in out.output
     assert "examples/bookinfo.ap:38:1: error: no engine on the path (sidecar) can enforce this deny" in out.output
     assert _compile(tmp_path, "examples/bookinfo.ap", "--path", "fabric,fabric").exit_code == 2
-    assert _compile(tmp_path, "examples/bookinfo.ap", "--capacity", "kernel=10").exit_code == 2
+    assert _compile(tmp_path, "examples/bookinfo.ap", "--capacity", "sidecar=10").exit_code == 2
 
 
 @pytest.mark.parametrize("prefer", ["early", "late", "everywhere"])
@@ -153,8 +153,25 @@ def test_capacity_spills_what_does_not_fit_the_switch_to_the_kernel(tmp_path):
     # Nothing to spill to: an error, not a silent drop.
     out = _compile(tmp_path / "out2", str(policy), "--capacity", "fabric=50", "--path", "fabric")
     assert out.exit_code == 1
-    assert "error: fabric holds 50 acl entries, this policy needs" in out.output
+    assert "error: fabric holds 50 entries, this policy needs" in out.output
     assert "no other engine on the path (fabric) can take the default deny" in out.output
+
+
+def test_a_full_kernel_spills_to_the_switch_under_prefer_late(tmp_path):
+    rules = classbench.read_rules(classbench.DATA / "fw1_1k.rules")[:300]
+    policy = tmp_path / "fw1.ap"
+    policy.write_text(classbench.to_policy(rules, "fw1"))
+    out = _compile(tmp_path / "out", str(policy), "--capacity", "kernel=150", "--path", "fabric,kernel",
+                   "--prefer", "late")
+    assert out.exit_code == 0, out.output
+    assert "proved: fabric + kernel" in out.output
+    data = json.loads((tmp_path / "out/placement.json").read_text())
+    assert any(s.endswith(": kernel -> fabric") for s in data["spilled"])
+    assert next(c for c in data["capabilities"] if c["place"] == "kernel")["capacity"] == 150
+    tables = json.loads((tmp_path / "out/ebpf/tables.json").read_text())
+    assert 0 < tables["entries"] <= 150
+    assert any(r["engines"]["fabric"] == "enforces" for r in data["rules"])
+    assert any(r["engines"]["kernel"] == "enforces" for r in data["rules"])
 
 
 def _acl_entries(folder) -> int:

@@ -61,8 +61,9 @@ def _capacity(items: tuple[str, ...]) -> dict[str, int]:
     out = {}
     for item in items:
         place, _, n = item.partition("=")
-        if place not in ("fabric",) or not n.isdigit() or int(n) <= 0:
-            raise UsageError(f"--capacity takes fabric=ENTRIES (the switch's acl table size), not '{item}'")
+        if place not in ("fabric", "kernel") or not n.isdigit() or int(n) <= 0:
+            raise UsageError("--capacity takes fabric=ENTRIES (the switch's acl table size) or kernel=ENTRIES "
+                             f"(the classifier's entries), not '{item}'")
         out[place] = int(n)
     return out
 
@@ -110,7 +111,8 @@ def _all(compiled, path_text, prefer: str, capacity: dict[str, int], deployment_
     out = Output()
     for where, o in outputs.items():
         out.artifacts += [Artifact(f"{ENGINE_AT[where]}/{a.path}", a.data) for a in o.artifacts]
-    capabilities = [_engine(ENGINE_AT[w]).CAPABILITY.to_json() for w in plan.places]
+    capabilities = [dict(_engine(ENGINE_AT[w]).CAPABILITY.to_json(), **({"capacity": capacity[w]} if w in capacity else {}))
+                    for w in plan.places]
     out.artifacts += [Artifact("placement.txt", placement.text(plan)),
                       Artifact("placement.json", json.dumps({
                           "prefer": plan.prefer, "places": plan.places,
@@ -162,8 +164,9 @@ def _all(compiled, path_text, prefer: str, capacity: dict[str, int], deployment_
               "[default: fabric,kernel,sidecar; per destination: `paths` in the deployment file].")
 @click.option("--prefer", type=click.Choice(["early", "late", "everywhere"]), default="early", show_default=True,
               help="all: enforce L3/L4 denies on the first engine on the path that can, the last, or every one.")
-@click.option("--capacity", multiple=True, metavar="fabric=N",
-              help="all: the switch's acl table holds N entries; what does not fit spills to the next engine.")
+@click.option("--capacity", multiple=True, metavar="fabric=N|kernel=N",
+              help="all: the switch's acl table (or the kernel's classifier) holds N entries; what does not fit "
+                   "spills to the next engine.")
 @click.option("--no-prove", is_flag=True, help="all: skip the proof that the engines together enforce the policy.")
 @format_option
 @handle_errors

@@ -405,7 +405,7 @@ class Planner:
             for d in victims:
                 loc = d.rule.origin.loc if d.rule else None
                 why = f"spilled: {place} cannot express it ({unsupported[loc]})" if loc in unsupported \
-                    else f"spilled: {place} holds {cap} acl entries, this policy needs {total} there"
+                    else f"spilled: {place} holds {cap} entries, this policy needs {total} there"
                 for r, region in enumerate(self.regions):
                     if place not in d.chosen.get(region.label, []):
                         continue
@@ -534,12 +534,21 @@ def text(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fabric_counter(range_match: bool):
-    """How many acl entries a program needs on the switch, per rule, and what it cannot express."""
+def entry_counter(range_match: bool):
+    """How many entries a program needs on an engine, per rule (FILE:LINE), and what it cannot express:
+    the switch's acl entries after range and redundancy work, the kernel's classifier entries (one per
+    entry of the L4 projection)."""
     from anyplane.backends.p4.entries import Unsupported, build
     from anyplane.backends.p4.pipeline import Features
 
     def count(place: str, program: Program):
+        if place == "kernel":
+            loc = {r.id: r.origin.loc for r in program.rules}
+            per_loc: dict[str, int] = {}
+            entries = project_l4(program).acl.entries
+            for e in entries:
+                per_loc[loc.get(e.rule, e.origin.loc)] = per_loc.get(loc.get(e.rule, e.origin.loc), 0) + 1
+            return len(entries), per_loc, {}
         try:
             entries = build(program, Features(range_match=range_match, acl_size=1 << 30))
         except Unsupported:
@@ -556,7 +565,7 @@ def plan(program: Program, regions_: list[Region], prefer: str = "early", capaci
         from anyplane.backends.envoy.engine import covers as sidecar_covers
 
         covers = sidecar_covers(program)
-    return Planner(program, regions_, prefer, capacity, covers, fabric_counter(range_match)).plan()
+    return Planner(program, regions_, prefer, capacity, covers, entry_counter(range_match)).plan()
 
 
 def prove(program: Program, placed: Plan, range_match: bool = True, outputs: dict | None = None, progress=None):
