@@ -49,6 +49,7 @@ def measure(name: str, prefer: str, capacity: int | None = None) -> dict:
     return {"set": name, "prefer": prefer, "capacity": capacity, "rules": len(program.rules), "frontend_s": round(t1 - t0, 2),
             "placement_s": round(t2 - t1, 2), "engines_s": round(t3 - t2, 2), "proof_s": round(t4 - t3, 2),
             "total_s": round(total, 2), "proof_share": round((t4 - t3) / total, 3), "proved": result.proved,
+            "questions": result.questions,
             "held": {p: len(sub.rules) for p, sub in programs.items()}}
 
 
@@ -66,7 +67,7 @@ def main() -> None:
         return (f"{row['set']:>14} {row['prefer'] + cap:<10}: {row['rules']:>6} rules  total {row['total_s']:>6.1f} s  "
                 f"(front end {row['frontend_s']:.1f}, placement {row['placement_s']:.1f}, engines "
                 f"{row['engines_s']:.1f}, proof {row['proof_s']:.1f} s = {row['proof_share']:.0%})  "
-                f"proved={row['proved']}  rules held: {held}")
+                f"proved={row['proved']} ({row['questions']} solver questions)  rules held: {held}")
 
     cases = [(name, prefer) for name in args.sets.split(",") for prefer in args.prefer.split(",")]
     report.run(cases, lambda name, prefer: measure(name, prefer, args.capacity), line, args.format)

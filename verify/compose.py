@@ -40,10 +40,13 @@ class Composition:
     engines: list[str] = field(default_factory=list)
     #: Per engine given a source: "" when its read-back refines the source rule by rule, else why not.
     refined: dict[str, str] = field(default_factory=dict)
+    #: Questions the solver answered (0: every region was settled without it).
+    questions: int = 0
 
     def to_json(self) -> dict:
         """The outcome as JSON."""
         return {"proved": self.proved, "seconds": round(self.seconds, 3), "engines": self.engines,
+                "questions": self.questions,
                 "counterexample": self.counterexample, "unknown": self.unknown,
                 "refined": {name: ("rule by rule" if self.refined.get(name) == "" else
                                    f"whole read-back to the solver: {self.refined[name]}" if name in self.refined
@@ -180,7 +183,7 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
     analyses = {name: Analysis(p, encoder=enc, timeout_ms=timeout_ms) for name, p in stand_in.items()}
     result, model, question, scope = "unsat", None, [], open_scopes[0]
     blocks = list(_refined(a_policy, regions(policy)))
-    done, total = 0, len(blocks) * len(open_scopes)
+    done, total, asked = 0, len(blocks) * len(open_scopes), 0
     for scope in open_scopes:
         inside = [] if scope.match is None else [a_policy.term(scope.match)]
         inside += [a_policy.outside(m) for m in scope.excluded]
@@ -197,15 +200,16 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
                                for n in deciding], enc.ctx)
             question = [block.term(a_policy), *inside, policy_allows != together]
             result, model = a_policy.solve(*question)
+            asked += 1
             if result != "unsat":
                 break
         if result != "unsat":
             break
     if result == "unknown":
         return Composition(False, time.perf_counter() - started, unknown=a_policy.unknown().reason, engines=names,
-                           refined=refined)
+                           refined=refined, questions=asked)
     if result == "unsat":
-        return Composition(True, time.perf_counter() - started, engines=names, refined=refined)
+        return Composition(True, time.perf_counter() - started, engines=names, refined=refined, questions=asked)
     flow = enc.flow(prefer(a_policy, question, model))
     want = evaluate(policy, flow)
     got = {name: evaluate(engines[name], flow) for name in scope.engines}
@@ -215,7 +219,8 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
     cex = {"flow": flow.text, "scope": scope.label, "policy": {"verdict": want.verdict, "rule": want.rule},
            "engines": {name: {"verdict": d.verdict, "rule": d.rule} for name, d in got.items()},
            "together": together_verdict}
-    return Composition(False, time.perf_counter() - started, counterexample=cex, engines=names, refined=refined)
+    return Composition(False, time.perf_counter() - started, counterexample=cex, engines=names, refined=refined,
+                       questions=asked)
 
 
 def _allows_all(p: Program) -> bool:
