@@ -266,3 +266,14 @@ def test_placed_classbench_programs_together_decide_like_the_policy(prefer, name
     deciders = _deciders(plan)
     for f in FlowGen(program, seed=5).flows(3000):
         assert _together(plan, deciders, f) == evaluate(program, f).verdict, f.text
+
+
+def test_many_artifacts_are_listed_by_folder(tmp_path, monkeypatch):
+    from anyplane.compiler.commands import engines
+
+    monkeypatch.setattr(engines, "LIST_UP_TO", 5)
+    out = _compile(tmp_path, "examples/bookinfo.ap")
+    assert out.exit_code == 0, out.output
+    sidecars = sum(1 for p in (tmp_path / "envoy").rglob("*") if p.is_file())
+    assert f"wrote {tmp_path / 'envoy'}/ ({sidecars} files)" in out.output
+    assert f"wrote {tmp_path / 'proof.json'}" in out.output

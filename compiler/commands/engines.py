@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -55,6 +56,10 @@ def _deployment(path):
 def _engine_error(exc: Exception) -> None:
     click.echo(f"anyplane: error: {exc}", err=True)
     sys.exit(EXIT_FAIL)
+
+
+#: Above this many files, `compile` lists folders rather than files.
+LIST_UP_TO = 40
 
 
 def _capacity(items: tuple[str, ...]) -> dict[str, int]:
@@ -203,9 +208,17 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
     if output_format == "json":
         emit_json({"ok": True, "target": target, "artifacts": written,
                    "report": [r.to_json() for r in out.report]})
-    else:
+    elif len(written) <= LIST_UP_TO:
         for path in written:
             click.echo(f"wrote {path}")
+    else:  # hundreds of sidecars: one line per folder
+        folders: dict[str, int] = {}
+        for path in written:
+            rel = os.path.relpath(path, out_dir).split(os.sep)
+            key = os.path.join(out_dir, rel[0]) + (os.sep if len(rel) > 1 else "")
+            folders[key] = folders.get(key, 0) + 1
+        for key, n in folders.items():
+            click.echo(f"wrote {key}" + (f" ({n} files)" if key.endswith(os.sep) else ""))
 
 
 @cli.command()
