@@ -18,6 +18,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
 from anyplane.ir.lpm import LpmTable
 from anyplane.ir.match import PrefixMatch, options
+from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Entry, Program
 
 
@@ -41,12 +42,9 @@ class AddressClasses:
                 ids[sig] = len(keys)
                 keys.append(key)
             remap.append(ids[sig])
-        table = LpmTable(self.prefixes)
         prefixes = []
-        for p, cls in self.prefixes:
-            parent = table.covering(Prefix(p.family, p.value >> (p.width - p.length + 1) << (p.width - p.length + 1),
-                                           p.length - 1)) if p.length else None
-            if remap[cls] != (remap[parent[1]] if parent is not None else 0):
+        for (p, cls), parent in zip(self.prefixes, _parents([p for p, _ in self.prefixes])):
+            if remap[cls] != (remap[self.prefixes[parent][1]] if parent is not None else 0):
                 prefixes.append((p, remap[cls]))
         return AddressClasses(tuple(keys), tuple(prefixes))
 
@@ -54,6 +52,27 @@ class AddressClasses:
         """The class of an address (longest matching prefix, else 0)."""
         hit = LpmTable(self.prefixes).lookup(family, address)
         return 0 if hit is None else hit
+
+
+def _parents(prefixes: list[Prefix]) -> list[int | None]:
+    """For prefixes sorted by (family, value, length): the position of the longest other one covering
+    each (one pass with a stack of the prefixes enclosing the current one)."""
+    out: list[int | None] = []
+    stack: list[int] = []
+    for k, p in enumerate(prefixes):
+        while stack and not prefixes[stack[-1]].covers(p):
+            stack.pop()
+        out.append(stack[-1] if stack else None)
+        stack.append(k)
+    return out
+
+
+@per_program
+def _owners(program: Program) -> tuple[LpmTable, dict[Prefix, str | None]]:
+    """The ownership table, and the owner of every endpoint prefix (once per program: every listener
+    of every sidecar builds classes over the same endpoints)."""
+    owners = LpmTable((row.prefix, row.identity) for row in program.endpoints)
+    return owners, {row.prefix: owners.covering(row.prefix)[1] for row in program.endpoints}
 
 
 def address_classes(program: Program, entries: list[Entry], side: str) -> AddressClasses:
@@ -64,16 +83,19 @@ def address_classes(program: Program, entries: list[Entry], side: str) -> Addres
         fm = e.match.get(ip_field)
         if fm is not None:
             cidrs.update(o.prefix for o in options(fm) if isinstance(o, PrefixMatch))
-    owners = LpmTable((row.prefix, row.identity) for row in program.endpoints)
-    atoms = sorted({row.prefix for row in program.endpoints} | cidrs)
+    owners, owned = _owners(program)
+    atoms = sorted(set(owned) | cidrs)
     by_length: dict[tuple[int, int], set[int]] = {}
     for c in cidrs:
         by_length.setdefault((c.family, c.length), set()).add(c.value)
     keys: dict[tuple, int] = {(None, frozenset()): 0}
     prefixes = []
     for p in atoms:
-        hit = owners.covering(p)
-        owner = hit[1] if hit is not None else None
+        if p in owned:
+            owner = owned[p]
+        else:
+            hit = owners.covering(p)
+            owner = hit[1] if hit is not None else None
         width = p.width
         member = frozenset(Prefix(p.family, p.value >> (width - length) << (width - length) if length else 0, length)
                            for (fam, length), values in by_length.items()
@@ -83,5 +105,3 @@ def address_classes(program: Program, entries: list[Entry], side: str) -> Addres
         prefixes.append((p, cls))
     ordered = sorted(keys.items(), key=lambda kv: kv[1])
     return AddressClasses(tuple(k for k, _ in ordered), tuple(prefixes))
-
-
