@@ -264,30 +264,13 @@ class Work:
             raise NotComparable("too much work to compare rule by rule")
 
 
-def _covered(box: Box, others: list[Box], budget: Work) -> bool:
-    """Whether the union of `others` contains the box (splitting it along the first box it meets)."""
-    budget.spend()
-    for k, o in enumerate(others):
-        meet = tuple(_intersect(a, b) for a, b in zip(box, o))
-        if _empty(meet):
-            continue
-        rest = others[k + 1:]
-        for d in range(len(box)):
-            outside = _minus(box[d], o[d])
-            if outside and not _covered(box[:d] + (outside,) + box[d + 1:], rest, budget):
-                return False
-            box = box[:d] + (meet[d],) + box[d + 1:]
-        return True
-    return _empty(box)
-
-
 def same_flows(a: list[Box], b: list[Box], budget: Work | None = None) -> bool:
     """Whether two unions of boxes hold the same points."""
     pa, pb = _as_product(a), _as_product(b)
     if pa is not None and pb is not None:
         return pa == pb
     budget = budget or Work(BUDGET)
-    return all(_covered(x, b, budget) for x in a) and all(_covered(x, a, budget) for x in b)
+    return not _without(a, b, budget) and not _without(b, a, budget)
 
 
 def _groups(entries: list[Entry]) -> list[tuple[str, list[Entry]]] | None:
