@@ -390,18 +390,13 @@ class Planner:
             here = [d for d in duties if any(place in ps for ps in d.chosen.values())]
             victims: list[Duty] = [d for d in here if d.rule is not None and d.rule.origin.loc in unsupported]
             if total > cap:
-                excess = total - cap
                 default = next((d for d in here if d.key == "default"), None)
                 if default is not None:
                     victims.append(default)
                 else:
                     ranked = sorted((d for d in here if d.rule is not None and d not in victims),
-                                    key=lambda d: min(self.by_rule[d.key]), reverse=True)
-                    for d in ranked:
-                        victims.append(d)
-                        excess -= max(1, per_loc.get(d.rule.origin.loc, 1))
-                        if excess <= 0:
-                            break
+                                    key=lambda d: min(self.by_rule[d.key]))
+                    victims += ranked[self._fitting(place, ranked, cap):]
             for d in victims:
                 loc = d.rule.origin.loc if d.rule else None
                 why = f"spilled: {place} cannot express it ({unsupported[loc]})" if loc in unsupported \
@@ -421,6 +416,22 @@ class Planner:
                 self.spilled.append(f"{label}: {place} -> "
                                     + ",".join(sorted({p for ps in d.chosen.values() for p in ps})))
         return moved
+
+    def _fitting(self, place: str, ranked: list[Duty], cap: int) -> int:
+        """How many of the duties (in decision order) the engine holds within its capacity: the highest
+        ones, whose context (the allows above them) is smallest. Found by bisection on entry counts."""
+        def fits(m: int) -> bool:
+            denies = {d.key for d in ranked[:m] if d.kind in ("deny", "http-deny")}
+            rates = {d.key for d in ranked[:m] if d.kind in ("rate", "http-rate")}
+            return self.count_entries(place, self.program_for(place, denies, False, rates))[0] <= cap
+        lo, hi = 0, len(ranked)  # ranked[:lo] fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     # -- everything -----------------------------------------------------------------------
     def plan(self) -> Plan:
