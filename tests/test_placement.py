@@ -141,20 +141,41 @@ def test_capacity_spills_what_does_not_fit_the_switch_to_the_kernel(tmp_path):
     rules = classbench.read_rules(classbench.DATA / "acl1_1k.rules")[:300]
     policy = tmp_path / "acl1.ap"
     policy.write_text(classbench.to_policy(rules, "acl1"))
-    out = _compile(tmp_path / "out", str(policy), "--capacity", "fabric=120", "--path", "fabric,kernel")
+    out = _compile(tmp_path / "out", str(policy), "--capacity", "fabric=30", "--path", "fabric,kernel")
     assert out.exit_code == 0, out.output
     assert "proved: fabric + kernel" in out.output
     data = json.loads((tmp_path / "out/placement.json").read_text())
     assert data["spilled"]
-    assert 0 < _acl_entries(tmp_path / "out/p4") <= 120
+    assert 20 <= _acl_entries(tmp_path / "out/p4") <= 30  # filled, not emptied
     kernel_rows = [r for r in data["rules"] if r["engines"]["kernel"] == "enforces"]
     fabric_rows = [r for r in data["rules"] if r["engines"]["fabric"] == "enforces"]
     assert kernel_rows and fabric_rows
+    # The switch keeps the highest denies (the least context): every one it enforces comes before every
+    # deny that spilled (ClassBench priorities follow the file order).
+    line = lambda r: int(r["rule"].rsplit(":", 1)[1])  # noqa: E731
+    denies = [r for r in data["rules"] if r["rule"] != "default" and "deny" in r["text"].split()[:1]]
+    kept = [line(r) for r in denies if r["engines"]["fabric"] == "enforces"]
+    spilled = [line(r) for r in denies if r["engines"]["kernel"] == "enforces"]
+    assert kept and spilled and max(kept) < min(spilled)
     # Nothing to spill to: an error, not a silent drop.
     out = _compile(tmp_path / "out2", str(policy), "--capacity", "fabric=50", "--path", "fabric")
     assert out.exit_code == 1
     assert "error: fabric holds 50 entries, this policy needs" in out.output
     assert "no other engine on the path (fabric) can take the default deny" in out.output
+
+
+def test_a_small_switch_is_filled_with_the_highest_denies(tmp_path):
+    """fw1's denies sit below hundreds of allows: spilling by a deny's own entries emptied the switch;
+    keeping the longest run of highest denies that fits fills it."""
+    rules = classbench.read_rules(classbench.DATA / "fw1_1k.rules")
+    policy = tmp_path / "fw1.ap"
+    policy.write_text(classbench.to_policy(rules, "fw1"))
+    out = _compile(tmp_path / "out", str(policy), "--capacity", "fabric=300", "--path", "fabric,kernel")
+    assert out.exit_code == 0, out.output
+    assert "proved: fabric + kernel" in out.output
+    assert 200 <= _acl_entries(tmp_path / "out/p4") <= 300
+    data = json.loads((tmp_path / "out/placement.json").read_text())
+    assert sum(1 for r in data["rules"] if r["engines"]["fabric"] == "enforces") >= 20
 
 
 def test_a_full_kernel_spills_to_the_switch_under_prefer_late(tmp_path):
