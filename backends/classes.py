@@ -68,11 +68,11 @@ def _parents(prefixes: list[Prefix]) -> list[int | None]:
 
 
 @per_program
-def _owners(program: Program) -> tuple[LpmTable, dict[Prefix, str | None]]:
+def _owners(program: Program) -> tuple[LpmTable, dict[Prefix, str]]:
     """The ownership table, and the owner of every endpoint prefix (once per program: every listener
     of every sidecar builds classes over the same endpoints)."""
-    owners = LpmTable((row.prefix, row.identity) for row in program.endpoints)
-    return owners, {row.prefix: owners.covering(row.prefix)[1] for row in program.endpoints}
+    return LpmTable((row.prefix, row.identity) for row in program.endpoints), \
+        {row.prefix: row.identity for row in program.endpoints}
 
 
 def address_classes(program: Program, entries: list[Entry], side: str) -> AddressClasses:
@@ -96,11 +96,8 @@ def address_classes(program: Program, entries: list[Entry], side: str) -> Addres
         else:
             hit = owners.covering(p)
             owner = hit[1] if hit is not None else None
-        width = p.width
-        member = frozenset(Prefix(p.family, p.value >> (width - length) << (width - length) if length else 0, length)
-                           for (fam, length), values in by_length.items()
-                           if fam == p.family and length <= p.length
-                           and (p.value >> (width - length) << (width - length) if length else 0) in values)
+        member = frozenset(p.supernet(length) for (fam, length), values in by_length.items()
+                           if fam == p.family and length <= p.length and p.supernet(length).value in values)
         cls = keys.setdefault((owner, member), len(keys))
         prefixes.append((p, cls))
     ordered = sorted(keys.items(), key=lambda kv: kv[1])

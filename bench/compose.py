@@ -46,8 +46,8 @@ def measure(name: str, prefer: str, capacity: int | None = None) -> dict:
     result = placement.prove(program, plan, outputs=outputs)
     t4 = time.perf_counter()
     total = t4 - t0
-    return {"set": name, "prefer": prefer, "capacity": capacity, "rules": len(program.rules), "frontend_s": round(t1 - t0, 2),
-            "placement_s": round(t2 - t1, 2), "engines_s": round(t3 - t2, 2), "proof_s": round(t4 - t3, 2),
+    return {"set": name, "prefer": prefer, "capacity": capacity, "rules": len(program.rules),
+            "frontend_s": round(t1 - t0, 2), "placement_s": round(t2 - t1, 2), "engines_s": round(t3 - t2, 2), "proof_s": round(t4 - t3, 2),
             "total_s": round(total, 2), "proof_share": round((t4 - t3) / total, 3), "proved": result.proved,
             "questions": result.questions,
             "held": {p: len(sub.rules) for p, sub in programs.items()}}

@@ -60,6 +60,11 @@ class Prefix:
         return (other.family == self.family and other.length >= self.length
                 and (other.value & self.mask) == self.value)
 
+    def supernet(self, length: int) -> "Prefix":
+        """The prefix of `length` (at most this one's) that covers this one."""
+        shift = self.width - length
+        return Prefix(self.family, self.value >> shift << shift, length)
+
     def __str__(self) -> str:
         return f"{format_address(self.family, self.value)}/{self.length}"
 

@@ -173,3 +173,14 @@ def int_ranges(fm: FieldMatch) -> list[tuple[int, int]] | None:
         else:
             return None
     return out
+
+
+def merge_ranges(ranges) -> list[tuple[int, int]]:
+    """Inclusive integer ranges, sorted, with overlapping and adjacent ones merged."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out

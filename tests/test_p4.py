@@ -14,7 +14,7 @@ from p4.v1 import p4runtime_pb2
 from anyplane.backends.ebpf import packet
 from anyplane.backends.p4 import engine
 from anyplane.backends.p4.engine import P4Error
-from anyplane.backends.p4.entries import canonical, merge_prefixes, merge_ranges, prefix_cover
+from anyplane.backends.p4.entries import canonical, merge_prefixes, prefix_cover
 from anyplane.backends.p4.ids import ACTION, TABLE, Ids, jenkins_one_at_a_time
 from anyplane.backends.p4.pipeline import Features, p4info, program_text
 from anyplane.backends.p4.push import push
@@ -24,6 +24,7 @@ from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import Flow
 from anyplane.ir.flowgen import FlowGen
 from anyplane.ir.interp import evaluate
+from anyplane.ir.match import merge_ranges
 from anyplane.ir.project import project_l4
 
 from bench import classbench

@@ -65,7 +65,7 @@ class Block:
     def term(self, a: Analysis):
         """The block as a term of one analysis."""
         out = [a.term(self.match)]
-        out += [a.outside(Match.of({F.DST_IP: PrefixMatch(p)})) for p in sorted(self.carve, key=_key)]
+        out += [a.outside(Match.of({F.DST_IP: PrefixMatch(p)})) for p in sorted(self.carve)]
         return mk_and(out, a.enc.ctx)
 
     def relevant(self, a: Analysis, scope: Match | None = None) -> list[int]:
@@ -82,16 +82,7 @@ class Block:
         if prefixes is None:
             return False
         n = self.carve_length
-        return all(p.length >= n and _truncated(p, n) in self.carve for p in prefixes)
-
-
-def _key(p: Prefix):
-    return p.family, p.value, p.length
-
-
-def _truncated(p: Prefix, length: int) -> Prefix:
-    shift = p.width - length
-    return Prefix(p.family, p.value >> shift << shift, length)
+        return all(p.length >= n and p.supernet(n) in self.carve for p in prefixes)
 
 
 def regions(policy: Program, bits: int = 8) -> list[Block]:
@@ -136,10 +127,10 @@ def _by_destination(a: Analysis, block: Block, prefix: Prefix, relevant: list[in
     if not inside:
         return None
     length = Counter(p.length for p in inside).most_common(1)[0][0]
-    keys = frozenset(_truncated(p, length) for p in inside if p.length >= length)
+    keys = frozenset(p.supernet(length) for p in inside if p.length >= length)
     if len(keys) < 2:
         return None
-    subs = [Block(Match.of({F.DST_IP: PrefixMatch(k)})) for k in sorted(keys, key=_key)]
+    subs = [Block(Match.of({F.DST_IP: PrefixMatch(k)})) for k in sorted(keys)]
     if max(len(b.relevant(a)) for b in subs) > len(relevant) // 8:
         return None
     return subs + [Block(block.match, keys, length)]

@@ -38,8 +38,8 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from anyplane.ir import fields as F
-from anyplane.ir.match import (Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, Ternary,
-                               options)
+from anyplane.ir.match import (Absent, Exact, InSet, Match, Present, PrefixMatch, Range, Ternary,
+                               merge_ranges, options)
 from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP
 from anyplane.ir.nodes import Entry, Program, decision_key
 
@@ -66,13 +66,7 @@ class NotComparable(Exception):
 
 
 def _merge(spans) -> Intervals:
-    out: list[list[int]] = []
-    for lo, hi in sorted(spans):
-        if out and lo <= out[-1][1] + 1:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return tuple((lo, hi) for lo, hi in out)
+    return tuple(merge_ranges(spans))
 
 
 def _intersect(a: Intervals, b: Intervals) -> Intervals:
@@ -114,7 +108,7 @@ def _protocols(family: int):
     be present, ICMP fields may be present)."""
     icmp = ICMP if family == 4 else ICMP6
     return (((TCP, TCP), (UDP, UDP)), True, False), (((icmp, icmp),), False, True), \
-        (_minus(((0, 255),), ((TCP, TCP), (UDP, UDP), (icmp, icmp))), False, False)
+        (_minus(((0, 255),), _merge([(TCP, TCP), (UDP, UDP), (icmp, icmp)])), False, False)
 
 
 class Boxes:
@@ -452,7 +446,8 @@ def _refines(engine: Program, source: Program, mine: dict[str, list[Entry]], the
                 lost = [p for p in lost if not any(_inside(p, h) for h in got)]
                 before += got
             elif not _taken(met, before, budget):
-                return None, f"rule {rule}: flows it leaves out reach rule {eng.ordered[j].rule}, which decides otherwise"
+                return None, (f"rule {rule}: flows it leaves out reach rule {eng.ordered[j].rule}, "
+                              "which decides otherwise")
         if lost and engine.default != verdict and not _taken(lost, before, budget):
             return None, f"rule {rule}: flows it leaves out reach the default, which decides otherwise"
     return source, ""

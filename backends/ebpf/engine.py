@@ -193,7 +193,8 @@ def lifted(program: Program, model=None) -> Program:
 
     from anyplane.ir.nodes import Table
 
-    model = model or build_all(program).model
+    if model is None:
+        model = build_all(program).model
     entries = tuple(model.entries)
     n = len(entries)
     ordered = tuple(replace(e, priority=n - k) for k, e in enumerate(entries))

@@ -111,9 +111,10 @@ def egress(program: Program, service: str) -> list:
 def _reach(program: Program) -> dict[str, set[str]]:
     """Service -> the services some allow lets it reach (computed once per program)."""
     owned = _owned(program)
-    sides = {i.service: (set(program.service_identities(i.service)), []) for i in program.identities}
-    for name, (idents, prefixes) in sides.items():
-        prefixes += [p for i in idents for p in owned.get(i, ())]
+    sides = {}  # service -> (its identities, their prefixes)
+    for svc in {i.service for i in program.identities}:
+        idents = set(program.service_identities(svc))
+        sides[svc] = (idents, [p for i in idents for p in owned.get(i, ())])
     service_of = {i.name: i.service for i in program.identities}
     every = set(sides)
 

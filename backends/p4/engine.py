@@ -74,12 +74,10 @@ def build_all(program: Program, features: Features = Features()):
 
 def emit(program: Program, features: Features = Features()) -> base.Output:
     """The artifacts `anyplane compile -t p4` writes."""
-    from .lift import lift
-
     info, names, entries = build_all(program, features)
     req, sources = write_request(names, entries)
     out = base.Output(report=report(program, entries))
-    out.read_back = lambda: lift(program, info, req, sources, {v: k for k, v in entries.ids.items()})
+    out.read_back = lambda: _read_back(program, info, req, sources, entries)
     out.artifacts += [
         base.Artifact("anyplane.p4", program_text(features)),
         base.Artifact("p4info.txt", text_format.MessageToString(info)),
@@ -102,8 +100,12 @@ def emit(program: Program, features: Features = Features()) -> base.Output:
 
 def lifted(program: Program, features: Features = Features()) -> Program:
     """What the emitted entries enforce, read back from the WriteRequest (for the composition proof)."""
-    from .lift import lift
-
     info, names, entries = build_all(program, features)
     req, sources = write_request(names, entries)
+    return _read_back(program, info, req, sources, entries)
+
+
+def _read_back(program: Program, info, req, sources: list[str], entries: Entries) -> Program:
+    from .lift import lift
+
     return lift(program, info, req, sources, {v: k for k, v in entries.ids.items()})

@@ -23,7 +23,7 @@ from p4.v1 import p4runtime_pb2
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.addr import Prefix
-from anyplane.ir.match import InSet, PrefixMatch, exact_values, int_ranges, options
+from anyplane.ir.match import InSet, PrefixMatch, exact_values, int_ranges, merge_ranges, options
 from anyplane.ir.nodes import Entry, Program, decision_key
 from anyplane.ir.project import project_l4
 
@@ -68,17 +68,6 @@ class Entries:
 def canonical(value: int) -> bytes:
     """P4Runtime's canonical bytestring: the shortest big-endian encoding (one byte for 0)."""
     return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
-
-
-def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Overlapping and adjacent ranges merged."""
-    out: list[list[int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return [(lo, hi) for lo, hi in out]
 
 
 def prefix_cover(lo: int, hi: int, width: int) -> list[tuple[int, int]]:
@@ -440,5 +429,5 @@ def add_updates(req: p4runtime_pb2.WriteRequest, names: Names, entries: Entries)
     return sources
 
 
-__all__ = ["build", "Entries", "P4Entry", "add_updates", "table_entry", "prefix_cover", "merge_ranges",
+__all__ = ["build", "Entries", "P4Entry", "add_updates", "table_entry", "prefix_cover",
            "merge_prefixes", "canonical", "Unsupported"]

@@ -116,8 +116,10 @@ def _all(compiled, path_text, prefer: str, capacity: dict[str, int], deployment_
     out = Output()
     for where, o in outputs.items():
         out.artifacts += [Artifact(f"{ENGINE_AT[where]}/{a.path}", a.data) for a in o.artifacts]
-    capabilities = [dict(_engine(ENGINE_AT[w]).CAPABILITY.to_json(), **({"capacity": capacity[w]} if w in capacity else {}))
-                    for w in plan.places]
+    capabilities = []
+    for w in plan.places:
+        declared = _engine(ENGINE_AT[w]).CAPABILITY.to_json()
+        capabilities.append(dict(declared, capacity=capacity.get(w, declared["capacity"])))
     out.artifacts += [Artifact("placement.txt", placement.text(plan)),
                       Artifact("placement.json", json.dumps({
                           "prefer": plan.prefer, "places": plan.places,

@@ -175,7 +175,7 @@ class Planner:
         self.program, self.regions, self.prefer = program, regions_, prefer
         self.capacity = capacity or {}
         self.covers = sidecar_covers or {}
-        self.count_entries = count_entries  # place, program -> (entries, {loc: entries}, unsupported locs)
+        self.count_entries = count_entries  # place, program -> (entries, {loc: why} it cannot express)
         self.places = [p for p in PLACES if any(p in r.path for r in regions_)]
         self.ordered = sorted(program.acl.entries, key=decision_key)
         self.rules = {r.id: r for r in program.rules}
@@ -386,7 +386,7 @@ class Planner:
         for place, cap in self.capacity.items():
             if place not in programs or self.count_entries is None:
                 continue
-            total, per_loc, unsupported = self.count_entries(place, programs[place])
+            total, unsupported = self.count_entries(place, programs[place])
             here = [d for d in duties if any(place in ps for ps in d.chosen.values())]
             victims: list[Duty] = [d for d in here if d.rule is not None and d.rule.origin.loc in unsupported]
             if total > cap:
@@ -546,25 +546,20 @@ def text(plan: Plan) -> str:
 
 
 def entry_counter(range_match: bool):
-    """How many entries a program needs on an engine, per rule (FILE:LINE), and what it cannot express:
-    the switch's acl entries after range and redundancy work, the kernel's classifier entries (one per
-    entry of the L4 projection)."""
+    """How many entries a program needs on an engine, and the rules (FILE:LINE) it cannot express: the
+    switch's acl entries after range and redundancy work, the kernel's classifier entries (one per entry
+    of the L4 projection)."""
     from anyplane.backends.p4.entries import Unsupported, build
     from anyplane.backends.p4.pipeline import Features
 
     def count(place: str, program: Program):
         if place == "kernel":
-            loc = {r.id: r.origin.loc for r in program.rules}
-            per_loc: dict[str, int] = {}
-            entries = project_l4(program).acl.entries
-            for e in entries:
-                per_loc[loc.get(e.rule, e.origin.loc)] = per_loc.get(loc.get(e.rule, e.origin.loc), 0) + 1
-            return len(entries), per_loc, {}
+            return len(project_l4(program).acl.entries), {}
         try:
             entries = build(program, Features(range_match=range_match, acl_size=1 << 30))
         except Unsupported:
-            return 0, {}, {}
-        return len(entries.acl), entries.per_rule, entries.unsupported
+            return 0, {}
+        return len(entries.acl), entries.unsupported
     return count
 
 

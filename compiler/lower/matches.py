@@ -17,24 +17,13 @@ from itertools import product
 from anyplane.ir import fields as F
 from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP
 from anyplane.ir.match import (Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, StrExact,
-                               StrPrefix)
+                               StrPrefix, merge_ranges)
 
 from .. import ast
 from ..symbols import Symbols, resolve
 from ..values import path_match
 
 Pairs = list[tuple[str, object]]
-
-
-def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sort and merge overlapping or adjacent ranges."""
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
 
 
 def port_match(ranges: list[tuple[int, int]]):
