@@ -48,6 +48,8 @@ def explain(program: Program, flow: Flow) -> dict:
                  "text": format_action(a)}
     return {
         "flow": flow.text,
+        "request": None if flow.http is None else {"path": flow.http.path, "host": flow.http.host,
+                                                   "sent": flow.http.sent, "refused": flow.http.refused},
         "verdict": d.verdict,
         "rule": d.rule,
         "rule_text": _rule_text(program, d.entry.rule if d.entry else None),
@@ -68,9 +70,15 @@ def format_explanation(x: dict) -> str:
     def who(end: dict) -> str:
         return f"{end['address']} ({end['identity'] or 'unowned'})"
 
-    lines = [f"flow      {x['flow']}", f"source    {who(x['src'])}", f"dest      {who(x['dst'])}",
-             f"verdict   {x['verdict']}"]
-    if x["default"]:
+    lines = [f"flow      {x['flow']}", f"source    {who(x['src'])}", f"dest      {who(x['dst'])}"]
+    req = x["request"]
+    if req and req["sent"] and not req["refused"]:
+        lines.append(f"request   matched as {req['path']}"
+                     + (f" host {req['host']}" if req["host"] else "") + "  [the sidecar's normal form]")
+    lines.append(f"verdict   {x['verdict']}")
+    if req and req["refused"]:
+        lines.append(f"refused   the sidecar answers 400: {req['refused']}")
+    elif x["default"]:
         lines.append("rule      (no rule matches: the default decides)")
     else:
         lines.append(f"rule      {x['rule']}  {x['rule_text']}")

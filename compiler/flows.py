@@ -21,7 +21,7 @@ from anyplane.ir.source import DiagnosticError, Span, error
 from . import ast
 from .parser import parse_pattern
 from .symbols import ResolveError, Symbols, resolve
-from .values import check_header_name, check_header_value, check_host, check_method, path_match
+from .values import check_header_name, check_header_value, check_method
 
 DEFAULT_SPORT = 49152
 
@@ -104,30 +104,24 @@ def _request(l7: ast.L7) -> Request:
         check_method(method.text)
     except ValueError as exc:
         _fail(method.span, "bad-method", str(exc))
-    try:
-        kind, body = path_match(path.text)
-    except ValueError as exc:
-        _fail(path.span, "bad-path", str(exc))
-    if kind != "exact":
+    if path.text.endswith("/*"):
         _fail(path.span, "not-concrete", "an HTTP flow has one concrete path, not a prefix")
-    headers = {}
+    headers: dict[str, ast.HeaderTest] = {}
     for h in l7.headers:
         if h.test != "equals":
             _fail(h.span, "not-concrete", 'give the header a value: header "name" = "value"')
+        if h.name.value in headers:
+            _fail(h.span, "duplicate-clause", f"header '{h.name.value}' is given twice: a flow has one value "
+                                              "per header (Envoy would see the values joined by ',')")
         try:
             check_header_name(h.name.value)
             check_header_value(h.value.value)
         except ValueError as exc:
             _fail(h.span, "bad-header", str(exc))
-        headers[h.name.value] = h.value.value
-    host = None
-    if l7.host is not None:
-        try:
-            check_host(l7.host.value)
-        except ValueError as exc:
-            _fail(l7.host.span, "bad-host", str(exc))
-        host = l7.host.value
-    return Request(method.text, body, host, tuple(sorted(headers.items())))
+        headers[h.name.value] = h
+    values = tuple(sorted((name, h.value.value) for name, h in headers.items()))
+    # The path and host are taken as a client would send them: the sidecar normalises them (or refuses).
+    return Request.sent_as(method.text, path.text, l7.host.value if l7.host is not None else None, values)
 
 
 def flow_from_pattern(p: ast.Pattern, symbols: Symbols, program: Program) -> Flow:

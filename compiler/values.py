@@ -11,6 +11,7 @@ import ipaddress
 import re
 from functools import lru_cache
 
+from anyplane.ir import http
 from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import HTTP_METHODS
 
@@ -78,7 +79,11 @@ def parse_rate_unit(unit: str) -> int:
 
 
 def check_method(method: str) -> None:
-    """Raise unless the method is a standard HTTP method."""
+    """Raise unless the method is a standard HTTP method the sidecar forwards."""
+    try:
+        http.check_method(method)
+    except http.Rejected as exc:
+        raise ValueError(str(exc)) from None
     if method not in HTTP_METHODS:
         raise ValueError(f"unknown HTTP method '{method}'; use one of {', '.join(HTTP_METHODS)}")
 
@@ -93,16 +98,31 @@ def path_match(path: str) -> tuple[str, str]:
     if not _PATH_CHARS.fullmatch(body):
         bad = next(ch for ch in body if not _PATH_CHARS.fullmatch(ch))
         raise ValueError(f"path '{path}' contains {bad!r}, which is not allowed in a URL path")
-    segments = body.split("/")[1:-1] if kind == "prefix" else body.split("/")[1:]
-    if any(seg in (".", "..") for seg in segments) or "//" in body:
-        raise ValueError(f"path '{path}' is not normalised (no '.', '..' or empty segments)")
     if "%" in body and not re.fullmatch(r"([^%]|%[0-9A-Fa-f]{2})*", body):
         raise ValueError(f"path '{path}' has a malformed percent-escape")
+    if not http.is_canonical(body):
+        raise ValueError(_not_normal(path, body, kind))
     return kind, body
 
 
+def _not_normal(path: str, body: str, kind: str) -> str:
+    """Why a rule path is not in the normal form requests are matched in, and the fix."""
+    star = "*" if kind == "prefix" else ""
+    try:
+        normal = http.normalise_path(body)
+    except http.Rejected as exc:
+        return f"path '{path}' can never match: the sidecar refuses such requests ({exc})"
+    if normal == body:  # only the case of escapes differs
+        normal = http.canonical_escapes(body)
+    return (f"path '{path}' is not in normal form: requests are matched after normalisation "
+            f"(dot segments, '//', escapes), so write '{normal}{star}'")
+
+
 def check_header_name(name: str) -> None:
-    """Raise unless the name is a lower-case HTTP header token (not a pseudo-header)."""
+    """Raise unless the name is a lower-case HTTP header token the sidecar sees as the client sent it."""
+    problem = http.header_problem(name)
+    if problem is not None:
+        raise ValueError(f"header '{name}' cannot be matched by the sidecar: {problem}")
     if not _HEADER_NAME.fullmatch(name):
         raise ValueError(f"header name {name!r} must be a lower-case HTTP token (letters, digits, '-')")
 
@@ -116,6 +136,8 @@ def check_header_value(value: str) -> None:
 
 
 def check_host(host: str) -> None:
-    """Raise unless the host is a DNS name or address, optionally with a port."""
-    if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?", host):
-        raise ValueError(f"host {host!r} must be a lower-case DNS name, optionally with :port")
+    """Raise unless the host is in normal form: a lower-case DNS name or address, no port."""
+    problem = http.host_problem(host)
+    if problem is not None:
+        raise ValueError(f"host {host!r} is not the normalised authority requests are matched by "
+                         f"(lower case, no :port, no final dot): {problem}")

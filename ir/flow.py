@@ -9,9 +9,10 @@ syntax, so a flow printed by any command can be pasted into
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import fields as F
+from . import http
 from .addr import WIDTH, format_address
 
 TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
@@ -19,7 +20,8 @@ PORT_PROTOCOLS = (TCP, UDP)
 IPV6_EXTENSION_HEADERS = (0, 43, 44, 60)  # hop-by-hop, routing, fragment, destination options
 ICMP_PROTOCOLS = (ICMP, ICMP6)
 PROTOCOL_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMP6: "icmp"}
-HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+#: The methods a rule may name (CONNECT opens a tunnel, which the sidecar does not forward).
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH")
 
 
 def quote(text: str) -> str:
@@ -29,17 +31,45 @@ def quote(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """An HTTP request: method, path (no query string), host and headers (lower-case names)."""
+    """An HTTP request as the sidecar sees it: method, path (normal form, no query string), host
+    (normalised) and headers (lower-case names).
+
+    `refused` names why the sidecar answers 400 before any rule is consulted; such a request
+    keeps its path and host as sent, for display. `sent` is the request target as written when
+    it differs from the normal form (display only).
+    """
 
     method: str
     path: str
     host: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    refused: str | None = None
+    sent: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         names = [n for n, _ in self.headers]
         if names != sorted(set(names)) or any(n != n.lower() for n in names):
             raise ValueError("request headers must have distinct lower-case names, sorted")
+        if self.refused is not None:
+            return
+        if not http.is_canonical(self.path):
+            raise ValueError(f"request path {self.path!r} is not in normal form")
+        if self.host is not None and http.host_problem(self.host) is not None:
+            raise ValueError(f"request host {self.host!r} is not normalised")
+        http.check_method(self.method)
+
+    @classmethod
+    def sent_as(cls, method: str, target: str, host: str | None = None,
+                headers: tuple[tuple[str, str], ...] = ()) -> "Request":
+        """The request the sidecar sees for what a client sent (refused when it answers 400)."""
+        try:
+            http.check_method(method)
+            t = http.parse_target(target)
+            authority = t.authority if t.authority is not None else host
+            normal_host = http.normalise_host(authority) if authority is not None else None
+        except http.Rejected as exc:
+            return cls(method, target, host, headers, refused=str(exc))
+        return cls(method, t.canonical, normal_host, headers, sent=target if t.canonical != target else None)
 
     def header(self, name: str) -> str | None:
         """Value of a header, or None when absent."""
@@ -135,7 +165,7 @@ class Flow:
         else:
             parts += ["proto", str(self.proto)] + (["fragment"] if self.fragment else [])
         if self.http is not None:
-            parts += ["http", self.http.method, self.http.path]
+            parts += ["http", self.http.method, self.http.sent or self.http.path]
             if self.http.host is not None:
                 parts += ["host", quote(self.http.host)]
             for name, value in self.http.headers:
@@ -154,4 +184,8 @@ class Flow:
         if self.http is not None:
             out["http"] = {"method": self.http.method, "path": self.http.path,
                            "host": self.http.host, "headers": dict(self.http.headers)}
+            if self.http.sent is not None:
+                out["http"]["sent"] = self.http.sent
+            if self.http.refused is not None:
+                out["http"]["refused"] = self.http.refused
         return out

@@ -128,7 +128,7 @@ class FlowGen:
         elif name == F.HTTP_METHOD and isinstance(o, InSet):
             self.methods.update(o.values)
         elif name == F.HTTP_PATH and isinstance(o, StrExact):
-            self.paths.update((o.value, o.value + "/", o.value + "x", o.value[:-1] or "/"))
+            self.paths.update((o.value, o.value.rstrip("/") + "/", o.value + "x", o.value[:-1] or "/"))
         elif name == F.HTTP_PATH and isinstance(o, StrPrefix):
             self.paths.update((o.value, o.value + "x", o.value + "a/b", o.value[:-1] or "/"))
         elif name == F.HTTP_HOST and isinstance(o, StrExact):

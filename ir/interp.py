@@ -9,7 +9,9 @@ definition per match kind, no indexes.
 2. Among the acl entries whose match holds, the one with the lowest
    `decision_key` decides: highest priority, then deny before rate limit
    before allow. With no matching entry, the program's default decides.
-3. An allowed HTTP request is routed by the highest-priority matching route
+3. A request the sidecar refuses (`Request.refused`: not in the normal form of
+   `ir.http`) is denied before any entry is consulted.
+4. An allowed HTTP request is routed by the highest-priority matching route
    of its destination; circuit-breaking limits of the destination service apply.
 """
 
@@ -35,6 +37,7 @@ class Decision:
     dst_id: str | None
     route: Entry | None = None
     limits: CircuitBreaker | None = None
+    refused: str | None = None  # why the sidecar answers 400 before any rule is consulted
 
     @property
     def rule(self) -> str | None:
@@ -102,6 +105,8 @@ def evaluate(program: Program, flow: Flow) -> Decision:
     """Decide one flow: verdict, deciding entry, route and limits."""
     src_id = owner(program, flow.family, flow.src)
     dst_id = owner(program, flow.family, flow.dst)
+    if flow.http is not None and flow.http.refused is not None:
+        return Decision("deny", None, src_id, dst_id, refused=flow.http.refused)
 
     matching = [e for e in program.acl.entries if match_holds(e.match, flow, src_id, dst_id)]
     entry = min(matching, key=decision_key) if matching else None

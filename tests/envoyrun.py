@@ -201,4 +201,22 @@ def request(host: str, port: int, method: str = "GET", path: str = "/", headers:
         conn.close()
 
 
-__all__ = ["require_envoy", "subnet", "free_port", "Upstream", "running", "request", "Envoy"]
+def raw_request(host: str, port: int, data: bytes, source: str | None = None, timeout: float = 10) -> int:
+    """Send raw bytes as one request on a new connection; the response status (0 if none)."""
+    with socket.create_connection((host, port), timeout=timeout,
+                                  source_address=(source, 0) if source else None) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while b"\r\n" not in out:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        except (socket.timeout, ConnectionResetError):
+            pass
+    parts = out.split(b"\r\n", 1)[0].split(b" ")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+__all__ = ["raw_request", "require_envoy", "subnet", "free_port", "Upstream", "running", "request", "Envoy"]

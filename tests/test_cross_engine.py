@@ -132,7 +132,7 @@ def _bookinfo_through_the_path(prefer: str) -> None:
         owner = next((svc for svc, port in PORTS.items() if f.dport == port), None)
         if f.proto == 6 and owner is not None:
             http_port = owner != "mysql"
-            if (f.http is not None) != http_port or (f.http is not None and f.http.method == "CONNECT"):
+            if (f.http is not None) != http_port:
                 continue  # a sidecar's HTTP port speaks HTTP, its TCP port raw TCP
         elif f.http is not None:
             continue

@@ -25,7 +25,8 @@ from anyplane.ir.flow import HTTP_METHODS
 from anyplane.ir.match import AnyOf, Match, StrExact, StrPrefix, options
 from anyplane.ir.nodes import Program
 
-_EXTENSION_CHARS = "xyzqjkw0123456789abcdefghilmnoprstuv-._~"
+# Characters that extend a path in normal form whatever precedes them ('.' could form a dot segment).
+_EXTENSION_CHARS = "xyzqjkw0123456789abcdefghilmnoprstuv-_~"
 
 
 @dataclass(frozen=True)

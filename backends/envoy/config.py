@@ -19,9 +19,9 @@ from anyplane.ir.nodes import Program
 
 from .deployment import Deployment
 from .inbound import TYPE, Listener, header_input, listener_plan, rbac_matcher, rule_names
+from .normal import HCM, NORMALISE, NORMALISE_HOST, refused_routes
 from .routes import outbound_clusters, outbound_listener
 
-HCM = TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ACCESS_LOG_FORMAT = ("[%START_TIME%] %DOWNSTREAM_DIRECT_REMOTE_ADDRESS% -> %DOWNSTREAM_LOCAL_ADDRESS% "
                      "\"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% "
                      "rule=%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_effective_policy_id)%\n")
@@ -107,12 +107,12 @@ def inbound_listener(program: Program, service: str, port: int, protocol: str, d
                         "typed_config": {"@type": TYPE + "envoy.extensions.filters.http.router.v3.Router"}})
         chain = [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
             "@type": HCM, "stat_prefix": f"in_{port}", "codec_type": "AUTO",
-            # The policy matches paths as sent: no normalisation that the interpreter would not do.
-            "normalize_path": False, "merge_slashes": False,
+            **NORMALISE, **NORMALISE_HOST,
             "access_log": _access_log(),
             "route_config": {"name": f"in|{service}|{port}", "virtual_hosts": [{
                 "name": "local", "domains": ["*"],
-                "routes": [{"name": "local", "match": {"prefix": "/"}, "route": {"cluster": cluster_name}}]}]},
+                "routes": refused_routes() + [
+                    {"name": "local", "match": {"prefix": "/"}, "route": {"cluster": cluster_name}}]}]},
             "http_filters": filters}}]
     else:
         return _tcp_listener(program, service, port, sidecar, plan, dry_run, cluster_name), app, plan

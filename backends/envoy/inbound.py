@@ -15,7 +15,6 @@ many rules the policy has.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from anyplane.ir import fields as F
@@ -26,9 +25,9 @@ from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Entry, Program, decision_key
 
 from ..classes import AddressClasses, address_classes
+from .normal import TYPE, authority, path_with_query
 
 TCP = 6
-TYPE = "type.googleapis.com/"
 ACTION = TYPE + "envoy.config.rbac.v3.Action"
 SRC_INPUT = {"name": "direct_source_ip",
              "typed_config": {"@type": TYPE + "envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput"}}
@@ -94,11 +93,6 @@ def port_regex(lo: int, hi: int) -> str:
     return "^(" + "|".join(parts) + ")$"
 
 
-def _exact_path(path: str) -> dict:
-    # :path carries the query string; the policy's exact path does not.
-    return {"safe_regex": {"google_re2": {}, "regex": "^" + re.escape(path) + r"(\?.*)?$"}}
-
-
 def field_predicates(m: Match, skip: set[str]) -> list[dict]:
     """Predicates for every constrained field of a match except those in `skip`."""
     out = []
@@ -114,11 +108,10 @@ def field_predicates(m: Match, skip: set[str]) -> list[dict]:
         elif name == F.HTTP_PATH:
             preds = []
             for o in options(fm):
-                match = _exact_path(o.value) if isinstance(o, StrExact) else {"prefix": o.value}
-                preds.append(_predicate(header_input(":path"), match))
+                preds.append(_predicate(header_input(":path"), path_with_query(o.value, isinstance(o, StrExact))))
             out.append(_or(preds))
         elif name == F.HTTP_HOST:
-            out.append(_predicate(header_input(":authority"), {"exact": fm.value, "ignore_case": True}))
+            out.append(_predicate(header_input(":authority"), authority(fm.value, port_suffix=False)))
         elif name.startswith(F.HEADER_PREFIX):
             header = header_input(name[len(F.HEADER_PREFIX):])
             if isinstance(fm, StrExact):

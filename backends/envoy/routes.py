@@ -18,8 +18,7 @@ from anyplane.ir.nodes import Entry, Program
 
 from .deployment import Deployment
 from .inbound import TYPE, meets
-
-HCM = TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+from .normal import HCM, NORMALISE, authority, route_path
 
 
 def _ms(ms: int) -> str:
@@ -35,10 +34,8 @@ def _route_match(e: Entry) -> dict:
     m = e.match
     match: dict = {"prefix": "/"}
     path = m.get(F.HTTP_PATH)
-    if isinstance(path, StrExact):
-        match = {"path": path.value}
-    elif isinstance(path, StrPrefix):
-        match = {"prefix": path.value}
+    if isinstance(path, (StrExact, StrPrefix)):
+        match = route_path(path.value, isinstance(path, StrExact))
     headers = []
     method = m.get(F.HTTP_METHOD)
     if method is not None:
@@ -48,7 +45,7 @@ def _route_match(e: Entry) -> dict:
                            "regex": "^(" + "|".join(re.escape(v) for v in values) + ")$"}}})
     host = m.get(F.HTTP_HOST)
     if isinstance(host, StrExact):
-        headers.append({"name": ":authority", "string_match": {"exact": host.value, "ignore_case": True}})
+        headers.append({"name": ":authority", "string_match": authority(host.value, port_suffix=True)})
     for name, fm in m.fields:
         if not name.startswith(F.HEADER_PREFIX):
             continue
@@ -154,7 +151,7 @@ def outbound_listener(program: Program, service: str, deployment: Deployment) ->
     host, port = deployment.sidecar(service).outbound
     return {"name": f"out|{service}", "address": {"socket_address": {"address": host, "port_value": port}},
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-                "@type": HCM, "stat_prefix": "outbound", "codec_type": "AUTO",
+                "@type": HCM, "stat_prefix": "outbound", "codec_type": "AUTO", **NORMALISE,
                 "route_config": {"name": f"out|{service}", "virtual_hosts": vhosts},
                 "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                     "@type": TYPE + "envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}
