@@ -80,11 +80,12 @@ def parse_rate_unit(unit: str) -> int:
 
 def check_method(method: str) -> None:
     """Raise unless the method is a standard HTTP method the sidecar forwards."""
-    try:
-        http.check_method(method)
-    except http.Rejected as exc:
-        raise ValueError(str(exc)) from None
     if method not in HTTP_METHODS:
+        try:
+            http.check_method(method)
+        except http.Rejected as exc:
+            if method in http.KNOWN_METHODS:
+                raise ValueError(str(exc)) from None
         raise ValueError(f"unknown HTTP method '{method}'; use one of {', '.join(HTTP_METHODS)}")
 
 

@@ -61,7 +61,9 @@ class Request:
     @classmethod
     def sent_as(cls, method: str, target: str, host: str | None = None,
                 headers: tuple[tuple[str, str], ...] = ()) -> "Request":
-        """The request the sidecar sees for what a client sent (refused when it answers 400)."""
+        """The request the sidecar sees for what a client sent (refused when it answers 400):
+        header names in lower case and values without surrounding blanks, as HTTP reads them."""
+        headers = tuple(sorted((name.lower(), value.strip(" \t")) for name, value in headers))
         try:
             http.check_method(method)
             t = http.parse_target(target)
