@@ -8,7 +8,7 @@ policy with no error-level diagnostics, so it may assume what is checked here.
 
 from __future__ import annotations
 
-from anyplane.ir.actions import EJECT_CONDITIONS, RETRY_CONDITIONS
+from anyplane.ir.actions import EJECT_CONDITIONS, RATE_MAX, RETRY_CONDITIONS, RateLimit
 from anyplane.ir.nodes import MAX_PRIORITY
 from anyplane.ir.source import Diagnostic, Note, Span, error
 
@@ -168,13 +168,32 @@ class Checker:
             if n.value > MAX_PRIORITY:
                 self.err(n.span, "bad-priority", f"priority {n.value} is out of range 0-{MAX_PRIORITY}")
         for rate in r.rates[:1]:
-            if r.verdict.text == "deny":
-                self.err(rate.span, "bad-rate", "a deny rule cannot have a rate limit")
-            self.attempt(rate.span, "bad-rate", parse_rate_unit, rate.unit)
-            if rate.count <= 0:
-                self.err(rate.span, "bad-rate", "a rate must be at least 1")
-            if rate.burst is not None and rate.burst.value <= 0:
-                self.err(rate.burst.span, "bad-rate", "a burst must be at least 1")
+            self._rate(r, rate)
+
+    def _rate(self, r: ast.Rule, rate: ast.Rate) -> None:
+        """A rate every engine that could enforce it holds, meaning the same everywhere."""
+        if r.verdict.text == "deny":
+            self.err(rate.span, "bad-rate", "a deny rule cannot have a rate limit")
+        per_s = self.attempt(rate.span, "bad-rate", parse_rate_unit, rate.unit)
+        if rate.burst is None and rate.count > RATE_MAX:
+            self.err(rate.span, "bad-rate", f"rate {rate.count} is more than the engines count ({RATE_MAX} per period)")
+            return
+        burst = rate.burst.value if rate.burst is not None else rate.count
+        burst_span = rate.burst.span if rate.burst is not None else rate.span
+        if rate.count <= 0:
+            self.err(rate.span, "bad-rate", "a rate must be at least 1")
+        elif rate.count > RATE_MAX:
+            self.err(rate.span, "bad-rate", f"rate {rate.count} is more than the engines count ({RATE_MAX} per period)")
+        if burst <= 0:
+            self.err(burst_span, "bad-rate", "a burst must be at least 1")
+        elif burst > RATE_MAX:
+            self.err(burst_span, "bad-rate", f"burst {burst} is more than the engines hold ({RATE_MAX})")
+        elif per_s and 0 < rate.count <= RATE_MAX and r.pattern.l7 is not None:
+            need = RateLimit(rate.count, per_s, burst, "-").refill
+            if burst < need:
+                self.err(burst_span, "bad-rate",
+                         f"burst {burst} is too small for {rate.count}/{rate.unit}: the sidecar refills its bucket "
+                         f"at most every 50 ms, so it needs a burst of at least {need} (write 'burst {need}')")
 
     def route(self, r: ast.Route) -> None:
         """A route: its service, match, backends, timeout and retry policy."""

@@ -7,9 +7,16 @@ destination service.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Union
+
+#: The largest rate count and burst every engine holds (the sidecar's token counts are 32-bit).
+RATE_MAX = 2**32 - 1
+#: The sidecar refills a token bucket at most every 50 ms (Envoy's minimum fill interval), so a request
+#: rate limit needs a burst of at least one refill: `min_burst`.
+REFILL_S = Fraction(1, 20)
 
 RETRY_CONDITIONS = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx", "refused-stream")
 EJECT_CONDITIONS = ("5xx", "gateway-error")
@@ -48,11 +55,18 @@ class RateLimit:
     def __post_init__(self) -> None:
         if self.count <= 0 or self.per_s <= 0 or self.burst <= 0:
             raise ValueError("rate, period and burst must be positive")
+        if self.count > RATE_MAX or self.burst > RATE_MAX:
+            raise ValueError(f"rate and burst must be at most {RATE_MAX}")
 
     @property
     def per_second(self) -> Fraction:
         """Sustained rate in tokens per second."""
         return Fraction(self.count, self.per_s)
+
+    @property
+    def refill(self) -> int:
+        """Tokens the sidecar adds per refill: one refill interval's worth, refills at least 50 ms apart."""
+        return max(1, math.ceil(self.per_second * REFILL_S))
 
 
 AclAction = Union[Allow, Deny, RateLimit]

@@ -13,6 +13,7 @@ mix. Anything that fails before the flip leaves the old policy in force.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
@@ -21,6 +22,8 @@ import time
 from array import array
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from anyplane.ir.actions import RateLimit
 
 from . import bpfsys as B
 from .addr4 import LEVEL1, build_addr4
@@ -66,6 +69,14 @@ class Tables:
     need: Layout
 
 
+def bucket(rl: RateLimit) -> tuple[int, int, int, int, int]:
+    """A full bucket as the program keeps it (tokens, last refill, count, period, burst): the rate in
+    lowest terms, `count` units per microsecond, `period` units per token (xdp.c.j2, take_token)."""
+    g = math.gcd(rl.count, rl.per_s * 10**6)
+    count, period = rl.count // g, rl.per_s * 10**6 // g
+    return rl.burst * period, 0, count, period, rl.burst
+
+
 def tables(model: Model, labels: dict[str, str]) -> Tables:
     """Map contents for a model; `labels` names rules for `status`."""
     cap = model.capacity
@@ -87,8 +98,7 @@ def tables(model: Model, labels: dict[str, str]) -> Tables:
         matrix = model.bits[name]
         rows += [matrix.value(r) for r in range(len(matrix.rows))]
     act = b"".join(struct.pack("=IIII", verdict, slot, bucket, 0) for verdict, slot, bucket in model.actions)
-    tb = b"".join(struct.pack("=QQQQQ", rl.burst * rl.per_s * 10**9, 0, rl.count, rl.per_s * 10**9, rl.burst)
-                  for rl in model.buckets)
+    tb = b"".join(struct.pack("=QQQQQ", *bucket(rl)) for rl in model.buckets)
     meta = struct.pack("=10I", bases["src"], bases["dst"], bases["proto"], bases["sport"], bases["dport"],
                        bases["icmp"], model.default_verdict, cap, len(model.entries), 0)
     need = Layout(cap, len(rows), (len(addr4) - 2 * LEVEL1) // 256, len(addr6), len(model.buckets))

@@ -18,14 +18,13 @@ from anyplane.ir.actions import RateLimit
 from anyplane.ir.nodes import Program
 
 from .deployment import Deployment
-from .inbound import TYPE, Listener, header_input, listener_plan, rbac_matcher, rule_names
+from .inbound import TYPE, Listener, Unsupported, header_input, listener_plan, rbac_matcher, rule_names
 from .normal import HCM, NORMALISE, NORMALISE_HOST, refused_routes
 from .routes import outbound_clusters, outbound_listener
 
 ACCESS_LOG_FORMAT = ("[%START_TIME%] %DOWNSTREAM_DIRECT_REMOTE_ADDRESS% -> %DOWNSTREAM_LOCAL_ADDRESS% "
                      "\"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% "
                      "rule=%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_effective_policy_id)%\n")
-MIN_FILL_MS = 50
 
 
 def duration(ms: int | Fraction) -> str:
@@ -35,10 +34,12 @@ def duration(ms: int | Fraction) -> str:
 
 
 def token_bucket(rl: RateLimit) -> dict:
-    """A token bucket for `count` tokens per `per_s` seconds, burst `burst`, refilled at least every 50 ms."""
-    per_token_ms = Fraction(rl.per_s * 1000, rl.count)
-    tokens = max(1, -(-MIN_FILL_MS // per_token_ms)) if per_token_ms < MIN_FILL_MS else 1
-    return {"max_tokens": rl.burst, "tokens_per_fill": int(tokens), "fill_interval": duration(per_token_ms * int(tokens))}
+    """A token bucket for `count` tokens per `per_s` seconds, burst `burst`: `refill` tokens at a time, at
+    least 50 ms apart, so the sustained rate is exact (check makes every burst hold one refill)."""
+    if rl.burst < rl.refill:
+        raise Unsupported(f"burst {rl.burst} is below one refill ({rl.refill} tokens every 50 ms or more)")
+    interval_ms = Fraction(rl.per_s * 1000 * rl.refill, rl.count)
+    return {"max_tokens": rl.burst, "tokens_per_fill": rl.refill, "fill_interval": duration(interval_ms)}
 
 
 def _access_log() -> list[dict]:

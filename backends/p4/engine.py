@@ -16,6 +16,7 @@ from p4.v1 import p4runtime_pb2
 
 from anyplane.ir.nodes import Program
 from anyplane.ir.project import PROJECTED, enforcement
+from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
 from .entries import Entries, Unsupported, add_updates, build
@@ -73,8 +74,13 @@ def build_all(program: Program, features: Features = Features()):
 
 
 def emit(program: Program, features: Features = Features()) -> base.Output:
-    """The artifacts `anyplane compile -t p4` writes."""
+    """The artifacts `anyplane compile -t p4` writes; a rule whose values the switch cannot hold is an
+    error at the rule (placement moves such rules to an engine that can)."""
     info, names, entries = build_all(program, features)
+    if entries.unrepresentable:
+        raise DiagnosticError([error(r.origin, "engine-limit", f"the switch cannot enforce this rule: "
+                                                              f"{entries.unrepresentable[r.origin.loc]}")
+                               for r in program.rules if r.origin.loc in entries.unrepresentable])
     req, sources = write_request(names, entries)
     out = base.Output(report=report(program, entries))
     out.read_back = lambda: _read_back(program, info, req, sources, entries)

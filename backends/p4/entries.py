@@ -34,6 +34,17 @@ ICMP_FOR = {4: 1, 6: 58}
 PORT_PROTOS = (6, 17)
 
 
+def meter_rate(rl: RateLimit) -> int:
+    """The meter's committed rate in packets per second (P4Runtime carries whole numbers), within 10% of
+    the rule's rate; raises Unsupported when no whole number is that close."""
+    rate = rl.per_second
+    pps = round(rate)
+    if pps < 1 or abs(pps - rate) > rate / 10:
+        raise Unsupported(f"the switch's meters count whole packets per second: {rl.count} per {rl.per_s}s "
+                          f"({float(rate):.3g}/s) is not within 10% of one")
+    return pps
+
+
 class Unsupported(Exception):
     """A match this engine cannot express (reported at the rule)."""
 
@@ -61,6 +72,8 @@ class Entries:
     meters: list[tuple[int, int, int, str]] = field(default_factory=list)  # (index, rate/s, burst, location)
     per_rule: dict[str, int] = field(default_factory=dict)
     unsupported: dict[str, str] = field(default_factory=dict)
+    #: Rules whose values (a rate) the switch cannot hold: an error where the switch alone enforces them.
+    unrepresentable: dict[str, str] = field(default_factory=dict)
     naive: int = 0
     ids: dict[str, int] = field(default_factory=dict)  # identity -> the id the endpoint tables set
 
@@ -336,10 +349,14 @@ def build(program: Program, features: Features = Features()) -> Entries:
         if isinstance(e.action, Deny):
             action, params = "acl_deny", ()
         elif isinstance(e.action, RateLimit):
+            try:
+                pps = meter_rate(e.action)
+            except Unsupported as exc:
+                out.unsupported[loc] = out.unrepresentable[loc] = str(exc)
+                continue
             if loc not in meters:
                 meters[loc] = len(meters)
-                rl = e.action
-                out.meters.append((meters[loc], max(1, round(rl.count / rl.per_s)), rl.burst, loc))
+                out.meters.append((meters[loc], pps, e.action.burst, loc))
             action, params = "acl_rate_limit", (("meter_index", meters[loc]),)
         else:
             action, params = "acl_allow", ()

@@ -202,6 +202,9 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
                 out = _engine(target).emit(compiled.program, Features(range_match=not no_range))
             else:
                 out = _engine(target).emit(compiled.program)
+        except DiagnosticError as exc:
+            exc.sources = compiled.sources
+            raise
         except Exception as exc:  # noqa: BLE001 - toolchain and kernel errors are reported, not traced
             if type(exc).__name__ not in ENGINE_ERRORS:
                 raise

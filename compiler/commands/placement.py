@@ -169,10 +169,12 @@ class Planner:
 
     def __init__(self, program: Program, regions_: list[Region], prefer: str = "early",
                  capacity: dict[str, int] | None = None, sidecar_covers: dict[str, bool] | None = None,
-                 count_entries=None):
+                 count_entries=None, holds=None):
         if prefer not in PREFERENCES:
             raise PathError(f"--prefer takes one of {', '.join(PREFERENCES)}")
         self.program, self.regions, self.prefer = program, regions_, prefer
+        #: holds(place, rate limit) -> None, or why the engine cannot hold that rate.
+        self.holds = holds or (lambda place, rate: None)
         self.capacity = capacity or {}
         self.covers = sidecar_covers or {}
         self.count_entries = count_entries  # place, program -> (entries, {loc: why} it cannot express)
@@ -206,7 +208,9 @@ class Planner:
                 out.append(Duty(rule.id, "http-deny" if http else "deny", rule,
                                 sidecar if http else BELOW_L7 + sidecar))
             elif RateLimit in actions:
-                out.append(Duty(rule.id, "http-rate" if http else "rate", rule, sidecar if http else BELOW_L7))
+                rate = next(self.ordered[k].action for k in self.by_rule[rule.id])
+                meters = tuple(p for p in BELOW_L7 if self.holds(p, rate) is None)
+                out.append(Duty(rule.id, "http-rate" if http else "rate", rule, sidecar if http else meters))
         if self.program.default == "deny":
             out.append(Duty("default", "default", None, BELOW_L7))
         return out
@@ -272,7 +276,9 @@ class Planner:
             else:
                 msg = f"{what} need the sidecar on {on}"
         elif duty.kind == "rate":
-            msg = f"a packet rate limit needs the kernel or the fabric on {on}"
+            why = self.holds("fabric", next(self.ordered[k].action for k in self.by_rule[duty.key]))
+            msg = f"a packet rate limit needs the kernel or the fabric on {on}" + (
+                f" (and {why})" if why and "fabric" in region.path else "")
         else:
             msg = f"no engine on {on} can enforce this deny: the sidecar sees only TCP to service ports"
         self.errors.append(error(span, "placement", msg))
@@ -571,7 +577,17 @@ def plan(program: Program, regions_: list[Region], prefer: str = "early", capaci
         from anyplane.backends.envoy.engine import covers as sidecar_covers
 
         covers = sidecar_covers(program)
-    return Planner(program, regions_, prefer, capacity, covers, entry_counter(range_match)).plan()
+    from anyplane.backends.p4.entries import Unsupported, meter_rate
+
+    def holds(place: str, rate) -> str | None:
+        if place != "fabric":
+            return None
+        try:
+            meter_rate(rate)
+        except Unsupported as exc:
+            return str(exc)
+        return None
+    return Planner(program, regions_, prefer, capacity, covers, entry_counter(range_match), holds).plan()
 
 
 def prove(program: Program, placed: Plan, range_match: bool = True, outputs: dict | None = None, progress=None):
