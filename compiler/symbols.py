@@ -104,6 +104,7 @@ def collect(policy: ast.Policy) -> tuple[Symbols, list[Diagnostic]]:
         name = stmt.name
         if name.text in RESERVED:
             diags.append(error(name.span, "reserved-name", f"'{name.text}' is a keyword and cannot name an endpoint"))
+        _length(name, diags)
         if name.text in symbols.decls:
             first = symbols.decls[name.text].node.name
             diags.append(error(name.span, "duplicate-name", f"'{name.text}' is declared twice",
@@ -123,10 +124,21 @@ def collect(policy: ast.Policy) -> tuple[Symbols, list[Diagnostic]]:
                 if v.name.text in RESERVED:
                     diags.append(error(v.name.span, "reserved-name",
                                        f"'{v.name.text}' is a keyword and cannot name a version"))
+                _length(v.name, diags)
                 decl.versions[v.name.text] = v
                 decl.version_prefixes[v.name.text] = _prefixes(v.addresses, diags)
         symbols.decls[name.text] = decl
     return symbols, diags
+
+
+#: Names become DNS labels (`v1.reviews`), file names and Envoy resource names: at most a DNS label.
+MAX_NAME = 63
+
+
+def _length(name, diags: list[Diagnostic]) -> None:
+    if len(name.text) > MAX_NAME:
+        diags.append(error(name.span, "bad-name", f"a name is at most {MAX_NAME} characters (this one has "
+                                                  f"{len(name.text)}): names become DNS labels and file names"))
 
 
 def resolve(ref: ast.EndpointRef, symbols: Symbols) -> Resolved:

@@ -83,6 +83,16 @@ class Prefix:
         return cls(family, address, WIDTH[family])
 
 
+def outermost(prefixes) -> list[Prefix]:
+    """The prefixes no other one covers, sorted (one pass: in sorted order a cover comes first, and
+    the kept prefixes are disjoint, so only the last kept one can cover the next)."""
+    kept: list[Prefix] = []
+    for p in sorted(set(prefixes)):
+        if not (kept and kept[-1].covers(p)):
+            kept.append(p)
+    return kept
+
+
 def parse_address(text: str) -> tuple[int, int]:
     """Parse a bare IPv4 or IPv6 address into `(family, value)`."""
     addr = ipaddress.ip_address(text)

@@ -10,6 +10,8 @@ message about a span. `render` prints diagnostics the way compilers do::
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, NamedTuple
 
@@ -103,6 +105,16 @@ class SourceMap:
     """File name -> text, so that diagnostics can quote the offending line."""
 
     texts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 over every file's name and text: what identifies a policy in output manifests."""
+        h = hashlib.sha256()
+        for name, text in sorted(self.texts.items()):
+            for part in (name, text):
+                raw = part.encode("utf-8")
+                h.update(len(raw).to_bytes(8, "big") + raw)
+        return h.hexdigest()
 
     def line(self, file: str, line: int) -> str | None:
         """The text of one line, or None when the file or line is unknown."""

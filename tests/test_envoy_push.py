@@ -147,3 +147,34 @@ def test_compile_cli_writes_configs_and_a_report(tmp_path):
     assert {"out|checkout.v1|8080", "out|checkout.v2|8080"} <= names
     bad = CliRunner().invoke(cli, ["compile", "examples/canary.ap", "-t", "ir", "-o", str(tmp_path), "--dry-run"])
     assert bad.exit_code == 2
+
+
+def test_push_from_a_compiled_output_checks_its_manifest(tmp_path):
+    n = subnet()
+    admin, dep = _setup(tmp_path, n)
+    config, xds = _start_files(tmp_path, n, dep, "allow")
+    v2 = tmp_path / "v2.ap"
+    v2.write_text(_policy(n, "deny"))
+    out = tmp_path / "out"
+    runner = CliRunner()
+    compiled = runner.invoke(cli, ["compile", str(v2), "-t", "envoy", "-o", str(out), "--deployment", dep])
+    assert compiled.exit_code == 0, compiled.output
+    web, alice = f"127.{n}.1.1", f"127.{n}.9.1"
+    with Upstream(web, 18080, "web"), running(config, admin):
+        assert request(web, 8080, "GET", "/api/x", source=alice)[0] == 200
+        # A file changed after compile: refused before anything reaches the sidecar.
+        lds = out / "web" / "xds" / "lds.yaml"
+        good = lds.read_text()
+        lds.write_text(good.replace("DENY", "ALLOW"))
+        before = (xds / "lds.yaml").read_text()
+        tampered = runner.invoke(cli, ["push", "-t", "envoy", "--from", str(out), "--service", "web", "--dir", str(xds)])
+        assert tampered.exit_code == 2 and "was changed after anyplane wrote it" in tampered.output
+        assert (xds / "lds.yaml").read_text() == before
+        assert request(web, 8080, "GET", "/api/x", source=alice)[0] == 200
+        lds.write_text(good)
+        pushed = runner.invoke(cli, ["push", "-t", "envoy", "--from", str(out), "--service", "web", "--dir", str(xds),
+                                     "--format", "json"])
+        assert pushed.exit_code == 0, pushed.output
+        assert json.loads(pushed.output)["version"] in (xds / "lds.yaml").read_text()
+        assert request(web, 8080, "GET", "/api/x", source=alice)[0] == 403
+        assert request(web, 8080, "GET", "/always/x", source=alice)[0] == 200

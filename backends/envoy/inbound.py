@@ -212,13 +212,24 @@ def listener_plan(program: Program, service: str, port: int, http: bool, names: 
     return Listener(port, http, entries, names, program.default == "allow")
 
 
-def _accepts(e: Entry, side_id: str, side_ip: str, owner: str | None, member: frozenset[Prefix]) -> bool:
-    ids, ips = e.match.get(side_id), e.match.get(side_ip)
-    if ids is not None and owner not in ids.values:
-        return False
-    if ips is not None and not any(o.prefix in member for o in options(ips)):
-        return False
-    return True
+class _Sides:
+    """Whether an entry accepts an address class on one side; each entry's prefixes become a set once
+    (an entry with thousands of addresses meets thousands of classes)."""
+
+    def __init__(self):
+        self.sets: dict[tuple[int, str], frozenset[Prefix]] = {}
+
+    def accepts(self, e: Entry, side_id: str, side_ip: str, owner: str | None, member: frozenset[Prefix]) -> bool:
+        """Whether `e` admits the class (owner, member prefixes) on the side named by its fields."""
+        ids, ips = e.match.get(side_id), e.match.get(side_ip)
+        if ids is not None and owner not in ids.values:
+            return False
+        if ips is None:
+            return True
+        key = (id(e), side_ip)
+        if key not in self.sets:
+            self.sets[key] = frozenset(o.prefix for o in options(ips))
+        return not member.isdisjoint(self.sets[key])
 
 
 def _ranges(prefixes: list[Prefix]) -> list[dict]:
@@ -252,6 +263,7 @@ def rbac_matcher(program: Program, listener: Listener, service: str) -> dict:
                    or (e.match.get(F.DST_ID) is not None and not identities <= set(e.match.get(F.DST_ID).values))]
     dst = address_classes(program, entries, "dst") if dst_entries else None
 
+    sides = _Sides()
     # Index the entries by what can select them, so each class looks only at its candidates.
     position = {id(e): k for k, e in enumerate(entries)}
     by_owner: dict[str, list[Entry]] = {}
@@ -278,9 +290,9 @@ def rbac_matcher(program: Program, listener: Listener, service: str) -> dict:
 
     # Classes no entry tells apart share one branch (a listener's entries name few of the policy's atoms).
     src = src.merged(lambda key: tuple(position[id(e)] for e in _candidates(key)
-                                       if _accepts(e, F.SRC_ID, F.SRC_IP, *key)))
+                                       if sides.accepts(e, F.SRC_ID, F.SRC_IP, *key)))
     if dst is not None:
-        dst = dst.merged(lambda key: tuple(k for k, e in enumerate(entries) if _accepts(e, F.DST_ID, F.DST_IP, *key)))
+        dst = dst.merged(lambda key: tuple(k for k, e in enumerate(entries) if sides.accepts(e, F.DST_ID, F.DST_IP, *key)))
     rendered: dict[int, dict] = {}
 
     def render(e: Entry) -> dict:
@@ -293,9 +305,9 @@ def rbac_matcher(program: Program, listener: Listener, service: str) -> dict:
     def items(owner, member, dst_key):
         out = []
         for e in _candidates((owner, member)):
-            if not _accepts(e, F.SRC_ID, F.SRC_IP, owner, member):
+            if not sides.accepts(e, F.SRC_ID, F.SRC_IP, owner, member):
                 continue
-            if dst_key is not None and not _accepts(e, F.DST_ID, F.DST_IP, *dst_key):
+            if dst_key is not None and not sides.accepts(e, F.DST_ID, F.DST_IP, *dst_key):
                 continue
             out.append(render(e))
         return out

@@ -21,6 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 from anyplane.ir.nodes import Program
 
 from .config import bootstrap, sidecar_resources
@@ -124,7 +126,29 @@ def push(program: Program, service: str, xds_dir: str, admin: str, deployment: D
     if check:
         validate(bootstrap(service, deployment, None, listeners, clusters))
     version = content_version(listeners, clusters)
-    files = xds_files(listeners, clusters, version)
+    install(xds_files(listeners, clusters, version), xds_dir, admin, version if listeners else None)
+    return {"service": service, "version": version, "listeners": len(listeners), "clusters": len(clusters),
+            "dry_run": dry_run, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def push_files(files: dict[str, str], service: str, xds_dir: str, admin: str) -> dict:
+    """Push lds.yaml and cds.yaml as `compile -t envoy` wrote them (the caller checked the manifest)."""
+    started = time.perf_counter()
+    try:
+        lds, cds = (yaml.safe_load(files[name]) for name in ("lds.yaml", "cds.yaml"))
+        version = lds["version_info"]
+        listeners, clusters = len(lds["resources"]), len(cds["resources"])
+    except (KeyError, TypeError, yaml.YAMLError) as exc:
+        raise EnvoyError(f"the xDS files of '{service}' are malformed ({exc})") from None
+    install(files, xds_dir, admin, version if listeners else None)
+    return {"service": service, "version": version, "listeners": listeners, "clusters": clusters,
+            "dry_run": False, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def install(files: dict[str, str], xds_dir: str, admin: str, version: str | None) -> None:
+    """Write cds.yaml then lds.yaml into the watched directory, each confirmed through the admin API, then
+    wait for `version` to be active (None: nothing to wait for); on a rejection put the previous files
+    back and raise with Envoy's reason."""
     directory = Path(xds_dir)
     directory.mkdir(parents=True, exist_ok=True)
     previous = {name: (directory / name).read_text() for name in files if (directory / name).exists()}
@@ -142,9 +166,7 @@ def push(program: Program, service: str, xds_dir: str, admin: str, deployment: D
                              "version, and the previous files are back in place")
     # A changed listener warms before it serves; unchanged ones keep their old version_info.
     deadline = time.time() + WAIT_S
-    while listeners and active_version(admin) != version:
+    while version and active_version(admin) != version:
         if time.time() > deadline:
             raise EnvoyError(f"Envoy accepted the update but does not report version {version} as active")
         time.sleep(0.05)
-    return {"service": service, "version": version, "listeners": len(listeners), "clusters": len(clusters),
-            "dry_run": dry_run, "seconds": round(time.perf_counter() - started, 3)}

@@ -22,7 +22,7 @@ from p4.v1 import p4runtime_pb2
 
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny, RateLimit
-from anyplane.ir.addr import Prefix
+from anyplane.ir.addr import Prefix, outermost
 from anyplane.ir.match import InSet, PrefixMatch, exact_values, int_ranges, merge_ranges, options
 from anyplane.ir.nodes import Entry, Program, decision_key
 from anyplane.ir.project import project_l4
@@ -100,7 +100,7 @@ def merge_prefixes(prefixes: list[Prefix]) -> list[Prefix]:
     """Prefixes with covered ones dropped and sibling pairs merged, until nothing changes."""
     current = set(prefixes)
     while True:
-        kept = {p for p in current if not any(q != p and q.covers(p) for q in current)}
+        kept = set(outermost(current))
         merged = set(kept)
         for p in kept:
             if p.length == 0 or p not in merged:

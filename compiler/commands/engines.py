@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
+import yaml
 
 from anyplane.backends.base import Output
 from anyplane.ir import printer
@@ -15,7 +17,7 @@ from anyplane.ir.source import DiagnosticError
 from ..flows import parse_flow
 from ..pipeline import STAGES, UsageError, load
 from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, progress_reporter, \
-    with_source, write_artifacts
+    read_manifest, with_source, write_output
 
 
 def _ir(program: Program, no_src: bool) -> Output:
@@ -209,7 +211,7 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
             if type(exc).__name__ not in ENGINE_ERRORS:
                 raise
             _engine_error(exc)
-    written = write_artifacts(out_dir, {a.path: a.data for a in out.artifacts})
+    written = write_output(out_dir, {a.path: a.data for a in out.artifacts}, target, compiled.sources.digest)
     if output_format == "json":
         emit_json({"ok": True, "target": target, "artifacts": written,
                    "report": [r.to_json() for r in out.report]})
@@ -227,8 +229,11 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
 
 
 @cli.command()
-@files_argument
+@click.argument("files", nargs=-1, type=click.Path())
 @click.option("-t", "--target", type=click.Choice(["ebpf", "envoy", "p4"]), required=True, help="Which engine to update.")
+@click.option("--from", "from_dir", type=click.Path(file_okay=False),
+              help="envoy: push what `compile -t envoy` (or -t all) wrote to this directory, after checking its "
+                   "manifest, instead of compiling FILES.")
 @click.option("--iface", help="ebpf: network interface to attach the XDP program to.")
 @click.option("--netns", help="ebpf: named network namespace the interface lives in.")
 @click.option("--name", default="default", show_default=True, help="ebpf: name of the classifier instance.")
@@ -246,9 +251,13 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
 @click.option("--no-range", is_flag=True, help="p4: the target has no range match.")
 @format_option
 @handle_errors
-def push(files, target, iface, netns, name, service, xds_dir, admin, deployment_file, dry_run, grpc_addr, device_id,
-         election_id, pipeline_config, no_range, output_format) -> None:
+def push(files, target, from_dir, iface, netns, name, service, xds_dir, admin, deployment_file, dry_run, grpc_addr,
+         device_id, election_id, pipeline_config, no_range, output_format) -> None:
     """Make FILES the live policy of a running engine (atomically; the old one stays on failure)."""
+    if bool(files) == bool(from_dir):
+        raise UsageError("give the policy FILES, or --from DIR with a compiled output (envoy)")
+    if from_dir and (target != "envoy" or deployment_file or dry_run):
+        raise UsageError("--from applies to -t envoy, without --deployment and --dry-run (they were applied at compile)")
     if target == "envoy" and not (service and xds_dir):
         raise UsageError("push -t envoy needs --service NAME and --dir XDS_DIR")
     if target == "ebpf" and (service or xds_dir or admin or deployment_file or dry_run):
@@ -263,9 +272,11 @@ def push(files, target, iface, netns, name, service, xds_dir, admin, deployment_
         if len(parts) != 2 or not all(parts):
             raise UsageError("--pipeline-config takes P4INFO,DEVICE_CONFIG")
         pipeline = (parts[0], parts[1])
-    compiled = load(list(files))
+    compiled = load(list(files)) if files else None
     try:
-        if target == "p4":
+        if from_dir:
+            result = _push_compiled(from_dir, service, xds_dir, admin)
+        elif target == "p4":
             from anyplane.backends.p4 import push as p4_push
             from anyplane.backends.p4.pipeline import Features
 
@@ -306,6 +317,28 @@ def push(files, target, iface, netns, name, service, xds_dir, admin, deployment_
         where = f" on {iface}" if iface else ""
         click.echo(f"{how}switched '{name}'{where} to generation {result['generation']}: "
                    f"{result['entries']} entries in {result['seconds'] * 1000:.1f} ms")
+
+
+def _push_compiled(out_dir: str, service: str, xds_dir: str, admin: str | None) -> dict:
+    """Push a sidecar's xDS files from a compiled output, once its manifest vouches for every file."""
+    from anyplane.backends.envoy import push as envoy_push
+
+    data = read_manifest(out_dir)
+    prefix = {"envoy": "", "all": "envoy/"}.get(data.get("target"))
+    if prefix is None:
+        raise UsageError(f"'{out_dir}' holds -t {data.get('target')} output, not the sidecars' (-t envoy or -t all)")
+    names = {kind: f"{prefix}{service}/xds/{kind}" for kind in ("lds.yaml", "cds.yaml")}
+    if not all(n in data["files"] for n in names.values()):
+        raise UsageError(f"'{out_dir}' has no sidecar for service '{service}'")
+    if admin is None:
+        try:
+            boot = yaml.safe_load((Path(out_dir) / f"{prefix}{service}/bootstrap.yaml").read_text())
+            sock = boot["admin"]["address"]["socket_address"]
+            admin = f"{sock['address']}:{sock['port_value']}"
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            raise UsageError("give --admin HOST:PORT: the output has no bootstrap naming the admin address") from None
+    files = {kind: (Path(out_dir) / name).read_text(encoding="utf-8") for kind, name in names.items()}
+    return envoy_push.push_files(files, service, xds_dir, admin)
 
 
 @cli.command()

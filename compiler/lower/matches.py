@@ -15,6 +15,7 @@ from __future__ import annotations
 from itertools import product
 
 from anyplane.ir import fields as F
+from anyplane.ir.addr import outermost
 from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP
 from anyplane.ir.match import (Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, StrExact,
                                StrPrefix, merge_ranges)
@@ -52,8 +53,7 @@ def _endpoint_alternatives(refs, symbols: Symbols, id_field: str, ip_field: str)
     if any(r.kind == "any" for r in resolved):
         return [[]]
     ids = sorted({i for r in resolved for i in r.identities})
-    prefixes = sorted({r.prefix for r in resolved if r.kind == "prefix"})
-    prefixes = [p for p in prefixes if not any(q != p and q.covers(p) for q in prefixes)]
+    prefixes = outermost(r.prefix for r in resolved if r.kind == "prefix")
     alts: list[Pairs] = []
     if ids:
         alts.append([(id_field, InSet(tuple(ids)))])
