@@ -1,5 +1,5 @@
 """`python -m anyplane.compiler` runs the CLI."""
 
-from .cli import main
+from .launch import main
 
 main()

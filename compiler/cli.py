@@ -7,7 +7,6 @@ module assembles them and is the console entry point.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 import click
@@ -15,31 +14,14 @@ import click
 from .commands import analysis, engines, policy  # noqa: F401  (registers the subcommands)
 from .commands.common import EXIT_INTERNAL, cli
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "run"]
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM: raised past click (which would turn Ctrl-C into exit 1) to exit 128+signal."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _interrupt(signum, frame):
-    raise Interrupted(signum)
-
-
-def main() -> None:
-    """Console entry point: bugs print one line (set ANYPLANE_DEBUG=1 for the traceback); Ctrl-C exits
-    130 after the command has undone what it had half done (an output directory stays as it was)."""
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+def run() -> None:
+    """Run the CLI: bugs print one line (set ANYPLANE_DEBUG=1 for the traceback). The console entry
+    point is `launch.main`, which handles signals first."""
     try:
         cli(standalone_mode=True)
-    except Interrupted as stop:
-        click.echo("anyplane: interrupted", err=True)
-        sys.exit(128 + stop.signum)
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks

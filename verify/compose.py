@@ -45,7 +45,7 @@ class Composition:
 
     def to_json(self) -> dict:
         """The outcome as JSON."""
-        return {"proved": self.proved, "seconds": round(self.seconds, 3), "engines": self.engines,
+        return {"proved": self.proved, "engines": self.engines,
                 "questions": self.questions,
                 "counterexample": self.counterexample, "unknown": self.unknown,
                 "refined": {name: ("rule by rule" if self.refined.get(name) == "" else

@@ -75,7 +75,9 @@ def compile_c(source: str) -> bytes:
         src, obj = os.path.join(tmp, "xdp.c"), os.path.join(tmp, "xdp.o")
         with open(src, "w") as fh:
             fh.write(source)
-        cmd = [clang, "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function"]
+        # The temporary directory must not reach the debug info: the same source gives the same object.
+        cmd = [clang, "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function",
+               f"-ffile-prefix-map={tmp}=anyplane"]
         cmd += [f"-I{d}" for d in _include_dirs()] + ["-c", src, "-o", obj]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -78,7 +78,7 @@ def _endpoint(text, where: str) -> tuple[str, int | None]:
 
 
 def load(path: str | None) -> Deployment:
-    """Read a deployment file (None: every default)."""
+    """Read a deployment file (None: every default); DeploymentError says what is wrong and where."""
     if path is None:
         return Deployment()
     try:
@@ -86,8 +86,17 @@ def load(path: str | None) -> Deployment:
             data = yaml.safe_load(fh) or {}
     except OSError as exc:
         raise DeploymentError(f"cannot read '{path}': {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise DeploymentError(f"{path}: not UTF-8 text (a deployment file is YAML)") from None
     except yaml.YAMLError as exc:
         raise DeploymentError(f"{path}: not YAML ({exc})") from None
+    try:
+        return _parse(path, data)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise DeploymentError(f"{path}: malformed ({exc})") from None
+
+
+def _parse(path: str, data) -> Deployment:
     if not isinstance(data, dict) or set(data) - {"sidecars", "endpoints", "paths"}:
         raise DeploymentError(f"{path}: expected the keys 'sidecars', 'endpoints' and 'paths'")
     sidecars = {}

@@ -1,0 +1,33 @@
+"""The console entry point. Ctrl-C and SIGTERM are taken over before anything heavy is imported, so
+an interrupted command exits 128+signal after undoing what it had half done (click would turn Ctrl-C
+into exit 1, and Python into a traceback)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised past every `except Exception`; `finally` blocks still run."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
+def main() -> None:
+    """Run the CLI with the signal handlers in place."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        from .cli import run
+
+        run()
+    except Interrupted as stop:
+        sys.stderr.write("anyplane: interrupted\n")
+        sys.exit(128 + stop.signum)
