@@ -63,12 +63,13 @@ def read_sources(paths: list[str]) -> list[tuple[str, str]]:
             raise UsageError(f"no such file or directory: '{p}'")
     out, seen = [], set()
     for f in files:
-        if f in seen:
+        real = os.path.realpath(f)
+        if real in seen:  # one file named twice (one.ap ./one.ap) is read once
             continue
-        seen.add(f)
+        seen.add(real)
         try:
             with open(f, encoding="utf-8") as fh:
-                out.append((f, fh.read()))
+                out.append((f, fh.read().removeprefix("\ufeff")))  # a byte-order mark is no part of the text
         except UnicodeDecodeError as exc:
             raise DiagnosticError([error(None, "bad-encoding", f"{f}: not UTF-8 text ({exc.reason})")]) from None
         except OSError as exc:

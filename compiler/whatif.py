@@ -19,7 +19,7 @@ from .checks import Checker
 from .lower.matches import lower_pattern
 from .lower.rules import expand_rule
 from .parser import parse_pattern, parse_rule
-from .pipeline import Compiled
+from .pipeline import Compiled, UsageError
 
 
 def _check(compiled: Compiled, run, path: str) -> None:
@@ -41,9 +41,8 @@ def edit(compiled: Compiled, without: list[str] = (), with_rules: list[str] = ()
     program = compiled.program
     locs = {r.origin.loc for r in program.rules}
     missing = [w for w in without if w not in locs]
-    if missing:
-        raise DiagnosticError([error(None, "no-such-rule", f"no rule starts at {m} (give FILE:LINE of a rule)")
-                               for m in missing])
+    if missing:  # a wrong command line, not a wrong policy
+        raise UsageError("; ".join(f"--without {m}: no rule starts there (give FILE:LINE of a rule)" for m in missing))
     drop = {r.id for r in program.rules if r.origin.loc in set(without)}
     rules = [r for r in program.rules if r.id not in drop]
     entries = [e for e in program.acl.entries if e.rule not in drop]

@@ -125,3 +125,63 @@ def test_fmt_check_and_rewrite(tmp_path):
 def test_a_directory_is_one_policy():
     proc = run("check", "examples/zero-trust", "--format", "json")
     assert json.loads(proc.stdout)["summary"]["files"] == 2
+
+
+def test_verify_sarif_on_a_policy_that_does_not_parse_is_sarif(tmp_path):
+    bad = tmp_path / "bad.ap"
+    bad.write_text("service a { address 10.0.0.0/8 }\nallow a -> -> a\n")
+    proc = run("verify", str(bad), "--format", "sarif")
+    assert proc.returncode == 1
+    log = json.loads(proc.stdout)
+    assert log["version"] == "2.1.0"
+    (result,) = log["runs"][0]["results"]
+    assert result["level"] == "error"
+    assert result["locations"][0]["physicalLocation"]["region"]["startLine"] == 2
+
+
+@pytest.mark.parametrize("without", ["foo", f"{BOOKINFO}:-1", f"{BOOKINFO}:1", "nowhere.ap:3"])
+def test_query_without_something_that_is_no_rule_is_bad_usage(without):
+    proc = run("query", BOOKINFO, "internet -> productpage tcp 9080", "--without", without)
+    assert proc.returncode == 2, proc.stderr
+    assert "--without" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_flow_naming_a_header_twice_is_an_error():
+    proc = run("explain", BOOKINFO, "--flow",
+               'internet -> productpage http GET / header "x-a" = "1" header "x-a" = "2"')
+    assert proc.returncode == 1
+    assert "given twice" in proc.stderr
+
+
+def test_a_byte_order_mark_is_not_part_of_the_policy(tmp_path):
+    bom = tmp_path / "bom.ap"
+    bom.write_bytes(b"\xef\xbb\xbf" + open(ROOT / BOOKINFO, "rb").read())
+    proc = run("check", str(bom))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_same_file_named_twice_is_read_once(tmp_path):
+    one = tmp_path / "one.ap"
+    one.write_text(open(ROOT / BOOKINFO).read())
+    proc = run("check", "one.ap", "./one.ap", str(one), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_an_empty_path_is_bad_usage(tmp_path):
+    proc = run("compile", BOOKINFO, "-t", "all", "--path", "", "-o", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_exits_130(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "anyplane.compiler", "compile", BOOKINFO, "-t", "all", "-o",
+                             str(tmp_path / "out")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), err
+    if proc.returncode == 130:
+        assert "interrupted" in err and "Traceback" not in err

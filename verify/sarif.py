@@ -24,6 +24,18 @@ def _location(span) -> dict:
                    "endColumn": span.end_col}}}
 
 
+def diagnostics_to_sarif(diagnostics, version: str) -> dict:
+    """A SARIF log for a policy that does not compile: each diagnostic is a result at its span."""
+    results = []
+    for d in diagnostics:
+        result = {"ruleId": d.code, "level": _LEVEL.get(d.severity, "error"), "message": {"text": d.message}}
+        if d.span is not None:
+            result["locations"] = [_location(d.span)]
+        results.append(result)
+    return _log(results, [{"id": c, "shortDescription": {"text": "The policy does not compile."}}
+                          for c in sorted({d.code for d in diagnostics})], version)
+
+
 def to_sarif(findings: list[Finding], version: str) -> dict:
     """A SARIF log with one run."""
     results = []
@@ -37,6 +49,10 @@ def to_sarif(findings: list[Finding], version: str) -> dict:
             result["properties"] = {"witness": f.witness.to_json()}
         results.append(result)
     rules = [{"id": k, "shortDescription": {"text": _DESCRIPTIONS[k]}} for k in KINDS]
+    return _log(results, rules, version)
+
+
+def _log(results: list[dict], rules: list[dict], version: str) -> dict:
     return {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",

@@ -42,7 +42,13 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DiagnosticError as exc:
-            if fmt in ("json", "sarif"):
+            if fmt == "sarif":
+                from importlib.metadata import version
+
+                from anyplane.verify.sarif import diagnostics_to_sarif
+
+                emit_json(diagnostics_to_sarif(exc.diagnostics, version("anyplane")))
+            elif fmt == "json":
                 emit_json({"ok": False, "diagnostics": [d.to_json() for d in exc.diagnostics]})
             else:
                 click.echo(render(exc.diagnostics, getattr(exc, "sources", None) or SourceMap()), err=True, nl=False)

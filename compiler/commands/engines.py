@@ -88,7 +88,7 @@ def _all(compiled, path_text, prefer: str, capacity: dict[str, int], deployment_
     program = compiled.program
     deployment = _deployment(deployment_file)
     try:
-        path = placement.parse_path(path_text or "fabric,kernel,sidecar")
+        path = placement.parse_path("fabric,kernel,sidecar" if path_text is None else path_text)
         regions = placement.regions(program, path, deployment.paths,
                                     f"{deployment_file}: paths" if deployment_file else "paths")
     except placement.PathError as exc:
