@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 
 from . import fields as F
+from . import http
 from .addr import WIDTH, Prefix
 from .flow import HTTP_METHODS, ICMP, ICMP6, IPV6_EXTENSION_HEADERS, TCP, UDP, Flow, Request
 from .lpm import LpmTable
@@ -132,7 +133,8 @@ class FlowGen:
         elif name == F.HTTP_PATH and isinstance(o, StrPrefix):
             self.paths.update((o.value, o.value + "x", o.value + "a/b", o.value[:-1] or "/"))
         elif name == F.HTTP_HOST and isinstance(o, StrExact):
-            self.hosts.update((o.value, "x" + o.value))
+            near = "x" + o.value  # a different host that still has the normal form ("x[::1]" has not)
+            self.hosts.update((o.value, near if http.host_problem(near) is None else "x.example"))
         elif name.startswith(F.HEADER_PREFIX):
             values = self.headers.setdefault(name[len(F.HEADER_PREFIX):], {"1"})
             if isinstance(o, StrExact):
