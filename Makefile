@@ -53,6 +53,7 @@ bench: setup
 	$(BIN)/python bench/envoy.py
 	$(BIN)/python bench/fabric.py
 	$(BIN)/python bench/compose.py
+	$(BIN)/python bench/wide.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis
