@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 wrk
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 wrk curl
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup sysdeps venv bpffs bench clean

@@ -11,6 +11,8 @@ never bypassed: no denied or refused request reaches the application.
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +24,7 @@ from anyplane.ir import http
 from anyplane.ir.flow import Flow, Request
 from anyplane.ir.interp import evaluate
 
-from .conftest import compile_text
+from .conftest import CI, compile_text
 from .envoyrun import Upstream, free_port, raw_request, require_envoy, running, subnet
 
 pytestmark = pytest.mark.envoy
@@ -180,6 +182,34 @@ def test_ordinary_headers_are_seen_as_sent(sidecar):
         for path in (f"/h/{h}/x", f"/p/{h}/x", f"/a/{h}/x"):
             for headers in ((), ((h, f"v{k}"),), ((h.upper(), f"v{k}"),), ((h, f" v{k} "),), ((h, "other"),)):
                 sidecar.check("GET", path, headers=headers)
+
+
+def _h2(sidecar, target: str, host: str) -> int:
+    """One request over HTTP/2 (prior knowledge, the path as given) with curl: the status."""
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--http2-prior-knowledge", "--globoff",
+                          "--path-as-is", "--interface", sidecar.client, "-H", f"host: {host}",
+                          f"http://{sidecar.web}:8080{target}"], capture_output=True, text=True, timeout=30)
+    return int(out.stdout or 0)
+
+
+def test_http2_requests_get_the_same_normal_form(sidecar):
+    if shutil.which("curl") is None:
+        (pytest.fail if CI else pytest.skip)("curl is not installed (make setup installs it)")
+    sendable = [p for p in PATHS if p.startswith("/") and len(p) < 9000 and all(0x21 <= ord(c) < 0x7F for c in p)
+                and "#" not in p]
+    assert len(sendable) > 40
+    for target in sendable:
+        for host in ("web", "SECRET.example.com.:8080"):
+            req = sidecar.expect("GET", target, host)
+            before = len(sidecar.app.seen)
+            status = _h2(sidecar, target, host)
+            what = f"h2 {target!r} host={host!r}: envoy {status}, model {req.refused or sidecar.verdict(req)}"
+            if req.refused is not None:
+                assert status in (400, 403), what
+            else:
+                assert status == STATUS[sidecar.verdict(req)], what
+            if status != 200:
+                assert len(sidecar.app.seen) == before, what
 
 
 SEGMENTS = ["a", "admin", "public", "files", "caf%C3%A9", "caf%c3%a9", ".", "..", "%2e", "%2E", "%2e%2e", ".%2e",
