@@ -179,7 +179,7 @@ def test_query_what_if_edits_without_touching_files():
     assert data["reachable"] is True and data["rule"] == "<with:1>:1"
     assert (ROOT / "examples/bookinfo.ap").read_bytes() == before
     bad = run("query", "examples/bookinfo.ap", "internet -> mysql", "--without", "examples/bookinfo.ap:1")
-    assert bad.returncode == 1 and "no rule starts at examples/bookinfo.ap:1" in bad.stderr
+    assert bad.returncode == 2 and "--without examples/bookinfo.ap:1: no rule starts there" in bad.stderr
     bad = run("query", "examples/bookinfo.ap", "internet -> nowhere")
     assert bad.returncode == 1 and bad.stderr.startswith("<query>:1:13: error: unknown endpoint")
 
