@@ -1,8 +1,19 @@
-"""What every backend shares: artifacts, the per-rule compile report, capability sets.
+"""What every backend shares: the engine interface, artifacts, the per-rule report, capabilities.
+
+An engine is one subclass of `Engine` in `backends/<engine>/engine.py`, an
+instance registered by name (`backends/registry.py`). The compiler reaches
+engines only through that interface:
+
+    name, place       `-t p4` and where the engine sits on a path (`fabric`); one vocabulary
+    capability        what it matches and does, and how much it holds: placement reads it
+    emit(program, options)        -> Output: artifacts, the per-rule report, a read-back
+    read_back(program, options)   -> Program: what the emitted artifacts decide, as IR (the proof)
+    holds(action) / count(program, options) / covers(program): what placement asks
 
 A backend never drops part of a policy silently: every rule gets a line in
 its compile report saying whether the engine enforces it as written, as its
-L4 projection, or not at all (and why).
+L4 projection, or not at all (and why). An engine that fails says why through
+one error type, `EngineError`.
 """
 
 from __future__ import annotations
@@ -11,6 +22,19 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from anyplane.ir.nodes import Program
+from anyplane.ir.project import project_l4
+
+class EngineError(Exception):
+    """An engine failed and says why in words (toolchain, kernel, Envoy, a deployment file, a push)."""
+
+
+class BadInput(EngineError):
+    """An input file an engine reads (a capture, say) cannot be used: a usage error."""
+
+
+class Unsupported(EngineError):
+    """A match, action or value an engine cannot express (reported at the rule, or placed elsewhere)."""
+
 
 ENFORCED = "enforced"
 PROJECTED = "l4-projection"
@@ -71,19 +95,37 @@ class Capability:
     """What an engine can match and do, and how much it holds: data the compiler places rules by."""
 
     engine: str
-    place: str  # where it sits on a path: fabric, kernel or sidecar
+    place: str  # where it sits on a path, e.g. fabric, kernel or sidecar
     fields: tuple[str, ...]
     match_kinds: tuple[str, ...]
     families: tuple[int, ...]
     actions: tuple[str, ...]
     capacity: int | None
-    protocols: str = "any"  # "any", or "tcp" for an engine that only sees TCP streams
+    protocols: str = "any"  # "any", or "tcp" for an engine that only sees TCP streams to service ports
+    #: What the engine keeps per connection: "connections" (it judges a connection once), "none".
+    state: str = "none"
+
+    @property
+    def sees_http(self) -> bool:
+        """Whether the engine sees HTTP requests (and so holds HTTP conditions and request rates)."""
+        return "http" in self.fields
+
+    @property
+    def meters_packets(self) -> bool:
+        """Whether the engine enforces packet rate limits."""
+        return "packet-rate-limit" in self.actions
+
+    @property
+    def sees_everything(self) -> bool:
+        """Whether every flow on the path crosses the engine (it can hold a default deny)."""
+        return self.protocols == "any"
 
     def to_json(self) -> dict:
         """The capability as a JSON object (placement reports carry it)."""
         return {"engine": self.engine, "place": self.place, "fields": list(self.fields),
                 "match_kinds": list(self.match_kinds), "families": list(self.families),
-                "actions": list(self.actions), "capacity": self.capacity, "protocols": self.protocols}
+                "actions": list(self.actions), "capacity": self.capacity, "protocols": self.protocols,
+                "state": self.state}
 
 
 L4_FIELDS = ("src.ip", "dst.ip", "src.id", "dst.id", "proto", "sport", "dport", "icmp.type", "icmp.code")
@@ -96,3 +138,50 @@ def rule_rows(program: Program, classify) -> list[RuleReport]:
         status, detail, entries = classify(r)
         rows.append(RuleReport(r.id, r.origin.loc, r.text, status, detail, entries))
     return rows
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a compile asks of the engines; each engine reads the fields it names in `Engine.options`."""
+
+    out_dir: str = "."
+    dry_run: bool = False
+    range_match: bool = True
+    deployment: object | None = None  # the sidecars' sockets and endpoints (backends.envoy.deployment)
+    capacity: int | None = None  # entries the engine may use (None: its own)
+
+
+class Engine:
+    """One forwarding engine. Subclasses set the class attributes and implement `emit`."""
+
+    #: The target name (`compile -t NAME`), also the folder of its artifacts under `-t all`.
+    name: str = ""
+    #: Where it sits on a path (`--path fabric,kernel,sidecar`).
+    place: str = ""
+    capability: Capability
+    #: The `Options` fields it reads (others are usage errors when given for it alone).
+    options: frozenset[str] = frozenset()
+
+    def emit(self, program: Program, options: Options) -> Output:
+        """The artifacts for a program, its per-rule report and (where it can) a read-back."""
+        raise NotImplementedError
+
+    def read_back(self, program: Program, options: Options) -> Program:
+        """What the engine's artifacts for `program` decide, as IR (emitting them again if needed)."""
+        out = self.emit(program, options)
+        if out.read_back is None:
+            raise EngineError(f"{self.name} offers no read-back of its output")
+        return out.read_back()
+
+    def holds(self, action) -> str | None:
+        """None when the engine can hold this action's values, else why not (e.g. a rate it cannot meter)."""
+        return None
+
+    def count(self, program: Program, options: Options) -> tuple[int, dict[str, str]]:
+        """Entries the engine needs for a program, and the rules (FILE:LINE) it cannot express and why."""
+        return len(project_l4(program).acl.entries), {}
+
+    def covers(self, program: Program) -> dict[str, bool]:
+        """Per rule id, whether all of the rule's flows cross this engine (only engines that see part of
+        the traffic, `protocols != "any"`, are asked)."""
+        return {r.id: True for r in program.rules}

@@ -15,11 +15,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from anyplane.backends.ebpf import engine as kernel  # noqa: E402
-from anyplane.backends.envoy import engine as sidecar  # noqa: E402
-from anyplane.backends.p4 import engine as fabric  # noqa: E402
-from anyplane.backends.p4.pipeline import Features  # noqa: E402
-from anyplane.compiler.commands import placement  # noqa: E402
+from anyplane.backends import registry  # noqa: E402
+from anyplane.backends.base import Options  # noqa: E402
+from anyplane.compiler import place as placement  # noqa: E402
 from anyplane.compiler.pipeline import compile_sources  # noqa: E402
 
 from bench import classbench, report, synth  # noqa: E402
@@ -40,8 +38,7 @@ def measure(name: str, prefer: str, capacity: int | None = None) -> dict:
                           {"fabric": capacity} if capacity else None)
     t2 = time.perf_counter()
     programs = plan.programs
-    outputs = {"fabric": fabric.emit(programs["fabric"], Features(acl_size=1 << 20)),
-               "kernel": kernel.emit(programs["kernel"]), "sidecar": sidecar.emit(programs["sidecar"])}
+    outputs = {where: registry.at(where).emit(sub, Options(capacity=1 << 20)) for where, sub in programs.items()}
     t3 = time.perf_counter()
     result = placement.prove(program, plan, outputs=outputs)
     t4 = time.perf_counter()

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from anyplane.backends.envoy.config import bootstrap, sidecar_resources  # noqa: E402
-from anyplane.backends.envoy.deployment import Deployment, Sidecar  # noqa: E402
+from anyplane.backends.deployment import Deployment, Sidecar  # noqa: E402
 from anyplane.backends.envoy.push import envoy_binary  # noqa: E402
 from anyplane.compiler.pipeline import compile_sources  # noqa: E402
 

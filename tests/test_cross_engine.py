@@ -17,10 +17,10 @@ import socket
 import pytest
 
 from anyplane.backends.envoy.config import bootstrap, sidecar_resources
-from anyplane.backends.envoy.deployment import Deployment, Sidecar
+from anyplane.backends.deployment import Deployment, Sidecar
 from anyplane.backends.p4.pipeline import Features, p4info
 from anyplane.backends.p4.push import push
-from anyplane.compiler.commands import placement
+from anyplane.compiler import place as placement
 from anyplane.compiler.pipeline import compile_sources
 from anyplane.ir.flowgen import FlowGen
 from anyplane.ir.interp import evaluate

@@ -16,7 +16,7 @@ import pytest
 
 from anyplane.backends.envoy import engine
 from anyplane.backends.envoy.config import bootstrap, sidecar_resources
-from anyplane.backends.envoy.deployment import Deployment, Sidecar
+from anyplane.backends.deployment import Deployment, Sidecar
 from anyplane.backends.envoy.push import validate
 from anyplane.ir.flowgen import FlowGen
 from anyplane.ir.interp import evaluate
@@ -437,7 +437,7 @@ def test_a_sidecar_gets_routes_only_to_destinations_the_policy_lets_it_reach():
     """Egress scoping from the policy: ratings may reach only mysql (TCP), so its sidecar has no
     outbound HTTP routes; productpage's has details and reviews, not ratings."""
     from anyplane.backends.envoy.config import sidecar_resources
-    from anyplane.backends.envoy.deployment import Deployment
+    from anyplane.backends.deployment import Deployment
 
     program = load_example("bookinfo").program
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anyplane.backends.envoy.config import bootstrap, sidecar_resources
-from anyplane.backends.envoy.deployment import Deployment, Sidecar
+from anyplane.backends.deployment import Deployment, Sidecar
 from anyplane.ir import http
 from anyplane.ir.flow import Flow, Request
 from anyplane.ir.interp import evaluate

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from anyplane.backends.envoy import engine
 from anyplane.backends.envoy.config import bootstrap, sidecar_resources
-from anyplane.backends.envoy.deployment import load as load_deployment
+from anyplane.backends.deployment import load as load_deployment
 from anyplane.compiler.cli import cli
 
 from .conftest import compile_text

@@ -16,7 +16,7 @@ import pytest
 
 from anyplane.backends.ebpf import packet
 from anyplane.backends.envoy.config import bootstrap, sidecar_resources
-from anyplane.backends.envoy.deployment import Deployment, Sidecar
+from anyplane.backends.deployment import Deployment, Sidecar
 from anyplane.compiler.pipeline import compile_sources
 from anyplane.ir.actions import RateLimit
 from anyplane.ir.flow import Flow

@@ -217,7 +217,7 @@ def test_left_out_rules_are_accepted_exactly_when_no_flow_changes(body, rule, ac
 def test_a_proved_composition_holds_for_every_flow_class(text, prefer):
     """The whole proof (rule-by-rule stand-ins, then the solver) against exhaustive enumeration: when it
     says proved, the engines' read-backs together give the policy's verdict on every class of flows."""
-    from anyplane.compiler.commands import placement
+    from anyplane.compiler import place as placement
 
     source = _compile(text)
     if source is None:

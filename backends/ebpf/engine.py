@@ -200,3 +200,40 @@ def lifted(program: Program, model=None) -> Program:
     ordered = tuple(replace(e, priority=n - k) for k, e in enumerate(entries))
     return replace(program, default="allow" if model.default_verdict else "deny",
                    acl=Table("kernel", ordered), routes=Table("routes", ()))
+
+
+class KernelEngine(base.Engine):
+    """The host's kernel: an XDP classifier over map-held tables, updated atomically."""
+
+    name, place, capability = "ebpf", "kernel", CAPABILITY
+
+    def emit(self, program: Program, options: base.Options) -> base.Output:
+        """`compile -t ebpf`."""
+        return emit(program)
+
+    def read_back(self, program: Program, options: base.Options) -> Program:
+        """The entries the classifier's tables were built from."""
+        return lifted(program)
+
+    def push(self, program: Program, **kw) -> dict:
+        """Load or update the classifier (see `push`)."""
+        return push(program, **kw)
+
+    def status(self, **kw) -> dict:
+        """Counters per rule of the live policy."""
+        return status(**kw)
+
+    def replay(self, program: Program, flows=None, pcap: str | None = None) -> list[dict]:
+        """Flows (as packets below L7) or a pcap capture through the compiled program in the kernel,
+        beside the interpreter's verdicts; LoadError for a capture that cannot be read."""
+        if pcap is not None:
+            try:
+                frames = packet.read_pcap(pcap)
+            except (OSError, ValueError) as exc:
+                raise base.BadInput(f"cannot read the capture '{pcap}': {exc}") from None
+        else:
+            frames = [packet.frame(f.without_http()) for f in flows]
+        return replay(program, frames)
+
+
+ENGINE = KernelEngine()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from anyplane.ir.actions import RateLimit
 
+from ..base import EngineError
 from . import bpfsys as B
 from .addr4 import LEVEL1, build_addr4
 from .emit import Layout
@@ -38,7 +39,7 @@ XDP_ABORTED, XDP_DROP, XDP_PASS = 0, 1, 2
 VERDICTS = {XDP_DROP: "drop", XDP_PASS: "pass", XDP_ABORTED: "aborted"}
 
 
-class LoadError(Exception):
+class LoadError(EngineError):
     """The kernel refused something (the message says what; the old policy stays in force)."""
 
 

@@ -27,6 +27,7 @@ from anyplane.ir.match import InSet, Ternary, int_ranges, options
 from anyplane.ir.nodes import Entry, Program, decision_key
 from anyplane.ir.project import project_l4
 
+from ..base import Unsupported
 from ..classes import AddressClasses, address_classes
 
 MIN_CAPACITY = 64
@@ -42,10 +43,6 @@ def capacity_for(n: int) -> int:
     while cap < n:
         cap *= 2
     return cap
-
-
-class Unsupported(Exception):
-    """An L3/L4 match this engine cannot express (reported at the rule, never dropped silently)."""
 
 
 @dataclass(frozen=True)

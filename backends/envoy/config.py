@@ -17,7 +17,7 @@ from fractions import Fraction
 from anyplane.ir.actions import RateLimit
 from anyplane.ir.nodes import Program
 
-from .deployment import Deployment
+from ..deployment import Deployment
 from .inbound import TYPE, Listener, Unsupported, header_input, listener_plan, rbac_matcher, rule_names
 from .normal import HCM, NORMALISE, NORMALISE_HOST, refused_routes
 from .routes import outbound_clusters, outbound_listener

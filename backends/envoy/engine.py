@@ -20,7 +20,7 @@ from anyplane.ir.nodes import Program
 
 from .. import base
 from .config import bootstrap, sidecar_resources
-from .deployment import Deployment
+from ..deployment import Deployment
 from .inbound import Unsupported
 
 DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: same output, much faster
@@ -67,7 +67,7 @@ def covers(program: Program) -> dict[str, bool]:
     return out
 
 
-class EnvoyError(Exception):
+class EnvoyError(base.EngineError):
     """The policy cannot be expressed for the sidecar, or a push failed (the message says why)."""
 
 
@@ -191,3 +191,52 @@ def lifted(program: Program) -> Program:
     # One priority per entry, in the order the listeners decide (listeners never overlap).
     ordered = tuple(replace(e, priority=n - k) for k, e in enumerate(out))
     return replace(program, default="allow", acl=Table("sidecar", ordered), routes=Table("routes", ()))
+
+
+class SidecarEngine(base.Engine):
+    """Every service's Envoy sidecar: listeners with RBAC, rate limits, routes and clusters."""
+
+    name, place, capability = "envoy", "sidecar", CAPABILITY
+    options = frozenset({"deployment", "dry_run", "out_dir"})
+
+    def emit(self, program: Program, options: base.Options) -> base.Output:
+        """`compile -t envoy`."""
+        return emit(program, options.deployment or Deployment(), options.out_dir, options.dry_run)
+
+    def read_back(self, program: Program, options: base.Options) -> Program:
+        """Per listener, what it decides (see `lifted`)."""
+        return lifted(program)
+
+    def covers(self, program: Program) -> dict[str, bool]:
+        """Rules all of whose flows reach a sidecar (TCP to a service port)."""
+        return covers(program)
+
+    def push(self, program: Program, **kw) -> dict:
+        """Replace one running sidecar's listeners and clusters (backends/envoy/push.py)."""
+        from .push import push
+
+        return push(program, **kw)
+
+    def push_files(self, out_dir: str, prefix: str, service: str, xds_dir: str, admin: str | None,
+                   listed: dict[str, str]) -> dict:
+        """Push one sidecar's xDS files from a compiled output (whose manifest the caller checked)."""
+        from pathlib import Path
+
+        from .push import push_files
+
+        names = {kind: f"{prefix}{service}/xds/{kind}" for kind in ("lds.yaml", "cds.yaml")}
+        if not all(n in listed for n in names.values()):
+            raise EnvoyError(f"'{out_dir}' has no sidecar for service '{service}'")
+        if admin is None:
+            try:
+                boot = yaml.safe_load((Path(out_dir) / f"{prefix}{service}/bootstrap.yaml").read_text())
+                sock = boot["admin"]["address"]["socket_address"]
+                admin = f"{sock['address']}:{sock['port_value']}"
+            except (OSError, KeyError, TypeError, yaml.YAMLError):
+                raise EnvoyError("give --admin HOST:PORT: the output has no bootstrap naming the admin address") \
+                    from None
+        files = {kind: (Path(out_dir) / name).read_text(encoding="utf-8") for kind, name in names.items()}
+        return push_files(files, service, xds_dir, admin)
+
+
+ENGINE = SidecarEngine()

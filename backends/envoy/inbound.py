@@ -24,6 +24,7 @@ from anyplane.ir.match import Absent, Exact, InSet, Match, Present, Range, StrEx
 from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Entry, Program, decision_key
 
+from ..base import Unsupported
 from ..classes import AddressClasses, address_classes
 from .normal import TYPE, authority, path_with_query
 
@@ -37,10 +38,6 @@ SPORT_INPUT = {"name": "source_port",
                "typed_config": {"@type": TYPE + "envoy.extensions.matching.common_inputs.network.v3.SourcePortInput"}}
 DPORT_INPUT = {"name": "destination_port",
                "typed_config": {"@type": TYPE + "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput"}}
-
-
-class Unsupported(Exception):
-    """A match the sidecar cannot express (reported at the rule)."""
 
 
 def header_input(name: str) -> dict:

@@ -26,7 +26,7 @@ import yaml
 from anyplane.ir.nodes import Program
 
 from .config import bootstrap, sidecar_resources
-from .deployment import Deployment
+from ..deployment import Deployment
 from .engine import EnvoyError, content_version, dump, services, xds_files
 
 WAIT_S = 15

@@ -16,7 +16,7 @@ from anyplane.ir.match import Absent, InSet, Present, StrExact, StrPrefix
 from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Entry, Program
 
-from .deployment import Deployment
+from ..deployment import Deployment
 from .inbound import TYPE, meets
 from .normal import HCM, NORMALISE, authority, route_path
 

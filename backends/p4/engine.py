@@ -14,12 +14,13 @@ import json
 from google.protobuf import json_format, text_format
 from p4.v1 import p4runtime_pb2
 
+from anyplane.ir.actions import RateLimit
 from anyplane.ir.nodes import Program
 from anyplane.ir.project import PROJECTED, enforcement
 from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
-from .entries import Entries, Unsupported, add_updates, build
+from .entries import Entries, Unsupported, add_updates, build, meter_rate
 from .pipeline import Features, Names, p4info, program_text
 
 
@@ -29,7 +30,7 @@ CAPABILITY = base.Capability(
     actions=("allow", "deny", "packet-rate-limit", "counters"), capacity=Features().acl_size)
 
 
-class P4Error(Exception):
+class P4Error(base.EngineError):
     """The policy does not fit the program, or a push failed (the message says why)."""
 
 
@@ -115,3 +116,52 @@ def _read_back(program: Program, info, req, sources: list[str], entries: Entries
     from .lift import lift
 
     return lift(program, info, req, sources, {v: k for k, v in entries.ids.items()})
+
+
+class FabricEngine(base.Engine):
+    """The switch or SmartNIC: a v1model P4 program, its P4Info and the policy as P4Runtime entries."""
+
+    name, place, capability = "p4", "fabric", CAPABILITY
+    options = frozenset({"range_match", "capacity"})
+
+    @staticmethod
+    def features(options: base.Options, unbounded: bool = False) -> Features:
+        """The program's features for these options (unbounded: a table as large as needed)."""
+        size = 1 << 30 if unbounded else (options.capacity or Features().acl_size)
+        return Features(range_match=options.range_match, acl_size=size)
+
+    def emit(self, program: Program, options: base.Options) -> base.Output:
+        """`compile -t p4`."""
+        return emit(program, self.features(options))
+
+    def read_back(self, program: Program, options: base.Options) -> Program:
+        """The entries read back from the WriteRequest."""
+        return lifted(program, self.features(options, unbounded=True))
+
+    def holds(self, action) -> str | None:
+        """A meter holds whole packets per second (within 10% of the rule's rate)."""
+        if isinstance(action, RateLimit):
+            try:
+                meter_rate(action)
+            except Unsupported as exc:
+                return str(exc)
+        return None
+
+    def count(self, program: Program, options: base.Options) -> tuple[int, dict[str, str]]:
+        """acl entries after range and redundancy work, and the rules the switch cannot express."""
+        try:
+            entries = build(program, self.features(options, unbounded=True))
+        except Unsupported:
+            return 0, {}
+        return len(entries.acl), entries.unsupported
+
+    def push(self, program: Program, grpc_addr: str, device_id: int = 1, range_match: bool = True,
+             pipeline_config: tuple[str, str] | None = None, election_id: int = 1, dry_run: bool = False) -> dict:
+        """Write the entries to a P4Runtime target as one batch of differences (backends/p4/push.py)."""
+        from .push import push
+
+        return push(program, grpc_addr, device_id, Features(range_match=range_match), pipeline_config,
+                    (0, election_id), dry_run)
+
+
+ENGINE = FabricEngine()

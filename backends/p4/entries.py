@@ -27,6 +27,7 @@ from anyplane.ir.match import InSet, PrefixMatch, exact_values, int_ranges, merg
 from anyplane.ir.nodes import Entry, Program, decision_key
 from anyplane.ir.project import project_l4
 
+from ..base import Unsupported
 from .pipeline import ENDPOINT_TABLES, ID_BITS, Features, Names
 
 FAMILY = {4: 1, 6: 2}
@@ -43,10 +44,6 @@ def meter_rate(rl: RateLimit) -> int:
         raise Unsupported(f"the switch's meters count whole packets per second: {rl.count} per {rl.per_s}s "
                           f"({float(rate):.3g}/s) is not within 10% of one")
     return pps
-
-
-class Unsupported(Exception):
-    """A match this engine cannot express (reported at the rule)."""
 
 
 @dataclass

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import sys
-from importlib.metadata import version
 
 import click
 
 from anyplane.ir.source import Diagnostic, DiagnosticError, Note, render
-from anyplane.verify.context import Analysis
-from anyplane.verify.diff import diff as diff_programs
-from anyplane.verify.reach import reachability
-from anyplane.verify.result import DEFAULT_FAIL_ON, KINDS
-from anyplane.verify.run import verify as verify_program
-from anyplane.verify.sarif import to_sarif
 
+from .. import api
+from ..api import DEFAULT_FAIL_ON, FINDING_KINDS as KINDS
 from ..pipeline import load
-from ..whatif import edit, query_pattern
 from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, progress_reporter, \
     with_source
 
@@ -54,13 +48,13 @@ def verify(files, output_format, fail_on, timeout, verbose) -> None:
     compiled = load(list(files))
     update, close = progress_reporter("verifying")
     try:
-        report = verify_program(compiled.program, kinds, progress=update, timeout_ms=timeout * 1000)
+        report = api.verify(compiled, kinds, timeout, progress=update)
     finally:
         close()
     if output_format == "json":
         emit_json(report.to_json())
     elif output_format == "sarif":
-        emit_json(to_sarif(list(report.findings), version("anyplane")))
+        emit_json(api.sarif(findings=report.findings))
     else:
         p = compiled.program
         texts = {r.origin.loc: r.text for r in p.rules}
@@ -87,16 +81,11 @@ def query(files, pattern, without, with_rules, output_format) -> None:
     """Is some flow of PATTERN allowed by FILES? Prints a witness and its rule, or what blocks it."""
     compiled = load(list(files))
     try:
-        matches = query_pattern(compiled, pattern)
+        result, program = api.query(compiled, pattern, list(without), list(with_rules))
     except DiagnosticError as exc:
-        raise with_source(exc, "<query>", pattern)
-    try:
-        program = edit(compiled, list(without), list(with_rules)) if (without or with_rules) else compiled.program
-    except DiagnosticError as exc:
-        exc.sources = compiled.sources
-        exc.sources.texts.update({f"<with:{n}>": t for n, t in enumerate(with_rules, start=1)})
+        if getattr(exc, "sources", None) is None:
+            raise with_source(exc, "<query>", pattern)
         raise
-    result = reachability(Analysis(program, extra=list(matches)), matches)
     if output_format == "json":
         emit_json(result.to_json())
         return
@@ -124,8 +113,7 @@ def query(files, pattern, without, with_rules, output_format) -> None:
 @handle_errors
 def diff(old, new, output_format) -> None:
     """What changes between policy versions OLD and NEW (files or directories); exit 1 if any."""
-    a, b = load([old]), load([new])
-    report = diff_programs(a.program, b.program)
+    report = api.diff(load([old]), load([new]))
     if output_format == "json":
         emit_json(report.to_json())
     else:

@@ -29,6 +29,13 @@ in decision order while its entries fit; the rest spill to the next capable
 engine on the path, the default first (it needs every allow), then the
 lowest denies.
 
+Engines are the registered ones (`anyplane.backends.registry`), and what this
+module knows of them is their capability: whether an engine sees HTTP (HTTP
+conditions, request rates, routes, rechecks), sees every flow of the path (a
+default deny, L3/L4 denies), meters packets, which fields and families it
+matches, how many entries a program needs there and what it cannot express.
+No engine is named here.
+
 Paths: one for every destination (`--path`), or per destination in the
 deployment file:
 
@@ -43,21 +50,17 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field, replace
 
+from anyplane.backends import registry
+from anyplane.backends.base import Engine, Options
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny, RateLimit
 from anyplane.ir.addr import Prefix
-from anyplane.ir.match import InSet, Match, PrefixMatch
+from anyplane.ir.match import InSet, Match, PrefixMatch, options
 from anyplane.ir.nodes import Program, Rule, Table, decision_key
-from anyplane.ir.project import project_l4
 from anyplane.ir.source import Diagnostic, DiagnosticError, error
 from anyplane.verify.index import Boxer, OverlapIndex, overlaps
 
-PLACES = ("fabric", "kernel", "sidecar")
-BELOW_L7 = ("fabric", "kernel")
 PREFERENCES = ("early", "late", "everywhere")
-#: Test hook: leave every entry of this rule (FILE:LINE) out of every engine's program, so that the
-#: composition proof has a broken placement to catch.
-DROP_FOR_TESTS: str | None = None
 
 ENFORCES, RECHECKS, ADMITS, ADMITS_L4, NOTHING = "enforces", "rechecks", "admits", "admits-l4", "-"
 
@@ -67,13 +70,31 @@ class PathError(ValueError):
 
 
 def parse_path(text) -> tuple[str, ...]:
-    """`fabric,kernel,sidecar` (any order or subset, or a YAML list) as a tuple."""
+    """`fabric,kernel,sidecar` (any order or subset of the engines' places, or a YAML list) as a tuple."""
+    places = registry.places()
     parts = [str(p).strip() for p in text] if isinstance(text, list) else \
         [p.strip() for p in str(text).split(",") if p.strip()]
-    bad = [p for p in parts if p not in PLACES]
+    bad = [p for p in parts if p not in places]
     if bad or not parts or len(set(parts)) != len(parts):
-        raise PathError(f"a path is a comma-separated subset of {', '.join(PLACES)}, each once")
+        raise PathError(f"a path is a comma-separated subset of {', '.join(places)}, each once")
     return tuple(parts)
+
+
+def _fits(engine: Engine, rule: Rule, entries) -> bool:
+    """Whether the engine matches every field and address family the rule's entries use (below L7 an
+    HTTP part is left to an engine that sees HTTP)."""
+    cap = engine.capability
+    fields = set(cap.fields)
+    for e in entries:
+        for name, fm in e.match.fields:
+            if F.layer(name) == "L7" and not cap.sees_http:
+                continue
+            if name not in fields and not (name.startswith(F.HEADER_PREFIX) and "http.header.*" in fields):
+                return False
+            if name in (F.SRC_IP, F.DST_IP):
+                if any(o.prefix.family not in cap.families for o in options(fm)):
+                    return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -168,17 +189,17 @@ class Planner:
     """Places one program on the paths of its regions."""
 
     def __init__(self, program: Program, regions_: list[Region], prefer: str = "early",
-                 capacity: dict[str, int] | None = None, sidecar_covers: dict[str, bool] | None = None,
-                 count_entries=None, holds=None):
+                 capacity: dict[str, int] | None = None, options: Options = Options()):
         if prefer not in PREFERENCES:
             raise PathError(f"--prefer takes one of {', '.join(PREFERENCES)}")
         self.program, self.regions, self.prefer = program, regions_, prefer
-        #: holds(place, rate limit) -> None, or why the engine cannot hold that rate.
-        self.holds = holds or (lambda place, rate: None)
         self.capacity = capacity or {}
-        self.covers = sidecar_covers or {}
-        self.count_entries = count_entries  # place, program -> (entries, {loc: why} it cannot express)
-        self.places = [p for p in PLACES if any(p in r.path for r in regions_)]
+        self.options = options
+        self.places = [p for p in registry.places() if any(p in r.path for r in regions_)]
+        self.engine = {p: registry.at(p) for p in self.places}
+        self.http_places = [p for p in self.places if self.engine[p].capability.sees_http]
+        self.covers = {p: self.engine[p].covers(program) for p in self.places
+                       if not self.engine[p].capability.sees_everything}
         self.ordered = sorted(program.acl.entries, key=decision_key)
         self.rules = {r.id: r for r in program.rules}
         self.boxer = Boxer(program)
@@ -196,6 +217,27 @@ class Planner:
         self.spilled: list[str] = []
 
     # -- what each rule asks for ----------------------------------------------------------
+    def _reaches(self, p: str, rule: Rule) -> bool:
+        """Whether all of the rule's flows cross the engine at p."""
+        return self.engine[p].capability.sees_everything or self.covers[p].get(rule.id, False)
+
+    def _capable(self, rule: Rule, kind: str) -> tuple[str, ...]:
+        """The places that can hold a duty alone, from their engines' capabilities."""
+        entries = [self.ordered[k] for k in self.by_rule[rule.id]]
+        out = []
+        for p in self.places:
+            cap = self.engine[p].capability
+            if not (self._reaches(p, rule) and _fits(self.engine[p], rule, entries)):
+                continue
+            if kind == "http-deny" and not cap.sees_http:
+                continue
+            if kind == "http-rate" and "request-rate-limit" not in cap.actions:
+                continue
+            if kind == "rate" and not (cap.meters_packets and self.engine[p].holds(entries[0].action) is None):
+                continue
+            out.append(p)
+        return tuple(out)
+
     def _duties(self) -> list[Duty]:
         out = []
         for rule in self.program.rules:
@@ -203,16 +245,16 @@ class Planner:
                 continue
             actions = {type(self.ordered[k].action) for k in self.by_rule[rule.id]}
             http = rule.layer == "L7"
-            sidecar = ("sidecar",) if self.covers.get(rule.id, False) else ()
+            kind = None
             if Deny in actions:
-                out.append(Duty(rule.id, "http-deny" if http else "deny", rule,
-                                sidecar if http else BELOW_L7 + sidecar))
+                kind = "http-deny" if http else "deny"
             elif RateLimit in actions:
-                rate = next(self.ordered[k].action for k in self.by_rule[rule.id])
-                meters = tuple(p for p in BELOW_L7 if self.holds(p, rate) is None)
-                out.append(Duty(rule.id, "http-rate" if http else "rate", rule, sidecar if http else meters))
+                kind = "http-rate" if http else "rate"
+            if kind is not None:
+                out.append(Duty(rule.id, kind, rule, self._capable(rule, kind)))
         if self.program.default == "deny":
-            out.append(Duty("default", "default", None, BELOW_L7))
+            out.append(Duty("default", "default", None,
+                            tuple(p for p in self.places if self.engine[p].capability.sees_everything)))
         return out
 
     def _touches(self, duty: Duty, r: int) -> bool:
@@ -248,11 +290,11 @@ class Planner:
 
     def _choose(self, duty: Duty, r: int, skip: set[str] = frozenset()) -> None:
         region = self.regions[r]
-        options = [p for p in self._order(region.path) if p in duty.capable and p not in skip]
-        if not options:
+        candidates = [p for p in self._order(region.path) if p in duty.capable and p not in skip]
+        if not candidates:
             duty.chosen[region.label] = []
             return
-        duty.chosen[region.label] = options if self.prefer == "everywhere" else options[:1]
+        duty.chosen[region.label] = candidates if self.prefer == "everywhere" else candidates[:1]
         first = "last" if self.prefer == "late" else "first"
         duty.why[region.label] = {
             "deny": f"L3/L4 deny: the {first} engine on the path that can hold it",
@@ -267,20 +309,27 @@ class Planner:
     def _unplaceable(self, duty: Duty, region: Region) -> None:
         span = duty.rule.origin if duty.rule else self.program.default_origin
         on = region.where
+        every = [p for p in registry.places() if registry.at(p).capability.sees_everything]
+        http = [p for p in registry.places() if registry.at(p).capability.sees_http]
+        partial = [p for p in region.path if not self.engine[p].capability.sees_everything]
+        seen_by = f": the {' and '.join(partial)} sees only part of the traffic" if partial else ""
         if duty.kind == "default":
-            msg = f"the default deny needs the kernel or the fabric on {on}: the sidecar sees only TCP to service ports"
+            msg = f"the default deny needs an engine every flow crosses ({' or '.join(every)}) on {on}{seen_by}"
         elif duty.kind in ("http-deny", "http-rate"):
-            what = "HTTP conditions" if duty.kind == "http-deny" else "a request rate limit"
-            if "sidecar" in region.path:
-                msg = f"{what} need a sidecar, and not all of this rule's traffic reaches one (TCP to a service port)"
+            what = "HTTP conditions need" if duty.kind == "http-deny" else "a request rate limit needs"
+            if any(p in region.path for p in http):
+                msg = f"{what} a sidecar, and not all of this rule's traffic reaches one (TCP to a service port)"
             else:
-                msg = f"{what} need the sidecar on {on}"
+                msg = f"{what} the {' or the '.join(http)} on {on}"
         elif duty.kind == "rate":
-            why = self.holds("fabric", next(self.ordered[k].action for k in self.by_rule[duty.key]))
-            msg = f"a packet rate limit needs the kernel or the fabric on {on}" + (
-                f" (and {why})" if why and "fabric" in region.path else "")
+            meters = [p for p in registry.places() if registry.at(p).capability.meters_packets]
+            action = self.ordered[self.by_rule[duty.key][0]].action
+            whys = [f"the {p} cannot: {self.engine[p].holds(action)}" for p in region.path
+                    if p in meters and self.engine[p].holds(action) is not None]
+            msg = f"a packet rate limit needs an engine that meters ({' or '.join(meters)}) on {on}" + (
+                f" ({'; '.join(whys)})" if whys else "")
         else:
-            msg = f"no engine on {on} can enforce this deny: the sidecar sees only TCP to service ports"
+            msg = f"no engine on {on} can enforce this deny{seen_by}"
         self.errors.append(error(span, "placement", msg))
 
     # -- programs -------------------------------------------------------------------------
@@ -315,26 +364,27 @@ class Planner:
         rbox = self.region_boxes[r]
         return [k for k in self.http_pos if rbox is None or overlaps(self.boxes[k], rbox)]
 
-    def _rechecks(self, duties: list[Duty]) -> set[str]:
-        """Duties held below L7 beneath HTTP allows: the sidecar holds them too."""
-        out: set[str] = set()
+    def _rechecks(self, duties: list[Duty]) -> dict[str, set[str]]:
+        """Duties held below L7 beneath HTTP allows: per place that sees HTTP, the ones it holds too."""
+        out: dict[str, set[str]] = {p: set() for p in self.http_places}
         for d in duties:
             if d.kind not in ("deny", "default"):
                 continue
             for r, region in enumerate(self.regions):
                 held = d.chosen.get(region.label, [])
-                if not any(p in BELOW_L7 for p in held) or "sidecar" in held:
+                if not any(p not in self.http_places for p in held) or any(p in self.http_places for p in held):
                     continue
                 above = self._http_allows(r) if d.key == "default" else \
                     self._http_allows_above(self.by_rule[d.key], r)
                 if not above:
                     continue
-                if "sidecar" not in region.path:
+                checker = next((p for p in region.path if p in self.http_places), None)
+                if checker is None:
                     rule = self.rules[self.ordered[above[0]].rule]
                     self.errors.append(error(rule.origin, "placement", "only the L4 projection of this HTTP allow "
-                                             f"is enforced on {region.where}: add the sidecar"))
+                                             f"is enforced on {region.where}: add an engine that sees HTTP"))
                     continue
-                out.add(d.key)
+                out[checker].add(d.key)
         return out
 
     def _context(self, denies: set[str], default: bool) -> set[str]:
@@ -354,8 +404,6 @@ class Planner:
     def program_for(self, place: str, denies: set[str], default: bool, rates: set[str]) -> Program:
         """One engine's program: its denies and rate limits, the allows they need, its default."""
         keep = denies | rates | self._context(denies, default)
-        if DROP_FOR_TESTS is not None:
-            keep = {k for k in keep if k not in self.rules or self.rules[k].origin.loc != DROP_FOR_TESTS}
         entries = []
         for e in self.program.acl.entries:
             if e.rule not in keep:
@@ -366,17 +414,18 @@ class Planner:
         rules = tuple(r for r in self.program.rules if r.id in keep)
         return replace(self.program, default="deny" if default else "allow", acl=Table(self.program.acl.name,
                        tuple(entries)), rules=rules,
-                       routes=self.program.routes if place == "sidecar" else Table(self.program.routes.name, ()))
+                       routes=self.program.routes if "routes" in self.engine[place].capability.actions
+                       else Table(self.program.routes.name, ()))
 
     def _programs(self, duties: list[Duty]) -> tuple[dict[str, Program], set[str]]:
         enforce, default = self._held(duties)
         rechecks = self._rechecks(duties)
-        if "sidecar" in self.places:
-            for key in rechecks:
+        for place, keys in rechecks.items():
+            for key in keys:
                 if key == "default":
-                    default["sidecar"] = True
+                    default[place] = True
                 else:
-                    enforce["sidecar"].add(key)
+                    enforce[place].add(key)
         kinds = {d.key: d.kind for d in duties}
         programs = {}
         for p in self.places:
@@ -390,9 +439,9 @@ class Planner:
         """Move duties off engines whose program does not fit; True when something moved."""
         moved = False
         for place, cap in self.capacity.items():
-            if place not in programs or self.count_entries is None:
+            if place not in programs:
                 continue
-            total, unsupported = self.count_entries(place, programs[place])
+            total, unsupported = self._count(place, programs[place])
             here = [d for d in duties if any(place in ps for ps in d.chosen.values())]
             victims: list[Duty] = [d for d in here if d.rule is not None and d.rule.origin.loc in unsupported]
             if total > cap:
@@ -423,13 +472,17 @@ class Planner:
                                     + ",".join(sorted({p for ps in d.chosen.values() for p in ps})))
         return moved
 
+    def _count(self, place: str, program: Program) -> tuple[int, dict[str, str]]:
+        """Entries the engine needs for a program, and what it cannot express."""
+        return self.engine[place].count(program, self.options)
+
     def _fitting(self, place: str, ranked: list[Duty], cap: int) -> int:
         """How many of the duties (in decision order) the engine holds within its capacity: the highest
         ones, whose context (the allows above them) is smallest. Found by bisection on entry counts."""
         def fits(m: int) -> bool:
             denies = {d.key for d in ranked[:m] if d.kind in ("deny", "http-deny")}
             rates = {d.key for d in ranked[:m] if d.kind in ("rate", "http-rate")}
-            return self.count_entries(place, self.program_for(place, denies, False, rates))[0] <= cap
+            return self._count(place, self.program_for(place, denies, False, rates))[0] <= cap
         lo, hi = 0, len(ranked)  # ranked[:lo] fits
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -485,20 +538,20 @@ class Planner:
                     roles[p] = NOTHING
                 elif d is not None and any(p in ps for ps in d.chosen.values()):
                     roles[p] = ENFORCES
-                elif d is not None and p == "sidecar" and rule.id in rechecks:
+                elif d is not None and rule.id in rechecks.get(p, ()):
                     roles[p] = RECHECKS
                 else:
-                    roles[p] = ADMITS_L4 if rule.layer == "L7" and p != "sidecar" else ADMITS
+                    roles[p] = ADMITS_L4 if rule.layer == "L7" and p not in self.http_places else ADMITS
             if d is not None:
                 placed = tuple(p for p in self.places if roles[p] in (ENFORCES, RECHECKS))
                 why = _why(d, self.regions)
-                if rule.id in rechecks:
+                if any(rule.id in keys for keys in rechecks.values()):
                     why += "; the sidecar rechecks it: HTTP allows above it are admitted as L4 projections before"
                 regions_ = {k: v for k, v in d.chosen.items()}
             else:
                 placed = tuple(p for p in self.places if roles[p] == ADMITS)
                 if rule.layer == "L7":
-                    placed = ("sidecar",) if roles.get("sidecar") == ADMITS else ()
+                    placed = tuple(p for p in self.http_places if roles[p] == ADMITS)
                     why = "HTTP allow: the sidecar checks its conditions" if placed else \
                         "nothing below it is denied by any engine: its flows pass"
                     below = [p for p in self.places if roles[p] == ADMITS_L4]
@@ -513,9 +566,9 @@ class Planner:
         if self.program.default == "deny":
             d = by_key["default"]
             roles = {p: ENFORCES if any(p in ps for ps in d.chosen.values()) else
-                     (RECHECKS if p == "sidecar" and "default" in rechecks else NOTHING) for p in self.places}
+                     (RECHECKS if "default" in rechecks.get(p, ()) else NOTHING) for p in self.places}
             why = _why(d, self.regions)
-            if "default" in rechecks:
+            if any("default" in keys for keys in rechecks.values()):
                 why += "; the sidecar rechecks it: HTTP allows are admitted as L4 projections before"
             loc = self.program.default_origin.loc if self.program.default_origin else "default"
             rows.append(Placement(loc, "default deny", tuple(p for p in self.places if roles[p] != NOTHING), roles,
@@ -551,55 +604,19 @@ def text(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def entry_counter(range_match: bool):
-    """How many entries a program needs on an engine, and the rules (FILE:LINE) it cannot express: the
-    switch's acl entries after range and redundancy work, the kernel's classifier entries (one per entry
-    of the L4 projection)."""
-    from anyplane.backends.p4.entries import Unsupported, build
-    from anyplane.backends.p4.pipeline import Features
-
-    def count(place: str, program: Program):
-        if place == "kernel":
-            return len(project_l4(program).acl.entries), {}
-        try:
-            entries = build(program, Features(range_match=range_match, acl_size=1 << 30))
-        except Unsupported:
-            return 0, {}
-        return len(entries.acl), entries.unsupported
-    return count
-
-
 def plan(program: Program, regions_: list[Region], prefer: str = "early", capacity: dict[str, int] | None = None,
-         range_match: bool = True) -> Plan:
+         options: Options = Options()) -> Plan:
     """Place a program on its regions' paths (engines that declare a capacity spill what does not fit)."""
-    covers = None
-    if any("sidecar" in r.path for r in regions_):
-        from anyplane.backends.envoy.engine import covers as sidecar_covers
-
-        covers = sidecar_covers(program)
-    from anyplane.backends.p4.entries import Unsupported, meter_rate
-
-    def holds(place: str, rate) -> str | None:
-        if place != "fabric":
-            return None
-        try:
-            meter_rate(rate)
-        except Unsupported as exc:
-            return str(exc)
-        return None
-    return Planner(program, regions_, prefer, capacity, covers, entry_counter(range_match), holds).plan()
+    return Planner(program, regions_, prefer, capacity, options).plan()
 
 
-def prove(program: Program, placed: Plan, range_match: bool = True, outputs: dict | None = None, progress=None):
+def prove(program: Program, placed: Plan, options: Options = Options(), outputs: dict | None = None, progress=None):
     """The composition proof: what each engine emitted for its program, read back as IR, together
     against the policy, per region with the engines on its path (translation validation).
 
-    `outputs` (engine -> backend Output) are the artifacts just emitted: an engine whose output can be
+    `outputs` (place -> backend Output) are the artifacts just emitted: an engine whose output can be
     read back is read from it; the others are compiled again for the read-back."""
-    from anyplane.backends.ebpf import engine as kernel
-    from anyplane.backends.envoy import engine as sidecar
-    from anyplane.backends.p4 import engine as fabric
-    from anyplane.backends.p4.pipeline import Features
+    from anyplane.ir.project import project_l4
     from anyplane.verify.compose import Scope, prove as prove_composition
 
     lifted = {}
@@ -607,19 +624,17 @@ def prove(program: Program, placed: Plan, range_match: bool = True, outputs: dic
         out = (outputs or {}).get(where)
         if out is not None and out.read_back is not None:
             lifted[where] = out.read_back()
-        elif where == "fabric":
-            lifted[where] = fabric.lifted(sub, Features(range_match=range_match, acl_size=1 << 30))
-        elif where == "kernel":
-            lifted[where] = kernel.lifted(sub)
         else:
-            lifted[where] = sidecar.lifted(sub)
+            lifted[where] = registry.at(where).read_back(sub, options)
     earlier: list[Match] = []
     scopes = []
     for r in placed.regions:
         scopes.append(Scope(r.label, r.match, tuple(earlier), r.path))
         if r.match is not None:
             earlier.append(r.match)
-    # What the switch and the kernel compile: their program's L4 projection. (A sidecar's read-back is
-    # per listener, not rule by rule: it goes to the solver whole.)
-    sources = {where: project_l4(sub) for where, sub in placed.programs.items() if where != "sidecar"}
+    # What an engine below L7 compiles: its program's L4 projection, which its read-back is compared with
+    # rule by rule. (An HTTP engine's read-back is per listener, not rule by rule: it goes to the solver
+    # whole.)
+    sources = {where: project_l4(sub) for where, sub in placed.programs.items()
+               if not registry.at(where).capability.sees_http}
     return prove_composition(program, lifted, scopes, sources=sources, progress=progress)

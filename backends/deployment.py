@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .base import EngineError
 
-class DeploymentError(Exception):
+
+class DeploymentError(EngineError):
     """The deployment file is malformed (the message says where)."""
 
 

@@ -1,0 +1,70 @@
+"""The engines by name: the one place the compiler finds them.
+
+    get("p4")           the engine compiled by `-t p4`
+    at("fabric")        the engine at a place on a path
+    engines()           every engine, in path order (fabric, kernel, sidecar, then others)
+    register(engine)    add one (an engine of your own, or a test's)
+
+The built-in engines are imported when first asked for: each pulls its own
+toolchain (protobuf for P4Runtime, libbpf's headers, Envoy's binary).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from .base import Engine
+
+BUILTIN = (("p4", "anyplane.backends.p4.engine"), ("ebpf", "anyplane.backends.ebpf.engine"),
+           ("envoy", "anyplane.backends.envoy.engine"))
+_engines: dict[str, Engine] = {}
+
+
+def _load() -> None:
+    for name, module in BUILTIN:
+        if name not in _engines:
+            _engines[name] = import_module(module).ENGINE
+
+
+def register(engine: Engine) -> Engine:
+    """Make an engine available by its name and place (replacing one of the same name)."""
+    clash = [e.name for e in engines() if e.place == engine.place and e.name != engine.name]
+    if clash:
+        raise ValueError(f"place '{engine.place}' is taken by engine '{clash[0]}'")
+    _engines[engine.name] = engine
+    return engine
+
+
+def unregister(name: str) -> None:
+    """Remove an engine that was registered (built-in ones come back when next asked for)."""
+    _engines.pop(name, None)
+
+
+def engines() -> list[Engine]:
+    """Every engine, the built-in ones first in path order."""
+    _load()
+    return list(_engines.values())
+
+
+def names() -> list[str]:
+    """Every engine's target name."""
+    return [e.name for e in engines()]
+
+
+def places() -> list[str]:
+    """Every place an engine sits, in path order."""
+    return [e.place for e in engines()]
+
+
+def get(name: str) -> Engine:
+    """The engine of a target name; KeyError when there is none."""
+    _load()
+    return _engines[name]
+
+
+def at(place: str) -> Engine:
+    """The engine at a place on a path; KeyError when there is none."""
+    for e in engines():
+        if e.place == place:
+            return e
+    raise KeyError(place)

@@ -1,0 +1,250 @@
+"""The anyplane library: what the command line, tests, benchmarks and CI scripts call.
+
+    from anyplane.compiler import api
+
+    compiled = api.load(["policies/"])                       # parse, check, lower (DiagnosticError)
+    out = api.compile_target(compiled, "envoy")              # one engine's artifacts and report
+    built = api.compile_paths(compiled, "fabric,kernel,sidecar")  # placement, every engine, the proof
+    report = api.verify(compiled)                            # findings, asserts
+    answer = api.query(compiled, "internet -> mysql tcp 3306")
+    changes = api.diff(api.load(["old/"]), api.load(["new/"]))
+    why = api.explain(compiled, "office -> productpage http GET /")
+
+Every function returns the data the CLI prints as JSON (`.to_json()` where it
+is an object). Mistakes in the policy raise `DiagnosticError` (with `.sources`
+set, so `render` can quote the lines); mistakes in the arguments raise
+`UsageError`; an engine that fails raises `EngineError`. docs/api.md has more.
+Engines are found through `anyplane.backends.registry` only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+from anyplane.backends import registry
+from anyplane.backends.base import Artifact, BadInput, EngineError, Options, Output, RuleReport
+from anyplane.backends.deployment import Deployment, DeploymentError, load as load_deployment_file
+from anyplane.ir import printer
+from anyplane.ir.source import DiagnosticError
+from anyplane.verify.result import DEFAULT_FAIL_ON, KINDS as FINDING_KINDS
+
+from . import place
+from .explain import explain as explain_flow
+from .flows import parse_flow
+from .pipeline import Compiled, UsageError, load
+from .whatif import edit, query_pattern
+
+__all__ = ["load", "targets", "compile_target", "compile_paths", "Built", "verify", "query", "diff", "explain",
+           "push", "push_compiled", "status", "replay", "deployment", "sarif", "Options", "Compiled", "UsageError",
+           "DiagnosticError", "EngineError", "BadInput", "registry", "FINDING_KINDS", "DEFAULT_FAIL_ON"]
+
+
+def targets() -> list[str]:
+    """What `compile -t` accepts: the IR, every registered engine, and `all` (every engine on the paths)."""
+    return ["ir", *registry.names(), "all"]
+
+
+def deployment(path: str | None) -> Deployment:
+    """A deployment file (sidecar sockets, endpoints, paths); UsageError when it is unreadable or malformed."""
+    try:
+        return load_deployment_file(path)
+    except DeploymentError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _engine(name: str):
+    try:
+        return registry.get(name)
+    except KeyError:
+        raise UsageError(f"unknown target '{name}'; use one of {', '.join(targets())}") from None
+
+
+def _with_sources(compiled: Compiled, exc: DiagnosticError) -> DiagnosticError:
+    if getattr(exc, "sources", None) is None:
+        exc.sources = compiled.sources
+    return exc
+
+
+def compile_target(compiled: Compiled, target: str, options: Options = Options(), src: bool = True) -> Output:
+    """One target's artifacts: `ir` (ir.json, ir.txt) or a registered engine's."""
+    if target == "ir":
+        program = compiled.program
+        return Output([Artifact("ir.json", printer.to_json(program)),
+                       Artifact("ir.txt", printer.dump(program, src=src))])
+    engine = _engine(target)
+    try:
+        return engine.emit(compiled.program, options)
+    except DiagnosticError as exc:
+        raise _with_sources(compiled, exc)
+
+
+@dataclass
+class Built:
+    """What `compile -t all` made: every engine's artifacts (in folders named after the engines), the
+    placement and its report, and the composition proof (None when skipped)."""
+
+    output: Output
+    plan: place.Plan
+    proof: object | None
+
+
+def compile_paths(compiled: Compiled, path: str | None = None, prefer: str = "early",
+                  capacity: dict[str, int] | None = None, options: Options = Options(), prove: bool = True,
+                  progress=None, on_engine=None) -> Built:
+    """Place the policy on the engines of its paths, emit each engine's share, and prove that together
+    they decide exactly what the policy decides. `path`: the engines in order (default: every
+    registered place; per destination: the deployment's `paths`). `on_engine(place, rules)` is called
+    before each engine compiles; `progress(done, total)` while the proof runs."""
+    import json
+
+    program = compiled.program
+    dep = options.deployment if isinstance(options.deployment, Deployment) else Deployment()
+    capacity = dict(capacity or {})
+    counted = [p for p in registry.places() if not registry.at(p).capability.sees_http]
+    for where in capacity:
+        if where not in counted:
+            raise UsageError(f"--capacity takes PLACE=ENTRIES for an engine whose entries spill to the next one "
+                             f"({', '.join(counted)}), not '{where}'")
+    try:
+        default_path = place.parse_path(",".join(registry.places()) if path is None else path)
+        regions = place.regions(program, default_path, dep.paths, "deployment: paths")
+    except place.PathError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        plan = place.plan(program, regions, prefer, capacity, options)
+    except DiagnosticError as exc:
+        raise _with_sources(compiled, exc)
+    outputs: dict[str, Output] = {}
+    for where in plan.places:
+        engine, share = registry.at(where), plan.programs[where]
+        if on_engine is not None:
+            on_engine(where, len(share.rules))
+        try:
+            outputs[where] = engine.emit(share, replace(options, capacity=capacity.get(where),
+                                                        out_dir=os.path.join(options.out_dir, engine.name)))
+        except DiagnosticError as exc:
+            raise _with_sources(compiled, exc)
+    out = Output()
+    for where, o in outputs.items():
+        out.artifacts += [Artifact(f"{registry.at(where).name}/{a.path}", a.data) for a in o.artifacts]
+    capabilities = []
+    for where in plan.places:
+        declared = registry.at(where).capability.to_json()
+        capabilities.append(dict(declared, capacity=capacity.get(where, declared["capacity"])))
+    out.artifacts += [Artifact("placement.txt", place.text(plan)),
+                      Artifact("placement.json", json.dumps({
+                          "prefer": plan.prefer, "places": plan.places,
+                          "paths": [{"destination": r.label, "path": list(r.path)} for r in plan.regions],
+                          "capabilities": capabilities, "spilled": plan.spilled,
+                          "rules": [r.to_json() for r in plan.rows]}, indent=1) + "\n")]
+    out.report = [RuleReport("", r.location, r.text, "placed", ",".join(r.placed) or "-") for r in plan.rows]
+    proof = None
+    if prove and not options.dry_run:
+        proof = place.prove(program, plan, options, outputs, progress)
+        out.artifacts.append(Artifact("proof.json", json.dumps(proof.to_json(), indent=1) + "\n"))
+    return Built(out, plan, proof)
+
+
+def verify(compiled: Compiled, fail_on=None, timeout_s: int = 20, progress=None):
+    """Findings (dead, redundant, conflicting rules, routes) and asserts: a `verify.result.Report`."""
+    from anyplane.verify.run import verify as verify_program
+
+    return verify_program(compiled.program, fail_on or DEFAULT_FAIL_ON, progress=progress,
+                          timeout_ms=timeout_s * 1000)
+
+
+def query(compiled: Compiled, pattern: str, without: list[str] = (), with_rules: list[str] = ()):
+    """(reachability result, the program asked): can some flow of the pattern get through, with rules
+    removed (`without`, FILE:LINE) or added (`with_rules`) for the question only."""
+    from anyplane.verify.context import Analysis
+    from anyplane.verify.reach import reachability
+
+    matches = query_pattern(compiled, pattern)
+    try:
+        program = edit(compiled, list(without), list(with_rules)) if (without or with_rules) else compiled.program
+    except DiagnosticError as exc:
+        exc.sources = compiled.sources
+        exc.sources.texts.update({f"<with:{n}>": t for n, t in enumerate(with_rules, start=1)})
+        raise
+    return reachability(Analysis(program, extra=list(matches)), matches), program
+
+
+def diff(old: Compiled, new: Compiled):
+    """Classes of flows newly allowed, newly denied or changed between two policies: a `DiffReport`."""
+    from anyplane.verify.diff import diff as diff_programs
+
+    return diff_programs(old.program, new.program)
+
+
+def explain(compiled: Compiled, flow: str, path: str = "<flow>") -> dict:
+    """The verdict of one flow (pattern syntax), its deciding rule, route, limits and the L4 verdict."""
+    return explain_flow(compiled.program, parse_flow(flow, compiled.symbols, compiled.program, path))
+
+
+def push(compiled: Compiled, target: str, **kw) -> dict:
+    """Make the policy live on a running engine (the keyword arguments are the engine's own)."""
+    engine = _engine(target)
+    if not hasattr(engine, "push"):
+        raise UsageError(f"-t {target} has no push")
+    return engine.push(compiled.program, **kw)
+
+
+def push_compiled(out_dir: str, service: str, xds_dir: str, admin: str | None = None) -> dict:
+    """Push a sidecar's xDS files from a compiled output, once its manifest vouches for every file."""
+    from .output import read_manifest
+
+    data = read_manifest(out_dir)
+    engine = registry.get("envoy")
+    prefix = {engine.name: "", "all": f"{engine.name}/"}.get(data.get("target"))
+    if prefix is None:
+        raise UsageError(f"'{out_dir}' holds -t {data.get('target')} output, not the sidecars' "
+                         f"(-t {engine.name} or -t all)")
+    return engine.push_files(out_dir, prefix, service, xds_dir, admin, data["files"])
+
+
+def status(target: str, **kw) -> dict:
+    """Counters of a running engine."""
+    engine = _engine(target)
+    if not hasattr(engine, "status"):
+        raise UsageError(f"-t {target} has no status")
+    return engine.status(**kw)
+
+
+def replay(compiled: Compiled, target: str, flows_file: str | None = None, pcap: str | None = None) -> list[dict]:
+    """Flows (one per line, pattern syntax) or a capture through an engine, beside the policy's verdicts."""
+    engine = _engine(target)
+    if not hasattr(engine, "replay"):
+        raise UsageError(f"-t {target} has no replay")
+    if (flows_file is None) == (pcap is None):
+        raise UsageError("give exactly one of --flows FILE and --pcap FILE")
+    flows = None
+    if flows_file is not None:
+        try:
+            lines = open(flows_file, encoding="utf-8").read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read '{flows_file}': {getattr(exc, 'strerror', None) or exc}") from None
+        flows = []
+        for n, line in enumerate(lines, start=1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                flows.append(parse_flow(text, compiled.symbols, compiled.program, path=f"{flows_file}:{n}"))
+            except DiagnosticError as exc:
+                from anyplane.ir.source import SourceMap
+
+                exc.sources = SourceMap({f"{flows_file}:{n}": text})
+                raise
+    return engine.replay(compiled.program, flows=flows, pcap=pcap)
+
+
+def sarif(findings=None, diagnostics=None) -> dict:
+    """A SARIF 2.1.0 log of verification findings, or of the diagnostics of a policy that does not compile."""
+    from importlib.metadata import version
+
+    from anyplane.verify.sarif import diagnostics_to_sarif, to_sarif
+
+    if diagnostics is not None:
+        return diagnostics_to_sarif(list(diagnostics), version("anyplane"))
+    return to_sarif(list(findings or ()), version("anyplane"))
