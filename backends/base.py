@@ -181,6 +181,11 @@ class Engine:
         """Entries the engine needs for a program, and the rules (FILE:LINE) it cannot express and why."""
         return len(project_l4(program).acl.entries), {}
 
+    def judges(self, program: Program, flow) -> bool:
+        """Whether a flow crosses the engine at all (engines with `protocols != "any"` see only part of
+        the traffic; the others judge every flow)."""
+        return True
+
     def covers(self, program: Program) -> dict[str, bool]:
         """Per rule id, whether all of the rule's flows cross this engine (only engines that see part of
         the traffic, `protocols != "any"`, are asked)."""

@@ -195,7 +195,8 @@ class Planner:
         self.program, self.regions, self.prefer = program, regions_, prefer
         self.capacity = capacity or {}
         self.options = options
-        self.places = [p for p in registry.places() if any(p in r.path for r in regions_)]
+        # In the order flows cross them: the default path's first, then the other regions' (path order).
+        self.places = list(dict.fromkeys(p for r in reversed(regions_) for p in r.path))
         self.engine = {p: registry.at(p) for p in self.places}
         self.http_places = [p for p in self.places if self.engine[p].capability.sees_http]
         self.covers = {p: self.engine[p].covers(program) for p in self.places

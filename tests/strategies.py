@@ -46,12 +46,15 @@ def rules(draw, decls, small: bool = False):
     """One rule over the declared names, CIDRs, small port ranges and HTTP parts."""
     names = [d[0] for d in decls]
     http_names = [d[0] for d in decls if d[2]]
-    ep = st.sampled_from(names + list(SMALL_RULE_CIDRS if small else RULE_CIDRS) + ["any"])
+    family = {d[0]: {6 if "fd00" in d[3] else 4} for d in decls}
+    endpoints = names + list(SMALL_RULE_CIDRS if small else RULE_CIDRS) + ["any"]
+    fam = lambda e: {4, 6} if e == "any" else family.get(e) or {6 if ":" in e else 4}  # noqa: E731
     verdict = draw(st.sampled_from(["allow", "deny"]))
-    src = draw(ep)
     kind = draw(st.sampled_from(["none", "tcp", "udp", "icmp", "http"] if http_names else ["none", "tcp", "udp", "icmp"]))
+    # Source and destination share an address family (otherwise check rejects the rule).
     if kind == "http":
         dst = draw(st.sampled_from(http_names))
+        src = draw(st.sampled_from([e for e in endpoints if fam(e) & fam(dst)]))
         methods = draw(st.sampled_from(["*", "GET", "GET, POST", "DELETE"]))
         paths = ", ".join(draw(st.lists(st.sampled_from(PATHS[:4] if small else PATHS), min_size=1, max_size=2,
                                         unique=True)))
@@ -59,7 +62,8 @@ def rules(draw, decls, small: bool = False):
         if draw(st.booleans()):
             tail += draw(st.sampled_from([' header "x-k" present', ' header "x-k" = "1"', ' header "x-k" absent']))
     else:
-        dst = draw(ep)
+        src = draw(st.sampled_from(endpoints))
+        dst = draw(st.sampled_from([e for e in endpoints if fam(e) & fam(src)]))
         tail = {"none": "", "tcp": f"tcp {_ports(draw)}", "udp": f"udp {_ports(draw)}",
                 "icmp": draw(st.sampled_from(["icmp", "icmp type 8", "icmp type 8 code 0"]))}[kind]
     text = f"{verdict} {src} -> {dst} {tail}".rstrip()

@@ -211,6 +211,18 @@ class SidecarEngine(base.Engine):
         """Rules all of whose flows reach a sidecar (TCP to a service port)."""
         return covers(program)
 
+    def judges(self, program: Program, flow) -> bool:
+        """TCP to a TCP or HTTP port of a service: the traffic a sidecar's inbound listeners receive."""
+        from anyplane.ir.interp import owner
+
+        if flow.proto != 6 or flow.fragment:
+            return False
+        ident = owner(program, flow.family, flow.dst)
+        if ident is None or program.identity(ident).service not in services(program):
+            return False
+        svc = program.identity(ident).service
+        return any(p.number == flow.dport and p.protocol != "udp" for p in program.identity(svc).ports)
+
     def push(self, program: Program, **kw) -> dict:
         """Replace one running sidecar's listeners and clusters (backends/envoy/push.py)."""
         from .push import push
