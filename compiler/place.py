@@ -80,6 +80,23 @@ def parse_path(text) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def _path_order(paths: list[tuple[str, ...]]) -> list[str]:
+    """The places of all paths in an order every path agrees with (flows cross them in that order); ties
+    go to the registry's order (fabric, kernel, sidecar, then engines added later)."""
+    rank = {p: k for k, p in enumerate(registry.places())}
+    after: dict[str, set[str]] = {}
+    for path in paths:
+        for k, p in enumerate(path):
+            after.setdefault(p, set()).update(path[:k])
+    out: list[str] = []
+    while len(out) < len(after):
+        ready = [p for p in after if p not in out and after[p] <= set(out)]
+        if not ready:  # paths disagree on the order: keep the registry's
+            ready = [p for p in after if p not in out]
+        out.append(min(ready, key=lambda p: rank.get(p, len(rank))))
+    return out
+
+
 def _fits(engine: Engine, rule: Rule, entries) -> bool:
     """Whether the engine matches every field and address family the rule's entries use (below L7 an
     HTTP part is left to an engine that sees HTTP)."""
@@ -195,8 +212,7 @@ class Planner:
         self.program, self.regions, self.prefer = program, regions_, prefer
         self.capacity = capacity or {}
         self.options = options
-        # In the order flows cross them: the default path's first, then the other regions' (path order).
-        self.places = list(dict.fromkeys(p for r in reversed(regions_) for p in r.path))
+        self.places = _path_order([r.path for r in regions_])
         self.engine = {p: registry.at(p) for p in self.places}
         self.http_places = [p for p in self.places if self.engine[p].capability.sees_http]
         self.covers = {p: self.engine[p].covers(program) for p in self.places
