@@ -278,7 +278,7 @@ def test_differential_envoy_agrees_with_the_interpreter_on_2000_requests():
             got.append({200: "allow", 403: "deny"}.get(status, f"status {status}"))
             expected.append(evaluate(program, f).verdict)
         log = envoy.log_when("matched_policy[")
-    mismatches = [(f.text(), e, g) for f, e, g in zip(flows, expected, got) if e != g]
+    mismatches = [(f.text, e, g) for f, e, g in zip(flows, expected, got) if e != g]
     assert not mismatches, mismatches[:10]
     assert len(app.seen) == expected.count("allow")
     assert {"allow", "deny"} <= set(expected)

@@ -9,7 +9,7 @@ with a suggestion `check` accepts.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from anyplane.compiler.values import path_match
@@ -28,7 +28,7 @@ def test_normalising_twice_changes_nothing(pieces):
     try:
         t = http.parse_target(target)
     except http.Rejected:
-        return
+        assume(False)
     assert http.is_canonical(t.canonical), (target, t.canonical)
     assert http.normalise_path(t.canonical) == t.canonical
     assert Request.sent_as("GET", target).path == t.canonical
