@@ -84,14 +84,16 @@ class Entry:
         return self.match.layer
 
 
-def decision_key(entry: Entry) -> tuple:
-    """Order in which matching acl entries decide: lower key wins.
+def precedence(entry: Entry) -> tuple:
+    """What the language orders matching entries by: highest priority first; at equal priority deny
+    beats rate limit beats allow (the slower rate first). Entries of equal precedence decide alike."""
+    return (-entry.priority, strictness(entry.action))
 
-    Highest priority first; at equal priority deny beats rate limit beats
-    allow (the slower rate first); the remaining tie is broken by source
-    location so that the deciding rule reported is deterministic.
-    """
-    return (-entry.priority, strictness(entry.action), entry.origin)
+
+def decision_key(entry: Entry) -> tuple:
+    """Order in which matching acl entries decide: lower key wins. Precedence, then source location,
+    so that the deciding rule reported among equals is deterministic (line order decides nothing else)."""
+    return (*precedence(entry), entry.origin)
 
 
 @dataclass(frozen=True, slots=True)

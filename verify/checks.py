@@ -1,11 +1,16 @@
 """Anomaly findings: dead, redundant and conflicting rules; routes never taken; unused versions.
 
-    dead        a rule that decides no flow: every flow it matches is decided by
-                rules earlier in decision order (reported with those rules)
-    redundant   removing the rule changes no decision (the next rule, or the
-                default, decides the same way everywhere it decides)
+    dead        a rule whose intent is lost: every flow it matches is taken by rules of
+                higher precedence, and some of them decide differently (an error)
+    redundant   removing the rule changes no decision: rules of higher precedence
+                take its flows and decide them alike, or the next rule (or the
+                default) decides the same way everywhere it decides (a warning)
     conflict    an allow and a deny overlap and priority settles it (info)
     rate-conflict  overlapping allows at the same priority disagree on the rate (error)
+
+Line order carries no meaning, so findings must not depend on it: each entry is
+judged as if it came first among the entries of equal precedence (which decide
+alike), so only entries of strictly higher precedence can take its flows.
 
 Each entry is first tried on a few concrete flows inside its match, checked
 against only the entries its box overlaps; the solver is asked only when the
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 import z3
 
 from anyplane.ir.actions import Deny, RateLimit
-from anyplane.ir.nodes import Entry
+from anyplane.ir.nodes import Entry, precedence
 from anyplane.ir.source import Span
 
 from .context import Analysis
@@ -55,19 +60,29 @@ class AnomalyChecker:
         self.progress = progress or (lambda done, total: None)
         self.facts: list[_EntryFacts] = [_EntryFacts() for _ in analysis.ordered]
         self.rule_of = [e.rule for e in analysis.ordered]
+        # The first position of each precedence: entries before first[i] outrank entry i.
+        self.first = []
+        for i, e in enumerate(analysis.ordered):
+            same = i and precedence(analysis.ordered[i - 1]) == precedence(e)
+            self.first.append(self.first[i - 1] if same else i)
         self.solver_calls = 0
         self._splits: dict[int, tuple[list[int], list[int]]] = {}
 
     def code(self, e: Entry | None) -> int:
         return self.a.enc.action_code(e, self.a.program.default)
 
+    def _outranks(self, c: int, i: int) -> bool:
+        """Whether entry c takes flows before entry i whatever the line order: higher precedence."""
+        return c < self.first[i]
+
     def _split(self, i: int) -> tuple[list[int], list[int]]:
-        """Overlapping entries before and after entry i (other rules only after it); cached."""
+        """Overlapping entries that outrank entry i, and the others of other rules (in decision order:
+        those that decide in its place when it is removed); cached."""
         hit = self._splits.get(i)
         if hit is None:
             cands = self.a.index.candidates(self.a.boxes[i])
-            earlier = [c for c in cands if c < i]
-            later = [c for c in cands if c > i and self.rule_of[c] != self.rule_of[i]]
+            earlier = [c for c in cands if self._outranks(c, i)]
+            later = [c for c in cands if not self._outranks(c, i) and c != i and self.rule_of[c] != self.rule_of[i]]
             hit = self._splits[i] = (earlier, later)
         return hit
 
@@ -87,12 +102,13 @@ class AnomalyChecker:
         code = self.code(e)
         samples = a.gen.inside(e.match, tries=4)
         if samples:
-            cover = next((x for x in a.matching(samples[0]) if x < i and covers(a, a.ordered[x].match, e.match)), None)
+            cover = next((x for x in a.matching(samples[0])
+                          if self._outranks(x, i) and covers(a, a.ordered[x].match, e.match)), None)
             if cover is not None:
                 facts.live, facts.covering = False, [cover]
                 return
         for start in samples[:2]:
-            w = escape(a, e.match, a.boxes[i], start, lambda ms: [m for m in ms if m < i])
+            w = escape(a, e.match, a.boxes[i], start, lambda ms: [m for m in ms if self._outranks(m, i)])
             if w is not None:
                 facts.live, facts.witness = True, w
                 break
@@ -139,7 +155,7 @@ class AnomalyChecker:
             return [int(n) for n in a.core([a.term(e.match)], tracked)]
         found = []
         for f in a.gen.inside(e.match, tries=24):
-            first = next((m for m in a.matching(f) if m < i), None)
+            first = next((m for m in a.matching(f) if self._outranks(m, i)), None)
             if first is not None and first not in found:
                 found.append(first)
         return found or earlier[:1]
@@ -149,10 +165,10 @@ class AnomalyChecker:
         a, rule = self.a, self.rule_of[i]
 
         def nxt(ms):
-            return next((m for m in ms if m > i and self.rule_of[m] != rule), None)
+            return next((m for m in ms if not self._outranks(m, i) and m != i and self.rule_of[m] != rule), None)
 
         def blockers(ms):
-            earlier = [m for m in ms if m < i]
+            earlier = [m for m in ms if self._outranks(m, i)]
             if earlier:
                 return earlier
             k = nxt(ms)
@@ -198,9 +214,9 @@ class AnomalyChecker:
             samples.insert(0, self.facts[i].witness)
         for f in samples:
             ms = a.matching(f)
-            if any(m < i for m in ms):
+            if any(self._outranks(m, i) for m in ms):
                 continue
-            nxt = next((m for m in ms if m > i and self.rule_of[m] != rule), None)
+            nxt = next((m for m in ms if not self._outranks(m, i) and m != i and self.rule_of[m] != rule), None)
             if nxt is not None and nxt not in found:
                 found.append(nxt)
         return found[:3]
@@ -230,14 +246,35 @@ class AnomalyChecker:
             if facts and all(f.live is False for f in facts):
                 covering = sorted({a.ordered[c].origin for f in facts for c in f.covering})
                 names = ", ".join(s.loc for s in covering) or "the rules before it"
-                out.append(Finding("dead", "error", rule.origin,
-                                   f"this rule never decides a flow: {names} decide every flow it matches",
-                                   related=tuple(covering)))
+                same = [self._taken_alike(i) for i in positions]
+                if any(v is None for v in same):
+                    out.append(Finding("unknown", "error", rule.origin,
+                                       "the solver could not decide how the rules above this one decide its flows"))
+                elif all(same):
+                    out.append(Finding("redundant", "warning", rule.origin,
+                                       f"removing this rule changes no decision: {names} take every flow it "
+                                       f"matches and decide it the same way", related=tuple(covering)))
+                else:
+                    out.append(Finding("dead", "error", rule.origin,
+                                       f"this rule never decides a flow: {names} take every flow it matches, "
+                                       f"and not the way it says", related=tuple(covering)))
                 continue
             live = [f for f in facts if f.live]
             if live and all(f.redundant for f in live):
                 out.append(self._redundant(rule, positions))
         return out
+
+    def _taken_alike(self, i: int) -> bool | None:
+        """For an entry whose flows all go to entries that outrank it: whether those decide every one of
+        them as the entry would (None: the solver gave up)."""
+        a, code = self.a, self.code(self.a.ordered[i])
+        earlier = self._split(i)[0]
+        if all(self.code(a.ordered[c]) == code for c in earlier):
+            return True
+        result, _ = self._solve(a.term(a.ordered[i].match), a.code_term(earlier) != code)
+        if result == "unknown":
+            return None
+        return result == "unsat"
 
     def _redundant(self, rule, positions: list[int]) -> Finding:
         a = self.a
