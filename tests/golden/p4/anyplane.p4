@@ -1,3 +1,4 @@
+// golden file written by the tests (pytest --update-golden); do not edit
 /* anyplane policy classifier for the v1model architecture.
  *
  * The program's shape depends only on the feature set (port ranges as

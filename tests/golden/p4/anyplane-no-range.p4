@@ -1,7 +1,8 @@
+// golden file written by the tests (pytest --update-golden); do not edit
 /* anyplane policy classifier for the v1model architecture.
  *
  * The program's shape depends only on the feature set (port ranges as
- * range keys, table sizes); the policy itself is table entries written
+ * ternary keys, table sizes); the policy itself is table entries written
  * through P4Runtime. Ingress:
  *   1. endpoint tables (LPM, longest-prefix ownership): source and destination
  *      addresses -> identity ids in metadata (0: no identity owns the address)
@@ -291,8 +292,8 @@ control AnyplaneIngress(inout headers_t hdr, inout metadata_t meta,
             meta.dst_v6: ternary;
             meta.ip_proto: ternary;
             meta.l4_valid: ternary;
-            meta.sport: range;
-            meta.dport: range;
+            meta.sport: ternary;
+            meta.dport: ternary;
             meta.icmp_type: ternary;
             meta.icmp_code: ternary;
         }
