@@ -24,7 +24,6 @@ sys.path.insert(0, str(ROOT))
 
 from anyplane.compiler.pipeline import compile_sources  # noqa: E402
 from anyplane.compiler.whatif import query_pattern  # noqa: E402
-from anyplane.verify.checks import AnomalyChecker  # noqa: E402
 from anyplane.verify.context import Analysis  # noqa: E402
 from anyplane.verify.diff import diff  # noqa: E402
 from anyplane.verify.reach import reachability  # noqa: E402

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from anyplane.ir.match import Match
 from anyplane.ir.nodes import Program, Table
-from anyplane.ir.source import DiagnosticError, error
+from anyplane.ir.source import DiagnosticError
 
 from .checks import Checker
 from .lower.matches import lower_pattern

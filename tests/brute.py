@@ -13,7 +13,7 @@ from __future__ import annotations
 from itertools import product
 
 from anyplane.ir import fields as F
-from anyplane.ir.addr import WIDTH, Prefix
+from anyplane.ir.addr import WIDTH
 from anyplane.ir.flow import ICMP, ICMP6, IPV6_EXTENSION_HEADERS, TCP, UDP, Flow, Request
 from anyplane.ir.match import AnyOf, Exact, InSet, PrefixMatch, Range
 from anyplane.verify.domain import Domain

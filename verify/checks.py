@@ -22,11 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import z3
 
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.nodes import Entry, precedence
-from anyplane.ir.source import Span
 
 from .context import Analysis
 from .concrete import covers, disjoint, escape, intersection

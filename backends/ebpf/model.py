@@ -16,12 +16,11 @@ rewrites maps, never the program.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny, RateLimit
-from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import Flow
 from anyplane.ir.match import InSet, Ternary, int_ranges, options
 from anyplane.ir.nodes import Entry, Program, decision_key
