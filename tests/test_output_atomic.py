@@ -62,7 +62,7 @@ def test_interrupted_or_killed_compiles_leave_the_old_or_the_new_output(tmp_path
         policy = new if trial % 4 < 2 else old
         proc = subprocess.Popen(ANYPLANE + ["compile", str(policy), "-t", "envoy", "-o", str(out)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.3, full * 1.1))  # after Python's start-up, when anyplane handles signals
+        time.sleep(rng.uniform(0.3, full * 2.0))  # after start-up (signals handled), up to past the end
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
         if sig == signal.SIGINT:
