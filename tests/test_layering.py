@@ -95,7 +95,8 @@ def test_installed_packages_live_under_anyplane():
     import tomllib
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert all(p.startswith("anyplane.") for p in config["packages"])
-    on_disk = {str(p.parent.relative_to(ROOT)).replace("/", ".") for top in ALLOWED
-               for p in (ROOT / top).rglob("__init__.py")}
-    assert {f"anyplane.{p}" for p in on_disk} == set(config["packages"]), "every package folder must be listed"
+    assert all(p == "anyplane" or p.startswith("anyplane.") for p in config["packages"])
+    folders = {folder: package for package, folder in config["package-dir"].items()}
+    on_disk = {str(p.parent.relative_to(ROOT)) for top in ALLOWED for p in (ROOT / top).rglob("__init__.py")}
+    assert on_disk == set(folders), "every package folder must be mapped in package-dir"
+    assert set(folders.values()) == set(config["packages"]), "every mapped package must be listed"

@@ -1,0 +1,5 @@
+"""`python -m anyplane` runs the command line."""
+
+from anyplane.compiler.launch import main
+
+main()
