@@ -18,7 +18,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
 from anyplane.ir.lpm import LpmTable
 from anyplane.ir.match import PrefixMatch, options
-from anyplane.ir.memo import per_program
+from anyplane.ir.owners import nesting, ownership
 from anyplane.ir.nodes import Entry, Program
 
 
@@ -43,7 +43,7 @@ class AddressClasses:
                 keys.append(key)
             remap.append(ids[sig])
         prefixes = []
-        for (p, cls), parent in zip(self.prefixes, _parents([p for p, _ in self.prefixes])):
+        for (p, cls), parent in zip(self.prefixes, nesting([p for p, _ in self.prefixes])):
             if remap[cls] != (remap[self.prefixes[parent][1]] if parent is not None else 0):
                 prefixes.append((p, remap[cls]))
         return AddressClasses(tuple(keys), tuple(prefixes))
@@ -54,27 +54,6 @@ class AddressClasses:
         return 0 if hit is None else hit
 
 
-def _parents(prefixes: list[Prefix]) -> list[int | None]:
-    """For prefixes sorted by (family, value, length): the position of the longest other one covering
-    each (one pass with a stack of the prefixes enclosing the current one)."""
-    out: list[int | None] = []
-    stack: list[int] = []
-    for k, p in enumerate(prefixes):
-        while stack and not prefixes[stack[-1]].covers(p):
-            stack.pop()
-        out.append(stack[-1] if stack else None)
-        stack.append(k)
-    return out
-
-
-@per_program
-def _owners(program: Program) -> tuple[LpmTable, dict[Prefix, str]]:
-    """The ownership table, and the owner of every endpoint prefix (once per program: every listener
-    of every sidecar builds classes over the same endpoints)."""
-    return LpmTable((row.prefix, row.identity) for row in program.endpoints), \
-        {row.prefix: row.identity for row in program.endpoints}
-
-
 def address_classes(program: Program, entries: list[Entry], side: str) -> AddressClasses:
     """Classes for one side: atoms are endpoint prefixes and the side's CIDRs in matches."""
     ip_field = F.SRC_IP if side == "src" else F.DST_IP
@@ -83,7 +62,8 @@ def address_classes(program: Program, entries: list[Entry], side: str) -> Addres
         fm = e.match.get(ip_field)
         if fm is not None:
             cidrs.update(o.prefix for o in options(fm) if isinstance(o, PrefixMatch))
-    owners, owned = _owners(program)
+    owners = ownership(program)
+    owned = owners.owner_of
     atoms = sorted(set(owned) | cidrs)
     by_length: dict[tuple[int, int], set[int]] = {}
     for c in cidrs:
@@ -94,8 +74,7 @@ def address_classes(program: Program, entries: list[Entry], side: str) -> Addres
         if p in owned:
             owner = owned[p]
         else:
-            hit = owners.covering(p)
-            owner = hit[1] if hit is not None else None
+            owner = owners.covering_owner(p)
         member = frozenset(p.supernet(length) for (fam, length), values in by_length.items()
                            if fam == p.family and length <= p.length and p.supernet(length).value in values)
         cls = keys.setdefault((owner, member), len(keys))

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from anyplane.ir.addr import WIDTH, Prefix
 from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP, Flow, Request
-from anyplane.ir.flowgen import READABLE
-from anyplane.ir.lpm import LpmTable
+from anyplane.ir.owners import READABLE, ownership
 from anyplane.ir.nodes import Program
 from anyplane.ir.source import DiagnosticError, Span, error
 
@@ -37,8 +36,8 @@ def representative(program: Program, identities: tuple[str, ...], prefixes: list
     the address after the network address, the network address, the last
     addresses, then the gaps around more specific prefixes nested inside.
     """
-    table = LpmTable((row.prefix, row.identity) for row in program.endpoints)
-    inner = [row.prefix for row in program.endpoints]
+    table = ownership(program).table
+    inner = list(ownership(program).owner_of)
     for p in prefixes:
         if family is not None and p.family != family:
             continue

@@ -19,59 +19,10 @@ from . import fields as F
 from . import http
 from .addr import WIDTH, Prefix
 from .flow import HTTP_METHODS, ICMP, ICMP6, IPV6_EXTENSION_HEADERS, TCP, UDP, Flow, Request
-from .lpm import LpmTable
 from .match import (Absent, Exact, InSet, Match, PrefixMatch, Present, Range, StrExact, StrPrefix, Ternary,
                     options)
 from .nodes import Program
-
-
-def _edges(p: Prefix) -> list[int]:
-    top = (1 << WIDTH[p.family]) - 1
-    return [a for a in (p.first + 1, p.first, p.last, (p.first + p.last) // 2) if 0 <= a <= top]
-
-
-def _outside(p: Prefix) -> list[int]:
-    top = (1 << WIDTH[p.family]) - 1
-    return [a for a in (p.first - 1, p.last + 1) if 0 <= a <= top]
-
-
-#: Readable addresses tried first inside very broad prefixes (documentation ranges, RFC 5737/3849).
-READABLE = {4: (0xCB007101, 0xC6336401, 0xC0000201), 6: (0x20010DB8 << 96 | 1,)}
-
-
-def owned_addresses(program: Program) -> dict[str, list[tuple[int, int]]]:
-    """For each identity, boundary addresses that it really owns, most readable first.
-
-    Readable means: a documentation address inside a very broad prefix, then
-    the address after a network address, then the network address, the last
-    address and the middle, then addresses right around nested prefixes.
-    """
-    table = LpmTable((row.prefix, row.identity) for row in program.endpoints)
-    rows = sorted(program.endpoints, key=lambda r: (r.prefix.family, r.prefix.value, r.prefix.length))
-    children: dict[Prefix, list[Prefix]] = {r.prefix: [] for r in rows}
-    stack: list[Prefix] = []
-    for r in rows:
-        while stack and not stack[-1].covers(r.prefix):
-            stack.pop()
-        if stack:
-            children[stack[-1]].append(r.prefix)
-        stack.append(r.prefix)
-    owned: dict[str, dict[tuple[int, int], None]] = {}
-    # Two passes so that every identity's own edges come before the addresses it owns
-    # only as the gaps around someone else's nested prefix.
-    for around in (False, True):
-        for row in rows:
-            p = row.prefix
-            if around:
-                candidates = [a for c in children[p][:32] for a in _outside(c) if p.contains(p.family, a)]
-            else:
-                candidates = [a for a in READABLE[p.family] if p.contains(p.family, a)] if p.length < 8 else []
-                candidates += _edges(p)
-            for a in candidates:
-                who = table.lookup(p.family, a)
-                if who is not None:
-                    owned.setdefault(who, {})[(p.family, a)] = None
-    return {k: list(v) for k, v in owned.items()}
+from .owners import READABLE, edges as _edges, outside as _outside, owned_addresses, ownership
 
 
 class FlowGen:
@@ -93,7 +44,7 @@ class FlowGen:
         self.hosts: set[str] = {"example.com"}
         self.headers: dict[str, set[str]] = {}
         self.owned = owned_addresses(program)
-        self._table = LpmTable((row.prefix, row.identity) for row in program.endpoints)
+        self._table = ownership(program).table
         for row in program.endpoints:
             self._collect_prefix(row.prefix)
         for m in self.matches:

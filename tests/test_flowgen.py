@@ -10,6 +10,7 @@ from anyplane.ir.addr import Prefix
 from anyplane.ir.flowgen import FlowGen
 from anyplane.ir.interp import evaluate, owner
 from anyplane.ir.lpm import LpmTable
+from anyplane.ir.owners import owned_addresses, ownership
 
 from .conftest import EXAMPLES, compile_text, load_example
 
@@ -45,15 +46,23 @@ def test_generated_flows_hit_prefix_and_port_boundaries():
     assert {999, 1000, 2000, 2001} <= ports
 
 
-def test_lpm_table_agrees_with_the_interpreters_linear_scan():
-    program = load_example("edge-firewall").program
-    table = LpmTable((row.prefix, row.identity) for row in program.endpoints)
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_ownership_agrees_with_the_interpreters_linear_scan(example):
+    """`ir.owners` is the one fast form of ownership every engine and the verifier use; the interpreter's
+    linear scan is the definition."""
+    program = load_example(example).program
+    owners = ownership(program)
     rng = random.Random(0)
     for f in FlowGen(program, seed=11).flows(3000):
-        assert table.lookup(f.family, f.src) == owner(program, f.family, f.src)
+        assert owners.owner(f.family, f.src) == owner(program, f.family, f.src)
     for _ in range(2000):
         a = rng.getrandbits(32)
-        assert table.lookup(4, a) == owner(program, 4, a)
+        assert owners.owner(4, a) == owner(program, 4, a)
+    for identity, addresses in owned_addresses(program).items():
+        assert all(owner(program, fam, a) == identity for fam, a in addresses)
+    for p, parent in owners.parent.items():
+        assert parent is None or (parent.covers(p) and parent != p and p in owners.children[parent])
+    assert {p for ps in owners.prefixes.values() for p in ps} == {row.prefix for row in program.endpoints}
 
 
 def test_lpm_prefers_the_longest_prefix():

@@ -20,9 +20,9 @@ import z3
 from anyplane.ir.flow import Flow
 from anyplane.ir.flowgen import FlowGen
 from anyplane.ir.interp import evaluate, match_holds
-from anyplane.ir.lpm import LpmTable
 from anyplane.ir.match import Match
 from anyplane.ir.nodes import Entry, Program
+from anyplane.ir.owners import ownership
 
 from .domain import Domain
 from .encode import Encoder, mk_and, mk_or
@@ -44,7 +44,7 @@ class Analysis:
         self.boxer = Boxer(program)
         self.boxes = [self.boxer.box(e.match) for e in self.ordered]
         self.index = OverlapIndex(self.boxes)
-        self.lpm = LpmTable((row.prefix, row.identity) for row in program.endpoints)
+        self.lpm = ownership(program).table
         self.default_code = self.enc.action_code(None, program.default)
         self.solver = z3.Solver(ctx=self.enc.ctx)
         self.solver.set("timeout", timeout_ms)

@@ -25,6 +25,7 @@ from anyplane.ir.flow import ICMP, ICMP6, IPV6_EXTENSION_HEADERS, TCP, UDP, Flow
 from anyplane.ir.match import (Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, StrExact,
                                StrPrefix, Ternary)
 from anyplane.ir.nodes import Entry, Program, decision_key
+from anyplane.ir.owners import ownership
 
 from .domain import Domain
 
@@ -75,18 +76,9 @@ class Ownership:
 
     def __init__(self, program: Program, enc: "Encoder"):
         self.enc = enc
-        rows = sorted(program.endpoints, key=lambda r: (r.prefix.family, r.prefix.value, r.prefix.length))
-        self.children: dict[Prefix, list[Prefix]] = {r.prefix: [] for r in rows}
-        self.by_identity: dict[str, list[Prefix]] = {}
-        stack: list[Prefix] = []
-        for r in rows:
-            p = r.prefix
-            while stack and not stack[-1].covers(p):
-                stack.pop()
-            if stack:
-                self.children[stack[-1]].append(p)
-            stack.append(p)
-            self.by_identity.setdefault(r.identity, []).append(p)
+        owners = ownership(program)
+        self.children = owners.children
+        self.by_identity = owners.prefixes
         self.cache: dict[tuple[str, str], z3.BoolRef] = {}
 
     def owned(self, side: str, identity: str) -> z3.BoolRef:

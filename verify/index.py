@@ -22,6 +22,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.addr import WIDTH, Prefix
 from anyplane.ir.match import InSet, Match, PrefixMatch, exact_values, int_ranges, options
 from anyplane.ir.nodes import Program
+from anyplane.ir.owners import ownership
 
 ALL = None
 
@@ -66,9 +67,7 @@ class Boxer:
     """Builds boxes for the matches of one program (identity prefixes come from its endpoints)."""
 
     def __init__(self, program: Program):
-        self.identity_prefixes: dict[str, list[Prefix]] = {}
-        for row in program.endpoints:
-            self.identity_prefixes.setdefault(row.identity, []).append(row.prefix)
+        self.identity_prefixes: dict[str, tuple[Prefix, ...]] = ownership(program).prefixes
 
     def _addresses(self, m: Match, id_field: str, ip_field: str) -> tuple[Prefix, ...] | None:
         ids, ips = m.get(id_field), m.get(ip_field)

@@ -23,6 +23,7 @@ from anyplane.ir.addr import Prefix
 from anyplane.ir.match import Absent, Exact, InSet, Match, Present, Range, StrExact, options
 from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Entry, Program, decision_key
+from anyplane.ir.owners import ownership
 
 from ..base import Unsupported
 from ..classes import AddressClasses, address_classes
@@ -191,7 +192,8 @@ def _by_destination(program: Program) -> tuple[list[Entry], dict[str, list[int]]
 def listener_plan(program: Program, service: str, port: int, http: bool, names: dict[int, str]) -> Listener:
     """The entries one inbound listener decides with, in decision order."""
     identities = set(program.service_identities(service))
-    prefixes = [row.prefix for row in program.endpoints if row.identity in identities]
+    owned = ownership(program).prefixes
+    prefixes = [p for i in identities for p in owned.get(i, ())]
     ordered, by_id, anywhere = _by_destination(program)
     positions = set(anywhere)
     for v in identities:

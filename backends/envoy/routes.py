@@ -15,6 +15,7 @@ from anyplane.ir.actions import Deny
 from anyplane.ir.match import Absent, InSet, Present, StrExact, StrPrefix
 from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Entry, Program
+from anyplane.ir.owners import ownership
 
 from ..deployment import Deployment
 from .inbound import TYPE, meets
@@ -85,12 +86,9 @@ def _services(program: Program):
     return [i for i in program.identities if i.version is None and i.kind == "service" and i.http_ports]
 
 
-def _owned(program: Program) -> dict[str, list]:
+def _owned(program: Program) -> dict[str, tuple]:
     """Identity -> its endpoint prefixes."""
-    out: dict[str, list] = {}
-    for row in program.endpoints:
-        out.setdefault(row.identity, []).append(row.prefix)
-    return out
+    return ownership(program).prefixes
 
 
 def egress(program: Program, service: str) -> list:
