@@ -56,7 +56,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny, RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.match import InSet, Match, PrefixMatch, options
-from anyplane.ir.nodes import Program, Rule, Table, decision_key
+from anyplane.ir.nodes import Program, Rule, Table, ordered
 from anyplane.ir.source import Diagnostic, DiagnosticError, error
 from anyplane.verify.index import Boxer, OverlapIndex, overlaps
 
@@ -217,7 +217,7 @@ class Planner:
         self.http_places = [p for p in self.places if self.engine[p].capability.sees_http]
         self.covers = {p: self.engine[p].covers(program) for p in self.places
                        if not self.engine[p].capability.sees_everything}
-        self.ordered = sorted(program.acl.entries, key=decision_key)
+        self.ordered = list(ordered(program.acl))
         self.rules = {r.id: r for r in program.rules}
         self.boxer = Boxer(program)
         self.boxes = [self.boxer.box(e.match) for e in self.ordered]

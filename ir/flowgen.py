@@ -22,7 +22,7 @@ from .flow import HTTP_METHODS, ICMP, ICMP6, IPV6_EXTENSION_HEADERS, TCP, UDP, F
 from .match import (Absent, Exact, InSet, Match, PrefixMatch, Present, Range, StrExact, StrPrefix, Ternary,
                     options)
 from .nodes import Program
-from .owners import READABLE, edges as _edges, outside as _outside, owned_addresses, ownership
+from .owners import edges as _edges, outside as _outside, owned_addresses, ownership
 
 
 class FlowGen:

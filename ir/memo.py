@@ -14,8 +14,11 @@ from functools import wraps
 KEEP = 4
 
 
-def per_program(fn):
-    """Cache `fn(program)` by program identity (the latest KEEP programs)."""
+def per_program(fn=None, *, keep: int = KEEP):
+    """Cache `fn(program)` by program identity (the latest `keep` programs). Works for any immutable
+    argument: a program, a table, an endpoint tuple."""
+    if fn is None:
+        return lambda f: per_program(f, keep=keep)
     cache: dict[int, tuple[object, object]] = {}
 
     @wraps(fn)
@@ -23,7 +26,7 @@ def per_program(fn):
         hit = cache.get(id(program))
         if hit is not None and hit[0] is program:
             return hit[1]
-        if len(cache) >= KEEP:
+        if len(cache) >= keep:
             cache.pop(next(iter(cache)))
         value = fn(program)
         cache[id(program)] = (program, value)

@@ -104,6 +104,13 @@ class Table:
     entries: tuple[Entry, ...]
 
 
+@per_program(keep=32)
+def ordered(table: Table) -> tuple[Entry, ...]:
+    """A table's entries in decision order, sorted once per table (every engine, placement and the
+    verifier ask for it)."""
+    return tuple(sorted(table.entries, key=decision_key))
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """A policy rule as written: its id, origin, action, layer and canonical text."""

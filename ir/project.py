@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .actions import Allow, Deny
+from .memo import per_program
 from .nodes import Entry, Program, Rule, Table
 
 ENFORCED = "enforced"
@@ -30,8 +31,9 @@ def project_entry(entry: Entry) -> Entry | None:
     return replace(entry, match=entry.match.without_layer("L7"), action=Allow())
 
 
+@per_program(keep=32)
 def project_l4(program: Program) -> Program:
-    """The program an L3/L4 engine enforces: projected acl, no routes."""
+    """The program an L3/L4 engine enforces: projected acl, no routes (once per program)."""
     entries = tuple(p for p in map(project_entry, program.acl.entries) if p is not None)
     return replace(program, acl=Table(program.acl.name, entries), routes=Table(program.routes.name, ()))
 

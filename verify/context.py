@@ -21,7 +21,7 @@ from anyplane.ir.flow import Flow
 from anyplane.ir.flowgen import FlowGen
 from anyplane.ir.interp import evaluate, match_holds
 from anyplane.ir.match import Match
-from anyplane.ir.nodes import Entry, Program
+from anyplane.ir.nodes import Entry, Program, ordered
 from anyplane.ir.owners import ownership
 
 from .domain import Domain
@@ -40,7 +40,7 @@ class Analysis:
         self.program = program
         self.domain = encoder.domain if encoder else Domain.of([program], list(extra))
         self.enc = encoder or Encoder(self.domain)
-        self.ordered: list[Entry] = Encoder.ordered(program.acl.entries)
+        self.ordered: list[Entry] = list(ordered(program.acl))
         self.boxer = Boxer(program)
         self.boxes = [self.boxer.box(e.match) for e in self.ordered]
         self.index = OverlapIndex(self.boxes)
@@ -50,6 +50,7 @@ class Analysis:
         self.solver.set("timeout", timeout_ms)
         self.solver.add(self.enc.wellformed)
         self._gen: FlowGen | None = None
+        self._matching: dict[Flow, list[int]] = {}
 
     # -- regions ------------------------------------------------------------------------
     def term(self, m: Match) -> z3.BoolRef:
@@ -151,10 +152,17 @@ class Analysis:
         return match_holds(self.ordered[position].match, f, src_id, dst_id)
 
     def matching(self, f: Flow) -> list[int]:
-        """Positions of every acl entry that matches the flow, in decision order (via the index)."""
-        ids = self.ids(f)
-        return [i for i in self.index.at(f.family, f.src, f.dst, f.proto, f.sport, f.dport)
-                if self.holds(i, f, ids)]
+        """Positions of every acl entry that matches the flow, in decision order (via the index; each
+        flow once: the concrete searches come back to the same flows from many entries)."""
+        hit = self._matching.get(f)
+        if hit is None:
+            ids = self.ids(f)
+            hit = [i for i in self.index.at(f.family, f.src, f.dst, f.proto, f.sport, f.dport)
+                   if self.holds(i, f, ids)]
+            if len(self._matching) >= 1 << 16:
+                self._matching.clear()
+            self._matching[f] = hit
+        return hit
 
     def first(self, positions: list[int], f: Flow) -> int | None:
         """The first of these entries that matches the flow."""

@@ -41,7 +41,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.match import (Absent, Exact, InSet, Match, Present, PrefixMatch, Range, Ternary,
                                merge_ranges, options)
 from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP
-from anyplane.ir.nodes import Entry, Program, decision_key
+from anyplane.ir.nodes import Entry, Program, decision_key, ordered
 
 from .index import Boxer, OverlapIndex
 
@@ -362,7 +362,7 @@ class _Side:
     overlap index to find neighbours."""
 
     def __init__(self, program: Program, boxes: Boxes):
-        self.ordered = sorted(program.acl.entries, key=decision_key)
+        self.ordered = list(ordered(program.acl))
         self._boxes, self._cache = boxes, {}
         self.boxer = Boxer(program)
         self.index = OverlapIndex([self.boxer.box(e.match) for e in self.ordered])

@@ -23,7 +23,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.flow import Flow
 from anyplane.ir.match import InSet, Ternary, int_ranges, options
-from anyplane.ir.nodes import Entry, Program, decision_key
+from anyplane.ir.nodes import Entry, Program, ordered
 from anyplane.ir.project import project_l4
 
 from ..base import Unsupported
@@ -214,7 +214,7 @@ def supported(e: Entry) -> str | None:
 def build(program: Program, capacity: int | None = None) -> Model:
     """The classifier tables for a program's L4 projection."""
     projected = project_l4(program)
-    entries = sorted(projected.acl.entries, key=decision_key)
+    entries = list(ordered(projected.acl))
     for e in entries:
         why = supported(e)
         if why:

@@ -22,7 +22,7 @@ from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.match import Absent, Exact, InSet, Match, Present, Range, StrExact, options
 from anyplane.ir.memo import per_program
-from anyplane.ir.nodes import Entry, Program, decision_key
+from anyplane.ir.nodes import Entry, Program, ordered as in_order
 from anyplane.ir.owners import ownership
 
 from ..base import Unsupported
@@ -176,7 +176,7 @@ def meets(m: Match, id_field: str, ip_field: str, identities: set[str], prefixes
 def _by_destination(program: Program) -> tuple[list[Entry], dict[str, list[int]], list[int]]:
     """The acl in decision order, positions per destination identity, and positions with no identity
     (computed once per program: every listener of every service asks)."""
-    ordered = sorted(program.acl.entries, key=decision_key)
+    ordered = in_order(program.acl)
     by_id: dict[str, list[int]] = {}
     anywhere: list[int] = []
     for k, e in enumerate(ordered):

@@ -24,7 +24,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.addr import Prefix, outermost
 from anyplane.ir.match import InSet, PrefixMatch, exact_values, int_ranges, merge_ranges, options
-from anyplane.ir.nodes import Entry, Program, decision_key
+from anyplane.ir.nodes import Entry, Program, ordered
 from anyplane.ir.project import project_l4
 
 from ..base import Unsupported
@@ -335,7 +335,7 @@ def build(program: Program, features: Features = Features()) -> Entries:
     rules = {r.id: r for r in program.rules}
     buckets: dict[tuple, list[dict]] = {}
     meters: dict[str, int] = {}
-    for e in sorted(project_l4(program).acl.entries, key=decision_key):
+    for e in ordered(project_l4(program).acl):
         loc = rules[e.rule].origin.loc if e.rule in rules else e.origin.loc
         try:
             keys, naive = acl_options(e, ids, features)
