@@ -53,6 +53,19 @@ class Device:
         self.defaults: dict[int, p4runtime_pb2.TableEntry] = {}
         self.meters: dict[tuple[int, int], p4runtime_pb2.MeterEntry] = {}
 
+    def default_entry(self, table_id: int) -> p4runtime_pb2.TableEntry | None:
+        """The table's default entry: as written, else the program's initial default action."""
+        if table_id in self.defaults:
+            return self.defaults[table_id]
+        for t in self.p4info.tables if self.p4info else ():
+            if t.preamble.id == table_id and t.HasField("initial_default_action"):
+                e = p4runtime_pb2.TableEntry(table_id=table_id, is_default_action=True)
+                e.action.action.action_id = t.initial_default_action.action_id
+                for a in t.initial_default_action.arguments:
+                    e.action.action.params.add(param_id=a.param_id, value=a.value)
+                return e
+        return None
+
     def snapshot(self):
         return copy.deepcopy((self.tables, self.defaults, self.meters))
 
@@ -241,16 +254,15 @@ class Servicer(p4runtime_pb2_grpc.P4RuntimeServicer):
             for ent in request.entities:
                 if ent.HasField("table_entry"):
                     tid = ent.table_entry.table_id
-                    if ent.table_entry.is_default_action:
-                        if tid in self.device.defaults:
-                            resp.entities.add().table_entry.CopyFrom(self.device.defaults[tid])
+                    if ent.table_entry.is_default_action:  # only a read of the default itself returns it
+                        default = self.device.default_entry(tid)
+                        if default is not None:
+                            resp.entities.add().table_entry.CopyFrom(default)
                         continue
                     tables = [tid] if tid else list(self.device.tables)
                     for t in tables:
                         for e in self.device.tables.get(t, {}).values():
                             resp.entities.add().table_entry.CopyFrom(e)
-                    if tid in self.device.defaults:
-                        resp.entities.add().table_entry.CopyFrom(self.device.defaults[tid])
                 elif ent.HasField("meter_entry"):
                     for (mid, _), me in sorted(self.device.meters.items()):
                         if mid == ent.meter_entry.meter_id:

@@ -278,3 +278,24 @@ def test_pipeline_config_is_pushed_when_asked(tmp_path):
 
         push_fn(load_example("bookinfo").program, server.addr, pipeline_config=(str(info_path), str(blob)))
     assert device.entries("acl")
+
+
+def test_a_rolled_back_push_restores_the_default_entry_too():
+    """A whole-table read leaves the default entry out; the push reads it by itself, so a rejected batch
+    that changed the default puts the old default back, and an unchanged default is never rewritten."""
+    v1 = compile_text("service db { address 10.0.5.0/24 port 5432 tcp }\ndefault allow\n"
+                      "deny 10.1.0.0/16 -> db tcp 5432\n", "v1.ap").program
+    v2 = compile_text("service db { address 10.0.5.0/24 port 5432 tcp }\ndefault deny\n" + "".join(
+        f"allow 10.{i}.0.0/16 -> db tcp 5432\n" for i in range(1, 9)), "v2.ap").program
+    for atomic in (True, False):
+        device = Device(p4info(Features()), capacity={"acl": 5})
+        names = {a.preamble.id: a.preamble.alias for a in device.p4info.actions}
+        acl = next(t.preamble.id for t in device.p4info.tables if t.preamble.alias == "acl")
+        with Server(device, atomic=atomic) as server:
+            assert names[device.default_entry(acl).action.action.action_id] == "acl_deny"  # the program's
+            push(v1, server.addr)
+            assert names[device.default_entry(acl).action.action.action_id] == "acl_allow"
+            assert push(v1, server.addr)["updates"] == 0
+            with pytest.raises(P4Error):
+                push(v2, server.addr)
+            assert names[device.default_entry(acl).action.action.action_id] == "acl_allow"

@@ -90,6 +90,10 @@ def p4info(features: Features) -> p4info_pb2.P4Info:
         mf = t.match_fields.add()
         mf.id, mf.name, mf.bitwidth, mf.match_type = 1, key, bits, LPM
         t.action_refs.add().id = actions[action]
+        # The program's `default_action = set_<side>_id(0)`, written as p4c writes it (the full width).
+        t.initial_default_action.action_id = actions[action]
+        arg = t.initial_default_action.arguments.add()
+        arg.param_id, arg.value = 1, bytes((ID_BITS + 7) // 8)
         t.size = features.endpoint_size
         tables[tname] = t.preamble.id
     full = f"{CONTROL}.acl"
@@ -101,6 +105,7 @@ def p4info(features: Features) -> p4info_pb2.P4Info:
         mf.id, mf.name, mf.bitwidth, mf.match_type = k, name, bits, kind
     for name in ACL_ACTIONS:
         acl.action_refs.add().id = actions[name]
+    acl.initial_default_action.action_id = actions["acl_deny"]  # until the controller writes the policy's
     acl.size = features.acl_size
     tables["acl"] = acl.preamble.id
     counter = info.direct_counters.add()
@@ -114,6 +119,7 @@ def p4info(features: Features) -> p4info_pb2.P4Info:
     meter.preamble.name, meter.preamble.alias = f"{CONTROL}.rate_meters", "rate_meters"
     meter.spec.unit = p4info_pb2.MeterSpec.PACKETS
     meter.size = features.meter_size
+    info.type_info.SetInParent()  # p4c writes it, empty: the program declares no named types
     return info
 
 

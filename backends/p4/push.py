@@ -75,6 +75,10 @@ def current_state(client, names: Names) -> list[p4runtime_pb2.Entity]:
     for table in names.info.tables:
         ent = p4runtime_pb2.Entity()
         ent.table_entry.table_id = table.preamble.id
+        out.extend(e for e in _read(client, ent) if not e.table_entry.is_default_action)
+        # A whole-table read leaves the default entry out (P4Runtime 9.1.2): ask for it by itself, so
+        # that an unchanged default is not written again and a rolled-back push restores it.
+        ent.table_entry.is_default_action = True
         out.extend(_read(client, ent))
     if names.meter is not None:
         ent = p4runtime_pb2.Entity()
