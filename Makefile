@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 wrk curl
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup sysdeps venv bpffs bench clean
+.PHONY: demo test setup sysdeps venv bpffs p4tools bench clean
 
 demo: setup
 	$(BIN)/anyplane check examples/bookinfo.ap
@@ -27,7 +27,14 @@ test: setup
 	$(BIN)/python -m pip check  # p4runtime-shell's old protobuf pins and everything else, in one environment
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
-setup: sysdeps venv bpffs
+setup: sysdeps venv bpffs p4tools
+
+# The P4 reference toolchain (p4c, BMv2) is not in the package registries: it comes prebuilt from
+# ../shared/p4-toolchain when that folder exists (the tests that need it skip, and say so, without it).
+P4_SHARED := $(abspath ../shared/p4-toolchain)
+p4tools:
+	@if [ -x "$(P4_SHARED)/install.sh" ]; then "$(P4_SHARED)/install.sh" "$(CURDIR)/.p4tools" >/dev/null; \
+	else echo "no $(P4_SHARED): the real-P4 tests will skip"; fi
 
 sysdeps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -51,9 +58,9 @@ bench: setup
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/ebpf.py
 	$(BIN)/python bench/envoy.py
-	$(BIN)/python bench/fabric.py
+	$(BIN)/python bench/fabric.py --bmv2
 	$(BIN)/python bench/compose.py
 	$(BIN)/python bench/wide.py
 
 clean:
-	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis .p4tools

@@ -8,7 +8,8 @@
  *      addresses -> identity ids in metadata (0: no identity owns the address)
  *   2. acl (ternary/range, priorities): ids, addresses, protocol, ports, ICMP
  *      -> acl_allow / acl_deny / acl_rate_limit, a direct counter per entry
- * Egress does nothing; the policy decides whether the packet leaves at all.
+ * The switch is a bump in the wire between port pairs (2k <-> 2k+1): the policy
+ * decides whether a packet leaves at all. Egress does nothing.
  */
 #include <core.p4>
 #include <v1model.p4>
@@ -309,6 +310,8 @@ control AnyplaneIngress(inout headers_t hdr, inout metadata_t meta,
     }
 
     apply {
+        /* A bump in the wire: what comes in on port 2k leaves on 2k+1 and back, unless denied. */
+        standard_metadata.egress_spec = standard_metadata.ingress_port ^ 9w1;
         if (hdr.ipv4.isValid()) {
             meta.src_v4 = hdr.ipv4.src_addr;
             meta.dst_v4 = hdr.ipv4.dst_addr;

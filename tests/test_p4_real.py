@@ -1,0 +1,179 @@
+"""The switch engine against the P4 reference toolchain: p4c compiles every program, BMv2 runs it.
+
+- p4test and p4c-bm2-ss accept the program with and without range match, and p4c's P4Info equals
+  anyplane's field by field;
+- `push` sets the pipeline of a running simple_switch_grpc and inserts, modifies and deletes entries;
+  a repeated push sends nothing; a rejected batch leaves the switch's entries and defaults as they were;
+- packets through the switch (IPv4, IPv6, VLAN-tagged, fragments, ICMP) get the interpreter's L4
+  verdict: forwarded from port 0 to port 1, or dropped;
+- a meter forwards the rule's burst and rate, within 10%.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+
+import pytest
+from google.protobuf import text_format
+from p4.config.v1 import p4info_pb2
+
+from anyplane.backends.ebpf import packet
+from anyplane.backends.p4.pipeline import Features, p4info, program_text
+from anyplane.backends.p4.push import current_state, push
+from anyplane.compiler.pipeline import compile_sources
+from anyplane.ir.flow import Flow
+from anyplane.ir.flowgen import FlowGen
+from anyplane.ir.interp import evaluate
+from anyplane.ir.project import project_l4
+
+from bench import classbench
+
+from .bmv2 import Bmv2, compile_program, tool
+from .conftest import EXAMPLES, load_example
+
+FEATURES = {"range": Features(), "no-range": Features(range_match=False)}
+
+
+@pytest.fixture(scope="module", params=sorted(FEATURES))
+def switch(request, tmp_path_factory):
+    """A running BMv2 with anyplane's program as its pipeline (one per feature set)."""
+    features = FEATURES[request.param]
+    workdir = tmp_path_factory.mktemp(f"bmv2-{request.param}")
+    config, _ = compile_program(program_text(features), workdir)
+    info = workdir / "anyplane.p4info.txt"
+    info.write_text(text_format.MessageToString(p4info(features)))
+    with Bmv2() as sw:
+        sw.features, sw.pipeline = features, (str(info), str(config))
+        yield sw
+
+
+@pytest.mark.parametrize("name", sorted(FEATURES))
+def test_p4c_accepts_the_program_and_writes_the_same_p4info(name, tmp_path):
+    features = FEATURES[name]
+    source = program_text(features)
+    (tmp_path / "anyplane.p4").write_text(source)
+    proc = subprocess.run([tool("p4test"), str(tmp_path / "anyplane.p4")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    _, info_file = compile_program(source, tmp_path)
+    theirs = text_format.Parse(info_file.read_text(), p4info_pb2.P4Info())
+    ours = p4info(features)
+    assert text_format.MessageToString(theirs) == text_format.MessageToString(ours)
+
+
+def _push(sw, program, **kw):
+    return push(program, sw.addr, sw.device_id, sw.features, **kw)
+
+
+def _frames(program, n: int, seed: int) -> tuple[list[Flow], list[bytes]]:
+    """Flows aimed at the policy's edges, and their frames: plain, VLAN-tagged (one and two tags), and for
+    TCP/UDP a non-first fragment too; a tag in the payload makes every frame unique."""
+    rng = random.Random(seed)
+    flows, frames = [], []
+    for f in FlowGen(program, seed=seed, http_share=0.0).flows(n):
+        f = f.without_http()
+        variants = [(f, 0)]
+        if rng.random() < 0.2:
+            variants.append((f, rng.choice((1, 2))))
+        if f.sport is not None and rng.random() < 0.15:
+            variants.append((Flow(f.family, f.src, f.dst, f.proto, fragment=True), 0))
+        for flow, vlans in variants:
+            flows.append(flow)
+            frames.append(packet.frame(flow, vlans=vlans, payload=len(frames).to_bytes(4, "big")))
+    return flows, frames
+
+
+def _agree(sw, program, n: int = 1000, seed: int = 1) -> int:
+    """Send frames of the policy's flows through the switch; every verdict is the interpreter's."""
+    projected = project_l4(program)
+    flows, frames = _frames(program, n, seed)
+    got = sw.send(frames, gap=0.0005)  # BMv2 queues 64 packets per port: keep within its pace
+    bad = []
+    for f, forwarded in zip(flows, got):
+        d = evaluate(projected, f)
+        if d.rate is not None:  # a meter may drop once its bucket is empty (tested below)
+            continue
+        if forwarded != (d.verdict == "allow"):
+            bad.append((f.text, d.verdict, "forwarded" if forwarded else "dropped"))
+    assert not bad, (len(bad), bad[:10])
+    return len(frames)
+
+
+def test_push_sets_the_pipeline_and_changes_only_what_differs(switch):
+    v1 = compile_sources([("v1.ap", "service db { address 10.0.5.0/24 port 5432 tcp }\ndefault deny\n"
+                          "allow 10.1.0.0/16 -> db tcp 5432\nallow 10.2.0.0/16 -> db tcp 5432\n")]).program
+    v2 = compile_sources([("v2.ap", "service db { address 10.0.5.0/24 port 5432 tcp }\ndefault allow\n"
+                          "allow 10.1.0.0/16 -> db tcp 5432\ndeny 10.2.0.0/16 -> db tcp 5433\n")]).program
+    first = _push(switch, v1, pipeline_config=switch.pipeline)
+    assert first["inserted"] > 0
+    _agree(switch, v1, 300)
+    assert _push(switch, v1)["updates"] == 0
+    second = _push(switch, v2)
+    assert second["modified"] >= 1 and second["deleted"] >= 1  # the default changes, one entry goes
+    _agree(switch, v2, 300)
+    assert _push(switch, v2)["updates"] == 0
+
+
+def test_a_rejected_batch_leaves_entries_and_defaults_as_they_were(tmp_path):
+    """A switch whose acl holds 8 entries refuses a policy that needs more; what it held stays, the
+    default entry included."""
+    small = Features(acl_size=8)
+    config, _ = compile_program(program_text(small), tmp_path)
+    info = tmp_path / "p4info.txt"
+    info.write_text(text_format.MessageToString(p4info(small)))
+    fits = compile_sources([("a.ap", "service db { address 10.0.5.0/24 port 5432 tcp }\ndefault allow\n"
+                            "deny 10.1.0.0/16 -> db tcp 5432\n")]).program
+    too_big = compile_sources([("b.ap", "service db { address 10.0.5.0/24 port 5432 tcp }\ndefault deny\n" + "".join(
+        f"allow 10.{i}.0.0/16 -> db tcp {5000 + i}\n" for i in range(1, 20)))]).program
+    from anyplane.backends.p4.engine import P4Error
+    from anyplane.backends.p4.pipeline import Names
+    from p4runtime_sh.p4runtime import P4RuntimeClient
+
+    with Bmv2() as sw:
+        push(fits, sw.addr, sw.device_id, small, pipeline_config=(str(info), str(config)))
+
+        def state():
+            client = P4RuntimeClient(sw.device_id, sw.addr, (0, 9))
+            try:
+                return sorted(e.SerializeToString(deterministic=True) for e in current_state(client, Names(p4info(small))))
+            finally:
+                client.tear_down()
+        before = state()
+        with pytest.raises(P4Error) as err:  # pushed as if the table were the usual size: the switch refuses
+            push(too_big, sw.addr, sw.device_id, Features())
+        assert "b.ap:" in str(err.value)
+        assert state() == before
+        _agree_with(sw, fits, small)
+
+
+def _agree_with(sw, program, features):
+    sw.features = features
+    _agree(sw, program, 200, seed=3)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_examples_through_the_switch_get_the_interpreters_verdict(switch, name):
+    program = load_example(name).program
+    _push(switch, program, pipeline_config=switch.pipeline)
+    assert _agree(switch, program, 1000, seed=7) >= 1000
+
+
+@pytest.mark.parametrize("name", ["acl1_1k", "fw1_1k", "ipc1_1k"])
+def test_classbench_samples_through_the_switch(switch, name):
+    rules = classbench.read_rules(classbench.DATA / f"{name}.rules")[:300]
+    program = compile_sources([(f"{name}.ap", classbench.to_policy(rules, name))]).program
+    _push(switch, program, pipeline_config=switch.pipeline)
+    assert _agree(switch, program, 1000, seed=11) >= 1000
+
+
+def test_a_meter_forwards_the_burst_and_the_rate(switch):
+    program = compile_sources([("m.ap", "external a { address 10.1.0.0/16 }\nexternal b { address 10.2.0.0/16 }\n"
+                               "default deny\nallow a -> b udp 5000 rate 50/s burst 20\n")]).program
+    _push(switch, program, pipeline_config=switch.pipeline)
+    time.sleep(1.0)  # a full bucket
+    flow = Flow(4, 0x0A010101, 0x0A020202, 17, 1234, 5000)
+    frames = [packet.frame(flow, payload=k.to_bytes(4, "big")) for k in range(400)]
+    got = switch.send(frames, gap=0.01)  # 100 packets/s for 4 s: twice the rate
+    expected = 20 + 50 * switch.sending_s
+    assert abs(sum(got) - expected) <= expected / 10, (sum(got), expected)
