@@ -12,7 +12,7 @@ for ICMPv6, code 0), and the destination's http port for `http` without a port.
 from __future__ import annotations
 
 from anyplane.ir.addr import WIDTH, Prefix
-from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP, Flow, Request
+from anyplane.ir.flow import ICMP, ICMP6, IPV6_EXTENSION_HEADERS, TCP, UDP, Flow, Request
 from anyplane.ir.owners import READABLE, ownership
 from anyplane.ir.nodes import Program
 from anyplane.ir.source import DiagnosticError, Span, error
@@ -163,6 +163,9 @@ def flow_from_pattern(p: ast.Pattern, symbols: Symbols, program: Program) -> Flo
     proto = l4.proto.value
     if not 0 <= proto <= 255:
         _fail(l4.proto.span, "bad-number", f"protocol {proto} is out of range 0-255")
+    if src_family == 6 and proto in IPV6_EXTENSION_HEADERS:
+        _fail(l4.proto.span, "bad-number", f"IPv6 next header {proto} is an extension header (hop-by-hop, routing, "
+                                           "fragment or destination options): a packet carries a protocol after it")
     if l4.fragment:
         return Flow(src_family, src, dst, proto, fragment=True)
     if proto in (TCP, UDP):

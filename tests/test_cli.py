@@ -185,3 +185,9 @@ def test_ctrl_c_exits_130(tmp_path):
     assert proc.returncode in (0, 130), err
     if proc.returncode == 130:
         assert "interrupted" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("proto", [0, 43, 44, 60])
+def test_an_ipv6_extension_header_as_a_protocol_is_an_error(proto):
+    proc = run("explain", BOOKINFO, "--flow", f"fd00:0:0:2::1 -> fd00:0:0:2::2 proto {proto}")
+    assert proc.returncode == 1 and "extension header" in proc.stderr and "Traceback" not in proc.stderr
