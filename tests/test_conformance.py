@@ -7,9 +7,9 @@ first-match text ACL of tests/acl_engine.py, registered from here) must:
    the policy as the interpreter does for the traffic the engine sees (the L4
    projection below L7; the requests of its own service ports for the sidecar);
 2. decide like the interpreter when its live runner executes the artifacts:
-   the P4Runtime evaluator over the entries a P4Runtime server received, the
-   XDP program in the running kernel, a running Envoy, the text ACL read as a
-   device would.
+   BMv2 running the generated pipeline (and, faster, the P4Runtime evaluator
+   over the entries a P4Runtime server received), the XDP program in the
+   running kernel, a running Envoy, the text ACL read as a device would.
 
 Generated policies that fail `check` are rejected with `assume`, and the
 generator's share of valid policies is printed and held above 90%.
@@ -164,6 +164,41 @@ def _metered(program, flow) -> bool:
     """A flow a rate limit decides: a running engine may drop it once the bucket is empty (the rates
     themselves are measured in tests/test_rates_live.py)."""
     return evaluate(project_l4(program), flow.without_http()).rate is not None
+
+
+@pytest.fixture(scope="module")
+def bmv2(tmp_path_factory):
+    """One running BMv2 with anyplane's pipeline; each example pushes its policy."""
+    from google.protobuf import text_format
+
+    from anyplane.backends.p4.pipeline import Features, p4info, program_text
+
+    from .bmv2 import Bmv2, compile_program
+
+    workdir = tmp_path_factory.mktemp("bmv2")
+    config, _ = compile_program(program_text(Features()), workdir)
+    info = workdir / "p4info.txt"
+    info.write_text(text_format.MessageToString(p4info(Features())))
+    with Bmv2() as sw:
+        sw.pipeline = (str(info), str(config))
+        yield sw
+
+
+@settings(max_examples=10 if CI else 4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(text=policies(small=True), seed=st.integers(0, 1000))
+def test_the_real_switch_decides_like_the_interpreter(bmv2, text, seed):
+    """The switch engine's live runner is BMv2: the policy pushed to it, frames forwarded or dropped."""
+    from anyplane.backends.p4.pipeline import Features
+    from anyplane.backends.p4.push import push
+
+    program = _program(text)
+    push(program, bmv2.addr, bmv2.device_id, Features(), pipeline_config=bmv2.pipeline)
+    flows = [f.without_http() for f in _flows(program, 300, seed)]
+    got = bmv2.send([packet.frame(f, payload=k.to_bytes(4, "big")) for k, f in enumerate(flows)], gap=0.0005)
+    engine = registry.get("p4")
+    bad = [(f.text, expected(engine, program, f)) for f, g in zip(flows, got)
+           if (expected(engine, program, f) == "allow") != g and not _metered(program, f)]
+    assert not bad, bad[:5]
 
 
 # The sidecar's live runner needs sources and destinations on loopback: the policies are moved into
