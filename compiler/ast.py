@@ -50,11 +50,17 @@ class AddressClause:
 
 @dataclass(frozen=True, slots=True)
 class PortClause:
-    """`port N PROTOCOL`"""
+    """`port N PROTOCOL` or `port LO-HI PROTOCOL`"""
 
     number: Num
     protocol: Word
     span: Span
+    last: Num | None = None  # the end of a range (`port 5060-5061 tcp`)
+
+    @property
+    def numbers(self) -> range:
+        """Every port number the clause declares."""
+        return range(self.number.value, (self.last or self.number).value + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +117,10 @@ class External:
 
 @dataclass(frozen=True, slots=True)
 class EndpointRef:
-    """One endpoint in a rule or pattern: `name`, `name.version`, an address or `any`."""
+    """One endpoint in a rule or pattern: `name` (a declaration or a group), `name.version`,
+    `name.*` (every address inside the declaration's prefixes, whoever owns it), an address or `any`."""
 
-    kind: str  # "name" | "version" | "address" | "any"
+    kind: str  # "name" | "version" | "within" | "address" | "any"
     name: Word | None
     version: Word | None
     address: Word | None
@@ -128,7 +135,18 @@ class EndpointRef:
             return self.address.text
         if self.kind == "version":
             return f"{self.name.text}.{self.version.text}"
+        if self.kind == "within":
+            return f"{self.name.text}.*"
         return self.name.text
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """`group NAME { endpoint, ... }`: a named set of endpoints, usable wherever a name is."""
+
+    name: Word
+    members: tuple[EndpointRef, ...]
+    span: Span
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +160,12 @@ class PortRange:
 
 @dataclass(frozen=True, slots=True)
 class L4:
-    """The L4 part: `tcp|udp [PORTS] [sport PORTS]`, `icmp [type N [code M]]`, `proto N`."""
+    """The L4 part: `tcp|udp [PORTS] [sport PORTS]`, `icmp|icmp6 [type N|NAME [code M]]`, `proto N`."""
 
-    kind: str  # "tcp" | "udp" | "icmp" | "proto"
+    kind: str  # "tcp" | "udp" | "icmp" | "icmp6" | "proto"
     ports: tuple[PortRange, ...]
     sports: tuple[PortRange, ...]
-    icmp_type: Num | None
+    icmp_type: Num | Word | None  # a number, or a name such as echo-request
     icmp_code: Num | None
     proto: Num | None
     span: Span
@@ -195,6 +213,8 @@ class Pattern:
     l4: L4 | None
     l7: L7 | None
     span: Span
+    src_except: tuple[EndpointRef, ...] = ()  # patterns only: `any except office -> db`
+    dst_except: tuple[EndpointRef, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,14 +326,16 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Assert:
-    """`assert [not] reachable PATTERN`."""
+    """`assert [not] reachable PATTERN`, or `assert only SRC -> DST ...` (no source other than SRC
+    reaches DST with the rest of the pattern)."""
 
     reachable: bool
     pattern: Pattern
     span: Span
+    only: bool = False
 
 
-Statement = Union[Service, External, Default, Rule, Route, Limits, Assert]
+Statement = Union[Service, External, Group, Default, Rule, Route, Limits, Assert]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,13 @@ from anyplane.ir.nodes import MAX_PRIORITY
 from anyplane.ir.source import Diagnostic, Note, Span, error
 
 from . import ast
+from .lower.sets import families, regions
 from .symbols import Declaration, ResolveError, Symbols, collect, resolve
-from .values import (check_header_name, check_header_value, check_host, check_method, parse_duration_ms,
-                     parse_rate_unit, path_match)
+from .values import (ICMP_TYPES, check_header_name, check_header_value, check_host, check_method, icmp_type_number,
+                     parse_duration_ms, parse_rate_unit, path_match)
 
 MAX_RETRIES = 25
+MAX_PORT_RANGE = 64
 
 
 class Checker:
@@ -65,41 +67,80 @@ class Checker:
     def _ports(self, decl: Declaration) -> None:
         numbers: dict[tuple[int, str], ast.PortClause] = {}
         for pc in decl.node.ports:
-            n = pc.number.value
-            key = (n, "udp" if pc.protocol.text == "udp" else "tcp")
-            if not 1 <= n <= 65535:
-                self.err(pc.number.span, "bad-port", f"port {n} is out of range 1-65535")
-            elif key in numbers:
-                self.err(pc.number.span, "duplicate-port", f"{key[1]} port {n} of '{decl.name}' is declared twice",
-                         Note(numbers[key].span, "first declared here"))
-            numbers[key] = pc
+            bad = [n for n in (pc.number, pc.last) if n is not None and not 1 <= n.value <= 65535]
+            for n in bad:
+                self.err(n.span, "bad-port", f"port {n.value} is out of range 1-65535")
+            if bad:
+                continue
+            if pc.last is not None and pc.last.value <= pc.number.value:
+                self.err(pc.span, "empty-range", f"port range {pc.number.value}-{pc.last.value} is empty: "
+                                                 "write the lower port first")
+                continue
+            if len(pc.numbers) > MAX_PORT_RANGE:
+                self.err(pc.span, "bad-port", f"a port range is at most {MAX_PORT_RANGE} ports (this one has "
+                                              f"{len(pc.numbers)}): each port is a listener of the sidecar")
+                continue
+            for n in pc.numbers:
+                key = (n, "udp" if pc.protocol.text == "udp" else "tcp")
+                if key in numbers:
+                    self.err(pc.number.span if pc.last is None else pc.span, "duplicate-port", f"{key[1]} port {n} of '{decl.name}' is declared twice",
+                             Note(numbers[key].span, "first declared here"))
+                    break
+                numbers[key] = pc
 
     # -- patterns -----------------------------------------------------------
     def pattern(self, p: ast.Pattern) -> None:
         """Endpoints, L4 and L7 parts of a rule, assert or query pattern."""
-        src = self._endpoints(p.src)
-        dst = self._endpoints(p.dst)
+        src = self._side(p.src, p.src_except, "source")
+        dst = self._side(p.dst, p.dst_except, "destination")
+        fam = lambda s: " and ".join(f"IPv{f}" for f in sorted(s)) or "no"
         if src is not None and dst is not None and not (src & dst):
-            fam = lambda s: " and ".join(f"IPv{f}" for f in sorted(s)) or "no"
             self.err(p.span, "family-mismatch",
                      f"source has only {fam(src)} addresses and destination only {fam(dst)} addresses: "
                      "this can never match")
+        elif src is not None and dst is not None and p.l4 is not None and p.l4.kind in ("icmp", "icmp6"):
+            self._icmp_family(p.l4, src & dst)
         if p.l4 is not None:
             self._l4(p.l4)
         if p.l7 is not None:
             self.l7(p.l7)
             self._http_port(p)
 
-    def _endpoints(self, refs) -> set[int] | None:
-        families: set[int] = set()
+    def _icmp_family(self, l4: ast.L4, common: set[int]) -> None:
+        """`icmp type N` is ICMP over IPv4 and `icmp6` ICMPv6: the endpoints must have that family."""
+        if l4.kind == "icmp6" and 6 not in common:
+            self.err(l4.span, "family-mismatch", "'icmp6' is ICMPv6, and these endpoints have no IPv6 addresses in "
+                                                 "common: write 'icmp'")
+        elif l4.kind == "icmp" and isinstance(l4.icmp_type, ast.Num) and 4 not in common:
+            self.err(l4.span, "family-mismatch",
+                     f"'icmp type {l4.icmp_type.value}' is ICMP over IPv4, and these endpoints have no IPv4 addresses "
+                     f"in common: write 'icmp6 type {l4.icmp_type.value}', or name the message "
+                     "('icmp type echo-request' is both families)")
+        elif l4.kind == "icmp" and isinstance(l4.icmp_type, ast.Word) and l4.icmp_type.text in ICMP_TYPES:
+            has = {f for f, n in zip((4, 6), ICMP_TYPES[l4.icmp_type.text]) if n is not None}
+            if not has & common:
+                self.err(l4.span, "family-mismatch", f"'{l4.icmp_type.text}' is an ICMPv{6 if 6 in has else 4} message, "
+                                                     "and these endpoints have no such addresses in common")
+
+    def _side(self, refs, excluded, what: str) -> set[int] | None:
+        """The address families of one side (None when it has errors)."""
         ok = True
-        for ref in refs:
+        for ref in refs + excluded:
             try:
-                families |= resolve(ref, self.symbols).families
+                resolve(ref, self.symbols)
             except ResolveError as exc:
                 self.err(ref.span, exc.code, exc.message)
                 ok = False
-        return families if ok else None
+        if not ok:
+            return None
+        side = regions(refs, excluded, self.symbols)
+        if not side:
+            first, last = refs[0].span, excluded[-1].span
+            span = Span(first.file, first.line, first.col, last.end_line, last.end_col)
+            self.err(span, "empty-set", f"the {what} '{', '.join(r.text for r in refs)} except "
+                                        f"{', '.join(r.text for r in excluded)}' leaves no address")
+            return None
+        return families(side, self.symbols)
 
     def _ranges(self, ranges, what: str) -> None:
         for r in ranges:
@@ -114,8 +155,11 @@ class Checker:
             self.err(l4.span, "bad-fragment", "'fragment' describes one concrete packet (explain, replay), not a rule")
         self._ranges(l4.ports, "port")
         self._ranges(l4.sports, "source port")
-        for n, what in ((l4.icmp_type, "ICMP type"), (l4.icmp_code, "ICMP code"), (l4.proto, "protocol")):
-            if n is not None and not 0 <= n.value <= 255:
+        if isinstance(l4.icmp_type, ast.Word):
+            self.attempt(l4.icmp_type.span, "bad-number", icmp_type_number, l4.kind, l4.icmp_type.text)
+        numbers = ((l4.icmp_type, "ICMP type"), (l4.icmp_code, "ICMP code"), (l4.proto, "protocol"))
+        for n, what in numbers:
+            if isinstance(n, ast.Num) and not 0 <= n.value <= 255:
                 self.err(n.span, "bad-number", f"{what} {n.value} is out of range 0-255")
 
     def l7(self, l7: ast.L7) -> None:
@@ -142,19 +186,34 @@ class Checker:
                 self.err(p.l4.span, "http-needs-tcp", "HTTP runs over TCP: use 'tcp PORT http ...' or drop the L4 part")
             return
         for ref in p.dst:
-            if ref.kind in ("any", "address"):
+            try:
+                r = resolve(ref, self.symbols)
+            except ResolveError:
+                continue
+            if r.kind in ("any", "prefix") or (ref.kind == "within"):
                 self.err(ref.span, "no-http-port",
                          f"'{ref.text}' has no http port: write 'tcp PORT http ...' to say which port")
                 continue
-            decl = self.symbols.decls.get(ref.name.text)
-            if decl is None:
-                continue
-            if not decl.http_ports:
-                what = "an external" if decl.kind == "external" else "a service with no 'port N http'"
+            if r.prefixes:
                 self.err(ref.span, "no-http-port",
-                         f"'{decl.name}' is {what}: write 'tcp PORT http ...' or declare an http port")
+                         f"group '{ref.text}' holds addresses ({r.prefixes[0]}), which have no http port: "
+                         "write 'tcp PORT http ...' to say which port")
+            for decl in (r.decls if r.kind == "set" else (r.decl,)):
+                if not decl.http_ports:
+                    what = "an external" if decl.kind == "external" else "a service with no 'port N http'"
+                    inside = f" (in group '{ref.text}')" if r.kind == "set" else ""
+                    self.err(ref.span, "no-http-port",
+                             f"'{decl.name}'{inside} is {what}: write 'tcp PORT http ...' or declare an http port")
 
     # -- statements -----------------------------------------------------------
+    def assertion(self, a: ast.Assert) -> None:
+        """An assert's pattern; `only` needs a source that leaves some other source out."""
+        self.pattern(a.pattern)
+        p = a.pattern
+        if a.only and any(r.kind == "any" for r in p.src) and not p.src_except:
+            self.err(p.src[0].span, "empty-set", "'assert only any -> ...' leaves no other source to rule out; "
+                                                 "name the sources that may reach the destination")
+
     def rule(self, r: ast.Rule) -> None:
         """A policy rule: its pattern, rate and priority."""
         self.pattern(r.pattern)
@@ -321,7 +380,7 @@ def check(policy: ast.Policy) -> tuple[Symbols, list[Diagnostic]]:
         elif isinstance(stmt, ast.Limits):
             checker.limits(stmt)
         elif isinstance(stmt, ast.Assert):
-            checker.pattern(stmt.pattern)
+            checker.assertion(stmt)
     checker.uniqueness(policy)
     out = diags + checker.diags
     out.sort(key=lambda d: (d.span.file, d.span.line, d.span.col) if d.span else ("", 0, 0))

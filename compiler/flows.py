@@ -20,7 +20,7 @@ from anyplane.ir.source import DiagnosticError, Span, error
 from . import ast
 from .parser import parse_pattern
 from .symbols import ResolveError, Symbols, resolve
-from .values import check_header_name, check_header_value, check_method
+from .values import check_header_name, check_header_value, check_method, icmp_type_number
 
 DEFAULT_SPORT = 49152
 
@@ -63,6 +63,9 @@ def _address(ref: ast.EndpointRef, symbols: Symbols, program: Program, family: i
         if family is not None and r.prefix.family != family:
             _fail(ref.span, "family-mismatch", "source and destination are of different address families")
         return r.prefix.family, r.prefix.value
+    if r.kind == "set":
+        what = "a group" if ref.kind == "name" else "every address inside the declaration"
+        _fail(ref.span, "not-concrete", f"'{ref.text}' is {what}: a flow needs one name or address")
     decl = r.decl
     prefixes = list(p for p, _ in decl.prefixes) if ref.kind == "name" else []
     for v in sorted(decl.version_prefixes):
@@ -80,6 +83,18 @@ def _single(refs, what: str, span: Span) -> ast.EndpointRef:
     if len(refs) != 1:
         _fail(span, "not-concrete", f"a flow has exactly one {what}")
     return refs[0]
+
+
+def _icmp_type(l4: ast.L4, family: int) -> int:
+    t = l4.icmp_type
+    if t is None:
+        return 8 if family == 4 else 128  # an echo request
+    if isinstance(t, ast.Num):
+        return t.value
+    try:
+        return icmp_type_number("icmp" if family == 4 else "icmp6", t.text)
+    except ValueError as exc:
+        _fail(t.span, "bad-number", str(exc))
 
 
 def _one_port(ranges, what: str, span: Span) -> int | None:
@@ -125,6 +140,9 @@ def _request(l7: ast.L7) -> Request:
 
 def flow_from_pattern(p: ast.Pattern, symbols: Symbols, program: Program) -> Flow:
     """The concrete flow a pattern describes; raises DiagnosticError when it is not concrete."""
+    for excluded in (p.src_except, p.dst_except):
+        if excluded:
+            _fail(excluded[0].span, "not-concrete", "a flow has one source and one destination: no 'except'")
     src_ref = _single(p.src, "source", p.span)
     dst_ref = _single(p.dst, "destination", p.span)
     family = None
@@ -144,7 +162,7 @@ def flow_from_pattern(p: ast.Pattern, symbols: Symbols, program: Program) -> Flo
             _fail(l4.span, "http-needs-tcp", "HTTP runs over TCP")
         dport = _one_port(l4.ports if l4 else (), "destination port", p.span)
         if dport is None and request is not None and dst_ref.kind != "address":
-            ports = resolve(dst_ref, symbols).decl.http_ports
+            ports = resolve(dst_ref, symbols).decl.http_ports  # a name: sets failed above
             dport = ports[0] if ports else None
         if dport is None:
             _fail((l4 or p).span, "not-concrete", "a TCP or UDP flow needs a destination port")
@@ -152,10 +170,15 @@ def flow_from_pattern(p: ast.Pattern, symbols: Symbols, program: Program) -> Flo
         return Flow(src_family, src, dst, proto, DEFAULT_SPORT if sport is None else sport, dport, http=request)
     if request is not None:
         _fail(l4.span, "http-needs-tcp", "HTTP runs over TCP")
-    if l4.kind == "icmp" or (l4.kind == "proto" and not l4.fragment
-                             and (l4.proto.value, src_family) in ((ICMP, 4), (ICMP6, 6))):
+    if l4.kind == "icmp6" and src_family == 4:
+        _fail(l4.span, "family-mismatch", "'icmp6' is ICMPv6: the flow's addresses are IPv4 (write 'icmp')")
+    if l4.kind == "icmp" and src_family == 6 and isinstance(l4.icmp_type, ast.Num):
+        _fail(l4.span, "family-mismatch", f"'icmp type {l4.icmp_type.value}' is ICMP over IPv4: the flow's addresses "
+                                          f"are IPv6 (write 'icmp6 type {l4.icmp_type.value}')")
+    if l4.kind in ("icmp", "icmp6") or (l4.kind == "proto" and not l4.fragment
+                                         and (l4.proto.value, src_family) in ((ICMP, 4), (ICMP6, 6))):
         proto = ICMP if src_family == 4 else ICMP6
-        icmp_type = l4.icmp_type.value if l4.icmp_type is not None else (8 if src_family == 4 else 128)
+        icmp_type = _icmp_type(l4, src_family)
         icmp_code = l4.icmp_code.value if l4.icmp_code is not None else 0
         if not (0 <= icmp_type <= 255 and 0 <= icmp_code <= 255):
             _fail(l4.span, "bad-number", "ICMP type and code are 0-255")

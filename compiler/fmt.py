@@ -28,10 +28,11 @@ def format_l4(l4: ast.L4) -> str:
         if l4.sports:
             out += " sport " + format_ports(l4.sports)
         return out
-    if l4.kind == "icmp":
-        out = "icmp"
+    if l4.kind in ("icmp", "icmp6"):
+        out = l4.kind
         if l4.icmp_type is not None:
-            out += f" type {l4.icmp_type.value}"
+            t = l4.icmp_type
+            out += f" type {t.value if isinstance(t, ast.Num) else t.text}"
             if l4.icmp_code is not None:
                 out += f" code {l4.icmp_code.value}"
         return out
@@ -55,9 +56,15 @@ def format_l7(l7: ast.L7) -> str:
     return " ".join(parts)
 
 
+def format_side(refs, excluded=()) -> str:
+    """`a, b` or `a, b except c`."""
+    out = ", ".join(e.text for e in refs)
+    return out + " except " + ", ".join(e.text for e in excluded) if excluded else out
+
+
 def format_pattern(p: ast.Pattern) -> str:
     """`SRC -> DST [l4] [l7]`."""
-    parts = [", ".join(e.text for e in p.src), "->", ", ".join(e.text for e in p.dst)]
+    parts = [format_side(p.src, p.src_except), "->", format_side(p.dst, p.dst_except)]
     if p.l4 is not None:
         parts.append(format_l4(p.l4))
     if p.l7 is not None:
@@ -79,7 +86,8 @@ def _item(item) -> str:
     if isinstance(item, ast.AddressClause):
         return "address " + ", ".join(a.text for a in item.addresses)
     if isinstance(item, ast.PortClause):
-        return f"port {item.number.value} {item.protocol.text}"
+        last = f"-{item.last.value}" if item.last is not None else ""
+        return f"port {item.number.value}{last} {item.protocol.text}"
     if isinstance(item, ast.VersionClause):
         return f"version {item.name.text} address " + ", ".join(a.text for a in item.addresses)
     if isinstance(item, ast.RouteTo):
@@ -107,6 +115,8 @@ def _head(stmt) -> str:
         return f"external {stmt.name.text}"
     if isinstance(stmt, ast.Route):
         return f"route {stmt.service.text} {format_l7(stmt.l7)}"
+    if isinstance(stmt, ast.Group):
+        return f"group {stmt.name.text}"
     return f"limits {stmt.service.text}"
 
 
@@ -117,7 +127,11 @@ def format_statement(stmt) -> str:
     if isinstance(stmt, ast.Default):
         return f"default {stmt.verdict.text}"
     if isinstance(stmt, ast.Assert):
-        return f"assert {'' if stmt.reachable else 'not '}reachable {format_pattern(stmt.pattern)}"
+        kind = "only" if stmt.only else "reachable" if stmt.reachable else "not reachable"
+        return f"assert {kind} {format_pattern(stmt.pattern)}"
+    if isinstance(stmt, ast.Group):
+        members = ", ".join(m.text for m in stmt.members)
+        return f"group {stmt.name.text} {{ {members} }}" if members else f"group {stmt.name.text} {{ }}"
     inner = " ".join(_item(i) for i in stmt.items)
     return f"{_head(stmt)} {{ {inner} }}" if inner else f"{_head(stmt)} {{ }}"
 
@@ -146,19 +160,24 @@ def _cells(stmt) -> tuple[str, list[str]] | None:
     """Alignment kind and columns of a one-line statement (None: not aligned)."""
     if isinstance(stmt, ast.Rule):
         p = stmt.pattern
-        tail = format_rule(stmt)[len(stmt.verdict.text):].split(" -> ", 1)[1]
-        dst = ", ".join(e.text for e in p.dst)
-        rest = tail[len(dst):].strip()
-        return "rule", [stmt.verdict.text, ", ".join(e.text for e in p.src), "->", dst, rest]
+        text = format_rule(stmt)
+        src, dst = format_side(p.src, p.src_except), format_side(p.dst, p.dst_except)
+        rest = text[len(f"{stmt.verdict.text} {src} -> {dst}"):].strip()
+        # The priority is a column of its own: a first-match policy reads down it.
+        rest, _, priority = rest.partition("priority ") if stmt.priorities else (rest, "", "")
+        return "rule", [stmt.verdict.text, src, "->", dst, rest.strip(), f"priority {priority}" if priority else ""]
     if isinstance(stmt, (ast.Service, ast.External)):
         head = _head(stmt)
         return head.split()[0], [head, format_statement(stmt)[len(head):].strip()]
     return None
 
 
-def _align(rows: list) -> list[str]:
-    """Pad the columns of each run of same-kind rows; plain strings pass through."""
+def _align(rows: list, table: bool = False) -> list[str]:
+    """Pad the columns of each run of same-kind rows; plain strings pass through. With `table`, every
+    rule of the file pads to the same columns: a first-match policy reads as one table."""
     out: list[str] = []
+    rules = [r[1] for r in rows if not isinstance(r, str) and r[0] == "rule"]
+    whole = [max(len(cells[c]) for cells in rules) for c in range(len(rules[0]) - 1)] if table and rules else None
     i = 0
     while i < len(rows):
         if isinstance(rows[i], str):
@@ -169,7 +188,8 @@ def _align(rows: list) -> list[str]:
         while j < len(rows) and not isinstance(rows[j], str) and rows[j][0] == rows[i][0]:
             j += 1
         run = rows[i:j]
-        width = [max(len(r[1][c]) for r in run) for c in range(len(run[0][1]) - 1)]
+        width = whole if whole and run[0][0] == "rule" else \
+            [max(len(r[1][c]) for r in run) for c in range(len(run[0][1]) - 1)]
         for _, cells, trailing in run:
             padded = [cell.ljust(width[c]) for c, cell in enumerate(cells[:-1])] + [cells[-1]]
             out.append(" ".join(padded).rstrip() + trailing)
@@ -192,7 +212,7 @@ def format_file(sf: ast.SourceFile) -> str:
     for stmt in sf.statements:
         for c in comments.before(stmt.span.line):
             emit([c.text], c.span.line, c.span.line)
-        blocky = isinstance(stmt, (ast.Service, ast.External, ast.Route, ast.Limits))
+        blocky = isinstance(stmt, (ast.Service, ast.External, ast.Route, ast.Limits, ast.Group))
         one_line = format_statement(stmt)
         if not blocky or (stmt.span.line == stmt.span.end_line and len(one_line) <= BLOCK_WIDTH):
             trailing = comments.trailing(stmt.span.end_line)
@@ -201,12 +221,16 @@ def format_file(sf: ast.SourceFile) -> str:
             emit([row], stmt.span.line, stmt.span.end_line)
             continue
         lines = [f"{_head(stmt)} {{" + comments.trailing(stmt.span.line)]
-        for item in stmt.items:
+        items = stmt.members if isinstance(stmt, ast.Group) else stmt.items
+        for k, item in enumerate(items):
             lines += ["  " + c.text for c in comments.before(item.span.line)]
-            lines.append("  " + _item(item) + comments.trailing(item.span.end_line))
+            text = item.text + ("," if k < len(items) - 1 else "") if isinstance(stmt, ast.Group) else _item(item)
+            lines.append("  " + text + comments.trailing(item.span.end_line))
         lines += ["  " + c.text for c in comments.before(stmt.span.end_line)]
         lines.append("}" + comments.trailing(stmt.span.end_line))
         emit(lines, stmt.span.line, stmt.span.end_line)
     for c in comments.before(10**9):
         emit([c.text], c.span.line, c.span.line)
-    return "\n".join(_align(out)) + "\n" if out else ""
+    rules = [s for s in sf.statements if isinstance(s, ast.Rule)]
+    table = bool(rules) and all(r.priorities for r in rules)
+    return "\n".join(_align(out, table)) + "\n" if out else ""

@@ -30,7 +30,7 @@ try:  # the Cython build of lark's lexer and LALR parser: same grammar, same res
 except ImportError:  # pragma: no cover - the pure-Python parser is the fallback
     _PLUGINS = None
 
-STATEMENT_KEYWORDS = ("service", "external", "default", "allow", "deny", "route", "limits", "assert")
+STATEMENT_KEYWORDS = ("service", "external", "group", "default", "allow", "deny", "route", "limits", "assert")
 MAX_SYNTAX_ERRORS = 20
 
 #: How a terminal is described in "expected ..." messages.
@@ -90,6 +90,12 @@ class _Paths(NamedTuple):
 class _IcmpType(NamedTuple):
     type: object
     code: object
+    span: Span
+
+
+class _Set(NamedTuple):
+    refs: tuple
+    excluded: tuple
     span: Span
 
 
@@ -154,7 +160,8 @@ class ToAst(Transformer):
         return ast.AddressClause(tuple(self._word(t) for t in children[1:]), self._s(children))
 
     def port_clause(self, children):
-        return ast.PortClause(self._num(children[1]), children[2], self._s(children))
+        last = self._num(children[2]) if len(children) > 3 else None
+        return ast.PortClause(self._num(children[1]), children[-1], self._s(children), last)
 
     def app_protocol(self, children):
         return self._word(children[0])
@@ -166,6 +173,10 @@ class ToAst(Transformer):
     def external(self, children):
         return ast.External(self._word(children[1]), tuple(self._nodes(children[2:])), self._s(children))
 
+    def group(self, children):
+        members = next((c for c in children if isinstance(c, tuple)), ())
+        return ast.Group(self._word(children[1]), members, self._s(children))
+
     # -- rules --------------------------------------------------------------
     def default(self, children):
         return ast.Default(children[1], self._s(children))
@@ -174,7 +185,7 @@ class ToAst(Transformer):
         return self._word(children[0])
 
     def rule(self, children):
-        verdict, src, dst, *rest = children
+        verdict, (src, src_except, _), (dst, dst_except, _), *rest = children
         l4 = l7 = None
         rates, priorities = [], []
         for c in rest:
@@ -187,7 +198,8 @@ class ToAst(Transformer):
                 rates.append(c)
             else:
                 priorities.append(c)
-        pattern = ast.Pattern(src, dst, l4, l7, self._s([src, l7 or l4 or dst]))
+        pattern = ast.Pattern(src, dst, l4, l7, self._s([src[0], l7 or l4 or dst_except or dst]),
+                              src_except, dst_except)
         return ast.Rule(verdict, pattern, tuple(rates), tuple(priorities), self._s(children))
 
     def rate(self, children):
@@ -201,12 +213,17 @@ class ToAst(Transformer):
     def endpoints(self, children):
         return tuple(children)
 
+    members = endpoints
+
     def ep_name(self, children):
         return ast.EndpointRef("name", self._word(children[0]), None, None, self._s(children))
 
     def ep_version(self, children):
         return ast.EndpointRef("version", self._word(children[0]), self._word(children[-1]), None,
                                self._s(children))
+
+    def ep_within(self, children):
+        return ast.EndpointRef("within", self._word(children[0]), None, None, self._s(children))
 
     def ep_address(self, children):
         return ast.EndpointRef("address", None, None, self._word(children[0]), self._s(children))
@@ -234,11 +251,12 @@ class ToAst(Transformer):
 
     def l4_icmp(self, children):
         icmp_type, icmp_code = children[1][:2] if len(children) > 1 else (None, None)
-        return ast.L4("icmp", (), (), icmp_type, icmp_code, None, self._s(children))
+        return ast.L4(str(children[0]), (), (), icmp_type, icmp_code, None, self._s(children))
 
     def icmp_type(self, children):
-        return _IcmpType(self._num(children[1]), self._num(children[3]) if len(children) > 3 else None,
-                         self._s(children))
+        kind = children[1]
+        value = self._num(kind) if kind.type == "INT" else self._word(kind)
+        return _IcmpType(value, self._num(children[3]) if len(children) > 3 else None, self._s(children))
 
     def l4_proto(self, children):
         return ast.L4("proto", (), (), None, None, self._num(children[1]), self._s(children), len(children) > 2)
@@ -303,14 +321,20 @@ class ToAst(Transformer):
 
     # -- assertions --------------------------------------------------------------
     def assertion(self, children):
-        reachable = not any(_is_token(c) and c.type == "NOT" for c in children)
-        return ast.Assert(reachable, children[-1], self._s(children))
+        only = any(_is_token(c) and c.type == "ONLY" for c in children)
+        reachable = not only and not any(_is_token(c) and c.type == "NOT" for c in children)
+        return ast.Assert(reachable, children[-1], self._s(children), only)
+
+    def endpoint_set(self, children):
+        refs = [c for c in children if isinstance(c, tuple)]
+        return _Set(refs[0], refs[1] if len(refs) > 1 else (), self._s(children))
 
     def pattern(self, children):
-        src, dst, *rest = children
+        (src, src_except, _), (dst, dst_except, _), *rest = children
         l4 = next((c for c in rest if isinstance(c, ast.L4)), None)
         l7 = next((c for c in rest if isinstance(c, ast.L7)), None)
-        return ast.Pattern(src, dst, l4, l7, self._s(children))
+        return ast.Pattern(src, dst, l4, l7, self._s([src[0], l7 or l4 or dst_except or dst]),
+                           src_except, dst_except)
 
 
 _ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r"}

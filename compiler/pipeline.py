@@ -107,7 +107,8 @@ def lower_policy(policy: ast.Policy, symbols: Symbols) -> Program:
     routes = order_routes([s for s in stmts if isinstance(s, ast.Route)], symbols)
     limits = lower_limits([s for s in stmts if isinstance(s, ast.Limits)])
     default = next((s for s in stmts if isinstance(s, ast.Default)), None)
-    asserts = tuple(Assert(s.reachable, lower_pattern(s.pattern, symbols), s.span, format_pattern(s.pattern))
+    asserts = tuple(Assert(s.reachable, lower_pattern(s.pattern, symbols, others=s.only), s.span,
+                           format_pattern(s.pattern), s.only)
                     for s in stmts if isinstance(s, ast.Assert))
     program = Program(
         default=default.verdict.text if default else "deny",

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 from anyplane.ir.addr import Prefix
@@ -15,9 +16,9 @@ from . import ast
 from .values import parse_prefix
 
 RESERVED = frozenset("""
-    service external default allow deny route limits assert address port version any
-    tcp udp icmp proto sport type code http host header present absent rate burst priority
-    to timeout retry on per-try eject consecutive for not reachable
+    service external group default allow deny route limits assert address port version any
+    tcp udp icmp icmp6 proto sport type code http host header present absent rate burst priority
+    to timeout retry on per-try eject consecutive for not reachable only except
 """.split())
 
 
@@ -37,7 +38,7 @@ class Declaration:
         """The service's HTTP (or gRPC) ports, sorted."""
         if not isinstance(self.node, ast.Service):
             return ()
-        return tuple(sorted({p.number.value for p in self.node.ports if p.protocol.text in ("http", "grpc")}))
+        return tuple(sorted({n for p in self.node.ports if p.protocol.text in ("http", "grpc") for n in p.numbers}))
 
     @property
     def identities(self) -> tuple[str, ...]:
@@ -57,7 +58,14 @@ class Symbols:
     """Every declaration of a policy by name."""
 
     decls: dict[str, Declaration] = field(default_factory=dict)
+    groups: dict[str, ast.Group] = field(default_factory=dict)
     resolved: dict[str, "Resolved"] = field(default_factory=dict)
+    cache: dict[str, object] = field(default_factory=dict, repr=False)  # derived tables (lower.sets)
+
+    def names(self) -> list[str]:
+        """Every name an endpoint may use: declarations, their versions, groups."""
+        return sorted(set(self.decls) | set(self.groups)
+                      | {f"{d.name}.{v}" for d in self.decls.values() for v in d.versions})
 
     def service(self, name: str) -> Declaration | None:
         """The service with this name, or None."""
@@ -67,13 +75,16 @@ class Symbols:
 
 @dataclass(frozen=True)
 class Resolved:
-    """What an endpoint reference denotes."""
+    """What an endpoint reference denotes: identities, one raw prefix, everything, or a set of both
+    (a group, or `name.*`)."""
 
-    kind: str  # "ids" | "prefix" | "any"
+    kind: str  # "ids" | "prefix" | "any" | "set"
     identities: tuple[str, ...] = ()
     prefix: Prefix | None = None
     families: frozenset[int] = frozenset((4, 6))
     decl: Declaration | None = None
+    prefixes: tuple[Prefix, ...] = ()  # a set's raw prefixes
+    decls: tuple[Declaration, ...] = ()  # a set's declarations (for their http ports)
 
 
 class ResolveError(Exception):
@@ -99,16 +110,19 @@ def collect(policy: ast.Policy) -> tuple[Symbols, list[Diagnostic]]:
     """Build the symbol table; report duplicate and reserved names and bad addresses."""
     symbols, diags = Symbols(), []
     for stmt in policy.statements:
-        if not isinstance(stmt, (ast.Service, ast.External)):
+        if not isinstance(stmt, (ast.Service, ast.External, ast.Group)):
             continue
         name = stmt.name
         if name.text in RESERVED:
             diags.append(error(name.span, "reserved-name", f"'{name.text}' is a keyword and cannot name an endpoint"))
         _length(name, diags)
-        if name.text in symbols.decls:
-            first = symbols.decls[name.text].node.name
+        if name.text in symbols.decls or name.text in symbols.groups:
+            first = (symbols.decls[name.text].node if name.text in symbols.decls else symbols.groups[name.text]).name
             diags.append(error(name.span, "duplicate-name", f"'{name.text}' is declared twice",
                                Note(first.span, f"'{name.text}' was first declared here")))
+            continue
+        if isinstance(stmt, ast.Group):
+            symbols.groups[name.text] = stmt
             continue
         kind = "service" if isinstance(stmt, ast.Service) else "external"
         decl = Declaration(name.text, kind, stmt, _prefixes(stmt.addresses, diags))
@@ -141,16 +155,41 @@ def _length(name, diags: list[Diagnostic]) -> None:
                                                   f"{len(name.text)}): names become DNS labels and file names"))
 
 
-def resolve(ref: ast.EndpointRef, symbols: Symbols) -> Resolved:
+def resolve(ref: ast.EndpointRef, symbols: Symbols, _open: tuple[str, ...] = ()) -> Resolved:
     """Resolve an endpoint reference; raises ResolveError when it cannot (memoised per text)."""
     text = ref.text
     hit = symbols.resolved.get(text)
     if hit is None:
-        hit = symbols.resolved[text] = _resolve(ref, symbols)
+        hit = _resolve(ref, symbols, _open)
+        symbols.resolved[text] = hit
     return hit
 
 
-def _resolve(ref: ast.EndpointRef, symbols: Symbols) -> Resolved:
+def did_you_mean(name: str, symbols: Symbols) -> str:
+    """`; did you mean 'x'?` when a declared name is close, else ''."""
+    close = difflib.get_close_matches(name, symbols.names(), n=1, cutoff=0.75)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _group(ref: ast.EndpointRef, group: ast.Group, symbols: Symbols, open_: tuple[str, ...]) -> Resolved:
+    name = group.name.text
+    if name in open_:
+        cycle = " -> ".join(open_[open_.index(name):] + (name,))
+        raise ResolveError("group-cycle", f"group '{name}' contains itself ({cycle})")
+    idents, prefixes, decls, families = [], [], [], set()
+    for member in group.members:
+        r = resolve(member, symbols, open_ + (name,))
+        if r.kind == "any":
+            return Resolved("any")
+        families |= r.families
+        idents += r.identities
+        prefixes += r.prefixes + ((r.prefix,) if r.prefix is not None else ())
+        decls += r.decls + ((r.decl,) if r.decl is not None else ())
+    return Resolved("set", tuple(dict.fromkeys(idents)), families=frozenset(families),
+                    prefixes=tuple(dict.fromkeys(prefixes)), decls=tuple({d.name: d for d in decls}.values()))
+
+
+def _resolve(ref: ast.EndpointRef, symbols: Symbols, open_: tuple[str, ...]) -> Resolved:
     if ref.kind == "any":
         return Resolved("any")
     if ref.kind == "address":
@@ -159,16 +198,27 @@ def _resolve(ref: ast.EndpointRef, symbols: Symbols) -> Resolved:
         except ValueError as exc:
             raise ResolveError("bad-address", str(exc)) from None
         return Resolved("prefix", prefix=prefix, families=frozenset((prefix.family,)))
+    group = symbols.groups.get(ref.name.text)
+    if group is not None:
+        if ref.kind != "name":
+            raise ResolveError("unknown-version", f"'{ref.name.text}' is a group: write it alone")
+        return _group(ref, group, symbols, open_)
     decl = symbols.decls.get(ref.name.text)
     if decl is None:
-        raise ResolveError("unknown-name", f"unknown endpoint '{ref.name.text}'")
+        raise ResolveError("unknown-name", f"unknown endpoint '{ref.name.text}'{did_you_mean(ref.name.text, symbols)}")
     if ref.kind == "name":
         return Resolved("ids", decl.identities, families=frozenset(decl.families), decl=decl)
+    if ref.kind == "within":  # every address inside the declaration, whoever owns it
+        prefixes = tuple(p for p, _ in decl.prefixes)
+        return Resolved("set", prefixes=prefixes, families=frozenset(p.family for p in prefixes), decls=(decl,))
     if decl.kind != "service":
         raise ResolveError("unknown-version", f"'{ref.name.text}' is an external and has no versions")
     version = ref.version.text
     if version not in decl.versions:
         known = ", ".join(sorted(decl.versions)) or "none"
+        close = difflib.get_close_matches(version, decl.versions, n=1, cutoff=0.6)
+        if close:
+            known += f"; did you mean '{close[0]}'?"
         raise ResolveError("unknown-version",
                           f"service '{decl.name}' has no version '{version}' (versions: {known})")
     fams = frozenset(p.family for p, _ in decl.version_prefixes[version])

@@ -7,6 +7,7 @@ input the checks accepted.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from functools import lru_cache
@@ -142,3 +143,42 @@ def check_host(host: str) -> None:
     if problem is not None:
         raise ValueError(f"host {host!r} is not the normalised authority requests are matched by "
                          f"(lower case, no :port, no final dot): {problem}")
+
+
+#: ICMP message types by name: (ICMP number, ICMPv6 number); None where the family has no such message
+#: (RFC 792, RFC 4443, RFC 4861).
+ICMP_TYPES: dict[str, tuple[int | None, int | None]] = {
+    "echo-reply": (0, 129),
+    "destination-unreachable": (3, 1),
+    "source-quench": (4, None),
+    "redirect": (5, 137),
+    "echo-request": (8, 128),
+    "router-advertisement": (9, 134),
+    "router-solicitation": (10, 133),
+    "time-exceeded": (11, 3),
+    "parameter-problem": (12, 4),
+    "timestamp-request": (13, None),
+    "timestamp-reply": (14, None),
+    "packet-too-big": (None, 2),
+    "multicast-listener-query": (None, 130),
+    "multicast-listener-report": (None, 131),
+    "multicast-listener-done": (None, 132),
+    "neighbor-solicitation": (None, 135),
+    "neighbor-advertisement": (None, 136),
+}
+
+
+def icmp_type_number(kind: str, name: str) -> int:
+    """The number of a named ICMP (`kind` "icmp") or ICMPv6 ("icmp6") message type; ValueError when the
+    family has no message of that name."""
+    family = 0 if kind == "icmp" else 1
+    known = [n for n, numbers in ICMP_TYPES.items() if numbers[family] is not None]
+    number = ICMP_TYPES.get(name, (None, None))[family]
+    if number is not None:
+        return number
+    other = "icmp6" if kind == "icmp" else "icmp"
+    if name in ICMP_TYPES:
+        raise ValueError(f"{kind} has no '{name}' message ({name} is {other} only: write '{other} type {name}')")
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'?" if close else f"use a number or one of {', '.join(known)}"
+    raise ValueError(f"unknown {kind} type '{name}'; {hint}")

@@ -93,6 +93,32 @@ def outermost(prefixes) -> list[Prefix]:
     return kept
 
 
+#: Every address of each family.
+EVERYTHING = (Prefix(4, 0, 0), Prefix(6, 0, 0))
+
+
+def subtract(prefixes, minus) -> list[Prefix]:
+    """The addresses of `prefixes` not in any of `minus`, as the fewest prefixes (sorted): a prefix
+    that some of `minus` only partly overlaps is split in halves until each half is inside or outside.
+    """
+    cut = outermost(minus)
+    out: list[Prefix] = []
+
+    def split(p: Prefix, overlapping: list[Prefix]) -> None:
+        if not overlapping:
+            out.append(p)
+            return
+        if any(q.covers(p) for q in overlapping):
+            return
+        for bit in (0, 1):
+            half = Prefix(p.family, p.value | bit << (p.width - p.length - 1), p.length + 1)
+            split(half, [q for q in overlapping if half.covers(q) or q.covers(half)])
+
+    for p in outermost(prefixes):
+        split(p, [q for q in cut if p.covers(q) or q.covers(p)])
+    return sorted(out)
+
+
 def parse_address(text: str) -> tuple[int, int]:
     """Parse a bare IPv4 or IPv6 address into `(family, value)`."""
     addr = ipaddress.ip_address(text)

@@ -134,12 +134,14 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Assert:
-    """`assert [not] reachable PATTERN`: the pattern is a disjunction of matches."""
+    """`assert [not] reachable PATTERN`: the pattern is a disjunction of matches. `assert only SRC -> DST
+    ...` is held as `not reachable` over the flows of every other source (`only` keeps how it was said)."""
 
     reachable: bool
     pattern: tuple[Match, ...]
     origin: Span
     text: str
+    only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,7 +112,8 @@ def dump(program: Program, *, src: bool = True) -> str:
         lines.append(f"  {lim.service} {format_breaker(lim.breaker)}{at(lim.origin)}")
     lines += ["", "asserts:"]
     for a in program.asserts:
-        lines.append(f"  {'reachable' if a.reachable else 'not reachable'} {a.text}{at(a.origin)}")
+        kind = "only" if a.only else "reachable" if a.reachable else "not reachable"
+        lines.append(f"  {kind} {a.text}{at(a.origin)}")
         lines += [f"    | {format_match(m)}" for m in a.pattern]
     return "\n".join(lines) + "\n"
 

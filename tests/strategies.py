@@ -42,12 +42,17 @@ def _ports(draw):
 
 
 @st.composite
-def rules(draw, decls, small: bool = False):
-    """One rule over the declared names, CIDRs, small port ranges and HTTP parts."""
+def rules(draw, decls, small: bool = False, groups=()):
+    """One rule over the declared names, groups, `name.*`, CIDRs, small port ranges and HTTP parts,
+    sometimes with `except`."""
     names = [d[0] for d in decls]
     http_names = [d[0] for d in decls if d[2]]
     family = {d[0]: {6 if "fd00" in d[3] else 4} for d in decls}
-    endpoints = names + list(SMALL_RULE_CIDRS if small else RULE_CIDRS) + ["any"]
+    family.update({f"{n}.*": family[n] for n in names})
+    for g, members in groups:
+        family[g] = set().union(*(family.get(m) or {6 if ":" in m else 4} for m in members))
+    endpoints = names + [f"{names[0]}.*"] + [g for g, _ in groups] + list(SMALL_RULE_CIDRS if small else RULE_CIDRS)
+    endpoints.append("any")
     fam = lambda e: {4, 6} if e == "any" else family.get(e) or {6 if ":" in e else 4}  # noqa: E731
     verdict = draw(st.sampled_from(["allow", "deny"]))
     kind = draw(st.sampled_from(["none", "tcp", "udp", "icmp", "http"] if http_names else ["none", "tcp", "udp", "icmp"]))
@@ -64,8 +69,15 @@ def rules(draw, decls, small: bool = False):
     else:
         src = draw(st.sampled_from(endpoints))
         dst = draw(st.sampled_from([e for e in endpoints if fam(e) & fam(src)]))
+        common = fam(src) & fam(dst)
+        icmp = ["icmp", "icmp type echo-request"] + (["icmp type 8", "icmp type 8 code 0"] if 4 in common else []) \
+            + (["icmp6", "icmp6 type 128"] if 6 in common else [])
         tail = {"none": "", "tcp": f"tcp {_ports(draw)}", "udp": f"udp {_ports(draw)}",
-                "icmp": draw(st.sampled_from(["icmp", "icmp type 8", "icmp type 8 code 0"]))}[kind]
+                "icmp": draw(st.sampled_from(icmp))}[kind]
+    excluded = [n for n in names if not src.startswith(n)] + (["10.0.1.7"] if src in ("any", "10.0.0.0/8") else [])
+    wide = src in ("any", "10.0.0.0/8", "0.0.0.0/0", "10.0.0.0/16") or src.endswith(".*")
+    if wide and excluded and draw(st.integers(0, 5)) == 0:
+        src += " except " + draw(st.sampled_from(excluded))
     text = f"{verdict} {src} -> {dst} {tail}".rstrip()
     if verdict == "allow" and draw(st.integers(0, 4)) == 0:
         text += " rate 10/s"
@@ -78,8 +90,13 @@ def policies(draw, max_rules: int = 6, small: bool = False):
     """A whole policy as text (it may still fail checks, e.g. a family mismatch)."""
     decls = draw(services(small))
     body = [d[3] for d in decls]
+    groups = []
+    if len(decls) > 1 and draw(st.booleans()):
+        members = [d[0] for d in decls[:2]] + draw(st.sampled_from([[], ["10.0.1.7"]]))
+        groups.append(("g", members))
+        body.append(f"group g {{ {', '.join(members)} }}")
     body.append(f"default {draw(st.sampled_from(['allow', 'deny']))}")
-    body += draw(st.lists(rules(decls, small), min_size=0, max_size=max_rules))
+    body += draw(st.lists(rules(decls, small, groups), min_size=0, max_size=max_rules))
     return "\n".join(body) + "\n"
 
 

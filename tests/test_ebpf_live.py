@@ -28,8 +28,8 @@ default deny
 allow client -> server tcp 8080
 allow client -> server udp 9999
 allow client -> server icmp type 8
-allow any -> any icmp type 135
-allow any -> any icmp type 136
+allow any -> any icmp6 type neighbor-solicitation
+allow any -> any icmp6 type neighbor-advertisement
 """
 
 SERVER = textwrap.dedent("""

@@ -128,12 +128,25 @@ def test_ipv6_flows():
 
 
 def test_icmp_means_icmp_over_v4_and_icmpv6_over_v6():
-    c = compile_text(NESTED + "allow any -> api icmp type 8\nallow any -> api icmp type 128\n")
+    c = compile_text(NESTED + "allow any -> api icmp type 8\nallow any -> api icmp6 type 128\n")
     assert decide(c, "11.0.0.1 -> 10.1.0.1 icmp type 8 code 0").verdict == "allow"
     assert decide(c, "11.0.0.1 -> 10.1.0.1 icmp type 0 code 0").verdict == "deny"
-    assert decide(c, "2001:db9::1 -> fd00:1::5 icmp type 128 code 0").verdict == "allow"
+    assert decide(c, "2001:db9::1 -> fd00:1::5 icmp6 type 128 code 0").verdict == "allow"
+    # A numbered type is one family's: ICMPv6 type 8 is not an echo request, and `icmp type 8` does not
+    # match it.
+    assert decide(c, "2001:db9::1 -> fd00:1::5 icmp6 type 8 code 0").verdict == "deny"
     # Protocol 58 over IPv4 is not ICMP: it carries no type, so a typed icmp rule cannot match it.
     assert decide(c, "11.0.0.1 -> 10.1.0.1 proto 58").verdict == "deny"
+
+
+def test_named_icmp_types_match_the_message_in_each_family():
+    c = compile_text(NESTED + "allow any -> api icmp type echo-request\nallow any -> api icmp6 type packet-too-big\n")
+    assert decide(c, "11.0.0.1 -> 10.1.0.1 icmp type 8 code 0").verdict == "allow"
+    assert decide(c, "2001:db9::1 -> fd00:1::5 icmp6 type 128 code 0").verdict == "allow"
+    assert decide(c, "2001:db9::1 -> fd00:1::5 icmp6 type echo-request").verdict == "allow"
+    assert decide(c, "2001:db9::1 -> fd00:1::5 icmp6 type 2 code 0").verdict == "allow"
+    assert decide(c, "2001:db9::1 -> fd00:1::5 icmp6 type 8 code 0").verdict == "deny"
+    assert decide(c, "11.0.0.1 -> 10.1.0.1 icmp type 2 code 0").verdict == "deny"
 
 
 def test_port_lists_ranges_and_source_ports():

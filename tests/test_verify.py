@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -187,9 +188,12 @@ def test_query_what_if_edits_without_touching_files():
 def test_diff_reports_classes_with_witnesses(tmp_path):
     new = tmp_path / "new.ap"
     text = (ROOT / "examples/bookinfo.ap").read_text()
-    new.write_text(text.replace("allow ratings     -> mysql    tcp 3306", "allow ratings     -> mysql    tcp 3306-3307")
-                   .replace("rate 100/s burst 20", "rate 50/s burst 20")
-                   .replace("allow office      -> 10.0.0.0/16 icmp", ""))
+    edits = ((r"(allow ratings +-> mysql +tcp 3306)", r"\1-3307"), (r"rate 100/s burst 20", "rate 50/s burst 20"),
+             (r"allow office +-> 10\.0\.0\.0/16 icmp", ""))
+    for old, replacement in edits:
+        text, n = re.subn(old, replacement, text)
+        assert n == 1, old
+    new.write_text(text)
     proc = run("diff", "examples/bookinfo.ap", str(new), "--format", "json")
     assert proc.returncode == 1
     data = json.loads(proc.stdout)

@@ -171,8 +171,11 @@ def check_asserts(a: Analysis) -> list[Finding]:
             out.append(Finding("assertion-failed", "error", asrt.origin, _blocked_message(asrt, r),
                                related=r.blockers))
         elif not asrt.reachable and r.reachable:
+            by = r.rule.loc if r.rule else "the default"
+            said = (f"'only {asrt.text}' does not hold: another source reaches the destination"
+                    if asrt.only else f"'{asrt.text}' is reachable")
             out.append(Finding("assertion-failed", "error", asrt.origin,
-                               f"'{asrt.text}' is reachable: {r.witness.text} is allowed by {r.rule.loc if r.rule else 'the default'}",
+                               f"{said}: {r.witness.text} is allowed by {by}",
                                witness=r.witness, related=(r.rule,) if r.rule else ()))
     return out
 

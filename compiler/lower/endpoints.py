@@ -22,7 +22,7 @@ def resolve_endpoints(symbols: Symbols) -> tuple[tuple[Identity, ...], tuple[End
     for decl in symbols.decls.values():
         ports: tuple[Port, ...] = ()
         if isinstance(decl.node, ast.Service):
-            ports = tuple(sorted(Port(p.number.value, p.protocol.text) for p in decl.node.ports))
+            ports = tuple(sorted(Port(n, p.protocol.text) for p in decl.node.ports for n in p.numbers))
         idents.append((decl.name, decl.kind, decl.name, None, ports, decl.node.name.span))
         rows += [EndpointPrefix(p, decl.name, w.span) for p, w in decl.prefixes]
         for v, clause in decl.versions.items():

@@ -22,7 +22,8 @@ from anyplane.ir.match import (Absent, AnyOf, Exact, InSet, Match, Present, Pref
 
 from .. import ast
 from ..symbols import Symbols, resolve
-from ..values import path_match
+from ..values import ICMP_TYPES, icmp_type_number, path_match
+from .sets import Region, regions
 
 Pairs = list[tuple[str, object]]
 
@@ -41,54 +42,73 @@ def _any_of(options: list):
     return options[0] if len(options) == 1 else AnyOf(options)
 
 
-def _endpoint_alternatives(refs, symbols: Symbols, id_field: str, ip_field: str) -> list[Pairs]:
-    if len(refs) == 1:  # the common case, without the set algebra below
+def _region_pairs(region: Region, id_field: str, ip_field: str) -> Pairs:
+    ids, prefixes = region
+    pairs: Pairs = []
+    if ids is not None:
+        pairs.append((id_field, InSet(ids)))
+    if prefixes is not None:
+        pairs.append((ip_field, _any_of([PrefixMatch(p) for p in outermost(prefixes)])))
+    return pairs
+
+
+def _endpoint_alternatives(refs, excluded, symbols: Symbols, id_field: str, ip_field: str) -> list[Pairs]:
+    if len(refs) == 1 and not excluded:  # the common case, without the set algebra of `regions`
         r = resolve(refs[0], symbols)
         if r.kind == "any":
             return [[]]
         if r.kind == "prefix":
             return [[(ip_field, PrefixMatch(r.prefix))]]
-        return [[(id_field, InSet(tuple(sorted(r.identities))))]]
-    resolved = [resolve(r, symbols) for r in refs]
-    if any(r.kind == "any" for r in resolved):
-        return [[]]
-    ids = sorted({i for r in resolved for i in r.identities})
-    prefixes = outermost(r.prefix for r in resolved if r.kind == "prefix")
-    alts: list[Pairs] = []
-    if ids:
-        alts.append([(id_field, InSet(tuple(ids)))])
-    if prefixes:
-        alts.append([(ip_field, _any_of([PrefixMatch(p) for p in prefixes]))])
-    return alts
+        if r.kind == "ids":
+            return [[(id_field, InSet(tuple(sorted(r.identities))))]]
+    return [_region_pairs(region, id_field, ip_field) for region in regions(refs, excluded, symbols)]
 
 
-def _http_destinations(refs, symbols: Symbols) -> list[Pairs]:
-    """Named destinations grouped by their http ports: dst.id and dport per group."""
-    groups: dict[tuple[int, ...], set[str]] = {}
-    for ref in refs:
-        r = resolve(ref, symbols)
-        groups.setdefault(r.decl.http_ports, set()).update(r.identities)
-    return [[(F.DST_ID, InSet(tuple(sorted(ids)))), (F.DPORT, port_match([(p, p) for p in ports]))]
-            for ports, ids in sorted(groups.items())]
+def _http_destinations(refs, excluded, symbols: Symbols) -> list[Pairs]:
+    """Named destinations grouped by their http ports: dst.id and dport per group (checks make sure
+    every destination is a name with http ports)."""
+    out: list[Pairs] = []
+    for ids, prefixes in regions(refs, excluded, symbols):
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for ident in ids or ():
+            groups.setdefault(symbols.decls[ident.split(".")[0]].http_ports, []).append(ident)
+        for ports, group in sorted(groups.items()):
+            pairs = _region_pairs((tuple(sorted(group)), prefixes), F.DST_ID, F.DST_IP)
+            out.append(pairs + [(F.DPORT, port_match([(p, p) for p in ports]))])
+    return out
 
 
-def _l4_pairs(l4: ast.L4 | None, has_l7: bool) -> Pairs:
+def _l4_alternatives(l4: ast.L4 | None, has_l7: bool) -> list[Pairs]:
     if l4 is None:
-        return [(F.PROTO, Exact(TCP))] if has_l7 else []
+        return [[(F.PROTO, Exact(TCP))] if has_l7 else []]
     if l4.kind in ("tcp", "udp"):
         pairs: Pairs = [(F.PROTO, Exact(TCP if l4.kind == "tcp" else UDP))]
         for name, ranges in ((F.DPORT, l4.ports), (F.SPORT, l4.sports)):
             if ranges:
                 pairs.append((name, port_match([(r.lo.value, r.hi.value) for r in ranges])))
-        return pairs
-    if l4.kind == "icmp":
-        pairs = [(F.PROTO, InSet((ICMP, ICMP6)))]
-        if l4.icmp_type is not None:
-            pairs.append((F.ICMP_TYPE, Exact(l4.icmp_type.value)))
-        if l4.icmp_code is not None:
-            pairs.append((F.ICMP_CODE, Exact(l4.icmp_code.value)))
-        return pairs
-    return [(F.PROTO, Exact(l4.proto.value))]
+        return [pairs]
+    if l4.kind in ("icmp", "icmp6"):
+        if l4.kind == "icmp" and l4.icmp_type is None:
+            return [[(F.PROTO, InSet((ICMP, ICMP6)))]]
+        code = [(F.ICMP_CODE, Exact(l4.icmp_code.value))] if l4.icmp_code is not None else []
+        return [[(F.PROTO, Exact(proto))] + ([(F.ICMP_TYPE, Exact(t))] if t is not None else []) + code
+                for proto, t in icmp_messages(l4)]
+    return [[(F.PROTO, Exact(l4.proto.value))]]
+
+
+def icmp_messages(l4: ast.L4) -> list[tuple[int, int | None]]:
+    """(protocol, type or None) pairs an `icmp`/`icmp6` clause matches: `icmp` is both families,
+    `icmp type N` ICMP over IPv4 only, `icmp type NAME` that message in each family that has it,
+    `icmp6 ...` ICMPv6 only."""
+    t = l4.icmp_type
+    if l4.kind == "icmp6":
+        return [(ICMP6, None if t is None else t.value if isinstance(t, ast.Num) else icmp_type_number("icmp6", t.text))]
+    if t is None:
+        return [(ICMP, None), (ICMP6, None)]
+    if isinstance(t, ast.Num):
+        return [(ICMP, t.value)]
+    v4, v6 = ICMP_TYPES[t.text]
+    return [(proto, n) for proto, n in ((ICMP, v4), (ICMP6, v6)) if n is not None]
 
 
 def l7_pairs(l7: ast.L7) -> Pairs:
@@ -110,16 +130,25 @@ def l7_pairs(l7: ast.L7) -> Pairs:
     return pairs
 
 
-def lower_pattern(p: ast.Pattern, symbols: Symbols) -> tuple[Match, ...]:
-    """The alternatives (a disjunction of conjunctive matches) a pattern denotes."""
-    src_alts = _endpoint_alternatives(p.src, symbols, F.SRC_ID, F.SRC_IP)
-    if p.l7 is not None and p.l4 is None:
-        dst_alts = _http_destinations(p.dst, symbols)
+ANY = ast.EndpointRef("any", None, None, None, None)
+
+
+def lower_pattern(p: ast.Pattern, symbols: Symbols, others: bool = False) -> tuple[Match, ...]:
+    """The alternatives (a disjunction of conjunctive matches) a pattern denotes; with `others`, those of
+    every source but the pattern's (`assert only`): `any except SRC`, plus what SRC itself excepts."""
+    if others:
+        src_alts = _endpoint_alternatives((ANY,), p.src, symbols, F.SRC_ID, F.SRC_IP)
+        if p.src_except:
+            src_alts += _endpoint_alternatives(p.src_except, (), symbols, F.SRC_ID, F.SRC_IP)
     else:
-        dst_alts = _endpoint_alternatives(p.dst, symbols, F.DST_ID, F.DST_IP)
-    rest = _l4_pairs(p.l4, p.l7 is not None) + (l7_pairs(p.l7) if p.l7 is not None else [])
+        src_alts = _endpoint_alternatives(p.src, p.src_except, symbols, F.SRC_ID, F.SRC_IP)
+    if p.l7 is not None and p.l4 is None:
+        dst_alts = _http_destinations(p.dst, p.dst_except, symbols)
+    else:
+        dst_alts = _endpoint_alternatives(p.dst, p.dst_except, symbols, F.DST_ID, F.DST_IP)
+    l7 = l7_pairs(p.l7) if p.l7 is not None else []
     out = []
-    for src, dst in product(src_alts, dst_alts):
-        pairs = [(k, v) for k, v in src + dst + rest if v is not None]
+    for src, dst, l4 in product(src_alts, dst_alts, _l4_alternatives(p.l4, p.l7 is not None)):
+        pairs = [(k, v) for k, v in src + dst + l4 + l7 if v is not None]
         out.append(Match.of(pairs))
     return tuple(out)
