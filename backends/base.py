@@ -190,3 +190,9 @@ class Engine:
         """Per rule id, whether all of the rule's flows cross this engine (only engines that see part of
         the traffic, `protocols != "any"`, are asked)."""
         return {r.id: True for r in program.rules}
+
+    def reads_http(self, program: Program) -> dict[str, str | None]:
+        """Per rule id with HTTP conditions (only engines that see HTTP are asked): None when the engine
+        reads every request the rule is about, else why it cannot, said so that the user can fix the
+        policy. `check` rejects a rule no engine reads."""
+        return {r.id: None for r in program.rules if r.layer == "L7"}

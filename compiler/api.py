@@ -36,8 +36,8 @@ from .pipeline import Compiled, UsageError, load
 from .whatif import edit, query_pattern
 
 __all__ = ["load", "targets", "compile_target", "compile_paths", "Built", "verify", "query", "diff", "explain",
-           "push", "push_compiled", "status", "replay", "deployment", "sarif", "Options", "Compiled", "UsageError",
-           "DiagnosticError", "EngineError", "BadInput", "registry", "FINDING_KINDS", "DEFAULT_FAIL_ON"]
+           "push", "push_compiled", "status", "replay", "deployment", "sarif", "dead_rules", "Options", "Compiled",
+           "UsageError", "DiagnosticError", "EngineError", "BadInput", "registry", "FINDING_KINDS", "DEFAULT_FAIL_ON"]
 
 
 def targets() -> list[str]:
@@ -152,6 +152,19 @@ def verify(compiled: Compiled, fail_on=None, timeout_s: int = 20, progress=None)
 
     return verify_program(compiled.program, fail_on or DEFAULT_FAIL_ON, progress=progress,
                           timeout_ms=timeout_s * 1000)
+
+
+#: `compile` looks for dead rules in policies up to this many rules (beyond, `verify` is the tool).
+LINT_MAX_RULES = 2000
+
+
+def dead_rules(compiled: Compiled, max_rules: int = LINT_MAX_RULES) -> list | None:
+    """The dead rules' findings (not those the policy accepts), or None when the policy has more than
+    `max_rules` rules and the question is left to `verify`."""
+    if len(compiled.program.rules) > max_rules:
+        return None
+    report = verify(compiled, frozenset({"dead"}))
+    return [f for f in report.findings if f.kind == "dead" and not f.suppressed]
 
 
 def query(compiled: Compiled, pattern: str, without: list[str] = (), with_rules: list[str] = ()):

@@ -14,6 +14,7 @@ from anyplane.ir.source import Diagnostic, Note, Span, error
 
 from . import ast
 from .lower.sets import families, regions
+from .suppress import suppressions
 from .symbols import Declaration, ResolveError, Symbols, collect, resolve
 from .values import (ICMP_TYPES, check_header_name, check_header_value, check_host, check_method, icmp_type_number,
                      parse_duration_ms, parse_rate_unit, path_match)
@@ -83,7 +84,8 @@ class Checker:
             for n in pc.numbers:
                 key = (n, "udp" if pc.protocol.text == "udp" else "tcp")
                 if key in numbers:
-                    self.err(pc.number.span if pc.last is None else pc.span, "duplicate-port", f"{key[1]} port {n} of '{decl.name}' is declared twice",
+                    span = pc.number.span if pc.last is None else pc.span
+                    self.err(span, "duplicate-port", f"{key[1]} port {n} of '{decl.name}' is declared twice",
                              Note(numbers[key].span, "first declared here"))
                     break
                 numbers[key] = pc
@@ -119,8 +121,9 @@ class Checker:
         elif l4.kind == "icmp" and isinstance(l4.icmp_type, ast.Word) and l4.icmp_type.text in ICMP_TYPES:
             has = {f for f, n in zip((4, 6), ICMP_TYPES[l4.icmp_type.text]) if n is not None}
             if not has & common:
-                self.err(l4.span, "family-mismatch", f"'{l4.icmp_type.text}' is an ICMPv{6 if 6 in has else 4} message, "
-                                                     "and these endpoints have no such addresses in common")
+                kind = f"ICMPv{6 if 6 in has else 4}"
+                self.err(l4.span, "family-mismatch", f"'{l4.icmp_type.text}' is an {kind} message, and these "
+                                                     "endpoints have no such addresses in common")
 
     def _side(self, refs, excluded, what: str) -> set[int] | None:
         """The address families of one side (None when it has errors)."""
@@ -370,6 +373,7 @@ class Checker:
 def check(policy: ast.Policy) -> tuple[Symbols, list[Diagnostic]]:
     """Run every check; diagnostics come back sorted by position."""
     symbols, diags = collect(policy)
+    diags += suppressions(policy)[1]
     checker = Checker(symbols)
     checker.declarations()
     for stmt in policy.statements:

@@ -10,6 +10,7 @@ from anyplane.ir.addr import format_address
 from anyplane.ir.flow import Flow
 from anyplane.ir.interp import evaluate, match_holds
 from anyplane.ir.nodes import Program, decision_key
+from anyplane.ir.owners import enclosing
 from anyplane.ir.printer import format_action, format_breaker
 from anyplane.ir.project import project_l4
 
@@ -21,6 +22,12 @@ def _rule_text(program: Program, rule_id: str | None) -> str | None:
         return program.rule(rule_id).text
     except KeyError:
         return None
+
+
+def _end(program: Program, family: int, address: int, identity: str | None) -> dict:
+    """An address, its owner, and the wider declarations it sits inside (which do not cover it)."""
+    return {"address": format_address(family, address), "identity": identity,
+            "inside": [{"identity": n, "prefix": str(p)} for n, p in enclosing(program, family, address)]}
 
 
 def explain(program: Program, flow: Flow) -> dict:
@@ -54,8 +61,8 @@ def explain(program: Program, flow: Flow) -> dict:
         "rule": d.rule,
         "rule_text": _rule_text(program, d.entry.rule if d.entry else None),
         "default": d.entry is None,
-        "src": {"address": format_address(flow.family, flow.src), "identity": d.src_id},
-        "dst": {"address": format_address(flow.family, flow.dst), "identity": d.dst_id},
+        "src": _end(program, flow.family, flow.src, d.src_id),
+        "dst": _end(program, flow.family, flow.dst, d.dst_id),
         "rate": None if rate is None else {"count": rate.count, "per_s": rate.per_s, "burst": rate.burst},
         "route": route,
         "limits": None if d.limits is None else format_breaker(d.limits),
@@ -68,7 +75,13 @@ def explain(program: Program, flow: Flow) -> dict:
 def format_explanation(x: dict) -> str:
     """The text form of `explain`."""
     def who(end: dict) -> str:
-        return f"{end['address']} ({end['identity'] or 'unowned'})"
+        inside = end.get("inside") or []
+        if not inside:
+            return f"{end['address']} ({end['identity'] or 'unowned'})"
+        names = ", ".join(f"{i['identity']} {i['prefix']}" for i in inside)
+        first = inside[0]["identity"]
+        return (f"{end['address']} ({end['identity']}; inside {names}: a rule naming '{first}' does not cover "
+                f"it, '{first}.*' does)")
 
     lines = [f"flow      {x['flow']}", f"source    {who(x['src'])}", f"dest      {who(x['dst'])}"]
     req = x["request"]

@@ -21,6 +21,7 @@ from anyplane.ir.project import project_l4
 from anyplane.ir.source import DiagnosticError, SourceMap, error
 
 from . import ast
+from . import place
 from .checks import check
 from .fmt import format_file, format_pattern
 from .lower.endpoints import resolve_endpoints
@@ -28,6 +29,7 @@ from .lower.matches import lower_pattern
 from .lower.routes import lower_limits, order_routes
 from .lower.rules import expand_rules
 from .parser import parse_file
+from .suppress import suppressions
 from .symbols import Symbols
 
 STAGES = ("parse", "check", "lower", "project")
@@ -103,7 +105,7 @@ def lower_policy(policy: ast.Policy, symbols: Symbols) -> Program:
     """AST -> IR, through the lowering passes in order."""
     identities, endpoints = resolve_endpoints(symbols)
     stmts = policy.statements
-    rules, acl = expand_rules([s for s in stmts if isinstance(s, ast.Rule)], symbols)
+    rules, acl = expand_rules([s for s in stmts if isinstance(s, ast.Rule)], symbols, suppressions(policy)[0])
     routes = order_routes([s for s in stmts if isinstance(s, ast.Route)], symbols)
     limits = lower_limits([s for s in stmts if isinstance(s, ast.Limits)])
     default = next((s for s in stmts if isinstance(s, ast.Default)), None)
@@ -151,6 +153,9 @@ def _compile(sources, source_map: SourceMap, dump_after: str | None, dump) -> Co
                 dump(f"# {f.path}\n{format_file(f)}")
         symbols = check_policy(policy)
         program = lower_policy(policy, symbols)
+        unenforceable = place.unenforceable(program)
+        if unenforceable:
+            raise DiagnosticError(unenforceable)
     except DiagnosticError as exc:
         exc.sources = source_map
         raise

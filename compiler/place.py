@@ -80,6 +80,22 @@ def parse_path(text) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def unenforceable(program: Program) -> list[Diagnostic]:
+    """An error for every rule with HTTP conditions that no registered engine that sees HTTP reads in
+    full (the sidecar reads requests only on a service's http ports), with the engines' reasons."""
+    readers = [registry.at(p) for p in registry.places() if registry.at(p).capability.sees_http]
+    verdicts = [engine.reads_http(program) for engine in readers]
+    out = []
+    for rule in program.rules:
+        if rule.layer != "L7" or not verdicts:
+            continue
+        whys = [v.get(rule.id) for v in verdicts]
+        if all(w is not None for w in whys):
+            out.append(error(rule.origin, "http-unenforceable", "no engine can enforce this rule's HTTP "
+                             f"conditions: {'; '.join(dict.fromkeys(whys))}"))
+    return out
+
+
 def _path_order(paths: list[tuple[str, ...]]) -> list[str]:
     """The places of all paths in an order every path agrees with (flows cross them in that order); ties
     go to the registry's order (fabric, kernel, sidecar, then engines added later)."""

@@ -163,7 +163,8 @@ class Flow:
         if self.sport is not None:
             parts += [PROTOCOL_NAMES[self.proto], str(self.dport), "sport", str(self.sport)]
         elif self.is_icmp:
-            parts += ["icmp", "type", str(self.icmp_type), "code", str(self.icmp_code)]
+            kind = "icmp6" if self.proto == ICMP6 else "icmp"
+            parts += [kind, "type", str(self.icmp_type), "code", str(self.icmp_code)]
         else:
             parts += ["proto", str(self.proto)] + (["fragment"] if self.fragment else [])
         if self.http is not None:

@@ -121,6 +121,7 @@ class Rule:
     layer: str
     priority: int
     text: str
+    accepts: tuple[str, ...] = ()  # finding kinds the author accepts here (`# anyplane: allow redundant`)
 
 
 @dataclass(frozen=True, slots=True)

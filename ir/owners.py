@@ -130,6 +130,51 @@ def _of(endpoints) -> Ownership:
                      parent, {k: tuple(v) for k, v in children.items()})
 
 
+def surprising(outer, inner) -> bool:
+    """Whether a rule naming identity `outer` leaving out `inner` (declared inside its prefixes) would
+    surprise: not for the versions of one service, nor for a service inside an external network (a
+    workload is not "the internet"); yes for anything else (a partner inside the internet)."""
+    if outer.service == inner.service:
+        return False
+    return not (outer.kind == "external" and inner.kind == "service")
+
+
+def enclosing(program: Program, family: int, address: int) -> list[tuple[str, Prefix]]:
+    """The declarations whose prefixes hold the address but which do not own it (a more specific one
+    does), innermost first: the names that, written in a rule, do not cover this address, when that
+    would surprise (`surprising`)."""
+    o = ownership(program)
+    idents = {i.name: i for i in program.identities}
+    hit = o.table.covering(Prefix.host(family, address))
+    if hit is None:
+        return []
+    prefix, owner = hit
+    out: list[tuple[str, Prefix]] = []
+    p = o.parent.get(prefix)
+    while p is not None:
+        who = o.owner_of[p]
+        if surprising(idents[who], idents[owner]) and all(who != n for n, _ in out):
+            out.append((who, p))
+        p = o.parent.get(p)
+    return out
+
+
+def described(program: Program, flow) -> str:
+    """A flow in pattern syntax with each address's owner after it:
+    `192.0.2.1 (internet) -> 10.0.0.1 (lb) tcp 443 sport 0` (no name for an address nobody owns)."""
+    o = ownership(program)
+    src, arrow, dst, *rest = flow.text.split(" ")
+    names = [o.owner(flow.family, a) for a in (flow.src, flow.dst)]
+    src, dst = (f"{t} ({n})" if n else t for t, n in zip((src, dst), names))
+    return " ".join([src, arrow, dst] + rest)
+
+
+def witness_json(program: Program, flow) -> dict:
+    """A flow's JSON with the owners of its addresses (`src_owner`, `dst_owner`; null when unowned)."""
+    o = ownership(program)
+    return dict(flow.to_json(), src_owner=o.owner(flow.family, flow.src), dst_owner=o.owner(flow.family, flow.dst))
+
+
 def owned_addresses(program: Program) -> dict[str, list[tuple[int, int]]]:
     """For each identity, boundary addresses that it really owns, most readable first."""
     return ownership(program)._owned

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = {
     "bookinfo": ["examples/bookinfo.ap"],
     "canary": ["examples/canary.ap"],
+    "ecommerce": ["examples/ecommerce.ap"],
     "edge-firewall": ["examples/edge-firewall.ap"],
     "zero-trust": ["examples/zero-trust"],
 }

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import EXAMPLES, ROOT
 
 BOOKINFO = "examples/bookinfo.ap"
 
@@ -20,7 +19,7 @@ def run(*args, cwd=ROOT):
 
 
 def test_check_accepts_every_example():
-    for target in (BOOKINFO, "examples/canary.ap", "examples/edge-firewall.ap", "examples/zero-trust"):
+    for target in [path for paths in EXAMPLES.values() for path in paths]:
         proc = run("check", target)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("ok:")

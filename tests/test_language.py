@@ -4,6 +4,8 @@ decides, what verify reports (and that its witnesses hold in the interpreter).""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from anyplane.compiler import api
@@ -164,3 +166,119 @@ def test_an_unknown_name_gets_a_did_you_mean():
     assert got == [("unknown-name", "unknown endpoint 'chekout'; did you mean 'checkout'?")]
     got = errors(MESH + "allow checkout -> payments.v1 tcp 8443\n")
     assert got[0][0] == "unknown-version"
+
+
+# -- rules no engine can enforce are refused at check ----------------------------------------------
+def test_http_conditions_toward_a_port_without_an_http_listener_fail_at_check_with_the_fix():
+    text = MESH + "allow checkout -> payments tcp 8444 http POST /charge\n"
+    got = errors(text)
+    assert got[0][0] == "http-unenforceable"
+    assert "'payments' has no port 8444" in got[0][1] and "declare 'port 8444 http' in service payments" in got[0][1]
+    got = errors(MESH + "allow checkout -> sip tcp 5060 http POST /x\n")
+    assert "declares port 5060 as tcp" in got[0][1]
+    got = errors(MESH + "allow checkout -> 10.0.3.0/24 tcp 8443 http POST /charge\n")
+    assert "destination is addresses" in got[0][1]
+    # With the port declared http, the same rule checks, verifies and compiles for every engine.
+    fixed = compile_text(MESH.replace("port 8443 http", "port 8443 http port 8444 http")
+                         + "allow checkout -> payments tcp 8444 http POST /charge\n")
+    built = api.compile_paths(fixed)
+    assert built.proof is not None and built.proof.proved
+
+
+def test_check_on_the_command_line_reports_the_unenforceable_rule_at_its_line(tmp_path):
+    from .test_cli import run
+
+    f = tmp_path / "p.ap"
+    f.write_text(MESH + "allow checkout -> payments tcp 8444 http POST /charge\n")
+    proc = run("check", str(f))
+    assert proc.returncode == 1
+    line = MESH.count("\n") + 1
+    assert f"{f}:{line}:1: error: no engine can enforce this rule's HTTP conditions" in proc.stderr
+
+
+# -- ownership is visible ---------------------------------------------------------------------------
+def test_verify_notes_a_name_that_loses_addresses_to_a_declaration_inside_it():
+    c = compile_text(MESH + "allow internet -> lb tcp 443\nallow lb -> checkout http GET /\n")
+    notes = [f for f in api.verify(c).findings if f.kind == "ownership"]
+    assert len(notes) == 1
+    assert "'internet'" in notes[0].message and "partner-a (198.51.100.0/28)" in notes[0].message
+    assert "internet.*" in notes[0].message
+    # Services carved out of an external network are expected, and not reported.
+    assert "checkout" not in notes[0].message
+    # Written with name.*, nothing is lost.
+    c = compile_text(MESH + "allow internet.* -> lb tcp 443\n")
+    assert not [f for f in api.verify(c).findings if f.kind == "ownership"]
+
+
+def test_explain_says_which_wider_declaration_an_address_sits_inside():
+    c = compile_text(MESH + "allow internet -> lb tcp 443\n")
+    x = api.explain(c, "198.51.100.5 -> lb tcp 443")
+    assert x["src"]["identity"] == "partner-a"
+    assert x["src"]["inside"] == [{"identity": "internet", "prefix": "0.0.0.0/0"}]
+    assert x["dst"]["inside"] == []
+
+
+def test_witnesses_carry_their_owners_names():
+    c = compile_text(PCI + "allow cart -> payments tcp 8443\n")
+    report = api.verify(c)
+    f = next(f for f in report.findings if f.kind == "assertion-failed")
+    data = f.to_json()["witness"]
+    assert (data["src_owner"], data["dst_owner"]) == ("cart", "payments")
+    assert "(cart) -> " in f.message and "(payments)" in f.message
+    result, _ = api.query(c, "cart -> payments tcp 8443")
+    assert result.to_json()["witness"]["src_owner"] == "cart"
+
+
+# -- suppression --------------------------------------------------------------------------------------
+SUPPRESSED = MESH + """
+allow checkout -> payments http POST /charge
+deny any -> payments http DELETE /*  # anyplane: allow redundant
+# anyplane: allow dead
+allow cart -> payments tcp 8443 priority 0
+deny cart -> payments tcp 8443 priority 1
+"""
+
+
+def test_a_rule_accepts_a_finding_on_purpose_and_verify_reports_it_as_suppressed(tmp_path):
+    from .test_cli import run
+
+    c = compile_text(SUPPRESSED)
+    report = api.verify(c)
+    kinds = {(f.kind, f.suppressed) for f in report.findings if f.kind in ("redundant", "dead")}
+    assert ("redundant", True) in kinds and ("dead", True) in kinds
+    assert report.ok  # the dead rule would fail the run; the author accepted it
+    f = tmp_path / "p.ap"
+    f.write_text(SUPPRESSED)
+    proc = run("verify", str(f), "--format", "json")
+    assert proc.returncode == 0
+    found = json.loads(proc.stdout)["findings"]
+    assert any(x["kind"] == "dead" and x["suppressed"] for x in found)
+    sarif = json.loads(run("verify", str(f), "--format", "sarif").stdout)
+    results = sarif["runs"][0]["results"]
+    assert any(r["ruleId"] == "dead" and r["suppressions"][0]["kind"] == "inSource" for r in results)
+    text = run("verify", str(f)).stdout
+    assert "suppressed" in text and "[dead" not in text  # hidden from the text output without -v
+    # Without the comment, the same policy fails.
+    f.write_text(SUPPRESSED.replace("# anyplane: allow dead\n", ""))
+    assert run("verify", str(f)).returncode == 1
+
+
+def test_a_malformed_or_misplaced_directive_is_an_error():
+    got = errors(MESH + "allow lb -> cart tcp 8080  # anyplane: allow redundnat\n")
+    assert got[0][0] == "bad-directive" and "redundnat" in got[0][1]
+    got = errors(MESH + "# anyplane: allow redundant\nservice x { address 10.9.0.0/24 }\n")
+    assert got[0][0] == "bad-directive"
+
+
+# -- compile says when a rule is dead ------------------------------------------------------------------
+def test_compile_warns_about_dead_rules(tmp_path):
+    from .test_cli import run
+
+    f = tmp_path / "p.ap"
+    f.write_text(MESH + "deny cart -> payments tcp 8443 priority 1\nallow cart -> payments tcp 8443\n")
+    proc = run("compile", str(f), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0
+    line = MESH.count("\n") + 2
+    assert f"{f}:{line}:1: warning: this rule never decides a flow" in proc.stderr
+    proc = run("compile", str(f), "-o", str(tmp_path / "out"), "--format", "json")
+    assert json.loads(proc.stdout)["dead_rules"] == [f"{f}:{line}:1"]

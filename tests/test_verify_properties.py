@@ -51,6 +51,8 @@ def _without(program, rule_id):
 @SETTINGS
 @given(policies(max_rules=5, small=True))
 @example("external a { address 10.0.0.0/16 }\ndefault allow\nallow a -> a rate 10/s\nallow a -> a rate 10/s\n")
+@example("external a { address 10.0.0.0/16 }\nexternal b { address fd00::/64 }\ndefault allow\n"
+         "deny a.* except b -> a priority 2\ndeny a.* except b -> 10.0.1.7 icmp type 8 code 0 priority 2\n")
 def test_dead_and_redundant_rules_match_brute_force(text):
     """The oracle, over every flow class. Line order means nothing, so a rule is judged as if it came first
     among the entries of its precedence. It is dead (an error) when rules of higher precedence take all

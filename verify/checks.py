@@ -141,8 +141,10 @@ class AnomalyChecker:
             facts.covering = self._covering(i)
             return
         facts.witness = a.enc.flow(model)
-        a.confirm(facts.witness, lambda d: d.entry is e or (d.entry is not None and d.entry.rule == e.rule),
-                  f"get decided by {e.origin.loc}")
+        # Decided by the entry, or by one of equal precedence (they decide alike; the interpreter reports
+        # the one whose line comes first).
+        a.confirm(facts.witness, lambda d: d.entry is not None and (
+            d.entry.rule == e.rule or precedence(d.entry) == precedence(e)), f"get decided by {e.origin.loc}")
 
     def _covering(self, i: int) -> list[int]:
         """The rules that decide the flows of a dead entry: an unsat core when the entry has few

@@ -19,6 +19,7 @@ from anyplane.ir.actions import Deny
 from anyplane.ir.interp import match_holds
 from anyplane.ir.match import Match
 from anyplane.ir.nodes import Assert, Entry
+from anyplane.ir.owners import described
 from anyplane.ir.source import Span
 
 from .context import Analysis
@@ -39,11 +40,16 @@ class Reachability:
     blockers: tuple[Span, ...] = ()
     default_blocks: bool = False
     reason: str | None = None
+    owners: tuple[str | None, str | None] = (None, None)  # who owns the witness's source and destination
 
     def to_json(self) -> dict:
-        """`{"reachable", "witness", "rule", "blocked_by"}` (witness in pattern syntax under "flow")."""
+        """`{"reachable", "witness", "rule", "blocked_by"}` (witness in pattern syntax under "flow", with
+        `src_owner` and `dst_owner`)."""
+        witness = None
+        if self.witness is not None:
+            witness = dict(self.witness.to_json(), src_owner=self.owners[0], dst_owner=self.owners[1])
         out = {"reachable": self.reachable,
-               "witness": self.witness.to_json() if self.witness else None,
+               "witness": witness,
                "rule": self.rule.loc if self.rule else None}
         if self.reachable is False:
             out["blocked_by"] = [s.loc for s in self.blockers] + (["default"] if self.default_blocks else [])
@@ -117,7 +123,7 @@ def reachability(a: Analysis, pattern: tuple[Match, ...]) -> Reachability:
     if w is not None:
         d = a.confirm(w, lambda d: d.verdict == "allow", "get allowed")
         _check_in_pattern(a, w, pattern)
-        return Reachability(True, w, d.entry.origin if d.entry else None)
+        return Reachability(True, w, d.entry.origin if d.entry else None, owners=a.ids(w))
     positions = a.relevant(pattern)
     region = a.region(pattern)
     base = [region, a.allowed_term(positions)]
@@ -128,7 +134,7 @@ def reachability(a: Analysis, pattern: tuple[Match, ...]) -> Reachability:
         f = a.enc.flow(prefer(a, base, model))
         d = a.confirm(f, lambda d: d.verdict == "allow", "get allowed")
         _check_in_pattern(a, f, pattern)
-        return Reachability(True, f, d.entry.origin if d.entry else None)
+        return Reachability(True, f, d.entry.origin if d.entry else None, owners=a.ids(f))
     return _blockers(a, pattern, positions, region)
 
 
@@ -175,7 +181,7 @@ def check_asserts(a: Analysis) -> list[Finding]:
             said = (f"'only {asrt.text}' does not hold: another source reaches the destination"
                     if asrt.only else f"'{asrt.text}' is reachable")
             out.append(Finding("assertion-failed", "error", asrt.origin,
-                               f"{said}: {r.witness.text} is allowed by {by}",
+                               f"{said}: {described(a.program, r.witness)} is allowed by {by}",
                                witness=r.witness, related=(r.rule,) if r.rule else ()))
     return out
 

@@ -10,17 +10,14 @@ policy location, a message, an optional witness and related locations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from anyplane.ir.findings import DEFAULT_FAIL_ON, DEFAULT_SEVERITY, KINDS
 from anyplane.ir.flow import Flow
 from anyplane.ir.source import Span
 
-KINDS = ("dead", "redundant", "conflict", "rate-conflict", "assertion-failed", "route-unreachable",
-         "unused-version", "unknown")
-DEFAULT_FAIL_ON = frozenset({"dead", "rate-conflict", "assertion-failed", "unknown"})
-DEFAULT_SEVERITY = {"dead": "error", "redundant": "warning", "conflict": "info", "rate-conflict": "error",
-                    "assertion-failed": "error", "route-unreachable": "warning", "unused-version": "warning",
-                    "unknown": "error"}
+__all__ = ["KINDS", "DEFAULT_FAIL_ON", "DEFAULT_SEVERITY", "Finding", "Proved", "Counterexample", "Unknown",
+           "VerificationBug", "with_severities"]
 
 
 class VerificationBug(Exception):
@@ -57,13 +54,18 @@ class Finding:
     message: str
     witness: Flow | None = None
     related: tuple[Span, ...] = field(default=())
+    suppressed: bool = False  # the rule says `# anyplane: allow KIND`: reported, never failing
+    owners: tuple[str | None, str | None] = (None, None)  # who owns the witness's source and destination
 
     def to_json(self) -> dict:
         """The JSON shape documented for `anyplane verify --format json`."""
+        witness = None
+        if self.witness is not None:
+            witness = dict(self.witness.to_json(), src_owner=self.owners[0], dst_owner=self.owners[1])
         return {"kind": self.kind, "severity": self.severity,
                 "location": str(self.span) if self.span else None, "message": self.message,
-                "witness": self.witness.to_json() if self.witness else None,
-                "related": [s.loc for s in self.related]}
+                "witness": witness,
+                "related": [s.loc for s in self.related], "suppressed": self.suppressed}
 
 
 def with_severities(findings: list[Finding], fail_on: frozenset[str]) -> list[Finding]:
@@ -74,5 +76,5 @@ def with_severities(findings: list[Finding], fail_on: frozenset[str]) -> list[Fi
             sev = "error"
         else:
             sev = DEFAULT_SEVERITY[f.kind] if DEFAULT_SEVERITY[f.kind] != "error" else "warning"
-        out.append(Finding(f.kind, sev, f.span, f.message, f.witness, f.related))
+        out.append(replace(f, severity=sev))
     return out

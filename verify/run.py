@@ -1,16 +1,18 @@
 """`anyplane verify`: every finding of a program, in a stable order.
 
-    findings = asserts + anomalies (dead, redundant, conflicts) + routes
+    findings = asserts + anomalies (dead, redundant, conflicts) + routes + ownership
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from anyplane.ir.nodes import Program
+from anyplane.ir.owners import ownership
 
 from .checks import AnomalyChecker
 from .context import Analysis
+from .ownership import check_ownership
 from .reach import check_asserts
 from .result import DEFAULT_FAIL_ON, Finding, with_severities
 from .routes import check_routes
@@ -25,12 +27,28 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """No error-level finding."""
-        return not any(f.severity == "error" for f in self.findings)
+        """No error-level finding that the policy does not accept on purpose."""
+        return not any(f.severity == "error" and not f.suppressed for f in self.findings)
 
     def to_json(self) -> dict:
         """`{"ok": bool, "findings": [...]}`."""
         return {"ok": self.ok, "findings": [f.to_json() for f in self.findings]}
+
+
+def _suppressed(findings: list[Finding], program: Program) -> list[Finding]:
+    """Mark the findings on a rule whose author accepts their kind (`# anyplane: allow KIND`), and name
+    the owners of each witness's addresses."""
+    accepts = {r.origin: r.accepts for r in program.rules if r.accepts}
+    o = ownership(program)
+    out = []
+    for f in findings:
+        if f.kind in accepts.get(f.span, ()):
+            f = replace(f, suppressed=True)
+        if f.witness is not None:
+            w = f.witness
+            f = replace(f, owners=(o.owner(w.family, w.src), o.owner(w.family, w.dst)))
+        out.append(f)
+    return out
 
 
 def verify(program: Program, fail_on: frozenset[str] = DEFAULT_FAIL_ON, progress=None,
@@ -38,7 +56,7 @@ def verify(program: Program, fail_on: frozenset[str] = DEFAULT_FAIL_ON, progress
     """Check asserts, rules and routes of a program."""
     a = Analysis(program, **({"timeout_ms": timeout_ms} if timeout_ms else {}))
     checker = AnomalyChecker(a, progress)
-    findings = check_asserts(a) + checker.run() + check_routes(a)
-    findings = with_severities(findings, fail_on)
+    findings = check_asserts(a) + checker.run() + check_routes(a) + check_ownership(program)
+    findings = _suppressed(with_severities(findings, fail_on), program)
     findings.sort(key=lambda f: (f.span or ("",), f.kind))
     return Report(tuple(findings), checker.solver_calls)

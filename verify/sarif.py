@@ -13,6 +13,7 @@ _DESCRIPTIONS = {
     "assertion-failed": "An assert that does not hold.",
     "route-unreachable": "A route that no allowed request takes.",
     "unused-version": "A service version that receives no traffic.",
+    "ownership": "A name in a rule that does not cover addresses declared inside its prefixes.",
     "unknown": "The solver could not decide (timeout): not a pass.",
 }
 
@@ -47,6 +48,9 @@ def to_sarif(findings: list[Finding], version: str) -> dict:
             result["relatedLocations"] = [dict(_location(s), id=n) for n, s in enumerate(f.related)]
         if f.witness is not None:
             result["properties"] = {"witness": f.witness.to_json()}
+        if f.suppressed:
+            result["suppressions"] = [{"kind": "inSource",
+                                       "justification": f"# anyplane: allow {f.kind} on the rule"}]
         results.append(result)
     rules = [{"id": k, "shortDescription": {"text": _DESCRIPTIONS[k]}} for k in KINDS]
     return _log(results, rules, version)

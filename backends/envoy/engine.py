@@ -67,6 +67,47 @@ def covers(program: Program) -> dict[str, bool]:
     return out
 
 
+def reads_http(program: Program) -> dict[str, str | None]:
+    """Per rule with HTTP conditions: None when every request it is about reaches a sidecar's HTTP
+    listener (TCP to an http or grpc port of a service), else why not and how to fix it."""
+    from anyplane.ir.match import InSet, exact_values, int_ranges, options
+
+    out: dict[str, str | None] = {r.id: None for r in program.rules if r.layer == "L7"}
+    for e in program.acl.entries:
+        if e.rule in out and out[e.rule] is None:
+            out[e.rule] = _http_gap(program, e.match, InSet, exact_values, int_ranges, options)
+    return out
+
+
+def _http_gap(program: Program, m, InSet, exact_values, int_ranges, options) -> str | None:
+    proto, ids, dport = m.get(F.PROTO), m.get(F.DST_ID), m.get(F.DPORT)
+    if proto is None or exact_values(proto) != {6}:
+        return "HTTP runs over TCP"
+    owners = [v for o in options(ids) for v in (o.values if isinstance(o, InSet) else (None,))] if ids else []
+    if not owners or None in owners:
+        return "its destination is addresses: a sidecar reads HTTP only on a service's http ports (name the service)"
+    ranges = int_ranges(dport) if dport is not None else [(0, 65535)]
+    for name in owners:
+        ident = program.identity(name)
+        if ident.kind != "service":
+            return f"'{name}' is an external: no sidecar stands in front of it"
+        declared = {p.number: p.protocol for p in ident.ports}
+        for lo, hi in ranges or [(0, 65535)]:
+            missing = [n for n in range(lo, min(hi, lo + 65535) + 1) if declared.get(n) not in ("http", "grpc")]
+            if not missing:
+                continue
+            n = missing[0]
+            if n in declared:
+                return (f"'{ident.service}' declares port {n} as {declared[n]}, so its sidecar passes it through "
+                        f"as bytes (declare 'port {n} http' in service {ident.service})")
+            if hi - lo + 1 > 64:
+                return (f"ports {lo}-{hi} are not all http ports of '{ident.service}': give the http port "
+                        "('tcp PORT http ...'), or leave the L4 part out to mean the service's http ports")
+            return (f"'{ident.service}' has no port {n}, so no sidecar reads requests there (declare "
+                    f"'port {n} http' in service {ident.service})")
+    return None
+
+
 class EnvoyError(base.EngineError):
     """The policy cannot be expressed for the sidecar, or a push failed (the message says why)."""
 
@@ -210,6 +251,10 @@ class SidecarEngine(base.Engine):
     def covers(self, program: Program) -> dict[str, bool]:
         """Rules all of whose flows reach a sidecar (TCP to a service port)."""
         return covers(program)
+
+    def reads_http(self, program: Program) -> dict[str, str | None]:
+        """Rules with HTTP conditions whose requests all reach an HTTP listener of a sidecar."""
+        return reads_http(program)
 
     def judges(self, program: Program, flow) -> bool:
         """TCP to a TCP or HTTP port of a service: the traffic a sidecar's inbound listeners receive."""

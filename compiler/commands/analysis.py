@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from anyplane.ir.owners import described
 from anyplane.ir.source import Diagnostic, DiagnosticError, Note, render
 
 from .. import api
@@ -25,11 +26,12 @@ def _kinds(value: str | None) -> frozenset[str]:
     return kinds
 
 
-def _as_diagnostic(f, texts: dict[str, str]) -> Diagnostic:
+def _as_diagnostic(f, texts: dict[str, str], program) -> Diagnostic:
     notes = [Note(None, f"{s.loc}: {texts.get(s.loc, '')}".rstrip(": ")) for s in f.related]
     if f.witness is not None:
-        notes.insert(0, Note(None, f"witness: {f.witness.text}"))
-    return Diagnostic(f.span, f.severity, f.kind, f"[{f.kind}] {f.message}", tuple(notes))
+        notes.insert(0, Note(None, f"witness: {described(program, f.witness)}"))
+    kind = f"{f.kind}, suppressed" if f.suppressed else f.kind
+    return Diagnostic(f.span, f.severity, f.kind, f"[{kind}] {f.message}", tuple(notes))
 
 
 @cli.command()
@@ -58,12 +60,15 @@ def verify(files, output_format, fail_on, timeout, verbose) -> None:
     else:
         p = compiled.program
         texts = {r.origin.loc: r.text for r in p.rules}
-        shown = [f for f in report.findings if verbose or f.severity != "info"]
-        click.echo(render([_as_diagnostic(f, texts) for f in shown], compiled.sources), nl=False)
-        counts = {sev: sum(f.severity == sev for f in report.findings) for sev in ("error", "warning", "info")}
-        hidden = "" if verbose or not counts["info"] else " (-v to show them)"
+        active = [f for f in report.findings if not f.suppressed]
+        suppressed = len(report.findings) - len(active)
+        shown = [f for f in report.findings if verbose or (f.severity != "info" and not f.suppressed)]
+        click.echo(render([_as_diagnostic(f, texts, p) for f in shown], compiled.sources), nl=False)
+        counts = {sev: sum(f.severity == sev for f in active) for sev in ("error", "warning", "info")}
+        hidden = "" if verbose or not (counts["info"] or suppressed) else " (-v to show them)"
+        accepted = f", {suppressed} suppressed" if suppressed else ""
         click.echo(f"{'ok' if report.ok else 'FAILED'}: {counts['error']} errors, {counts['warning']} warnings, "
-                   f"{counts['info']} notes{hidden} ({len(p.rules)} rules, {len(p.asserts)} asserts)")
+                   f"{counts['info']} notes{accepted}{hidden} ({len(p.rules)} rules, {len(p.asserts)} asserts)")
     if not report.ok:
         sys.exit(EXIT_FAIL)
 
@@ -95,7 +100,7 @@ def query(files, pattern, without, with_rules, output_format) -> None:
     texts = {r.origin.loc: r.text for r in program.rules}
     if result.reachable:
         click.echo("reachable: yes")
-        click.echo(f"witness:   {result.witness.text}")
+        click.echo(f"witness:   {described(program, result.witness)}")
         rule = result.rule.loc if result.rule else None
         click.echo(f"rule:      {rule}  {texts.get(rule, '')}" if rule else "rule:      (the default allows it)")
     else:
@@ -113,7 +118,8 @@ def query(files, pattern, without, with_rules, output_format) -> None:
 @handle_errors
 def diff(old, new, output_format) -> None:
     """What changes between policy versions OLD and NEW (files or directories); exit 1 if any."""
-    report = api.diff(load([old]), load([new]))
+    newer = load([new])
+    report = api.diff(load([old]), newer)
     if output_format == "json":
         emit_json(report.to_json())
     else:
@@ -123,7 +129,7 @@ def diff(old, new, output_format) -> None:
             click.echo(f"{title} ({len(classes)}):")
             for c in classes:
                 what = f"  [{c.what}: {c.old} -> {c.new}]" if c.what else ""
-                click.echo(f"  {c.witness.text}{what}")
+                click.echo(f"  {described(newer.program, c.witness)}{what}")
                 click.echo(f"      old: {c.old_rule or 'the default'}   new: {c.new_rule or 'the default'}")
         if report.truncated:
             click.echo("(more classes exist; only the first ones are listed)")

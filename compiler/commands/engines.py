@@ -117,12 +117,28 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
     else:
         out = api.compile_target(compiled, target, options, src=not no_src)
     written = write_output(out_dir, {a.path: a.data for a in out.artifacts}, target, compiled.sources.digest)
+    dead = api.dead_rules(compiled)
     if output_format == "json":
         emit_json({"ok": True, "target": target, "artifacts": written,
-                   "report": [r.to_json() for r in out.report]})
+                   "report": [r.to_json() for r in out.report],
+                   "dead_rules": None if dead is None else [str(f.span) for f in dead]})
     else:
         for line in _listing(written, out_dir):
             click.echo(line)
+    _warn_dead(dead, compiled)
+
+
+def _warn_dead(dead, compiled) -> None:
+    """Dead rules are compiled like any other, but the user meant something by them: say so."""
+    if dead is None:
+        click.echo(f"note: {len(compiled.program.rules)} rules: run 'anyplane verify' to find dead rules", err=True)
+        return
+    texts = {r.origin: r.text for r in compiled.program.rules}
+    for f in dead:
+        click.echo(f"{f.span}: warning: this rule never decides a flow (rules that take precedence take all its flows): "
+                   f"{texts.get(f.span, '')}", err=True)
+    if dead:
+        click.echo(f"{len(dead)} dead rule(s): 'anyplane verify' says which rules take their flows", err=True)
 
 
 @cli.command()

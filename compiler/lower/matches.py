@@ -102,7 +102,8 @@ def icmp_messages(l4: ast.L4) -> list[tuple[int, int | None]]:
     `icmp6 ...` ICMPv6 only."""
     t = l4.icmp_type
     if l4.kind == "icmp6":
-        return [(ICMP6, None if t is None else t.value if isinstance(t, ast.Num) else icmp_type_number("icmp6", t.text))]
+        number = t.value if isinstance(t, ast.Num) else icmp_type_number("icmp6", t.text) if t else None
+        return [(ICMP6, number)]
     if t is None:
         return [(ICMP, None), (ICMP6, None)]
     if isinstance(t, ast.Num):

@@ -31,20 +31,24 @@ def rule_action(r: ast.Rule, rule_id: str):
     return RateLimit(rate.count, parse_rate_unit(rate.unit), burst, rule_id)
 
 
-def expand_rule(r: ast.Rule, rule_id: str, symbols: Symbols) -> tuple[Rule, tuple[Entry, ...]]:
+def expand_rule(r: ast.Rule, rule_id: str, symbols: Symbols, accepts: tuple[str, ...] = ()
+                ) -> tuple[Rule, tuple[Entry, ...]]:
     """One rule -> its summary and its acl entries."""
     action = rule_action(r, rule_id)
     matches = lower_pattern(r.pattern, symbols)
     entries = tuple(Entry(r.priority, m, action, r.span, rule_id) for m in matches)
     layer = max((m.layer for m in matches), default=Match().layer)
-    return Rule(rule_id, r.span, r.verdict.text, layer, r.priority, format_rule(r)), entries
+    return Rule(rule_id, r.span, r.verdict.text, layer, r.priority, format_rule(r), accepts), entries
 
 
-def expand_rules(rules: list[ast.Rule], symbols: Symbols) -> tuple[tuple[Rule, ...], tuple[Entry, ...]]:
-    """Every rule, numbered r1.. in policy order, and the acl entries in that order."""
+def expand_rules(rules: list[ast.Rule], symbols: Symbols, accepts: dict | None = None
+                 ) -> tuple[tuple[Rule, ...], tuple[Entry, ...]]:
+    """Every rule, numbered r1.. in policy order, and the acl entries in that order; `accepts` maps a
+    rule's span to the finding kinds its author accepts (`# anyplane: allow ...`)."""
     summaries, entries = [], []
+    accepts = accepts or {}
     for n, r in enumerate(rules, start=1):
-        summary, es = expand_rule(r, f"r{n}", symbols)
+        summary, es = expand_rule(r, f"r{n}", symbols, accepts.get(r.span, ()))
         summaries.append(summary)
         entries.extend(es)
     return tuple(summaries), tuple(entries)

@@ -1,6 +1,6 @@
 """endpoint_set: one side of a pattern (`A, B except C`) -> the regions it denotes.
 
-    internet except 10.0.0.0/8    ->  [(ids {internet}, prefixes 0.0.0.0/8, 11.0.0.0/8, ...)]
+    internet except 10.0.0.0/8    ->  [(any id, what internet owns outside 10.0.0.0/8)]
     any except payments           ->  [(any id, every address payments does not own)]
     partners, 192.0.2.0/24        ->  [(ids {partner-a, partner-b}, any address), (any id, 192.0.2.0/24)]
 
@@ -69,9 +69,11 @@ def regions(refs, excluded, symbols: Symbols) -> list[Region]:
         declared = _declared(symbols)
         mine = [p for i in keep for p in declared.get(i, ())]
         if any(p.covers(q) or q.covers(p) for p in mine for q in x_prefixes):
-            left = subtract(mine, x_prefixes)
+            # Owned by one of `keep` and outside the excluded prefixes: said with addresses alone (what
+            # the names own, minus the prefixes), which every engine matches.
+            left = subtract(owned(keep, symbols), x_prefixes)
             if left:
-                out.append((tuple(sorted(keep)), tuple(left)))
+                out.append((None, tuple(left)))
         else:
             out.append((tuple(sorted(keep)), None))
     if prefixes:
