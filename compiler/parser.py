@@ -375,6 +375,32 @@ def _parser() -> tuple[Lark, ToAst]:
     return Lark(grammar, **options), builder
 
 
+@lru_cache(maxsize=1)
+def _checker() -> Lark:
+    """The same grammar on lark's pure-Python LALR parser, without a transformer: used only after a
+    syntax error, to ask which tokens the parser would really accept there."""
+    grammar = resources.files("anyplane.compiler").joinpath("grammar.lark").read_text()
+    return Lark(grammar, parser="lalr", lexer="contextual", maybe_placeholders=False,
+                start=["start", "pattern_start", "rule_start"])
+
+
+def _acceptable(text: str, start: str, line: int, column: int, expected) -> set[str]:
+    """The tokens the parser accepts where it failed. LALR merges the states of `endpoints` (or `l7`)
+    in rules, asserts, routes and groups, so its raw expected set names tokens another context would
+    take ('{' after a rule's path); the interactive parser tries each one."""
+    try:
+        _checker().parse(text, start=start)
+    except UnexpectedToken as exc:
+        if (exc.line, exc.column) == (line, column) and exc.interactive_parser is not None:
+            try:
+                return set(exc.interactive_parser.accepts()) or set(expected)
+            except Exception:  # pragma: no cover - fall back on the raw set
+                return set(expected)
+    except UnexpectedInput:
+        pass
+    return set(expected)
+
+
 def _describe_expected(names) -> str:
     """Human words for a set of terminal names; statement keywords collapse into one phrase."""
     words, keywords, statement = set(), set(), False
@@ -404,7 +430,7 @@ def _word_at(text: str, pos: int) -> str:
     return m.group(0) if m else text[pos:pos + 1]
 
 
-def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str) -> Diagnostic:
+def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str, start: str = "start") -> Diagnostic:
     if isinstance(exc, UnexpectedCharacters):
         pos = exc.pos_in_stream
         word = _word_at(text, pos)
@@ -415,7 +441,7 @@ def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str) -> Diagnostic
     if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
         tok = exc.token
         span = Span(path, tok.line, tok.column, tok.end_line, tok.end_column)
-        expected = _describe_expected(exc.expected)
+        expected = _describe_expected(_acceptable(text, start, tok.line, tok.column, exc.expected))
         message = f"unexpected '{tok}'"
         if str(tok) in STATEMENT_KEYWORDS:
             message += " (the statement before it is incomplete)"
@@ -450,7 +476,7 @@ def _parse(text: str, path: str, start: str):
             result = lark.parse(current, start=start)
             return result, diagnostics + builder.diagnostics
         except UnexpectedInput as exc:
-            diagnostics.append(_syntax_diagnostic(path, exc, current))
+            diagnostics.append(_syntax_diagnostic(path, exc, current, start))
             if start != "start" or len(diagnostics) >= MAX_SYNTAX_ERRORS:
                 return None, diagnostics
             error_line = exc.line if isinstance(exc.line, int) and exc.line > 0 else len(text.splitlines())

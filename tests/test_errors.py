@@ -144,3 +144,23 @@ def test_rendered_errors_match_golden_stderr(path, golden):
     assert proc.stdout == ""
     assert "Traceback" not in proc.stderr
     golden(f"../errors/{path.stem}.stderr", proc.stderr)
+
+
+@pytest.mark.parametrize("text, wanted, unwanted", [
+    # After an assert's path, only what an assert takes: not a rule's 'priority' or a route's '{'.
+    ("service a { address 10.0.0.0/8 port 80 http }\nassert only a -> a http POST /x -- y\n",
+     {"'header'", "'host'"}, {"'priority'", "'rate'", "'{'"}),
+    # After a route's path: its '{', not a rule's options.
+    ("service a { address 10.0.0.0/8 port 80 http }\nroute a http /x foo { to v1 }\n",
+     {"'{'"}, {"'priority'", "'rate'"}),
+    # After a rule's destination: not a group's '}'.
+    ("group g { 10.0.0.0/8 }\nallow g -> g 80\n", {"'tcp'", "'except'"}, {"'}'", "'->'"}),
+])
+def test_expected_tokens_are_those_the_statement_takes(text, wanted, unwanted):
+    with pytest.raises(DiagnosticError) as exc:
+        compile_text(text)
+    message = exc.value.diagnostics[0].message
+    for w in wanted:
+        assert w in message, message
+    for u in unwanted:
+        assert u not in message, message
