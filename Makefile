@@ -61,6 +61,7 @@ bench: setup
 	$(BIN)/python bench/fabric.py --bmv2
 	$(BIN)/python bench/compose.py
 	$(BIN)/python bench/wide.py
+	$(BIN)/python bench/language.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis .p4tools

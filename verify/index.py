@@ -38,6 +38,11 @@ class Box:
     dport: tuple[tuple[int, int], ...] | None
 
 
+#: When the candidates times the query's prefixes are fewer, `candidates` tests the second address
+#: dimension box by box instead of looking it up.
+FILTER_DIRECTLY = 4096
+
+
 def _prefixes_overlap(a: tuple[Prefix, ...] | None, b: tuple[Prefix, ...] | None) -> bool:
     if a is None or b is None:
         return True
@@ -167,8 +172,12 @@ class OverlapIndex:
     def candidates(self, box: Box) -> list[int]:
         """Indices of boxes that overlap `box`, ascending."""
         found: set[int] | None = None
-        for dim, prefixes in ((self.dst, box.dst), (self.src, box.src)):
+        for dim, prefixes, side in ((self.dst, box.dst, "dst"), (self.src, box.src, "src")):
             if prefixes is None:
+                continue
+            if found is not None and len(found) * len(prefixes) < FILTER_DIRECTLY:
+                # Few candidates left: test them, rather than list every box a wide prefix holds.
+                found = {i for i in found if _prefixes_overlap(prefixes, getattr(self.boxes[i], side))}
                 continue
             mine: set[int] = set()
             dim.query(prefixes, mine)

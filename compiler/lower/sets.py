@@ -15,6 +15,7 @@ admits the addresses of a service declared inside payments' network.
 from __future__ import annotations
 
 from anyplane.ir.addr import EVERYTHING, Prefix, subtract
+from anyplane.ir.owners import nesting
 
 from ..symbols import Resolved, Symbols, resolve
 
@@ -34,15 +35,42 @@ def _declared(symbols: Symbols) -> dict[str, tuple[Prefix, ...]]:
     return cached
 
 
+def _tree(symbols: Symbols) -> tuple[dict[Prefix, str], dict[Prefix, list[Prefix]]]:
+    """Every declared prefix's owner, and the prefixes nested directly inside each (memoised)."""
+    cached = symbols.cache.get("tree")
+    if cached is None:
+        owner = {p: who for who, ps in _declared(symbols).items() for p in ps}
+        prefixes = sorted(owner)
+        children: dict[Prefix, list[Prefix]] = {p: [] for p in prefixes}
+        for p, k in zip(prefixes, nesting(prefixes)):
+            if k is not None:
+                children[prefixes[k]].append(p)
+        cached = symbols.cache["tree"] = (owner, children)
+    return cached
+
+
 def owned(identities, symbols: Symbols) -> list[Prefix]:
-    """The addresses the identities own (their prefixes minus the more specific prefixes of others)."""
+    """The addresses the identities own: each of their prefixes minus the prefixes of others nested in
+    it (what those hold again for one of the identities comes back with that prefix)."""
+    key = ("owned", frozenset(identities))
+    hit = symbols.cache.get(key)
+    if hit is not None:
+        return hit
+    owner, children = _tree(symbols)
     declared = _declared(symbols)
     mine = set(identities)
-    others = [q for who, ps in declared.items() if who not in mine for q in ps]
     out: list[Prefix] = []
     for who in mine:
         for p in declared.get(who, ()):
-            out += subtract([p], [q for q in others if q != p and p.covers(q)])
+            cut, stack = [], list(children[p])
+            while stack:  # the nearest nested prefixes of others; ours nested deeper are walked through
+                q = stack.pop()
+                if owner[q] in mine:
+                    stack.extend(children[q])
+                else:
+                    cut.append(q)
+            out += subtract([p], cut) if cut else [p]
+    symbols.cache[key] = out
     return out
 
 
