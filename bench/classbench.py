@@ -120,7 +120,8 @@ def rule_text(r: CbRule, index: int, count: int) -> str:
 
 def to_policy(rules: list[CbRule], name: str = "classbench") -> str:
     """A whole policy file for a rule set."""
-    lines = [f"# {name}: {len(rules)} ClassBench rules, first match = highest priority", "default deny", ""]
+    lines = [f"# {name}: {len(rules)} ClassBench rules, first match = highest priority; an ACL judges every",
+             "# packet alone", "stateless", "default deny", ""]
     lines += [rule_text(r, i, len(rules)) for i, r in enumerate(rules)]
     return "\n".join(lines) + "\n"
 

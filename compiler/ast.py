@@ -246,6 +246,30 @@ class Default:
     span: Span
 
 
+@dataclass(frozen=True, slots=True)
+class Stateless:
+    """`stateless`: every packet is judged alone (no connection state)."""
+
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionItem:
+    """`KEY VALUE` inside `connections { }`: a timeout (`tcp 1h`) or the table size (`max 65536`)."""
+
+    key: Word
+    value: Word
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Connections:
+    """`connections { tcp 6h  udp 60s  ... }`: connection tracking's timeouts and table size."""
+
+    items: tuple[ConnectionItem, ...]
+    span: Span
+
+
 # ---- traffic management --------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +359,7 @@ class Assert:
     only: bool = False
 
 
-Statement = Union[Service, External, Group, Default, Rule, Route, Limits, Assert]
+Statement = Union[Service, External, Group, Default, Stateless, Connections, Rule, Route, Limits, Assert]
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ from .values import (ICMP_TYPES, check_header_name, check_header_value, check_ho
 
 MAX_RETRIES = 25
 MAX_PORT_RANGE = 64
+CONNECTION_TIMEOUTS = ("tcp", "tcp-opening", "tcp-closing", "udp", "icmp", "other")
+MIN_CONNECTIONS, MAX_CONNECTIONS = 1024, 1 << 24
 
 
 class Checker:
@@ -339,12 +341,38 @@ class Checker:
                          f"unknown ejection condition '{item.condition.text}'; use {' or '.join(EJECT_CONDITIONS)}")
             self.attempt(item.duration.span, "bad-duration", parse_duration_ms, item.duration.text)
 
+    def connections(self, block: ast.Connections) -> None:
+        """Timeouts (1 s to 24 h) and the table size of `connections { }`."""
+        seen: dict[str, ast.ConnectionItem] = {}
+        for item in block.items:
+            key = item.key.text
+            if key in seen:
+                self.err(item.span, "duplicate-clause", f"'{key}' is given twice", Note(seen[key].span, "first here"))
+            seen[key] = item
+            if key == "max":
+                n = int(item.value.text) if item.value.text.isdigit() else None
+                if n is None or not MIN_CONNECTIONS <= n <= MAX_CONNECTIONS:
+                    self.err(item.value.span, "bad-limit", f"'max' is a number of connections, {MIN_CONNECTIONS}-"
+                                                           f"{MAX_CONNECTIONS}")
+            elif key in CONNECTION_TIMEOUTS:
+                ms = self.attempt(item.value.span, "bad-duration", parse_duration_ms, item.value.text)
+                if ms is not None and ms < 1000:
+                    self.err(item.value.span, "bad-duration", "a connection timeout is at least 1s")
+            else:
+                self.err(item.key.span, "bad-limit", f"unknown connection setting '{key}'; use "
+                                                     f"{', '.join(CONNECTION_TIMEOUTS)} (timeouts) or max")
+
     def uniqueness(self, policy: ast.Policy) -> None:
         """One default, one limits block per service, no two routes with the same match."""
         defaults = [s for s in policy.statements if isinstance(s, ast.Default)]
         for extra in defaults[1:]:
             self.err(extra.span, "duplicate-default", "the default is set twice",
                      Note(defaults[0].span, "first set here"))
+        state = [s for s in policy.statements if isinstance(s, (ast.Stateless, ast.Connections))]
+        for extra in state[1:]:
+            what = "'stateless' and 'connections { }' contradict each other" if type(extra) is not type(state[0]) \
+                else "connection state is set twice"
+            self.err(extra.span, "duplicate-clause", what, Note(state[0].span, "first set here"))
         limits: dict[str, ast.Limits] = {}
         for s in policy.statements:
             if isinstance(s, ast.Limits):
@@ -385,6 +413,8 @@ def check(policy: ast.Policy) -> tuple[Symbols, list[Diagnostic]]:
             checker.limits(stmt)
         elif isinstance(stmt, ast.Assert):
             checker.assertion(stmt)
+        elif isinstance(stmt, ast.Connections):
+            checker.connections(stmt)
     checker.uniqueness(policy)
     out = diags + checker.diags
     out.sort(key=lambda d: (d.span.file, d.span.line, d.span.col) if d.span else ("", 0, 0))

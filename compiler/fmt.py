@@ -101,6 +101,8 @@ def _item(item) -> str:
         if item.per_try is not None:
             out += f" per-try {item.per_try.text}"
         return out
+    if isinstance(item, ast.ConnectionItem):
+        return f"{item.key.text} {item.value.text}"
     if isinstance(item, ast.LimitValue):
         return f"{item.key.text} {item.value.value}"
     if isinstance(item, ast.LimitEject):
@@ -117,6 +119,8 @@ def _head(stmt) -> str:
         return f"route {stmt.service.text} {format_l7(stmt.l7)}"
     if isinstance(stmt, ast.Group):
         return f"group {stmt.name.text}"
+    if isinstance(stmt, ast.Connections):
+        return "connections"
     return f"limits {stmt.service.text}"
 
 
@@ -126,6 +130,8 @@ def format_statement(stmt) -> str:
         return format_rule(stmt)
     if isinstance(stmt, ast.Default):
         return f"default {stmt.verdict.text}"
+    if isinstance(stmt, ast.Stateless):
+        return "stateless"
     if isinstance(stmt, ast.Assert):
         kind = "only" if stmt.only else "reachable" if stmt.reachable else "not reachable"
         return f"assert {kind} {format_pattern(stmt.pattern)}"
@@ -212,7 +218,7 @@ def format_file(sf: ast.SourceFile) -> str:
     for stmt in sf.statements:
         for c in comments.before(stmt.span.line):
             emit([c.text], c.span.line, c.span.line)
-        blocky = isinstance(stmt, (ast.Service, ast.External, ast.Route, ast.Limits, ast.Group))
+        blocky = isinstance(stmt, (ast.Service, ast.External, ast.Route, ast.Limits, ast.Group, ast.Connections))
         one_line = format_statement(stmt)
         if not blocky or (stmt.span.line == stmt.span.end_line and len(one_line) <= BLOCK_WIDTH):
             trailing = comments.trailing(stmt.span.end_line)

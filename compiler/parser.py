@@ -30,7 +30,8 @@ try:  # the Cython build of lark's lexer and LALR parser: same grammar, same res
 except ImportError:  # pragma: no cover - the pure-Python parser is the fallback
     _PLUGINS = None
 
-STATEMENT_KEYWORDS = ("service", "external", "group", "default", "allow", "deny", "route", "limits", "assert")
+STATEMENT_KEYWORDS = ("service", "external", "group", "default", "stateless", "connections", "allow", "deny", "route",
+                      "limits", "assert")
 MAX_SYNTAX_ERRORS = 20
 
 #: How a terminal is described in "expected ..." messages.
@@ -183,6 +184,15 @@ class ToAst(Transformer):
 
     def verdict(self, children):
         return self._word(children[0])
+
+    def stateless(self, children):
+        return ast.Stateless(self._s(children))
+
+    def connections(self, children):
+        return ast.Connections(tuple(c for c in children if isinstance(c, ast.ConnectionItem)), self._s(children))
+
+    def connection_item(self, children):
+        return ast.ConnectionItem(self._word(children[0]), self._word(children[1]), self._s(children))
 
     def rule(self, children):
         verdict, (src, src_except, _), (dst, dst_except, _), *rest = children

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anyplane.ir import printer, validate
-from anyplane.ir.nodes import Assert, Program, Table
+from anyplane.ir.nodes import Assert, Connections, Program, Table
 from anyplane.ir.project import project_l4
 from anyplane.ir.source import DiagnosticError, SourceMap, error
 
@@ -30,6 +30,7 @@ from .lower.routes import lower_limits, order_routes
 from .lower.rules import expand_rules
 from .parser import parse_file
 from .suppress import suppressions
+from .values import parse_duration_ms
 from .symbols import Symbols
 
 STAGES = ("parse", "check", "lower", "project")
@@ -101,6 +102,24 @@ def check_policy(policy: ast.Policy) -> Symbols:
     return symbols
 
 
+def lower_connections(stmts) -> Connections:
+    """`stateless`, or the settings of `connections { }` over the defaults."""
+    if any(isinstance(s, ast.Stateless) for s in stmts):
+        return Connections(stateful=False)
+    block = next((s for s in stmts if isinstance(s, ast.Connections)), None)
+    if block is None:
+        return Connections()
+    names = {"tcp": "tcp_s", "tcp-opening": "tcp_opening_s", "tcp-closing": "tcp_closing_s", "udp": "udp_s",
+             "icmp": "icmp_s", "other": "other_s"}
+    values = {}
+    for item in block.items:
+        if item.key.text == "max":
+            values["max"] = int(item.value.text)
+        else:
+            values[names[item.key.text]] = parse_duration_ms(item.value.text) // 1000
+    return Connections(**values)
+
+
 def lower_policy(policy: ast.Policy, symbols: Symbols) -> Program:
     """AST -> IR, through the lowering passes in order."""
     identities, endpoints = resolve_endpoints(symbols)
@@ -113,6 +132,7 @@ def lower_policy(policy: ast.Policy, symbols: Symbols) -> Program:
                            format_pattern(s.pattern), s.only)
                     for s in stmts if isinstance(s, ast.Assert))
     program = Program(
+        connections=lower_connections(stmts),
         default=default.verdict.text if default else "deny",
         default_origin=default.span if default else None,
         identities=identities,

@@ -18,7 +18,7 @@ from .values import parse_prefix
 RESERVED = frozenset("""
     service external group default allow deny route limits assert address port version any
     tcp udp icmp icmp6 proto sport type code http host header present absent rate burst priority
-    to timeout retry on per-try eject consecutive for not reachable only except
+    to timeout retry on per-try eject consecutive for not reachable only except stateless connections
 """.split())
 
 

@@ -146,6 +146,27 @@ class Assert:
 
 
 @dataclass(frozen=True, slots=True)
+class Connections:
+    """Connection state: whether rules judge connections (their replies and related ICMP errors pass) or
+    every packet alone (`stateless`), how long an idle connection is remembered, and how many are."""
+
+    stateful: bool = True
+    tcp_s: int = 21600          # an established TCP connection (replies seen)
+    tcp_opening_s: int = 60     # opened, no reply yet
+    tcp_closing_s: int = 10     # after a FIN
+    udp_s: int = 60
+    icmp_s: int = 30            # echo requests, until their replies
+    other_s: int = 60           # any other protocol
+    max: int = 262144           # connections held; the least recently used go first
+
+    def timeout_s(self, proto: int, state: str = "established") -> int:
+        """The idle timeout of a connection of this protocol (TCP: "opening", "established", "closing")."""
+        if proto == 6:
+            return {"opening": self.tcp_opening_s, "closing": self.tcp_closing_s}.get(state, self.tcp_s)
+        return {17: self.udp_s, 1: self.icmp_s, 58: self.icmp_s}.get(proto, self.other_s)
+
+
+@dataclass(frozen=True, slots=True)
 class Program:
     """A whole policy, lowered."""
 
@@ -158,6 +179,7 @@ class Program:
     limits: tuple[Limits, ...]
     asserts: tuple[Assert, ...]
     rules: tuple[Rule, ...]
+    connections: Connections = Connections()
 
     def __post_init__(self) -> None:
         if self.default not in ("allow", "deny"):

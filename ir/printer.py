@@ -86,6 +86,14 @@ def format_breaker(b: CircuitBreaker) -> str:
     return ", ".join(parts) or "(engine defaults)"
 
 
+def format_connections(c) -> str:
+    """`connections stateful tcp 21600s ...` or `connections stateless`."""
+    if not c.stateful:
+        return "connections stateless"
+    return (f"connections stateful tcp {c.tcp_s}s tcp-opening {c.tcp_opening_s}s tcp-closing {c.tcp_closing_s}s "
+            f"udp {c.udp_s}s icmp {c.icmp_s}s other {c.other_s}s max {c.max}")
+
+
 def _entry_line(e: Entry, src: bool) -> str:
     where = f"  @{e.origin}" if src else ""
     return f"  [{e.priority}] {e.rule} {format_action(e.action)} :: {format_match(e.match)}{where}"
@@ -94,7 +102,8 @@ def _entry_line(e: Entry, src: bool) -> str:
 def dump(program: Program, *, src: bool = True) -> str:
     """The text dump used for goldens and `--dump-after`; `src=False` drops spans."""
     at = (lambda s: f"  @{s}" if s is not None else "") if src else (lambda s: "")
-    lines = [HEADER, f"default {program.default}{at(program.default_origin)}", "", "identities:"]
+    lines = [HEADER, f"default {program.default}{at(program.default_origin)}", format_connections(program.connections),
+             "", "identities:"]
     for i in program.identities:
         ports = " ".join(f"{p.number}/{p.protocol}" for p in i.ports)
         lines.append(f"  {i.id} {i.name} {i.kind}" + (f" ports {ports}" if ports else "") + at(i.origin))

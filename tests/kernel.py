@@ -57,4 +57,29 @@ def kernel_verdicts(cl: Classifier, frames: list[bytes]) -> list[str]:
         os.close(fd)
 
 
-__all__ = ["missing", "require_kernel", "loaded", "kernel_verdicts", "packet"]
+def reference_verdicts(program, frames: list[bytes], got: list[str] | None = None):
+    """(packet, "pass"/"drop", whether a rate limit decided) per frame, in order, from the reference:
+    the interpreter on the L4 projection with `ir.conn.Tracker` keeping connections (the frames run
+    in well under any timeout). With the kernel's verdicts `got`, a packet the kernel dropped for its
+    rate opens no connection in the reference either."""
+    from anyplane.ir.actions import RateLimit
+    from anyplane.ir.conn import Tracker, key
+    from anyplane.ir.project import project_l4
+
+    tracker = Tracker(project_l4(program))
+    out = []
+    for n, data in enumerate(frames):
+        p = packet.parse_packet(data)
+        if isinstance(p, str):
+            out.append((p, "pass" if p == packet.NOT_IP else "drop", False))
+            continue
+        known = key(p.flow) in tracker.table
+        j = tracker.judge(p, 0.0)
+        rated = j.why == "rule" and j.entry is not None and isinstance(j.entry.action, RateLimit)
+        if rated and got is not None and got[n] == "drop" and not known:
+            tracker.table.pop(key(p.flow), None)  # the kernel had no token: it opened nothing
+        out.append((p, "pass" if j.verdict == "allow" else "drop", rated))
+    return out
+
+
+__all__ = ["missing", "require_kernel", "loaded", "kernel_verdicts", "reference_verdicts", "packet"]

@@ -28,7 +28,7 @@ from anyplane.ir.source import DiagnosticError
 from bench import classbench
 
 from .conftest import EXAMPLES, load_example
-from .kernel import kernel_verdicts, loaded, require_kernel
+from .kernel import kernel_verdicts, loaded, reference_verdicts, require_kernel
 from .strategies import policies
 
 pytestmark = pytest.mark.kernel
@@ -43,21 +43,19 @@ def expected(program, f: Flow) -> str:
     return "pass" if evaluate(project_l4(program), f).verdict == "allow" else "drop"
 
 
-def assert_agree(cl, program, flows, got):
-    """Kernel verdicts equal the interpreter's; a rate-limited allow may be dropped, and
-    every such drop must show in the rule's rate-limited counter."""
-    projected = project_l4(program)
+def assert_agree(cl, program, frames, got):
+    """Kernel verdicts, packet after packet, equal the reference's (the interpreter, with the
+    connection tracker: a reply of an earlier allowed packet passes); a rate-limited allow may be
+    dropped, and every such drop must show in the rule's rate-limited counter."""
     bad, limited = [], 0
-    for f, g in zip(flows, got):
-        d = evaluate(projected, f)
-        want = "pass" if d.verdict == "allow" else "drop"
+    for (p, want, rated), g in zip(reference_verdicts(program, frames, got), got):
         if g == want:
             continue
-        if d.rate is not None and g == "drop":
+        if rated and g == "drop":
             limited += 1
             continue
-        bad.append((f.text, g, want))
-    assert not bad, f"{len(bad)} of {len(flows)} differ, e.g. {bad[:3]}"
+        bad.append((p.flow.text, p.tcp, g, want))
+    assert not bad, f"{len(bad)} of {len(frames)} differ, e.g. {bad[:3]}"
     assert limited == sum(row["rate_limited"] for row in cl.counters())
 
 
@@ -83,8 +81,9 @@ def test_examples_load_and_agree_with_the_interpreter_on_10000_packets(name):
     flows = [f.without_http() for f in FlowGen(program, seed=11).flows(9500)]
     flows += fragments_of(flows[:500])
     with loaded(program, name) as (cl, _):
-        got = kernel_verdicts(cl, varied_frames(flows, seed=1))
-        assert_agree(cl, program, flows, got)
+        frames = varied_frames(flows, seed=1)
+        got = kernel_verdicts(cl, frames)
+        assert_agree(cl, program, frames, got)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
@@ -96,8 +95,9 @@ def test_random_policies_pass_the_verifier_and_agree(text):
         assume(False)
     flows = [f.without_http() for f in FlowGen(program, seed=3).flows(600)]
     with loaded(program, "random") as (cl, _):
-        got = kernel_verdicts(cl, [packet.frame(f) for f in flows])
-        assert_agree(cl, program, flows, got)
+        frames = [packet.frame(f) for f in flows]
+        got = kernel_verdicts(cl, frames)
+        assert_agree(cl, program, frames, got)
 
 
 @pytest.mark.parametrize("name", ["acl1_1k", "fw1_1k", "ipc1_1k"])

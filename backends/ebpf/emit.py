@@ -35,16 +35,18 @@ class Layout:
     chunks: int
     addr6: int
     buckets: int
+    connections: int = 262144  # the connection table's size: the policy's, exactly (not grown)
 
     def fits(self, need: "Layout") -> bool:
-        """Whether a policy needing `need` fits these sizes."""
-        return all(getattr(need, f) <= getattr(self, f) for f in ("capacity", "rows", "chunks", "addr6", "buckets"))
+        """Whether a policy needing `need` fits these sizes (and asks for this connection table)."""
+        return all(getattr(need, f) <= getattr(self, f) for f in ("capacity", "rows", "chunks", "addr6", "buckets")) \
+            and need.connections == self.connections
 
     def grown(self) -> "Layout":
         """Room for the policy to grow by half before the program must be rebuilt."""
         up = lambda n, floor: max(floor, -(-int(n * 1.5) // 64) * 64)  # noqa: E731
         return Layout(self.capacity, up(self.rows, 512), up(self.chunks, 64), up(self.addr6, 64),
-                      up(self.buckets, 64))
+                      up(self.buckets, 64), self.connections)
 
 
 def render(layout: Layout) -> str:
@@ -57,7 +59,7 @@ def render(layout: Layout) -> str:
     template = env.from_string(resources.files("anyplane.backends.ebpf").joinpath("templates/xdp.c.j2").read_text())
     return template.render(header=HEADER, capacity=int(cap), summary=max(1, cap // SUMMARY_SPAN),
                            rows=int(layout.rows), chunks=int(layout.chunks), addr6=int(layout.addr6),
-                           buckets=int(layout.buckets))
+                           buckets=int(layout.buckets), connections=int(layout.connections))
 
 
 def _include_dirs() -> list[str]:

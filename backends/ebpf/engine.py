@@ -15,6 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from anyplane.ir.conn import Tracker
 from anyplane.ir.interp import evaluate
 from anyplane.ir.nodes import Program
 from anyplane.ir.project import ENFORCED, PROJECTED, enforcement, project_l4
@@ -72,7 +73,7 @@ def build_all(program: Program, capacity: int | None = None) -> Compiled:
         model = build(program, capacity)
     except Unsupported as exc:
         raise LoadError(f"the kernel engine cannot hold this policy: {exc}") from exc
-    t = tables(model, labels(program))
+    t = tables(model, labels(program), program.connections)
     layout = t.need.grown()
     return Compiled(model, t, layout, render(layout))
 
@@ -161,25 +162,30 @@ def expected(program: Program, parsed) -> str:
 
 
 def replay(program: Program, frames: list[bytes], name: str = "replay") -> list[dict]:
-    """Run frames through the compiled program in the kernel; compare with the interpreter."""
+    """Run frames, in order, through the compiled program in the kernel (its connection table starts
+    empty); compare each with the reference: the interpreter, and `ir.conn.Tracker` for connections."""
     c = build_all(program)
     cl = Classifier(f"{name}-{os.getpid()}")
     cl.install(compile_c(c.source), c.layout)
     try:
         cl.write(c.tables)
-        projected = project_l4(program)
+        tracker = Tracker(project_l4(program))
         fd = cl.prog_fd()
+        rows = []
         try:
-            results = run_frames(fd, frames)
+            for data in frames:
+                parsed = packet.parse_packet(data)
+                rc, _ = run_frames(fd, [data])[0]
+                if isinstance(parsed, str):
+                    rows.append({"flow": parsed, "verdict": VERDICTS.get(rc, str(rc)),
+                                 "expected": "pass" if parsed == packet.NOT_IP else "drop", "rule": None})
+                    continue
+                j = tracker.judge(parsed, time.monotonic())
+                rows.append({"flow": parsed.flow.text, "verdict": VERDICTS.get(rc, str(rc)),
+                             "expected": "pass" if j.verdict == "allow" else "drop",
+                             "rule": j.entry.origin.loc if j.entry else None, "as": j.why})
         finally:
             os.close(fd)
-        rows = []
-        for data, (rc, _) in zip(frames, results):
-            parsed = packet.parse(data)
-            decision = evaluate(projected, parsed) if not isinstance(parsed, str) else None
-            rows.append({"flow": parsed.text if decision else parsed, "verdict": VERDICTS.get(rc, str(rc)),
-                         "expected": expected(projected, parsed),
-                         "rule": decision.rule if decision else None})
         return rows
     finally:
         cl.remove()

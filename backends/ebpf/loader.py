@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from anyplane.ir.actions import RateLimit
+from anyplane.ir.nodes import Connections
 
 from ..base import EngineError
 from . import bpfsys as B
@@ -78,8 +79,14 @@ def bucket(rl: RateLimit) -> tuple[int, int, int, int, int]:
     return rl.burst * period, 0, count, period, rl.burst
 
 
-def tables(model: Model, labels: dict[str, str]) -> Tables:
-    """Map contents for a model; `labels` names rules for `status`."""
+#: struct meta (xdp.c.j2): table bases, default, entries, connection state, policy epoch, timeouts.
+META = struct.Struct("=18I")
+EPOCH_AT = 11  # index of `epoch` in META: set by `write`, one more at every push
+
+
+def tables(model: Model, labels: dict[str, str], connections: Connections = Connections()) -> Tables:
+    """Map contents for a model; `labels` names rules for `status`; `connections`: the policy's
+    connection state (stateful or not, timeouts, table size)."""
     cap = model.capacity
     addr4 = build_addr4([[pc for pc in model.src.prefixes if pc[0].family == 4],
                          [pc for pc in model.dst.prefixes if pc[0].family == 4]]).data
@@ -100,9 +107,11 @@ def tables(model: Model, labels: dict[str, str]) -> Tables:
         rows += [matrix.value(r) for r in range(len(matrix.rows))]
     act = b"".join(struct.pack("=IIII", verdict, slot, bucket, 0) for verdict, slot, bucket in model.actions)
     tb = b"".join(struct.pack("=QQQQQ", *bucket(rl)) for rl in model.buckets)
-    meta = struct.pack("=10I", bases["src"], bases["dst"], bases["proto"], bases["sport"], bases["dport"],
-                       bases["icmp"], model.default_verdict, cap, len(model.entries), 0)
-    need = Layout(cap, len(rows), (len(addr4) - 2 * LEVEL1) // 256, len(addr6), len(model.buckets))
+    c = connections
+    meta = META.pack(bases["src"], bases["dst"], bases["proto"], bases["sport"], bases["dport"],
+                     bases["icmp"], model.default_verdict, cap, len(model.entries), 0, int(c.stateful), 0,
+                     c.tcp_s, c.tcp_opening_s, c.tcp_closing_s, c.udp_s, c.icmp_s, c.other_s)
+    need = Layout(cap, len(rows), (len(addr4) - 2 * LEVEL1) // 256, len(addr6), len(model.buckets), c.max)
     return Tables(addr4, addr6, cls_arr, b"".join(rows), len(rows), act, tb, meta,
                   [labels.get(r, r) for r in model.rules], need)
 
@@ -216,7 +225,7 @@ class Classifier:
             "bv": (len(t.bv) // max(1, t.bv_rows), idle * layout.rows, t.bv),
             "act": (16, idle * layout.capacity, t.act),
             "tb": (40, idle * layout.buckets, t.tb),
-            "meta": (40, idle, t.meta),
+            "meta": (META.size, idle, _with_epoch(t.meta, state.get("epoch", 0) + 1)),
         }
         previous = self._read_cache(idle)
         image = {name: data for name, (_, _, data) in regions.items()}
@@ -238,7 +247,7 @@ class Classifier:
         finally:
             os.close(gen_fd)
         self.last_write["seconds_to_live"] = time.perf_counter() - started
-        state.update(gen=idle, flipped_ns=time.time_ns())
+        state.update(gen=idle, flipped_ns=time.time_ns(), epoch=state.get("epoch", 0) + 1)
         state.setdefault("addr6", {})[str(idle)] = [k.hex() for k, _ in t.addr6]
         self._save(state)
         # The demoted generation's counters are cleared now, after the flip, so that they
@@ -329,6 +338,13 @@ class Classifier:
         finally:
             os.close(fd)
         return rows
+
+
+def _with_epoch(meta: bytes, epoch: int) -> bytes:
+    """The meta record with the policy's epoch (connections judged under another epoch are re-judged)."""
+    fields = list(META.unpack(meta))
+    fields[EPOCH_AT] = epoch & 0xFFFFFFFF
+    return META.pack(*fields)
 
 
 BLOCK = 4096

@@ -20,11 +20,15 @@ MAX_EXT_HEADERS = 6
 MAX_VLANS = 2
 
 
-def _l4(f: Flow) -> bytes:
+TCP_FLAGS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10}
+
+
+def _l4(f: Flow, tcp: str = "S") -> bytes:
     if f.fragment:
         return b"\x00" * 8
     if f.proto == TCP:
-        return struct.pack("!HHIIBBHHH", f.sport, f.dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+        flags = sum(TCP_FLAGS[c] for c in set(tcp))
+        return struct.pack("!HHIIBBHHH", f.sport, f.dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
     if f.proto == UDP:
         return struct.pack("!HHHH", f.sport, f.dport, 8, 0)
     if f.is_icmp:
@@ -33,9 +37,13 @@ def _l4(f: Flow) -> bytes:
 
 
 def frame(f: Flow, vlans: int = 0, ip_options: bytes = b"", ext_headers: list[tuple[int, bytes]] = (),
-          payload: bytes = b"") -> bytes:
-    """An Ethernet frame for the flow; fragments are emitted as non-first fragments."""
-    l4 = _l4(f) + payload
+          payload: bytes = b"", tcp: str = "S", quoted: Flow | None = None) -> bytes:
+    """An Ethernet frame for the flow; fragments are emitted as non-first fragments. `tcp`: the TCP
+    flags (letters of F S R P A; a SYN by default); `quoted`: for an ICMP error, the packet it is about
+    (its IP header and first 8 bytes follow the ICMP header, as RFC 792 and 4443 say)."""
+    if quoted is not None:
+        payload = frame(quoted)[14:][:(20 if quoted.family == 4 else 40) + 8] + payload
+    l4 = _l4(f, tcp) + payload
     if f.family == 4:
         ihl = 5 + len(ip_options) // 4
         frag = 0x2000 | 1 if f.fragment else 0  # offset 8 bytes: not the first fragment
@@ -109,6 +117,43 @@ def parse(data: bytes):
             return MALFORMED
         return _finish(6, src, dst, nxt, data, hdr, False)
     return NOT_IP
+
+
+def parse_packet(data: bytes):
+    """The packet the XDP program judges, with its TCP flags and (for an ICMP error) the packet it
+    quotes, as `ir.conn.Packet`; or NOT_IP / MALFORMED."""
+    from anyplane.ir.conn import Packet, is_error
+
+    flow = parse(data)
+    if isinstance(flow, str):
+        return flow
+    at = len(data) - _l4_length(data, flow)
+    tcp = ""
+    if flow.proto == TCP and not flow.fragment and len(data) >= at + 14:
+        bits = data[at + 13]
+        tcp = "".join(c for c, b in TCP_FLAGS.items() if bits & b)
+    quoted = None
+    if is_error(flow):
+        inner = data[at + 8:]
+        ethertype = ETH_IP if flow.family == 4 else ETH_IP6
+        q = parse(MACS + struct.pack("!H", ethertype) + inner) if inner else MALFORMED
+        if not isinstance(q, str) and not q.fragment:
+            quoted = q
+    return Packet(flow, tcp, quoted)
+
+
+def _l4_length(data: bytes, flow: Flow) -> int:
+    """Bytes from the L4 header to the end of the frame (found by parsing again up to it)."""
+    ethertype, at = struct.unpack_from("!H", data, 12)[0], 14
+    while ethertype in (ETH_VLAN, ETH_QINQ):
+        ethertype, at = struct.unpack_from("!H", data, at + 2)[0], at + 4
+    if ethertype == ETH_IP:
+        return len(data) - (at + (data[at] & 15) * 4)
+    nxt, hdr = data[at + 6], at + 40
+    while nxt in EXT_HEADERS:
+        length = 8 if nxt == 44 else (data[hdr + 1] + 1) * 8
+        nxt, hdr = data[hdr], hdr + length
+    return len(data) - hdr
 
 
 def _finish(family, src, dst, proto, data, l4, fragment):

@@ -261,7 +261,9 @@ def replay(files, target, flows_file, pcap_file, output_format) -> None:
     else:
         for r in rows:
             flag = "" if r["verdict"] == r["expected"] else "   MISMATCH"
-            click.echo(f"{r['verdict']:<5} (policy: {r['expected']:<4} {r['rule'] or 'default'})  {r['flow']}{flag}")
+            how = {"reply": "reply to ", "related": "error about ", "cut": "cut: "}.get(r.get("as"), "")
+            click.echo(f"{r['verdict']:<5} (policy: {r['expected']:<4} {how}{r['rule'] or 'default'})  "
+                       f"{r['flow']}{flag}")
         click.echo(f"{len(rows)} packets, {len(mismatches)} mismatches")
     if mismatches:
         sys.exit(EXIT_FAIL)
