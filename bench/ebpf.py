@@ -144,7 +144,7 @@ def measure(name: str, rules, trace_path: Path, base: Baselines, rng) -> dict:
         fd = cl.prog_fd()
         ns = _ns(fd, frames)
         os.close(fd)
-        memory = _map_memory(str(cl.root / "prog"))
+        memory = _map_memory(str(cl.prog_path))
         # One-rule edits, each pushed as a delta into the idle generation (both generations
         # first hold a cached image): a verdict flip, and a new source-port condition.
         lines = text.splitlines()

@@ -171,7 +171,7 @@ def query(compiled: Compiled, pattern: str, without: list[str] = (), with_rules:
     """(reachability result, the program asked): can some flow of the pattern get through, with rules
     removed (`without`, FILE:LINE) or added (`with_rules`) for the question only."""
     from anyplane.verify.context import Analysis
-    from anyplane.verify.reach import reachability
+    from anyplane.verify.reach import reachability, reply_reachability
 
     matches = query_pattern(compiled, pattern)
     try:
@@ -180,7 +180,10 @@ def query(compiled: Compiled, pattern: str, without: list[str] = (), with_rules:
         exc.sources = compiled.sources
         exc.sources.texts.update({f"<with:{n}>": t for n, t in enumerate(with_rules, start=1)})
         raise
-    return reachability(Analysis(program, extra=list(matches)), matches), program
+    result = reachability(Analysis(program, extra=list(matches)), matches)
+    if result.reachable is False:
+        result = replace(result, reply=reply_reachability(program, matches))
+    return result, program
 
 
 def diff(old: Compiled, new: Compiled):

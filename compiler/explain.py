@@ -7,6 +7,7 @@ is the interpreter on the L4 projection, so users see both layers at once.
 from __future__ import annotations
 
 from anyplane.ir.addr import format_address
+from anyplane.ir.conn import as_reply, reverse
 from anyplane.ir.flow import Flow
 from anyplane.ir.interp import evaluate, match_holds
 from anyplane.ir.nodes import Program, decision_key
@@ -53,22 +54,34 @@ def explain(program: Program, flow: Flow) -> dict:
                  "retry": None if a.retry is None else {"attempts": a.retry.attempts, "on": list(a.retry.on),
                                                         "per_try_ms": a.retry.per_try_ms},
                  "text": format_action(a)}
+    reply = as_new = None
+    decided = d
+    if d.verdict == "deny" and flow.http is None:
+        opened = as_reply(program, flow)
+        if opened is not None:
+            reply = {"connection": reverse(flow).text}
+            as_new = {"verdict": d.verdict, "rule": d.rule, "default": d.entry is None,
+                      "rule_text": _rule_text(program, d.entry.rule if d.entry else None)}
+            decided = opened
     return {
         "flow": flow.text,
         "request": None if flow.http is None else {"path": flow.http.path, "host": flow.http.host,
                                                    "sent": flow.http.sent, "refused": flow.http.refused},
-        "verdict": d.verdict,
-        "rule": d.rule,
-        "rule_text": _rule_text(program, d.entry.rule if d.entry else None),
-        "default": d.entry is None,
+        "verdict": decided.verdict,
+        "rule": decided.rule,
+        "rule_text": _rule_text(program, decided.entry.rule if decided.entry else None),
+        "default": decided.entry is None,
+        "stateful": program.connections.stateful,
+        "reply": reply,
+        "as_new": as_new,
         "src": _end(program, flow.family, flow.src, d.src_id),
         "dst": _end(program, flow.family, flow.dst, d.dst_id),
         "rate": None if rate is None else {"count": rate.count, "per_s": rate.per_s, "burst": rate.burst},
         "route": route,
         "limits": None if d.limits is None else format_breaker(d.limits),
         "matched": matched,
-        "l4_verdict": below.verdict,
-        "l4_rule": below.rule,
+        "l4_verdict": "allow" if reply else below.verdict,
+        "l4_rule": decided.rule if reply else below.rule,
     }
 
 
@@ -89,7 +102,14 @@ def format_explanation(x: dict) -> str:
         lines.append(f"request   matched as {req['path']}"
                      + (f" host {req['host']}" if req["host"] else "") + "  [the sidecar's normal form]")
     lines.append(f"verdict   {x['verdict']}")
-    if req and req["refused"]:
+    if x.get("reply"):
+        new = x["as_new"]
+        by = "(the default allows it)" if x["default"] else f"{x['rule']}  {x['rule_text']}"
+        lines.append(f"as reply  of the connection {x['reply']['connection']}")
+        lines.append(f"rule      {by}  [allows the connection]")
+        lines.append(f"as new    {new['verdict']}  "
+                     + ("(no rule matches: the default decides)" if new["default"] else f"{new['rule']}  {new['rule_text']}"))
+    elif req and req["refused"]:
         lines.append(f"refused   the sidecar answers 400: {req['refused']}")
     elif x["default"]:
         lines.append("rule      (no rule matches: the default decides)")
@@ -104,7 +124,8 @@ def format_explanation(x: dict) -> str:
         lines.append(f"limits    {x['limits']}")
     l4_rule = f" ({x['l4_rule']})" if x["l4_rule"] else " (default)"
     lines.append(f"below L7  {x['l4_verdict']}{l4_rule}  [what kernel and switch engines decide]")
-    others = x["matched"][1:] if not x["default"] else x["matched"]
+    decided_by_default = x["as_new"]["default"] if x.get("reply") else x["default"]
+    others = x["matched"][1:] if not decided_by_default else x["matched"]
     if others:
         lines.append("also matched, lower in precedence:")
         lines += [f"  {m['rule']}  [{m['priority']}] {m['text']}" for m in others]

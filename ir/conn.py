@@ -130,7 +130,10 @@ class Tracker:
         flow in either direction."""
         if not trackable(flow):
             return None, None, True
-        for k, forward in ((key(flow), True), (key(reverse(flow)), False)):
+        ways = ((key(flow), True), (key(reverse(flow)), False))
+        if flow.is_icmp:  # an echo request goes its connection's way, an echo reply the other
+            ways = ways[:1] if flow.icmp_type == ECHO[(flow.family, flow.proto)][0] else ways[1:]
+        for k, forward in ways:
             c = self._find(k, now)
             if c is not None:
                 return k, c, forward
@@ -200,3 +203,69 @@ def as_reply(program: Program, flow: Flow):
         return None  # only echo replies answer; other ICMP messages are errors or queries
     d = evaluate(program, reverse(flow))
     return d if d.verdict == "allow" and opens(reverse(flow)) else None
+
+
+_SWAP = {"src.ip": "dst.ip", "dst.ip": "src.ip", "src.id": "dst.id", "dst.id": "src.id", "sport": "dport",
+         "dport": "sport"}
+
+
+def reverse_matches(matches) -> tuple:
+    """The openings whose replies fall in the matches: for each match without HTTP conditions, the match
+    with ends and ports swapped, as a connection of a protocol other than ICMP, or as the echo request
+    an echo reply of the match answers. Empty when no reply can fall in the matches."""
+    from .interp import field_matches
+    from .match import Absent, AnyOf, Exact, Match, Range, int_ranges
+
+    out = []
+    for m in matches:
+        if any(name.startswith("http") and not isinstance(fm, Absent) for name, fm in m.fields):
+            continue
+        pairs = {_SWAP.get(n, n): fm for n, fm in m.fields if not n.startswith("icmp") and n != "proto"}
+        pairs["http"] = Absent()
+        proto, icmp_type = m.get("proto"), m.get("icmp.type")
+        if icmp_type is None and m.get("icmp.code") is None:
+            allowed = int_ranges(proto) if proto is not None else [(0, 255)]
+            for family, addresses in _by_family(pairs.get("src.ip")):
+                icmp = {4: ICMP, 6: ICMP6}[family]  # the other number is a plain protocol in this family
+                plain = [r for lo, hi in allowed or () for r in _split(lo, hi, (icmp,))]
+                if plain:
+                    out.append(Match.of(dict(pairs, proto=AnyOf(tuple(Range(lo, hi) for lo, hi in plain)),
+                                             **{"src.ip": addresses})))
+        for (_, number), (request, reply) in ECHO.items():
+            if proto is not None and not field_matches(proto, number):
+                continue
+            if icmp_type is not None and not field_matches(icmp_type, reply):
+                continue
+            if "sport" in pairs or "dport" in pairs:
+                continue  # ICMP has no ports
+            out.append(Match.of({**pairs, "proto": Exact(number), "icmp.type": Exact(request),
+                                 "icmp.code": Exact(0)}))
+    return tuple(out)
+
+
+def _by_family(fm) -> list:
+    """An address match split by family: [(family, match of that family)]."""
+    from .addr import Prefix
+    from .match import AnyOf, PrefixMatch, options
+
+    if fm is None:
+        return [(4, PrefixMatch(Prefix(4, 0, 0))), (6, PrefixMatch(Prefix(6, 0, 0)))]
+    out = []
+    for family in (4, 6):
+        mine = [o for o in options(fm) if isinstance(o, PrefixMatch) and o.prefix.family == family]
+        if mine:
+            out.append((family, mine[0] if len(mine) == 1 else AnyOf(tuple(mine))))
+    return out
+
+
+def _split(lo: int, hi: int, holes) -> list[tuple[int, int]]:
+    """[lo, hi] without the values in `holes`, as ranges."""
+    out, start = [], lo
+    for h in sorted(holes):
+        if start <= h <= hi:
+            if start < h:
+                out.append((start, h - 1))
+            start = h + 1
+    if start <= hi:
+        out.append((start, hi))
+    return out

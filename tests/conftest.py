@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,9 @@ def compile_text(text: str, path: str = "t.ap"):
 def load_example(name: str):
     """Compile one of the examples."""
     return load(EXAMPLES[name])
+
+
+def run(*args, **kw) -> subprocess.CompletedProcess:
+    """The command line, as a user runs it (`anyplane ARGS...` from the checkout)."""
+    return subprocess.run([sys.executable, "-m", "anyplane.compiler", *args], capture_output=True, text=True,
+                          cwd=ROOT, **kw)

@@ -169,7 +169,8 @@ def test_query_witness_round_trips_through_explain():
 
 def test_query_not_reachable_lists_blockers():
     data = json.loads(run("query", "examples/bookinfo.ap", "internet -> mysql tcp 3306", "--format", "json").stdout)
-    assert data == {"reachable": False, "witness": None, "rule": None, "blocked_by": ["examples/bookinfo.ap:38"]}
+    assert data == {"reachable": False, "witness": None, "rule": None, "blocked_by": ["examples/bookinfo.ap:38"],
+                    "as_reply": {"reachable": False, "witness": None, "connection": None, "rule": None}}
 
 
 def test_query_what_if_edits_without_touching_files():

@@ -21,6 +21,7 @@ import z3
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.interp import evaluate
 from anyplane.ir.nodes import Entry, Program
+from anyplane.ir.printer import format_connections
 
 from .context import Analysis
 from .domain import Domain
@@ -72,25 +73,37 @@ class DiffReport:
     changed: list[DiffClass] = field(default_factory=list)
     truncated: bool = False
     unknown: str | None = None
+    connections: tuple[str, str] | None = None  # (old, new) connection settings, when they differ
 
     @property
     def relation(self) -> str:
-        """Zelkova's comparison of the allowed sets."""
-        if self.newly_allowed and self.newly_denied:
+        """Zelkova's comparison of the allowed sets (replies count: a policy that becomes stateless
+        denies the replies it allowed)."""
+        more, less = bool(self.newly_allowed), bool(self.newly_denied)
+        if self.connections is not None:
+            was, now = (c != "connections stateless" for c in self.connections)
+            more, less = more or (now and not was), less or (was and not now)
+        if more and less:
             return "incomparable"
-        if self.newly_allowed:
+        if more:
             return "more-permissive"
-        if self.newly_denied:
+        if less:
             return "less-permissive"
         return "equivalent"
 
     def to_json(self) -> dict:
         """The documented JSON shape."""
-        return {"relation": self.relation, "identical": not (self.newly_allowed or self.newly_denied or self.changed),
+        return {"relation": self.relation, "identical": not self.differs,
                 "newly_allowed": [c.to_json() for c in self.newly_allowed],
                 "newly_denied": [c.to_json() for c in self.newly_denied],
                 "changed": [c.to_json() for c in self.changed], "truncated": self.truncated,
-                "unknown": self.unknown}
+                "unknown": self.unknown,
+                "connections": None if self.connections is None else dict(zip(("old", "new"), self.connections))}
+
+    @property
+    def differs(self) -> bool:
+        """Whether the versions decide some flow differently or treat connections differently."""
+        return bool(self.newly_allowed or self.newly_denied or self.changed or self.connections)
 
 
 class _Codes:
@@ -145,6 +158,8 @@ def diff(old: Program, new: Program, limit: int = MAX_CLASSES) -> DiffReport:
         region = enc.true
         rel_old, rel_new = list(range(len(a_old.ordered))), list(range(len(a_new.ordered)))
     report = DiffReport()
+    if old.connections != new.connections:
+        report.connections = (format_connections(old.connections), format_connections(new.connections))
     if not (gone or added or routes_differ or not _same_endpoints(old, new)):
         return report
 

@@ -11,13 +11,14 @@ pattern's own values, well-known ports, source port 49152, GET, ...).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as dataclass_replace
 
 import z3
 
 from anyplane.ir.actions import Deny
+from anyplane.ir.conn import as_reply, reverse, reverse_matches
 from anyplane.ir.interp import match_holds
-from anyplane.ir.match import Match
+from anyplane.ir.match import Match, int_ranges
 from anyplane.ir.nodes import Assert, Entry
 from anyplane.ir.owners import described
 from anyplane.ir.source import Span
@@ -41,6 +42,9 @@ class Reachability:
     default_blocks: bool = False
     reason: str | None = None
     owners: tuple[str | None, str | None] = (None, None)  # who owns the witness's source and destination
+    reply: "Reachability | None" = None  # not reachable as new connections: whether replies get through
+    answer: object = None  # in `reply`: the reply (its `witness` is the connection's opening packet)
+
 
     def to_json(self) -> dict:
         """`{"reachable", "witness", "rule", "blocked_by"}` (witness in pattern syntax under "flow", with
@@ -55,7 +59,21 @@ class Reachability:
             out["blocked_by"] = [s.loc for s in self.blockers] + (["default"] if self.default_blocks else [])
         if self.reachable is None:
             out["unknown"] = self.reason
+        if self.reply is not None:
+            out["as_reply"] = self.reply.reply_json()
         return out
+
+    def reply_json(self) -> dict:
+        """The answer for the replies: `{"reachable", "witness" (a reply), "connection" (the opening it
+        answers), "rule" (the rule that allows the opening)}`."""
+        r = {"reachable": self.reachable, "witness": None, "connection": None,
+             "rule": self.rule.loc if self.rule else None}
+        if self.witness is not None:
+            r["witness"] = self.answer.to_json()
+            r["connection"] = dict(self.witness.to_json(), src_owner=self.owners[0], dst_owner=self.owners[1])
+        if self.reachable is None:
+            r["unknown"] = self.reason
+        return r
 
 
 def prefer(a: Analysis, base: list, model: z3.ModelRef) -> z3.ModelRef:
@@ -136,6 +154,42 @@ def reachability(a: Analysis, pattern: tuple[Match, ...]) -> Reachability:
         _check_in_pattern(a, f, pattern)
         return Reachability(True, f, d.entry.origin if d.entry else None, owners=a.ids(f))
     return _blockers(a, pattern, positions, region)
+
+
+def reply_reachability(program, pattern: tuple[Match, ...]) -> Reachability | None:
+    """Under a stateful policy, whether some packet of the pattern passes as the reply of an allowed
+    connection: the reachability of the openings those replies answer (witness: an opening). None
+    when the policy is stateless or no reply can fall in the pattern (HTTP requests, ICMP errors)."""
+    if not program.connections.stateful:
+        return None
+    openings = reverse_matches(pattern)
+    if not openings:
+        return None
+    a = Analysis(program, extra=list(openings))
+    r = reachability(a, openings)
+    if r.witness is not None:
+        inside = [f for f in _replies(pattern, reverse(r.witness))
+                  if any(match_holds(m, f, *a.ids(f)) for m in pattern)]
+        if not inside:
+            raise VerificationBug(f"the reply to {r.witness.text} is outside the pattern it answers")
+        reply = inside[0]
+        if as_reply(program, reply) is None:
+            raise VerificationBug(f"{reply.text} does not pass as the reply the proof says it is")
+        r = dataclass_replace(r, answer=reply)
+    return r
+
+
+def _replies(pattern: tuple[Match, ...], reply) -> list:
+    """The reply, and for an echo reply the same with each ICMP code a match of the pattern admits
+    first (any code answers the request)."""
+    out = [reply]
+    if reply.is_icmp:
+        for m in pattern:
+            codes = m.get("icmp.code")
+            ranges = int_ranges(codes) if codes is not None else None
+            if ranges:
+                out.append(dataclass_replace(reply, icmp_code=ranges[0][0]))
+    return out
 
 
 def _check_in_pattern(a: Analysis, f, pattern) -> None:

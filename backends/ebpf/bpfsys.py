@@ -14,7 +14,7 @@ import struct
 
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
 
-MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM = 0, 1, 2, 3
+MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 0, 1, 2, 3, 4
 OBJ_PIN, OBJ_GET, PROG_TEST_RUN = 6, 7, 10
 MAP_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD = 14, 15
 MAP_UPDATE_BATCH = 26
@@ -122,6 +122,25 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
             return None
         raise
     return v.raw
+
+
+def map_keys(fd: int, key_size: int):
+    """Every key of a hash map, by BPF_MAP_GET_NEXT_KEY (a map that changes meanwhile may repeat or
+    skip keys, as for any walk of a live hash map)."""
+    key = None
+    out = ctypes.create_string_buffer(key_size)
+    while True:
+        attr = bytearray(ATTR_SIZE)
+        k = ctypes.create_string_buffer(key, key_size) if key is not None else None
+        struct.pack_into("=IIQQ", attr, 0, fd, 0, _ptr(k) if k is not None else 0, _ptr(out))
+        try:
+            _call(MAP_GET_NEXT_KEY, attr, "next key")
+        except BpfError as exc:
+            if exc.errno == 2:
+                return
+            raise
+        key = out.raw
+        yield key
 
 
 def map_fd_by_id(map_id: int) -> int:

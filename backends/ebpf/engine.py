@@ -23,7 +23,7 @@ from anyplane.ir.project import ENFORCED, PROJECTED, enforcement, project_l4
 from .. import base
 from . import packet
 from .emit import Layout, compile_c, render
-from .loader import VERDICTS, Classifier, LoadError, Tables, run_frames, tables
+from .loader import TC_PREF, VERDICTS, Classifier, LoadError, Tables, run_frames, tables
 from .model import Model, Unsupported, build
 
 NAME = "ebpf"
@@ -116,13 +116,16 @@ def attached_prog(iface: str, netns: str | None = None) -> int | None:
 
 
 def _prog_id(cl: Classifier) -> int:
-    out = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", str(cl.root / "prog")],
+    out = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", str(cl.prog_path)],
                          capture_output=True, text=True).stdout
     return json.loads(out)["id"]
 
 
-def push(program: Program, iface: str | None, name: str = "default", netns: str | None = None) -> dict:
-    """Make `program` the live policy of classifier `name` (attached to `iface` if given)."""
+def push(program: Program, iface: str | None, name: str = "default", netns: str | None = None,
+         egress: bool = True) -> dict:
+    """Make `program` the live policy of classifier `name` (attached to `iface` if given: XDP at ingress,
+    and for a stateful policy with `egress`, the tc program at egress). The connection table stays:
+    each connection is judged again under the new policy at its next packet."""
     started = time.perf_counter()
     cl = Classifier(name)
     capacity = cl.layout.capacity if cl.installed else None
@@ -130,18 +133,34 @@ def push(program: Program, iface: str | None, name: str = "default", netns: str 
         c = build_all(program, capacity)
     except ValueError:  # more entries than the loaded program's capacity
         c = build_all(program)
-    reloaded = False
+    reloaded, kept = False, None
+    egress = egress and program.connections.stateful
     if not cl.installed or not cl.layout.fits(c.tables.need):
         was = attached_prog(iface, netns) if iface else None
-        cl.install(compile_c(c.source), c.layout)
+        had = cl.installed
+        kept = cl.install(compile_c(c.source), c.layout)["connections_kept"]
+        kept = kept if had else None
         reloaded = True
         if was is not None:
-            cl.attach(iface, netns)
+            cl.attach(iface, netns, egress)
     gen = cl.write(c.tables)
-    if iface and attached_prog(iface, netns) != _prog_id(cl):
-        cl.attach(iface, netns)
-    return {"name": name, "iface": iface, "generation": gen, "reloaded": reloaded,
-            "entries": len(c.model.entries), "seconds": round(time.perf_counter() - started, 4)}
+    if iface and (attached_prog(iface, netns) != _prog_id(cl) or egress != _egress_attached(iface, netns)):
+        cl.attach(iface, netns, egress)
+    return {"name": name, "iface": iface, "generation": gen, "reloaded": reloaded, "egress": bool(iface and egress),
+            "connections_kept": kept, "entries": len(c.model.entries),
+            "seconds": round(time.perf_counter() - started, 4)}
+
+
+def _egress_attached(iface: str, netns: str | None) -> bool:
+    """Whether anyplane's tc program runs at the interface's egress."""
+    cmd = ["tc"] + (["-n", netns] if netns else []) + ["-j", "filter", "show", "dev", iface, "egress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        rows = json.loads(proc.stdout or "[]")
+    except ValueError:
+        return False
+    return any(str(r.get("pref")) == TC_PREF and r.get("options", {}).get("bpf_name", "").startswith("anyplane_tc")
+               for r in rows)
 
 
 def status(name: str = "default") -> dict:
@@ -149,7 +168,7 @@ def status(name: str = "default") -> dict:
     cl = Classifier(name)
     if not cl.installed:
         raise LoadError(f"no classifier named '{name}' is loaded (anyplane push -t ebpf ... first)")
-    return {"name": name, "generation": cl.live_gen(), "rules": cl.counters()}
+    return {"name": name, "generation": cl.live_gen(), "rules": cl.counters(), "connections": cl.connections()}
 
 
 def expected(program: Program, parsed) -> str:

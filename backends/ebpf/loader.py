@@ -36,6 +36,11 @@ PIN_ROOT = Path(os.environ.get("ANYPLANE_BPFFS", "/sys/fs/bpf")) / "anyplane"
 STATE_ROOT = Path(os.environ.get("ANYPLANE_STATE_DIR", "/run/anyplane")) / "ebpf"
 SLOT_REUSE_MS = 50  # a region is rewritten only this long after it stopped being live
 COUNTER = struct.Struct("=QQQ")
+CT_KEY = struct.Struct("=BBHHH16s16s")   # struct ct_key: family, proto, sport, dport, pad, src, dst
+CT_VAL = struct.Struct("=QIIIIII")       # struct ct_val: last (ns), epoch, rule, bucket, icmp, state, pad
+CT_STATES = ("opening", "established", "closing")
+CT_STATS = ("opened", "replies", "related", "cut")
+TC_PREF = "49152"  # the tc filter priority anyplane's egress program takes
 XDP_ABORTED, XDP_DROP, XDP_PASS = 0, 1, 2
 VERDICTS = {XDP_DROP: "drop", XDP_PASS: "pass", XDP_ABORTED: "aborted"}
 
@@ -128,7 +133,17 @@ class Classifier:
     @property
     def installed(self) -> bool:
         """Whether a program is pinned under this name."""
-        return (self.root / "prog").exists() and self.state_path.exists()
+        return self.prog_path.exists() and self.state_path.exists()
+
+    @property
+    def prog_path(self) -> Path:
+        """The pinned XDP program (ingress)."""
+        return self.root / "progs" / "anyplane_xdp"
+
+    @property
+    def egress_path(self) -> Path:
+        """The pinned tc program (egress), which shares every map with the XDP program."""
+        return self.root / "progs" / "anyplane_tc"
 
     def state(self) -> dict:
         """Layout, live generation and labels (empty when not installed)."""
@@ -149,23 +164,74 @@ class Classifier:
         os.replace(tmp, self.state_path)
 
     # -- program ---------------------------------------------------------------------------
-    def install(self, obj: bytes, layout: Layout) -> None:
-        """Load and pin a program (replacing a pinned one of the same name)."""
+    def install(self, obj: bytes, layout: Layout) -> dict:
+        """Load and pin a program (replacing a pinned one of the same name). The connections of the
+        program it replaces stay: its connection table is reused when it has the same size, else its
+        entries are copied (the most recently used first, as many as fit). Returns
+        `{"connections_kept": N}`."""
         bpffs = PIN_ROOT.parent
         if not bpffs.is_dir() or not os.path.ismount(bpffs):
             raise LoadError(f"bpffs is not mounted at {bpffs} (mount -t bpf bpf {bpffs})")
+        old_ct = self._take_ct()
         self.remove()
         self.root.mkdir(parents=True, exist_ok=True)
         obj_path = self.state_path.with_suffix(".o")
         obj_path.parent.mkdir(parents=True, exist_ok=True)
         obj_path.write_bytes(obj)
+        reuse = old_ct is not None and old_ct[1] == layout.connections
         try:
-            _run(["bpftool", "prog", "load", str(obj_path), str(self.root / "prog"), "type", "xdp",
-                  "pinmaps", str(self.root / "maps")])
+            _run(["bpftool", "prog", "loadall", str(obj_path), str(self.root / "progs")]
+                 + (["map", "name", "ct", "pinned", str(old_ct[0])] if reuse else [])
+                 + ["pinmaps", str(self.root / "maps")])
+            kept = self._copy_ct(old_ct[0], layout.connections) if old_ct is not None and not reuse else 0
         except LoadError:
             shutil.rmtree(self.root, ignore_errors=True)
             raise
+        finally:
+            if old_ct is not None:
+                old_ct[0].unlink(missing_ok=True)
         self._save({"layout": asdict(layout), "gen": 0, "flipped_ns": 0, "addr6": {}})
+        return {"connections_kept": self._ct_count() if reuse else kept}
+
+    def _take_ct(self) -> tuple[Path, int] | None:
+        """Pin the loaded program's connection table aside, with its size (None when there is none)."""
+        pin = self.root / "maps" / "ct"
+        if not pin.exists():
+            return None
+        aside = PIN_ROOT / f"{self.name}@ct"  # bpffs refuses names with a dot
+        aside.unlink(missing_ok=True)
+        fd = B.obj_get(str(pin))
+        try:
+            B.obj_pin(fd, str(aside))
+        finally:
+            os.close(fd)
+        return aside, self.state().get("layout", {}).get("connections", 0)
+
+    def _copy_ct(self, old: Path, room: int) -> int:
+        """Copy connections from an old table of another size into the new one."""
+        src, dst = B.obj_get(str(old)), self._map("ct")
+        copied = 0
+        try:
+            entries = []
+            for key in B.map_keys(src, CT_KEY.size):
+                raw = B.map_lookup(src, key, CT_VAL.size)
+                if raw is not None:
+                    entries.append((CT_VAL.unpack(raw)[0], key, raw))
+            entries.sort(reverse=True)
+            for _, key, raw in entries[:room]:
+                B.map_update(dst, key, raw)
+                copied += 1
+        finally:
+            os.close(src)
+            os.close(dst)
+        return copied
+
+    def _ct_count(self) -> int:
+        fd = self._map("ct")
+        try:
+            return sum(1 for _ in B.map_keys(fd, CT_KEY.size))
+        finally:
+            os.close(fd)
 
     def remove(self) -> None:
         """Unpin everything (detach from interfaces first)."""
@@ -175,22 +241,38 @@ class Classifier:
                 self.state_path.parent.glob(f"{self.name}.gen[01].*")):
             p.unlink(missing_ok=True)
 
-    def prog_fd(self) -> int:
-        """An fd of the pinned program (caller closes it)."""
-        return B.obj_get(str(self.root / "prog"))
+    def prog_fd(self, egress: bool = False) -> int:
+        """An fd of the pinned XDP program, or of the tc egress program (caller closes it)."""
+        return B.obj_get(str(self.egress_path if egress else self.prog_path))
 
-    def attach(self, iface: str, netns: str | None = None) -> None:
-        """Attach to an interface (native mode where the driver has it, else generic).
+    def attach(self, iface: str, netns: str | None = None, egress: bool = True) -> None:
+        """Attach to an interface: XDP at ingress (native mode where the driver has it, else generic),
+        and with `egress` the tc program at egress, so that connections the host opens are known.
+        Each replaces what anyplane attached before, in one step.
 
         For an interface in a named network namespace, only the network namespace is
         entered (nsenter), so that bpffs stays visible.
         """
-        _run(_in_netns(netns) + ["ip", "link", "set", "dev", iface, "xdp", "pinned", str(self.root / "prog")])
+        ns = _in_netns(netns)
+        _run(ns + ["ip", "-force", "link", "set", "dev", iface, "xdp", "pinned", str(self.prog_path)])
+        if egress:
+            subprocess.run(ns + ["tc", "qdisc", "add", "dev", iface, "clsact"], capture_output=True)
+            _run(ns + ["tc", "filter", "replace", "dev", iface, "egress", "pref", TC_PREF, "handle", "1",
+                       "bpf", "direct-action", "object-pinned", str(self.egress_path)])
+        else:
+            self.detach_egress(iface, netns)
+
+    @staticmethod
+    def detach_egress(iface: str, netns: str | None = None) -> None:
+        """Remove anyplane's tc program from an interface's egress."""
+        subprocess.run(_in_netns(netns) + ["tc", "filter", "del", "dev", iface, "egress", "pref", TC_PREF],
+                       capture_output=True)
 
     @staticmethod
     def detach(iface: str, netns: str | None = None) -> None:
-        """Remove whatever XDP program an interface runs."""
+        """Remove whatever XDP program an interface runs, and anyplane's egress program."""
         subprocess.run(_in_netns(netns) + ["ip", "link", "set", "dev", iface, "xdp", "off"], capture_output=True)
+        Classifier.detach_egress(iface, netns)
 
     # -- policy generations -----------------------------------------------------------------
     def _map(self, name: str) -> int:
@@ -338,6 +420,55 @@ class Classifier:
         finally:
             os.close(fd)
         return rows
+
+
+    def connections(self) -> dict:
+        """The connection table: entries held (by protocol and TCP state; idle past their timeout and
+        waiting to be reused), its size, and what the program counted (opened, replies, related, cut)."""
+        layout = self.layout
+        meta = META.unpack(self._meta(self.live_gen()))
+        stateful, timeouts = meta[EPOCH_AT - 1], dict(zip(("tcp", "opening", "closing", "udp", "icmp", "other"),
+                                                          meta[EPOCH_AT + 1:]))
+        now = time.monotonic_ns()
+        held, idle, by_proto, by_state = 0, 0, {}, {}
+        fd = self._map("ct")
+        try:
+            for key in B.map_keys(fd, CT_KEY.size):
+                raw = B.map_lookup(fd, key, CT_VAL.size)
+                if raw is None:
+                    continue
+                _, proto, *_ = CT_KEY.unpack(key)
+                last, _, _, _, _, state, _ = CT_VAL.unpack(raw)
+                name = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}.get(proto, "other")
+                limit = timeouts["tcp" if state == 1 else CT_STATES[state]] if name == "tcp" else timeouts[name]
+                if (now - last) / 1e9 > limit:
+                    idle += 1
+                    continue
+                held += 1
+                by_proto[name] = by_proto.get(name, 0) + 1
+                if name == "tcp":
+                    by_state[CT_STATES[state]] = by_state.get(CT_STATES[state], 0) + 1
+        finally:
+            os.close(fd)
+        ncpu = B.possible_cpus()
+        fd = self._map("ctstat")
+        try:
+            counted = {}
+            for i, label in enumerate(CT_STATS):
+                raw = B.map_lookup(fd, struct.pack("=I", i), 8 * ncpu) or bytes(8 * ncpu)
+                counted[label] = sum(struct.unpack(f"={ncpu}Q", raw))
+        finally:
+            os.close(fd)
+        return {"stateful": bool(stateful), "held": held, "expired": idle, "max": layout.connections,
+                "bytes_per_entry": CT_KEY.size + CT_VAL.size, "by_protocol": by_proto, "tcp_states": by_state,
+                "timeouts_s": timeouts, "counted": counted}
+
+    def _meta(self, gen: int) -> bytes:
+        fd = self._map("meta")
+        try:
+            return B.map_lookup(fd, struct.pack("=I", gen), META.size)
+        finally:
+            os.close(fd)
 
 
 def _with_epoch(meta: bytes, epoch: int) -> bytes:

@@ -109,6 +109,15 @@ def query(files, pattern, without, with_rules, output_format) -> None:
             click.echo(f"blocked by {s.loc}  {texts.get(s.loc, '')}")
         if result.default_blocks:
             click.echo(f"blocked by the default ({program.default})")
+        reply = result.reply
+        if reply is not None and reply.reachable:
+            rule = reply.rule.loc if reply.rule else None
+            click.echo("as replies: yes (a rule allows the connections they answer)")
+            click.echo(f"witness:   {described(program, reply.answer)}")
+            click.echo(f"answers:   {described(program, reply.witness)}")
+            click.echo(f"rule:      {rule}  {texts.get(rule, '')}" if rule else "rule:      (the default allows it)")
+        elif reply is not None and reply.reachable is False:
+            click.echo("as replies: no (no rule allows a connection they would answer)")
 
 
 @cli.command()
@@ -131,9 +140,16 @@ def diff(old, new, output_format) -> None:
                 what = f"  [{c.what}: {c.old} -> {c.new}]" if c.what else ""
                 click.echo(f"  {described(newer.program, c.witness)}{what}")
                 click.echo(f"      old: {c.old_rule or 'the default'}   new: {c.new_rule or 'the default'}")
+        if report.connections:
+            old, new = (c.removeprefix("connections ") for c in report.connections)
+            click.echo(f"connections changed: {old}")
+            click.echo(f"                  -> {new}")
+            if new == "stateless" or old == "stateless":
+                click.echo("  (replies of allowed connections " + ("are no longer let through by themselves)"
+                           if new == "stateless" else "now pass without a rule of their own)"))
         if report.truncated:
             click.echo("(more classes exist; only the first ones are listed)")
         if report.unknown:
             click.echo(f"the solver gave up ({report.unknown}): the list may be incomplete")
-    if report.unknown or report.newly_allowed or report.newly_denied or report.changed:
+    if report.unknown or report.differs:
         sys.exit(EXIT_FAIL)

@@ -150,6 +150,9 @@ def _warn_dead(dead, compiled) -> None:
 @click.option("--iface", help="ebpf: network interface to attach the XDP program to.")
 @click.option("--netns", help="ebpf: named network namespace the interface lives in.")
 @click.option("--name", default="default", show_default=True, help="ebpf: name of the classifier instance.")
+@click.option("--ingress-only", is_flag=True,
+              help="ebpf: judge arriving packets only (a gateway with the program on each interface); by default "
+                   "a stateful policy also judges the packets the host sends, so their connections are known.")
 @click.option("--service", help="envoy: the service whose sidecar to update.")
 @click.option("--dir", "xds_dir", type=click.Path(file_okay=False), help="envoy: the sidecar's watched xDS directory.")
 @click.option("--admin", help="envoy: the sidecar's admin address HOST:PORT (default: from the deployment).")
@@ -164,7 +167,7 @@ def _warn_dead(dead, compiled) -> None:
 @click.option("--no-range", is_flag=True, help="p4: the target has no range match.")
 @format_option
 @handle_errors
-def push(files, target, from_dir, iface, netns, name, service, xds_dir, admin, deployment_file, dry_run, grpc_addr,
+def push(files, target, from_dir, iface, netns, name, ingress_only, service, xds_dir, admin, deployment_file, dry_run, grpc_addr,
          device_id, election_id, pipeline_config, no_range, output_format) -> None:
     """Make FILES the live policy of a running engine (atomically; the old one stays on failure)."""
     if bool(files) == bool(from_dir):
@@ -173,6 +176,8 @@ def push(files, target, from_dir, iface, netns, name, service, xds_dir, admin, d
         raise UsageError("--from applies to -t envoy, without --deployment and --dry-run (they were applied at compile)")
     if target == "envoy" and not (service and xds_dir):
         raise UsageError("push -t envoy needs --service NAME and --dir XDS_DIR")
+    if target != "ebpf" and (iface or netns or ingress_only):
+        raise UsageError("--iface, --netns and --ingress-only apply to -t ebpf")
     if target == "ebpf" and (service or xds_dir or admin or deployment_file or dry_run):
         raise UsageError("--service, --dir, --admin, --deployment and --dry-run apply to -t envoy")
     if target == "p4" and not grpc_addr:
@@ -202,7 +207,7 @@ def push(files, target, from_dir, iface, netns, name, service, xds_dir, admin, d
             result = api.push(compiled, "envoy", service=service, xds_dir=xds_dir, admin=admin,
                               deployment=deployment, dry_run=dry_run)
         else:
-            result = api.push(compiled, target, iface=iface, name=name, netns=netns)
+            result = api.push(compiled, target, iface=iface, name=name, netns=netns, egress=not ingress_only)
     if output_format == "json":
         emit_json(result)
     elif target == "p4":
@@ -224,6 +229,9 @@ def push(files, target, from_dir, iface, netns, name, service, xds_dir, admin, d
         where = f" on {iface}" if iface else ""
         click.echo(f"{how}switched '{name}'{where} to generation {result['generation']}: "
                    f"{result['entries']} entries in {result['seconds'] * 1000:.1f} ms")
+        if result.get("connections_kept") is not None:
+            click.echo(f"kept {result['connections_kept']} connections across the reload; each is judged again "
+                       "under the new policy at its next packet")
 
 
 @cli.command()
@@ -241,6 +249,19 @@ def status(target, name, output_format) -> None:
     click.echo(f"{'packets':>12} {'bytes':>14} {'limited':>9}  rule")
     for row in result["rules"]:
         click.echo(f"{row['packets']:>12} {row['bytes']:>14} {row['rate_limited']:>9}  {row['rule']}")
+    conns = result.get("connections")
+    if conns and conns["stateful"]:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(conns["by_protocol"].items())) or "none"
+        states = ", ".join(f"{n} {k}" for k, n in sorted(conns["tcp_states"].items()))
+        full = 100 * (conns["held"] + conns["expired"]) / conns["max"]
+        click.echo(f"connections: {conns['held']} held of {conns['max']} ({kinds}"
+                   + (f"; tcp {states}" if states else "") + f"), {conns['expired']} idle past their timeout; "
+                   f"table {full:.1f}% full")
+        c = conns["counted"]
+        click.echo(f"             opened {c['opened']}, replies {c['replies']}, related errors {c['related']}, "
+                   f"cut by a push {c['cut']}")
+    elif conns:
+        click.echo("connections: not tracked (the policy is stateless)")
 
 
 @cli.command()
