@@ -102,7 +102,9 @@ class Capability:
     actions: tuple[str, ...]
     capacity: int | None
     protocols: str = "any"  # "any", or "tcp" for an engine that only sees TCP streams to service ports
-    #: What the engine keeps per connection: "connections" (it judges a connection once), "none".
+    #: Connection state: "connections" (replies of allowed connections and related ICMP errors pass:
+    #: the kernel's connection table, the sidecar's terminated TCP connections) or "none" (every packet
+    #: is judged alone, so under a stateful policy a deny or default deny also drops replies).
     state: str = "none"
 
     @property

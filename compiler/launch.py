@@ -30,4 +30,16 @@ def main() -> None:
         run()
     except Interrupted as stop:
         sys.stderr.write("anyplane: interrupted\n")
+        _finished()
         sys.exit(128 + stop.signum)
+    except SystemExit:
+        _finished()
+        raise
+    _finished()
+
+
+def _finished() -> None:
+    """The command is over: a late Ctrl-C has nothing left to interrupt (while Python shuts down it
+    would otherwise kill the process by the signal and hide the command's exit status)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -55,6 +55,7 @@ from anyplane.backends.base import Engine, Options
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny, RateLimit
 from anyplane.ir.addr import Prefix
+from anyplane.ir.conn import reverse_matches
 from anyplane.ir.match import InSet, Match, PrefixMatch, options
 from anyplane.ir.nodes import Program, Rule, Table, ordered
 from anyplane.ir.source import Diagnostic, DiagnosticError, error
@@ -248,6 +249,12 @@ class Planner:
         self.http_index = OverlapIndex([self.boxes[k] for k in self.http_pos])
         self.errors: list[Diagnostic] = []
         self.spilled: list[str] = []
+        # Under a stateful policy: the replies of allowed connections, which an engine that keeps no
+        # connections drops when it holds a deny (or the default) that meets them.
+        self.replies = [] if not program.connections.stateful else [
+            m for k in self.allow_pos for m in reverse_matches([self.ordered[k].match.without_layer("L7")])]
+        self.reply_boxes = [self.boxer.box(m) for m in self.replies]
+        self.reply_index = OverlapIndex(self.reply_boxes)
 
     # -- what each rule asks for ----------------------------------------------------------
     def _reaches(self, p: str, rule: Rule) -> bool:
@@ -318,6 +325,15 @@ class Planner:
             return all(p is not None and net.covers(p) for p in declared)
         return False
 
+    def _meets_replies(self, duty: Duty) -> bool:
+        """Whether a deny (or the default) can meet replies of connections the policy allows."""
+        if duty.kind == "default":
+            return bool(self.reply_boxes)
+        if duty.kind != "deny":
+            return False
+        return any(overlaps(self.reply_boxes[i], self.boxes[k]) and _same_owners(self.replies[i], self.ordered[k].match)
+                   for k in self.by_rule[duty.key] for i in self.reply_index.candidates(self.boxes[k]))
+
     def _order(self, path: tuple[str, ...]) -> list[str]:
         return list(reversed(path)) if self.prefer == "late" else list(path)
 
@@ -327,6 +343,10 @@ class Planner:
         if not candidates:
             duty.chosen[region.label] = []
             return
+        stateless = [p for p in candidates if self.engine[p].capability.state == "none"]
+        replies = bool(stateless) and self._meets_replies(duty)
+        if replies:  # an engine that keeps connections first: one that keeps none would drop replies
+            candidates = [p for p in candidates if p not in stateless] + stateless
         duty.chosen[region.label] = candidates if self.prefer == "everywhere" else candidates[:1]
         first = "last" if self.prefer == "late" else "first"
         duty.why[region.label] = {
@@ -338,6 +358,16 @@ class Planner:
         }[duty.kind]
         if self.prefer == "everywhere":
             duty.why[region.label] = "every engine on the path that can hold it (--prefer everywhere)"
+        if replies:
+            chosen = duty.chosen[region.label]
+            dropping = [p for p in chosen if p in stateless]
+            if dropping:
+                duty.why[region.label] += (f"; the {' and the '.join(dropping)} keeps no connections: there it also "
+                                           "drops the replies of allowed connections it meets (no engine on the "
+                                           "path that keeps connections can hold it; or write 'stateless')")
+            elif set(stateless) & set(self._order(region.path)[:self._order(region.path).index(chosen[0])]):
+                duty.why[region.label] += (f" and keeps connections (the {' and the '.join(stateless)} keeps none "
+                                           "and would drop the replies of allowed connections)")
 
     def _unplaceable(self, duty: Duty, region: Region) -> None:
         span = duty.rule.origin if duty.rule else self.program.default_origin
@@ -607,6 +637,16 @@ class Planner:
             rows.append(Placement(loc, "default deny", tuple(p for p in self.places if roles[p] != NOTHING), roles,
                                   why, dict(d.chosen)))
         return rows
+
+
+def _same_owners(a: Match, b: Match) -> bool:
+    """False when the matches name disjoint owners on one side (every address has one owner, so they
+    share no flow); True otherwise."""
+    for side in (F.SRC_ID, F.DST_ID):
+        x, y = a.get(side), b.get(side)
+        if isinstance(x, InSet) and isinstance(y, InSet) and not set(x.values) & set(y.values):
+            return False
+    return True
 
 
 def _why(d: Duty, regions_: list[Region]) -> str:

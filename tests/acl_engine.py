@@ -30,7 +30,7 @@ from anyplane.ir.project import project_l4
 ID_FIELDS = (F.SRC_ID, F.DST_ID)
 CAPABILITY = base.Capability(engine="textacl", place="firewall", fields=base.L4_FIELDS,
                              match_kinds=("exact", "prefix", "range", "set"), families=(4, 6),
-                             actions=("allow", "deny"), capacity=None)
+                             actions=("allow", "deny"), capacity=None, state="connections")
 
 
 def _prefix(text: str) -> Prefix:

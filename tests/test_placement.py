@@ -18,7 +18,7 @@ from anyplane.ir.source import DiagnosticError
 
 from bench import classbench, synth
 
-from .conftest import EXAMPLES, compile_text, load_example
+from .conftest import EXAMPLES, ROOT, compile_text, load_example
 
 
 def _compile(tmp_path, *args):
@@ -39,20 +39,39 @@ def test_bookinfo_early_sheds_l4_denies_at_the_fabric_and_refines_http_at_the_si
     data = json.loads((tmp_path / "placement.json").read_text())
     assert data["places"] == ["fabric", "kernel", "sidecar"] and data["prefer"] == "early"
     assert [c["place"] for c in data["capabilities"]] == ["fabric", "kernel", "sidecar"]
+    assert [c["state"] for c in data["capabilities"]] == ["none", "connections", "connections"]
     rows = _rows(tmp_path)
-    deny_mysql = rows["examples/bookinfo.ap:38"]       # deny internet -> mysql
+    deny_mysql = rows["examples/bookinfo.ap:38"]       # deny internet -> mysql: it meets no reply
     assert deny_mysql["engines"] == {"fabric": "enforces", "kernel": "-", "sidecar": "-"}
     assert rows["examples/bookinfo.ap:40"]["engines"] == {"fabric": "-", "kernel": "-", "sidecar": "enforces"}
-    assert rows["examples/bookinfo.ap:29"]["engines"] == {"fabric": "admits-l4", "kernel": "-", "sidecar": "admits"}
-    # The default deny sits on the switch; the sidecar rechecks it beneath the HTTP allows.
-    assert rows["examples/bookinfo.ap:27"]["engines"] == {"fabric": "enforces", "kernel": "-",
-                                                          "sidecar": "rechecks"}
+    assert rows["examples/bookinfo.ap:29"]["engines"] == {"fabric": "-", "kernel": "admits-l4", "sidecar": "admits"}
+    # The default deny meets the replies of every allowed connection: the switch keeps no connections,
+    # so it sits on the kernel, which does; the sidecar rechecks it beneath the HTTP allows.
+    default = rows["examples/bookinfo.ap:27"]
+    assert default["engines"] == {"fabric": "-", "kernel": "enforces", "sidecar": "rechecks"}
+    assert "keeps connections (the fabric keeps none" in default["why"]
     # What each engine emitted holds only what was placed on it.
     p4_report = (tmp_path / "p4/report.txt").read_text()
     assert "bookinfo.ap:38" in p4_report and "bookinfo.ap:40" not in p4_report
     assert "bookinfo.ap:38" not in (tmp_path / "envoy/report.txt").read_text()
     assert "bookinfo.ap:40" in (tmp_path / "envoy/productpage/envoy.yaml").read_text()
-    assert "bookinfo.ap" not in (tmp_path / "ebpf/report.txt").read_text()   # the kernel passes everything
+    assert "summary: 3 enforced, 6 l4-projection" in (tmp_path / "ebpf/report.txt").read_text()
+
+
+def test_a_stateless_policy_sheds_the_default_at_the_fabric(tmp_path):
+    policy = tmp_path / "bookinfo.ap"
+    policy.write_text((ROOT / "examples/bookinfo.ap").read_text() + "stateless\n")
+    out = _compile(tmp_path / "out", str(policy), "--path", "fabric,kernel,sidecar")
+    assert out.exit_code == 0, out.output
+    rows = _rows(tmp_path / "out")
+    assert rows[f"{policy}:27"]["engines"] == {"fabric": "enforces", "kernel": "-", "sidecar": "rechecks"}
+
+
+def test_where_only_the_switch_can_hold_a_deny_it_says_the_replies_are_dropped(tmp_path):
+    out = _compile(tmp_path, "examples/bookinfo.ap", "--path", "fabric,sidecar")
+    assert out.exit_code == 0, out.output
+    why = _rows(tmp_path)["examples/bookinfo.ap:27"]["why"]
+    assert "the fabric keeps no connections: there it also drops the replies of allowed connections" in why
 
 
 def test_prefer_late_moves_l4_enforcement_next_to_the_workload(tmp_path):

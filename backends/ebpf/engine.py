@@ -32,7 +32,7 @@ NAME = "ebpf"
 CAPABILITY = base.Capability(
     engine="ebpf", place="kernel", fields=base.L4_FIELDS,
     match_kinds=("exact", "prefix", "range", "set"), families=(4, 6),
-    actions=("allow", "deny", "packet-rate-limit", "counters"), capacity=None)
+    actions=("allow", "deny", "packet-rate-limit", "counters"), capacity=None, state="connections")
 
 
 def labels(program: Program) -> dict[str, str]:

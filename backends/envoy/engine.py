@@ -34,7 +34,7 @@ CAPABILITY = base.Capability(
     match_kinds=("exact", "prefix", "range", "set", "string-exact", "string-prefix", "present", "absent"),
     families=(4, 6), actions=("allow", "deny", "request-rate-limit", "routes", "retries", "timeouts",
                               "circuit-breaking", "outlier-ejection"),
-    capacity=None, protocols="tcp")
+    capacity=None, protocols="tcp", state="connections")
 
 
 def covers(program: Program) -> dict[str, bool]:

@@ -179,9 +179,8 @@ static __always_inline int parse_quoted(struct flow *f, void *icmp, void *end, s
 }
 
 // 0: parsed; 1: not IP; -1: malformed. For an ICMP error, *quoted says whether q holds the packet it quotes.
-static __always_inline int parse(struct xdp_md *ctx, struct flow *f, struct flow *q, int *quoted)
+static __always_inline int parse(void *data, void *end, struct flow *f, struct flow *q, int *quoted)
 {
-    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > end)
         return -1;
@@ -417,13 +416,13 @@ static __always_inline void stat(__u32 which)
         (*v)++;
 }
 
-static __always_inline void count(struct xdp_md *ctx, __u32 g, __u32 rule)
+static __always_inline void count(__u64 bytes, __u32 g, __u32 rule)
 {
     __u32 ck = g * (CAPACITY + 1) + (rule < CAPACITY ? rule : CAPACITY);
     struct counter *c = bpf_map_lookup_elem(&cnt, &ck);
     if (c) {
         c->packets++;
-        c->bytes += ctx->data_end - ctx->data;
+        c->bytes += bytes;
     }
 }
 
@@ -513,6 +512,26 @@ static __always_inline struct ct_val *find(struct ct_key *k, struct meta *mt, __
     return c;
 }
 
+// The live connection of a packet, in either direction (`forward` says which; `k` is its key). An echo
+// request goes its connection's way, an echo reply the other.
+static __always_inline struct ct_val *lookup(struct flow *f, struct meta *mt, __u64 now, struct ct_key *k,
+                                             int *forward)
+{
+    struct ct_val *c = 0;
+    int echo_reply = f->icmp != ABSENT && (f->icmp >> 8) == (f->family == 4 ? 0 : 129);
+    *forward = 1;
+    if (!echo_reply) {
+        make_key(f, 0, k);
+        c = find(k, mt, now);
+    }
+    if (!c && (f->icmp == ABSENT || echo_reply)) {
+        make_key(f, 1, k);
+        c = find(k, mt, now);
+        *forward = 0;
+    }
+    return c;
+}
+
 // Whether the policy in force still allows the connection (judged again after a push).
 static __always_inline int still_allowed(struct ct_key *k, struct ct_val *c, struct meta *mt, __u32 g)
 {
@@ -542,7 +561,7 @@ static __always_inline void touch(struct ct_key *k, struct ct_val *c, struct flo
         c->state = CT_ESTABLISHED;
 }
 
-static __always_inline int take(struct xdp_md *ctx, __u32 g, struct decision *d)
+static __always_inline int take(__u32 g, struct decision *d)
 {
     if (!d->verdict || d->bucket == NO_BUCKET)
         return 1;
@@ -558,12 +577,12 @@ static __always_inline int take(struct xdp_md *ctx, __u32 g, struct decision *d)
     return 1;
 }
 
-SEC("xdp")
-int anyplane_xdp(struct xdp_md *ctx)
+// The verdict on one frame (XDP_PASS, XDP_DROP or XDP_ABORTED), whichever hook it comes from.
+static __always_inline int decide(void *data, void *end, __u64 bytes)
 {
     struct flow f = {}, q = {};
     int quoted = 0;
-    int parsed = parse(ctx, &f, &q, &quoted);
+    int parsed = parse(data, end, &f, &q, &quoted);
     if (parsed < 0)
         return MALFORMED;
     if (parsed > 0)
@@ -582,30 +601,23 @@ int anyplane_xdp(struct xdp_md *ctx)
     if (!mt->stateful) {
         if (classify(&f, mt, g, &d) < 0)
             return XDP_ABORTED;
-        count(ctx, g, d.rule);
-        return d.verdict && take(ctx, g, &d) ? XDP_PASS : XDP_DROP;
+        count(bytes, g, d.rule);
+        return d.verdict && take(g, &d) ? XDP_PASS : XDP_DROP;
     }
 
     __u64 now = bpf_ktime_get_ns();
     struct ct_key k;
     struct ct_val *c = 0;
     int forward = 1;
-    if (trackable(&f)) {
-        make_key(&f, 0, &k);
-        c = find(&k, mt, now);
-        if (!c) {
-            make_key(&f, 1, &k);
-            c = find(&k, mt, now);
-            forward = 0;
-        }
-    }
+    if (trackable(&f))
+        c = lookup(&f, mt, now, &k, &forward);
     if (c && !forward) {   // a reply
         if (!still_allowed(&k, c, mt, g)) {
             bpf_map_delete_elem(&ct, &k);
             stat(STAT_CUT);
             return XDP_DROP;
         }
-        count(ctx, g, c->rule);
+        count(bytes, g, c->rule);
         touch(&k, c, &f, 0, now);
         stat(STAT_REPLIES);
         return XDP_PASS;
@@ -622,9 +634,9 @@ int anyplane_xdp(struct xdp_md *ctx)
     } else if (classify(&f, mt, g, &d) < 0) {
         return XDP_ABORTED;
     }
-    count(ctx, g, d.rule);
+    count(bytes, g, d.rule);
     if (d.verdict) {
-        if (!take(ctx, g, &d))
+        if (!take(g, &d))
             return XDP_DROP;
         if (c) {
             touch(&k, c, &f, 1, now);
@@ -642,12 +654,7 @@ int anyplane_xdp(struct xdp_md *ctx)
         return XDP_PASS;
     }
     if (quoted && trackable(&q)) {   // an ICMP error about a packet of a known connection
-        make_key(&q, 0, &k);
-        c = find(&k, mt, now);
-        if (!c) {
-            make_key(&q, 1, &k);
-            c = find(&k, mt, now);
-        }
+        c = lookup(&q, mt, now, &k, &forward);
         if (c) {
             if (still_allowed(&k, c, mt, g)) {
                 stat(STAT_RELATED);
@@ -657,6 +664,29 @@ int anyplane_xdp(struct xdp_md *ctx)
         }
     }
     return XDP_DROP;
+}
+
+// Ingress: frames arriving on the interface.
+SEC("xdp")
+int anyplane_xdp(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    return decide(data, end, end - data);
+}
+
+// Egress (tc): frames the host sends, so that the connections it opens are known and their replies
+// pass at ingress. The same policy judges them.
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
+#define PULL 256
+SEC("tc")
+int anyplane_tc(struct __sk_buff *skb)
+{
+    __u32 want = skb->len < PULL ? skb->len : PULL;
+    if (want > skb->data_end - skb->data)
+        bpf_skb_pull_data(skb, want);
+    void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    return decide(data, end, skb->len) == XDP_PASS ? TC_ACT_OK : TC_ACT_SHOT;
 }
 
 char LICENSE[] SEC("license") = "GPL";
