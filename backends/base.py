@@ -103,8 +103,10 @@ class Capability:
     capacity: int | None
     protocols: str = "any"  # "any", or "tcp" for an engine that only sees TCP streams to service ports
     #: Connection state: "connections" (replies of allowed connections and related ICMP errors pass:
-    #: the kernel's connection table, the sidecar's terminated TCP connections) or "none" (every packet
-    #: is judged alone, so under a stateful policy a deny or default deny also drops replies).
+    #: the kernel's connection table, the sidecar's terminated TCP connections); "tcp-established" (no
+    #: connections: TCP segments with ACK or RST set shaped like replies of an allow pass, whether or not
+    #: a connection exists; other replies are judged alone, like a switch ACL's "established"); "none"
+    #: (every packet is judged alone, so under a stateful policy a deny or the default drops replies).
     state: str = "none"
 
     @property

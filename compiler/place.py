@@ -56,7 +56,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny, RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.conn import reverse_matches
-from anyplane.ir.match import InSet, Match, PrefixMatch, options
+from anyplane.ir.match import InSet, Match, PrefixMatch, int_ranges, options
 from anyplane.ir.nodes import Program, Rule, Table, ordered
 from anyplane.ir.source import Diagnostic, DiagnosticError, error
 from anyplane.verify.index import Boxer, OverlapIndex, overlaps
@@ -254,6 +254,7 @@ class Planner:
         self.replies = [] if not program.connections.stateful else [
             m for k in self.allow_pos for m in reverse_matches([self.ordered[k].match.without_layer("L7")])]
         self.reply_boxes = [self.boxer.box(m) for m in self.replies]
+        self.reply_tcp = [int_ranges(m.get(F.PROTO)) == [(6, 6)] for m in self.replies]
         self.reply_index = OverlapIndex(self.reply_boxes)
 
     # -- what each rule asks for ----------------------------------------------------------
@@ -325,14 +326,16 @@ class Planner:
             return all(p is not None and net.covers(p) for p in declared)
         return False
 
-    def _meets_replies(self, duty: Duty) -> bool:
-        """Whether a deny (or the default) can meet replies of connections the policy allows."""
+    def _meets_replies(self, duty: Duty) -> set[str]:
+        """Which replies of connections the policy allows a deny (or the default) can meet: "tcp", "other"."""
         if duty.kind == "default":
-            return bool(self.reply_boxes)
-        if duty.kind != "deny":
-            return False
-        return any(overlaps(self.reply_boxes[i], self.boxes[k]) and _same_owners(self.replies[i], self.ordered[k].match)
-                   for k in self.by_rule[duty.key] for i in self.reply_index.candidates(self.boxes[k]))
+            met = range(len(self.replies))
+        elif duty.kind == "deny":
+            met = {i for k in self.by_rule[duty.key] for i in self.reply_index.candidates(self.boxes[k])
+                   if overlaps(self.reply_boxes[i], self.boxes[k]) and _same_owners(self.replies[i], self.ordered[k].match)}
+        else:
+            met = ()
+        return {"tcp" if self.reply_tcp[i] else "other" for i in met}
 
     def _order(self, path: tuple[str, ...]) -> list[str]:
         return list(reversed(path)) if self.prefer == "late" else list(path)
@@ -343,8 +346,8 @@ class Planner:
         if not candidates:
             duty.chosen[region.label] = []
             return
-        stateless = [p for p in candidates if self.engine[p].capability.state == "none"]
-        replies = bool(stateless) and self._meets_replies(duty)
+        stateless = [p for p in candidates if self.engine[p].capability.state != "connections"]
+        replies = self._meets_replies(duty) if stateless else set()
         if replies:  # an engine that keeps connections first: one that keeps none would drop replies
             candidates = [p for p in candidates if p not in stateless] + stateless
         duty.chosen[region.label] = candidates if self.prefer == "everywhere" else candidates[:1]
@@ -360,14 +363,28 @@ class Planner:
             duty.why[region.label] = "every engine on the path that can hold it (--prefer everywhere)"
         if replies:
             chosen = duty.chosen[region.label]
-            dropping = [p for p in chosen if p in stateless]
-            if dropping:
-                duty.why[region.label] += (f"; the {' and the '.join(dropping)} keeps no connections: there it also "
-                                           "drops the replies of allowed connections it meets (no engine on the "
-                                           "path that keeps connections can hold it; or write 'stateless')")
-            elif set(stateless) & set(self._order(region.path)[:self._order(region.path).index(chosen[0])]):
-                duty.why[region.label] += (f" and keeps connections (the {' and the '.join(stateless)} keeps none "
-                                           "and would drop the replies of allowed connections)")
+            duty.why[region.label] += self._reply_note(replies, [p for p in chosen if p in stateless], stateless,
+                                                       self._order(region.path).index(chosen[0]), region.path)
+
+    def _reply_note(self, replies: set[str], holding: list[str], stateless: list[str], first: int, path) -> str:
+        """What a duty that meets replies does to them where it is placed."""
+        if not holding:
+            if not set(stateless) & set(self._order(path)[:first]):
+                return ""
+            return (f" and keeps connections (the {' and the '.join(stateless)} keeps none: it would drop "
+                    "replies of allowed connections, or pass TCP ones by their flags alone)")
+        notes = []
+        for p in holding:
+            established = self.engine[p].capability.state == "tcp-established"
+            said = []
+            if "tcp" in replies and established:
+                said.append("TCP segments shaped like replies of allowed connections (ACK or RST set) pass it "
+                            "whether or not a connection exists")
+            if "other" in replies or ("tcp" in replies and not established):
+                said.append(("UDP, ICMP and other " if established else "") + "replies of allowed connections it "
+                            "meets are dropped there")
+            notes.append(f"the {p} keeps no connections: " + "; ".join(said))
+        return "; " + "; ".join(notes) + " (no engine on the path that keeps connections can hold it)"
 
     def _unplaceable(self, duty: Duty, region: Region) -> None:
         span = duty.rule.origin if duty.rule else self.program.default_origin

@@ -269,3 +269,18 @@ def _split(lo: int, hi: int, holes) -> list[tuple[int, int]]:
     if start <= hi:
         out.append((start, hi))
     return out
+
+
+def established(program: Program, flow: Flow, tcp_flags: str) -> Entry | None:
+    """What an engine with a TCP `established` match (a switch) lets through as a reply without keeping
+    connections: a TCP segment with ACK or RST set whose reverse an allow of the policy matches (the
+    allow's entry; None otherwise). Such a segment passes whether or not a connection exists."""
+    from .actions import Deny
+    from .interp import match_holds, owner
+
+    if not program.connections.stateful or flow.proto != TCP or flow.fragment or not set(tcp_flags) & {"A", "R"}:
+        return None
+    back = reverse(flow)
+    ids = owner(program, back.family, back.src), owner(program, back.family, back.dst)
+    return next((e for e in program.acl.entries if not isinstance(e.action, Deny) and match_holds(e.match, back, *ids)),
+                None)

@@ -2,7 +2,7 @@
 
 `Switch(p4info, device)` runs a frame the way the anyplane v1model program
 does: its parser (Ethernet, up to two VLAN tags, IPv4 with options and
-fragments, IPv6 with a fragment header, TCP/UDP ports, ICMP), the endpoint
+fragments, IPv6 with a fragment header, TCP/UDP ports and TCP flags, ICMP), the endpoint
 LPM tables (longest prefix wins, default id 0), then the acl table
 (ternary / range / LPM / exact; among matching entries the highest
 priority wins; no match: the default action). Entries are read from the
@@ -26,7 +26,7 @@ def parse(frame: bytes) -> dict | None:
             break
         ethertype, at = struct.unpack_from("!H", frame, at + 2)[0], at + 4
     meta = dict.fromkeys(["src_v4", "dst_v4", "src_v6", "dst_v6", "sport", "dport", "icmp_type", "icmp_code",
-                          "l4_valid", "src_id", "dst_id"], 0)
+                          "l4_valid", "src_id", "dst_id", "tcp_established"], 0)
     if ethertype == 0x0800:
         ihl = frame[at] & 0x0F
         frag = struct.unpack_from("!H", frame, at + 6)[0] & 0x1FFF
@@ -54,6 +54,8 @@ def parse(frame: bytes) -> dict | None:
     if transport in (6, 17):
         meta.update(l4_valid=1, sport=struct.unpack_from("!H", frame, at)[0],
                     dport=struct.unpack_from("!H", frame, at + 2)[0])
+        if transport == 6 and len(frame) >= at + 14:  # ACK or RST set: an "established" segment
+            meta["tcp_established"] = int(bool(frame[at + 13] & 0x14))
     elif transport == icmp:
         meta.update(l4_valid=1, icmp_type=frame[at], icmp_code=frame[at + 1])
     return meta

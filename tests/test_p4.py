@@ -23,6 +23,7 @@ from anyplane.compiler.pipeline import compile_sources
 from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import Flow
 from anyplane.ir.flowgen import FlowGen
+from anyplane.ir.conn import established
 from anyplane.ir.interp import evaluate
 from anyplane.ir.match import merge_ranges
 from anyplane.ir.project import project_l4
@@ -163,10 +164,10 @@ def test_rejected_batch_rolls_back_and_names_the_rule():
         device = Device(p4info(Features()), capacity={"acl": 5})
         with Server(device, atomic=atomic) as server:
             push(small, server.addr)
-            before = [text_format.MessageToString(e) for e in device.entries("acl")]
+            before = sorted(text_format.MessageToString(e) for e in device.entries("acl"))
             with pytest.raises(P4Error) as err:
                 push(big, server.addr)
-            after = [text_format.MessageToString(e) for e in device.entries("acl")]
+            after = sorted(text_format.MessageToString(e) for e in device.entries("acl"))
         assert after == before, "the target must keep the old entries"
         message = str(err.value)
         assert "RESOURCE_EXHAUSTED" in message and "v2.ap:" in message
@@ -186,8 +187,9 @@ def test_second_push_writes_only_the_difference():
         third = push(v2, server.addr)
         assert [w.atomicity for w in server.servicer.writes] == [p4runtime_pb2.WriteRequest.DATAPLANE_ATOMIC] * 2
     assert first["inserted"] > 0
-    # One rule's port changes: its entry is replaced, nothing else is touched.
-    assert (second["modified"], second["inserted"], second["deleted"]) == (0, 1, 1)
+    # One rule's port changes: its entry and the reflexive entry for its replies are replaced, nothing
+    # else is touched.
+    assert (second["modified"], second["inserted"], second["deleted"]) == (0, 2, 2)
     assert third["updates"] == 0
     _assert_agree(v2, device, _flows(v2, 2000, seed=2))
 
@@ -299,3 +301,49 @@ def test_a_rolled_back_push_restores_the_default_entry_too():
             with pytest.raises(P4Error):
                 push(v2, server.addr)
             assert names[device.default_entry(acl).action.action.action_id] == "acl_allow"
+
+
+REPLIES = """
+external internet { address 0.0.0.0/0 }
+external web { address 10.1.2.0/24 }
+default deny
+allow web -> internet tcp 443
+allow web -> internet udp 53
+deny web -> 192.0.2.0/24 priority 10
+"""
+
+
+def reply_probes() -> list[tuple[Flow, str]]:
+    """Packets around the connections of REPLIES: openings, replies with each flag, replies of nothing."""
+    web, dns, doc = 0x0A010205, 0x08080808, 0xC0000205
+    return [(Flow(4, web, dns, 6, 50000, 443), "S"),          # an opening
+            (Flow(4, dns, web, 6, 443, 50000), "SA"),         # its reply
+            (Flow(4, dns, web, 6, 443, 50000), "A"),
+            (Flow(4, dns, web, 6, 443, 50000), "R"),
+            (Flow(4, dns, web, 6, 443, 50000), "S"),          # reply-shaped, but a new connection
+            (Flow(4, dns, web, 6, 443, 50000), "F"),
+            (Flow(4, dns, web, 6, 444, 50000), "A"),          # no allow has this shape
+            (Flow(4, doc, web, 6, 443, 50000), "A"),          # the opening is denied, the shape is allowed
+            (Flow(4, dns, web, 17, 53, 40000), ""),           # UDP: the switch keeps no connections
+            (Flow(4, web, dns, 17, 40000, 53), "")]
+
+
+def switch_expected(program, f: Flow, flags: str) -> str:
+    """The switch's documented behaviour: the L4 verdict, and established TCP reply shapes pass."""
+    projected = project_l4(program)
+    return "allow" if established(projected, f, flags) else evaluate(projected, f).verdict
+
+
+@pytest.mark.parametrize("stateless", [False, True])
+def test_established_tcp_segments_shaped_like_replies_pass_the_switch(stateless):
+    program = compile_text(REPLIES + ("stateless\n" if stateless else ""), "r.ap").program
+    device, _, _ = _push_and_switch(program)
+    switch = Switch(device.p4info, device)
+    got = [switch.verdict(packet.frame(f, tcp=flags))[0] for f, flags in reply_probes()]
+    assert got == [switch_expected(program, f, flags) for f, flags in reply_probes()]
+    if stateless:
+        assert got == ["allow"] + ["deny"] * 8 + ["allow"]
+    else:
+        assert got == ["allow", "allow", "allow", "allow", "deny", "deny", "deny", "allow", "deny", "allow"]
+    established_entries = [e for e in device.entries("acl") if any(m.field_id == 14 for m in e.match)]
+    assert len(established_entries) == (0 if stateless else 1)

@@ -198,3 +198,19 @@ def test_a_meter_forwards_the_burst_and_the_rate(switch):
     got = switch.send(frames, gap=0.01)  # 100 packets/s for 4 s: twice the rate
     expected = 20 + 50 * switch.sending_s
     assert abs(sum(got) - expected) <= expected / 10, (sum(got), expected)
+
+
+@pytest.mark.parametrize("stateless", [False, True])
+def test_established_tcp_segments_through_the_switch(switch, stateless):
+    """Under a stateful policy the switch lets TCP segments with ACK or RST set through when they are shaped
+    like replies of an allowed connection (it keeps no connections); UDP replies and reply-shaped SYNs
+    are judged by the rules. Stateless: every packet by the rules."""
+    from .test_p4 import REPLIES, reply_probes, switch_expected
+
+    program = compile_sources([("r.ap", REPLIES + ("stateless\n" if stateless else ""))]).program
+    _push(switch, program, pipeline_config=switch.pipeline)
+    probes = reply_probes()
+    frames = [packet.frame(f, tcp=flags, payload=n.to_bytes(4, "big")) for n, (f, flags) in enumerate(probes)]
+    got = ["allow" if fwd else "deny" for fwd in switch.send(frames, gap=0.001)]
+    assert got == [switch_expected(program, f, flags) for f, flags in probes]
+    assert got.count("allow") == (2 if stateless else 6)

@@ -39,7 +39,7 @@ def test_bookinfo_early_sheds_l4_denies_at_the_fabric_and_refines_http_at_the_si
     data = json.loads((tmp_path / "placement.json").read_text())
     assert data["places"] == ["fabric", "kernel", "sidecar"] and data["prefer"] == "early"
     assert [c["place"] for c in data["capabilities"]] == ["fabric", "kernel", "sidecar"]
-    assert [c["state"] for c in data["capabilities"]] == ["none", "connections", "connections"]
+    assert [c["state"] for c in data["capabilities"]] == ["tcp-established", "connections", "connections"]
     rows = _rows(tmp_path)
     deny_mysql = rows["examples/bookinfo.ap:38"]       # deny internet -> mysql: it meets no reply
     assert deny_mysql["engines"] == {"fabric": "enforces", "kernel": "-", "sidecar": "-"}
@@ -49,7 +49,7 @@ def test_bookinfo_early_sheds_l4_denies_at_the_fabric_and_refines_http_at_the_si
     # so it sits on the kernel, which does; the sidecar rechecks it beneath the HTTP allows.
     default = rows["examples/bookinfo.ap:27"]
     assert default["engines"] == {"fabric": "-", "kernel": "enforces", "sidecar": "rechecks"}
-    assert "keeps connections (the fabric keeps none" in default["why"]
+    assert "and keeps connections (the fabric keeps none" in default["why"]
     # What each engine emitted holds only what was placed on it.
     p4_report = (tmp_path / "p4/report.txt").read_text()
     assert "bookinfo.ap:38" in p4_report and "bookinfo.ap:40" not in p4_report
@@ -71,7 +71,8 @@ def test_where_only_the_switch_can_hold_a_deny_it_says_the_replies_are_dropped(t
     out = _compile(tmp_path, "examples/bookinfo.ap", "--path", "fabric,sidecar")
     assert out.exit_code == 0, out.output
     why = _rows(tmp_path)["examples/bookinfo.ap:27"]["why"]
-    assert "the fabric keeps no connections: there it also drops the replies of allowed connections" in why
+    assert ("the fabric keeps no connections: TCP segments shaped like replies of allowed connections (ACK or RST "
+            "set) pass it whether or not a connection exists; UDP, ICMP and other replies") in why
 
 
 def test_prefer_late_moves_l4_enforcement_next_to_the_workload(tmp_path):

@@ -27,7 +27,7 @@ from .pipeline import Features, Names, p4info, program_text
 CAPABILITY = base.Capability(
     engine="p4", place="fabric", fields=base.L4_FIELDS,
     match_kinds=("exact", "prefix", "range", "set", "ternary"), families=(4, 6),
-    actions=("allow", "deny", "packet-rate-limit", "counters"), capacity=Features().acl_size, state="none")
+    actions=("allow", "deny", "packet-rate-limit", "counters"), capacity=Features().acl_size, state="tcp-established")
 
 
 class P4Error(base.EngineError):

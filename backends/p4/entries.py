@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from p4.v1 import p4runtime_pb2
 
 from anyplane.ir import fields as F
-from anyplane.ir.actions import Deny, RateLimit
+from anyplane.ir.actions import Allow, Deny, RateLimit
 from anyplane.ir.addr import Prefix, outermost
-from anyplane.ir.match import InSet, PrefixMatch, exact_values, int_ranges, merge_ranges, options
+from anyplane.ir.match import Exact, InSet, Match, PrefixMatch, exact_values, int_ranges, merge_ranges, options
 from anyplane.ir.nodes import Entry, Program, ordered
 from anyplane.ir.project import project_l4
 
@@ -73,6 +73,9 @@ class Entries:
     unrepresentable: dict[str, str] = field(default_factory=dict)
     naive: int = 0
     ids: dict[str, int] = field(default_factory=dict)  # identity -> the id the endpoint tables set
+    #: Under a stateful policy: reflexive entries (location -> how many) letting established TCP
+    #: segments (ACK or RST set) shaped like the replies of the rule's connections pass.
+    replies: dict[str, int] = field(default_factory=dict)
 
 
 def canonical(value: int) -> bytes:
@@ -319,6 +322,46 @@ def drop_downward_redundant(acl: list[P4Entry], default: str) -> list[P4Entry]:
     return [acl[i] for i in sorted(kept)]
 
 
+_SWAP = {F.SRC_ID: F.DST_ID, F.DST_ID: F.SRC_ID, F.SRC_IP: F.DST_IP, F.DST_IP: F.SRC_IP, F.SPORT: F.DPORT,
+         F.DPORT: F.SPORT}
+ESTABLISHED = {"meta.tcp_established": ("ternary", 1, 1)}
+
+
+def reflexive(e: Entry) -> Entry | None:
+    """The replies of an allow's TCP connections, as an allow of their shape (ends and ports swapped,
+    TCP); None when the allow admits no TCP."""
+    m = e.match
+    proto = m.get(F.PROTO)
+    if m.get(F.ICMP_TYPE) is not None or m.get(F.ICMP_CODE) is not None:
+        return None
+    if proto is not None and 6 not in (exact_values(proto) or ()):
+        return None
+    fields = {_SWAP.get(n, n): fm for n, fm in m.fields if n != F.PROTO}
+    fields[F.PROTO] = Exact(6)
+    return Entry(e.priority, Match.of(fields), Allow(), e.origin, e.rule)
+
+
+def _replies(program: Program, rules: dict, ids: dict[str, int], features: Features, out: "Entries") -> list:
+    """Reflexive entries for the allows of a stateful policy (above every other entry: a reply passes
+    whatever the rules say of it as a new packet)."""
+    acl = []
+    for e in ordered(project_l4(program).acl):
+        if isinstance(e.action, Deny):
+            continue
+        back = reflexive(e)
+        if back is None:
+            continue
+        loc = rules[e.rule].origin.loc if e.rule in rules else e.origin.loc
+        try:
+            keys, _ = acl_options(back, ids, features)
+        except Unsupported:
+            continue
+        for key in keys:
+            acl.append(P4Entry("acl", {**key, **ESTABLISHED}, "acl_allow", rule=e.rule, location=loc))
+            out.replies[loc] = out.replies.get(loc, 0) + 1
+    return acl
+
+
 def build(program: Program, features: Features = Features()) -> Entries:
     """All entries for a program."""
     ids = {ident.name: k for k, ident in enumerate(sorted(program.identities, key=lambda i: i.name), start=1)}
@@ -370,9 +413,12 @@ def build(program: Program, features: Features = Features()) -> Entries:
     if len(meters) > features.meter_size:
         raise Unsupported(f"{len(meters)} rate-limited rules: the program has {features.meter_size} meters")
     out.acl = drop_downward_redundant(out.acl, out.default)
+    if program.connections.stateful and (out.default == "acl_deny" or any(e.action != "acl_allow" for e in out.acl)):
+        out.acl = _replies(program, rules, ids, features, out) + out.acl
     out.per_rule = {}
     for entry in out.acl:
-        out.per_rule[entry.location] = out.per_rule.get(entry.location, 0) + 1
+        if "meta.tcp_established" not in entry.key:
+            out.per_rule[entry.location] = out.per_rule.get(entry.location, 0) + 1
     total = len(out.acl)
     for k, entry in enumerate(out.acl):
         entry.priority = total - k  # distinct, non-zero, higher wins

@@ -71,6 +71,12 @@ def lift(policy: Program, info: p4info_pb2.P4Info, request: p4runtime_pb2.WriteR
                 key[name] = ("ternary", _int(m.ternary.value), _int(m.ternary.mask), bits)
             else:
                 key[name] = ("range", _int(m.range.low), _int(m.range.high), bits)
+        if "meta.tcp_established" in key:
+            # A reflexive entry: established TCP segments shaped like replies. The IR describes opening
+            # packets, which never match it; the placement report says what it lets through.
+            if key["meta.tcp_established"][1:3] != (1, 1) or actions[te.action.action.action_id] != "acl_allow":
+                raise LiftError(f"entry {k}: an 'established' match that is not a reflexive allow")
+            continue
         fields: dict[str, object] = {}
         family = FAMILY[key.pop("meta.family")[1]] if "meta.family" in key else None
         for side in ("src", "dst"):

@@ -41,7 +41,7 @@ def acl_keys(features: Features) -> list[tuple[str, int, int]]:
             ("meta.src_v6", 128, TERNARY), ("meta.dst_v6", 128, TERNARY),
             ("meta.ip_proto", 8, TERNARY), ("meta.l4_valid", 1, TERNARY),
             ("meta.sport", 16, port), ("meta.dport", 16, port),
-            ("meta.icmp_type", 8, TERNARY), ("meta.icmp_code", 8, TERNARY)]
+            ("meta.icmp_type", 8, TERNARY), ("meta.icmp_code", 8, TERNARY), ("meta.tcp_established", 1, TERNARY)]
 
 
 ENDPOINT_TABLES = [(f"{side}_endpoint_{fam}", f"meta.{side}_{fam}", 32 if fam == "v4" else 128, f"set_{side}_id")

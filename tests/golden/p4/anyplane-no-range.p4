@@ -6,8 +6,12 @@
  * through P4Runtime. Ingress:
  *   1. endpoint tables (LPM, longest-prefix ownership): source and destination
  *      addresses -> identity ids in metadata (0: no identity owns the address)
- *   2. acl (ternary/range, priorities): ids, addresses, protocol, ports, ICMP
+ *   2. acl (ternary/range, priorities): ids, addresses, protocol, ports, ICMP,
+ *      and whether a TCP segment is "established" (ACK or RST set)
  *      -> acl_allow / acl_deny / acl_rate_limit, a direct counter per entry
+ * The switch keeps no connections. Under a stateful policy the controller
+ * writes reflexive entries: TCP segments with ACK or RST set, shaped like the
+ * replies of an allowed connection, pass (as switch ACLs' "established" does).
  * The switch is a bump in the wire between port pairs (2k <-> 2k+1): the policy
  * decides whether a packet leaves at all. Egress does nothing.
  */
@@ -23,6 +27,7 @@ const bit<8> PROTO_ICMP = 1;
 const bit<8> PROTO_TCP = 6;
 const bit<8> PROTO_UDP = 17;
 const bit<8> PROTO_ICMP6 = 58;
+const bit<8> TCP_ACK_OR_RST = 0x14;
 const bit<2> FAMILY_IPV4 = 1;
 const bit<2> FAMILY_IPV6 = 2;
 
@@ -79,6 +84,14 @@ header ports_t {
     bit<16> dport;
 }
 
+header tcp_rest_t {
+    bit<32> seq;
+    bit<32> ack;
+    bit<4> data_offset;
+    bit<4> reserved;
+    bit<8> flags;
+}
+
 header icmp_t {
     bit<8> icmp_type;
     bit<8> icmp_code;
@@ -92,6 +105,7 @@ struct headers_t {
     ipv6_t ipv6;
     ipv6_fragment_t ipv6_fragment;
     ports_t ports;
+    tcp_rest_t tcp;
     icmp_t icmp;
 }
 
@@ -107,6 +121,7 @@ struct metadata_t {
     bit<16> dport;
     bit<8> icmp_type;
     bit<8> icmp_code;
+    bit<1> tcp_established;
     bit<16> src_id;
     bit<16> dst_id;
     bit<2> color;
@@ -162,7 +177,7 @@ parser AnyplaneParser(packet_in packet, out headers_t hdr, inout metadata_t meta
     state parse_ipv4_payload {
         /* Non-first fragments carry no transport header. */
         transition select(hdr.ipv4.frag_offset, hdr.ipv4.protocol) {
-            (0, PROTO_TCP): parse_ports;
+            (0, PROTO_TCP): parse_tcp;
             (0, PROTO_UDP): parse_ports;
             (0, PROTO_ICMP): parse_icmp;
             default: accept;
@@ -175,7 +190,7 @@ parser AnyplaneParser(packet_in packet, out headers_t hdr, inout metadata_t meta
         meta.ip_proto = hdr.ipv6.next_hdr;
         transition select(hdr.ipv6.next_hdr) {
             IPV6_FRAGMENT: parse_ipv6_fragment;
-            PROTO_TCP: parse_ports;
+            PROTO_TCP: parse_tcp;
             PROTO_UDP: parse_ports;
             PROTO_ICMP6: parse_icmp;
             default: accept;
@@ -186,7 +201,7 @@ parser AnyplaneParser(packet_in packet, out headers_t hdr, inout metadata_t meta
         packet.extract(hdr.ipv6_fragment);
         meta.ip_proto = hdr.ipv6_fragment.next_hdr;
         transition select(hdr.ipv6_fragment.frag_offset, hdr.ipv6_fragment.next_hdr) {
-            (0, PROTO_TCP): parse_ports;
+            (0, PROTO_TCP): parse_tcp;
             (0, PROTO_UDP): parse_ports;
             (0, PROTO_ICMP6): parse_icmp;
             default: accept;
@@ -195,6 +210,12 @@ parser AnyplaneParser(packet_in packet, out headers_t hdr, inout metadata_t meta
 
     state parse_ports {
         packet.extract(hdr.ports);
+        transition accept;
+    }
+
+    state parse_tcp {
+        packet.extract(hdr.ports);
+        packet.extract(hdr.tcp);
         transition accept;
     }
 
@@ -297,6 +318,7 @@ control AnyplaneIngress(inout headers_t hdr, inout metadata_t meta,
             meta.dport: ternary;
             meta.icmp_type: ternary;
             meta.icmp_code: ternary;
+            meta.tcp_established: ternary;
         }
         actions = {
             acl_allow;
@@ -335,6 +357,9 @@ control AnyplaneIngress(inout headers_t hdr, inout metadata_t meta,
             meta.icmp_type = hdr.icmp.icmp_type;
             meta.icmp_code = hdr.icmp.icmp_code;
         }
+        if (hdr.tcp.isValid() && (hdr.tcp.flags & TCP_ACK_OR_RST) != 0) {
+            meta.tcp_established = 1;
+        }
         acl.apply();
     }
 }
@@ -357,6 +382,7 @@ control AnyplaneDeparser(packet_out packet, in headers_t hdr) {
         packet.emit(hdr.ipv6);
         packet.emit(hdr.ipv6_fragment);
         packet.emit(hdr.ports);
+        packet.emit(hdr.tcp);
         packet.emit(hdr.icmp);
     }
 }
