@@ -62,6 +62,7 @@ bench: setup
 	$(BIN)/python bench/compose.py
 	$(BIN)/python bench/wide.py
 	$(BIN)/python bench/language.py
+	$(BIN)/python bench/conntrack.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis .p4tools

@@ -100,11 +100,14 @@ def test_random_policies_pass_the_verifier_and_agree(text):
         assert_agree(cl, program, frames, got)
 
 
-@pytest.mark.parametrize("name", ["acl1_1k", "fw1_1k", "ipc1_1k"])
+@pytest.mark.parametrize("name", ["acl1_1k", "fw1_1k", "ipc1_1k", "fw1_10k"])
 def test_classbench_traces_agree_with_interpreter_and_first_match(name):
+    """The whole trace; the 10k set also shows that the verifier accepts the program at that size."""
     rules = classbench.read_rules(classbench.DATA / f"{name}.rules")
     program = compile_sources([(f"{name}.ap", classbench.to_policy(rules, name))]).program
     trace = classbench.read_trace(classbench.DATA / f"{name}.trace")
+    if len(rules) > 5000:  # the oracles are linear searches in Python: a sample of the trace
+        trace = random.Random(3).sample(trace, 200)
     flows = []
     for src, dst, sport, dport, proto in trace:
         if proto in (6, 17):

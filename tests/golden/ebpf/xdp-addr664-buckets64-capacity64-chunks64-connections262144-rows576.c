@@ -363,8 +363,13 @@ static __always_inline long search_word(__u32 s, struct search *st)
 
 // The rules' decision for one packet: the first entry whose six bit vectors all hold it, or the default.
 // A subprogram of its own: the connection code calls it again for a connection's opening packet.
-static __noinline int classify(struct flow *f, struct meta *mt, __u32 g, struct decision *d)
+// A global function: the verifier checks it once, not at each of its call sites (a packet, a
+// connection judged again after a push, the quoted packet of an ICMP error).
+__noinline int classify(struct flow *f, struct meta *mt, __u32 g, struct decision *d)
 {
+    if (!f || !mt || !d)
+        return -1;
+    g &= 1;
     __u32 src, dst;
     if (f->family == 4) {
         __u32 region = g * ADDR4_SLOTS;
