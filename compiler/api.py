@@ -36,6 +36,7 @@ from .pipeline import Compiled, UsageError, load
 from .whatif import edit, query_pattern
 
 __all__ = ["load", "targets", "compile_target", "compile_paths", "Built", "verify", "query", "diff", "explain",
+           "connectivity",
            "push", "push_compiled", "status", "replay", "deployment", "sarif", "dead_rules", "Options", "Compiled",
            "UsageError", "DiagnosticError", "EngineError", "BadInput", "registry", "FINDING_KINDS", "DEFAULT_FAIL_ON"]
 
@@ -184,6 +185,17 @@ def query(compiled: Compiled, pattern: str, without: list[str] = (), with_rules:
     if result.reachable is False:
         result = replace(result, reply=reply_reachability(program, matches))
     return result, program
+
+
+def connectivity(compiled: Compiled, progress=None) -> dict:
+    """Who can reach whom: `{"nodes": [{"name", "kind"}], "edges": [{"src", "dst", "rules", "default",
+    "everything", "witness"}], "groups": [[name, ...]]}` (see verify/connectivity.py)."""
+    from anyplane.verify.connectivity import connectivity as graph_of, groups
+
+    g = graph_of(compiled.program, progress)
+    return {"nodes": [{"name": n, "kind": g.nodes[n]["kind"]} for n in sorted(g.nodes)],
+            "edges": [dict(src=s, dst=d, **g.edges[s, d]) for s, d in sorted(g.edges)],
+            "groups": groups(g)}
 
 
 def diff(old: Compiled, new: Compiled):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
 
 import click
@@ -153,3 +155,62 @@ def diff(old, new, output_format) -> None:
             click.echo(f"the solver gave up ({report.unknown}): the list may be incomplete")
     if report.unknown or report.differs:
         sys.exit(EXIT_FAIL)
+
+
+@cli.command(name="map")
+@files_argument
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "csv", "dot"]), default="text",
+              show_default=True, help="text, json, csv (an edge a line) or dot (Graphviz).")
+@handle_errors
+def map_command(files, output_format) -> None:
+    """Who can reach whom: an edge wherever some flow from one identity opens a connection to another,
+    with the rules that allow it."""
+    compiled = load(list(files))
+    report, done = progress_reporter("map")
+    try:
+        result = api.connectivity(compiled, report)
+    finally:
+        done()
+    if output_format == "json":
+        emit_json(result)
+    elif output_format == "csv":
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["source", "destination", "all flows", "rules", "witness"])
+        for e in result["edges"]:
+            w.writerow([e["src"], e["dst"], "yes" if e["everything"] else "some",
+                        "; ".join(e["rules"] + (["default"] if e["default"] else [])), e["witness"]])
+        click.echo(out.getvalue(), nl=False)
+    elif output_format == "dot":
+        click.echo(_dot(result), nl=False)
+    else:
+        width = max((len(f"{e['src']} -> {e['dst']}") for e in result["edges"]), default=10)
+        for e in result["edges"]:
+            how = "all flows" if e["everything"] else "some flows"
+            rules = e["rules"] + (["(the default allows some)"] if e["default"] else [])
+            click.echo(f"{e['src'] + ' -> ' + e['dst']:<{width}}  {how:<10}  {rules[0]}")
+            for more in rules[1:]:
+                click.echo(f"{'':<{width}}  {'':<10}  {more}")
+        alike = [g for g in result["groups"] if len(g) > 1]
+        if alike:
+            click.echo("alike (the same connections in and out): " + "; ".join(", ".join(g) for g in alike))
+        lonely = sorted({n["name"] for n in result["nodes"]} - {e["src"] for e in result["edges"]}
+                        - {e["dst"] for e in result["edges"]})
+        if lonely:
+            click.echo("reaches nothing and is reached by nothing: " + ", ".join(lonely))
+
+
+def _dot_text(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _dot(result: dict) -> str:
+    lines = ["digraph anyplane {", "  rankdir=LR;", "  node [shape=box, fontname=Helvetica];"]
+    for n in result["nodes"]:
+        shape = "ellipse" if n["kind"] == "external" else "box"
+        lines.append(f"  {_dot_text(n['name'])} [shape={shape}];")
+    for e in result["edges"]:
+        label = "\n".join([r.split(" ", 1)[0] for r in e["rules"]] + (["default"] if e["default"] else []))
+        style = "solid" if e["everything"] else "dashed"
+        lines.append(f"  {_dot_text(e['src'])} -> {_dot_text(e['dst'])} [label={_dot_text(label)}, style={style}];")
+    return "\n".join(lines + ["}"]) + "\n"

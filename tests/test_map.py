@@ -1,0 +1,55 @@
+"""`anyplane map`: who can reach whom, against brute force over the flow classes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from hypothesis import HealthCheck, assume, given, settings
+
+from anyplane.compiler.pipeline import compile_sources
+from anyplane.ir.interp import evaluate, owner
+from anyplane.ir.source import DiagnosticError
+from anyplane.verify.connectivity import connectivity
+
+from .brute import universe
+from .conftest import CI, run
+from .strategies import policies
+
+
+@settings(max_examples=80 if CI else 25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(policies(max_rules=5, small=True))
+def test_edges_are_exactly_the_pairs_some_flow_connects(text):
+    try:
+        program = compile_sources([("p.ap", text)]).program
+    except DiagnosticError:
+        assume(False)
+    graph = connectivity(program)
+    flows_by_pair: dict[tuple, list] = {}
+    for f in universe([program]):
+        pair = (owner(program, f.family, f.src), owner(program, f.family, f.dst))
+        if None not in pair:
+            flows_by_pair.setdefault(pair, []).append(evaluate(program, f).verdict == "allow")
+    some = {p for p, v in flows_by_pair.items() if any(v)}
+    assert set(graph.edges) == some
+    for src, dst in graph.edges:
+        edge = graph.edges[src, dst]
+        assert edge["everything"] == all(flows_by_pair[(src, dst)])
+        assert edge["rules"] or edge["default"]
+
+
+def test_the_cli_formats(tmp_path):
+    done = run("map", "examples/bookinfo.ap", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    edges = {(e["src"], e["dst"]): e for e in data["edges"]}
+    assert ("internet", "productpage") in edges and ("internet", "mysql") not in edges
+    assert edges["ratings", "mysql"]["rules"] == ["examples/bookinfo.ap:32 allow ratings -> mysql tcp 3306"]
+    assert ["reviews", "reviews.v1", "reviews.v2", "reviews.v3"] in data["groups"]
+    rows = list(csv.reader(io.StringIO(run("map", "examples/bookinfo.ap", "--format", "csv").stdout)))
+    assert rows[0] == ["source", "destination", "all flows", "rules", "witness"] and len(rows) == len(edges) + 1
+    dot = run("map", "examples/bookinfo.ap", "--format", "dot").stdout
+    assert dot.startswith("digraph anyplane {") and '"ratings" -> "mysql"' in dot
+    text = run("map", "examples/bookinfo.ap").stdout
+    assert "alike (the same connections in and out): reviews, reviews.v1, reviews.v2, reviews.v3" in text
