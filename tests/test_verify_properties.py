@@ -131,6 +131,16 @@ def test_diff_matches_brute_force(text, data):
         assert (evaluate(old.program, c.witness).verdict, evaluate(new.program, c.witness).verdict) == ("deny", "allow")
     for c in report.newly_denied:
         assert (evaluate(old.program, c.witness).verdict, evaluate(new.program, c.witness).verdict) == ("allow", "deny")
+    for c in report.newly_allowed + report.newly_denied + report.changed:
+        # The class in words is the deciding entry's flows; "whole" says whether every one of them is
+        # decided by the class's two rules.
+        d_old, d_new = evaluate(old.program, c.witness), evaluate(new.program, c.witness)
+        program, entry = (new.program, d_new.entry) if d_new.entry is not None else (old.program, d_old.entry)
+        ids = lambda f, p=program: (owner(p, f.family, f.src), owner(p, f.family, f.dst))  # noqa: E731
+        inside = [f for f in flows if entry is None or match_holds(entry.match, f, *ids(f))]
+        same = [(evaluate(old.program, f).rule, evaluate(new.program, f).rule) == (c.old_rule, c.new_rule)
+                for f in inside]
+        assert c.described["whole"] == all(same), (c.described, c.old_rule, c.new_rule)
 
 
 @settings(max_examples=25 if CI else 8, deadline=None, suppress_health_check=list(HealthCheck))

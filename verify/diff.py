@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import z3
 
 from anyplane.ir.actions import Deny, RateLimit
+from anyplane.ir.describe import describe
 from anyplane.ir.interp import evaluate
 from anyplane.ir.nodes import Entry, Program
 from anyplane.ir.printer import format_connections
@@ -55,10 +56,14 @@ class DiffClass:
     what: str = ""
     old: str = ""
     new: str = ""
+    #: The class in words: the deciding rule's flows (`ir.describe`), and `whole`: whether every one
+    #: of them changed this way (else only part of them did: rules above decide the rest).
+    described: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        """`{"witness", "old_rule", "new_rule"}` (+ what changed for `changed`)."""
-        out = {"witness": self.witness.to_json(), "old_rule": self.old_rule, "new_rule": self.new_rule}
+        """`{"witness", "old_rule", "new_rule", "class"}` (+ what changed for `changed`)."""
+        out = {"witness": self.witness.to_json(), "old_rule": self.old_rule, "new_rule": self.new_rule,
+               "class": self.described}
         if self.what:
             out.update(what=self.what, old=self.old, new=self.new)
         return out
@@ -187,7 +192,11 @@ def diff(old: Program, new: Program, limit: int = MAX_CLASSES) -> DiffReport:
         sn = model.eval(new_sel, model_completion=True).as_long()
         pin = [old_sel == so, new_sel == sn]
         f = enc.flow(prefer(a_old, question + blocked + pin, model))
-        _classify(report, f, evaluate(old, f), evaluate(new, f))
+        d_old, d_new = evaluate(old, f), evaluate(new, f)
+        cls = _classify(report, f, d_old, d_new)
+        cls.described = _described(new if d_new.entry is not None else old, d_new.entry or d_old.entry,
+                                   a_new if d_new.entry is not None else a_old,
+                                   lambda m: a_old.solve(m, z3.Not(z3.And(region, *pin)))[0] == "unsat")
         blocked.append(z3.Not(mk_and(pin + ([_route_pin(a_old, a_new, model, codes)] if routes_differ else []), enc.ctx)))
     return report
 
@@ -205,19 +214,28 @@ def _route_pin(a_old: Analysis, a_new: Analysis, model, codes: _Codes) -> z3.Boo
     return z3.And(r_old == model.eval(r_old, model_completion=True), r_new == model.eval(r_new, model_completion=True))
 
 
-def _classify(report: DiffReport, f, d_old, d_new) -> None:
+def _described(program: Program, entry: Entry | None, a: Analysis, whole) -> dict:
+    """The class as the deciding entry's flows in words (the non-default side, the new one first)."""
+    out = describe(program, entry.match if entry is not None else None)
+    out["whole"] = whole(a.term(entry.match) if entry is not None else a.enc.true)
+    return out
+
+
+def _classify(report: DiffReport, f, d_old, d_new) -> DiffClass:
     cls = DiffClass(f, d_old.rule, d_new.rule)
     if d_old.verdict == "deny" and d_new.verdict == "allow":
         report.newly_allowed.append(cls)
-    elif d_old.verdict == "allow" and d_new.verdict == "deny":
+        return cls
+    if d_old.verdict == "allow" and d_new.verdict == "deny":
         report.newly_denied.append(cls)
+        return cls
+    (rate_o, route_o), (rate_n, route_n) = _describe(d_old), _describe(d_new)
+    if d_old.verdict == "allow" and rate_o != rate_n:
+        cls.what, cls.old, cls.new = "rate", rate_o, rate_n
+    elif d_old.verdict == "allow" and route_o != route_n:
+        cls.what, cls.old, cls.new = "route", route_o, route_n
     else:
-        (rate_o, route_o), (rate_n, route_n) = _describe(d_old), _describe(d_new)
-        if d_old.verdict == "allow" and rate_o != rate_n:
-            cls.what, cls.old, cls.new = "rate", rate_o, rate_n
-        elif d_old.verdict == "allow" and route_o != route_n:
-            cls.what, cls.old, cls.new = "route", route_o, route_n
-        else:
-            raise VerificationBug(f"diff witness {f.text} gets the same decision from both versions "
-                                  f"({d_old.verdict}) in the interpreter")
-        report.changed.append(cls)
+        raise VerificationBug(f"diff witness {f.text} gets the same decision from both versions "
+                              f"({d_old.verdict}) in the interpreter")
+    report.changed.append(cls)
+    return cls

@@ -140,7 +140,12 @@ def diff(old, new, output_format) -> None:
             click.echo(f"{title} ({len(classes)}):")
             for c in classes:
                 what = f"  [{c.what}: {c.old} -> {c.new}]" if c.what else ""
-                click.echo(f"  {described(newer.program, c.witness)}{what}")
+                if c.described:
+                    share = "all of it" if c.described["whole"] else "part of it: rules above decide the rest"
+                    click.echo(f"  {c.described['text']}{what}  ({share})")
+                    click.echo(f"      e.g. {described(newer.program, c.witness)}")
+                else:
+                    click.echo(f"  {described(newer.program, c.witness)}{what}")
                 click.echo(f"      old: {c.old_rule or 'the default'}   new: {c.new_rule or 'the default'}")
         if report.connections:
             old, new = (c.removeprefix("connections ") for c in report.connections)
