@@ -53,3 +53,20 @@ def test_the_cli_formats(tmp_path):
     assert dot.startswith("digraph anyplane {") and '"ratings" -> "mysql"' in dot
     text = run("map", "examples/bookinfo.ap").stdout
     assert "alike (the same connections in and out): reviews, reviews.v1, reviews.v2, reviews.v3" in text
+
+
+def test_map_diff_marks_added_removed_and_changed_edges(tmp_path):
+    old, new = tmp_path / "old.ap", tmp_path / "new.ap"
+    base = ("service postgres { address 10.3.0.10/32 port 5432 tcp }\nservice web { address 10.1.0.0/24 port 80 http }\n"
+            "external monitoring { address 10.4.0.0/24 }\ndefault deny\n")
+    old.write_text(base + "allow web -> postgres tcp 5432\nallow monitoring -> web tcp 80\n")
+    new.write_text(base + "allow monitoring -> postgres\nallow monitoring -> web\n")
+    done = run("map", "--diff", str(old), str(new), "--format", "json")
+    assert done.returncode == 1, done.stderr
+    changes = {(e["src"], e["dst"]): e["change"] for e in json.loads(done.stdout)["edges"]}
+    assert changes == {("monitoring", "postgres"): "added", ("web", "postgres"): "removed",
+                       ("monitoring", "web"): "changed"}
+    assert run("map", "--diff", str(old), str(old)).returncode == 0
+    assert run("map", "--diff", str(old)).returncode == 2
+    dot = run("map", "--diff", str(old), str(new), "--format", "dot").stdout
+    assert 'color=red' in dot and 'color=darkgreen' in dot

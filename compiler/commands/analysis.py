@@ -13,7 +13,7 @@ from anyplane.ir.source import Diagnostic, DiagnosticError, Note, render
 
 from .. import api
 from ..api import DEFAULT_FAIL_ON, FINDING_KINDS as KINDS
-from ..pipeline import load
+from ..pipeline import UsageError, load
 from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, progress_reporter, \
     with_source
 
@@ -164,16 +164,23 @@ def diff(old, new, output_format) -> None:
 
 @cli.command(name="map")
 @files_argument
+@click.option("--diff", "compare", is_flag=True, help="FILES are OLD NEW (each a file or directory): mark the "
+                                                          "edges added, removed and changed.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json", "csv", "dot"]), default="text",
               show_default=True, help="text, json, csv (an edge a line) or dot (Graphviz).")
 @handle_errors
-def map_command(files, output_format) -> None:
+def map_command(files, compare, output_format) -> None:
     """Who can reach whom: an edge wherever some flow from one identity opens a connection to another,
     with the rules that allow it."""
-    compiled = load(list(files))
+    if compare and len(files) != 2:
+        raise UsageError("map --diff takes two policies: OLD NEW (each a file or a directory)")
     report, done = progress_reporter("map")
     try:
-        result = api.connectivity(compiled, report)
+        if compare:
+            old, new = (api.connectivity(load([f]), report) for f in files)
+            result = _compare(old, new)
+        else:
+            result = api.connectivity(load(list(files)), report)
     finally:
         done()
     if output_format == "json":
@@ -181,28 +188,61 @@ def map_command(files, output_format) -> None:
     elif output_format == "csv":
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(["source", "destination", "all flows", "rules", "witness"])
+        w.writerow(["source", "destination", "all flows", "rules", "witness"] + (["change"] if compare else []))
         for e in result["edges"]:
             w.writerow([e["src"], e["dst"], "yes" if e["everything"] else "some",
-                        "; ".join(e["rules"] + (["default"] if e["default"] else [])), e["witness"]])
+                        "; ".join(e["rules"] + (["default"] if e["default"] else [])), e["witness"]]
+                       + ([e["change"]] if compare else []))
         click.echo(out.getvalue(), nl=False)
     elif output_format == "dot":
         click.echo(_dot(result), nl=False)
     else:
-        width = max((len(f"{e['src']} -> {e['dst']}") for e in result["edges"]), default=10)
-        for e in result["edges"]:
-            how = "all flows" if e["everything"] else "some flows"
-            rules = e["rules"] + (["(the default allows some)"] if e["default"] else [])
-            click.echo(f"{e['src'] + ' -> ' + e['dst']:<{width}}  {how:<10}  {rules[0]}")
-            for more in rules[1:]:
-                click.echo(f"{'':<{width}}  {'':<10}  {more}")
-        alike = [g for g in result["groups"] if len(g) > 1]
-        if alike:
-            click.echo("alike (the same connections in and out): " + "; ".join(", ".join(g) for g in alike))
-        lonely = sorted({n["name"] for n in result["nodes"]} - {e["src"] for e in result["edges"]}
-                        - {e["dst"] for e in result["edges"]})
-        if lonely:
-            click.echo("reaches nothing and is reached by nothing: " + ", ".join(lonely))
+        _map_text(result, compare)
+    if compare and any(e["change"] != "same" for e in result["edges"]):
+        sys.exit(EXIT_FAIL)
+
+
+def _compare(old: dict, new: dict) -> dict:
+    """The new map with every edge marked `added`, `removed` (kept, from the old map), `changed` (other
+    rules, or all flows against some) or `same`."""
+    before = {(e["src"], e["dst"]): e for e in old["edges"]}
+    after = {(e["src"], e["dst"]): e for e in new["edges"]}
+    edges = []
+    for key in sorted(set(before) | set(after)):
+        if key not in before:
+            edges.append(dict(after[key], change="added"))
+        elif key not in after:
+            edges.append(dict(before[key], change="removed"))
+        else:
+            a, b = before[key], after[key]
+            same = (a["everything"], a["default"], [r.split(" ", 1)[1] for r in a["rules"]]) == \
+                (b["everything"], b["default"], [r.split(" ", 1)[1] for r in b["rules"]])
+            edges.append(dict(b, change="same" if same else "changed"))
+    nodes = {n["name"]: n for n in old["nodes"] + new["nodes"]}
+    return {"nodes": [nodes[k] for k in sorted(nodes)], "edges": edges, "groups": new["groups"]}
+
+
+def _map_text(result: dict, compare: bool) -> None:
+    mark = {"added": "+ ", "removed": "- ", "changed": "~ ", "same": "  "}
+    width = max((len(f"{e['src']} -> {e['dst']}") for e in result["edges"]), default=10)
+    for e in result["edges"]:
+        how = "all flows" if e["everything"] else "some flows"
+        rules = e["rules"] + (["(the default allows some)"] if e["default"] else [])
+        lead = mark[e["change"]] if compare else ""
+        click.echo(f"{lead}{e['src'] + ' -> ' + e['dst']:<{width}}  {how:<10}  {rules[0]}")
+        for more in rules[1:]:
+            click.echo(f"{' ' * len(lead)}{'':<{width}}  {'':<10}  {more}")
+    if compare:
+        counts = {k: sum(1 for e in result["edges"] if e["change"] == k) for k in ("added", "removed", "changed")}
+        click.echo(f"{counts['added']} added, {counts['removed']} removed, {counts['changed']} changed")
+        return
+    alike = [g for g in result["groups"] if len(g) > 1]
+    if alike:
+        click.echo("alike (the same connections in and out): " + "; ".join(", ".join(g) for g in alike))
+    lonely = sorted({n["name"] for n in result["nodes"]} - {e["src"] for e in result["edges"]}
+                    - {e["dst"] for e in result["edges"]})
+    if lonely:
+        click.echo("reaches nothing and is reached by nothing: " + ", ".join(lonely))
 
 
 def _dot_text(text: str) -> str:
@@ -217,5 +257,7 @@ def _dot(result: dict) -> str:
     for e in result["edges"]:
         label = "\n".join([r.split(" ", 1)[0] for r in e["rules"]] + (["default"] if e["default"] else []))
         style = "solid" if e["everything"] else "dashed"
-        lines.append(f"  {_dot_text(e['src'])} -> {_dot_text(e['dst'])} [label={_dot_text(label)}, style={style}];")
+        color = {"added": "darkgreen", "removed": "red", "changed": "orange"}.get(e.get("change"), "black")
+        lines.append(f"  {_dot_text(e['src'])} -> {_dot_text(e['dst'])} [label={_dot_text(label)}, style={style}, "
+                     f"color={color}];")
     return "\n".join(lines + ["}"]) + "\n"
