@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +52,21 @@ class Compiled:
     sources: SourceMap
 
 
+STDIN = "<stdin>"
+
+
 def read_sources(paths: list[str]) -> list[tuple[str, str]]:
-    """Files named, and `*.ap` files under directories named, in a stable order."""
+    """Files named, and `*.ap` files under directories named, in a stable order; `-` is the policy text
+    on standard input (named `<stdin>` in messages)."""
     files: list[str] = []
+    stdin = None
     for p in paths:
-        if os.path.isdir(p):
+        if p == "-":
+            if stdin is not None:
+                raise UsageError("'-' (the policy on standard input) may be given once")
+            stdin = sys.stdin.buffer.read()
+            files.append(p)
+        elif os.path.isdir(p):
             found = sorted(str(f) for f in Path(p).rglob(f"*{POLICY_SUFFIX}") if f.is_file())
             if not found:
                 raise UsageError(f"no {POLICY_SUFFIX} files under directory '{p}'")
@@ -66,6 +77,12 @@ def read_sources(paths: list[str]) -> list[tuple[str, str]]:
             raise UsageError(f"no such file or directory: '{p}'")
     out, seen = [], set()
     for f in files:
+        if f == "-":
+            try:
+                out.append((STDIN, stdin.decode("utf-8").removeprefix("\ufeff")))
+            except UnicodeDecodeError as exc:
+                raise DiagnosticError([error(None, "bad-encoding", f"{STDIN}: not UTF-8 text ({exc.reason})")]) from None
+            continue
         real = os.path.realpath(f)
         if real in seen:  # one file named twice (one.ap ./one.ap) is read once
             continue

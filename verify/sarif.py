@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 from .result import KINDS, Finding
+
+#: Positions inside messages ("p.ap:12", "line 12") change when lines move; fingerprints leave them out.
+_POSITIONS = re.compile(r"(?<=\.ap):\d+(:\d+)?|\bline \d+")
 
 _LEVEL = {"error": "error", "warning": "warning", "info": "note", "note": "note"}
 _DESCRIPTIONS = {
@@ -37,11 +43,21 @@ def diagnostics_to_sarif(diagnostics, version: str) -> dict:
                           for c in sorted({d.code for d in diagnostics})], version)
 
 
+def fingerprint(f: Finding, seen: dict) -> str:
+    """A finding's identity across edits that move lines: its kind, file and message without positions
+    (and which occurrence of that it is), hashed. Code-scanning keeps one alert per fingerprint."""
+    key = "\0".join((f.kind, f.span.file if f.span else "", _POSITIONS.sub(":*", f.message)))
+    n = seen[key] = seen.get(key, 0) + 1
+    return hashlib.sha256(f"{key}\0{n}".encode()).hexdigest()[:32]
+
+
 def to_sarif(findings: list[Finding], version: str) -> dict:
     """A SARIF log with one run."""
     results = []
+    seen: dict = {}
     for f in findings:
-        result = {"ruleId": f.kind, "level": _LEVEL[f.severity], "message": {"text": f.message}}
+        result = {"ruleId": f.kind, "level": _LEVEL[f.severity], "message": {"text": f.message},
+                  "partialFingerprints": {"anyplaneFinding/v1": fingerprint(f, seen)}}
         if f.span is not None:
             result["locations"] = [_location(f.span)]
         if f.related:

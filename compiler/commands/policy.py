@@ -14,7 +14,7 @@ from ..explain import explain as explain_flow, format_explanation
 from ..flows import parse_flow
 from ..fmt import format_file
 from ..parser import parse_file
-from ..pipeline import load, read_sources
+from ..pipeline import STDIN, load, read_sources
 from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, with_source
 
 
@@ -70,6 +70,9 @@ def fmt(files, check_only, show_diff) -> None:
         except DiagnosticError as exc:
             exc.sources = SourceMap({path: text})
             raise
+        if path == STDIN and not (check_only or show_diff):  # a filter: the canonical text on stdout
+            click.echo(formatted, nl=False)
+            continue
         if formatted == text:
             continue
         changed.append(path)
