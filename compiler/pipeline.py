@@ -9,6 +9,7 @@ AST; `lower`: the IR dump; `project`: the L4 projection).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -204,5 +205,32 @@ def _compile(sources, source_map: SourceMap, dump_after: str | None, dump) -> Co
 
 
 def load(paths: list[str], dump_after: str | None = None, dump=print) -> Compiled:
-    """Read files and directories, then compile them as one policy."""
-    return compile_sources(read_sources(paths), dump_after, dump)
+    """Read files and directories, then compile them as one policy. Kubernetes manifests among them
+    (`*.yaml`, or directories of them) are imported first (compiler/importers): positions in findings,
+    explain and diff then point into the manifests."""
+    from .importers import IMPORTED, relocate, split
+    from .importers.k8s import convert
+
+    policy_paths, manifests = split(paths)
+    sources = read_sources(policy_paths) if policy_paths else []
+    if not manifests:
+        return compile_sources(sources, dump_after, dump)
+    texts = []
+    for m in manifests:
+        try:
+            texts.append((m, Path(m).read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read '{m}': {exc}") from None
+    try:
+        imported = convert(texts)
+    except DiagnosticError as exc:
+        exc.sources = SourceMap(dict(texts))
+        raise
+    try:
+        compiled = compile_sources(sources + [(IMPORTED, imported.text)], dump_after, dump)
+    except DiagnosticError as exc:
+        exc.diagnostics = relocate(list(exc.diagnostics), imported.origins)
+        exc.sources.texts.update(dict(texts))
+        raise
+    compiled.sources.texts.update(dict(texts))
+    return dataclasses.replace(compiled, program=relocate(compiled.program, imported.origins))

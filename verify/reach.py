@@ -44,6 +44,7 @@ class Reachability:
     owners: tuple[str | None, str | None] = (None, None)  # who owns the witness's source and destination
     reply: "Reachability | None" = None  # not reachable as new connections: whether replies get through
     answer: object = None  # in `reply`: the reply (its `witness` is the connection's opening packet)
+    rule_id: str | None = None  # the deciding rule (positions may be shared: imported rules)
 
 
     def to_json(self) -> dict:
@@ -141,7 +142,8 @@ def reachability(a: Analysis, pattern: tuple[Match, ...]) -> Reachability:
     if w is not None:
         d = a.confirm(w, lambda d: d.verdict == "allow", "get allowed")
         _check_in_pattern(a, w, pattern)
-        return Reachability(True, w, d.entry.origin if d.entry else None, owners=a.ids(w))
+        return Reachability(True, w, d.entry.origin if d.entry else None, owners=a.ids(w),
+                            rule_id=d.entry.rule if d.entry else None)
     positions = a.relevant(pattern)
     region = a.region(pattern)
     base = [region, a.allowed_term(positions)]
@@ -152,7 +154,8 @@ def reachability(a: Analysis, pattern: tuple[Match, ...]) -> Reachability:
         f = a.enc.flow(prefer(a, base, model))
         d = a.confirm(f, lambda d: d.verdict == "allow", "get allowed")
         _check_in_pattern(a, f, pattern)
-        return Reachability(True, f, d.entry.origin if d.entry else None, owners=a.ids(f))
+        return Reachability(True, f, d.entry.origin if d.entry else None, owners=a.ids(f),
+                            rule_id=d.entry.rule if d.entry else None)
     return _blockers(a, pattern, positions, region)
 
 

@@ -100,11 +100,12 @@ def query(files, pattern, without, with_rules, output_format) -> None:
         click.echo(f"reachable: unknown (the solver gave up: {result.reason})")
         sys.exit(EXIT_FAIL)
     texts = {r.origin.loc: r.text for r in program.rules}
+    by_id = {r.id: r.text for r in program.rules}
     if result.reachable:
         click.echo("reachable: yes")
         click.echo(f"witness:   {described(program, result.witness)}")
         rule = result.rule.loc if result.rule else None
-        click.echo(f"rule:      {rule}  {texts.get(rule, '')}" if rule else "rule:      (the default allows it)")
+        click.echo(f"rule:      {rule}  {by_id.get(result.rule_id, '')}" if rule else "rule:      (the default allows it)")
     else:
         click.echo("reachable: no")
         for s in result.blockers:
@@ -117,7 +118,7 @@ def query(files, pattern, without, with_rules, output_format) -> None:
             click.echo("as replies: yes (a rule allows the connections they answer)")
             click.echo(f"witness:   {described(program, reply.answer)}")
             click.echo(f"answers:   {described(program, reply.witness)}")
-            click.echo(f"rule:      {rule}  {texts.get(rule, '')}" if rule else "rule:      (the default allows it)")
+            click.echo(f"rule:      {rule}  {by_id.get(reply.rule_id, '')}" if rule else "rule:      (the default allows it)")
         elif reply is not None and reply.reachable is False:
             click.echo("as replies: no (no rule allows a connection they would answer)")
 

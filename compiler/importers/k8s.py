@@ -1,0 +1,394 @@
+"""Kubernetes NetworkPolicy (networking.k8s.io/v1) as an anyplane policy.
+
+Reads Namespaces, Pods and NetworkPolicies from manifests (several documents
+per file); every Pod needs an address (`status.podIP`/`podIPs`). The
+translation is exact for what it accepts, and refuses the rest at its YAML
+position:
+
+    a pod any policy selects for Ingress is isolated for ingress: it accepts what the union of
+    those policies' ingress rules allows; the same for Egress; a flow from A to B is allowed when
+    B's ingress and A's egress both allow it (a side that is not isolated allows everything)
+
+In anyplane terms, with `default allow` (what Kubernetes does without policies):
+
+    deny any -> B priority 10                 for each pod B isolated for ingress
+    deny A -> any priority 10                 for each pod A isolated for egress
+    allow A -> B PORTS priority 20            for each pair of pods with one side isolated: the
+                                              ports both sides allow
+    allow CIDR except pods -> B PORTS ...     ipBlock peers and "from anywhere", for addresses
+    allow A -> CIDR except pods PORTS ...     that no pod owns (pods are the pairs above)
+
+Peers: podSelector (in the policy's namespace), namespaceSelector, both
+(pods matching in matching namespaces), ipBlock with `except` (the addresses
+of the block, pods included). Ports: TCP (default), UDP, a port or a range
+(`endPort`), or a named port, resolved against the destination pod's container
+ports. Replies of allowed connections are allowed, as Kubernetes says (anyplane
+is stateful by default).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+import yaml
+
+from anyplane.ir.source import Diagnostic, DiagnosticError, Span, error
+
+PORTS_ALL = "all"
+PROTOCOLS = {"TCP": "tcp", "UDP": "udp"}
+
+
+@dataclass
+class Pod:
+    namespace: str
+    name: str
+    labels: dict
+    address: str
+    ports: list  # (name, number, protocol)
+    span: Span
+
+    @property
+    def ident(self) -> str:
+        text = f"{self.namespace}_{self.name.replace('.', '__')}"
+        return text if text[0].isalpha() else f"pod_{text}"
+
+
+@dataclass
+class Rule:
+    """One ingress or egress rule of a policy: peers (None: every peer) and ports (None: every port)."""
+
+    peers: list | None
+    ports: list | None
+    span: Span
+    policy: str
+
+
+@dataclass
+class Imported:
+    """The policy text, and where each of its lines comes from."""
+
+    text: str
+    origins: dict[int, Span] = field(default_factory=dict)  # line of `text` -> position in the manifests
+    pods: int = 0
+    policies: int = 0
+
+
+class _Loader(yaml.SafeLoader):
+    """Keeps each mapping's line and column (as `__line__`, `__col__`)."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+    mapping["__line__"], mapping["__col__"] = node.start_mark.line + 1, node.start_mark.column + 1
+    return mapping
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def is_manifest(path: str) -> bool:
+    return path.endswith((".yaml", ".yml"))
+
+
+def _span(path: str, obj) -> Span:
+    line, col = (obj.get("__line__", 1), obj.get("__col__", 1)) if isinstance(obj, dict) else (1, 1)
+    return Span(path, line, col, line, col + 1)
+
+
+class _Reader:
+    def __init__(self):
+        self.errors: list[Diagnostic] = []
+        self.namespaces: dict[str, dict] = {}
+        self.pods: list[Pod] = []
+        self.policies: list[tuple[str, dict]] = []
+
+    def fail(self, path: str, obj, message: str) -> None:
+        self.errors.append(error(_span(path, obj), "import", message))
+
+    def read(self, path: str, text: str) -> None:
+        try:
+            docs = list(yaml.load_all(text, Loader=_Loader))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark else 1
+            self.errors.append(error(Span(path, line, 1, line, 2), "import", f"not YAML: {exc}"))
+            return
+        for doc in docs:
+            for obj in (doc.get("items") or []) if isinstance(doc, dict) and doc.get("kind") == "List" else [doc]:
+                if isinstance(obj, dict):
+                    self.object(path, obj)
+
+    def object(self, path: str, obj: dict) -> None:
+        kind, meta = obj.get("kind"), obj.get("metadata") or {}
+        name, ns = meta.get("name"), meta.get("namespace") or "default"
+        if kind == "Namespace":
+            self.namespaces[name] = dict(meta.get("labels") or {})
+            self.namespaces[name].setdefault("kubernetes.io/metadata.name", name)
+        elif kind == "Pod":
+            status = obj.get("status") or {}
+            address = status.get("podIP") or next((p.get("ip") for p in status.get("podIPs") or [] if p.get("ip")), None)
+            if not address:
+                self.fail(path, obj, f"Pod {ns}/{name} has no address: anyplane needs status.podIP "
+                                     "(kubectl get pods -o yaml shows it)")
+                return
+            ports = [(p.get("name"), p.get("containerPort"), p.get("protocol", "TCP"))
+                     for c in (obj.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
+            labels = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("__")}
+            self.pods.append(Pod(ns, name, labels, address, ports, _span(path, obj)))
+            self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
+        elif kind == "NetworkPolicy":
+            if not str(obj.get("apiVersion", "")).startswith("networking.k8s.io/"):
+                self.fail(path, obj, f"NetworkPolicy {ns}/{name}: apiVersion {obj.get('apiVersion')!r} is not "
+                                     "networking.k8s.io/v1")
+                return
+            self.policies.append((path, obj))
+            self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
+        elif kind in ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "AuthorizationPolicy",
+                      "CiliumNetworkPolicy", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
+            self.fail(path, obj, f"{kind} {name}: not imported yet (NetworkPolicy, Pod and Namespace are); "
+                                 "remove it from the input rather than have it ignored")
+
+
+def _selects(selector: dict | None, labels: dict, path: str, reader: _Reader) -> bool:
+    """A LabelSelector against labels (an empty selector selects everything)."""
+    if selector is None:
+        return True
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if k.startswith("__"):
+            continue
+        if labels.get(k) != v:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            reader.fail(path, expr, f"unknown selector operator {op!r}")
+            return False
+    return True
+
+
+def _peers(reader: _Reader, path: str, ns: str, items) -> list:
+    """Peers as ("pods", [Pod]) and ("block", network, [excepted networks])."""
+    out = []
+    for peer in items:
+        block = peer.get("ipBlock")
+        if block is not None:
+            try:
+                net = ipaddress.ip_network(block.get("cidr"), strict=False)
+                excepts = [ipaddress.ip_network(e, strict=False) for e in block.get("except") or []]
+            except (TypeError, ValueError) as exc:
+                reader.fail(path, block, f"ipBlock: {exc}")
+                continue
+            out.append(("block", net, excepts))
+            continue
+        pod_sel, ns_sel = peer.get("podSelector"), peer.get("namespaceSelector")
+        if ns_sel is None:
+            spaces = {ns}
+        else:
+            spaces = {n for n, labels in reader.namespaces.items() if _selects(ns_sel, labels, path, reader)}
+        pods = [p for p in reader.pods if p.namespace in spaces and _selects(pod_sel or {}, p.labels, path, reader)]
+        out.append(("pods", pods))
+    return out
+
+
+def _ports(reader: _Reader, path: str, items) -> list | None:
+    if not items:
+        return None
+    out = []
+    for p in items:
+        proto = p.get("protocol", "TCP")
+        if proto not in PROTOCOLS:
+            reader.fail(path, p, f"protocol {proto}: anyplane takes TCP and UDP ports here")
+            continue
+        port, end = p.get("port"), p.get("endPort")
+        if port is None:
+            out.append((PROTOCOLS[proto], 0, 65535))
+        elif isinstance(port, str) and not port.isdigit():
+            if end is not None:
+                reader.fail(path, p, "endPort needs a numbered port")
+            out.append((PROTOCOLS[proto], port, None))
+        else:
+            out.append((PROTOCOLS[proto], int(port), int(end) if end is not None else int(port)))
+    return out
+
+
+def _resolve(ports: list | None, pod: Pod | None) -> dict | str:
+    """Ports on a destination: "all", or {proto: [(lo, hi)]} (named ports looked up on the pod)."""
+    if ports is None:
+        return PORTS_ALL
+    out: dict = {}
+    for proto, lo, hi in ports:
+        if hi is None:  # a named port
+            if pod is None:
+                continue
+            for name, number, p in pod.ports:
+                if name == lo and PROTOCOLS.get(p, "") == proto and number:
+                    out.setdefault(proto, []).append((number, number))
+            continue
+        out.setdefault(proto, []).append((lo, hi))
+    return out
+
+
+def _union(sets: list) -> dict | str:
+    if any(s == PORTS_ALL for s in sets):
+        return PORTS_ALL
+    out: dict = {}
+    for s in sets:
+        for proto, ranges in s.items():
+            out.setdefault(proto, []).extend(ranges)
+    return {proto: _merge(r) for proto, r in out.items()}
+
+
+def _merge(ranges):
+    out = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _intersect(a, b):
+    if a == PORTS_ALL:
+        return b
+    if b == PORTS_ALL:
+        return a
+    out = {}
+    for proto in set(a) & set(b):
+        r = [(max(l1, l2), min(h1, h2)) for l1, h1 in a[proto] for l2, h2 in b[proto] if max(l1, l2) <= min(h1, h2)]
+        if r:
+            out[proto] = _merge(r)
+    return out
+
+
+def _l4(ports) -> list[str]:
+    """Port sets as rule suffixes ("" for every port)."""
+    if ports == PORTS_ALL:
+        return [""]
+    out = []
+    for proto in sorted(ports):
+        ranges = ports[proto]
+        if ranges == [(0, 65535)]:
+            out.append(f" {proto}")
+        else:
+            out.append(f" {proto} " + ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges))
+    return out
+
+
+def _contains(peer, pod: Pod) -> bool:
+    if peer[0] == "pods":
+        return any(p is pod for p in peer[1])
+    address = ipaddress.ip_address(pod.address)
+    _, net, excepts = peer
+    return address in net and not any(address in e for e in excepts)
+
+
+def convert(sources: list[tuple[str, str]]) -> Imported:
+    """Manifests -> an anyplane policy (DiagnosticError for what cannot be imported)."""
+    reader = _Reader()
+    for path, text in sources:
+        reader.read(path, text)
+    pods = reader.pods
+    seen: dict[str, Pod] = {}
+    for p in pods:
+        if p.ident in seen:
+            reader.errors.append(error(p.span, "import", f"Pod {p.namespace}/{p.name} appears twice"))
+        seen[p.ident] = p
+    ingress: dict[str, list[Rule]] = {p.ident: [] for p in pods}
+    egress: dict[str, list[Rule]] = {p.ident: [] for p in pods}
+    isolated_in: dict[str, list[Span]] = {}
+    isolated_out: dict[str, list[Span]] = {}
+    for path, obj in reader.policies:
+        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+        ns, name = meta.get("namespace") or "default", meta.get("name")
+        label = f"NetworkPolicy {ns}/{name}"
+        types = spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else ["Ingress"])
+        selected = [p for p in pods if p.namespace == ns and _selects(spec.get("podSelector") or {}, p.labels, path, reader)]
+        where = _span(path, spec.get("podSelector") if isinstance(spec.get("podSelector"), dict) else obj)
+        for direction, key, table, isolated in (("Ingress", "ingress", ingress, isolated_in),
+                                                 ("Egress", "egress", egress, isolated_out)):
+            if direction not in types:
+                continue
+            for p in selected:
+                isolated.setdefault(p.ident, []).append((where, label))
+            for r in spec.get(key) or []:
+                peers_key = "from" if key == "ingress" else "to"
+                peers = _peers(reader, path, ns, r.get(peers_key)) if r.get(peers_key) else None
+                rule = Rule(peers, _ports(reader, path, r.get("ports")), _span(path, r), label)
+                for p in selected:
+                    table[p.ident].append(rule)
+    if reader.errors:
+        raise DiagnosticError(reader.errors)
+
+    lines: list[str] = []
+    origins: dict[int, Span] = {}
+
+    def emit(text: str, span: Span | None = None, why: str = "") -> None:
+        if why:
+            lines.append(f"# {why}" + (f" ({span.file}:{span.line})" if span is not None else ""))
+        lines.append(text)
+        if span is not None:
+            origins[len(lines)] = span
+
+    emit("# imported from Kubernetes manifests: NetworkPolicy semantics (docs/import.md)")
+    emit("default allow")
+    for p in sorted(pods, key=lambda p: p.ident):
+        emit(f"service {p.ident} {{ address {p.address}/{32 if ':' not in p.address else 128} }}", p.span,
+             f"Pod {p.namespace}/{p.name}")
+    if pods:
+        emit("group k8s_pods { " + ", ".join(sorted(p.ident for p in pods)) + " }")
+    for ident in sorted(isolated_in):
+        where, label = isolated_in[ident][0]
+        emit(f"deny any -> {ident} priority 10", where, f"{label} isolates it for ingress")
+    for ident in sorted(isolated_out):
+        where, label = isolated_out[ident][0]
+        emit(f"deny {ident} -> any priority 10", where, f"{label} isolates it for egress")
+
+    by_ident = {p.ident: p for p in pods}
+    for a in sorted(pods, key=lambda p: p.ident):
+        for b in sorted(pods, key=lambda p: p.ident):
+            if a.ident not in isolated_out and b.ident not in isolated_in:
+                continue  # neither side isolated: the default allows it
+            ing_rules = [r for r in ingress[b.ident] if r.peers is None or any(_contains(x, a) for x in r.peers)]
+            egr_rules = [r for r in egress[a.ident] if r.peers is None or any(_contains(x, b) for x in r.peers)]
+            ing = _union([_resolve(r.ports, b) for r in ing_rules]) if b.ident in isolated_in else PORTS_ALL
+            egr = _union([_resolve(r.ports, b) for r in egr_rules]) if a.ident in isolated_out else PORTS_ALL
+            if (b.ident in isolated_in and not ing_rules) or (a.ident in isolated_out and not egr_rules):
+                continue
+            allowed = _intersect(ing, egr)
+            source = (ing_rules or egr_rules)[0]
+            for l4 in _l4(allowed) if allowed else []:
+                emit(f"allow {a.ident} -> {b.ident}{l4} priority 20", source.span, source.policy)
+    for ident in sorted(isolated_in):
+        for r in ingress[ident]:
+            for src in _outside_peers(r.peers, bool(pods)):
+                for l4 in _l4(_resolve(r.ports, by_ident[ident])):
+                    emit(f"allow {src} -> {ident}{l4} priority 20", r.span, r.policy)
+    for ident in sorted(isolated_out):
+        for r in egress[ident]:
+            for dst in _outside_peers(r.peers, bool(pods)):
+                for l4 in _l4(_resolve(r.ports, None)):
+                    emit(f"allow {ident} -> {dst}{l4} priority 20", r.span, r.policy)
+    return Imported("\n".join(lines) + "\n", origins, len(pods), len(reader.policies))
+
+
+def _outside_peers(peers, any_pods: bool) -> list[str]:
+    """The peers of a rule among addresses no pod owns (the pairs of pods are rules of their own): every
+    address, or ipBlocks with their `except`."""
+    out = []
+    for peer in [("block", None, [])] if peers is None else peers:
+        if peer[0] != "block":
+            continue
+        _, net, excepts = peer
+        left = [str(e) for e in excepts] + (["k8s_pods"] if any_pods else [])
+        out.append(("any" if net is None else str(net)) + (" except " + ", ".join(left) if left else ""))
+    return out
