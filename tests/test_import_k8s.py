@@ -240,3 +240,67 @@ def test_commands_read_manifests_and_point_into_them(tmp_path):
     (tmp_path / "broken.yaml").write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n")
     done = run("check", str(tmp_path))
     assert done.returncode == 1 and "broken.yaml:1:1: error: Pod default/x has no address" in done.stderr
+
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.text(max_size=8),
+                    st.sampled_from(["TCP", "UDP", "SCTP", "In", "Exists", "10.0.0.0/8", "web", "pg", "Ingress"]))
+KEYS = st.sampled_from(["kind", "metadata", "name", "namespace", "labels", "spec", "status", "podIP", "podSelector",
+                        "namespaceSelector", "ipBlock", "cidr", "except", "ingress", "egress", "from", "to",
+                        "ports", "port", "endPort", "protocol", "matchLabels", "matchExpressions", "key",
+                        "operator", "values", "policyTypes", "containers", "items"])
+SHAPES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=4),
+                      max_leaves=20)
+
+
+@settings(max_examples=300 if CI else 80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.fixed_dictionaries({"kind": st.sampled_from(["Pod", "NetworkPolicy", "Namespace", "List"]),
+                                       "apiVersion": st.sampled_from(["v1", "networking.k8s.io/v1"])},
+                                      optional={"metadata": SHAPES, "spec": SHAPES, "status": SHAPES,
+                                                "items": SHAPES}), min_size=1, max_size=3))
+def test_hostile_manifests_get_errors_at_positions_not_tracebacks(docs):
+    from anyplane.ir.source import DiagnosticError
+
+    text = yaml.safe_dump_all(docs)
+    try:
+        imported = convert([("h.yaml", text)])
+    except DiagnosticError as exc:
+        assert all(d.span is not None and d.span.file == "h.yaml" for d in exc.diagnostics)
+        return
+    try:
+        compile_sources([("<kubernetes>", imported.text)])
+    except DiagnosticError as exc:  # what the importer let through must still be a valid policy
+        raise AssertionError(f"the imported text does not compile: {exc.diagnostics[0].message}\n{imported.text}")
+
+
+def _paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, prefix + (i,))
+
+
+@settings(max_examples=300 if CI else 80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_a_valid_cluster_with_one_field_broken_gets_an_error_at_a_position(data):
+    from anyplane.ir.source import DiagnosticError
+
+    docs = data.draw(clusters()) + data.draw(policies(2))
+    for _ in range(data.draw(st.integers(1, 3))):
+        n = data.draw(st.integers(0, len(docs) - 1))
+        path = data.draw(st.sampled_from([p for p in _paths(docs[n]) if p]))
+        target = docs[n]
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = data.draw(SHAPES)
+    try:
+        imported = convert([("m.yaml", yaml.safe_dump_all(docs))])
+    except DiagnosticError as exc:
+        assert all(d.span is not None and d.span.file == "m.yaml" for d in exc.diagnostics)
+        return
+    try:
+        compile_sources([("<kubernetes>", imported.text)])
+    except DiagnosticError as exc:
+        raise AssertionError(f"the imported text does not compile: {exc.diagnostics[0].message}\n{imported.text}")

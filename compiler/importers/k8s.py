@@ -29,6 +29,7 @@ is stateful by default).
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -36,6 +37,7 @@ import yaml
 from anyplane.ir.source import Diagnostic, DiagnosticError, Span, error
 
 PORTS_ALL = "all"
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 PROTOCOLS = {"TCP": "tcp", "UDP": "udp"}
 
 
@@ -115,13 +117,24 @@ class _Reader:
             self.errors.append(error(Span(path, line, 1, line, 2), "import", f"not YAML: {exc}"))
             return
         for doc in docs:
-            for obj in (doc.get("items") or []) if isinstance(doc, dict) and doc.get("kind") == "List" else [doc]:
-                if isinstance(obj, dict):
+            items = doc.get("items") if isinstance(doc, dict) and doc.get("kind") == "List" else [doc]
+            for obj in items if isinstance(items, list) else []:
+                if not isinstance(obj, dict):
+                    continue
+                try:
                     self.object(path, obj)
+                except (AttributeError, TypeError, ValueError) as exc:
+                    self.fail(path, obj, f"malformed {obj.get('kind', 'object')}: a field has the wrong shape ({exc})")
 
     def object(self, path: str, obj: dict) -> None:
         kind, meta = obj.get("kind"), obj.get("metadata") or {}
         name, ns = meta.get("name"), meta.get("namespace") or "default"
+        if kind in ("Namespace", "Pod", "NetworkPolicy"):
+            for what, value in (("name", name), ("namespace", ns)):
+                if not isinstance(value, str) or not _NAME.fullmatch(value):
+                    self.fail(path, meta if isinstance(meta, dict) else obj,
+                              f"{kind}: {what} {value!r} is not a Kubernetes name (lowercase letters, digits, '-', '.')")
+                    return
         if kind == "Namespace":
             self.namespaces[name] = dict(meta.get("labels") or {})
             self.namespaces[name].setdefault("kubernetes.io/metadata.name", name)
@@ -132,8 +145,18 @@ class _Reader:
                 self.fail(path, obj, f"Pod {ns}/{name} has no address: anyplane needs status.podIP "
                                      "(kubectl get pods -o yaml shows it)")
                 return
+            try:
+                address = str(ipaddress.ip_address(str(address)))
+            except ValueError:
+                self.fail(path, status, f"Pod {ns}/{name}: {address!r} is not an IP address")
+                return
             ports = [(p.get("name"), p.get("containerPort"), p.get("protocol", "TCP"))
                      for c in (obj.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
+            for p_name, number, _ in ports:
+                if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+                    self.fail(path, obj, f"Pod {ns}/{name}: container port {p_name or ''} {number!r} is not a port "
+                                         "number (1-65535)")
+                    return
             labels = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("__")}
             self.pods.append(Pod(ns, name, labels, address, ports, _span(path, obj)))
             self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
@@ -216,7 +239,13 @@ def _ports(reader: _Reader, path: str, items) -> list | None:
                 reader.fail(path, p, "endPort needs a numbered port")
             out.append((PROTOCOLS[proto], port, None))
         else:
-            out.append((PROTOCOLS[proto], int(port), int(end) if end is not None else int(port)))
+            lo = int(port)
+            hi = int(end) if end is not None else lo
+            if isinstance(port, bool) or isinstance(end, bool) or not 1 <= lo <= hi <= 65535:
+                reader.fail(path, p, f"ports: {port!r}" + (f"-{end!r}" if end is not None else "")
+                            + " is not a port or a range of ports (1-65535, endPort >= port)")
+                continue
+            out.append((PROTOCOLS[proto], lo, hi))
     return out
 
 
@@ -308,27 +337,39 @@ def convert(sources: list[tuple[str, str]]) -> Imported:
     isolated_in: dict[str, list[Span]] = {}
     isolated_out: dict[str, list[Span]] = {}
     for path, obj in reader.policies:
-        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-        ns, name = meta.get("namespace") or "default", meta.get("name")
-        label = f"NetworkPolicy {ns}/{name}"
-        types = spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else ["Ingress"])
-        selected = [p for p in pods if p.namespace == ns and _selects(spec.get("podSelector") or {}, p.labels, path, reader)]
-        where = _span(path, spec.get("podSelector") if isinstance(spec.get("podSelector"), dict) else obj)
-        for direction, key, table, isolated in (("Ingress", "ingress", ingress, isolated_in),
-                                                 ("Egress", "egress", egress, isolated_out)):
-            if direction not in types:
-                continue
-            for p in selected:
-                isolated.setdefault(p.ident, []).append((where, label))
-            for r in spec.get(key) or []:
-                peers_key = "from" if key == "ingress" else "to"
-                peers = _peers(reader, path, ns, r.get(peers_key)) if r.get(peers_key) else None
-                rule = Rule(peers, _ports(reader, path, r.get("ports")), _span(path, r), label)
-                for p in selected:
-                    table[p.ident].append(rule)
+        try:
+            _policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out)
+        except (AttributeError, TypeError, ValueError) as exc:
+            reader.fail(path, obj, f"malformed NetworkPolicy: a field has the wrong shape ({exc})")
     if reader.errors:
         raise DiagnosticError(reader.errors)
+    return _emit(pods, ingress, egress, isolated_in, isolated_out, len(reader.policies))
 
+
+def _policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out) -> None:
+    """One NetworkPolicy: the pods it isolates and the rules it gives them."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    ns, name = meta.get("namespace") or "default", meta.get("name")
+    label = f"NetworkPolicy {ns}/{name}"
+    types = spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else ["Ingress"])
+    selected = [p for p in pods if p.namespace == ns and _selects(spec.get("podSelector") or {}, p.labels, path, reader)]
+    where = _span(path, spec.get("podSelector") if isinstance(spec.get("podSelector"), dict) else obj)
+    for direction, key, table, isolated in (("Ingress", "ingress", ingress, isolated_in),
+                                             ("Egress", "egress", egress, isolated_out)):
+        if direction not in types:
+            continue
+        for p in selected:
+            isolated.setdefault(p.ident, []).append((where, label))
+        for r in spec.get(key) or []:
+            peers_key = "from" if key == "ingress" else "to"
+            peers = _peers(reader, path, ns, r.get(peers_key)) if r.get(peers_key) else None
+            rule = Rule(peers, _ports(reader, path, r.get("ports")), _span(path, r), label)
+            for p in selected:
+                table[p.ident].append(rule)
+
+
+def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int) -> Imported:
+    """The policy text for what was read."""
     lines: list[str] = []
     origins: dict[int, Span] = {}
 
@@ -378,7 +419,7 @@ def convert(sources: list[tuple[str, str]]) -> Imported:
             for dst in _outside_peers(r.peers, bool(pods)):
                 for l4 in _l4(_resolve(r.ports, None)):
                     emit(f"allow {ident} -> {dst}{l4} priority 20", r.span, r.policy)
-    return Imported("\n".join(lines) + "\n", origins, len(pods), len(reader.policies))
+    return Imported("\n".join(lines) + "\n", origins, len(pods), policies)
 
 
 def _outside_peers(peers, any_pods: bool) -> list[str]:
