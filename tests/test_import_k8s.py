@@ -133,7 +133,9 @@ def _ns_labels(ns: str) -> dict:
 
 
 def _peer_has(peer: dict, policy_ns: str, ip: str, pod: dict | None) -> bool:
-    if "ipBlock" in peer:
+    if "ipBlock" in peer:  # addresses outside the cluster: pods are peers through selectors only
+        if pod is not None:
+            return False
         b = peer["ipBlock"]
         a = ipaddress.ip_address(ip)
         return a in ipaddress.ip_network(b["cidr"]) and not any(a in ipaddress.ip_network(x) for x in b.get("except", []))
@@ -182,6 +184,8 @@ def allowed(pods, nps, src_ip, dst_ip, proto, port) -> bool:
                 return True
         return False
 
+    if src is not None and src is dst:  # a pod cannot block access to itself
+        return True
     ok = True
     if dst is not None:
         ok &= side(dst, "Ingress", "ingress", "from", src_ip, src, dst)

@@ -19,8 +19,9 @@ In anyplane terms, with `default allow` (what Kubernetes does without policies):
     allow A -> CIDR except pods PORTS ...     that no pod owns (pods are the pairs above)
 
 Peers: podSelector (in the policy's namespace), namespaceSelector, both
-(pods matching in matching namespaces), ipBlock with `except` (the addresses
-of the block, pods included). Ports: TCP (default), UDP, a port or a range
+(pods matching in matching namespaces), ipBlock with `except` (addresses outside
+the cluster: a pod is a peer only through selectors, as network-config-analyzer
+reads it). A pod cannot block access to itself. Ports: TCP (default), UDP, a port or a range
 (`endPort`), or a named port, resolved against the destination pod's container
 ports. Replies of allowed connections are allowed, as Kubernetes says (anyplane
 is stateful by default).
@@ -314,11 +315,8 @@ def _l4(ports) -> list[str]:
 
 
 def _contains(peer, pod: Pod) -> bool:
-    if peer[0] == "pods":
-        return any(p is pod for p in peer[1])
-    address = ipaddress.ip_address(pod.address)
-    _, net, excepts = peer
-    return address in net and not any(address in e for e in excepts)
+    """Whether a peer names a pod: selectors do; an ipBlock stands for addresses outside the cluster."""
+    return peer[0] == "pods" and any(p is pod for p in peer[1])
 
 
 def convert(sources: list[tuple[str, str]]) -> Imported:
@@ -397,6 +395,9 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int) -> Im
     by_ident = {p.ident: p for p in pods}
     for a in sorted(pods, key=lambda p: p.ident):
         for b in sorted(pods, key=lambda p: p.ident):
+            if a is b and (a.ident in isolated_out or a.ident in isolated_in):
+                emit(f"allow {a.ident} -> {a.ident} priority 20", a.span, "a pod cannot block access to itself")
+                continue
             if a.ident not in isolated_out and b.ident not in isolated_in:
                 continue  # neither side isolated: the default allows it
             ing_rules = [r for r in ingress[b.ident] if r.peers is None or any(_contains(x, a) for x in r.peers)]
