@@ -204,17 +204,10 @@ def _compile(sources, source_map: SourceMap, dump_after: str | None, dump) -> Co
     return Compiled(policy, symbols, program, source_map)
 
 
-def load(paths: list[str], dump_after: str | None = None, dump=print) -> Compiled:
-    """Read files and directories, then compile them as one policy. Kubernetes manifests among them
-    (`*.yaml`, or directories of them) are imported first (compiler/importers): positions in findings,
-    explain and diff then point into the manifests."""
-    from .importers import IMPORTED, relocate, split
+def import_manifests(manifests: list[str]):
+    """(the manifests' texts, their translation: `importers.k8s.Imported`); errors point into them."""
     from .importers.k8s import convert
 
-    policy_paths, manifests = split(paths)
-    sources = read_sources(policy_paths) if policy_paths else []
-    if not manifests:
-        return compile_sources(sources, dump_after, dump)
     texts = []
     for m in manifests:
         try:
@@ -222,10 +215,23 @@ def load(paths: list[str], dump_after: str | None = None, dump=print) -> Compile
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read '{m}': {exc}") from None
     try:
-        imported = convert(texts)
+        return texts, convert(texts)
     except DiagnosticError as exc:
         exc.sources = SourceMap(dict(texts))
         raise
+
+
+def load(paths: list[str], dump_after: str | None = None, dump=print) -> Compiled:
+    """Read files and directories, then compile them as one policy. Kubernetes manifests among them
+    (`*.yaml`, or directories of them) are imported first (compiler/importers): positions in findings,
+    explain and diff then point into the manifests."""
+    from .importers import IMPORTED, relocate, split
+
+    policy_paths, manifests = split(paths)
+    sources = read_sources(policy_paths) if policy_paths else []
+    if not manifests:
+        return compile_sources(sources, dump_after, dump)
+    texts, imported = import_manifests(manifests)
     try:
         compiled = compile_sources(sources + [(IMPORTED, imported.text)], dump_after, dump)
     except DiagnosticError as exc:

@@ -28,8 +28,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
+from .actions import Deny
+from .addr import Prefix
 from .flow import ICMP, ICMP6, TCP, Flow
-from .interp import evaluate
+from .interp import evaluate, field_matches, match_holds, owner
+from .match import Absent, AnyOf, Exact, Match, PrefixMatch, Range, int_ranges, options
 from .nodes import Entry, Program
 
 #: ICMP queries that open a connection, and the type of their answer.
@@ -209,18 +212,21 @@ _SWAP = {"src.ip": "dst.ip", "dst.ip": "src.ip", "src.id": "dst.id", "dst.id": "
          "dport": "sport"}
 
 
+def swapped(m) -> dict:
+    """A match's fields with its ends and ports swapped (the shape of its replies), without the protocol,
+    ICMP and HTTP conditions, which the caller decides."""
+    return {_SWAP.get(n, n): fm for n, fm in m.fields if not n.startswith(("icmp", "http")) and n != "proto"}
+
+
 def reverse_matches(matches) -> tuple:
     """The openings whose replies fall in the matches: for each match without HTTP conditions, the match
     with ends and ports swapped, as a connection of a protocol other than ICMP, or as the echo request
     an echo reply of the match answers. Empty when no reply can fall in the matches."""
-    from .interp import field_matches
-    from .match import Absent, AnyOf, Exact, Match, Range, int_ranges
-
     out = []
     for m in matches:
         if any(name.startswith("http") and not isinstance(fm, Absent) for name, fm in m.fields):
             continue
-        pairs = {_SWAP.get(n, n): fm for n, fm in m.fields if not n.startswith("icmp") and n != "proto"}
+        pairs = swapped(m)
         pairs["http"] = Absent()
         proto, icmp_type = m.get("proto"), m.get("icmp.type")
         if icmp_type is None and m.get("icmp.code") is None:
@@ -245,8 +251,6 @@ def reverse_matches(matches) -> tuple:
 
 def _by_family(fm) -> list:
     """An address match split by family: [(family, match of that family)]."""
-    from .addr import Prefix
-    from .match import AnyOf, PrefixMatch, options
 
     if fm is None:
         return [(4, PrefixMatch(Prefix(4, 0, 0))), (6, PrefixMatch(Prefix(6, 0, 0)))]
@@ -275,8 +279,6 @@ def established(program: Program, flow: Flow, tcp_flags: str) -> Entry | None:
     """What an engine with a TCP `established` match (a switch) lets through as a reply without keeping
     connections: a TCP segment with ACK or RST set whose reverse an allow of the policy matches (the
     allow's entry; None otherwise). Such a segment passes whether or not a connection exists."""
-    from .actions import Deny
-    from .interp import match_holds, owner
 
     if not program.connections.stateful or flow.proto != TCP or flow.fragment or not set(tcp_flags) & {"A", "R"}:
         return None

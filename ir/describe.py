@@ -11,10 +11,11 @@ concrete witness that shows it.
 from __future__ import annotations
 
 from . import fields as F
+from .flow import ICMP6, PROTOCOL_NAMES
 from .match import Absent, Exact, InSet, Match, Present, PrefixMatch, StrExact, StrPrefix, int_ranges, options
 from .owners import ownership
 
-_PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}
+_PROTOCOLS = {**PROTOCOL_NAMES, ICMP6: "icmp6"}
 
 
 def _end(program, m: Match, id_field: str, ip_field: str) -> str:

@@ -194,7 +194,7 @@ def diff(old: Program, new: Program, limit: int = MAX_CLASSES) -> DiffReport:
         f = enc.flow(prefer(a_old, question + blocked + pin, model))
         d_old, d_new = evaluate(old, f), evaluate(new, f)
         cls = _classify(report, f, d_old, d_new)
-        cls.described = _described(new if d_new.entry is not None else old, d_new.entry or d_old.entry,
+        cls.described = _in_words(new if d_new.entry is not None else old, d_new.entry or d_old.entry,
                                    a_new if d_new.entry is not None else a_old,
                                    lambda m: a_old.solve(m, z3.Not(z3.And(region, *pin)))[0] == "unsat")
         blocked.append(z3.Not(mk_and(pin + ([_route_pin(a_old, a_new, model, codes)] if routes_differ else []), enc.ctx)))
@@ -214,7 +214,7 @@ def _route_pin(a_old: Analysis, a_new: Analysis, model, codes: _Codes) -> z3.Boo
     return z3.And(r_old == model.eval(r_old, model_completion=True), r_new == model.eval(r_new, model_completion=True))
 
 
-def _described(program: Program, entry: Entry | None, a: Analysis, whole) -> dict:
+def _in_words(program: Program, entry: Entry | None, a: Analysis, whole) -> dict:
     """The class as the deciding entry's flows in words (the non-default side, the new one first)."""
     out = describe(program, entry.match if entry is not None else None)
     out["whole"] = whole(a.term(entry.match) if entry is not None else a.enc.true)

@@ -22,6 +22,7 @@ from p4.v1 import p4runtime_pb2
 
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny, RateLimit
+from anyplane.ir.conn import swapped
 from anyplane.ir.addr import Prefix, outermost
 from anyplane.ir.match import Exact, InSet, Match, PrefixMatch, exact_values, int_ranges, merge_ranges, options
 from anyplane.ir.nodes import Entry, Program, ordered
@@ -322,8 +323,6 @@ def drop_downward_redundant(acl: list[P4Entry], default: str) -> list[P4Entry]:
     return [acl[i] for i in sorted(kept)]
 
 
-_SWAP = {F.SRC_ID: F.DST_ID, F.DST_ID: F.SRC_ID, F.SRC_IP: F.DST_IP, F.DST_IP: F.SRC_IP, F.SPORT: F.DPORT,
-         F.DPORT: F.SPORT}
 ESTABLISHED = {"meta.tcp_established": ("ternary", 1, 1)}
 
 
@@ -336,7 +335,7 @@ def reflexive(e: Entry) -> Entry | None:
         return None
     if proto is not None and 6 not in (exact_values(proto) or ()):
         return None
-    fields = {_SWAP.get(n, n): fm for n, fm in m.fields if n != F.PROTO}
+    fields = swapped(m)  # (a projected entry has no HTTP conditions)
     fields[F.PROTO] = Exact(6)
     return Entry(e.priority, Match.of(fields), Allow(), e.origin, e.rule)
 

@@ -14,7 +14,7 @@ from ..explain import explain as explain_flow, format_explanation
 from ..flows import parse_flow
 from ..fmt import format_file
 from ..parser import parse_file
-from ..pipeline import STDIN, UsageError, load, read_sources
+from ..pipeline import STDIN, UsageError, import_manifests, load, read_sources
 from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, with_source
 
 
@@ -98,22 +98,11 @@ def import_command(files, output) -> None:
     an anyplane policy file, each rule commented with the object and line it comes from. Every command
     also reads the manifests directly."""
     from ..importers import split
-    from ..importers.k8s import convert
 
     policy, manifests = split(list(files))
     if policy or not manifests:
         raise UsageError("import reads Kubernetes manifests (*.yaml, *.yml, or directories of them)")
-    texts = []
-    for m in manifests:
-        try:
-            texts.append((m, Path(m).read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read '{m}': {exc}") from None
-    try:
-        imported = convert(texts)
-    except DiagnosticError as exc:
-        exc.sources = SourceMap(dict(texts))
-        raise
+    _, imported = import_manifests(manifests)
     if output:
         Path(output).write_text(imported.text, encoding="utf-8")
         click.echo(f"wrote {output}: {imported.pods} pods, {imported.policies} NetworkPolicies", err=True)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from anyplane.ir.match import merge_ranges
 from anyplane.ir.source import Diagnostic, DiagnosticError, Span, error
 
 PORTS_ALL = "all"
@@ -274,17 +275,7 @@ def _union(sets: list) -> dict | str:
     for s in sets:
         for proto, ranges in s.items():
             out.setdefault(proto, []).extend(ranges)
-    return {proto: _merge(r) for proto, r in out.items()}
-
-
-def _merge(ranges):
-    out = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
+    return {proto: merge_ranges(r) for proto, r in out.items()}
 
 
 def _intersect(a, b):
@@ -296,7 +287,7 @@ def _intersect(a, b):
     for proto in set(a) & set(b):
         r = [(max(l1, l2), min(h1, h2)) for l1, h1 in a[proto] for l2, h2 in b[proto] if max(l1, l2) <= min(h1, h2)]
         if r:
-            out[proto] = _merge(r)
+            out[proto] = merge_ranges(r)
     return out
 
 
