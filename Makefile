@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 wrk curl
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup sysdeps venv bpffs p4tools bench clean
+.PHONY: demo test setup sysdeps venv bpffs p4tools nca bench clean
 
 demo: setup
 	$(BIN)/anyplane check examples/bookinfo.ap
@@ -27,7 +27,16 @@ test: setup
 	$(BIN)/python -m pip check  # p4runtime-shell's old protobuf pins and everything else, in one environment
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
-setup: sysdeps venv bpffs p4tools
+setup: sysdeps venv bpffs p4tools nca
+
+# IBM's network-config-analyzer, the peer the Kubernetes importer is checked against
+# (tests/test_nca_agreement.py): a virtualenv of its own, since its pins clash with ours.
+NCA_VERSION := 2.1.0
+nca: .nca/.installed-$(NCA_VERSION)
+.nca/.installed-$(NCA_VERSION):
+	test -x .nca/bin/python || $(PYTHON) -m venv .nca
+	.nca/bin/python -m pip install -q --disable-pip-version-check 'network-config-analyzer==$(NCA_VERSION)'
+	touch $@
 
 # The P4 reference toolchain (p4c, BMv2) is not in the package registries: it comes prebuilt from
 # ../shared/p4-toolchain when that folder exists (the tests that need it skip, and say so, without it).
@@ -65,4 +74,4 @@ bench: setup
 	$(BIN)/python bench/conntrack.py
 
 clean:
-	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis .p4tools
+	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis .p4tools .nca

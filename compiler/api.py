@@ -189,7 +189,7 @@ def query(compiled: Compiled, pattern: str, without: list[str] = (), with_rules:
 
 def connectivity(compiled: Compiled, progress=None) -> dict:
     """Who can reach whom: `{"nodes": [{"name", "kind"}], "edges": [{"src", "dst", "rules", "default",
-    "everything", "witness"}], "groups": [[name, ...]]}` (see verify/connectivity.py)."""
+    "everything", "witness", "flows", "label", "http"}], "groups": [[name, ...]]}` (see verify/connectivity.py)."""
     from anyplane.verify.connectivity import connectivity as graph_of, groups
 
     g = graph_of(compiled.program, progress)

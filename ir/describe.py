@@ -15,7 +15,7 @@ from .flow import ICMP6, PROTOCOL_NAMES
 from .match import Absent, Exact, InSet, Match, Present, PrefixMatch, StrExact, StrPrefix, int_ranges, options
 from .owners import ownership
 
-_PROTOCOLS = {**PROTOCOL_NAMES, ICMP6: "icmp6"}
+PROTOCOLS = {**PROTOCOL_NAMES, ICMP6: "icmp6"}
 
 
 def _end(program, m: Match, id_field: str, ip_field: str) -> str:
@@ -72,7 +72,7 @@ def describe(program, match: Match | None) -> dict:
                                                           o.values if isinstance(o, InSet) else ())) \
         if proto is not None else None
     protocols = "any protocol" if proto is None else \
-        ", ".join(_PROTOCOLS.get(p, f"proto {p}") for p in protos) or _ranges(proto)
+        ", ".join(PROTOCOLS.get(p, f"proto {p}") for p in protos) or _ranges(proto)
     dport, sport = m.get(F.DPORT), m.get(F.SPORT)
     ports = "any port" if dport is None else f"port {_ranges(dport)}"
     if sport is not None:

@@ -31,12 +31,35 @@ def test_edges_are_exactly_the_pairs_some_flow_connects(text):
         pair = (owner(program, f.family, f.src), owner(program, f.family, f.dst))
         if None not in pair:
             flows_by_pair.setdefault(pair, []).append(evaluate(program, f).verdict == "allow")
-    some = {p for p, v in flows_by_pair.items() if any(v)}
+    kinds = {i.name: i.kind for i in program.identities}
+    some = {p for p, v in flows_by_pair.items() if any(v) and not kinds[p[0]] == kinds[p[1]] == "external"}
     assert set(graph.edges) == some
     for src, dst in graph.edges:
         edge = graph.edges[src, dst]
         assert edge["everything"] == all(flows_by_pair[(src, dst)])
         assert edge["rules"] or edge["default"]
+    # The protocols and ports on each edge: every allowed flow lies in a cell, and a cell said to be
+    # all allowed holds no denied flow.
+    for f in universe([program]):
+        pair = (owner(program, f.family, f.src), owner(program, f.family, f.dst))
+        if pair not in graph.edges:
+            continue
+        cell = _cell(graph.edges[pair]["flows"], f)
+        allowed = evaluate(program, f).verdict == "allow"
+        assert cell is not None or not allowed, (f.text, graph.edges[pair]["flows"])
+        assert cell is None or not cell["all"] or allowed, (f.text, cell)
+
+
+def _cell(flows: list[dict], f) -> dict | None:
+    """The cell of an edge's flows a flow lies in."""
+    for c in flows:
+        if c["protocol"] == "any":
+            return c
+        if c["protocol"] == "other" and f.proto not in c["except"]:
+            return c
+        if c["protocol"] == f.proto and ("ports" not in c or any(lo <= f.dport <= hi for lo, hi in c["ports"])):
+            return c
+    return None
 
 
 def test_the_cli_formats(tmp_path):
@@ -48,7 +71,11 @@ def test_the_cli_formats(tmp_path):
     assert edges["ratings", "mysql"]["rules"] == ["examples/bookinfo.ap:32 allow ratings -> mysql tcp 3306"]
     assert ["reviews", "reviews.v1", "reviews.v2", "reviews.v3"] in data["groups"]
     rows = list(csv.reader(io.StringIO(run("map", "examples/bookinfo.ap", "--format", "csv").stdout)))
-    assert rows[0] == ["source", "destination", "all flows", "rules", "witness"] and len(rows) == len(edges) + 1
+    assert rows[0] == ["source", "destination", "flows", "all flows", "rules", "witness"] and len(rows) == len(edges) + 1
+    assert edges["ratings", "mysql"]["label"] == "tcp 3306" and edges["ratings", "mysql"]["flows"] == [
+        {"protocol": 6, "name": "tcp", "ports": [[3306, 3306]], "all": True}]
+    assert edges["productpage", "details"]["label"] == "tcp 9080 (some)"
+    assert edges["productpage", "details"]["http"] == ["http GET /details/*"]
     dot = run("map", "examples/bookinfo.ap", "--format", "dot").stdout
     assert dot.startswith("digraph anyplane {") and '"ratings" -> "mysql"' in dot
     text = run("map", "examples/bookinfo.ap").stdout

@@ -14,8 +14,11 @@ from __future__ import annotations
 import z3
 import networkx as nx
 
+from anyplane.ir import fields as F
+from anyplane.ir.describe import PROTOCOLS, describe
+from anyplane.ir.flow import TCP, UDP
 from anyplane.ir.interp import evaluate
-from anyplane.ir.match import InSet, Match
+from anyplane.ir.match import Exact, InSet, Match, Range, exact_values, int_ranges, merge_ranges
 from anyplane.ir.nodes import Program
 from anyplane.ir.owners import owned_addresses
 
@@ -25,6 +28,9 @@ from .result import VerificationBug
 
 #: Allow rules asked about per pair, beyond the first witness.
 MAX_RULES_PER_EDGE = 12
+#: Protocol-and-port cells asked about per pair; past it, an edge says "ports vary".
+MAX_CELLS_PER_EDGE = 64
+_PORTED = (TCP, UDP)
 
 
 def _pair(src: str, dst: str, extra: Match | None = None) -> Match:
@@ -50,7 +56,9 @@ def connectivity(program: Program, progress=None) -> nx.DiGraph:
     owns = owned_addresses(program)
     names = sorted(i.name for i in program.identities if owns.get(i.name))  # (versions may own it all)
     texts = {r.id: f"{r.origin.loc} {r.text}" for r in program.rules}
-    pairs = [(s, d) for s in names for d in names]
+    kinds = {i.name: i.kind for i in program.identities}
+    # Traffic between two outside addresses crosses no policy of ours: no edge between externals.
+    pairs = [(s, d) for s in names for d in names if not (kinds[s] == "external" and kinds[d] == "external")]
     a = Analysis(program, extra=[_pair(s, d) for s, d in pairs])
     graph = nx.DiGraph()
     for ident in program.identities:
@@ -67,14 +75,16 @@ def connectivity(program: Program, progress=None) -> nx.DiGraph:
             raise VerificationBug(f"the solver gave up on {src} -> {dst}: {r.reason}")
         if not r.reachable:
             continue
-        edge = {"rules": [], "default": False, "witness": r.witness.text,
+        edge = {"rules": [], "default": False, "witness": r.witness.text, "http": [],
                 "everything": a.solve(a.region([m]), z3.Not(a.allowed_term(a.relevant([m]))))[0] == "unsat"}
         _record(program, r.witness, edge, texts)
         found[(src, dst)] = edge
     # The other allows that may carry flows of a connected pair: one question each.
     narrowed = {(src, dst): [_pair(src, dst, e.match) for e in allows if _admits(e.match, src, dst)][:MAX_RULES_PER_EDGE]
                 for src, dst in found}
-    b = Analysis(program, extra=[m for ms in narrowed.values() for m in ms]) if found else None
+    cells = {key: _cells(a, *key) for key in found}
+    b = Analysis(program, extra=[m for ms in narrowed.values() for m in ms]
+                 + [m for cs in cells.values() for _, m in cs or ()]) if found else None
     for n, ((src, dst), edge) in enumerate(found.items()):
         if progress:
             progress(len(pairs) + n + 1, len(pairs) + len(found))
@@ -82,8 +92,100 @@ def connectivity(program: Program, progress=None) -> nx.DiGraph:
             r = reachability(b, (m,))
             if r.reachable:
                 _record(program, r.witness, edge, texts)
+        edge["flows"] = _flows(b, cells[(src, dst)], edge["everything"], src, dst)
+        edge["label"] = label(edge["flows"])
         graph.add_edge(src, dst, **edge)
     return graph
+
+
+def _cells(a: Analysis, src: str, dst: str) -> list[tuple[dict, Match]] | None:
+    """The pair cut into protocol-and-port cells on which every entry that can match the pair is
+    constant: a cell per protocol the entries name (per port range for TCP and UDP), and one for the
+    other protocols. None when the entries' ports are not ranges, or the cells are too many."""
+    pair = _pair(src, dst)
+    entries = [a.ordered[i] for i in a.relevant([pair])]
+    named: set[int] = set()
+    for e in entries:
+        fm = e.match.get(F.PROTO)
+        values = exact_values(fm) if fm is not None else frozenset()
+        if values is None:
+            return None
+        named |= values
+    if not named:
+        return [({"protocol": "any"}, pair)]
+    out = []
+    for proto in sorted(named):
+        base = _pair(src, dst, Match.of({F.PROTO: Exact(proto)}))
+        name = PROTOCOLS.get(proto, f"proto {proto}")
+        if proto not in _PORTED:
+            out.append(({"protocol": proto, "name": name}, base))
+            continue
+        cuts = {0, 65536}
+        for e in entries:
+            fm, pm = e.match.get(F.DPORT), e.match.get(F.PROTO)
+            if fm is None or (pm is not None and proto not in exact_values(pm)):
+                continue
+            ranges = int_ranges(fm)
+            if ranges is None:
+                return None
+            cuts |= {lo for lo, _ in ranges} | {hi + 1 for _, hi in ranges}
+        cuts = sorted(cuts)
+        for lo, hi in zip(cuts, cuts[1:]):
+            m = _pair(src, dst, Match.of({F.PROTO: Exact(proto), F.DPORT: Range(lo, hi - 1)}))
+            out.append(({"protocol": proto, "name": name, "ports": [[lo, hi - 1]]}, m))
+    out.append(({"protocol": "other", "except": sorted(named)}, _pair(src, dst, Match.of({F.PROTO: InSet(tuple(sorted(named)))}))))
+    return out if len(out) <= MAX_CELLS_PER_EDGE else None
+
+
+def _flows(a: Analysis, cells, everything: bool, src: str, dst: str) -> list[dict]:
+    """The allowed part of each cell (`all`: every flow of the cell is allowed), merged: adjacent port
+    ranges of one protocol with the same answer become one. Without cells, one line for the pair."""
+    if everything:
+        return [{"protocol": "any", "all": True}]
+    if cells is None:
+        return [{"protocol": "any", "all": False, "note": "ports vary"}]
+    out: list[dict] = []
+    for cell, m in cells:
+        if cell["protocol"] == "other":  # the cell is the pair without the named protocols
+            region = z3.And(a.region([_pair(src, dst)]), a.outside(m))
+        else:
+            region = a.region([m])
+        term = a.allowed_term(a.relevant([_pair(src, dst) if cell["protocol"] == "other" else m]))
+        some = a.solve(region, term)[0]
+        if some == "unknown":
+            raise VerificationBug(f"the solver gave up on {src} -> {dst} {cell}")
+        if some == "unsat":
+            continue
+        every = a.solve(region, z3.Not(term))[0] == "unsat"
+        item = dict(cell, all=every)
+        last = out[-1] if out else None
+        if (last is not None and "ports" in item and "ports" in last and last["protocol"] == item["protocol"]
+                and last["all"] == item["all"] and last["ports"][-1][1] + 1 == item["ports"][0][0]):
+            last["ports"][-1][1] = item["ports"][0][1]
+        elif last is not None and "ports" in item and "ports" in last and last["protocol"] == item["protocol"] \
+                and last["all"] == item["all"]:
+            last["ports"].append(item["ports"][0])
+        else:
+            out.append(item)
+    for item in out:
+        if item.get("ports") == [[0, 65535]]:
+            del item["ports"]
+    return out
+
+
+def label(flows: list[dict]) -> str:
+    """The flows of an edge in words: "tcp 443, 8000-8080; udp 53; other protocols (some)"."""
+    parts = []
+    for f in flows:
+        if f["protocol"] == "any":
+            text = "any protocol" if f["all"] else "some flows" + (f" ({f['note']})" if f.get("note") else "")
+        elif f["protocol"] == "other":
+            text = "other protocols"
+        else:
+            text = f["name"] + ("" if "ports" not in f else " " + ", ".join(
+                str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in merge_ranges(map(tuple, f["ports"]))))
+        parts.append(text + ("" if f["all"] or f["protocol"] == "any" else " (some)"))
+    return "; ".join(parts)
 
 
 def _record(program: Program, witness, edge: dict, texts: dict[str, str]) -> None:
@@ -96,6 +198,9 @@ def _record(program: Program, witness, edge: dict, texts: dict[str, str]) -> Non
     text = texts.get(d.entry.rule, d.entry.origin.loc)
     if text not in edge["rules"]:
         edge["rules"].append(text)
+    http = describe(program, d.entry.match)["http"]
+    if http and http not in edge["http"]:
+        edge["http"].append(http)
 
 
 def groups(graph: nx.DiGraph) -> list[list[str]]:

@@ -189,9 +189,10 @@ def map_command(files, compare, output_format) -> None:
     elif output_format == "csv":
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(["source", "destination", "all flows", "rules", "witness"] + (["change"] if compare else []))
+        w.writerow(["source", "destination", "flows", "all flows", "rules", "witness"]
+                   + (["change"] if compare else []))
         for e in result["edges"]:
-            w.writerow([e["src"], e["dst"], "yes" if e["everything"] else "some",
+            w.writerow([e["src"], e["dst"], e["label"], "yes" if e["everything"] else "some",
                         "; ".join(e["rules"] + (["default"] if e["default"] else [])), e["witness"]]
                        + ([e["change"]] if compare else []))
         click.echo(out.getvalue(), nl=False)
@@ -205,7 +206,8 @@ def map_command(files, compare, output_format) -> None:
 
 def _compare(old: dict, new: dict) -> dict:
     """The new map with every edge marked `added`, `removed` (kept, from the old map), `changed` (other
-    rules, or all flows against some) or `same`."""
+    protocols, ports or HTTP conditions; `was` is the old label) or `same` (what passes is the same,
+    whichever rules now allow it)."""
     before = {(e["src"], e["dst"]): e for e in old["edges"]}
     after = {(e["src"], e["dst"]): e for e in new["edges"]}
     edges = []
@@ -216,9 +218,8 @@ def _compare(old: dict, new: dict) -> dict:
             edges.append(dict(before[key], change="removed"))
         else:
             a, b = before[key], after[key]
-            same = (a["everything"], a["default"], [r.split(" ", 1)[1] for r in a["rules"]]) == \
-                (b["everything"], b["default"], [r.split(" ", 1)[1] for r in b["rules"]])
-            edges.append(dict(b, change="same" if same else "changed"))
+            same = (a["flows"], a["http"]) == (b["flows"], b["http"])
+            edges.append(dict(b, change="same" if same else "changed", was=a["label"]))
     nodes = {n["name"]: n for n in old["nodes"] + new["nodes"]}
     return {"nodes": [nodes[k] for k in sorted(nodes)], "edges": edges, "groups": new["groups"]}
 
@@ -227,12 +228,13 @@ def _map_text(result: dict, compare: bool) -> None:
     mark = {"added": "+ ", "removed": "- ", "changed": "~ ", "same": "  "}
     width = max((len(f"{e['src']} -> {e['dst']}") for e in result["edges"]), default=10)
     for e in result["edges"]:
-        how = "all flows" if e["everything"] else "some flows"
-        rules = e["rules"] + (["(the default allows some)"] if e["default"] else [])
+        how = e["label"] + "".join(f"; {h}" for h in e["http"])
+        rules = e["rules"] + (["(the default allows it)" if e["everything"] else "(the default allows some)"]
+                              if e["default"] else [])
         lead = mark[e["change"]] if compare else ""
-        click.echo(f"{lead}{e['src'] + ' -> ' + e['dst']:<{width}}  {how:<10}  {rules[0]}")
-        for more in rules[1:]:
-            click.echo(f"{' ' * len(lead)}{'':<{width}}  {'':<10}  {more}")
+        click.echo(f"{lead}{e['src'] + ' -> ' + e['dst']:<{width}}  {how}")
+        for more in rules:
+            click.echo(f"{' ' * len(lead)}{'':<{width}}    {more}")
     if compare:
         counts = {k: sum(1 for e in result["edges"] if e["change"] == k) for k in ("added", "removed", "changed")}
         click.echo(f"{counts['added']} added, {counts['removed']} removed, {counts['changed']} changed")
@@ -256,7 +258,7 @@ def _dot(result: dict) -> str:
         shape = "ellipse" if n["kind"] == "external" else "box"
         lines.append(f"  {_dot_text(n['name'])} [shape={shape}];")
     for e in result["edges"]:
-        label = "\n".join([r.split(" ", 1)[0] for r in e["rules"]] + (["default"] if e["default"] else []))
+        label = "\n".join([e["label"]] + e["http"])
         style = "solid" if e["everything"] else "dashed"
         color = {"added": "darkgreen", "removed": "red", "changed": "orange"}.get(e.get("change"), "black")
         lines.append(f"  {_dot_text(e['src'])} -> {_dot_text(e['dst'])} [label={_dot_text(label)}, style={style}, "

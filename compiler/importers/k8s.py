@@ -119,7 +119,8 @@ class _Reader:
             self.errors.append(error(Span(path, line, 1, line, 2), "import", f"not YAML: {exc}"))
             return
         for doc in docs:
-            items = doc.get("items") if isinstance(doc, dict) and doc.get("kind") == "List" else [doc]
+            listed = isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and "items" in doc
+            items = doc.get("items") if listed else [doc]
             for obj in items if isinstance(items, list) else []:
                 if not isinstance(obj, dict):
                     continue
@@ -332,7 +333,8 @@ def convert(sources: list[tuple[str, str]]) -> Imported:
             reader.fail(path, obj, f"malformed NetworkPolicy: a field has the wrong shape ({exc})")
     if reader.errors:
         raise DiagnosticError(reader.errors)
-    return _emit(pods, ingress, egress, isolated_in, isolated_out, len(reader.policies))
+    blocks = [net for _, obj in reader.policies for net in _networks(obj)]
+    return _emit(pods, ingress, egress, isolated_in, isolated_out, len(reader.policies), _outside(blocks, pods))
 
 
 def _policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out) -> None:
@@ -357,7 +359,51 @@ def _policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out)
                 table[p.ident].append(rule)
 
 
-def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int) -> Imported:
+def _networks(obj: dict) -> list:
+    """Every ipBlock network (and `except`) of a policy that reads (the broken ones are errors already)."""
+    out = []
+    spec = obj.get("spec") or {}
+    for key, side in (("ingress", "from"), ("egress", "to")):
+        for r in spec.get(key) or []:
+            for peer in r.get(side) or []:
+                block = peer.get("ipBlock") or {}
+                for text in [block.get("cidr")] + list(block.get("except") or []):
+                    try:
+                        out.append(ipaddress.ip_network(text, strict=False))
+                    except (TypeError, ValueError):
+                        pass
+    return out
+
+
+def _outside(networks: list, pods: list[Pod]) -> list[tuple[str, list, str]]:
+    """Addresses outside the cluster, cut where ipBlocks begin and end (as network-config-analyzer
+    draws them): [(name, prefixes, "FIRST-LAST")]. IPv6 only when some block or pod is IPv6."""
+    out = []
+    taken = {ipaddress.ip_network(p.address) for p in pods}
+    for version, bits in ((4, 32), (6, 128)):
+        nets = [n for n in networks if n.version == version]
+        if version == 6 and not nets and not any(":" in p.address for p in pods):
+            continue
+        cuts = sorted({0, 1 << bits} | {int(n.network_address) for n in nets}
+                      | {int(n.broadcast_address) + 1 for n in nets})
+        klass = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+        for lo, hi in zip(cuts, cuts[1:]):
+            first, last = klass(lo), klass(hi - 1)
+            # A pod owns its own address: a block's prefix that is exactly a pod's address is left out.
+            prefixes = [p for p in ipaddress.summarize_address_range(first, last) if p not in taken]
+            if not prefixes:
+                continue
+            if len(prefixes) == 1:
+                tail = str(prefixes[0]).replace(".", "_").replace(":", "_").replace("/", "_")
+            else:
+                tail = f"{first}_to_{last}".replace(".", "_").replace(":", "_")
+            name = re.sub("_+", "_", f"outside_{tail}").rstrip("_") if len(cuts) > 2 else \
+                ("outside" if version == 4 else "outside6")
+            out.append((name, prefixes, f"{first}-{last}"))
+    return out
+
+
+def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outside=()) -> Imported:
     """The policy text for what was read."""
     lines: list[str] = []
     origins: dict[int, Span] = {}
@@ -376,6 +422,9 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int) -> Im
              f"Pod {p.namespace}/{p.name}")
     if pods:
         emit("group k8s_pods { " + ", ".join(sorted(p.ident for p in pods)) + " }")
+    for name, prefixes, span in outside:
+        emit(f"external {name} {{ address {', '.join(str(p) for p in prefixes)} }}", None,
+             f"addresses outside the cluster, {span} (named for maps and answers; the rules match by address)")
     for ident in sorted(isolated_in):
         where, label = isolated_in[ident][0]
         emit(f"deny any -> {ident} priority 10", where, f"{label} isolates it for ingress")
@@ -403,25 +452,35 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int) -> Im
                 emit(f"allow {a.ident} -> {b.ident}{l4} priority 20", source.span, source.policy)
     for ident in sorted(isolated_in):
         for r in ingress[ident]:
-            for src in _outside_peers(r.peers, bool(pods)):
+            for src in _outside_peers(r.peers, pods):
                 for l4 in _l4(_resolve(r.ports, by_ident[ident])):
                     emit(f"allow {src} -> {ident}{l4} priority 20", r.span, r.policy)
     for ident in sorted(isolated_out):
         for r in egress[ident]:
-            for dst in _outside_peers(r.peers, bool(pods)):
+            for dst in _outside_peers(r.peers, pods):
                 for l4 in _l4(_resolve(r.ports, None)):
                     emit(f"allow {ident} -> {dst}{l4} priority 20", r.span, r.policy)
     return Imported("\n".join(lines) + "\n", origins, len(pods), policies)
 
 
-def _outside_peers(peers, any_pods: bool) -> list[str]:
+def _outside_peers(peers, pods: list[Pod]) -> list[str]:
     """The peers of a rule among addresses no pod owns (the pairs of pods are rules of their own): every
-    address, or ipBlocks with their `except`."""
+    address, or ipBlocks with their `except` (a block holding only pods' addresses has none)."""
     out = []
     for peer in [("block", None, [])] if peers is None else peers:
         if peer[0] != "block":
             continue
         _, net, excepts = peer
-        left = [str(e) for e in excepts] + (["k8s_pods"] if any_pods else [])
+        if net is not None and _only_pods(net, excepts, pods):
+            continue
+        left = [str(e) for e in excepts] + (["k8s_pods"] if pods else [])
         out.append(("any" if net is None else str(net)) + (" except " + ", ".join(left) if left else ""))
     return out
+
+
+def _only_pods(net, excepts, pods: list[Pod]) -> bool:
+    """Whether every address of an ipBlock (less its `except`) is a pod's."""
+    cut = list(ipaddress.collapse_addresses(e for e in excepts if e.version == net.version and e.subnet_of(net)))
+    inside = {ipaddress.ip_address(p.address) for p in pods}
+    inside = {a for a in inside if a.version == net.version and a in net and not any(a in e for e in cut)}
+    return net.num_addresses - sum(e.num_addresses for e in cut) <= len(inside)
