@@ -6,10 +6,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 wrk curl
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 wrk curl graphviz chromium
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup sysdeps venv bpffs p4tools nca bench clean
+.PHONY: demo test setup sysdeps venv bpffs p4tools nca bench maps clean
 
 demo: setup
 	$(BIN)/anyplane check examples/bookinfo.ap
@@ -72,6 +72,13 @@ bench: setup
 	$(BIN)/python bench/wide.py
 	$(BIN)/python bench/language.py
 	$(BIN)/python bench/conntrack.py
+
+# The connectivity map of every example, drawn for docs/maps/ (docs/import.md, docs/verify.md show them).
+EXAMPLES := bookinfo canary ecommerce edge-firewall zero-trust kubernetes
+maps: setup
+	@mkdir -p docs/maps
+	@for e in $(EXAMPLES); do src=examples/$$e; [ -e $$src ] || src=$$src.ap; \
+	  $(BIN)/anyplane map $$src --format svg > docs/maps/$$e.svg && echo "docs/maps/$$e.svg"; done
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis .p4tools .nca

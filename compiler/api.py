@@ -19,6 +19,8 @@ Engines are found through `anyplane.backends.registry` only.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from dataclasses import dataclass, replace
 
@@ -149,10 +151,31 @@ def compile_paths(compiled: Compiled, path: str | None = None, prefer: str = "ea
 
 def verify(compiled: Compiled, fail_on=None, timeout_s: int = 20, progress=None):
     """Findings (dead, redundant, conflicting rules, routes) and asserts: a `verify.result.Report`."""
+    from anyplane.verify.result import with_severities
     from anyplane.verify.run import verify as verify_program
 
-    return verify_program(compiled.program, fail_on or DEFAULT_FAIL_ON, progress=progress,
-                          timeout_ms=timeout_s * 1000)
+    report = verify_program(compiled.program, fail_on or DEFAULT_FAIL_ON, progress=progress,
+                            timeout_ms=timeout_s * 1000)
+    if not compiled.manifests:
+        return report
+    from .importers.redundancy import findings  # what each NetworkPolicy and rule adds
+
+    # The anomalies of the generated rules are the translation's; the policies' and rules' own are these.
+    yaml_paths = {path for path, _ in compiled.manifests}
+    kept = tuple(f for f in report.findings
+                 if not (f.kind in TRANSLATION_KINDS and f.span is not None and f.span.file in yaml_paths))
+    from anyplane.verify.diff import diff
+    from anyplane.verify.result import Finding
+
+    found = findings(list(compiled.manifests), lambda a, b: not diff(a, b, limit=1).differs)
+    extra = with_severities([Finding("redundant", "warning", span, message) for span, message in found],
+                            fail_on or DEFAULT_FAIL_ON)
+    return dataclasses.replace(report, findings=tuple(sorted(kept + tuple(extra), key=lambda f: (f.span or ("",), f.kind))))
+
+
+#: Findings on rules generated from manifests that `verify` leaves out: the manifest-level redundancy
+#: findings (compiler/importers/redundancy.py) say what they would, in the manifests' terms.
+TRANSLATION_KINDS = frozenset({"dead", "redundant", "conflict"})
 
 
 #: `compile` looks for dead rules in policies up to this many rules (beyond, `verify` is the tool).

@@ -51,6 +51,7 @@ class Compiled:
     symbols: Symbols
     program: Program
     sources: SourceMap
+    manifests: tuple = ()  # (path, text) of the Kubernetes manifests imported, if any
 
 
 STDIN = "<stdin>"
@@ -239,4 +240,4 @@ def load(paths: list[str], dump_after: str | None = None, dump=print) -> Compile
         exc.sources.texts.update(dict(texts))
         raise
     compiled.sources.texts.update(dict(texts))
-    return dataclasses.replace(compiled, program=relocate(compiled.program, imported.origins))
+    return dataclasses.replace(compiled, program=relocate(compiled.program, imported.origins), manifests=tuple(texts))

@@ -97,3 +97,55 @@ def test_map_diff_marks_added_removed_and_changed_edges(tmp_path):
     assert run("map", "--diff", str(old)).returncode == 2
     dot = run("map", "--diff", str(old), str(new), "--format", "dot").stdout
     assert 'color=red' in dot and 'color=darkgreen' in dot
+
+
+def test_svg_is_drawn_by_graphviz():
+    done = run("map", "examples/canary.ap", "--format", "svg")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("<svg") and done.stdout.rstrip().endswith("</svg>")
+    for name in ("testers", "web", "checkout.v1", "checkout.v2"):
+        assert f"<title>{name}</title>" in done.stdout
+    assert "http GET,POST /api/* header &quot;x&#45;canary&quot; present" in done.stdout
+
+
+def _chromium() -> str:
+    import shutil
+    import pytest
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if CI:
+            pytest.fail("chromium is not installed: make test installs it", pytrace=False)
+        pytest.skip("chromium is not installed")
+    return found
+
+
+def test_html_page_loads_in_chromium_and_shows_every_identity(tmp_path):
+    """One self-contained page: headless Chromium runs it without a console message, and every
+    identity and edge is on it (the filter script has counted the edges)."""
+    import subprocess
+    chromium = _chromium()
+    page = tmp_path / "map.html"
+    # The Kubernetes example: names with '-' and '.', labels with ranges; bookinfo: quotes in labels.
+    for example in ("examples/kubernetes", "examples/bookinfo.ap"):
+        done = run("map", example, "--format", "html")
+        assert done.returncode == 0, done.stderr
+        page.write_text(done.stdout)
+        data = json.loads(run("map", example, "--format", "json").stdout)
+        browser = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                                  "--v=0", "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+        assert browser.returncode == 0, browser.stderr[-2000:]
+        console = [line for line in browser.stderr.splitlines() if ":CONSOLE" in line]
+        assert not console, console
+        dom = browser.stdout
+        assert f"{len(data['edges'])} of {len(data['edges'])} edges" in dom
+        for node in data["nodes"]:
+            assert f"<li>{node['name']} <small>" in dom and f"<title>{node['name']}</title>" in dom, node["name"]
+
+
+def test_every_example_has_its_map_in_docs():
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    examples = {p.stem if p.suffix == ".ap" else p.name for p in (root / "examples").iterdir()
+                if p.suffix == ".ap" or p.is_dir()}
+    pictures = {p.stem for p in (root / "docs" / "maps").glob("*.svg")}
+    assert examples <= pictures, f"make maps draws {sorted(examples - pictures)}"

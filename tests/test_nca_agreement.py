@@ -12,6 +12,7 @@ NCA is installed by `make nca` in a virtualenv of its own; in CI the test fails 
 from __future__ import annotations
 
 import ipaddress
+import re
 import json
 import os
 import shutil
@@ -263,3 +264,44 @@ def _owner_of(scene: Ours):
             return pods[a]
         return next(e for e in scene.endpoint.values() if isinstance(e, tuple) and e[1] <= a <= e[2])
     return owner
+
+
+def _their_findings(scenario: Path) -> set:
+    """NCA's sanity check as {("policy", "ns/name")} and {("rule", "ns/name", direction, number)}."""
+    r = peer.nca(["--sanity", str(scenario), "--pod_list", str(PODS), "--ns_list", str(NAMESPACES)], HERE)
+    out, vacuous = set(), False
+    for line in (r.stdout + r.stderr).splitlines():
+        line = line.strip()
+        if m := re.match(r"NetworkPolicy (\S+) is (redundant|empty)", line):
+            out.add(("policy", m.group(1)))
+        elif m := re.match(r"(Ingress|Egress) rule no\. (\d+) in NetworkPolicy (\S+) (is redundant|does not select)", line):
+            out.add(("rule", m.group(3), m.group(1).lower(), int(m.group(2))))
+        elif "is vacuous" in line:
+            vacuous = True
+        elif re.match(r"(NetworkPolicy|Ingress rule|Egress rule) ", line):
+            raise AssertionError(f"an NCA sanity finding not compared here: {line}")
+    if vacuous:  # the whole configuration allows what no policy would: each of its policies can go
+        import yaml
+        out |= {("policy", f"{d['metadata'].get('namespace', 'default')}/{d['metadata']['name']}")
+                for d in yaml.safe_load_all(scenario.read_text()) if d and d.get("kind") == "NetworkPolicy"}
+    return out
+
+
+def _our_findings(scenario: Path) -> set:
+    done = _anyplane("verify", str(NAMESPACES), str(PODS), str(scenario), "--format", "json")
+    assert done.returncode in (0, 1) and done.stdout.startswith("{"), done.stdout + done.stderr
+    out = set()
+    for f in json.loads(done.stdout)["findings"]:
+        if m := re.match(r"(ingress|egress) rule (\d+) of NetworkPolicy (\S+) ", f["message"]):
+            out.add(("rule", m.group(3), m.group(1), int(m.group(2))))
+        elif m := re.match(r"NetworkPolicy (\S+) ", f["message"]):
+            out.add(("policy", m.group(1)))
+        else:
+            raise AssertionError(f"a finding on imported manifests that is not about a policy or rule: {f}")
+    return out
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if DIFFERENCES.get(s.name, (0, 1))[1] is not None],
+                         ids=lambda p: p.stem)
+def test_redundancy_findings_agree_with_nca(scenario: Path):
+    assert _our_findings(scenario) == _their_findings(scenario)

@@ -11,7 +11,7 @@ import click
 from anyplane.ir.owners import described
 from anyplane.ir.source import Diagnostic, DiagnosticError, Note, render
 
-from .. import api
+from .. import api, mapview
 from ..api import DEFAULT_FAIL_ON, FINDING_KINDS as KINDS
 from ..pipeline import UsageError, load
 from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, progress_reporter, \
@@ -167,8 +167,10 @@ def diff(old, new, output_format) -> None:
 @files_argument
 @click.option("--diff", "compare", is_flag=True, help="FILES are OLD NEW (each a file or directory): mark the "
                                                           "edges added, removed and changed.")
-@click.option("--format", "output_format", type=click.Choice(["text", "json", "csv", "dot"]), default="text",
-              show_default=True, help="text, json, csv (an edge a line) or dot (Graphviz).")
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "csv", "dot", "svg", "html"]),
+              default="text", show_default=True,
+              help="text, json, csv (an edge a line), dot (Graphviz), svg (drawn by Graphviz) or html (one "
+                   "self-contained page).")
 @handle_errors
 def map_command(files, compare, output_format) -> None:
     """Who can reach whom: an edge wherever some flow from one identity opens a connection to another,
@@ -196,8 +198,8 @@ def map_command(files, compare, output_format) -> None:
                         "; ".join(e["rules"] + (["default"] if e["default"] else [])), e["witness"]]
                        + ([e["change"]] if compare else []))
         click.echo(out.getvalue(), nl=False)
-    elif output_format == "dot":
-        click.echo(_dot(result), nl=False)
+    elif output_format in ("dot", "svg", "html"):
+        click.echo({"dot": mapview.dot, "svg": mapview.svg, "html": mapview.page}[output_format](result), nl=False)
     else:
         _map_text(result, compare)
     if compare and any(e["change"] != "same" for e in result["edges"]):
@@ -248,19 +250,3 @@ def _map_text(result: dict, compare: bool) -> None:
         click.echo("reaches nothing and is reached by nothing: " + ", ".join(lonely))
 
 
-def _dot_text(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def _dot(result: dict) -> str:
-    lines = ["digraph anyplane {", "  rankdir=LR;", "  node [shape=box, fontname=Helvetica];"]
-    for n in result["nodes"]:
-        shape = "ellipse" if n["kind"] == "external" else "box"
-        lines.append(f"  {_dot_text(n['name'])} [shape={shape}];")
-    for e in result["edges"]:
-        label = "\n".join([e["label"]] + e["http"])
-        style = "solid" if e["everything"] else "dashed"
-        color = {"added": "darkgreen", "removed": "red", "changed": "orange"}.get(e.get("change"), "black")
-        lines.append(f"  {_dot_text(e['src'])} -> {_dot_text(e['dst'])} [label={_dot_text(label)}, style={style}, "
-                     f"color={color}];")
-    return "\n".join(lines + ["}"]) + "\n"

@@ -76,6 +76,9 @@ class Imported:
     origins: dict[int, Span] = field(default_factory=dict)  # line of `text` -> position in the manifests
     pods: int = 0
     policies: int = 0
+    #: each NetworkPolicy read, in input order: {"label", "span", "selects" (pods), "rules": [{"direction",
+    #: "number" (from 1), "span", "admits_none" (peers given, and none of them names an address)}]}
+    structure: list = field(default_factory=list)
 
 
 class _Loader(yaml.SafeLoader):
@@ -311,8 +314,10 @@ def _contains(peer, pod: Pod) -> bool:
     return peer[0] == "pods" and any(p is pod for p in peer[1])
 
 
-def convert(sources: list[tuple[str, str]]) -> Imported:
-    """Manifests -> an anyplane policy (DiagnosticError for what cannot be imported)."""
+def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset()) -> Imported:
+    """Manifests -> an anyplane policy (DiagnosticError for what cannot be imported). `drop` leaves
+    out policies (`(n,)`, in input order from 0) or rules (`(n, "ingress"|"egress", number)`), to ask
+    what each one adds; the outside addresses are cut as for the whole input all the same."""
     reader = _Reader()
     for path, text in sources:
         reader.read(path, text)
@@ -326,37 +331,48 @@ def convert(sources: list[tuple[str, str]]) -> Imported:
     egress: dict[str, list[Rule]] = {p.ident: [] for p in pods}
     isolated_in: dict[str, list[Span]] = {}
     isolated_out: dict[str, list[Span]] = {}
-    for path, obj in reader.policies:
+    structure = []
+    for n, (path, obj) in enumerate(reader.policies):
         try:
-            _policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out)
+            structure.append(_policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out, n, drop))
         except (AttributeError, TypeError, ValueError) as exc:
             reader.fail(path, obj, f"malformed NetworkPolicy: a field has the wrong shape ({exc})")
     if reader.errors:
         raise DiagnosticError(reader.errors)
     blocks = [net for _, obj in reader.policies for net in _networks(obj)]
-    return _emit(pods, ingress, egress, isolated_in, isolated_out, len(reader.policies), _outside(blocks, pods))
+    out = _emit(pods, ingress, egress, isolated_in, isolated_out, len(reader.policies), _outside(blocks, pods))
+    out.structure = structure
+    return out
 
 
-def _policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out) -> None:
-    """One NetworkPolicy: the pods it isolates and the rules it gives them."""
+def _policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out, n: int, drop) -> dict:
+    """One NetworkPolicy: the pods it isolates and the rules it gives them (unless dropped); what it
+    holds, for the redundancy questions."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     ns, name = meta.get("namespace") or "default", meta.get("name")
     label = f"NetworkPolicy {ns}/{name}"
     types = spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else ["Ingress"])
     selected = [p for p in pods if p.namespace == ns and _selects(spec.get("podSelector") or {}, p.labels, path, reader)]
     where = _span(path, spec.get("podSelector") if isinstance(spec.get("podSelector"), dict) else obj)
+    held = {"label": label, "span": _span(path, obj), "selects": len(selected), "rules": []}
     for direction, key, table, isolated in (("Ingress", "ingress", ingress, isolated_in),
                                              ("Egress", "egress", egress, isolated_out)):
         if direction not in types:
             continue
-        for p in selected:
-            isolated.setdefault(p.ident, []).append((where, label))
-        for r in spec.get(key) or []:
+        if (n,) not in drop:
+            for p in selected:
+                isolated.setdefault(p.ident, []).append((where, label))
+        for number, r in enumerate(spec.get(key) or [], start=1):
             peers_key = "from" if key == "ingress" else "to"
             peers = _peers(reader, path, ns, r.get(peers_key)) if r.get(peers_key) else None
             rule = Rule(peers, _ports(reader, path, r.get("ports")), _span(path, r), label)
+            held["rules"].append({"direction": key, "number": number, "span": rule.span,
+                                  "admits_none": peers is not None and all(x[0] == "pods" and not x[1] for x in peers)})
+            if (n,) in drop or (n, key, number) in drop:
+                continue
             for p in selected:
                 table[p.ident].append(rule)
+    return held
 
 
 def _networks(obj: dict) -> list:
