@@ -5,6 +5,10 @@
     engines()           every engine, in path order (fabric, kernel, sidecar, then others)
     register(engine)    add one (an engine of your own, or a test's)
 
+Exporters (`k8s`: resources a cluster enforces) are engines with no place: they
+compile alone (`-t k8s`), never as a hop of `-t all`, and the driver reads
+their output back through an importer (`reads_back_with`).
+
 The built-in engines are imported when first asked for: each pulls its own
 toolchain (protobuf for P4Runtime, libbpf's headers, Envoy's binary).
 """
@@ -16,7 +20,7 @@ from importlib import import_module
 from .base import Engine
 
 BUILTIN = (("p4", "anyplane.backends.p4.engine"), ("ebpf", "anyplane.backends.ebpf.engine"),
-           ("envoy", "anyplane.backends.envoy.engine"))
+           ("envoy", "anyplane.backends.envoy.engine"), ("k8s", "anyplane.backends.k8s.engine"))
 _engines: dict[str, Engine] = {}
 
 
@@ -28,7 +32,7 @@ def _load() -> None:
 
 def register(engine: Engine) -> Engine:
     """Make an engine available by its name and place (replacing one of the same name)."""
-    clash = [e.name for e in engines() if e.place == engine.place and e.name != engine.name]
+    clash = [e.name for e in engines() if engine.place and e.place == engine.place and e.name != engine.name]
     if clash:
         raise ValueError(f"place '{engine.place}' is taken by engine '{clash[0]}'")
     _engines[engine.name] = engine
@@ -52,8 +56,9 @@ def names() -> list[str]:
 
 
 def places() -> list[str]:
-    """Every place an engine sits, in path order."""
-    return [e.place for e in engines()]
+    """Every place an engine sits, in path order (exporters, which write another system's resources
+    rather than sit on a path, have none)."""
+    return [e.place for e in engines() if e.place]
 
 
 def get(name: str) -> Engine:

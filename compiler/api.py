@@ -77,9 +77,36 @@ def compile_target(compiled: Compiled, target: str, options: Options = Options()
                        Artifact("ir.txt", printer.dump(program, src=src))])
     engine = _engine(target)
     try:
-        return engine.emit(compiled.program, options)
+        out = engine.emit(compiled.program, options)
     except DiagnosticError as exc:
         raise _with_sources(compiled, exc)
+    importer = getattr(engine, "reads_back_with", None)
+    if importer is not None and out.read_back is None:
+        from .importers import read_back
+
+        files = {a.path: a.data for a in out.artifacts}
+        out.read_back = lambda: read_back(importer, files)
+    return out
+
+
+def prove_export(compiled: Compiled, target: str, out: Output, progress=None):
+    """The proof that an exporter's output, read back through its importer, decides exactly what the
+    policy decides for every flow to or from a workload (the exporter says which identities are
+    workloads; traffic between addresses outside them is no cluster's to decide)."""
+    from anyplane.ir import fields as F
+    from anyplane.ir.match import InSet, Match
+    from anyplane.verify.compose import Scope, prove as prove_composition
+
+    engine = _engine(target)
+    back = out.read_back()
+    workloads = tuple(sorted(engine.workloads(compiled.program)))
+    if not workloads:
+        from anyplane.verify.compose import Composition
+        return Composition(True, 0.0, engines=[target])
+    to = Match.of({F.DST_ID: InSet(workloads)})
+    scopes = [Scope("to workloads", to, (), (target,)),
+              Scope("from workloads", Match.of({F.SRC_ID: InSet(workloads)}), (to,), (target,))]
+    return prove_composition(compiled.program, {target: back}, scopes, progress=progress)
 
 
 @dataclass

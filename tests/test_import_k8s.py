@@ -129,7 +129,7 @@ def _labels_match(sel: dict, labels: dict) -> bool:
 
 
 def _ns_labels(ns: str) -> dict:
-    return dict(NAMESPACES[ns], **{"kubernetes.io/metadata.name": ns})
+    return dict(NAMESPACES.get(ns, {}), **{"kubernetes.io/metadata.name": ns})
 
 
 def _peer_has(peer: dict, policy_ns: str, ip: str, pod: dict | None) -> bool:

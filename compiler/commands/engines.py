@@ -116,6 +116,14 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
                 sys.exit(EXIT_FAIL)
     else:
         out = api.compile_target(compiled, target, options, src=not no_src)
+        if getattr(api.registry.get(target) if target != "ir" else None, "reads_back_with", None):
+            import json
+            proof = api.prove_export(compiled, target, out)
+            out.artifacts.append(api.Artifact("proof.json", json.dumps(proof.to_json(), indent=1) + "\n"))
+            proved, text = _proof_lines(proof, [f"{target} (read back through the importer)"])
+            click.echo(text.replace(" together decide", " decides"), err=True)
+            if not proved:
+                sys.exit(EXIT_FAIL)
     written = write_output(out_dir, {a.path: a.data for a in out.artifacts}, target, compiled.sources.digest)
     dead = api.dead_rules(compiled)
     if output_format == "json":

@@ -50,3 +50,17 @@ def relocate(obj, origins: dict[int, Span]):
     if isinstance(obj, list):
         return [relocate(x, origins) for x in obj]
     return obj
+
+
+def read_back(importer: str, files: dict[str, str]):
+    """What an exporter's files decide, as IR: read through the importer of their kind (`k8s`:
+    `networkpolicies.yaml` with the pods `identities.yaml` describes)."""
+    import yaml
+
+    from ..pipeline import compile_sources
+
+    if importer != "k8s":
+        raise ValueError(f"no importer reads {importer!r} output back")
+    identities = yaml.safe_load(files["identities.yaml"])["identities"] or {}
+    imported = k8s.read_back("networkpolicies.yaml", files["networkpolicies.yaml"], identities)
+    return compile_sources([(IMPORTED, imported.text)]).program

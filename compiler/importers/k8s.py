@@ -51,11 +51,25 @@ class Pod:
     address: str
     ports: list  # (name, number, protocol)
     span: Span
+    #: Set when the pod stands for an identity of several addresses (reading an export back): its
+    #: anyplane name and prefixes. A pod of one address is exempt from policy towards itself.
+    name_in_policy: str | None = None
+    prefixes: tuple = ()
 
     @property
     def ident(self) -> str:
+        if self.name_in_policy:
+            return self.name_in_policy
         text = f"{self.namespace}_{self.name.replace('.', '__')}"
         return text if text[0].isalpha() else f"pod_{text}"
+
+    @property
+    def networks(self) -> list:
+        return [ipaddress.ip_network(p) for p in self.prefixes] or [ipaddress.ip_network(self.address)]
+
+    @property
+    def single(self) -> bool:
+        return sum(n.num_addresses for n in self.networks) == 1
 
 
 @dataclass
@@ -314,13 +328,16 @@ def _contains(peer, pod: Pod) -> bool:
     return peer[0] == "pods" and any(p is pod for p in peer[1])
 
 
-def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset()) -> Imported:
+def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods: list[Pod] = ()) -> Imported:
     """Manifests -> an anyplane policy (DiagnosticError for what cannot be imported). `drop` leaves
     out policies (`(n,)`, in input order from 0) or rules (`(n, "ingress"|"egress", number)`), to ask
     what each one adds; the outside addresses are cut as for the whole input all the same."""
     reader = _Reader()
     for path, text in sources:
         reader.read(path, text)
+    reader.pods += list(pods)
+    for p in pods:
+        reader.namespaces.setdefault(p.namespace, {"kubernetes.io/metadata.name": p.namespace})
     pods = reader.pods
     seen: dict[str, Pod] = {}
     for p in pods:
@@ -395,10 +412,10 @@ def _outside(networks: list, pods: list[Pod]) -> list[tuple[str, list, str]]:
     """Addresses outside the cluster, cut where ipBlocks begin and end (as network-config-analyzer
     draws them): [(name, prefixes, "FIRST-LAST")]. IPv6 only when some block or pod is IPv6."""
     out = []
-    taken = {ipaddress.ip_network(p.address) for p in pods}
+    taken = {n for p in pods for n in p.networks}
     for version, bits in ((4, 32), (6, 128)):
         nets = [n for n in networks if n.version == version]
-        if version == 6 and not nets and not any(":" in p.address for p in pods):
+        if version == 6 and not nets and not any(n.version == 6 for p in pods for n in p.networks):
             continue
         cuts = sorted({0, 1 << bits} | {int(n.network_address) for n in nets}
                       | {int(n.broadcast_address) + 1 for n in nets})
@@ -434,7 +451,7 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
     emit("# imported from Kubernetes manifests: NetworkPolicy semantics (docs/import.md)")
     emit("default allow")
     for p in sorted(pods, key=lambda p: p.ident):
-        emit(f"service {p.ident} {{ address {p.address}/{32 if ':' not in p.address else 128} }}", p.span,
+        emit(f"service {p.ident} {{ address {', '.join(str(n) for n in p.networks)} }}", p.span,
              f"Pod {p.namespace}/{p.name}")
     if pods:
         emit("group k8s_pods { " + ", ".join(sorted(p.ident for p in pods)) + " }")
@@ -451,7 +468,7 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
     by_ident = {p.ident: p for p in pods}
     for a in sorted(pods, key=lambda p: p.ident):
         for b in sorted(pods, key=lambda p: p.ident):
-            if a is b and (a.ident in isolated_out or a.ident in isolated_in):
+            if a is b and a.single and (a.ident in isolated_out or a.ident in isolated_in):
                 emit(f"allow {a.ident} -> {a.ident} priority 20", a.span, "a pod cannot block access to itself")
                 continue
             if a.ident not in isolated_out and b.ident not in isolated_in:
@@ -497,6 +514,19 @@ def _outside_peers(peers, pods: list[Pod]) -> list[str]:
 def _only_pods(net, excepts, pods: list[Pod]) -> bool:
     """Whether every address of an ipBlock (less its `except`) is a pod's."""
     cut = list(ipaddress.collapse_addresses(e for e in excepts if e.version == net.version and e.subnet_of(net)))
-    inside = {ipaddress.ip_address(p.address) for p in pods}
-    inside = {a for a in inside if a.version == net.version and a in net and not any(a in e for e in cut)}
-    return net.num_addresses - sum(e.num_addresses for e in cut) <= len(inside)
+    inside = {n for p in pods for n in p.networks if n.version == net.version and n.subnet_of(net)
+              and not any(n.subnet_of(e) for e in cut)}
+    return net.num_addresses - sum(e.num_addresses for e in cut) <= sum(n.num_addresses for n in inside)
+
+
+def read_back(path: str, text: str, identities: dict) -> Imported:
+    """NetworkPolicies written by the `k8s` engine, read back with the pods its contract describes:
+    one pod per identity (`identities.yaml`: namespace, labels, addresses), named as in the policy."""
+    pods = [Pod(spec["namespace"], _pod_name(name), dict(spec["labels"]), spec["addresses"][0].split("/")[0], [],
+                Span(path, 1, 1, 1, 2), name_in_policy=name, prefixes=tuple(spec["addresses"]))
+            for name, spec in sorted(identities.items())]
+    return convert([(path, text)], pods=pods)
+
+
+def _pod_name(identity: str) -> str:
+    return re.sub(r"[^a-z0-9.-]+", "-", identity.lower()).strip("-.") or "pod"

@@ -1,0 +1,1 @@
+"""Kubernetes NetworkPolicy as an engine (an exporter): compile -t k8s."""

@@ -1,0 +1,394 @@
+"""Kubernetes NetworkPolicy as an engine: what a cluster's network plugin enforces.
+
+    emit(program) -> networkpolicies.yaml   one NetworkPolicy per workload, both directions isolated
+                     identities.yaml        which pods each identity stands for (the contract below)
+                     report.txt
+
+The contract: every identity that is not an external (a service, or a version of one) is a set of
+pods labelled `anyplane.io/identity: NAME` in the namespace `--namespace` (default `default`); an
+external, a CIDR, and every address no identity owns are outside the cluster. NetworkPolicy decides
+traffic to and from pods only, so the export is exact for every flow with a pod at one end (the
+composition proof checks it, reading the output back through the importer); traffic between two
+outside addresses is no cluster's to decide.
+
+What passes is computed, not transliterated: for every pair of a workload and a region of addresses
+(another workload, or a range of outside addresses cut where the policy's prefixes begin and end),
+the reference interpreter judges one flow per protocol and port cell (the policy's port boundaries).
+The pair's answer becomes allow rules on both sides: the destination's ingress and the source's
+egress (a pod isolated both ways needs both). Denies and priorities are thereby already applied.
+What NetworkPolicy cannot say is an error at the rule that decides it: source ports, ICMP types,
+HTTP, rate limits, a protocol other than TCP and UDP allowed where the rest is not, port 0, a part of
+a workload's addresses decided apart from the rest, a pod's traffic to itself denied, and a
+stateless policy (NetworkPolicy lets replies through).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import yaml
+
+from anyplane.ir import fields as F
+from anyplane.ir.actions import RateLimit
+from anyplane.ir.addr import Prefix
+from anyplane.ir.flow import Flow
+from anyplane.ir.interp import evaluate
+from anyplane.ir.match import PrefixMatch, int_ranges, options as alternatives
+from anyplane.ir.nodes import Program
+from anyplane.ir.owners import ownership
+from anyplane.ir.source import DiagnosticError, error
+
+from .. import base
+
+LABEL = "anyplane.io/identity"
+TCP, UDP = 6, 17
+#: Protocols that stand for "every other protocol" when a pair is judged: ICMP echo, GRE, SCTP.
+OTHER_PROBES = {4: ((1, 8), (47, None), (132, None)), 6: ((58, 128), (47, None), (132, None))}
+
+CAPABILITY = base.Capability(
+    engine="k8s", place="", fields=("src.ip", "dst.ip", "src.id", "dst.id", "proto", "dport"),
+    match_kinds=("exact", "prefix", "range", "set"), families=(4, 6), actions=("allow", "deny"),
+    capacity=None, protocols="any", state="connections")
+
+_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+class Region:
+    """A set of addresses decided alike: a workload (its pods), or outside ranges."""
+
+    def __init__(self, key: str, workload: str | None):
+        self.key, self.workload = key, workload
+        self.ranges: dict[int, list[tuple[int, int]]] = {}  # family -> inclusive address ranges
+
+    def probe(self, family: int) -> int | None:
+        r = self.ranges.get(family)
+        return r[0][0] if r else None
+
+
+def _cells(program: Program, proto: int) -> list[tuple[int, int]]:
+    cuts = {0, 65536}
+    for e in program.acl.entries:
+        fm = e.match.get(F.DPORT)
+        if fm is None:
+            continue
+        for lo, hi in int_ranges(fm) or ():
+            cuts |= {lo, hi + 1}
+    cuts = sorted(cuts)
+    return list(zip(cuts, [c - 1 for c in cuts[1:]]))
+
+
+def _regions(program: Program) -> tuple[list[Region], dict[str, str]]:
+    """Workload regions (one per identity that is not an external) and outside regions (elementary
+    address ranges, cut at every prefix the policy names)."""
+    own = ownership(program)
+    kinds = {i.name: i.kind for i in program.identities}
+    cuts: dict[int, set[int]] = {4: {0, 1 << 32}, 6: {0, 1 << 128}}
+    prefixes = list(own.owner_of)
+    for e in program.acl.entries:
+        for side in (F.SRC_IP, F.DST_IP):
+            fm = e.match.get(side)
+            if fm is not None:
+                prefixes += [o.prefix for o in alternatives(fm) if isinstance(o, PrefixMatch)]
+    for p in prefixes:
+        cuts[p.family] |= {p.first, p.last + 1}
+    workloads: dict[str, Region] = {}
+    outside: list[Region] = []
+    for family, points in cuts.items():
+        points = sorted(points)
+        for lo, nxt in zip(points, points[1:]):
+            owner = own.owner(family, lo)
+            if owner is not None and kinds.get(owner) != "external":
+                workloads.setdefault(owner, Region(owner, owner)).ranges.setdefault(family, []).append((lo, nxt - 1))
+            else:
+                region = Region(f"{family}:{lo}", None)
+                region.ranges[family] = [(lo, nxt - 1)]
+                outside.append(region)
+    return list(workloads.values()) + outside, kinds
+
+
+def _flows(family: int, src: int, dst: int, program: Program):
+    """(key, flow) for each cell: ("tcp", lo, hi), ("udp", lo, hi), ("other", proto)."""
+    for proto, name in ((TCP, "tcp"), (UDP, "udp")):
+        for lo, hi in _cells(program, proto):
+            yield (name, lo, hi), Flow(family, src, dst, proto, 49152, lo)
+    for proto, icmp in OTHER_PROBES[family]:
+        yield ("other", proto), Flow(family, src, dst, proto, icmp_type=icmp, icmp_code=0 if icmp is not None else None)
+
+
+class _Blame:
+    """Errors at the rules whose decisions NetworkPolicy cannot carry (one per rule)."""
+
+    def __init__(self, program: Program):
+        self.program, self.found = program, {}
+
+    def add(self, decision, message: str) -> None:
+        entry = decision.entry
+        span = entry.origin if entry is not None else self.program.default_origin
+        key = entry.rule if entry is not None else "<default>"
+        self.found.setdefault(key, error(span, "k8s", message))
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise DiagnosticError(list(self.found.values()))
+
+
+def _answer(program: Program, family: int, src: int, dst: int, blame: _Blame):
+    """What NetworkPolicy must allow for one pair of addresses: "all", or {"tcp": ranges, "udp": ranges}
+    (None: nothing)."""
+    allowed: dict[str, list] = {"tcp": [], "udp": []}
+    other: dict[int, object] = {}
+    denied = []
+    for key, flow in _flows(family, src, dst, program):
+        d = evaluate(program, flow)
+        if key[0] == "other":
+            other[key[1]] = d
+        elif d.verdict == "allow":
+            allowed[key[0]].append((key[1], key[2]))
+        else:
+            denied.append(d)
+    verdicts = {d.verdict for d in other.values()}
+    if len(verdicts) > 1:
+        odd = next(d for d in other.values() if d.entry is not None) if any(d.entry for d in other.values()) \
+            else next(iter(other.values()))
+        blame.add(odd, "NetworkPolicy allows TCP and UDP ports, or every protocol: it cannot tell ICMP or "
+                       "another protocol apart from the rest")
+        return None
+    everything = all(r == [(0, 65535)] or _merged(r) == [(0, 65535)] for r in allowed.values())
+    if verdicts == {"allow"}:
+        if not everything:
+            by_rule = [d for d in denied if d.entry is not None] or denied
+            blame.add(by_rule[0], "NetworkPolicy cannot allow every other protocol while it leaves out some TCP "
+                                  "or UDP ports (it only adds allows to an isolated pod)")
+            return None
+        return "all"
+    out = {}
+    for name, ranges in allowed.items():
+        merged = _merged(ranges)
+        if merged and merged[0][0] == 0 and merged != [(0, 65535)]:
+            if merged[0][1] == 0:
+                merged = merged[1:]  # port 0 alone: no port a connection uses
+            else:
+                merged[0] = (1, merged[0][1])
+        if merged:
+            out[name] = merged
+    return out or None
+
+
+def _differing(program: Program, family: int, one: tuple[int, int], other: tuple[int, int]):
+    """The decision to blame where two pairs of addresses are judged apart: in the first cell where they
+    differ, the one a rule (rather than the default) made, preferring the second pair's."""
+    for (_, a), (_, b) in zip(_flows(family, *one, program), _flows(family, *other, program)):
+        da, db = evaluate(program, a), evaluate(program, b)
+        if da.verdict != db.verdict:
+            return db if db.entry is not None or da.entry is None else da
+    return evaluate(program, Flow(family, *other, TCP, 49152, 80))
+
+
+def _first_denied(program: Program, family: int, src: int, dst: int):
+    """A denied flow's decision between two addresses, one a rule made if there is one."""
+    denied = [d for _, f in _flows(family, src, dst, program) if (d := evaluate(program, f)).verdict == "deny"]
+    return next((d for d in denied if d.entry is not None), denied[0])
+
+
+def _merged(ranges):
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _check_rules(program: Program) -> None:
+    """Errors at the rules NetworkPolicy cannot express at all (fields and actions outside its capability)."""
+    errors = {}
+    for e in program.acl.entries:
+        why = None
+        fields = {name for name, _ in e.match.fields}
+        if fields - set(CAPABILITY.fields):
+            extra = sorted(fields - set(CAPABILITY.fields))
+            why = f"NetworkPolicy cannot match {', '.join(extra)}: it matches peers, protocols and destination ports"
+            if F.HTTP in fields:
+                why += " (HTTP conditions need a mesh: -t envoy)"
+        elif isinstance(e.action, RateLimit):
+            why = "NetworkPolicy cannot limit rates"
+        if why and e.rule not in errors:
+            errors[e.rule] = error(e.origin, "k8s", why)
+    if not program.connections.stateful:
+        errors["<stateless>"] = error(program.default_origin, "k8s", "NetworkPolicy lets the replies of allowed "
+                                                                    "connections through: it cannot be stateless")
+    if errors:
+        raise DiagnosticError(list(errors.values()))
+
+
+def _ip_blocks(region: Region) -> list[dict]:
+    out = []
+    for family, ranges in sorted(region.ranges.items()):
+        klass = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+        for lo, hi in ranges:
+            out += [{"ipBlock": {"cidr": str(n)}} for n in ipaddress.summarize_address_range(klass(lo), klass(hi))]
+    return out
+
+
+def _ports(answer) -> list[dict] | None:
+    if answer == "all":
+        return None
+    out = []
+    for name in ("tcp", "udp"):
+        for lo, hi in answer.get(name, ()):
+            item = {"protocol": name.upper()}
+            if (lo, hi) not in ((0, 65535), (1, 65535)):
+                item["port"] = lo
+                if hi != lo:
+                    item["endPort"] = hi
+            out.append(item)
+    return out
+
+
+def _k8s_name(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:50] or "x"
+
+
+def export(program: Program, namespace: str = "default") -> tuple[list[dict], dict]:
+    """(NetworkPolicy objects, identities: {name: {"namespace", "labels", "addresses"}})."""
+    _check_rules(program)
+    regions, kinds = _regions(program)
+    blame = _Blame(program)
+    for ident in program.identities:
+        if kinds[ident.name] != "external" and not _NAME.fullmatch(ident.name):
+            raise DiagnosticError([error(program.default_origin, "k8s",
+                                         f"identity {ident.name!r} is not a Kubernetes label value")])
+    workloads = [r for r in regions if r.workload]
+    # answers[(src region, dst region)] for every pair with a workload at one end (same family probes)
+    answers = {}
+    for a in regions:
+        for b in regions:
+            if not (a.workload or b.workload):
+                continue
+            if a is b and a.workload and _single(a):
+                fam = next(iter(a.ranges))
+                if _answer(program, fam, a.probe(fam), a.probe(fam), _Blame(program)) != "all":
+                    blame.add(_first_denied(program, fam, a.probe(fam), a.probe(fam)),
+                              f"Kubernetes lets a pod reach itself: the policy cannot deny {a.workload} -> {a.workload}")
+                answers[(a.key, b.key)] = "all"
+                continue
+            seen = None
+            for family in (4, 6):
+                s, d = a.probe(family), b.probe(family)
+                if s is None or d is None:
+                    continue
+                ans = _answer(program, family, s, d, blame)
+                if seen is not None and ans != seen[1]:
+                    blame.add(evaluate(program, Flow(family, s, d, TCP, 49152, 80)),
+                              "IPv4 and IPv6 are decided apart here; a NetworkPolicy peer is the same for both")
+                seen = (family, ans)
+                # Every range of a workload must be decided alike (a label selects all its pods).
+                for ps, _ in a.ranges[family]:
+                    for pd, _ in b.ranges[family]:
+                        if (ps, pd) != (s, d) and _answer(program, family, ps, pd, blame) != ans:
+                            which = a.workload if len(a.ranges[family]) > 1 else b.workload
+                            blame.add(_differing(program, family, (s, d), (ps, pd)),
+                                      f"part of {which}'s addresses is decided apart from the rest; "
+                                      f"a NetworkPolicy selects all of its pods alike")
+            if seen is not None and seen[1] is not None:
+                answers[(a.key, b.key)] = seen[1]
+    blame.raise_any()
+    by_key = {r.key: r for r in regions}
+    policies = []
+    for w in sorted(workloads, key=lambda r: r.key):
+        ingress = _rules([(by_key[s], ans) for (s, d), ans in sorted(answers.items()) if d == w.key], "from")
+        egress = _rules([(by_key[d], ans) for (s, d), ans in sorted(answers.items()) if s == w.key], "to")
+        spec = {"podSelector": {"matchLabels": {LABEL: w.workload}}, "policyTypes": ["Ingress", "Egress"]}
+        if ingress:
+            spec["ingress"] = ingress
+        if egress:
+            spec["egress"] = egress
+        policies.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                         "metadata": {"name": f"anyplane-{_k8s_name(w.workload)}", "namespace": namespace,
+                                      "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
+                         "spec": spec})
+    names = [p["metadata"]["name"] for p in policies]
+    for i, p in enumerate(policies):  # two names that sanitise alike get a number
+        if names.count(p["metadata"]["name"]) > 1:
+            p["metadata"]["name"] += f"-{i}"
+    identities = {w.workload: {"namespace": namespace, "labels": {LABEL: w.workload},
+                               "addresses": [str(p) for p in _prefixes(w)]} for w in workloads}
+    return policies, identities
+
+
+def _single(region: Region) -> bool:
+    """A workload of one address (a pod): Kubernetes always lets it reach itself."""
+    return sum(hi - lo + 1 for rs in region.ranges.values() for lo, hi in rs) == 1
+
+
+def _prefixes(region: Region) -> list[Prefix]:
+    out = []
+    for family, ranges in sorted(region.ranges.items()):
+        klass = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+        for lo, hi in ranges:
+            for n in ipaddress.summarize_address_range(klass(lo), klass(hi)):
+                out.append(Prefix(family, int(n.network_address), n.prefixlen))
+    return out
+
+
+def _rules(peers: list[tuple[Region, object]], side: str) -> list[dict]:
+    """Rules for one direction: peers grouped by what they are allowed."""
+    grouped: dict[str, tuple[object, list]] = {}
+    for region, ans in peers:
+        key = repr(ans)
+        grouped.setdefault(key, (ans, []))[1].append(region)
+    out = []
+    for ans, regions in grouped.values():
+        items = []
+        for r in regions:
+            if r.workload:
+                items.append({"namespaceSelector": {}, "podSelector": {"matchLabels": {LABEL: r.workload}}})
+            else:
+                items += _ip_blocks(r)
+        rule = {side: _collapse(items)}
+        ports = _ports(ans)
+        if ports is not None:
+            rule["ports"] = ports
+        out.append(rule)
+    return out
+
+
+def _collapse(items: list[dict]) -> list[dict]:
+    """ipBlocks of adjacent ranges merged into the fewest CIDRs."""
+    blocks = [ipaddress.ip_network(i["ipBlock"]["cidr"]) for i in items if "ipBlock" in i]
+    rest = [i for i in items if "ipBlock" not in i]
+    merged = []
+    for version in (4, 6):
+        merged += [{"ipBlock": {"cidr": str(n)}}
+                   for n in ipaddress.collapse_addresses(b for b in blocks if b.version == version)]
+    return rest + merged
+
+
+class K8sEngine(base.Engine):
+    """`-t k8s`: NetworkPolicies for a cluster's network plugin, read back through the importer."""
+
+    name = "k8s"
+    place = ""
+    capability = CAPABILITY
+    options = frozenset({"out_dir"})
+    #: The importer that reads this engine's output back (the driver runs it: compiler/importers).
+    reads_back_with = "k8s"
+
+    def workloads(self, program: Program) -> list[str]:
+        """The identities that are pods (the others are outside the cluster)."""
+        return sorted(r.workload for r in _regions(program)[0] if r.workload)
+
+    def emit(self, program: Program, options: base.Options) -> base.Output:
+        policies, identities = export(program)
+        text = "".join("---\n" + yaml.safe_dump(p, sort_keys=False) for p in policies)
+        ident_text = yaml.safe_dump({"identities": identities}, sort_keys=True)
+        rows = base.rule_rows(program, lambda r: (base.ENFORCED, "", 0))
+        out = base.Output([base.Artifact("networkpolicies.yaml", text), base.Artifact("identities.yaml", ident_text)],
+                          rows)
+        out.artifacts.append(base.Artifact("report.txt", out.report_text(self.name)))
+        return out
+
+
+ENGINE = K8sEngine()
