@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 wrk curl graphviz chromium
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup sysdeps venv bpffs p4tools nca bench maps clean
+.PHONY: demo test setup sysdeps venv bpffs p4tools nca p4sh bench maps clean
 
 demo: setup
 	$(BIN)/anyplane check examples/bookinfo.ap
@@ -24,10 +24,19 @@ demo: setup
 	$(BIN)/anyplane explain examples/bookinfo.ap --flow 'internet -> productpage http GET /admin/users'
 
 test: setup
-	$(BIN)/python -m pip check  # p4runtime-shell's old protobuf pins and everything else, in one environment
+	$(BIN)/python -m pip check  # one current stack: protobuf 6, grpcio, finsy's P4Runtime, xds-protos
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
-setup: sysdeps venv bpffs p4tools nca
+setup: sysdeps venv bpffs p4tools nca p4sh
+
+# p4runtime-shell, the tool an operator opens on a switch, pins protobuf 3.20: it gets an environment
+# of its own, and tests/test_p4.py has it read back what anyplane pushed.
+P4SH_VERSION := 0.0.6
+p4sh: .p4sh/.installed-$(P4SH_VERSION)
+.p4sh/.installed-$(P4SH_VERSION):
+	test -x .p4sh/bin/python || $(PYTHON) -m venv .p4sh
+	.p4sh/bin/python -m pip install -q --disable-pip-version-check 'p4runtime-shell==$(P4SH_VERSION)'
+	touch $@
 
 # IBM's network-config-analyzer, the peer the Kubernetes importer is checked against
 # (tests/test_nca_agreement.py): a virtualenv of its own, since its pins clash with ours.
@@ -56,6 +65,8 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# p4runtime-shell (protobuf 3.20) moved to its own environment (make p4sh): gone from this one.
+	$(BIN)/python -m pip uninstall -q -y p4runtime-shell p4runtime ipython jedi >/dev/null 2>&1 || true
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
@@ -81,4 +92,4 @@ maps: setup
 	  $(BIN)/anyplane map $$src --format svg > docs/maps/$$e.svg && echo "docs/maps/$$e.svg"; done
 
 clean:
-	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis .p4tools .nca
+	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis .p4tools .nca .p4sh

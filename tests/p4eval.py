@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from p4.config.v1 import p4info_pb2
+from anyplane.backends.p4.proto import p4info_pb2
 
 MF = p4info_pb2.MatchField
 

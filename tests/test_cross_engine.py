@@ -1,6 +1,6 @@
 """Cross-engine differential test: flows cross the fabric, the kernel and the sidecar in path order.
 
-    fabric   the P4Runtime entries as the test server received them (pushed with p4runtime-shell),
+    fabric   the P4Runtime entries as the test server received them (pushed by anyplane's P4Runtime client),
              run by the table-semantics evaluator on the packet's frame
     kernel   the XDP program loaded in the running kernel, BPF_PROG_TEST_RUN on the same frame
     sidecar  a running Envoy with the inbound listeners of every service, sent the real request

@@ -1,4 +1,4 @@
-"""The fabric engine: P4 program, P4Info IDs, entries, pushes through p4runtime-shell, table semantics."""
+"""The fabric engine: P4 program, P4Info IDs, entries, pushes (read back by p4runtime-shell too), table semantics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
-from p4.v1 import p4runtime_pb2
 
 from anyplane.backends.ebpf import packet
 from anyplane.backends.p4 import engine
@@ -17,6 +16,7 @@ from anyplane.backends.p4.engine import P4Error
 from anyplane.backends.p4.entries import canonical, merge_prefixes, prefix_cover
 from anyplane.backends.p4.ids import ACTION, TABLE, Ids, jenkins_one_at_a_time
 from anyplane.backends.p4.pipeline import Features, p4info, program_text
+from anyplane.backends.p4.proto import p4runtime_pb2
 from anyplane.backends.p4.push import push
 from anyplane.compiler.cli import cli
 from anyplane.compiler.pipeline import compile_sources
@@ -30,7 +30,7 @@ from anyplane.ir.project import project_l4
 
 from bench import classbench
 
-from .conftest import EXAMPLES, compile_text, load_example
+from .conftest import CI, EXAMPLES, compile_text, load_example
 from .p4eval import Switch
 from .p4server import Device, Server
 
@@ -100,7 +100,7 @@ def _assert_agree(program, device, flows):
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES))
-def test_entries_written_through_p4runtime_shell_agree_with_the_interpreter(example):
+def test_entries_pushed_through_p4runtime_agree_with_the_interpreter(example):
     program = load_example(example).program
     device, result, writes = _push_and_switch(program)
     # The server received one batch, checked against the P4Info, and holds what we computed.
@@ -347,3 +347,45 @@ def test_established_tcp_segments_shaped_like_replies_pass_the_switch(stateless)
         assert got == ["allow", "allow", "allow", "allow", "deny", "deny", "deny", "allow", "deny", "allow"]
     established_entries = [e for e in device.entries("acl") if any(m.field_id == 14 for m in e.match)]
     assert len(established_entries) == (0 if stateless else 1)
+
+
+def _p4sh() -> str:
+    binary = ROOT / ".p4sh" / "bin" / "python"
+    if not binary.exists():
+        if CI:
+            pytest.fail("p4runtime-shell's environment is missing: make p4sh", pytrace=False)
+        pytest.skip("p4runtime-shell's environment is missing (make p4sh)")
+    return str(binary)
+
+
+@pytest.mark.parametrize("example", ["bookinfo", "edge-firewall"])
+def test_p4runtime_shell_reads_back_what_anyplane_pushed(tmp_path, example):
+    """The operator's tool on protobuf 3.20, anyplane on protobuf 6: p4runtime-shell connects to the
+    suite's P4Runtime server with anyplane's emitted p4info.txt and reads the acl entries push wrote."""
+    import json
+    import subprocess
+
+    program = load_example(example).program
+    features = Features()
+    (tmp_path / "p4info.txt").write_text(text_format.MessageToString(p4info(features)))
+    device = Device(p4info(features))
+    with Server(device) as server:
+        push(program, server.addr, 1, features)
+        done = subprocess.run([_p4sh(), str(ROOT / "tests" / "p4sh_read.py"), server.addr, "1",
+                               str(tmp_path / "p4info.txt"), "acl"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    read = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    held = device.entries("acl")
+    assert len(read) == len(held) > 0
+
+    def norm(entry):
+        e = p4runtime_pb2.TableEntry()
+        e.CopyFrom(entry)
+        matches = sorted(e.match, key=lambda m: m.field_id)
+        del e.match[:]
+        e.match.extend(matches)
+        return e.SerializeToString(deterministic=True)
+    theirs = sorted(norm(text_format.Parse(r["entry"], p4runtime_pb2.TableEntry())) for r in read)
+    assert theirs == sorted(norm(e) for e in held)
+    names = {a.preamble.name for a in p4info(features).actions}
+    assert all(r["action"] in names for r in read) and all(r["fields"] for r in read)

@@ -17,10 +17,10 @@ import time
 
 import pytest
 from google.protobuf import text_format
-from p4.config.v1 import p4info_pb2
 
 from anyplane.backends.ebpf import packet
 from anyplane.backends.p4.pipeline import Features, p4info, program_text
+from anyplane.backends.p4.proto import p4info_pb2
 from anyplane.backends.p4.push import current_state, push
 from anyplane.compiler.pipeline import compile_sources
 from anyplane.ir.flow import Flow
@@ -128,17 +128,17 @@ def test_a_rejected_batch_leaves_entries_and_defaults_as_they_were(tmp_path):
         f"allow 10.{i}.0.0/16 -> db tcp {5000 + i}\n" for i in range(1, 20)))]).program
     from anyplane.backends.p4.engine import P4Error
     from anyplane.backends.p4.pipeline import Names
-    from p4runtime_sh.p4runtime import P4RuntimeClient
+    from anyplane.backends.p4.client import Client
 
     with Bmv2() as sw:
         push(fits, sw.addr, sw.device_id, small, pipeline_config=(str(info), str(config)))
 
         def state():
-            client = P4RuntimeClient(sw.device_id, sw.addr, (0, 9))
+            client = Client(sw.device_id, sw.addr, (0, 9))
             try:
                 return sorted(e.SerializeToString(deterministic=True) for e in current_state(client, Names(p4info(small))))
             finally:
-                client.tear_down()
+                client.close()
         before = state()
         with pytest.raises(P4Error) as err:  # pushed as if the table were the usual size: the switch refuses
             push(too_big, sw.addr, sw.device_id, Features())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 
 from google.protobuf import json_format, text_format
-from p4.v1 import p4runtime_pb2
 
 from anyplane.ir.actions import RateLimit
 from anyplane.ir.nodes import Program
@@ -22,6 +21,7 @@ from anyplane.ir.source import DiagnosticError, error
 from .. import base
 from .entries import Entries, Unsupported, add_updates, build, meter_rate
 from .pipeline import Features, Names, p4info, program_text
+from .proto import p4runtime_pb2
 
 
 CAPABILITY = base.Capability(

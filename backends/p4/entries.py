@@ -18,8 +18,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from p4.v1 import p4runtime_pb2
-
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny, RateLimit
 from anyplane.ir.conn import swapped
@@ -30,6 +28,7 @@ from anyplane.ir.project import project_l4
 
 from ..base import Unsupported
 from .pipeline import ENDPOINT_TABLES, ID_BITS, Features, Names
+from .proto import p4runtime_pb2
 
 FAMILY = {4: 1, 6: 2}
 ICMP_FOR = {4: 1, 6: 58}

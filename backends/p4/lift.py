@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from p4.config.v1 import p4info_pb2
-from p4.v1 import p4runtime_pb2
-
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny
 from anyplane.ir.addr import Prefix
 from anyplane.ir.match import Exact, InSet, Match, PrefixMatch, Range
 from anyplane.ir.nodes import EndpointPrefix, Entry, Program, Table
 from anyplane.ir.source import Span
+
+from .proto import p4info_pb2, p4runtime_pb2
 
 FAMILY = {1: 4, 2: 6}
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
-from p4.config.v1 import p4info_pb2
 
 from . import ids as I
+from .proto import p4info_pb2
 
 CONTROL = "AnyplaneIngress"
 ID_BITS = 16

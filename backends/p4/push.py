@@ -1,6 +1,6 @@
-"""Push a policy's entries to a running P4Runtime target with p4runtime-shell, all or nothing.
+"""Push a policy's entries to a running P4Runtime target, all or nothing.
 
-    1. connect (p4runtime-shell's client: stream, arbitration as primary)
+    1. connect (client.py: stream, arbitration as primary)
     2. optionally set the forwarding pipeline (P4Info + device config)
     3. check the target's P4Info has our tables and actions with our IDs
     4. read what the target holds, and write the difference as ONE batch:
@@ -15,12 +15,13 @@ import time
 
 import grpc
 from google.protobuf import text_format
-from p4.v1 import p4runtime_pb2
 
 from anyplane.ir.nodes import Program
 
+from .client import Client, ClientError
 from .engine import P4Error, build_all, write_request
 from .pipeline import Features, Names
+from .proto import code_pb2, p4runtime_pb2, status_pb2
 
 ATOMICITIES = (p4runtime_pb2.WriteRequest.DATAPLANE_ATOMIC, p4runtime_pb2.WriteRequest.ROLLBACK_ON_ERROR,
                p4runtime_pb2.WriteRequest.CONTINUE_ON_ERROR)
@@ -62,28 +63,21 @@ def _check_pipeline(ours, theirs) -> None:
                       + ", ".join(missing[:5]) + "); push with --pipeline-config P4INFO,DEVICE_CONFIG")
 
 
-def _read(client, entity: p4runtime_pb2.Entity) -> list[p4runtime_pb2.Entity]:
-    out = []
-    for resp in client.read_one(entity):
-        out.extend(resp.entities)
-    return out
-
-
 def current_state(client, names: Names) -> list[p4runtime_pb2.Entity]:
     """Every entity the target holds in our tables, the acl default, and the meters."""
     out = []
     for table in names.info.tables:
         ent = p4runtime_pb2.Entity()
         ent.table_entry.table_id = table.preamble.id
-        out.extend(e for e in _read(client, ent) if not e.table_entry.is_default_action)
+        out.extend(e for e in client.read(ent) if not e.table_entry.is_default_action)
         # A whole-table read leaves the default entry out (P4Runtime 9.1.2): ask for it by itself, so
         # that an unchanged default is not written again and a rolled-back push restores it.
         ent.table_entry.is_default_action = True
-        out.extend(_read(client, ent))
+        out.extend(client.read(ent))
     if names.meter is not None:
         ent = p4runtime_pb2.Entity()
         ent.meter_entry.meter_id = names.meter.preamble.id
-        out.extend(e for e in _read(client, ent) if e.meter_entry.HasField("config"))
+        out.extend(e for e in client.read(ent) if e.meter_entry.HasField("config"))
     return out
 
 
@@ -139,18 +133,11 @@ class Rejected(Exception):
         self.errors = errors
 
 
-def _write(client, req: p4runtime_pb2.WriteRequest) -> None:
-    """One Write RPC through the p4runtime-shell client's channel, with P4Runtime's error details decoded.
-
-    (p4runtime-shell's own decoder loops forever when a detail says OK, which
-    is what targets send for the updates of a batch that did succeed.)
-    """
-    from google.rpc import code_pb2, status_pb2
-
-    req.device_id = client.device_id
-    req.election_id.high, req.election_id.low = client.election_id
+def _write(client: Client, req: p4runtime_pb2.WriteRequest) -> None:
+    """One Write RPC, with P4Runtime's per-update error details decoded (an update of a batch that
+    succeeded has a detail that says OK)."""
     try:
-        client.stub.Write(req)
+        client.write(req)
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.UNKNOWN:
             raise
@@ -169,8 +156,6 @@ def _write(client, req: p4runtime_pb2.WriteRequest) -> None:
 
 
 def _describe(errors, sources) -> str:
-    from google.rpc import code_pb2
-
     # Updates that only failed because a sibling did (ABORTED) say nothing about the cause.
     errors = [e for e in errors if e[1].canonical_code != code_pb2.ABORTED] or errors
     parts = []
@@ -190,21 +175,21 @@ def push(program: Program, grpc_addr: str, device_id: int = 1, features: Feature
     if dry_run:
         return {"dry_run": True, "updates": len(desired_req.updates),
                 "write_request": text_format.MessageToString(desired_req)}
-    from p4runtime_sh.p4runtime import P4RuntimeClient, P4RuntimeException
-
     started = time.perf_counter()
     try:
-        client = P4RuntimeClient(device_id, grpc_addr, election_id)
-    except SystemExit:
-        raise P4Error(f"no P4Runtime server answered at {grpc_addr} (device {device_id})") from None
+        client = Client(device_id, grpc_addr, election_id)
+    except ClientError as exc:
+        raise P4Error(str(exc)) from None
     try:
         try:
             if pipeline_config is not None:
-                client.set_fwd_pipe_config(*pipeline_config)
-            _check_pipeline(info, client.get_p4info())
+                client.set_pipeline(*pipeline_config)
+            _check_pipeline(info, client.p4info())
             current = current_state(client, names)
-        except (P4RuntimeException, grpc.RpcError) as exc:
-            raise P4Error(f"the target at {grpc_addr} failed: {exc}") from None
+        except grpc.RpcError as exc:
+            raise P4Error(f"the target at {grpc_addr} failed: {exc.code().name} {exc.details()}") from None
+        except OSError as exc:
+            raise P4Error(f"cannot read the pipeline config: {exc}") from None
         updates, sources, undo = delta(current, list(zip(desired_req.updates, desired_sources)))
         if not updates:
             return {"dry_run": False, "updates": 0, "inserted": 0, "modified": 0, "deleted": 0,
@@ -245,4 +230,4 @@ def push(program: Program, grpc_addr: str, device_id: int = 1, features: Feature
                 "entries": len(entries.acl), "atomicity": p4runtime_pb2.WriteRequest.Atomicity.Name(atomicity),
                 "seconds": round(time.perf_counter() - started, 3)}
     finally:
-        client.tear_down()
+        client.close()
