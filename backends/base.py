@@ -153,6 +153,8 @@ class Options:
     range_match: bool = True
     deployment: object | None = None  # the sidecars' sockets and endpoints (backends.envoy.deployment)
     capacity: int | None = None  # entries the engine may use (None: its own)
+    xds: tuple = ()  # (host, port) of the xDS servers the sidecars' bootstraps point at (envoy)
+    xds_delta: bool = False  # the incremental flavour of xDS (envoy)
 
 
 class Engine:

@@ -23,6 +23,7 @@ import dataclasses
 
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from anyplane.backends import registry
 from anyplane.backends.base import Artifact, BadInput, EngineError, Options, Output, RuleReport
@@ -326,3 +327,106 @@ def sarif(findings=None, diagnostics=None) -> dict:
     if diagnostics is not None:
         return diagnostics_to_sarif(list(diagnostics), version("anyplane"))
     return to_sarif(list(findings or ()), version("anyplane"))
+
+
+def prove_sidecars(compiled: Compiled, progress=None):
+    """The proof that the sidecars, read back, decide what the policy decides for every flow they see
+    (TCP to a TCP or HTTP port of a service: one scope per service); the rest is other engines' to
+    decide (`compile -t all`)."""
+    from anyplane.ir import fields as F
+    from anyplane.ir.match import Exact, InSet, Match
+    from anyplane.verify.compose import Composition, Scope, prove as prove_composition
+
+    engine = _engine("envoy")
+    program = compiled.program
+    scopes = []
+    for svc in engine.services(program):
+        ident = program.identity(svc)
+        ports = tuple(sorted(p.number for p in ident.ports if p.protocol != "udp"))
+        owners = tuple(sorted(i.name for i in program.identities if i.service == svc))
+        scopes.append(Scope(f"sidecar of {svc}", Match.of({F.PROTO: Exact(6), F.DST_ID: InSet(owners),
+                                                           F.DPORT: InSet(ports)}), (), ("envoy",)))
+    if not scopes:
+        return Composition(True, 0.0, engines=["envoy"])
+    return prove_composition(program, {"envoy": engine.read_back(program, Options())}, scopes, progress=progress)
+
+
+class Serving:
+    """`anyplane serve`: an xDS server for the sidecars, fed from policy files it watches.
+
+    Each time the files change (checked every `interval` seconds): load, place on the sidecars,
+    prove, and only then publish, as the version named by the policy's digest (and the deployment's).
+    A policy that fails to compile or to prove is reported and not published: the sidecars keep the
+    last good version. `events(kind, detail)` hears about it ("published", "refused", "error").
+    """
+
+    def __init__(self, paths: list[str], deployment_file: str | None = None, events=None):
+        self.paths, self.deployment_file = list(paths), deployment_file
+        self.plane = registry.get("envoy").control_plane()
+        self.events = events or (lambda kind, detail: None)
+        self.seen: str | None = None
+        self.version: str | None = None
+
+    def _fingerprint(self) -> str:
+        import hashlib
+        from .importers import split
+
+        h = hashlib.sha256()
+        policy, manifests = split(self.paths)
+        files = []
+        for p in policy + manifests + ([self.deployment_file] if self.deployment_file else []):
+            files += sorted(str(f) for f in Path(p).rglob("*") if f.is_file()) if os.path.isdir(p) else [p]
+        for f in files:
+            h.update(f.encode() + b"\0")
+            try:
+                h.update(Path(f).read_bytes())
+            except OSError:
+                h.update(b"<unreadable>")
+        return h.hexdigest()
+
+    def check(self) -> bool:
+        """Publish the files' policy if it changed and proves; True when a new version went out."""
+        import hashlib
+
+        fingerprint = self._fingerprint()
+        if fingerprint == self.seen:
+            return False
+        self.seen = fingerprint
+        try:
+            compiled = load(self.paths)
+            dep = deployment(self.deployment_file) if self.deployment_file else None
+            compile_target(compiled, "envoy", Options(deployment=dep))
+            proof = prove_sidecars(compiled)
+        except (DiagnosticError, UsageError, EngineError) as exc:
+            self.events("error", exc)
+            return False
+        if not proof.proved:
+            self.events("refused", proof)
+            return False
+        dep_text = Path(self.deployment_file).read_bytes() if self.deployment_file else b""
+        version = "anyplane-" + hashlib.sha256(compiled.sources.digest.encode() + dep_text).hexdigest()[:16]
+        published = self.plane.publish(compiled.program, dep, version)
+        self.version = version
+        self.events("published", published)
+        return True
+
+    def start(self, listen: str, tls=None) -> int:
+        return self.plane.start(listen, tls)
+
+    def status(self) -> dict:
+        return self.plane.status()
+
+    def stop(self) -> None:
+        self.plane.stop()
+
+
+def serve_status(admin: str) -> dict:
+    """What a running `anyplane serve` reports on its admin address (HOST:PORT)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{admin}/status", timeout=5) as resp:
+            return json.loads(resp.read())
+    except OSError as exc:
+        raise UsageError(f"no anyplane serve answers at {admin}: {exc}") from None

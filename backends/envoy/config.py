@@ -194,4 +194,40 @@ def bootstrap(service: str, deployment: Deployment, xds_dir: str | None, listene
     return out
 
 
-__all__ = ["sidecar_resources", "bootstrap", "token_bucket", "duration", "header_input"]
+XDS_CLUSTER = "anyplane_xds"
+
+
+def ads_bootstrap(service: str, deployment: Deployment, servers: list[tuple[str, int]], delta: bool = False,
+                  node_id: str | None = None, tls: dict | None = None) -> dict:
+    """A bootstrap whose listeners and clusters come from anyplane's xDS server(s) over ADS: every
+    replica an endpoint of one cluster (a sidecar whose server goes away reconnects to another).
+    `tls` (paths: cert, key, ca) makes the channel TLS with a client certificate."""
+    host, port = deployment.sidecar(service).admin
+    cluster = {"name": XDS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+               "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                   "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                   "explicit_http_config": {"http2_protocol_options": {
+                       "connection_keepalive": {"interval": "5s", "timeout": "5s"}}}}},
+               "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [
+                   {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
+                   for h, p in servers]}]}}
+    if tls is not None:
+        cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [{"certificate_chain": {"filename": tls["cert"]},
+                                      "private_key": {"filename": tls["key"]}}],
+                "validation_context": {"trusted_ca": {"filename": tls["ca"]}}}}}
+    return {"node": {"id": node_id or f"sidecar~{service}", "cluster": service},
+            "admin": {"address": {"socket_address": {"address": host, "port_value": port}}},
+            "layered_runtime": {"layers": [{"name": "static", "static_layer": {}}]},
+            "dynamic_resources": {
+                "ads_config": {"api_type": "DELTA_GRPC" if delta else "GRPC", "transport_api_version": "V3",
+                               "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                               "set_node_on_first_message_only": True},
+                "cds_config": {"ads": {}, "resource_api_version": "V3"},
+                "lds_config": {"ads": {}, "resource_api_version": "V3"}},
+            "static_resources": {"clusters": [cluster]}}
+
+
+__all__ = ["sidecar_resources", "bootstrap", "ads_bootstrap", "token_bucket", "duration", "header_input"]

@@ -19,7 +19,7 @@ from anyplane.ir.actions import RateLimit
 from anyplane.ir.nodes import Program
 
 from .. import base
-from .config import bootstrap, sidecar_resources
+from .config import ads_bootstrap, bootstrap, sidecar_resources
 from ..deployment import Deployment
 from .inbound import Unsupported
 
@@ -177,17 +177,18 @@ def build(program: Program, deployment: Deployment, dry_run: bool = False):
 
 
 def emit(program: Program, deployment: Deployment | None = None, out_dir: str = ".",
-         dry_run: bool = False) -> base.Output:
-    """The artifacts `anyplane compile -t envoy` writes."""
+         dry_run: bool = False, xds: tuple = (), xds_delta: bool = False) -> base.Output:
+    """The artifacts `anyplane compile -t envoy` writes (`xds`: the xDS servers the bootstraps use)."""
     deployment = deployment or Deployment()
     built, placed = build(program, deployment, dry_run)
     out = base.Output(report=report(program, placed))
     for svc, (listeners, clusters) in built.items():
         static = bootstrap(svc, deployment, None, listeners, clusters)
         xds_dir = os.path.abspath(os.path.join(out_dir, svc, "xds"))
+        boot = ads_bootstrap(svc, deployment, list(xds), xds_delta) if xds else bootstrap(svc, deployment, xds_dir)
         out.artifacts += [base.Artifact(f"{svc}/envoy.yaml", dump(static)),
                           base.Artifact(f"{svc}/envoy.json", json.dumps(static, separators=(",", ":")) + "\n"),
-                          base.Artifact(f"{svc}/bootstrap.yaml", dump(bootstrap(svc, deployment, xds_dir)))]
+                          base.Artifact(f"{svc}/bootstrap.yaml", dump(boot))]
         for name, text in xds_files(listeners, clusters, content_version(listeners, clusters)).items():
             out.artifacts.append(base.Artifact(f"{svc}/xds/{name}", text))
     out.artifacts.append(base.Artifact("report.txt", out.report_text("envoy (sidecars)")))
@@ -238,11 +239,20 @@ class SidecarEngine(base.Engine):
     """Every service's Envoy sidecar: listeners with RBAC, rate limits, routes and clusters."""
 
     name, place, capability = "envoy", "sidecar", CAPABILITY
-    options = frozenset({"deployment", "dry_run", "out_dir"})
+    options = frozenset({"deployment", "dry_run", "out_dir", "xds"})
 
     def emit(self, program: Program, options: base.Options) -> base.Output:
         """`compile -t envoy`."""
-        return emit(program, options.deployment or Deployment(), options.out_dir, options.dry_run)
+        return emit(program, options.deployment or Deployment(), options.out_dir, options.dry_run,
+                    options.xds, options.xds_delta)
+
+    def services(self, program: Program) -> list[str]:
+        """The services that get a sidecar."""
+        return services(program)
+
+    def control_plane(self) -> "ControlPlane":
+        """An xDS server for a fleet of sidecars (backends/envoy/xds.py)."""
+        return ControlPlane()
 
     def read_back(self, program: Program, options: base.Options) -> Program:
         """Per listener, what it decides (see `lifted`)."""
@@ -294,6 +304,39 @@ class SidecarEngine(base.Engine):
                     from None
         files = {kind: (Path(out_dir) / name).read_text(encoding="utf-8") for kind, name in names.items()}
         return push_files(files, service, xds_dir, admin)
+
+
+class ControlPlane:
+    """The sidecars' xDS server: publish a program (its sidecar share), serve it over gRPC, report."""
+
+    def __init__(self):
+        from .xds import XdsServer
+
+        self.server = XdsServer()
+        self.grpc = None
+
+    def start(self, address: str, tls=None) -> int:
+        """Listen on HOST:PORT (port 0: any); `tls` = (cert, key, client CA) as bytes. The bound port."""
+        from .xds import Tls, start
+
+        self.grpc = start(self.server, address, Tls(*tls) if tls else None)
+        return self.grpc.bound_port
+
+    def publish(self, program: Program, deployment: Deployment | None, version: str) -> dict:
+        """Make `version` of the policy the one every sidecar gets (resources built and checked first)."""
+        from .xds import snapshot
+
+        built, _ = build(program, deployment or Deployment())
+        snap = snapshot(built, version)
+        self.server.publish(snap)
+        return {"version": version, "services": sorted(built)}
+
+    def status(self) -> dict:
+        return self.server.status()
+
+    def stop(self, grace: float = 0) -> None:
+        if self.grpc is not None:
+            self.grpc.stop(grace)
 
 
 ENGINE = SidecarEngine()

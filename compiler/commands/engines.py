@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from anyplane.ir.source import render
+
 from .. import api
 from ..output import write_output
 from ..pipeline import STAGES, UsageError, load
@@ -26,6 +28,16 @@ def _capacity(items: tuple[str, ...]) -> dict[str, int]:
                              f"not '{item}'")
         out[where] = int(n)
     return out
+
+
+def _addresses(text: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for item in text.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"--xds takes HOST:PORT[,HOST:PORT...], not '{item}'")
+        out.append((host.strip("[]"), int(port)))
+    return tuple(out)
 
 
 def _proof_lines(result, places: list[str]) -> tuple[bool, str]:
@@ -78,14 +90,21 @@ def _listing(written: list[str], out_dir: str) -> list[str]:
               help="all: the engine at PLACE holds N entries (fabric=N: the switch's acl table); what does not "
                    "fit spills to the next engine.")
 @click.option("--no-prove", is_flag=True, help="all: skip the proof that the engines together enforce the policy.")
+@click.option("--xds", "xds", metavar="HOST:PORT[,HOST:PORT...]",
+              help="envoy: bootstraps that take listeners and clusters from `anyplane serve` (its replicas).")
+@click.option("--xds-delta", is_flag=True, help="envoy: with --xds, the incremental flavour of xDS.")
 @format_option
 @handle_errors
 def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run, no_range, path_text, prefer,
-            capacity, no_prove, output_format) -> None:
+            capacity, no_prove, xds, xds_delta, output_format) -> None:
     """Compile policy FILES into artifacts for a target."""
     if target not in api.targets():
         raise UsageError(f"unknown target '{target}'; use one of {', '.join(api.targets())}")
-    given = {"deployment": deployment_file is not None, "dry_run": dry_run, "range_match": no_range}
+    if xds_delta and not xds:
+        raise UsageError("--xds-delta goes with --xds HOST:PORT")
+    servers = _addresses(xds) if xds else ()
+    given = {"deployment": deployment_file is not None, "dry_run": dry_run, "range_match": no_range,
+             "xds": bool(xds)}
     if target not in ("ir", "all"):
         reads = api.registry.get(target).options
         extra = [name for name, on in given.items() if on and name not in reads]
@@ -93,11 +112,12 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
             raise UsageError(f"-t {target} takes no {', '.join('--' + n.replace('_', '-') for n in extra)}"
                              .replace("--range-match", "--no-range"))
     elif target == "ir" and any(given.values()):
-        raise UsageError("-t ir takes no --deployment, --dry-run or --no-range")
+        raise UsageError("-t ir takes no --deployment, --dry-run, --no-range or --xds")
     if target != "all" and (path_text is not None or capacity or prefer != "early" or no_prove):
         raise UsageError("--path, --prefer, --capacity and --no-prove apply to -t all")
     options = api.Options(out_dir=out_dir, dry_run=dry_run, range_match=not no_range,
-                          deployment=api.deployment(deployment_file) if deployment_file else None)
+                          deployment=api.deployment(deployment_file) if deployment_file else None,
+                          xds=servers, xds_delta=xds_delta)
     compiled = load(list(files), dump_after=dump_after, dump=lambda s: click.echo(s, nl=False))
     if target == "all":
         update, close = progress_reporter("proving")
@@ -243,12 +263,21 @@ def push(files, target, from_dir, iface, netns, name, ingress_only, service, xds
 
 
 @cli.command()
-@click.option("-t", "--target", required=True, help="Which engine (ebpf).")
-@click.option("--name", default="default", show_default=True, help="Name of the classifier instance.")
+@click.option("-t", "--target", required=True, help="Which engine (ebpf), or xds (a running `anyplane serve`).")
+@click.option("--name", default="default", show_default=True, help="ebpf: name of the classifier instance.")
+@click.option("--admin", "admin", default="127.0.0.1:18001", show_default=True,
+              help="xds: the admin address of `anyplane serve`.")
 @format_option
 @handle_errors
-def status(target, name, output_format) -> None:
-    """Counters per policy rule of a running engine."""
+def status(target, name, admin, output_format) -> None:
+    """Counters per policy rule of a running engine; or every sidecar of `anyplane serve` (-t xds)."""
+    if target == "xds":
+        result = api.serve_status(admin)
+        if output_format == "json":
+            emit_json(result)
+        else:
+            _xds_status(result)
+        return
     result = api.status(target, name=name)
     if output_format == "json":
         emit_json(result)
@@ -296,3 +325,103 @@ def replay(files, target, flows_file, pcap_file, output_format) -> None:
         click.echo(f"{len(rows)} packets, {len(mismatches)} mismatches")
     if mismatches:
         sys.exit(EXIT_FAIL)
+
+
+def _xds_status(result: dict) -> None:
+    click.echo(f"version {result['version'] or '(none published)'}: {len(result['nodes'])} sidecars")
+    for n in result["nodes"]:
+        state = "current" if n["current"] else "behind"
+        if not n["connected"]:
+            state = "disconnected"
+        click.echo(f"  {n['id']:<32} {n['service']:<16} {n['flavour']:<5} {state}")
+        for kind, t in n["types"].items():
+            line = f"      {kind:<9} sent {t['sent'] or '-'}  acked {t['acked'] or '-'}"
+            if t["nacked"]:
+                line += f"  NACKED {t['nacked']}: {t['error']}"
+            click.echo(line)
+
+
+@cli.command()
+@files_argument
+@click.option("--listen", default="127.0.0.1:18000", show_default=True, help="Where sidecars connect (gRPC).")
+@click.option("--admin", "admin", default="127.0.0.1:18001", show_default=True,
+              help="HTTP status (GET /status, JSON): what `anyplane status -t xds` reads.")
+@click.option("--deployment", "deployment_file", type=click.Path(dir_okay=False),
+              help="Sidecar sockets and upstream endpoints (YAML).")
+@click.option("--interval", type=click.FloatRange(0.05), default=1.0, show_default=True,
+              help="Seconds between looks at FILES for a change.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="Server certificate (PEM): TLS on the xDS channel.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Its private key (PEM).")
+@click.option("--tls-client-ca", type=click.Path(dir_okay=False),
+              help="CA (PEM) that signs the sidecars' client certificates (required with --tls-cert).")
+@click.option("--once", is_flag=True, help="Publish the policy, serve until interrupted, never look again.")
+@handle_errors
+def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tls_client_ca, once) -> None:
+    """Serve every sidecar its listeners and clusters over xDS (ADS, state of the world and delta),
+    from the policy FILES (a directory or a git checkout), watched: each change is compiled and proved
+    before it is published, under the policy's digest as version."""
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    tls = None
+    if tls_cert or tls_key or tls_client_ca:
+        if not (tls_cert and tls_key and tls_client_ca):
+            raise UsageError("TLS takes --tls-cert, --tls-key and --tls-client-ca together")
+        try:
+            tls = tuple(open(p, "rb").read() for p in (tls_cert, tls_key, tls_client_ca))
+        except OSError as exc:
+            raise UsageError(f"cannot read a TLS file: {exc}") from None
+
+    def events(kind, detail):
+        stamp = time.strftime("%H:%M:%S")
+        if kind == "published":
+            click.echo(f"{stamp} published {detail['version']} ({len(detail['services'])} services)", err=True)
+        elif kind == "refused":
+            _, text = _proof_lines(detail, ["sidecar"])
+            click.echo(f"{stamp} not published: {text}", err=True)
+        else:
+            message = render(detail.diagnostics, getattr(detail, "sources", None)) \
+                if hasattr(detail, "diagnostics") else str(detail)
+            click.echo(f"{stamp} not published (the sidecars keep the last version):\n{message}", err=True, nl=False)
+
+    serving = api.Serving(list(files), deployment_file, events)
+    serving.check()
+    try:
+        port = serving.start(listen, tls)
+    except OSError as exc:
+        raise UsageError(str(exc)) from None
+
+    class Admin(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path.rstrip("/") not in ("/status", ""):
+                self.send_error(404)
+                return
+            body = json.dumps(serving.status(), indent=1).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    host, _, admin_port = admin.rpartition(":")
+    try:
+        http = ThreadingHTTPServer((host.strip("[]"), int(admin_port)), Admin)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot serve status on {admin}: {exc}") from None
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    click.echo(f"serving xDS on {listen.rpartition(':')[0]}:{port}, status on {admin}", err=True)
+    try:
+        while True:
+            time.sleep(interval)
+            if not once:
+                serving.check()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        http.shutdown()
+        serving.stop()
