@@ -155,6 +155,7 @@ class Options:
     capacity: int | None = None  # entries the engine may use (None: its own)
     xds: tuple = ()  # (host, port) of the xDS servers the sidecars' bootstraps point at (envoy)
     xds_delta: bool = False  # the incremental flavour of xDS (envoy)
+    xds_tls: dict | None = None  # {"cert", "key", "ca"}: the sidecars' TLS to the xDS server (envoy)
 
 
 class Engine:

@@ -33,6 +33,8 @@ import grpc
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# bench/envoy.py would shadow Envoy's API package (`envoy.service...`): leave the script's folder out.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from anyplane.backends.envoy.push import envoy_binary  # noqa: E402
@@ -181,12 +183,18 @@ def wire_bytes(rules: int, clients: int) -> dict:
         assert serving.check(), "the synthetic policy was not published"
         publish_s = time.perf_counter() - t0
         port = serving.start("127.0.0.1:0")
-        services = sorted(serving.plane.server.snapshot.resources)[:clients]
-        out = {"case": f"bytes_{rules}", "rules": rules, "clients": len(services), "publish_s": round(publish_s, 2)}
+        old = serving.plane.server.snapshot.resources
         lines = text.splitlines()
-        # One rule changes: the first allow that names a service becomes a deny.
-        k = next(i for i, line in enumerate(lines) if line.startswith("allow ") and " svc" in line)
+        # One rule changes: the first HTTP allow becomes a deny (its service's sidecar holds it).
+        k = next(i for i, line in enumerate(lines) if line.startswith("allow ") and " http" in line)
         changed = "\n".join(lines[:k] + [lines[k].replace("allow ", "deny ", 1)] + lines[k + 1:]) + "\n"
+        (tmp / "policy" / "p.ap").write_text(changed)
+        serving.check()
+        new = serving.plane.server.snapshot.resources
+        touched = sorted(s for s in new if new[s] != old.get(s))
+        services = touched + [s for s in sorted(new) if s not in touched][:max(clients - len(touched), 0)]
+        out = {"case": f"bytes_{rules}", "rules": rules, "clients": len(services), "publish_s": round(publish_s, 2),
+               "sidecars_changed": len(touched), "sidecars_total": len(new)}
         for flavour, delta in (("sotw", False), ("delta", True)):
             (tmp / "policy" / "p.ap").write_text(text)
             serving.check()
@@ -238,7 +246,8 @@ def main() -> None:
         if r["case"].startswith("converge"):
             return (f"{r['sidecars']:>4} sidecars: policy change -> all ACKed in {r['seconds']:.2f} s; "
                     f"{r['rss_mib_per_envoy']} MiB resident per Envoy; {r['live']} live")
-        return (f"{r['rules']} rules, {r['clients']} sidecars, one rule changed: state of the world "
+        return (f"{r['rules']} rules, {r['clients']} sidecars of {r['sidecars_total']} ({r['sidecars_changed']} "
+                f"configurations changed), one rule changed: state of the world "
                 f"{r['sotw_bytes']:,} bytes, delta {r['delta_bytes']:,} bytes "
                 f"({r['sotw_bytes'] / max(r['delta_bytes'], 1):.0f}x less); publish {r['publish_s']} s")
     report.run(cases, measure, line, args.format)

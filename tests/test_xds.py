@@ -19,6 +19,7 @@ from contextlib import ExitStack
 import pytest
 import yaml
 
+from anyplane.backends.envoy import push as envoy_push
 from anyplane.compiler import api
 
 from .conftest import run
@@ -289,3 +290,50 @@ def test_serve_command_and_status(tmp_path):
         _, err = proc.communicate(timeout=20)
     assert "published anyplane-" in err and "not published" in err and "nobody" in err, err
     assert run("status", "-t", "xds", "--admin", f"127.0.0.1:{admin}").returncode == 2
+
+
+def _pki(d) -> dict:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
+    def sh(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+    sh("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+       "-subj", "/CN=anyplane test CA")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        sh("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        (d / f"{name}.ext").write_text(ext + "\n")
+        sh("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+           "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    return {k: d / k for k in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+def test_tls_with_client_certificates_on_the_xds_channel(tmp_path):
+    pki = _pki(tmp_path)
+    fleet = Fleet(tmp_path, 2)
+    serving = api.Serving([str(fleet.dir)], str(fleet.dep_file))
+    assert serving.check()
+    serving.start(f"127.0.0.1:{fleet.ports[0]}", tuple(pki[k].read_bytes() for k in ("server.pem", "server.key", "ca.pem")))
+    try:
+        out = tmp_path / "tls-out"
+        done = run("compile", str(fleet.dir), "-t", "envoy", "--deployment", str(fleet.dep_file), "-o", str(out),
+                   "--xds", f"127.0.0.1:{fleet.ports[0]}",
+                   "--xds-tls", f"{pki['client.pem']},{pki['client.key']},{pki['ca.pem']}")
+        assert done.returncode == 0, done.stderr
+        with_cert = yaml.safe_load((out / "web0" / "bootstrap.yaml").read_text())
+        without = fleet.bootstrap(1)  # plaintext: the server must not let it in
+        with Upstream(f"127.{fleet.n}.0.1", 18080, "web0"), running(with_cert, fleet.admin(0)):
+            fleet.wait_current(serving, 1)
+            assert fleet.get(0, "/api/x") == 200
+            path = tmp_path / "plain.yaml"
+            path.write_text(yaml.safe_dump(without))
+            proc = subprocess.Popen([envoy_push.envoy_binary(), "-c", str(path), "--disable-hot-restart",
+                                     "--concurrency", "1", "--log-level", "error", "--base-id", "7"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(4)
+                assert {x["service"] for x in serving.status()["nodes"]} == {"web0"}
+                assert isinstance(fleet.get(1, "/api/x"), OSError)  # it never got a listener
+            finally:
+                proc.terminate()
+                proc.wait(10)
+    finally:
+        serving.stop()

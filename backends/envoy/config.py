@@ -202,8 +202,18 @@ def ads_bootstrap(service: str, deployment: Deployment, servers: list[tuple[str,
     """A bootstrap whose listeners and clusters come from anyplane's xDS server(s) over ADS: every
     replica an endpoint of one cluster (a sidecar whose server goes away reconnects to another).
     `tls` (paths: cert, key, ca) makes the channel TLS with a client certificate."""
+    import ipaddress
+
     host, port = deployment.sidecar(service).admin
-    cluster = {"name": XDS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+
+    def is_ip(text):
+        try:
+            ipaddress.ip_address(text)
+            return True
+        except ValueError:
+            return False
+    kind = "STATIC" if all(is_ip(h) for h, _ in servers) else "STRICT_DNS"  # a Service name resolves by DNS
+    cluster = {"name": XDS_CLUSTER, "type": kind, "connect_timeout": "1s",
                "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                    "explicit_http_config": {"http2_protocol_options": {

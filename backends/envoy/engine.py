@@ -177,7 +177,7 @@ def build(program: Program, deployment: Deployment, dry_run: bool = False):
 
 
 def emit(program: Program, deployment: Deployment | None = None, out_dir: str = ".",
-         dry_run: bool = False, xds: tuple = (), xds_delta: bool = False) -> base.Output:
+         dry_run: bool = False, xds: tuple = (), xds_delta: bool = False, xds_tls: dict | None = None) -> base.Output:
     """The artifacts `anyplane compile -t envoy` writes (`xds`: the xDS servers the bootstraps use)."""
     deployment = deployment or Deployment()
     built, placed = build(program, deployment, dry_run)
@@ -185,7 +185,8 @@ def emit(program: Program, deployment: Deployment | None = None, out_dir: str = 
     for svc, (listeners, clusters) in built.items():
         static = bootstrap(svc, deployment, None, listeners, clusters)
         xds_dir = os.path.abspath(os.path.join(out_dir, svc, "xds"))
-        boot = ads_bootstrap(svc, deployment, list(xds), xds_delta) if xds else bootstrap(svc, deployment, xds_dir)
+        boot = ads_bootstrap(svc, deployment, list(xds), xds_delta, tls=xds_tls) if xds else \
+            bootstrap(svc, deployment, xds_dir)
         out.artifacts += [base.Artifact(f"{svc}/envoy.yaml", dump(static)),
                           base.Artifact(f"{svc}/envoy.json", json.dumps(static, separators=(",", ":")) + "\n"),
                           base.Artifact(f"{svc}/bootstrap.yaml", dump(boot))]
@@ -244,7 +245,7 @@ class SidecarEngine(base.Engine):
     def emit(self, program: Program, options: base.Options) -> base.Output:
         """`compile -t envoy`."""
         return emit(program, options.deployment or Deployment(), options.out_dir, options.dry_run,
-                    options.xds, options.xds_delta)
+                    options.xds, options.xds_delta, options.xds_tls)
 
     def services(self, program: Program) -> list[str]:
         """The services that get a sidecar."""

@@ -93,15 +93,24 @@ def _listing(written: list[str], out_dir: str) -> list[str]:
 @click.option("--xds", "xds", metavar="HOST:PORT[,HOST:PORT...]",
               help="envoy: bootstraps that take listeners and clusters from `anyplane serve` (its replicas).")
 @click.option("--xds-delta", is_flag=True, help="envoy: with --xds, the incremental flavour of xDS.")
+@click.option("--xds-tls", metavar="CERT,KEY,CA",
+              help="envoy: with --xds, TLS to the server: the sidecar's client certificate and key, and the CA "
+                   "that signs the server's (paths as the sidecars see them).")
 @format_option
 @handle_errors
 def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run, no_range, path_text, prefer,
-            capacity, no_prove, xds, xds_delta, output_format) -> None:
+            capacity, no_prove, xds, xds_delta, xds_tls, output_format) -> None:
     """Compile policy FILES into artifacts for a target."""
     if target not in api.targets():
         raise UsageError(f"unknown target '{target}'; use one of {', '.join(api.targets())}")
-    if xds_delta and not xds:
-        raise UsageError("--xds-delta goes with --xds HOST:PORT")
+    if (xds_delta or xds_tls) and not xds:
+        raise UsageError("--xds-delta and --xds-tls go with --xds HOST:PORT")
+    tls = None
+    if xds_tls:
+        parts = xds_tls.split(",")
+        if len(parts) != 3 or not all(parts):
+            raise UsageError("--xds-tls takes CERT,KEY,CA")
+        tls = dict(zip(("cert", "key", "ca"), parts))
     servers = _addresses(xds) if xds else ()
     given = {"deployment": deployment_file is not None, "dry_run": dry_run, "range_match": no_range,
              "xds": bool(xds)}
@@ -117,7 +126,7 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
         raise UsageError("--path, --prefer, --capacity and --no-prove apply to -t all")
     options = api.Options(out_dir=out_dir, dry_run=dry_run, range_match=not no_range,
                           deployment=api.deployment(deployment_file) if deployment_file else None,
-                          xds=servers, xds_delta=xds_delta)
+                          xds=servers, xds_delta=xds_delta, xds_tls=tls)
     compiled = load(list(files), dump_after=dump_after, dump=lambda s: click.echo(s, nl=False))
     if target == "all":
         update, close = progress_reporter("proving")
@@ -345,7 +354,8 @@ def _xds_status(result: dict) -> None:
 @files_argument
 @click.option("--listen", default="127.0.0.1:18000", show_default=True, help="Where sidecars connect (gRPC).")
 @click.option("--admin", "admin", default="127.0.0.1:18001", show_default=True,
-              help="HTTP status (GET /status, JSON): what `anyplane status -t xds` reads.")
+              help="HTTP status: GET /status (JSON, what `anyplane status -t xds` reads), GET /ready (503 until "
+                   "a version is published).")
 @click.option("--deployment", "deployment_file", type=click.Path(dir_okay=False),
               help="Sidecar sockets and upstream endpoints (YAML).")
 @click.option("--interval", type=click.FloatRange(0.05), default=1.0, show_default=True,
@@ -395,11 +405,15 @@ def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tl
 
     class Admin(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
-            if self.path.rstrip("/") not in ("/status", ""):
+            path = self.path.rstrip("/")
+            if path not in ("/status", "", "/ready"):
                 self.send_error(404)
                 return
-            body = json.dumps(serving.status(), indent=1).encode()
-            self.send_response(200)
+            status = serving.status()
+            ready = status["version"] is not None
+            body = json.dumps(status, indent=1).encode() if path != "/ready" else \
+                (b"ready\n" if ready else b"no version published yet\n")
+            self.send_response(200 if ready or path != "/ready" else 503)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.end_headers()

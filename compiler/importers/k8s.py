@@ -38,6 +38,9 @@ import yaml
 from anyplane.ir.match import merge_ranges
 from anyplane.ir.source import Diagnostic, DiagnosticError, Span, error
 
+from . import admin
+from .ports import ALL, NONE, Ports
+
 PORTS_ALL = "all"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 PROTOCOLS = {"TCP": "tcp", "UDP": "udp"}
@@ -123,6 +126,7 @@ class _Reader:
         self.namespaces: dict[str, dict] = {}
         self.pods: list[Pod] = []
         self.policies: list[tuple[str, dict]] = []
+        self.admin: list[tuple[str, dict]] = []
 
     def fail(self, path: str, obj, message: str) -> None:
         self.errors.append(error(_span(path, obj), "import", message))
@@ -187,10 +191,16 @@ class _Reader:
                 return
             self.policies.append((path, obj))
             self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
-        elif kind in ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "AuthorizationPolicy",
-                      "CiliumNetworkPolicy", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
-            self.fail(path, obj, f"{kind} {name}: not imported yet (NetworkPolicy, Pod and Namespace are); "
-                                 "remove it from the input rather than have it ignored")
+        elif kind in ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy"):
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
+                self.fail(path, meta if isinstance(meta, dict) else obj, f"{kind}: name {name!r} is not a Kubernetes name")
+                return
+            self.admin.append((path, obj))
+        elif kind in ("AuthorizationPolicy", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy",
+                      "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
+            self.fail(path, obj, f"{kind} {name}: not imported yet (NetworkPolicy, AdminNetworkPolicy, "
+                                 "BaselineAdminNetworkPolicy, Pod and Namespace are); remove it from the input "
+                                 "rather than have it ignored")
 
 
 def _selects(selector: dict | None, labels: dict, path: str, reader: _Reader) -> bool:
@@ -275,12 +285,12 @@ def _resolve(ports: list | None, pod: Pod | None) -> dict | str:
         return PORTS_ALL
     out: dict = {}
     for proto, lo, hi in ports:
-        if hi is None:  # a named port
+        if hi is None:  # a named port ("*": any protocol, as AdminNetworkPolicy's namedPort)
             if pod is None:
                 continue
             for name, number, p in pod.ports:
-                if name == lo and PROTOCOLS.get(p, "") == proto and number:
-                    out.setdefault(proto, []).append((number, number))
+                if name == lo and (proto == "*" or PROTOCOLS.get(p, "") == proto) and number and p in PROTOCOLS:
+                    out.setdefault(PROTOCOLS[p], []).append((number, number))
             continue
         out.setdefault(proto, []).append((lo, hi))
     return out
@@ -294,38 +304,6 @@ def _union(sets: list) -> dict | str:
         for proto, ranges in s.items():
             out.setdefault(proto, []).extend(ranges)
     return {proto: merge_ranges(r) for proto, r in out.items()}
-
-
-def _intersect(a, b):
-    if a == PORTS_ALL:
-        return b
-    if b == PORTS_ALL:
-        return a
-    out = {}
-    for proto in set(a) & set(b):
-        r = [(max(l1, l2), min(h1, h2)) for l1, h1 in a[proto] for l2, h2 in b[proto] if max(l1, l2) <= min(h1, h2)]
-        if r:
-            out[proto] = merge_ranges(r)
-    return out
-
-
-def _l4(ports) -> list[str]:
-    """Port sets as rule suffixes ("" for every port)."""
-    if ports == PORTS_ALL:
-        return [""]
-    out = []
-    for proto in sorted(ports):
-        ranges = ports[proto]
-        if ranges == [(0, 65535)]:
-            out.append(f" {proto}")
-        else:
-            out.append(f" {proto} " + ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges))
-    return out
-
-
-def _contains(peer, pod: Pod) -> bool:
-    """Whether a peer names a pod: selectors do; an ipBlock stands for addresses outside the cluster."""
-    return peer[0] == "pods" and any(p is pod for p in peer[1])
 
 
 def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods: list[Pod] = ()) -> Imported:
@@ -354,10 +332,18 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
             structure.append(_policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out, n, drop))
         except (AttributeError, TypeError, ValueError) as exc:
             reader.fail(path, obj, f"malformed NetworkPolicy: a field has the wrong shape ({exc})")
+    admin_rules = []
+    if not reader.errors:
+        try:
+            admin_rules = admin.read(reader, pods, reader.admin, _span, _selects)
+        except (AttributeError, TypeError, ValueError) as exc:
+            reader.fail(reader.admin[0][0], reader.admin[0][1], f"malformed admin policy: a field has the wrong "
+                                                                f"shape ({exc})")
     if reader.errors:
         raise DiagnosticError(reader.errors)
-    blocks = [net for _, obj in reader.policies for net in _networks(obj)]
-    out = _emit(pods, ingress, egress, isolated_in, isolated_out, len(reader.policies), _outside(blocks, pods))
+    blocks = [net for _, obj in reader.policies for net in _networks(obj)] + admin.networks(admin_rules)
+    out = _emit(pods, ingress, egress, isolated_in, isolated_out, len(reader.policies) + len(reader.admin),
+                _outside(blocks, pods), admin_rules)
     out.structure = structure
     return out
 
@@ -436,8 +422,44 @@ def _outside(networks: list, pods: list[Pod]) -> list[tuple[str, list, str]]:
     return out
 
 
-def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outside=()) -> Imported:
-    """The policy text for what was read."""
+@dataclass
+class Outside:
+    """Addresses outside the cluster, one block of the cut (see `_outside`)."""
+
+    name: str
+    prefixes: list
+    span: str
+
+    @property
+    def first(self):
+        return self.prefixes[0].network_address
+
+
+def _within(peer, net) -> bool:
+    """A pod or outside block lies inside a network."""
+    if isinstance(peer, Outside):
+        return peer.first.version == net.version and peer.first in net
+    return all(n.version == net.version and n.subnet_of(net) for n in peer.networks)
+
+
+def _holds(peer_spec, peer) -> bool:
+    """A NetworkPolicy peer holds a pod (selectors) or an outside block (ipBlock less `except`)."""
+    if peer_spec[0] == "pods":
+        return any(p is peer for p in peer_spec[1])
+    _, net, excepts = peer_spec
+    return isinstance(peer, Outside) and _within(peer, net) and not any(_within(peer, e) for e in excepts)
+
+
+def _np(rules: list[Rule], peer, dst_pod) -> tuple[Ports, list]:
+    """What the NetworkPolicy rules of one pod and direction admit from/to a peer, and which rules."""
+    hit = [r for r in rules if r.peers is None or any(_holds(x, peer) for x in r.peers)]
+    return Ports.of(_union([_resolve(r.ports, dst_pod) for r in hit])) if hit else NONE, \
+        [(r.span, r.policy) for r in hit]
+
+
+def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outside=(), admin_rules=()) -> Imported:
+    """The policy text for what was read: per pair with a pod at one end whose traffic some policy
+    decides, the allows (and, for "all but" sets, the denies above them) that say exactly what passes."""
     lines: list[str] = []
     origins: dict[int, Span] = {}
 
@@ -448,75 +470,65 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
         if span is not None:
             origins[len(lines)] = span
 
-    emit("# imported from Kubernetes manifests: NetworkPolicy semantics (docs/import.md)")
+    emit("# imported from Kubernetes manifests: NetworkPolicy and AdminNetworkPolicy semantics (docs/import.md)")
     emit("default allow")
     for p in sorted(pods, key=lambda p: p.ident):
         emit(f"service {p.ident} {{ address {', '.join(str(n) for n in p.networks)} }}", p.span,
              f"Pod {p.namespace}/{p.name}")
     if pods:
         emit("group k8s_pods { " + ", ".join(sorted(p.ident for p in pods)) + " }")
-    for name, prefixes, span in outside:
-        emit(f"external {name} {{ address {', '.join(str(p) for p in prefixes)} }}", None,
-             f"addresses outside the cluster, {span} (named for maps and answers; the rules match by address)")
-    for ident in sorted(isolated_in):
-        where, label = isolated_in[ident][0]
-        emit(f"deny any -> {ident} priority 10", where, f"{label} isolates it for ingress")
-    for ident in sorted(isolated_out):
-        where, label = isolated_out[ident][0]
-        emit(f"deny {ident} -> any priority 10", where, f"{label} isolates it for egress")
+    blocks = [Outside(*o) for o in outside]
+    for b in blocks:
+        emit(f"external {b.name} {{ address {', '.join(str(p) for p in b.prefixes)} }}", None,
+             f"addresses outside the cluster, {b.span} (named for maps and answers)")
+    admin_rules = list(admin_rules)
+    restricted_in = {p.ident: isolated_in.get(p.ident, [None])[0] for p in pods
+                     if p.ident in isolated_in or admin.restricts(admin_rules, p.ident, "ingress")}
+    restricted_out = {p.ident: isolated_out.get(p.ident, [None])[0] for p in pods
+                      if p.ident in isolated_out or admin.restricts(admin_rules, p.ident, "egress")}
+    for ident, why in sorted(restricted_in.items()):
+        where, label = why or next(((r.span, r.label) for r in admin_rules if r.direction == "ingress"
+                                    and ident in r.subject), (None, ""))
+        emit(f"deny any -> {ident} priority 10", where, f"{label} decides its ingress")
+    for ident, why in sorted(restricted_out.items()):
+        where, label = why or next(((r.span, r.label) for r in admin_rules if r.direction == "egress"
+                                    and ident in r.subject), (None, ""))
+        emit(f"deny {ident} -> any priority 10", where, f"{label} decides its egress")
 
-    by_ident = {p.ident: p for p in pods}
-    for a in sorted(pods, key=lambda p: p.ident):
-        for b in sorted(pods, key=lambda p: p.ident):
-            if a is b and a.single and (a.ident in isolated_out or a.ident in isolated_in):
-                emit(f"allow {a.ident} -> {a.ident} priority 20", a.span, "a pod cannot block access to itself")
+    def side(subject, peer, direction):
+        table, isolated = (ingress, isolated_in) if direction == "ingress" else (egress, isolated_out)
+        dst = subject if direction == "ingress" else (peer if isinstance(peer, Pod) else None)
+        np_ports, np_why = _np(table[subject.ident], peer, dst)
+        ports, allows, denies = admin.decide(admin_rules, subject, peer, direction, subject.ident in isolated,
+                                             np_ports, lambda spec: Ports.of(_resolve(spec, dst)), _within)
+        if subject.ident in isolated:
+            allows = allows + np_why
+            denies = denies + [isolated[subject.ident][0]]
+        return ports, allows, denies
+
+    ends = sorted(pods, key=lambda p: p.ident) + blocks
+    for a in ends:
+        for b in ends:
+            a_pod, b_pod = isinstance(a, Pod), isinstance(b, Pod)
+            into = b_pod and b.ident in restricted_in
+            out_of = a_pod and a.ident in restricted_out
+            if not (into or out_of):
+                continue  # no policy decides this pair: the default allows it
+            name_a, name_b = (a.ident if a_pod else a.name), (b.ident if b_pod else b.name)
+            if a is b and a.single:
+                emit(f"allow {name_a} -> {name_a} priority 20", a.span, "a pod cannot block access to itself")
                 continue
-            if a.ident not in isolated_out and b.ident not in isolated_in:
-                continue  # neither side isolated: the default allows it
-            ing_rules = [r for r in ingress[b.ident] if r.peers is None or any(_contains(x, a) for x in r.peers)]
-            egr_rules = [r for r in egress[a.ident] if r.peers is None or any(_contains(x, b) for x in r.peers)]
-            ing = _union([_resolve(r.ports, b) for r in ing_rules]) if b.ident in isolated_in else PORTS_ALL
-            egr = _union([_resolve(r.ports, b) for r in egr_rules]) if a.ident in isolated_out else PORTS_ALL
-            if (b.ident in isolated_in and not ing_rules) or (a.ident in isolated_out and not egr_rules):
-                continue
-            allowed = _intersect(ing, egr)
-            source = (ing_rules or egr_rules)[0]
-            for l4 in _l4(allowed) if allowed else []:
-                emit(f"allow {a.ident} -> {b.ident}{l4} priority 20", source.span, source.policy)
-    for ident in sorted(isolated_in):
-        for r in ingress[ident]:
-            for src in _outside_peers(r.peers, pods):
-                for l4 in _l4(_resolve(r.ports, by_ident[ident])):
-                    emit(f"allow {src} -> {ident}{l4} priority 20", r.span, r.policy)
-    for ident in sorted(isolated_out):
-        for r in egress[ident]:
-            for dst in _outside_peers(r.peers, pods):
-                for l4 in _l4(_resolve(r.ports, None)):
-                    emit(f"allow {ident} -> {dst}{l4} priority 20", r.span, r.policy)
+            ing, ing_allow, ing_deny = side(b, a, "ingress") if b_pod else (ALL, [], [])
+            egr, egr_allow, egr_deny = side(a, b, "egress") if a_pod else (ALL, [], [])
+            allowed = ing & egr
+            allow_texts, deny_texts = allowed.rules()
+            why_allow = (ing_allow + egr_allow or [(None, "")])[0]
+            why_deny = (ing_deny + egr_deny or [(None, "")])[0]
+            for suffix in allow_texts:
+                emit(f"allow {name_a} -> {name_b}{suffix} priority 20", why_allow[0], why_allow[1])
+            for suffix in deny_texts:
+                emit(f"deny {name_a} -> {name_b}{suffix} priority 30", why_deny[0], why_deny[1])
     return Imported("\n".join(lines) + "\n", origins, len(pods), policies)
-
-
-def _outside_peers(peers, pods: list[Pod]) -> list[str]:
-    """The peers of a rule among addresses no pod owns (the pairs of pods are rules of their own): every
-    address, or ipBlocks with their `except` (a block holding only pods' addresses has none)."""
-    out = []
-    for peer in [("block", None, [])] if peers is None else peers:
-        if peer[0] != "block":
-            continue
-        _, net, excepts = peer
-        if net is not None and _only_pods(net, excepts, pods):
-            continue
-        left = [str(e) for e in excepts] + (["k8s_pods"] if pods else [])
-        out.append(("any" if net is None else str(net)) + (" except " + ", ".join(left) if left else ""))
-    return out
-
-
-def _only_pods(net, excepts, pods: list[Pod]) -> bool:
-    """Whether every address of an ipBlock (less its `except`) is a pod's."""
-    cut = list(ipaddress.collapse_addresses(e for e in excepts if e.version == net.version and e.subnet_of(net)))
-    inside = {n for p in pods for n in p.networks if n.version == net.version and n.subnet_of(net)
-              and not any(n.subnet_of(e) for e in cut)}
-    return net.num_addresses - sum(e.num_addresses for e in cut) <= sum(n.num_addresses for n in inside)
 
 
 def read_back(path: str, text: str, identities: dict) -> Imported:

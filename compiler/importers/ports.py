@@ -1,0 +1,99 @@
+"""What a Kubernetes policy rule admits on the wire: TCP ports, UDP ports, and every other protocol.
+
+    Ports.ALL                      a rule without ports: every protocol, every port
+    Ports(tcp=((80, 80),))         `ports: [{port: 80}]`
+    a | b, a & b, a - b            the set algebra the tiers of AdminNetworkPolicy need
+    a.rules()                      anyplane rule suffixes that say exactly `a`: ("", "tcp 80", ...) to
+                                   allow, and those to deny above them (an "all but" set)
+
+Ranges are inclusive and merged. A rule with ports never admits other protocols; SCTP ports are
+refused by the importer before they get here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from anyplane.ir.match import merge_ranges
+
+EVERY = ((0, 65535),)
+
+
+def _union(a, b) -> tuple:
+    return tuple(merge_ranges(list(a) + list(b)))
+
+
+def _intersect(a, b) -> tuple:
+    out = [(max(l1, l2), min(h1, h2)) for l1, h1 in a for l2, h2 in b if max(l1, l2) <= min(h1, h2)]
+    return tuple(merge_ranges(out))
+
+
+def _minus(a, b) -> tuple:
+    out = []
+    for lo, hi in a:
+        at = lo
+        for blo, bhi in merge_ranges(list(b)):
+            if bhi < at or blo > hi:
+                continue
+            if blo > at:
+                out.append((at, blo - 1))
+            at = max(at, bhi + 1)
+        if at <= hi:
+            out.append((at, hi))
+    return tuple(merge_ranges(out))
+
+
+@dataclass(frozen=True)
+class Ports:
+    tcp: tuple = ()
+    udp: tuple = ()
+    other: bool = False
+
+    def __or__(self, o: "Ports") -> "Ports":
+        return Ports(_union(self.tcp, o.tcp), _union(self.udp, o.udp), self.other or o.other)
+
+    def __and__(self, o: "Ports") -> "Ports":
+        return Ports(_intersect(self.tcp, o.tcp), _intersect(self.udp, o.udp), self.other and o.other)
+
+    def __sub__(self, o: "Ports") -> "Ports":
+        return Ports(_minus(self.tcp, o.tcp), _minus(self.udp, o.udp), self.other and not o.other)
+
+    def __bool__(self) -> bool:
+        return bool(self.tcp or self.udp or self.other)
+
+    @property
+    def everything(self) -> bool:
+        return self == ALL
+
+    @staticmethod
+    def of(resolved) -> "Ports":
+        """From the importer's resolved ports: "all", or {"tcp": ranges, "udp": ranges}."""
+        if resolved == "all":
+            return ALL
+        return Ports(tuple(merge_ranges(resolved.get("tcp", []))), tuple(merge_ranges(resolved.get("udp", []))))
+
+    def rules(self) -> tuple[list[str], list[str]]:
+        """(allow suffixes, deny suffixes): allowing the first and denying the second above them says
+        exactly this set. An empty set is ([], [])."""
+        if not self:
+            return [], []
+        if self.other:  # everything, less some TCP or UDP ports
+            missing = ALL - self
+            return [""], _suffixes(missing)
+        return _suffixes(self), []
+
+
+def _suffixes(p: Ports) -> list[str]:
+    out = []
+    for name, ranges in (("tcp", p.tcp), ("udp", p.udp)):
+        if not ranges:
+            continue
+        if ranges == EVERY:
+            out.append(f" {name}")
+        else:
+            out.append(f" {name} " + ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges))
+    return out
+
+
+ALL = Ports(EVERY, EVERY, True)
+NONE = Ports()
