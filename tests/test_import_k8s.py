@@ -308,3 +308,53 @@ def test_a_valid_cluster_with_one_field_broken_gets_an_error_at_a_position(data)
         compile_sources([("<kubernetes>", imported.text)])
     except DiagnosticError as exc:
         raise AssertionError(f"the imported text does not compile: {exc.diagnostics[0].message}\n{imported.text}")
+
+
+def _as_workloads(pods: list[dict]) -> list[dict]:
+    """The same cluster as workload controllers (one per pod) and an Addresses document."""
+    kinds = ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"]
+    out, table = [], {}
+    for n, pod in enumerate(pods):
+        meta = pod["metadata"]
+        out.append({"apiVersion": "apps/v1", "kind": kinds[n % len(kinds)],
+                    "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+                    "spec": {"template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod["spec"]}}})
+        table[f"{meta['namespace']}/{meta['name']}"] = [pod["status"]["podIP"] + "/32"]
+    return out + [{"apiVersion": "anyplane.io/v1", "kind": "Addresses", "addresses": table}]
+
+
+@SETTINGS
+@given(st.data())
+def test_workload_controllers_with_addresses_decide_as_their_pods_would(data):
+    pods = data.draw(clusters())
+    nps = data.draw(policies(data.draw(st.integers(1, 3))))
+    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(l)}}
+                  for n, l in NAMESPACES.items()]
+    program = compile_sources([("<kubernetes>", convert([("c.yaml", yaml.safe_dump_all(
+        namespaces + _as_workloads(pods) + nps))]).text)]).program
+    ips = [p["status"]["podIP"] for p in pods] + OUTSIDE
+    bad = []
+    for src in ips:
+        for dst in ips:
+            if src in OUTSIDE and dst in OUTSIDE:
+                continue
+            for proto, number in (("TCP", 6), ("UDP", 17)):
+                for port in (53, 80, 5432, 8080):
+                    f = Flow(4, int(ipaddress.ip_address(src)), int(ipaddress.ip_address(dst)), number, 40000, port)
+                    want = allowed(pods, nps, src, dst, proto, port)
+                    if (evaluate(program, f).verdict == "allow") != want:
+                        bad.append((src, dst, proto, port, want))
+    assert not bad, bad[:5]
+
+
+def test_a_workload_without_addresses_and_an_address_for_nothing_are_errors(tmp_path):
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump_all([
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"},
+         "spec": {"template": {"metadata": {"labels": {"app": "web"}}}}},
+        {"apiVersion": "anyplane.io/v1", "kind": "Addresses", "addresses": {"shop/api": ["10.0.0.0/24"]}},
+    ]))
+    done = run("check", str(path))
+    assert done.returncode == 1
+    assert f"{path}:1:1: error: Deployment shop/web has no addresses" in done.stderr
+    assert "Addresses: shop/api names no workload controller" in done.stderr

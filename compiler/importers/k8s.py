@@ -44,6 +44,7 @@ from .ports import ALL, NONE, Ports
 PORTS_ALL = "all"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 PROTOCOLS = {"TCP": "tcp", "UDP": "udp"}
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Pod:
     #: anyplane name and prefixes. A pod of one address is exempt from policy towards itself.
     name_in_policy: str | None = None
     prefixes: tuple = ()
+    kind: str = "Pod"  # or the workload controller that stands for its pods (Deployment, ...)
 
     @property
     def ident(self) -> str:
@@ -127,6 +129,8 @@ class _Reader:
         self.pods: list[Pod] = []
         self.policies: list[tuple[str, dict]] = []
         self.admin: list[tuple[str, dict]] = []
+        self.workloads: list[tuple[str, dict]] = []
+        self.addresses: dict[str, tuple[list, Span, str]] = {}  # "ns/name" -> (networks, where, path)
 
     def fail(self, path: str, obj, message: str) -> None:
         self.errors.append(error(_span(path, obj), "import", message))
@@ -196,11 +200,62 @@ class _Reader:
                 self.fail(path, meta if isinstance(meta, dict) else obj, f"{kind}: name {name!r} is not a Kubernetes name")
                 return
             self.admin.append((path, obj))
-        elif kind in ("AuthorizationPolicy", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy",
-                      "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
+        elif kind in WORKLOADS:
+            self.workloads.append((path, obj))
+        elif kind == "Addresses" and str(obj.get("apiVersion", "")).startswith("anyplane.io/"):
+            table = obj.get("addresses")
+            if not isinstance(table, dict):
+                self.fail(path, obj, "Addresses: `addresses` maps NAMESPACE/NAME (or KIND/NAMESPACE/NAME) to "
+                                     "address lists")
+                return
+            for key, nets in table.items():
+                if key.startswith("__"):
+                    continue
+                try:
+                    parsed = [ipaddress.ip_network(str(n), strict=True) for n in (nets if isinstance(nets, list) else [nets])]
+                except ValueError as exc:
+                    self.fail(path, table, f"Addresses: {key}: {exc}")
+                    continue
+                if not parsed:
+                    self.fail(path, table, f"Addresses: {key} has no address")
+                    continue
+                self.addresses[key] = (parsed, _span(path, table), path)
+        elif kind in ("AuthorizationPolicy", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"):
             self.fail(path, obj, f"{kind} {name}: not imported yet (NetworkPolicy, AdminNetworkPolicy, "
-                                 "BaselineAdminNetworkPolicy, Pod and Namespace are); remove it from the input "
-                                 "rather than have it ignored")
+                                 "BaselineAdminNetworkPolicy, Pods, workload controllers and Namespaces are); remove "
+                                 "it from the input rather than have it ignored")
+
+    def workload_pods(self) -> list[Pod]:
+        """Each workload controller as the pods it makes: the template's labels and ports, the addresses an
+        `anyplane.io/v1` Addresses document gives it."""
+        out, used = [], set()
+        for path, obj in self.workloads:
+            kind, meta, spec = obj.get("kind"), obj.get("metadata") or {}, obj.get("spec") or {}
+            name, ns = meta.get("name"), meta.get("namespace") or "default"
+            if not all(isinstance(v, str) and _NAME.fullmatch(v) for v in (name, ns)):
+                self.fail(path, meta if isinstance(meta, dict) else obj, f"{kind}: {name!r} in {ns!r} is not a "
+                                                                         "Kubernetes name")
+                continue
+            template = (spec.get("jobTemplate", {}).get("spec", {}) if kind == "CronJob" else spec).get("template") or {}
+            key = next((k for k in (f"{kind}/{ns}/{name}", f"{ns}/{name}") if k in self.addresses), None)
+            if key is None:
+                self.fail(path, obj, f"{kind} {ns}/{name} has no addresses: give them in an `apiVersion: "
+                                     f"anyplane.io/v1, kind: Addresses` document ({ns}/{name}: [CIDR, ...])")
+                continue
+            used.add(key)
+            nets = self.addresses[key][0]
+            labels = {k: v for k, v in ((template.get("metadata") or {}).get("labels") or {}).items()
+                      if not k.startswith("__")}
+            ports = [(p.get("name"), p.get("containerPort"), p.get("protocol", "TCP"))
+                     for c in (template.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
+            out.append(Pod(ns, name, labels, str(nets[0].network_address), ports, _span(path, obj),
+                           prefixes=tuple(str(n) for n in nets), kind=kind))
+            self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
+        for key, (_, where, path) in self.addresses.items():
+            if key not in used:
+                self.errors.append(error(where, "import", f"Addresses: {key} names no workload controller in "
+                                                          "the input"))
+        return out
 
 
 def _selects(selector: dict | None, labels: dict, path: str, reader: _Reader) -> bool:
@@ -313,7 +368,7 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
     reader = _Reader()
     for path, text in sources:
         reader.read(path, text)
-    reader.pods += list(pods)
+    reader.pods += reader.workload_pods() + list(pods)
     for p in pods:
         reader.namespaces.setdefault(p.namespace, {"kubernetes.io/metadata.name": p.namespace})
     pods = reader.pods
@@ -474,7 +529,7 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
     emit("default allow")
     for p in sorted(pods, key=lambda p: p.ident):
         emit(f"service {p.ident} {{ address {', '.join(str(n) for n in p.networks)} }}", p.span,
-             f"Pod {p.namespace}/{p.name}")
+             f"{p.kind} {p.namespace}/{p.name}")
     if pods:
         emit("group k8s_pods { " + ", ".join(sorted(p.ident for p in pods)) + " }")
     blocks = [Outside(*o) for o in outside]
