@@ -250,10 +250,12 @@ def test_delta_sends_only_the_resources_that_changed(tmp_path):
             fleet.write(_policy(fleet.n, 3, "deny", only=1))  # one rule, on web1
             assert serving.check()
             after = {x["service"]: x for x in fleet.wait_current(serving, 3)["nodes"]}
-            sent = {s: {t: after[s]["types"][t]["responses"] - before[s]["types"][t]["responses"]
-                        for t in ("clusters", "listeners")} for s in after}
-            assert sent["web1"] == {"clusters": 0, "listeners": 1}, sent
-            assert sent["web0"] == sent["web2"] == {"clusters": 0, "listeners": 0}, sent
+            kinds = ("clusters", "endpoints", "listeners", "routes")
+            assert all(set(after[s]["types"]) == set(kinds) for s in after), after
+            sent = {s: {t: after[s]["types"][t]["responses"] - before[s]["types"][t]["responses"] for t in kinds}
+                    for s in after}
+            assert sent["web1"] == {"clusters": 0, "endpoints": 0, "listeners": 1, "routes": 0}, sent
+            assert sent["web0"] == sent["web2"] == dict.fromkeys(kinds, 0), sent
             assert fleet.get(1, "/api/x") == 403 and fleet.get(0, "/api/x") == 200
     finally:
         serving.stop()

@@ -11,6 +11,9 @@ Both flavours of the aggregated service (envoy.service.discovery.v3):
 - incremental (DeltaAggregatedResources): only the resources whose content changed, and the names
   of those removed; a resource's version is the hash of its content.
 
+Listeners, routes, clusters and endpoints: each static cluster's endpoints go as an EDS resource and
+each HTTP connection manager's route table as an RDS one (asked for by name).
+
 A node is chosen by `node.cluster` (the service whose sidecar it is; `node.id` tells sidecars of one
 service apart). Per node and type the server keeps the version and nonce it sent, the version the
 node ACKed, and the last NACK (Envoy's message). A NACKed version is never resent: the node keeps
@@ -35,14 +38,22 @@ import grpc
 from google.protobuf import any_pb2, descriptor_pool, json_format
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
-ORDER = (CDS, LDS)  # clusters before the listeners that use them
-SHORT = {CDS: "clusters", LDS: "listeners"}
-_MESSAGES = {CDS: cluster_pb2.Cluster, LDS: listener_pb2.Listener}
+RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+ORDER = (CDS, EDS, LDS, RDS)  # clusters (and their endpoints) before the listeners (and routes) that use them
+NAMED = (EDS, RDS)            # types a node asks for by name (the others: everything it is given)
+SHORT = {CDS: "clusters", EDS: "endpoints", LDS: "listeners", RDS: "routes"}
+_MESSAGES = {CDS: cluster_pb2.Cluster, EDS: endpoint_pb2.ClusterLoadAssignment, LDS: listener_pb2.Listener,
+             RDS: route_pb2.RouteConfiguration}
+_ADS = {"ads": {}, "resource_api_version": "V3"}
+HCM = "envoy.filters.network.http_connection_manager"
 
 
 def _import_type(full_name: str) -> None:
@@ -97,12 +108,39 @@ class Snapshot:
         return self.resources.get(service, {}).get(type_url, {})
 
 
+def split(listeners: list[dict], clusters: list[dict]) -> dict:
+    """A sidecar's resources by type: each static cluster's endpoints become an EDS resource, each
+    HTTP connection manager's inline route table an RDS one (so an endpoint or a route can change
+    without its cluster or listener)."""
+    import copy
+
+    out = {CDS: {}, EDS: {}, LDS: {}, RDS: {}}
+    for c in copy.deepcopy(clusters):
+        if c.get("type", "STATIC") == "STATIC" and "load_assignment" in c:
+            cla = c.pop("load_assignment")
+            cla["cluster_name"] = c["name"]
+            c["type"] = "EDS"
+            c["eds_cluster_config"] = {"eds_config": dict(_ADS, ads={})}
+            out[EDS][c["name"]] = cla
+        out[CDS][c["name"]] = c
+    for listener in copy.deepcopy(listeners):
+        for chain in listener.get("filter_chains", []):
+            for f in chain.get("filters", []):
+                tc = f.get("typed_config") or {}
+                if f.get("name") == HCM and "route_config" in tc:
+                    rc = tc.pop("route_config")
+                    rc.setdefault("name", f"{listener['name']}|routes")
+                    tc["rds"] = {"config_source": dict(_ADS, ads={}), "route_config_name": rc["name"]}
+                    out[RDS][rc["name"]] = rc
+        out[LDS][listener["name"]] = listener
+    return out
+
+
 def snapshot(built: dict, version: str) -> Snapshot:
     """From `{service: (listeners, clusters)}` (backends/envoy/engine.build)."""
     out = {}
     for svc, (listeners, clusters) in built.items():
-        out[svc] = {CDS: {c["name"]: pack(CDS, c) for c in clusters},
-                    LDS: {ls["name"]: pack(LDS, ls) for ls in listeners}}
+        out[svc] = {t: {name: pack(t, r) for name, r in rs.items()} for t, rs in split(listeners, clusters).items()}
     return Snapshot(version, out)
 
 
@@ -111,6 +149,8 @@ class TypeState:
     """One node's view of one resource type."""
 
     subscribed: bool = False
+    names: frozenset | None = None  # the resources asked for by name (EDS, RDS); None: all
+    sent_names: frozenset | None = None
     sent_version: str | None = None
     sent_nonce: str | None = None
     acked: str | None = None
@@ -222,6 +262,9 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         st = node.types[req.type_url]
         st.subscribed = True
         if flavour == "delta":
+            if req.type_url in NAMED:
+                st.names = (st.names or frozenset()) | set(req.resource_names_subscribe)
+                st.names = st.names - set(req.resource_names_unsubscribe)
             if not req.response_nonce:
                 st.have = dict(req.initial_resource_versions)
             elif req.response_nonce in st.pending:
@@ -231,8 +274,12 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 else:
                     st.acked = version
             return node
+        if req.type_url in NAMED:
+            st.names = frozenset(req.resource_names)
         if req.response_nonce and req.response_nonce != st.sent_nonce:
             return node  # an answer to an older response
+        if req.type_url in NAMED and st.names != st.sent_names and not req.HasField("error_detail"):
+            st.sent_version = None  # it asks for other names: answer again
         if req.response_nonce:
             if req.HasField("error_detail") and req.error_detail.code != 0:
                 st.nacked, st.error = st.sent_version, req.error_detail.message
@@ -241,6 +288,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         elif req.version_info and req.version_info == (self.snapshot.version if self.snapshot else None):
             # A sidecar that reconnects (to this replica or another) with the current version.
             st.sent_version = st.acked = req.version_info
+            st.sent_names = st.names
         return node
 
     def _ready(self, node: Node, type_url: str, version: str) -> bool:
@@ -259,6 +307,8 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if not st.subscribed or not self._ready(node, type_url, snap.version) or st.nacked == snap.version:
                 continue
             wanted = snap.of(node.service, type_url)
+            if type_url in NAMED and st.names is not None:
+                wanted = {n: v for n, v in wanted.items() if n in st.names}
             if flavour == "sotw":
                 if st.sent_version == snap.version:
                     continue
@@ -266,11 +316,12 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                                        nonce=self._next_nonce())
                 for name in sorted(wanted):
                     resp.resources.add(type_url=type_url, value=wanted[name])
-                st.sent_version, st.sent_nonce = snap.version, resp.nonce
+                st.sent_version, st.sent_nonce, st.sent_names = snap.version, resp.nonce, st.names
             else:
                 versions = {name: _digest(data) for name, data in wanted.items()}
                 changed = sorted(n for n, v in versions.items() if st.have.get(n) != v)
-                removed = sorted(n for n in st.have if n not in wanted)
+                removed = sorted(n for n in st.have if n not in wanted
+                                 and (type_url not in NAMED or n in (st.names or ())))
                 if not changed and not removed:
                     if st.acked != snap.version and not st.pending:
                         st.acked = snap.version  # nothing to send: the node already holds this snapshot
