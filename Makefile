@@ -83,6 +83,7 @@ bench: setup
 	$(BIN)/python bench/wide.py
 	$(BIN)/python bench/language.py
 	$(BIN)/python bench/conntrack.py
+	$(BIN)/python bench/xds.py
 
 # The connectivity map of every example, drawn for docs/maps/ (docs/import.md, docs/verify.md show them).
 EXAMPLES := bookinfo canary ecommerce edge-firewall zero-trust kubernetes

@@ -395,7 +395,9 @@ class Serving:
         try:
             compiled = load(self.paths)
             dep = deployment(self.deployment_file) if self.deployment_file else None
-            compile_target(compiled, "envoy", Options(deployment=dep))
+            dep_text = Path(self.deployment_file).read_bytes() if self.deployment_file else b""
+            version = "anyplane-" + hashlib.sha256(compiled.sources.digest.encode() + dep_text).hexdigest()[:16]
+            snap = self.plane.prepare(compiled.program, dep, version)
             proof = prove_sidecars(compiled)
         except (DiagnosticError, UsageError, EngineError) as exc:
             self.events("error", exc)
@@ -403,9 +405,7 @@ class Serving:
         if not proof.proved:
             self.events("refused", proof)
             return False
-        dep_text = Path(self.deployment_file).read_bytes() if self.deployment_file else b""
-        version = "anyplane-" + hashlib.sha256(compiled.sources.digest.encode() + dep_text).hexdigest()[:16]
-        published = self.plane.publish(compiled.program, dep, version)
+        published = self.plane.publish(snap)
         self.version = version
         self.events("published", published)
         return True

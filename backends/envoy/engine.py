@@ -323,14 +323,18 @@ class ControlPlane:
         self.grpc = start(self.server, address, Tls(*tls) if tls else None)
         return self.grpc.bound_port
 
-    def publish(self, program: Program, deployment: Deployment | None, version: str) -> dict:
-        """Make `version` of the policy the one every sidecar gets (resources built and checked first)."""
+    def prepare(self, program: Program, deployment: Deployment | None, version: str):
+        """Every sidecar's resources for `version` of the policy (EnvoyError when the sidecars cannot
+        express it), ready to publish."""
         from .xds import snapshot
 
         built, _ = build(program, deployment or Deployment())
-        snap = snapshot(built, version)
+        return snapshot(built, version)
+
+    def publish(self, snap) -> dict:
+        """Make a prepared snapshot the one every sidecar gets."""
         self.server.publish(snap)
-        return {"version": version, "services": sorted(built)}
+        return {"version": snap.version, "services": sorted(snap.resources)}
 
     def status(self) -> dict:
         return self.server.status()

@@ -84,13 +84,28 @@ def _types_in(obj) -> set[str]:
     return out
 
 
+_PACKED: dict[str, bytes] = {}
+_PACKED_MAX = 200_000
+
+
 def pack(type_url: str, resource: dict) -> bytes:
-    """A listener or cluster (Envoy's JSON form) as the serialized protobuf message."""
+    """A resource (Envoy's JSON form) as the serialized protobuf message. Remembered by content: a new
+    version of the policy converts only the resources that changed (json_format is slow)."""
+    import json
+
+    key = type_url + hashlib.sha256(json.dumps(resource, sort_keys=True).encode()).hexdigest()
+    hit = _PACKED.get(key)
+    if hit is not None:
+        return hit
     for name in _types_in(resource):
         _import_type(name)
     msg = _MESSAGES[type_url]()
     json_format.ParseDict(resource, msg)
-    return msg.SerializeToString(deterministic=True)
+    data = msg.SerializeToString(deterministic=True)
+    if len(_PACKED) >= _PACKED_MAX:
+        _PACKED.clear()
+    _PACKED[key] = data
+    return data
 
 
 def _digest(data: bytes) -> str:
