@@ -14,6 +14,10 @@ optional deployment file (YAML) says, per service and per identity:
       reviews.v1: [127.0.2.1]     # address, or address:port (default: the service port)
     paths:                        # which engines traffic to a destination crosses (compile -t all)
       mysql: fabric,kernel
+    kubernetes:                   # compile -t k8s: where each identity's pods are and how to select them
+      namespace: default          # the namespace of identities not named below (default: default)
+      workloads:
+        reviews: {namespace: shop, labels: {app: reviews}}   # default: labels {anyplane.io/identity: NAME}
 
 Without endpoints, an identity whose every prefix is a single host uses those
 hosts; otherwise its cluster resolves the DNS name `<version>.<service>` (or
@@ -23,6 +27,7 @@ hosts; otherwise its cluster resolves the DNS name `<version>.<service>` (or
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -52,6 +57,8 @@ class Deployment:
     sidecars: dict[str, Sidecar] = field(default_factory=dict)
     endpoints: dict[str, tuple[tuple[str, int | None], ...]] = field(default_factory=dict)
     paths: dict | None = None  # destination -> path, as written (placement reads it: compile -t all)
+    #: compile -t k8s: {"namespace": default namespace, "workloads": {identity: {"namespace", "labels"}}}
+    kubernetes: dict = field(default_factory=dict)
 
     def sidecar(self, service: str) -> Sidecar:
         """The sidecar sockets of a service (defaults when not given)."""
@@ -99,8 +106,8 @@ def load(path: str | None) -> Deployment:
 
 
 def _parse(path: str, data) -> Deployment:
-    if not isinstance(data, dict) or set(data) - {"sidecars", "endpoints", "paths"}:
-        raise DeploymentError(f"{path}: expected the keys 'sidecars', 'endpoints' and 'paths'")
+    if not isinstance(data, dict) or set(data) - {"sidecars", "endpoints", "paths", "kubernetes"}:
+        raise DeploymentError(f"{path}: expected the keys 'sidecars', 'endpoints', 'paths' and 'kubernetes'")
     sidecars = {}
     for name, spec in (data.get("sidecars") or {}).items():
         where = f"{path}: sidecars.{name}"
@@ -124,4 +131,37 @@ def _parse(path: str, data) -> Deployment:
     paths = data.get("paths")
     if paths is not None and not isinstance(paths, dict):
         raise DeploymentError(f"{path}: paths: expected a mapping of destination to path")
-    return Deployment(sidecars, endpoints, paths)
+    return Deployment(sidecars, endpoints, paths, _kubernetes(path, data.get("kubernetes")))
+
+
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+
+
+def _kubernetes(path: str, spec) -> dict:
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict) or set(spec) - {"namespace", "workloads"}:
+        raise DeploymentError(f"{path}: kubernetes: expected the keys 'namespace' and 'workloads'")
+    default = str(spec.get("namespace", "default"))
+    if not _K8S_NAME.fullmatch(default):
+        raise DeploymentError(f"{path}: kubernetes.namespace: '{default}' is not a Kubernetes namespace name")
+    workloads = {}
+    for name, w in (spec.get("workloads") or {}).items():
+        where = f"{path}: kubernetes.workloads.{name}"
+        if not isinstance(w, dict) or set(w) - {"namespace", "labels"}:
+            raise DeploymentError(f"{where}: expected the keys 'namespace' and 'labels'")
+        ns = str(w.get("namespace", default))
+        if not _K8S_NAME.fullmatch(ns):
+            raise DeploymentError(f"{where}: '{ns}' is not a Kubernetes namespace name")
+        labels = w.get("labels")
+        if labels is not None:
+            if not isinstance(labels, dict) or not labels:
+                raise DeploymentError(f"{where}: labels: give the labels that select its pods")
+            for k, v in labels.items():
+                if not _LABEL_KEY.fullmatch(str(k)) or not _LABEL_VALUE.fullmatch(str(v)):
+                    raise DeploymentError(f"{where}: labels: '{k}: {v}' is not a Kubernetes label")
+            labels = {str(k): str(v) for k, v in labels.items()}
+        workloads[str(name)] = {"namespace": ns, "labels": labels}
+    return {"namespace": default, "workloads": workloads}

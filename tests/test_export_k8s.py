@@ -171,3 +171,35 @@ def test_more_that_networkpolicy_cannot_say(tmp_path, text, fragment):
     p.write_text(text)
     done = run("compile", str(p), "-t", "k8s", "-o", str(tmp_path / "out"))
     assert done.returncode == 1 and fragment in done.stderr, done.stderr
+
+
+def test_the_deployment_file_places_workloads_and_names_their_labels(tmp_path):
+    p = tmp_path / "p.ap"
+    p.write_text("service web { address 10.1.0.5/32 }\nservice db { address 10.2.0.5/32 }\ndefault deny\n"
+                 "allow web -> db tcp 5432\n")
+    dep = tmp_path / "d.yaml"
+    dep.write_text(yaml.safe_dump({"kubernetes": {"namespace": "shop", "workloads": {
+        "db": {"namespace": "data", "labels": {"app": "postgres"}}}}}))
+    done = run("compile", str(p), "-t", "k8s", "--deployment", str(dep), "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    nps = {d["metadata"]["name"]: d for d in yaml.safe_load_all((tmp_path / "out" / "networkpolicies.yaml").read_text()) if d}
+    db, web = nps["anyplane-db"], nps["anyplane-web"]
+    assert db["metadata"]["namespace"] == "data" and db["spec"]["podSelector"] == {"matchLabels": {"app": "postgres"}}
+    assert web["metadata"]["namespace"] == "shop"
+    from_web = [r for r in db["spec"]["ingress"] if r["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}},
+         "podSelector": {"matchLabels": {"anyplane.io/identity": "web"}}}]]
+    assert len(from_web) == 1 and from_web[0]["ports"] == [{"protocol": "TCP", "port": 5432}], db["spec"]
+    assert "proved" in done.stderr  # the default deny's "web -> web" is Kubernetes' to allow: left out of the proof
+    _schema_valid(list(nps.values()))
+    # Labels that do not select one identity's pods alone are refused.
+    dep.write_text(yaml.safe_dump({"kubernetes": {"workloads": {"db": {"labels": {"tier": "x"}},
+                                                                "web": {"labels": {"tier": "x", "app": "web"}}}}}))
+    done = run("compile", str(p), "-t", "k8s", "--deployment", str(dep), "-o", str(tmp_path / "out2"))
+    assert done.returncode == 1 and "select web's too" in done.stderr, done.stderr
+    for bad, why in (({"kubernetes": {"workloads": {"nope": {}}}}, "names nope: no workload"),
+                     ({"kubernetes": {"namespace": "Bad_NS"}}, "is not a Kubernetes namespace name"),
+                     ({"kubernetes": {"workloads": {"db": {"labels": {"a b": "c"}}}}}, "is not a Kubernetes label")):
+        dep.write_text(yaml.safe_dump(bad))
+        done = run("compile", str(p), "-t", "k8s", "--deployment", str(dep), "-o", str(tmp_path / "out3"))
+        assert done.returncode in (1, 2) and why in done.stderr, done.stderr

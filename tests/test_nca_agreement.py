@@ -335,3 +335,29 @@ def test_exported_policies_read_by_nca_give_the_same_connectivity(tmp_path: Path
     theirs = {(renamed.get(s, s), renamed.get(d, d)): c for (s, d), c in theirs.items()}
     lines = _disagreements(Ours(scenario), theirs)
     assert not lines, "\n".join(lines)
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s.name in ("28-zero-trust.yaml", "29-monitoring-scrape.yaml",
+                                                                       "08-ipblock-except.yaml", "13-pod-or-namespace.yaml")],
+                         ids=lambda p: p.stem)
+def test_exported_with_the_clusters_own_labels_nca_reads_the_cluster_unchanged(tmp_path: Path, scenario: Path):
+    """A deployment file maps each identity to its pods' own namespace and labels: the exported
+    policies then apply to the cluster as it is (no relabelling), and NCA's connectivity over the
+    original pods is anyplane's of the original policies."""
+    import yaml
+    workloads = {}
+    for pod in yaml.safe_load(PODS.read_text())["items"]:
+        meta = pod["metadata"]
+        workloads[f"{meta['namespace']}_{meta['name']}"] = {"namespace": meta["namespace"], "labels": meta["labels"]}
+    dep = tmp_path / "deployment.yaml"
+    dep.write_text(yaml.safe_dump({"kubernetes": {"workloads": workloads}}))
+    out = tmp_path / "out"
+    done = _anyplane("compile", str(NAMESPACES), str(PODS), str(scenario), "-t", "k8s", "--deployment", str(dep),
+                     "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "proved" in done.stderr
+    nps = [d for d in yaml.safe_load_all((out / "networkpolicies.yaml").read_text()) if d]
+    assert {d["metadata"]["namespace"] for d in nps} <= {w["namespace"] for w in workloads.values()}
+    theirs = peer.connectivity(out / "networkpolicies.yaml", PODS, NAMESPACES)
+    lines = _disagreements(Ours(scenario), theirs)
+    assert not lines, "\n".join(lines)

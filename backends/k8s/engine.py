@@ -251,13 +251,22 @@ def _k8s_name(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:50] or "x"
 
 
-def export(program: Program, namespace: str = "default") -> tuple[list[dict], dict]:
-    """(NetworkPolicy objects, identities: {name: {"namespace", "labels", "addresses"}})."""
+def export(program: Program, kubernetes: dict | None = None) -> tuple[list[dict], dict]:
+    """(NetworkPolicy objects, identities: {name: {"namespace", "labels", "addresses"}}). `kubernetes`
+    (the deployment file's section) places each workload in a namespace and names the labels that
+    select its pods (default: the namespace `default`, the label anyplane.io/identity: NAME)."""
+    kubernetes = kubernetes or {}
+    default_ns = kubernetes.get("namespace", "default")
+    mapped = kubernetes.get("workloads", {})
+
+    def where(name: str) -> tuple[str, dict]:
+        w = mapped.get(name, {})
+        return w.get("namespace") or default_ns, w.get("labels") or {LABEL: name}
     _check_rules(program)
     regions, kinds = _regions(program)
     blame = _Blame(program)
     for ident in program.identities:
-        if kinds[ident.name] != "external" and not _NAME.fullmatch(ident.name):
+        if kinds[ident.name] != "external" and ident.name not in mapped and not _NAME.fullmatch(ident.name):
             raise DiagnosticError([error(program.default_origin, "k8s",
                                          f"identity {ident.name!r} is not a Kubernetes label value")])
     workloads = [r for r in regions if r.workload]
@@ -268,10 +277,14 @@ def export(program: Program, namespace: str = "default") -> tuple[list[dict], di
             if not (a.workload or b.workload):
                 continue
             if a is b and a.workload and _single(a):
+                # Kubernetes lets a pod reach itself: the default may say otherwise (that flow is left out
+                # of the proof), a rule may not.
                 fam = next(iter(a.ranges))
                 if _answer(program, fam, a.probe(fam), a.probe(fam), _Blame(program)) != "all":
-                    blame.add(_first_denied(program, fam, a.probe(fam), a.probe(fam)),
-                              f"Kubernetes lets a pod reach itself: the policy cannot deny {a.workload} -> {a.workload}")
+                    denied = _first_denied(program, fam, a.probe(fam), a.probe(fam))
+                    if denied.entry is not None:
+                        blame.add(denied, f"Kubernetes lets a pod reach itself: the policy cannot deny "
+                                          f"{a.workload} -> {a.workload}")
                 answers[(a.key, b.key)] = "all"
                 continue
             seen = None
@@ -297,23 +310,35 @@ def export(program: Program, namespace: str = "default") -> tuple[list[dict], di
     blame.raise_any()
     by_key = {r.key: r for r in regions}
     policies = []
+    unknown = sorted(set(mapped) - {w.workload for w in workloads})
+    if unknown:
+        raise DiagnosticError([error(program.default_origin, "k8s", f"the deployment's kubernetes.workloads names "
+                                                                   f"{', '.join(unknown)}: no workload of the policy")])
+    for a in workloads:
+        for b in workloads:
+            (ns_a, la), (ns_b, lb) = where(a.workload), where(b.workload)
+            if a is not b and ns_a == ns_b and la.items() <= lb.items():
+                raise DiagnosticError([error(program.default_origin, "k8s", (
+                    f"the labels that select {a.workload}'s pods ({la}) select {b.workload}'s too, in namespace "
+                    f"{ns_a}: give each workload labels its pods alone carry (deployment file, kubernetes.workloads)"))])
     for w in sorted(workloads, key=lambda r: r.key):
-        ingress = _rules([(by_key[s], ans) for (s, d), ans in sorted(answers.items()) if d == w.key], "from")
-        egress = _rules([(by_key[d], ans) for (s, d), ans in sorted(answers.items()) if s == w.key], "to")
-        spec = {"podSelector": {"matchLabels": {LABEL: w.workload}}, "policyTypes": ["Ingress", "Egress"]}
+        ingress = _rules([(by_key[s], ans) for (s, d), ans in sorted(answers.items()) if d == w.key], "from", where)
+        egress = _rules([(by_key[d], ans) for (s, d), ans in sorted(answers.items()) if s == w.key], "to", where)
+        ns, labels = where(w.workload)
+        spec = {"podSelector": {"matchLabels": dict(labels)}, "policyTypes": ["Ingress", "Egress"]}
         if ingress:
             spec["ingress"] = ingress
         if egress:
             spec["egress"] = egress
         policies.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                         "metadata": {"name": f"anyplane-{_k8s_name(w.workload)}", "namespace": namespace,
+                         "metadata": {"name": f"anyplane-{_k8s_name(w.workload)}", "namespace": ns,
                                       "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
                          "spec": spec})
     names = [p["metadata"]["name"] for p in policies]
     for i, p in enumerate(policies):  # two names that sanitise alike get a number
         if names.count(p["metadata"]["name"]) > 1:
             p["metadata"]["name"] += f"-{i}"
-    identities = {w.workload: {"namespace": namespace, "labels": {LABEL: w.workload},
+    identities = {w.workload: {"namespace": where(w.workload)[0], "labels": dict(where(w.workload)[1]),
                                "addresses": [str(p) for p in _prefixes(w)]} for w in workloads}
     return policies, identities
 
@@ -333,8 +358,9 @@ def _prefixes(region: Region) -> list[Prefix]:
     return out
 
 
-def _rules(peers: list[tuple[Region, object]], side: str) -> list[dict]:
-    """Rules for one direction: peers grouped by what they are allowed."""
+def _rules(peers: list[tuple[Region, object]], side: str, where) -> list[dict]:
+    """Rules for one direction: peers grouped by what they are allowed (`where(identity)` -> its
+    namespace and labels)."""
     grouped: dict[str, tuple[object, list]] = {}
     for region, ans in peers:
         key = repr(ans)
@@ -344,7 +370,9 @@ def _rules(peers: list[tuple[Region, object]], side: str) -> list[dict]:
         items = []
         for r in regions:
             if r.workload:
-                items.append({"namespaceSelector": {}, "podSelector": {"matchLabels": {LABEL: r.workload}}})
+                ns, labels = where(r.workload)
+                items.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                              "podSelector": {"matchLabels": dict(labels)}})
             else:
                 items += _ip_blocks(r)
         rule = {side: _collapse(items)}
@@ -372,7 +400,7 @@ class K8sEngine(base.Engine):
     name = "k8s"
     place = ""
     capability = CAPABILITY
-    options = frozenset({"out_dir"})
+    options = frozenset({"out_dir", "deployment"})
     #: The importer that reads this engine's output back (the driver runs it: compiler/importers).
     reads_back_with = "k8s"
 
@@ -380,8 +408,13 @@ class K8sEngine(base.Engine):
         """The identities that are pods (the others are outside the cluster)."""
         return sorted(r.workload for r in _regions(program)[0] if r.workload)
 
+    def exempt(self, program: Program) -> list[Prefix]:
+        """Addresses whose traffic to themselves Kubernetes always lets through (workloads of one
+        address: a pod): the proof leaves those flows out."""
+        return [p for r in _regions(program)[0] if r.workload and _single(r) for p in _prefixes(r)]
+
     def emit(self, program: Program, options: base.Options) -> base.Output:
-        policies, identities = export(program)
+        policies, identities = export(program, getattr(options.deployment, "kubernetes", None))
         text = "".join("---\n" + yaml.safe_dump(p, sort_keys=False) for p in policies)
         ident_text = yaml.safe_dump({"identities": identities}, sort_keys=True)
         rows = base.rule_rows(program, lambda r: (base.ENFORCED, "", 0))
