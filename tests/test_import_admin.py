@@ -271,3 +271,33 @@ def test_admin_errors_point_into_the_yaml(tmp_path):
         convert([("bad.yaml", bad.read_text())])
     except DiagnosticError as exc:
         assert len(exc.diagnostics) == 3
+
+
+def test_verify_says_what_each_admin_policy_and_rule_adds(tmp_path):
+    docs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+         "status": {"podIP": "10.1.0.10"}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "namespace": "shop", "labels": {"app": "db"}},
+         "status": {"podIP": "10.1.0.20"}},
+        {"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy", "metadata": {"name": "ssh"},
+         "spec": {"priority": 10, "subject": {"namespaces": {}}, "ingress": [
+             {"name": "no-ssh", "action": "Deny", "from": [{"namespaces": {}}],
+              "ports": [{"portNumber": {"protocol": "TCP", "port": 22}}]},
+             {"name": "again", "action": "Deny", "from": [{"pods": {"podSelector": {"matchLabels": {"app": "web"}}}}],
+              "ports": [{"portNumber": {"protocol": "TCP", "port": 22}}]},
+             {"name": "nobody", "action": "Allow", "from": [{"namespaces": {"matchLabels": {"team": "none"}}}]}]}},
+        {"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy", "metadata": {"name": "ghost"},
+         "spec": {"priority": 20, "subject": {"namespaces": {"matchLabels": {"team": "none"}}},
+                  "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}},
+    ]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump_all(docs))
+    import json
+    done = run("verify", str(tmp_path), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    messages = sorted(f["message"] for f in json.loads(done.stdout)["findings"])
+    assert messages == sorted([
+        "AdminNetworkPolicy ghost selects no pod: it has no effect",
+        "ingress rule 2 of AdminNetworkPolicy ssh is redundant: without it every flow is decided the same",
+        "ingress rule 3 of AdminNetworkPolicy ssh admits no peer: its selectors select no pod",
+    ]), messages

@@ -44,11 +44,13 @@ class AdminRule:
     label: str
 
 
-def read(reader, pods, objects, span_of, selects) -> list[AdminRule]:
-    """The admin tiers' rules, in the order they decide; errors go to `reader.fail`."""
+def read(reader, pods, objects, span_of, selects, drop=frozenset(), structure=None) -> list[AdminRule]:
+    """The admin tiers' rules, in the order they decide; errors go to `reader.fail`. `drop` leaves out
+    policies (`("admin", n)`) or rules (`("admin", n, direction, number)`); `structure` gets what each
+    policy holds, as for NetworkPolicies (the redundancy questions)."""
     out: list[AdminRule] = []
     priorities: dict[int, str] = {}
-    for path, obj in objects:
+    for n, (path, obj) in enumerate(objects):
         kind, meta, spec = obj.get("kind"), obj.get("metadata") or {}, obj.get("spec") or {}
         name = meta.get("name")
         label = f"{kind} {name}"
@@ -73,6 +75,10 @@ def read(reader, pods, objects, span_of, selects) -> list[AdminRule]:
         subject = _subject(reader, pods, path, spec.get("subject"), label, selects)
         if subject is None:
             continue
+        key = ("admin", n)
+        held = {"label": label, "span": span_of(path, obj), "selects": len(subject), "rules": [], "key": key}
+        if structure is not None:
+            structure.append(held)
         for direction, side in (("ingress", "from"), ("egress", "to")):
             for order, r in enumerate(spec.get(direction) or []):
                 action = r.get("action")
@@ -82,6 +88,10 @@ def read(reader, pods, objects, span_of, selects) -> list[AdminRule]:
                 peers = _peers(reader, pods, path, r.get(side) or [], direction, label, selects)
                 ports = _ports(reader, path, r.get("ports"), label)
                 if peers is None or ports is False:
+                    continue
+                held["rules"].append({"direction": direction, "number": order + 1, "span": span_of(path, r),
+                                      "admits_none": all(kind == "pods" and not what for kind, what in peers)})
+                if key in drop or key + (direction, order + 1) in drop:
                     continue
                 out.append(AdminRule(tier, priority, order, direction, action, subject, peers, ports,
                                      span_of(path, r), label + (f" rule {r.get('name')}" if r.get("name") else "")))

@@ -390,7 +390,7 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
     admin_rules = []
     if not reader.errors:
         try:
-            admin_rules = admin.read(reader, pods, reader.admin, _span, _selects)
+            admin_rules = admin.read(reader, pods, reader.admin, _span, _selects, drop, structure)
         except (AttributeError, TypeError, ValueError) as exc:
             reader.fail(reader.admin[0][0], reader.admin[0][1], f"malformed admin policy: a field has the wrong "
                                                                 f"shape ({exc})")
@@ -412,7 +412,7 @@ def _policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out,
     types = spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else ["Ingress"])
     selected = [p for p in pods if p.namespace == ns and _selects(spec.get("podSelector") or {}, p.labels, path, reader)]
     where = _span(path, spec.get("podSelector") if isinstance(spec.get("podSelector"), dict) else obj)
-    held = {"label": label, "span": _span(path, obj), "selects": len(selected), "rules": []}
+    held = {"label": label, "span": _span(path, obj), "selects": len(selected), "rules": [], "key": (n,)}
     for direction, key, table, isolated in (("Ingress", "ingress", ingress, isolated_in),
                                              ("Egress", "egress", egress, isolated_out)):
         if direction not in types:
@@ -577,8 +577,13 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
             egr, egr_allow, egr_deny = side(a, b, "egress") if a_pod else (ALL, [], [])
             allowed = ing & egr
             allow_texts, deny_texts = allowed.rules()
-            why_allow = (ing_allow + egr_allow or [(None, "")])[0]
-            why_deny = (ing_deny + egr_deny or [(None, "")])[0]
+            # What decided: the first rule that allowed (or denied) some of it; else what restricts the pair.
+            restriction = [w for w in (restricted_in.get(b.ident) if into else None,
+                                       restricted_out.get(a.ident) if out_of else None) if w] + \
+                [(r.span, r.label) for r in admin_rules if (into and r.direction == "ingress" and b.ident in r.subject)
+                 or (out_of and r.direction == "egress" and a.ident in r.subject)]
+            why_allow = (ing_allow + egr_allow + restriction or [(None, "")])[0]
+            why_deny = (ing_deny + egr_deny + restriction or [(None, "")])[0]
             for suffix in allow_texts:
                 emit(f"allow {name_a} -> {name_b}{suffix} priority 20", why_allow[0], why_allow[1])
             for suffix in deny_texts:

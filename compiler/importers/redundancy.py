@@ -1,6 +1,7 @@
 """What each NetworkPolicy, and each of its rules, adds to a cluster's connectivity.
 
-    NetworkPolicy P selects no pod                      it has no effect
+    NetworkPolicy (or AdminNetworkPolicy, BaselineAdminNetworkPolicy) P selects no pod
+                                                        it has no effect
     ingress rule N of P admits no peer                  its selectors select no pod
     NetworkPolicy P is redundant                        without it, every flow is decided the same
     ingress rule N of P is redundant                    without it, every flow is decided the same
@@ -30,7 +31,8 @@ def _program(texts, drop=frozenset()) -> Program:
 
 
 def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bool]) -> list[tuple[Span, str]]:
-    """The redundancy findings of the NetworkPolicies in these manifests: (position, message)."""
+    """The redundancy findings of the NetworkPolicies and admin policies in these manifests:
+    (position, message)."""
     structure = convert(texts).structure
     base = _program(texts)
     out = []
@@ -41,18 +43,18 @@ def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bo
     def _same(base, texts, drop):
         return same(base, _program(texts, drop))
 
-    for n, policy in enumerate(structure):
-        label = policy["label"]
+    for policy in structure:
+        label, key = policy["label"], policy["key"]
         if not policy["selects"]:
             found(policy["span"], f"{label} selects no pod: it has no effect")
             continue
-        if _same(base, texts, frozenset({(n,)})):
+        if _same(base, texts, frozenset({key})):
             found(policy["span"], f"{label} is redundant: without it every flow is decided the same")
             continue
         for r in policy["rules"]:
             what = f"{r['direction']} rule {r['number']} of {label}"
             if r["admits_none"]:
                 found(r["span"], f"{what} admits no peer: its selectors select no pod")
-            elif _same(base, texts, frozenset({(n, r["direction"], r["number"])})):
-                found(r["span"], f"{what} is redundant: the policies allow what it allows without it")
+            elif _same(base, texts, frozenset({key + (r["direction"], r["number"])})):
+                found(r["span"], f"{what} is redundant: without it every flow is decided the same")
     return out
