@@ -38,7 +38,7 @@ import yaml
 from anyplane.ir.match import merge_ranges
 from anyplane.ir.source import Diagnostic, DiagnosticError, Span, error
 
-from . import admin
+from . import admin, cilium
 from .ports import ALL, NONE, Ports
 
 PORTS_ALL = "all"
@@ -130,6 +130,7 @@ class _Reader:
         self.policies: list[tuple[str, dict]] = []
         self.admin: list[tuple[str, dict]] = []
         self.workloads: list[tuple[str, dict]] = []
+        self.cilium: list[tuple[str, dict]] = []
         self.addresses: dict[str, tuple[list, Span, str]] = {}  # "ns/name" -> (networks, where, path)
 
     def fail(self, path: str, obj, message: str) -> None:
@@ -220,10 +221,14 @@ class _Reader:
                     self.fail(path, table, f"Addresses: {key} has no address")
                     continue
                 self.addresses[key] = (parsed, _span(path, table), path)
-        elif kind in ("AuthorizationPolicy", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"):
+        elif kind in ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"):
+            self.cilium.append((path, obj))
+            if kind == "CiliumNetworkPolicy":
+                self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
+        elif kind in ("AuthorizationPolicy",):
             self.fail(path, obj, f"{kind} {name}: not imported yet (NetworkPolicy, AdminNetworkPolicy, "
-                                 "BaselineAdminNetworkPolicy, Pods, workload controllers and Namespaces are); remove "
-                                 "it from the input rather than have it ignored")
+                                 "BaselineAdminNetworkPolicy, CiliumNetworkPolicy, Pods, workload controllers and "
+                                 "Namespaces are); remove it from the input rather than have it ignored")
 
     def workload_pods(self) -> list[Pod]:
         """Each workload controller as the pods it makes: the template's labels and ports, the addresses an
@@ -387,18 +392,28 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
             structure.append(_policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out, n, drop))
         except (AttributeError, TypeError, ValueError) as exc:
             reader.fail(path, obj, f"malformed NetworkPolicy: a field has the wrong shape ({exc})")
-    admin_rules = []
+    admin_rules, cilium_rules = [], []
     if not reader.errors:
-        try:
-            admin_rules = admin.read(reader, pods, reader.admin, _span, _selects, drop, structure)
-        except (AttributeError, TypeError, ValueError) as exc:
-            reader.fail(reader.admin[0][0], reader.admin[0][1], f"malformed admin policy: a field has the wrong "
-                                                                f"shape ({exc})")
+        for objects, read in ((reader.admin, lambda: admin.read(reader, pods, reader.admin, _span, _selects, drop,
+                                                                structure)),
+                              (reader.cilium, lambda: cilium.read(reader, pods, reader.cilium, _span, _selects,
+                                                                  _ports))):
+            try:
+                got = read()
+            except (AttributeError, TypeError, ValueError) as exc:
+                reader.fail(objects[0][0], objects[0][1], f"malformed policy: a field has the wrong shape ({exc})")
+                continue
+            if objects is reader.admin:
+                admin_rules = got
+            else:
+                cilium_rules = got
     if reader.errors:
         raise DiagnosticError(reader.errors)
-    blocks = [net for _, obj in reader.policies for net in _networks(obj)] + admin.networks(admin_rules)
-    out = _emit(pods, ingress, egress, isolated_in, isolated_out, len(reader.policies) + len(reader.admin),
-                _outside(blocks, pods), admin_rules)
+    blocks = [net for _, obj in reader.policies for net in _networks(obj)] + admin.networks(admin_rules) + \
+        [n for r in cilium_rules for item in r.peers or [] if item[0] == "cidr" for n in [item[1], *item[2]]]
+    out = _emit(pods, ingress, egress, isolated_in, isolated_out,
+                len(reader.policies) + len(reader.admin) + len(reader.cilium), _outside(blocks, pods), admin_rules,
+                cilium_rules)
     out.structure = structure
     return out
 
@@ -512,7 +527,8 @@ def _np(rules: list[Rule], peer, dst_pod) -> tuple[Ports, list]:
         [(r.span, r.policy) for r in hit]
 
 
-def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outside=(), admin_rules=()) -> Imported:
+def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outside=(), admin_rules=(),
+          cilium_rules=()) -> Imported:
     """The policy text for what was read: per pair with a pod at one end whose traffic some policy
     decides, the allows (and, for "all but" sets, the denies above them) that say exactly what passes."""
     lines: list[str] = []
@@ -537,10 +553,17 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
         emit(f"external {b.name} {{ address {', '.join(str(p) for p in b.prefixes)} }}", None,
              f"addresses outside the cluster, {b.span} (named for maps and answers)")
     admin_rules = list(admin_rules)
-    restricted_in = {p.ident: isolated_in.get(p.ident, [None])[0] for p in pods
-                     if p.ident in isolated_in or admin.restricts(admin_rules, p.ident, "ingress")}
-    restricted_out = {p.ident: isolated_out.get(p.ident, [None])[0] for p in pods
-                      if p.ident in isolated_out or admin.restricts(admin_rules, p.ident, "egress")}
+    cilium_rules = list(cilium_rules)
+    default_deny = {d: {p.ident: cilium.restricts(cilium_rules, p.ident, d) for p in pods
+                        if cilium.restricts(cilium_rules, p.ident, d)} for d in ("ingress", "egress")}
+    touched = {d: {p.ident for p in pods for r in cilium_rules if r.direction == d and p.ident in r.subject}
+               for d in ("ingress", "egress")}
+    restricted_in = {p.ident: isolated_in.get(p.ident, [default_deny["ingress"].get(p.ident)])[0] for p in pods
+                     if p.ident in isolated_in or admin.restricts(admin_rules, p.ident, "ingress")
+                     or p.ident in touched["ingress"]}
+    restricted_out = {p.ident: isolated_out.get(p.ident, [default_deny["egress"].get(p.ident)])[0] for p in pods
+                      if p.ident in isolated_out or admin.restricts(admin_rules, p.ident, "egress")
+                      or p.ident in touched["egress"]}
     for ident, why in sorted(restricted_in.items()):
         where, label = why or next(((r.span, r.label) for r in admin_rules if r.direction == "ingress"
                                     and ident in r.subject), (None, ""))
@@ -553,13 +576,19 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
     def side(subject, peer, direction):
         table, isolated = (ingress, isolated_in) if direction == "ingress" else (egress, isolated_out)
         dst = subject if direction == "ingress" else (peer if isinstance(peer, Pod) else None)
+        ports_of = lambda spec: Ports.of(_resolve(spec, dst))  # noqa: E731
         np_ports, np_why = _np(table[subject.ident], peer, dst)
-        ports, allows, denies = admin.decide(admin_rules, subject, peer, direction, subject.ident in isolated,
-                                             np_ports, lambda spec: Ports.of(_resolve(spec, dst)), _within)
-        if subject.ident in isolated:
-            allows = allows + np_why
-            denies = denies + [isolated[subject.ident][0]]
-        return ports, allows, denies
+        # Cilium merges its allows with the NetworkPolicies' and puts its denies above everything.
+        c_allowed, c_allows, c_denied, c_denies = cilium.verdicts(cilium_rules, subject, peer, direction, ports_of,
+                                                                  _within, lambda q: isinstance(q, Pod))
+        closed = subject.ident in isolated or subject.ident in default_deny[direction]
+        ports, allows, denies = admin.decide(admin_rules, subject, peer, direction, closed, np_ports | c_allowed,
+                                             ports_of, _within)
+        if closed:
+            allows = allows + np_why + c_allows
+            denies = denies + ([isolated[subject.ident][0]] if subject.ident in isolated else
+                               [default_deny[direction][subject.ident]])
+        return ports - c_denied, allows, c_denies + denies
 
     ends = sorted(pods, key=lambda p: p.ident) + blocks
     for a in ends:

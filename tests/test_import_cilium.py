@@ -1,0 +1,228 @@
+"""CiliumNetworkPolicy import (layers 3 and 4), against Cilium's documented semantics written out here.
+
+For random clusters, NetworkPolicies and CiliumNetworkPolicies (endpoint, CIDR-with-except and entity
+peers, ports with ANY and named ports, deny sections, enableDefaultDeny), every flow between pods and
+outside addresses gets from the imported policy the verdict Cilium gives it: an endpoint a rule
+selects is in default deny for each direction the rule has; allows (Cilium's and the
+NetworkPolicies') add up; denies win.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from anyplane.compiler.importers.k8s import convert
+from anyplane.compiler.pipeline import compile_sources
+from anyplane.ir.flow import Flow
+from anyplane.ir.interp import evaluate
+
+from .conftest import CI, run
+from .test_import_admin import _np_side
+from .test_import_k8s import NAMESPACES, OUTSIDE, _labels_match, clusters, policies
+
+PORTS = (53, 80, 5432, 8080, 9000)
+
+
+def _endpoint_selector(draw) -> dict:
+    return draw(st.sampled_from([{}, {"matchLabels": {"app": "web"}}, {"matchLabels": {"k8s:tier": "a"}},
+                                 {"matchLabels": {"io.kubernetes.pod.namespace": "ops"}},
+                                 {"matchLabels": {"io.cilium.k8s.namespace.labels.team": "edge", "app": "db"}},
+                                 {"matchExpressions": [{"key": "app", "operator": "In", "values": ["api", "db"]}]}]))
+
+
+@st.composite
+def cilium_rule(draw, direction: str, deny: bool):
+    prefix = "from" if direction == "ingress" else "to"
+    rule = {}
+    kinds = draw(st.lists(st.sampled_from(["Endpoints", "CIDRSet", "Entities"]), max_size=2, unique=True))
+    for kind in kinds:
+        if kind == "Endpoints":
+            rule[prefix + kind] = [_endpoint_selector(draw) for _ in range(draw(st.integers(1, 2)))]
+        elif kind == "CIDRSet":
+            cidr = draw(st.sampled_from(["0.0.0.0/0", "203.0.113.0/24", "10.0.0.0/8"]))
+            item = {"cidr": cidr}
+            if draw(st.booleans()):
+                item["except"] = [{"0.0.0.0/0": "192.168.0.0/16", "203.0.113.0/24": "203.0.113.0/29",
+                                   "10.0.0.0/8": "10.9.0.0/16"}[cidr]]
+            rule[prefix + kind] = [item]
+        else:
+            rule[prefix + kind] = [draw(st.sampled_from(["world", "cluster", "all"]))]
+    if draw(st.booleans()) or not rule:
+        ports = []
+        for _ in range(draw(st.integers(1, 2))):
+            p = draw(st.sampled_from([{"port": "80"}, {"port": "5432", "protocol": "TCP"}, {"port": "53", "protocol": "UDP"},
+                                      {"port": "8000", "endPort": 9000, "protocol": "TCP"},
+                                      {"port": "http", "protocol": "TCP"}]))
+            ports.append(p)
+        rule["toPorts"] = [{"ports": ports}]
+    return rule
+
+
+@st.composite
+def cilium_policies(draw, n: int):
+    out = []
+    for k in range(n):
+        spec = {"endpointSelector": _endpoint_selector(draw)}
+        for direction in ("ingress", "egress"):
+            for deny in (False, True):
+                if draw(st.integers(0, 3)) == 0:
+                    spec[direction + ("Deny" if deny else "")] = [draw(cilium_rule(direction, deny))
+                                                                  for _ in range(draw(st.integers(1, 2)))]
+        if draw(st.integers(0, 4)) == 0:
+            spec["enableDefaultDeny"] = {"ingress": draw(st.booleans()), "egress": draw(st.booleans())}
+        out.append({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                    "metadata": {"name": f"cnp{k}", "namespace": draw(st.sampled_from(sorted(NAMESPACES)))},
+                    "spec": spec})
+    return out
+
+
+# -- Cilium's semantics, from its documentation ----------------------------------------------------
+
+def _endpoint_labels(pod: dict) -> dict:
+    ns = pod["metadata"]["namespace"]
+    out = dict(pod["metadata"]["labels"])
+    out["io.kubernetes.pod.namespace"] = ns
+    for k, v in dict(NAMESPACES[ns], **{"kubernetes.io/metadata.name": ns}).items():
+        out["io.cilium.k8s.namespace.labels." + k] = v
+    return out
+
+
+def _strip(sel: dict) -> dict:
+    out = {"matchLabels": {k.split(":", 1)[-1] if k.startswith("k8s:") else k: v
+                           for k, v in (sel.get("matchLabels") or {}).items()}}
+    if sel.get("matchExpressions"):
+        out["matchExpressions"] = sel["matchExpressions"]
+    return out
+
+
+def _selects(sel: dict, pod: dict, policy_ns: str, peer: bool) -> bool:
+    s = _strip(sel)
+    names_ns = "io.kubernetes.pod.namespace" in s["matchLabels"] or any(
+        e["key"] == "io.kubernetes.pod.namespace" for e in s.get("matchExpressions", []))
+    if pod["metadata"]["namespace"] != policy_ns and (not peer or not names_ns):
+        return False
+    return _labels_match(s, _endpoint_labels(pod))
+
+
+def _peer(rule: dict, direction: str, policy_ns: str, ip: str, pod: dict | None) -> bool:
+    prefix = "from" if direction == "ingress" else "to"
+    keys = [k for k in rule if k != "toPorts"]
+    if not keys:
+        return True
+    for sel in rule.get(prefix + "Endpoints") or []:
+        if pod is not None and _selects(sel, pod, policy_ns, True):
+            return True
+    for item in rule.get(prefix + "CIDRSet") or []:
+        a = ipaddress.ip_address(ip)
+        if pod is None and a in ipaddress.ip_network(item["cidr"]) and \
+                not any(a in ipaddress.ip_network(e) for e in item.get("except", [])):
+            return True
+    for entity in rule.get(prefix + "Entities") or []:
+        if entity == "all" or (entity == "world" and pod is None) or (entity == "cluster" and pod is not None):
+            return True
+    return False
+
+
+def _port(rule: dict, proto: str, port: int | None, dst_pod: dict | None) -> bool:
+    if not rule.get("toPorts"):
+        return True
+    for tp in rule["toPorts"]:
+        for p in tp["ports"]:
+            want = p.get("protocol", "ANY")
+            if want not in ("ANY", proto) or port is None:
+                continue
+            if not p["port"].isdigit():
+                if dst_pod is not None and any(c.get("name") == p["port"] and c["containerPort"] == port
+                                               and c.get("protocol", "TCP") == proto
+                                               for c in dst_pod["spec"]["containers"][0]["ports"]):
+                    return True
+                continue
+            if int(p["port"]) <= port <= p.get("endPort", int(p["port"])):
+                return True
+    return False
+
+
+def _direction(cnps, nps, pod, direction, peer_ip, peer_pod, dst_pod, proto, port) -> bool:
+    key = direction.lower()
+    ns = pod["metadata"]["namespace"]
+    selecting = [c for c in cnps if c["metadata"]["namespace"] == ns and _selects(c["spec"]["endpointSelector"], pod, ns, False)]
+    for c in selecting:
+        for rule in c["spec"].get(key + "Deny") or []:
+            if _peer(rule, key, ns, peer_ip, peer_pod) and _port(rule, proto, port, dst_pod):
+                return False
+    closed = any((c["spec"].get(key) or c["spec"].get(key + "Deny"))
+                 and (c["spec"].get("enableDefaultDeny") or {}).get(key, True) for c in selecting)
+    np = _np_side(nps, pod, direction, key, "from" if key == "ingress" else "to", peer_ip, peer_pod, dst_pod,
+                  proto, port)
+    if np is None and not closed:
+        return True
+    if np:
+        return True
+    return any(_peer(rule, key, c["metadata"]["namespace"], peer_ip, peer_pod) and _port(rule, proto, port, dst_pod)
+               for c in selecting for rule in c["spec"].get(key) or [])
+
+
+def allowed(pods, nps, cnps, src_ip, dst_ip, proto, port) -> bool:
+    by_ip = {p["status"]["podIP"]: p for p in pods}
+    src, dst = by_ip.get(src_ip), by_ip.get(dst_ip)
+    if src is not None and src is dst:
+        return True
+    ok = True
+    if dst is not None:
+        ok &= _direction(cnps, nps, dst, "Ingress", src_ip, src, dst, proto, port)
+    if src is not None:
+        ok &= _direction(cnps, nps, src, "Egress", dst_ip, dst, dst, proto, port)
+    return ok
+
+
+SETTINGS = settings(max_examples=150 if CI else 40, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@SETTINGS
+@given(st.data())
+def test_imported_cilium_policies_decide_as_cilium_does(data):
+    pods = data.draw(clusters())
+    nps = data.draw(policies(data.draw(st.integers(0, 2))))
+    cnps = data.draw(cilium_policies(data.draw(st.integers(1, 3))))
+    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(l)}}
+                  for n, l in NAMESPACES.items()]
+    imported = convert([("c.yaml", yaml.safe_dump_all(namespaces + pods + nps + cnps))])
+    program = compile_sources([("<kubernetes>", imported.text)]).program
+    ips = [p["status"]["podIP"] for p in pods] + OUTSIDE
+    bad = []
+    for src in ips:
+        for dst in ips:
+            if src in OUTSIDE and dst in OUTSIDE:
+                continue
+            a, b = int(ipaddress.ip_address(src)), int(ipaddress.ip_address(dst))
+            cases = [(proto, number, port) for proto, number in (("TCP", 6), ("UDP", 17)) for port in PORTS]
+            cases.append(("ICMP", 1, None))
+            for proto, number, port in cases:
+                f = Flow(4, a, b, number, 40000, port) if port else Flow(4, a, b, 1, icmp_type=8, icmp_code=0)
+                want = allowed(pods, nps, cnps, src, dst, proto, port)
+                if (evaluate(program, f).verdict == "allow") != want:
+                    bad.append((src, dst, proto, port, want))
+    assert not bad, (bad[:5], imported.text[-2500:])
+
+
+def test_what_is_not_imported_is_an_error_at_its_position(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump_all([
+        {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "a", "namespace": "shop"},
+         "spec": {"endpointSelector": {}, "egress": [{"toFQDNs": [{"matchName": "example.com"}]}]}},
+        {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "b", "namespace": "shop"},
+         "spec": {"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "80"}],
+                                                                    "rules": {"http": [{"method": "GET"}]}}]}]}},
+        {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "c", "namespace": "shop"},
+         "spec": {"endpointSelector": {}, "ingress": [{"fromEntities": ["host"]}, {}]}},
+    ]))
+    done = run("check", str(path))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    for text in ("toFQDNs peers are not imported", "L7 rules (toPorts.rules) are not imported yet",
+                 "entity 'host' is not imported", "an empty rule"):
+        assert text in done.stderr, done.stderr
+    assert str(path) + ":" in done.stderr
