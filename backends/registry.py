@@ -20,7 +20,8 @@ from importlib import import_module
 from .base import Engine
 
 BUILTIN = (("p4", "anyplane.backends.p4.engine"), ("ebpf", "anyplane.backends.ebpf.engine"),
-           ("envoy", "anyplane.backends.envoy.engine"), ("k8s", "anyplane.backends.k8s.engine"))
+           ("envoy", "anyplane.backends.envoy.engine"), ("k8s", "anyplane.backends.k8s.engine"),
+           ("cilium", "anyplane.backends.cilium.engine"))
 _engines: dict[str, Engine] = {}
 
 

@@ -68,6 +68,42 @@ SETTINGS = settings(max_examples=120 if CI else 30, deadline=None, suppress_heal
 
 @SETTINGS
 @given(policies(max_rules=5, small=True))
+def test_exported_cilium_policies_decide_as_the_policy(text):
+    """-t cilium: the same decisions in Cilium's words, judged by Cilium's semantics written out in
+    tests/test_import_cilium.py, and proved through the Cilium importer."""
+    from .test_import_cilium import allowed as cilium_allowed
+
+    try:
+        program = compile_sources([("p.ap", _l4_only(text))]).program
+    except DiagnosticError:
+        assume(False)
+    try:
+        out = api.compile_target(api.Compiled(None, None, program, None), "cilium")
+    except DiagnosticError:
+        return  # refused at a rule, as -t k8s (tested there)
+    files = {a.path: a.data for a in out.artifacts}
+    cnps = [d for d in yaml.safe_load_all(files["ciliumnetworkpolicies.yaml"]) if d]
+    identities = yaml.safe_load(files["identities.yaml"])["identities"] or {}
+    pods = _pods(program, identities)
+    by_ip = {p["status"]["podIP"]: p for p in pods}
+    v4 = [ip for ip in by_ip if ":" not in ip]
+    bad = []
+    for a in v4:
+        for b in v4 + ["203.0.113.9"]:
+            if a == b:
+                continue
+            for proto, number, port in (("TCP", 6, 80), ("TCP", 6, 83), ("UDP", 17, 80)):
+                f = Flow(4, int(ipaddress.ip_address(a)), int(ipaddress.ip_address(b)), number, 40000, port)
+                want = evaluate(program, f).verdict == "allow"
+                if cilium_allowed(pods, [], cnps, a, b, proto, port) != want:
+                    bad.append((f.text, want))
+    assert not bad, (bad[:5], text)
+    proof = api.prove_export(api.Compiled(None, None, program, None), "cilium", out)
+    assert proof.proved, proof.counterexample
+
+
+@SETTINGS
+@given(policies(max_rules=5, small=True))
 def test_exported_networkpolicies_decide_as_the_policy(text):
     try:
         program = compile_sources([("p.ap", _l4_only(text))]).program

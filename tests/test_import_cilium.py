@@ -86,7 +86,7 @@ def _endpoint_labels(pod: dict) -> dict:
     ns = pod["metadata"]["namespace"]
     out = dict(pod["metadata"]["labels"])
     out["io.kubernetes.pod.namespace"] = ns
-    for k, v in dict(NAMESPACES[ns], **{"kubernetes.io/metadata.name": ns}).items():
+    for k, v in dict(NAMESPACES.get(ns, {}), **{"kubernetes.io/metadata.name": ns}).items():
         out["io.cilium.k8s.namespace.labels." + k] = v
     return out
 
@@ -116,7 +116,7 @@ def _peer(rule: dict, direction: str, policy_ns: str, ip: str, pod: dict | None)
     for sel in rule.get(prefix + "Endpoints") or []:
         if pod is not None and _selects(sel, pod, policy_ns, True):
             return True
-    for item in rule.get(prefix + "CIDRSet") or []:
+    for item in (rule.get(prefix + "CIDRSet") or []) + [{"cidr": c} for c in rule.get(prefix + "CIDR") or []]:
         a = ipaddress.ip_address(ip)
         if pod is None and a in ipaddress.ip_network(item["cidr"]) and \
                 not any(a in ipaddress.ip_network(e) for e in item.get("except", [])):
@@ -154,8 +154,10 @@ def _direction(cnps, nps, pod, direction, peer_ip, peer_pod, dst_pod, proto, por
         for rule in c["spec"].get(key + "Deny") or []:
             if _peer(rule, key, ns, peer_ip, peer_pod) and _port(rule, proto, port, dst_pod):
                 return False
-    closed = any((c["spec"].get(key) or c["spec"].get(key + "Deny"))
-                 and (c["spec"].get("enableDefaultDeny") or {}).get(key, True) for c in selecting)
+    # enableDefaultDeny: when given, it says; when not, a direction with rules is in default deny.
+    closed = any((c["spec"].get("enableDefaultDeny") or {}).get(key) is True
+                 or ((c["spec"].get(key) or c["spec"].get(key + "Deny"))
+                     and (c["spec"].get("enableDefaultDeny") or {}).get(key) is not False) for c in selecting)
     np = _np_side(nps, pod, direction, key, "from" if key == "ingress" else "to", peer_ip, peer_pod, dst_pod,
                   proto, port)
     if np is None and not closed:

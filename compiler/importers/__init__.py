@@ -54,13 +54,15 @@ def relocate(obj, origins: dict[int, Span]):
 
 def read_back(importer: str, files: dict[str, str]):
     """What an exporter's files decide, as IR: read through the importer of their kind (`k8s`:
-    `networkpolicies.yaml` with the pods `identities.yaml` describes)."""
+    `networkpolicies.yaml`, `cilium`: `ciliumnetworkpolicies.yaml`, with the pods `identities.yaml`
+    describes)."""
     import yaml
 
     from ..pipeline import compile_sources
 
-    if importer != "k8s":
+    resources = {"k8s": "networkpolicies.yaml", "cilium": "ciliumnetworkpolicies.yaml"}
+    if importer not in resources:
         raise ValueError(f"no importer reads {importer!r} output back")
     identities = yaml.safe_load(files["identities.yaml"])["identities"] or {}
-    imported = k8s.read_back("networkpolicies.yaml", files["networkpolicies.yaml"], identities)
+    imported = k8s.read_back(resources[importer], files[resources[importer]], identities)
     return compile_sources([(IMPORTED, imported.text)]).program

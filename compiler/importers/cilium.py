@@ -120,7 +120,8 @@ def _rules(reader, pods, path, spec, ns, label, span_of, selects, parse_ports) -
                              selects, parse_ports)
                 if rule is not None:
                     out.append(rule)
-        if sections and default_deny.get(direction, True) is not False:
+        flag = default_deny.get(direction)
+        if (sections and flag is not False) or flag is True:
             # Default deny for the direction: a deny of nothing that marks the subject as restricted.
             out.append(CiliumRule(direction, True, subject, [], None, span_of(path, spec),
                                   f"{label} puts its endpoints in default deny for {direction}"))

@@ -1,0 +1,1 @@
+"""CiliumNetworkPolicy as an engine (an exporter): compile -t cilium."""
