@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from anyplane.compiler.importers.k8s import convert
-from anyplane.compiler.pipeline import compile_sources
-from anyplane.ir.flow import Flow
-from anyplane.ir.interp import evaluate
 from anyplane.ir.source import DiagnosticError
 
-from .conftest import CI, run
-from .test_import_k8s import NAMESPACES, OUTSIDE, _labels_match, _ns_labels, _peer_has, _port_has, clusters, policies
+from .conftest import run
+from .test_import_k8s import (SETTINGS, _labels_match, _ns_labels, _peer_has, _port_has, clusters, import_cluster,
+                              mismatches, policies)
 
 PORTS = (53, 80, 5000, 5432, 6000, 8080, 9000)
 
@@ -179,9 +178,6 @@ def allowed(pods, nps, anps, banp, src_ip, dst_ip, proto, port) -> bool:
     return ok
 
 
-SETTINGS = settings(max_examples=150 if CI else 40, deadline=None, suppress_health_check=list(HealthCheck))
-
-
 @SETTINGS
 @given(st.data())
 def test_imported_admin_tiers_decide_as_the_api_says(data):
@@ -190,27 +186,9 @@ def test_imported_admin_tiers_decide_as_the_api_says(data):
     priorities = data.draw(st.lists(st.integers(0, 1000), min_size=0, max_size=3, unique=True))
     anps = [data.draw(admin_policy("AdminNetworkPolicy", p, n)) for n, p in enumerate(priorities)]
     banp = data.draw(admin_policy("BaselineAdminNetworkPolicy", 0, 0)) if data.draw(st.booleans()) else None
-    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(l)}}
-                  for n, l in NAMESPACES.items()]
-    text = yaml.safe_dump_all(namespaces + pods + nps + anps + ([banp] if banp else []))
-    imported = convert([("c.yaml", text)])
-    program = compile_sources([("<kubernetes>", imported.text)]).program
-    ips = [p["status"]["podIP"] for p in pods] + OUTSIDE
-    bad = []
-    for src in ips:
-        for dst in ips:
-            if src in OUTSIDE and dst in OUTSIDE:
-                continue
-            a, b = int(ipaddress.ip_address(src)), int(ipaddress.ip_address(dst))
-            cases = [(proto, number, port) for proto, number in (("TCP", 6), ("UDP", 17)) for port in PORTS]
-            cases.append(("ICMP", 1, None))
-            for proto, number, port in cases:
-                f = Flow(4, a, b, number, 40000, port) if port else Flow(4, a, b, 1, icmp_type=8, icmp_code=0)
-                want = allowed(pods, nps, anps, banp, src, dst, proto, port)
-                got = evaluate(program, f).verdict == "allow"
-                if got != want:
-                    bad.append((src, dst, proto, port, want, got))
-    assert not bad, (bad[:5], imported.text[-3000:])
+    program, text = import_cluster(pods, nps, anps, [banp] if banp else [])
+    bad = mismatches(program, pods, lambda *f: allowed(pods, nps, anps, banp, *f), PORTS, icmp=True)
+    assert not bad, (bad[:5], text[-3000:])
 
 
 def test_tiers_on_a_hand_written_cluster(tmp_path):
@@ -267,10 +245,9 @@ def test_admin_errors_point_into_the_yaml(tmp_path):
     assert "priority 5 is also AdminNetworkPolicy a's" in done.stderr
     assert "one BaselineAdminNetworkPolicy, named 'default'" in done.stderr
     assert f"{bad}:" in done.stderr and "Traceback" not in done.stderr
-    try:
+    with pytest.raises(DiagnosticError) as exc:
         convert([("bad.yaml", bad.read_text())])
-    except DiagnosticError as exc:
-        assert len(exc.diagnostics) == 3
+    assert len(exc.value.diagnostics) == 3
 
 
 def test_verify_says_what_each_admin_policy_and_rule_adds(tmp_path):

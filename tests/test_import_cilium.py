@@ -12,17 +12,13 @@ from __future__ import annotations
 import ipaddress
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from anyplane.compiler.importers.k8s import convert
-from anyplane.compiler.pipeline import compile_sources
-from anyplane.ir.flow import Flow
-from anyplane.ir.interp import evaluate
 
-from .conftest import CI, run
+from .conftest import run
 from .test_import_admin import _np_side
-from .test_import_k8s import NAMESPACES, OUTSIDE, _labels_match, clusters, policies
+from .test_import_k8s import NAMESPACES, SETTINGS, _labels_match, clusters, import_cluster, mismatches, policies
 
 PORTS = (53, 80, 5432, 8080, 9000)
 
@@ -181,34 +177,15 @@ def allowed(pods, nps, cnps, src_ip, dst_ip, proto, port) -> bool:
     return ok
 
 
-SETTINGS = settings(max_examples=150 if CI else 40, deadline=None, suppress_health_check=list(HealthCheck))
-
-
 @SETTINGS
 @given(st.data())
 def test_imported_cilium_policies_decide_as_cilium_does(data):
     pods = data.draw(clusters())
     nps = data.draw(policies(data.draw(st.integers(0, 2))))
     cnps = data.draw(cilium_policies(data.draw(st.integers(1, 3))))
-    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(l)}}
-                  for n, l in NAMESPACES.items()]
-    imported = convert([("c.yaml", yaml.safe_dump_all(namespaces + pods + nps + cnps))])
-    program = compile_sources([("<kubernetes>", imported.text)]).program
-    ips = [p["status"]["podIP"] for p in pods] + OUTSIDE
-    bad = []
-    for src in ips:
-        for dst in ips:
-            if src in OUTSIDE and dst in OUTSIDE:
-                continue
-            a, b = int(ipaddress.ip_address(src)), int(ipaddress.ip_address(dst))
-            cases = [(proto, number, port) for proto, number in (("TCP", 6), ("UDP", 17)) for port in PORTS]
-            cases.append(("ICMP", 1, None))
-            for proto, number, port in cases:
-                f = Flow(4, a, b, number, 40000, port) if port else Flow(4, a, b, 1, icmp_type=8, icmp_code=0)
-                want = allowed(pods, nps, cnps, src, dst, proto, port)
-                if (evaluate(program, f).verdict == "allow") != want:
-                    bad.append((src, dst, proto, port, want))
-    assert not bad, (bad[:5], imported.text[-2500:])
+    program, text = import_cluster(pods, nps, cnps)
+    bad = mismatches(program, pods, lambda *f: allowed(pods, nps, cnps, *f), PORTS, icmp=True)
+    assert not bad, (bad[:5], text[-2500:])
 
 
 def test_what_is_not_imported_is_an_error_at_its_position(tmp_path):

@@ -197,30 +197,43 @@ def allowed(pods, nps, src_ip, dst_ip, proto, port) -> bool:
 SETTINGS = settings(max_examples=150 if CI else 40, deadline=None, suppress_health_check=list(HealthCheck))
 
 
-@SETTINGS
-@given(st.data())
-def test_imported_policies_decide_as_networkpolicy_does(data):
-    pods = data.draw(clusters())
-    nps = data.draw(policies(data.draw(st.integers(1, 4))))
+def import_cluster(pods: list[dict], *policies: list[dict]):
+    """(program, policy text): the namespaces, these pods (or workloads) and policies, imported."""
     namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(l)}}
                   for n, l in NAMESPACES.items()]
-    text = yaml.safe_dump_all(namespaces + pods + nps)
-    imported = convert([("c.yaml", text)])
-    program = compile_sources([("<kubernetes>", imported.text)]).program
+    imported = convert([("c.yaml", yaml.safe_dump_all(namespaces + pods + [p for ps in policies for p in ps]))])
+    return compile_sources([("<kubernetes>", imported.text)]).program, imported.text
+
+
+def mismatches(program, pods: list[dict], oracle, ports, icmp: bool = False) -> list:
+    """Flows between the pods and outside addresses (TCP and UDP on `ports`, and an ICMP echo) whose
+    verdict in the program differs from `oracle(src, dst, proto, port)`."""
     ips = [p["status"]["podIP"] for p in pods] + OUTSIDE
+    cases = [(proto, number, port) for proto, number in (("TCP", 6), ("UDP", 17)) for port in ports]
+    cases += [("ICMP", 1, None)] if icmp else []
     bad = []
     for src in ips:
         for dst in ips:
             if src in OUTSIDE and dst in OUTSIDE:
                 continue
-            for proto, number in (("TCP", 6), ("UDP", 17)):
-                for port in (53, 80, 5000, 5432, 5100, 6000, 8080, 8100, 9000):
-                    f = Flow(4, int(ipaddress.ip_address(src)), int(ipaddress.ip_address(dst)), number, 40000, port)
-                    want = allowed(pods, nps, src, dst, proto, port)
-                    got = evaluate(program, f).verdict == "allow"
-                    if got != want:
-                        bad.append((src, dst, proto, port, want, got))
-    assert not bad, (bad[:5], imported.text)
+            a, b = int(ipaddress.ip_address(src)), int(ipaddress.ip_address(dst))
+            for proto, number, port in cases:
+                f = Flow(4, a, b, number, 40000, port) if port else Flow(4, a, b, 1, icmp_type=8, icmp_code=0)
+                want = oracle(src, dst, proto, port)
+                if (evaluate(program, f).verdict == "allow") != want:
+                    bad.append((src, dst, proto, port, want))
+    return bad
+
+
+@SETTINGS
+@given(st.data())
+def test_imported_policies_decide_as_networkpolicy_does(data):
+    pods = data.draw(clusters())
+    nps = data.draw(policies(data.draw(st.integers(1, 4))))
+    program, text = import_cluster(pods, nps)
+    ports = (53, 80, 5000, 5432, 5100, 6000, 8080, 8100, 9000)
+    bad = mismatches(program, pods, lambda *f: allowed(pods, nps, *f), ports)
+    assert not bad, (bad[:5], text)
 
 
 def test_commands_read_manifests_and_point_into_them(tmp_path):
@@ -328,22 +341,8 @@ def _as_workloads(pods: list[dict]) -> list[dict]:
 def test_workload_controllers_with_addresses_decide_as_their_pods_would(data):
     pods = data.draw(clusters())
     nps = data.draw(policies(data.draw(st.integers(1, 3))))
-    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(l)}}
-                  for n, l in NAMESPACES.items()]
-    program = compile_sources([("<kubernetes>", convert([("c.yaml", yaml.safe_dump_all(
-        namespaces + _as_workloads(pods) + nps))]).text)]).program
-    ips = [p["status"]["podIP"] for p in pods] + OUTSIDE
-    bad = []
-    for src in ips:
-        for dst in ips:
-            if src in OUTSIDE and dst in OUTSIDE:
-                continue
-            for proto, number in (("TCP", 6), ("UDP", 17)):
-                for port in (53, 80, 5432, 8080):
-                    f = Flow(4, int(ipaddress.ip_address(src)), int(ipaddress.ip_address(dst)), number, 40000, port)
-                    want = allowed(pods, nps, src, dst, proto, port)
-                    if (evaluate(program, f).verdict == "allow") != want:
-                        bad.append((src, dst, proto, port, want))
+    program, _ = import_cluster(_as_workloads(pods), nps)
+    bad = mismatches(program, pods, lambda *f: allowed(pods, nps, *f), (53, 80, 5432, 8080))
     assert not bad, bad[:5]
 
 

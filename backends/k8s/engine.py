@@ -34,7 +34,7 @@ from anyplane.ir.actions import RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import Flow
 from anyplane.ir.interp import evaluate
-from anyplane.ir.match import PrefixMatch, int_ranges, options as alternatives
+from anyplane.ir.match import PrefixMatch, int_ranges, merge_ranges, options as alternatives
 from anyplane.ir.nodes import Program
 from anyplane.ir.owners import ownership
 from anyplane.ir.source import DiagnosticError, error
@@ -154,7 +154,7 @@ def _answer(program: Program, family: int, src: int, dst: int, blame: _Blame):
         blame.add(odd, "NetworkPolicy allows TCP and UDP ports, or every protocol: it cannot tell ICMP or "
                        "another protocol apart from the rest")
         return None
-    everything = all(r == [(0, 65535)] or _merged(r) == [(0, 65535)] for r in allowed.values())
+    everything = all(merge_ranges(r) == [(0, 65535)] for r in allowed.values())
     if verdicts == {"allow"}:
         if not everything:
             by_rule = [d for d in denied if d.entry is not None] or denied
@@ -164,7 +164,7 @@ def _answer(program: Program, family: int, src: int, dst: int, blame: _Blame):
         return "all"
     out = {}
     for name, ranges in allowed.items():
-        merged = _merged(ranges)
+        merged = merge_ranges(ranges)
         if merged and merged[0][0] == 0 and merged != [(0, 65535)]:
             if merged[0][1] == 0:
                 merged = merged[1:]  # port 0 alone: no port a connection uses
@@ -189,16 +189,6 @@ def _first_denied(program: Program, family: int, src: int, dst: int):
     """A denied flow's decision between two addresses, one a rule made if there is one."""
     denied = [d for _, f in _flows(family, src, dst, program) if (d := evaluate(program, f)).verdict == "deny"]
     return next((d for d in denied if d.entry is not None), denied[0])
-
-
-def _merged(ranges):
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
 
 
 def _check_rules(program: Program) -> None:
@@ -320,7 +310,8 @@ def export(program: Program, kubernetes: dict | None = None) -> tuple[list[dict]
             if a is not b and ns_a == ns_b and la.items() <= lb.items():
                 raise DiagnosticError([error(program.default_origin, "k8s", (
                     f"the labels that select {a.workload}'s pods ({la}) select {b.workload}'s too, in namespace "
-                    f"{ns_a}: give each workload labels its pods alone carry (deployment file, kubernetes.workloads)"))])
+                    f"{ns_a}: give each workload labels its pods alone carry (deployment file, "
+                    "kubernetes.workloads)"))])
     for w in sorted(workloads, key=lambda r: r.key):
         ingress = _rules([(by_key[s], ans) for (s, d), ans in sorted(answers.items()) if d == w.key], "from", where)
         egress = _rules([(by_key[d], ans) for (s, d), ans in sorted(answers.items()) if s == w.key], "to", where)

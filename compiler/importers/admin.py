@@ -170,16 +170,14 @@ def holds(rule: AdminRule, peer, within) -> bool:
     return False
 
 
-def decide(rules: list[AdminRule], subject, peer, direction: str, isolated: bool, np_allowed: Ports,
-           ports_of, within) -> tuple[Ports, list, list]:
-    """What one direction admits, through the tiers: (ports, allowing rules, denying rules) where the
-    rules are (span, label) of those that decided some of it."""
-    allowed, undecided, to_np = NONE, ALL, NONE
+def _tier(rules: list[AdminRule], tier: str, subject, peer, direction: str, undecided: Ports, ports_of, within):
+    """One tier's rules in order, each deciding the cells no earlier rule of the tier decided:
+    (allowed, passed, still undecided, allowing rules, denying rules)."""
+    allowed = passed = NONE
     allows, denies = [], []
     for rule in rules:
-        if rule.tier != "admin":
-            break
-        if rule.direction != direction or subject.ident not in rule.subject or not holds(rule, peer, within):
+        if rule.tier != tier or rule.direction != direction or subject.ident not in rule.subject \
+                or not holds(rule, peer, within):
             continue
         cells = ports_of(rule.ports) & undecided
         if not cells:
@@ -189,25 +187,23 @@ def decide(rules: list[AdminRule], subject, peer, direction: str, isolated: bool
         elif rule.action == "Deny":
             denies.append((rule.span, rule.label))
         else:
-            to_np = to_np | cells
+            passed = passed | cells
         undecided = undecided - cells
-    to_np = to_np | undecided
+    return allowed, passed, undecided, allows, denies
+
+
+def decide(rules: list[AdminRule], subject, peer, direction: str, isolated: bool, np_allowed: Ports,
+           ports_of, within) -> tuple[Ports, list, list]:
+    """What one direction admits, through the tiers: (ports, allowing rules, denying rules) where the
+    rules are (span, label) of those that decided some of it."""
+    allowed, passed, undecided, allows, denies = _tier(rules, "admin", subject, peer, direction, ALL, ports_of,
+                                                       within)
+    to_np = passed | undecided
     if isolated:
         return allowed | (to_np & np_allowed), allows, denies
-    rest = to_np
-    for rule in rules:
-        if rule.tier != "baseline" or rule.direction != direction or subject.ident not in rule.subject \
-                or not holds(rule, peer, within):
-            continue
-        cells = ports_of(rule.ports) & rest
-        if not cells:
-            continue
-        if rule.action == "Allow":
-            allowed, allows = allowed | cells, allows + [(rule.span, rule.label)]
-        else:
-            denies.append((rule.span, rule.label))
-        rest = rest - cells
-    return allowed | rest, allows, denies
+    base, _, rest, base_allows, base_denies = _tier(rules, "baseline", subject, peer, direction, to_np, ports_of,
+                                                    within)
+    return allowed | base | rest, allows + base_allows, denies + base_denies
 
 
 def restricts(rules: list[AdminRule], ident: str, direction: str) -> bool:
