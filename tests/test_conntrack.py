@@ -240,27 +240,38 @@ def test_connections_expire_on_timeout_and_close_on_fin_and_rst(host):
     assert host.status()["by_protocol"].get("tcp") is None
 
 
-def test_a_full_table_evicts_the_oldest_and_fails_closed(host):
-    host.push(max_connections=1024)
+def test_a_full_table_evicts_old_connections_and_fails_closed(host):
+    """The kernel's LRU hash is approximate: entries another CPU created wait in that CPU's list, so
+    which old entry goes is not exact. What holds: the table never holds more than its size, so at
+    most that many replies pass; the old connections are (mostly) gone, and the newest pass."""
+    size = 1024
+    host.push(max_connections=size)
     echo = host.udp("a", 9999)
-    first = host.udp("b", 41000)
-    first.sendto(b"first", (host.peer, 9999))
-    _, first_addr = echo.recvfrom(100)
-    flood = []
-    for port in range(42000, 42000 + 3 * 1024):
+    flows = []
+    for port in range(41000, 41000 + 3 * size):
         s = host.udp("b", port)
+        s.setblocking(False)
         s.sendto(b"x", (host.peer, 9999))
-        flood.append(s)
-    last = flood[-1]
+        flows.append(s)
     conns = host.status()
-    assert conns["held"] + conns["expired"] <= 1024
-    echo.settimeout(0.05)
-    echo.sendto(b"to the first", first_addr)
-    assert received(first) is None, "the reply of an evicted connection passed"
-    echo.sendto(b"to the last", (host.host, last.getsockname()[1]))
-    assert received(last, wait=3) == b"to the last"
-    for s in flood:
+    assert conns["held"] + conns["expired"] <= size
+    for s in flows:
+        echo.sendto(b"back", (host.host, s.getsockname()[1]))
+    time.sleep(0.5)
+
+    def passed(s):
+        try:
+            return s.recv(100) == b"back"
+        except BlockingIOError:
+            return False
+
+    got = [passed(s) for s in flows]
+    for s in flows:
         s.close()
+    assert sum(got) <= size, f"{sum(got)} replies passed through a table of {size}"
+    oldest = got[:size]
+    assert sum(oldest) <= size // 4, f"{sum(oldest)} of the {size} oldest connections were kept"
+    assert all(got[-size // 4:]), "a reply of one of the newest connections was dropped"
 
 
 def test_a_push_cuts_what_the_new_policy_denies_and_keeps_the_rest(host):
