@@ -38,8 +38,8 @@ import yaml
 from anyplane.ir.match import merge_ranges
 from anyplane.ir.source import Diagnostic, DiagnosticError, Span, error
 
-from . import admin, cilium
-from .ports import ALL, NONE, Ports
+from . import admin, cilium, istio
+from .ports import ALL, EVERY, NONE, Ports
 
 PORTS_ALL = "all"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
@@ -60,6 +60,8 @@ class Pod:
     name_in_policy: str | None = None
     prefixes: tuple = ()
     kind: str = "Pod"  # or the workload controller that stands for its pods (Deployment, ...)
+    account: str = "default"  # the service account (Istio principals name it)
+    protocols: dict = field(default_factory=dict)  # port -> "http" | "grpc" | "tcp" | "udp" (from Services)
 
     @property
     def ident(self) -> str:
@@ -131,6 +133,8 @@ class _Reader:
         self.admin: list[tuple[str, dict]] = []
         self.workloads: list[tuple[str, dict]] = []
         self.cilium: list[tuple[str, dict]] = []
+        self.istio: list[tuple[str, dict]] = []
+        self.services: list[tuple[str, dict]] = []
         self.addresses: dict[str, tuple[list, Span, str]] = {}  # "ns/name" -> (networks, where, path)
 
     def fail(self, path: str, obj, message: str) -> None:
@@ -187,7 +191,7 @@ class _Reader:
                                          "number (1-65535)")
                     return
             labels = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("__")}
-            self.pods.append(Pod(ns, name, labels, address, ports, _span(path, obj)))
+            self.pods.append(Pod(ns, name, labels, address, ports, _span(path, obj), account=_account(obj.get("spec"))))
             self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
         elif kind == "NetworkPolicy":
             if not str(obj.get("apiVersion", "")).startswith("networking.k8s.io/"):
@@ -225,10 +229,16 @@ class _Reader:
             self.cilium.append((path, obj))
             if kind == "CiliumNetworkPolicy":
                 self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
-        elif kind in ("AuthorizationPolicy",):
+        elif kind == "AuthorizationPolicy":
+            self.istio.append((path, obj))
+        elif kind == "Service":
+            self.services.append((path, obj))
+        elif kind in ("VirtualService", "DestinationRule", "PeerAuthentication", "RequestAuthentication", "Sidecar",
+                      "ServiceEntry", "Gateway", "EnvoyFilter"):
             self.fail(path, obj, f"{kind} {name}: not imported yet (NetworkPolicy, AdminNetworkPolicy, "
-                                 "BaselineAdminNetworkPolicy, CiliumNetworkPolicy, Pods, workload controllers and "
-                                 "Namespaces are); remove it from the input rather than have it ignored")
+                                 "BaselineAdminNetworkPolicy, CiliumNetworkPolicy, AuthorizationPolicy, Services, Pods, "
+                                 "workload controllers and Namespaces are); remove it from the input rather than have "
+                                 "it ignored")
 
     def workload_pods(self) -> list[Pod]:
         """Each workload controller as the pods it makes: the template's labels and ports, the addresses an
@@ -254,13 +264,19 @@ class _Reader:
             ports = [(p.get("name"), p.get("containerPort"), p.get("protocol", "TCP"))
                      for c in (template.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
             out.append(Pod(ns, name, labels, str(nets[0].network_address), ports, _span(path, obj),
-                           prefixes=tuple(str(n) for n in nets), kind=kind))
+                           prefixes=tuple(str(n) for n in nets), kind=kind, account=_account(template.get("spec"))))
             self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
         for key, (_, where, path) in self.addresses.items():
             if key not in used:
                 self.errors.append(error(where, "import", f"Addresses: {key} names no workload controller in "
                                                           "the input"))
         return out
+
+
+def _account(spec) -> str:
+    spec = spec if isinstance(spec, dict) else {}
+    account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+    return account if isinstance(account, str) else "default"
 
 
 def _selects(selector: dict | None, labels: dict, path: str, reader: _Reader) -> bool:
@@ -407,13 +423,24 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
                 admin_rules = got
             else:
                 cilium_rules = got
+    istio_rules = []
+    if reader.istio and not reader.errors:
+        try:
+            istio_rules = istio.read(reader, pods, reader.istio, _span, _selects)
+            for p in pods:
+                p.protocols = {}
+            for ident, protocols in istio.port_protocols(reader, pods, reader.services, _selects).items():
+                seen[ident].protocols = protocols
+        except (AttributeError, TypeError, ValueError) as exc:
+            reader.fail(reader.istio[0][0], reader.istio[0][1], f"malformed policy: a field has the wrong shape ({exc})")
     if reader.errors:
         raise DiagnosticError(reader.errors)
     blocks = [net for _, obj in reader.policies for net in _networks(obj)] + admin.networks(admin_rules) + \
-        [n for r in cilium_rules for item in r.peers or [] if item[0] == "cidr" for n in [item[1], *item[2]]]
+        [n for r in cilium_rules for item in r.peers or [] if item[0] == "cidr" for n in [item[1], *item[2]]] + \
+        istio.networks(istio_rules)
     out = _emit(pods, ingress, egress, isolated_in, isolated_out,
-                len(reader.policies) + len(reader.admin) + len(reader.cilium), _outside(blocks, pods), admin_rules,
-                cilium_rules)
+                len(reader.policies) + len(reader.admin) + len(reader.cilium) + len(reader.istio),
+                _outside(blocks, pods), admin_rules, cilium_rules, istio_rules)
     out.structure = structure
     return out
 
@@ -528,7 +555,7 @@ def _np(rules: list[Rule], peer, dst_pod) -> tuple[Ports, list]:
 
 
 def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outside=(), admin_rules=(),
-          cilium_rules=()) -> Imported:
+          cilium_rules=(), istio_rules=()) -> Imported:
     """The policy text for what was read: per pair with a pod at one end whose traffic some policy
     decides, the allows (and, for "all but" sets, the denies above them) that say exactly what passes."""
     lines: list[str] = []
@@ -541,10 +568,12 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
         if span is not None:
             origins[len(lines)] = span
 
-    emit("# imported from Kubernetes manifests: NetworkPolicy and AdminNetworkPolicy semantics (docs/import.md)")
+    emit("# imported from Kubernetes manifests: NetworkPolicy, AdminNetworkPolicy, CiliumNetworkPolicy and Istio "
+         "semantics (docs/import.md)")
     emit("default allow")
     for p in sorted(pods, key=lambda p: p.ident):
-        emit(f"service {p.ident} {{ address {', '.join(str(n) for n in p.networks)} }}", p.span,
+        ports = "".join(f"  port {n} {kind}" for n, kind in sorted(p.protocols.items()))
+        emit(f"service {p.ident} {{ address {', '.join(str(n) for n in p.networks)}{ports} }}", p.span,
              f"{p.kind} {p.namespace}/{p.name}")
     if pods:
         emit("group k8s_pods { " + ", ".join(sorted(p.ident for p in pods)) + " }")
@@ -590,13 +619,15 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
                                [default_deny[direction][subject.ident]])
         return ports - c_denied, allows, c_denies + denies
 
+    meshed = istio.subjects(istio_rules)
     ends = sorted(pods, key=lambda p: p.ident) + blocks
     for a in ends:
         for b in ends:
             a_pod, b_pod = isinstance(a, Pod), isinstance(b, Pod)
             into = b_pod and b.ident in restricted_in
             out_of = a_pod and a.ident in restricted_out
-            if not (into or out_of):
+            sidecar = b_pod and b.ident in meshed
+            if not (into or out_of or sidecar):
                 continue  # no policy decides this pair: the default allows it
             name_a, name_b = (a.ident if a_pod else a.name), (b.ident if b_pod else b.name)
             if a is b and a.single:
@@ -605,19 +636,41 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
             ing, ing_allow, ing_deny = side(b, a, "ingress") if b_pod else (ALL, [], [])
             egr, egr_allow, egr_deny = side(a, b, "egress") if a_pod else (ALL, [], [])
             allowed = ing & egr
+            mesh = istio.decide(istio_rules, b, a, _http_ports(b), lambda q: isinstance(q, Pod), _within) \
+                if sidecar else istio.Verdicts()
+            if not (into or out_of) and mesh.silent:
+                continue  # Istio leaves this pair alone, and nothing else decides it
+            # Istio judges TCP at the destination's sidecar, after the network plugin: both must allow.
+            allowed = allowed - Ports(tcp=mesh.denied)
+            reachable = allowed.tcp
+            if mesh.allowed is not None:
+                allowed = allowed & Ports(tcp=mesh.allowed, udp=EVERY, other=True)
             allow_texts, deny_texts = allowed.rules()
             # What decided: the first rule that allowed (or denied) some of it; else what restricts the pair.
             restriction = [w for w in (restricted_in.get(b.ident) if into else None,
                                        restricted_out.get(a.ident) if out_of else None) if w] + \
                 [(r.span, r.label) for r in admin_rules if (into and r.direction == "ingress" and b.ident in r.subject)
-                 or (out_of and r.direction == "egress" and a.ident in r.subject)]
-            why_allow = (ing_allow + egr_allow + restriction or [(None, "")])[0]
+                 or (out_of and r.direction == "egress" and a.ident in r.subject)] + mesh.restricted
+            why_allow = (ing_allow + egr_allow + mesh.allow_why + restriction or [(None, "")])[0]
             why_deny = (ing_deny + egr_deny + restriction or [(None, "")])[0]
             for suffix in allow_texts:
                 emit(f"allow {name_a} -> {name_b}{suffix} priority 20", why_allow[0], why_allow[1])
             for suffix in deny_texts:
                 emit(f"deny {name_a} -> {name_b}{suffix} priority 30", why_deny[0], why_deny[1])
+            for ranges, why in mesh.denies:  # Istio's DENY rules, each named where it decides
+                emit(f"deny {name_a} -> {name_b}{Ports(tcp=ranges).rules()[0][0]} priority 31", *why)
+            for ranges, part, why in mesh.http_allows:
+                ports = istio._intersect(ranges, reachable)
+                if ports:
+                    emit(f"allow {name_a} -> {name_b}{Ports(tcp=ports).rules()[0][0]}{part} priority 35", *why)
+            for ranges, part, why in mesh.http_denies:
+                emit(f"deny {name_a} -> {name_b}{Ports(tcp=ranges).rules()[0][0]}{part} priority 40", *why)
     return Imported("\n".join(lines) + "\n", origins, len(pods), policies)
+
+
+def _http_ports(pod: Pod) -> tuple:
+    """The pod's ports a Service declares HTTP (or gRPC), as ranges."""
+    return tuple(merge_ranges([(n, n) for n, kind in pod.protocols.items() if kind in ("http", "grpc")]))
 
 
 def read_back(path: str, text: str, identities: dict) -> Imported:
