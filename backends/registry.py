@@ -21,7 +21,7 @@ from .base import Engine
 
 BUILTIN = (("p4", "anyplane.backends.p4.engine"), ("ebpf", "anyplane.backends.ebpf.engine"),
            ("envoy", "anyplane.backends.envoy.engine"), ("k8s", "anyplane.backends.k8s.engine"),
-           ("cilium", "anyplane.backends.cilium.engine"))
+           ("cilium", "anyplane.backends.cilium.engine"), ("istio", "anyplane.backends.istio.engine"))
 _engines: dict[str, Engine] = {}
 
 

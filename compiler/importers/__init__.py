@@ -54,15 +54,16 @@ def relocate(obj, origins: dict[int, Span]):
 
 def read_back(importer: str, files: dict[str, str]):
     """What an exporter's files decide, as IR: read through the importer of their kind (`k8s`:
-    `networkpolicies.yaml`, `cilium`: `ciliumnetworkpolicies.yaml`, with the pods `identities.yaml`
-    describes)."""
+    `networkpolicies.yaml`, `cilium`: `ciliumnetworkpolicies.yaml`, `istio`: NetworkPolicies,
+    AuthorizationPolicies and Services, with the pods `identities.yaml` describes)."""
     import yaml
 
     from ..pipeline import compile_sources
 
-    resources = {"k8s": "networkpolicies.yaml", "cilium": "ciliumnetworkpolicies.yaml"}
+    resources = {"k8s": ("networkpolicies.yaml",), "cilium": ("ciliumnetworkpolicies.yaml",),
+                 "istio": ("networkpolicies.yaml", "authorizationpolicies.yaml", "services.yaml")}
     if importer not in resources:
         raise ValueError(f"no importer reads {importer!r} output back")
     identities = yaml.safe_load(files["identities.yaml"])["identities"] or {}
-    imported = k8s.read_back(resources[importer], files[resources[importer]], identities)
+    imported = k8s.read_back([(name, files[name]) for name in resources[importer]], identities)
     return compile_sources([(IMPORTED, imported.text)]).program

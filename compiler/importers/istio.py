@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from anyplane.ir.flow import HTTP_METHODS
 from anyplane.ir.http import header_problem, host_problem, is_canonical
 from anyplane.ir.match import merge_ranges
+from anyplane.ir.source import DiagnosticError, error
 
 from .ports import EVERY, _intersect, _minus, _union
 
@@ -104,9 +105,22 @@ def _matches(pattern: str, text: str) -> bool:
     return text == pattern
 
 
-def _holds(cond: Condition, peer, is_pod, within) -> bool:
+class Split(Exception):
+    """ipBlocks that hold some of a pod's addresses (of the families the destination has) and not others."""
+
+
+def _holds(cond: Condition, peer, is_pod, within, families=(4, 6)) -> bool:
     if cond.kind == "ip":
-        hit = any(within(peer, net) for net in cond.values)
+        if is_pod(peer):
+            # a pod of several addresses is in the blocks when each of its networks that can reach the
+            # destination (same IP version) is
+            inside = [any(n.version == b.version and n.subnet_of(b) for b in cond.values)
+                      for n in peer.networks if n.version in families]
+            if any(inside) and not all(inside):
+                raise Split(peer)
+            hit = bool(inside) and all(inside)
+        else:
+            hit = any(within(peer, net) for net in cond.values)
     elif not is_pod(peer):
         hit = False  # outside the mesh: no principal, no namespace
     else:
@@ -115,9 +129,10 @@ def _holds(cond: Condition, peer, is_pod, within) -> bool:
     return hit != cond.negated
 
 
-def holds(rule: AuthzRule, peer, is_pod, within) -> bool:
-    """The rule's sources (and source conditions) hold for a peer."""
-    return rule.sources is None or any(all(_holds(c, peer, is_pod, within) for c in alt) for alt in rule.sources)
+def holds(rule: AuthzRule, peer, is_pod, within, families=(4, 6)) -> bool:
+    """The rule's sources (and source conditions) hold for a peer (of a destination of these IP versions)."""
+    return rule.sources is None or any(all(_holds(c, peer, is_pod, within, families) for c in alt)
+                                       for alt in rule.sources)
 
 
 class _Parse:
@@ -470,9 +485,15 @@ def decide(rules: list[AuthzRule], subject, peer, http_ports: tuple, is_pod, wit
         v.restricted = [(first_allow.span, f"{first_allow.label} (the pod allows only what its ALLOW policies "
                                            "match)")]
     tcp_only = _minus(EVERY, http_ports)
+    families = {n.version for n in subject.networks}
     for r in mine:
-        if not holds(r, peer, is_pod, within):
-            continue
+        try:
+            if not holds(r, peer, is_pod, within, families):
+                continue
+        except Split:
+            raise DiagnosticError([error(r.span, "import", (
+                f"{r.label}: the ipBlocks hold some of pod {peer.namespace}/{peer.name}'s addresses and not others "
+                "(Istio judges each address alone; anyplane knows the pod as one peer)"))]) from None
         why = (r.span, r.label)
         for op in r.operations:
             ports = op.ports if op.ports is not None else EVERY

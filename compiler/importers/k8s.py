@@ -637,7 +637,7 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
             egr, egr_allow, egr_deny = side(a, b, "egress") if a_pod else (ALL, [], [])
             allowed = ing & egr
             mesh = istio.decide(istio_rules, b, a, _http_ports(b), lambda q: isinstance(q, Pod), _within) \
-                if sidecar else istio.Verdicts()
+                if sidecar and _families(a) & _families(b) else istio.Verdicts()
             if not (into or out_of) and mesh.silent:
                 continue  # Istio leaves this pair alone, and nothing else decides it
             # Istio judges TCP at the destination's sidecar, after the network plugin: both must allow.
@@ -668,18 +668,24 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
     return Imported("\n".join(lines) + "\n", origins, len(pods), policies)
 
 
+def _families(end) -> set:
+    """The IP versions of a pod's or an outside block's addresses."""
+    return {n.version for n in (end.networks if isinstance(end, Pod) else end.prefixes)}
+
+
 def _http_ports(pod: Pod) -> tuple:
     """The pod's ports a Service declares HTTP (or gRPC), as ranges."""
     return tuple(merge_ranges([(n, n) for n, kind in pod.protocols.items() if kind in ("http", "grpc")]))
 
 
-def read_back(path: str, text: str, identities: dict) -> Imported:
-    """NetworkPolicies written by the `k8s` engine, read back with the pods its contract describes:
-    one pod per identity (`identities.yaml`: namespace, labels, addresses), named as in the policy."""
+def read_back(sources: list[tuple[str, str]], identities: dict) -> Imported:
+    """Resources written by an exporter (`k8s`, `cilium`, `istio`), read back with the pods its contract
+    describes: one pod per identity (`identities.yaml`: namespace, labels, addresses), named as in the
+    policy."""
     pods = [Pod(spec["namespace"], _pod_name(name), dict(spec["labels"]), spec["addresses"][0].split("/")[0], [],
-                Span(path, 1, 1, 1, 2), name_in_policy=name, prefixes=tuple(spec["addresses"]))
+                Span("identities.yaml", 1, 1, 1, 2), name_in_policy=name, prefixes=tuple(spec["addresses"]))
             for name, spec in sorted(identities.items())]
-    return convert([(path, text)], pods=pods)
+    return convert(sources, pods=pods)
 
 
 def _pod_name(identity: str) -> str:

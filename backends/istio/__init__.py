@@ -1,0 +1,1 @@
+"""Istio as an engine (an exporter): compile -t istio."""

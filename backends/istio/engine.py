@@ -1,0 +1,256 @@
+"""Istio as an engine: a cluster whose network plugin enforces NetworkPolicies and whose sidecars
+(run by istiod) enforce AuthorizationPolicies.
+
+    emit(program) -> networkpolicies.yaml        the policy's L4 projection, as `-t k8s` writes it
+                     authorizationpolicies.yaml  per workload with HTTP rules: what the requests need
+                     services.yaml               which ports are HTTP (Istio reads requests only there)
+                     identities.yaml             which pods each identity stands for (as -t k8s)
+                     report.txt
+
+A connection passes when the NetworkPolicies and the destination's sidecar both let it. The
+NetworkPolicies say the L4 projection exactly (backends/k8s/engine.py). On a workload with HTTP
+rules, the AuthorizationPolicies add the requests' conditions:
+
+    DENY   one rule per HTTP deny: its sources (ipBlocks), its ports among the workload's HTTP
+           ports, its methods, paths, host and header conditions
+    ALLOW  (under `default deny` only) one rule per allow that reaches an HTTP port, with its HTTP
+           conditions if it has any; and one rule for every port that is not HTTP, which the
+           NetworkPolicies decide alone
+
+Istio applies every DENY before any ALLOW, and an ALLOW policy closes what it does not match. So
+the export is exact when, among the rules that reach a workload's HTTP port, no allow takes
+precedence over a deny it overlaps where either of them has HTTP conditions (an HTTP deny under an
+allow, or an L4 deny under an HTTP allow): such a deny is an error at its rule. So are what
+AuthorizationPolicy cannot say (request rate limits) and, for now, routes and limits (VirtualService
+and DestinationRule are not written yet). The driver reads the output back through the importer
+(NetworkPolicies, AuthorizationPolicies and Services together) and proves it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import yaml
+
+from anyplane.ir import fields as F
+from anyplane.ir.actions import Allow, Deny
+from anyplane.ir.flow import Flow
+from anyplane.ir.interp import match_holds, owner
+from anyplane.ir.match import Absent, Exact, InSet, Match, Present, StrExact, StrPrefix, int_ranges, merge_ranges
+from anyplane.ir.match import options as alternatives
+from anyplane.ir.nodes import Program, ordered
+from anyplane.ir.project import project_l4
+from anyplane.ir.source import DiagnosticError, error
+
+from .. import base
+from ..k8s.engine import CAPABILITY as K8S_CAPABILITY
+from ..k8s.engine import K8sEngine, _k8s_name, _regions, export as k8s_export
+
+CAPABILITY = base.Capability(**dict(vars(K8S_CAPABILITY), engine="istio",
+                                    fields=K8S_CAPABILITY.fields + ("http", "http.method", "http.path", "http.host",
+                                                                    "http.header.*")))
+TCP = 6
+L3 = (F.SRC_IP, F.SRC_ID, F.DST_IP, F.DST_ID)
+
+
+def _part(match: Match, names) -> Match:
+    return Match(tuple((n, m) for n, m in match.fields if n in names))
+
+
+def _ports(entry) -> list[tuple[int, int]]:
+    fm = entry.match.get(F.DPORT)
+    return merge_ranges(int_ranges(fm)) if fm is not None else [(0, 65535)]
+
+
+def _tcp(entry) -> bool:
+    fm = entry.match.get(F.PROTO)
+    return fm is None or match_holds(Match.of({F.PROTO: fm}), Flow(4, 0, 0, TCP, 1, 1), None, None)
+
+
+def _cidrs(held) -> list[str]:
+    """[(region, family)] as the fewest CIDRs."""
+    nets = []
+    for r, family in held:
+        klass = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+        for lo, hi in r.ranges[family]:
+            nets += list(ipaddress.summarize_address_range(klass(lo), klass(hi)))
+    return [str(n) for v in (4, 6) for n in ipaddress.collapse_addresses(x for x in nets if x.version == v)]
+
+
+class _Reach:
+    """Which regions an entry's source side holds, and whether its destination side holds a workload."""
+
+    def __init__(self, program: Program, regions):
+        self.program, self.regions = program, regions
+
+    def _probe(self, family, src, dst):
+        return Flow(family, src, dst, TCP, 49152, 1)
+
+    def sources(self, entry, workload) -> list:
+        """[(region, family)] the entry's source side holds toward the workload (a DiagnosticError when it
+        holds part of a workload's addresses of one family and not the rest)."""
+        out = []
+        src_part, dst_part = _part(entry.match, (F.SRC_IP, F.SRC_ID)), _part(entry.match, (F.DST_IP, F.DST_ID))
+        for family in workload.ranges:
+            dst = workload.probe(family)
+            if not match_holds(dst_part, self._probe(family, 0, dst), None, owner(self.program, family, dst)):
+                continue
+            for r in self.regions:
+                held = [match_holds(src_part, self._probe(family, lo, dst), owner(self.program, family, lo), None)
+                        for lo, _ in r.ranges.get(family, ())]
+                if any(held) and not all(held):
+                    raise DiagnosticError([error(entry.origin, "istio", (
+                        f"part of {r.workload}'s addresses is decided apart from the rest; an AuthorizationPolicy "
+                        "source names a workload's pods alike"))])
+                if any(held):
+                    out.append((r, family))
+        families = {}
+        for r, family in out:
+            families.setdefault(r, set()).add(family)
+        for r, got in families.items():
+            shared = set(r.ranges) & set(workload.ranges)
+            if r.workload and got != shared:
+                raise DiagnosticError([error(entry.origin, "istio", (
+                    f"{r.workload}'s IPv4 and IPv6 addresses are decided apart here; an AuthorizationPolicy "
+                    "source names a workload's pods alike"))])
+        return out
+
+
+def _operation(entry, ports: list[int]) -> tuple[dict, list]:
+    """The entry's HTTP conditions as an Istio operation (with `ports`) and `when` conditions."""
+    op: dict = {"ports": [str(p) for p in ports]}
+    when = []
+    for name, fm in entry.match.fields:
+        if name == F.HTTP_METHOD:
+            op["methods"] = sorted({o.value for o in alternatives(fm) if isinstance(o, Exact)}
+                                   | {v for o in alternatives(fm) if isinstance(o, InSet) for v in o.values})
+        elif name == F.HTTP_PATH:
+            op["paths"] = sorted(o.value if isinstance(o, StrExact) else o.value + "*" for o in alternatives(fm))
+        elif name == F.HTTP_HOST:
+            op["hosts"] = [o.value for o in alternatives(fm)]
+        elif name.startswith(F.HEADER_PREFIX):
+            key = f"request.headers[{name[len(F.HEADER_PREFIX):]}]"
+            if isinstance(fm, Absent):
+                when.append({"key": key, "notValues": ["*"]})
+            elif isinstance(fm, Present):
+                when.append({"key": key, "values": ["*"]})
+            else:
+                when.append({"key": key, "values": [o.value for o in alternatives(fm)]})
+    if entry.layer == "L7" and not when and not ({"methods", "paths", "hosts"} & set(op)):
+        op["methods"] = ["*"]  # any request, and only requests (an HTTP-only field keeps the rule off plain TCP)
+    return op, when
+
+
+def _exportable(entry) -> str | None:
+    """Why AuthorizationPolicy cannot say an entry's HTTP conditions (None: it can)."""
+    if not isinstance(entry.action, (Allow, Deny)):
+        return "an Istio AuthorizationPolicy cannot limit rates (a sidecar rate limit is `-t envoy`'s)"
+    for name, fm in entry.match.fields:
+        for o in alternatives(fm):
+            if name == F.HTTP_PATH and isinstance(o, StrPrefix) and not o.value.endswith("/"):
+                return f"Istio matches a path prefix only as '/prefix/*', not {o.value!r}"
+            if name == F.HTTP_PATH and isinstance(o, (StrExact, StrPrefix)) and "*" in o.value:
+                return "Istio reads '*' in a path as a pattern"
+            if name.startswith(F.HEADER_PREFIX) and isinstance(o, StrExact) and ("*" in o.value):
+                return "Istio reads '*' in a header value as a pattern"
+    return None
+
+
+def authorization(program: Program, identities: dict) -> tuple[list[dict], list[dict]]:
+    """(AuthorizationPolicies, Services) for the workloads whose requests have rules."""
+    regions, _ = _regions(program)
+    reach = _Reach(program, regions)
+    entries = [e for e in ordered(program.acl) if _tcp(e)]
+    errors = {}
+    policies, services = [], []
+    for w in sorted((r for r in regions if r.workload), key=lambda r: r.key):
+        ident = program.identity(w.workload)
+        ns, labels = identities[w.workload]["namespace"], identities[w.workload]["labels"]
+        declared = sorted({(p.number, p.protocol) for p in ident.ports})
+        if declared:
+            services.append({"apiVersion": "v1", "kind": "Service",
+                             "metadata": {"name": f"anyplane-{_k8s_name(w.workload)}", "namespace": ns,
+                                          "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
+                             "spec": {"selector": dict(labels), "ports": [
+                                 {"name": f"{'tcp' if proto == 'tcp' else proto}-{n}", "port": n, "targetPort": n,
+                                  "protocol": "UDP" if proto == "udp" else "TCP"} for n, proto in declared]}})
+        http = sorted(set(ident.http_ports))
+        # Entries that reach one of the workload's HTTP ports, with the sources they hold there.
+        hits = []
+        for e in entries:
+            ports = [p for p in http if any(lo <= p <= hi for lo, hi in _ports(e))]
+            if ports:
+                src = reach.sources(e, w)
+                if src:
+                    hits.append((e, ports, src))
+        if not any(e.layer == "L7" for e, _, _ in hits):
+            continue
+        for i, (a, a_ports, a_src) in enumerate(hits):
+            for d, d_ports, d_src in hits[i + 1:]:
+                if isinstance(a.action, Deny) or not isinstance(d.action, Deny) or "L7" not in (a.layer, d.layer):
+                    continue
+                if set(a_ports) & set(d_ports) and any(r in d_src for r in a_src) and d.rule not in errors:
+                    errors[d.rule] = error(d.origin, "istio", (
+                        f"Istio applies every DENY policy before any ALLOW: this deny overlaps an allow that takes "
+                        f"precedence over it ({a.origin}), which AuthorizationPolicies cannot say (give the deny a "
+                        "higher priority, or narrow one of them)"))
+        for e, _, _ in hits:
+            why = _exportable(e) if e.layer == "L7" else None
+            if why and e.rule not in errors:
+                errors[e.rule] = error(e.origin, "istio", why)
+        deny_rules, allow_rules = [], []
+        every = {(r, f) for r in regions for f in w.ranges if r.probe(f) is not None}
+        for e, ports, src in hits:
+            op, when = _operation(e, ports)
+            rule: dict = {}
+            if set(src) != every:
+                rule["from"] = [{"source": {"ipBlocks": _cidrs(src)}}]
+            rule["to"] = [{"operation": op}]
+            if when:
+                rule["when"] = when
+            if isinstance(e.action, Deny) and e.layer == "L7":
+                deny_rules.append(rule)
+            elif not isinstance(e.action, Deny) and program.default == "deny":
+                allow_rules.append(rule)
+        if program.default == "deny":
+            allow_rules.append({"to": [{"operation": {"notPorts": [str(p) for p in http]}}]})
+        for action, rules in (("DENY", deny_rules), ("ALLOW", allow_rules)):
+            if rules or (action == "ALLOW" and program.default == "deny"):
+                policies.append({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                                 "metadata": {"name": f"anyplane-{_k8s_name(w.workload)}-{action.lower()}",
+                                              "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
+                                 "spec": {"selector": {"matchLabels": dict(labels)}, "action": action, "rules": rules}})
+    for table, what in ((program.routes.entries, "routes (VirtualService)"), (program.limits, "limits (DestinationRule)")):
+        for item in table:
+            errors.setdefault(f"<{what}>", error(item.origin, "istio", f"-t istio does not write {what} yet: "
+                                                                       "`-t envoy` enforces them"))
+    if errors:
+        raise DiagnosticError(list(errors.values()))
+    return policies, services
+
+
+class IstioEngine(K8sEngine):
+    """`-t istio`: NetworkPolicies, AuthorizationPolicies and Services, read back through the importer."""
+
+    name = "istio"
+    capability = CAPABILITY
+    reads_back_with = "istio"
+
+    def emit(self, program: Program, options: base.Options) -> base.Output:
+        kubernetes = getattr(options.deployment, "kubernetes", None)
+        policies, identities = k8s_export(project_l4(program), kubernetes)
+        authz, services = authorization(program, identities)
+
+        def dump(objects):
+            return "".join("---\n" + yaml.safe_dump(o, sort_keys=False) for o in objects)
+        rows = base.rule_rows(program, lambda r: (base.ENFORCED, "", 0))
+        out = base.Output([base.Artifact("networkpolicies.yaml", dump(policies)),
+                           base.Artifact("authorizationpolicies.yaml", dump(authz)),
+                           base.Artifact("services.yaml", dump(services)),
+                           base.Artifact("identities.yaml", yaml.safe_dump({"identities": identities}, sort_keys=True))],
+                          rows)
+        out.artifacts.append(base.Artifact("report.txt", out.report_text(self.name)))
+        return out
+
+
+ENGINE = IstioEngine()
