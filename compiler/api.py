@@ -100,6 +100,11 @@ def prove_export(compiled: Compiled, target: str, out: Output, progress=None):
 
     engine = _engine(target)
     back = out.read_back()
+    if getattr(engine, "carries_routes", False):
+        differs = _routes_differ(compiled.program, back, target)
+        if differs is not None:
+            from anyplane.verify.compose import Composition
+            return Composition(False, 0.0, counterexample=differs, engines=[target])
     workloads = tuple(sorted(engine.workloads(compiled.program)))
     if not workloads:
         from anyplane.verify.compose import Composition
@@ -109,6 +114,36 @@ def prove_export(compiled: Compiled, target: str, out: Output, progress=None):
     scopes = [Scope("to workloads", to, selves, (target,)),
               Scope("from workloads", Match.of({F.SRC_ID: InSet(workloads)}), (to,) + selves, (target,))]
     return prove_composition(compiled.program, {target: back}, scopes, progress=progress)
+
+
+def _routes_differ(program, back, target: str) -> dict | None:
+    """The first route (or limits block) the read-back does not carry as the policy has it, as a
+    counterexample (None: routes and limits agree, in precedence order)."""
+    from anyplane.ir.printer import format_action, format_breaker, format_match
+
+    def entry_text(e) -> str:
+        return f"{format_action(e.action)} :: {format_match(e.match)}"
+
+    mine = [(e.match, e.action) for e in sorted(program.routes.entries, key=lambda e: -e.priority)]
+    theirs = [(e.match, e.action) for e in sorted(back.routes.entries, key=lambda e: -e.priority)]
+    for k in range(max(len(mine), len(theirs))):
+        if k >= len(mine) or k >= len(theirs) or mine[k] != theirs[k]:
+            want = sorted(program.routes.entries, key=lambda e: -e.priority)[k] if k < len(mine) else None
+            got = sorted(back.routes.entries, key=lambda e: -e.priority)[k] if k < len(theirs) else None
+            return {"flow": f"route {k + 1} in precedence order", "scope": "routes", "together": "differs",
+                    "policy": {"verdict": entry_text(want) if want else "no route",
+                               "rule": str(want.origin) if want else None},
+                    "engines": {target: {"verdict": entry_text(got) if got else "no route", "rule": None}}}
+    mine_l = {(lim.service, lim.breaker) for lim in program.limits}
+    theirs_l = {(lim.service, lim.breaker) for lim in back.limits}
+    if mine_l != theirs_l:
+        diff = sorted(mine_l ^ theirs_l, key=repr)[0]
+        return {"flow": f"limits of {diff[0]}", "scope": "limits", "together": "differs",
+                "policy": {"verdict": next((format_breaker(b) for s, b in mine_l if s == diff[0]), "none"),
+                           "rule": None},
+                "engines": {target: {"verdict": next((format_breaker(b) for s, b in theirs_l if s == diff[0]), "none"),
+                                     "rule": None}}}
+    return None
 
 
 @dataclass

@@ -317,3 +317,86 @@ def test_what_cannot_be_imported_is_an_error_at_its_position(spec, message):
     found = [d for d in exc.value.diagnostics if message in d.message]
     assert found, [d.message for d in exc.value.diagnostics]
     assert found[0].span.file == "mesh.yaml" and found[0].span.line > text.count("\n") - 12
+
+
+# -- VirtualService and DestinationRule ---------------------------------------------------------------
+
+def _routing_cluster(vs_http: list, dr_extra: dict | None = None) -> list[dict]:
+    pods = [{"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": f"reviews-{v}", "namespace": "shop", "labels": {"app": "reviews", "version": v}},
+             "status": {"podIP": f"10.1.2.{k + 1}"}} for k, v in enumerate(("v1", "v2", "v3"))]
+    pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "page", "namespace": "shop",
+                                                                   "labels": {"app": "page"}},
+                 "status": {"podIP": "10.1.1.1"}})
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": "shop"},
+           "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080}]}}
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+          "metadata": {"name": "reviews", "namespace": "shop"},
+          "spec": {"host": "reviews.shop.svc.cluster.local",
+                   "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}},
+                               {"name": "new", "labels": {"version": "v3"}}], **(dr_extra or {})}}
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+          "metadata": {"name": "reviews", "namespace": "shop"}, "spec": {"hosts": ["reviews"], "http": vs_http}}
+    return pods + [svc, dr, vs]
+
+
+def _route_of(program, request: Request):
+    d = evaluate(program, Flow(4, int(ipaddress.ip_address("10.1.1.1")), int(ipaddress.ip_address("10.1.2.1")), 6,
+                               40000, 9080, http=request))
+    return d.route.action if d.route else None
+
+
+def test_virtual_service_routes_and_destination_rule_limits_are_imported():
+    http = [{"match": [{"headers": {"end-user": {"exact": "jason"}}, "uri": {"prefix": "/reviews/"}}],
+             "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+            {"match": [{"uri": {"exact": "/health"}}], "route": [{"destination": {"host": "reviews"}}],
+             "timeout": "250ms"},
+            {"route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 75},
+                       {"destination": {"host": "reviews.shop", "subset": "new"}, "weight": 25}],
+             "timeout": "2s", "retries": {"attempts": 3, "perTryTimeout": "0.5s", "retryOn": "5xx,connect-failure"}}]
+    pool = {"trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 100},
+                                                 "http": {"http1MaxPendingRequests": 10, "maxRetries": 2}},
+                              "outlierDetection": {"consecutiveGatewayErrors": 5, "baseEjectionTime": "30s"}}}
+    imported = convert([("mesh.yaml", yaml.safe_dump_all(_routing_cluster(http, pool)))])
+    program = compile_sources([("<kubernetes>", imported.text)]).program
+    jason = _route_of(program, Request("GET", "/reviews/1", headers=(("end-user", "jason"),)))
+    assert [(b.version, b.weight) for b in jason.split] == [("reviews-v2", 100)]
+    other = _route_of(program, Request("GET", "/reviews/1"))
+    assert [(b.version, b.weight) for b in other.split] == [("reviews-v1", 75), ("reviews-v3", 25)]
+    assert other.timeout_ms == 2000 and other.retry.attempts == 3 and other.retry.per_try_ms == 500
+    assert other.retry.on == ("5xx", "connect-failure")
+    health = _route_of(program, Request("GET", "/health"))
+    assert health.split == () and health.timeout_ms == 250
+    (limits,) = program.limits
+    assert limits.service == "shop_reviews"
+    b = limits.breaker
+    assert (b.max_connections, b.max_pending, b.max_retries, b.max_requests) == (100, 10, 2, None)
+    assert (b.outlier.consecutive, b.outlier.on, b.outlier.ejection_ms) == (5, "gateway-error", 30000)
+    # Each pod is a version of the routed service; the addresses its prefix holds beyond them stay outside.
+    assert "version reviews-v1 address 10.1.2.1/32" in imported.text
+    d = evaluate(program, Flow(4, int(ipaddress.ip_address("10.1.2.0")), int(ipaddress.ip_address("10.1.1.1")), 6,
+                               40000, 80))
+    assert d.src_id.startswith("outside")
+
+
+@pytest.mark.parametrize("http, message", [
+    ([{"match": [{"uri": {"prefix": "/reviews"}}], "route": [{"destination": {"host": "reviews"}}]}],
+     "uri prefix '/reviews'"),
+    ([{"match": [{"uri": {"prefix": "/"}}], "route": [{"destination": {"host": "reviews"}}]},
+      {"match": [{"uri": {"prefix": "/api/"}}], "route": [{"destination": {"host": "reviews"}}], "timeout": "1s"}],
+     "Istio tries first, but anyplane orders routes"),
+    ([{"route": [{"destination": {"host": "ratings"}}]}], "not to another Service"),
+    ([{"redirect": {"uri": "/x"}}], "http.redirect is not imported"),
+    ([{"route": [{"destination": {"host": "reviews", "subset": "v9"}}]}], "subset 'v9'"),
+    ([{"route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 50}]}], "do not add up to 100"),
+    ([{"match": [{"uri": {"regex": "/r.*"}}], "route": [{"destination": {"host": "reviews"}}]}], "only exact"),
+    ([{"route": [{"destination": {"host": "reviews"}}], "retries": {"attempts": 2, "retryOn": "5xx,deadline"}}],
+     "retryOn deadline"),
+    ([{"route": [{"destination": {"host": "reviews"}}], "timeout": "1.5ms"}], "whole number of milliseconds"),
+])
+def test_what_routing_cannot_say_is_an_error_at_its_position(http, message):
+    with pytest.raises(DiagnosticError) as exc:
+        convert([("mesh.yaml", yaml.safe_dump_all(_routing_cluster(http)))])
+    found = [d for d in exc.value.diagnostics if message in d.message]
+    assert found, [d.message for d in exc.value.diagnostics]
+    assert found[0].span.file == "mesh.yaml" and found[0].span.line > 1

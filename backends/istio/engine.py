@@ -156,8 +156,14 @@ def _exportable(entry) -> str | None:
     return None
 
 
-def authorization(program: Program, identities: dict) -> tuple[list[dict], list[dict]]:
-    """(AuthorizationPolicies, Services) for the workloads whose requests have rules."""
+def _service_ports(ports) -> list[dict]:
+    return [{"name": f"{proto}-{n}", "port": n, "targetPort": n, "protocol": "UDP" if proto == "udp" else "TCP"}
+            for n, proto in sorted({(p.number, p.protocol) for p in ports})]
+
+
+def authorization(program: Program, identities: dict, routed=frozenset()) -> tuple[list[dict], list[dict]]:
+    """(AuthorizationPolicies, Services) for the workloads whose requests have rules (a Service per
+    workload with declared ports; a routed service's Service is written with its routes)."""
     regions, _ = _regions(program)
     reach = _Reach(program, regions)
     entries = [e for e in ordered(program.acl) if _tcp(e)]
@@ -167,13 +173,11 @@ def authorization(program: Program, identities: dict) -> tuple[list[dict], list[
         ident = program.identity(w.workload)
         ns, labels = identities[w.workload]["namespace"], identities[w.workload]["labels"]
         declared = sorted({(p.number, p.protocol) for p in ident.ports})
-        if declared:
+        if declared and ident.service not in routed:
             services.append({"apiVersion": "v1", "kind": "Service",
                              "metadata": {"name": f"anyplane-{_k8s_name(w.workload)}", "namespace": ns,
                                           "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
-                             "spec": {"selector": dict(labels), "ports": [
-                                 {"name": f"{'tcp' if proto == 'tcp' else proto}-{n}", "port": n, "targetPort": n,
-                                  "protocol": "UDP" if proto == "udp" else "TCP"} for n, proto in declared]}})
+                             "spec": {"selector": dict(labels), "ports": _service_ports(ident.ports)}})
         http = sorted(set(ident.http_ports))
         # Entries that reach one of the workload's HTTP ports, with the sources they hold there.
         hits = []
@@ -220,13 +224,100 @@ def authorization(program: Program, identities: dict) -> tuple[list[dict], list[
                                  "metadata": {"name": f"anyplane-{_k8s_name(w.workload)}-{action.lower()}",
                                               "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
                                  "spec": {"selector": {"matchLabels": dict(labels)}, "action": action, "rules": rules}})
-    for table, what in ((program.routes.entries, "routes (VirtualService)"), (program.limits, "limits (DestinationRule)")):
-        for item in table:
-            errors.setdefault(f"<{what}>", error(item.origin, "istio", f"-t istio does not write {what} yet: "
-                                                                       "`-t envoy` enforces them"))
     if errors:
         raise DiagnosticError(list(errors.values()))
     return policies, services
+
+
+SERVICE_LABEL = "anyplane.io/service"
+
+
+def _duration(ms: int) -> str:
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def _route_match(entry) -> list[dict]:
+    """A route entry's match as Istio HTTPMatchRequests (one per method)."""
+    m: dict = {}
+    for name, fm in entry.match.fields:
+        if name == F.HTTP_PATH:
+            m["uri"] = {"exact": fm.value} if isinstance(fm, StrExact) else {"prefix": fm.value}
+        elif name == F.HTTP_HOST:
+            m["authority"] = {"exact": fm.value}
+        elif name.startswith(F.HEADER_PREFIX):
+            header = name[len(F.HEADER_PREFIX):]
+            if isinstance(fm, Absent):
+                m.setdefault("withoutHeaders", {})[header] = {"regex": ".*"}
+            else:
+                m.setdefault("headers", {})[header] = {"regex": ".*"} if isinstance(fm, Present) else {"exact": fm.value}
+    fm = entry.match.get(F.HTTP_METHOD)
+    methods = sorted({o.value for o in alternatives(fm) if isinstance(o, Exact)}
+                     | {v for o in alternatives(fm) if isinstance(o, InSet) for v in o.values}) if fm else []
+    out = [dict(m, method={"exact": method}) for method in methods] or [m]
+    return [x for x in out if x] or []
+
+
+def routing(program: Program, identities: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    """(VirtualServices, DestinationRules, Services) for the services with routes or limits."""
+    services = sorted({e.action.service for e in program.routes.entries} | {lim.service for lim in program.limits})
+    vss, drs, svcs = [], [], []
+    for name in services:
+        members = [i for i in program.identities if i.service == name and i.name in identities]
+        if not members:
+            continue
+        ns = identities[members[0].name]["namespace"]
+        host = f"anyplane-{_k8s_name(name)}"
+        svcs.append({"apiVersion": "v1", "kind": "Service",
+                     "metadata": {"name": host, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
+                     "spec": {"selector": {SERVICE_LABEL: name},
+                              "ports": _service_ports([p for i in members for p in i.ports])}})
+        meta = {"name": host, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "anyplane"}}
+        dr: dict = {"host": host}
+        versions = [i for i in members if i.version is not None]
+        if versions:
+            dr["subsets"] = [{"name": i.version, "labels": dict(identities[i.name]["labels"])} for i in versions]
+        limits = next((lim for lim in program.limits if lim.service == name), None)
+        if limits is not None:
+            b, policy = limits.breaker, {}
+            pool = {}
+            if b.max_connections is not None:
+                pool["tcp"] = {"maxConnections": b.max_connections}
+            http = {k: v for k, v in (("http1MaxPendingRequests", b.max_pending), ("http2MaxRequests", b.max_requests),
+                                      ("maxRetries", b.max_retries)) if v is not None}
+            if http:
+                pool["http"] = http
+            if pool:
+                policy["connectionPool"] = pool
+            if b.outlier is not None:
+                key = "consecutive5xxErrors" if b.outlier.on == "5xx" else "consecutiveGatewayErrors"
+                policy["outlierDetection"] = {key: b.outlier.consecutive,
+                                              "baseEjectionTime": _duration(b.outlier.ejection_ms)}
+            dr["trafficPolicy"] = policy
+        drs.append({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": dict(meta),
+                    "spec": dr})
+        http_rules = []
+        for e in sorted((e for e in program.routes.entries if e.action.service == name), key=lambda e: -e.priority):
+            rule: dict = {}
+            match = _route_match(e)
+            if match:
+                rule["match"] = match
+            a = e.action
+            rule["route"] = [{"destination": {"host": host, "subset": b.version}, "weight": b.weight}
+                             for b in a.split] or [{"destination": {"host": host}}]
+            if a.timeout_ms is not None:
+                rule["timeout"] = _duration(a.timeout_ms)
+            if a.retry is not None:
+                retries: dict = {"attempts": a.retry.attempts}
+                if a.retry.per_try_ms is not None:
+                    retries["perTryTimeout"] = _duration(a.retry.per_try_ms)
+                if a.retry.on:
+                    retries["retryOn"] = ",".join(a.retry.on)
+                rule["retries"] = retries
+            http_rules.append(rule)
+        if http_rules:
+            vss.append({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": dict(meta),
+                        "spec": {"hosts": [host], "http": http_rules}})
+    return vss, drs, svcs
 
 
 class IstioEngine(K8sEngine):
@@ -235,11 +326,26 @@ class IstioEngine(K8sEngine):
     name = "istio"
     capability = CAPABILITY
     reads_back_with = "istio"
+    #: The read-back carries routes and limits: the driver compares them with the policy's.
+    carries_routes = True
 
     def emit(self, program: Program, options: base.Options) -> base.Output:
         kubernetes = getattr(options.deployment, "kubernetes", None)
         policies, identities = k8s_export(project_l4(program), kubernetes)
-        authz, services = authorization(program, identities)
+        routed = {e.action.service for e in program.routes.entries} | {lim.service for lim in program.limits}
+        mapped = sorted(set((kubernetes or {}).get("workloads", {})) & {i.name for i in program.identities
+                                                                         if i.service in routed})
+        if mapped:
+            raise DiagnosticError([error(program.default_origin, "istio", (
+                f"{mapped[0]} has labels of its own in the deployment file, and its service has routes or limits: "
+                f"-t istio labels a routed service's pods {SERVICE_LABEL}: SERVICE itself"))])
+        for name, spec in identities.items():
+            service = program.identity(name).service
+            if service in routed:
+                spec["labels"][SERVICE_LABEL] = service
+        authz, services = authorization(program, identities, routed)
+        vss, drs, route_services = routing(program, identities)
+        services += route_services
 
         def dump(objects):
             return "".join("---\n" + yaml.safe_dump(o, sort_keys=False) for o in objects)
@@ -247,6 +353,8 @@ class IstioEngine(K8sEngine):
         out = base.Output([base.Artifact("networkpolicies.yaml", dump(policies)),
                            base.Artifact("authorizationpolicies.yaml", dump(authz)),
                            base.Artifact("services.yaml", dump(services)),
+                           base.Artifact("virtualservices.yaml", dump(vss)),
+                           base.Artifact("destinationrules.yaml", dump(drs)),
                            base.Artifact("identities.yaml", yaml.safe_dump({"identities": identities}, sort_keys=True))],
                           rows)
         out.artifacts.append(base.Artifact("report.txt", out.report_text(self.name)))

@@ -61,7 +61,8 @@ def read_back(importer: str, files: dict[str, str]):
     from ..pipeline import compile_sources
 
     resources = {"k8s": ("networkpolicies.yaml",), "cilium": ("ciliumnetworkpolicies.yaml",),
-                 "istio": ("networkpolicies.yaml", "authorizationpolicies.yaml", "services.yaml")}
+                 "istio": ("networkpolicies.yaml", "authorizationpolicies.yaml", "services.yaml",
+                           "virtualservices.yaml", "destinationrules.yaml")}
     if importer not in resources:
         raise ValueError(f"no importer reads {importer!r} output back")
     identities = yaml.safe_load(files["identities.yaml"])["identities"] or {}

@@ -38,7 +38,7 @@ import yaml
 from anyplane.ir.match import merge_ranges
 from anyplane.ir.source import Diagnostic, DiagnosticError, Span, error
 
-from . import admin, cilium, istio
+from . import admin, cilium, istio, routing
 from .ports import ALL, EVERY, NONE, Ports
 
 PORTS_ALL = "all"
@@ -62,6 +62,8 @@ class Pod:
     kind: str = "Pod"  # or the workload controller that stands for its pods (Deployment, ...)
     account: str = "default"  # the service account (Istio principals name it)
     protocols: dict = field(default_factory=dict)  # port -> "http" | "grpc" | "tcp" | "udp" (from Services)
+    base: bool = False  # the addresses a routed service owns beside its versions (read back from an export)
+    siblings: tuple = ()  # for a base: the service's versions, which its name covers too
 
     @property
     def ident(self) -> str:
@@ -69,6 +71,14 @@ class Pod:
             return self.name_in_policy
         text = f"{self.namespace}_{self.name.replace('.', '__')}"
         return text if text[0].isalpha() else f"pod_{text}"
+
+    @property
+    def endpoint(self) -> str:
+        """How rules name the pod: its identity, or (a service's own addresses beside its versions, which
+        the service's name would cover too) its prefixes."""
+        if self.base and self.siblings:
+            return f"{self.ident} except {', '.join(self.siblings)}"
+        return self.ident
 
     @property
     def networks(self) -> list:
@@ -135,6 +145,7 @@ class _Reader:
         self.cilium: list[tuple[str, dict]] = []
         self.istio: list[tuple[str, dict]] = []
         self.services: list[tuple[str, dict]] = []
+        self.routing: list[tuple[str, dict]] = []
         self.addresses: dict[str, tuple[list, Span, str]] = {}  # "ns/name" -> (networks, where, path)
 
     def fail(self, path: str, obj, message: str) -> None:
@@ -233,11 +244,16 @@ class _Reader:
             self.istio.append((path, obj))
         elif kind == "Service":
             self.services.append((path, obj))
-        elif kind in ("VirtualService", "DestinationRule", "PeerAuthentication", "RequestAuthentication", "Sidecar",
-                      "ServiceEntry", "Gateway", "EnvoyFilter"):
+        elif kind in ("VirtualService", "DestinationRule"):
+            if not str(obj.get("apiVersion", "")).startswith("networking.istio.io/"):
+                self.fail(path, obj, f"{kind} {name}: apiVersion {obj.get('apiVersion')!r} is not networking.istio.io")
+                return
+            self.routing.append((path, obj))
+        elif kind in ("PeerAuthentication", "RequestAuthentication", "Sidecar", "ServiceEntry", "Gateway",
+                      "EnvoyFilter"):
             self.fail(path, obj, f"{kind} {name}: not imported yet (NetworkPolicy, AdminNetworkPolicy, "
-                                 "BaselineAdminNetworkPolicy, CiliumNetworkPolicy, AuthorizationPolicy, Services, Pods, "
-                                 "workload controllers and Namespaces are); remove it from the input rather than have "
+                                 "BaselineAdminNetworkPolicy, CiliumNetworkPolicy, AuthorizationPolicy, VirtualService, "
+                                 "DestinationRule, Services, Pods, workload controllers and Namespaces are); remove it from the input rather than have "
                                  "it ignored")
 
     def workload_pods(self) -> list[Pod]:
@@ -393,6 +409,14 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
     for p in pods:
         reader.namespaces.setdefault(p.namespace, {"kubernetes.io/metadata.name": p.namespace})
     pods = reader.pods
+    routed, route_lines = [], []
+    if reader.routing and not reader.errors:
+        try:
+            routed, route_lines = routing.read(reader, pods, reader.services, reader.routing, _span, _selects)
+        except (AttributeError, TypeError, ValueError) as exc:
+            reader.fail(reader.routing[0][0], reader.routing[0][1], f"malformed routing: a field has the wrong "
+                                                                    f"shape ({exc})")
+    routed += routing.identity_services(pods, routed)
     seen: dict[str, Pod] = {}
     for p in pods:
         if p.ident in seen:
@@ -424,7 +448,7 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
             else:
                 cilium_rules = got
     istio_rules = []
-    if reader.istio and not reader.errors:
+    if (reader.istio or reader.routing) and not reader.errors:
         try:
             istio_rules = istio.read(reader, pods, reader.istio, _span, _selects)
             for p in pods:
@@ -438,9 +462,11 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
     blocks = [net for _, obj in reader.policies for net in _networks(obj)] + admin.networks(admin_rules) + \
         [n for r in cilium_rules for item in r.peers or [] if item[0] == "cidr" for n in [item[1], *item[2]]] + \
         istio.networks(istio_rules)
+    for r in routed:  # a routed service's prefix holds addresses beyond its pods: outside blocks of their own
+        blocks += _covering(r.pods) + [n for p in r.pods for n in p.networks]
     out = _emit(pods, ingress, egress, isolated_in, isolated_out,
                 len(reader.policies) + len(reader.admin) + len(reader.cilium) + len(reader.istio),
-                _outside(blocks, pods), admin_rules, cilium_rules, istio_rules)
+                _outside(blocks, pods), admin_rules, cilium_rules, istio_rules, routed, route_lines)
     out.structure = structure
     return out
 
@@ -555,7 +581,7 @@ def _np(rules: list[Rule], peer, dst_pod) -> tuple[Ports, list]:
 
 
 def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outside=(), admin_rules=(),
-          cilium_rules=(), istio_rules=()) -> Imported:
+          cilium_rules=(), istio_rules=(), routed=(), route_lines=()) -> Imported:
     """The policy text for what was read: per pair with a pod at one end whose traffic some policy
     decides, the allows (and, for "all but" sets, the denies above them) that say exactly what passes."""
     lines: list[str] = []
@@ -571,12 +597,25 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
     emit("# imported from Kubernetes manifests: NetworkPolicy, AdminNetworkPolicy, CiliumNetworkPolicy and Istio "
          "semantics (docs/import.md)")
     emit("default allow")
+    in_service = {id(p): r for r in routed for p in r.pods}
     for p in sorted(pods, key=lambda p: p.ident):
+        if id(p) in in_service:
+            continue
         ports = "".join(f"  port {n} {kind}" for n, kind in sorted(p.protocols.items()))
         emit(f"service {p.ident} {{ address {', '.join(str(n) for n in p.networks)}{ports} }}", p.span,
              f"{p.kind} {p.namespace}/{p.name}")
+    for r in routed:  # a Service that is routed: its pods are its versions
+        members = sorted(r.pods, key=lambda p: p.ident)
+        protocols = {n: kind for p in members for n, kind in p.protocols.items()}
+        ports = "".join(f"  port {n} {kind}" for n, kind in sorted(protocols.items()))
+        versions = "".join(f"  version {p.ident.split('.', 1)[1]} address {', '.join(str(n) for n in p.networks)}"
+                           for p in members if "." in p.ident)
+        emit(f"service {r.name} {{ address {', '.join(str(n) for n in _covering(members))}{ports}"
+             f"{versions} }}", r.span, f"Service {r.namespace}/{r.k8s_name}, routed; its pods: "
+             + ", ".join(f"{p.kind} {p.namespace}/{p.name}" for p in members))
     if pods:
-        emit("group k8s_pods { " + ", ".join(sorted(p.ident for p in pods)) + " }")
+        emit("group k8s_pods { " + ", ".join(sorted(", ".join(str(n) for n in p.networks) if p.base else p.ident
+                                                    for p in pods)) + " }")
     blocks = [Outside(*o) for o in outside]
     for b in blocks:
         emit(f"external {b.name} {{ address {', '.join(str(p) for p in b.prefixes)} }}", None,
@@ -629,7 +668,7 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
             sidecar = b_pod and b.ident in meshed
             if not (into or out_of or sidecar):
                 continue  # no policy decides this pair: the default allows it
-            name_a, name_b = (a.ident if a_pod else a.name), (b.ident if b_pod else b.name)
+            name_a, name_b = (a.endpoint if a_pod else a.name), (b.endpoint if b_pod else b.name)
             if a is b and a.single:
                 emit(f"allow {name_a} -> {name_a} priority 20", a.span, "a pod cannot block access to itself")
                 continue
@@ -665,7 +704,26 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
                     emit(f"allow {name_a} -> {name_b}{Ports(tcp=ports).rules()[0][0]}{part} priority 35", *why)
             for ranges, part, why in mesh.http_denies:
                 emit(f"deny {name_a} -> {name_b}{Ports(tcp=ranges).rules()[0][0]}{part} priority 40", *why)
+    for text, span, why in route_lines:
+        emit(text, span, why)
     return Imported("\n".join(lines) + "\n", origins, len(pods), policies)
+
+
+def _covering(members: list[Pod]) -> list:
+    """A routed service's own prefixes: per IP version, the smallest prefix holding all its pods that is
+    no version's own (two declarations of one prefix would be ambiguous). The addresses it holds beyond
+    the pods stay outside the cluster: the outside blocks' prefixes there are longer, so they own them."""
+    out = []
+    versions = {n for p in members if "." in p.ident for n in p.networks}
+    for version in (4, 6):
+        nets = [n for p in members for n in p.networks if n.version == version]
+        if not nets:
+            continue
+        net = nets[0]
+        while not all(n.subnet_of(net) for n in nets) or net in versions:
+            net = net.supernet()
+        out.append(net)
+    return out
 
 
 def _families(end) -> set:
