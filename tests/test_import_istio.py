@@ -400,3 +400,35 @@ def test_what_routing_cannot_say_is_an_error_at_its_position(http, message):
     found = [d for d in exc.value.diagnostics if message in d.message]
     assert found, [d.message for d in exc.value.diagnostics]
     assert found[0].span.file == "mesh.yaml" and found[0].span.line > 1
+
+
+def test_the_istio_example_decides_as_its_policies_say():
+    from anyplane.compiler.pipeline import load
+
+    program = load(["examples/istio"]).program
+
+    def verdict(src, dst, port, request=None, proto=6):
+        f = Flow(4, int(ipaddress.ip_address(src)), int(ipaddress.ip_address(dst)), proto, 40000, port, http=request)
+        return evaluate(program, f)
+
+    page, details, reviews1, ratings, mysql, prom = ("10.20.0.10", "10.20.0.11", "10.20.0.21", "10.20.0.30",
+                                                     "10.20.0.40", "10.30.0.5")
+    internet = "203.0.113.9"
+    assert verdict(internet, page, 9080, Request("GET", "/productpage")).verdict == "allow"
+    assert verdict(internet, page, 9080, Request("POST", "/productpage")).verdict == "deny"
+    assert verdict(page, details, 9080, Request("GET", "/details/1")).verdict == "allow"
+    assert verdict(ratings, details, 9080, Request("GET", "/details/1")).verdict == "deny", "wrong principal"
+    assert verdict(page, reviews1, 9080, Request("DELETE", "/reviews/1")).verdict == "deny", "the DENY wins"
+    assert verdict(ratings, mysql, 3306).verdict == "allow"
+    assert verdict(reviews1, mysql, 3306).verdict == "deny"
+    assert verdict(prom, mysql, 15020).verdict == "allow", "the root namespace's policy applies to every pod"
+    assert verdict(prom, mysql, 3306).verdict == "deny"
+    assert verdict(internet, mysql, 53, proto=17).verdict == "allow", "Istio does not judge UDP"
+    jason = verdict(page, reviews1, 9080, Request("GET", "/reviews/1", headers=(("end-user", "jason"),)))
+    assert jason.verdict == "allow" and [b.version for b in jason.route.action.split] == ["reviews-v2"]
+    other = verdict(page, reviews1, 9080, Request("GET", "/reviews/1"))
+    assert [(b.version, b.weight) for b in other.route.action.split] == [("reviews-v1", 90), ("reviews-v3", 10)]
+    done = run("verify", "examples/istio")
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = run("explain", "examples/istio", "--flow", "10.20.0.30 -> 10.20.0.11 tcp 9080 http GET /details/1")
+    assert "verdict   deny" in done.stdout and "examples/istio/authorization.yaml:" in done.stdout

@@ -105,6 +105,6 @@ def import_command(files, output) -> None:
     _, imported = import_manifests(manifests)
     if output:
         Path(output).write_text(imported.text, encoding="utf-8")
-        click.echo(f"wrote {output}: {imported.pods} pods, {imported.policies} NetworkPolicies", err=True)
+        click.echo(f"wrote {output}: {imported.pods} pods, {imported.policies} policies", err=True)
     else:
         click.echo(imported.text, nl=False)
