@@ -57,7 +57,7 @@ def cluster(pods: int, mesh: bool) -> list[dict]:
                     "status": {"podIP": f"10.{1 + n // 250}.{n % 250}.10"}})
     out.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "prom", "namespace": "monitoring",
                                                                  "labels": {"app": "prometheus"}},
-                "status": {"podIP": "10.250.0.5"}})
+                "spec": {"containers": [{"name": "c"}]}, "status": {"podIP": "10.250.0.5"}})
     for k in range(spaces):
         ns = f"ns{k}"
         out += [
