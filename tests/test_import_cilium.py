@@ -10,11 +10,15 @@ NetworkPolicies') add up; denies win.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+
+from anyplane.ir.flow import Flow, Request
+from anyplane.ir.interp import evaluate
 
 from .conftest import run
 from .test_import_admin import _np_side
@@ -194,14 +198,102 @@ def test_what_is_not_imported_is_an_error_at_its_position(tmp_path):
         {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "a", "namespace": "shop"},
          "spec": {"endpointSelector": {}, "egress": [{"toFQDNs": [{"matchName": "example.com"}]}]}},
         {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "b", "namespace": "shop"},
+         "spec": {"endpointSelector": {}, "egress": [{"toPorts": [{"ports": [{"port": "80"}],
+                                                                   "rules": {"http": [{"method": "GET"}]}}]}]}},
+        {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "d", "namespace": "shop"},
          "spec": {"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "80"}],
-                                                                    "rules": {"http": [{"method": "GET"}]}}]}]}},
+                                                                    "rules": {"http": [{"path": "/a.*"}]}}]},
+                                                      {"toPorts": [{"ports": [{"port": "9092"}],
+                                                                    "rules": {"kafka": [{"topic": "t"}]}}]}]}},
         {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "c", "namespace": "shop"},
          "spec": {"endpointSelector": {}, "ingress": [{"fromEntities": ["host"]}, {}]}},
     ]))
     done = run("check", str(path))
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    for text in ("toFQDNs peers are not imported", "L7 rules (toPorts.rules) are not imported yet",
+    for text in ("toFQDNs peers are not imported", "egress HTTP rules are not yet", "path '/a.*'",
+                 "L7 rules other than http (kafka)",
                  "entity 'host' is not imported", "an empty rule"):
         assert text in done.stderr, done.stderr
     assert str(path) + ":" in done.stderr
+
+
+# -- HTTP rules (toPorts.rules.http) ---------------------------------------------------------------
+
+HTTP_RULES = [{"method": "GET"}, {"method": "GET|POST", "path": "/api/.*"}, {"path": "/health"},
+              {"headers": ["X-Tenant: a"]}, {"method": "DELETE", "path": "/api/.*", "headerMatches": [{"name": "x-admin"}]},
+              {"host": "shop\\.example"}]
+REQUESTS = [None, Request("GET", "/"), Request("POST", "/api/x"), Request("GET", "/health"),
+            Request("DELETE", "/api/1", headers=(("x-admin", "1"),)), Request("PUT", "/x", headers=(("x-tenant", "a"),)),
+            Request("GET", "/apix"), Request("PATCH", "/", "shop.example")]
+
+
+@st.composite
+def http_policies(draw):
+    out = []
+    for k in range(draw(st.integers(1, 3))):
+        rules = []
+        for _ in range(draw(st.integers(1, 2))):
+            rule = {}
+            if draw(st.booleans()):
+                rule["fromEndpoints"] = [_endpoint_selector(draw)]
+            port = {"ports": [{"port": "8080", "protocol": "TCP"}]}
+            if draw(st.integers(0, 3)):
+                port["rules"] = {"http": draw(st.lists(st.sampled_from(HTTP_RULES), min_size=1, max_size=3, unique_by=repr))}
+            rule["toPorts"] = [port]
+            rules.append(rule)
+        out.append({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                    "metadata": {"name": f"h{k}", "namespace": draw(st.sampled_from(sorted(NAMESPACES)))},
+                    "spec": {"endpointSelector": _endpoint_selector(draw), "ingress": rules}})
+    return out
+
+
+def _http_matches(rule: dict, request) -> bool:
+    if request is None:
+        return False
+    headers = dict(request.headers)
+    for h in rule.get("headers", []):
+        name, _, value = h.partition(":")
+        if headers.get(name.strip().lower()) != value.strip():
+            return False
+    if any(m["name"] not in headers for m in rule.get("headerMatches", [])):
+        return False
+    return (re.fullmatch(rule.get("method", ".*"), request.method) is not None
+            and re.fullmatch(rule.get("path", ".*"), request.path) is not None
+            and (request.host is not None and re.fullmatch(rule["host"], request.host) is not None
+                 if "host" in rule else True))
+
+
+def http_allowed(pods, cnps, src_ip, dst_pod, request) -> bool:
+    """Cilium at the destination, on port 8080: an endpoint with ingress rules lets through what a rule for
+    the peer admits: the port outright, or the requests its HTTP rules match."""
+    src_pod = next((p for p in pods if p["status"]["podIP"] == src_ip), None)
+    mine = [c for c in cnps if _selects(c["spec"]["endpointSelector"], dst_pod, c["metadata"]["namespace"], False)]
+    if not mine:
+        return True
+    for c in mine:
+        for r in c["spec"]["ingress"]:
+            if not _peer(r, "ingress", c["metadata"]["namespace"], src_ip, src_pod):
+                continue
+            for tp in r["toPorts"]:
+                if "rules" not in tp or any(_http_matches(h, request) for h in tp["rules"]["http"]):
+                    return True
+    return False
+
+
+@SETTINGS
+@given(st.data())
+def test_imported_http_rules_decide_as_ciliums_proxy_does(data):
+    pods = data.draw(clusters())
+    cnps = data.draw(http_policies())
+    program, text = import_cluster(pods, cnps)
+    bad = []
+    for src in [p["status"]["podIP"] for p in pods] + ["203.0.113.7"]:
+        for dst in pods:
+            if src == dst["status"]["podIP"]:
+                continue
+            for request in REQUESTS:
+                f = Flow(4, int(ipaddress.ip_address(src)), int(ipaddress.ip_address(dst["status"]["podIP"])), 6, 40000,
+                         8080, http=request)
+                if (evaluate(program, f).verdict == "allow") != http_allowed(pods, cnps, src, dst, request):
+                    bad.append((src, dst["metadata"]["name"], request))
+    assert not bad, (bad[:5], yaml.safe_dump_all(cnps), text[-2500:])

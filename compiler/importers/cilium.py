@@ -16,14 +16,24 @@ Cilium's documented semantics, which the importer follows:
 - A rule without peers (only `toPorts`) admits every peer. Ports: a number or a name (looked up on
   the destination pod), `endPort`, protocol TCP, UDP or ANY.
 
-Refused at their position, never dropped: L7 rules (`toPorts.rules`), FQDN, service, group, node
-and other entity peers, `reserved:` labels, an empty rule (`{}`), and a nodeSelector.
+- HTTP rules (`toPorts.rules.http`) on an ingress allow: on those ports, Cilium's proxy lets through
+  the requests that match one of them (method names joined by `|`, a path written exactly or as
+  `literal/.*`, an exact host, `headers` and `headerMatches` as exact values or presence); an allow
+  of the same port without HTTP rules lets every request through, as Cilium merges them.
+
+Refused at their position, never dropped: other L7 rules (Kafka, DNS), HTTP rules on egress or in a
+deny, regexes beyond those, FQDN, service, group, node and other entity peers, `reserved:` labels,
+an empty rule (`{}`), and a nodeSelector.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+
+from anyplane.ir.flow import HTTP_METHODS
+from anyplane.ir.http import header_problem, host_problem, is_canonical
+from anyplane.ir.match import merge_ranges
 
 from .ports import ALL, NONE
 
@@ -44,6 +54,8 @@ class CiliumRule:
     ports: list | None  # importer port list; None: every port and protocol
     span: object
     label: str
+    #: HTTP rules on these (TCP) ports: anyplane HTTP parts, one of which a request must match
+    http: tuple | None = None
 
 
 def _labels(pod, namespaces) -> dict:
@@ -116,10 +128,8 @@ def _rules(reader, pods, path, spec, ns, label, span_of, selects, parse_ports) -
         sections = [(key, spec.get(key)) for key in (direction, direction + "Deny") if spec.get(key)]
         for key, items in sections:
             for r in items:
-                rule = _rule(reader, pods, path, r, direction, key.endswith("Deny"), subject, ns, label, span_of,
+                out += _rule(reader, pods, path, r, direction, key.endswith("Deny"), subject, ns, label, span_of,
                              selects, parse_ports)
-                if rule is not None:
-                    out.append(rule)
         flag = default_deny.get(direction)
         if (sections and flag is not False) or flag is True:
             # Default deny for the direction: a deny of nothing that marks the subject as restricted.
@@ -132,19 +142,19 @@ def _rule(reader, pods, path, r, direction, deny, subject, ns, label, span_of, s
     if not isinstance(r, dict) or not [k for k in r if not k.startswith("__")]:
         reader.fail(path, r if isinstance(r, dict) else {}, f"{label}: an empty rule: say which peers "
                                                             f"({', '.join(PEER_KEYS[direction])})")
-        return None
+        return []
     refused = [k for k in r if k in REFUSED or k.startswith(("to", "from")) and k not in PEER_KEYS[direction]
                and k != "toPorts" or (not k.startswith("__") and k not in PEER_KEYS[direction] + ("toPorts",))]
     if refused:
         reader.fail(path, r, f"{label}: {', '.join(sorted(refused))} peers are not imported")
-        return None
+        return []
     peers = None
     if any(k in r for k in PEER_KEYS[direction]):
         peers = []
         for sel in r.get(PEER_KEYS[direction][0]) or []:
             clean = _clean(sel, path, reader, label)
             if clean is None:
-                return None
+                return []
             peers.append(("pods", _select(reader, pods, path, clean, ns, selects,
                                           ns is not None and not _names_namespace(clean))))
         try:
@@ -155,20 +165,23 @@ def _rule(reader, pods, path, r, direction, deny, subject, ns, label, span_of, s
                               [ipaddress.ip_network(e, strict=False) for e in item.get("except") or []]))
         except (TypeError, ValueError) as exc:
             reader.fail(path, r, f"{label}: {exc}")
-            return None
+            return []
         for entity in r.get(PEER_KEYS[direction][3]) or []:
             if entity not in ENTITIES:
                 reader.fail(path, r, f"{label}: entity {entity!r} is not imported (world, cluster, all are)")
-                return None
+                return []
             peers.append(("world",) if entity == "world" else ("all",) if entity == "all" else ("pods", frozenset(
                 p.ident for p in pods)))
     ports = None
+    l7 = []  # (ports, http parts) of toPorts entries with HTTP rules
     if r.get("toPorts"):
         ports = []
         for tp in r["toPorts"]:
+            http = None
             if tp.get("rules"):
-                reader.fail(path, tp, f"{label}: L7 rules (toPorts.rules) are not imported yet")
-                return None
+                http = _http_rules(reader, path, tp, tp["rules"], direction, deny, label)
+                if http is None:
+                    return []
             items = []
             for p in tp.get("ports") or []:
                 proto = str(p.get("protocol", "ANY")).upper()
@@ -181,9 +194,106 @@ def _rule(reader, pods, path, r, direction, deny, subject, ns, label, span_of, s
                                   **({"endPort": p["endPort"]} if p.get("endPort") else {})})
             parsed = parse_ports(reader, path, items)
             if parsed is None and items:
+                return []
+            parsed = parsed or [("tcp", 0, 65535), ("udp", 0, 65535)]
+            if http is None:
+                ports += parsed
+            else:
+                l7.append(([x for x in parsed if x[0] == "tcp"], http))
+    out = []
+    if ports is None or ports or not l7:
+        out.append(CiliumRule(direction, deny, subject, peers, ports, span_of(path, r), label))
+    out += [CiliumRule(direction, deny, subject, peers, tcp, span_of(path, r), label, http) for tcp, http in l7]
+    return out
+
+
+_META = set(".^$*+?()[]{}|\\")
+
+
+def _literal(regex: str) -> str | None:
+    """The one string a regex matches when it has no operators (metacharacters escaped with a
+    backslash are themselves), else None."""
+    out, i = [], 0
+    while i < len(regex):
+        ch = regex[i]
+        if ch == "\\":
+            if i + 1 >= len(regex) or regex[i + 1].isalnum():
+                return None  # \d, \w ...: classes, not characters
+            out.append(regex[i + 1])
+            i += 2
+            continue
+        if ch in _META:
+            return None
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+HTTP_FIELDS = ("method", "path", "host", "headers", "headerMatches")
+
+
+def _http_rules(reader, path, tp, rules, direction, deny, label) -> tuple | None:
+    """Cilium's `rules.http` of one toPorts entry as anyplane HTTP parts (None and an error when they
+    cannot be said: other L7 protocols, egress, regexes beyond literals and `literal/.*`)."""
+    from .istio import _quote
+
+    others = [k for k in rules if not k.startswith("__") and k != "http"]
+    if others or not rules.get("http"):
+        reader.fail(path, tp, f"{label}: L7 rules other than http ({', '.join(others) or 'none'}) are not imported")
+        return None
+    if direction != "ingress" or deny:
+        reader.fail(path, tp, f"{label}: HTTP rules are imported on ingress allows (Cilium's proxy at the "
+                              "destination); egress HTTP rules are not yet")
+        return None
+    parts = []
+    for h in rules["http"]:
+        unknown = [k for k in h if not k.startswith("__") and k not in HTTP_FIELDS]
+        if unknown:
+            reader.fail(path, h, f"{label}: http.{unknown[0]} is not imported")
+            return None
+        text = " http"
+        method = h.get("method")
+        if method not in (None, "", ".*"):
+            names = [_literal(m) for m in str(method).split("|")]
+            if not all(n in HTTP_METHODS for n in names):
+                reader.fail(path, h, f"{label}: method {method!r}: a method name or names joined by '|' "
+                                     f"({', '.join(HTTP_METHODS)}) are imported")
                 return None
-            ports += parsed or [("tcp", 0, 65535), ("udp", 0, 65535)]
-    return CiliumRule(direction, deny, subject, peers, ports, span_of(path, r), label)
+            text += " " + ", ".join(sorted(set(names), key=HTTP_METHODS.index))
+        elif method == ".*" or h.get("path") not in (None, "", ".*"):
+            text += " *"
+        p = h.get("path")
+        if p not in (None, "", ".*"):
+            p = str(p)
+            lit = _literal(p[:-2]) if p.endswith("/.*") else _literal(p)  # "/a/.*" is the prefix "/a/"
+            if lit is None or not lit.startswith("/") or not is_canonical(lit):
+                reader.fail(path, h, f"{label}: path {p!r}: an exact path or a prefix written 'literal/.*' is "
+                                     "imported (a path in normal form)")
+                return None
+            text += " " + (lit + "*" if p.endswith("/.*") else lit)
+        host = h.get("host")
+        if host not in (None, "", ".*"):
+            lit = _literal(str(host))
+            if lit is None or host_problem(lit.lower()):
+                reader.fail(path, h, f"{label}: host {host!r}: an exact host is imported")
+                return None
+            text += f" host {_quote(lit.lower())}"
+        for header in h.get("headers") or []:
+            name, _, value = str(header).partition(":")
+            name, value = name.strip().lower(), value.strip()
+            if header_problem(name) or not name:
+                reader.fail(path, h, f"{label}: header {header!r}: {header_problem(name) or 'no name'}")
+                return None
+            text += f" header {_quote(name)} " + (f"= {_quote(value)}" if value else "present")
+        for m in h.get("headerMatches") or []:
+            if m.get("mismatch") or m.get("secret") or not m.get("name"):
+                reader.fail(path, m, f"{label}: headerMatches with a mismatch action or a secret are not imported")
+                return None
+            name = str(m["name"]).lower()
+            value = m.get("value")
+            text += f" header {_quote(name)} " + (f"= {_quote(str(value))}" if value else "present")
+        parts.append(text)
+    return tuple(parts)
 
 
 def _holds(peers, peer, within, is_pod) -> bool:
@@ -208,11 +318,32 @@ def restricts(rules: list[CiliumRule], ident: str, direction: str):
                  and ident in r.subject), None)
 
 
-def verdicts(rules: list[CiliumRule], subject, peer, direction: str, ports_of, within, is_pod):
-    """(allowed ports, allowing rules, denied ports, denying rules) for one direction."""
+def http_allows(rules: list[CiliumRule], subject, peer, within, is_pod) -> list:
+    """[(TCP port ranges, anyplane HTTP part, (span, label))]: the requests Cilium's proxy lets through to
+    `subject` from `peer` on ports where its HTTP rules apply."""
+    out = []
+    for r in rules:
+        if r.http is None or r.direction != "ingress" or subject.ident not in r.subject:
+            continue
+        if _holds(r.peers, peer, within, is_pod):
+            ranges = tuple(merge_ranges([(lo, hi) for _, lo, hi in r.ports]))
+            out += [(ranges, part, (r.span, r.label)) for part in r.http]
+    return out
+
+
+def http_ports(rules: list[CiliumRule], pod) -> list:
+    """The numbered ports of a pod where Cilium's proxy reads HTTP."""
+    return sorted({n for r in rules if r.http is not None and pod.ident in r.subject
+                   for _, lo, hi in r.ports for n in range(lo, hi + 1) if hi - lo < 64})
+
+
+def verdicts(rules: list[CiliumRule], subject, peer, direction: str, ports_of, within, is_pod, with_http=False):
+    """(allowed ports, allowing rules, denied ports, denying rules) for one direction: HTTP rules aside, or
+    (`with_http`) as if they allowed their ports outright."""
     allowed, denied, allows, denies = NONE, NONE, [], []
     for r in rules:
-        if r.direction != direction or subject.ident not in r.subject or r.peers == []:
+        if r.direction != direction or subject.ident not in r.subject or r.peers == [] or \
+                (r.http is not None and not with_http):
             continue
         if not _holds(r.peers, peer, within, is_pod):
             continue

@@ -457,6 +457,15 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
                 seen[ident].protocols = protocols
         except (AttributeError, TypeError, ValueError) as exc:
             reader.fail(reader.istio[0][0], reader.istio[0][1], f"malformed policy: a field has the wrong shape ({exc})")
+    for p in pods:
+        for n in cilium.http_ports(cilium_rules, p):
+            if p.ident in istio.subjects(istio_rules):
+                rule = next(r for r in cilium_rules if r.http is not None and p.ident in r.subject)
+                reader.errors.append(error(rule.span, "import", f"{rule.label}: pod {p.namespace}/{p.name} has "
+                                                                "both Cilium HTTP rules and Istio AuthorizationPolicies: "
+                                                                "not imported together"))
+                break
+            p.protocols[n] = "http"
     if reader.errors:
         raise DiagnosticError(reader.errors)
     blocks = [net for _, obj in reader.policies for net in _networks(obj)] + admin.networks(admin_rules) + \
@@ -641,14 +650,14 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
                                     and ident in r.subject), (None, ""))
         emit(f"deny {ident} -> any priority 10", where, f"{label} decides its egress")
 
-    def side(subject, peer, direction):
+    def side(subject, peer, direction, with_http=False):
         table, isolated = (ingress, isolated_in) if direction == "ingress" else (egress, isolated_out)
         dst = subject if direction == "ingress" else (peer if isinstance(peer, Pod) else None)
         ports_of = lambda spec: Ports.of(_resolve(spec, dst))  # noqa: E731
         np_ports, np_why = _np(table[subject.ident], peer, dst)
         # Cilium merges its allows with the NetworkPolicies' and puts its denies above everything.
         c_allowed, c_allows, c_denied, c_denies = cilium.verdicts(cilium_rules, subject, peer, direction, ports_of,
-                                                                  _within, lambda q: isinstance(q, Pod))
+                                                                  _within, lambda q: isinstance(q, Pod), with_http)
         closed = subject.ident in isolated or subject.ident in default_deny[direction]
         ports, allows, denies = admin.decide(admin_rules, subject, peer, direction, closed, np_ports | c_allowed,
                                              ports_of, _within)
@@ -659,6 +668,7 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
         return ports - c_denied, allows, c_denies + denies
 
     meshed = istio.subjects(istio_rules)
+    proxied = {p.ident for p in pods if cilium.http_ports(cilium_rules, p)}
     ends = sorted(pods, key=lambda p: p.ident) + blocks
     for a in ends:
         for b in ends:
@@ -698,6 +708,14 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
                 emit(f"deny {name_a} -> {name_b}{suffix} priority 30", why_deny[0], why_deny[1])
             for ranges, why in mesh.denies:  # Istio's DENY rules, each named where it decides
                 emit(f"deny {name_a} -> {name_b}{Ports(tcp=ranges).rules()[0][0]} priority 31", *why)
+            if b_pod and b.ident in proxied:
+                # Cilium's proxy lets through the requests its HTTP rules match, where the rules' ports
+                # would pass if they were L4 allows (every tier and the source's egress considered).
+                web = (side(b, a, "ingress", with_http=True)[0] & egr).tcp
+                for ranges, part, why in cilium.http_allows(cilium_rules, b, a, _within, lambda q: isinstance(q, Pod)):
+                    ports = istio._intersect(ranges, web)
+                    if ports:
+                        emit(f"allow {name_a} -> {name_b}{Ports(tcp=ports).rules()[0][0]}{part} priority 35", *why)
             for ranges, part, why in mesh.http_allows:
                 ports = istio._intersect(ranges, reachable)
                 if ports:
