@@ -15,15 +15,28 @@ reasons. The driver reads the output back through the Cilium importer and proves
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import yaml
 
-from anyplane.ir.nodes import Program
+from anyplane.ir import fields as F
+from anyplane.ir.actions import Allow, Deny
+from anyplane.ir.flow import Flow
+from anyplane.ir.interp import match_holds, owner
+from anyplane.ir.match import Absent, Exact, InSet, Match, Present, StrExact
+from anyplane.ir.match import options as alternatives
+from anyplane.ir.nodes import Program, Table, ordered
+from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
 from ..k8s.engine import CAPABILITY as K8S_CAPABILITY
-from ..k8s.engine import K8sEngine, export
+from ..k8s.engine import K8sEngine, _collapse, _ip_blocks, _k8s_name, _regions, export
 
-CAPABILITY = base.Capability(**dict(vars(K8S_CAPABILITY), engine="cilium"))
+CAPABILITY = base.Capability(**dict(vars(K8S_CAPABILITY), engine="cilium",
+                                    fields=K8S_CAPABILITY.fields + ("http", "http.method", "http.path", "http.host",
+                                                                    "http.header.*")))
+META = set(".^$*+?()[]{}|\\")
+TCP = 6
 
 
 def _peer(item: dict, side: str) -> tuple[str, dict | str]:
@@ -63,6 +76,134 @@ def cilium_policy(np: dict) -> dict:
             "metadata": dict(np["metadata"]), "spec": out}
 
 
+def _escape(text: str) -> str:
+    """A literal as a regex (Cilium's HTTP rules match regexes)."""
+    return "".join("\\" + c if c in META else c for c in text)
+
+
+def _http_rules(entry) -> list[dict] | str:
+    """An L7 allow's conditions as Cilium HTTP rules (one per path), or why Cilium cannot say them."""
+    rule: dict = {}
+    paths = [None]
+    headers = []
+    for name, fm in entry.match.fields:
+        opts = alternatives(fm)
+        if name == F.HTTP_METHOD:
+            rule["method"] = "|".join(sorted({o.value for o in opts if isinstance(o, Exact)}
+                                             | {v for o in opts if isinstance(o, InSet) for v in o.values}))
+        elif name == F.HTTP_PATH:
+            paths = [_escape(o.value) if isinstance(o, StrExact) else _escape(o.value) + ".*" for o in opts]
+        elif name == F.HTTP_HOST:
+            rule["host"] = _escape(opts[0].value)
+        elif name.startswith(F.HEADER_PREFIX):
+            header = name[len(F.HEADER_PREFIX):]
+            if isinstance(fm, Absent):
+                return f"Cilium's HTTP rules cannot require a header to be absent ({header})"
+            headers.append(header if isinstance(fm, Present) else f"{header}: {fm.value}")
+    if headers:
+        rule["headers"] = headers
+    return [dict(rule, path=p) if p is not None else dict(rule) for p in paths]
+
+
+def _l3l4(match: Match) -> Match:
+    return Match(tuple((n, m) for n, m in match.fields if F.lookup(n).layer != "L7"))
+
+
+def http_grants(program: Program) -> tuple[list, dict]:
+    """([(source region, workload region, port, [Cilium HTTP rules])], errors by rule): the requests that
+    L7 allows let through where L3/L4 rules alone would not. Cilium merges allows and has no HTTP deny,
+    so an HTTP deny that decides something is an error at the deny."""
+    regions, _ = _regions(program)
+    entries = list(ordered(program.acl))
+    grants, errors = [], {}
+    for w in (r for r in regions if r.workload):
+        for port in sorted(set(program.identity(w.workload).http_ports)):
+            for src in regions:
+                answers = []
+                for family in [f for f in w.ranges if src.probe(f) is not None]:
+                    answers.append(_grant(program, entries, family, src, w, port, errors))
+                if answers and any(a != answers[0] for a in answers):
+                    culprit = next(e for a in answers for e in (a[1] if a else ()) )
+                    errors.setdefault(culprit.rule, error(culprit.origin, "cilium", (
+                        f"{src.workload}'s IPv4 and IPv6 addresses are decided apart here; a Cilium endpoint "
+                        "selector names a workload's pods alike")))
+                    continue
+                if answers and answers[0] is not None:
+                    grants.append((src, w, port, answers[0][0]))
+    return grants, errors
+
+
+def _grant(program: Program, entries, family: int, src, w, port: int, errors: dict):
+    """(Cilium HTTP rules, the L7 allows they come from) for requests from `src` to `w` on `port` that
+    L3/L4 rules alone would not let through (None: nothing to add)."""
+    s, d = src.probe(family), w.probe(family)
+    flow = Flow(family, s, d, TCP, 49152, port)
+    ids = (owner(program, family, s), owner(program, family, d))
+    matching = [e for e in entries if match_holds(_l3l4(e.match), flow, *ids)]
+    leading, l4 = [], None
+    for k, e in enumerate(matching):
+        if e.layer != "L7":
+            l4 = e
+            break
+        if isinstance(e.action, Deny):
+            below = [x for x in matching[k + 1:] if not isinstance(x.action, Deny)]
+            if below or (program.default == "allow" and not any(x.layer != "L7" for x in matching[k:])):
+                errors.setdefault(e.rule, error(e.origin, "cilium", (
+                    "Cilium has no HTTP deny: its HTTP rules only add requests a port lets through "
+                    "(write the requests that pass as allows)")))
+            continue
+        if not isinstance(e.action, Allow):
+            errors.setdefault(e.rule, error(e.origin, "cilium", "Cilium's HTTP rules cannot limit rates"))
+            continue
+        leading.append(e)
+    l4_allows = not isinstance(l4.action, Deny) if l4 is not None else program.default == "allow"
+    if l4_allows or not leading:
+        return None
+    rules = []
+    for e in leading:
+        got = _http_rules(e)
+        if isinstance(got, str):
+            errors.setdefault(e.rule, error(e.origin, "cilium", got))
+            continue
+        rules += [r for r in got if r not in rules]
+    return rules, tuple(leading)
+
+
+def _peer_item(region, where) -> list[dict]:
+    if region.workload:
+        ns, labels = where[region.workload]["namespace"], where[region.workload]["labels"]
+        return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                 "podSelector": {"matchLabels": dict(labels)}}]
+    return _ip_blocks(region)
+
+
+def add_http(policies: list[dict], grants: list, identities: dict) -> None:
+    """The grants as ingress rules with HTTP rules on the workload's policy, and as egress rules of the
+    port on the source's (Cilium reads requests at the destination)."""
+    by_name = {p["metadata"]["name"]: p["spec"] for p in policies}
+    grouped: dict = {}  # the same rules on the same port of a workload: one ingress rule for all its sources
+    for src, w, port, rules in grants:
+        grouped.setdefault((w.key, port, repr(rules)), (w, port, rules, []))[3].append(src)
+    for w, port, rules, sources in grouped.values():
+        spec = by_name[f"anyplane-{_k8s_name(w.workload)}"]
+        ports = [{"port": str(port), "protocol": "TCP"}]
+        rule: dict = {}
+        for item in _collapse([i for src in sources for i in _peer_item(src, identities)]):
+            key, value = _peer(item, "from")
+            rule.setdefault(key, []).append(value)
+        rule["toPorts"] = [{"ports": ports, "rules": {"http": rules}}]
+        spec.setdefault("ingress", []).append(rule)
+    for src, w, port, rules in grants:
+        ports = [{"port": str(port), "protocol": "TCP"}]
+        if src.workload:
+            out: dict = {}
+            for item in _peer_item(w, identities):
+                key, value = _peer(item, "to")
+                out.setdefault(key, []).append(value)
+            out["toPorts"] = [{"ports": ports}]
+            by_name[f"anyplane-{_k8s_name(src.workload)}"].setdefault("egress", []).append(out)
+
+
 class CiliumEngine(K8sEngine):
     """`-t cilium`: CiliumNetworkPolicies, read back through the importer."""
 
@@ -71,8 +212,15 @@ class CiliumEngine(K8sEngine):
     reads_back_with = "cilium"
 
     def emit(self, program: Program, options: base.Options) -> base.Output:
-        policies, identities = export(program, getattr(options.deployment, "kubernetes", None))
-        text = "".join("---\n" + yaml.safe_dump(cilium_policy(p), sort_keys=False) for p in policies)
+        grants, errors = http_grants(program)
+        if errors:
+            raise DiagnosticError(list(errors.values()))
+        # The L3/L4 rules as -t k8s computes them; the HTTP rules are added where they let requests through.
+        l4 = replace(program, acl=Table(program.acl.name, tuple(e for e in program.acl.entries if e.layer != "L7")))
+        policies, identities = export(l4, getattr(options.deployment, "kubernetes", None))
+        cilium = [cilium_policy(p) for p in policies]
+        add_http(cilium, grants, identities)
+        text = "".join("---\n" + yaml.safe_dump(p, sort_keys=False) for p in cilium)
         rows = base.rule_rows(program, lambda r: (base.ENFORCED, "", 0))
         out = base.Output([base.Artifact("ciliumnetworkpolicies.yaml", text),
                            base.Artifact("identities.yaml", yaml.safe_dump({"identities": identities}, sort_keys=True))],

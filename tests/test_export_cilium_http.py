@@ -1,0 +1,95 @@
+"""`compile -t cilium` with HTTP rules: L7 allows become Cilium HTTP rules on the destination's ingress
+(and the port on the source's egress). Random mesh policies either export and are proved through the
+Cilium importer, with concrete requests re-judged in the read-back, or are refused at a rule; Cilium
+has no HTTP deny, so a deny that decides requests is an error."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from hypothesis import assume, event, given
+
+from anyplane.compiler import api
+from anyplane.compiler.importers import read_back
+from anyplane.ir.source import DiagnosticError
+
+from .conftest import run
+from .test_export_istio import SETTINGS, _compiled, _files, _requests_agree, mesh_policies
+
+SHOP = """
+service web { address 10.0.1.0/24  port 8080 http  port 9000 tcp }
+service api { address 10.0.2.0/24  port 9080 http }
+service db  { address 10.0.3.8/30 port 5432 tcp }
+external internet { address 0.0.0.0/0 }
+external office { address 192.168.0.0/16 }
+default deny
+allow internet -> web http GET /, /static/*
+allow office -> web tcp 9000
+allow web -> api http GET, POST /api/* header "x-tenant" present
+allow api -> db tcp 5432
+allow office -> api tcp 9080
+allow office -> api http DELETE /api/x host "a.example"
+"""
+
+
+def test_http_allows_become_cilium_http_rules_and_are_proved(tmp_path):
+    (tmp_path / "p.ap").write_text(SHOP)
+    done = run("compile", str(tmp_path / "p.ap"), "-t", "cilium", "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "proved: cilium (read back through the importer)" in done.stderr
+    policies = {p["metadata"]["name"]: p["spec"] for p in
+                yaml.safe_load_all((tmp_path / "out" / "ciliumnetworkpolicies.yaml").read_text()) if p}
+    api_in = [r for r in policies["anyplane-api"]["ingress"] if "rules" in r["toPorts"][0]]
+    assert {"method": "GET|POST", "path": "/api/.*", "headers": ["x-tenant"]} in \
+        [h for r in api_in for h in r["toPorts"][0]["rules"]["http"]]
+    web_out = policies["anyplane-web"]["egress"]
+    assert any(r["toPorts"] == [{"ports": [{"port": "9080", "protocol": "TCP"}]}] for r in web_out), \
+        "the source's egress lets the port through; the destination reads the requests"
+
+
+def test_a_dropped_http_rule_is_caught_by_the_proof():
+    compiled = _compiled(SHOP)
+    out = api.compile_target(compiled, "cilium")
+    files = _files(out)
+    docs = [d for d in yaml.safe_load_all(files["ciliumnetworkpolicies.yaml"]) if d]
+    for d in docs:
+        for r in d["spec"].get("ingress", []):
+            for tp in r.get("toPorts", []):
+                if "rules" in tp:
+                    tp["rules"]["http"] = tp["rules"]["http"][:1]
+    files["ciliumnetworkpolicies.yaml"] = yaml.safe_dump_all(docs)
+    back = read_back("cilium", files)
+    assert _requests_agree(compiled.program, back)
+    out.read_back = lambda: back
+    assert not api.prove_export(compiled, "cilium", out).proved
+
+
+@pytest.mark.parametrize("extra", [
+    "deny any -> api http DELETE /* priority 5",
+    'allow web -> api http GET /x header "x-a" absent',
+])
+def test_what_cilium_cannot_say_is_an_error_at_the_rule(tmp_path, extra):
+    (tmp_path / "p.ap").write_text(SHOP + extra + "\n")
+    done = run("compile", str(tmp_path / "p.ap"), "-t", "cilium", "-o", str(tmp_path / "out"))
+    assert done.returncode == 1 and f"{tmp_path / 'p.ap'}:14:" in done.stderr, done.stderr
+
+
+@SETTINGS
+@given(mesh_policies())
+def test_mesh_policies_export_to_cilium_exactly_or_are_refused_at_a_rule(text):
+    try:
+        compiled = _compiled(text)
+    except DiagnosticError:
+        assume(False)
+    program = compiled.program
+    try:
+        out = api.compile_target(compiled, "cilium")
+    except DiagnosticError as exc:
+        spans = {r.origin for r in program.rules} | {program.default_origin}
+        assert all(d.span in spans for d in exc.diagnostics), [str(d.span) for d in exc.diagnostics]
+        event("refused: " + exc.diagnostics[0].message.split(":")[0][:60])
+        return
+    event("exported" + (" with HTTP rules" if any(e.layer == "L7" for e in program.acl.entries) else ""))
+    assert not _requests_agree(program, out.read_back()), text
+    proof = api.prove_export(compiled, "cilium", out)
+    assert proof.proved, (proof.counterexample, text)
