@@ -6,10 +6,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 wrk curl graphviz chromium
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 wrk curl graphviz chromium nodejs
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup sysdeps venv bpffs p4tools nca p4sh bench maps clean
+.PHONY: demo test setup sysdeps venv bpffs p4tools nca p4sh kmodels bench maps clean
 
 demo: setup
 	$(BIN)/anyplane check examples/bookinfo.ap
@@ -27,7 +27,7 @@ test: setup
 	$(BIN)/python -m pip check  # one current stack: protobuf 6, grpcio, finsy's P4Runtime, xds-protos
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
-setup: sysdeps venv bpffs p4tools nca p4sh
+setup: sysdeps venv bpffs p4tools nca p4sh kmodels
 
 # p4runtime-shell, the tool an operator opens on a switch, pins protobuf 3.20: it gets an environment
 # of its own, and tests/test_p4.py has it read back what anyplane pushed.
@@ -36,6 +36,15 @@ p4sh: .p4sh/.installed-$(P4SH_VERSION)
 .p4sh/.installed-$(P4SH_VERSION):
 	test -x .p4sh/bin/python || $(PYTHON) -m venv .p4sh
 	.p4sh/bin/python -m pip install -q --disable-pip-version-check 'p4runtime-shell==$(P4SH_VERSION)'
+	touch $@
+
+# The published schemas of Istio's and Cilium's resources (their CRDs' OpenAPI schemas, as the
+# kubernetes-models packages carry them): the exporters' output is validated against them.
+KMODELS := @kubernetes-models/istio@3.0.1 @kubernetes-models/cilium@4.0.0
+kmodels: .kmodels/.installed-istio-3.0.1-cilium-4.0.0
+.kmodels/.installed-istio-3.0.1-cilium-4.0.0: | sysdeps
+	command -v npm >/dev/null || apt-get install -y -q npm
+	npm install --silent --no-audit --no-fund --prefix .kmodels $(KMODELS)
 	touch $@
 
 # IBM's network-config-analyzer, the peer the Kubernetes importer is checked against
@@ -93,4 +102,4 @@ maps: setup
 	  $(BIN)/anyplane map $$src --format svg > docs/maps/$$e.svg && echo "docs/maps/$$e.svg"; done
 
 clean:
-	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis .p4tools .nca .p4sh
+	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis .p4tools .nca .p4sh .kmodels

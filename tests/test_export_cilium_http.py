@@ -14,6 +14,7 @@ from anyplane.compiler.importers import read_back
 from anyplane.ir.source import DiagnosticError
 
 from .conftest import run
+from .crd_schemas import violations
 from .test_export_istio import SETTINGS, _compiled, _files, _requests_agree, mesh_policies
 
 SHOP = """
@@ -42,6 +43,8 @@ def test_http_allows_become_cilium_http_rules_and_are_proved(tmp_path):
     api_in = [r for r in policies["anyplane-api"]["ingress"] if "rules" in r["toPorts"][0]]
     assert {"method": "GET|POST", "path": "/api/.*", "headers": ["x-tenant"]} in \
         [h for r in api_in for h in r["toPorts"][0]["rules"]["http"]]
+    assert violations([p for p in yaml.safe_load_all((tmp_path / "out" / "ciliumnetworkpolicies.yaml").read_text())
+                       if p]) == []
     web_out = policies["anyplane-web"]["egress"]
     assert any(r["toPorts"] == [{"ports": [{"port": "9080", "protocol": "TCP"}]}] for r in web_out), \
         "the source's egress lets the port through; the destination reads the requests"
@@ -91,5 +94,8 @@ def test_mesh_policies_export_to_cilium_exactly_or_are_refused_at_a_rule(text):
         return
     event("exported" + (" with HTTP rules" if any(e.layer == "L7" for e in program.acl.entries) else ""))
     assert not _requests_agree(program, out.read_back()), text
+    if any(e.layer == "L7" for e in program.acl.entries):
+        cnps = [d for d in yaml.safe_load_all(_files(out)["ciliumnetworkpolicies.yaml"]) if d]
+        assert violations(cnps) == [], text
     proof = api.prove_export(compiled, "cilium", out)
     assert proof.proved, (proof.counterexample, text)

@@ -25,6 +25,7 @@ from anyplane.ir.owners import owned_addresses
 from anyplane.ir.source import DiagnosticError
 
 from .conftest import run
+from .crd_schemas import violations
 from .strategies import policies
 from .test_export_k8s import K8S_VERSION, SETTINGS
 
@@ -93,6 +94,7 @@ def test_a_mesh_policy_exports_and_is_proved(tmp_path):
             "when": [{"key": "request.headers[x-tenant]", "values": ["*"]}]} in allow
     assert {"to": [{"operation": {"notPorts": ["9080"]}}]} in allow
     assert "anyplane-db-deny" not in by_name and "anyplane-db-allow" not in by_name, "db has no HTTP rules"
+    assert violations(authz) == []
     for doc in yaml.safe_load_all((out / "services.yaml").read_text()):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     for doc in yaml.safe_load_all((out / "networkpolicies.yaml").read_text()):
@@ -159,6 +161,11 @@ def test_random_policies_export_exactly_or_are_refused_at_a_rule(text):
     event("exported" + (" with HTTP rules" if any(e.layer == "L7" for e in program.acl.entries) else ""))
     back = out.read_back()
     assert not _requests_agree(program, back), text
+    files = _files(out)
+    written = [d for name in ("authorizationpolicies.yaml", "virtualservices.yaml", "destinationrules.yaml")
+               for d in yaml.safe_load_all(files[name]) if d]
+    if written:
+        assert violations(written) == [], text
     proof = api.prove_export(compiled, "istio", out)
     assert proof.proved, (proof.counterexample, text)
 
@@ -247,6 +254,7 @@ def test_routes_and_limits_become_virtual_services_and_destination_rules_read_ba
     (dr,) = [d for d in yaml.safe_load_all((tmp_path / "out" / "destinationrules.yaml").read_text()) if d]
     assert dr["spec"]["trafficPolicy"]["outlierDetection"] == {"consecutive5xxErrors": 5, "baseEjectionTime": "30s"}
     assert [s["name"] for s in dr["spec"]["subsets"]] == ["v1", "v2", "v3"]
+    assert violations([vs, dr]) == []
     for doc in yaml.safe_load_all((tmp_path / "out" / "services.yaml").read_text()):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 

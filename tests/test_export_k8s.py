@@ -26,6 +26,7 @@ from anyplane.ir.source import DiagnosticError
 
 from .brute import _address_classes
 from .conftest import CI, run
+from .crd_schemas import violations
 from .strategies import policies
 from .test_import_k8s import allowed
 
@@ -83,6 +84,7 @@ def test_exported_cilium_policies_decide_as_the_policy(text):
         return  # refused at a rule, as -t k8s (tested there)
     files = {a.path: a.data for a in out.artifacts}
     cnps = [d for d in yaml.safe_load_all(files["ciliumnetworkpolicies.yaml"]) if d]
+    assert violations(cnps) == []
     identities = yaml.safe_load(files["identities.yaml"])["identities"] or {}
     pods = _pods(program, identities)
     by_ip = {p["status"]["podIP"]: p for p in pods}

@@ -94,7 +94,12 @@ def _http_rules(entry) -> list[dict] | str:
         elif name == F.HTTP_PATH:
             paths = [_escape(o.value) if isinstance(o, StrExact) else _escape(o.value) + ".*" for o in opts]
         elif name == F.HTTP_HOST:
-            rule["host"] = _escape(opts[0].value)
+            # Cilium reads `host` as a regex but its schema wants a hostname, so a dot cannot be escaped:
+            # "a.example" would also let "aXexample" through.
+            if any(ch in META for ch in opts[0].value):
+                return (f"Cilium matches the host {opts[0].value!r} as a regex whose dots match any character "
+                        "(its schema takes no escapes): the export would let more hosts through")
+            rule["host"] = opts[0].value
         elif name.startswith(F.HEADER_PREFIX):
             header = name[len(F.HEADER_PREFIX):]
             if isinstance(fm, Absent):
@@ -220,6 +225,10 @@ class CiliumEngine(K8sEngine):
         policies, identities = export(l4, getattr(options.deployment, "kubernetes", None))
         cilium = [cilium_policy(p) for p in policies]
         add_http(cilium, grants, identities)
+        for p in cilium:  # a direction that allows nothing: closed outright (the schema wants a section)
+            for key, deny, side in (("ingress", "ingressDeny", "fromEntities"), ("egress", "egressDeny", "toEntities")):
+                if not p["spec"].get(key):
+                    p["spec"][deny] = [{side: ["all"]}]
         text = "".join("---\n" + yaml.safe_dump(p, sort_keys=False) for p in cilium)
         rows = base.rule_rows(program, lambda r: (base.ENFORCED, "", 0))
         out = base.Output([base.Artifact("ciliumnetworkpolicies.yaml", text),

@@ -273,7 +273,9 @@ def _http_rules(reader, path, tp, rules, direction, deny, label) -> tuple | None
             text += " " + (lit + "*" if p.endswith("/.*") else lit)
         host = h.get("host")
         if host not in (None, "", ".*"):
-            lit = _literal(str(host))
+            # Cilium's schema takes a hostname here: a dot is taken as a dot (the regex would also match
+            # any character there, a difference docs/import.md states)
+            lit = _literal(str(host).replace("\\.", ".").replace(".", "\\."))
             if lit is None or host_problem(lit.lower()):
                 reader.fail(path, h, f"{label}: host {host!r}: an exact host is imported")
                 return None
