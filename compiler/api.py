@@ -95,7 +95,7 @@ def prove_export(compiled: Compiled, target: str, out: Output, progress=None):
     policy decides for every flow to or from a workload (the exporter says which identities are
     workloads; traffic between addresses outside them is no cluster's to decide)."""
     from anyplane.ir import fields as F
-    from anyplane.ir.match import InSet, Match, PrefixMatch
+    from anyplane.ir.match import Exact, InSet, Match, PrefixMatch
     from anyplane.verify.compose import Scope, prove as prove_composition
 
     engine = _engine(target)
@@ -111,6 +111,8 @@ def prove_export(compiled: Compiled, target: str, out: Output, progress=None):
         return Composition(True, 0.0, engines=[target])
     to = Match.of({F.DST_ID: InSet(workloads)})
     selves = tuple(Match.of({F.SRC_IP: PrefixMatch(p), F.DST_IP: PrefixMatch(p)}) for p in engine.exempt(compiled.program))
+    # TCP and UDP port 0 is reserved: no connection uses it, and Kubernetes' resources cannot name it.
+    selves += (Match.of({F.PROTO: InSet((6, 17)), F.DPORT: Exact(0)}),)
     scopes = [Scope("to workloads", to, selves, (target,)),
               Scope("from workloads", Match.of({F.SRC_ID: InSet(workloads)}), (to,) + selves, (target,))]
     return prove_composition(compiled.program, {target: back}, scopes, progress=progress)

@@ -24,6 +24,7 @@ from .actions import CircuitBreaker, RateLimit
 from .flow import Flow
 from .match import (Absent, AnyOf, Exact, FieldMatch, InSet, Match, Present, PrefixMatch, Range,
                     StrExact, StrPrefix, Ternary)
+from .memo import per_program
 from .nodes import Entry, Program, decision_key
 
 
@@ -51,8 +52,26 @@ class Decision:
         return action if isinstance(action, RateLimit) else None
 
 
+@per_program(keep=32)
+def _owners(endpoints) -> dict:
+    """Owners already looked up, per endpoint table (a program and the narrowed copies of it that
+    engines make share one)."""
+    return {}
+
+
 def owner(program: Program, family: int, address: int) -> str | None:
     """The identity owning an address: the longest endpoint prefix containing it."""
+    known = _owners(program.endpoints)
+    key = (family, address)
+    if key in known:
+        return known[key]
+    if len(known) > 100_000:
+        known.clear()
+    known[key] = _owner(program, family, address)
+    return known[key]
+
+
+def _owner(program: Program, family: int, address: int) -> str | None:
     best = None
     for row in program.endpoints:
         if row.prefix.contains(family, address):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import replace
 
 import yaml
 
@@ -33,9 +34,10 @@ from anyplane.ir import fields as F
 from anyplane.ir.actions import RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import Flow
-from anyplane.ir.interp import evaluate
-from anyplane.ir.match import PrefixMatch, int_ranges, merge_ranges, options as alternatives
-from anyplane.ir.nodes import Program
+from anyplane.ir.interp import evaluate, match_holds, owner
+from anyplane.ir.match import Match, PrefixMatch, int_ranges, merge_ranges, options as alternatives
+from anyplane.ir.memo import per_program
+from anyplane.ir.nodes import Program, Table
 from anyplane.ir.owners import ownership
 from anyplane.ir.source import DiagnosticError, error
 
@@ -133,9 +135,45 @@ class _Blame:
             raise DiagnosticError(list(self.found.values()))
 
 
+class _Narrow:
+    """The program narrowed to one pair of addresses: only the entries whose source and destination
+    sides hold for them (the same decisions for the pair's flows, without scanning every other pair's
+    rules). Which entries hold for an address is worked out once per address and side."""
+
+    def __init__(self, program: Program):
+        self.program = program
+        self.sides = [(i, Match(tuple((n, m) for n, m in e.match.fields if n in (F.SRC_IP, F.SRC_ID))),
+                       Match(tuple((n, m) for n, m in e.match.fields if n in (F.DST_IP, F.DST_ID))))
+                      for i, e in enumerate(program.acl.entries)]
+        self.memo: dict = {}
+        self.pairs: dict = {}
+
+    def _holding(self, side: int, family: int, address: int) -> frozenset:
+        key = (side, family, address)
+        if key not in self.memo:
+            probe = Flow(family, address, address, TCP, 49152, 1)
+            who = owner(self.program, family, address)
+            self.memo[key] = frozenset(i for i, *parts in self.sides if match_holds(parts[side], probe, who, who))
+        return self.memo[key]
+
+    def __call__(self, family: int, src: int, dst: int) -> Program:
+        key = (family, src, dst)
+        if key not in self.pairs:
+            keep = self._holding(0, family, src) & self._holding(1, family, dst)
+            entries = tuple(e for i, e in enumerate(self.program.acl.entries) if i in keep)
+            self.pairs[key] = replace(self.program, acl=Table(self.program.acl.name, entries))
+        return self.pairs[key]
+
+
+@per_program(keep=4)
+def _narrow(program: Program) -> _Narrow:
+    return _Narrow(program)
+
+
 def _answer(program: Program, family: int, src: int, dst: int, blame: _Blame):
     """What NetworkPolicy must allow for one pair of addresses: "all", or {"tcp": ranges, "udp": ranges}
     (None: nothing)."""
+    program = _narrow(program)(family, src, dst)
     allowed: dict[str, list] = {"tcp": [], "udp": []}
     other: dict[int, object] = {}
     denied = []
