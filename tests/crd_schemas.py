@@ -21,18 +21,21 @@ MODULES = {
     ("cilium.io/v2", "CiliumNetworkPolicy"): "@kubernetes-models/cilium/cilium.io/v2/CiliumNetworkPolicy",
 }
 SCRIPT = """
-import { readFileSync } from "node:fs";
+import { createInterface } from "node:readline";
 const modules = JSON.parse(process.argv[2]);
-const docs = JSON.parse(readFileSync(0, "utf8"));
-const errors = [];
-for (const [i, doc] of docs.entries()) {
-  const where = modules[`${doc.apiVersion} ${doc.kind}`];
-  if (!where) { errors.push(`${i}: no schema for ${doc.apiVersion} ${doc.kind}`); continue; }
-  const cls = (await import(where))[doc.kind];
-  try { new cls(doc).validate(); } catch (e) { errors.push(`${i} ${doc.kind} ${doc.metadata?.name}: ${e.message}`); }
+const classes = {};
+for await (const line of createInterface({ input: process.stdin })) {
+  const errors = [];
+  for (const [i, doc] of JSON.parse(line).entries()) {
+    const key = `${doc.apiVersion} ${doc.kind}`;
+    if (!modules[key]) { errors.push(`${i}: no schema for ${key}`); continue; }
+    classes[key] ??= (await import(modules[key]))[doc.kind];
+    try { new classes[key](doc).validate(); } catch (e) { errors.push(`${i} ${doc.kind} ${doc.metadata?.name}: ${e.message}`); }
+  }
+  console.log(JSON.stringify(errors));
 }
-console.log(JSON.stringify(errors));
 """
+_node: subprocess.Popen | None = None
 
 
 def require() -> None:
@@ -43,14 +46,20 @@ def require() -> None:
 
 
 def violations(docs: list[dict]) -> list[str]:
-    """What the published schemas say against each document (empty: all valid)."""
+    """What the published schemas say against each document (empty: all valid). One Node.js process
+    per test run answers every call."""
+    global _node
     require()
-    script = KMODELS / "validate.mjs"
-    if not script.exists() or script.read_text() != SCRIPT:
-        script.write_text(SCRIPT)
-    modules = {f"{api} {kind}": m for (api, kind), m in MODULES.items()}
-    done = subprocess.run(["node", str(script), json.dumps(modules)], input=json.dumps(docs), capture_output=True,
-                          text=True, cwd=KMODELS, timeout=120)
-    if done.returncode:
-        raise RuntimeError(f"node failed: {done.stderr[-2000:]}")
-    return json.loads(done.stdout)
+    if _node is None or _node.poll() is not None:
+        script = KMODELS / "validate.mjs"
+        if not script.exists() or script.read_text() != SCRIPT:
+            script.write_text(SCRIPT)
+        modules = {f"{api} {kind}": m for (api, kind), m in MODULES.items()}
+        _node = subprocess.Popen(["node", str(script), json.dumps(modules)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, cwd=KMODELS)
+    _node.stdin.write(json.dumps(docs) + "\n")
+    _node.stdin.flush()
+    line = _node.stdout.readline()
+    if not line:
+        raise RuntimeError("the schema validator (node) stopped")
+    return json.loads(line)
