@@ -28,7 +28,7 @@ from .brute import _address_classes
 from .conftest import CI, run
 from .crd_schemas import violations
 from .strategies import policies
-from .test_import_k8s import allowed
+from .test_import_admin import allowed as admin_allowed
 
 K8S_VERSION = "1.37"
 
@@ -43,8 +43,9 @@ def _export(program):
     out = api.compile_target(api.Compiled(None, None, program, None), "k8s")
     files = {a.path: a.data for a in out.artifacts}
     nps = [d for d in yaml.safe_load_all(files["networkpolicies.yaml"]) if d]
+    anps = [d for d in yaml.safe_load_all(files.get("adminnetworkpolicies.yaml", "")) if d]
     identities = yaml.safe_load(files["identities.yaml"])["identities"] or {}
-    return out, nps, identities
+    return out, nps + anps, identities
 
 
 def _schema_valid(nps: list[dict]) -> None:
@@ -119,7 +120,9 @@ def test_exported_networkpolicies_decide_as_the_policy(text):
         assert all(d.span in spans for d in exc.diagnostics), [str(d.span) for d in exc.diagnostics]
         event("refused at a rule: " + exc.diagnostics[0].message.split(":")[0])
         return
-    event("exported")
+    anps = [p for p in nps if p["kind"] == "AdminNetworkPolicy"]
+    nps = [p for p in nps if p["kind"] == "NetworkPolicy"]
+    event("exported" + (" with AdminNetworkPolicies" if anps else ""))
     _schema_valid(nps)
     pods = _pods(program, identities)
     by_ip = {p["status"]["podIP"]: p for p in pods}
@@ -140,7 +143,7 @@ def test_exported_networkpolicies_decide_as_the_policy(text):
                 f = Flow(fam_a, a, b, number, 40000, port) if port else \
                     Flow(fam_a, a, b, number, icmp_type=8 if fam_a == 4 else 128, icmp_code=0)
                 want = evaluate(program, f).verdict == "allow"
-                got = allowed(pods, nps, text_a, text_b, proto, port)
+                got = admin_allowed(pods, nps, anps, None, text_a, text_b, proto, port)
                 if got != want:
                     bad.append((f.text, want, got))
     assert not bad, (bad[:5], text)
@@ -203,6 +206,8 @@ def test_what_networkpolicy_cannot_say_is_an_error_at_the_rule(tmp_path):
     ("service a { address 10.0.0.1/32 }\nservice b { address 10.0.0.2/32 }\ndefault allow\ndeny a -> b icmp\n",
      "cannot tell ICMP or another protocol apart"),
     ("service a { address 10.0.0.1/32 }\ndefault allow\ndeny a -> a tcp 22\n", "a pod reach itself"),
+    ("service a { address 10.0.0.1/32 }\nexternal x { address 192.0.2.0/24 }\ndefault deny\nallow x -> a\n"
+     "deny x -> a tcp 22\n", "AdminNetworkPolicy has no ingress peer for outside addresses"),
 ])
 def test_more_that_networkpolicy_cannot_say(tmp_path, text, fragment):
     p = tmp_path / "p.ap"
@@ -241,3 +246,27 @@ def test_the_deployment_file_places_workloads_and_names_their_labels(tmp_path):
         dep.write_text(yaml.safe_dump(bad))
         done = run("compile", str(p), "-t", "k8s", "--deployment", str(dep), "-o", str(tmp_path / "out3"))
         assert done.returncode in (1, 2) and why in done.stderr, done.stderr
+
+
+def test_every_protocol_but_some_ports_becomes_an_admin_network_policy_deny(tmp_path):
+    """NetworkPolicy only adds allows: "everything but tcp 22" needs an AdminNetworkPolicy Deny, at the
+    destination's ingress from a workload, or the source's egress to outside addresses."""
+    p = tmp_path / "p.ap"
+    p.write_text("service web { address 10.0.1.0/24 }\nservice api { address 10.0.2.0/24 }\n"
+                 "external internet { address 0.0.0.0/0 }\ndefault deny\n"
+                 "allow api -> web\ndeny api -> web tcp 22\nallow web -> internet\ndeny web -> internet udp 53\n")
+    for target in ("k8s", "cilium"):
+        done = run("compile", str(p), "-t", target, "-o", str(tmp_path / target))
+        assert done.returncode == 0 and f"proved: {target}" in done.stderr, done.stderr
+    (anp,) = [d for d in yaml.safe_load_all((tmp_path / "k8s" / "adminnetworkpolicies.yaml").read_text()) if d]
+    assert anp["spec"]["subject"]["pods"]["podSelector"]["matchLabels"] == {"anyplane.io/identity": "web"}
+    (ingress,) = anp["spec"]["ingress"]
+    assert ingress["action"] == "Deny" and ingress["ports"] == [{"portNumber": {"protocol": "TCP", "port": 22}}]
+    assert ingress["from"][0]["pods"]["podSelector"]["matchLabels"] == {"anyplane.io/identity": "api"}
+    (egress,) = anp["spec"]["egress"]
+    assert egress["ports"] == [{"portNumber": {"protocol": "UDP", "port": 53}}] and "networks" in egress["to"][0]
+    cnps = {d["metadata"]["name"]: d["spec"] for d in
+            yaml.safe_load_all((tmp_path / "cilium" / "ciliumnetworkpolicies.yaml").read_text()) if d}
+    assert cnps["anyplane-web"]["ingressDeny"][0]["toPorts"] == [{"ports": [{"port": "22", "protocol": "TCP"}]}]
+    assert violations(list(cnps and [d for d in yaml.safe_load_all(
+        (tmp_path / "cilium" / "ciliumnetworkpolicies.yaml").read_text()) if d])) == []

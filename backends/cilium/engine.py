@@ -30,7 +30,7 @@ from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
 from ..k8s.engine import CAPABILITY as K8S_CAPABILITY
-from ..k8s.engine import K8sEngine, _collapse, _ip_blocks, _k8s_name, _regions, export
+from ..k8s.engine import K8sEngine, _collapse, _ip_blocks, _k8s_name, _regions, export, split
 
 CAPABILITY = base.Capability(**dict(vars(K8S_CAPABILITY), engine="cilium",
                                     fields=K8S_CAPABILITY.fields + ("http", "http.method", "http.path", "http.host",
@@ -209,6 +209,35 @@ def add_http(policies: list[dict], grants: list, identities: dict) -> None:
             by_name[f"anyplane-{_k8s_name(src.workload)}"].setdefault("egress", []).append(out)
 
 
+def add_denies(policies: list[dict], anps: list[dict]) -> None:
+    """The AdminNetworkPolicies' Deny rules (ports a pair leaves out of everything else) as the subject's
+    `ingressDeny`/`egressDeny`, which win over every allow in Cilium too."""
+    by_labels = {repr(p["spec"]["endpointSelector"]["matchLabels"]): p["spec"] for p in policies}
+    for anp in anps:
+        subject = anp["spec"]["subject"]["pods"]["podSelector"]["matchLabels"]
+        spec = by_labels[repr(dict(subject))]
+        for direction, side in (("ingress", "from"), ("egress", "to")):
+            for r in anp["spec"].get(direction, []):
+                rule: dict = {}
+                for peer in r[side]:
+                    if "networks" in peer:
+                        rule.setdefault(f"{side}CIDR", []).extend(peer["networks"])
+                    else:
+                        labels = dict(peer["pods"]["podSelector"]["matchLabels"])
+                        labels["io.kubernetes.pod.namespace"] = \
+                            peer["pods"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                        rule.setdefault(f"{side}Endpoints", []).append({"matchLabels": labels})
+                ports = []
+                for p in r["ports"]:
+                    item = p.get("portNumber") or p.get("portRange")
+                    entry = {"port": str(item.get("port", item.get("start"))), "protocol": item["protocol"]}
+                    if "end" in item:
+                        entry["endPort"] = item["end"]
+                    ports.append(entry)
+                rule["toPorts"] = [{"ports": ports}]
+                spec.setdefault(direction + "Deny", []).append(rule)
+
+
 class CiliumEngine(K8sEngine):
     """`-t cilium`: CiliumNetworkPolicies, read back through the importer."""
 
@@ -223,7 +252,9 @@ class CiliumEngine(K8sEngine):
         # The L3/L4 rules as -t k8s computes them; the HTTP rules are added where they let requests through.
         l4 = replace(program, acl=Table(program.acl.name, tuple(e for e in program.acl.entries if e.layer != "L7")))
         policies, identities = export(l4, getattr(options.deployment, "kubernetes", None))
-        cilium = [cilium_policy(p) for p in policies]
+        nps, anps = split(policies)
+        cilium = [cilium_policy(p) for p in nps]
+        add_denies(cilium, anps)
         add_http(cilium, grants, identities)
         for p in cilium:  # a direction that allows nothing: closed outright (the schema wants a section)
             for key, deny, side in (("ingress", "ingressDeny", "fromEntities"), ("egress", "egressDeny", "toEntities")):

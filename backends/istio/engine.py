@@ -44,7 +44,8 @@ from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
 from ..k8s.engine import CAPABILITY as K8S_CAPABILITY
-from ..k8s.engine import K8sEngine, _k8s_name, _regions, export as k8s_export
+from ..k8s.engine import K8sEngine, _k8s_name, _regions, split
+from ..k8s.engine import export as k8s_export
 
 CAPABILITY = base.Capability(**dict(vars(K8S_CAPABILITY), engine="istio",
                                     fields=K8S_CAPABILITY.fields + ("http", "http.method", "http.path", "http.host",
@@ -349,12 +350,14 @@ class IstioEngine(K8sEngine):
 
         def dump(objects):
             return "".join("---\n" + yaml.safe_dump(o, sort_keys=False) for o in objects)
+        nps, anps = split(policies)
         rows = base.rule_rows(program, lambda r: (base.ENFORCED, "", 0))
-        out = base.Output([base.Artifact("networkpolicies.yaml", dump(policies)),
+        out = base.Output([base.Artifact("networkpolicies.yaml", dump(nps)),
                            base.Artifact("authorizationpolicies.yaml", dump(authz)),
                            base.Artifact("services.yaml", dump(services)),
                            base.Artifact("virtualservices.yaml", dump(vss)),
                            base.Artifact("destinationrules.yaml", dump(drs)),
+                           *([base.Artifact("adminnetworkpolicies.yaml", dump(anps))] if anps else []),
                            base.Artifact("identities.yaml", yaml.safe_dump({"identities": identities}, sort_keys=True))],
                           rows)
         out.artifacts.append(base.Artifact("report.txt", out.report_text(self.name)))

@@ -192,13 +192,13 @@ def _answer(program: Program, family: int, src: int, dst: int, blame: _Blame):
         blame.add(odd, "NetworkPolicy allows TCP and UDP ports, or every protocol: it cannot tell ICMP or "
                        "another protocol apart from the rest")
         return None
-    everything = all(merge_ranges(r) == [(0, 65535)] for r in allowed.values())
+    everything = all(_usable(merge_ranges(r)) == [(1, 65535)] for r in allowed.values())
     if verdicts == {"allow"}:
         if not everything:
-            by_rule = [d for d in denied if d.entry is not None] or denied
-            blame.add(by_rule[0], "NetworkPolicy cannot allow every other protocol while it leaves out some TCP "
-                                  "or UDP ports (it only adds allows to an isolated pod)")
-            return None
+            # Every protocol but some ports: NetworkPolicy allows all, an AdminNetworkPolicy denies the rest.
+            missing = {name: _gaps(_usable(merge_ranges(r))) for name, r in allowed.items()}
+            return Except({name: gaps for name, gaps in missing.items() if gaps},
+                          next((d for d in denied if d.entry is not None), denied[0]))
         return "all"
     out = {}
     for name, ranges in allowed.items():
@@ -211,6 +211,36 @@ def _answer(program: Program, family: int, src: int, dst: int, blame: _Blame):
         if merged:
             out[name] = merged
     return out or None
+
+
+class Except:
+    """A pair's answer when every protocol passes but some TCP or UDP ports: NetworkPolicy allows all and
+    an AdminNetworkPolicy denies `ports` ({"tcp": ranges, "udp": ranges}); `why` decided one of them."""
+
+    def __init__(self, ports: dict, why):
+        self.ports, self.why = ports, why
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Except) and other.ports == self.ports
+
+    def __repr__(self) -> str:
+        return f"Except({self.ports!r})"
+
+
+def _usable(ranges: list) -> list:
+    """Ranges without port 0 (reserved: no connection uses it)."""
+    return [(max(lo, 1), hi) for lo, hi in ranges if hi >= 1]
+
+
+def _gaps(ranges: list) -> list:
+    out, at = [], 1
+    for lo, hi in ranges:
+        if lo > at:
+            out.append((at, lo - 1))
+        at = max(at, hi + 1)
+    if at <= 65535:
+        out.append((at, 65535))
+    return out
 
 
 def _differing(program: Program, family: int, one: tuple[int, int], other: tuple[int, int]):
@@ -261,7 +291,7 @@ def _ip_blocks(region: Region) -> list[dict]:
 
 
 def _ports(answer) -> list[dict] | None:
-    if answer == "all":
+    if answer == "all" or isinstance(answer, Except):
         return None
     out = []
     for name in ("tcp", "udp"):
@@ -367,9 +397,70 @@ def export(program: Program, kubernetes: dict | None = None) -> tuple[list[dict]
     for i, p in enumerate(policies):  # two names that sanitise alike get a number
         if names.count(p["metadata"]["name"]) > 1:
             p["metadata"]["name"] += f"-{i}"
+    policies += _admin(answers, by_key, where, program)
     identities = {w.workload: {"namespace": where(w.workload)[0], "labels": dict(where(w.workload)[1]),
                                "addresses": [str(p) for p in _prefixes(w)]} for w in workloads}
     return policies, identities
+
+
+def _anp_ports(ports: dict) -> list[dict]:
+    out = []
+    for name in ("tcp", "udp"):
+        for lo, hi in ports.get(name, ()):
+            out.append({"portNumber": {"protocol": name.upper(), "port": lo}} if lo == hi else
+                       {"portRange": {"protocol": name.upper(), "start": lo, "end": hi}})
+    return out
+
+
+def _admin(answers: dict, by_key: dict, where, program: Program) -> list[dict]:
+    """AdminNetworkPolicies for the pairs that pass everything but some ports: a Deny of those ports at
+    the destination's ingress (from a workload), or at the source's egress (to outside addresses).
+    AdminNetworkPolicy has no ingress peer for outside addresses: such a pair is an error at its rule."""
+    rules: dict = {}  # (subject workload, direction) -> {ports repr: (ports, [peers])}
+    blame = _Blame(program)
+    for (a_key, b_key), ans in sorted(answers.items()):
+        if not isinstance(ans, Except):
+            continue
+        a, b = by_key[a_key], by_key[b_key]
+        if b.workload and a.workload:
+            subject, direction, peer = b.workload, "ingress", _anp_pods(a.workload, where)
+        elif a.workload:
+            subject, direction, peer = a.workload, "egress", {"networks": [i["ipBlock"]["cidr"]
+                                                                           for i in _collapse(_ip_blocks(b))]}
+        else:
+            blame.add(ans.why, "Kubernetes cannot deny some ports of an address outside the cluster while it lets "
+                               "every other protocol through (AdminNetworkPolicy has no ingress peer for outside "
+                               "addresses)")
+            continue
+        group = rules.setdefault((subject, direction), {}).setdefault(repr(ans.ports), (ans.ports, []))
+        group[1].append(peer)
+    blame.raise_any()
+    out = []
+    subjects = sorted({s for s, _ in rules})
+    if len(subjects) > 1000:
+        raise DiagnosticError([error(program.default_origin, "k8s", "more than 1000 workloads need an "
+                                                                   "AdminNetworkPolicy (priorities are 0-1000)")])
+    for n, subject in enumerate(subjects, start=1):
+        spec: dict = {"priority": n, "subject": _anp_pods(subject, where)}
+        for direction, side in (("ingress", "from"), ("egress", "to")):
+            for k, (ports, peers) in enumerate(rules.get((subject, direction), {}).values(), start=1):
+                nets = [{"ipBlock": {"cidr": c}} for peer in peers for c in peer.get("networks", ())]
+                merged = [p for p in peers if "networks" not in p]
+                if nets:
+                    merged.append({"networks": [i["ipBlock"]["cidr"] for i in _collapse(nets)]})
+                spec.setdefault(direction, []).append({"name": f"deny-{k}", "action": "Deny", side: merged,
+                                                       "ports": _anp_ports(ports)})
+        out.append({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+                    "metadata": {"name": f"anyplane-{_k8s_name(subject)}",
+                                 "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
+                    "spec": spec})
+    return out
+
+
+def _anp_pods(workload: str, where) -> dict:
+    ns, labels = where(workload)
+    return {"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                     "podSelector": {"matchLabels": dict(labels)}}}
 
 
 def _single(region: Region) -> bool:
@@ -423,6 +514,12 @@ def _collapse(items: list[dict]) -> list[dict]:
     return rest + merged
 
 
+def split(policies: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(NetworkPolicies, AdminNetworkPolicies)."""
+    return ([p for p in policies if p["kind"] == "NetworkPolicy"],
+            [p for p in policies if p["kind"] == "AdminNetworkPolicy"])
+
+
 class K8sEngine(base.Engine):
     """`-t k8s`: NetworkPolicies for a cluster's network plugin, read back through the importer."""
 
@@ -444,11 +541,15 @@ class K8sEngine(base.Engine):
 
     def emit(self, program: Program, options: base.Options) -> base.Output:
         policies, identities = export(program, getattr(options.deployment, "kubernetes", None))
-        text = "".join("---\n" + yaml.safe_dump(p, sort_keys=False) for p in policies)
+        nps, anps = split(policies)
+        text = "".join("---\n" + yaml.safe_dump(p, sort_keys=False) for p in nps)
         ident_text = yaml.safe_dump({"identities": identities}, sort_keys=True)
         rows = base.rule_rows(program, lambda r: (base.ENFORCED, "", 0))
         out = base.Output([base.Artifact("networkpolicies.yaml", text), base.Artifact("identities.yaml", ident_text)],
                           rows)
+        if anps:
+            out.artifacts.append(base.Artifact("adminnetworkpolicies.yaml", "".join(
+                "---\n" + yaml.safe_dump(p, sort_keys=False) for p in anps)))
         out.artifacts.append(base.Artifact("report.txt", out.report_text(self.name)))
         return out
 

@@ -54,17 +54,18 @@ def relocate(obj, origins: dict[int, Span]):
 
 def read_back(importer: str, files: dict[str, str]):
     """What an exporter's files decide, as IR: read through the importer of their kind (`k8s`:
-    `networkpolicies.yaml`, `cilium`: `ciliumnetworkpolicies.yaml`, `istio`: NetworkPolicies,
+    `networkpolicies.yaml` and `adminnetworkpolicies.yaml`, `cilium`: `ciliumnetworkpolicies.yaml`, `istio`: NetworkPolicies,
     AuthorizationPolicies and Services, with the pods `identities.yaml` describes)."""
     import yaml
 
     from ..pipeline import compile_sources
 
-    resources = {"k8s": ("networkpolicies.yaml",), "cilium": ("ciliumnetworkpolicies.yaml",),
-                 "istio": ("networkpolicies.yaml", "authorizationpolicies.yaml", "services.yaml",
-                           "virtualservices.yaml", "destinationrules.yaml")}
+    resources = {"k8s": ("networkpolicies.yaml", "adminnetworkpolicies.yaml"),
+                 "cilium": ("ciliumnetworkpolicies.yaml",),
+                 "istio": ("networkpolicies.yaml", "adminnetworkpolicies.yaml", "authorizationpolicies.yaml",
+                           "services.yaml", "virtualservices.yaml", "destinationrules.yaml")}
     if importer not in resources:
         raise ValueError(f"no importer reads {importer!r} output back")
     identities = yaml.safe_load(files["identities.yaml"])["identities"] or {}
-    imported = k8s.read_back([(name, files[name]) for name in resources[importer]], identities)
+    imported = k8s.read_back([(name, files[name]) for name in resources[importer] if name in files], identities)
     return compile_sources([(IMPORTED, imported.text)]).program
