@@ -39,7 +39,7 @@ from anyplane.ir.match import merge_ranges
 from anyplane.ir.source import Diagnostic, DiagnosticError, Span, error
 
 from . import admin, cilium, istio, routing
-from .ports import ALL, EVERY, NONE, Ports
+from .ports import ALL, EVERY, NONE, Ports, _intersect
 
 PORTS_ALL = "all"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
@@ -75,7 +75,7 @@ class Pod:
     @property
     def endpoint(self) -> str:
         """How rules name the pod: its identity, or (a service's own addresses beside its versions, which
-        the service's name would cover too) its prefixes."""
+        the service's name would cover too) the service except its versions."""
         if self.base and self.siblings:
             return f"{self.ident} except {', '.join(self.siblings)}"
         return self.ident
@@ -252,9 +252,9 @@ class _Reader:
         elif kind in ("PeerAuthentication", "RequestAuthentication", "Sidecar", "ServiceEntry", "Gateway",
                       "EnvoyFilter"):
             self.fail(path, obj, f"{kind} {name}: not imported yet (NetworkPolicy, AdminNetworkPolicy, "
-                                 "BaselineAdminNetworkPolicy, CiliumNetworkPolicy, AuthorizationPolicy, VirtualService, "
-                                 "DestinationRule, Services, Pods, workload controllers and Namespaces are); remove it from the input rather than have "
-                                 "it ignored")
+                                 "BaselineAdminNetworkPolicy, CiliumNetworkPolicy, AuthorizationPolicy, "
+                                 "VirtualService, DestinationRule, Services, Pods, workload controllers and "
+                                 "Namespaces are); remove it from the input rather than have it ignored")
 
     def workload_pods(self) -> list[Pod]:
         """Each workload controller as the pods it makes: the template's labels and ports, the addresses an
@@ -456,7 +456,8 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
             for ident, protocols in istio.port_protocols(reader, pods, reader.services, _selects).items():
                 seen[ident].protocols = protocols
         except (AttributeError, TypeError, ValueError) as exc:
-            reader.fail(reader.istio[0][0], reader.istio[0][1], f"malformed policy: a field has the wrong shape ({exc})")
+            first = (reader.istio or reader.routing)[0]
+            reader.fail(first[0], first[1], f"malformed policy: a field has the wrong shape ({exc})")
     for p in pods:
         for n in cilium.http_ports(cilium_rules, p):
             if p.ident in istio.subjects(istio_rules):
@@ -713,11 +714,11 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
                 # would pass if they were L4 allows (every tier and the source's egress considered).
                 web = (side(b, a, "ingress", with_http=True)[0] & egr).tcp
                 for ranges, part, why in cilium.http_allows(cilium_rules, b, a, _within, lambda q: isinstance(q, Pod)):
-                    ports = istio._intersect(ranges, web)
+                    ports = _intersect(ranges, web)
                     if ports:
                         emit(f"allow {name_a} -> {name_b}{Ports(tcp=ports).rules()[0][0]}{part} priority 35", *why)
             for ranges, part, why in mesh.http_allows:
-                ports = istio._intersect(ranges, reachable)
+                ports = _intersect(ranges, reachable)
                 if ports:
                     emit(f"allow {name_a} -> {name_b}{Ports(tcp=ports).rules()[0][0]}{part} priority 35", *why)
             for ranges, part, why in mesh.http_denies:
