@@ -43,6 +43,7 @@ allow api -> db tcp 5432
 deny any -> api http * /api/admin/* priority 10
 deny office -> web http GET /static/secret priority 5
 allow office -> api tcp 9080
+allow internet -> api http DELETE /api/x host "a.example"
 """
 
 
@@ -94,6 +95,8 @@ def test_a_mesh_policy_exports_and_is_proved(tmp_path):
             "when": [{"key": "request.headers[x-tenant]", "values": ["*"]}]} in allow
     assert {"to": [{"operation": {"notPorts": ["9080"]}}]} in allow
     assert "anyplane-db-deny" not in by_name and "anyplane-db-allow" not in by_name, "db has no HTTP rules"
+    assert ["a.example", "a.example:*", "a.example.", "a.example.:*"] in [
+        op["operation"].get("hosts") for r in by_name["anyplane-api-allow"]["rules"] for op in r.get("to", [])]
     assert violations(authz) == []
     for doc in yaml.safe_load_all((out / "services.yaml").read_text()):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)

@@ -432,3 +432,13 @@ def test_the_istio_example_decides_as_its_policies_say():
     assert done.returncode == 0, done.stdout + done.stderr
     done = run("explain", "examples/istio", "--flow", "10.20.0.30 -> 10.20.0.11 tcp 9080 http GET /details/1")
     assert "verdict   deny" in done.stdout and "examples/istio/authorization.yaml:" in done.stdout
+
+
+def test_a_host_written_with_its_port_and_dot_spellings_is_one_host():
+    policy = _policy("deny-host", "shop", {"action": "DENY", "selector": {"matchLabels": {"app": "api"}}, "rules": [
+        {"to": [{"operation": {"hosts": ["A.example", "a.example:*", "a.example.", "a.example.:*"]}}]}]})
+    program, text = import_mesh([policy])
+    assert text.count('host "a.example"') >= 1 and "a.example:" not in text
+    sent = Request.sent_as("GET", "/x", "a.example.:8000")
+    assert _verdict(program, "10.1.0.1", "10.1.0.2", 8000, sent) == "deny"
+    assert _verdict(program, "10.1.0.1", "10.1.0.2", 8000, Request("GET", "/x", "b.example")) == "allow"

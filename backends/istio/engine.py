@@ -128,7 +128,10 @@ def _operation(entry, ports: list[int]) -> tuple[dict, list]:
         elif name == F.HTTP_PATH:
             op["paths"] = sorted(o.value if isinstance(o, StrExact) else o.value + "*" for o in alternatives(fm))
         elif name == F.HTTP_HOST:
-            op["hosts"] = [o.value for o in alternatives(fm)]
+            # Istio compares the whole authority; the sidecar anyplane models drops a port and a final dot
+            # first, so each host is written in the four forms a client may send it in.
+            op["hosts"] = [form for o in alternatives(fm) for form in (o.value, f"{o.value}:*", f"{o.value}.",
+                                                                       f"{o.value}.:*")]
         elif name.startswith(F.HEADER_PREFIX):
             key = f"request.headers[{name[len(F.HEADER_PREFIX):]}]"
             if isinstance(fm, Absent):

@@ -229,11 +229,15 @@ def _hosts(p: _Parse, op: dict, values) -> tuple | None:
         return None
     out = []
     for v in values:
-        why = "a pattern (anyplane matches hosts exactly)" if "*" in v else host_problem(v.lower())
+        # "api.example:*" and "api.example." are spellings of the host anyplane's sidecar compares without
+        # a port and a final dot (so -t istio writes them beside it)
+        host = v[:-2] if v.endswith(":*") else v
+        host = host[:-1] if host.endswith(".") else host
+        why = "a pattern (anyplane matches hosts exactly)" if "*" in host else host_problem(host.lower())
         if why:
             p.fail(op, f"hosts: {v!r} is not imported: {why}")
-        else:
-            out.append(v.lower())
+        elif host.lower() not in out:
+            out.append(host.lower())
     return tuple(out)
 
 
