@@ -363,8 +363,19 @@ class IstioEngine(K8sEngine):
                            *([base.Artifact("adminnetworkpolicies.yaml", dump(anps))] if anps else []),
                            base.Artifact("identities.yaml", yaml.safe_dump({"identities": identities}, sort_keys=True))],
                           rows)
-        out.artifacts.append(base.Artifact("report.txt", out.report_text(self.name)))
+        report = out.report_text(self.name)
+        if authz:
+            report += MESH_CONFIG
+        out.artifacts.append(base.Artifact("report.txt", report))
         return out
 
+
+#: What the AuthorizationPolicies assume of the mesh: requests normalised as anyplane's sidecar does.
+MESH_CONFIG = """
+The AuthorizationPolicies match paths in the normal form anyplane's sidecar uses (runs of slashes
+merged, escapes of unreserved characters decoded). Istio's default normalisation (BASE) does not
+merge slashes, so `//admin/x` would pass a DENY of /admin/*: configure the mesh with
+  meshConfig.pathNormalization.normalization: DECODE_AND_MERGE_SLASHES
+"""
 
 ENGINE = IstioEngine()
