@@ -104,6 +104,7 @@ def test_a_mesh_policy_exports_and_is_proved(tmp_path):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     proof = json.loads((out / "proof.json").read_text())
     assert proof["proved"] is True
+    assert "DECODE_AND_MERGE_SLASHES" in (out / "report.txt").read_text(), "the mesh must see paths as anyplane does"
 
 
 def test_a_tampered_export_is_caught_by_the_proof():
