@@ -70,7 +70,7 @@ def connectivity(program: Program, progress=None) -> nx.DiGraph:
         if progress:
             progress(n + 1, 2 * len(pairs))
         m = _pair(src, dst)
-        r = reachability(a, (m,))
+        r = reachability(a, (m,), blockers=False)  # an edge or none: what blocks it is not drawn
         if r.reachable is None:
             raise VerificationBug(f"the solver gave up on {src} -> {dst}: {r.reason}")
         if not r.reachable:
@@ -89,7 +89,7 @@ def connectivity(program: Program, progress=None) -> nx.DiGraph:
         if progress:
             progress(len(pairs) + n + 1, len(pairs) + len(found))
         for m in narrowed[(src, dst)]:
-            r = reachability(b, (m,))
+            r = reachability(b, (m,), blockers=False)
             if r.reachable:
                 _record(program, r.witness, edge, texts)
         edge["flows"] = _flows(b, cells[(src, dst)], edge["everything"], src, dst)

@@ -136,8 +136,9 @@ def _concrete_witness(a: Analysis, pattern: tuple[Match, ...]):
     return None
 
 
-def reachability(a: Analysis, pattern: tuple[Match, ...]) -> Reachability:
-    """Whether some flow of the pattern is allowed, with a witness or the blocking rules."""
+def reachability(a: Analysis, pattern: tuple[Match, ...], blockers: bool = True) -> Reachability:
+    """Whether some flow of the pattern is allowed, with a witness or (unless `blockers` is False, for
+    callers that only ask yes or no) the blocking rules."""
     w = _concrete_witness(a, pattern)
     if w is not None:
         d = a.confirm(w, lambda d: d.verdict == "allow", "get allowed")
@@ -156,6 +157,8 @@ def reachability(a: Analysis, pattern: tuple[Match, ...]) -> Reachability:
         _check_in_pattern(a, f, pattern)
         return Reachability(True, f, d.entry.origin if d.entry else None, owners=a.ids(f),
                             rule_id=d.entry.rule if d.entry else None)
+    if not blockers:
+        return Reachability(False)
     return _blockers(a, pattern, positions, region)
 
 
