@@ -112,12 +112,12 @@ class Imported:
     structure: list = field(default_factory=list)
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when PyYAML has it
     """Keeps each mapping's line and column (as `__line__`, `__col__`)."""
 
 
 def _construct_mapping(loader, node, deep=False):
-    mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+    mapping = yaml.constructor.SafeConstructor.construct_mapping(loader, node, deep=deep)
     mapping["__line__"], mapping["__col__"] = node.start_mark.line + 1, node.start_mark.column + 1
     return mapping
 
