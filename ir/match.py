@@ -140,6 +140,10 @@ class Match:
         """This match with every field of the given layer dropped."""
         return Match(tuple((n, m) for n, m in self.fields if lookup(n).layer != layer))
 
+    def only(self, *names: str) -> "Match":
+        """This match on the named fields alone (a side of a flow: its source, or its destination)."""
+        return Match(tuple((n, m) for n, m in self.fields if n in names))
+
 
 def options(fm: FieldMatch) -> tuple:
     """The alternatives of a field match (a single match is its own only alternative)."""

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from hypothesis import assume, event, given
+from hypothesis import given
 
 from anyplane.compiler import api
 from anyplane.compiler.importers import read_back
-from anyplane.ir.source import DiagnosticError
 
 from .conftest import run
 from .crd_schemas import violations
-from .test_export_istio import SETTINGS, _compiled, _files, _requests_agree, mesh_policies
+from .test_export_istio import SETTINGS, _compiled, _files, _requests_agree, exported_or_refused, mesh_policies
 
 SHOP = """
 service web { address 10.0.1.0/24  port 8080 http  port 9000 tcp }
@@ -80,22 +79,4 @@ def test_what_cilium_cannot_say_is_an_error_at_the_rule(tmp_path, extra):
 @SETTINGS
 @given(mesh_policies())
 def test_mesh_policies_export_to_cilium_exactly_or_are_refused_at_a_rule(text):
-    try:
-        compiled = _compiled(text)
-    except DiagnosticError:
-        assume(False)
-    program = compiled.program
-    try:
-        out = api.compile_target(compiled, "cilium")
-    except DiagnosticError as exc:
-        spans = {r.origin for r in program.rules} | {program.default_origin}
-        assert all(d.span in spans for d in exc.diagnostics), [str(d.span) for d in exc.diagnostics]
-        event("refused: " + exc.diagnostics[0].message.split(":")[0][:60])
-        return
-    event("exported" + (" with HTTP rules" if any(e.layer == "L7" for e in program.acl.entries) else ""))
-    assert not _requests_agree(program, out.read_back()), text
-    if any(e.layer == "L7" for e in program.acl.entries):
-        cnps = [d for d in yaml.safe_load_all(_files(out)["ciliumnetworkpolicies.yaml"]) if d]
-        assert violations(cnps) == [], text
-    proof = api.prove_export(compiled, "cilium", out)
-    assert proof.proved, (proof.counterexample, text)
+    exported_or_refused(text, "cilium")

@@ -23,7 +23,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny
 from anyplane.ir.flow import Flow
 from anyplane.ir.interp import match_holds, owner
-from anyplane.ir.match import Absent, Exact, InSet, Match, Present, StrExact
+from anyplane.ir.match import Absent, Present, StrExact, exact_values
 from anyplane.ir.match import options as alternatives
 from anyplane.ir.nodes import Program, Table, ordered
 from anyplane.ir.source import DiagnosticError, error
@@ -89,8 +89,7 @@ def _http_rules(entry) -> list[dict] | str:
     for name, fm in entry.match.fields:
         opts = alternatives(fm)
         if name == F.HTTP_METHOD:
-            rule["method"] = "|".join(sorted({o.value for o in opts if isinstance(o, Exact)}
-                                             | {v for o in opts if isinstance(o, InSet) for v in o.values}))
+            rule["method"] = "|".join(sorted(exact_values(fm)))
         elif name == F.HTTP_PATH:
             paths = [_escape(o.value) if isinstance(o, StrExact) else _escape(o.value) + ".*" for o in opts]
         elif name == F.HTTP_HOST:
@@ -108,10 +107,6 @@ def _http_rules(entry) -> list[dict] | str:
     if headers:
         rule["headers"] = headers
     return [dict(rule, path=p) if p is not None else dict(rule) for p in paths]
-
-
-def _l3l4(match: Match) -> Match:
-    return Match(tuple((n, m) for n, m in match.fields if F.lookup(n).layer != "L7"))
 
 
 def http_grants(program: Program) -> tuple[list, dict]:
@@ -144,7 +139,7 @@ def _grant(program: Program, entries, family: int, src, w, port: int, errors: di
     s, d = src.probe(family), w.probe(family)
     flow = Flow(family, s, d, TCP, 49152, port)
     ids = (owner(program, family, s), owner(program, family, d))
-    matching = [e for e in entries if match_holds(_l3l4(e.match), flow, *ids)]
+    matching = [e for e in entries if match_holds(e.match.without_layer("L7"), flow, *ids)]
     leading, l4 = [], None
     for k, e in enumerate(matching):
         if e.layer != "L7":

@@ -36,7 +36,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny
 from anyplane.ir.flow import Flow
 from anyplane.ir.interp import match_holds, owner
-from anyplane.ir.match import Absent, Exact, InSet, Match, Present, StrExact, StrPrefix, int_ranges, merge_ranges
+from anyplane.ir.match import Absent, Match, Present, StrExact, StrPrefix, exact_values, int_ranges, merge_ranges
 from anyplane.ir.match import options as alternatives
 from anyplane.ir.nodes import Program, ordered
 from anyplane.ir.project import project_l4
@@ -52,10 +52,6 @@ CAPABILITY = base.Capability(**dict(vars(K8S_CAPABILITY), engine="istio",
                                                                     "http.header.*")))
 TCP = 6
 L3 = (F.SRC_IP, F.SRC_ID, F.DST_IP, F.DST_ID)
-
-
-def _part(match: Match, names) -> Match:
-    return Match(tuple((n, m) for n, m in match.fields if n in names))
 
 
 def _ports(entry) -> list[tuple[int, int]]:
@@ -91,7 +87,7 @@ class _Reach:
         """[(region, family)] the entry's source side holds toward the workload (a DiagnosticError when it
         holds part of a workload's addresses of one family and not the rest)."""
         out = []
-        src_part, dst_part = _part(entry.match, (F.SRC_IP, F.SRC_ID)), _part(entry.match, (F.DST_IP, F.DST_ID))
+        src_part, dst_part = entry.match.only(F.SRC_IP, F.SRC_ID), entry.match.only(F.DST_IP, F.DST_ID)
         for family in workload.ranges:
             dst = workload.probe(family)
             if not match_holds(dst_part, self._probe(family, 0, dst), None, owner(self.program, family, dst)):
@@ -123,8 +119,7 @@ def _operation(entry, ports: list[int]) -> tuple[dict, list]:
     when = []
     for name, fm in entry.match.fields:
         if name == F.HTTP_METHOD:
-            op["methods"] = sorted({o.value for o in alternatives(fm) if isinstance(o, Exact)}
-                                   | {v for o in alternatives(fm) if isinstance(o, InSet) for v in o.values})
+            op["methods"] = sorted(exact_values(fm))
         elif name == F.HTTP_PATH:
             op["paths"] = sorted(o.value if isinstance(o, StrExact) else o.value + "*" for o in alternatives(fm))
         elif name == F.HTTP_HOST:
@@ -255,8 +250,7 @@ def _route_match(entry) -> list[dict]:
             else:
                 m.setdefault("headers", {})[header] = {"regex": ".*"} if isinstance(fm, Present) else {"exact": fm.value}
     fm = entry.match.get(F.HTTP_METHOD)
-    methods = sorted({o.value for o in alternatives(fm) if isinstance(o, Exact)}
-                     | {v for o in alternatives(fm) if isinstance(o, InSet) for v in o.values}) if fm else []
+    methods = sorted(exact_values(fm)) if fm else []
     out = [dict(m, method={"exact": method}) for method in methods] or [m]
     return [x for x in out if x] or []
 

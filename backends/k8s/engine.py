@@ -35,7 +35,7 @@ from anyplane.ir.actions import RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import Flow
 from anyplane.ir.interp import evaluate, match_holds, owner
-from anyplane.ir.match import Match, PrefixMatch, int_ranges, merge_ranges, options as alternatives
+from anyplane.ir.match import PrefixMatch, int_ranges, merge_ranges, options as alternatives
 from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Program, Table
 from anyplane.ir.owners import ownership
@@ -142,8 +142,7 @@ class _Narrow:
 
     def __init__(self, program: Program):
         self.program = program
-        self.sides = [(i, Match(tuple((n, m) for n, m in e.match.fields if n in (F.SRC_IP, F.SRC_ID))),
-                       Match(tuple((n, m) for n, m in e.match.fields if n in (F.DST_IP, F.DST_ID))))
+        self.sides = [(i, e.match.only(F.SRC_IP, F.SRC_ID), e.match.only(F.DST_IP, F.DST_ID))
                       for i, e in enumerate(program.acl.entries)]
         self.memo: dict = {}
         self.pairs: dict = {}

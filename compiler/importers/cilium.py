@@ -35,6 +35,7 @@ from anyplane.ir.flow import HTTP_METHODS
 from anyplane.ir.http import header_problem, host_problem, is_canonical
 from anyplane.ir.match import merge_ranges
 
+from .istio import _quote, printable
 from .ports import ALL, NONE
 
 ENTITIES = ("world", "cluster", "all")
@@ -235,8 +236,6 @@ HTTP_FIELDS = ("method", "path", "host", "headers", "headerMatches")
 def _http_rules(reader, path, tp, rules, direction, deny, label) -> tuple | None:
     """Cilium's `rules.http` of one toPorts entry as anyplane HTTP parts (None and an error when they
     cannot be said: other L7 protocols, egress, regexes beyond literals and `literal/.*`)."""
-    from .istio import _quote
-
     others = [k for k in rules if not k.startswith("__") and k != "http"]
     if others or not rules.get("http"):
         reader.fail(path, tp, f"{label}: L7 rules other than http ({', '.join(others) or 'none'}) are not imported")
@@ -283,8 +282,9 @@ def _http_rules(reader, path, tp, rules, direction, deny, label) -> tuple | None
         for header in h.get("headers") or []:
             name, _, value = str(header).partition(":")
             name, value = name.strip().lower(), value.strip()
-            if header_problem(name) or not name:
-                reader.fail(path, h, f"{label}: header {header!r}: {header_problem(name) or 'no name'}")
+            if header_problem(name) or not name or not printable(value):
+                reader.fail(path, h, f"{label}: header {header!r}: "
+                                     f"{header_problem(name) or ('no name' if not name else 'not printable ASCII')}")
                 return None
             text += f" header {_quote(name)} " + (f"= {_quote(value)}" if value else "present")
         for m in h.get("headerMatches") or []:
@@ -293,6 +293,9 @@ def _http_rules(reader, path, tp, rules, direction, deny, label) -> tuple | None
                 return None
             name = str(m["name"]).lower()
             value = m.get("value")
+            if header_problem(name) or not printable(name) or (value and not printable(str(value))):
+                reader.fail(path, m, f"{label}: headerMatches {name!r}: {header_problem(name) or 'not printable ASCII'}")
+                return None
             text += f" header {_quote(name)} " + (f"= {_quote(str(value))}" if value else "present")
         parts.append(text)
     return tuple(parts)

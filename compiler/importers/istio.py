@@ -307,7 +307,7 @@ def _rule(p: _Parse, r: dict, action: str, subject: frozenset) -> AuthzRule | No
                 headers.append((name, None))
                 continue
             for v in values or ():
-                if v != "*" and ("*" in v or not all(" " <= ch <= "~" for ch in v)):
+                if v != "*" and ("*" in v or not printable(v)):
                     p.fail(cond, f"{key}: {v!r} is not imported: header values are exact printable ASCII, or '*' "
                                  "(present)")
             headers.append((name, values or ("*",)))
@@ -434,6 +434,11 @@ def networks(rules: list[AuthzRule]) -> list:
 
 def subjects(rules: list[AuthzRule]) -> set:
     return {ident for r in rules for ident in r.subject}
+
+
+def printable(text: str) -> bool:
+    """Printable ASCII only (what a header value in a policy may hold)."""
+    return all(" " <= ch <= "~" for ch in text)
 
 
 def _quote(text: str) -> str:

@@ -30,7 +30,7 @@ from anyplane.ir.actions import RETRY_CONDITIONS
 from anyplane.ir.flow import HTTP_METHODS
 from anyplane.ir.http import header_problem, host_problem, is_canonical
 
-from .istio import _quote
+from .istio import _quote, printable
 
 SUFFIX = ".svc.cluster.local"
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
@@ -278,7 +278,7 @@ def _match(p, m: dict) -> dict | None:
                 continue
             if absent and got[0] != "present":
                 p.fail(sm, f"withoutHeaders.{name}: only `regex: .*` (the header is absent) is imported")
-            elif got[0] == "prefix" or (got[0] == "exact" and not all(" " <= ch <= "~" for ch in got[1])):
+            elif got[0] == "prefix" or (got[0] == "exact" and not printable(got[1])):
                 p.fail(sm, f"headers.{name}: an exact printable value or `regex: .*` is imported")
             else:
                 out["headers"].append((name, "absent" if absent else got[0], got[1]))
