@@ -104,7 +104,9 @@ class Fleet:
             if len(live) >= nodes and all(x["current"] for x in live):
                 return st
             if time.time() > deadline:
-                raise AssertionError(json.dumps(st, indent=1)[-4000:])
+                behind = [x["id"] for x in live if not x["current"]]
+                raise AssertionError(f"{len(live)} of {nodes} nodes connected, behind: {behind}; version "
+                                     f"{st.get('version')}\n" + json.dumps(st, indent=1)[-3000:])
             time.sleep(0.1)
 
 
@@ -130,7 +132,7 @@ def test_a_fleet_switches_policy_with_no_failed_request(tmp_path, delta):
                 stack.enter_context(Upstream(f"127.{fleet.n}.{k}.1", 18080, f"web{k}"))
             for k in range(FLEET):
                 stack.enter_context(running(fleet.bootstrap(k), fleet.admin(k)))
-            first = fleet.wait_current(serving, FLEET)
+            first = fleet.wait_current(serving, FLEET, timeout=180)  # 20 Envoys starting on 2 cores
             assert {x["service"] for x in first["nodes"]} == {f"web{k}" for k in range(FLEET)}
             assert all(fleet.get(k, "/api/x") == 200 for k in range(FLEET))
             stop, results = threading.Event(), []
