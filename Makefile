@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 wrk curl graphviz chromium nodejs
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 wrk curl graphviz chromium nodejs kubectl
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup sysdeps venv bpffs p4tools nca p4sh kmodels bench maps clean

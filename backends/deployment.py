@@ -30,7 +30,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-import yaml
+from anyplane.ir import yaml11
+from anyplane.ir.source import DiagnosticError
 
 from .base import EngineError
 
@@ -92,13 +93,20 @@ def load(path: str | None) -> Deployment:
         return Deployment()
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+            docs, notes = yaml11.load(path, fh.read())
     except OSError as exc:
         raise DeploymentError(f"cannot read '{path}': {exc.strerror}") from None
     except UnicodeDecodeError:
         raise DeploymentError(f"{path}: not UTF-8 text (a deployment file is YAML)") from None
-    except yaml.YAMLError as exc:
-        raise DeploymentError(f"{path}: not YAML ({exc})") from None
+    except DiagnosticError as exc:
+        raise DeploymentError(f"{exc.diagnostics[0].span}: {exc.diagnostics[0].message}") from None
+    # Its labels and namespaces are Kubernetes': read as Kubernetes reads YAML, and a plain scalar that
+    # means something else than it looks (`y: db` is the label "true") is refused rather than guessed.
+    if notes:
+        raise DeploymentError(f"{notes[0].span}: {notes[0].message}")
+    if len(docs) > 1:
+        raise DeploymentError(f"{path}: one YAML document expected, found {len(docs)}")
+    data = (docs[0] if docs else None) or {}
     try:
         return _parse(path, data)
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
@@ -144,24 +152,24 @@ def _kubernetes(path: str, spec) -> dict:
         return {}
     if not isinstance(spec, dict) or set(spec) - {"namespace", "workloads"}:
         raise DeploymentError(f"{path}: kubernetes: expected the keys 'namespace' and 'workloads'")
-    default = str(spec.get("namespace", "default"))
-    if not _K8S_NAME.fullmatch(default):
+    default = spec.get("namespace", "default")
+    if not isinstance(default, str) or not _K8S_NAME.fullmatch(default):
         raise DeploymentError(f"{path}: kubernetes.namespace: '{default}' is not a Kubernetes namespace name")
     workloads = {}
     for name, w in (spec.get("workloads") or {}).items():
         where = f"{path}: kubernetes.workloads.{name}"
         if not isinstance(w, dict) or set(w) - {"namespace", "labels"}:
             raise DeploymentError(f"{where}: expected the keys 'namespace' and 'labels'")
-        ns = str(w.get("namespace", default))
-        if not _K8S_NAME.fullmatch(ns):
+        ns = w.get("namespace", default)
+        if not isinstance(ns, str) or not _K8S_NAME.fullmatch(ns):
             raise DeploymentError(f"{where}: '{ns}' is not a Kubernetes namespace name")
         labels = w.get("labels")
         if labels is not None:
             if not isinstance(labels, dict) or not labels:
                 raise DeploymentError(f"{where}: labels: give the labels that select its pods")
             for k, v in labels.items():
-                if not _LABEL_KEY.fullmatch(str(k)) or not _LABEL_VALUE.fullmatch(str(v)):
-                    raise DeploymentError(f"{where}: labels: '{k}: {v}' is not a Kubernetes label")
-            labels = {str(k): str(v) for k, v in labels.items()}
+                if not isinstance(v, str) or not _LABEL_KEY.fullmatch(k) or not _LABEL_VALUE.fullmatch(v):
+                    raise DeploymentError(f"{where}: labels: '{k}: {v}' is not a Kubernetes label (a label value "
+                                          "is a string: quote a number)")
         workloads[str(name)] = {"namespace": ns, "labels": labels}
     return {"namespace": default, "workloads": workloads}

@@ -20,7 +20,7 @@ from pathlib import Path
 from anyplane.ir import printer, validate
 from anyplane.ir.nodes import Assert, Connections, Program, Table
 from anyplane.ir.project import project_l4
-from anyplane.ir.source import DiagnosticError, SourceMap, error
+from anyplane.ir.source import DiagnosticError, SourceMap, error, render
 
 from . import ast
 from . import place
@@ -205,8 +205,15 @@ def _compile(sources, source_map: SourceMap, dump_after: str | None, dump) -> Co
     return Compiled(policy, symbols, program, source_map)
 
 
-def import_manifests(manifests: list[str]):
-    """(the manifests' texts, their translation: `importers.k8s.Imported`); errors point into them."""
+def print_notes(notes, sources: SourceMap) -> None:
+    """Warnings about the input (a plain YAML scalar Kubernetes reads otherwise than it looks), on stderr."""
+    if notes:
+        sys.stderr.write(render(notes, sources))
+
+
+def import_manifests(manifests: list[str], notes=print_notes):
+    """(the manifests' texts, their translation: `importers.k8s.Imported`); errors point into them, and
+    warnings go to `notes(diagnostics, sources)`."""
     from .importers.k8s import convert
 
     texts = []
@@ -216,10 +223,12 @@ def import_manifests(manifests: list[str]):
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read '{m}': {exc}") from None
     try:
-        return texts, convert(texts)
+        imported = convert(texts)
     except DiagnosticError as exc:
         exc.sources = SourceMap(dict(texts))
         raise
+    notes(imported.notes, SourceMap(dict(texts)))
+    return texts, imported
 
 
 def load(paths: list[str], dump_after: str | None = None, dump=print) -> Compiled:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import yaml
 
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny
@@ -26,6 +25,7 @@ from anyplane.ir.interp import match_holds, owner
 from anyplane.ir.match import Absent, Present, StrExact, exact_values
 from anyplane.ir.match import options as alternatives
 from anyplane.ir.nodes import Program, Table, ordered
+from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
@@ -255,10 +255,10 @@ class CiliumEngine(K8sEngine):
             for key, deny, side in (("ingress", "ingressDeny", "fromEntities"), ("egress", "egressDeny", "toEntities")):
                 if not p["spec"].get(key):
                     p["spec"][deny] = [{side: ["all"]}]
-        text = "".join("---\n" + yaml.safe_dump(p, sort_keys=False) for p in cilium)
+        text = yaml11.dump_all(cilium, sort_keys=False)
         rows = base.rule_rows(program, lambda r: (base.ENFORCED, "", 0))
         out = base.Output([base.Artifact("ciliumnetworkpolicies.yaml", text),
-                           base.Artifact("identities.yaml", yaml.safe_dump({"identities": identities}, sort_keys=True))],
+                           base.Artifact("identities.yaml", yaml11.dump({"identities": identities}, sort_keys=True))],
                           rows)
         out.artifacts.append(base.Artifact("report.txt", out.report_text(self.name)))
         return out

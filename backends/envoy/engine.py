@@ -14,7 +14,7 @@ import os
 
 import yaml
 
-from anyplane.ir import fields as F
+from anyplane.ir import fields as F, yaml11
 from anyplane.ir.actions import RateLimit
 from anyplane.ir.nodes import Program
 
@@ -23,7 +23,6 @@ from .config import ads_bootstrap, bootstrap, sidecar_resources
 from ..deployment import Deployment
 from .inbound import Unsupported
 
-DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: same output, much faster
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 
@@ -119,8 +118,9 @@ def services(program: Program) -> list[str]:
 
 
 def dump(data) -> str:
-    """YAML as Envoy reads it (safe, key order kept: the output is deterministic)."""
-    return yaml.dump(data, Dumper=DUMPER, sort_keys=False, width=120)
+    """YAML as Envoy reads it (safe, key order kept: the output is deterministic; a string that a YAML 1.1
+    reader such as Envoy's would take for a boolean or a number is quoted)."""
+    return yaml11.dump(data, sort_keys=False, width=120)
 
 
 def xds_files(listeners: list[dict], clusters: list[dict], version: str) -> dict[str, str]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ipaddress
 
-import yaml
 
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny
@@ -40,6 +39,7 @@ from anyplane.ir.match import Absent, Match, Present, StrExact, StrPrefix, exact
 from anyplane.ir.match import options as alternatives
 from anyplane.ir.nodes import Program, ordered
 from anyplane.ir.project import project_l4
+from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
@@ -346,7 +346,7 @@ class IstioEngine(K8sEngine):
         services += route_services
 
         def dump(objects):
-            return "".join("---\n" + yaml.safe_dump(o, sort_keys=False) for o in objects)
+            return yaml11.dump_all(objects, sort_keys=False)
         nps, anps = split(policies)
         rows = base.rule_rows(program, lambda r: (base.ENFORCED, "", 0))
         out = base.Output([base.Artifact("networkpolicies.yaml", dump(nps)),
@@ -355,7 +355,7 @@ class IstioEngine(K8sEngine):
                            base.Artifact("virtualservices.yaml", dump(vss)),
                            base.Artifact("destinationrules.yaml", dump(drs)),
                            *([base.Artifact("adminnetworkpolicies.yaml", dump(anps))] if anps else []),
-                           base.Artifact("identities.yaml", yaml.safe_dump({"identities": identities}, sort_keys=True))],
+                           base.Artifact("identities.yaml", yaml11.dump({"identities": identities}, sort_keys=True))],
                           rows)
         report = out.report_text(self.name)
         if authz:

@@ -28,7 +28,6 @@ import ipaddress
 import re
 from dataclasses import replace
 
-import yaml
 
 from anyplane.ir import fields as F
 from anyplane.ir.actions import RateLimit
@@ -39,6 +38,7 @@ from anyplane.ir.match import PrefixMatch, int_ranges, merge_ranges, options as 
 from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Program, Table
 from anyplane.ir.owners import ownership
+from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
@@ -541,14 +541,13 @@ class K8sEngine(base.Engine):
     def emit(self, program: Program, options: base.Options) -> base.Output:
         policies, identities = export(program, getattr(options.deployment, "kubernetes", None))
         nps, anps = split(policies)
-        text = "".join("---\n" + yaml.safe_dump(p, sort_keys=False) for p in nps)
-        ident_text = yaml.safe_dump({"identities": identities}, sort_keys=True)
+        text = yaml11.dump_all(nps, sort_keys=False)
+        ident_text = yaml11.dump({"identities": identities}, sort_keys=True)
         rows = base.rule_rows(program, lambda r: (base.ENFORCED, "", 0))
         out = base.Output([base.Artifact("networkpolicies.yaml", text), base.Artifact("identities.yaml", ident_text)],
                           rows)
         if anps:
-            out.artifacts.append(base.Artifact("adminnetworkpolicies.yaml", "".join(
-                "---\n" + yaml.safe_dump(p, sort_keys=False) for p in anps)))
+            out.artifacts.append(base.Artifact("adminnetworkpolicies.yaml", yaml11.dump_all(anps, sort_keys=False)))
         out.artifacts.append(base.Artifact("report.txt", out.report_text(self.name)))
         return out
 

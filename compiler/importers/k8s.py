@@ -33,8 +33,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-import yaml
-
+from anyplane.ir import yaml11
 from anyplane.ir.match import merge_ranges
 from anyplane.ir.source import Diagnostic, DiagnosticError, Span, error
 
@@ -110,19 +109,7 @@ class Imported:
     #: each NetworkPolicy read, in input order: {"label", "span", "selects" (pods), "rules": [{"direction",
     #: "number" (from 1), "span", "admits_none" (peers given, and none of them names an address)}]}
     structure: list = field(default_factory=list)
-
-
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when PyYAML has it
-    """Keeps each mapping's line and column (as `__line__`, `__col__`)."""
-
-
-def _construct_mapping(loader, node, deep=False):
-    mapping = yaml.constructor.SafeConstructor.construct_mapping(loader, node, deep=deep)
-    mapping["__line__"], mapping["__col__"] = node.start_mark.line + 1, node.start_mark.column + 1
-    return mapping
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    notes: list = field(default_factory=list)  # warnings about the manifests (Diagnostic)
 
 
 def is_manifest(path: str) -> bool:
@@ -130,13 +117,14 @@ def is_manifest(path: str) -> bool:
 
 
 def _span(path: str, obj) -> Span:
-    line, col = (obj.get("__line__", 1), obj.get("__col__", 1)) if isinstance(obj, dict) else (1, 1)
-    return Span(path, line, col, line, col + 1)
+    """Where a mapping or list of a manifest begins (the top of the file for anything else)."""
+    return yaml11.span_of(obj, Span(path, 1, 1, 1, 2))
 
 
 class _Reader:
     def __init__(self):
         self.errors: list[Diagnostic] = []
+        self.notes: list[Diagnostic] = []  # warnings: what Kubernetes reads otherwise than it looks
         self.namespaces: dict[str, dict] = {}
         self.pods: list[Pod] = []
         self.policies: list[tuple[str, dict]] = []
@@ -153,12 +141,11 @@ class _Reader:
 
     def read(self, path: str, text: str) -> None:
         try:
-            docs = list(yaml.load_all(text, Loader=_Loader))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = mark.line + 1 if mark else 1
-            self.errors.append(error(Span(path, line, 1, line, 2), "import", f"not YAML: {exc}"))
+            docs, notes = yaml11.load(path, text)
+        except DiagnosticError as exc:
+            self.errors += exc.diagnostics
             return
+        self.notes += notes
         for doc in docs:
             listed = isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and "items" in doc
             items = doc.get("items") if listed else [doc]
@@ -468,7 +455,7 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
                 break
             p.protocols[n] = "http"
     if reader.errors:
-        raise DiagnosticError(reader.errors)
+        raise DiagnosticError(reader.errors + reader.notes)
     blocks = [net for _, obj in reader.policies for net in _networks(obj)] + admin.networks(admin_rules) + \
         [n for r in cilium_rules for item in r.peers or [] if item[0] == "cidr" for n in [item[1], *item[2]]] + \
         istio.networks(istio_rules)
@@ -478,6 +465,7 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
                 len(reader.policies) + len(reader.admin) + len(reader.cilium) + len(reader.istio),
                 _outside(blocks, pods), admin_rules, cilium_rules, istio_rules, routed, route_lines)
     out.structure = structure
+    out.notes = reader.notes
     return out
 
 
