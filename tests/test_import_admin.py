@@ -233,7 +233,7 @@ def test_admin_errors_point_into_the_yaml(tmp_path):
     bad.write_text(yaml.safe_dump_all([
         {"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy", "metadata": {"name": "a"},
          "spec": {"priority": 5, "subject": {"namespaces": {}}, "egress": [
-             {"action": "Allow", "to": [{"nodes": {"matchLabels": {"x": "y"}}}]}]}},
+             {"action": "Allow", "to": [{"nodes": {"matchLabels": {"x": "node-a"}}}]}]}},
         {"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy", "metadata": {"name": "b"},
          "spec": {"priority": 5, "subject": {"namespaces": {}}}},
         {"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "BaselineAdminNetworkPolicy",
@@ -261,7 +261,8 @@ def test_verify_says_what_each_admin_policy_and_rule_adds(tmp_path):
          "spec": {"priority": 10, "subject": {"namespaces": {}}, "ingress": [
              {"name": "no-ssh", "action": "Deny", "from": [{"namespaces": {}}],
               "ports": [{"portNumber": {"protocol": "TCP", "port": 22}}]},
-             {"name": "again", "action": "Deny", "from": [{"pods": {"podSelector": {"matchLabels": {"app": "web"}}}}],
+             {"name": "again", "action": "Deny",
+              "from": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "web"}}}}],
               "ports": [{"portNumber": {"protocol": "TCP", "port": 22}}]},
              {"name": "nobody", "action": "Allow", "from": [{"namespaces": {"matchLabels": {"team": "none"}}}]}]}},
         {"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy", "metadata": {"name": "ghost"},

@@ -331,7 +331,8 @@ def _as_workloads(pods: list[dict]) -> list[dict]:
         meta = pod["metadata"]
         out.append({"apiVersion": "apps/v1", "kind": kinds[n % len(kinds)],
                     "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
-                    "spec": {"template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod["spec"]}}})
+                    "spec": {"selector": {"matchLabels": dict(meta["labels"])},
+                             "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod["spec"]}}})
         table[f"{meta['namespace']}/{meta['name']}"] = [pod["status"]["podIP"] + "/32"]
     return out + [{"apiVersion": "anyplane.io/v1", "kind": "Addresses", "addresses": table}]
 
@@ -350,7 +351,7 @@ def test_a_workload_without_addresses_and_an_address_for_nothing_are_errors(tmp_
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump_all([
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"},
-         "spec": {"template": {"metadata": {"labels": {"app": "web"}}}}},
+         "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}}}},
         {"apiVersion": "anyplane.io/v1", "kind": "Addresses", "addresses": {"shop/api": ["10.0.0.0/24"]}},
     ]))
     done = run("check", str(path))

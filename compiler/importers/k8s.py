@@ -37,13 +37,17 @@ from anyplane.ir import yaml11
 from anyplane.ir.match import merge_ranges
 from anyplane.ir.source import Diagnostic, DiagnosticError, Span, error
 
-from . import admin, cilium, istio, routing
+from . import admin, cilium, istio, routing, schema
 from .ports import ALL, EVERY, NONE, Ports, _intersect
 
 PORTS_ALL = "all"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 PROTOCOLS = {"TCP": "tcp", "UDP": "udp"}
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
+_CLUSTER_SCOPED = ("Namespace", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy",
+                   "CiliumClusterwideNetworkPolicy")
+#: Istio kinds whose refusal says more than "not read" (see `object`).
+_LATER = ("PeerAuthentication", "RequestAuthentication", "Sidecar", "ServiceEntry", "Gateway", "EnvoyFilter")
 
 
 @dataclass
@@ -135,6 +139,7 @@ class _Reader:
         self.services: list[tuple[str, dict]] = []
         self.routing: list[tuple[str, dict]] = []
         self.addresses: dict[str, tuple[list, Span, str]] = {}  # "ns/name" -> (networks, where, path)
+        self.seen: dict[tuple, Span] = {}  # (group, kind, namespace, name) -> where it is
 
     def fail(self, path: str, obj, message: str) -> None:
         self.errors.append(error(_span(path, obj), "import", message))
@@ -147,15 +152,71 @@ class _Reader:
             return
         self.notes += notes
         for doc in docs:
-            listed = isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and "items" in doc
+            if doc is None:
+                continue  # an empty document
+            kind = doc.get("kind") if isinstance(doc, yaml11.Mapping) else None
+            listed = isinstance(kind, str) and kind.endswith("List")
             items = doc.get("items") if listed else [doc]
-            for obj in items if isinstance(items, list) else []:
-                if not isinstance(obj, dict):
+            if listed and not isinstance(items, yaml11.Sequence):
+                self.fail(path, doc, f"{kind}: `items` is the list of objects")
+                continue
+            for i, obj in enumerate(items):
+                where = items.item_spans[i] if listed else yaml11.span_of(doc, Span(path, 1, 1, 1, 2))
+                obj = self.checked(path, obj, where)
+                if obj is None:
                     continue
                 try:
                     self.object(path, obj)
                 except (AttributeError, TypeError, ValueError) as exc:
                     self.fail(path, obj, f"malformed {obj.get('kind', 'object')}: a field has the wrong shape ({exc})")
+
+    def checked(self, path: str, obj, where: Span):
+        """The object if it is one anyplane reads and its shape is right (schema.py); None otherwise, with
+        an error for what Kubernetes would refuse or anyplane would misread, and nothing for kinds that
+        decide no traffic."""
+        if not isinstance(obj, yaml11.Mapping) or not isinstance(obj.get("kind"), str) or \
+                not isinstance(obj.get("apiVersion"), str):
+            self.errors.append(error(where, "manifest", "not a Kubernetes object: a mapping with `apiVersion` and "
+                                                       "`kind` (strings) was expected"))
+            return None
+        try:
+            yaml11.check_json(obj, path, obj.span)
+        except DiagnosticError as exc:
+            self.errors += exc.diagnostics
+            return None
+        group, version = schema.group_version(obj["apiVersion"])
+        kind = obj["kind"]
+        meta = obj.get("metadata")
+        name = meta.get("name") if isinstance(meta, yaml11.Mapping) else None
+        label = f"{kind} {name}" if isinstance(name, str) else kind
+        known = schema.KINDS.get((group, kind))
+        if known is None:
+            if group in schema.POLICY_GROUPS and (group, kind) not in schema.NOT_POLICY and kind not in _LATER:
+                self.fail(path, obj, f"{label} ({obj['apiVersion']}): a policy kind anyplane does not read; remove "
+                                     "it from the input rather than have it ignored")
+            return None if kind not in _LATER else obj
+        versions, shape = known
+        if version not in versions:
+            self.fail(path, obj, f"{label}: apiVersion {obj['apiVersion']!r}: anyplane reads {kind} as "
+                                 + " or ".join(f"{group + '/' if group else ''}{v}" for v in versions))
+            return None
+        scoped = kind not in _CLUSTER_SCOPED
+        space = meta.get("namespace") if scoped and isinstance(meta, yaml11.Mapping) else ""
+        key = (group, kind, space or "default" if scoped else "", name)
+        if not all(isinstance(k, str) for k in key):
+            key = (id(obj),)  # a name or namespace of the wrong type: the schema says so below
+        if key in self.seen:
+            self.errors.append(error(obj.span, "manifest", f"{label}: a second object of this kind and name"
+                                     + (f" in namespace {key[2]}" if scoped else "")
+                                     + f" (the first is at {self.seen[key]}); Kubernetes keeps one object per "
+                                       "name: remove one of them"))
+            return None
+        self.seen[key] = obj.span
+        problems = schema.check(obj, path, shape, label)
+        if problems:
+            self.errors += problems
+            return None
+        return obj
 
     def object(self, path: str, obj: dict) -> None:
         kind, meta = obj.get("kind"), obj.get("metadata") or {}
