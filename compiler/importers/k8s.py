@@ -29,6 +29,7 @@ is stateful by default).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from . import admin, cilium, istio, routing, schema
 from .ports import ALL, EVERY, NONE, Ports, _intersect
 
 PORTS_ALL = "all"
+MAX_IDENT = 63  # the longest name a policy takes (compiler/symbols.py)
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 PROTOCOLS = {"TCP": "tcp", "UDP": "udp"}
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
@@ -73,7 +75,10 @@ class Pod:
         if self.name_in_policy:
             return self.name_in_policy
         text = f"{self.namespace}_{self.name.replace('.', '__')}"
-        return text if text[0].isalpha() else f"pod_{text}"
+        text = text if text[0].isalpha() else f"pod_{text}"
+        if len(text) > MAX_IDENT:  # Kubernetes names run to 253 characters, policy names to 63: shorten, uniquely
+            text = f"{text[:MAX_IDENT - 9].rstrip('_-')}_{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+        return text
 
     @property
     def endpoint(self) -> str:

@@ -133,9 +133,9 @@ SERVICE_SPEC = Struct("ServiceSpec", {
     **_opaque("sessionAffinityConfig")})
 
 
-def _object(kind: str, spec: Type, required=(), status: Type = OPAQUE) -> Struct:
-    return Struct(kind, {"apiVersion": STR, "kind": STR, "metadata": OBJECT_META, "spec": spec, "status": status},
-                  required)
+def _object(kind: str, spec: Type, required=(), status: Type | None = OPAQUE) -> Struct:
+    fields = {"apiVersion": STR, "kind": STR, "metadata": OBJECT_META, "spec": spec}
+    return Struct(kind, fields | ({"status": status} if status is not None else {}), required)
 
 
 def _workload(kind: str, fields: dict) -> Struct:
@@ -206,8 +206,9 @@ KINDS: dict[tuple[str, str], tuple[tuple[str, ...], Struct]] = {
     ("", "Pod"): (("v1",), _object("Pod", POD_SPEC, status=POD_STATUS)),
     ("", "Service"): (("v1",), _object("Service", SERVICE_SPEC)),
     ("", "ReplicationController"): (("v1",), _object("ReplicationController", Struct(
-        "ReplicationControllerSpec", {"selector": LABELS, "template": POD_TEMPLATE, **NUMBERS}))),
-    ("networking.k8s.io", "NetworkPolicy"): (("v1",), _object("NetworkPolicy", NP_SPEC)),
+        "ReplicationControllerSpec", {"selector": LABELS, "template": POD_TEMPLATE, "minReadySeconds": INT32,
+                                      "replicas": INT32}))),
+    ("networking.k8s.io", "NetworkPolicy"): (("v1",), _object("NetworkPolicy", NP_SPEC, status=None)),
     ("apps", "Deployment"): (("v1",), _workload("Deployment", {
         **NUMBERS, "paused": BOOL, "progressDeadlineSeconds": INT32, **_opaque("strategy")})),
     ("apps", "StatefulSet"): (("v1",), _workload("StatefulSet", {
