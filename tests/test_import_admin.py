@@ -279,3 +279,116 @@ def test_verify_says_what_each_admin_policy_and_rule_adds(tmp_path):
         "ingress rule 2 of AdminNetworkPolicy ssh is redundant: without it every flow is decided the same",
         "ingress rule 3 of AdminNetworkPolicy ssh admits no peer: its selectors select no pod",
     ]), messages
+
+
+# -- ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2), which replaces both ------------------
+
+@st.composite
+def cnp_protocol(draw):
+    kind = draw(st.sampled_from(["number", "range", "named", "udp", "any-tcp"]))
+    if kind == "number":
+        return {"tcp": {"destinationPort": {"number": draw(st.sampled_from([80, 5432, 8080]))}}}
+    if kind == "range":
+        return {"tcp": {"destinationPort": {"range": {"start": 5000, "end": draw(st.sampled_from([5001, 6000]))}}}}
+    if kind == "named":
+        return {"destinationNamedPort": draw(st.sampled_from(["http", "pg", "dns"]))}
+    return {"udp": {"destinationPort": {"number": 53}}} if kind == "udp" else {"tcp": {}}
+
+
+@st.composite
+def cluster_network_policy(draw, tier: str, priority: int, n: int):
+    subject = draw(st.sampled_from(["namespaces", "pods"]))
+    spec = {"tier": tier, "priority": priority,
+            "subject": {"namespaces": _ns_selector(draw)} if subject == "namespaces" else
+            {"pods": {"namespaceSelector": _ns_selector(draw), "podSelector": _pod_selector(draw)}}}
+    for direction, side in (("ingress", "from"), ("egress", "to")):
+        rules = []
+        for k in range(draw(st.integers(0, 3))):
+            rule = {"name": f"r{k}", "action": draw(st.sampled_from(["Accept", "Deny", "Pass"])),
+                    side: draw(st.lists(admin_peer(direction == "egress"), min_size=1, max_size=2))}
+            if draw(st.booleans()):
+                rule["protocols"] = draw(st.lists(cnp_protocol(), min_size=1, max_size=2))
+            rules.append(rule)
+        if rules:
+            spec[direction] = rules
+    return {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": f"cnp{n}"}, "spec": spec}
+
+
+def _cnp_protocol(p: dict, proto: str, port: int | None, dst_pod: dict | None) -> bool:
+    if "destinationNamedPort" in p:
+        return _admin_port({"namedPort": p["destinationNamedPort"]}, proto, port, dst_pod)
+    (name, spec), = p.items()
+    if name != proto.lower():
+        return False
+    dp = spec.get("destinationPort")
+    if dp is None:
+        return True
+    lo, hi = (dp["number"], dp["number"]) if "number" in dp else (dp["range"]["start"], dp["range"]["end"])
+    return port is not None and lo <= port <= hi
+
+
+def _cnp_tier(cnps, tier, pod, key, side, peer_ip, peer_pod, dst_pod, proto, port):
+    """"Accept", "Deny", "Pass" or None (no rule of the tier matched), as the v1alpha2 API reads its tiers."""
+    for policy in sorted((p for p in cnps if p["spec"]["tier"] == tier), key=lambda p: p["spec"]["priority"]):
+        if not _subject(policy, pod):
+            continue
+        for rule in policy["spec"].get(key) or []:
+            if not any(_admin_peer(x, peer_ip, peer_pod) for x in rule[side]):
+                continue
+            if rule.get("protocols") and not any(_cnp_protocol(x, proto, port, dst_pod)
+                                                 for x in rule["protocols"]):
+                continue
+            return rule["action"]
+    return None
+
+
+def _cnp_direction(cnps, nps, pod, direction, peer_ip, peer_pod, dst_pod, proto, port) -> bool:
+    key, side = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    admin = _cnp_tier(cnps, "Admin", pod, key, side, peer_ip, peer_pod, dst_pod, proto, port)
+    if admin in ("Accept", "Deny"):
+        return admin == "Accept"
+    np = _np_side(nps, pod, direction, key, side, peer_ip, peer_pod, dst_pod, proto, port)
+    if np is not None:
+        return np
+    return _cnp_tier(cnps, "Baseline", pod, key, side, peer_ip, peer_pod, dst_pod, proto, port) != "Deny"
+
+
+def cnp_allowed(pods, nps, cnps, src_ip, dst_ip, proto, port) -> bool:
+    by_ip = {p["status"]["podIP"]: p for p in pods}
+    src, dst = by_ip.get(src_ip), by_ip.get(dst_ip)
+    if src is not None and src is dst:
+        return True
+    ok = True
+    if dst is not None:
+        ok &= _cnp_direction(cnps, nps, dst, "Ingress", src_ip, src, dst, proto, port)
+    if src is not None:
+        ok &= _cnp_direction(cnps, nps, src, "Egress", dst_ip, dst, dst, proto, port)
+    return ok
+
+
+@SETTINGS
+@given(st.data())
+def test_imported_cluster_network_policies_decide_as_the_api_says(data):
+    """Admin and Baseline tiers with Accept, Deny and Pass (a Pass in the Baseline tier goes on to
+    Kubernetes' default: allowed), priorities in both tiers, protocols with numbers, ranges, named ports
+    and whole protocols."""
+    pods = data.draw(clusters())
+    nps = data.draw(policies(data.draw(st.integers(0, 2))))
+    cnps = []
+    for tier in ("Admin", "Baseline"):
+        for p in data.draw(st.lists(st.integers(0, 1000), max_size=2, unique=True)):
+            cnps.append(data.draw(cluster_network_policy(tier, p, len(cnps))))
+    program, text = import_cluster(pods, nps, cnps)
+    bad = mismatches(program, pods, lambda *f: cnp_allowed(pods, nps, cnps, *f), PORTS, icmp=True)
+    assert not bad, (bad[:5], text[-3000:])
+
+
+def test_cluster_network_policy_beside_admin_network_policy_is_refused():
+    docs = [{"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy", "metadata": {"name": "c"},
+             "spec": {"tier": "Admin", "priority": 1, "subject": {"namespaces": {}}}},
+            {"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy", "metadata": {"name": "a"},
+             "spec": {"priority": 2, "subject": {"namespaces": {}}}}]
+    with pytest.raises(DiagnosticError) as err:
+        convert([("c.yaml", yaml.safe_dump_all(docs))])
+    assert "replaces AdminNetworkPolicy" in err.value.diagnostics[0].message

@@ -1,5 +1,6 @@
-"""AdminNetworkPolicy and BaselineAdminNetworkPolicy (policy.networking.k8s.io/v1alpha1): the
-cluster administrator's tiers around NetworkPolicy.
+"""AdminNetworkPolicy and BaselineAdminNetworkPolicy (policy.networking.k8s.io/v1alpha1), and
+ClusterNetworkPolicy (v1alpha2), which replaces them: the cluster administrator's tiers around
+NetworkPolicy.
 
 For one direction of one connection (the ingress of the destination pod, the egress of the source
 pod), as the API defines it:
@@ -11,10 +12,17 @@ pod), as the API defines it:
     3. otherwise the BaselineAdminNetworkPolicy (`default`), rules in order: Allow or Deny;
     4. otherwise allowed.
 
+ClusterNetworkPolicy says the same with `tier: Admin` (step 1) or `tier: Baseline` (step 3, where
+policies too have priorities), actions Accept, Deny and Pass (a Pass in the Baseline tier goes on
+to step 4), and `protocols` (tcp, udp with a destinationPort number or range, or a
+destinationNamedPort) for ports. An input with both API versions is refused: no implementation
+orders one against the other.
+
 Peers: `namespaces` (every pod of the matching namespaces), `pods` (namespaceSelector and
 podSelector), and for egress `networks` (CIDRs: addresses inside or outside the cluster, pods
 included). `nodes` peers are refused (anyplane does not read Nodes). Ports: `portNumber`,
-`portRange`, `namedPort` (looked up on the destination pod, any protocol).
+`portRange`, `namedPort` (looked up on the destination pod, any protocol). `domainNames` peers are
+refused too.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from anyplane.ir.source import Span
 
 from .ports import ALL, NONE, Ports
 
-ACTIONS = {"AdminNetworkPolicy": ("Allow", "Deny", "Pass"), "BaselineAdminNetworkPolicy": ("Allow", "Deny")}
+ACTIONS = {"AdminNetworkPolicy": ("Allow", "Deny", "Pass"), "BaselineAdminNetworkPolicy": ("Allow", "Deny"),
+           "ClusterNetworkPolicy": ("Accept", "Deny", "Pass")}
+TIERS = {"Admin": "admin", "Baseline": "baseline"}
 PROTOCOLS = {"TCP": "tcp", "UDP": "udp"}
 
 
@@ -49,7 +59,14 @@ def read(reader, pods, objects, span_of, selects, drop=frozenset(), structure=No
     policies (`("admin", n)`) or rules (`("admin", n, direction, number)`); `structure` gets what each
     policy holds, as for NetworkPolicies (the redundancy questions)."""
     out: list[AdminRule] = []
-    priorities: dict[int, str] = {}
+    priorities: dict[tuple, str] = {}
+    kinds = {obj.get("kind") for _, obj in objects}
+    if "ClusterNetworkPolicy" in kinds and kinds & {"AdminNetworkPolicy", "BaselineAdminNetworkPolicy"}:
+        path, obj = next((p, o) for p, o in objects if o.get("kind") == "ClusterNetworkPolicy")
+        reader.fail(path, obj, "ClusterNetworkPolicy (v1alpha2) replaces AdminNetworkPolicy and "
+                               "BaselineAdminNetworkPolicy (v1alpha1): an input with both is refused, as no "
+                               "implementation orders one against the other")
+        return out
     for n, (path, obj) in enumerate(objects):
         kind, meta, spec = obj.get("kind"), obj.get("metadata") or {}, obj.get("spec") or {}
         name = meta.get("name")
@@ -57,18 +74,24 @@ def read(reader, pods, objects, span_of, selects, drop=frozenset(), structure=No
         if not str(obj.get("apiVersion", "")).startswith("policy.networking.k8s.io/"):
             reader.fail(path, obj, f"{label}: apiVersion {obj.get('apiVersion')!r} is not policy.networking.k8s.io")
             continue
-        tier = "admin" if kind == "AdminNetworkPolicy" else "baseline"
+        if kind == "ClusterNetworkPolicy":
+            tier = TIERS.get(spec.get("tier"))
+            if tier is None:
+                reader.fail(path, spec, f"{label}: tier {spec.get('tier')!r} is not Admin or Baseline")
+                continue
+        else:
+            tier = "admin" if kind == "AdminNetworkPolicy" else "baseline"
         priority = 0
-        if tier == "admin":
+        if tier == "admin" or kind == "ClusterNetworkPolicy":
             priority = spec.get("priority")
             if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 1000:
                 reader.fail(path, spec, f"{label}: priority {priority!r} is not 0-1000")
                 continue
-            if priority in priorities:
-                reader.fail(path, spec, f"{label}: priority {priority} is also {priorities[priority]}'s; the API "
+            if (tier, priority) in priorities:
+                reader.fail(path, spec, f"{label}: priority {priority} is also {priorities[tier, priority]}'s; the API "
                                         "leaves the order of two such policies undefined")
                 continue
-            priorities[priority] = label
+            priorities[tier, priority] = label
         elif name != "default":
             reader.fail(path, meta, f"{label}: the API admits one BaselineAdminNetworkPolicy, named 'default'")
             continue
@@ -86,7 +109,9 @@ def read(reader, pods, objects, span_of, selects, drop=frozenset(), structure=No
                     reader.fail(path, r, f"{label}: action {action!r} is not one of {', '.join(ACTIONS[kind])}")
                     continue
                 peers = _peers(reader, pods, path, r.get(side) or [], direction, label, selects)
-                ports = _ports(reader, path, r.get("ports"), label)
+                ports = _protocols(reader, path, r.get("protocols"), label) if kind == "ClusterNetworkPolicy" \
+                    else _ports(reader, path, r.get("ports"), label)
+                action = "Allow" if action == "Accept" else action
                 if peers is None or ports is False:
                     continue
                 held["rules"].append({"direction": direction, "number": order + 1, "span": span_of(path, r),
@@ -132,6 +157,10 @@ def _peers(reader, pods, path, items, direction, label, selects):
         elif "nodes" in peer:
             reader.fail(path, peer, f"{label}: nodes peers are not imported (anyplane does not read Nodes)")
             return None
+        elif "domainNames" in peer:
+            reader.fail(path, peer, f"{label}: domainNames peers are not imported (they follow DNS answers, which "
+                                    "a policy over addresses cannot prove anything about)")
+            return None
         else:
             reader.fail(path, peer, f"{label}: a {direction} peer takes namespaces, pods"
                                     + (", networks" if direction == "egress" else ""))
@@ -157,6 +186,36 @@ def _ports(reader, path, items, label):
             reader.fail(path, p, f"{label}: ports {lo!r}-{hi!r} are not a port or a range (1-65535)")
             return False
         out.append((PROTOCOLS[proto], lo, hi))
+    return out
+
+
+def _protocols(reader, path, items, label):
+    """ClusterNetworkPolicy's `protocols` as the port list of `_ports` (None: every protocol and port)."""
+    if items is None:
+        return None
+    out = []
+    for p in items:
+        chosen = [k for k in ("tcp", "udp", "sctp", "destinationNamedPort") if p.get(k) is not None]
+        if len(chosen) != 1:
+            reader.fail(path, p, f"{label}: a protocol takes exactly one of tcp, udp, sctp, destinationNamedPort")
+            return False
+        if chosen[0] == "destinationNamedPort":
+            out.append(("*", p["destinationNamedPort"], None))
+            continue
+        if chosen[0] == "sctp":
+            reader.fail(path, p, f"{label}: protocol SCTP: anyplane takes TCP and UDP ports here")
+            return False
+        port = p[chosen[0]].get("destinationPort")
+        if port is None:
+            out.append((chosen[0], 1, 65535))
+            continue
+        lo, hi = (port.get("number"),) * 2 if port.get("range") is None else \
+            (port["range"].get("start"), port["range"].get("end"))
+        if (port.get("number") is None) == (port.get("range") is None) or \
+                not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) or not 1 <= lo <= hi <= 65535:
+            reader.fail(path, port, f"{label}: destinationPort takes a number or a range within 1-65535")
+            return False
+        out.append((chosen[0], lo, hi))
     return out
 
 
@@ -201,9 +260,10 @@ def decide(rules: list[AdminRule], subject, peer, direction: str, isolated: bool
     to_np = passed | undecided
     if isolated:
         return allowed | (to_np & np_allowed), allows, denies
-    base, _, rest, base_allows, base_denies = _tier(rules, "baseline", subject, peer, direction, to_np, ports_of,
-                                                    within)
-    return allowed | base | rest, allows + base_allows, denies + base_denies
+    base, base_passed, rest, base_allows, base_denies = _tier(rules, "baseline", subject, peer, direction, to_np,
+                                                              ports_of, within)
+    # What the baseline passes goes on to the next tier: there is none, so Kubernetes' default allows it.
+    return allowed | base | base_passed | rest, allows + base_allows, denies + base_denies
 
 
 def restricts(rules: list[AdminRule], ident: str, direction: str) -> bool:

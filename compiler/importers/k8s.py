@@ -264,7 +264,7 @@ class _Reader:
                 return
             self.policies.append((path, obj))
             self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
-        elif kind in ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy"):
+        elif kind in ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy"):
             if not isinstance(name, str) or not _NAME.fullmatch(name):
                 self.fail(path, meta if isinstance(meta, dict) else obj, f"{kind}: name {name!r} is not a Kubernetes name")
                 return
