@@ -408,12 +408,14 @@ class Serving:
     def _fingerprint(self) -> str:
         import hashlib
         from .importers import split
+        from .importers.k8s import MANIFEST_SUFFIXES
+        from .pipeline import POLICY_SUFFIX, files_under
 
         h = hashlib.sha256()
         policy, manifests = split(self.paths)
         files = []
         for p in policy + manifests + ([self.deployment_file] if self.deployment_file else []):
-            files += sorted(str(f) for f in Path(p).rglob("*") if f.is_file()) if os.path.isdir(p) else [p]
+            files += files_under(p, (POLICY_SUFFIX,) + MANIFEST_SUFFIXES) if os.path.isdir(p) else [p]
         for f in files:
             h.update(f.encode() + b"\0")
             try:

@@ -83,7 +83,12 @@ def write_output(out_dir: str, artifacts: dict[str, str | bytes], target: str, p
             raise UsageError(f"'{out_dir}' exists and is not a directory")
         if root.is_dir() and any(root.iterdir()) and not (root / MANIFEST).is_file():
             raise UsageError(f"'{out_dir}' is not empty and holds no anyplane output; give a new or empty directory")
-        parent = root.resolve().parent
+        if root.is_symlink() and not root.exists():
+            raise UsageError(f"'{out_dir}' is a symbolic link to '{os.readlink(root)}', which does not exist; give a "
+                             "directory")
+        # A link to a directory is written where it points (which exists); otherwise nothing is created but
+        # the directory asked for and its missing parents.
+        parent = root.resolve().parent if root.is_symlink() else root.absolute().parent
         parent.mkdir(parents=True, exist_ok=True)
         _clean_stale(parent, root.name)
     except OSError as exc:

@@ -57,6 +57,28 @@ class Compiled:
 STDIN = "<stdin>"
 
 
+def files_under(directory: str, suffixes: tuple[str, ...]) -> list[str]:
+    """The files with these suffixes below a directory, sorted. Hidden directories (`.git`, editors'
+    state) are not entered, links to directories are not followed, and an entry that resolves to a place
+    outside the directory is refused (UsageError) before anything of it is read: a link in a policy
+    directory must not make anyplane read, and quote in its errors, a file from elsewhere."""
+    root = os.path.realpath(directory)
+    found = []
+    for here, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if not name.endswith(suffixes) or name.startswith("."):
+                continue
+            path = os.path.join(here, name)
+            real = os.path.realpath(path)
+            if os.path.commonpath([root, real]) != root:
+                raise UsageError(f"'{path}' is a link to a file outside '{directory}': refused (copy the file in, "
+                                 "or name it on the command line)")
+            if os.path.isfile(real):
+                found.append(path)
+    return sorted(found)
+
+
 def read_sources(paths: list[str]) -> list[tuple[str, str]]:
     """Files named, and `*.ap` files under directories named, in a stable order; `-` is the policy text
     on standard input (named `<stdin>` in messages)."""
@@ -69,7 +91,7 @@ def read_sources(paths: list[str]) -> list[tuple[str, str]]:
             stdin = sys.stdin.buffer.read()
             files.append(p)
         elif os.path.isdir(p):
-            found = sorted(str(f) for f in Path(p).rglob(f"*{POLICY_SUFFIX}") if f.is_file())
+            found = files_under(p, (POLICY_SUFFIX,))
             if not found:
                 raise UsageError(f"no {POLICY_SUFFIX} files under directory '{p}'")
             files += found

@@ -171,11 +171,18 @@ def did_you_mean(name: str, symbols: Symbols) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+#: Groups within groups: deeper than this is refused (a chain of thousands would exhaust the stack).
+MAX_GROUP_DEPTH = 64
+
+
 def _group(ref: ast.EndpointRef, group: ast.Group, symbols: Symbols, open_: tuple[str, ...]) -> Resolved:
     name = group.name.text
     if name in open_:
         cycle = " -> ".join(open_[open_.index(name):] + (name,))
         raise ResolveError("group-cycle", f"group '{name}' contains itself ({cycle})")
+    if len(open_) >= MAX_GROUP_DEPTH:
+        raise ResolveError("group-depth", f"groups nested more than {MAX_GROUP_DEPTH} deep ({open_[0]} -> "
+                                          f"{open_[1]} -> ... -> {name}): flatten them")
     idents, prefixes, decls, families = [], [], [], set()
     for member in group.members:
         r = resolve(member, symbols, open_ + (name,))

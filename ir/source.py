@@ -121,8 +121,17 @@ class SourceMap:
         text = self.texts.get(file)
         if text is None:
             return None
-        lines = text.splitlines()
+        lines = self._lines.get(file)
+        if lines is None:
+            lines = self._lines[file] = text.splitlines()
         return lines[line - 1] if 0 < line <= len(lines) else None
+
+    def __post_init__(self) -> None:
+        self._lines: dict[str, list[str]] = {}
+
+
+#: An excerpt shows at most this many characters of a line, around the caret.
+EXCERPT_WIDTH = 120
 
 
 def _excerpt(span: Span, sources: SourceMap | Mapping[str, str]) -> list[str]:
@@ -132,8 +141,14 @@ def _excerpt(span: Span, sources: SourceMap | Mapping[str, str]) -> list[str]:
         return []
     text = text.expandtabs(1)
     width = span.end_col - span.col if span.end_line == span.line else len(text) - span.col + 1
-    width = max(1, min(width, len(text) - span.col + 2))
-    caret = " " * (span.col - 1) + "^" + "~" * (width - 1)
+    width = max(1, min(width, len(text) - span.col + 2, EXCERPT_WIDTH // 2))
+    col = span.col
+    if len(text) > EXCERPT_WIDTH:  # a long line (minified YAML, one huge flow): the part around the caret
+        start = max(0, min(col - 1 - EXCERPT_WIDTH // 2, len(text) - EXCERPT_WIDTH))
+        text = ("..." if start else "") + text[start:start + EXCERPT_WIDTH] + \
+            ("..." if start + EXCERPT_WIDTH < len(text) else "")
+        col = col - start + (3 if start else 0)
+    caret = " " * (col - 1) + "^" + "~" * (width - 1)
     return ["  " + text, "  " + caret]
 
 

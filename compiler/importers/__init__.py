@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 from anyplane.ir.source import Span
 
@@ -20,10 +19,12 @@ IMPORTED = "<kubernetes>"
 
 def split(paths: list[str]) -> tuple[list[str], list[str]]:
     """(policy paths, manifest files): a directory gives its manifests, unless it holds policy files."""
+    from ..pipeline import POLICY_SUFFIX, files_under
+
     policy, manifests = [], []
     for p in paths:
-        if os.path.isdir(p) and not any(Path(p).rglob("*.ap")):
-            found = sorted(str(f) for f in Path(p).rglob("*") if f.is_file() and k8s.is_manifest(str(f)))
+        if os.path.isdir(p) and not files_under(p, (POLICY_SUFFIX,)):
+            found = files_under(p, k8s.MANIFEST_SUFFIXES)
             if found:
                 manifests += found
                 continue

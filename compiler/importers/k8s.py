@@ -121,8 +121,12 @@ class Imported:
     notes: list = field(default_factory=list)  # warnings about the manifests (Diagnostic)
 
 
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+
 def is_manifest(path: str) -> bool:
-    return path.endswith((".yaml", ".yml"))
+    """Whether a path names a manifest (by its suffix)."""
+    return path.endswith(MANIFEST_SUFFIXES)
 
 
 def _span(path: str, obj) -> Span:
@@ -145,6 +149,7 @@ class _Reader:
         self.routing: list[tuple[str, dict]] = []
         self.addresses: dict[str, tuple[list, Span, str]] = {}  # "ns/name" -> (networks, where, path)
         self.seen: dict[tuple, Span] = {}  # (group, kind, namespace, name) -> where it is
+        self.peer_lists: dict[tuple, list] = {}  # (id of a NetworkPolicy peer list, namespace) -> its peers
 
     def fail(self, path: str, obj, message: str) -> None:
         self.errors.append(error(_span(path, obj), "import", message))
@@ -554,7 +559,10 @@ def _policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out,
                 isolated.setdefault(p.ident, []).append((where, label))
         for number, r in enumerate(spec.get(key) or [], start=1):
             peers_key = "from" if key == "ingress" else "to"
-            peers = _peers(reader, path, ns, r.get(peers_key)) if r.get(peers_key) else None
+            items = r.get(peers_key)
+            if items and (id(items), ns) not in reader.peer_lists:  # one list shared by aliases: read once
+                reader.peer_lists[id(items), ns] = _peers(reader, path, ns, items)
+            peers = reader.peer_lists[id(items), ns] if items else None
             rule = Rule(peers, _ports(reader, path, r.get("ports")), _span(path, r), label)
             held["rules"].append({"direction": key, "number": number, "span": rule.span,
                                   "admits_none": peers is not None and all(x[0] == "pods" and not x[1] for x in peers)})
@@ -639,7 +647,13 @@ def _holds(peer_spec, peer) -> bool:
 
 def _np(rules: list[Rule], peer, dst_pod) -> tuple[Ports, list]:
     """What the NetworkPolicy rules of one pod and direction admit from/to a peer, and which rules."""
-    hit = [r for r in rules if r.peers is None or any(_holds(x, peer) for x in r.peers)]
+    holds: dict[int, bool] = {}  # rules that share one peer list (a YAML alias) are asked once
+
+    def admits(peers) -> bool:
+        if id(peers) not in holds:
+            holds[id(peers)] = any(_holds(x, peer) for x in peers)
+        return holds[id(peers)]
+    hit = [r for r in rules if r.peers is None or admits(r.peers)]
     return Ports.of(_union([_resolve(r.ports, dst_pod) for r in hit])) if hit else NONE, \
         [(r.span, r.policy) for r in hit]
 
