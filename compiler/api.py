@@ -296,7 +296,8 @@ def diff(old: Compiled, new: Compiled):
 
 def explain(compiled: Compiled, flow: str, path: str = "<flow>") -> dict:
     """The verdict of one flow (pattern syntax), its deciding rule, route, limits and the L4 verdict."""
-    return explain_flow(compiled.program, parse_flow(flow, compiled.symbols, compiled.program, path))
+    engines = [(e.name, e.place, e.capability.state, e.capability.protocols) for e in registry.engines() if e.place]
+    return explain_flow(compiled.program, parse_flow(flow, compiled.symbols, compiled.program, path), engines)
 
 
 def push(compiled: Compiled, target: str, **kw) -> dict:

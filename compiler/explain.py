@@ -31,8 +31,28 @@ def _end(program: Program, family: int, address: int, identity: str | None) -> d
             "inside": [{"identity": n, "prefix": str(p)} for n, p in enclosing(program, family, address)]}
 
 
-def explain(program: Program, flow: Flow) -> dict:
-    """Verdict, deciding rule, route, limits, every matching rule and the L4-projection verdict."""
+def _engines_on_reply(flow: Flow, as_new: str, engines) -> list[dict]:
+    """How each engine that holds a policy answers a packet that passes as a reply: by its connection
+    state (`state` of its capability), or judged as a new flow where it keeps none."""
+    out = []
+    for name, place, state, protocols in engines:
+        tcp = flow.proto == 6
+        if protocols == "tcp" and not tcp:
+            verdict, why = None, "does not see it (it sees TCP only)"
+        elif state == "connections":
+            verdict, why = "allow", "a reply of a connection it holds"
+        elif state == "tcp-established" and tcp:
+            verdict, why = "allow", f"as an established TCP segment (ACK or RST set); without them: {as_new}"
+        else:
+            verdict, why = as_new, "judged as a new flow (it keeps no connections)"
+        out.append({"engine": name, "place": place, "verdict": verdict, "why": why})
+    return out
+
+
+def explain(program: Program, flow: Flow, engines=()) -> dict:
+    """Verdict, deciding rule, route, limits, every matching rule and the L4-projection verdict.
+    `engines`: (name, place, state, protocols) of the engines that hold policies, for a reply's answer
+    engine by engine."""
     d = evaluate(program, flow)
     below = evaluate(project_l4(program), flow.without_http())
     matching = sorted((e for e in program.acl.entries if match_holds(e.match, flow, d.src_id, d.dst_id)),
@@ -82,6 +102,7 @@ def explain(program: Program, flow: Flow) -> dict:
         "matched": matched,
         "l4_verdict": "allow" if reply else below.verdict,
         "l4_rule": decided.rule if reply else below.rule,
+        "engines": _engines_on_reply(flow, below.verdict, engines) if reply else [],
     }
 
 
@@ -123,7 +144,12 @@ def format_explanation(x: dict) -> str:
     if x["limits"]:
         lines.append(f"limits    {x['limits']}")
     l4_rule = f" ({x['l4_rule']})" if x["l4_rule"] else " (default)"
-    lines.append(f"below L7  {x['l4_verdict']}{l4_rule}  [what kernel and switch engines decide]")
+    if x.get("engines"):
+        lines.append(f"below L7  the connection's opening: allow{l4_rule}")
+        for e in x["engines"]:
+            lines.append(f"  {e['place']:<9} {e['engine']}: {e['verdict'] or '-'}, {e['why']}")
+    else:
+        lines.append(f"below L7  {x['l4_verdict']}{l4_rule}  [what kernel and switch engines decide]")
     decided_by_default = x["as_new"]["default"] if x.get("reply") else x["default"]
     others = x["matched"][1:] if not decided_by_default else x["matched"]
     if others:

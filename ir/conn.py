@@ -34,6 +34,7 @@ from .flow import ICMP, ICMP6, TCP, Flow
 from .interp import evaluate, field_matches, match_holds, owner
 from .match import Absent, AnyOf, Exact, Match, PrefixMatch, Range, int_ranges, options
 from .nodes import Entry, Program
+from .project import project_l4
 
 #: ICMP queries that open a connection, and the type of their answer.
 ECHO = {(4, ICMP): (8, 0), (6, ICMP6): (128, 129)}
@@ -199,13 +200,19 @@ class Tracker:
 
 def as_reply(program: Program, flow: Flow):
     """For a packet the rules deny under a stateful policy: the decision on the connection it would
-    answer (`reverse(flow)`) when that connection is allowed, else None."""
+    answer (`reverse(flow)`) when that connection is allowed, else None.
+
+    The opening is judged as the engines that keep connections judge it: by its packets, below L7
+    (`project_l4`). Its first packet carries no request: a connection to an HTTP port that some
+    request may use is opened (the kernel's table holds it, the sidecar accepts it and then judges
+    each request), so its replies pass even where the request rules decide the requests."""
     if not program.connections.stateful or flow.fragment:
         return None
     if flow.is_icmp and flow.icmp_type not in ECHO[(flow.family, flow.proto)]:
         return None  # only echo replies answer; other ICMP messages are errors or queries
-    d = evaluate(program, reverse(flow))
-    return d if d.verdict == "allow" and opens(reverse(flow)) else None
+    opening = reverse(flow).without_http()
+    d = evaluate(project_l4(program), opening)
+    return d if d.verdict == "allow" and opens(opening) else None
 
 
 _SWAP = {"src.ip": "dst.ip", "dst.ip": "src.ip", "src.id": "dst.id", "dst.id": "src.id", "sport": "dport",

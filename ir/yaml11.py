@@ -402,12 +402,12 @@ def reads_as_text(text: str) -> bool:
 
 class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml's emitter when present
     """PyYAML's safe dumper, but a string that YAML 1.1 as Kubernetes reads it would turn into something
-    else is double-quoted. (Envoy's reader, yaml-cpp, also reads y, n, on and off as booleans.)"""
+    else is quoted. (Envoy's reader, yaml-cpp, also reads y, n, on and off as booleans.)"""
 
 
 def _represent_str(dumper, data: str):
     if not reads_as_text(data):
-        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="'")
     return dumper.represent_str(data)
 
 

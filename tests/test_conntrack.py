@@ -374,3 +374,24 @@ def test_example_conversations_agree_with_the_tracker(name):
     bad = [(packets[n][0].text, packets[n][1], g, w) for n, (g, w) in enumerate(zip(got, want)) if g != w]
     assert not bad, f"{len(bad)} of {len(packets)} differ, e.g. {bad[:3]}"
     assert sum(1 for g in got if g == "pass") > len(got) // 10
+
+
+def test_a_reply_to_a_connection_only_requests_allow_passes_as_explain_says():
+    """The policy allows only `GET /x` to web's HTTP port. The connection's opening carries no request:
+    the kernel opens it (its L4 projection allows port 80) and passes the reply, and `explain` on the
+    reply says allow, naming each engine's answer, rather than judging the opening by request rules."""
+    from anyplane.backends.ebpf import packet
+    from anyplane.compiler.explain import explain
+
+    require_kernel()
+    program = compile_sources([("p.ap", "service web { address 10.0.1.0/24 port 80 http }\ndefault deny\n"
+                                         "allow 10.0.2.0/24 -> web http GET /x\n")]).program
+    opening = Flow(4, 0x0A000205, 0x0A000105, 6, sport=40000, dport=80)
+    with loaded(program, "httpreply") as (cl, _):
+        got = [kernel_verdicts(cl, [packet.frame(f, tcp=flags)])[0]
+               for f, flags in ((opening, "S"), (reverse(opening), "SA"), (reverse(opening), "A"))]
+    engines = [("ebpf", "kernel", "connections", "any"), ("p4", "fabric", "tcp-established", "any")]
+    x = explain(program, reverse(opening), engines)
+    assert got == ["pass", "pass", "pass"]
+    assert x["verdict"] == "allow" and x["reply"] is not None and x["as_new"]["verdict"] == "deny"
+    assert [e["verdict"] for e in x["engines"]] == ["allow", "allow"]

@@ -21,6 +21,7 @@ from anyplane.ir.interp import match_holds
 from anyplane.ir.match import Match, int_ranges
 from anyplane.ir.nodes import Assert, Entry
 from anyplane.ir.owners import described
+from anyplane.ir.project import project_l4
 from anyplane.ir.source import Span
 
 from .context import Analysis
@@ -171,7 +172,8 @@ def reply_reachability(program, pattern: tuple[Match, ...]) -> Reachability | No
     openings = reverse_matches(pattern)
     if not openings:
         return None
-    a = Analysis(program, extra=list(openings))
+    # The openings are judged below L7, as the engines that keep connections judge them (ir.conn.as_reply).
+    a = Analysis(project_l4(program), extra=list(openings))
     r = reachability(a, openings)
     if r.witness is not None:
         inside = [f for f in _replies(pattern, reverse(r.witness))

@@ -10,8 +10,8 @@ import click
 
 from anyplane.ir.source import DiagnosticError, SourceMap
 
-from ..explain import explain as explain_flow, format_explanation
-from ..flows import parse_flow
+from .. import api
+from ..explain import format_explanation
 from ..fmt import format_file
 from ..parser import parse_file
 from ..pipeline import STDIN, UsageError, import_manifests, load, read_sources
@@ -46,10 +46,9 @@ def explain(files, flow_text, output_format) -> None:
     """Show the verdict for one FLOW and the rule that decides it."""
     compiled = load(list(files))
     try:
-        flow = parse_flow(flow_text, compiled.symbols, compiled.program)
+        result = api.explain(compiled, flow_text)
     except DiagnosticError as exc:
         raise with_source(exc, "<flow>", flow_text)
-    result = explain_flow(compiled.program, flow)
     if output_format == "json":
         emit_json(result)
     else:
