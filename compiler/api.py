@@ -399,9 +399,9 @@ class Serving:
     last good version. `events(kind, detail)` hears about it ("published", "refused", "error").
     """
 
-    def __init__(self, paths: list[str], deployment_file: str | None = None, events=None):
+    def __init__(self, paths: list[str], deployment_file: str | None = None, events=None, limits=None):
         self.paths, self.deployment_file = list(paths), deployment_file
-        self.plane = registry.get("envoy").control_plane()
+        self.plane = registry.get("envoy").control_plane(limits)
         self.events = events or (lambda kind, detail: None)
         self.seen: str | None = None
         self.version: str | None = None
@@ -443,6 +443,9 @@ class Serving:
         except (DiagnosticError, UsageError, EngineError) as exc:
             self.events("error", exc)
             return False
+        except Exception as exc:  # noqa: BLE001 - a bug in a check must not take the fleet's server down
+            self.events("error", InternalError(exc))
+            return False
         if not proof.proved:
             self.events("refused", proof)
             return False
@@ -459,6 +462,23 @@ class Serving:
 
     def stop(self) -> None:
         self.plane.stop()
+
+
+def xds_limits(**kw):
+    """Limits of the sidecars' xDS server (`backends/envoy/ads.py` Limits): streams in all and per peer,
+    seconds a stream may stay silent before it names its node."""
+    return registry.get("envoy").control_plane_limits(**kw)
+
+
+class InternalError(Exception):
+    """An unexpected failure while checking a policy version: reported, and the version not published."""
+
+    def __init__(self, cause: BaseException):
+        import traceback
+
+        where = traceback.extract_tb(cause.__traceback__)[-1:] if cause.__traceback__ else []
+        at = f" at {Path(where[0].filename).name}:{where[0].lineno}" if where else ""
+        super().__init__(f"internal error: {type(cause).__name__}: {str(cause)[:300]}{at} (please report it)")
 
 
 def serve_status(admin: str) -> dict:

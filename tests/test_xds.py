@@ -297,47 +297,68 @@ def test_serve_command_and_status(tmp_path):
 
 
 def _pki(d) -> dict:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
+    """A CA, a server certificate for 127.0.0.1, and client certificates for the sidecars of web0 (a DNS
+    name) and web1 (a SPIFFE ID), made with openssl."""
     def sh(*args):
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
     sh("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
        "-subj", "/CN=anyplane test CA")
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"),
+                      ("client", "extendedKeyUsage=clientAuth\nsubjectAltName=DNS:web0"),
+                      ("other", "extendedKeyUsage=clientAuth\nsubjectAltName=URI:spiffe://anyplane.test/ns/default/sa/web1")):
         sh("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
         (d / f"{name}.ext").write_text(ext + "\n")
         sh("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
-    return {k: d / k for k in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+    return {k: d / k for k in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key", "other.pem",
+                               "other.key")}
 
 
 def test_tls_with_client_certificates_on_the_xds_channel(tmp_path):
+    """A sidecar whose certificate names its service gets its configuration; one without a certificate
+    never connects; one whose certificate names web1 but which claims to be web0 is refused, and
+    nothing of web0's configuration reaches it."""
     pki = _pki(tmp_path)
     fleet = Fleet(tmp_path, 2)
     serving = api.Serving([str(fleet.dir)], str(fleet.dep_file))
     assert serving.check()
     serving.start(f"127.0.0.1:{fleet.ports[0]}", tuple(pki[k].read_bytes() for k in ("server.pem", "server.key", "ca.pem")))
-    try:
-        out = tmp_path / "tls-out"
-        done = run("compile", str(fleet.dir), "-t", "envoy", "--deployment", str(fleet.dep_file), "-o", str(out),
-                   "--xds", f"127.0.0.1:{fleet.ports[0]}",
-                   "--xds-tls", f"{pki['client.pem']},{pki['client.key']},{pki['ca.pem']}")
+
+    def bootstrap(cert: str, key: str, out: str) -> dict:
+        done = run("compile", str(fleet.dir), "-t", "envoy", "--deployment", str(fleet.dep_file), "-o",
+                   str(tmp_path / out), "--xds", f"127.0.0.1:{fleet.ports[0]}",
+                   "--xds-tls", f"{pki[cert]},{pki[key]},{pki['ca.pem']}")
         assert done.returncode == 0, done.stderr
-        with_cert = yaml.safe_load((out / "web0" / "bootstrap.yaml").read_text())
+        return yaml.safe_load((tmp_path / out / "web0" / "bootstrap.yaml").read_text())
+
+    def background(boot: dict, name: str, base_id: int) -> subprocess.Popen:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(boot))
+        return subprocess.Popen([envoy_push.envoy_binary(), "-c", str(path), "--disable-hot-restart",
+                                 "--concurrency", "1", "--log-level", "error", "--base-id", str(base_id)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with_cert = bootstrap("client.pem", "client.key", "tls-out")
+        impostor = bootstrap("other.pem", "other.key", "impostor-out")
+        impostor["node"]["id"] = "impostor"
+        impostor["admin"]["address"]["socket_address"]["port_value"] = free_port()
+        for listener in impostor.get("static_resources", {}).get("listeners", []):
+            listener["address"]["socket_address"]["port_value"] = free_port()
         without = fleet.bootstrap(1)  # plaintext: the server must not let it in
         with Upstream(f"127.{fleet.n}.0.1", 18080, "web0"), running(with_cert, fleet.admin(0)):
             fleet.wait_current(serving, 1)
             assert fleet.get(0, "/api/x") == 200
-            path = tmp_path / "plain.yaml"
-            path.write_text(yaml.safe_dump(without))
-            proc = subprocess.Popen([envoy_push.envoy_binary(), "-c", str(path), "--disable-hot-restart",
-                                     "--concurrency", "1", "--log-level", "error", "--base-id", "7"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs = [background(without, "plain", 7), background(impostor, "impostor", 8)]
             try:
-                time.sleep(4)
-                assert {x["service"] for x in serving.status()["nodes"]} == {"web0"}
+                deadline = time.time() + 60
+                while serving.status()["streams"]["refused"].get("certificate names another service", 0) < 1:
+                    assert time.time() < deadline, serving.status()
+                    time.sleep(0.2)
+                assert {x["id"] for x in serving.status()["nodes"]} == {with_cert["node"]["id"]}
                 assert isinstance(fleet.get(1, "/api/x"), OSError)  # it never got a listener
             finally:
-                proc.terminate()
-                proc.wait(10)
+                for proc in procs:
+                    proc.terminate()
+                    proc.wait(10)
     finally:
         serving.stop()

@@ -251,9 +251,15 @@ class SidecarEngine(base.Engine):
         """The services that get a sidecar."""
         return services(program)
 
-    def control_plane(self) -> "ControlPlane":
-        """An xDS server for a fleet of sidecars (backends/envoy/xds.py)."""
-        return ControlPlane()
+    def control_plane_limits(self, **kw):
+        """Limits for `control_plane` (backends/envoy/ads.py Limits), from keyword values."""
+        from .ads import Limits
+
+        return Limits(**kw)
+
+    def control_plane(self, limits=None) -> "ControlPlane":
+        """An xDS server for a fleet of sidecars (backends/envoy/ads.py); `limits`: ads.Limits."""
+        return ControlPlane(limits)
 
     def read_back(self, program: Program, options: base.Options) -> Program:
         """Per listener, what it decides (see `lifted`)."""
@@ -310,18 +316,18 @@ class SidecarEngine(base.Engine):
 class ControlPlane:
     """The sidecars' xDS server: publish a program (its sidecar share), serve it over gRPC, report."""
 
-    def __init__(self):
-        from .xds import XdsServer
+    def __init__(self, limits=None):
+        from .ads import Limits, XdsServer
 
-        self.server = XdsServer()
-        self.grpc = None
+        self.server = XdsServer(limits or Limits())
+        self.running = None
 
     def start(self, address: str, tls=None) -> int:
         """Listen on HOST:PORT (port 0: any); `tls` = (cert, key, client CA) as bytes. The bound port."""
-        from .xds import Tls, start
+        from .ads import Tls, start
 
-        self.grpc = start(self.server, address, Tls(*tls) if tls else None)
-        return self.grpc.bound_port
+        self.running = start(self.server, address, Tls(*tls) if tls else None)
+        return self.running.bound_port
 
     def prepare(self, program: Program, deployment: Deployment | None, version: str):
         """Every sidecar's resources for `version` of the policy (EnvoyError when the sidecars cannot
@@ -337,11 +343,14 @@ class ControlPlane:
         return {"version": snap.version, "services": sorted(snap.resources)}
 
     def status(self) -> dict:
+        """Every node the server remembers, its streams and limits."""
         return self.server.status()
 
     def stop(self, grace: float = 0) -> None:
-        if self.grpc is not None:
-            self.grpc.stop(grace)
+        """Close the streams and the port."""
+        if self.running is not None:
+            self.running.stop(grace)
+            self.running = None
 
 
 ENGINE = SidecarEngine()

@@ -1,27 +1,12 @@
-"""An xDS control plane: every sidecar of a fleet gets its listeners and clusters over gRPC (ADS).
+"""What the xDS control plane serves: every sidecar's resources, as protobuf messages, per snapshot.
 
-    server = XdsServer()
-    server.publish(snapshot(built, version))      # {service: (listeners, clusters)}, the policy's digest
-    grpc_server = start(server, "127.0.0.1:18000", tls=None)
-    server.status()                               # every node: version sent, ACKed, NACKed and why
-
-Both flavours of the aggregated service (envoy.service.discovery.v3):
-- state of the world (StreamAggregatedResources): a type's response carries all of a node's
-  resources of that type, versioned by the snapshot (the policy's digest);
-- incremental (DeltaAggregatedResources): only the resources whose content changed, and the names
-  of those removed; a resource's version is the hash of its content.
+    snap = snapshot(built, version)   # {service: (listeners, clusters)} -> Snapshot, the policy's digest
+    snap.of("reviews", LDS)           # resource name -> serialized Listener
 
 Listeners, routes, clusters and endpoints: each static cluster's endpoints go as an EDS resource and
-each HTTP connection manager's route table as an RDS one (asked for by name).
-
-A node is chosen by `node.cluster` (the service whose sidecar it is; `node.id` tells sidecars of one
-service apart). Per node and type the server keeps the version and nonce it sent, the version the
-node ACKed, and the last NACK (Envoy's message). A NACKed version is never resent: the node keeps
-its last good configuration until the next snapshot. Clusters go before listeners: a node gets a
-snapshot's listeners only once it has ACKed that snapshot's clusters, so a listener never refers to
-a cluster the sidecar does not have yet. The snapshot is a function of the policy alone, so replicas
-serving the same policy send the same versions, and a sidecar that reconnects to another replica is
-sent nothing new.
+each HTTP connection manager's route table as an RDS one (asked for by name), so an endpoint or a
+route changes without its cluster or listener. The snapshot is a function of the policy alone, so
+replicas serving the same policy send the same versions. backends/envoy/ads.py serves it.
 """
 
 from __future__ import annotations
@@ -29,19 +14,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import pkgutil
-import queue
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import grpc
-from google.protobuf import any_pb2, descriptor_pool, json_format
+from google.protobuf import descriptor_pool, json_format
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -108,7 +88,8 @@ def pack(type_url: str, resource: dict) -> bytes:
     return data
 
 
-def _digest(data: bytes) -> str:
+def digest(data: bytes) -> str:
+    """A resource's version in the incremental flavour: the hash of its content."""
     return hashlib.sha256(data).hexdigest()[:16]
 
 
@@ -120,6 +101,7 @@ class Snapshot:
     resources: dict
 
     def of(self, service: str, type_url: str) -> dict[str, bytes]:
+        """One service's resources of one type: name -> serialized message."""
         return self.resources.get(service, {}).get(type_url, {})
 
 
@@ -157,229 +139,3 @@ def snapshot(built: dict, version: str) -> Snapshot:
     for svc, (listeners, clusters) in built.items():
         out[svc] = {t: {name: pack(t, r) for name, r in rs.items()} for t, rs in split(listeners, clusters).items()}
     return Snapshot(version, out)
-
-
-@dataclass
-class TypeState:
-    """One node's view of one resource type."""
-
-    subscribed: bool = False
-    names: frozenset | None = None  # the resources asked for by name (EDS, RDS); None: all
-    sent_names: frozenset | None = None
-    sent_version: str | None = None
-    sent_nonce: str | None = None
-    acked: str | None = None
-    nacked: str | None = None
-    error: str | None = None
-    have: dict = field(default_factory=dict)  # delta: resource name -> version the node holds
-    pending: dict = field(default_factory=dict)  # delta: nonce -> (have before, version)
-    responses: int = 0
-    bytes: int = 0
-
-
-@dataclass
-class Node:
-    id: str
-    service: str
-    flavour: str
-    peer: str
-    connected: bool = True
-    since: float = field(default_factory=time.time)
-    types: dict = field(default_factory=lambda: {t: TypeState() for t in ORDER})
-
-    def to_json(self, current: str | None) -> dict:
-        return {"id": self.id, "service": self.service, "flavour": self.flavour, "peer": self.peer,
-                "connected": self.connected,
-                "types": {SHORT[t]: {"sent": s.sent_version, "acked": s.acked, "nacked": s.nacked,
-                                     "error": s.error, "responses": s.responses, "bytes": s.bytes}
-                          for t, s in self.types.items() if s.subscribed},
-                "current": current is not None and any(s.subscribed for s in self.types.values())
-                and all(s.acked == current for s in self.types.values() if s.subscribed)}
-
-
-class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    """The aggregated discovery service over one published snapshot at a time."""
-
-    def __init__(self):
-        self.snapshot: Snapshot | None = None
-        self.nodes: dict[str, Node] = {}
-        self._streams: set[queue.Queue] = set()
-        self._lock = threading.Lock()
-        self._nonce = 0
-        self.published: list[tuple[float, str]] = []
-
-    # -- publishing -----------------------------------------------------------------------------
-    def publish(self, snap: Snapshot) -> None:
-        with self._lock:
-            if self.snapshot is not None and self.snapshot.version == snap.version:
-                return
-            self.snapshot = snap
-            self.published.append((time.time(), snap.version))
-            for q in self._streams:
-                q.put(("snapshot",))
-
-    def status(self) -> dict:
-        with self._lock:
-            current = self.snapshot.version if self.snapshot else None
-            return {"version": current, "nodes": [n.to_json(current) for n in sorted(self.nodes.values(),
-                                                                                     key=lambda n: n.id)]}
-
-    def _next_nonce(self) -> str:
-        with self._lock:
-            self._nonce += 1
-            return str(self._nonce)
-
-    # -- the two flavours ------------------------------------------------------------------------
-    def StreamAggregatedResources(self, request_iterator, context):  # noqa: N802 (gRPC's name)
-        yield from self._serve(request_iterator, context, "sotw")
-
-    def DeltaAggregatedResources(self, request_iterator, context):  # noqa: N802
-        yield from self._serve(request_iterator, context, "delta")
-
-    def _serve(self, requests, context, flavour: str):
-        events: queue.Queue = queue.Queue()
-
-        def pump():
-            try:
-                for r in requests:
-                    events.put(("request", r))
-            except grpc.RpcError:
-                pass
-            events.put(("end",))
-        threading.Thread(target=pump, daemon=True).start()
-        with self._lock:
-            self._streams.add(events)
-        node: Node | None = None
-        try:
-            while True:
-                ev = events.get()
-                if ev[0] == "end" or not context.is_active():
-                    break
-                if ev[0] == "request":
-                    node = self._request(node, ev[1], flavour, context.peer())
-                if node is not None:
-                    for resp in self._due(node, flavour):
-                        yield resp
-        finally:
-            with self._lock:
-                self._streams.discard(events)
-            if node is not None:
-                node.connected = False
-
-    def _request(self, node: Node | None, req, flavour: str, peer: str) -> Node:
-        if node is None:
-            node_id = req.node.id or peer
-            with self._lock:
-                node = Node(node_id, req.node.cluster, flavour, peer)
-                self.nodes[node_id] = node
-        if req.type_url not in node.types:
-            return node  # a type this server does not serve: answered with nothing
-        st = node.types[req.type_url]
-        st.subscribed = True
-        if flavour == "delta":
-            if req.type_url in NAMED:
-                st.names = (st.names or frozenset()) | set(req.resource_names_subscribe)
-                st.names = st.names - set(req.resource_names_unsubscribe)
-            if not req.response_nonce:
-                st.have = dict(req.initial_resource_versions)
-            elif req.response_nonce in st.pending:
-                before, version = st.pending.pop(req.response_nonce)
-                if req.HasField("error_detail") and req.error_detail.code != 0:
-                    st.have, st.nacked, st.error = before, version, req.error_detail.message
-                else:
-                    st.acked = version
-            return node
-        if req.type_url in NAMED:
-            st.names = frozenset(req.resource_names)
-        if req.response_nonce and req.response_nonce != st.sent_nonce:
-            return node  # an answer to an older response
-        if req.type_url in NAMED and st.names != st.sent_names and not req.HasField("error_detail"):
-            st.sent_version = None  # it asks for other names: answer again
-        if req.response_nonce:
-            if req.HasField("error_detail") and req.error_detail.code != 0:
-                st.nacked, st.error = st.sent_version, req.error_detail.message
-            else:
-                st.acked = req.version_info
-        elif req.version_info and req.version_info == (self.snapshot.version if self.snapshot else None):
-            # A sidecar that reconnects (to this replica or another) with the current version.
-            st.sent_version = st.acked = req.version_info
-            st.sent_names = st.names
-        return node
-
-    def _ready(self, node: Node, type_url: str, version: str) -> bool:
-        """Listeners wait for the clusters of the same snapshot."""
-        if type_url != LDS:
-            return True
-        cds = node.types[CDS]
-        return not cds.subscribed or cds.acked == version
-
-    def _due(self, node: Node, flavour: str):
-        snap = self.snapshot
-        if snap is None:
-            return
-        for type_url in ORDER:
-            st = node.types[type_url]
-            if not st.subscribed or not self._ready(node, type_url, snap.version) or st.nacked == snap.version:
-                continue
-            wanted = snap.of(node.service, type_url)
-            if type_url in NAMED and st.names is not None:
-                wanted = {n: v for n, v in wanted.items() if n in st.names}
-            if flavour == "sotw":
-                if st.sent_version == snap.version:
-                    continue
-                resp = discovery_pb2.DiscoveryResponse(version_info=snap.version, type_url=type_url,
-                                                       nonce=self._next_nonce())
-                for name in sorted(wanted):
-                    resp.resources.add(type_url=type_url, value=wanted[name])
-                st.sent_version, st.sent_nonce, st.sent_names = snap.version, resp.nonce, st.names
-            else:
-                versions = {name: _digest(data) for name, data in wanted.items()}
-                changed = sorted(n for n, v in versions.items() if st.have.get(n) != v)
-                removed = sorted(n for n in st.have if n not in wanted
-                                 and (type_url not in NAMED or n in (st.names or ())))
-                if not changed and not removed:
-                    if st.acked != snap.version and not st.pending:
-                        st.acked = snap.version  # nothing to send: the node already holds this snapshot
-                    continue
-                if st.pending:
-                    continue  # one response in flight per type
-                resp = discovery_pb2.DeltaDiscoveryResponse(system_version_info=snap.version, type_url=type_url,
-                                                            nonce=self._next_nonce(), removed_resources=removed)
-                for name in changed:
-                    r = resp.resources.add(name=name, version=versions[name])
-                    r.resource.CopyFrom(any_pb2.Any(type_url=type_url, value=wanted[name]))
-                st.pending[resp.nonce] = (dict(st.have), snap.version)
-                st.have = {n: versions[n] for n in wanted}
-                st.sent_version, st.sent_nonce = snap.version, resp.nonce
-            st.responses += 1
-            st.bytes += resp.ByteSize()
-            yield resp
-
-
-@dataclass
-class Tls:
-    """Server certificate and key, and the CA that signs the sidecars' client certificates."""
-
-    cert: bytes
-    key: bytes
-    client_ca: bytes
-
-
-def start(server: XdsServer, address: str, tls: Tls | None = None, workers: int = 256) -> grpc.Server:
-    """Serve on `address` (HOST:PORT); with `tls`, only clients with a certificate the CA signed."""
-    from concurrent import futures
-
-    g = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
-                    options=[("grpc.max_send_message_length", 64 << 20)])
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(server, g)
-    if tls is None:
-        port = g.add_insecure_port(address)
-    else:
-        creds = grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.client_ca,
-                                            require_client_auth=True)
-        port = g.add_secure_port(address, creds)
-    if not port:
-        raise OSError(f"cannot listen on {address}")
-    g.start()
-    g.bound_port = port
-    return g

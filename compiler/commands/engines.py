@@ -350,6 +350,16 @@ def _xds_status(result: dict) -> None:
             click.echo(line)
 
 
+def _raise_file_limit(streams: int) -> None:
+    """Each stream may be a connection: let the process hold that many sockets (up to the hard limit)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, streams + 256) if hard != resource.RLIM_INFINITY else streams + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 @cli.command()
 @files_argument
 @click.option("--listen", default="127.0.0.1:18000", show_default=True, help="Where sidecars connect (gRPC).")
@@ -363,10 +373,18 @@ def _xds_status(result: dict) -> None:
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="Server certificate (PEM): TLS on the xDS channel.")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="Its private key (PEM).")
 @click.option("--tls-client-ca", type=click.Path(dir_okay=False),
-              help="CA (PEM) that signs the sidecars' client certificates (required with --tls-cert).")
+              help="CA (PEM) that signs the sidecars' client certificates (required with --tls-cert); each "
+                   "certificate names the service it may ask for (DNS name or spiffe://.../sa/SERVICE).")
 @click.option("--once", is_flag=True, help="Publish the policy, serve until interrupted, never look again.")
+@click.option("--max-streams", type=click.IntRange(1), default=20_000, show_default=True,
+              help="Open xDS streams in all.")
+@click.option("--max-streams-per-peer", type=click.IntRange(1), default=256, show_default=True,
+              help="Open xDS streams from one address.")
+@click.option("--hello-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Seconds a stream may stay silent before it names its node; then it is closed.")
 @handle_errors
-def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tls_client_ca, once) -> None:
+def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tls_client_ca, once, max_streams,
+          max_streams_per_peer, hello_timeout) -> None:
     """Serve every sidecar its listeners and clusters over xDS (ADS, state of the world and delta),
     from the policy FILES (a directory or a git checkout), watched: each change is compiled and proved
     before it is published, under the policy's digest as version."""
@@ -396,7 +414,9 @@ def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tl
                 if hasattr(detail, "diagnostics") else str(detail)
             click.echo(f"{stamp} not published (the sidecars keep the last version):\n{message}", err=True, nl=False)
 
-    serving = api.Serving(list(files), deployment_file, events)
+    _raise_file_limit(max_streams)
+    limits = api.xds_limits(streams=max_streams, per_peer=max_streams_per_peer, hello_s=hello_timeout)
+    serving = api.Serving(list(files), deployment_file, events, limits)
     serving.check()
     try:
         port = serving.start(listen, tls)
