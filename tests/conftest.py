@@ -24,6 +24,24 @@ CI = os.environ.get("CI") == "true"
 
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", help="Rewrite golden files from current output.")
+    parser.addoption("--cpu-hog", action="store_true", help="Run the timing tests beside a busy loop on every core "
+                                                            "(always so in CI).")
+
+
+@pytest.fixture(autouse=True)
+def _cpu_hog(request):
+    """Tests marked `timing` depend on time passing as they expect: in CI (or with --cpu-hog) they run
+    beside a busy loop on every core, so that passing them proves they hold on a loaded machine."""
+    if request.node.get_closest_marker("timing") is None or not (CI or request.config.getoption("--cpu-hog")):
+        yield
+        return
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        yield
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
 
 
 @pytest.fixture(autouse=True)

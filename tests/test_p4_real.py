@@ -188,6 +188,7 @@ def test_classbench_traces_through_the_switch(switch, name):
     assert {"allow", "deny"} <= set(oracle)
 
 
+@pytest.mark.timing
 def test_a_meter_forwards_the_burst_and_the_rate(switch):
     program = compile_sources([("m.ap", "external a { address 10.1.0.0/16 }\nexternal b { address 10.2.0.0/16 }\n"
                                "default deny\nallow a -> b udp 5000 rate 50/s burst 20\n")]).program

@@ -4,6 +4,11 @@ A token bucket of rate R and burst B admits B + R*T of a flood lasting T
 seconds. Each engine is flooded for two seconds or more, faster than R, and the rate it
 admitted beyond the burst must be within 10% of R; the first B requests (or
 packets) must all pass.
+
+On a loaded machine the flood has gaps (the flooder is not scheduled): a full bucket
+gains nothing, so a gap longer than B/R loses the tokens beyond B. The admitted rate
+is held to R over the time the flood really ran (the gaps' excess left out) from
+below, and to R over the whole time from above: never more than the policy admits.
 """
 
 from __future__ import annotations
@@ -32,14 +37,19 @@ def _admitted_rate(passed: int, burst: int, seconds: float) -> Fraction:
     return Fraction(passed - burst) / Fraction(seconds)
 
 
-def _within(measured, rate: Fraction, what: str) -> None:
-    assert abs(measured - rate) <= rate / 10, f"{what}: admitted {float(measured):.1f}/s, policy {float(rate):.1f}/s"
+def _within(measured, rate: Fraction, what: str, lost: float = 0.0, took: float | None = None) -> None:
+    """Within 10% of the rate; from below, over the time the flood ran (`took` less the `lost` gaps)."""
+    low = measured * Fraction(took) / Fraction(max(took - lost, 1e-9)) if took else measured
+    assert measured <= rate * Fraction(11, 10), f"{what}: admitted {float(measured):.1f}/s, policy {float(rate):.1f}/s"
+    assert low >= rate * Fraction(9, 10), f"{what}: admitted {float(low):.1f}/s over the {took and took - lost:.2f}s " \
+                                          f"the flood ran, policy {float(rate):.1f}/s"
 
 
 HTTP_TABLE = [(10, "s", 5), (100, "s", 5), (100, "s", 50), (300, "m", 10), (50, "s", 100), (200, "s", 10)]
 
 
 @pytest.mark.envoy
+@pytest.mark.timing
 def test_sidecar_request_rates_within_ten_percent():
     require_envoy()
     n = subnet()
@@ -59,20 +69,27 @@ def test_sidecar_request_rates_within_ten_percent():
             # The sidecar adds whole refills at fixed ticks: flood for at least 20 of them.
             flood = max(FLOOD_S, 20 * RateLimit(count, UNITS[unit], burst, "-").refill / rate)
             conn = http.client.HTTPConnection(web, 8080, timeout=5, source_address=(client, 0))
-            codes = []
-            start = time.monotonic()
-            while time.monotonic() - start < flood:
+            codes, gaps = [], []
+            start = last = time.monotonic()
+            while last - start < flood:
                 conn.request("GET", f"/r{k}/x", headers={"host": "web"})
                 resp = conn.getresponse()
                 resp.read()
                 codes.append(resp.status)
-            took = time.monotonic() - start
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+            took = last - start
             conn.close()
+            usual = sorted(gaps)[len(gaps) // 2]
+            # Gaps longer than a full bucket takes to fill (plus a refill tick) lost tokens: the client stalled.
+            full = float(burst / rate) + float(RateLimit(count, UNITS[unit], burst, "-").refill / rate)
+            lost = sum(max(0.0, g - usual - full) for g in gaps)
             what = f"{count}/{unit} burst {burst}"
             assert set(codes) <= {200, 429}, what
             assert len(codes) / took > 1.5 * rate, f"{what}: the client sent only {len(codes) / took:.0f}/s"
             assert codes[:burst] == [200] * burst, what
-            _within(_admitted_rate(codes.count(200), burst, took), rate, what)
+            _within(_admitted_rate(codes.count(200), burst, took), rate, what, lost, took)
 
 
 KERNEL_TABLE = [(100, "s", 1), (1000, "s", 10), (20000, "s", 100), (6000000, "h", 10), (7, "s", 7),
@@ -80,6 +97,7 @@ KERNEL_TABLE = [(100, "s", 1), (1000, "s", 10), (20000, "s", 100), (6000000, "h"
 
 
 @pytest.mark.kernel
+@pytest.mark.timing
 def test_kernel_packet_rates_within_ten_percent():
     require_kernel()
     rules = "".join(f"allow a -> b udp {5000 + k} rate {c}/{u} burst {b}\n" for k, (c, u, b) in enumerate(KERNEL_TABLE))
@@ -95,12 +113,19 @@ def test_kernel_packet_rates_within_ten_percent():
             first = kernel_verdicts(cl, [frame] * burst)
             assert first == ["pass"] * burst, what
             passed, sent = burst, burst
-            start = time.monotonic()
-            while time.monotonic() - start < FLOOD_S:
+            rate = Fraction(count, UNITS[unit])
+            full = float(burst / rate)  # a gap longer than this fills the bucket and loses tokens
+            start = last = time.monotonic()
+            lost, batches = 0.0, []
+            while last - start < FLOOD_S:
                 got = kernel_verdicts(cl, [frame] * 200)
+                now = time.monotonic()
+                batches.append(now - last)
+                last = now
                 passed += got.count("pass")
                 sent += len(got)
-            took = time.monotonic() - start
-            rate = Fraction(count, UNITS[unit])
+            took = last - start
+            usual = sorted(batches)[len(batches) // 2]
+            lost = sum(max(0.0, b - usual - full) for b in batches)  # the flooder was not scheduled
             assert sent / took > 1.5 * rate, f"{what}: sent only {sent / took:.0f}/s"
-            _within(_admitted_rate(passed, burst, took), rate, what)
+            _within(_admitted_rate(passed, burst, took), rate, what, lost, took)
