@@ -200,3 +200,21 @@ def test_aliases_expand_by_reference_within_go_yamls_budget():
         _ours(laughs)
     assert "aliases" in err.value.diagnostics[0].message
 
+
+
+def test_the_importer_reads_labels_as_kubernetes_does(tmp_path):
+    """A pod labelled with a plain `y` carries the label "true" in the cluster: a policy selecting
+    "true" selects it, one selecting "y" does not; and each plain scalar gets a warning at its place."""
+    from anyplane.compiler.importers.k8s import convert
+
+    pod = ("apiVersion: v1\nkind: Pod\nmetadata:\n  name: db\n  namespace: x\n  labels: {y: postgres}\n"
+           "status: {podIP: 10.0.0.5}\n---\n")
+    policy = ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: x}\n"
+              "spec:\n  podSelector: {matchLabels: {%s: postgres}}\n  ingress: []\n")
+    selected = convert([("m.yaml", pod + policy % '"true"')])
+    missed = convert([("m.yaml", pod + policy % '"y"')])
+    assert "deny any -> x_db" in selected.text and "deny any -> x_db" not in missed.text
+    assert [(n.span.line, n.span.col) for n in selected.notes] == [(6, 12)]
+    theirs, why = kubectl.read(pod + policy % '"true"')
+    assert theirs is not None, why
+    assert theirs[0]["metadata"]["labels"] == {"true": "postgres"}
