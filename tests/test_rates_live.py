@@ -6,9 +6,11 @@ admitted beyond the burst must be within 10% of R; the first B requests (or
 packets) must all pass.
 
 On a loaded machine the flood has gaps (the flooder is not scheduled): a full bucket
-gains nothing, so a gap longer than B/R loses the tokens beyond B. The admitted rate
-is held to R over the time the flood really ran (the gaps' excess left out) from
-below, and to R over the whole time from above: never more than the policy admits.
+gains nothing, and a gap that starts when the bucket is nearly full loses nearly all
+its time. The admitted rate is held to R over the time the flood really ran (each
+batch's time beyond an unpreempted batch's left out) from below, and to R over the
+whole time from above: never more than the policy admits. On an idle machine the
+two are the same.
 """
 
 from __future__ import annotations
@@ -81,10 +83,8 @@ def test_sidecar_request_rates_within_ten_percent():
                 last = now
             took = last - start
             conn.close()
-            usual = sorted(gaps)[len(gaps) // 2]
-            # Gaps longer than a full bucket takes to fill (plus a refill tick) lost tokens: the client stalled.
-            full = float(burst / rate) + float(RateLimit(count, UNITS[unit], burst, "-").refill / rate)
-            lost = sum(max(0.0, g - usual - full) for g in gaps)
+            usual = sorted(gaps)[len(gaps) // 10]
+            lost = sum(max(0.0, g - usual) for g in gaps)  # time the client stalled (the bucket may have been full)
             what = f"{count}/{unit} burst {burst}"
             assert set(codes) <= {200, 429}, what
             assert len(codes) / took > 1.5 * rate, f"{what}: the client sent only {len(codes) / took:.0f}/s"
@@ -114,7 +114,6 @@ def test_kernel_packet_rates_within_ten_percent():
             assert first == ["pass"] * burst, what
             passed, sent = burst, burst
             rate = Fraction(count, UNITS[unit])
-            full = float(burst / rate)  # a gap longer than this fills the bucket and loses tokens
             start = last = time.monotonic()
             lost, batches = 0.0, []
             while last - start < FLOOD_S:
@@ -125,7 +124,7 @@ def test_kernel_packet_rates_within_ten_percent():
                 passed += got.count("pass")
                 sent += len(got)
             took = last - start
-            usual = sorted(batches)[len(batches) // 2]
-            lost = sum(max(0.0, b - usual - full) for b in batches)  # the flooder was not scheduled
+            usual = sorted(batches)[len(batches) // 10]  # a batch the flooder ran through unpreempted
+            lost = sum(max(0.0, b - usual) for b in batches)  # time the flooder was not sending
             assert sent / took > 1.5 * rate, f"{what}: sent only {sent / took:.0f}/s"
             _within(_admitted_rate(passed, burst, took), rate, what, lost, took)
