@@ -52,6 +52,7 @@ class Compiled:
     program: Program
     sources: SourceMap
     manifests: tuple = ()  # (path, text) of the Kubernetes manifests imported, if any
+    partition: tuple | None = None  # what told the manifests' pods apart (importers.k8s.convert)
 
 
 STDIN = "<stdin>"
@@ -233,9 +234,9 @@ def print_notes(notes, sources: SourceMap) -> None:
         sys.stderr.write(render(notes, sources))
 
 
-def import_manifests(manifests: list[str], notes=print_notes):
+def import_manifests(manifests: list[str], notes=print_notes, partition=(frozenset(), ())):
     """(the manifests' texts, their translation: `importers.k8s.Imported`); errors point into them, and
-    warnings go to `notes(diagnostics, sources)`."""
+    warnings go to `notes(diagnostics, sources)`. `partition`: see `importers.k8s.convert`."""
     from .importers.k8s import convert
 
     texts = []
@@ -245,7 +246,7 @@ def import_manifests(manifests: list[str], notes=print_notes):
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read '{m}': {exc}") from None
     try:
-        imported = convert(texts)
+        imported = convert(texts, partition=partition)
     except DiagnosticError as exc:
         exc.sources = SourceMap(dict(texts))
         raise
@@ -253,7 +254,7 @@ def import_manifests(manifests: list[str], notes=print_notes):
     return texts, imported
 
 
-def load(paths: list[str], dump_after: str | None = None, dump=print) -> Compiled:
+def load(paths: list[str], dump_after: str | None = None, dump=print, partition=None) -> Compiled:
     """Read files and directories, then compile them as one policy. Kubernetes manifests among them
     (`*.yaml`, or directories of them) are imported first (compiler/importers): positions in findings,
     explain and diff then point into the manifests."""
@@ -263,7 +264,7 @@ def load(paths: list[str], dump_after: str | None = None, dump=print) -> Compile
     sources = read_sources(policy_paths) if policy_paths else []
     if not manifests:
         return compile_sources(sources, dump_after, dump)
-    texts, imported = import_manifests(manifests)
+    texts, imported = import_manifests(manifests, partition=partition or (frozenset(), ()))
     try:
         compiled = compile_sources(sources + [(IMPORTED, imported.text)], dump_after, dump)
     except DiagnosticError as exc:
@@ -271,4 +272,16 @@ def load(paths: list[str], dump_after: str | None = None, dump=print) -> Compile
         exc.sources.texts.update(dict(texts))
         raise
     compiled.sources.texts.update(dict(texts))
-    return dataclasses.replace(compiled, program=relocate(compiled.program, imported.origins), manifests=tuple(texts))
+    return dataclasses.replace(compiled, program=relocate(compiled.program, imported.origins), manifests=tuple(texts),
+                               partition=imported.partition)
+
+
+def load_pair(old: list[str], new: list[str]) -> tuple[Compiled, Compiled]:
+    """Two versions to compare. Where they are manifests, both are imported telling pods apart by what
+    either version's policies read, so that an identity names the same pods on both sides."""
+    first = (load(old), load(new))
+    parts = [c.partition for c in first]
+    if parts[0] is None or parts[1] is None or parts[0] == parts[1]:
+        return first
+    union = (parts[0][0] | parts[1][0], tuple(dict.fromkeys(parts[0][1] + parts[1][1])))
+    return load(old, partition=union), load(new, partition=union)

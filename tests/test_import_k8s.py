@@ -12,8 +12,9 @@ from __future__ import annotations
 import ipaddress
 import json
 
+import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from anyplane.compiler.importers.k8s import convert
@@ -358,3 +359,101 @@ def test_a_workload_without_addresses_and_an_address_for_nothing_are_errors(tmp_
     assert done.returncode == 1
     assert f"{path}:1:1: error: Deployment shop/web has no addresses" in done.stderr
     assert "Addresses: shop/api names no workload controller" in done.stderr
+
+
+@SETTINGS
+@given(st.data())
+def test_identities_decide_every_pod_as_the_pods_alone_would(data):
+    """Pods no policy tells apart are one identity. Held against the same cluster imported pod by pod
+    (each pod made distinct by a label of its own that the partition is told to read): every flow
+    between two pods, a pod and itself, and the outside gets the same verdict, and there are never
+    more identities than pods."""
+    pods = data.draw(clusters())
+    for extra in range(data.draw(st.integers(0, 6))):  # replicas: more pods of the same labels
+        twin = json.loads(json.dumps(data.draw(st.sampled_from(pods))))
+        twin["metadata"]["name"] = f"r{extra}"
+        twin["status"]["podIP"] = f"10.1.1.{extra + 1}"
+        if data.draw(st.booleans()):  # same labels, other container ports: named ports resolve otherwise
+            twin["spec"]["containers"][0]["ports"] = [
+                {"name": p, "containerPort": NAMED[p] + 1, "protocol": "UDP" if p == "dns" else "TCP"}
+                for p in data.draw(st.lists(st.sampled_from(sorted(NAMED)), max_size=2, unique=True))]
+        pods.append(twin)
+    nps = data.draw(policies(data.draw(st.integers(1, 3))))
+    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(l)}}
+                  for n, l in NAMESPACES.items()]
+    alone = json.loads(json.dumps(pods))
+    for p in alone:
+        p["metadata"]["labels"]["anyplane-test/pod"] = p["metadata"]["name"]
+    grouped = convert([("c.yaml", yaml.safe_dump_all(namespaces + pods + nps))])
+    single = convert([("c.yaml", yaml.safe_dump_all(namespaces + alone + nps))],
+                     partition=(frozenset({"anyplane-test/pod"}), ()))
+    a = compile_sources([("<kubernetes>", grouped.text)]).program
+    b = compile_sources([("<kubernetes>", single.text)]).program
+    assert len([i for i in a.identities if i.kind == "service"]) <= len(pods)
+    event("grouped" if len(a.identities) < len(b.identities) else "no two pods alike")
+    bad = mismatches(a, pods, lambda src, dst, proto, port: _verdict(b, src, dst, proto, port),
+                     (53, 54, 80, 5432, 5433, 8080, 8081), icmp=True)
+    assert not bad, bad[:5]
+
+
+def _verdict(program, src: str, dst: str, proto: str, port) -> bool:
+    from anyplane.ir.flow import Flow
+    from anyplane.ir.interp import evaluate
+
+    a, b = int(ipaddress.ip_address(src)), int(ipaddress.ip_address(dst))
+    number = {"TCP": 6, "UDP": 17, "ICMP": 1}[proto]
+    flow = Flow(4, a, b, number, icmp_type=8, icmp_code=0) if number == 1 else Flow(4, a, b, number, 49152, port)
+    return evaluate(program, flow).verdict == "allow"
+
+
+def _two_pods(extra_b: dict, policy: dict) -> tuple[str, list]:
+    """Two pods of one namespace and one label, pod b changed by `extra_b`, and a policy."""
+    pods = []
+    for name, ip in (("a", "10.1.0.1"), ("b", "10.1.0.2")):
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "shop",
+                                                               "labels": {"app": "web"}},
+               "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
+               "status": {"podIP": ip}}
+        if name == "b":
+            for path, value in extra_b.items():
+                target = pod
+                for step in path[:-1]:
+                    target = target[step]
+                target[path[-1]] = value
+        pods.append(pod)
+    return convert([("c.yaml", yaml.safe_dump_all(pods + [policy]))]).text, pods
+
+
+def _np(spec: dict) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "np", "namespace": "shop"},
+            "spec": spec}
+
+
+def _anp_networks() -> dict:
+    return {"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy", "metadata": {"name": "a"},
+            "spec": {"priority": 1, "subject": {"namespaces": {}},
+                     "egress": [{"action": "Deny", "to": [{"networks": ["10.1.0.2/32"]}]}]}}
+
+
+@pytest.mark.parametrize("extra_b,policy,flow,want_a,want_b", [
+    ({}, _np({"podSelector": {}, "ingress": [{"ports": [{"port": "http"}]}]}), 8080, True, True),
+    ({("spec", "containers"): [{"name": "c", "ports": [{"name": "http", "containerPort": 9090}]}]},
+     _np({"podSelector": {}, "ingress": [{"ports": [{"port": "http"}]}]}), 9090, False, True),
+    ({("metadata", "labels"): {"app": "db"}}, _np({"podSelector": {"matchLabels": {"app": "db"}}, "ingress": []}),
+     8080, True, False),
+    ({}, _anp_networks(), 8080, True, False),
+], ids=["alike", "named-port", "label-read", "address-block"])
+def test_what_tells_two_pods_apart(extra_b, policy, flow, want_a, want_b):
+    """Alike pods are one identity; a named port that resolves otherwise, a label a selector reads, or an
+    address block a policy names makes two."""
+    text, pods = _two_pods(extra_b, policy)
+    program = compile_sources([("<kubernetes>", text)]).program
+    services = [i for i in program.identities if i.kind == "service"]
+    assert len(services) == (1 if want_a == want_b and not extra_b and policy["kind"] == "NetworkPolicy" else 2)
+    outside = "203.0.113.7" if policy["kind"] == "NetworkPolicy" else "10.1.0.1"
+    for dst, want in (("10.1.0.1", want_a), ("10.1.0.2", want_b)):
+        if policy["kind"] != "NetworkPolicy":  # the admin policy decides egress: from the other pod
+            src, dst = ("10.1.0.2", "10.1.0.1") if dst == "10.1.0.1" else ("10.1.0.1", "10.1.0.2")
+            assert _verdict(program, src, dst, "TCP", flow) == want, (src, dst)
+            continue
+        assert _verdict(program, outside, dst, "TCP", flow) == want, dst

@@ -71,6 +71,30 @@ if peer.nca_binary() is None:
     pytest.skip("network-config-analyzer is not installed (make nca)", allow_module_level=True)
 
 
+def _pods_at() -> dict:
+    """Each pod's address -> NCA's "namespace/name"."""
+    import yaml
+    return {ipaddress.ip_address(pod["status"]["podIP"]): f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+            for pod in yaml.safe_load(PODS.read_text())["items"]}
+
+
+def _between_two(program, addresses: list) -> Conns:
+    """What passes from one pod of an identity to another, by the interpreter on every port cell."""
+    from anyplane.backends.k8s.engine import OTHER_PROBES, _cells
+    from anyplane.ir.flow import Flow
+    from anyplane.ir.interp import evaluate
+
+    src, dst = (int(a) for a in addresses)
+    tcp, udp = [], []
+    for proto, out in ((6, tcp), (17, udp)):
+        for lo, hi in _cells(program, proto):
+            if hi and evaluate(program, Flow(4, src, dst, proto, 49152, max(lo, 1))).verdict == "allow":
+                out.append((lo, hi))
+    other = any(evaluate(program, Flow(4, src, dst, number, icmp_type=icmp, icmp_code=0 if icmp is not None else None))
+                .verdict == "allow" for number, icmp in OTHER_PROBES[4])
+    return Conns(tcp=tuple(tcp), udp=tuple(udp), other=other)
+
+
 def _pod_names() -> dict[str, str]:
     """anyplane's service name of each pod -> NCA's "namespace/name"."""
     import yaml
@@ -97,25 +121,43 @@ def _flows_to_conns(flows: list[dict]) -> Conns:
 
 
 class Ours:
-    """anyplane's answers on one scenario (pods + namespaces + policies)."""
+    """anyplane's answers on one scenario (pods + namespaces + policies). An identity may stand for
+    several pods that no policy tells apart: its edges hold for each of its pods, and between two of
+    its pods the interpreter answers, cell by cell (the edge to itself also carries each pod's traffic
+    to itself, which Kubernetes always allows)."""
 
     def __init__(self, *scenarios: Path):
         compiled = load([str(NAMESPACES), str(PODS)] + [str(s) for s in scenarios])
+        program = compiled.program
         result = api.connectivity(compiled)
-        names = _pod_names()
-        prefixes = ownership(compiled.program).prefixes
+        at = _pods_at()
+        prefixes = ownership(program).prefixes
         self.kind = {n["name"]: n["kind"] for n in result["nodes"]}
-        self.endpoint = {}
+        self.endpoint, self.members = {}, {}
         for node in self.kind:
-            if node in names:
-                self.endpoint[node] = names[node]
+            nets = sorted(ipaddress.ip_network(str(p)) for p in prefixes[node])
+            if self.kind[node] != "external" and all(n.num_addresses == 1 and n.network_address in at for n in nets):
+                self.members[node] = [at[n.network_address] for n in nets]
+                for pod in self.members[node]:
+                    self.endpoint[pod] = pod
             else:
-                nets = sorted(ipaddress.ip_network(str(p)) for p in prefixes[node])
                 assert self.kind[node] == "external" and all(n.version == 4 for n in nets), node
                 self.endpoint[node] = ("range", nets[0].network_address, nets[-1].broadcast_address)
-        self.addresses = {ipaddress.ip_network(str(prefixes[n][0])).network_address: names[n] for n in names}
-        self.pairs = {(self.endpoint[e["src"]], self.endpoint[e["dst"]]): _flows_to_conns(e["flows"])
-                      for e in result["edges"]}
+        self.addresses = {a: name for a, name in at.items()}
+        self.pairs = {}
+        for e in result["edges"]:
+            srcs = self.members.get(e["src"], [self.endpoint.get(e["src"])])
+            dsts = self.members.get(e["dst"], [self.endpoint.get(e["dst"])])
+            if e["src"] == e["dst"] and len(srcs) > 1:
+                conns = _between_two(program, [a for a, n in at.items() if n in srcs][:2])
+            elif e["src"] == e["dst"]:
+                continue  # one pod to itself
+            else:
+                conns = _flows_to_conns(e["flows"])
+            for s in srcs:
+                for d in dsts:
+                    if s != d:
+                        self.pairs[(s, d)] = conns
 
     def blocks(self, rng) -> list:
         """Our outside blocks that one of NCA's ranges meets (NCA cuts its ranges where the policies'
@@ -245,9 +287,10 @@ def test_equivalence_and_diff_agree_with_nca(tmp_path: Path, old: str, new: str)
     # addresses are cut where each version's ipBlocks fall, so their nodes differ between versions.)
     mapped = _anyplane("map", "--diff", str(old_dir), str(new_dir), "--format", "json")
     assert mapped.returncode in (0, 1), mapped.stderr
-    pods = _pod_names()
-    changed = {(pods[e["src"]], pods[e["dst"]]) for e in json.loads(mapped.stdout)["edges"]
-               if e["change"] != "same" and e["src"] in pods and e["dst"] in pods}
+    old_scene, new_scene = Ours(HERE / "scenarios" / old), Ours(HERE / "scenarios" / new)
+    pods = {**old_scene.members, **new_scene.members}
+    changed = {(s, d) for e in json.loads(mapped.stdout)["edges"] if e["change"] != "same"
+               and e["src"] in pods and e["dst"] in pods for s in pods[e["src"]] for d in pods[e["dst"]] if s != d}
     compared = {(s, d) for s, d in scene.compared_pairs() if isinstance(s, str) and isinstance(d, str)}
     theirs_changed = {p for v in expanded.values() for p in v} & compared
     assert changed & compared == theirs_changed, (sorted(map(str, changed & compared ^ theirs_changed)))
@@ -265,6 +308,13 @@ def _owner_of(scene: Ours):
             return pods[a]
         return next(e for e in scene.endpoint.values() if isinstance(e, tuple) and e[1] <= a <= e[2])
     return owner
+
+
+def _identity_of(identities: dict, address: str) -> str:
+    """The identity of the export's contract whose addresses hold a pod's address."""
+    a = ipaddress.ip_address(address)
+    return next(name for name, spec in identities.items()
+                if any(a in ipaddress.ip_network(n) for n in spec["addresses"]))
 
 
 def _their_findings(scenario: Path) -> set:
@@ -322,7 +372,7 @@ def test_exported_policies_read_by_nca_give_the_same_connectivity(tmp_path: Path
     cluster = yaml.safe_load(PODS.read_text())
     renamed = {}
     for pod in cluster["items"]:
-        ident = f"{pod['metadata']['namespace']}_{pod['metadata']['name']}"
+        ident = _identity_of(identities, pod["status"]["podIP"])
         renamed[f"{identities[ident]['namespace']}/{pod['metadata']['name']}"] = \
             f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
         pod["metadata"]["namespace"] = identities[ident]["namespace"]
@@ -346,9 +396,13 @@ def test_exported_with_the_clusters_own_labels_nca_reads_the_cluster_unchanged(t
     original pods is anyplane's of the original policies."""
     import yaml
     workloads = {}
-    for pod in yaml.safe_load(PODS.read_text())["items"]:
-        meta = pod["metadata"]
-        workloads[f"{meta['namespace']}_{meta['name']}"] = {"namespace": meta["namespace"], "labels": meta["labels"]}
+    scene = Ours(scenario)
+    pods = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p["metadata"]
+            for p in yaml.safe_load(PODS.read_text())["items"]}
+    for identity, members in scene.members.items():  # an identity's pods: the labels they all carry
+        metas = [pods[m] for m in members]
+        shared = {k: v for k, v in metas[0]["labels"].items() if all(m["labels"].get(k) == v for m in metas)}
+        workloads[identity] = {"namespace": metas[0]["namespace"], "labels": shared}
     dep = tmp_path / "deployment.yaml"
     dep.write_text(yaml.safe_dump({"kubernetes": {"workloads": workloads}}))
     out = tmp_path / "out"

@@ -344,9 +344,19 @@ def export(program: Program, kubernetes: dict | None = None) -> tuple[list[dict]
                                           f"{a.workload} -> {a.workload}")
                 answers[(a.key, b.key)] = "all"
                 continue
+            hosts = a is b and a.workload is not None and _hosts(a)
+            if hosts:  # pods at one address each: each reaches itself (Kubernetes'), the pairs are the policy's
+                fam = next(iter(a.ranges))
+                if _answer(program, fam, a.probe(fam), a.probe(fam), _Blame(program)) != "all":
+                    denied = _first_denied(program, fam, a.probe(fam), a.probe(fam))
+                    if denied.entry is not None:
+                        blame.add(denied, f"Kubernetes lets a pod reach itself: the policy cannot deny "
+                                          f"{a.workload} -> {a.workload}")
             seen = None
             for family in (4, 6):
                 s, d = a.probe(family), b.probe(family)
+                if hosts:  # two of its pods
+                    d = a.ranges[family][1][0] if len(a.ranges.get(family, ())) > 1 else None
                 if s is None or d is None:
                     continue
                 ans = _answer(program, family, s, d, blame)
@@ -357,6 +367,8 @@ def export(program: Program, kubernetes: dict | None = None) -> tuple[list[dict]
                 # Every range of a workload must be decided alike (a label selects all its pods).
                 for ps, _ in a.ranges[family]:
                     for pd, _ in b.ranges[family]:
+                        if hosts and ps == pd:
+                            continue  # a pod to itself
                         if (ps, pd) != (s, d) and _answer(program, family, ps, pd, blame) != ans:
                             which = a.workload if len(a.ranges[family]) > 1 else b.workload
                             blame.add(_differing(program, family, (s, d), (ps, pd)),
@@ -467,6 +479,13 @@ def _single(region: Region) -> bool:
     return sum(hi - lo + 1 for rs in region.ranges.values() for lo, hi in rs) == 1
 
 
+def _hosts(region: Region) -> bool:
+    """A workload of several single addresses (pods no policy tells apart, as the importer makes them):
+    each pod reaches itself, whatever the policy says of the pairs."""
+    ranges = [r for rs in region.ranges.values() for r in rs]
+    return len(ranges) > 1 and all(lo == hi for lo, hi in ranges)
+
+
 def _prefixes(region: Region) -> list[Prefix]:
     out = []
     for family, ranges in sorted(region.ranges.items()):
@@ -534,9 +553,10 @@ class K8sEngine(base.Engine):
         return sorted(r.workload for r in _regions(program)[0] if r.workload)
 
     def exempt(self, program: Program) -> list[Prefix]:
-        """Addresses whose traffic to themselves Kubernetes always lets through (workloads of one
-        address: a pod): the proof leaves those flows out."""
-        return [p for r in _regions(program)[0] if r.workload and _single(r) for p in _prefixes(r)]
+        """Addresses whose traffic to themselves Kubernetes always lets through (a workload of one address
+        is a pod; so is each address of a workload of single addresses): the proof leaves those flows out,
+        each address with itself."""
+        return [p for r in _regions(program)[0] if r.workload and (_single(r) or _hosts(r)) for p in _prefixes(r)]
 
     def emit(self, program: Program, options: base.Options) -> base.Output:
         policies, identities = export(program, getattr(options.deployment, "kubernetes", None))

@@ -13,7 +13,7 @@ from anyplane.ir.source import Diagnostic, DiagnosticError, Note, render
 
 from .. import api, mapview
 from ..api import DEFAULT_FAIL_ON, FINDING_KINDS as KINDS
-from ..pipeline import UsageError, load
+from ..pipeline import UsageError, load, load_pair
 from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, progress_reporter, \
     with_source
 
@@ -130,8 +130,8 @@ def query(files, pattern, without, with_rules, output_format) -> None:
 @handle_errors
 def diff(old, new, output_format) -> None:
     """What changes between policy versions OLD and NEW (files or directories); exit 1 if any."""
-    newer = load([new])
-    report = api.diff(load([old]), newer)
+    older, newer = load_pair([old], [new])
+    report = api.diff(older, newer)
     if output_format == "json":
         emit_json(report.to_json())
     else:
@@ -180,7 +180,7 @@ def map_command(files, compare, output_format) -> None:
     report, done = progress_reporter("map")
     try:
         if compare:
-            old, new = (api.connectivity(load([f]), report) for f in files)
+            old, new = (api.connectivity(c, report) for c in load_pair([files[0]], [files[1]]))
             result = _compare(old, new)
         else:
             result = api.connectivity(load(list(files)), report)

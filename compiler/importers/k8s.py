@@ -119,6 +119,7 @@ class Imported:
     #: "number" (from 1), "span", "admits_none" (peers given, and none of them names an address)}]}
     structure: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # warnings about the manifests (Diagnostic)
+    partition: tuple = (frozenset(), ())  # (label keys, networks) that told its pods apart
 
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -150,6 +151,7 @@ class _Reader:
         self.addresses: dict[str, tuple[list, Span, str]] = {}  # "ns/name" -> (networks, where, path)
         self.seen: dict[tuple, Span] = {}  # (group, kind, namespace, name) -> where it is
         self.peer_lists: dict[tuple, list] = {}  # (id of a NetworkPolicy peer list, namespace) -> its peers
+        self.keys_read: set = set()  # every label key some selector reads
 
     def fail(self, path: str, obj, message: str) -> None:
         self.errors.append(error(_span(path, obj), "import", message))
@@ -354,9 +356,12 @@ def _account(spec) -> str:
 
 
 def _selects(selector: dict | None, labels: dict, path: str, reader: _Reader) -> bool:
-    """A LabelSelector against labels (an empty selector selects everything)."""
+    """A LabelSelector against labels (an empty selector selects everything). The keys it reads are
+    noted: pods that agree on every key any selector reads are one identity (`_classes`)."""
     if selector is None:
         return True
+    reader.keys_read.update(selector.get("matchLabels") or ())
+    reader.keys_read.update(e.get("key") for e in selector.get("matchExpressions") or () if isinstance(e, dict))
     for k, v in (selector.get("matchLabels") or {}).items():
         if k.startswith("__"):
             continue
@@ -456,10 +461,13 @@ def _union(sets: list) -> dict | str:
     return {proto: merge_ranges(r) for proto, r in out.items()}
 
 
-def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods: list[Pod] = ()) -> Imported:
+def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods: list[Pod] = (),
+            partition: tuple = (frozenset(), ())) -> Imported:
     """Manifests -> an anyplane policy (DiagnosticError for what cannot be imported). `drop` leaves
     out policies (`(n,)`, in input order from 0) or rules (`(n, "ingress"|"egress", number)`), to ask
-    what each one adds; the outside addresses are cut as for the whole input all the same."""
+    what each one adds; the outside addresses are cut as for the whole input all the same.
+    `partition` (label keys, networks) adds to what tells pods apart: two versions compared are
+    imported with the union of both's, so that they name the same identities (`Imported.partition`)."""
     reader = _Reader()
     for path, text in sources:
         reader.read(path, text)
@@ -532,11 +540,14 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
         istio.networks(istio_rules)
     for r in routed:  # a routed service's prefix holds addresses beyond its pods: outside blocks of their own
         blocks += _covering(r.pods) + [n for p in r.pods for n in p.networks]
+    keys, networks = reader.keys_read | set(partition[0]), blocks + list(partition[1])
+    classes = _classes(pods, keys, networks, routed)
     out = _emit(pods, ingress, egress, isolated_in, isolated_out,
                 len(reader.policies) + len(reader.admin) + len(reader.cilium) + len(reader.istio),
-                _outside(blocks, pods), admin_rules, cilium_rules, istio_rules, routed, route_lines)
+                _outside(blocks, pods), admin_rules, cilium_rules, istio_rules, routed, route_lines, classes)
     out.structure = structure
     out.notes = reader.notes
+    out.partition = (frozenset(keys), tuple(sorted(set(networks), key=lambda n: (n.version, n))))
     return out
 
 
@@ -658,8 +669,54 @@ def _np(rules: list[Rule], peer, dst_pod) -> tuple[Ports, list]:
         [(r.span, r.policy) for r in hit]
 
 
+def _classes(pods: list[Pod], keys: set, blocks: list, routed) -> dict[int, tuple[list[Pod], str | None]]:
+    """Pods no policy can tell apart, as one identity: id of the first (which stands for them all) -> (the
+    pods, the identity's name; None for a pod alone, named as before). Two pods are alike when they share the namespace, the value of every label key some selector
+    reads, the service account, the container ports (named ports resolve alike), the ports Services
+    declare HTTP, and the address blocks of the policies that hold their addresses. Every decision the
+    importer makes about a pod reads only these, so the first pod's decisions are every member's, and
+    the policy grows with what the policies distinguish, not with the pods. Pods routed as a Service's
+    versions, pods of workload controllers (whole prefixes) and pods read back from an export stay
+    alone."""
+    alone = {id(p) for r in routed for p in r.pods}
+    out: dict[int, list[Pod]] = {}
+    by_key: dict[tuple, Pod] = {}
+    for p in pods:
+        if p.kind != "Pod" or p.name_in_policy or id(p) in alone or p.prefixes:
+            out[id(p)] = [p]
+            continue
+        address = ipaddress.ip_network(p.address)
+        key = (p.namespace, tuple(sorted((k, v) for k, v in p.labels.items() if k in keys)), p.account,
+               tuple(sorted(map(str, p.ports))), tuple(sorted(p.protocols.items())), address.version,
+               frozenset(n for n in blocks if n.version == address.version and address.subnet_of(n)))
+        first = by_key.setdefault(key, p)
+        out.setdefault(id(first), []).append(p)
+    taken = {p.ident for p in pods}
+    named = {}
+    for rep, members in out.items():
+        name = None
+        if len(members) > 1:
+            name = _class_name(members, keys, taken)
+            taken.add(name)
+        named[rep] = (members, name)
+    return named
+
+
+def _class_name(members: list[Pod], keys: set, taken: set) -> str:
+    """A class of several pods: its namespace and the labels that make it one (unique, at most 63)."""
+    first = members[0]
+    shown = sorted((k, v) for k, v in first.labels.items() if k in keys)
+    text = "_".join([first.namespace] + [f"{k.rsplit('/', 1)[-1]}-{v}" for k, v in shown] or ["pods"])
+    text = re.sub(r"[^A-Za-z0-9_-]+", "_", text if len(shown) else f"{first.namespace}_pods")
+    text = text if text[0].isalpha() else f"pods_{text}"
+    if len(text) > MAX_IDENT or text in taken:
+        digest = hashlib.sha256("\0".join(sorted(p.ident for p in members)).encode()).hexdigest()[:8]
+        text = f"{text[:MAX_IDENT - 9].rstrip('_-')}_{digest}"
+    return text
+
+
 def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outside=(), admin_rules=(),
-          cilium_rules=(), istio_rules=(), routed=(), route_lines=()) -> Imported:
+          cilium_rules=(), istio_rules=(), routed=(), route_lines=(), classes=None) -> Imported:
     """The policy text for what was read: per pair with a pod at one end whose traffic some policy
     decides, the allows (and, for "all but" sets, the denies above them) that say exactly what passes."""
     lines: list[str] = []
@@ -676,12 +733,22 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
          "semantics (docs/import.md)")
     emit("default allow")
     in_service = {id(p): r for r in routed for p in r.pods}
-    for p in sorted(pods, key=lambda p: p.ident):
+    classes = classes if classes is not None else {id(p): ([p], None) for p in pods}
+    reps = [p for p in pods if id(p) in classes]
+    name_of = {id(p): classes[id(p)][1] or p.endpoint for p in reps}
+    reps.sort(key=lambda p: name_of[id(p)])
+    for p in reps:
         if id(p) in in_service:
             continue
         ports = "".join(f"  port {n} {kind}" for n, kind in sorted(p.protocols.items()))
-        emit(f"service {p.ident} {{ address {', '.join(str(n) for n in p.networks)}{ports} }}", p.span,
-             f"{p.kind} {p.namespace}/{p.name}")
+        members, name = classes[id(p)]
+        if name is None:
+            emit(f"service {p.ident} {{ address {', '.join(str(n) for n in p.networks)}{ports} }}", p.span,
+                 f"{p.kind} {p.namespace}/{p.name}")
+            continue
+        shown = ", ".join(m.name for m in members[:5]) + (f" and {len(members) - 5} more" if len(members) > 5 else "")
+        emit(f"service {name} {{ address {', '.join(str(n) for m in members for n in m.networks)}{ports} }}",
+             p.span, f"{len(members)} Pods of {p.namespace} that no policy tells apart: {shown}")
     for r in routed:  # a Service that is routed: its pods are its versions
         members = sorted(r.pods, key=lambda p: p.ident)
         protocols = {n: kind for p in members for n, kind in p.protocols.items()}
@@ -692,8 +759,8 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
              f"{versions} }}", r.span, f"Service {r.namespace}/{r.k8s_name}, routed; its pods: "
              + ", ".join(f"{p.kind} {p.namespace}/{p.name}" for p in members))
     if pods:
-        emit("group k8s_pods { " + ", ".join(sorted(", ".join(str(n) for n in p.networks) if p.base else p.ident
-                                                    for p in pods)) + " }")
+        emit("group k8s_pods { " + ", ".join(sorted(", ".join(str(n) for n in p.networks) if p.base else
+                                                    classes[id(p)][1] or p.ident for p in reps)) + " }")
     blocks = [Outside(*o) for o in outside]
     for b in blocks:
         emit(f"external {b.name} {{ address {', '.join(str(p) for p in b.prefixes)} }}", None,
@@ -710,14 +777,19 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
     restricted_out = {p.ident: isolated_out.get(p.ident, [default_deny["egress"].get(p.ident)])[0] for p in pods
                       if p.ident in isolated_out or admin.restricts(admin_rules, p.ident, "egress")
                       or p.ident in touched["egress"]}
+    named = {p.ident: name_of[id(p)] for p in reps}  # a class's members are decided as its first pod
     for ident, why in sorted(restricted_in.items()):
+        if ident not in named:
+            continue
         where, label = why or next(((r.span, r.label) for r in admin_rules if r.direction == "ingress"
                                     and ident in r.subject), (None, ""))
-        emit(f"deny any -> {ident} priority 10", where, f"{label} decides its ingress")
+        emit(f"deny any -> {named[ident]} priority 10", where, f"{label} decides its ingress")
     for ident, why in sorted(restricted_out.items()):
+        if ident not in named:
+            continue
         where, label = why or next(((r.span, r.label) for r in admin_rules if r.direction == "egress"
                                     and ident in r.subject), (None, ""))
-        emit(f"deny {ident} -> any priority 10", where, f"{label} decides its egress")
+        emit(f"deny {named[ident]} -> any priority 10", where, f"{label} decides its egress")
 
     def side(subject, peer, direction, with_http=False):
         table, isolated = (ingress, isolated_in) if direction == "ingress" else (egress, isolated_out)
@@ -738,7 +810,7 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
 
     meshed = istio.subjects(istio_rules)
     proxied = {p.ident for p in pods if cilium.http_ports(cilium_rules, p)}
-    ends = sorted(pods, key=lambda p: p.ident) + blocks
+    ends = reps + blocks
     for a in ends:
         for b in ends:
             a_pod, b_pod = isinstance(a, Pod), isinstance(b, Pod)
@@ -747,10 +819,13 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
             sidecar = b_pod and b.ident in meshed
             if not (into or out_of or sidecar):
                 continue  # no policy decides this pair: the default allows it
-            name_a, name_b = (a.endpoint if a_pod else a.name), (b.endpoint if b_pod else b.name)
-            if a is b and a.single:
+            name_a, name_b = (name_of[id(a)] if a_pod else a.name), (name_of[id(b)] if b_pod else b.name)
+            if a is b and a.single and classes[id(a)][1] is None:
                 emit(f"allow {name_a} -> {name_a} priority 20", a.span, "a pod cannot block access to itself")
                 continue
+            if a is b and classes[id(a)][1] is not None:  # each pod of the class to itself, above every rule
+                for m in classes[id(a)][0]:
+                    emit(f"allow {m.address} -> {m.address} priority 90", m.span, "a pod cannot block access to itself")
             ing, ing_allow, ing_deny = side(b, a, "ingress") if b_pod else (ALL, [], [])
             egr, egr_allow, egr_deny = side(a, b, "egress") if a_pod else (ALL, [], [])
             allowed = ing & egr
