@@ -364,12 +364,11 @@ def export(program: Program, kubernetes: dict | None = None) -> tuple[list[dict]
                     blame.add(evaluate(program, Flow(family, s, d, TCP, 49152, 80)),
                               "IPv4 and IPv6 are decided apart here; a NetworkPolicy peer is the same for both")
                 seen = (family, ans)
-                # Every range of a workload must be decided alike (a label selects all its pods).
-                for ps, _ in a.ranges[family]:
-                    for pd, _ in b.ranges[family]:
-                        if hosts and ps == pd:
-                            continue  # a pod to itself
-                        if (ps, pd) != (s, d) and _answer(program, family, ps, pd, blame) != ans:
+                # Every range of a workload must be decided alike (a label selects all its pods). Two
+                # pairs of ranges that the same entries hold for are decided alike: one pair is asked
+                # per kind of range on each side, not every pair of ranges (pods of one identity).
+                for ps, pd in _representative_pairs(program, family, a, b, hosts):
+                    if (ps, pd) != (s, d) and _answer(program, family, ps, pd, blame) != ans:
                             which = a.workload if len(a.ranges[family]) > 1 else b.workload
                             blame.add(_differing(program, family, (s, d), (ps, pd)),
                                       f"part of {which}'s addresses is decided apart from the rest; "
@@ -472,6 +471,42 @@ def _anp_pods(workload: str, where) -> dict:
     ns, labels = where(workload)
     return {"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
                      "podSelector": {"matchLabels": dict(labels)}}}
+
+
+def _self_entry(e) -> bool:
+    """An entry from one address to that same address (a pod's traffic to itself): it holds for no pair
+    of two addresses."""
+    src, dst = e.match.get(F.SRC_IP), e.match.get(F.DST_IP)
+    return isinstance(src, PrefixMatch) and src == dst and src.prefix.length == (32 if src.prefix.family == 4
+                                                                                 else 128)
+
+
+def _representative_pairs(program: Program, family: int, a: Region, b: Region, hosts: bool):
+    """Pairs of a range start of `a` and one of `b` (two different addresses when `hosts`), one for each
+    pair of kinds: ranges are of a kind when the same entries hold for them on that side (an entry for
+    one pod's traffic to itself aside)."""
+    narrow = _narrow(program)
+    selfs = _selfs(program)
+
+    def kinds(region: Region, side: int) -> list[list[int]]:
+        out: dict = {}
+        for start, _ in region.ranges.get(family, ()):
+            out.setdefault(narrow._holding(side, family, start) - selfs, []).append(start)
+        return list(out.values())
+    for src_kind in kinds(a, 0):
+        for dst_kind in kinds(b, 1):
+            ps = src_kind[0]
+            pd = next((x for x in dst_kind if not (hosts and x == ps)), None)
+            if pd is None and hosts:
+                ps = next((x for x in src_kind if x != dst_kind[0]), None)
+                pd = dst_kind[0] if ps is not None else None
+            if ps is not None and pd is not None:
+                yield ps, pd
+
+
+@per_program(keep=4)
+def _selfs(program: Program) -> frozenset:
+    return frozenset(i for i, e in enumerate(program.acl.entries) if _self_entry(e))
 
 
 def _single(region: Region) -> bool:

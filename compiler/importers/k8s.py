@@ -403,7 +403,7 @@ def _peers(reader: _Reader, path: str, ns: str, items) -> list:
         else:
             spaces = {n for n, labels in reader.namespaces.items() if _selects(ns_sel, labels, path, reader)}
         pods = [p for p in reader.pods if p.namespace in spaces and _selects(pod_sel or {}, p.labels, path, reader)]
-        out.append(("pods", pods))
+        out.append(("pods", pods, frozenset(id(p) for p in pods)))
     return out
 
 
@@ -469,6 +469,7 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
     `partition` (label keys, networks) adds to what tells pods apart: two versions compared are
     imported with the union of both's, so that they name the same identities (`Imported.partition`)."""
     reader = _Reader()
+    _BOUNDS.clear()  # networks of this input only
     for path, text in sources:
         reader.read(path, text)
     reader.pods += reader.workload_pods() + list(pods)
@@ -636,22 +637,38 @@ class Outside:
     prefixes: list
     span: str
 
+    def __post_init__(self) -> None:
+        self.version, self.first_int = self.first.version, int(self.first)
+
     @property
     def first(self):
         return self.prefixes[0].network_address
 
 
 def _within(peer, net) -> bool:
-    """A pod or outside block lies inside a network."""
+    """A pod or outside block lies inside a network (asked millions of times: on integers)."""
+    version, lo, hi = _bounds(net)
     if isinstance(peer, Outside):
-        return peer.first.version == net.version and peer.first in net
-    return all(n.version == net.version and n.subnet_of(net) for n in peer.networks)
+        return peer.version == version and lo <= peer.first_int <= hi
+    return all(n.version == version and lo <= b[1] and b[2] <= hi for n in peer.networks for b in (_bounds(n),))
+
+
+def _bounds(net) -> tuple[int, int, int]:
+    """(version, first, last) of a network, as integers (kept per network object)."""
+    hit = _BOUNDS.get(id(net))
+    if hit is None or hit[0] is not net:
+        hit = _BOUNDS[id(net)] = (net, (net.version, int(net.network_address), int(net.broadcast_address)))
+    return hit[1]
+
+
+_BOUNDS: dict = {}
 
 
 def _holds(peer_spec, peer) -> bool:
     """A NetworkPolicy peer holds a pod (selectors) or an outside block (ipBlock less `except`)."""
     if peer_spec[0] == "pods":
-        return any(p is peer for p in peer_spec[1])
+        return peer_spec[2] is not None and id(peer) in peer_spec[2] if len(peer_spec) > 2 else \
+            any(p is peer for p in peer_spec[1])
     _, net, excepts = peer_spec
     return isinstance(peer, Outside) and _within(peer, net) and not any(_within(peer, e) for e in excepts)
 
