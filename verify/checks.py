@@ -56,6 +56,7 @@ class AnomalyChecker:
 
     def __init__(self, analysis: Analysis, progress=None):
         self.a = analysis
+        self._exact = None  # exact boxes of the program's matches (verify/refine.Boxes), made when asked
         self.progress = progress or (lambda done, total: None)
         self.facts: list[_EntryFacts] = [_EntryFacts() for _ in analysis.ordered]
         self.rule_of = [e.rule for e in analysis.ordered]
@@ -277,10 +278,40 @@ class AnomalyChecker:
             taker = next((m for m in a.matching(f) if self._outranks(m, i)), None)
             if taker is not None and self.code(a.ordered[taker]) != code:
                 return False
+        alike = self._taken_alike_by_boxes(i, earlier, code)
+        if alike is not None:
+            return alike
         result, _ = self._solve(a.term(a.ordered[i].match), a.code_term(earlier) != code)
         if result == "unknown":
             return None
         return result == "unsat"
+
+    def _taken_alike_by_boxes(self, i: int, earlier: list[int], code) -> bool | None:
+        """The same question over exact boxes (verify/refine.py), without the solver: walk the entries
+        that outrank entry i in decision order, taking from its flows what each one matches; an entry
+        that decides otherwise and still meets what is left decides some of its flows otherwise. None
+        when a match is not boxes (HTTP fields) or the walk outgrows its bound: the solver answers."""
+        from .refine import BUDGET, Boxes, NotComparable, Work, _apart, _without
+
+        a = self.a
+        if self._exact is None:
+            p = a.program
+            self._exact = Boxes({r.identity for r in p.endpoints} | {x.name for x in p.identities}, p.endpoints)
+        try:
+            left = self._exact.boxes(a.ordered[i].match)
+            budget = Work(BUDGET)
+            for c in earlier:
+                taken = self._exact.boxes(a.ordered[c].match)
+                if self.code(a.ordered[c]) != code:
+                    if any(not _apart(p, h) for p in left for h in taken):
+                        return False
+                    continue
+                left = _without(left, taken, budget)
+                if not left:
+                    return True
+        except NotComparable:
+            return None
+        return None  # flows no earlier entry takes: not for this question
 
     def _redundant(self, rule, positions: list[int]) -> Finding:
         a = self.a

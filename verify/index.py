@@ -40,13 +40,22 @@ class Box:
 
 #: When the candidates times the query's prefixes are fewer, `candidates` tests the second address
 #: dimension box by box instead of looking it up.
-FILTER_DIRECTLY = 4096
+FILTER_DIRECTLY = 512
 
 
 def _prefixes_overlap(a: tuple[Prefix, ...] | None, b: tuple[Prefix, ...] | None) -> bool:
     if a is None or b is None:
         return True
     return any(p.covers(q) or q.covers(p) for p in a for q in b)
+
+
+def _spans(prefixes: tuple[Prefix, ...] | None) -> tuple[tuple[int, int, int], ...] | None:
+    """Prefixes as (family, first, last) integers (None: every address)."""
+    return None if prefixes is None else tuple((p.family, p.first, p.last) for p in prefixes)
+
+
+def _spans_meet(a, b) -> bool:
+    return any(fa == fb and la <= hb and lb <= ha for fa, la, ha in a for fb, lb, hb in b)
 
 
 def _ranges_overlap(a, b) -> bool:
@@ -168,6 +177,8 @@ class OverlapIndex:
             self.dst.add(i, b.dst)
         self.src.freeze()
         self.dst.freeze()
+        # Each box's prefixes as integer spans: two prefixes overlap when their spans meet.
+        self.spans = {"src": [_spans(b.src) for b in boxes], "dst": [_spans(b.dst) for b in boxes]}
 
     def candidates(self, box: Box) -> list[int]:
         """Indices of boxes that overlap `box`, ascending."""
@@ -177,7 +188,14 @@ class OverlapIndex:
                 continue
             if found is not None and len(found) * len(prefixes) < FILTER_DIRECTLY:
                 # Few candidates left: test them, rather than list every box a wide prefix holds.
-                found = {i for i in found if _prefixes_overlap(prefixes, getattr(self.boxes[i], side))}
+                spans = self.spans[side]
+                query = _spans(prefixes)
+                if len(query) == 1:
+                    (qf, qlo, qhi), = query
+                    found = {i for i in found if spans[i] is None
+                             or any(f == qf and lo <= qhi and qlo <= hi for f, lo, hi in spans[i])}
+                else:
+                    found = {i for i in found if spans[i] is None or _spans_meet(query, spans[i])}
                 continue
             mine: set[int] = set()
             dim.query(prefixes, mine)
@@ -185,17 +203,19 @@ class OverlapIndex:
         if found is None:
             found = set(range(len(self.boxes)))
         proto, sport, dport = box.proto, box.sport, box.dport
-        out = []
-        for i in found:
-            b = self.boxes[i]
-            if proto is not None and b.proto is not None and not (proto & b.proto):
+        boxes = self.boxes
+        if proto is not None:
+            found = [i for i in found if boxes[i].proto is None or not proto.isdisjoint(boxes[i].proto)]
+        for ranges, side in ((dport, "dport"), (sport, "sport")):
+            if ranges is None:
                 continue
-            if dport is not None and b.dport is not None and not _ranges_overlap(dport, b.dport):
-                continue
-            if sport is not None and b.sport is not None and not _ranges_overlap(sport, b.sport):
-                continue
-            out.append(i)
-        out.sort()
+            if len(ranges) == 1:  # the common case, inline
+                (qlo, qhi), = ranges
+                found = [i for i in found if (r := getattr(boxes[i], side)) is None
+                         or any(lo <= qhi and qlo <= hi for lo, hi in r)]
+            else:
+                found = [i for i in found if (r := getattr(boxes[i], side)) is None or _ranges_overlap(ranges, r)]
+        out = sorted(found)
         return out
 
     def at(self, family: int, src: int, dst: int, proto: int, sport: int | None, dport: int | None) -> list[int]:
