@@ -2,11 +2,12 @@
 
     python bench/cluster.py [--pods 20,100,200] [--format json] [--no-nca]
 
-A cluster of N pods in N/10 namespaces (apps web, api, db, cache, worker), each namespace with a
-default-deny NetworkPolicy, an allow from the namespace's own web pods, an allow from a monitoring
-namespace and an ipBlock egress; plus, for the Istio figures, Services (HTTP on 8080) and per
-namespace an ALLOW AuthorizationPolicy (GET /api/* from the namespace's principals) and a DENY of
-/admin/*. Each figure is one step in this process:
+A cluster of N pods in N/20 namespaces (tiers web, api, db, cache, worker; namespaces in teams of
+three, prod and dev), each namespace with twelve NetworkPolicies in the usual shapes (default deny,
+DNS egress to kube-system, tier to tier on named ports both ways, monitoring by namespace labels,
+ipBlocks with `except`, a cross-namespace peer by namespace and pod labels); plus, for the Istio
+figures, Services (HTTP on 8080) and per namespace an ALLOW AuthorizationPolicy (GET /api/* from the
+namespace's principals) and a DENY of /admin/*. Each figure is one step in this process:
 
     import      manifests -> policy text -> IR (compiler/importers, parse, check, lower)
     map         who-can-reach-whom between every pair of identities (Z3 per pair class)
@@ -40,42 +41,92 @@ from anyplane.compiler.importers.k8s import convert  # noqa: E402
 from anyplane.compiler.pipeline import compile_sources, load  # noqa: E402
 
 APPS = ("web", "api", "db", "cache", "worker")
+PORTS = {"web": ("http", 8080), "api": ("http", 8080), "db": ("pg", 5432), "cache": ("redis", 6379),
+         "worker": ("http", 8080)}
 NCA = ROOT / ".nca" / "bin" / "nca"
+PODS_PER_NAMESPACE = 20
+
+
+def _np(ns: str, name: str, spec: dict) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def _app(*apps: str) -> dict:
+    if len(apps) == 1:
+        return {"matchLabels": {"app": apps[0]}}
+    return {"matchExpressions": [{"key": "app", "operator": "In", "values": list(apps)}]}
+
+
+def _namespace_policies(ns: str, team: str) -> list[dict]:
+    """Twelve NetworkPolicies in the shapes clusters have: default deny both ways, DNS egress, tier to
+    tier on named ports (both directions), monitoring from a namespace by its labels, an ipBlock with
+    `except`, and a cross-namespace peer (namespace and pod selectors together)."""
+    outside = {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]}}
+    return [
+        _np(ns, "default-deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        _np(ns, "allow-dns", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
+            "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]}),
+        _np(ns, "web-from-outside", {"podSelector": _app("web"), "ingress": [{
+            "from": [outside], "ports": [{"port": "http"}]}]}),
+        _np(ns, "api-from-web", {"podSelector": _app("api"), "ingress": [{
+            "from": [{"podSelector": _app("web")}], "ports": [{"port": "http"}]}]}),
+        _np(ns, "db-from-api-worker", {"podSelector": _app("db"), "ingress": [{
+            "from": [{"podSelector": _app("api", "worker")}], "ports": [{"port": "pg"}]}]}),
+        _np(ns, "cache-from-api", {"podSelector": _app("cache"), "ingress": [{
+            "from": [{"podSelector": _app("api")}], "ports": [{"port": "redis"}]}]}),
+        _np(ns, "web-egress", {"podSelector": _app("web"), "policyTypes": ["Egress"], "egress": [{
+            "to": [{"podSelector": _app("api")}], "ports": [{"port": 8080}]}]}),
+        _np(ns, "api-egress", {"podSelector": _app("api"), "policyTypes": ["Egress"], "egress": [
+            {"to": [{"podSelector": _app("db")}], "ports": [{"port": 5432}]},
+            {"to": [{"podSelector": _app("cache")}], "ports": [{"port": 6379}]},
+            {"to": [{"namespaceSelector": {"matchLabels": {"team": team}}, "podSelector": _app("api")}],
+             "ports": [{"port": 8080}]}]}),
+        _np(ns, "worker-egress", {"podSelector": _app("worker"), "policyTypes": ["Egress"], "egress": [
+            {"to": [{"podSelector": _app("db")}], "ports": [{"port": 5432}]},
+            {"to": [outside], "ports": [{"port": 443}]}]}),
+        _np(ns, "monitoring", {"podSelector": {}, "ingress": [{
+            "from": [{"namespaceSelector": {"matchLabels": {"team": "ops"}}}], "ports": [{"port": 9090}]}]}),
+        _np(ns, "api-from-team", {"podSelector": _app("api"), "ingress": [{
+            "from": [{"namespaceSelector": {"matchLabels": {"team": team, "env": "prod"}},
+                      "podSelector": _app("api")}], "ports": [{"port": "http"}]}]}),
+        _np(ns, "partner-blocks", {"podSelector": _app("api"), "ingress": [{
+            "from": [{"ipBlock": {"cidr": "203.0.113.0/24", "except": ["203.0.113.128/25"]}}],
+            "ports": [{"port": 8080}]}]}),
+    ]
 
 
 def cluster(pods: int, mesh: bool) -> list[dict]:
-    spaces = max(1, pods // 10)
-    out = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns{k}", "labels": {"team": f"t{k % 3}"}}}
-           for k in range(spaces)]
-    out.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring", "labels": {"team": "ops"}}})
+    """N pods in N/20 namespaces (teams of three namespaces, prod and dev), five tiers each, twelve
+    NetworkPolicies per namespace; kube-system (DNS) and monitoring (prometheus) beside them."""
+    spaces = max(1, pods // PODS_PER_NAMESPACE)
+    out = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns{k}", "labels": {
+        "team": f"t{k // 3}", "env": "prod" if k % 2 == 0 else "dev"}}} for k in range(spaces)]
+    out += [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring", "labels": {"team": "ops"}}},
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}]
     for n in range(pods):
-        ns, app = f"ns{n % spaces}", APPS[n % len(APPS)]
+        k, i = n // PODS_PER_NAMESPACE % spaces, n % PODS_PER_NAMESPACE
+        app = APPS[i % len(APPS)]
+        port_name, port = PORTS[app]
         out.append({"apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": f"{app}-{n}", "namespace": ns, "labels": {"app": app}},
+                    "metadata": {"name": f"{app}-{n}", "namespace": f"ns{k}",
+                                 "labels": {"app": app, "version": f"v{1 + i % 2}", "pod-template-hash": f"h{i}"}},
                     "spec": {"serviceAccountName": app, "containers": [{"name": "c", "ports": [
-                        {"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9090}]}]},
-                    "status": {"podIP": f"10.{1 + n // 250}.{n % 250}.10"}})
-    out.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "prom", "namespace": "monitoring",
-                                                                 "labels": {"app": "prometheus"}},
-                "spec": {"containers": [{"name": "c"}]}, "status": {"podIP": "10.250.0.5"}})
+                        {"name": port_name, "containerPort": port}, {"name": "metrics", "containerPort": 9090}]}]},
+                    "status": {"podIP": f"10.{n // 60000}.{n // 250 % 240}.{1 + n % 250}"}})
+    out += [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "prom", "namespace": "monitoring",
+                                                              "labels": {"app": "prometheus"}},
+             "spec": {"containers": [{"name": "c"}]}, "status": {"podIP": "10.250.0.5"}}]
+    out += [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"coredns-{j}", "namespace": "kube-system",
+                                                              "labels": {"k8s-app": "kube-dns"}},
+             "spec": {"containers": [{"name": "c", "ports": [{"name": "dns", "containerPort": 53,
+                                                               "protocol": "UDP"}]}]},
+             "status": {"podIP": f"10.250.1.{10 + j}"}} for j in range(2)]
     for k in range(spaces):
         ns = f"ns{k}"
-        out += [
-            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "deny-all", "namespace": ns},
-             "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}},
-            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "from-web", "namespace": ns},
-             "spec": {"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["api", "db"]}]},
-                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
-                                   "ports": [{"port": "http"}, {"port": 5432}]}]}},
-            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "scrape", "namespace": ns},
-             "spec": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "ops"}}}],
-                                                      "ports": [{"port": 9090}]}]}},
-            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "egress", "namespace": ns},
-             "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"],
-                      "egress": [{"to": [{"podSelector": {}}]},
-                                 {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}],
-                                  "ports": [{"port": 443}]}]}},
-        ]
+        out += _namespace_policies(ns, f"t{k // 3}")
         if mesh:
             out += [
                 {"apiVersion": "v1", "kind": "Service", "metadata": {"name": app, "namespace": ns},

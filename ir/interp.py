@@ -120,6 +120,11 @@ def match_holds(match: Match, flow: Flow, src_id: str | None, dst_id: str | None
     return True
 
 
+@per_program(keep=32)
+def _in_decision_order(table) -> tuple[Entry, ...]:
+    return tuple(sorted(table.entries, key=decision_key))
+
+
 def evaluate(program: Program, flow: Flow) -> Decision:
     """Decide one flow: verdict, deciding entry, route and limits."""
     src_id = owner(program, flow.family, flow.src)
@@ -127,8 +132,9 @@ def evaluate(program: Program, flow: Flow) -> Decision:
     if flow.http is not None and flow.http.refused is not None:
         return Decision("deny", None, src_id, dst_id, refused=flow.http.refused)
 
-    matching = [e for e in program.acl.entries if match_holds(e.match, flow, src_id, dst_id)]
-    entry = min(matching, key=decision_key) if matching else None
+    # The deciding entry is the matching one with the least decision key (the first in the table of
+    # those tied): the first to match in that order, which a stable sort keeps.
+    entry = next((e for e in _in_decision_order(program.acl) if match_holds(e.match, flow, src_id, dst_id)), None)
     verdict = entry.action.verdict if entry else program.default
     if verdict != "allow":
         return Decision(verdict, entry, src_id, dst_id)

@@ -6,7 +6,8 @@ import csv
 import io
 import json
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
 
 from anyplane.compiler.pipeline import compile_sources
 from anyplane.ir.interp import evaluate, owner
@@ -149,3 +150,56 @@ def test_every_example_has_its_map_in_docs():
                 if p.suffix == ".ap" or p.is_dir()}
     pictures = {p.stem for p in (root / "docs" / "maps").glob("*.svg")}
     assert examples <= pictures, f"make maps draws {sorted(examples - pictures)}"
+
+
+@settings(max_examples=40 if CI else 12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_alike_pairs_are_answered_as_if_each_were_asked(data):
+    """A cluster of replicas in several namespaces: pairs of identities alike (verify/connectivity.py)
+    are asked once per class. The map equals the one asked pair by pair, and every rule an edge lists
+    decides some allowed flow of that pair (brute force over the pods' addresses and ports)."""
+    import ipaddress
+
+    import yaml
+
+    from anyplane.compiler.importers.k8s import convert
+    from anyplane.ir.flow import Flow
+
+    from .test_import_k8s import NAMESPACES, OUTSIDE, clusters, policies
+
+    pods = data.draw(clusters())
+    for extra in range(data.draw(st.integers(0, 8))):
+        twin = json.loads(json.dumps(data.draw(st.sampled_from(pods))))
+        twin["metadata"]["name"] = f"r{extra}"
+        twin["metadata"]["namespace"] = data.draw(st.sampled_from(sorted(NAMESPACES)))
+        twin["status"]["podIP"] = f"10.1.1.{extra + 1}"
+        pods.append(twin)
+    nps = data.draw(policies(data.draw(st.integers(1, 4))))
+    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(l)}}
+                  for n, l in NAMESPACES.items()]
+    text = convert([("c.yaml", yaml.safe_dump_all(namespaces + pods + nps))]).text
+    program = compile_sources([("<kubernetes>", text)]).program
+    alike, each = connectivity(program), connectivity(program, alike=False)
+    event("some pairs alike" if alike.graph["asked"] < alike.graph["pairs"] else "every pair asked")
+    assert set(alike.edges) == set(each.edges)
+    texts = {r.id: f"{r.origin.loc} {r.text}" for r in program.rules}
+    kinds = {i.name: i.kind for i in program.identities}
+    deciding: dict[tuple, set] = {}
+    ips = [int(ipaddress.ip_address(p["status"]["podIP"])) for p in pods]
+    # Every end of every port range the generator writes, and the named ports' numbers.
+    ports = (53, 80, 5000, 5100, 5432, 6000, 8000, 8080, 8100, 9000)
+    for src in ips:
+        for dst in ips:
+            for proto in (6, 17):
+                for port in ports:
+                    d = evaluate(program, Flow(4, src, dst, proto, 40000, port))
+                    if d.verdict == "allow" and d.entry is not None:
+                        deciding.setdefault((d.src_id, d.dst_id), set()).add(texts[d.entry.rule])
+    for pair in alike.edges:
+        mine, theirs = dict(alike.edges[pair]), dict(each.edges[pair])
+        if kinds[pair[0]] == kinds[pair[1]] == "service":
+            assert set(mine["rules"]) <= deciding.get(pair, set()), (pair, mine["rules"])
+            assert mine["rules"] or mine["default"]
+        for edge in (mine, theirs):
+            del edge["witness"], edge["rules"]
+        assert mine == theirs, pair

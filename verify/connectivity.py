@@ -7,9 +7,26 @@ it) are left out. An edge carries the rules that decide the allowed flows found:
 witness for the pair, then one for each allow rule that can match the pair
 (each witness judged again by the interpreter). Identities with the same edges
 in and out can be drawn as one node (`groups`).
+
+Pairs alike. A question is asked once per class of pairs, not once per pair:
+two pairs are alike when the entries that can match their flows are, in
+decision order, the same matches apart from addresses and identities, with the
+same verdicts, and every one of them holds for all of each pair's addresses (an
+entry that holds for part of an identity's addresses puts the pair in a class
+of its own). On the region of such a pair (source owned by one identity,
+destination by the other) an entry matches exactly when the rest of its match
+does, so alike pairs are decided alike, field by field. A cluster's pairs of
+identities fall into a few classes (tier to tier, across namespaces) however
+many namespaces it has. The first pair of a class is asked as above, its
+witness judged by the interpreter; every other pair gets that witness moved to
+its own addresses, which the index's entries must decide by the entry in the
+same place (else VerificationBug), and the rules in those places.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import replace as dataclass_replace
 
 import z3
 import networkx as nx
@@ -18,11 +35,12 @@ from anyplane.ir import fields as F
 from anyplane.ir.describe import PROTOCOLS, describe
 from anyplane.ir.flow import TCP, UDP
 from anyplane.ir.interp import evaluate
-from anyplane.ir.match import Exact, InSet, Match, Range, exact_values, int_ranges, merge_ranges
-from anyplane.ir.nodes import Program
-from anyplane.ir.owners import owned_addresses
+from anyplane.ir.match import Exact, InSet, Match, PrefixMatch, Range, exact_values, int_ranges, merge_ranges, options
+from anyplane.ir.nodes import Program, ordered
+from anyplane.ir.owners import owned_addresses, ownership
 
 from .context import Analysis
+from .diff import action_key
 from .reach import reachability
 from .result import VerificationBug
 
@@ -48,54 +66,241 @@ def _admits(m: Match, src: str, dst: str) -> bool:
     return True
 
 
-def connectivity(program: Program, progress=None) -> nx.DiGraph:
+_ADDRESS_FIELDS = (F.SRC_ID, F.SRC_IP, F.DST_ID, F.DST_IP)
+
+
+class _Alike:
+    """Which entries can match a pair's flows, and whether the pair is alike with others (module doc).
+
+    Per identity and side, bit sets over decision positions: the entries whose address and identity
+    constraints hold for every address it owns (`full`), and those that hold for part of them or
+    cannot be told without the addresses (`part`)."""
+
+    def __init__(self, program: Program, names: list[str]):
+        self.ordered = list(ordered(program.acl))  # the order of Analysis.ordered
+        own = ownership(program)
+        declared = own.prefixes
+        spans = _Declared(declared)
+        everyone = {"src": 0, "dst": 0}  # entries with no constraint on the side
+        full = {side: {n: 0 for n in names} for side in ("src", "dst")}
+        part = {side: {n: 0 for n in names} for side in ("src", "dst")}
+        interned: dict = {}
+        self.code = []
+        for i, e in enumerate(self.ordered):
+            bit = 1 << i
+            rest = tuple((k, v) for k, v in e.match.fields if k not in _ADDRESS_FIELDS)
+            self.code.append(interned.setdefault((rest, action_key(e.action)), len(interned)))
+            for side, id_field, ip_field in (("src", F.SRC_ID, F.SRC_IP), ("dst", F.DST_ID, F.DST_IP)):
+                ids, ips = e.match.get(id_field), e.match.get(ip_field)
+                if ids is None and ips is None:
+                    everyone[side] |= bit
+                    continue
+                values = _values(ids) if ids is not None and ips is None else None
+                if values is not None:  # identities only: it holds for theirs, for no one else's
+                    for n in values:
+                        if n in full[side]:
+                            full[side][n] |= bit
+                    continue
+                near = names if ips is None or _nets(ips) is None else \
+                    {n for net in _nets(ips) for n in spans.near(net)} & set(names)
+                for n in near:
+                    how = _covers(ids, ips, n, declared.get(n, ()), own)
+                    if how == "full":
+                        full[side][n] |= bit
+                    elif how == "part":
+                        part[side][n] |= bit
+        for side in full:
+            for n in names:
+                full[side][n] |= everyone[side]
+        self.full, self.part = full, part
+        self.families = {n: frozenset(f for f, _ in own.addresses(n)) for n in names}
+        self.address = {n: {} for n in names}  # identity -> family -> an address it owns
+        for n in names:
+            for family, address in own.addresses(n):
+                self.address[n].setdefault(family, address)
+
+    def key(self, src: str, dst: str) -> tuple | None:
+        """The class of the pair, or None when some entry holds for part of its addresses."""
+        if (self.part["src"][src] & (self.full["dst"][dst] | self.part["dst"][dst])) or \
+                (self.part["dst"][dst] & self.full["src"][src]):
+            return None
+        return (self.families[src] & self.families[dst],) + tuple(self.code[i] for i in self.positions(src, dst))
+
+    def positions(self, src: str, dst: str) -> list[int]:
+        """The entries that hold for every flow of a pair's region but the rest of their match, in order."""
+        bits, out = self.full["src"][src] & self.full["dst"][dst], []
+        while bits:
+            low = bits & -bits
+            out.append(low.bit_length() - 1)
+            bits ^= low
+        return out
+
+
+class _Declared:
+    """The identities whose declared prefixes overlap a prefix: those that hold it (one lookup per prefix
+    length in use) and those inside it (a binary search)."""
+
+    def __init__(self, declared: dict[str, tuple]):
+        self.by_network: dict[tuple[int, int, int], set[str]] = {}
+        rows = []
+        for name, prefixes in declared.items():
+            for p in prefixes:
+                self.by_network.setdefault((p.family, p.length, p.first), set()).add(name)
+                rows.append((p.family, p.first, name))
+        self.lengths = sorted({(f, n) for f, n, _ in self.by_network})
+        rows.sort()
+        self.rows, self.keys = rows, [(f, a) for f, a, _ in rows]
+
+    def near(self, net) -> set[str]:
+        out: set[str] = set()
+        for family, length in self.lengths:
+            if family == net.family and length <= net.length:
+                width = 32 if family == 4 else 128
+                first = net.first & ~((1 << (width - length)) - 1) if length else 0
+                out |= self.by_network.get((family, length, first), set())
+        k = bisect_left(self.keys, (net.family, net.first))
+        while k < len(self.rows) and self.keys[k] <= (net.family, net.last):
+            out.add(self.rows[k][2])
+            k += 1
+        return out
+
+
+def _nets(ips):
+    nets = [o.prefix if isinstance(o, PrefixMatch) else None for o in options(ips)]
+    return None if None in nets else nets
+
+
+def _values(ids) -> list[str] | None:
+    """The identities an identity match names (None: not a plain list of names)."""
+    values = [v for o in options(ids) for v in (o.values if isinstance(o, InSet) else
+                                                (o.value,) if isinstance(o, Exact) else (None,))]
+    return None if None in values else values
+
+
+def _covers(ids, ips, name: str, prefixes, own) -> str:
+    """Whether an entry's identity and address constraints on one side hold for all ("full"), none
+    ("none") or part ("part") of the addresses an identity owns: judged on its declared prefixes, where
+    a prefix of the entry inside one of them counts only if the identity owns some address of it (it is
+    not all inside others' longer prefixes)."""
+    out = "full"
+    if ids is not None:
+        values = _values(ids)
+        if values is None:
+            return "part"
+        if name not in values:
+            return "none"
+    if ips is not None:
+        nets = _nets(ips)
+        if nets is None or not prefixes:
+            return "part"
+        if all(any(n.covers(p) for n in nets) for p in prefixes):
+            return out
+        for n in nets:
+            for p in prefixes:
+                if n.covers(p) or (p.covers(n) and own.covering_owner(n) == name):
+                    return "part"
+        return "none"
+    return out
+
+
+def connectivity(program: Program, progress=None, alike: bool = True) -> nx.DiGraph:
     """A directed graph: a node per identity (`kind`), an edge per pair where some flow from the source
     opens a connection to the destination, with `rules` (the deciding allows, "FILE:LINE text"),
     `default` (the default allows some of it), `everything` (no flow of the pair is denied) and
-    `witness` (one allowed flow)."""
+    `witness` (one allowed flow). `alike`: ask once per class of alike pairs (module doc); False asks
+    every pair (the reference the classes are tested against)."""
     owns = owned_addresses(program)
     names = sorted(i.name for i in program.identities if owns.get(i.name))  # (versions may own it all)
     texts = {r.id: f"{r.origin.loc} {r.text}" for r in program.rules}
     kinds = {i.name: i.kind for i in program.identities}
     # Traffic between two outside addresses crosses no policy of ours: no edge between externals.
     pairs = [(s, d) for s in names for d in names if not (kinds[s] == "external" and kinds[d] == "external")]
-    a = Analysis(program, extra=[_pair(s, d) for s, d in pairs])
-    graph = nx.DiGraph()
+    classes = _Alike(program, names) if alike else None
+    first: dict[tuple, tuple[str, str]] = {}  # class -> the pair asked
+    like: dict[tuple[str, str], tuple[str, str]] = {}  # pair -> the pair asked for its class
+    asked = []
+    for pair in pairs:
+        key = classes.key(*pair) if classes is not None else None
+        if key is not None and key in first:
+            like[pair] = first[key]
+            continue
+        if key is not None:
+            first[key] = pair
+        asked.append(pair)
+    a = Analysis(program, extra=[_pair(s, d) for s, d in asked])
+    if classes is not None and [id(e) for e in classes.ordered] != [id(e) for e in a.ordered]:
+        raise VerificationBug("the entries are not in one decision order")
+    graph = nx.DiGraph(pairs=len(pairs), asked=len(asked))
     for ident in program.identities:
         if ident.name in names:
             graph.add_node(ident.name, kind=ident.kind)
-    allows = [e for e in a.ordered if e.action.verdict == "allow"]
     found: dict[tuple[str, str], dict] = {}
-    for n, (src, dst) in enumerate(pairs):
+    for n, (src, dst) in enumerate(asked):
         if progress:
-            progress(n + 1, 2 * len(pairs))
+            progress(n + 1, 2 * len(asked))
         m = _pair(src, dst)
         r = reachability(a, (m,), blockers=False)  # an edge or none: what blocks it is not drawn
         if r.reachable is None:
             raise VerificationBug(f"the solver gave up on {src} -> {dst}: {r.reason}")
         if not r.reachable:
             continue
-        edge = {"rules": [], "default": False, "witness": r.witness.text, "http": [],
+        edge = {"rules": [], "default": False, "witness": r.witness.text, "http": [], "decided": [],
                 "everything": a.solve(a.region([m]), z3.Not(a.allowed_term(a.relevant([m]))))[0] == "unsat"}
-        _record(program, r.witness, edge, texts)
+        _record(program, r.witness, edge, texts, a)
+        edge["flow"] = r.witness
         found[(src, dst)] = edge
     # The other allows that may carry flows of a connected pair: one question each.
-    narrowed = {(src, dst): [_pair(src, dst, e.match) for e in allows if _admits(e.match, src, dst)][:MAX_RULES_PER_EDGE]
+    narrowed = {(src, dst): [_pair(src, dst, a.ordered[i].match) for i in a.relevant([_pair(src, dst)])
+                             if a.ordered[i].action.verdict == "allow"
+                             and _admits(a.ordered[i].match, src, dst)][:MAX_RULES_PER_EDGE]
                 for src, dst in found}
     cells = {key: _cells(a, *key) for key in found}
     b = Analysis(program, extra=[m for ms in narrowed.values() for m in ms]
                  + [m for cs in cells.values() for _, m in cs or ()]) if found else None
     for n, ((src, dst), edge) in enumerate(found.items()):
         if progress:
-            progress(len(pairs) + n + 1, len(pairs) + len(found))
+            progress(len(asked) + n + 1, len(asked) + len(found))
         for m in narrowed[(src, dst)]:
             r = reachability(b, (m,), blockers=False)
             if r.reachable:
-                _record(program, r.witness, edge, texts)
+                _record(program, r.witness, edge, texts, a)
         edge["flows"] = _flows(b, cells[(src, dst)], edge["everything"], src, dst)
         edge["label"] = label(edge["flows"])
-        graph.add_edge(src, dst, **edge)
+    for pair, asked_pair in like.items():
+        if asked_pair in found:
+            found[pair] = _moved(a, classes, found[asked_pair], asked_pair, pair, texts)
+    for (src, dst), edge in found.items():
+        del edge["decided"], edge["flow"]
+    for pair in pairs:
+        if pair in found:
+            graph.add_edge(*pair, **found[pair])
     return graph
+
+
+def _moved(a: Analysis, classes: _Alike, edge: dict, asked: tuple[str, str], pair: tuple[str, str], texts) -> dict:
+    """The edge of a pair alike with the pair asked: its witness moved to the pair's own addresses and
+    decided by the entry in the same place, the rules in the places the asked pair's were found."""
+    mine, theirs = classes.positions(*pair), classes.positions(*asked)
+    place = {p: k for k, p in enumerate(theirs)}
+    w = edge["flow"]
+    moved = dataclass_replace(w, src=classes.address[pair[0]][w.family], dst=classes.address[pair[1]][w.family])
+    hit = a.matching(moved)
+    decided = hit[0] if hit else None
+    expected = edge["decided"][0]
+    want = mine[place[expected]] if expected is not None else None
+    if a.ids(moved) != pair or decided != want or (decided is None and a.program.default != "allow") or \
+            (decided is not None and a.ordered[decided].action.verdict != "allow"):
+        raise VerificationBug(f"{moved.text} is not decided for {pair[0]} -> {pair[1]} as {w.text} is for "
+                              f"{asked[0]} -> {asked[1]}")
+    rules = []
+    for p in edge["decided"]:
+        if p is not None:
+            e = a.ordered[mine[place[p]]]
+            text = texts.get(e.rule, e.origin.loc)
+            if text not in rules:
+                rules.append(text)
+    return dict(edge, witness=moved.text, rules=rules, flow=None, decided=[], http=list(edge["http"]),
+                flows=[dict(f) for f in edge["flows"]])
 
 
 def _cells(a: Analysis, src: str, dst: str) -> list[tuple[dict, Match]] | None:
@@ -188,10 +393,11 @@ def label(flows: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def _record(program: Program, witness, edge: dict, texts: dict[str, str]) -> None:
+def _record(program: Program, witness, edge: dict, texts: dict[str, str], a: Analysis) -> None:
     d = evaluate(program, witness)
     if d.verdict != "allow":
         raise VerificationBug(f"witness {witness.text} is not allowed by the interpreter")
+    edge["decided"].append(a.position[id(d.entry)] if d.entry is not None else None)
     if d.entry is None:
         edge["default"] = True
         return
