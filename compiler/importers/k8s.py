@@ -156,9 +156,14 @@ class _Reader:
     def fail(self, path: str, obj, message: str) -> None:
         self.errors.append(error(_span(path, obj), "import", message))
 
-    def read(self, path: str, text: str) -> None:
+    def read(self, path: str, text: str, parsed: dict | None = None) -> None:
         try:
-            docs, notes = yaml11.load(path, text)
+            if parsed is not None and (path, text) in parsed:
+                docs, notes = parsed[(path, text)]
+            else:
+                docs, notes = yaml11.load(path, text)
+                if parsed is not None:
+                    parsed[(path, text)] = docs, notes
         except DiagnosticError as exc:
             self.errors += exc.diagnostics
             return
@@ -462,16 +467,18 @@ def _union(sets: list) -> dict | str:
 
 
 def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods: list[Pod] = (),
-            partition: tuple = (frozenset(), ())) -> Imported:
+            partition: tuple = (frozenset(), ()), parsed: dict | None = None) -> Imported:
     """Manifests -> an anyplane policy (DiagnosticError for what cannot be imported). `drop` leaves
     out policies (`(n,)`, in input order from 0) or rules (`(n, "ingress"|"egress", number)`), to ask
     what each one adds; the outside addresses are cut as for the whole input all the same.
     `partition` (label keys, networks) adds to what tells pods apart: two versions compared are
-    imported with the union of both's, so that they name the same identities (`Imported.partition`)."""
+    imported with the union of both's, so that they name the same identities (`Imported.partition`).
+    `parsed` keeps the YAML read, by (path, text), for the next call on the same manifests (the
+    objects are read again: nothing read from them is changed)."""
     reader = _Reader()
     _BOUNDS.clear()  # networks of this input only
     for path, text in sources:
-        reader.read(path, text)
+        reader.read(path, text, parsed)
     reader.pods += reader.workload_pods() + list(pods)
     for p in pods:
         reader.namespaces.setdefault(p.namespace, {"kubernetes.io/metadata.name": p.namespace})

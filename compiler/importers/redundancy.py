@@ -24,24 +24,28 @@ from . import IMPORTED
 from .k8s import convert
 
 
-def _program(texts, drop=frozenset()) -> Program:
+def _program(texts, drop=frozenset(), partition=(frozenset(), ()), parsed=None) -> Program:
     from ..pipeline import compile_sources
 
-    return compile_sources([(IMPORTED, convert(texts, drop).text)]).program
+    return compile_sources([(IMPORTED, convert(texts, drop, partition=partition, parsed=parsed).text)]).program
 
 
 def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bool]) -> list[tuple[Span, str]]:
     """The redundancy findings of the NetworkPolicies and admin policies in these manifests:
     (position, message)."""
-    structure = convert(texts).structure
-    base = _program(texts)
+    parsed: dict = {}  # the YAML is read once
+    whole = convert(texts, parsed=parsed)
+    structure = whole.structure
+    # Every version is told apart as the whole input is, so that all name the same identities and
+    # addresses: the comparison is then of the entries that differ, not of every flow.
+    base = _program(texts, partition=whole.partition, parsed=parsed)
     out = []
 
     def found(span, message):
         out.append((span, message))
 
     def _same(base, texts, drop):
-        return same(base, _program(texts, drop))
+        return same(base, _program(texts, drop, whole.partition, parsed))
 
     for policy in structure:
         label, key = policy["label"], policy["key"]
