@@ -1,6 +1,6 @@
 """Figures for reading and writing cluster policies: import, map, export with its proof, and the peer.
 
-    python bench/cluster.py [--pods 20,100,200] [--format json] [--no-nca]
+    python bench/cluster.py [--pods 200,1000,5000] [--verify-up-to 200] [--format json] [--no-nca]
 
 A cluster of N pods in N/20 namespaces (tiers web, api, db, cache, worker; namespaces in teams of
 three, prod and dev), each namespace with twelve NetworkPolicies in the usual shapes (default deny,
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -153,15 +154,29 @@ def _timed(fn):
     return out, time.perf_counter() - t
 
 
-def run(pods: int, nca: bool) -> dict:
+def _nca(args: list[str], cwd: Path, timeout: float) -> float | None:
+    """Seconds network-config-analyzer took (None when it failed; -timeout when it ran out of time)."""
+    t = time.perf_counter()
+    try:
+        done = subprocess.run([str(NCA)] + args, capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -timeout
+    if done.returncode not in (0, 1) and not done.stdout:
+        return None
+    return time.perf_counter() - t
+
+
+def run(pods: int, nca: bool, verify_up_to: int, nca_timeout: float) -> dict:
     row: dict = {"pods": pods}
     objects = cluster(pods, mesh=False)
     text = yaml.safe_dump_all(objects)
     row["networkpolicies"] = sum(o["kind"] == "NetworkPolicy" for o in objects)
+    row["namespaces"] = sum(o["kind"] == "Namespace" for o in objects)
     imported, row["import_s"] = _timed(lambda: convert([("cluster.yaml", text)]))
     compiled, t = _timed(lambda: api.Compiled(None, None, compile_sources([(IMPORTED, imported.text)]).program, None))
     row["import_s"] += t
     row["rules"] = len(compiled.program.rules)
+    row["identities"] = sum(1 for i in compiled.program.identities if i.kind == "service")
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         path = d / "cluster.yaml"
@@ -169,10 +184,14 @@ def run(pods: int, nca: bool) -> dict:
         for name, kinds in (("ns.yaml", ("Namespace",)), ("pods.yaml", ("Pod",)), ("policies.yaml", ("NetworkPolicy",))):
             (d / name).write_text(yaml.safe_dump_all([o for o in objects if o["kind"] in kinds]))
         loaded = load([str(path)])
-        _, row["map_s"] = _timed(lambda: api.connectivity(loaded))
-        done, row["redundancy_s"] = _timed(lambda: subprocess.run(
-            [sys.executable, "-m", "anyplane.compiler", "verify", str(path)], capture_output=True))
+        graph, row["map_s"] = _timed(lambda: api.connectivity(loaded))
+        row["map_pairs"], row["map_asked"] = graph["pairs"]["all"], graph["pairs"]["asked"]
+        row["redundancy_s"] = None
+        if pods <= verify_up_to:
+            _, row["redundancy_s"] = _timed(lambda: subprocess.run(
+                [sys.executable, "-m", "anyplane.compiler", "verify", str(path)], capture_output=True))
         out, t = _timed(lambda: api.compile_target(compiled, "k8s"))
+        row["export_k8s_lines"] = sum(a.data.count("\n") for a in out.artifacts if a.path.endswith(".yaml") and isinstance(a.data, str))
         proof, t2 = _timed(lambda: api.prove_export(compiled, "k8s", out))
         row["export_k8s_s"], row["export_k8s_proved"] = t + t2, proof.proved
         mesh_text = yaml.safe_dump_all(cluster(pods, mesh=True))
@@ -180,35 +199,45 @@ def run(pods: int, nca: bool) -> dict:
         mesh_compiled, t2 = _timed(lambda: api.Compiled(None, None, compile_sources(
             [(IMPORTED, mesh_imported.text)]).program, None))
         row["import_istio_s"], row["istio_rules"] = t + t2, len(mesh_compiled.program.rules)
+        row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
         if nca and NCA.exists():
             lists = ["--pod_list", str(d / "pods.yaml"), "--ns_list", str(d / "ns.yaml")]
-            for name, args in (("nca_connectivity_s", ["--connectivity", str(d / "policies.yaml"), "--output_format",
-                                                        "txt"]),
-                               ("nca_redundancy_s", ["--sanity", str(d / "policies.yaml")])):
-                done, row[name] = _timed(lambda: subprocess.run([str(NCA)] + args + lists, capture_output=True,
-                                                                text=True, cwd=d))
-                if done.returncode not in (0, 1) and not done.stdout:
-                    row[name] = None
+            row["nca_connectivity_s"] = _nca(["--connectivity", str(d / "policies.yaml"), "--output_format", "txt"]
+                                             + lists, d, nca_timeout)
+            row["nca_redundancy_s"] = _nca(["--sanity", str(d / "policies.yaml")] + lists, d, nca_timeout) \
+                if pods <= verify_up_to else None
     return row
+
+
+def _s(value) -> str:
+    if value is None:
+        return "-"
+    return f">{-value:.0f} s" if value < 0 else f"{value:.2f} s"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pods", default="20,100,200")
+    ap.add_argument("--pods", default="200,1000,5000")
     ap.add_argument("--format", choices=("txt", "json"), default="txt")
     ap.add_argument("--no-nca", action="store_true")
+    ap.add_argument("--verify-up-to", type=int, default=200,
+                    help="run `verify` (and NCA's sanity check) on clusters of at most so many pods")
+    ap.add_argument("--nca-timeout", type=float, default=900, help="seconds each NCA run may take")
     args = ap.parse_args()
     rows = []
     for n in (int(x) for x in args.pods.split(",")):
-        rows.append(run(n, not args.no_nca))
+        rows.append(run(n, not args.no_nca, args.verify_up_to, args.nca_timeout))
         if args.format == "txt":
             r = rows[-1]
-            nca = (f"   nca connectivity {r['nca_connectivity_s']:.2f} s, sanity {r['nca_redundancy_s']:.2f} s"
-                   if r.get("nca_connectivity_s") is not None else "")
-            print(f"{r['pods']:>5} pods {r['networkpolicies']:>4} NetworkPolicies: import {r['import_s']:.2f} s "
-                  f"({r['rules']} rules), map {r['map_s']:.2f} s, verify {r['redundancy_s']:.2f} s, "
-                  f"-t k8s + proof {r['export_k8s_s']:.2f} s ({'proved' if r['export_k8s_proved'] else 'NOT PROVED'}); "
-                  f"with Istio: import {r['import_istio_s']:.2f} s ({r['istio_rules']} rules){nca}", flush=True)
+            nca = (f"\n      nca: connectivity {_s(r['nca_connectivity_s'])}, sanity {_s(r.get('nca_redundancy_s'))}"
+                   if "nca_connectivity_s" in r else "")
+            print(f"{r['pods']:>5} pods, {r['namespaces']} namespaces, {r['networkpolicies']} NetworkPolicies: "
+                  f"import {r['import_s']:.2f} s ({r['identities']} identities, {r['rules']} rules), "
+                  f"map {r['map_s']:.2f} s ({r['map_asked']} of {r['map_pairs']} pairs asked), "
+                  f"verify {_s(r['redundancy_s'])}, -t k8s + proof {r['export_k8s_s']:.2f} s "
+                  f"({r['export_k8s_lines']} lines, {'proved' if r['export_k8s_proved'] else 'NOT PROVED'}); "
+                  f"with Istio: import {r['import_istio_s']:.2f} s ({r['istio_rules']} rules); "
+                  f"peak {r['peak_rss_mib']} MiB{nca}", flush=True)
     if args.format == "json":
         print(json.dumps(rows, indent=1))
 
