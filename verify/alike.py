@@ -1,0 +1,163 @@
+"""Pairs of identities alike: decided alike field by field, so that a question asked about one pair
+answers every pair of its class.
+
+Two pairs (source identity, destination identity) are alike when the entries that can match their
+flows are, in decision order, the same matches apart from addresses and identities, with the same
+verdicts, and every one of them holds for all of each pair's addresses. An entry that holds for part
+of an identity's addresses (a prefix inside it, a pod's traffic to itself) puts the pair in no class
+(`key` is None). On the region of a pair (source owned by one identity, destination by the other) an
+entry matches exactly when the rest of its match does: alike pairs are decided alike, whatever the
+rest of the match holds (ports, protocols, HTTP). Two programs with the same endpoints and the same
+key for a pair (with `interned` shared) decide that pair alike too.
+
+A cluster's pairs fall into a few classes (tier to tier, across namespaces) however many namespaces
+and pods it has: the map (verify/connectivity.py) asks one pair per class, the proof of an export
+(verify/compose.py) asks only the pairs whose keys differ.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from anyplane.ir import fields as F
+from anyplane.ir.match import Exact, InSet, PrefixMatch, options
+from anyplane.ir.nodes import Program, ordered
+from anyplane.ir.owners import ownership
+
+from .diff import action_key
+
+_ADDRESS_FIELDS = (F.SRC_ID, F.SRC_IP, F.DST_ID, F.DST_IP)
+
+
+class PairClasses:
+    """Which entries can match a pair's flows, and whether the pair is alike with others (see the module doc).
+
+    Per identity and side, bit sets over decision positions: the entries whose address and identity
+    constraints hold for every address it owns (`full`), and those that hold for part of them or
+    cannot be told without the addresses (`part`)."""
+
+    def __init__(self, program: Program, names: list[str], interned: dict | None = None):
+        self.ordered = list(ordered(program.acl))  # the order of Analysis.ordered
+        own = ownership(program)
+        declared = own.prefixes
+        spans = _Declared(declared)
+        everyone = {"src": 0, "dst": 0}  # entries with no constraint on the side
+        full = {side: {n: 0 for n in names} for side in ("src", "dst")}
+        part = {side: {n: 0 for n in names} for side in ("src", "dst")}
+        interned = {} if interned is None else interned  # shared: keys of two programs compare
+        self.code = []
+        for i, e in enumerate(self.ordered):
+            bit = 1 << i
+            rest = tuple((k, v) for k, v in e.match.fields if k not in _ADDRESS_FIELDS)
+            self.code.append(interned.setdefault((rest, action_key(e.action)), len(interned)))
+            for side, id_field, ip_field in (("src", F.SRC_ID, F.SRC_IP), ("dst", F.DST_ID, F.DST_IP)):
+                ids, ips = e.match.get(id_field), e.match.get(ip_field)
+                if ids is None and ips is None:
+                    everyone[side] |= bit
+                    continue
+                values = _values(ids) if ids is not None and ips is None else None
+                if values is not None:  # identities only: it holds for theirs, for no one else's
+                    for n in values:
+                        if n in full[side]:
+                            full[side][n] |= bit
+                    continue
+                near = names if ips is None or _nets(ips) is None else \
+                    {n for net in _nets(ips) for n in spans.near(net)} & set(names)
+                for n in near:
+                    how = _covers(ids, ips, n, declared.get(n, ()), own)
+                    if how == "full":
+                        full[side][n] |= bit
+                    elif how == "part":
+                        part[side][n] |= bit
+        for side in full:
+            for n in names:
+                full[side][n] |= everyone[side]
+        self.full, self.part = full, part
+        self.families = {n: frozenset(f for f, _ in own.addresses(n)) for n in names}
+        self.address = {n: {} for n in names}  # identity -> family -> an address it owns
+        for n in names:
+            for family, address in own.addresses(n):
+                self.address[n].setdefault(family, address)
+
+    def key(self, src: str, dst: str) -> tuple | None:
+        """The class of the pair, or None when some entry holds for part of its addresses."""
+        if (self.part["src"][src] & (self.full["dst"][dst] | self.part["dst"][dst])) or \
+                (self.part["dst"][dst] & self.full["src"][src]):
+            return None
+        return (self.families[src] & self.families[dst],) + tuple(self.code[i] for i in self.positions(src, dst))
+
+    def positions(self, src: str, dst: str) -> list[int]:
+        """The entries that hold for every flow of a pair's region but the rest of their match, in order."""
+        bits, out = self.full["src"][src] & self.full["dst"][dst], []
+        while bits:
+            low = bits & -bits
+            out.append(low.bit_length() - 1)
+            bits ^= low
+        return out
+
+
+class _Declared:
+    """The identities whose declared prefixes overlap a prefix: those that hold it (one lookup per prefix
+    length in use) and those inside it (a binary search)."""
+
+    def __init__(self, declared: dict[str, tuple]):
+        self.by_network: dict[tuple[int, int, int], set[str]] = {}
+        rows = []
+        for name, prefixes in declared.items():
+            for p in prefixes:
+                self.by_network.setdefault((p.family, p.length, p.first), set()).add(name)
+                rows.append((p.family, p.first, name))
+        self.lengths = sorted({(f, n) for f, n, _ in self.by_network})
+        rows.sort()
+        self.rows, self.keys = rows, [(f, a) for f, a, _ in rows]
+
+    def near(self, net) -> set[str]:
+        out: set[str] = set()
+        for family, length in self.lengths:
+            if family == net.family and length <= net.length:
+                width = 32 if family == 4 else 128
+                first = net.first & ~((1 << (width - length)) - 1) if length else 0
+                out |= self.by_network.get((family, length, first), set())
+        k = bisect_left(self.keys, (net.family, net.first))
+        while k < len(self.rows) and self.keys[k] <= (net.family, net.last):
+            out.add(self.rows[k][2])
+            k += 1
+        return out
+
+
+def _nets(ips):
+    nets = [o.prefix if isinstance(o, PrefixMatch) else None for o in options(ips)]
+    return None if None in nets else nets
+
+
+def _values(ids) -> list[str] | None:
+    """The identities an identity match names (None: not a plain list of names)."""
+    values = [v for o in options(ids) for v in (o.values if isinstance(o, InSet) else
+                                                (o.value,) if isinstance(o, Exact) else (None,))]
+    return None if None in values else values
+
+
+def _covers(ids, ips, name: str, prefixes, own) -> str:
+    """Whether an entry's identity and address constraints on one side hold for all ("full"), none
+    ("none") or part ("part") of the addresses an identity owns: judged on its declared prefixes, where
+    a prefix of the entry inside one of them counts only if the identity owns some address of it (it is
+    not all inside others' longer prefixes)."""
+    out = "full"
+    if ids is not None:
+        values = _values(ids)
+        if values is None:
+            return "part"
+        if name not in values:
+            return "none"
+    if ips is not None:
+        nets = _nets(ips)
+        if nets is None or not prefixes:
+            return "part"
+        if all(any(n.covers(p) for n in nets) for p in prefixes):
+            return out
+        for n in nets:
+            for p in prefixes:
+                if n.covers(p) or (p.covers(n) and own.covering_owner(n) == name):
+                    return "part"
+        return "none"
+    return out
