@@ -6,20 +6,32 @@ Z3 looks for a flow where the policy's verdict and the conjunction of the
 engines' verdicts differ. None: proved. One: a compiler bug, reported with
 the flow, every engine's verdict and deciding rule, re-checked in the
 interpreter before it is reported.
+
+The questions are asked region by region: by destination blocks (`regions`),
+or, where one engine decides a scope, by pairs of identities (`_by_pairs`):
+identities whose addresses are the same in both programs (the same endpoint
+rows, nothing nested inside them) cut the flow space into pairs. Pairs whose
+keys (verify/alike.py) are the same in both programs are decided alike and
+need no question; pairs with the same pair of keys are asked once; the flows
+with an end outside those identities are two more questions, each over the
+entries that can match there.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
 from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
 from anyplane.ir.interp import evaluate
-from anyplane.ir.match import Match, PrefixMatch
+from anyplane.ir.match import InSet, Match, PrefixMatch
 from anyplane.ir.nodes import Program
+from anyplane.ir.owners import ownership
 
+from .alike import PairClasses
 from .context import Analysis
 from .domain import Domain
 from .encode import Encoder, mk_and
@@ -147,7 +159,8 @@ class Scope:
 
 
 def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | None = None,
-          timeout_ms: int = 60_000, sources: dict[str, Program] | None = None, progress=None) -> Composition:
+          timeout_ms: int = 60_000, sources: dict[str, Program] | None = None, progress=None,
+          pairs: bool = True) -> Composition:
     """Prove that, within every scope, AND(allows of its engines) == policy allows for every flow and request.
 
     `sources` (optional) names the program each engine was compiled from. An
@@ -155,7 +168,8 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
     represented by that source in the solver's questions: the same decisions,
     and terms the policy shares. Scopes whose engines then trivially decide
     like the policy are settled without the solver. `progress(done, total)`
-    is called as the solver's questions are answered.
+    is called as the solver's questions are answered. `pairs`: cut by pairs of identities where that
+    applies (module doc); False asks by destination blocks only.
     """
     started = time.perf_counter()
     scopes = scopes or [Scope("default", None, (), tuple(engines))]
@@ -173,18 +187,20 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
     a_policy = Analysis(policy, encoder=enc, timeout_ms=timeout_ms)
     analyses = {name: Analysis(p, encoder=enc, timeout_ms=timeout_ms) for name, p in stand_in.items()}
     result, model, question, scope = "unsat", None, [], open_scopes[0]
-    blocks = list(_refined(a_policy, regions(policy)))
-    done, total, asked = 0, len(blocks) * len(open_scopes), 0
+    paired = _by_pairs(policy, stand_in, open_scopes) if pairs else None
+    blocks = [] if paired is not None else list(_refined(a_policy, regions(policy)))
+    done, total, asked = 0, (sum(map(len, paired.values())) if paired is not None else
+                             len(blocks) * len(open_scopes)), 0
     for scope in open_scopes:
         inside = [] if scope.match is None else [a_policy.term(scope.match)]
         inside += [a_policy.outside(m) for m in scope.excluded]
         box = None if scope.match is None else a_policy.boxer.box(scope.match)
         deciding = [n for n in scope.engines if not _allows_all(stand_in[n])]
-        for block in blocks:
+        for block in (paired[scope.label] if paired is not None else blocks):
             done += 1
             if progress is not None:
                 progress(done, total)
-            if box is not None and not overlaps(box, a_policy.boxer.box(block.match)):
+            if box is not None and block.match is not None and not overlaps(box, a_policy.boxer.box(block.match)):
                 continue
             policy_allows = a_policy.allowed_term(block.relevant(a_policy, scope.match))
             together = mk_and([analyses[n].allowed_term(block.relevant(analyses[n], scope.match))
@@ -212,6 +228,120 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
            "together": together_verdict}
     return Composition(False, time.perf_counter() - started, counterexample=cex, engines=names, refined=refined,
                        questions=asked)
+
+
+class _Rest:
+    """The flows with an end outside the identities `inside` (whose addresses both programs place alike):
+    the source outside (`side` "src"), or the source inside and the destination outside ("dst"). Its
+    entries: those whose constraint on that side does not keep them to those identities' addresses."""
+
+    match = None
+
+    def __init__(self, side: str, inside: tuple[str, ...]):
+        self.side, self.inside = side, inside
+
+    def term(self, a: Analysis):
+        ids = Match.of({F.SRC_ID if self.side == "src" else F.DST_ID: InSet(self.inside)})
+        out = [a.outside(ids)]
+        if self.side == "dst":
+            out.append(a.term(Match.of({F.SRC_ID: InSet(self.inside)})))
+        return mk_and(out, a.enc.ctx)
+
+    def relevant(self, a: Analysis, scope: Match | None = None) -> list[int]:
+        ids, ips = (F.SRC_ID, F.SRC_IP) if self.side == "src" else (F.DST_ID, F.DST_IP)
+        own, inside = ownership(a.program), set(self.inside)
+        candidates = a.relevant([scope]) if scope is not None else range(len(a.ordered))
+        return [i for i in candidates if not _kept_to(a.ordered[i].match, ids, ips, inside, own)]
+
+
+def _kept_to(m: Match, id_field: str, ip_field: str, inside: set, own) -> bool:
+    """Whether a match holds only for addresses of these identities on one side (they have nothing
+    nested in their prefixes)."""
+    ids, ips = m.get(id_field), m.get(ip_field)
+    if isinstance(ids, InSet) and set(ids.values) <= inside:
+        return True
+    if isinstance(ips, PrefixMatch):
+        return own.covering_owner(ips.prefix) in inside
+    return False
+
+
+def _same_addresses(policy: Program, engine: Program, names: list[str]) -> list[str]:
+    """The identities whose addresses both programs place alike: the same endpoint rows, and no row of
+    either program inside their prefixes."""
+    rows = {}
+    for side, p in (("policy", policy), ("engine", engine)):
+        for r in p.endpoints:
+            rows.setdefault((side, r.identity), set()).add(r.prefix)
+    every = sorted({(r.prefix.family, r.prefix.first, r.prefix.last) for p in (policy, engine) for r in p.endpoints})
+    firsts = [(f, a) for f, a, _ in every]
+    out = []
+    for n in names:
+        mine = rows.get(("policy", n), set())
+        if not mine or mine != rows.get(("engine", n), set()):
+            continue
+        nested = False
+        for q in mine:
+            k = bisect_left(firsts, (q.family, q.first))
+            while k < len(every) and firsts[k] <= (q.family, q.last):
+                if every[k] != (q.family, q.first, q.last):
+                    nested = True
+                    break
+                k += 1
+            if nested:
+                break
+        if not nested:
+            out.append(n)
+    return out
+
+
+def _by_pairs(policy: Program, engines: dict[str, Program], scopes: list[Scope]) -> dict[str, list] | None:
+    """Per scope, the regions left to ask when the flow space is cut by pairs of identities (module
+    doc): one per class of pairs whose keys differ, one per pair that has no key, and the two `_Rest`
+    regions. None when a scope is decided by other than one engine, the defaults differ, or a scope is
+    not all flows or an identity set on one side."""
+    inside = None
+    interned: dict = {}
+    mine = None
+    out: dict[str, list] = {}
+    for scope in scopes:
+        deciding = [n for n in scope.engines if not _allows_all(engines[n])]
+        if len(deciding) != 1 or engines[deciding[0]].default != policy.default:
+            return None
+        engine = engines[deciding[0]]
+        if inside is None:
+            names = sorted(i.name for i in policy.identities)
+            inside = _same_addresses(policy, engine, names)
+            if not inside:
+                return None
+            mine = PairClasses(policy, inside, interned)
+            theirs = PairClasses(engine, inside, interned)
+            theirs_of = engine
+        elif engine is not theirs_of:
+            return None
+        src, dst = inside, inside
+        if scope.match is not None:
+            fields = dict(scope.match.fields)
+            (field_name, fm), = fields.items() if len(fields) == 1 else ((None, None),)
+            if field_name not in (F.SRC_ID, F.DST_ID) or not isinstance(fm, InSet):
+                return None
+            chosen = sorted(set(fm.values) & set(inside))
+            src, dst = (chosen, inside) if field_name == F.SRC_ID else (inside, chosen)
+        regions_left, classes = [], set()
+        for s in src:
+            for d in dst:
+                a, b = mine.key(s, d), theirs.key(s, d)
+                if a is not None and a == b:
+                    continue  # decided alike by both
+                # A pair of an identity with itself is asked alone: the scope may leave out part of it
+                # (a pod's traffic to itself), which differs from identity to identity.
+                if a is not None and b is not None and s != d:
+                    if (a, b) in classes:
+                        continue  # asked for another pair of the class
+                    classes.add((a, b))
+                regions_left.append(Block(Match.of({F.SRC_ID: InSet((s,)), F.DST_ID: InSet((d,))})))
+        inside_t = tuple(inside)
+        out[scope.label] = regions_left + [_Rest("src", inside_t), _Rest("dst", inside_t)]
+    return out
 
 
 def _allows_all(p: Program) -> bool:
