@@ -148,10 +148,13 @@ def cluster(pods: int, mesh: bool) -> list[dict]:
     return out
 
 
-def _timed(fn):
+def _timed(fn, what: str = ""):
     t = time.perf_counter()
     out = fn()
-    return out, time.perf_counter() - t
+    took = time.perf_counter() - t
+    if what:
+        print(f"  {what}: {took:.2f} s", file=sys.stderr, flush=True)
+    return out, took
 
 
 def _nca(args: list[str], cwd: Path, timeout: float) -> float | None:
@@ -172,8 +175,9 @@ def run(pods: int, nca: bool, verify_up_to: int, nca_timeout: float) -> dict:
     text = yaml.safe_dump_all(objects)
     row["networkpolicies"] = sum(o["kind"] == "NetworkPolicy" for o in objects)
     row["namespaces"] = sum(o["kind"] == "Namespace" for o in objects)
-    imported, row["import_s"] = _timed(lambda: convert([("cluster.yaml", text)]))
-    compiled, t = _timed(lambda: api.Compiled(None, None, compile_sources([(IMPORTED, imported.text)]).program, None))
+    imported, row["import_s"] = _timed(lambda: convert([("cluster.yaml", text)]), f"{pods} pods: read and convert")
+    compiled, t = _timed(lambda: api.Compiled(None, None, compile_sources([(IMPORTED, imported.text)]).program, None),
+                         "compile")
     row["import_s"] += t
     row["rules"] = len(compiled.program.rules)
     row["identities"] = sum(1 for i in compiled.program.identities if i.kind == "service")
@@ -184,15 +188,15 @@ def run(pods: int, nca: bool, verify_up_to: int, nca_timeout: float) -> dict:
         for name, kinds in (("ns.yaml", ("Namespace",)), ("pods.yaml", ("Pod",)), ("policies.yaml", ("NetworkPolicy",))):
             (d / name).write_text(yaml.safe_dump_all([o for o in objects if o["kind"] in kinds]))
         loaded = load([str(path)])
-        graph, row["map_s"] = _timed(lambda: api.connectivity(loaded))
+        graph, row["map_s"] = _timed(lambda: api.connectivity(loaded), "map")
         row["map_pairs"], row["map_asked"] = graph["pairs"]["all"], graph["pairs"]["asked"]
         row["redundancy_s"] = None
         if pods <= verify_up_to:
             _, row["redundancy_s"] = _timed(lambda: subprocess.run(
-                [sys.executable, "-m", "anyplane.compiler", "verify", str(path)], capture_output=True))
-        out, t = _timed(lambda: api.compile_target(compiled, "k8s"))
+                [sys.executable, "-m", "anyplane.compiler", "verify", str(path)], capture_output=True), "verify")
+        out, t = _timed(lambda: api.compile_target(compiled, "k8s"), "-t k8s")
         row["export_k8s_lines"] = sum(a.data.count("\n") for a in out.artifacts if a.path.endswith(".yaml") and isinstance(a.data, str))
-        proof, t2 = _timed(lambda: api.prove_export(compiled, "k8s", out))
+        proof, t2 = _timed(lambda: api.prove_export(compiled, "k8s", out), "its proof")
         row["export_k8s_s"], row["export_k8s_proved"] = t + t2, proof.proved
         mesh_text = yaml.safe_dump_all(cluster(pods, mesh=True))
         mesh_imported, t = _timed(lambda: convert([("mesh.yaml", mesh_text)]))
