@@ -121,8 +121,33 @@ def match_holds(match: Match, flow: Flow, src_id: str | None, dst_id: str | None
 
 
 @per_program(keep=32)
-def _in_decision_order(table) -> tuple[Entry, ...]:
-    return tuple(sorted(table.entries, key=decision_key))
+def _in_decision_order(table) -> dict:
+    """The table's entries in decision order; per destination identity (filled on first use) those of
+    them that can match a flow to it."""
+    return {"all": tuple(sorted(table.entries, key=decision_key))}
+
+
+def _candidates(program: Program, dst_id: str | None) -> tuple[Entry, ...]:
+    """The entries, in decision order, that can match a flow to `dst_id`: every one but those whose
+    `dst.id` set leaves it out, or whose `dst.ip` is one address that another identity owns."""
+    lists = _in_decision_order(program.acl)
+    ends, by_id = lists.get("to", (None, None))
+    if ends is not program.endpoints:  # who owns an address is the endpoints' to say
+        ends, by_id = lists["to"] = (program.endpoints, {})
+    hit = by_id.get(dst_id)
+    if hit is None:
+        hit = by_id[dst_id] = tuple(e for e in lists["all"] if _may_reach(program, e.match, dst_id))
+    return hit
+
+
+def _may_reach(program: Program, m: Match, dst_id: str | None) -> bool:
+    ids = m.get(F.DST_ID)
+    if isinstance(ids, InSet) and dst_id not in ids.values:
+        return False
+    ips = m.get(F.DST_IP)
+    if isinstance(ips, PrefixMatch) and ips.prefix.length == ips.prefix.width:
+        return owner(program, ips.prefix.family, ips.prefix.value) == dst_id
+    return True
 
 
 def evaluate(program: Program, flow: Flow) -> Decision:
@@ -133,8 +158,9 @@ def evaluate(program: Program, flow: Flow) -> Decision:
         return Decision("deny", None, src_id, dst_id, refused=flow.http.refused)
 
     # The deciding entry is the matching one with the least decision key (the first in the table of
-    # those tied): the first to match in that order, which a stable sort keeps.
-    entry = next((e for e in _in_decision_order(program.acl) if match_holds(e.match, flow, src_id, dst_id)), None)
+    # those tied): the first to match in that order, which a stable sort keeps. Entries that name other
+    # destination identities, or one address of another, are passed over unread (they would not match).
+    entry = next((e for e in _candidates(program, dst_id) if match_holds(e.match, flow, src_id, dst_id)), None)
     verdict = entry.action.verdict if entry else program.default
     if verdict != "allow":
         return Decision(verdict, entry, src_id, dst_id)
