@@ -34,7 +34,7 @@ from anyplane.ir.actions import RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import Flow
 from anyplane.ir.interp import evaluate, match_holds, owner
-from anyplane.ir.match import PrefixMatch, int_ranges, merge_ranges, options as alternatives
+from anyplane.ir.match import InSet, PrefixMatch, int_ranges, merge_ranges, options as alternatives
 from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Program, Table
 from anyplane.ir.owners import ownership
@@ -146,20 +146,42 @@ class _Narrow:
                       for i, e in enumerate(program.acl.entries)]
         self.memo: dict = {}
         self.pairs: dict = {}
+        self.kinds: dict = {}  # (id of a region, side, family) -> (the region, its kinds of ranges)
+        # Per side: entries that hold for every address, those that name identities only (looked up by
+        # the address's owner) or one address only, and the rest (asked address by address).
+        self.every: list[set] = [set(), set()]
+        self.by_id: list[dict] = [{}, {}]
+        self.by_address: list[dict] = [{}, {}]
+        self.rest: list[list] = [[], []]
+        for i, *parts in self.sides:
+            for side, m in enumerate(parts):
+                if not m.fields:
+                    self.every[side].add(i)
+                elif len(m.fields) == 1 and isinstance(m.fields[0][1], InSet) and m.fields[0][0] in (F.SRC_ID, F.DST_ID):
+                    for name in m.fields[0][1].values:
+                        self.by_id[side].setdefault(name, set()).add(i)
+                elif len(m.fields) == 1 and isinstance(m.fields[0][1], PrefixMatch) and \
+                        m.fields[0][1].prefix.length == m.fields[0][1].prefix.width:
+                    p = m.fields[0][1].prefix
+                    self.by_address[side].setdefault((p.family, p.value), set()).add(i)
+                else:
+                    self.rest[side].append((i, m))
 
     def _holding(self, side: int, family: int, address: int) -> frozenset:
         key = (side, family, address)
         if key not in self.memo:
             probe = Flow(family, address, address, TCP, 49152, 1)
             who = owner(self.program, family, address)
-            self.memo[key] = frozenset(i for i, *parts in self.sides if match_holds(parts[side], probe, who, who))
+            self.memo[key] = frozenset(self.every[side] | self.by_id[side].get(who, set()) |
+                                       self.by_address[side].get((family, address), set()) |
+                                       {i for i, m in self.rest[side] if match_holds(m, probe, who, who)})
         return self.memo[key]
 
     def __call__(self, family: int, src: int, dst: int) -> Program:
         key = (family, src, dst)
         if key not in self.pairs:
             keep = self._holding(0, family, src) & self._holding(1, family, dst)
-            entries = tuple(e for i, e in enumerate(self.program.acl.entries) if i in keep)
+            entries = tuple(self.program.acl.entries[i] for i in sorted(keep))
             self.pairs[key] = replace(self.program, acl=Table(self.program.acl.name, entries))
         return self.pairs[key]
 
@@ -489,10 +511,15 @@ def _representative_pairs(program: Program, family: int, a: Region, b: Region, h
     selfs = _selfs(program)
 
     def kinds(region: Region, side: int) -> list[list[int]]:
+        key = (id(region), side, family)
+        hit = narrow.kinds.get(key)
+        if hit is not None and hit[0] is region:
+            return hit[1]
         out: dict = {}
         for start, _ in region.ranges.get(family, ()):
             out.setdefault(narrow._holding(side, family, start) - selfs, []).append(start)
-        return list(out.values())
+        narrow.kinds[key] = (region, list(out.values()))
+        return narrow.kinds[key][1]
     for src_kind in kinds(a, 0):
         for dst_kind in kinds(b, 1):
             ps = src_kind[0]
