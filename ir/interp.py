@@ -131,23 +131,35 @@ def _candidates(program: Program, dst_id: str | None) -> tuple[Entry, ...]:
     """The entries, in decision order, that can match a flow to `dst_id`: every one but those whose
     `dst.id` set leaves it out, or whose `dst.ip` is one address that another identity owns."""
     lists = _in_decision_order(program.acl)
-    ends, by_id = lists.get("to", (None, None))
+    ends, by_id, general, named = lists.get("to", (None, None, None, None))
     if ends is not program.endpoints:  # who owns an address is the endpoints' to say
-        ends, by_id = lists["to"] = (program.endpoints, {})
+        general, named = [], {}
+        for k, e in enumerate(lists["all"]):
+            targets = _destinations(program, e.match)
+            if targets is None:
+                general.append(k)
+            for t in targets or ():
+                named.setdefault(t, []).append(k)
+        ends, by_id = program.endpoints, {}
+        lists["to"] = (ends, by_id, general, named)
     hit = by_id.get(dst_id)
     if hit is None:
-        hit = by_id[dst_id] = tuple(e for e in lists["all"] if _may_reach(program, e.match, dst_id))
+        every = lists["all"]
+        hit = by_id[dst_id] = tuple(every[k] for k in sorted(general + named.get(dst_id, [])))
     return hit
 
 
-def _may_reach(program: Program, m: Match, dst_id: str | None) -> bool:
+def _destinations(program: Program, m: Match) -> tuple | None:
+    """The destination identities an entry can match flows to, when it says (None: any)."""
     ids = m.get(F.DST_ID)
-    if isinstance(ids, InSet) and dst_id not in ids.values:
-        return False
     ips = m.get(F.DST_IP)
+    out = None
+    if isinstance(ids, InSet):
+        out = set(ids.values)
     if isinstance(ips, PrefixMatch) and ips.prefix.length == ips.prefix.width:
-        return owner(program, ips.prefix.family, ips.prefix.value) == dst_id
-    return True
+        one = {owner(program, ips.prefix.family, ips.prefix.value)}
+        out = one if out is None else out & one
+    return None if out is None else tuple(out)
 
 
 def evaluate(program: Program, flow: Flow) -> Decision:
