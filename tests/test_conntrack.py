@@ -43,7 +43,7 @@ allow local -> peer tcp 8080
 allow local -> peer tcp 8081
 allow local -> peer udp 9999
 allow local -> peer icmp type echo-request
-connections { udp {udp}  icmp 2s  tcp-closing 1s  max {max} }
+connections { udp {udp}  icmp {icmp}  tcp-closing 1s  max {max} }
 """
 TCP_ACK, TCP_PSH_ACK = 0x10, 0x18
 
@@ -54,11 +54,13 @@ class Host:
     def __init__(self, pair: Pair, tmp, name: str):
         self.pair, self.tmp, self.name = pair, tmp, name
         self.peer, self.host = pair.ip(1), pair.ip(2)
-        self.udp_timeout = "2s"  # short, for the timeout test; a test that outlives pushes sets longer
+        # Short, for the timeout tests; a test that reads connections after the exchange, or outlives
+        # pushes, sets longer ones: on a loaded machine seconds pass between two steps.
+        self.udp_timeout = self.icmp_timeout = "2s"
 
     def push(self, max_connections: int = 1024, drop: str | None = None, *extra: str) -> dict:
         text = POLICY.replace("{net}", self.pair.net).replace("{max}", str(max_connections)) \
-            .replace("{udp}", self.udp_timeout)
+            .replace("{udp}", self.udp_timeout).replace("{icmp}", self.icmp_timeout)
         if drop:
             text = "\n".join(line for line in text.splitlines() if line.strip() != drop)
         policy = self.tmp / "host.ap"
@@ -137,6 +139,7 @@ def host(tmp_path):
 
 
 def test_an_allowed_connection_gets_its_replies(host):
+    host.udp_timeout = host.icmp_timeout = "300s"  # counted at the end, however long the steps took
     host.push()
     server = host.listen(8080)
     c = host.connect(8080)
@@ -259,6 +262,7 @@ def test_a_full_table_evicts_old_connections_and_fails_closed(host):
     which old entry goes is not exact. What holds: the table never holds more than its size, so at
     most that many replies pass; the old connections are (mostly) gone, and the newest pass."""
     size = 1024
+    host.udp_timeout = "300s"  # sending 3,072 datagrams may take seconds: none may expire meanwhile
     host.push(max_connections=size)
     # The table's LRU is kept per CPU: on one CPU (the programs run on the sender's) its order is the
     # order the connections were made, whatever else the machine runs.
