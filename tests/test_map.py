@@ -165,7 +165,7 @@ def test_alike_pairs_are_answered_as_if_each_were_asked(data):
     from anyplane.compiler.importers.k8s import convert
     from anyplane.ir.flow import Flow
 
-    from .test_import_k8s import NAMESPACES, OUTSIDE, clusters, policies
+    from .test_import_k8s import NAMESPACES, clusters, policies
 
     pods = data.draw(clusters())
     for extra in range(data.draw(st.integers(0, 8))):
