@@ -72,12 +72,23 @@ def owner(program: Program, family: int, address: int) -> str | None:
 
 
 def _owner(program: Program, family: int, address: int) -> str | None:
-    best = None
-    for row in program.endpoints:
-        if row.prefix.contains(family, address):
-            if best is None or row.prefix.length > best.prefix.length:
-                best = row
-    return best.identity if best else None
+    width = 32 if family == 4 else 128
+    for length, rows in _by_length(program.endpoints).get(family, ()):
+        hit = rows.get(address >> (width - length))
+        if hit is not None:
+            return hit
+    return None
+
+
+@per_program(keep=32)
+def _by_length(endpoints) -> dict:
+    """The endpoint table as a longest-prefix-match index: per family, the prefix lengths in use, longest
+    first, each with {network bits: identity} (two declarations of one prefix are an error)."""
+    out: dict = {}
+    for row in endpoints:
+        p = row.prefix
+        out.setdefault(p.family, {}).setdefault(p.length, {})[p.value >> (p.width - p.length)] = row.identity
+    return {family: sorted(lengths.items(), reverse=True) for family, lengths in out.items()}
 
 
 def field_matches(fm: FieldMatch, value) -> bool:

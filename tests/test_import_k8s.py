@@ -237,6 +237,35 @@ def test_imported_policies_decide_as_networkpolicy_does(data):
     assert not bad, (bad[:5], text)
 
 
+def test_the_import_is_per_rule_not_per_pair():
+    """40 namespaces, each with two replicas of web and of db, and per namespace one NetworkPolicy
+    whose ingress rule admits every pod of every namespace on TCP 80 to its web pods: one allow per
+    rule naming the 80 identities it admits (per pair it was 40 x 80 lines), and the verdicts hold
+    for a pod of another namespace, the pod's own namespace, and the db pods the policy leaves open."""
+    docs = []
+    for k in range(40):
+        ns = f"n{k}"
+        docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        for i, app in enumerate(["web", "web", "db", "db"]):
+            docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{app}-{i}", "namespace": ns,
+                                                                          "labels": {"app": app}},
+                         "status": {"podIP": f"10.2.{k}.{i + 1}"}})
+        docs.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                     "metadata": {"name": "web", "namespace": ns},
+                     "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{
+                         "from": [{"namespaceSelector": {}}], "ports": [{"port": 80}]}]}})
+    imported = convert([("c.yaml", yaml.safe_dump_all(docs))])
+    allows = [line for line in imported.text.splitlines() if line.startswith("allow")]
+    per_rule = [line for line in allows if " tcp 80 " in line]
+    assert len(per_rule) == 40 and all(line.count(",") == 79 for line in per_rule), allows[:3]
+    assert len(allows) == 40 + 40 * 2  # and each web pod to itself
+    program = compile_sources([("<kubernetes>", imported.text)]).program
+    for src, dst, port, want in (("10.2.7.3", "10.2.30.1", 80, True), ("10.2.30.2", "10.2.30.1", 80, True),
+                                 ("10.2.7.3", "10.2.30.1", 81, False), ("203.0.113.9", "10.2.30.1", 80, False),
+                                 ("203.0.113.9", "10.2.30.3", 81, True)):
+        assert _verdict(program, src, dst, "TCP", port) == want, (src, dst, port)
+
+
 def test_commands_read_manifests_and_point_into_them(tmp_path):
     (tmp_path / "cluster.yaml").write_text(yaml.safe_dump_all([
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},

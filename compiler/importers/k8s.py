@@ -152,6 +152,7 @@ class _Reader:
         self.seen: dict[tuple, Span] = {}  # (group, kind, namespace, name) -> where it is
         self.peer_lists: dict[tuple, list] = {}  # (id of a NetworkPolicy peer list, namespace) -> its peers
         self.keys_read: set = set()  # every label key some selector reads
+        self.by_namespace: dict[str, list] = {}  # namespace -> its pods (once every pod is read)
 
     def fail(self, path: str, obj, message: str) -> None:
         self.errors.append(error(_span(path, obj), "import", message))
@@ -407,7 +408,8 @@ def _peers(reader: _Reader, path: str, ns: str, items) -> list:
             spaces = {ns}
         else:
             spaces = {n for n, labels in reader.namespaces.items() if _selects(ns_sel, labels, path, reader)}
-        pods = [p for p in reader.pods if p.namespace in spaces and _selects(pod_sel or {}, p.labels, path, reader)]
+        pods = [p for space in sorted(spaces) for p in reader.by_namespace.get(space, ())
+                if _selects(pod_sel or {}, p.labels, path, reader)]
         out.append(("pods", pods, frozenset(id(p) for p in pods)))
     return out
 
@@ -483,6 +485,8 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
     for p in pods:
         reader.namespaces.setdefault(p.namespace, {"kubernetes.io/metadata.name": p.namespace})
     pods = reader.pods
+    for p in pods:
+        reader.by_namespace.setdefault(p.namespace, []).append(p)
     routed, route_lines = [], []
     if reader.routing and not reader.errors:
         try:
@@ -566,7 +570,8 @@ def _policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out,
     ns, name = meta.get("namespace") or "default", meta.get("name")
     label = f"NetworkPolicy {ns}/{name}"
     types = spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else ["Ingress"])
-    selected = [p for p in pods if p.namespace == ns and _selects(spec.get("podSelector") or {}, p.labels, path, reader)]
+    selected = [p for p in reader.by_namespace.get(ns, ()) if _selects(spec.get("podSelector") or {}, p.labels, path,
+                                                                       reader)]
     where = _span(path, spec.get("podSelector") if isinstance(spec.get("podSelector"), dict) else obj)
     held = {"label": label, "span": _span(path, obj), "selects": len(selected), "rules": [], "key": (n,)}
     for direction, key, table, isolated in (("Ingress", "ingress", ingress, isolated_in),
@@ -703,6 +708,7 @@ def _classes(pods: list[Pod], keys: set, blocks: list, routed) -> dict[int, tupl
     versions, pods of workload controllers (whole prefixes) and pods read back from an export stay
     alone."""
     alone = {id(p) for r in routed for p in r.pods}
+    blocks = list(dict.fromkeys(blocks))  # policies repeat their blocks: each is asked once per pod
     out: dict[int, list[Pod]] = {}
     by_key: dict[tuple, Pod] = {}
     for p in pods:
@@ -832,6 +838,11 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
                                [default_deny[direction][subject.ident]])
         return ports - c_denied, allows, c_denies + denies
 
+    if not (admin_rules or cilium_rules or istio_rules):
+        _by_rules(emit, reps, blocks, name_of, classes, ingress, egress, set(restricted_in), set(restricted_out))
+        for text, span, why in route_lines:
+            emit(text, span, why)
+        return Imported("\n".join(lines) + "\n", origins, len(pods), policies)
     meshed = istio.subjects(istio_rules)
     proxied = {p.ident for p in pods if cilium.http_ports(cilium_rules, p)}
     ends = reps + blocks
@@ -893,6 +904,111 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
     for text, span, why in route_lines:
         emit(text, span, why)
     return Imported("\n".join(lines) + "\n", origins, len(pods), policies)
+
+
+def _by_rules(emit, reps: list[Pod], blocks: list[Outside], name_of: dict, classes: dict, ingress: dict,
+              egress: dict, isolated_in: set, isolated_out: set) -> None:
+    """The allows of NetworkPolicies alone, per policy rule over sets of identities (never per pair).
+
+    A flow from A to B passes when B's ingress and A's egress both admit it, a side that is not
+    isolated admitting everything. The union over B's ingress rules and A's egress rules of what both
+    admit is, rule by rule:
+
+        B isolated, A not:  per ingress rule r of B:  allow (r's peers, less the isolated) -> r's subjects
+        A isolated, B not:  per egress rule e of A:   allow e's subjects -> (e's peers, less the isolated)
+        both isolated:      per ingress rule r and egress rule e whose subjects r admits:
+                            allow (e's subjects in r's peers) -> (r's subjects in e's peers), r's ports & e's
+
+    with the isolations' denies below them. So the rules grow with the policy's rules and the identities
+    they name, and the flows each line allows are exactly those of the pairs it names."""
+    ends: list = reps + blocks
+    index = {id(e): k for k, e in enumerate(ends)}
+    rep_of = {id(m): index[rep] for rep, (members, _) in classes.items() for m in members}
+    names = [name_of[id(e)] if isinstance(e, Pod) else e.name for e in ends]
+    every = frozenset(range(len(ends)))
+    outside = range(len(reps), len(ends))
+    closed_in = frozenset(k for k, e in enumerate(reps) if e.ident in isolated_in)
+    closed_out = frozenset(k for k, e in enumerate(reps) if e.ident in isolated_out)
+    rules: dict[str, dict[int, tuple[Rule, set]]] = {"ingress": {}, "egress": {}}
+    for k, e in enumerate(reps):
+        for direction, table in (("ingress", ingress), ("egress", egress)):
+            for r in table[e.ident]:
+                rules[direction].setdefault(id(r), (r, set()))[1].add(k)
+    admitted: dict[int, frozenset] = {}
+
+    def peers(r: Rule) -> frozenset:
+        if r.peers is None:
+            return every
+        if id(r.peers) not in admitted:  # rules that share one peer list (a YAML alias) read it once
+            got: set = set()
+            for spec in r.peers:
+                if spec[0] == "pods":
+                    got.update(rep_of[id(p)] for p in spec[1] if id(p) in rep_of)
+                else:
+                    got.update(k for k in outside if _holds(spec, ends[k]))
+            admitted[id(r.peers)] = frozenset(got)
+        return admitted[id(r.peers)]
+
+    def by_ports(r: Rule, dsts) -> dict:
+        """The destinations by what the rule's ports resolve to on them (named ports differ by pod)."""
+        if r.ports is None:
+            return {ALL: dsts}
+        if all(hi is not None for _, _, hi in r.ports):
+            return {Ports.of(_resolve(r.ports, None)): dsts}
+        out: dict = {}
+        for k in dsts:
+            out.setdefault(Ports.of(_resolve(r.ports, ends[k] if isinstance(ends[k], Pod) else None)), set()).add(k)
+        return out
+
+    written: set = set()
+
+    def allow(srcs, dsts, ports: Ports, r: Rule) -> None:
+        if not (srcs and dsts and ports):
+            return
+        key = (frozenset(srcs), frozenset(dsts), ports)
+        if key in written:
+            return
+        written.add(key)
+        texts, denies = ports.rules()
+        assert not denies, "a NetworkPolicy rule admits every port or some TCP and UDP ports"
+        # An endpoint written with `except` takes its own line (in a list, `except` would end it).
+        for src in _lists(names, srcs):
+            for dst in _lists(names, dsts):
+                for suffix in texts:
+                    emit(f"allow {src} -> {dst}{suffix} priority 20", r.span, r.policy)
+
+    for k in sorted(closed_in | closed_out, key=names.__getitem__):  # a pod cannot block access to itself
+        e = ends[k]
+        if classes[id(e)][1] is not None:
+            for m in classes[id(e)][0]:
+                emit(f"allow {m.address} -> {m.address} priority 90", m.span, "a pod cannot block access to itself")
+        elif e.single:
+            emit(f"allow {names[k]} -> {names[k]} priority 20", e.span, "a pod cannot block access to itself")
+    for r, subjects in rules["ingress"].values():
+        for ports, dsts in by_ports(r, subjects).items():
+            allow(peers(r) - closed_out, dsts, ports, r)
+    for r, subjects in rules["egress"].values():
+        for ports, dsts in by_ports(r, peers(r) - closed_in).items():
+            allow(subjects, dsts, ports, r)
+    for r, subjects in rules["ingress"].values():
+        sources = peers(r) & closed_out
+        seen: dict[int, tuple[Rule, set]] = {}
+        for k in sorted(sources):
+            for e in egress[ends[k].ident]:
+                seen.setdefault(id(e), rules["egress"][id(e)])
+        for e, e_subjects in seen.values():
+            srcs, dsts = e_subjects & sources, subjects & peers(e)
+            if not (srcs and dsts):
+                continue
+            for ports, d in by_ports(r, dsts).items():
+                for e_ports, both in by_ports(e, d).items():
+                    allow(srcs, both, ports & e_ports, r)
+
+
+def _lists(names: list[str], members) -> list[str]:
+    """Endpoint lists for a rule's side: the plain names in one, each name with `except` alone."""
+    plain = sorted(names[k] for k in members if " except " not in names[k])
+    return ([", ".join(plain)] if plain else []) + sorted(names[k] for k in members if " except " in names[k])
 
 
 def _covering(members: list[Pod]) -> list:
