@@ -233,7 +233,17 @@ def verify(compiled: Compiled, fail_on=None, timeout_s: int = 20, progress=None)
     from anyplane.verify.diff import diff
     from anyplane.verify.result import Finding
 
-    found = findings(list(compiled.manifests), lambda a, b: not diff(a, b, limit=1).differs)
+    from anyplane.verify.context import Analysis
+    from anyplane.verify.diff import changed_without
+
+    analyses: dict = {}  # one Analysis of the import answers what each of its rules adds
+
+    def same_without(program, entries) -> bool:
+        if analyses.get("program") is not program:
+            analyses.update(program=program, analysis=Analysis(program, timeout_ms=timeout_s * 1000))
+        return changed_without(analyses["analysis"], entries) is None
+
+    found = findings(list(compiled.manifests), lambda a, b: not diff(a, b, limit=1).differs, same_without)
     extra = with_severities([Finding("redundant", "warning", span, message) for span, message in found],
                             fail_on or DEFAULT_FAIL_ON)
     return dataclasses.replace(report, findings=tuple(sorted(kept + tuple(extra), key=lambda f: (f.span or ("",), f.kind))))

@@ -266,6 +266,51 @@ def test_the_import_is_per_rule_not_per_pair():
         assert _verdict(program, src, dst, "TCP", port) == want, (src, dst, port)
 
 
+@settings(max_examples=60 if CI else 20, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_a_rule_left_out_is_the_import_less_the_lines_only_it_writes(data):
+    """What `verify` asks of each NetworkPolicy rule compares the import with and without it. Without it
+    is the whole import less the lines the rule alone writes (compiler/importers/redundancy.py): held
+    against the cluster imported again with the rule dropped, flow by flow."""
+    from anyplane.compiler.importers import IMPORTED
+    from anyplane.compiler.importers.redundancy import _only, _without
+    from anyplane.verify.context import Analysis
+    from anyplane.verify.diff import changed_without, diff
+
+    pods = data.draw(clusters())
+    nps = data.draw(policies(data.draw(st.integers(0, 2))))
+    for k in range(data.draw(st.integers(1, 2))):  # and rules that select some pod and admit some peer
+        direction, side = data.draw(st.sampled_from([("ingress", "from"), ("egress", "to")]))
+        rule = {side: data.draw(st.lists(peers(), min_size=1, max_size=2))}
+        if data.draw(st.booleans()):
+            rule["ports"] = data.draw(st.lists(ports(), min_size=1, max_size=2))
+        nps.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                    "metadata": {"name": f"extra{k}", "namespace": data.draw(st.sampled_from(pods))["metadata"]
+                                 ["namespace"]},
+                    "spec": {"podSelector": {}, direction: [rule] * data.draw(st.integers(1, 2))}})
+    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(l)}}
+                  for n, l in NAMESPACES.items()]
+    texts = [("c.yaml", yaml.safe_dump_all(namespaces + pods + nps))]
+    whole = convert(texts)
+    assert whole.depends is not None
+    base = compile_sources([(IMPORTED, whole.text)]).program
+    keys = [p["key"] + (r["direction"], r["number"]) for p in whole.structure for r in p["rules"]]
+    key = data.draw(st.sampled_from(keys))
+    again = convert(texts, frozenset({key}), partition=whole.partition)
+    dropped = compile_sources([(IMPORTED, again.text)]).program
+    less = _without(base, whole.depends, key)
+    bad = mismatches(less, pods, lambda src, dst, proto, port: _verdict(dropped, src, dst, proto, port),
+                     (53, 80, 5000, 5432, 5100, 6000, 8080, 8100, 9000))
+    assert not bad, (key, bad[:5], whole.text)
+    # What `verify` asks of the rule, in the import's own Analysis, is what the diff of the two says
+    # (a flow it finds is re-evaluated in the interpreter by changed_without itself).
+    gone = _only(base, whole.depends, key)
+    changed = changed_without(Analysis(base), [e for e in base.acl.entries if e.rule in gone])
+    differs = diff(base, dropped, limit=1).differs
+    event("the rule adds something" if differs else "the rule is redundant")
+    assert (changed is not None) == differs, (key, changed, whole.text)
+
+
 def test_commands_read_manifests_and_point_into_them(tmp_path):
     (tmp_path / "cluster.yaml").write_text(yaml.safe_dump_all([
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},

@@ -13,6 +13,7 @@ their actions; the result states Zelkova's relation between the allowed sets.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -199,6 +200,33 @@ def diff(old: Program, new: Program, limit: int = MAX_CLASSES) -> DiffReport:
                                    lambda m: a_old.solve(m, z3.Not(z3.And(region, *pin)))[0] == "unsat")
         blocked.append(z3.Not(mk_and(pin + ([_route_pin(a_old, a_new, model, codes)] if routes_differ else []), enc.ctx)))
     return report
+
+
+def changed_without(a: Analysis, entries: list[Entry]):
+    """A flow the program decides otherwise once these acl entries are taken out, None when every flow
+    is decided alike, or "unknown" when the solver gives up. Asked in the program's own Analysis: the
+    decision over the entries that can match where they are, against the same decision less them (no
+    second program is encoded, so one Analysis answers for many subsets). The witness is re-evaluated
+    in the interpreter, with and without the entries."""
+    gone = {id(e) for e in entries}
+    if not gone:
+        return None
+    matches = [e.match for e in entries]
+    rel = a.relevant(matches)
+    codes = _Codes()
+    code = lambda e: codes.code(action_key(e.action) if e else (a.program.default,))  # noqa: E731
+    question = [a.region(matches), a.code_term(rel, code) != a.code_term([i for i in rel if id(a.ordered[i])
+                                                                          not in gone], code)]
+    result, model = a.solve(*question)
+    if result != "sat":
+        return None if result == "unsat" else "unknown"
+    f = a.enc.flow(prefer(a, question, model))
+    less = dataclasses.replace(a.program, acl=dataclasses.replace(a.program.acl, entries=tuple(
+        e for e in a.program.acl.entries if id(e) not in gone)))
+    decided = lambda d: action_key(d.entry.action) if d.entry is not None else (d.verdict,)  # noqa: E731
+    if decided(evaluate(a.program, f)) == decided(evaluate(less, f)):
+        raise VerificationBug(f"{f.text} is decided alike with and without the entries taken out")
+    return f
 
 
 def _route_term(a: Analysis, codes: _Codes) -> z3.ExprRef:

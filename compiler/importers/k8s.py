@@ -105,6 +105,7 @@ class Rule:
     ports: list | None
     span: Span
     policy: str
+    key: tuple = ()  # (policy number, "ingress" | "egress", rule number from 1): what `drop` names
 
 
 @dataclass
@@ -120,6 +121,10 @@ class Imported:
     structure: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # warnings about the manifests (Diagnostic)
     partition: tuple = (frozenset(), ())  # (label keys, networks) that told its pods apart
+    #: per line of `text` that NetworkPolicy rules allow (when the import is per rule): the sets of rule
+    #: keys (`Rule.key`) that each write it; the line stays while every rule of one set does. None:
+    #: the import was per pair, and a rule left out changes lines of others.
+    depends: dict[int, list[frozenset]] | None = None
 
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -153,6 +158,7 @@ class _Reader:
         self.peer_lists: dict[tuple, list] = {}  # (id of a NetworkPolicy peer list, namespace) -> its peers
         self.keys_read: set = set()  # every label key some selector reads
         self.by_namespace: dict[str, list] = {}  # namespace -> its pods (once every pod is read)
+        self.checks: dict[tuple, list] = {}  # ("json" | "schema", id of an object) -> its problems
 
     def fail(self, path: str, obj, message: str) -> None:
         self.errors.append(error(_span(path, obj), "import", message))
@@ -169,6 +175,8 @@ class _Reader:
             self.errors += exc.diagnostics
             return
         self.notes += notes
+        if parsed is not None:
+            self.checks = parsed.setdefault(("checked",), {})
         for doc in docs:
             if doc is None:
                 continue  # an empty document
@@ -197,10 +205,14 @@ class _Reader:
             self.errors.append(error(where, "manifest", "not a Kubernetes object: a mapping with `apiVersion` and "
                                                        "`kind` (strings) was expected"))
             return None
-        try:
-            yaml11.check_json(obj, path, obj.span)
-        except DiagnosticError as exc:
-            self.errors += exc.diagnostics
+        if ("json", id(obj)) not in self.checks:  # an object read again (`parsed`) is checked once
+            try:
+                yaml11.check_json(obj, path, obj.span)
+                self.checks[("json", id(obj))] = []
+            except DiagnosticError as exc:
+                self.checks[("json", id(obj))] = exc.diagnostics
+        if self.checks[("json", id(obj))]:
+            self.errors += self.checks[("json", id(obj))]
             return None
         group, version = schema.group_version(obj["apiVersion"])
         kind = obj["kind"]
@@ -230,7 +242,9 @@ class _Reader:
                                        "name: remove one of them"))
             return None
         self.seen[key] = obj.span
-        problems = schema.check(obj, path, shape, label)
+        if ("schema", id(obj)) not in self.checks:
+            self.checks[("schema", id(obj))] = schema.check(obj, path, shape, label)
+        problems = self.checks[("schema", id(obj))]
         if problems:
             self.errors += problems
             return None
@@ -587,7 +601,7 @@ def _policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out,
             if items and (id(items), ns) not in reader.peer_lists:  # one list shared by aliases: read once
                 reader.peer_lists[id(items), ns] = _peers(reader, path, ns, items)
             peers = reader.peer_lists[id(items), ns] if items else None
-            rule = Rule(peers, _ports(reader, path, r.get("ports")), _span(path, r), label)
+            rule = Rule(peers, _ports(reader, path, r.get("ports")), _span(path, r), label, (n, key, number))
             held["rules"].append({"direction": key, "number": number, "span": rule.span,
                                   "admits_none": peers is not None and all(x[0] == "pods" and not x[1] for x in peers)})
             if (n,) in drop or (n, key, number) in drop:
@@ -752,12 +766,13 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
     lines: list[str] = []
     origins: dict[int, Span] = {}
 
-    def emit(text: str, span: Span | None = None, why: str = "") -> None:
+    def emit(text: str, span: Span | None = None, why: str = "") -> int:
         if why:
             lines.append(f"# {why}" + (f" ({span.file}:{span.line})" if span is not None else ""))
         lines.append(text)
         if span is not None:
             origins[len(lines)] = span
+        return len(lines)
 
     emit("# imported from Kubernetes manifests: NetworkPolicy, AdminNetworkPolicy, CiliumNetworkPolicy and Istio "
          "semantics (docs/import.md)")
@@ -839,10 +854,11 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
         return ports - c_denied, allows, c_denies + denies
 
     if not (admin_rules or cilium_rules or istio_rules):
-        _by_rules(emit, reps, blocks, name_of, classes, ingress, egress, set(restricted_in), set(restricted_out))
+        depends = _by_rules(emit, reps, blocks, name_of, classes, ingress, egress, set(restricted_in),
+                            set(restricted_out))
         for text, span, why in route_lines:
             emit(text, span, why)
-        return Imported("\n".join(lines) + "\n", origins, len(pods), policies)
+        return Imported("\n".join(lines) + "\n", origins, len(pods), policies, depends=depends)
     meshed = istio.subjects(istio_rules)
     proxied = {p.ident for p in pods if cilium.http_ports(cilium_rules, p)}
     ends = reps + blocks
@@ -907,7 +923,7 @@ def _emit(pods, ingress, egress, isolated_in, isolated_out, policies: int, outsi
 
 
 def _by_rules(emit, reps: list[Pod], blocks: list[Outside], name_of: dict, classes: dict, ingress: dict,
-              egress: dict, isolated_in: set, isolated_out: set) -> None:
+              egress: dict, isolated_in: set, isolated_out: set) -> dict[int, list[frozenset]]:
     """The allows of NetworkPolicies alone, per policy rule over sets of identities (never per pair).
 
     A flow from A to B passes when B's ingress and A's egress both admit it, a side that is not
@@ -920,7 +936,8 @@ def _by_rules(emit, reps: list[Pod], blocks: list[Outside], name_of: dict, class
                             allow (e's subjects in r's peers) -> (r's subjects in e's peers), r's ports & e's
 
     with the isolations' denies below them. So the rules grow with the policy's rules and the identities
-    they name, and the flows each line allows are exactly those of the pairs it names."""
+    they name, and the flows each line allows are exactly those of the pairs it names. Returns, per
+    allow line, the sets of rules that write it (`Imported.depends`)."""
     ends: list = reps + blocks
     index = {id(e): k for k, e in enumerate(ends)}
     rep_of = {id(m): index[rep] for rep, (members, _) in classes.items() for m in members}
@@ -960,22 +977,28 @@ def _by_rules(emit, reps: list[Pod], blocks: list[Outside], name_of: dict, class
             out.setdefault(Ports.of(_resolve(r.ports, ends[k] if isinstance(ends[k], Pod) else None)), set()).add(k)
         return out
 
-    written: set = set()
+    written: dict[tuple, list[int]] = {}  # (sources, destinations, ports) -> its lines
+    depends: dict[int, list[frozenset]] = {}
 
-    def allow(srcs, dsts, ports: Ports, r: Rule) -> None:
+    def allow(srcs, dsts, ports: Ports, r: Rule, *others: Rule) -> None:
         if not (srcs and dsts and ports):
             return
         key = (frozenset(srcs), frozenset(dsts), ports)
-        if key in written:
+        by = frozenset(x.key for x in (r, *others))
+        if key in written:  # written already for other rules: this pair of rules writes it too
+            for line in written[key]:
+                depends[line].append(by)
             return
-        written.add(key)
+        written[key] = []
         texts, denies = ports.rules()
         assert not denies, "a NetworkPolicy rule admits every port or some TCP and UDP ports"
         # An endpoint written with `except` takes its own line (in a list, `except` would end it).
         for src in _lists(names, srcs):
             for dst in _lists(names, dsts):
                 for suffix in texts:
-                    emit(f"allow {src} -> {dst}{suffix} priority 20", r.span, r.policy)
+                    line = emit(f"allow {src} -> {dst}{suffix} priority 20", r.span, r.policy)
+                    written[key].append(line)
+                    depends[line] = [by]
 
     for k in sorted(closed_in | closed_out, key=names.__getitem__):  # a pod cannot block access to itself
         e = ends[k]
@@ -1002,7 +1025,8 @@ def _by_rules(emit, reps: list[Pod], blocks: list[Outside], name_of: dict, class
                 continue
             for ports, d in by_ports(r, dsts).items():
                 for e_ports, both in by_ports(e, d).items():
-                    allow(srcs, both, ports & e_ports, r)
+                    allow(srcs, both, ports & e_ports, r, e)
+    return depends
 
 
 def _lists(names: list[str], members) -> list[str]:

@@ -15,6 +15,7 @@ redundant`), at the policy's or rule's position in the YAML.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from anyplane.ir.nodes import Program
@@ -24,41 +25,67 @@ from . import IMPORTED
 from .k8s import convert
 
 
-def _program(texts, drop=frozenset(), partition=(frozenset(), ()), parsed=None) -> Program:
+def _program(texts, drop=frozenset(), partition=(frozenset(), ()), parsed=None) -> tuple[Program, object]:
     from ..pipeline import compile_sources
 
-    return compile_sources([(IMPORTED, convert(texts, drop, partition=partition, parsed=parsed).text)]).program
+    imported = convert(texts, drop, partition=partition, parsed=parsed)
+    return compile_sources([(IMPORTED, imported.text)]).program, imported
 
 
-def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bool]) -> list[tuple[Span, str]]:
+def _only(base: Program, depends: dict, rule: tuple) -> set[str]:
+    """The ids of the rules of the import that one NetworkPolicy rule writes and no other rule (or pair
+    of rules) writes too, when the import is per rule (`Imported.depends`). Without the NetworkPolicy
+    rule, the import is the same less these: the isolations stay, and every other line depends only on
+    them and its own rules."""
+    lines = {line for line, sets in depends.items() if all(rule in s for s in sets)}
+    return {r.id for r in base.rules if r.origin.file == IMPORTED and r.origin.line in lines}
+
+
+def _without(base: Program, depends: dict, rule: tuple) -> Program:
+    """The program imported without one NetworkPolicy rule (see `_only`)."""
+    gone = _only(base, depends, rule)
+    return dataclasses.replace(base, acl=dataclasses.replace(base.acl, entries=tuple(
+        e for e in base.acl.entries if e.rule not in gone)), rules=tuple(r for r in base.rules if r.id not in gone))
+
+
+def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bool],
+             same_without: Callable[[Program, list], bool] | None = None) -> list[tuple[Span, str]]:
     """The redundancy findings of the NetworkPolicies and admin policies in these manifests:
-    (position, message)."""
+    (position, message). `same_without(program, entries)`: whether the program decides every flow
+    alike without these acl entries (asked for each rule when the import is per rule; else, and for
+    whole policies, `same` compares the import with the one made without it)."""
     parsed: dict = {}  # the YAML is read once
     whole = convert(texts, parsed=parsed)
     structure = whole.structure
     # Every version is told apart as the whole input is, so that all name the same identities and
     # addresses: the comparison is then of the entries that differ, not of every flow.
-    base = _program(texts, partition=whole.partition, parsed=parsed)
+    base, imported = _program(texts, partition=whole.partition, parsed=parsed)
     out = []
 
     def found(span, message):
         out.append((span, message))
 
-    def _same(base, texts, drop):
-        return same(base, _program(texts, drop, whole.partition, parsed))
+    def _same(drop):
+        (key,) = drop
+        if len(key) == 3 and imported.depends is not None:
+            if same_without is None:
+                return same(base, _without(base, imported.depends, key))
+            gone = _only(base, imported.depends, key)
+            return same_without(base, [e for e in base.acl.entries if e.rule in gone])
+        return same(base, _program(texts, drop, whole.partition, parsed)[0])
 
     for policy in structure:
         label, key = policy["label"], policy["key"]
         if not policy["selects"]:
             found(policy["span"], f"{label} selects no pod: it has no effect")
             continue
-        if _same(base, texts, frozenset({key})):
+        if _same(frozenset({key})):
             found(policy["span"], f"{label} is redundant: without it every flow is decided the same")
             continue
         for r in policy["rules"]:
             what = f"{r['direction']} rule {r['number']} of {label}"
             if r["admits_none"]:
                 found(r["span"], f"{what} admits no peer: its selectors select no pod")
-            elif _same(base, texts, frozenset({key + (r["direction"], r["number"])})):
+            elif _same(frozenset({key + (r["direction"], r["number"])})):
                 found(r["span"], f"{what} is redundant: without it every flow is decided the same")
     return out
