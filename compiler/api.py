@@ -220,14 +220,17 @@ def verify(compiled: Compiled, fail_on=None, timeout_s: int = 20, progress=None)
     from anyplane.verify.result import with_severities
     from anyplane.verify.run import verify as verify_program
 
+    # Rules a translation wrote have their anomalies left out below: when every rule comes from the
+    # manifests, they are not asked at all.
+    yaml_paths = {path for path, _ in compiled.manifests or ()}
+    own_rules = not yaml_paths or any(r.origin.file not in yaml_paths for r in compiled.program.rules)
     report = verify_program(compiled.program, fail_on or DEFAULT_FAIL_ON, progress=progress,
-                            timeout_ms=timeout_s * 1000)
+                            timeout_ms=timeout_s * 1000, rules=own_rules)
     if not compiled.manifests:
         return report
     from .importers.redundancy import findings  # what each NetworkPolicy and rule adds
 
     # The anomalies of the generated rules are the translation's; the policies' and rules' own are these.
-    yaml_paths = {path for path, _ in compiled.manifests}
     kept = tuple(f for f in report.findings
                  if not (f.kind in TRANSLATION_KINDS and f.span is not None and f.span.file in yaml_paths))
     from anyplane.verify.diff import diff

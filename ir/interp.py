@@ -173,8 +173,9 @@ def _destinations(program: Program, m: Match) -> tuple | None:
     return None if out is None else tuple(out)
 
 
-def evaluate(program: Program, flow: Flow) -> Decision:
-    """Decide one flow: verdict, deciding entry, route and limits."""
+def evaluate(program: Program, flow: Flow, without: frozenset = frozenset()) -> Decision:
+    """Decide one flow: verdict, deciding entry, route and limits. `without`: ids of acl entries to
+    pass over, as if the program did not have them (what a rule adds is asked so)."""
     src_id = owner(program, flow.family, flow.src)
     dst_id = owner(program, flow.family, flow.dst)
     if flow.http is not None and flow.http.refused is not None:
@@ -183,7 +184,8 @@ def evaluate(program: Program, flow: Flow) -> Decision:
     # The deciding entry is the matching one with the least decision key (the first in the table of
     # those tied): the first to match in that order, which a stable sort keeps. Entries that name other
     # destination identities, or one address of another, are passed over unread (they would not match).
-    entry = next((e for e in _candidates(program, dst_id) if match_holds(e.match, flow, src_id, dst_id)), None)
+    entry = next((e for e in _candidates(program, dst_id)
+                  if match_holds(e.match, flow, src_id, dst_id) and id(e) not in without), None)
     verdict = entry.action.verdict if entry else program.default
     if verdict != "allow":
         return Decision(verdict, entry, src_id, dst_id)

@@ -270,8 +270,9 @@ def test_the_import_is_per_rule_not_per_pair():
 @given(st.data())
 def test_a_rule_left_out_is_the_import_less_the_lines_only_it_writes(data):
     """What `verify` asks of each NetworkPolicy rule compares the import with and without it. Without it
-    is the whole import less the lines the rule alone writes (compiler/importers/redundancy.py): held
-    against the cluster imported again with the rule dropped, flow by flow."""
+    is the whole import less the lines the rule alone writes (compiler/importers/redundancy.py); the
+    same for a whole policy whose isolations other policies make too. Held against the cluster
+    imported again with the rule or policy dropped, flow by flow."""
     from anyplane.compiler.importers import IMPORTED
     from anyplane.compiler.importers.redundancy import _only, _without
     from anyplane.verify.context import Analysis
@@ -288,6 +289,10 @@ def test_a_rule_left_out_is_the_import_less_the_lines_only_it_writes(data):
                     "metadata": {"name": f"extra{k}", "namespace": data.draw(st.sampled_from(pods))["metadata"]
                                  ["namespace"]},
                     "spec": {"podSelector": {}, direction: [rule] * data.draw(st.integers(1, 2))}})
+        if data.draw(st.booleans()):  # its isolation made by another policy too
+            nps.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                        "metadata": {"name": f"deny{k}", "namespace": nps[-1]["metadata"]["namespace"]},
+                        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}})
     namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(l)}}
                   for n, l in NAMESPACES.items()]
     texts = [("c.yaml", yaml.safe_dump_all(namespaces + pods + nps))]
@@ -295,16 +300,19 @@ def test_a_rule_left_out_is_the_import_less_the_lines_only_it_writes(data):
     assert whole.depends is not None
     base = compile_sources([(IMPORTED, whole.text)]).program
     keys = [p["key"] + (r["direction"], r["number"]) for p in whole.structure for r in p["rules"]]
+    keys += [p["key"] for p in whole.structure if not p["alone"]]
     key = data.draw(st.sampled_from(keys))
+    rules = {key} if len(key) == 3 else {key + (r["direction"], r["number"]) for r in whole.structure[key[0]]["rules"]}
+    event("a rule" if len(key) == 3 else "a policy")
     again = convert(texts, frozenset({key}), partition=whole.partition)
     dropped = compile_sources([(IMPORTED, again.text)]).program
-    less = _without(base, whole.depends, key)
+    less = _without(base, whole.depends, rules)
     bad = mismatches(less, pods, lambda src, dst, proto, port: _verdict(dropped, src, dst, proto, port),
                      (53, 80, 5000, 5432, 5100, 6000, 8080, 8100, 9000))
     assert not bad, (key, bad[:5], whole.text)
     # What `verify` asks of the rule, in the import's own Analysis, is what the diff of the two says
     # (a flow it finds is re-evaluated in the interpreter by changed_without itself).
-    gone = _only(base, whole.depends, key)
+    gone = _only(base, whole.depends, rules)
     changed = changed_without(Analysis(base), [e for e in base.acl.entries if e.rule in gone])
     differs = diff(base, dropped, limit=1).differs
     event("the rule adds something" if differs else "the rule is redundant")

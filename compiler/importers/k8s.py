@@ -116,8 +116,9 @@ class Imported:
     origins: dict[int, Span] = field(default_factory=dict)  # line of `text` -> position in the manifests
     pods: int = 0
     policies: int = 0
-    #: each NetworkPolicy read, in input order: {"label", "span", "selects" (pods), "rules": [{"direction",
-    #: "number" (from 1), "span", "admits_none" (peers given, and none of them names an address)}]}
+    #: each NetworkPolicy read, in input order: {"label", "span", "selects" (pods), "alone" (some pod it
+    #: isolates no other NetworkPolicy isolates that way), "rules": [{"direction", "number" (from 1),
+    #: "span", "admits_none" (peers given, and none of them names an address)}]}
     structure: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # warnings about the manifests (Diagnostic)
     partition: tuple = (frozenset(), ())  # (label keys, networks) that told its pods apart
@@ -524,6 +525,10 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
             structure.append(_policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out, n, drop))
         except (AttributeError, TypeError, ValueError) as exc:
             reader.fail(path, obj, f"malformed NetworkPolicy: a field has the wrong shape ({exc})")
+    for held in structure:  # whether some pod it isolates, no other NetworkPolicy isolates that way
+        tables = {"ingress": isolated_in, "egress": isolated_out}
+        held["alone"] = any(len(tables[d].get(ident, ())) <= 1 for d, idents in held.pop("isolates").items()
+                            for ident in idents)
     admin_rules, cilium_rules = [], []
     if not reader.errors:
         for objects, read in ((reader.admin, lambda: admin.read(reader, pods, reader.admin, _span, _selects, drop,
@@ -587,7 +592,8 @@ def _policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out,
     selected = [p for p in reader.by_namespace.get(ns, ()) if _selects(spec.get("podSelector") or {}, p.labels, path,
                                                                        reader)]
     where = _span(path, spec.get("podSelector") if isinstance(spec.get("podSelector"), dict) else obj)
-    held = {"label": label, "span": _span(path, obj), "selects": len(selected), "rules": [], "key": (n,)}
+    held = {"label": label, "span": _span(path, obj), "selects": len(selected), "rules": [], "key": (n,),
+            "isolates": {d.lower(): [p.ident for p in selected] for d in ("Ingress", "Egress") if d in types}}
     for direction, key, table, isolated in (("Ingress", "ingress", ingress, isolated_in),
                                              ("Egress", "egress", egress, isolated_out)):
         if direction not in types:

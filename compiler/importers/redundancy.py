@@ -32,18 +32,18 @@ def _program(texts, drop=frozenset(), partition=(frozenset(), ()), parsed=None) 
     return compile_sources([(IMPORTED, imported.text)]).program, imported
 
 
-def _only(base: Program, depends: dict, rule: tuple) -> set[str]:
-    """The ids of the rules of the import that one NetworkPolicy rule writes and no other rule (or pair
-    of rules) writes too, when the import is per rule (`Imported.depends`). Without the NetworkPolicy
-    rule, the import is the same less these: the isolations stay, and every other line depends only on
+def _only(base: Program, depends: dict, rules: set) -> set[str]:
+    """The ids of the rules of the import that these NetworkPolicy rules write and no other rule (or
+    pair of rules) writes too, when the import is per rule (`Imported.depends`). Without them, the
+    import is the same less these, as long as the isolations stay: every other line depends only on
     them and its own rules."""
-    lines = {line for line, sets in depends.items() if all(rule in s for s in sets)}
+    lines = {line for line, sets in depends.items() if all(s & rules for s in sets)}
     return {r.id for r in base.rules if r.origin.file == IMPORTED and r.origin.line in lines}
 
 
-def _without(base: Program, depends: dict, rule: tuple) -> Program:
-    """The program imported without one NetworkPolicy rule (see `_only`)."""
-    gone = _only(base, depends, rule)
+def _without(base: Program, depends: dict, rules: set) -> Program:
+    """The program imported without these NetworkPolicy rules, their isolations kept (see `_only`)."""
+    gone = _only(base, depends, rules)
     return dataclasses.replace(base, acl=dataclasses.replace(base.acl, entries=tuple(
         e for e in base.acl.entries if e.rule not in gone)), rules=tuple(r for r in base.rules if r.id not in gone))
 
@@ -65,13 +65,15 @@ def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bo
     def found(span, message):
         out.append((span, message))
 
-    def _same(drop):
+    def _same(drop, policy):
         (key,) = drop
-        if len(key) == 3 and imported.depends is not None:
-            if same_without is None:
-                return same(base, _without(base, imported.depends, key))
-            gone = _only(base, imported.depends, key)
+        # A rule, or a policy whose isolations other policies make too, leaves out lines and changes none.
+        if imported.depends is not None and same_without is not None and (len(key) == 3 or not policy["alone"]):
+            rules = {key} if len(key) == 3 else {key + (r["direction"], r["number"]) for r in policy["rules"]}
+            gone = _only(base, imported.depends, rules)
             return same_without(base, [e for e in base.acl.entries if e.rule in gone])
+        if len(key) == 3 and imported.depends is not None:
+            return same(base, _without(base, imported.depends, {key}))
         return same(base, _program(texts, drop, whole.partition, parsed)[0])
 
     for policy in structure:
@@ -79,13 +81,13 @@ def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bo
         if not policy["selects"]:
             found(policy["span"], f"{label} selects no pod: it has no effect")
             continue
-        if _same(frozenset({key})):
+        if _same(frozenset({key}), policy):
             found(policy["span"], f"{label} is redundant: without it every flow is decided the same")
             continue
         for r in policy["rules"]:
             what = f"{r['direction']} rule {r['number']} of {label}"
             if r["admits_none"]:
                 found(r["span"], f"{what} admits no peer: its selectors select no pod")
-            elif _same(frozenset({key + (r["direction"], r["number"])})):
+            elif _same(frozenset({key + (r["direction"], r["number"])}), policy):
                 found(r["span"], f"{what} is redundant: without it every flow is decided the same")
     return out
