@@ -6,7 +6,6 @@ either way (which the proof re-evaluates in the interpreter before it reports it
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import yaml
 from hypothesis import HealthCheck, event, given, settings
@@ -20,20 +19,11 @@ from anyplane.ir import fields as F
 from anyplane.verify.compose import Scope, _allows_all, _by_pairs, prove
 
 from .conftest import CI
-from .test_import_k8s import NAMESPACES, clusters, policies
+from .test_import_k8s import replicated
 
 
 def _cluster(data):
-    pods = data.draw(clusters())
-    for extra in range(data.draw(st.integers(0, 8))):
-        twin = json.loads(json.dumps(data.draw(st.sampled_from(pods))))
-        twin["metadata"]["name"] = f"r{extra}"
-        twin["metadata"]["namespace"] = data.draw(st.sampled_from(sorted(NAMESPACES)))
-        twin["status"]["podIP"] = f"10.1.1.{extra + 1}"
-        pods.append(twin)
-    nps = data.draw(policies(data.draw(st.integers(1, 4))))
-    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(l)}}
-                  for n, l in NAMESPACES.items()]
+    namespaces, pods, nps = replicated(data)
     text = convert([("c.yaml", yaml.safe_dump_all(namespaces + pods + nps))]).text
     return compile_sources([("<kubernetes>", text)]).program
 

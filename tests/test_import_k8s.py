@@ -116,6 +116,22 @@ def policies(draw, n: int):
     return out
 
 
+def replicated(data) -> tuple[list[dict], list[dict], list[dict]]:
+    """(namespaces, pods, policies): a random cluster with replicas of its pods (same labels) in any
+    namespace, and random policies."""
+    pods = data.draw(clusters())
+    for extra in range(data.draw(st.integers(0, 8))):
+        twin = json.loads(json.dumps(data.draw(st.sampled_from(pods))))
+        twin["metadata"]["name"] = f"r{extra}"
+        twin["metadata"]["namespace"] = data.draw(st.sampled_from(sorted(NAMESPACES)))
+        twin["status"]["podIP"] = f"10.1.1.{extra + 1}"
+        pods.append(twin)
+    nps = data.draw(policies(data.draw(st.integers(1, 4))))
+    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(l)}}
+                  for n, l in NAMESPACES.items()]
+    return namespaces, pods, nps
+
+
 # -- the semantics, from the API reference -------------------------------------------------------
 
 def _labels_match(sel: dict, labels: dict) -> bool:

@@ -165,18 +165,9 @@ def test_alike_pairs_are_answered_as_if_each_were_asked(data):
     from anyplane.compiler.importers.k8s import convert
     from anyplane.ir.flow import Flow
 
-    from .test_import_k8s import NAMESPACES, clusters, policies
+    from .test_import_k8s import replicated
 
-    pods = data.draw(clusters())
-    for extra in range(data.draw(st.integers(0, 8))):
-        twin = json.loads(json.dumps(data.draw(st.sampled_from(pods))))
-        twin["metadata"]["name"] = f"r{extra}"
-        twin["metadata"]["namespace"] = data.draw(st.sampled_from(sorted(NAMESPACES)))
-        twin["status"]["podIP"] = f"10.1.1.{extra + 1}"
-        pods.append(twin)
-    nps = data.draw(policies(data.draw(st.integers(1, 4))))
-    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(l)}}
-                  for n, l in NAMESPACES.items()]
+    namespaces, pods, nps = replicated(data)
     text = convert([("c.yaml", yaml.safe_dump_all(namespaces + pods + nps))]).text
     program = compile_sources([("<kubernetes>", text)]).program
     alike, each = connectivity(program), connectivity(program, alike=False)
