@@ -290,13 +290,21 @@ def query(compiled: Compiled, pattern: str, without: list[str] = (), with_rules:
 
 
 def connectivity(compiled: Compiled, progress=None) -> dict:
-    """Who can reach whom: `{"nodes": [{"name", "kind"}], "edges": [{"src", "dst", "rules", "default",
+    """Who can reach whom: `{"nodes": [{"name", "kind", "pods" (an identity of several pods: which)}], "edges": [{"src", "dst", "rules", "default",
     "everything", "witness", "flows", "label", "http"}], "groups": [[name, ...]], "pairs": {"all", "asked"}}`
     (see verify/connectivity.py; `asked`: the pairs the solver was asked about, one per class of alike pairs)."""
     from anyplane.verify.connectivity import connectivity as graph_of, groups
 
     g = graph_of(compiled.program, progress)
-    return {"nodes": [{"name": n, "kind": g.nodes[n]["kind"]} for n in sorted(g.nodes)],
+    members: dict[str, list[str]] = {}  # an identity that stands for several pods: which
+    if compiled.pods:
+        from anyplane.ir.owners import ownership
+
+        o = ownership(compiled.program)
+        for (family, address), (pod, _) in compiled.pods.items():
+            members.setdefault(o.owner(family, address), []).append(pod)
+    return {"nodes": [{"name": n, "kind": g.nodes[n]["kind"], **({"pods": sorted(members[n])} if n in members else {})}
+                      for n in sorted(g.nodes)],
             "edges": [dict(src=s, dst=d, **g.edges[s, d]) for s, d in sorted(g.edges)],
             "groups": groups(g), "pairs": {"all": g.graph["pairs"], "asked": g.graph["asked"]}}
 

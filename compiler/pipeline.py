@@ -53,6 +53,8 @@ class Compiled:
     sources: SourceMap
     manifests: tuple = ()  # (path, text) of the Kubernetes manifests imported, if any
     partition: tuple | None = None  # what told the manifests' pods apart (importers.k8s.convert)
+    #: the pods of identities that stand for several (importers.k8s.Imported.members): address -> pod
+    pods: dict | None = None
 
 
 STDIN = "<stdin>"
@@ -273,7 +275,7 @@ def load(paths: list[str], dump_after: str | None = None, dump=print, partition=
         raise
     compiled.sources.texts.update(dict(texts))
     return dataclasses.replace(compiled, program=relocate(compiled.program, imported.origins), manifests=tuple(texts),
-                               partition=imported.partition)
+                               partition=imported.partition, pods=imported.members)
 
 
 def load_pair(old: list[str], new: list[str]) -> tuple[Compiled, Compiled]:

@@ -335,6 +335,31 @@ def test_a_rule_left_out_is_the_import_less_the_lines_only_it_writes(data):
     assert (changed is not None) == differs, (key, changed, whole.text)
 
 
+def test_an_identity_of_several_pods_is_named_with_the_pod_a_witness_uses(tmp_path):
+    """Three web replicas are one identity: the witness of `query` names the pod at its address and how
+    many the identity holds, in text and JSON; `map` lists the identity's pods."""
+    docs = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"web-{k}", "namespace": "shop",
+                                                              "labels": {"app": "web"}},
+             "status": {"podIP": f"10.1.0.{k + 1}"}} for k in range(3)]
+    docs += [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "namespace": "shop", "labels": {"app": "db"}},
+              "status": {"podIP": "10.1.0.9"}},
+             {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "db", "namespace": "shop"},
+              "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": 5432}]}]}}]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    done = run("query", str(path), "10.1.0.2 -> 10.1.0.9 tcp 5432")
+    assert done.returncode == 0, done.stderr
+    assert "10.1.0.2 (shop_app-web: pod shop/web-1, one of 3) -> 10.1.0.9 (shop_db)" in done.stdout
+    witness = json.loads(run("query", str(path), "10.1.0.3 -> 10.1.0.9 tcp 5432", "--format", "json").stdout)["witness"]
+    assert (witness["src_owner"], witness["src_pod"], witness["src_pods"]) == ("shop_app-web", "shop/web-2", 3)
+    assert "dst_pod" not in witness  # one pod: its identity is named after it
+    nodes = {n["name"]: n for n in json.loads(run("map", str(path), "--format", "json").stdout)["nodes"]}
+    assert nodes["shop_app-web"]["pods"] == ["shop/web-0", "shop/web-1", "shop/web-2"] and "pods" not in nodes["shop_db"]
+    assert "shop_app-web stands for 3 pods no policy tells apart: shop/web-0, shop/web-1, shop/web-2" in \
+        run("map", str(path)).stdout
+
+
 def test_commands_read_manifests_and_point_into_them(tmp_path):
     (tmp_path / "cluster.yaml").write_text(yaml.safe_dump_all([
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},

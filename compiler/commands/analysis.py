@@ -28,10 +28,10 @@ def _kinds(value: str | None) -> frozenset[str]:
     return kinds
 
 
-def _as_diagnostic(f, texts: dict[str, str], program) -> Diagnostic:
+def _as_diagnostic(f, texts: dict[str, str], program, pods=None) -> Diagnostic:
     notes = [Note(None, f"{s.loc}: {texts.get(s.loc, '')}".rstrip(": ")) for s in f.related]
     if f.witness is not None:
-        notes.insert(0, Note(None, f"witness: {described(program, f.witness)}"))
+        notes.insert(0, Note(None, f"witness: {described(program, f.witness, pods)}"))
     kind = f"{f.kind}, suppressed" if f.suppressed else f.kind
     return Diagnostic(f.span, f.severity, f.kind, f"[{kind}] {f.message}", tuple(notes))
 
@@ -65,7 +65,7 @@ def verify(files, output_format, fail_on, timeout, verbose) -> None:
         active = [f for f in report.findings if not f.suppressed]
         suppressed = len(report.findings) - len(active)
         shown = [f for f in report.findings if verbose or (f.severity != "info" and not f.suppressed)]
-        click.echo(render([_as_diagnostic(f, texts, p) for f in shown], compiled.sources), nl=False)
+        click.echo(render([_as_diagnostic(f, texts, p, compiled.pods) for f in shown], compiled.sources), nl=False)
         counts = {sev: sum(f.severity == sev for f in active) for sev in ("error", "warning", "info")}
         hidden = "" if verbose or not (counts["info"] or suppressed) else " (-v to show them)"
         accepted = f", {suppressed} suppressed" if suppressed else ""
@@ -94,7 +94,14 @@ def query(files, pattern, without, with_rules, output_format) -> None:
             raise with_source(exc, "<query>", pattern)
         raise
     if output_format == "json":
-        emit_json(result.to_json())
+        out = result.to_json()
+        if out["witness"] is not None and compiled.pods:  # the pod an identity of several stands for
+            w = result.witness
+            for side, address in (("src", w.src), ("dst", w.dst)):
+                pod = compiled.pods.get((w.family, address))
+                if pod is not None:
+                    out["witness"][f"{side}_pod"], out["witness"][f"{side}_pods"] = pod
+        emit_json(out)
         return
     if result.reachable is None:
         click.echo(f"reachable: unknown (the solver gave up: {result.reason})")
@@ -103,7 +110,7 @@ def query(files, pattern, without, with_rules, output_format) -> None:
     by_id = {r.id: r.text for r in program.rules}
     if result.reachable:
         click.echo("reachable: yes")
-        click.echo(f"witness:   {described(program, result.witness)}")
+        click.echo(f"witness:   {described(program, result.witness, compiled.pods)}")
         rule = result.rule.loc if result.rule else None
         click.echo(f"rule:      {rule}  {by_id.get(result.rule_id, '')}" if rule else "rule:      (the default allows it)")
     else:
@@ -116,8 +123,8 @@ def query(files, pattern, without, with_rules, output_format) -> None:
         if reply is not None and reply.reachable:
             rule = reply.rule.loc if reply.rule else None
             click.echo("as replies: yes (a rule allows the connections they answer)")
-            click.echo(f"witness:   {described(program, reply.answer)}")
-            click.echo(f"answers:   {described(program, reply.witness)}")
+            click.echo(f"witness:   {described(program, reply.answer, compiled.pods)}")
+            click.echo(f"answers:   {described(program, reply.witness, compiled.pods)}")
             click.echo(f"rule:      {rule}  {by_id.get(reply.rule_id, '')}" if rule else "rule:      (the default allows it)")
         elif reply is not None and reply.reachable is False:
             click.echo("as replies: no (no rule allows a connection they would answer)")
@@ -144,9 +151,9 @@ def diff(old, new, output_format) -> None:
                 if c.described:
                     share = "all of it" if c.described["whole"] else "part of it: rules above decide the rest"
                     click.echo(f"  {c.described['text']}{what}  ({share})")
-                    click.echo(f"      e.g. {described(newer.program, c.witness)}")
+                    click.echo(f"      e.g. {described(newer.program, c.witness, newer.pods)}")
                 else:
-                    click.echo(f"  {described(newer.program, c.witness)}{what}")
+                    click.echo(f"  {described(newer.program, c.witness, newer.pods)}{what}")
                 click.echo(f"      old: {c.old_rule or 'the default'}   new: {c.new_rule or 'the default'}")
         if report.connections:
             old, new = (c.removeprefix("connections ") for c in report.connections)
@@ -248,5 +255,9 @@ def _map_text(result: dict, compare: bool) -> None:
                     - {e["dst"] for e in result["edges"]})
     if lonely:
         click.echo("reaches nothing and is reached by nothing: " + ", ".join(lonely))
+    for n in result["nodes"]:
+        if n.get("pods"):
+            shown = ", ".join(n["pods"][:5]) + (f" and {len(n['pods']) - 5} more" if len(n["pods"]) > 5 else "")
+            click.echo(f"{n['name']} stands for {len(n['pods'])} pods no policy tells apart: {shown}")
 
 

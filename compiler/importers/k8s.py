@@ -126,6 +126,9 @@ class Imported:
     #: keys (`Rule.key`) that each write it; the line stays while every rule of one set does. None:
     #: the import was per pair, and a rule left out changes lines of others.
     depends: dict[int, list[frozenset]] | None = None
+    #: the pods of identities that stand for several: (IP version, address as an integer) -> (the pod,
+    #: "NAMESPACE/NAME"; how many pods its identity holds)
+    members: dict = field(default_factory=dict)
 
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -578,6 +581,11 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
                 _outside(blocks, pods), admin_rules, cilium_rules, istio_rules, routed, route_lines, classes)
     out.structure = structure
     out.notes = reader.notes
+    for members, name in classes.values():
+        if name is not None:
+            for m in members:
+                for n in m.networks:
+                    out.members[(n.version, int(n.network_address))] = (f"{m.namespace}/{m.name}", len(members))
     out.partition = (frozenset(keys), tuple(sorted(set(networks), key=lambda n: (n.version, n))))
     return out
 
