@@ -1,0 +1,348 @@
+"""The manifest reader: Namespaces, Pods, workload controllers and their `Addresses`, and every
+policy object read as it is (its kind checked against schema.py), for the tiers to translate.
+
+`Reader.read` takes the YAML (read as Kubernetes reads it, ir/yaml11.py); `Pod` is a pod (or a
+workload controller standing for its pods) with its labels, ports and addresses; `selects` is a
+LabelSelector against labels, noting the keys it reads (what tells pods apart).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from anyplane.ir import yaml11
+from anyplane.ir.source import Diagnostic, DiagnosticError, Span, error
+
+from . import schema
+
+MAX_IDENT = 63  # the longest name a policy takes (compiler/symbols.py)
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
+_CLUSTER_SCOPED = ("Namespace", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy",
+                   "CiliumClusterwideNetworkPolicy")
+#: Istio kinds whose refusal says more than "not read" (see `object`).
+_LATER = ("PeerAuthentication", "RequestAuthentication", "Sidecar", "ServiceEntry", "Gateway", "EnvoyFilter")
+
+
+@dataclass
+class Pod:
+    namespace: str
+    name: str
+    labels: dict
+    address: str
+    ports: list  # (name, number, protocol)
+    span: Span
+    #: Set when the pod stands for an identity of several addresses (reading an export back): its
+    #: anyplane name and prefixes. A pod of one address is exempt from policy towards itself.
+    name_in_policy: str | None = None
+    prefixes: tuple = ()
+    kind: str = "Pod"  # or the workload controller that stands for its pods (Deployment, ...)
+    account: str = "default"  # the service account (Istio principals name it)
+    protocols: dict = field(default_factory=dict)  # port -> "http" | "grpc" | "tcp" | "udp" (from Services)
+    base: bool = False  # the addresses a routed service owns beside its versions (read back from an export)
+    siblings: tuple = ()  # for a base: the service's versions, which its name covers too
+
+    @property
+    def ident(self) -> str:
+        if self.name_in_policy:
+            return self.name_in_policy
+        text = f"{self.namespace}_{self.name.replace('.', '__')}"
+        text = text if text[0].isalpha() else f"pod_{text}"
+        if len(text) > MAX_IDENT:  # Kubernetes names run to 253 characters, policy names to 63: shorten, uniquely
+            text = f"{text[:MAX_IDENT - 9].rstrip('_-')}_{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+        return text
+
+    @property
+    def endpoint(self) -> str:
+        """How rules name the pod: its identity, or (a service's own addresses beside its versions, which
+        the service's name would cover too) the service except its versions."""
+        if self.base and self.siblings:
+            return f"{self.ident} except {', '.join(self.siblings)}"
+        return self.ident
+
+    @property
+    def networks(self) -> list:
+        return [ipaddress.ip_network(p) for p in self.prefixes] or [ipaddress.ip_network(self.address)]
+
+    @property
+    def single(self) -> bool:
+        return sum(n.num_addresses for n in self.networks) == 1
+
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+
+def is_manifest(path: str) -> bool:
+    """Whether a path names a manifest (by its suffix)."""
+    return path.endswith(MANIFEST_SUFFIXES)
+
+
+def span_of_object(path: str, obj) -> Span:
+    """Where a mapping or list of a manifest begins (the top of the file for anything else)."""
+    return yaml11.span_of(obj, Span(path, 1, 1, 1, 2))
+
+
+class Reader:
+    def __init__(self):
+        self.errors: list[Diagnostic] = []
+        self.notes: list[Diagnostic] = []  # warnings: what Kubernetes reads otherwise than it looks
+        self.namespaces: dict[str, dict] = {}
+        self.pods: list[Pod] = []
+        self.policies: list[tuple[str, dict]] = []
+        self.admin: list[tuple[str, dict]] = []
+        self.workloads: list[tuple[str, dict]] = []
+        self.cilium: list[tuple[str, dict]] = []
+        self.istio: list[tuple[str, dict]] = []
+        self.services: list[tuple[str, dict]] = []
+        self.routing: list[tuple[str, dict]] = []
+        self.addresses: dict[str, tuple[list, Span, str]] = {}  # "ns/name" -> (networks, where, path)
+        self.seen: dict[tuple, Span] = {}  # (group, kind, namespace, name) -> where it is
+        self.peer_lists: dict[tuple, list] = {}  # (id of a NetworkPolicy peer list, namespace) -> its peers
+        self.keys_read: set = set()  # every label key some selector reads
+        self.by_namespace: dict[str, list] = {}  # namespace -> its pods (once every pod is read)
+        self.checks: dict[tuple, list] = {}  # ("json" | "schema", id of an object) -> its problems
+
+    def fail(self, path: str, obj, message: str) -> None:
+        self.errors.append(error(span_of_object(path, obj), "import", message))
+
+    def read(self, path: str, text: str, parsed: dict | None = None) -> None:
+        try:
+            if parsed is not None and (path, text) in parsed:
+                docs, notes = parsed[(path, text)]
+            else:
+                docs, notes = yaml11.load(path, text)
+                if parsed is not None:
+                    parsed[(path, text)] = docs, notes
+        except DiagnosticError as exc:
+            self.errors += exc.diagnostics
+            return
+        self.notes += notes
+        if parsed is not None:
+            self.checks = parsed.setdefault(("checked",), {})
+        for doc in docs:
+            if doc is None:
+                continue  # an empty document
+            kind = doc.get("kind") if isinstance(doc, yaml11.Mapping) else None
+            listed = isinstance(kind, str) and kind.endswith("List")
+            items = doc.get("items") if listed else [doc]
+            if listed and not isinstance(items, yaml11.Sequence):
+                self.fail(path, doc, f"{kind}: `items` is the list of objects")
+                continue
+            for i, obj in enumerate(items):
+                where = items.item_spans[i] if listed else yaml11.span_of(doc, Span(path, 1, 1, 1, 2))
+                obj = self.checked(path, obj, where)
+                if obj is None:
+                    continue
+                try:
+                    self.object(path, obj)
+                except (AttributeError, TypeError, ValueError) as exc:
+                    self.fail(path, obj, f"malformed {obj.get('kind', 'object')}: a field has the wrong shape ({exc})")
+
+    def checked(self, path: str, obj, where: Span):
+        """The object if it is one anyplane reads and its shape is right (schema.py); None otherwise, with
+        an error for what Kubernetes would refuse or anyplane would misread, and nothing for kinds that
+        decide no traffic."""
+        if not isinstance(obj, yaml11.Mapping) or not isinstance(obj.get("kind"), str) or \
+                not isinstance(obj.get("apiVersion"), str):
+            self.errors.append(error(where, "manifest", "not a Kubernetes object: a mapping with `apiVersion` and "
+                                                       "`kind` (strings) was expected"))
+            return None
+        if ("json", id(obj)) not in self.checks:  # an object read again (`parsed`) is checked once
+            try:
+                yaml11.check_json(obj, path, obj.span)
+                self.checks[("json", id(obj))] = []
+            except DiagnosticError as exc:
+                self.checks[("json", id(obj))] = exc.diagnostics
+        if self.checks[("json", id(obj))]:
+            self.errors += self.checks[("json", id(obj))]
+            return None
+        group, version = schema.group_version(obj["apiVersion"])
+        kind = obj["kind"]
+        meta = obj.get("metadata")
+        name = meta.get("name") if isinstance(meta, yaml11.Mapping) else None
+        label = f"{kind} {name}" if isinstance(name, str) else kind
+        known = schema.KINDS.get((group, kind))
+        if known is None:
+            if group in schema.POLICY_GROUPS and (group, kind) not in schema.NOT_POLICY and kind not in _LATER:
+                self.fail(path, obj, f"{label} ({obj['apiVersion']}): a policy kind anyplane does not read; remove "
+                                     "it from the input rather than have it ignored")
+            return None if kind not in _LATER else obj
+        versions, shape = known
+        if version not in versions:
+            self.fail(path, obj, f"{label}: apiVersion {obj['apiVersion']!r}: anyplane reads {kind} as "
+                                 + " or ".join(f"{group + '/' if group else ''}{v}" for v in versions))
+            return None
+        scoped = kind not in _CLUSTER_SCOPED
+        space = meta.get("namespace") if scoped and isinstance(meta, yaml11.Mapping) else ""
+        key = (group, kind, space or "default" if scoped else "", name)
+        if not all(isinstance(k, str) for k in key):
+            key = (id(obj),)  # a name or namespace of the wrong type: the schema says so below
+        if key in self.seen:
+            self.errors.append(error(obj.span, "manifest", f"{label}: a second object of this kind and name"
+                                     + (f" in namespace {key[2]}" if scoped else "")
+                                     + f" (the first is at {self.seen[key]}); Kubernetes keeps one object per "
+                                       "name: remove one of them"))
+            return None
+        self.seen[key] = obj.span
+        if ("schema", id(obj)) not in self.checks:
+            self.checks[("schema", id(obj))] = schema.check(obj, path, shape, label)
+        problems = self.checks[("schema", id(obj))]
+        if problems:
+            self.errors += problems
+            return None
+        return obj
+
+    def object(self, path: str, obj: dict) -> None:
+        kind, meta = obj.get("kind"), obj.get("metadata") or {}
+        name, ns = meta.get("name"), meta.get("namespace") or "default"
+        if kind in ("Namespace", "Pod", "NetworkPolicy"):
+            for what, value in (("name", name), ("namespace", ns)):
+                if not isinstance(value, str) or not _NAME.fullmatch(value):
+                    self.fail(path, meta if isinstance(meta, dict) else obj,
+                              f"{kind}: {what} {value!r} is not a Kubernetes name (lowercase letters, digits, '-', '.')")
+                    return
+        if kind == "Namespace":
+            self.namespaces[name] = dict(meta.get("labels") or {})
+            self.namespaces[name].setdefault("kubernetes.io/metadata.name", name)
+        elif kind == "Pod":
+            status = obj.get("status") or {}
+            address = status.get("podIP") or next((p.get("ip") for p in status.get("podIPs") or [] if p.get("ip")), None)
+            if not address:
+                self.fail(path, obj, f"Pod {ns}/{name} has no address: anyplane needs status.podIP "
+                                     "(kubectl get pods -o yaml shows it)")
+                return
+            try:
+                address = str(ipaddress.ip_address(str(address)))
+            except ValueError:
+                self.fail(path, status, f"Pod {ns}/{name}: {address!r} is not an IP address")
+                return
+            ports = [(p.get("name"), p.get("containerPort"), p.get("protocol", "TCP"))
+                     for c in (obj.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
+            for p_name, number, _ in ports:
+                if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+                    self.fail(path, obj, f"Pod {ns}/{name}: container port {p_name or ''} {number!r} is not a port "
+                                         "number (1-65535)")
+                    return
+            labels = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("__")}
+            self.pods.append(Pod(ns, name, labels, address, ports, span_of_object(path, obj), account=_account(obj.get("spec"))))
+            self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
+        elif kind == "NetworkPolicy":
+            if not str(obj.get("apiVersion", "")).startswith("networking.k8s.io/"):
+                self.fail(path, obj, f"NetworkPolicy {ns}/{name}: apiVersion {obj.get('apiVersion')!r} is not "
+                                     "networking.k8s.io/v1")
+                return
+            self.policies.append((path, obj))
+            self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
+        elif kind in ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy"):
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
+                self.fail(path, meta if isinstance(meta, dict) else obj, f"{kind}: name {name!r} is not a Kubernetes name")
+                return
+            self.admin.append((path, obj))
+        elif kind in WORKLOADS:
+            self.workloads.append((path, obj))
+        elif kind == "Addresses" and str(obj.get("apiVersion", "")).startswith("anyplane.io/"):
+            table = obj.get("addresses")
+            if not isinstance(table, dict):
+                self.fail(path, obj, "Addresses: `addresses` maps NAMESPACE/NAME (or KIND/NAMESPACE/NAME) to "
+                                     "address lists")
+                return
+            for key, nets in table.items():
+                if key.startswith("__"):
+                    continue
+                try:
+                    parsed = [ipaddress.ip_network(str(n), strict=True) for n in (nets if isinstance(nets, list) else [nets])]
+                except ValueError as exc:
+                    self.fail(path, table, f"Addresses: {key}: {exc}")
+                    continue
+                if not parsed:
+                    self.fail(path, table, f"Addresses: {key} has no address")
+                    continue
+                self.addresses[key] = (parsed, span_of_object(path, table), path)
+        elif kind in ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"):
+            self.cilium.append((path, obj))
+            if kind == "CiliumNetworkPolicy":
+                self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
+        elif kind == "AuthorizationPolicy":
+            self.istio.append((path, obj))
+        elif kind == "Service":
+            self.services.append((path, obj))
+        elif kind in ("VirtualService", "DestinationRule"):
+            if not str(obj.get("apiVersion", "")).startswith("networking.istio.io/"):
+                self.fail(path, obj, f"{kind} {name}: apiVersion {obj.get('apiVersion')!r} is not networking.istio.io")
+                return
+            self.routing.append((path, obj))
+        elif kind in ("PeerAuthentication", "RequestAuthentication", "Sidecar", "ServiceEntry", "Gateway",
+                      "EnvoyFilter"):
+            self.fail(path, obj, f"{kind} {name}: not imported yet (NetworkPolicy, AdminNetworkPolicy, "
+                                 "BaselineAdminNetworkPolicy, CiliumNetworkPolicy, AuthorizationPolicy, "
+                                 "VirtualService, DestinationRule, Services, Pods, workload controllers and "
+                                 "Namespaces are); remove it from the input rather than have it ignored")
+
+    def workload_pods(self) -> list[Pod]:
+        """Each workload controller as the pods it makes: the template's labels and ports, the addresses an
+        `anyplane.io/v1` Addresses document gives it."""
+        out, used = [], set()
+        for path, obj in self.workloads:
+            kind, meta, spec = obj.get("kind"), obj.get("metadata") or {}, obj.get("spec") or {}
+            name, ns = meta.get("name"), meta.get("namespace") or "default"
+            if not all(isinstance(v, str) and _NAME.fullmatch(v) for v in (name, ns)):
+                self.fail(path, meta if isinstance(meta, dict) else obj, f"{kind}: {name!r} in {ns!r} is not a "
+                                                                         "Kubernetes name")
+                continue
+            template = (spec.get("jobTemplate", {}).get("spec", {}) if kind == "CronJob" else spec).get("template") or {}
+            key = next((k for k in (f"{kind}/{ns}/{name}", f"{ns}/{name}") if k in self.addresses), None)
+            if key is None:
+                self.fail(path, obj, f"{kind} {ns}/{name} has no addresses: give them in an `apiVersion: "
+                                     f"anyplane.io/v1, kind: Addresses` document ({ns}/{name}: [CIDR, ...])")
+                continue
+            used.add(key)
+            nets = self.addresses[key][0]
+            labels = {k: v for k, v in ((template.get("metadata") or {}).get("labels") or {}).items()
+                      if not k.startswith("__")}
+            ports = [(p.get("name"), p.get("containerPort"), p.get("protocol", "TCP"))
+                     for c in (template.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
+            out.append(Pod(ns, name, labels, str(nets[0].network_address), ports, span_of_object(path, obj),
+                           prefixes=tuple(str(n) for n in nets), kind=kind, account=_account(template.get("spec"))))
+            self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
+        for key, (_, where, path) in self.addresses.items():
+            if key not in used:
+                self.errors.append(error(where, "import", f"Addresses: {key} names no workload controller in "
+                                                          "the input"))
+        return out
+
+
+def _account(spec) -> str:
+    spec = spec if isinstance(spec, dict) else {}
+    account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+    return account if isinstance(account, str) else "default"
+
+
+def selects(selector: dict | None, labels: dict, path: str, reader: Reader) -> bool:
+    """A LabelSelector against labels (an empty selector selects everything). The keys it reads are
+    noted: pods that agree on every key any selector reads are one identity (`identity_classes`)."""
+    if selector is None:
+        return True
+    reader.keys_read.update(selector.get("matchLabels") or ())
+    reader.keys_read.update(e.get("key") for e in selector.get("matchExpressions") or () if isinstance(e, dict))
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if k.startswith("__"):
+            continue
+        if labels.get(k) != v:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            reader.fail(path, expr, f"unknown selector operator {op!r}")
+            return False
+    return True

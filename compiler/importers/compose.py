@@ -1,0 +1,479 @@
+"""The composition: pods into identities, and the tiers' verdicts into one anyplane policy text.
+
+With NetworkPolicies alone the text is written per policy rule over sets of identities (`_by_rules`);
+with the admin tiers, Cilium or Istio, per pair of identities (`write_policy`). Outside addresses are cut
+where the policies' blocks begin and end (`outside_blocks`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from anyplane.ir.match import merge_ranges
+from anyplane.ir.source import Span
+
+from . import admin, cilium, istio
+from .cluster import MAX_IDENT, Pod
+from .networkpolicy import Rule, resolve_ports, union_ports
+from .ports import ALL, EVERY, NONE, Ports, _intersect
+
+
+@dataclass
+class Imported:
+    """The policy text, and where each of its lines comes from."""
+
+    text: str
+    origins: dict[int, Span] = field(default_factory=dict)  # line of `text` -> position in the manifests
+    pods: int = 0
+    policies: int = 0
+    #: each NetworkPolicy read, in input order: {"label", "span", "selects" (pods), "alone" (some pod it
+    #: isolates no other NetworkPolicy isolates that way), "rules": [{"direction", "number" (from 1),
+    #: "span", "admits_none" (peers given, and none of them names an address)}]}
+    structure: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # warnings about the manifests (Diagnostic)
+    partition: tuple = (frozenset(), ())  # (label keys, networks) that told its pods apart
+    #: per line of `text` that NetworkPolicy rules allow (when the import is per rule): the sets of rule
+    #: keys (`Rule.key`) that each write it; the line stays while every rule of one set does. None:
+    #: the import was per pair, and a rule left out changes lines of others.
+    depends: dict[int, list[frozenset]] | None = None
+    #: the pods of identities that stand for several: (IP version, address as an integer) -> (the pod,
+    #: "NAMESPACE/NAME"; how many pods its identity holds)
+    members: dict = field(default_factory=dict)
+
+
+def outside_blocks(networks: list, pods: list[Pod]) -> list[tuple[str, list, str]]:
+    """Addresses outside the cluster, cut where ipBlocks begin and end (as network-config-analyzer
+    draws them): [(name, prefixes, "FIRST-LAST")]. IPv6 only when some block or pod is IPv6."""
+    out = []
+    taken = {n for p in pods for n in p.networks}
+    for version, bits in ((4, 32), (6, 128)):
+        nets = [n for n in networks if n.version == version]
+        if version == 6 and not nets and not any(n.version == 6 for p in pods for n in p.networks):
+            continue
+        cuts = sorted({0, 1 << bits} | {int(n.network_address) for n in nets}
+                      | {int(n.broadcast_address) + 1 for n in nets})
+        klass = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+        for lo, hi in zip(cuts, cuts[1:]):
+            first, last = klass(lo), klass(hi - 1)
+            # A pod owns its own address: a block's prefix that is exactly a pod's address is left out.
+            prefixes = [p for p in ipaddress.summarize_address_range(first, last) if p not in taken]
+            if not prefixes:
+                continue
+            if len(prefixes) == 1:
+                tail = str(prefixes[0]).replace(".", "_").replace(":", "_").replace("/", "_")
+            else:
+                tail = f"{first}_to_{last}".replace(".", "_").replace(":", "_")
+            name = re.sub("_+", "_", f"outside_{tail}").rstrip("_") if len(cuts) > 2 else \
+                ("outside" if version == 4 else "outside6")
+            out.append((name, prefixes, f"{first}-{last}"))
+    return out
+
+
+@dataclass
+class Outside:
+    """Addresses outside the cluster, one block of the cut (see `outside_blocks`)."""
+
+    name: str
+    prefixes: list
+    span: str
+
+    def __post_init__(self) -> None:
+        self.version, self.first_int = self.first.version, int(self.first)
+
+    @property
+    def first(self):
+        return self.prefixes[0].network_address
+
+
+def _within(peer, net) -> bool:
+    """A pod or outside block lies inside a network (asked millions of times: on integers)."""
+    version, lo, hi = _bounds(net)
+    if isinstance(peer, Outside):
+        return peer.version == version and lo <= peer.first_int <= hi
+    return all(n.version == version and lo <= b[1] and b[2] <= hi for n in peer.networks for b in (_bounds(n),))
+
+
+def _bounds(net) -> tuple[int, int, int]:
+    """(version, first, last) of a network, as integers (kept per network object)."""
+    hit = BOUNDS.get(id(net))
+    if hit is None or hit[0] is not net:
+        hit = BOUNDS[id(net)] = (net, (net.version, int(net.network_address), int(net.broadcast_address)))
+    return hit[1]
+
+
+BOUNDS: dict = {}
+
+
+def _holds(peer_spec, peer) -> bool:
+    """A NetworkPolicy peer holds a pod (selectors) or an outside block (ipBlock less `except`)."""
+    if peer_spec[0] == "pods":
+        return peer_spec[2] is not None and id(peer) in peer_spec[2] if len(peer_spec) > 2 else \
+            any(p is peer for p in peer_spec[1])
+    _, net, excepts = peer_spec
+    return isinstance(peer, Outside) and _within(peer, net) and not any(_within(peer, e) for e in excepts)
+
+
+def _np(rules: list[Rule], peer, dst_pod) -> tuple[Ports, list]:
+    """What the NetworkPolicy rules of one pod and direction admit from/to a peer, and which rules."""
+    holds: dict[int, bool] = {}  # rules that share one peer list (a YAML alias) are asked once
+
+    def admits(peers) -> bool:
+        if id(peers) not in holds:
+            holds[id(peers)] = any(_holds(x, peer) for x in peers)
+        return holds[id(peers)]
+    hit = [r for r in rules if r.peers is None or admits(r.peers)]
+    return Ports.of(union_ports([resolve_ports(r.ports, dst_pod) for r in hit])) if hit else NONE, \
+        [(r.span, r.policy) for r in hit]
+
+
+def identity_classes(pods: list[Pod], keys: set, blocks: list, routed) -> dict[int, tuple[list[Pod], str | None]]:
+    """Pods no policy can tell apart, as one identity: id of the first (which stands for them all) -> (the
+    pods, the identity's name; None for a pod alone, named as before). Two pods are alike when they share the namespace, the value of every label key some selector
+    reads, the service account, the container ports (named ports resolve alike), the ports Services
+    declare HTTP, and the address blocks of the policies that hold their addresses. Every decision the
+    importer makes about a pod reads only these, so the first pod's decisions are every member's, and
+    the policy grows with what the policies distinguish, not with the pods. Pods routed as a Service's
+    versions, pods of workload controllers (whole prefixes) and pods read back from an export stay
+    alone."""
+    alone = {id(p) for r in routed for p in r.pods}
+    blocks = list(dict.fromkeys(blocks))  # policies repeat their blocks: each is asked once per pod
+    out: dict[int, list[Pod]] = {}
+    by_key: dict[tuple, Pod] = {}
+    for p in pods:
+        if p.kind != "Pod" or p.name_in_policy or id(p) in alone or p.prefixes:
+            out[id(p)] = [p]
+            continue
+        address = ipaddress.ip_network(p.address)
+        key = (p.namespace, tuple(sorted((k, v) for k, v in p.labels.items() if k in keys)), p.account,
+               tuple(sorted(map(str, p.ports))), tuple(sorted(p.protocols.items())), address.version,
+               frozenset(n for n in blocks if n.version == address.version and address.subnet_of(n)))
+        first = by_key.setdefault(key, p)
+        out.setdefault(id(first), []).append(p)
+    taken = {p.ident for p in pods}
+    named = {}
+    for rep, members in out.items():
+        name = None
+        if len(members) > 1:
+            name = _class_name(members, keys, taken)
+            taken.add(name)
+        named[rep] = (members, name)
+    return named
+
+
+def _class_name(members: list[Pod], keys: set, taken: set) -> str:
+    """A class of several pods: its namespace and the labels that make it one (unique, at most 63)."""
+    first = members[0]
+    shown = sorted((k, v) for k, v in first.labels.items() if k in keys)
+    text = "_".join([first.namespace] + [f"{k.rsplit('/', 1)[-1]}-{v}" for k, v in shown] or ["pods"])
+    text = re.sub(r"[^A-Za-z0-9_-]+", "_", text if len(shown) else f"{first.namespace}_pods")
+    text = text if text[0].isalpha() else f"pods_{text}"
+    if len(text) > MAX_IDENT or text in taken:
+        digest = hashlib.sha256("\0".join(sorted(p.ident for p in members)).encode()).hexdigest()[:8]
+        text = f"{text[:MAX_IDENT - 9].rstrip('_-')}_{digest}"
+    return text
+
+
+def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int, outside=(), admin_rules=(),
+          cilium_rules=(), istio_rules=(), routed=(), route_lines=(), classes=None) -> Imported:
+    """The policy text for what was read: per pair with a pod at one end whose traffic some policy
+    decides, the allows (and, for "all but" sets, the denies above them) that say exactly what passes."""
+    lines: list[str] = []
+    origins: dict[int, Span] = {}
+
+    def emit(text: str, span: Span | None = None, why: str = "") -> int:
+        if why:
+            lines.append(f"# {why}" + (f" ({span.file}:{span.line})" if span is not None else ""))
+        lines.append(text)
+        if span is not None:
+            origins[len(lines)] = span
+        return len(lines)
+
+    emit("# imported from Kubernetes manifests: NetworkPolicy, AdminNetworkPolicy, CiliumNetworkPolicy and Istio "
+         "semantics (docs/import.md)")
+    emit("default allow")
+    in_service = {id(p): r for r in routed for p in r.pods}
+    classes = classes if classes is not None else {id(p): ([p], None) for p in pods}
+    reps = [p for p in pods if id(p) in classes]
+    name_of = {id(p): classes[id(p)][1] or p.endpoint for p in reps}
+    reps.sort(key=lambda p: name_of[id(p)])
+    for p in reps:
+        if id(p) in in_service:
+            continue
+        ports = "".join(f"  port {n} {kind}" for n, kind in sorted(p.protocols.items()))
+        members, name = classes[id(p)]
+        if name is None:
+            emit(f"service {p.ident} {{ address {', '.join(str(n) for n in p.networks)}{ports} }}", p.span,
+                 f"{p.kind} {p.namespace}/{p.name}")
+            continue
+        shown = ", ".join(m.name for m in members[:5]) + (f" and {len(members) - 5} more" if len(members) > 5 else "")
+        emit(f"service {name} {{ address {', '.join(str(n) for m in members for n in m.networks)}{ports} }}",
+             p.span, f"{len(members)} Pods of {p.namespace} that no policy tells apart: {shown}")
+    for r in routed:  # a Service that is routed: its pods are its versions
+        members = sorted(r.pods, key=lambda p: p.ident)
+        protocols = {n: kind for p in members for n, kind in p.protocols.items()}
+        ports = "".join(f"  port {n} {kind}" for n, kind in sorted(protocols.items()))
+        versions = "".join(f"  version {p.ident.split('.', 1)[1]} address {', '.join(str(n) for n in p.networks)}"
+                           for p in members if "." in p.ident)
+        emit(f"service {r.name} {{ address {', '.join(str(n) for n in covering_prefixes(members))}{ports}"
+             f"{versions} }}", r.span, f"Service {r.namespace}/{r.k8s_name}, routed; its pods: "
+             + ", ".join(f"{p.kind} {p.namespace}/{p.name}" for p in members))
+    if pods:
+        emit("group k8s_pods { " + ", ".join(sorted(", ".join(str(n) for n in p.networks) if p.base else
+                                                    classes[id(p)][1] or p.ident for p in reps)) + " }")
+    blocks = [Outside(*o) for o in outside]
+    for b in blocks:
+        emit(f"external {b.name} {{ address {', '.join(str(p) for p in b.prefixes)} }}", None,
+             f"addresses outside the cluster, {b.span} (named for maps and answers)")
+    admin_rules = list(admin_rules)
+    cilium_rules = list(cilium_rules)
+    default_deny = {d: {p.ident: cilium.restricts(cilium_rules, p.ident, d) for p in pods
+                        if cilium.restricts(cilium_rules, p.ident, d)} for d in ("ingress", "egress")}
+    touched = {d: {p.ident for p in pods for r in cilium_rules if r.direction == d and p.ident in r.subject}
+               for d in ("ingress", "egress")}
+    restricted_in = {p.ident: isolated_in.get(p.ident, [default_deny["ingress"].get(p.ident)])[0] for p in pods
+                     if p.ident in isolated_in or admin.restricts(admin_rules, p.ident, "ingress")
+                     or p.ident in touched["ingress"]}
+    restricted_out = {p.ident: isolated_out.get(p.ident, [default_deny["egress"].get(p.ident)])[0] for p in pods
+                      if p.ident in isolated_out or admin.restricts(admin_rules, p.ident, "egress")
+                      or p.ident in touched["egress"]}
+    named = {p.ident: name_of[id(p)] for p in reps}  # a class's members are decided as its first pod
+    for ident, why in sorted(restricted_in.items()):
+        if ident not in named:
+            continue
+        where, label = why or next(((r.span, r.label) for r in admin_rules if r.direction == "ingress"
+                                    and ident in r.subject), (None, ""))
+        emit(f"deny any -> {named[ident]} priority 10", where, f"{label} decides its ingress")
+    for ident, why in sorted(restricted_out.items()):
+        if ident not in named:
+            continue
+        where, label = why or next(((r.span, r.label) for r in admin_rules if r.direction == "egress"
+                                    and ident in r.subject), (None, ""))
+        emit(f"deny {named[ident]} -> any priority 10", where, f"{label} decides its egress")
+
+    def side(subject, peer, direction, with_http=False):
+        table, isolated = (ingress, isolated_in) if direction == "ingress" else (egress, isolated_out)
+        dst = subject if direction == "ingress" else (peer if isinstance(peer, Pod) else None)
+        ports_of = lambda spec: Ports.of(resolve_ports(spec, dst))  # noqa: E731
+        np_ports, np_why = _np(table[subject.ident], peer, dst)
+        # Cilium merges its allows with the NetworkPolicies' and puts its denies above everything.
+        c_allowed, c_allows, c_denied, c_denies = cilium.verdicts(cilium_rules, subject, peer, direction, ports_of,
+                                                                  _within, lambda q: isinstance(q, Pod), with_http)
+        closed = subject.ident in isolated or subject.ident in default_deny[direction]
+        ports, allows, denies = admin.decide(admin_rules, subject, peer, direction, closed, np_ports | c_allowed,
+                                             ports_of, _within)
+        if closed:
+            allows = allows + np_why + c_allows
+            denies = denies + ([isolated[subject.ident][0]] if subject.ident in isolated else
+                               [default_deny[direction][subject.ident]])
+        return ports - c_denied, allows, c_denies + denies
+
+    if not (admin_rules or cilium_rules or istio_rules):
+        depends = _by_rules(emit, reps, blocks, name_of, classes, ingress, egress, set(restricted_in),
+                            set(restricted_out))
+        for text, span, why in route_lines:
+            emit(text, span, why)
+        return Imported("\n".join(lines) + "\n", origins, len(pods), policies, depends=depends)
+    meshed = istio.subjects(istio_rules)
+    proxied = {p.ident for p in pods if cilium.http_ports(cilium_rules, p)}
+    ends = reps + blocks
+    for a in ends:
+        for b in ends:
+            a_pod, b_pod = isinstance(a, Pod), isinstance(b, Pod)
+            into = b_pod and b.ident in restricted_in
+            out_of = a_pod and a.ident in restricted_out
+            sidecar = b_pod and b.ident in meshed
+            if not (into or out_of or sidecar):
+                continue  # no policy decides this pair: the default allows it
+            name_a, name_b = (name_of[id(a)] if a_pod else a.name), (name_of[id(b)] if b_pod else b.name)
+            if a is b and a.single and classes[id(a)][1] is None:
+                emit(f"allow {name_a} -> {name_a} priority 20", a.span, "a pod cannot block access to itself")
+                continue
+            if a is b and classes[id(a)][1] is not None:  # each pod of the class to itself, above every rule
+                for m in classes[id(a)][0]:
+                    emit(f"allow {m.address} -> {m.address} priority 90", m.span, "a pod cannot block access to itself")
+            ing, ing_allow, ing_deny = side(b, a, "ingress") if b_pod else (ALL, [], [])
+            egr, egr_allow, egr_deny = side(a, b, "egress") if a_pod else (ALL, [], [])
+            allowed = ing & egr
+            mesh = istio.decide(istio_rules, b, a, _http_ports(b), lambda q: isinstance(q, Pod), _within) \
+                if sidecar and _families(a) & _families(b) else istio.Verdicts()
+            if not (into or out_of) and mesh.silent:
+                continue  # Istio leaves this pair alone, and nothing else decides it
+            # Istio judges TCP at the destination's sidecar, after the network plugin: both must allow.
+            allowed = allowed - Ports(tcp=mesh.denied)
+            reachable = allowed.tcp
+            if mesh.allowed is not None:
+                allowed = allowed & Ports(tcp=mesh.allowed, udp=EVERY, other=True)
+            allow_texts, deny_texts = allowed.rules()
+            # What decided: the first rule that allowed (or denied) some of it; else what restricts the pair.
+            restriction = [w for w in (restricted_in.get(b.ident) if into else None,
+                                       restricted_out.get(a.ident) if out_of else None) if w] + \
+                [(r.span, r.label) for r in admin_rules if (into and r.direction == "ingress" and b.ident in r.subject)
+                 or (out_of and r.direction == "egress" and a.ident in r.subject)] + mesh.restricted
+            why_allow = (ing_allow + egr_allow + mesh.allow_why + restriction or [(None, "")])[0]
+            why_deny = (ing_deny + egr_deny + restriction or [(None, "")])[0]
+            for suffix in allow_texts:
+                emit(f"allow {name_a} -> {name_b}{suffix} priority 20", why_allow[0], why_allow[1])
+            for suffix in deny_texts:
+                emit(f"deny {name_a} -> {name_b}{suffix} priority 30", why_deny[0], why_deny[1])
+            for ranges, why in mesh.denies:  # Istio's DENY rules, each named where it decides
+                emit(f"deny {name_a} -> {name_b}{Ports(tcp=ranges).rules()[0][0]} priority 31", *why)
+            if b_pod and b.ident in proxied:
+                # Cilium's proxy lets through the requests its HTTP rules match, where the rules' ports
+                # would pass if they were L4 allows (every tier and the source's egress considered).
+                web = (side(b, a, "ingress", with_http=True)[0] & egr).tcp
+                for ranges, part, why in cilium.http_allows(cilium_rules, b, a, _within, lambda q: isinstance(q, Pod)):
+                    ports = _intersect(ranges, web)
+                    if ports:
+                        emit(f"allow {name_a} -> {name_b}{Ports(tcp=ports).rules()[0][0]}{part} priority 35", *why)
+            for ranges, part, why in mesh.http_allows:
+                ports = _intersect(ranges, reachable)
+                if ports:
+                    emit(f"allow {name_a} -> {name_b}{Ports(tcp=ports).rules()[0][0]}{part} priority 35", *why)
+            for ranges, part, why in mesh.http_denies:
+                emit(f"deny {name_a} -> {name_b}{Ports(tcp=ranges).rules()[0][0]}{part} priority 40", *why)
+    for text, span, why in route_lines:
+        emit(text, span, why)
+    return Imported("\n".join(lines) + "\n", origins, len(pods), policies)
+
+
+def _by_rules(emit, reps: list[Pod], blocks: list[Outside], name_of: dict, classes: dict, ingress: dict,
+              egress: dict, isolated_in: set, isolated_out: set) -> dict[int, list[frozenset]]:
+    """The allows of NetworkPolicies alone, per policy rule over sets of identities (never per pair).
+
+    A flow from A to B passes when B's ingress and A's egress both admit it, a side that is not
+    isolated admitting everything. The union over B's ingress rules and A's egress rules of what both
+    admit is, rule by rule:
+
+        B isolated, A not:  per ingress rule r of B:  allow (r's peers, less the isolated) -> r's subjects
+        A isolated, B not:  per egress rule e of A:   allow e's subjects -> (e's peers, less the isolated)
+        both isolated:      per ingress rule r and egress rule e whose subjects r admits:
+                            allow (e's subjects in r's peers) -> (r's subjects in e's peers), r's ports & e's
+
+    with the isolations' denies below them. So the rules grow with the policy's rules and the identities
+    they name, and the flows each line allows are exactly those of the pairs it names. Returns, per
+    allow line, the sets of rules that write it (`Imported.depends`)."""
+    ends: list = reps + blocks
+    index = {id(e): k for k, e in enumerate(ends)}
+    rep_of = {id(m): index[rep] for rep, (members, _) in classes.items() for m in members}
+    names = [name_of[id(e)] if isinstance(e, Pod) else e.name for e in ends]
+    every = frozenset(range(len(ends)))
+    outside = range(len(reps), len(ends))
+    closed_in = frozenset(k for k, e in enumerate(reps) if e.ident in isolated_in)
+    closed_out = frozenset(k for k, e in enumerate(reps) if e.ident in isolated_out)
+    rules: dict[str, dict[int, tuple[Rule, set]]] = {"ingress": {}, "egress": {}}
+    for k, e in enumerate(reps):
+        for direction, table in (("ingress", ingress), ("egress", egress)):
+            for r in table[e.ident]:
+                rules[direction].setdefault(id(r), (r, set()))[1].add(k)
+    admitted: dict[int, frozenset] = {}
+
+    def peers(r: Rule) -> frozenset:
+        if r.peers is None:
+            return every
+        if id(r.peers) not in admitted:  # rules that share one peer list (a YAML alias) read it once
+            got: set = set()
+            for spec in r.peers:
+                if spec[0] == "pods":
+                    got.update(rep_of[id(p)] for p in spec[1] if id(p) in rep_of)
+                else:
+                    got.update(k for k in outside if _holds(spec, ends[k]))
+            admitted[id(r.peers)] = frozenset(got)
+        return admitted[id(r.peers)]
+
+    def by_ports(r: Rule, dsts) -> dict:
+        """The destinations by what the rule's ports resolve to on them (named ports differ by pod)."""
+        if r.ports is None:
+            return {ALL: dsts}
+        if all(hi is not None for _, _, hi in r.ports):
+            return {Ports.of(resolve_ports(r.ports, None)): dsts}
+        out: dict = {}
+        for k in dsts:
+            out.setdefault(Ports.of(resolve_ports(r.ports, ends[k] if isinstance(ends[k], Pod) else None)), set()).add(k)
+        return out
+
+    written: dict[tuple, list[int]] = {}  # (sources, destinations, ports) -> its lines
+    depends: dict[int, list[frozenset]] = {}
+
+    def allow(srcs, dsts, ports: Ports, r: Rule, *others: Rule) -> None:
+        if not (srcs and dsts and ports):
+            return
+        key = (frozenset(srcs), frozenset(dsts), ports)
+        by = frozenset(x.key for x in (r, *others))
+        if key in written:  # written already for other rules: this pair of rules writes it too
+            for line in written[key]:
+                depends[line].append(by)
+            return
+        written[key] = []
+        texts, denies = ports.rules()
+        assert not denies, "a NetworkPolicy rule admits every port or some TCP and UDP ports"
+        # An endpoint written with `except` takes its own line (in a list, `except` would end it).
+        for src in _lists(names, srcs):
+            for dst in _lists(names, dsts):
+                for suffix in texts:
+                    line = emit(f"allow {src} -> {dst}{suffix} priority 20", r.span, r.policy)
+                    written[key].append(line)
+                    depends[line] = [by]
+
+    for k in sorted(closed_in | closed_out, key=names.__getitem__):  # a pod cannot block access to itself
+        e = ends[k]
+        if classes[id(e)][1] is not None:
+            for m in classes[id(e)][0]:
+                emit(f"allow {m.address} -> {m.address} priority 90", m.span, "a pod cannot block access to itself")
+        elif e.single:
+            emit(f"allow {names[k]} -> {names[k]} priority 20", e.span, "a pod cannot block access to itself")
+    for r, subjects in rules["ingress"].values():
+        for ports, dsts in by_ports(r, subjects).items():
+            allow(peers(r) - closed_out, dsts, ports, r)
+    for r, subjects in rules["egress"].values():
+        for ports, dsts in by_ports(r, peers(r) - closed_in).items():
+            allow(subjects, dsts, ports, r)
+    for r, subjects in rules["ingress"].values():
+        sources = peers(r) & closed_out
+        seen: dict[int, tuple[Rule, set]] = {}
+        for k in sorted(sources):
+            for e in egress[ends[k].ident]:
+                seen.setdefault(id(e), rules["egress"][id(e)])
+        for e, e_subjects in seen.values():
+            srcs, dsts = e_subjects & sources, subjects & peers(e)
+            if not (srcs and dsts):
+                continue
+            for ports, d in by_ports(r, dsts).items():
+                for e_ports, both in by_ports(e, d).items():
+                    allow(srcs, both, ports & e_ports, r, e)
+    return depends
+
+
+def _lists(names: list[str], members) -> list[str]:
+    """Endpoint lists for a rule's side: the plain names in one, each name with `except` alone."""
+    plain = sorted(names[k] for k in members if " except " not in names[k])
+    return ([", ".join(plain)] if plain else []) + sorted(names[k] for k in members if " except " in names[k])
+
+
+def covering_prefixes(members: list[Pod]) -> list:
+    """A routed service's own prefixes: per IP version, the smallest prefix holding all its pods that is
+    no version's own (two declarations of one prefix would be ambiguous). The addresses it holds beyond
+    the pods stay outside the cluster: the outside blocks' prefixes there are longer, so they own them."""
+    out = []
+    versions = {n for p in members if "." in p.ident for n in p.networks}
+    for version in (4, 6):
+        nets = [n for p in members for n in p.networks if n.version == version]
+        if not nets:
+            continue
+        net = nets[0]
+        while not all(n.subnet_of(net) for n in nets) or net in versions:
+            net = net.supernet()
+        out.append(net)
+    return out
+
+
+def _families(end) -> set:
+    """The IP versions of a pod's or an outside block's addresses."""
+    return {n.version for n in (end.networks if isinstance(end, Pod) else end.prefixes)}
+
+
+def _http_ports(pod: Pod) -> tuple:
+    """The pod's ports a Service declares HTTP (or gRPC), as ranges."""
+    return tuple(merge_ranges([(n, n) for n, kind in pod.protocols.items() if kind in ("http", "grpc")]))
