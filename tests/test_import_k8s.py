@@ -290,7 +290,7 @@ def test_a_rule_left_out_is_the_import_less_the_lines_only_it_writes(data):
     same for a whole policy whose isolations other policies make too. Held against the cluster
     imported again with the rule or policy dropped, flow by flow."""
     from anyplane.compiler.importers import IMPORTED
-    from anyplane.compiler.importers.redundancy import _only, _without
+    from anyplane.compiler.importers.redundancy import _Lines, _without
     from anyplane.verify.context import Analysis
     from anyplane.verify.diff import changed_without, diff
 
@@ -328,8 +328,7 @@ def test_a_rule_left_out_is_the_import_less_the_lines_only_it_writes(data):
     assert not bad, (key, bad[:5], whole.text)
     # What `verify` asks of the rule, in the import's own Analysis, is what the diff of the two says
     # (a flow it finds is re-evaluated in the interpreter by changed_without itself).
-    gone = _only(base, whole.depends, rules)
-    changed = changed_without(Analysis(base), [e for e in base.acl.entries if e.rule in gone])
+    changed = changed_without(Analysis(base), _Lines(base, whole.depends).only(rules))
     differs = diff(base, dropped, limit=1).differs
     event("the rule adds something" if differs else "the rule is redundant")
     assert (changed is not None) == differs, (key, changed, whole.text)

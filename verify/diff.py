@@ -219,7 +219,7 @@ def changed_without(a: Analysis, entries: list[Entry]):
     result, model = a.solve(*question)
     if result != "sat":
         return None if result == "unsat" else "unknown"
-    f = a.enc.flow(prefer(a, question, model))
+    f = a.enc.flow(model)  # a yes or no is asked: the flow is for the interpreter, not for reading
     decided = lambda d: action_key(d.entry.action) if d.entry is not None else (d.verdict,)  # noqa: E731
     if decided(evaluate(a.program, f)) == decided(evaluate(a.program, f, without=frozenset(gone))):
         raise VerificationBug(f"{f.text} is decided alike with and without the entries taken out")

@@ -32,20 +32,39 @@ def _program(texts, drop=frozenset(), partition=(frozenset(), ()), parsed=None) 
     return compile_sources([(IMPORTED, imported.text)]).program, imported
 
 
-def _only(base: Program, depends: dict, rules: set) -> set[str]:
-    """The ids of the rules of the import that these NetworkPolicy rules write and no other rule (or
-    pair of rules) writes too, when the import is per rule (`Imported.depends`). Without them, the
-    import is the same less these, as long as the isolations stay: every other line depends only on
-    them and its own rules."""
-    lines = {line for line, sets in depends.items() if all(s & rules for s in sets)}
-    return {r.id for r in base.rules if r.origin.file == IMPORTED and r.origin.line in lines}
+class _Lines:
+    """Which entries of the import each NetworkPolicy rule writes, when the import is per rule
+    (`Imported.depends`), indexed once for every question."""
+
+    def __init__(self, base: Program, depends: dict):
+        self.depends = depends
+        self.by_rule: dict[tuple, set[int]] = {}  # a rule key -> the lines some writer of which it is in
+        for line, sets in depends.items():
+            for s in sets:
+                for key in s:
+                    self.by_rule.setdefault(key, set()).add(line)
+        ids = {r.origin.line: r.id for r in base.rules if r.origin.file == IMPORTED}
+        self.entries: dict[int, list] = {}  # a line -> the acl entries its rule lowered to
+        by_id: dict[str, list] = {}
+        for e in base.acl.entries:
+            by_id.setdefault(e.rule, []).append(e)
+        for line, rule_id in ids.items():
+            self.entries[line] = by_id.get(rule_id, [])
+
+    def only(self, rules: set) -> list:
+        """The entries of the lines that these NetworkPolicy rules write and no other rule (or pair of
+        rules) writes too. Without the rules, the import is the same less these, as long as the
+        isolations stay: every other line depends only on them and its own rules."""
+        lines = {line for key in rules for line in self.by_rule.get(key, ())
+                 if all(s & rules for s in self.depends[line])}
+        return [e for line in sorted(lines) for e in self.entries.get(line, ())]
 
 
 def _without(base: Program, depends: dict, rules: set) -> Program:
-    """The program imported without these NetworkPolicy rules, their isolations kept (see `_only`)."""
-    gone = _only(base, depends, rules)
+    """The program imported without these NetworkPolicy rules, their isolations kept (`_Lines.only`)."""
+    gone = {id(e) for e in _Lines(base, depends).only(rules)}
     return dataclasses.replace(base, acl=dataclasses.replace(base.acl, entries=tuple(
-        e for e in base.acl.entries if e.rule not in gone)), rules=tuple(r for r in base.rules if r.id not in gone))
+        e for e in base.acl.entries if id(e) not in gone)))
 
 
 def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bool],
@@ -60,6 +79,7 @@ def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bo
     # Every version is told apart as the whole input is, so that all name the same identities and
     # addresses: the comparison is then of the entries that differ, not of every flow.
     base, imported = _program(texts, partition=whole.partition, parsed=parsed)
+    lines = _Lines(base, imported.depends) if imported.depends is not None else None
     out = []
 
     def found(span, message):
@@ -70,8 +90,7 @@ def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bo
         # A rule, or a policy whose isolations other policies make too, leaves out lines and changes none.
         if imported.depends is not None and same_without is not None and (len(key) == 3 or not policy["alone"]):
             rules = {key} if len(key) == 3 else {key + (r["direction"], r["number"]) for r in policy["rules"]}
-            gone = _only(base, imported.depends, rules)
-            return same_without(base, [e for e in base.acl.entries if e.rule in gone])
+            return same_without(base, lines.only(rules))
         if len(key) == 3 and imported.depends is not None:
             return same(base, _without(base, imported.depends, {key}))
         return same(base, _program(texts, drop, whole.partition, parsed)[0])
