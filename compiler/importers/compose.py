@@ -240,18 +240,14 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                       if p.ident in isolated_out or admin.restricts(admin_rules, p.ident, "egress")
                       or p.ident in touched["egress"]}
     named = {p.ident: name_of[id(p)] for p in reps}  # a class's members are decided as its first pod
-    for ident, why in sorted(restricted_in.items()):
-        if ident not in named:
-            continue
-        where, label = why or next(((r.span, r.label) for r in admin_rules if r.direction == "ingress"
-                                    and ident in r.subject), (None, ""))
-        emit(f"deny any -> {named[ident]} priority 10", where, f"{label} decides its ingress")
-    for ident, why in sorted(restricted_out.items()):
-        if ident not in named:
-            continue
-        where, label = why or next(((r.span, r.label) for r in admin_rules if r.direction == "egress"
-                                    and ident in r.subject), (None, ""))
-        emit(f"deny {named[ident]} -> any priority 10", where, f"{label} decides its egress")
+    for direction, restricted, deny in (("ingress", restricted_in, "deny any -> {} priority 10"),
+                                        ("egress", restricted_out, "deny {} -> any priority 10")):
+        for ident, why in sorted(restricted.items()):
+            if ident not in named:
+                continue
+            where, label = why or next(((r.span, r.label) for r in admin_rules if r.direction == direction
+                                        and ident in r.subject), (None, ""))
+            emit(deny.format(named[ident]), where, f"{label} decides its {direction}")
 
     def side(subject, peer, direction, with_http=False):
         table, isolated = (ingress, isolated_in) if direction == "ingress" else (egress, isolated_out)

@@ -8,14 +8,15 @@
 
 "Decided the same" is the semantic diff the caller passes (`same(program, program)`: the API
 gives Z3's, verify/diff.py) between the import with and without the policy or rule: the question
-network-config-analyzer's sanity check answers. Two copies of one policy are both redundant (either
+network-config-analyzer's sanity check answers. When the import is per rule, a rule (or a policy
+whose isolations other policies make too) is asked without re-importing: the import less the lines
+it alone writes (`_Lines`), through the caller's `same_without`. Two copies of one policy are both redundant (either
 can go, not both). The API makes them findings of kind `redundant` (a warning unless `--fail-on
 redundant`), at the policy's or rule's position in the YAML.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 from anyplane.ir.nodes import Program
@@ -60,19 +61,12 @@ class _Lines:
         return [e for line in sorted(lines) for e in self.entries.get(line, ())]
 
 
-def _without(base: Program, depends: dict, rules: set) -> Program:
-    """The program imported without these NetworkPolicy rules, their isolations kept (`_Lines.only`)."""
-    gone = {id(e) for e in _Lines(base, depends).only(rules)}
-    return dataclasses.replace(base, acl=dataclasses.replace(base.acl, entries=tuple(
-        e for e in base.acl.entries if id(e) not in gone)))
-
-
 def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bool],
              same_without: Callable[[Program, list], bool] | None = None) -> list[tuple[Span, str]]:
     """The redundancy findings of the NetworkPolicies and admin policies in these manifests:
     (position, message). `same_without(program, entries)`: whether the program decides every flow
-    alike without these acl entries (asked for each rule when the import is per rule; else, and for
-    whole policies, `same` compares the import with the one made without it)."""
+    alike without these acl entries (asked for each rule when the import is per rule); else `same`
+    compares the import with the one made without the policy or rule."""
     parsed: dict = {}  # the YAML is read once
     whole = convert(texts, parsed=parsed)
     structure = whole.structure
@@ -91,8 +85,6 @@ def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bo
         if imported.depends is not None and same_without is not None and (len(key) == 3 or not policy["alone"]):
             rules = {key} if len(key) == 3 else {key + (r["direction"], r["number"]) for r in policy["rules"]}
             return same_without(base, lines.only(rules))
-        if len(key) == 3 and imported.depends is not None:
-            return same(base, _without(base, imported.depends, {key}))
         return same(base, _program(texts, drop, whole.partition, parsed)[0])
 
     for policy in structure:
