@@ -177,8 +177,8 @@ def run(pods: int, nca: bool, verify_up_to: int, nca_timeout: float, export_up_t
     row["networkpolicies"] = sum(o["kind"] == "NetworkPolicy" for o in objects)
     row["namespaces"] = sum(o["kind"] == "Namespace" for o in objects)
     imported, row["import_s"] = _timed(lambda: convert([("cluster.yaml", text)]), f"{pods} pods: read and convert")
-    compiled, t = _timed(lambda: api.Compiled(None, None, compile_sources([(IMPORTED, imported.text)]).program, None),
-                         "compile")
+    compiled, t = _timed(lambda: api.Compiled(None, None, compile_sources([(IMPORTED, imported.text)]).program, None,
+                                              selectors=imported.selectors), "compile")
     row["import_s"] += t
     row["rules"] = len(compiled.program.rules)
     row["identities"] = sum(1 for i in compiled.program.identities if i.kind == "service")
@@ -197,7 +197,8 @@ def run(pods: int, nca: bool, verify_up_to: int, nca_timeout: float, export_up_t
                 [sys.executable, "-m", "anyplane.compiler", "verify", str(path)], capture_output=True), "verify")
         row.update(export_k8s_s=None, export_k8s_lines=None, export_k8s_proved=None, import_istio_s=None,
                    istio_rules=None)
-        if pods <= export_up_to:  # the export is still per pair of identities, and the Istio import too
+        row["networkpolicies_lines"] = (d / "policies.yaml").read_text().count("\n")
+        if pods <= export_up_to:  # the export asks per pair of identities, and the Istio import too
             out, t = _timed(lambda: api.compile_target(compiled, "k8s"), "-t k8s")
             row["export_k8s_lines"] = sum(a.data.count("\n") for a in out.artifacts
                                           if a.path.endswith(".yaml") and isinstance(a.data, str))
@@ -250,7 +251,7 @@ def main() -> None:
                   f"import {r['import_s']:.2f} s ({r['identities']} identities, {r['rules']} rules), "
                   f"map {r['map_s']:.2f} s ({r['map_asked']} of {r['map_pairs']} pairs asked), "
                   f"verify {_s(r['redundancy_s'])}, -t k8s + proof {_s(r['export_k8s_s'])} "
-                  f"({r['export_k8s_lines']} lines, {_proved(r['export_k8s_proved'])}); "
+                  f"({r['export_k8s_lines']} lines for {r['networkpolicies_lines']}, {_proved(r['export_k8s_proved'])}); "
                   f"with Istio: import {_s(r['import_istio_s'])} ({r['istio_rules']} rules); "
                   f"peak {r['peak_rss_mib']} MiB{nca}", flush=True)
     if args.format == "json":

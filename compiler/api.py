@@ -70,6 +70,17 @@ def _with_sources(compiled: Compiled, exc: DiagnosticError) -> DiagnosticError:
     return exc
 
 
+def with_selectors(compiled: Compiled, options: Options) -> Options:
+    """Options whose deployment carries how the imported cluster selects its identities' pods, so that
+    `-t k8s|cilium|istio` write the cluster's own namespaces and labels (the deployment file's
+    `kubernetes.workloads` still wins for the identities it names)."""
+    if not getattr(compiled, "selectors", None):
+        return options
+    dep = options.deployment if isinstance(options.deployment, Deployment) else Deployment()
+    kubernetes = dict(dep.kubernetes, selectors=compiled.selectors)
+    return replace(options, deployment=replace(dep, kubernetes=kubernetes))
+
+
 def compile_target(compiled: Compiled, target: str, options: Options = Options(), src: bool = True) -> Output:
     """One target's artifacts: `ir` (ir.json, ir.txt) or a registered engine's."""
     if target == "ir":
@@ -77,6 +88,7 @@ def compile_target(compiled: Compiled, target: str, options: Options = Options()
         return Output([Artifact("ir.json", printer.to_json(program)),
                        Artifact("ir.txt", printer.dump(program, src=src))])
     engine = _engine(target)
+    options = with_selectors(compiled, options)
     try:
         out = engine.emit(compiled.program, options)
     except DiagnosticError as exc:
@@ -168,6 +180,7 @@ def compile_paths(compiled: Compiled, path: str | None = None, prefer: str = "ea
     import json
 
     program = compiled.program
+    options = with_selectors(compiled, options)
     dep = options.deployment if isinstance(options.deployment, Deployment) else Deployment()
     capacity = dict(capacity or {})
     counted = [p for p in registry.places() if not registry.at(p).capability.sees_http]

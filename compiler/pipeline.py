@@ -55,6 +55,8 @@ class Compiled:
     partition: tuple | None = None  # what told the manifests' pods apart (importers.k8s.convert)
     #: the pods of identities that stand for several (importers.k8s.Imported.members): address -> pod
     pods: dict | None = None
+    #: how the cluster selects each identity's pods (importers.k8s.Imported.selectors)
+    selectors: dict | None = None
 
 
 STDIN = "<stdin>"
@@ -275,7 +277,8 @@ def load(paths: list[str], dump_after: str | None = None, dump=print, partition=
         raise
     compiled.sources.texts.update(dict(texts))
     return dataclasses.replace(compiled, program=relocate(compiled.program, imported.origins), manifests=tuple(texts),
-                               partition=imported.partition, pods=imported.members)
+                               partition=imported.partition, pods=imported.members,
+                               selectors=imported.selectors)
 
 
 def load_pair(old: list[str], new: list[str]) -> tuple[Compiled, Compiled]:

@@ -30,28 +30,55 @@ from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
 from ..k8s.engine import CAPABILITY as K8S_CAPABILITY
-from ..k8s.engine import K8sEngine, _collapse, _ip_blocks, _k8s_name, _regions, export, split
+from ..k8s.engine import K8sEngine, _regions, export, split
+from ..k8s.selectors import NAMESPACE_LABEL, collapse, ip_blocks, k8s_name
 
 CAPABILITY = base.Capability(**dict(vars(K8S_CAPABILITY), engine="cilium",
                                     fields=K8S_CAPABILITY.fields + ("http", "http.method", "http.path", "http.host",
                                                                     "http.header.*")))
 META = set(".^$*+?()[]{}|\\")
+NS_LABEL = "io.kubernetes.pod.namespace"
 TCP = 6
 
 
 def _peer(item: dict, side: str) -> tuple[str, dict | str]:
+    """A NetworkPolicy peer as a Cilium one: an ipBlock as a CIDR (with `except`, a CIDR set); pods as an
+    endpoint selector that names their namespace (every namespace: the namespace label exists)."""
     if "ipBlock" in item:
-        return f"{side}CIDR", item["ipBlock"]["cidr"]
-    labels = dict(item["podSelector"]["matchLabels"])
-    labels["io.kubernetes.pod.namespace"] = item["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
-    return f"{side}Endpoints", {"matchLabels": labels}
+        block = item["ipBlock"]
+        if block.get("except"):
+            return f"{side}CIDRSet", {"cidr": block["cidr"], "except": list(block["except"])}
+        return f"{side}CIDR", block["cidr"]
+    if "namespaceSelector" not in item:  # the policy's own namespace, as Cilium limits a selector too
+        return f"{side}Endpoints", _endpoints(item.get("podSelector") or {}, None, anywhere=False)
+    namespace = (item["namespaceSelector"].get("matchLabels") or {}).get(NAMESPACE_LABEL)
+    return f"{side}Endpoints", _endpoints(item.get("podSelector") or {}, namespace)
+
+
+def _endpoints(selector: dict, namespace: str | None, anywhere: bool = True) -> dict:
+    """A pod LabelSelector in one namespace (None: in any; with `anywhere` false, the policy's own) as a
+    Cilium endpoint selector."""
+    labels = dict(selector.get("matchLabels") or {})
+    expressions = [dict(e) for e in selector.get("matchExpressions") or []]
+    if namespace:
+        labels[NS_LABEL] = namespace
+    elif anywhere:
+        expressions.append({"key": NS_LABEL, "operator": "Exists"})
+    out: dict = {}
+    if labels:
+        out["matchLabels"] = labels
+    if expressions:
+        out["matchExpressions"] = expressions
+    return out
 
 
 def _rule(rule: dict, side: str, peers_key: str) -> dict:
     out: dict = {}
-    for item in rule[peers_key]:
+    for item in rule.get(peers_key, ()):
         key, value = _peer(item, side)
         out.setdefault(key, []).append(value)
+    if peers_key not in rule:
+        out[f"{side}Entities"] = ["all"]
     if "ports" in rule:
         ports = []
         for p in rule["ports"]:
@@ -66,8 +93,9 @@ def _rule(rule: dict, side: str, peers_key: str) -> dict:
 def cilium_policy(np: dict) -> dict:
     """One exported NetworkPolicy as the CiliumNetworkPolicy that decides the same."""
     spec = np["spec"]
-    out = {"endpointSelector": {"matchLabels": dict(spec["podSelector"]["matchLabels"])},
-           "enableDefaultDeny": {"ingress": True, "egress": True}}
+    types = spec.get("policyTypes", [])
+    out = {"endpointSelector": dict(spec["podSelector"]),
+           "enableDefaultDeny": {"ingress": "Ingress" in types, "egress": "Egress" in types}}
     if spec.get("ingress"):
         out["ingress"] = [_rule(r, "from", "from") for r in spec["ingress"]]
     if spec.get("egress"):
@@ -169,12 +197,15 @@ def _grant(program: Program, entries, family: int, src, w, port: int, errors: di
     return rules, tuple(leading)
 
 
-def _peer_item(region, where) -> list[dict]:
+def _peer_item(region, identities: dict) -> list[dict]:
     if region.workload:
-        ns, labels = where[region.workload]["namespace"], where[region.workload]["labels"]
-        return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-                 "podSelector": {"matchLabels": dict(labels)}}]
-    return _ip_blocks(region)
+        spec = identities[region.workload]
+        selector: dict = {"matchLabels": dict(spec["labels"])} if spec["labels"] else {}
+        if spec.get("unset"):
+            selector["matchExpressions"] = [{"key": k, "operator": "DoesNotExist"} for k in spec["unset"]]
+        return [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: spec["namespace"]}},
+                 "podSelector": selector}]
+    return ip_blocks(region)
 
 
 def add_http(policies: list[dict], grants: list, identities: dict) -> None:
@@ -185,10 +216,10 @@ def add_http(policies: list[dict], grants: list, identities: dict) -> None:
     for src, w, port, rules in grants:
         grouped.setdefault((w.key, port, repr(rules)), (w, port, rules, []))[3].append(src)
     for w, port, rules, sources in grouped.values():
-        spec = by_name[f"anyplane-{_k8s_name(w.workload)}"]
+        spec = by_name[f"anyplane-{k8s_name(w.workload)}"]
         ports = [{"port": str(port), "protocol": "TCP"}]
         rule: dict = {}
-        for item in _collapse([i for src in sources for i in _peer_item(src, identities)]):
+        for item in collapse([i for src in sources for i in _peer_item(src, identities)]):
             key, value = _peer(item, "from")
             rule.setdefault(key, []).append(value)
         rule["toPorts"] = [{"ports": ports, "rules": {"http": rules}}]
@@ -201,16 +232,27 @@ def add_http(policies: list[dict], grants: list, identities: dict) -> None:
                 key, value = _peer(item, "to")
                 out.setdefault(key, []).append(value)
             out["toPorts"] = [{"ports": ports}]
-            by_name[f"anyplane-{_k8s_name(src.workload)}"].setdefault("egress", []).append(out)
+            source = by_name.get(f"anyplane-{k8s_name(src.workload)}")
+            if source is not None and source["enableDefaultDeny"]["egress"]:  # else its egress is open
+                source.setdefault("egress", []).append(out)
 
 
 def add_denies(policies: list[dict], anps: list[dict]) -> None:
     """The AdminNetworkPolicies' Deny rules (ports a pair leaves out of everything else) as the subject's
-    `ingressDeny`/`egressDeny`, which win over every allow in Cilium too."""
-    by_labels = {repr(p["spec"]["endpointSelector"]["matchLabels"]): p["spec"] for p in policies}
+    `ingressDeny`/`egressDeny`, which win over every allow in Cilium too (on a policy of its own where
+    the subject has none: one that opens both directions, as the allows need nothing)."""
+    by_selector = {(p["metadata"]["namespace"], repr(p["spec"]["endpointSelector"])): p["spec"] for p in policies}
     for anp in anps:
-        subject = anp["spec"]["subject"]["pods"]["podSelector"]["matchLabels"]
-        spec = by_labels[repr(dict(subject))]
+        subject = anp["spec"]["subject"]["pods"]
+        namespace = subject["namespaceSelector"]["matchLabels"][NAMESPACE_LABEL]
+        key = (namespace, repr(subject["podSelector"]))
+        if key not in by_selector:
+            policies.append({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                             "metadata": dict(anp["metadata"], namespace=namespace),
+                             "spec": {"endpointSelector": dict(subject["podSelector"]),
+                                      "enableDefaultDeny": {"ingress": False, "egress": False}}})
+            by_selector[key] = policies[-1]["spec"]
+        spec = by_selector[key]
         for direction, side in (("ingress", "from"), ("egress", "to")):
             for r in anp["spec"].get(direction, []):
                 rule: dict = {}
@@ -218,10 +260,9 @@ def add_denies(policies: list[dict], anps: list[dict]) -> None:
                     if "networks" in peer:
                         rule.setdefault(f"{side}CIDR", []).extend(peer["networks"])
                     else:
-                        labels = dict(peer["pods"]["podSelector"]["matchLabels"])
-                        labels["io.kubernetes.pod.namespace"] = \
-                            peer["pods"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
-                        rule.setdefault(f"{side}Endpoints", []).append({"matchLabels": labels})
+                        pods = peer["pods"]
+                        rule.setdefault(f"{side}Endpoints", []).append(_endpoints(
+                            pods["podSelector"], pods["namespaceSelector"]["matchLabels"][NAMESPACE_LABEL]))
                 ports = []
                 for p in r["ports"]:
                     item = p.get("portNumber") or p.get("portRange")
@@ -253,7 +294,7 @@ class CiliumEngine(K8sEngine):
         add_http(cilium, grants, identities)
         for p in cilium:  # a direction that allows nothing: closed outright (the schema wants a section)
             for key, deny, side in (("ingress", "ingressDeny", "fromEntities"), ("egress", "egressDeny", "toEntities")):
-                if not p["spec"].get(key):
+                if p["spec"]["enableDefaultDeny"][key] and not p["spec"].get(key):
                     p["spec"][deny] = [{side: ["all"]}]
         text = yaml11.dump_all(cilium, sort_keys=False)
         rows = base.rule_rows(program, lambda r: (base.ENFORCED, "", 0))

@@ -44,7 +44,8 @@ from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
 from ..k8s.engine import CAPABILITY as K8S_CAPABILITY
-from ..k8s.engine import K8sEngine, _k8s_name, _regions, split
+from ..k8s.engine import K8sEngine, _regions, split
+from ..k8s.selectors import k8s_name
 from ..k8s.engine import export as k8s_export
 
 CAPABILITY = base.Capability(**dict(vars(K8S_CAPABILITY), engine="istio",
@@ -174,7 +175,7 @@ def authorization(program: Program, identities: dict, routed=frozenset()) -> tup
         declared = sorted({(p.number, p.protocol) for p in ident.ports})
         if declared and ident.service not in routed:
             services.append({"apiVersion": "v1", "kind": "Service",
-                             "metadata": {"name": f"anyplane-{_k8s_name(w.workload)}", "namespace": ns,
+                             "metadata": {"name": f"anyplane-{k8s_name(w.workload)}", "namespace": ns,
                                           "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
                              "spec": {"selector": dict(labels), "ports": _service_ports(ident.ports)}})
         http = sorted(set(ident.http_ports))
@@ -220,7 +221,7 @@ def authorization(program: Program, identities: dict, routed=frozenset()) -> tup
         for action, rules in (("DENY", deny_rules), ("ALLOW", allow_rules)):
             if rules or (action == "ALLOW" and program.default == "deny"):
                 policies.append({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-                                 "metadata": {"name": f"anyplane-{_k8s_name(w.workload)}-{action.lower()}",
+                                 "metadata": {"name": f"anyplane-{k8s_name(w.workload)}-{action.lower()}",
                                               "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
                                  "spec": {"selector": {"matchLabels": dict(labels)}, "action": action, "rules": rules}})
     if errors:
@@ -264,7 +265,7 @@ def routing(program: Program, identities: dict) -> tuple[list[dict], list[dict],
         if not members:
             continue
         ns = identities[members[0].name]["namespace"]
-        host = f"anyplane-{_k8s_name(name)}"
+        host = f"anyplane-{k8s_name(name)}"
         svcs.append({"apiVersion": "v1", "kind": "Service",
                      "metadata": {"name": host, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
                      "spec": {"selector": {SERVICE_LABEL: name},
@@ -329,7 +330,7 @@ class IstioEngine(K8sEngine):
 
     def emit(self, program: Program, options: base.Options) -> base.Output:
         kubernetes = getattr(options.deployment, "kubernetes", None)
-        policies, identities = k8s_export(project_l4(program), kubernetes)
+        policies, identities = k8s_export(project_l4(program), kubernetes, expressions=False)
         routed = {e.action.service for e in program.routes.entries} | {lim.service for lim in program.limits}
         mapped = sorted(set((kubernetes or {}).get("workloads", {})) & {i.name for i in program.identities
                                                                          if i.service in routed})

@@ -42,8 +42,8 @@ from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
-
-LABEL = "anyplane.io/identity"
+from .selectors import (LABEL, NAMESPACE_LABEL, Cover, collapse, ip_blocks, k8s_name, merged as merged_ranges,
+                        namespace_peer, placements, pod_peer, settle)
 TCP, UDP = 6, 17
 #: Protocols that stand for "every other protocol" when a pair is judged: ICMP echo, GRE, SCTP.
 OTHER_PROBES = {4: ((1, 8), (47, None), (132, None)), 6: ((58, 128), (47, None), (132, None))}
@@ -114,8 +114,20 @@ def _flows(family: int, src: int, dst: int, program: Program):
     for proto, name in ((TCP, "tcp"), (UDP, "udp")):
         for lo, hi in _cells(program, proto):
             yield (name, lo, hi), Flow(family, src, dst, proto, 49152, lo)
-    for proto, icmp in OTHER_PROBES[family]:
+    probed = {proto for proto, _ in OTHER_PROBES[family]}
+    for proto, icmp in OTHER_PROBES[family] + tuple((p, None) for p in sorted(_protocols(program) - probed)):
         yield ("other", proto), Flow(family, src, dst, proto, icmp_type=icmp, icmp_code=0 if icmp is not None else None)
+
+
+@per_program(keep=4)
+def _protocols(program: Program) -> frozenset:
+    """The protocols other than TCP and UDP that some entry names (each is judged with the others)."""
+    out = set()
+    for e in program.acl.entries:
+        fm = e.match.get(F.PROTO)
+        if fm is not None:
+            out.update(v for lo, hi in int_ranges(fm) or () for v in range(lo, min(hi, 255) + 1))
+    return frozenset(out - {TCP, UDP})
 
 
 class _Blame:
@@ -191,10 +203,14 @@ def _narrow(program: Program) -> _Narrow:
     return _Narrow(program)
 
 
-def _answer(program: Program, family: int, src: int, dst: int, blame: _Blame):
+def _answer(program: Program, family: int, src: int, dst: int, blame: _Blame, selfless: bool = False):
     """What NetworkPolicy must allow for one pair of addresses: "all", or {"tcp": ranges, "udp": ranges}
-    (None: nothing)."""
+    (None: nothing). `selfless`: without the entries for one address to itself (the answer between two
+    pods of an identity, asked at one address)."""
     program = _narrow(program)(family, src, dst)
+    if selfless:
+        program = replace(program, acl=Table(program.acl.name, tuple(e for e in program.acl.entries
+                                                                       if not _self_entry(e))))
     allowed: dict[str, list] = {"tcp": [], "udp": []}
     other: dict[int, object] = {}
     denied = []
@@ -302,15 +318,6 @@ def _check_rules(program: Program) -> None:
         raise DiagnosticError(list(errors.values()))
 
 
-def _ip_blocks(region: Region) -> list[dict]:
-    out = []
-    for family, ranges in sorted(region.ranges.items()):
-        klass = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
-        for lo, hi in ranges:
-            out += [{"ipBlock": {"cidr": str(n)}} for n in ipaddress.summarize_address_range(klass(lo), klass(hi))]
-    return out
-
-
 def _ports(answer) -> list[dict] | None:
     if answer == "all" or isinstance(answer, Except):
         return None
@@ -326,28 +333,16 @@ def _ports(answer) -> list[dict] | None:
     return out
 
 
-def _k8s_name(text: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:50] or "x"
-
-
-def export(program: Program, kubernetes: dict | None = None) -> tuple[list[dict], dict]:
+def export(program: Program, kubernetes: dict | None = None, expressions: bool = True) -> tuple[list[dict], dict]:
     """(NetworkPolicy objects, identities: {name: {"namespace", "labels", "addresses"}}). `kubernetes`
-    (the deployment file's section) places each workload in a namespace and names the labels that
-    select its pods (default: the namespace `default`, the label anyplane.io/identity: NAME)."""
+    (the deployment's section, with an imported cluster's `selectors`) places each workload in a
+    namespace and says how its pods are selected (backends/k8s/selectors.py). `expressions`: the
+    selectors may use matchExpressions (False where another resource reuses them with matchLabels)."""
     kubernetes = kubernetes or {}
-    default_ns = kubernetes.get("namespace", "default")
     mapped = kubernetes.get("workloads", {})
-
-    def where(name: str) -> tuple[str, dict]:
-        w = mapped.get(name, {})
-        return w.get("namespace") or default_ns, w.get("labels") or {LABEL: name}
     _check_rules(program)
     regions, kinds = _regions(program)
     blame = _Blame(program)
-    for ident in program.identities:
-        if kinds[ident.name] != "external" and ident.name not in mapped and not _NAME.fullmatch(ident.name):
-            raise DiagnosticError([error(program.default_origin, "k8s",
-                                         f"identity {ident.name!r} is not a Kubernetes label value")])
     workloads = [r for r in regions if r.workload]
     # answers[(src region, dst region)] for every pair with a workload at one end (same family probes)
     answers = {}
@@ -364,7 +359,10 @@ def export(program: Program, kubernetes: dict | None = None) -> tuple[list[dict]
                     if denied.entry is not None:
                         blame.add(denied, f"Kubernetes lets a pod reach itself: the policy cannot deny "
                                           f"{a.workload} -> {a.workload}")
-                answers[(a.key, b.key)] = "all"
+                # Between two of its pods (one created later with its labels) the rules decide.
+                ans = _answer(program, fam, a.probe(fam), a.probe(fam), blame, selfless=True)
+                if ans is not None:
+                    answers[(a.key, b.key)] = ans
                 continue
             hosts = a is b and a.workload is not None and _hosts(a)
             if hosts:  # pods at one address each: each reaches itself (Kubernetes'), the pairs are the policy's
@@ -399,40 +397,199 @@ def export(program: Program, kubernetes: dict | None = None) -> tuple[list[dict]
                 answers[(a.key, b.key)] = seen[1]
     blame.raise_any()
     by_key = {r.key: r for r in regions}
-    policies = []
     unknown = sorted(set(mapped) - {w.workload for w in workloads})
     if unknown:
         raise DiagnosticError([error(program.default_origin, "k8s", f"the deployment's kubernetes.workloads names "
                                                                    f"{', '.join(unknown)}: no workload of the policy")])
-    for a in workloads:
-        for b in workloads:
-            (ns_a, la), (ns_b, lb) = where(a.workload), where(b.workload)
-            if a is not b and ns_a == ns_b and la.items() <= lb.items():
-                raise DiagnosticError([error(program.default_origin, "k8s", (
-                    f"the labels that select {a.workload}'s pods ({la}) select {b.workload}'s too, in namespace "
-                    f"{ns_a}: give each workload labels its pods alone carry (deployment file, "
-                    "kubernetes.workloads)"))])
+    placed, problems = placements([w.workload for w in workloads], kubernetes, expressions)
+    share = settle(placed, lambda a, b: _alike(by_key[a], by_key[b], regions, answers), expressions)
+    problems += [f"identity {name!r} is not a Kubernetes label value" for name, p in placed.items()
+                 if p.labels.get(LABEL) == name and not _NAME.fullmatch(name)]
+    if problems:
+        raise DiagnosticError([error(program.default_origin, "k8s", problems[0])])
+    peers = _Peers(regions, placed)
+    into, out_of = _isolation(regions, answers)
+    for isolated in (into, out_of):  # identities that share a selector share its policy
+        isolated |= {k for k, rep in share.items() if rep in isolated or k in isolated} | \
+            {rep for k, rep in share.items() if k in isolated}
+    policies = []
     for w in sorted(workloads, key=lambda r: r.key):
-        ingress = _rules([(by_key[s], ans) for (s, d), ans in sorted(answers.items()) if d == w.key], "from", where)
-        egress = _rules([(by_key[d], ans) for (s, d), ans in sorted(answers.items()) if s == w.key], "to", where)
-        ns, labels = where(w.workload)
-        spec = {"podSelector": {"matchLabels": dict(labels)}, "policyTypes": ["Ingress", "Egress"]}
-        if ingress:
-            spec["ingress"] = ingress
-        if egress:
-            spec["egress"] = egress
+        if w.workload in share:
+            continue
+        spec: dict = {"podSelector": placed[w.workload].selector(), "policyTypes": []}
+        for direction, side, pairs in (
+                ("Ingress", "from", [(r, answers.get((r.key, w.key))) for r in regions if peers.meet(r, w)]),
+                ("Egress", "to", [(r, answers.get((w.key, r.key))) for r in regions if peers.meet(w, r)])):
+            if w.key not in (into if direction == "Ingress" else out_of):
+                continue  # the direction stays open: the other ends' policies say what it may not
+            spec["policyTypes"].append(direction)
+            # The egress rules are exact; an ingress rule may admit more from a source whose egress is isolated.
+            rules = peers.rules(w, pairs, side, out_of if direction == "Ingress" else frozenset())
+            if rules:
+                spec[direction.lower()] = rules
+        if not spec["policyTypes"]:
+            continue
         policies.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                         "metadata": {"name": f"anyplane-{_k8s_name(w.workload)}", "namespace": ns,
+                         "metadata": {"name": f"anyplane-{k8s_name(w.workload)}", "namespace": placed[w.workload].namespace,
                                       "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
                          "spec": spec})
     names = [p["metadata"]["name"] for p in policies]
     for i, p in enumerate(policies):  # two names that sanitise alike get a number
         if names.count(p["metadata"]["name"]) > 1:
             p["metadata"]["name"] += f"-{i}"
-    policies += _admin(answers, by_key, where, program)
-    identities = {w.workload: {"namespace": where(w.workload)[0], "labels": dict(where(w.workload)[1]),
-                               "addresses": [str(p) for p in _prefixes(w)]} for w in workloads}
+    policies += _admin(answers, by_key, placed, program)
+    identities = {}
+    for w in workloads:
+        p = placed[w.workload]
+        identities[w.workload] = {"namespace": p.namespace, "labels": dict(p.labels),
+                                  "addresses": [str(x) for x in _prefixes(w)]}
+        if p.unset:
+            identities[w.workload]["unset"] = list(p.unset)
     return policies, identities
+
+
+def _alike(a: Region, b: Region, regions: list[Region], answers: dict) -> bool:
+    """Whether two workloads are decided alike: the same answers with every other region, both ways,
+    and between their pods."""
+    for r in regions:
+        if r is not a and r is not b and (answers.get((r.key, a.key)) != answers.get((r.key, b.key)) or
+                                          answers.get((a.key, r.key)) != answers.get((b.key, r.key))):
+            return False
+    inner = [answers.get((a.key, b.key)), answers.get((b.key, a.key))] + \
+        [answers.get((x.key, x.key)) for x in (a, b)]
+    return all(x == inner[0] for x in inner)
+
+
+def _isolation(regions: list[Region], answers: dict) -> tuple[set, set]:
+    """(workloads isolated for ingress, for egress): enough that every pair that does not pass everything
+    has an isolated end, its destination's ingress or its source's egress. Pairs with an outside end
+    leave no choice; the others are covered greedily, the workload with the most pairs first (ingress
+    on a tie), so that the directions users leave open stay open."""
+    into, out_of, rest = set(), set(), []
+    for a in regions:
+        for b in regions:
+            if not (a.workload or b.workload) or set(a.ranges).isdisjoint(b.ranges):
+                continue
+            ans = answers.get((a.key, b.key))
+            if ans == "all" or isinstance(ans, Except):
+                continue
+            if not a.workload:
+                into.add(b.key)
+            elif not b.workload:
+                out_of.add(a.key)
+            else:
+                rest.append((a.key, b.key))
+    rest = [(a, b) for a, b in rest if b not in into and a not in out_of]
+    degree: dict = {}
+    for a, b in rest:
+        degree[("in", b)] = degree.get(("in", b), 0) + 1
+        degree[("out", a)] = degree.get(("out", a), 0) + 1
+    edges: dict = {}
+    for a, b in rest:
+        edges.setdefault(("in", b), []).append(("out", a))
+        edges.setdefault(("out", a), []).append(("in", b))
+    chosen = {"in": into, "out": out_of}
+    for side, key in sorted(degree, key=lambda v: (-degree[v], v[0] != "in", v[1])):
+        if any(other[1] not in chosen[other[0]] for other in edges[(side, key)]):
+            chosen[side].add(key)
+    return into, out_of
+
+
+class _Peers:
+    """A direction's peers as few selectors as say them exactly (see backends/k8s/selectors.py)."""
+
+    def __init__(self, regions: list[Region], placed: dict):
+        self.regions, self.placed = regions, placed
+        self.by_ns: dict[str, list[Region]] = {}
+        for r in regions:
+            if r.workload:
+                self.by_ns.setdefault(placed[r.workload].namespace, []).append(r)
+        self.whole = {ns: all(placed[r.workload].from_cluster for r in rs) for ns, rs in self.by_ns.items()}
+        self.memo: dict = {}
+        self.near: dict = {}
+        # An imported cluster's blocks may span its pods' addresses, as the policies users write do; other
+        # exports' blocks never hold a workload's address (the same under every reading of ipBlock).
+        cluster = bool(placed) and all(p.from_cluster for p in placed.values())
+        self.free = {f: merged_ranges(rng for r in regions if r.workload for rng in r.ranges.get(f, ()))
+                     if cluster else [] for f in (4, 6)}
+
+    @staticmethod
+    def meet(a: Region, b: Region) -> bool:
+        """Whether two regions share an IP version (else no flow joins them: either answer will do)."""
+        return not set(a.ranges).isdisjoint(b.ranges)
+
+    def rules(self, w: Region, pairs: list, side: str, loose=frozenset()) -> list[dict]:
+        """The rules of one direction of `w`'s: peers grouped by what they are allowed. A peer in `loose`
+        (its own policy says exactly what this pair passes) may be admitted with more, which lets a
+        rule name a whole namespace, or every peer."""
+        grouped: dict[str, tuple[object, list, list]] = {}
+        spare = []
+        for region, ans in pairs:
+            if region.key in loose:
+                spare.append((region, ans))
+            elif ans is not None:
+                grouped.setdefault(repr(ans), (ans, [], []))[1].append(region)
+        for region, ans in spare:  # admitted by one rule that passes at least its answer, allowed in the others
+            fits = [g for g in grouped.values() if _covers(g[0], ans)]
+            home = None
+            if ans is not None:
+                home = grouped.get(repr(ans)) or (fits[0] if fits else grouped.setdefault(repr(ans), (ans, [], [])))
+                home[1].append(region)
+            for g in fits:
+                if g is not home:
+                    g[2].append(region)
+        out = []
+        for ans, group, extra in grouped.values():
+            items = self.items(w, group, extra)
+            rule = {} if items is None else {side: items}
+            ports = _ports(ans)
+            if ports is not None:
+                rule["ports"] = ports
+            out.append(rule)
+        return out
+
+    def items(self, w: Region, group: list[Region], extra: list[Region] = ()) -> list[dict] | None:
+        """The peers of one rule of `w`'s (None: every peer): `group` must be named, `extra` may be."""
+        keys = {r.key for r in group} | {r.key for r in extra}
+        near = self.near.get(frozenset(w.ranges))
+        if near is None:
+            near = self.near[frozenset(w.ranges)] = [r for r in self.regions if self.meet(r, w)]
+        if all(r.key in keys for r in near):
+            return None
+        items = []
+        work = [r for r in group if r.workload]
+        if work and all(self.whole.values()) and all(r.key in keys for r in near if r.workload):
+            items.append(namespace_peer(None))
+        elif work:
+            spaces: dict[str, list[Region]] = {}
+            for r in work:
+                spaces.setdefault(self.placed[r.workload].namespace, []).append(r)
+            for ns, rs in sorted(spaces.items()):
+                if self.whole[ns] and all(r.key in keys for r in self.by_ns[ns] if self.meet(r, w)):
+                    items.append(namespace_peer(ns))
+                else:
+                    here = self.placed[w.workload].namespace
+                    for r in sorted(rs, key=lambda r: r.workload):
+                        peer = pod_peer(self.placed[r.workload], here)
+                        if peer not in items:  # identities that share a selector
+                            items.append(peer)
+        wanted: dict[int, list] = {}
+        for r in group:
+            if not r.workload:
+                for f, rng in r.ranges.items():
+                    if f in w.ranges:
+                        wanted.setdefault(f, []).extend(rng)
+        return items + Cover(wanted, self.free, self.memo).blocks()
+
+
+def _covers(more, less) -> bool:
+    """Whether the answer `more` passes at least what `less` does."""
+    if less is None or more == "all" or isinstance(more, Except):
+        return True
+    if less == "all" or isinstance(less, Except):
+        return False
+    return all(any(a <= lo and hi <= b for a, b in merge_ranges(list(more.get(p, ())))) for p in ("tcp", "udp")
+               for lo, hi in less.get(p, ()))
 
 
 def _anp_ports(ports: dict) -> list[dict]:
@@ -444,7 +601,7 @@ def _anp_ports(ports: dict) -> list[dict]:
     return out
 
 
-def _admin(answers: dict, by_key: dict, where, program: Program) -> list[dict]:
+def _admin(answers: dict, by_key: dict, placed: dict, program: Program) -> list[dict]:
     """AdminNetworkPolicies for the pairs that pass everything but some ports: a Deny of those ports at
     the destination's ingress (from a workload), or at the source's egress (to outside addresses).
     AdminNetworkPolicy has no ingress peer for outside addresses: such a pair is an error at its rule."""
@@ -455,10 +612,10 @@ def _admin(answers: dict, by_key: dict, where, program: Program) -> list[dict]:
             continue
         a, b = by_key[a_key], by_key[b_key]
         if b.workload and a.workload:
-            subject, direction, peer = b.workload, "ingress", _anp_pods(a.workload, where)
+            subject, direction, peer = b.workload, "ingress", _anp_pods(placed[a.workload])
         elif a.workload:
             subject, direction, peer = a.workload, "egress", {"networks": [i["ipBlock"]["cidr"]
-                                                                           for i in _collapse(_ip_blocks(b))]}
+                                                                           for i in collapse(ip_blocks(b))]}
         else:
             blame.add(ans.why, "Kubernetes cannot deny some ports of an address outside the cluster while it lets "
                                "every other protocol through (AdminNetworkPolicy has no ingress peer for outside "
@@ -473,26 +630,24 @@ def _admin(answers: dict, by_key: dict, where, program: Program) -> list[dict]:
         raise DiagnosticError([error(program.default_origin, "k8s", "more than 1000 workloads need an "
                                                                    "AdminNetworkPolicy (priorities are 0-1000)")])
     for n, subject in enumerate(subjects, start=1):
-        spec: dict = {"priority": n, "subject": _anp_pods(subject, where)}
+        spec: dict = {"priority": n, "subject": _anp_pods(placed[subject])}
         for direction, side in (("ingress", "from"), ("egress", "to")):
             for k, (ports, peers) in enumerate(rules.get((subject, direction), {}).values(), start=1):
                 nets = [{"ipBlock": {"cidr": c}} for peer in peers for c in peer.get("networks", ())]
                 merged = [p for p in peers if "networks" not in p]
                 if nets:
-                    merged.append({"networks": [i["ipBlock"]["cidr"] for i in _collapse(nets)]})
+                    merged.append({"networks": [i["ipBlock"]["cidr"] for i in collapse(nets)]})
                 spec.setdefault(direction, []).append({"name": f"deny-{k}", "action": "Deny", side: merged,
                                                        "ports": _anp_ports(ports)})
         out.append({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
-                    "metadata": {"name": f"anyplane-{_k8s_name(subject)}",
+                    "metadata": {"name": f"anyplane-{k8s_name(subject)}",
                                  "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
                     "spec": spec})
     return out
 
 
-def _anp_pods(workload: str, where) -> dict:
-    ns, labels = where(workload)
-    return {"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-                     "podSelector": {"matchLabels": dict(labels)}}}
+def _anp_pods(p) -> dict:
+    return {"pods": {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: p.namespace}}, "podSelector": p.selector()}}
 
 
 def _self_entry(e) -> bool:
@@ -516,8 +671,11 @@ def _representative_pairs(program: Program, family: int, a: Region, b: Region, h
         if hit is not None and hit[0] is region:
             return hit[1]
         out: dict = {}
+        # An entry for one address to itself is the importer's (a pod reaches itself) where each address is
+        # a pod; elsewhere it decides part of the workload apart.
+        mine = selfs if _hosts(region) or _single(region) else frozenset()
         for start, _ in region.ranges.get(family, ()):
-            out.setdefault(narrow._holding(side, family, start) - selfs, []).append(start)
+            out.setdefault(narrow._holding(side, family, start) - mine, []).append(start)
         narrow.kinds[key] = (region, list(out.values()))
         return narrow.kinds[key][1]
     for src_kind in kinds(a, 0):
@@ -556,42 +714,6 @@ def _prefixes(region: Region) -> list[Prefix]:
             for n in ipaddress.summarize_address_range(klass(lo), klass(hi)):
                 out.append(Prefix(family, int(n.network_address), n.prefixlen))
     return out
-
-
-def _rules(peers: list[tuple[Region, object]], side: str, where) -> list[dict]:
-    """Rules for one direction: peers grouped by what they are allowed (`where(identity)` -> its
-    namespace and labels)."""
-    grouped: dict[str, tuple[object, list]] = {}
-    for region, ans in peers:
-        key = repr(ans)
-        grouped.setdefault(key, (ans, []))[1].append(region)
-    out = []
-    for ans, regions in grouped.values():
-        items = []
-        for r in regions:
-            if r.workload:
-                ns, labels = where(r.workload)
-                items.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-                              "podSelector": {"matchLabels": dict(labels)}})
-            else:
-                items += _ip_blocks(r)
-        rule = {side: _collapse(items)}
-        ports = _ports(ans)
-        if ports is not None:
-            rule["ports"] = ports
-        out.append(rule)
-    return out
-
-
-def _collapse(items: list[dict]) -> list[dict]:
-    """ipBlocks of adjacent ranges merged into the fewest CIDRs."""
-    blocks = [ipaddress.ip_network(i["ipBlock"]["cidr"]) for i in items if "ipBlock" in i]
-    rest = [i for i in items if "ipBlock" not in i]
-    merged = []
-    for version in (4, 6):
-        merged += [{"ipBlock": {"cidr": str(n)}}
-                   for n in ipaddress.collapse_addresses(b for b in blocks if b.version == version)]
-    return rest + merged
 
 
 def split(policies: list[dict]) -> tuple[list[dict], list[dict]]:

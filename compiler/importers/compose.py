@@ -42,6 +42,28 @@ class Imported:
     #: the pods of identities that stand for several: (IP version, address as an integer) -> (the pod,
     #: "NAMESPACE/NAME"; how many pods its identity holds)
     members: dict = field(default_factory=dict)
+    #: how the cluster selects each identity's pods: name -> {"namespace", "labels" (the values of the
+    #: label keys some selector reads), "unset" (keys read that other pods of its namespace carry and its
+    #: own lack)}; the exporters write their selectors from it (backends/k8s)
+    selectors: dict = field(default_factory=dict)
+
+
+def selectors(classes: dict, pods: list[Pod], keys: set) -> dict:
+    """Per identity of the cluster's pods, the labels that select exactly its pods in its namespace
+    (`Imported.selectors`). Every decision reads only the keys some selector reads, so a pod created
+    later with the same namespace and the same values of those keys is decided as the identity."""
+    carried: dict[str, set] = {}
+    for p in pods:
+        carried.setdefault(p.namespace, set()).update(k for k in p.labels if k in keys)
+    out = {}
+    for members, name in classes.values():
+        p = members[0]
+        if p.name_in_policy or p.base:  # read back from an export: not a cluster's own pods
+            continue
+        labels = {k: v for k, v in sorted(p.labels.items()) if k in keys}
+        out[name or p.ident] = {"namespace": p.namespace, "labels": labels,
+                                "unset": sorted(carried[p.namespace] - set(labels))}
+    return out
 
 
 def outside_blocks(networks: list, pods: list[Pod]) -> list[tuple[str, list, str]]:
@@ -278,6 +300,8 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
     for a in ends:
         for b in ends:
             a_pod, b_pod = isinstance(a, Pod), isinstance(b, Pod)
+            if not _families(a) & _families(b):
+                continue  # no flow joins an IPv4-only end and an IPv6-only one
             into = b_pod and b.ident in restricted_in
             out_of = a_pod and a.ident in restricted_out
             sidecar = b_pod and b.ident in meshed
@@ -285,8 +309,10 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                 continue  # no policy decides this pair: the default allows it
             name_a, name_b = (name_of[id(a)] if a_pod else a.name), (name_of[id(b)] if b_pod else b.name)
             if a is b and a.single and classes[id(a)][1] is None:
-                emit(f"allow {name_a} -> {name_a} priority 20", a.span, "a pod cannot block access to itself")
-                continue
+                # The pod to itself, above every rule; the pair says what pods created later with its
+                # labels may send each other.
+                address = a.networks[0].network_address
+                emit(f"allow {address} -> {address} priority 90", a.span, "a pod cannot block access to itself")
             if a is b and classes[id(a)][1] is not None:  # each pod of the class to itself, above every rule
                 for m in classes[id(a)][0]:
                     emit(f"allow {m.address} -> {m.address} priority 90", m.span, "a pod cannot block access to itself")
@@ -355,6 +381,7 @@ def _by_rules(emit, reps: list[Pod], blocks: list[Outside], name_of: dict, class
     index = {id(e): k for k, e in enumerate(ends)}
     rep_of = {id(m): index[rep] for rep, (members, _) in classes.items() for m in members}
     names = [name_of[id(e)] if isinstance(e, Pod) else e.name for e in ends]
+    families = [_families(e) for e in ends]
     every = frozenset(range(len(ends)))
     outside = range(len(reps), len(ends))
     closed_in = frozenset(k for k, e in enumerate(reps) if e.ident in isolated_in)
@@ -394,6 +421,11 @@ def _by_rules(emit, reps: list[Pod], blocks: list[Outside], name_of: dict, class
     depends: dict[int, list[frozenset]] = {}
 
     def allow(srcs, dsts, ports: Ports, r: Rule, *others: Rule) -> None:
+        # No flow joins an IPv4-only end and an IPv6-only one: ends with no version the other side has go.
+        versions = set().union(*(families[k] for k in dsts)) if dsts else set()
+        srcs = {k for k in srcs if families[k] & versions}
+        versions = set().union(*(families[k] for k in srcs)) if srcs else set()
+        dsts = {k for k in dsts if families[k] & versions}
         if not (srcs and dsts and ports):
             return
         key = (frozenset(srcs), frozenset(dsts), ports)
@@ -418,8 +450,9 @@ def _by_rules(emit, reps: list[Pod], blocks: list[Outside], name_of: dict, class
         if classes[id(e)][1] is not None:
             for m in classes[id(e)][0]:
                 emit(f"allow {m.address} -> {m.address} priority 90", m.span, "a pod cannot block access to itself")
-        elif e.single:
-            emit(f"allow {names[k]} -> {names[k]} priority 20", e.span, "a pod cannot block access to itself")
+        elif e.single:  # the pod's identity to itself is the rules' (pods created later with its labels)
+            address = e.networks[0].network_address
+            emit(f"allow {address} -> {address} priority 90", e.span, "a pod cannot block access to itself")
     for r, subjects in rules["ingress"].values():
         for ports, dsts in by_ports(r, subjects).items():
             allow(peers(r) - closed_out, dsts, ports, r)

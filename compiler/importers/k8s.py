@@ -35,7 +35,7 @@ from anyplane.ir.source import DiagnosticError, Span, error
 
 from . import admin, cilium, istio, routing
 from .cluster import MANIFEST_SUFFIXES, Pod, Reader, selects, span_of_object, is_manifest
-from .compose import BOUNDS, Imported, covering_prefixes, identity_classes, outside_blocks, write_policy
+from .compose import BOUNDS, Imported, covering_prefixes, identity_classes, outside_blocks, selectors, write_policy
 from .networkpolicy import Rule, ipblock_networks, read_policy, rule_ports
 
 __all__ = ["MANIFEST_SUFFIXES", "Imported", "Pod", "convert", "is_manifest", "read_back"]
@@ -141,6 +141,7 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
             for m in members:
                 for n in m.networks:
                     out.members[(n.version, int(n.network_address))] = (f"{m.namespace}/{m.name}", len(members))
+    out.selectors = selectors(classes, pods, keys)
     out.partition = (frozenset(keys), tuple(sorted(set(networks), key=lambda n: (n.version, n))))
     return out
 
