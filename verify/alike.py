@@ -46,8 +46,13 @@ class PairClasses:
         part = {side: {n: 0 for n in names} for side in ("src", "dst")}
         interned = {} if interned is None else interned  # shared: keys of two programs compare
         self.code = []
+        self.selves = 0  # entries for one address to itself (a pod's traffic to itself)
         for i, e in enumerate(self.ordered):
             bit = 1 << i
+            src_ip, dst_ip = e.match.get(F.SRC_IP), e.match.get(F.DST_IP)
+            if isinstance(src_ip, PrefixMatch) and src_ip == dst_ip and src_ip.prefix.length == src_ip.prefix.width \
+                    and e.match.get(F.SRC_ID) is None and e.match.get(F.DST_ID) is None:
+                self.selves |= bit
             rest = tuple((k, v) for k, v in e.match.fields if k not in _ADDRESS_FIELDS)
             self.code.append(interned.setdefault((rest, action_key(e.action)), len(interned)))
             for side, id_field, ip_field in (("src", F.SRC_ID, F.SRC_IP), ("dst", F.DST_ID, F.DST_IP)):
@@ -79,16 +84,20 @@ class PairClasses:
             for family, address in own.addresses(n):
                 self.address[n].setdefault(family, address)
 
-    def key(self, src: str, dst: str) -> tuple | None:
-        """The class of the pair, or None when some entry holds for part of its addresses."""
-        if (self.part["src"][src] & (self.full["dst"][dst] | self.part["dst"][dst])) or \
-                (self.part["dst"][dst] & self.full["src"][src]):
+    def key(self, src: str, dst: str, selfless: bool = False) -> tuple | None:
+        """The class of the pair, or None when some entry holds for part of its addresses. `selfless`:
+        for the flows between two different addresses only (an entry for one address to itself matches
+        none of them)."""
+        mask = ~self.selves if selfless else -1
+        part_src, part_dst = self.part["src"][src] & mask, self.part["dst"][dst] & mask
+        if (part_src & (self.full["dst"][dst] | part_dst)) or (part_dst & self.full["src"][src]):
             return None
-        return (self.families[src] & self.families[dst],) + tuple(self.code[i] for i in self.positions(src, dst))
+        return (self.families[src] & self.families[dst],) + \
+            tuple(self.code[i] for i in self.positions(src, dst, mask))
 
-    def positions(self, src: str, dst: str) -> list[int]:
+    def positions(self, src: str, dst: str, mask: int = -1) -> list[int]:
         """The entries that hold for every flow of a pair's region but the rest of their match, in order."""
-        bits, out = self.full["src"][src] & self.full["dst"][dst], []
+        bits, out = self.full["src"][src] & self.full["dst"][dst] & mask, []
         while bits:
             low = bits & -bits
             out.append(low.bit_length() - 1)

@@ -326,22 +326,36 @@ def _by_pairs(policy: Program, engines: dict[str, Program], scopes: list[Scope])
                 return None
             chosen = sorted(set(fm.values) & set(inside))
             src, dst = (chosen, inside) if field_name == F.SRC_ID else (inside, chosen)
+        # Identities whose every address the scope leaves out with itself (a pod's traffic to itself):
+        # with itself, such an identity's region is the flows between two of its addresses.
+        exempt = {m.get(F.SRC_IP).prefix for m in scope.excluded
+                  if set(dict(m.fields)) == {F.SRC_IP, F.DST_IP} and m.get(F.SRC_IP) == m.get(F.DST_IP)
+                  and isinstance(m.get(F.SRC_IP), PrefixMatch)}
         regions_left, classes = [], set()
         for s in src:
             for d in dst:
-                a, b = mine.key(s, d), theirs.key(s, d)
+                selfless = s == d and _only_hosts(policy, s, exempt)
+                if selfless and len(ownership(policy).prefixes.get(s, ())) == 1:
+                    continue  # one address, left out with itself: nothing of the pair is in scope
+                a, b = mine.key(s, d, selfless), theirs.key(s, d, selfless)
                 if a is not None and a == b:
                     continue  # decided alike by both
-                # A pair of an identity with itself is asked alone: the scope may leave out part of it
-                # (a pod's traffic to itself), which differs from identity to identity.
-                if a is not None and b is not None and s != d:
-                    if (a, b) in classes:
+                # A pair of an identity with itself is asked with its like only when the scope leaves out
+                # each of its addresses with itself (else what it leaves out differs from one to another).
+                if a is not None and b is not None and (s != d or selfless):
+                    if (s == d, a, b) in classes:
                         continue  # asked for another pair of the class
-                    classes.add((a, b))
+                    classes.add((s == d, a, b))
                 regions_left.append(Block(Match.of({F.SRC_ID: InSet((s,)), F.DST_ID: InSet((d,))})))
         inside_t = tuple(inside)
         out[scope.label] = regions_left + [_Rest("src", inside_t), _Rest("dst", inside_t)]
     return out
+
+
+def _only_hosts(policy: Program, name: str, exempt: set) -> bool:
+    """Whether every address of an identity is one the scope leaves out with itself."""
+    prefixes = ownership(policy).prefixes.get(name, ())
+    return bool(prefixes) and all(p.length == p.width and p in exempt for p in prefixes)
 
 
 def _allows_all(p: Program) -> bool:

@@ -36,7 +36,7 @@ from anyplane.ir.flow import Flow
 from anyplane.ir.interp import evaluate, match_holds, owner
 from anyplane.ir.match import InSet, PrefixMatch, int_ranges, merge_ranges, options as alternatives
 from anyplane.ir.memo import per_program
-from anyplane.ir.nodes import Program, Table
+from anyplane.ir.nodes import Program, Table, precedence
 from anyplane.ir.owners import ownership
 from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError, error
@@ -159,6 +159,15 @@ class _Narrow:
         self.memo: dict = {}
         self.pairs: dict = {}
         self.kinds: dict = {}  # (id of a region, side, family) -> (the region, its kinds of ranges)
+        # Two pairs whose entries are alike but for their addresses and identities get the same answer:
+        # each entry's shape is its precedence, verdict and the rest of its match (entries of equal
+        # precedence decide alike, so the shapes of a pair are a set).
+        ends = (F.SRC_IP, F.SRC_ID, F.DST_IP, F.DST_ID)
+        shapes: dict = {}
+        self.shape = [shapes.setdefault((precedence(e), e.action.verdict,
+                                         tuple(f for f in e.match.fields if f[0] not in ends)), len(shapes))
+                      for e in program.acl.entries]
+        self.answers: dict = {}  # (family, selfless, shapes) -> (answer,)
         # Per side: entries that hold for every address, those that name identities only (looked up by
         # the address's owner) or one address only, and the rest (asked address by address).
         self.every: list[set] = [set(), set()]
@@ -189,6 +198,12 @@ class _Narrow:
                                        {i for i, m in self.rest[side] if match_holds(m, probe, who, who)})
         return self.memo[key]
 
+    def shapes(self, family: int, src: int, dst: int, selfless: bool) -> tuple:
+        keep = self._holding(0, family, src) & self._holding(1, family, dst)
+        if selfless:
+            keep -= _selfs(self.program)
+        return family, selfless, frozenset(self.shape[i] for i in keep)
+
     def __call__(self, family: int, src: int, dst: int) -> Program:
         key = (family, src, dst)
         if key not in self.pairs:
@@ -207,7 +222,19 @@ def _answer(program: Program, family: int, src: int, dst: int, blame: _Blame, se
     """What NetworkPolicy must allow for one pair of addresses: "all", or {"tcp": ranges, "udp": ranges}
     (None: nothing). `selfless`: without the entries for one address to itself (the answer between two
     pods of an identity, asked at one address)."""
-    program = _narrow(program)(family, src, dst)
+    narrow = _narrow(program)
+    key = narrow.shapes(family, src, dst, selfless)
+    hit = narrow.answers.get(key)
+    if hit is not None:
+        return hit[0]
+    blamed = len(blame.found)
+    got = _judge(narrow(family, src, dst), family, src, dst, blame, selfless)
+    if len(blame.found) == blamed:  # an answer that blamed a rule is asked again, to blame it there too
+        narrow.answers[key] = (got,)
+    return got
+
+
+def _judge(program: Program, family: int, src: int, dst: int, blame: _Blame, selfless: bool):
     if selfless:
         program = replace(program, acl=Table(program.acl.name, tuple(e for e in program.acl.entries
                                                                        if not _self_entry(e))))
