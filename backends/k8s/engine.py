@@ -67,6 +67,14 @@ class Region:
         r = self.ranges.get(family)
         return r[0][0] if r else None
 
+    @property
+    def families(self) -> frozenset:
+        """Its IP versions (asked once its ranges are all known)."""
+        hit = self.__dict__.get("_families")
+        if hit is None:
+            hit = self.__dict__["_families"] = frozenset(self.ranges)
+        return hit
+
 
 def _cells(program: Program, proto: int) -> list[tuple[int, int]]:
     cuts = {0, 65536}
@@ -168,6 +176,8 @@ class _Narrow:
                                          tuple(f for f in e.match.fields if f[0] not in ends)), len(shapes))
                       for e in program.acl.entries]
         self.answers: dict = {}  # (family, selfless, shapes) -> (answer,)
+        self.bits: dict = {}
+        self.selves = sum(1 << i for i, e in enumerate(program.acl.entries) if _self_entry(e))
         # Per side: entries that hold for every address, those that name identities only (looked up by
         # the address's owner) or one address only, and the rest (asked address by address).
         self.every: list[set] = [set(), set()]
@@ -198,11 +208,25 @@ class _Narrow:
                                        {i for i, m in self.rest[side] if match_holds(m, probe, who, who)})
         return self.memo[key]
 
-    def shapes(self, family: int, src: int, dst: int, selfless: bool) -> tuple:
-        keep = self._holding(0, family, src) & self._holding(1, family, dst)
+    def _bits(self, side: int, family: int, address: int) -> int:
+        """`_holding` as a bit set (an int: pairs intersect them millions of times)."""
+        key = (side, family, address)
+        hit = self.bits.get(key)
+        if hit is None:
+            hit = self.bits[key] = sum(1 << i for i in self._holding(side, family, address))
+        return hit
+
+    def shapes(self, family: int, src: int, dst: int, selfless: bool):
+        """The key of a pair's answer: the entries that hold for it, then (on a miss) their shapes."""
+        keep = self._bits(0, family, src) & self._bits(1, family, dst)
         if selfless:
-            keep -= _selfs(self.program)
-        return family, selfless, frozenset(self.shape[i] for i in keep)
+            keep &= ~self.selves
+        found = set()
+        while keep:  # few entries hold for both ends of a pair
+            low = keep & -keep
+            found.add(self.shape[low.bit_length() - 1])
+            keep ^= low
+        return family, selfless, frozenset(found)
 
     def __call__(self, family: int, src: int, dst: int) -> Program:
         key = (family, src, dst)
@@ -414,6 +438,8 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
                 # Every range of a workload must be decided alike (a label selects all its pods). Two
                 # pairs of ranges that the same entries hold for are decided alike: one pair is asked
                 # per kind of range on each side, not every pair of ranges (pods of one identity).
+                if not hosts and _one_kind(program, family, a, 0) and _one_kind(program, family, b, 1):
+                    continue  # the pair asked is the only one
                 for ps, pd in _representative_pairs(program, family, a, b, hosts):
                     if (ps, pd) != (s, d) and _answer(program, family, ps, pd, blame) != ans:
                             which = a.workload if len(a.ranges[family]) > 1 else b.workload
@@ -543,7 +569,7 @@ class _Peers:
     @staticmethod
     def meet(a: Region, b: Region) -> bool:
         """Whether two regions share an IP version (else no flow joins them: either answer will do)."""
-        return not set(a.ranges).isdisjoint(b.ranges)
+        return not a.families.isdisjoint(b.families)
 
     def rules(self, w: Region, pairs: list, side: str, loose=frozenset()) -> list[dict]:
         """The rules of one direction of `w`'s: peers grouped by what they are allowed. A peer in `loose`
@@ -685,26 +711,38 @@ def _self_entry(e) -> bool:
                                                                                  else 128)
 
 
+def _one_kind(program: Program, family: int, region: Region, side: int) -> bool:
+    """Whether the same entries hold for every range of a region on one side (see `_representative_pairs`)."""
+    hit = region.__dict__.get(("one", side, family))
+    if hit is None:
+        hit = region.__dict__[("one", side, family)] = len(_kinds(program, family, region, side)) == 1
+    return hit
+
+
+def _kinds(program: Program, family: int, region: Region, side: int) -> list[list[int]]:
+    """The starts of a region's ranges, grouped by the entries that hold for them on one side (an entry
+    for one address to itself aside, where each address is a pod)."""
+    narrow = _narrow(program)
+    key = (id(region), side, family)
+    hit = narrow.kinds.get(key)
+    if hit is not None and hit[0] is region:
+        return hit[1]
+    out: dict = {}
+    # An entry for one address to itself is the importer's (a pod reaches itself) where each address is
+    # a pod; elsewhere it decides part of the workload apart.
+    mine = _selfs(program) if _hosts(region) or _single(region) else frozenset()
+    for start, _ in region.ranges.get(family, ()):
+        out.setdefault(narrow._holding(side, family, start) - mine, []).append(start)
+    narrow.kinds[key] = (region, list(out.values()))
+    return narrow.kinds[key][1]
+
+
 def _representative_pairs(program: Program, family: int, a: Region, b: Region, hosts: bool):
     """Pairs of a range start of `a` and one of `b` (two different addresses when `hosts`), one for each
     pair of kinds: ranges are of a kind when the same entries hold for them on that side (an entry for
     one pod's traffic to itself aside)."""
-    narrow = _narrow(program)
-    selfs = _selfs(program)
-
     def kinds(region: Region, side: int) -> list[list[int]]:
-        key = (id(region), side, family)
-        hit = narrow.kinds.get(key)
-        if hit is not None and hit[0] is region:
-            return hit[1]
-        out: dict = {}
-        # An entry for one address to itself is the importer's (a pod reaches itself) where each address is
-        # a pod; elsewhere it decides part of the workload apart.
-        mine = selfs if _hosts(region) or _single(region) else frozenset()
-        for start, _ in region.ranges.get(family, ()):
-            out.setdefault(narrow._holding(side, family, start) - mine, []).append(start)
-        narrow.kinds[key] = (region, list(out.values()))
-        return narrow.kinds[key][1]
+        return _kinds(program, family, region, side)
     for src_kind in kinds(a, 0):
         for dst_kind in kinds(b, 1):
             ps = src_kind[0]
