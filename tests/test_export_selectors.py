@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+from pathlib import Path
 
 import pytest
 import yaml
@@ -123,4 +124,27 @@ def test_pods_that_labels_cannot_tell_apart_get_an_identity_label(tmp_path):
     tagged = {n for n, spec in identities.items() if spec["labels"].get("anyplane.io/identity") == n}
     web = {n for n, spec in identities.items() if any(a in ("10.10.1.1/32", "10.10.1.77/32") for a in spec["addresses"])}
     assert web == tagged and len(web) == 2, identities
+    assert api.prove_export(compiled, "k8s", out).proved
+
+
+RECIPE = Path(__file__).resolve().parent / "recipes" / "multiple-selectors"
+
+
+def test_a_recipe_exports_as_the_policy_it_was(tmp_path):
+    """ahmetb's recipe "allowing traffic with multiple selectors" (one policy, 23 lines) over 15 pods exports
+    as one NetworkPolicy with the recipe's own selectors, not one policy per pod."""
+    compiled = load([str(RECIPE)])
+    out = api.compile_target(compiled, "k8s")
+    files = {a.path: a.data for a in out.artifacts}
+    exported = [d for d in yaml.safe_load_all(files["networkpolicies.yaml"]) if d]
+    assert len(exported) == 1, files["networkpolicies.yaml"]
+    spec = exported[0]["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"app": "bookstore", "role": "db"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    peers = [item["podSelector"]["matchLabels"] for rule in spec["ingress"] for item in rule["from"]]
+    assert sorted(peers, key=lambda m: sorted(m.items())) == [
+        {"app": "bookstore", "role": "api"}, {"app": "bookstore", "role": "search"},
+        {"app": "inventory", "role": "web"}]
+    policy_lines = sum(1 for line in (RECIPE / "policy.yaml").read_text().splitlines() if not line.startswith("#"))
+    assert files["networkpolicies.yaml"].count("\n") <= 2 * policy_lines
     assert api.prove_export(compiled, "k8s", out).proved
