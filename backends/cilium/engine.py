@@ -1,15 +1,17 @@
 """CiliumNetworkPolicy as an engine: what Cilium enforces, written from the same decisions as `-t k8s`.
 
-    emit(program) -> ciliumnetworkpolicies.yaml   one CiliumNetworkPolicy per workload
+    emit(program) -> ciliumnetworkpolicies.yaml   a CiliumNetworkPolicy per NetworkPolicy -t k8s writes
                      identities.yaml              which pods each identity stands for (as -t k8s)
                      report.txt
 
 The NetworkPolicy engine computes, for every pair of a workload and a region of addresses, what
-passes (backends/k8s/engine.py); this engine says the same in Cilium's words: the workload's labels
-(and namespace) as `endpointSelector`, peers as `fromEndpoints`/`toEndpoints` (with
-`io.kubernetes.pod.namespace`) or `fromCIDR`/`toCIDR` (outside addresses, which is what Cilium's
-CIDR rules match), ports as `toPorts`, and `enableDefaultDeny` on both directions so that a workload
-with nothing allowed in a direction is closed in it. Errors at rules are `-t k8s`'s, for the same
+passes, and which workloads to isolate in which direction (backends/k8s/engine.py); this engine says
+the same in Cilium's words: the workload's selector as `endpointSelector`, peers as
+`fromEndpoints`/`toEndpoints` (with `io.kubernetes.pod.namespace`, which `Exists` for every
+namespace), `fromCIDR`/`toCIDR` or `fromCIDRSet`/`toCIDRSet` (outside addresses, which is what
+Cilium's CIDR rules match), every peer as the entity `all`, ports as `toPorts`, and
+`enableDefaultDeny` on the directions it isolates, so that a workload with nothing allowed in such a
+direction is closed in it. Errors at rules are `-t k8s`'s, for the same
 reasons. The driver reads the output back through the Cilium importer and proves it.
 """
 
@@ -30,7 +32,7 @@ from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
 from ..k8s.engine import CAPABILITY as K8S_CAPABILITY
-from ..k8s.engine import K8sEngine, _regions, export, split
+from ..k8s.engine import K8sEngine, regions_of, export, split
 from ..k8s.selectors import NAMESPACE_LABEL, collapse, ip_blocks, k8s_name
 
 CAPABILITY = base.Capability(**dict(vars(K8S_CAPABILITY), engine="cilium",
@@ -141,7 +143,7 @@ def http_grants(program: Program) -> tuple[list, dict]:
     """([(source region, workload region, port, [Cilium HTTP rules])], errors by rule): the requests that
     L7 allows let through where L3/L4 rules alone would not. Cilium merges allows and has no HTTP deny,
     so an HTTP deny that decides something is an error at the deny."""
-    regions, _ = _regions(program)
+    regions, _ = regions_of(program)
     entries = list(ordered(program.acl))
     grants, errors = [], {}
     for w in (r for r in regions if r.workload):
@@ -287,7 +289,7 @@ class CiliumEngine(K8sEngine):
             raise DiagnosticError(list(errors.values()))
         # The L3/L4 rules as -t k8s computes them; the HTTP rules are added where they let requests through.
         l4 = replace(program, acl=Table(program.acl.name, tuple(e for e in program.acl.entries if e.layer != "L7")))
-        policies, identities = export(l4, getattr(options.deployment, "kubernetes", None))
+        policies, identities = export(l4, getattr(options.deployment, "kubernetes", None), exact=True)
         nps, anps = split(policies)
         cilium = [cilium_policy(p) for p in nps]
         add_denies(cilium, anps)

@@ -44,7 +44,7 @@ from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
 from ..k8s.engine import CAPABILITY as K8S_CAPABILITY
-from ..k8s.engine import K8sEngine, _regions, split
+from ..k8s.engine import K8sEngine, regions_of, split
 from ..k8s.selectors import k8s_name
 from ..k8s.engine import export as k8s_export
 
@@ -164,7 +164,7 @@ def _service_ports(ports) -> list[dict]:
 def authorization(program: Program, identities: dict, routed=frozenset()) -> tuple[list[dict], list[dict]]:
     """(AuthorizationPolicies, Services) for the workloads whose requests have rules (a Service per
     workload with declared ports; a routed service's Service is written with its routes)."""
-    regions, _ = _regions(program)
+    regions, _ = regions_of(program)
     reach = _Reach(program, regions)
     entries = [e for e in ordered(program.acl) if _tcp(e)]
     errors = {}

@@ -1,25 +1,25 @@
 """Kubernetes NetworkPolicy as an engine: what a cluster's network plugin enforces.
 
-    emit(program) -> networkpolicies.yaml   one NetworkPolicy per workload, both directions isolated
+    emit(program) -> networkpolicies.yaml   a NetworkPolicy per workload whose traffic must be restricted
                      identities.yaml        which pods each identity stands for (the contract below)
                      report.txt
 
 The contract: every identity that is not an external (a service, or a version of one) is a set of
-pods labelled `anyplane.io/identity: NAME` in the namespace `--namespace` (default `default`); an
-external, a CIDR, and every address no identity owns are outside the cluster. NetworkPolicy decides
-traffic to and from pods only, so the export is exact for every flow with a pod at one end (the
-composition proof checks it, reading the output back through the importer); traffic between two
-outside addresses is no cluster's to decide.
+pods, selected as backends/k8s/selectors.py says (the deployment file's labels, an imported cluster's
+own labels, or `anyplane.io/identity: NAME`); an external, a CIDR, and every address no identity owns
+are outside the cluster. NetworkPolicy decides traffic to and from pods only, so the export is exact
+for every flow with a pod at one end (the composition proof checks it, reading the output back
+through the importer); traffic between two outside addresses is no cluster's to decide.
 
 What passes is computed, not transliterated: for every pair of a workload and a region of addresses
 (another workload, or a range of outside addresses cut where the policy's prefixes begin and end),
-the reference interpreter judges one flow per protocol and port cell (the policy's port boundaries).
-The pair's answer becomes allow rules on both sides: the destination's ingress and the source's
-egress (a pod isolated both ways needs both). Denies and priorities are thereby already applied.
-What NetworkPolicy cannot say is an error at the rule that decides it: source ports, ICMP types,
-HTTP, rate limits, a protocol other than TCP and UDP allowed where the rest is not, port 0, a part of
-a workload's addresses decided apart from the rest, a pod's traffic to itself denied, and a
-stateless policy (NetworkPolicy lets replies through).
+the reference interpreter judges one flow per protocol and port cell (the policy's port boundaries);
+pairs whose entries are alike but for their addresses share one answer. Every pair that does not pass
+everything gets an isolated end (`_isolation`), whose rules say the pair's answer (`_Peers`): denies
+and priorities are thereby already applied. What NetworkPolicy cannot say is an error at the rule
+that decides it: source ports, ICMP types, HTTP, rate limits, a protocol other than TCP and UDP
+allowed where the rest is not, port 0, a part of a workload's addresses decided apart from the rest,
+a pod's traffic to itself denied, and a stateless policy (NetworkPolicy lets replies through).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _cells(program: Program, proto: int) -> list[tuple[int, int]]:
     return list(zip(cuts, [c - 1 for c in cuts[1:]]))
 
 
-def _regions(program: Program) -> tuple[list[Region], dict[str, str]]:
+def regions_of(program: Program) -> tuple[list[Region], dict[str, str]]:
     """Workload regions (one per identity that is not an external) and outside regions (elementary
     address ranges, cut at every prefix the policy names)."""
     own = ownership(program)
@@ -384,15 +384,18 @@ def _ports(answer) -> list[dict] | None:
     return out
 
 
-def export(program: Program, kubernetes: dict | None = None, expressions: bool = True) -> tuple[list[dict], dict]:
+def export(program: Program, kubernetes: dict | None = None, expressions: bool = True,
+           exact: bool = False) -> tuple[list[dict], dict]:
     """(NetworkPolicy objects, identities: {name: {"namespace", "labels", "addresses"}}). `kubernetes`
     (the deployment's section, with an imported cluster's `selectors`) places each workload in a
     namespace and says how its pods are selected (backends/k8s/selectors.py). `expressions`: the
-    selectors may use matchExpressions (False where another resource reuses them with matchLabels)."""
+    selectors may use matchExpressions (False where another resource reuses them with matchLabels).
+    `exact`: ingress rules admit exactly what each pair passes, as egress rules do (Cilium reads requests
+    at the destination: an ingress rule that admitted more would let them through unread)."""
     kubernetes = kubernetes or {}
     mapped = kubernetes.get("workloads", {})
     _check_rules(program)
-    regions, kinds = _regions(program)
+    regions, kinds = regions_of(program)
     blame = _Blame(program)
     workloads = [r for r in regions if r.workload]
     # answers[(src region, dst region)] for every pair with a workload at one end (same family probes)
@@ -477,7 +480,7 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
                 continue  # the direction stays open: the other ends' policies say what it may not
             spec["policyTypes"].append(direction)
             # The egress rules are exact; an ingress rule may admit more from a source whose egress is isolated.
-            rules = peers.rules(w, pairs, side, out_of if direction == "Ingress" else frozenset())
+            rules = peers.rules(w, pairs, side, out_of if direction == "Ingress" and not exact else frozenset())
             if rules:
                 spec[direction.lower()] = rules
         if not spec["policyTypes"]:
@@ -799,13 +802,13 @@ class K8sEngine(base.Engine):
 
     def workloads(self, program: Program) -> list[str]:
         """The identities that are pods (the others are outside the cluster)."""
-        return sorted(r.workload for r in _regions(program)[0] if r.workload)
+        return sorted(r.workload for r in regions_of(program)[0] if r.workload)
 
     def exempt(self, program: Program) -> list[Prefix]:
         """Addresses whose traffic to themselves Kubernetes always lets through (a workload of one address
         is a pod; so is each address of a workload of single addresses): the proof leaves those flows out,
         each address with itself."""
-        return [p for r in _regions(program)[0] if r.workload and (_single(r) or _hosts(r)) for p in _prefixes(r)]
+        return [p for r in regions_of(program)[0] if r.workload and (_single(r) or _hosts(r)) for p in _prefixes(r)]
 
     def emit(self, program: Program, options: base.Options) -> base.Output:
         policies, identities = export(program, getattr(options.deployment, "kubernetes", None))
