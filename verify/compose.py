@@ -302,7 +302,7 @@ def _by_pairs(policy: Program, engines: dict[str, Program], scopes: list[Scope])
     inside = None
     interned: dict = {}
     mine = None
-    out: dict[str, list] = {}
+    asked = []  # (label, sources, destinations, exempt) per scope
     for scope in scopes:
         deciding = [n for n in scope.engines if not _allows_all(engines[n])]
         if len(deciding) != 1 or engines[deciding[0]].default != policy.default:
@@ -328,27 +328,51 @@ def _by_pairs(policy: Program, engines: dict[str, Program], scopes: list[Scope])
             src, dst = (chosen, inside) if field_name == F.SRC_ID else (inside, chosen)
         # Identities whose every address the scope leaves out with itself (a pod's traffic to itself):
         # with itself, such an identity's region is the flows between two of its addresses.
-        exempt = {m.get(F.SRC_IP).prefix for m in scope.excluded
-                  if set(dict(m.fields)) == {F.SRC_IP, F.DST_IP} and m.get(F.SRC_IP) == m.get(F.DST_IP)
-                  and isinstance(m.get(F.SRC_IP), PrefixMatch)}
+        exempt = frozenset(m.get(F.SRC_IP).prefix for m in scope.excluded
+                           if set(dict(m.fields)) == {F.SRC_IP, F.DST_IP} and m.get(F.SRC_IP) == m.get(F.DST_IP)
+                           and isinstance(m.get(F.SRC_IP), PrefixMatch))
+        asked.append((scope.label, src, dst, exempt))
+    # Scopes that together cover more than every pair once (the export's two, to and from the workloads)
+    # share one pass over all pairs.
+    shared = None
+    if len({e for *_, e in asked}) == 1 and sum(len(s) * len(d) for _, s, d, _ in asked) > len(inside) ** 2:
+        shared = _differing(policy, mine, theirs, inside, inside, asked[0][3])
+    out: dict[str, list] = {}
+    for label, src, dst, exempt in asked:
+        if shared is None:
+            pairs = _differing(policy, mine, theirs, src, dst, exempt)
+        else:
+            src_set, dst_set = set(src), set(dst)
+            pairs = [p for p in shared if p[0] in src_set and p[1] in dst_set]
         regions_left, classes = [], set()
-        for s in src:
-            for d in dst:
-                selfless = s == d and _only_hosts(policy, s, exempt)
-                if selfless and len(ownership(policy).prefixes.get(s, ())) == 1:
-                    continue  # one address, left out with itself: nothing of the pair is in scope
-                a, b = mine.key(s, d, selfless), theirs.key(s, d, selfless)
-                if a is not None and a == b:
-                    continue  # decided alike by both
-                # A pair of an identity with itself is asked with its like only when the scope leaves out
-                # each of its addresses with itself (else what it leaves out differs from one to another).
-                if a is not None and b is not None and (s != d or selfless):
-                    if (s == d, a, b) in classes:
-                        continue  # asked for another pair of the class
-                    classes.add((s == d, a, b))
-                regions_left.append(Block(Match.of({F.SRC_ID: InSet((s,)), F.DST_ID: InSet((d,))})))
+        for s, d, a, b, selfless in pairs:
+            # A pair of an identity with itself is asked with its like only when the scope leaves out each
+            # of its addresses with itself (else what it leaves out differs from one to another).
+            if a is not None and b is not None and (s != d or selfless):
+                if (s == d, a, b) in classes:
+                    continue  # asked for another pair of the class
+                classes.add((s == d, a, b))
+            regions_left.append(Block(Match.of({F.SRC_ID: InSet((s,)), F.DST_ID: InSet((d,))})))
         inside_t = tuple(inside)
-        out[scope.label] = regions_left + [_Rest("src", inside_t), _Rest("dst", inside_t)]
+        out[label] = regions_left + [_Rest("src", inside_t), _Rest("dst", inside_t)]
+    return out
+
+
+def _differing(policy: Program, mine: PairClasses, theirs: PairClasses, src: list[str], dst: list[str],
+               exempt: frozenset) -> list[tuple]:
+    """The pairs, in order, that the two programs may decide apart: (source, destination, the policy's
+    key, the engine's key, whether the pair's flows are between two different addresses only)."""
+    out = []
+    prefixes = ownership(policy).prefixes
+    for s in src:
+        for d in dst:
+            selfless = s == d and _only_hosts(policy, s, exempt)
+            if selfless and len(prefixes.get(s, ())) == 1:
+                continue  # one address, left out with itself: nothing of the pair is in scope
+            a, b = mine.key(s, d, selfless), theirs.key(s, d, selfless)
+            if a is not None and a == b:
+                continue  # decided alike by both
+            out.append((s, d, a, b, selfless))
     return out
 
 
