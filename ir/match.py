@@ -188,3 +188,12 @@ def merge_ranges(ranges) -> list[tuple[int, int]]:
         else:
             out.append((lo, hi))
     return out
+
+
+def to_itself(m: Match) -> Prefix | None:
+    """The address when a match holds only for flows from one address to that same address (a pod's
+    traffic to itself): it holds for no flow between two different addresses, whatever else it says."""
+    src, dst = m.get("src.ip"), m.get("dst.ip")
+    if isinstance(src, PrefixMatch) and src == dst and src.prefix.length == src.prefix.width:
+        return src.prefix
+    return None

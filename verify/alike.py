@@ -20,7 +20,7 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from anyplane.ir import fields as F
-from anyplane.ir.match import Exact, InSet, PrefixMatch, options
+from anyplane.ir.match import Exact, InSet, PrefixMatch, options, to_itself
 from anyplane.ir.nodes import Program, ordered
 from anyplane.ir.owners import ownership
 
@@ -49,9 +49,7 @@ class PairClasses:
         self.selves = 0  # entries for one address to itself (a pod's traffic to itself)
         for i, e in enumerate(self.ordered):
             bit = 1 << i
-            src_ip, dst_ip = e.match.get(F.SRC_IP), e.match.get(F.DST_IP)
-            if isinstance(src_ip, PrefixMatch) and src_ip == dst_ip and src_ip.prefix.length == src_ip.prefix.width \
-                    and e.match.get(F.SRC_ID) is None and e.match.get(F.DST_ID) is None:
+            if to_itself(e.match) is not None:
                 self.selves |= bit
             rest = tuple((k, v) for k, v in e.match.fields if k not in _ADDRESS_FIELDS)
             self.code.append(interned.setdefault((rest, action_key(e.action)), len(interned)))

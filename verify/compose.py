@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
 from anyplane.ir.interp import evaluate
-from anyplane.ir.match import InSet, Match, PrefixMatch
+from anyplane.ir.match import InSet, Match, PrefixMatch, to_itself
 from anyplane.ir.nodes import Program
 from anyplane.ir.owners import ownership
 
@@ -328,9 +328,7 @@ def _by_pairs(policy: Program, engines: dict[str, Program], scopes: list[Scope])
             src, dst = (chosen, inside) if field_name == F.SRC_ID else (inside, chosen)
         # Identities whose every address the scope leaves out with itself (a pod's traffic to itself):
         # with itself, such an identity's region is the flows between two of its addresses.
-        exempt = frozenset(m.get(F.SRC_IP).prefix for m in scope.excluded
-                           if set(dict(m.fields)) == {F.SRC_IP, F.DST_IP} and m.get(F.SRC_IP) == m.get(F.DST_IP)
-                           and isinstance(m.get(F.SRC_IP), PrefixMatch))
+        exempt = frozenset(to_itself(m) for m in scope.excluded if len(m.fields) == 2 and to_itself(m) is not None)
         asked.append((scope.label, src, dst, exempt))
     # Scopes that together cover more than every pair once (the export's two, to and from the workloads)
     # share one pass over all pairs.
@@ -379,7 +377,7 @@ def _differing(policy: Program, mine: PairClasses, theirs: PairClasses, src: lis
 def _only_hosts(policy: Program, name: str, exempt: set) -> bool:
     """Whether every address of an identity is one the scope leaves out with itself."""
     prefixes = ownership(policy).prefixes.get(name, ())
-    return bool(prefixes) and all(p.length == p.width and p in exempt for p in prefixes)
+    return bool(prefixes) and all(p in exempt for p in prefixes)
 
 
 def _allows_all(p: Program) -> bool:

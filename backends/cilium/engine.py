@@ -33,7 +33,7 @@ from anyplane.ir.source import DiagnosticError, error
 from .. import base
 from ..k8s.engine import CAPABILITY as K8S_CAPABILITY
 from ..k8s.engine import K8sEngine, regions_of, export, split
-from ..k8s.selectors import NAMESPACE_LABEL, collapse, ip_blocks, k8s_name
+from ..k8s.selectors import NAMESPACE_LABEL, Placement, collapse, ip_blocks, k8s_name, pod_peer
 
 CAPABILITY = base.Capability(**dict(vars(K8S_CAPABILITY), engine="cilium",
                                     fields=K8S_CAPABILITY.fields + ("http", "http.method", "http.path", "http.host",
@@ -202,11 +202,7 @@ def _grant(program: Program, entries, family: int, src, w, port: int, errors: di
 def _peer_item(region, identities: dict) -> list[dict]:
     if region.workload:
         spec = identities[region.workload]
-        selector: dict = {"matchLabels": dict(spec["labels"])} if spec["labels"] else {}
-        if spec.get("unset"):
-            selector["matchExpressions"] = [{"key": k, "operator": "DoesNotExist"} for k in spec["unset"]]
-        return [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: spec["namespace"]}},
-                 "podSelector": selector}]
+        return [pod_peer(Placement(spec["namespace"], spec["labels"], tuple(spec.get("unset", ()))))]
     return ip_blocks(region)
 
 

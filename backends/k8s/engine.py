@@ -34,7 +34,7 @@ from anyplane.ir.actions import RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import Flow
 from anyplane.ir.interp import evaluate, match_holds, owner
-from anyplane.ir.match import InSet, PrefixMatch, int_ranges, merge_ranges, options as alternatives
+from anyplane.ir.match import InSet, PrefixMatch, int_ranges, merge_ranges, options as alternatives, to_itself
 from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Program, Table, precedence
 from anyplane.ir.owners import ownership
@@ -42,7 +42,7 @@ from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
-from .selectors import (LABEL, NAMESPACE_LABEL, Cover, collapse, ip_blocks, k8s_name, merged as merged_ranges,
+from .selectors import (LABEL, NAMESPACE_LABEL, Cover, collapse, ip_blocks, k8s_name,
                         namespace_peer, placements, pod_peer, settle)
 TCP, UDP = 6, 17
 #: Protocols that stand for "every other protocol" when a pair is judged: ICMP echo, GRE, SCTP.
@@ -177,7 +177,7 @@ class _Narrow:
                       for e in program.acl.entries]
         self.answers: dict = {}  # (family, selfless, shapes) -> (answer,)
         self.bits: dict = {}
-        self.selves = sum(1 << i for i, e in enumerate(program.acl.entries) if _self_entry(e))
+        self.selves = sum(1 << i for i in _selfs(program))
         # Per side: entries that hold for every address, those that name identities only (looked up by
         # the address's owner) or one address only, and the rest (asked address by address).
         self.every: list[set] = [set(), set()]
@@ -466,16 +466,17 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
     peers = _Peers(regions, placed)
     into, out_of = _isolation(regions, answers)
     for isolated in (into, out_of):  # identities that share a selector share its policy
-        isolated |= {k for k, rep in share.items() if rep in isolated or k in isolated} | \
-            {rep for k, rep in share.items() if k in isolated}
+        for k, rep in share.items():
+            if k in isolated or rep in isolated:
+                isolated |= {k, rep}
     policies = []
     for w in sorted(workloads, key=lambda r: r.key):
         if w.workload in share:
             continue
         spec: dict = {"podSelector": placed[w.workload].selector(), "policyTypes": []}
         for direction, side, pairs in (
-                ("Ingress", "from", [(r, answers.get((r.key, w.key))) for r in regions if peers.meet(r, w)]),
-                ("Egress", "to", [(r, answers.get((w.key, r.key))) for r in regions if peers.meet(w, r)])):
+                ("Ingress", "from", [(r, answers.get((r.key, w.key))) for r in regions if _meet(r, w)]),
+                ("Egress", "to", [(r, answers.get((w.key, r.key))) for r in regions if _meet(w, r)])):
             if w.key not in (into if direction == "Ingress" else out_of):
                 continue  # the direction stays open: the other ends' policies say what it may not
             spec["policyTypes"].append(direction)
@@ -516,6 +517,11 @@ def _alike(a: Region, b: Region, regions: list[Region], answers: dict) -> bool:
     return all(x == inner[0] for x in inner)
 
 
+def _meet(a: Region, b: Region) -> bool:
+    """Whether two regions share an IP version (else no flow joins them: either answer will do)."""
+    return not a.families.isdisjoint(b.families)
+
+
 def _isolation(regions: list[Region], answers: dict) -> tuple[set, set]:
     """(workloads isolated for ingress, for egress): enough that every pair that does not pass everything
     has an isolated end, its destination's ingress or its source's egress. Pairs with an outside end
@@ -524,7 +530,7 @@ def _isolation(regions: list[Region], answers: dict) -> tuple[set, set]:
     into, out_of, rest = set(), set(), []
     for a in regions:
         for b in regions:
-            if not (a.workload or b.workload) or set(a.ranges).isdisjoint(b.ranges):
+            if not (a.workload or b.workload) or not _meet(a, b):
                 continue
             ans = answers.get((a.key, b.key))
             if ans == "all" or isinstance(ans, Except):
@@ -535,17 +541,13 @@ def _isolation(regions: list[Region], answers: dict) -> tuple[set, set]:
                 out_of.add(a.key)
             else:
                 rest.append((a.key, b.key))
-    rest = [(a, b) for a, b in rest if b not in into and a not in out_of]
-    degree: dict = {}
+    edges: dict = {}  # an end that could be isolated -> the ends that could cover its pairs instead
     for a, b in rest:
-        degree[("in", b)] = degree.get(("in", b), 0) + 1
-        degree[("out", a)] = degree.get(("out", a), 0) + 1
-    edges: dict = {}
-    for a, b in rest:
-        edges.setdefault(("in", b), []).append(("out", a))
-        edges.setdefault(("out", a), []).append(("in", b))
+        if b not in into and a not in out_of:
+            edges.setdefault(("in", b), []).append(("out", a))
+            edges.setdefault(("out", a), []).append(("in", b))
     chosen = {"in": into, "out": out_of}
-    for side, key in sorted(degree, key=lambda v: (-degree[v], v[0] != "in", v[1])):
+    for side, key in sorted(edges, key=lambda v: (-len(edges[v]), v[0] != "in", v[1])):
         if any(other[1] not in chosen[other[0]] for other in edges[(side, key)]):
             chosen[side].add(key)
     return into, out_of
@@ -566,13 +568,8 @@ class _Peers:
         # An imported cluster's blocks may span its pods' addresses, as the policies users write do; other
         # exports' blocks never hold a workload's address (the same under every reading of ipBlock).
         cluster = bool(placed) and all(p.from_cluster for p in placed.values())
-        self.free = {f: merged_ranges(rng for r in regions if r.workload for rng in r.ranges.get(f, ()))
+        self.free = {f: merge_ranges(rng for r in regions if r.workload for rng in r.ranges.get(f, ()))
                      if cluster else [] for f in (4, 6)}
-
-    @staticmethod
-    def meet(a: Region, b: Region) -> bool:
-        """Whether two regions share an IP version (else no flow joins them: either answer will do)."""
-        return not a.families.isdisjoint(b.families)
 
     def rules(self, w: Region, pairs: list, side: str, loose=frozenset()) -> list[dict]:
         """The rules of one direction of `w`'s: peers grouped by what they are allowed. A peer in `loose`
@@ -609,7 +606,7 @@ class _Peers:
         keys = {r.key for r in group} | {r.key for r in extra}
         near = self.near.get(frozenset(w.ranges))
         if near is None:
-            near = self.near[frozenset(w.ranges)] = [r for r in self.regions if self.meet(r, w)]
+            near = self.near[frozenset(w.ranges)] = [r for r in self.regions if _meet(r, w)]
         if all(r.key in keys for r in near):
             return None
         items = []
@@ -621,7 +618,7 @@ class _Peers:
             for r in work:
                 spaces.setdefault(self.placed[r.workload].namespace, []).append(r)
             for ns, rs in sorted(spaces.items()):
-                if self.whole[ns] and all(r.key in keys for r in self.by_ns[ns] if self.meet(r, w)):
+                if self.whole[ns] and all(r.key in keys for r in self.by_ns[ns] if _meet(r, w)):
                     items.append(namespace_peer(ns))
                 else:
                     here = self.placed[w.workload].namespace
@@ -707,11 +704,8 @@ def _anp_pods(p) -> dict:
 
 
 def _self_entry(e) -> bool:
-    """An entry from one address to that same address (a pod's traffic to itself): it holds for no pair
-    of two addresses."""
-    src, dst = e.match.get(F.SRC_IP), e.match.get(F.DST_IP)
-    return isinstance(src, PrefixMatch) and src == dst and src.prefix.length == (32 if src.prefix.family == 4
-                                                                                 else 128)
+    """An entry from one address to that same address (a pod's traffic to itself)."""
+    return to_itself(e.match) is not None
 
 
 def _one_kind(program: Program, family: int, region: Region, side: int) -> bool:

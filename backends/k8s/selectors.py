@@ -28,6 +28,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from anyplane.ir.match import merge_ranges
+
 LABEL = "anyplane.io/identity"
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 
@@ -40,7 +42,6 @@ class Placement:
     labels: dict
     unset: tuple = ()  # label keys its pods lack (selected with DoesNotExist)
     fixed: bool = False  # chosen in the deployment file
-    tagged: bool = False  # the pods need LABEL too (the cluster's own labels do not single them out)
     from_cluster: bool = False  # the imported cluster's own labels
 
     def selector(self, expressions: bool = True) -> dict:
@@ -116,7 +117,6 @@ def settle(placed: dict, alike, expressions: bool = True) -> dict[str, str]:
         for n in [a] + [n for n, rep in share.items() if rep == a]:
             share.pop(n, None)
             placed[n].labels[LABEL] = n
-            placed[n].tagged = True
     return share
 
 
@@ -151,10 +151,10 @@ class Cover:
     def blocks(self) -> list[dict]:
         out = []
         for family in sorted(self.wanted):
-            wanted = tuple(tuple(r) for r in merged(self.wanted[family]))
+            wanted = tuple(merge_ranges(self.wanted[family]))
             key = (family, wanted)
             if key not in self.memo:
-                self.memo[key] = _cover(family, [list(r) for r in wanted], self.free.get(family, []))
+                self.memo[key] = _cover(family, list(wanted), self.free.get(family, []))
             out += [{"ipBlock": {k: list(v) if isinstance(v, list) else v for k, v in b.items()}}
                     for b in self.memo[key]]
         return out
@@ -209,23 +209,12 @@ def _cover(family: int, wanted: list, free: list) -> list[dict]:
             return [block(lo, length, [])]
         options = []
         if len(holes) <= MAX_EXCEPT:  # what it must not hold (with the pods' addresses, where fewer)
-            excepted = min(nets(holes), nets(merged(holes + f)), key=len)
+            excepted = min(nets(holes), nets(merge_ranges(holes + f)), key=len)
             if len(excepted) <= MAX_EXCEPT:
                 options.append([block(lo, length, excepted)])
         options.append(best(lo, length + 1) + best(lo + (1 << (bits - length - 1)), length + 1))
         return min(options, key=cost)
     return best(0, 0)
-
-
-def merged(ranges) -> list[list[int]]:
-    """Inclusive ranges, sorted, with touching ones joined."""
-    out: list[list[int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return out
 
 
 def ip_blocks(region) -> list[dict]:
