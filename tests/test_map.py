@@ -194,3 +194,91 @@ def test_alike_pairs_are_answered_as_if_each_were_asked(data):
         for edge in (mine, theirs):
             del edge["witness"], edge["rules"]
         assert mine == theirs, pair
+
+
+@settings(max_examples=40 if CI else 12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_blocks_of_pairs_are_keyed_as_each_of_their_pairs(data):
+    """verify/alike.py PairSpace cuts the pairs into blocks without visiting each: on random clusters
+    (one program, and two over the same pods as the proof of an export compares), every pair is a
+    single or in exactly one block, and every pair of a block has the block's keys, never None."""
+    import yaml
+
+    from anyplane.compiler.importers.k8s import convert
+    from anyplane.ir.owners import owned_addresses
+    from anyplane.verify.alike import PairClasses, PairSpace
+
+    from .test_import_k8s import policies as k8s_policies
+    from .test_import_k8s import replicated
+
+    namespaces, pods, nps = replicated(data)
+    programs = []
+    for chosen in (nps, data.draw(k8s_policies(data.draw(st.integers(1, 4))))):
+        text = convert([("c.yaml", yaml.safe_dump_all(namespaces + pods + chosen))]).text
+        programs.append(compile_sources([("<kubernetes>", text)]).program)
+    # the identities both imports have (policies that read other labels split pods otherwise)
+    names = sorted(set.intersection(*({i.name for i in p.identities if owned_addresses(p).get(i.name)}
+                                      for p in programs)))
+    assume(names)
+    interned: dict = {}
+    tables = [PairClasses(p, names, interned) for p in programs]
+    srcs = sorted(data.draw(st.sets(st.sampled_from(names), min_size=1)))
+    for chosen in ([tables[0]], tables):
+        space = PairSpace(chosen, srcs, names)
+        seen = {pair: "single" for pair in space.singles}
+        for n, block in enumerate(space.blocks):
+            keys = set()
+            for pair in space.members(block):
+                assert pair not in seen, pair
+                seen[pair] = n
+                keys.add(tuple(t.key(*pair) for t in chosen))
+            assert len(keys) <= 1 and None not in next(iter(keys), ()), (block, keys)
+        assert set(seen) == {(s, d) for s in srcs for d in names}
+        event(f"{len(space.blocks)} blocks, {len(space.singles)} singles of {len(srcs) * len(names)} pairs")
+
+
+@st.composite
+def _one_sided(draw):
+    """Eight services and rules mostly from one service to anything or from anything to one, of two
+    verdicts and a few ports, at a few priorities: sources and destinations share profiles only where
+    their rules' places allow it."""
+    body = [f"service s{k} {{ address 10.0.0.{k}/32 port 80 tcp }}" for k in range(8)]
+    body.append(f"default {draw(st.sampled_from(['allow', 'deny']))}")
+    for _ in range(draw(st.integers(1, 14))):
+        one = f"s{draw(st.integers(0, 7))}"
+        src, dst = draw(st.sampled_from([(one, "any"), ("any", one), (one, f"s{draw(st.integers(0, 7))}"),
+                                         ("any", "any")]))
+        tail = draw(st.sampled_from(["", " tcp 80", " tcp 81", " udp 80"]))
+        prio = draw(st.sampled_from(["", " priority 10", " priority 20"]))
+        body.append(f"{draw(st.sampled_from(['allow', 'deny']))} {src} -> {dst}{tail}{prio}")
+    return "\n".join(body) + "\n"
+
+
+@settings(max_examples=150 if CI else 60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(policies(max_rules=8, small=True), _one_sided()), st.data())
+def test_blocks_of_pairs_hold_for_written_policies(text, data):
+    """The same on policies written in the language, whose one-sided rules of different verdicts and
+    ports interleave (the places in a profile matter)."""
+    from anyplane.ir.owners import owned_addresses
+    from anyplane.verify.alike import PairClasses, PairSpace
+
+    try:
+        program = compile_sources([("p.ap", text)]).program
+    except DiagnosticError:
+        assume(False)
+    owns = owned_addresses(program)
+    names = sorted(i.name for i in program.identities if owns.get(i.name))
+    assume(names)
+    table = PairClasses(program, names)
+    srcs = sorted(data.draw(st.sets(st.sampled_from(names), min_size=1)))
+    space = PairSpace([table], srcs, names)
+    seen = set(space.singles)
+    for block in space.blocks:
+        keys = set()
+        for pair in space.members(block):
+            assert pair not in seen, pair
+            seen.add(pair)
+            keys.add(table.key(*pair))
+        assert len(keys) <= 1 and None not in keys, (block, keys)
+    assert seen == {(s, d) for s in srcs for d in names}
+    event("some block of two or more pairs" if any(len(b[0]) * len(b[1]) > 1 for b in space.blocks) else "none")

@@ -4,8 +4,11 @@ answers every pair of its class.
 Two pairs (source identity, destination identity) are alike when the entries that can match their
 flows are, in decision order, the same matches apart from addresses and identities, with the same
 verdicts, and every one of them holds for all of each pair's addresses. An entry that holds for part
-of an identity's addresses (a prefix inside it, a pod's traffic to itself) puts the pair in no class
-(`key` is None). On the region of a pair (source owned by one identity, destination by the other) an
+of an identity's addresses (a prefix inside it) puts the pair in no class (`key` is None), with one
+exception: an identity's pair with itself, when each of its addresses is a host with one entry for
+that address to itself, all of them in the same place among the pair's other entries and with the
+same verdict (a cluster's pods' own traffic): its class also says that place and verdict, and whether
+two different addresses of the identity exist. On the region of a pair (source owned by one identity, destination by the other) an
 entry matches exactly when the rest of its match does: alike pairs are decided alike, whatever the
 rest of the match holds (ports, protocols, HTTP). Two programs with the same endpoints and the same
 key for a pair (with `interned` shared) decide that pair alike too.
@@ -17,7 +20,7 @@ and pods it has: the map (verify/connectivity.py) asks one pair per class, the p
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 
 from anyplane.ir import fields as F
 from anyplane.ir.match import Exact, InSet, PrefixMatch, options, to_itself
@@ -75,12 +78,33 @@ class PairClasses:
         for side in full:
             for n in names:
                 full[side][n] |= everyone[side]
-        self.full, self.part = full, part
+        self.full, self.part, self.everyone = full, part, everyone
         self.families = {n: frozenset(f for f, _ in own.addresses(n)) for n in names}
         self.address = {n: {} for n in names}  # identity -> family -> an address it owns
         for n in names:
             for family, address in own.addresses(n):
                 self.address[n].setdefault(family, address)
+        # identity -> (family, address) -> the position of its entry for that address to itself, for the
+        # identities whose addresses are all hosts with one such entry each (None: not so)
+        self.hosts: dict[str, dict | None] = {}
+        names_set = set(names)
+        for i, e in enumerate(self.ordered):
+            host = to_itself(e.match)
+            if host is None or not (self.selves >> i) & 1 or len(e.match.fields) != 2:
+                continue
+            who = own.covering_owner(host)
+            if who in names_set:
+                mine = self.hosts.setdefault(who, {})
+                if mine is not None and (host.family, host.first) in mine:
+                    self.hosts[who] = None
+                elif mine is not None:
+                    mine[(host.family, host.first)] = i
+        for n, mine in list(self.hosts.items()):
+            prefixes = declared.get(n, ())
+            if mine is not None and (len(mine) != len(prefixes) or any(
+                    p.length != p.width or (p.family, p.first) not in mine for p in prefixes)):
+                self.hosts[n] = None
+        self._self_keys: dict[str, tuple | None] = {}
 
     def key(self, src: str, dst: str, selfless: bool = False) -> tuple | None:
         """The class of the pair, or None when some entry holds for part of its addresses. `selfless`:
@@ -89,9 +113,48 @@ class PairClasses:
         mask = ~self.selves if selfless else -1
         part_src, part_dst = self.part["src"][src] & mask, self.part["dst"][dst] & mask
         if (part_src & (self.full["dst"][dst] | part_dst)) or (part_dst & self.full["src"][src]):
+            if src == dst and not selfless:
+                return self._self_key(src)
             return None
         return (self.families[src] & self.families[dst],) + \
             tuple(self.code[i] for i in self.positions(src, dst, mask))
+
+    def _self_key(self, name: str) -> tuple | None:
+        """The class of an identity's pair with itself when its only entries for part of it are each
+        host's entry to itself (module doc), else None."""
+        if name in self._self_keys:
+            return self._self_keys[name]
+        out = None
+        hosts = self.hosts.get(name)
+        base = self.key(name, name, selfless=True) if hosts else None
+        if base is not None:
+            full = self.full["src"][name] & self.full["dst"][name] & ~self.selves
+            places = {((full & ((1 << i) - 1)).bit_count(), self.code[i]) for i in hosts.values()}
+            # also no other entry holds for one of its addresses to itself
+            others = self.part["src"][name] & self.part["dst"][name] & self.selves
+            if len(places) == 1 and others.bit_count() == len(hosts):
+                multi = frozenset(f for f in self.families[name] if sum(1 for k in hosts if k[0] == f) > 1)
+                out = base + (("itself",) + places.pop() + (multi,),)
+        self._self_keys[name] = out
+        return out
+
+    def through_hosts(self, name: str) -> bool:
+        """Whether the identity's pair with itself has its class through its hosts' entries to themselves."""
+        return self._self_keys.get(name) is not None
+
+    def moved(self, flow_src: int, flow_dst: int, family: int, name: str) -> tuple[int, int] | None:
+        """For a flow of an identity with itself whose class has entries to itself: the same kind of flow
+        (one address to itself, or between two) between this identity's own host addresses."""
+        hosts = [a for f, a in (self.hosts.get(name) or {}) if f == family]
+        if not hosts:
+            return None
+        if flow_src == flow_dst:
+            return hosts[0], hosts[0]
+        return (hosts[0], hosts[1]) if len(hosts) > 1 else None
+
+    def host_entry(self, name: str, family: int, address: int) -> int | None:
+        """The position of the entry for one of an identity's host addresses to itself."""
+        return (self.hosts.get(name) or {}).get((family, address))
 
     def positions(self, src: str, dst: str, mask: int = -1) -> list[int]:
         """The entries that hold for every flow of a pair's region but the rest of their match, in order."""
@@ -101,6 +164,118 @@ class PairClasses:
             out.append(low.bit_length() - 1)
             bits ^= low
         return out
+
+
+def _bits(x: int):
+    """The positions of the bits set in x, ascending."""
+    while x:
+        low = x & -x
+        yield low.bit_length() - 1
+        x ^= low
+
+
+class PairSpace:
+    """The pairs of sources × destinations cut, without visiting each, into blocks of pairs that the
+    PairClasses of one or more programs (over the same names) key alike, and pairs keyed one by one.
+
+    An entry that constrains both sides holds for few pairs: those pairs, each identity's pair with
+    itself, and every pair of a `loose` identity or of one some entry holds for part of without
+    constraining the other side, are keyed one by one (`singles`). For every other pair the entries
+    that hold are those that constrain neither side, those that constrain only the source and hold for
+    all of it, and those that constrain only the destination likewise. Its key follows from a profile
+    of the source (each source-only entry's code and its place among the entries that hold for every
+    source) and one of the destination (each destination-only entry's code and place). Moving an entry
+    past entries of its own code leaves the sequence of codes as it was, so a place counts only up to
+    runs of one code: the identities of many namespaces share a profile, and the blocks (`blocks`: the
+    sources of one profile × the destinations of one) are few."""
+
+    def __init__(self, tables: list[PairClasses], srcs: list[str], dsts: list[str], loose=()):
+        special: set[tuple[str, str]] = set()
+        loose_src, loose_dst = set(loose), set(loose)
+        sp: dict[str, list] = {s: [] for s in srcs}
+        dp: dict[str, list] = {d: [] for d in dsts}
+        for t in tables:
+            n = len(t.ordered)
+            full, part = {}, {}
+            for side, names in (("src", srcs), ("dst", dsts)):
+                full[side], part[side] = [[] for _ in range(n)], [[] for _ in range(n)]
+                free = ~t.everyone[side]
+                for name in names:
+                    for i in _bits(t.full[side][name] & free):
+                        full[side][i].append(name)
+                    for i in _bits(t.part[side][name]):
+                        part[side][i].append(name)
+            every = {side: [bool((t.everyone[side] >> i) & 1) or len(full[side][i]) == len(names)
+                            for i in range(n)] for side, names in (("src", srcs), ("dst", dsts))}
+            before: dict[str, list[int]] = {s: [] for s in srcs}  # source-only entries, ascending
+            after: dict[str, list[int]] = {d: [] for d in dsts}  # destination-only entries
+            u: list[int] = []  # the entries that hold for every source, ascending
+            common: list[int] = []  # places in u of the entries that hold for every pair
+            for i in range(n):
+                if every["src"][i]:
+                    u.append(i)
+                    if every["dst"][i]:
+                        common.append(len(u) - 1)
+                    else:
+                        for d in full["dst"][i]:
+                            after[d].append(len(u) - 1)
+                        loose_dst.update(part["dst"][i])
+                elif every["dst"][i]:
+                    for s in full["src"][i]:
+                        before[s].append(i)
+                    loose_src.update(part["src"][i])
+                else:
+                    ends = full["dst"][i] + part["dst"][i]
+                    for s in full["src"][i] + part["src"][i]:
+                        special.update((s, d) for d in ends)
+            code = t.code
+            # run[k]: where the run of one code that ends at u[k] starts
+            run = []
+            for k, i in enumerate(u):
+                run.append(run[k - 1] if k and code[u[k - 1]] == code[i] else k)
+            places: dict[str, list[tuple[int, int]]] = {}
+            cuts: set[int] = set(common)  # a destination-only entry's place counts against these too
+            for s, xs in before.items():
+                out, floor = [], 0
+                for x in xs:
+                    k = bisect_left(u, x)  # the entries that hold for every source before x
+                    if k and code[u[k - 1]] == code[x]:
+                        k = run[k - 1]
+                    floor = max(floor, k)
+                    out.append((code[x], floor))
+                    cuts.add(floor)
+                places[s] = out
+            cut = sorted(cuts)
+            rank = {k: r for r, k in enumerate(cut)}
+            for s in srcs:
+                sp[s].append(tuple((c, rank[k]) for c, k in places[s]))
+            for d in dsts:
+                dp[d].append(tuple((code[u[k]], bisect_right(cut, k)) for k in after[d]))
+        for s in set(srcs) & set(dsts):
+            special.add((s, s))
+        by_src: dict[tuple, list[str]] = {}
+        for s in srcs:
+            if s not in loose_src:
+                by_src.setdefault(tuple(t.families[s] for t in tables) + tuple(sp[s]), []).append(s)
+        by_dst: dict[tuple, list[str]] = {}
+        for d in dsts:
+            if d not in loose_dst:
+                by_dst.setdefault(tuple(t.families[d] for t in tables) + tuple(dp[d]), []).append(d)
+        self.blocks = [(a, b) for a in by_src.values() for b in by_dst.values()]
+        src_set, dst_set = set(srcs), set(dsts)
+        singles = {(s, d) for s, d in special if s in src_set and d in dst_set}
+        singles.update((s, d) for s in loose_src & src_set for d in dsts)
+        singles.update((s, d) for s in srcs for d in loose_dst & dst_set)
+        self.singles = sorted(singles)
+        self._single = singles
+
+    def members(self, block: tuple[list[str], list[str]]):
+        """The pairs of a block, but the singles."""
+        single = self._single
+        return ((s, d) for s in block[0] for d in block[1] if (s, d) not in single)
+
+    def representative(self, block: tuple[list[str], list[str]]) -> tuple[str, str] | None:
+        return next(self.members(block), None)
 
 
 class _Declared:

@@ -31,7 +31,7 @@ from anyplane.ir.match import InSet, Match, PrefixMatch, to_itself
 from anyplane.ir.nodes import Program
 from anyplane.ir.owners import ownership
 
-from .alike import PairClasses
+from .alike import PairClasses, PairSpace
 from .context import Analysis
 from .domain import Domain
 from .encode import Encoder, mk_and
@@ -362,15 +362,25 @@ def _differing(policy: Program, mine: PairClasses, theirs: PairClasses, src: lis
     key, the engine's key, whether the pair's flows are between two different addresses only)."""
     out = []
     prefixes = ownership(policy).prefixes
-    for s in src:
-        for d in dst:
-            selfless = s == d and _only_hosts(policy, s, exempt)
-            if selfless and len(prefixes.get(s, ())) == 1:
-                continue  # one address, left out with itself: nothing of the pair is in scope
-            a, b = mine.key(s, d, selfless), theirs.key(s, d, selfless)
-            if a is not None and a == b:
-                continue  # decided alike by both
-            out.append((s, d, a, b, selfless))
+    # Blocks of pairs keyed alike in both programs are judged by one pair of each (verify/alike.py).
+    space = PairSpace([mine, theirs], src, dst)
+    for s, d in space.singles:
+        selfless = s == d and _only_hosts(policy, s, exempt)
+        if selfless and len(prefixes.get(s, ())) == 1:
+            continue  # one address, left out with itself: nothing of the pair is in scope
+        a, b = mine.key(s, d, selfless), theirs.key(s, d, selfless)
+        if a is not None and a == b:
+            continue  # decided alike by both
+        out.append((s, d, a, b, selfless))
+    for block in space.blocks:
+        rep = space.representative(block)
+        if rep is None:
+            continue
+        a, b = mine.key(*rep), theirs.key(*rep)
+        if a is not None and a == b:
+            continue
+        out.extend((s, d, a, b, False) for s, d in space.members(block))
+    out.sort(key=lambda p: (p[0], p[1]))
     return out
 
 

@@ -30,7 +30,7 @@ from anyplane.ir.match import Exact, InSet, Match, Range, exact_values, int_rang
 from anyplane.ir.nodes import Program
 from anyplane.ir.owners import owned_addresses
 
-from .alike import PairClasses
+from .alike import PairClasses, PairSpace
 from .context import Analysis
 from .reach import reachability
 from .result import VerificationBug
@@ -68,23 +68,48 @@ def connectivity(program: Program, progress=None, alike: bool = True) -> nx.DiGr
     texts = {r.id: f"{r.origin.loc} {r.text}" for r in program.rules}
     kinds = {i.name: i.kind for i in program.identities}
     # Traffic between two outside addresses crosses no policy of ours: no edge between externals.
-    pairs = [(s, d) for s in names for d in names if not (kinds[s] == "external" and kinds[d] == "external")]
+    externals = [n for n in names if kinds[n] == "external"]
+    total = len(names) ** 2 - len(externals) ** 2
     classes = PairClasses(program, names) if alike else None
     first: dict[tuple, tuple[str, str]] = {}  # class -> the pair asked
-    like: dict[tuple[str, str], tuple[str, str]] = {}  # pair -> the pair asked for its class
+    like: dict[tuple[str, str], list] = {}  # the pair asked -> the pairs (and blocks of pairs) of its class
     asked = []
-    for pair in pairs:
-        key = classes.key(*pair) if classes is not None else None
+
+    def add(key, pair, block=None):
         if key is not None and key in first:
-            like[pair] = first[key]
-            continue
+            like[first[key]].append(block if block is not None else pair)
+            return
         if key is not None:
             first[key] = pair
+            like[pair] = []
+            if block is not None:
+                like[pair].append(block)
         asked.append(pair)
+    if classes is None:
+        for s in names:
+            for d in names:
+                if not (kinds[s] == "external" and kinds[d] == "external"):
+                    add(None, (s, d))
+    else:
+        # Pairs with an outside end are keyed one by one (no edge between two of them); the rest by
+        # blocks of pairs alike (verify/alike.py PairSpace), never one pair at a time.
+        space = PairSpace([classes], names, names, loose=externals)
+        work = [(p, None) for p in space.singles if not (kinds[p[0]] == "external" and kinds[p[1]] == "external")]
+        for block in space.blocks:
+            rep = space.representative(block)
+            if rep is not None:
+                work.append((rep, block))
+        for pair, block in sorted(work, key=lambda w: w[0]):
+            key = classes.key(*pair)
+            if key is None and block is not None:  # (not so by construction) each pair on its own
+                for member in space.members(block):
+                    add(classes.key(*member), member)
+                continue
+            add(key, pair, block)
     a = Analysis(program, extra=[_pair(s, d) for s, d in asked])
     if classes is not None and [id(e) for e in classes.ordered] != [id(e) for e in a.ordered]:
         raise VerificationBug("the entries are not in one decision order")
-    graph = nx.DiGraph(pairs=len(pairs), asked=len(asked))
+    graph = nx.DiGraph(pairs=total, asked=len(asked))
     for ident in program.identities:
         if ident.name in names:
             graph.add_node(ident.name, kind=ident.kind)
@@ -120,28 +145,44 @@ def connectivity(program: Program, progress=None, alike: bool = True) -> nx.DiGr
                 _record(program, r.witness, edge, texts, a)
         edge["flows"] = _flows(b, cells[(src, dst)], edge["everything"], src, dst)
         edge["label"] = label(edge["flows"])
-    for pair, asked_pair in like.items():
-        if asked_pair in found:
-            found[pair] = _moved(a, classes, found[asked_pair], asked_pair, pair, texts)
+    for asked_pair, members in like.items():
+        if asked_pair not in found:
+            continue
+        for member in members:
+            for pair in space.members(member) if isinstance(member[0], list) else (member,):
+                if pair != asked_pair:
+                    found[pair] = _moved(a, classes, found[asked_pair], asked_pair, pair, texts)
     for (src, dst), edge in found.items():
         del edge["decided"], edge["flow"]
-    for pair in pairs:
-        if pair in found:
-            graph.add_edge(*pair, **found[pair])
+    for pair in sorted(found):
+        graph.add_edge(*pair, **found[pair])
     return graph
 
 
 def _moved(a: Analysis, classes: PairClasses, edge: dict, asked: tuple[str, str], pair: tuple[str, str], texts) -> dict:
     """The edge of a pair alike with the pair asked: its witness moved to the pair's own addresses and
     decided by the entry in the same place, the rules in the places the asked pair's were found."""
-    mine, theirs = classes.positions(*pair), classes.positions(*asked)
+    mask = ~classes.selves if pair[0] == pair[1] and classes.through_hosts(pair[0]) else -1
+    mine, theirs = classes.positions(*pair, mask), classes.positions(*asked, mask)
     place = {p: k for k, p in enumerate(theirs)}
     w = edge["flow"]
-    moved = dataclass_replace(w, src=classes.address[pair[0]][w.family], dst=classes.address[pair[1]][w.family])
+    ends = classes.moved(w.src, w.dst, w.family, pair[0]) if pair[0] == pair[1] else None
+    if ends is None:
+        ends = classes.address[pair[0]][w.family], classes.address[pair[1]][w.family]
+    moved = dataclass_replace(w, src=ends[0], dst=ends[1])
     hit = a.matching(moved)
     decided = hit[0] if hit else None
+
+    def like(p: int | None) -> int | None:
+        """The entry of this pair in the place of the asked pair's entry p."""
+        if p is None:
+            return None
+        if p in place:
+            return mine[place[p]]
+        # an entry for one of the asked identity's addresses to itself: this one's, for the moved flow's
+        return classes.host_entry(pair[0], w.family, ends[0])
     expected = edge["decided"][0]
-    want = mine[place[expected]] if expected is not None else None
+    want = like(expected)
     if a.ids(moved) != pair or decided != want or (decided is None and a.program.default != "allow") or \
             (decided is not None and a.ordered[decided].action.verdict != "allow"):
         raise VerificationBug(f"{moved.text} is not decided for {pair[0]} -> {pair[1]} as {w.text} is for "
@@ -149,7 +190,7 @@ def _moved(a: Analysis, classes: PairClasses, edge: dict, asked: tuple[str, str]
     rules = []
     for p in edge["decided"]:
         if p is not None:
-            e = a.ordered[mine[place[p]]]
+            e = a.ordered[like(p)]
             text = texts.get(e.rule, e.origin.loc)
             if text not in rules:
                 rules.append(text)
