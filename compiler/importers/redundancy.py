@@ -72,7 +72,9 @@ def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bo
     structure = whole.structure
     # Every version is told apart as the whole input is, so that all name the same identities and
     # addresses: the comparison is then of the entries that differ, not of every flow.
-    base, imported = _program(texts, partition=whole.partition, parsed=parsed)
+    # (Imported with its own partition, the whole input is that import: compiled once.)
+    from ..pipeline import compile_sources
+    base, imported = compile_sources([(IMPORTED, whole.text)]).program, whole
     lines = _Lines(base, imported.depends) if imported.depends is not None else None
     out = []
 
