@@ -206,7 +206,8 @@ def test_blocks_of_pairs_are_keyed_as_each_of_their_pairs(data):
 
     from anyplane.compiler.importers.k8s import convert
     from anyplane.ir.owners import owned_addresses
-    from anyplane.verify.alike import PairClasses, PairSpace
+    from anyplane.ir.pairspace import PairSpace
+    from anyplane.verify.alike import PairClasses
 
     from .test_import_k8s import policies as k8s_policies
     from .test_import_k8s import replicated
@@ -260,7 +261,8 @@ def test_blocks_of_pairs_hold_for_written_policies(text, data):
     """The same on policies written in the language, whose one-sided rules of different verdicts and
     ports interleave (the places in a profile matter)."""
     from anyplane.ir.owners import owned_addresses
-    from anyplane.verify.alike import PairClasses, PairSpace
+    from anyplane.ir.pairspace import PairSpace
+    from anyplane.verify.alike import PairClasses
 
     try:
         program = compile_sources([("p.ap", text)]).program

@@ -30,8 +30,9 @@ from anyplane.ir.interp import evaluate
 from anyplane.ir.match import InSet, Match, PrefixMatch, to_itself
 from anyplane.ir.nodes import Program
 from anyplane.ir.owners import ownership
+from anyplane.ir.pairspace import PairSpace
 
-from .alike import PairClasses, PairSpace
+from .alike import PairClasses
 from .context import Analysis
 from .domain import Domain
 from .encode import Encoder, mk_and

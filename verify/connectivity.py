@@ -29,8 +29,9 @@ from anyplane.ir.interp import evaluate
 from anyplane.ir.match import Exact, InSet, Match, Range, exact_values, int_ranges, merge_ranges
 from anyplane.ir.nodes import Program
 from anyplane.ir.owners import owned_addresses
+from anyplane.ir.pairspace import PairSpace
 
-from .alike import PairClasses, PairSpace
+from .alike import PairClasses
 from .context import Analysis
 from .reach import reachability
 from .result import VerificationBug

@@ -38,6 +38,7 @@ from anyplane.ir.match import InSet, PrefixMatch, int_ranges, merge_ranges, opti
 from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Program, Table, precedence
 from anyplane.ir.owners import ownership
+from anyplane.ir.pairspace import PairSpace
 from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError, error
 
@@ -237,6 +238,44 @@ class _Narrow:
         return self.pairs[key]
 
 
+_ASK = object()
+
+
+class _Blocks:
+    """The pairs of regions of one IP version cut into blocks decided alike (ir/pairspace.py), so that
+    one pair of a block is asked for all. A region is in a block on a side when the same entries hold
+    for all its ranges there (`_one_kind`); each region's entries are those that hold at its first
+    address (`_Narrow`), each entry's code is its shape. Pairs whose answers would differ only by the
+    entries' order have the same shapes, so the same answer."""
+
+    def __init__(self, program: Program, family: int, regions: list[Region]):
+        narrow = _narrow(program)
+        mine = [r for r in regions if family in r.ranges]
+        self.code = narrow.shape
+        every = [sum(1 << i for i in narrow.every[side]) for side in (0, 1)]
+        self.everyone = {"src": every[0], "dst": every[1]}
+        self.full = {"src": {}, "dst": {}}
+        self.part = {"src": {}, "dst": {}}
+        self.families = {}
+        for r in mine:
+            for n, side in enumerate(("src", "dst")):
+                self.full[side][r.key] = narrow._bits(n, family, r.probe(family))
+                self.part[side][r.key] = 0
+            self.families[r.key] = family
+        srcs = [r.key for r in mine if _one_kind(program, family, r, 0)]
+        dsts = [r.key for r in mine if _one_kind(program, family, r, 1)]
+        self.space = PairSpace([self], srcs, dsts)
+        self.answers: dict = {}
+
+    def of(self, src: str, dst: str):
+        """The block of a pair (None: not in one; asked on its own)."""
+        space = self.space
+        gs, gd = space.src_group.get(src), space.dst_group.get(dst)
+        if gs is None or gd is None or src == dst or (src, dst) in space._single:
+            return None
+        return gs, gd
+
+
 @per_program(keep=4)
 def _narrow(program: Program) -> _Narrow:
     return _Narrow(program)
@@ -400,6 +439,7 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
     workloads = [r for r in regions if r.workload]
     # answers[(src region, dst region)] for every pair with a workload at one end (same family probes)
     answers = {}
+    blocks = {family: _Blocks(program, family, regions) for family in (4, 6)}
     for a in regions:
         for b in regions:
             if not (a.workload or b.workload):
@@ -432,6 +472,19 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
                 if hosts:  # two of its pods
                     d = a.ranges[family][1][0] if len(a.ranges.get(family, ())) > 1 else None
                 if s is None or d is None:
+                    continue
+                block = None if hosts else blocks[family].of(a.key, b.key)
+                if block is not None:  # a pair of one kind of range each, in a block of pairs decided alike
+                    ans = blocks[family].answers.get(block, _ASK)
+                    if ans is _ASK:
+                        blamed = len(blame.found)
+                        ans = _answer(program, family, s, d, blame)
+                        if len(blame.found) == blamed:  # one that blames a rule is asked pair by pair
+                            blocks[family].answers[block] = ans
+                    if seen is not None and ans != seen[1]:
+                        blame.add(evaluate(program, Flow(family, s, d, TCP, 49152, 80)),
+                                  "IPv4 and IPv6 are decided apart here; a NetworkPolicy peer is the same for both")
+                    seen = (family, ans)
                     continue
                 ans = _answer(program, family, s, d, blame)
                 if seen is not None and ans != seen[1]:
