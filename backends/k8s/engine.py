@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import replace
-
+from functools import cached_property
 
 from anyplane.ir import fields as F
 from anyplane.ir.actions import RateLimit
@@ -68,13 +68,10 @@ class Region:
         r = self.ranges.get(family)
         return r[0][0] if r else None
 
-    @property
+    @cached_property
     def families(self) -> frozenset:
         """Its IP versions (asked once its ranges are all known)."""
-        hit = self.__dict__.get("_families")
-        if hit is None:
-            hit = self.__dict__["_families"] = frozenset(self.ranges)
-        return hit
+        return frozenset(self.ranges)
 
 
 def _cells(program: Program, proto: int) -> list[tuple[int, int]]:
@@ -523,13 +520,16 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
             if k in isolated or rep in isolated:
                 isolated |= {k, rep}
     policies = []
+    near: dict[frozenset, list[Region]] = {}  # IP versions -> the regions that share one with them
     for w in sorted(workloads, key=lambda r: r.key):
         if w.workload in share:
             continue
         spec: dict = {"podSelector": placed[w.workload].selector(), "policyTypes": []}
+        if w.families not in near:
+            near[w.families] = [r for r in regions if _meet(r, w)]
         for direction, side, pairs in (
-                ("Ingress", "from", [(r, answers.get((r.key, w.key))) for r in regions if _meet(r, w)]),
-                ("Egress", "to", [(r, answers.get((w.key, r.key))) for r in regions if _meet(w, r)])):
+                ("Ingress", "from", [(r, answers.get((r.key, w.key))) for r in near[w.families]]),
+                ("Egress", "to", [(r, answers.get((w.key, r.key))) for r in near[w.families]])):
             if w.key not in (into if direction == "Ingress" else out_of):
                 continue  # the direction stays open: the other ends' policies say what it may not
             spec["policyTypes"].append(direction)
@@ -582,8 +582,9 @@ def _isolation(regions: list[Region], answers: dict) -> tuple[set, set]:
     on a tie), so that the directions users leave open stay open."""
     into, out_of, rest = set(), set(), []
     for a in regions:
+        fa = a.families
         for b in regions:
-            if not (a.workload or b.workload) or not _meet(a, b):
+            if not (a.workload or b.workload) or fa.isdisjoint(b.families):
                 continue
             ans = answers.get((a.key, b.key))
             if ans == "all" or isinstance(ans, Except):
