@@ -104,6 +104,7 @@ class Reader:
         self.keys_read: set = set()  # every label key some selector reads
         self.by_namespace: dict[str, list] = {}  # namespace -> its pods (once every pod is read)
         self.checks: dict[tuple, list] = {}  # ("json" | "schema", id of an object) -> its problems
+        self.selected: dict[tuple, list] = {}  # (namespace | None, a selector's contents) -> what it selects
 
     def fail(self, path: str, obj, message: str) -> None:
         self.errors.append(error(span_of_object(path, obj), "import", message))
@@ -318,6 +319,24 @@ def _account(spec) -> str:
     spec = spec if isinstance(spec, dict) else {}
     account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
     return account if isinstance(account, str) else "default"
+
+
+def selector_key(selector: dict | None):
+    """A selector's contents as a key (None for one with an unknown operator, or not plain data: such
+    selectors are read pod by pod, so that their errors point at each)."""
+    if selector is None:
+        return ()
+    try:
+        labels = tuple(sorted((selector.get("matchLabels") or {}).items()))
+        exprs = tuple((e.get("key"), e.get("operator"), tuple(e.get("values") or ()))
+                      for e in selector.get("matchExpressions") or ())
+        if any(op not in ("In", "NotIn", "Exists", "DoesNotExist") for _, op, _ in exprs):
+            return None
+        key = (labels, exprs)
+        hash(key)
+    except (AttributeError, TypeError):
+        return None
+    return key
 
 
 def selects(selector: dict | None, labels: dict, path: str, reader: Reader) -> bool:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from anyplane.ir.match import merge_ranges
 from anyplane.ir.source import Span
 
-from .cluster import Pod, Reader, selects, span_of_object
+from .cluster import Pod, Reader, selector_key, selects, span_of_object
 
 PORTS_ALL = "all"
 PROTOCOLS = {"TCP": "tcp", "UDP": "udp"}
@@ -43,13 +43,28 @@ def _peers(reader: Reader, path: str, ns: str, items) -> list:
             continue
         pod_sel, ns_sel = peer.get("podSelector"), peer.get("namespaceSelector")
         if ns_sel is None:
-            spaces = {ns}
+            spaces = [ns]
         else:
-            spaces = {n for n, labels in reader.namespaces.items() if selects(ns_sel, labels, path, reader)}
-        pods = [p for space in sorted(spaces) for p in reader.by_namespace.get(space, ())
-                if selects(pod_sel or {}, p.labels, path, reader)]
+            spaces = _selected(reader, None, ns_sel, path,
+                               lambda: sorted(n for n, labels in reader.namespaces.items()
+                                              if selects(ns_sel, labels, path, reader)))
+        pods = [p for space in spaces for p in _selected(
+            reader, space, pod_sel, path,
+            lambda: [p for p in reader.by_namespace.get(space, ()) if selects(pod_sel or {}, p.labels, path, reader)])]
         out.append(("pods", pods, frozenset(id(p) for p in pods)))
     return out
+
+
+def _selected(reader: Reader, space: str | None, selector, path: str, work) -> list:
+    """What a selector selects among the namespaces (space None) or one namespace's pods, worked out
+    once per selector's contents: the policies of a namespace repeat their selectors."""
+    key = selector_key(selector)
+    if key is None:
+        return work()
+    hit = reader.selected.get((space, key))
+    if hit is None:
+        hit = reader.selected[(space, key)] = work()
+    return hit
 
 
 def rule_ports(reader: Reader, path: str, items) -> list | None:
