@@ -51,6 +51,8 @@ def _core(text: str):
     """The value YAML 1.2's core schema gives a plain scalar."""
     if text in _CORE_SPECIAL:
         return _CORE_SPECIAL[text]
+    if not text or text[0] not in "+-0123456789.":
+        return text  # no number starts otherwise
     if re.fullmatch(r"[-+]?[0-9]+", text):
         return int(text)
     if re.fullmatch(r"0o[0-7]+|0x[0-9a-fA-F]+", text):
