@@ -284,3 +284,35 @@ def test_blocks_of_pairs_hold_for_written_policies(text, data):
         assert len(keys) <= 1 and None not in keys, (block, keys)
     assert seen == {(s, d) for s in srcs for d in names}
     event("some block of two or more pairs" if any(len(b[0]) * len(b[1]) > 1 for b in space.blocks) else "none")
+
+
+def test_pairs_alike_are_cut_into_the_same_cells():
+    """Two identities, each pod reaching itself by a rule of its own: their pairs with themselves are
+    alike. One also sends to `outside` (every address) on TCP 443, a rule that cannot match its pair
+    with itself: the cells of both pairs must be the same as when each pair is asked on its own."""
+    text = """service a { address 10.0.0.1/32, 10.0.0.2/32 }
+service b { address 10.0.1.1/32, 10.0.1.2/32 }
+external outside { address 0.0.0.0/0 }
+default allow
+allow 10.0.0.1 -> 10.0.0.1 priority 90
+allow 10.0.0.2 -> 10.0.0.2 priority 90
+allow 10.0.1.1 -> 10.0.1.1 priority 90
+allow 10.0.1.2 -> 10.0.1.2 priority 90
+deny any -> a priority 10
+deny any -> b priority 10
+allow a -> a priority 20
+allow b -> b priority 20
+allow b -> outside tcp 443 priority 20
+deny a -> a udp 53 priority 25
+deny b -> b udp 53 priority 25
+"""
+    program = compile_sources([("p.ap", text)]).program
+    alike, each = connectivity(program), connectivity(program, alike=False)
+    assert alike.graph["asked"] < each.graph["asked"]
+    assert set(alike.edges) == set(each.edges)
+    for pair in alike.edges:
+        mine, theirs = dict(alike.edges[pair]), dict(each.edges[pair])
+        for edge in (mine, theirs):
+            del edge["witness"], edge["rules"]
+        assert mine == theirs, pair
+    assert each.edges["b", "b"]["label"] == each.edges["a", "a"]["label"]

@@ -53,7 +53,7 @@ def _admits(m: Match, src: str, dst: str) -> bool:
     """Whether a match's own identity sets admit the pair."""
     for side, name in (("src.id", src), ("dst.id", dst)):
         fm = m.get(side)
-        if isinstance(fm, InSet) and name not in fm.values:
+        if (isinstance(fm, InSet) and name not in fm.values) or (isinstance(fm, Exact) and fm.value != name):
             return False
     return True
 
@@ -204,7 +204,10 @@ def _cells(a: Analysis, src: str, dst: str) -> list[tuple[dict, Match]] | None:
     constant: a cell per protocol the entries name (per port range for TCP and UDP), and one for the
     other protocols. None when the entries' ports are not ranges, or the cells are too many."""
     pair = _pair(src, dst)
-    entries = [a.ordered[i] for i in a.relevant([pair])]
+    # The entries that can match the pair: an entry whose box meets the pair's but names other identities
+    # (an egress to `outside`, whose prefix holds every address) cuts no cell of it, so that pairs alike
+    # are cut alike.
+    entries = [a.ordered[i] for i in a.relevant([pair]) if _admits(a.ordered[i].match, src, dst)]
     named: set[int] = set()
     for e in entries:
         fm = e.match.get(F.PROTO)
