@@ -1,17 +1,21 @@
-# anyplane: `make demo` compiles and checks the bookinfo example; `make test` sets up
-# everything the test suite needs (Debian packages, a virtualenv, bpffs) and runs it.
+# anyplane: `make demo` compiles and checks the bookinfo example (it installs only what that needs:
+# clang and libbpf, the virtualenv); `make test` sets up everything the test suite needs (Debian
+# packages, a virtualenv, bpffs, the side environments) and runs it.
 # Every step is idempotent: run it as often as you like.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 wrk curl graphviz chromium nodejs kubectl
+# The demo compiles for every engine: clang and libbpf build the kernel's program. The suite needs more
+# (the live tiers: the kernel's tools, a browser for the map page, kubectl as the YAML oracle).
+DEMO_PACKAGES := clang llvm libbpf-dev
+APT_PACKAGES := $(DEMO_PACKAGES) bpftool iproute2 wrk curl graphviz chromium nodejs kubectl
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup sysdeps venv bpffs p4tools nca p4sh kmodels bench maps clean
+.PHONY: demo test setup sysdeps demo-sysdeps venv bpffs p4tools nca p4sh kmodels bench maps clean
 
-demo: setup
+demo: demo-sysdeps venv
 	$(BIN)/anyplane check examples/bookinfo.ap
 	$(BIN)/anyplane compile examples/bookinfo.ap -t ir -o out/bookinfo/ir
 	$(BIN)/anyplane compile examples/bookinfo.ap -t ebpf -o out/bookinfo/ebpf
@@ -63,12 +67,20 @@ p4tools:
 	@if [ -x "$(P4_SHARED)/install.sh" ]; then "$(P4_SHARED)/install.sh" "$(CURDIR)/.p4tools" >/dev/null; \
 	else echo "no $(P4_SHARED): the real-P4 tests will skip"; fi
 
-sysdeps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Installs the Debian packages of a list that are missing (none: nothing is done).
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+sysdeps:
+	$(call apt_install,$(APT_PACKAGES))
+
+demo-sysdeps:
+	$(call apt_install,$(DEMO_PACKAGES))
 
 venv: $(STAMP)
 
