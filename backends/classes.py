@@ -6,8 +6,8 @@
 Two addresses in the same class get the same answer from every source (or
 destination) match of the entries, so engines classify an address once, by
 longest prefix over the atoms, and decide on the class. Class 0 is "in no
-atom": owned by nobody and inside no CIDR. The kernel and sidecar engines
-(and the switch) all build their lookups from this.
+atom": owned by nobody and inside no CIDR. The kernel (backends/ebpf/model.py)
+and the sidecar (backends/envoy/inbound.py) build their lookups from this.
 """
 
 from __future__ import annotations

@@ -3,7 +3,11 @@
 
     emit(program) -> networkpolicies.yaml        the policy's L4 projection, as `-t k8s` writes it
                      authorizationpolicies.yaml  per workload with HTTP rules: what the requests need
-                     services.yaml               which ports are HTTP (Istio reads requests only there)
+                     services.yaml               which ports are HTTP (Istio reads requests only there),
+                                                 and a Service per routed service
+                     virtualservices.yaml        routes: weighted versions, retries, timeouts
+                     destinationrules.yaml       versions as subsets, circuit breaking
+                     adminnetworkpolicies.yaml   where the L4 projection needs the admin tier (as -t k8s)
                      identities.yaml             which pods each identity stands for (as -t k8s)
                      report.txt
 
@@ -20,16 +24,16 @@ rules, the AuthorizationPolicies add the requests' conditions:
 Istio applies every DENY before any ALLOW, and an ALLOW policy closes what it does not match. So
 the export is exact when, among the rules that reach a workload's HTTP port, no allow takes
 precedence over a deny it overlaps where either of them has HTTP conditions (an HTTP deny under an
-allow, or an L4 deny under an HTTP allow): such a deny is an error at its rule. So are what
-AuthorizationPolicy cannot say (request rate limits) and, for now, routes and limits (VirtualService
-and DestinationRule are not written yet). The driver reads the output back through the importer
-(NetworkPolicies, AuthorizationPolicies and Services together) and proves it.
+allow, or an L4 deny under an HTTP allow): such a deny is an error at its rule. So is a request
+rate limit, which AuthorizationPolicy cannot say. Routes and limits become VirtualServices and
+DestinationRules (`routing`) over a Service per routed service, whose pods carry its label. The
+driver reads the output back through the importer (NetworkPolicies, AuthorizationPolicies, Services,
+VirtualServices and DestinationRules together) and proves it.
 """
 
 from __future__ import annotations
 
 import ipaddress
-
 
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny
