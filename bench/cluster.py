@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from anyplane.compiler import api  # noqa: E402
 from anyplane.compiler.importers import IMPORTED  # noqa: E402
 from anyplane.compiler.importers.k8s import convert  # noqa: E402
+from anyplane.compiler.launch import tune_gc  # noqa: E402
 from anyplane.compiler.pipeline import compile_sources, load  # noqa: E402
 
 APPS = ("web", "api", "db", "cache", "worker")
@@ -244,6 +245,7 @@ def main() -> None:
                     help="run `verify` (and NCA's sanity check) on clusters of at most so many pods")
     ap.add_argument("--nca-timeout", type=float, default=900, help="seconds each NCA run may take")
     args = ap.parse_args()
+    tune_gc()  # as the CLI runs
     rows = []
     for n in (int(x) for x in args.pods.split(",")):
         rows.append(run(n, not args.no_nca, args.verify_up_to, args.nca_timeout, args.export_up_to, args.istio_up_to))

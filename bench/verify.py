@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from anyplane.compiler.launch import tune_gc  # noqa: E402
 from anyplane.compiler.pipeline import compile_sources  # noqa: E402
 from anyplane.compiler.whatif import query_pattern  # noqa: E402
 from anyplane.verify.context import Analysis  # noqa: E402
@@ -96,6 +97,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--format", choices=("text", "json"), default="text")
     args = ap.parse_args()
+    tune_gc()  # as the CLI runs
     rows = []
     for name, size, text in workloads([int(s) for s in args.sizes.split(",")]):
         print(f"  {name} {size} ...", file=sys.stderr, flush=True)
