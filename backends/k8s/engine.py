@@ -65,8 +65,12 @@ class Region:
         self.ranges: dict[int, list[tuple[int, int]]] = {}  # family -> inclusive address ranges
 
     def probe(self, family: int) -> int | None:
-        r = self.ranges.get(family)
-        return r[0][0] if r else None
+        return self.first.get(family)
+
+    @cached_property
+    def first(self) -> dict[int, int]:
+        """Its first address in each IP version (asked once its ranges are all known)."""
+        return {family: r[0][0] for family, r in self.ranges.items() if r}
 
     @cached_property
     def families(self) -> frozenset:
@@ -175,6 +179,7 @@ class _Narrow:
                       for e in program.acl.entries]
         self.answers: dict = {}  # (family, selfless, shapes) -> (answer,)
         self.bits: dict = {}
+        self.every_bits: dict = {}
         self.selves = sum(1 << i for i in _selfs(program))
         # Per side: entries that hold for every address, those that name identities only (looked up by
         # the address's owner) or one address only, and the rest (asked address by address).
@@ -211,7 +216,16 @@ class _Narrow:
         key = (side, family, address)
         hit = self.bits.get(key)
         if hit is None:
-            hit = self.bits[key] = sum(1 << i for i in self._holding(side, family, address))
+            every = self.every[side]
+            hit = self.bits[key] = self.every_mask(side) | sum(1 << i for i in self._holding(side, family, address)
+                                                               if i not in every)
+        return hit
+
+    def every_mask(self, side: int) -> int:
+        """The entries that hold for every address on a side, as a bit set (once per side)."""
+        hit = self.every_bits.get(side)
+        if hit is None:
+            hit = self.every_bits[side] = sum(1 << i for i in self.every[side])
         return hit
 
     def shapes(self, family: int, src: int, dst: int, selfless: bool):
@@ -249,8 +263,7 @@ class _Blocks:
         narrow = _narrow(program)
         mine = [r for r in regions if family in r.ranges]
         self.code = narrow.shape
-        every = [sum(1 << i for i in narrow.every[side]) for side in (0, 1)]
-        self.everyone = {"src": every[0], "dst": every[1]}
+        self.everyone = {"src": narrow.every_mask(0), "dst": narrow.every_mask(1)}
         self.full = {"src": {}, "dst": {}}
         self.part = {"src": {}, "dst": {}}
         self.families = {}
@@ -580,26 +593,28 @@ def _isolation(regions: list[Region], answers: dict) -> tuple[set, set]:
     has an isolated end, its destination's ingress or its source's egress. Pairs with an outside end
     leave no choice; the others are covered greedily, the workload with the most pairs first (ingress
     on a tie), so that the directions users leave open stay open."""
-    into, out_of, rest = set(), set(), []
-    for a in regions:
-        fa = a.families
-        for b in regions:
-            if not (a.workload or b.workload) or fa.isdisjoint(b.families):
-                continue
-            ans = answers.get((a.key, b.key))
-            if ans == "all" or isinstance(ans, Except):
-                continue
-            if not a.workload:
-                into.add(b.key)
-            elif not b.workload:
-                out_of.add(a.key)
-            else:
-                rest.append((a.key, b.key))
+    into, out_of = set(), set()
+
+    def open_(a: Region, b: Region) -> bool:  # whether the pair passes everything (or no flow joins it)
+        if a.families.isdisjoint(b.families):
+            return True
+        ans = answers.get((a.key, b.key))
+        return ans == "all" or isinstance(ans, Except)
+    work = [r for r in regions if r.workload]
+    outside = [r for r in regions if not r.workload]
+    for w in work:  # the pairs with an outside end, first: they leave no choice
+        if any(not open_(o, w) for o in outside):
+            into.add(w.key)
+        if any(not open_(w, o) for o in outside):
+            out_of.add(w.key)
+    # Then the pairs of two workloads that neither of those covers.
+    sources, destinations = [a for a in work if a.key not in out_of], [b for b in work if b.key not in into]
     edges: dict = {}  # an end that could be isolated -> the ends that could cover its pairs instead
-    for a, b in rest:
-        if b not in into and a not in out_of:
-            edges.setdefault(("in", b), []).append(("out", a))
-            edges.setdefault(("out", a), []).append(("in", b))
+    for a in sources:
+        for b in destinations:
+            if not open_(a, b):
+                edges.setdefault(("in", b.key), []).append(("out", a.key))
+                edges.setdefault(("out", a.key), []).append(("in", b.key))
     chosen = {"in": into, "out": out_of}
     for side, key in sorted(edges, key=lambda v: (-len(edges[v]), v[0] != "in", v[1])):
         if any(other[1] not in chosen[other[0]] for other in edges[(side, key)]):
