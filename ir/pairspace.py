@@ -15,7 +15,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 
 
-def _bits(x: int):
+def bit_positions(x: int):
     """The positions of the bits set in x, ascending."""
     while x:
         low = x & -x
@@ -50,9 +50,9 @@ class PairSpace:
                 full[side], part[side] = [[] for _ in range(n)], [[] for _ in range(n)]
                 free = ~t.everyone[side]
                 for name in names:
-                    for i in _bits(t.full[side][name] & free):
+                    for i in bit_positions(t.full[side][name] & free):
                         full[side][i].append(name)
-                    for i in _bits(t.part[side][name]):
+                    for i in bit_positions(t.part[side][name]):
                         part[side][i].append(name)
             every = {side: [bool((t.everyone[side] >> i) & 1) or len(full[side][i]) == len(names)
                             for i in range(n)] for side, names in (("src", srcs), ("dst", dsts))}
@@ -120,6 +120,13 @@ class PairSpace:
         singles.update((s, d) for s in srcs for d in loose_dst & dst_set)
         self.singles = sorted(singles)
         self._single = singles
+
+    def block_of(self, src: str, dst: str) -> tuple[int, int] | None:
+        """The block of a pair, as (its source's group, its destination's group); None for a single."""
+        gs, gd = self.src_group.get(src), self.dst_group.get(dst)
+        if gs is None or gd is None or (src, dst) in self._single:
+            return None
+        return gs, gd
 
     def members(self, block: tuple[list[str], list[str]]):
         """The pairs of a block, but the singles."""

@@ -8,10 +8,11 @@ of an identity's addresses (a prefix inside it) puts the pair in no class (`key`
 exception: an identity's pair with itself, when each of its addresses is a host with one entry for
 that address to itself, all of them in the same place among the pair's other entries and with the
 same verdict (a cluster's pods' own traffic): its class also says that place and verdict, and whether
-two different addresses of the identity exist. On the region of a pair (source owned by one identity, destination by the other) an
-entry matches exactly when the rest of its match does: alike pairs are decided alike, whatever the
-rest of the match holds (ports, protocols, HTTP). Two programs with the same endpoints and the same
-key for a pair (with `interned` shared) decide that pair alike too.
+two different addresses of the identity exist. On the region of a pair (source owned by one
+identity, destination by the other) an entry matches exactly when the rest of its match does: alike
+pairs are decided alike, whatever the rest of the match holds (ports, protocols, HTTP). Two programs
+with the same endpoints and the same key for a pair (with `interned` shared) decide that pair alike
+too.
 
 A cluster's pairs fall into a few classes (tier to tier, across namespaces) however many namespaces
 and pods it has: the map (verify/connectivity.py) asks one pair per class, the proof of an export
@@ -26,6 +27,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.match import Exact, InSet, PrefixMatch, options, to_itself
 from anyplane.ir.nodes import Program, ordered
 from anyplane.ir.owners import ownership
+from anyplane.ir.pairspace import bit_positions
 
 from .diff import action_key
 
@@ -90,7 +92,7 @@ class PairClasses:
         names_set = set(names)
         for i, e in enumerate(self.ordered):
             host = to_itself(e.match)
-            if host is None or not (self.selves >> i) & 1 or len(e.match.fields) != 2:
+            if host is None or len(e.match.fields) != 2:
                 continue
             who = own.covering_owner(host)
             if who in names_set:
@@ -158,12 +160,7 @@ class PairClasses:
 
     def positions(self, src: str, dst: str, mask: int = -1) -> list[int]:
         """The entries that hold for every flow of a pair's region but the rest of their match, in order."""
-        bits, out = self.full["src"][src] & self.full["dst"][dst] & mask, []
-        while bits:
-            low = bits & -bits
-            out.append(low.bit_length() - 1)
-            bits ^= low
-        return out
+        return list(bit_positions(self.full["src"][src] & self.full["dst"][dst] & mask))
 
 
 class _Declared:

@@ -38,7 +38,7 @@ from anyplane.ir.match import InSet, PrefixMatch, int_ranges, merge_ranges, opti
 from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Program, Table, precedence
 from anyplane.ir.owners import ownership
-from anyplane.ir.pairspace import PairSpace
+from anyplane.ir.pairspace import PairSpace, bit_positions
 from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError, error
 
@@ -233,12 +233,7 @@ class _Narrow:
         keep = self._bits(0, family, src) & self._bits(1, family, dst)
         if selfless:
             keep &= ~self.selves
-        found = set()
-        while keep:  # few entries hold for both ends of a pair
-            low = keep & -keep
-            found.add(self.shape[low.bit_length() - 1])
-            keep ^= low
-        return family, selfless, frozenset(found)
+        return family, selfless, frozenset(self.shape[i] for i in bit_positions(keep))
 
     def __call__(self, family: int, src: int, dst: int) -> Program:
         key = (family, src, dst)
@@ -279,11 +274,7 @@ class _Blocks:
 
     def of(self, src: str, dst: str):
         """The block of a pair (None: not in one; asked on its own)."""
-        space = self.space
-        gs, gd = space.src_group.get(src), space.dst_group.get(dst)
-        if gs is None or gd is None or src == dst or (src, dst) in space._single:
-            return None
-        return gs, gd
+        return None if src == dst else self.space.block_of(src, dst)
 
 
 @per_program(keep=4)
