@@ -50,7 +50,8 @@ def subnet() -> int:
     """A second octet of 127.0.0.0/8 no other test in this run uses (per xdist worker and test)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
-    return 20 + (index * 100 + next(_counter)) % 230
+    share = 230 // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))  # each worker its own range
+    return 20 + index * share + next(_counter) % share
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -19,6 +19,7 @@ from contextlib import ExitStack
 import pytest
 import yaml
 
+from anyplane.backends.envoy import config as envoy_config
 from anyplane.backends.envoy import push as envoy_push
 from anyplane.compiler import api
 
@@ -69,8 +70,8 @@ class Fleet:
     def write(self, text: str) -> None:
         (self.dir / "policy.ap").write_text(text)
 
-    def start_replica(self, k: int) -> api.Serving:
-        serving = api.Serving([str(self.dir)], str(self.dep_file))
+    def start_replica(self, k: int, **limits) -> api.Serving:
+        serving = api.Serving([str(self.dir)], str(self.dep_file), limits=api.xds_limits(**limits))
         assert serving.check(), "the policy was not published"
         serving.start(f"127.0.0.1:{self.ports[k]}")
         self.replicas[k] = serving
@@ -130,8 +131,7 @@ def test_a_fleet_switches_policy_with_no_failed_request(tmp_path, delta):
         with ExitStack() as stack:
             for k in range(FLEET):
                 stack.enter_context(Upstream(f"127.{fleet.n}.{k}.1", 18080, f"web{k}"))
-            for k in range(FLEET):
-                stack.enter_context(running(fleet.bootstrap(k), fleet.admin(k)))
+            envoys = [stack.enter_context(running(fleet.bootstrap(k), fleet.admin(k))) for k in range(FLEET)]
             first = fleet.wait_current(serving, FLEET, timeout=180)  # 20 Envoys starting on 2 cores
             assert {x["service"] for x in first["nodes"]} == {f"web{k}" for k in range(FLEET)}
             assert all(fleet.get(k, "/api/x") == 200 for k in range(FLEET))
@@ -150,7 +150,58 @@ def test_a_fleet_switches_policy_with_no_failed_request(tmp_path, delta):
             assert all(fleet.get(k, "/api/x") == 403 for k in range(FLEET)), "a sidecar kept the old policy"
             failed = [r for r in results if r[1] != 200]
             assert len(results) > 50 and not failed, (len(results), failed[:5])
+            # Every sidecar kept the stream it opened: none was sent away (its pings too frequent for
+            # the server, say) and came back while the fleet started, idled and switched. A stream that
+            # comes back holding the current version is sent nothing.
+            again = [x["id"] for x in first["nodes"] if not x["types"]["clusters"]["responses"]]
+            assert not again, f"these sidecars reconnected: {again}"
+            assert {x["id"]: x["peer"] for x in after["nodes"]} == {x["id"]: x["peer"] for x in first["nodes"]}
             print(f"{FLEET} sidecars converged in {converged:.2f} s")
+    finally:
+        serving.stop()
+
+
+def _seconds(duration: str) -> float:
+    assert duration.endswith("s"), duration
+    return float(duration[:-1])
+
+
+def test_the_sidecars_keepalive_pings_are_ones_the_server_takes(tmp_path):
+    """Envoy pings the xDS server (to find a dead one); the server sends away a peer that pings faster
+    than its floor while it is sent nothing. The bootstrap's interval, over the server's floor, is
+    kept at a tenth of the scale: a sidecar idles on its first stream; pinging faster than the floor,
+    it is sent away (what the check would miss)."""
+    fleet = Fleet(tmp_path, 1)
+    serving = fleet.start_replica(0, ping_floor_s=1)
+    keepalive = fleet.bootstrap(0)["static_resources"]["clusters"][0]["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"][
+        "http2_protocol_options"]["connection_keepalive"]
+    ratio = _seconds(keepalive["interval"]) / envoy_config.PING_FLOOR_S
+    assert ratio >= 1.5, keepalive
+
+    def sidecar(interval: float):
+        boot = fleet.bootstrap(0)
+        boot["static_resources"]["clusters"][0]["typed_extension_protocol_options"][
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"][
+            "http2_protocol_options"]["connection_keepalive"] = {"interval": f"{interval}s", "timeout": "5s"}
+        return running(boot, fleet.admin(0))
+    try:
+        with Upstream(f"127.{fleet.n}.0.1", 18080, "web0"):
+            def peers():
+                return [x["peer"] for x in serving.status()["nodes"] if x["connected"]]
+            with sidecar(ratio * 1):
+                first = fleet.wait_current(serving, 1)["nodes"][0]["peer"]
+                deadline = time.monotonic() + 5 * ratio + 2   # five pings or more
+                while time.monotonic() < deadline:
+                    assert peers() in ([first], []), f"sent away: {first} became {peers()}"
+                    time.sleep(0.1)
+                assert peers() == [first]
+            with sidecar(0.25):
+                first = fleet.wait_current(serving, 1)["nodes"][0]["peer"]
+                deadline = time.monotonic() + 30
+                while peers() in ([first], []):
+                    assert time.monotonic() < deadline, "a sidecar pinging 4 times a second was kept"
+                    time.sleep(0.1)
     finally:
         serving.stop()
 

@@ -183,7 +183,9 @@ def test_short_connections_and_huge_nacks_leave_bounded_state(tmp_path):
     serving, address = _serving(tmp_path, remembered=50)
 
     async def one(n: int) -> None:
-        channel = grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 8 << 20)])
+        # A connection of its own (channels with equal options share one otherwise).
+        channel = grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 8 << 20),
+                                                              ("grpc.use_local_subchannel_pool", 1)])
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
         await call.write(_hello(f"n{n}", "web0"))
         first = await call.read()

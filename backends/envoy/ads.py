@@ -40,6 +40,7 @@ from google.protobuf import any_pb2
 
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from .config import PING_FLOOR_S
 from .xds import CDS, LDS, NAMED, ORDER, SHORT, Snapshot, digest
 
 
@@ -54,6 +55,7 @@ class Limits:
     forget_s: float = 300.0        # a node that left is shown as disconnected this long, then forgotten
     remembered: int = 1_000        # at most this many nodes that left are remembered
     message: int = 1_024           # a NACK's message is kept to this many characters
+    ping_floor_s: float = PING_FLOOR_S  # a peer that pings faster while sent nothing is sent away
 
 
 @dataclass
@@ -380,7 +382,7 @@ class Running:
             ("grpc.max_concurrent_streams", limits.per_connection),
             # Dead peers are found and their streams closed: a ping every minute, 20 s to answer.
             ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
+            ("grpc.http2.min_ping_interval_without_data_ms", int(limits.ping_floor_s * 1000))])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.server, self.grpc)
         if tls is None:
             port = self.grpc.add_insecure_port(address)

@@ -197,6 +197,13 @@ def bootstrap(service: str, deployment: Deployment, xds_dir: str | None, listene
 XDS_CLUSTER = "anyplane_xds"
 
 
+# Keepalive on the xDS channel. The server takes a ping at most every PING_FLOOR_S seconds while it
+# sends nothing and answers a faster peer with GOAWAY ("too many pings"): the sidecars ping at twice
+# that (plus Envoy's jitter), and a server that stops answering is left after interval + timeout.
+PING_FLOOR_S = 10
+KEEPALIVE = {"interval": f"{2 * PING_FLOOR_S}s", "timeout": f"{PING_FLOOR_S}s"}
+
+
 def ads_bootstrap(service: str, deployment: Deployment, servers: list[tuple[str, int]], delta: bool = False,
                   node_id: str | None = None, tls: dict | None = None) -> dict:
     """A bootstrap whose listeners and clusters come from anyplane's xDS server(s) over ADS: every
@@ -217,7 +224,7 @@ def ads_bootstrap(service: str, deployment: Deployment, servers: list[tuple[str,
                "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                    "explicit_http_config": {"http2_protocol_options": {
-                       "connection_keepalive": {"interval": "5s", "timeout": "5s"}}}}},
+                       "connection_keepalive": KEEPALIVE}}}},
                "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [
                    {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
                    for h, p in servers]}]}}
