@@ -168,6 +168,10 @@ class Engine:
     capability: Capability
     #: The `Options` fields it reads (others are usage errors when given for it alone).
     options: frozenset[str] = frozenset()
+    #: Whether its artifacts name addresses for workloads (then an unbound workload, which stands on
+    #: placeholders only the analyses see, is refused; compiler/binding.py). Engines that select pods by
+    #: their labels set False.
+    needs_addresses: bool = True
 
     def emit(self, program: Program, options: Options) -> Output:
         """The artifacts for a program, its per-rule report and (where it can) a read-back."""

@@ -81,6 +81,20 @@ def with_selectors(compiled: Compiled, options: Options) -> Options:
     return replace(options, deployment=replace(dep, kubernetes=kubernetes))
 
 
+def refuse_unbound(compiled: Compiled, engines) -> None:
+    """DiagnosticError at each workload without addresses, when an engine among these matches them."""
+    unbound = compiled.program.unbound
+    needing = [e.name for e in engines if e.needs_addresses]
+    if unbound and needing:
+        from anyplane.ir.source import error as diagnostic
+
+        names = ", ".join(f"-t {n}" for n in needing)
+        raise _with_sources(compiled, DiagnosticError([
+            diagnostic(i.origin, "unbound-workload",
+                       f"workload '{i.name}' has no addresses, which {names} match on: bind the workloads to "
+                       f"their pods (--bind PODS.yaml, e.g. from kubectl get pods -A -o yaml)") for i in unbound]))
+
+
 def compile_target(compiled: Compiled, target: str, options: Options = Options(), src: bool = True) -> Output:
     """One target's artifacts: `ir` (ir.json, ir.txt) or a registered engine's."""
     if target == "ir":
@@ -88,6 +102,7 @@ def compile_target(compiled: Compiled, target: str, options: Options = Options()
         return Output([Artifact("ir.json", printer.to_json(program)),
                        Artifact("ir.txt", printer.dump(program, src=src))])
     engine = _engine(target)
+    refuse_unbound(compiled, [engine])
     options = with_selectors(compiled, options)
     try:
         out = engine.emit(compiled.program, options)
@@ -180,6 +195,7 @@ def compile_paths(compiled: Compiled, path: str | None = None, prefer: str = "ea
     import json
 
     program = compiled.program
+    refuse_unbound(compiled, [registry.at(p) for p in registry.places()])
     options = with_selectors(compiled, options)
     dep = options.deployment if isinstance(options.deployment, Deployment) else Deployment()
     capacity = dict(capacity or {})
@@ -434,8 +450,10 @@ class Serving:
     last good version. `events(kind, detail)` hears about it ("published", "refused", "error").
     """
 
-    def __init__(self, paths: list[str], deployment_file: str | None = None, events=None, limits=None):
+    def __init__(self, paths: list[str], deployment_file: str | None = None, events=None, limits=None,
+                 bind: list[str] | None = None):
         self.paths, self.deployment_file = list(paths), deployment_file
+        self.bind = list(bind or [])  # pods that give the workloads their addresses: watched as well
         self.plane = registry.get("envoy").control_plane(limits)
         self.events = events or (lambda kind, detail: None)
         self.seen: str | None = None
@@ -450,7 +468,7 @@ class Serving:
         h = hashlib.sha256()
         policy, manifests = split(self.paths)
         files = []
-        for p in policy + manifests + ([self.deployment_file] if self.deployment_file else []):
+        for p in policy + manifests + self.bind + ([self.deployment_file] if self.deployment_file else []):
             files += files_under(p, (POLICY_SUFFIX,) + MANIFEST_SUFFIXES) if os.path.isdir(p) else [p]
         for f in files:
             h.update(f.encode() + b"\0")
@@ -469,7 +487,7 @@ class Serving:
             return False
         self.seen = fingerprint
         try:
-            compiled = load(self.paths)
+            compiled = load(self.paths, bind=self.bind)
             dep = deployment(self.deployment_file) if self.deployment_file else None
             dep_text = Path(self.deployment_file).read_bytes() if self.deployment_file else b""
             version = "anyplane-" + hashlib.sha256(compiled.sources.digest.encode() + dep_text).hexdigest()[:16]

@@ -72,16 +72,49 @@ class VersionClause:
     span: Span
 
 
-ServiceItem = Union[AddressClause, PortClause, VersionClause]
+@dataclass(frozen=True, slots=True)
+class NamespaceClause:
+    """`namespace NAME` (a workload's)"""
+
+    name: Word
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class LabelsClause:
+    """`labels KEY=VALUE, ...` (a workload's): each word is one `key=value`"""
+
+    labels: tuple[Word, ...]
+    span: Span
+
+
+ServiceItem = Union[AddressClause, PortClause, VersionClause, NamespaceClause, LabelsClause]
 
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """`service NAME { items }`"""
+    """`service NAME { items }`, or `workload NAME { items }`: a service whose pods are those of a
+    namespace that carry some labels, its addresses given by a binding (`keyword` says which)."""
 
     name: Word
     items: tuple[ServiceItem, ...]
     span: Span
+    keyword: str = "service"
+
+    @property
+    def workload(self) -> bool:
+        return self.keyword == "workload"
+
+    @property
+    def namespace(self) -> Word | None:
+        """The `namespace` clause's name (the last, when there are several: checks refuse that)."""
+        found = [item.name for item in self.items if isinstance(item, NamespaceClause)]
+        return found[-1] if found else None
+
+    @property
+    def labels(self) -> tuple[Word, ...]:
+        """Every `key=value` of the `labels` clauses."""
+        return tuple(w for item in self.items if isinstance(item, LabelsClause) for w in item.labels)
 
     @property
     def addresses(self) -> tuple[Word, ...]:

@@ -398,9 +398,10 @@ class Checker:
                 matches.setdefault(key, s)
 
 
-def check(policy: ast.Policy) -> tuple[Symbols, list[Diagnostic]]:
-    """Run every check; diagnostics come back sorted by position."""
-    symbols, diags = collect(policy)
+def check(policy: ast.Policy, binding=None) -> tuple[Symbols, list[Diagnostic]]:
+    """Run every check; diagnostics come back sorted by position. `binding`: the pods that give the
+    workloads their addresses (compiler/binding.py)."""
+    symbols, diags = collect(policy, binding)
     diags += suppressions(policy)[1]
     checker = Checker(symbols)
     checker.declarations()

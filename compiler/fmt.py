@@ -90,6 +90,10 @@ def _item(item) -> str:
         return f"port {item.number.value}{last} {item.protocol.text}"
     if isinstance(item, ast.VersionClause):
         return f"version {item.name.text} address " + ", ".join(a.text for a in item.addresses)
+    if isinstance(item, ast.NamespaceClause):
+        return f"namespace {item.name.text}"
+    if isinstance(item, ast.LabelsClause):
+        return "labels " + ", ".join(w.text for w in item.labels)
     if isinstance(item, ast.RouteTo):
         return "to " + ", ".join(b.version.text + (f" {b.weight.value}%" if b.weight else "") for b in item.backends)
     if isinstance(item, ast.RouteTimeout):
@@ -112,7 +116,7 @@ def _item(item) -> str:
 
 def _head(stmt) -> str:
     if isinstance(stmt, ast.Service):
-        return f"service {stmt.name.text}"
+        return f"{stmt.keyword} {stmt.name.text}"
     if isinstance(stmt, ast.External):
         return f"external {stmt.name.text}"
     if isinstance(stmt, ast.Route):

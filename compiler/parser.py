@@ -30,7 +30,7 @@ try:  # the Cython build of lark's lexer and LALR parser: same grammar, same res
 except ImportError:  # pragma: no cover - the pure-Python parser is the fallback
     _PLUGINS = None
 
-STATEMENT_KEYWORDS = ("service", "external", "group", "default", "stateless", "connections", "allow", "deny", "route",
+STATEMENT_KEYWORDS = ("service", "workload", "external", "group", "default", "stateless", "connections", "allow", "deny", "route",
                       "limits", "assert")
 MAX_SYNTAX_ERRORS = 20
 
@@ -45,6 +45,7 @@ TERMINAL_WORDS = {
     "RATE": "a rate such as 100/s",
     "DURATION": "a duration such as 2s",
     "COND": "a condition such as 5xx",
+    "LABEL": "a label such as app=web",
 }
 _PUNCTUATION = {"LBRACE": "{", "RBRACE": "}", "COMMA": ",", "DOT": ".", "MINUS": "-", "EQUAL": "=",
                 "PERCENT": "%", "STAR": "*"}
@@ -156,6 +157,15 @@ class ToAst(Transformer):
     # -- endpoints ------------------------------------------------------------
     def service(self, children):
         return ast.Service(self._word(children[1]), tuple(self._nodes(children[2:])), self._s(children))
+
+    def workload(self, children):
+        return ast.Service(self._word(children[1]), tuple(self._nodes(children[2:])), self._s(children), "workload")
+
+    def namespace_clause(self, children):
+        return ast.NamespaceClause(self._word(children[1]), self._s(children))
+
+    def labels_clause(self, children):
+        return ast.LabelsClause(tuple(self._word(t) for t in children[1:]), self._s(children))
 
     def address_clause(self, children):
         return ast.AddressClause(tuple(self._word(t) for t in children[1:]), self._s(children))

@@ -57,6 +57,8 @@ class Compiled:
     pods: dict | None = None
     #: how the cluster selects each identity's pods (importers.k8s.Imported.selectors)
     selectors: dict | None = None
+    #: the pods that gave the workloads their addresses (compiler/binding.py), if any
+    binding: object = None
 
 
 STDIN = "<stdin>"
@@ -139,9 +141,9 @@ def parse_policy(sources: list[tuple[str, str]]) -> ast.Policy:
     return ast.Policy(tuple(files))
 
 
-def check_policy(policy: ast.Policy) -> Symbols:
+def check_policy(policy: ast.Policy, binding=None) -> Symbols:
     """Run the checks; raise with every error found."""
-    symbols, diagnostics = check(policy)
+    symbols, diagnostics = check(policy, binding)
     errors = [d for d in diagnostics if d.severity == "error"]
     if errors:
         raise DiagnosticError(errors)
@@ -204,20 +206,27 @@ def _no_gc_pauses():
             gc.enable()
 
 
-def compile_sources(sources: list[tuple[str, str]], dump_after: str | None = None, dump=print) -> Compiled:
-    """Run the whole pipeline on in-memory sources."""
-    source_map = SourceMap(dict(sources))
+def compile_sources(sources: list[tuple[str, str]], dump_after: str | None = None, dump=print,
+                    binding=None) -> Compiled:
+    """Run the whole pipeline on in-memory sources. `binding` (compiler/binding.py) gives the
+    workloads their pods' addresses; without one they stand on placeholders."""
+    source_map = SourceMap(dict(sources) | (dict(binding.texts) if binding is not None else {}))
     with _no_gc_pauses():
-        return _compile(sources, source_map, dump_after, dump)
+        compiled = _compile(sources, source_map, dump_after, dump, binding)
+    if binding is None:
+        return compiled
+    from .binding import members
+
+    return dataclasses.replace(compiled, binding=binding, pods=members(binding, compiled.program))
 
 
-def _compile(sources, source_map: SourceMap, dump_after: str | None, dump) -> Compiled:
+def _compile(sources, source_map: SourceMap, dump_after: str | None, dump, binding=None) -> Compiled:
     try:
         policy = parse_policy(sources)
         if dump_after == "parse":
             for f in policy.files:
                 dump(f"# {f.path}\n{format_file(f)}")
-        symbols = check_policy(policy)
+        symbols = check_policy(policy, binding)
         program = lower_policy(policy, symbols)
         unenforceable = place.unenforceable(program)
         if unenforceable:
@@ -258,14 +267,22 @@ def import_manifests(manifests: list[str], notes=print_notes, partition=(frozens
     return texts, imported
 
 
-def load(paths: list[str], dump_after: str | None = None, dump=print, partition=None) -> Compiled:
+def load(paths: list[str], dump_after: str | None = None, dump=print, partition=None,
+         bind: list[str] | None = None) -> Compiled:
     """Read files and directories, then compile them as one policy. Kubernetes manifests among them
     (`*.yaml`, or directories of them) are imported first (compiler/importers): positions in findings,
-    explain and diff then point into the manifests."""
+    explain and diff then point into the manifests. `bind`: files of pods that give the policy's
+    workloads their addresses (compiler/binding.py)."""
     from .importers import IMPORTED, relocate, split
 
     policy_paths, manifests = split(paths)
     sources = read_sources(policy_paths) if policy_paths else []
+    if bind:
+        from . import binding
+
+        if manifests:
+            raise UsageError("--bind gives the workloads of policy files their pods; manifests bring their own")
+        return compile_sources(sources, dump_after, dump, binding.read(bind))
     if not manifests:
         return compile_sources(sources, dump_after, dump)
     texts, imported = import_manifests(manifests, partition=partition or (frozenset(), ()))
@@ -281,10 +298,10 @@ def load(paths: list[str], dump_after: str | None = None, dump=print, partition=
                                selectors=imported.selectors)
 
 
-def load_pair(old: list[str], new: list[str]) -> tuple[Compiled, Compiled]:
+def load_pair(old: list[str], new: list[str], bind: list[str] | None = None) -> tuple[Compiled, Compiled]:
     """Two versions to compare. Where they are manifests, both are imported telling pods apart by what
     either version's policies read, so that an identity names the same pods on both sides."""
-    first = (load(old), load(new))
+    first = (load(old, bind=bind), load(new, bind=bind))
     parts = [c.partition for c in first]
     if parts[0] is None or parts[1] is None or parts[0] == parts[1]:
         return first

@@ -16,7 +16,8 @@ from . import ast
 from .values import parse_prefix
 
 RESERVED = frozenset("""
-    service external group default allow deny route limits assert address port version any
+    service workload namespace labels external group default allow deny route limits assert address port
+    version any
     tcp udp icmp icmp6 proto sport type code http host header present absent rate burst priority
     to timeout retry on per-try eject consecutive for not reachable only except stateless connections
 """.split())
@@ -32,6 +33,14 @@ class Declaration:
     prefixes: list[tuple[Prefix, ast.Word]] = field(default_factory=list)
     versions: dict[str, ast.VersionClause] = field(default_factory=dict)
     version_prefixes: dict[str, list[tuple[Prefix, ast.Word]]] = field(default_factory=dict)
+    #: a workload's pods: (namespace, {key: value}); its prefixes come from the binding (`bound`) or
+    #: are placeholders (compiler/binding.py)
+    selector: tuple | None = None
+    bound: bool = False
+
+    @property
+    def workload(self) -> bool:
+        return self.selector is not None
 
     @property
     def http_ports(self) -> tuple[int, ...]:
@@ -47,7 +56,10 @@ class Declaration:
 
     @property
     def families(self) -> set[int]:
-        """Address families of every prefix, versions included."""
+        """Address families of every prefix, versions included; both for a workload (its pods may
+        have either, whatever the binding of the moment says)."""
+        if self.workload:
+            return {4, 6}
         fams = {p.family for p, _ in self.prefixes}
         fams |= {p.family for ps in self.version_prefixes.values() for p, _ in ps}
         return fams
@@ -61,6 +73,7 @@ class Symbols:
     groups: dict[str, ast.Group] = field(default_factory=dict)
     resolved: dict[str, "Resolved"] = field(default_factory=dict)
     cache: dict[str, object] = field(default_factory=dict, repr=False)  # derived tables (lower.sets)
+    placeholders: bool = False  # some workload stands on placeholder addresses (compiler/binding.py)
 
     def names(self) -> list[str]:
         """Every name an endpoint may use: declarations, their versions, groups."""
@@ -106,9 +119,11 @@ def _prefixes(words, diagnostics: list[Diagnostic]) -> list[tuple[Prefix, ast.Wo
     return out
 
 
-def collect(policy: ast.Policy) -> tuple[Symbols, list[Diagnostic]]:
-    """Build the symbol table; report duplicate and reserved names and bad addresses."""
+def collect(policy: ast.Policy, binding=None) -> tuple[Symbols, list[Diagnostic]]:
+    """Build the symbol table; report duplicate and reserved names and bad addresses. Workloads get
+    their addresses from `binding` (compiler/binding.py), or placeholders without one."""
     symbols, diags = Symbols(), []
+    workloads: list[Declaration] = []
     for stmt in policy.statements:
         if not isinstance(stmt, (ast.Service, ast.External, ast.Group)):
             continue
@@ -126,7 +141,10 @@ def collect(policy: ast.Policy) -> tuple[Symbols, list[Diagnostic]]:
             continue
         kind = "service" if isinstance(stmt, ast.Service) else "external"
         decl = Declaration(name.text, kind, stmt, _prefixes(stmt.addresses, diags))
-        if not stmt.addresses:
+        if isinstance(stmt, ast.Service) and stmt.workload:
+            decl.selector = _selector(stmt, diags)
+            workloads.append(decl)
+        elif not stmt.addresses:
             diags.append(error(name.span, "no-address", f"{kind} '{name.text}' has no address"))
         if isinstance(stmt, ast.Service):
             for v in stmt.versions:
@@ -142,7 +160,67 @@ def collect(policy: ast.Policy) -> tuple[Symbols, list[Diagnostic]]:
                 decl.versions[v.name.text] = v
                 decl.version_prefixes[v.name.text] = _prefixes(v.addresses, diags)
         symbols.decls[name.text] = decl
+    if workloads:
+        _bind(symbols, workloads, binding, diags)
     return symbols, diags
+
+
+def _selector(stmt: ast.Service, diags: list[Diagnostic]) -> tuple:
+    """A workload's (namespace, {key: value}), its clauses held to Kubernetes' syntax."""
+    from .binding import label_problem, namespace_problem
+
+    spaces = [item for item in stmt.items if isinstance(item, ast.NamespaceClause)]
+    for extra in spaces[1:]:
+        diags.append(error(extra.span, "duplicate-clause", f"workload '{stmt.name.text}' has one namespace",
+                           Note(spaces[0].span, "the first")))
+    namespace = stmt.namespace.text if stmt.namespace is not None else "default"
+    if stmt.namespace is not None and (why := namespace_problem(namespace)):
+        diags.append(error(stmt.namespace.span, "bad-namespace", why))
+    labels: dict[str, str] = {}
+    spans: dict[str, ast.Word] = {}
+    for w in stmt.labels:
+        key, value, why = label_problem(w.text)
+        if why:
+            diags.append(error(w.span, "bad-label", why))
+        elif key in labels:
+            diags.append(error(w.span, "duplicate-label", f"label '{key}' is given twice (a pod carries one value "
+                                                          "of a key)", Note(spans[key].span, "first given here")))
+        else:
+            labels[key], spans[key] = value, w
+    return namespace, labels
+
+
+def _bind(symbols: Symbols, workloads: list[Declaration], binding, diags: list[Diagnostic]) -> None:
+    """Each workload's prefixes; workloads that could select one pod, and declared addresses in the
+    placeholder ranges while a workload stands on them, are errors."""
+    from .binding import assign, overlapping, reserved
+
+    workloads.sort(key=lambda d: d.name)
+    for i, a in enumerate(workloads):
+        for b in workloads[i + 1:]:
+            if overlapping(a.selector, b.selector):
+                ns, labels = b.selector if len(b.selector[1]) >= len(a.selector[1]) else a.selector
+                both = ",".join(f"{k}={v}" for k, v in sorted({**a.selector[1], **b.selector[1]}.items()))
+                diags.append(error(b.node.name.span, "overlapping-workloads",
+                                   f"workloads '{a.name}' and '{b.name}' can select the same pod (one in namespace "
+                                   f"{ns} labelled {both or 'anything'}): give them a label key with different "
+                                   "values, or different namespaces", Note(a.node.name.span, f"'{a.name}'")))
+    given, problems = assign([(d.name, d.selector[0], d.selector[1], d.node.name.span) for d in workloads], binding)
+    diags += problems
+    for d in workloads:
+        d.prefixes = [(p, ast.Word(str(p), span)) for p, span in given.get(d.name, [])]
+        d.bound = binding is not None
+    symbols.placeholders = binding is None
+    if binding is None:
+        for d in symbols.decls.values():
+            if d.workload:
+                continue
+            clashes = [w for p, w in d.prefixes if reserved(p)]
+            clashes += [w for ps in d.version_prefixes.values() for p, w in ps if reserved(p)]
+            for w in clashes:
+                diags.append(error(w.span, "reserved-address",
+                                   f"{w.text} lies inside 240.0.0.0/4 or 100::/64, where unbound workloads stand; "
+                                   "bind the workloads (--bind PODS.yaml) or leave these ranges out"))
 
 
 #: Names become DNS labels (`v1.reviews`), file names and Envoy resource names: at most a DNS label.
@@ -204,6 +282,13 @@ def _resolve(ref: ast.EndpointRef, symbols: Symbols, open_: tuple[str, ...]) -> 
             prefix = parse_prefix(ref.address.text)
         except ValueError as exc:
             raise ResolveError("bad-address", str(exc)) from None
+        if symbols.placeholders:
+            from .binding import reserved
+
+            if reserved(prefix):
+                raise ResolveError("reserved-address", f"{prefix} lies inside 240.0.0.0/4 or 100::/64, where unbound "
+                                                       "workloads stand; bind the workloads (--bind PODS.yaml) or "
+                                                       "leave these ranges out")
         return Resolved("prefix", prefix=prefix, families=frozenset((prefix.family,)))
     group = symbols.groups.get(ref.name.text)
     if group is not None:
@@ -216,6 +301,9 @@ def _resolve(ref: ast.EndpointRef, symbols: Symbols, open_: tuple[str, ...]) -> 
     if ref.kind == "name":
         return Resolved("ids", decl.identities, families=frozenset(decl.families), decl=decl)
     if ref.kind == "within":  # every address inside the declaration, whoever owns it
+        if decl.workload:
+            raise ResolveError("within-workload", f"'{decl.name}' is a workload: its addresses are its pods', "
+                                                  f"so write '{decl.name}'")
         prefixes = tuple(p for p, _ in decl.prefixes)
         return Resolved("set", prefixes=prefixes, families=frozenset(p.family for p in prefixes), decls=(decl,))
     if decl.kind != "service":

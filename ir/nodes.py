@@ -7,7 +7,7 @@ Every entry carries `origin`, the span of the policy line it came from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .actions import CircuitBreaker, strictness
 from .addr import Prefix
@@ -27,8 +27,29 @@ class Port:
 
 
 @dataclass(frozen=True, slots=True)
+class Selector:
+    """A workload's pods: those of `namespace` that carry every label of `labels` (as a Kubernetes
+    podSelector's matchLabels reads them). `bound`: its addresses come from a binding (the pods of
+    the moment); otherwise it stands on placeholder addresses that only the analyses see
+    (compiler/binding.py), and engines that match addresses refuse it."""
+
+    namespace: str
+    labels: tuple[tuple[str, str], ...]
+    bound: bool
+
+    def selects(self, namespace: str, labels: dict) -> bool:
+        """Whether a pod of `namespace` with these labels is one of the workload's."""
+        return namespace == self.namespace and all(labels.get(k) == v for k, v in self.labels)
+
+    def text(self) -> str:
+        """`shop app=web,tier=frontend`"""
+        return f"{self.namespace} " + (",".join(f"{k}={v}" for k, v in self.labels) or "(every pod)")
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
-    """A named owner of addresses: a service, a service version, or an external.
+    """A named owner of addresses: a service, a service version, an external, or a workload (a
+    service whose pods a selector picks out, `selector`).
 
     `id` is a small positive integer (0 means "owned by nobody"); engines that
     key tables on identities use it. A version's `name` is `service.version`.
@@ -41,6 +62,7 @@ class Identity:
     version: str | None
     ports: tuple[Port, ...]
     origin: Span
+    selector: Selector | None = field(default=None, metadata={"omit_none": True})
 
     @property
     def http_ports(self) -> tuple[int, ...]:
@@ -198,6 +220,11 @@ class Program:
             if r.id == rule_id:
                 return r
         raise KeyError(rule_id)
+
+    @property
+    def unbound(self) -> tuple[Identity, ...]:
+        """Workloads standing on placeholder addresses (no binding gave them theirs)."""
+        return tuple(i for i in self.identities if i.selector is not None and not i.selector.bound)
 
     def service_identities(self, service: str) -> tuple[str, ...]:
         """Names of the identities that make up a service (the service and its versions)."""

@@ -164,14 +164,17 @@ def described(program: Program, flow, pods: dict | None = None) -> str:
     `192.0.2.1 (internet) -> 10.0.0.1 (lb) tcp 443 sport 0` (no name for an address nobody owns).
     `pods` ((family, address) -> (pod, pods in its identity), from an import): an identity that stands
     for several pods is named with the pod at the address, `10.1.0.5 (shop_app-web: pod shop/web-2,
-    one of 4)`."""
+    one of 4)`. An unbound workload's placeholder address is named as a pod of it."""
     o = ownership(program)
     src, arrow, dst, *rest = flow.text.split(" ")
     names = [o.owner(flow.family, a) for a in (flow.src, flow.dst)]
+    unbound = {i.name for i in program.unbound}
     for k, a in enumerate((flow.src, flow.dst)):
         pod = (pods or {}).get((flow.family, a))
         if names[k] and pod is not None:
             names[k] = f"{names[k]}: pod {pod[0]}, one of {pod[1]}"
+        elif names[k] in unbound:
+            names[k] = f"{names[k]}: a pod of the workload, unbound"
     src, dst = (f"{t} ({n})" if n else t for t, n in zip((src, dst), names))
     return " ".join([src, arrow, dst] + rest)
 

@@ -106,7 +106,10 @@ def dump(program: Program, *, src: bool = True) -> str:
              "", "identities:"]
     for i in program.identities:
         ports = " ".join(f"{p.number}/{p.protocol}" for p in i.ports)
-        lines.append(f"  {i.id} {i.name} {i.kind}" + (f" ports {ports}" if ports else "") + at(i.origin))
+        workload = ""
+        if i.selector is not None:
+            workload = f" workload {i.selector.text()}" + ("" if i.selector.bound else " (unbound)")
+        lines.append(f"  {i.id} {i.name} {i.kind}" + (f" ports {ports}" if ports else "") + workload + at(i.origin))
     lines += ["", "endpoints:"]
     for row in program.endpoints:
         lines.append(f"  {row.prefix} -> {row.identity}{at(row.origin)}")
@@ -138,7 +141,10 @@ def to_data(obj):
     if dataclasses.is_dataclass(obj):
         out = {"kind": type(obj).__name__}
         for f in dataclasses.fields(obj):
-            out[f.name] = to_data(getattr(obj, f.name))
+            value = getattr(obj, f.name)
+            if value is None and f.metadata.get("omit_none"):
+                continue
+            out[f.name] = to_data(value)
         return out
     if isinstance(obj, (tuple, list)):
         return [to_data(x) for x in obj]

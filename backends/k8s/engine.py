@@ -43,7 +43,7 @@ from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
-from .selectors import (LABEL, NAMESPACE_LABEL, Cover, collapse, ip_blocks, k8s_name,
+from .selectors import (LABEL, NAMESPACE_LABEL, Cover, collapse, declared, ip_blocks, k8s_name,
                         namespace_peer, placements, pod_peer, settle)
 TCP, UDP = 6, 17
 #: Protocols that stand for "every other protocol" when a pair is judged: ICMP echo, GRE, SCTP.
@@ -432,7 +432,7 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
     selectors may use matchExpressions (False where another resource reuses them with matchLabels).
     `exact`: ingress rules admit exactly what each pair passes, as egress rules do (Cilium reads requests
     at the destination: an ingress rule that admitted more would let them through unread)."""
-    kubernetes = kubernetes or {}
+    kubernetes = declared(program, kubernetes)
     mapped = kubernetes.get("workloads", {})
     _check_rules(program)
     regions, kinds = regions_of(program)
@@ -517,7 +517,7 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
                  if p.labels.get(LABEL) == name and not _NAME.fullmatch(name)]
     if problems:
         raise DiagnosticError([error(program.default_origin, "k8s", problems[0])])
-    peers = _Peers(regions, placed)
+    peers = _Peers(regions, placed, frozenset(i.name for i in program.unbound))
     into, out_of = _isolation(regions, answers)
     for isolated in (into, out_of):  # identities that share a selector share its policy
         for k, rep in share.items():
@@ -616,7 +616,7 @@ def _isolation(regions: list[Region], answers: dict) -> tuple[set, set]:
 class _Peers:
     """A direction's peers as few selectors as say them exactly (see backends/k8s/selectors.py)."""
 
-    def __init__(self, regions: list[Region], placed: dict):
+    def __init__(self, regions: list[Region], placed: dict, unbound=frozenset()):
         self.regions, self.placed = regions, placed
         self.by_ns: dict[str, list[Region]] = {}
         for r in regions:
@@ -626,10 +626,11 @@ class _Peers:
         self.memo: dict = {}
         self.near: dict = {}
         # An imported cluster's blocks may span its pods' addresses, as the policies users write do; other
-        # exports' blocks never hold a workload's address (the same under every reading of ipBlock).
+        # exports' blocks never hold a workload's address (the same under every reading of ipBlock). An
+        # unbound workload's placeholders are no one's addresses: a block may span them or not.
         cluster = bool(placed) and all(p.from_cluster for p in placed.values())
-        self.free = {f: merge_ranges(rng for r in regions if r.workload for rng in r.ranges.get(f, ()))
-                     if cluster else [] for f in (4, 6)}
+        self.free = {f: merge_ranges(rng for r in regions if r.workload and (cluster or r.workload in unbound)
+                                     for rng in r.ranges.get(f, ())) for f in (4, 6)}
 
     def rules(self, w: Region, pairs: list, side: str, loose=frozenset()) -> list[dict]:
         """The rules of one direction of `w`'s: peers grouped by what they are allowed. A peer in `loose`
@@ -737,6 +738,9 @@ def _admin(answers: dict, by_key: dict, placed: dict, program: Program) -> list[
         group = rules.setdefault((subject, direction), {}).setdefault(repr(ans.ports), (ans.ports, []))
         group[1].append(peer)
     blame.raise_any()
+    # An unbound workload's placeholders are no one's addresses: a network may span them or not.
+    spare = [ipaddress.ip_network(str(r.prefix)) for r in program.endpoints
+             if any(r.identity == i.name for i in program.unbound)]
     out = []
     subjects = sorted({s for s, _ in rules})
     if len(subjects) > 1000:
@@ -749,7 +753,7 @@ def _admin(answers: dict, by_key: dict, placed: dict, program: Program) -> list[
                 nets = [{"ipBlock": {"cidr": c}} for peer in peers for c in peer.get("networks", ())]
                 merged = [p for p in peers if "networks" not in p]
                 if nets:
-                    merged.append({"networks": [i["ipBlock"]["cidr"] for i in collapse(nets)]})
+                    merged.append({"networks": [i["ipBlock"]["cidr"] for i in collapse(nets, spare)]})
                 spec.setdefault(direction, []).append({"name": f"deny-{k}", "action": "Deny", side: merged,
                                                        "ports": _anp_ports(ports)})
         out.append({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
@@ -851,6 +855,7 @@ class K8sEngine(base.Engine):
     place = ""
     capability = CAPABILITY
     options = frozenset({"out_dir", "deployment"})
+    needs_addresses = False  # workloads are selected by their labels
     #: The importer that reads this engine's output back (the driver runs it: compiler/importers).
     reads_back_with = "k8s"
 

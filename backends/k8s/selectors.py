@@ -68,8 +68,8 @@ def placements(names: list[str], kubernetes: dict | None, expressions: bool = Tr
     for name in names:
         w = mapped.get(name)
         if w is not None:
-            out[name] = Placement(w.get("namespace") or default_ns, dict(w.get("labels") or {LABEL: name}), (),
-                                  fixed=True)
+            labels = dict(w["labels"]) if w.get("declared") else dict(w.get("labels") or {LABEL: name})
+            out[name] = Placement(w.get("namespace") or default_ns, labels, (), fixed=True)
         elif name in cluster:
             c = cluster[name]
             out[name] = Placement(c["namespace"], dict(c["labels"]), tuple(c["unset"]) if expressions else (),
@@ -85,6 +85,18 @@ def placements(names: list[str], kubernetes: dict | None, expressions: bool = Tr
                               f"{pa.namespace}: give each workload labels its pods alone carry (deployment file, "
                               "kubernetes.workloads)")
     return out, errors
+
+
+def declared(program, kubernetes: dict | None) -> dict:
+    """The deployment's section with the policy's own workloads (`workload NAME { namespace, labels }`)
+    among `workloads`; the deployment file's entry for a name still wins."""
+    kubernetes = dict(kubernetes or {})
+    mapped = dict(kubernetes.get("workloads") or {})
+    for i in program.identities:
+        if i.selector is not None and i.name not in mapped:
+            mapped[i.name] = {"namespace": i.selector.namespace, "labels": dict(i.selector.labels), "declared": True}
+    kubernetes["workloads"] = mapped
+    return kubernetes
 
 
 def settle(placed: dict, alike, expressions: bool = True) -> dict[str, str]:
@@ -227,12 +239,16 @@ def ip_blocks(region) -> list[dict]:
     return out
 
 
-def collapse(items: list[dict]) -> list[dict]:
-    """ipBlocks (without `except`) of adjacent ranges merged into the fewest CIDRs; other peers kept."""
+def collapse(items: list[dict], free=()) -> list[dict]:
+    """ipBlocks (without `except`) of adjacent ranges merged into the fewest CIDRs; other peers kept.
+    `free`: networks a block may hold or not (no one's addresses): merged with the rest, and left out
+    where nothing else joins them."""
     blocks = [ipaddress.ip_network(i["ipBlock"]["cidr"]) for i in items if "ipBlock" in i]
     rest = [i for i in items if "ipBlock" not in i]
     out = []
     for version in (4, 6):
-        out += [{"ipBlock": {"cidr": str(n)}}
-                for n in ipaddress.collapse_addresses(b for b in blocks if b.version == version)]
+        spare = list(ipaddress.collapse_addresses(f for f in free if f.version == version))
+        merged = ipaddress.collapse_addresses([b for b in blocks if b.version == version] + spare)
+        out += [{"ipBlock": {"cidr": str(n)}} for n in merged
+                if not any(n.subnet_of(f) for f in spare)]
     return rest + out

@@ -13,9 +13,9 @@ from anyplane.ir.source import Diagnostic, DiagnosticError, Note, render
 
 from .. import api, mapview
 from ..api import DEFAULT_FAIL_ON, FINDING_KINDS as KINDS
-from ..pipeline import UsageError, load, load_pair
-from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, progress_reporter, \
-    with_source
+from ..pipeline import UsageError, load_pair
+from .common import (EXIT_FAIL, bind_option, bound, cli, emit_json, files_argument, format_option, handle_errors, load,
+                     progress_reporter, with_source)
 
 
 def _kinds(value: str | None) -> frozenset[str]:
@@ -133,11 +133,12 @@ def query(files, pattern, without, with_rules, output_format) -> None:
 @cli.command()
 @click.argument("old", type=click.Path())
 @click.argument("new", type=click.Path())
+@bind_option
 @format_option
 @handle_errors
 def diff(old, new, output_format) -> None:
     """What changes between policy versions OLD and NEW (files or directories); exit 1 if any."""
-    older, newer = load_pair([old], [new])
+    older, newer = load_pair([old], [new], bind=bound())
     report = api.diff(older, newer)
     if output_format == "json":
         emit_json(report.to_json())
@@ -187,7 +188,7 @@ def map_command(files, compare, output_format) -> None:
     report, done = progress_reporter("map")
     try:
         if compare:
-            old, new = (api.connectivity(c, report) for c in load_pair([files[0]], [files[1]]))
+            old, new = (api.connectivity(c, report) for c in load_pair([files[0]], [files[1]], bind=bound()))
             result = _compare(old, new)
         else:
             result = api.connectivity(load(list(files)), report)

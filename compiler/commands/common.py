@@ -62,7 +62,34 @@ def with_source(exc: DiagnosticError, name: str, text: str) -> DiagnosticError:
 
 format_option = click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
                              show_default=True, help="Output format (json for scripts).")
-files_argument = click.argument("files", nargs=-1, required=True, type=click.Path())
+def _remember_bind(ctx, param, value):
+    ctx.meta["anyplane.bind"] = list(value)
+    return value
+
+
+bind_option = click.option(
+    "--bind", multiple=True, type=click.Path(exists=False), expose_value=False, callback=_remember_bind,
+    help="Pods (Kubernetes YAML, a file or directory; repeatable) that give the policy's workloads their "
+         "addresses. Without it, workloads stand unbound: analyses reason over them, and engines that match "
+         "addresses refuse them.")
+
+
+def files_argument(fn):
+    """FILES (policy files and directories) and --bind."""
+    return bind_option(click.argument("files", nargs=-1, required=True, type=click.Path())(fn))
+
+
+def bound() -> list[str] | None:
+    """The --bind files of the command running (None when none)."""
+    ctx = click.get_current_context(silent=True)
+    return (ctx.meta.get("anyplane.bind") or None) if ctx is not None else None
+
+
+def load(files, **kw):
+    """`pipeline.load` of a command's FILES with its --bind."""
+    from ..pipeline import load as load_paths
+
+    return load_paths(list(files), bind=bound(), **kw)
 
 
 def progress_reporter(label: str):

@@ -12,8 +12,9 @@ from anyplane.ir.source import render
 
 from .. import api
 from ..output import write_output
-from ..pipeline import STAGES, UsageError, load
-from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, progress_reporter
+from ..pipeline import STAGES, UsageError
+from .common import (EXIT_FAIL, bound, cli, emit_json, files_argument, format_option, handle_errors, load,
+                     progress_reporter)
 
 #: Above this many files, `compile` lists folders rather than files.
 LIST_UP_TO = 40
@@ -416,7 +417,7 @@ def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tl
 
     _raise_file_limit(max_streams)
     limits = api.xds_limits(streams=max_streams, per_peer=max_streams_per_peer, hello_s=hello_timeout)
-    serving = api.Serving(list(files), deployment_file, events, limits)
+    serving = api.Serving(list(files), deployment_file, events, limits, bind=bound())
     serving.check()
     try:
         port = serving.start(listen, tls)

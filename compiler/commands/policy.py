@@ -14,8 +14,8 @@ from .. import api
 from ..explain import format_explanation
 from ..fmt import format_file
 from ..parser import parse_file
-from ..pipeline import STDIN, UsageError, import_manifests, load, read_sources
-from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, with_source
+from ..pipeline import STDIN, UsageError, import_manifests, read_sources
+from .common import EXIT_FAIL, cli, emit_json, files_argument, format_option, handle_errors, load, with_source
 
 
 @cli.command()

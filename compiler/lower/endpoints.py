@@ -9,7 +9,7 @@ Identity ids are assigned in name order starting at 1 (0 means unowned).
 
 from __future__ import annotations
 
-from anyplane.ir.nodes import EndpointPrefix, Identity, Port
+from anyplane.ir.nodes import EndpointPrefix, Identity, Port, Selector
 
 from .. import ast
 from ..symbols import Symbols
@@ -17,17 +17,21 @@ from ..symbols import Symbols
 
 def resolve_endpoints(symbols: Symbols) -> tuple[tuple[Identity, ...], tuple[EndpointPrefix, ...]]:
     """Identities (sorted by name, ids from 1) and ownership rows (sorted by prefix)."""
-    idents: list[tuple[str, str, str, str | None, tuple[Port, ...], object]] = []
+    idents: list[tuple] = []
     rows: list[EndpointPrefix] = []
     for decl in symbols.decls.values():
         ports: tuple[Port, ...] = ()
         if isinstance(decl.node, ast.Service):
             ports = tuple(sorted(Port(n, p.protocol.text) for p in decl.node.ports for n in p.numbers))
-        idents.append((decl.name, decl.kind, decl.name, None, ports, decl.node.name.span))
+        selector = None
+        if decl.workload:
+            namespace, labels = decl.selector
+            selector = Selector(namespace, tuple(sorted(labels.items())), decl.bound)
+        idents.append((decl.name, decl.kind, decl.name, None, ports, decl.node.name.span, selector))
         rows += [EndpointPrefix(p, decl.name, w.span) for p, w in decl.prefixes]
         for v, clause in decl.versions.items():
             name = f"{decl.name}.{v}"
-            idents.append((name, decl.kind, decl.name, v, ports, clause.name.span))
+            idents.append((name, decl.kind, decl.name, v, ports, clause.name.span, None))
             rows += [EndpointPrefix(p, name, w.span) for p, w in decl.version_prefixes[v]]
     idents.sort(key=lambda t: t[0])
     identities = tuple(Identity(i + 1, *t) for i, t in enumerate(idents))

@@ -120,6 +120,8 @@ def families(side: list[Region], symbols: Symbols) -> set[int]:
             out |= {p.family for p in prefixes}
         elif ids is not None:
             out |= {p.family for i in ids for p in declared.get(i, ())}
+            if any(d is not None and d.workload for d in map(symbols.decls.get, ids)):
+                out |= {4, 6}  # a workload's pods may have either, whatever today's binding says
         else:
             out |= {4, 6}
     return out
