@@ -137,7 +137,8 @@ def read(paths: list[str]) -> Binding:
         raise exc
     out = []
     for p in pods:
-        nets = [ipaddress.ip_network(n) for n in p.prefixes] or [ipaddress.ip_network(p.address)]
+        nets = [ipaddress.ip_network(n) for n in p.prefixes] or [ipaddress.ip_network(a)
+                                                                 for a in (p.address, *p.others)]
         out.append(BoundPod(p.namespace, p.name, dict(p.labels),
                             tuple(Prefix(n.version, int(n.network_address), n.prefixlen) for n in nets), p.span))
     return Binding(tuple(out), tuple(texts))

@@ -80,13 +80,13 @@ def _pods(rnd: random.Random, workloads, later: bool = False) -> list[dict]:
         nonlocal n
         n += 1
         ip = f"10.2.{base + n // 200}.{n % 200 + 1}"
-        status = {"podIP": ip, "podIPs": [{"ip": ip}]}
+        status = {"podIP": ip, "podIPs": [{"ip": ip}] + ([{"ip": f"fd00:2::{base:x}:{n:x}"}] if dual else [])}
         return {"apiVersion": "v1", "kind": "Pod", "status": status,
                 "metadata": {"name": name, "namespace": ns, "labels": labels}}
     for name, ns, labels in workloads:
         for k in range(rnd.randint(2, 3)):
             extra = {"pod-template-hash": f"h{k}"} if rnd.random() < 0.5 else {}
-            pods.append(pod(ns, f"{name}-{k}{'-later' if later else ''}", {**labels, **extra}, False))
+            pods.append(pod(ns, f"{name}-{k}{'-later' if later else ''}", {**labels, **extra}, rnd.random() < 0.5))
     if not later:
         pods.append(pod("shop", "stray", {"app": "stray"}, False))
     return pods
@@ -107,20 +107,21 @@ def _address(text: str) -> int:
 
 
 def _stand_in(unbound, pods, workloads) -> dict:
-    """Each pod's address -> an address of its workload's placeholder (a pod per address)."""
+    """Each pod's address (either family) -> an address of its workload's placeholder (a pod per
+    address)."""
     owner = {}
     for p in pods:
         meta = p["metadata"]
         for name, ns, labels in workloads:
             if meta["namespace"] == ns and all(meta["labels"].get(k) == v for k, v in labels.items()):
-                owner[p["status"]["podIP"]] = name
-    seen: dict[str, int] = {}
+                owner.update({entry["ip"]: name for entry in p["status"]["podIPs"]})
+    seen: dict = {}
     out = {}
-    place = {i.name: next(r.prefix for r in unbound.endpoints if r.identity == i.name and r.prefix.family == 4)
-             for i in unbound.identities if i.selector is not None}
+    place = {(r.identity, r.prefix.family): r.prefix for r in unbound.endpoints}
     for ip, name in owner.items():
-        seen[name] = seen.get(name, 0) + 1
-        out[ip] = place[name].first + seen[name]
+        family = ipaddress.ip_address(ip).version
+        seen[(name, family)] = seen.get((name, family), 0) + 1
+        out[ip] = place[(name, family)].first + seen[(name, family)]
     return out
 
 
@@ -134,13 +135,16 @@ def test_answers_over_workloads_are_the_answers_over_their_pods(tmp_path, seed):
     unbound = _compiled(text, None).program
     assert not bound.unbound and {i.name for i in unbound.unbound} == {w[0] for w in workloads}
     stand_in = _stand_in(unbound, pods, workloads)
-    addresses = [p["status"]["podIP"] for p in pods] + list(OUTSIDE)
+    addresses = [e["ip"] for p in pods for e in p["status"]["podIPs"]] + list(OUTSIDE) + ["2001:db8::7"]
     checked = 0
     for a in addresses:
         for b in addresses:
+            family = ipaddress.ip_address(a).version
+            if ipaddress.ip_address(b).version != family:
+                continue
             for proto, port in PORTS:
-                flow = Flow(4, _address(a), _address(b), proto, 40000, port)
-                twin = Flow(4, stand_in.get(a, _address(a)), stand_in.get(b, _address(b)), proto, 40000, port)
+                flow = Flow(family, _address(a), _address(b), proto, 40000, port)
+                twin = Flow(family, stand_in.get(a, _address(a)), stand_in.get(b, _address(b)), proto, 40000, port)
                 assert evaluate(bound, flow).verdict == evaluate(unbound, twin).verdict, (text, a, b, proto, port)
                 checked += 1
     assert checked > 500

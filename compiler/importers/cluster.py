@@ -44,6 +44,7 @@ class Pod:
     protocols: dict = field(default_factory=dict)  # port -> "http" | "grpc" | "tcp" | "udp" (from Services)
     base: bool = False  # the addresses a routed service owns beside its versions (read back from an export)
     siblings: tuple = ()  # for a base: the service's versions, which its name covers too
+    others: tuple = ()  # its further addresses (status.podIPs beyond podIP: dual stack), for a binding
 
     @property
     def ident(self) -> str:
@@ -227,8 +228,19 @@ class Reader:
                     self.fail(path, obj, f"Pod {ns}/{name}: container port {p_name or ''} {number!r} is not a port "
                                          "number (1-65535)")
                     return
+            others = []
+            for entry in status.get("podIPs") or []:
+                ip = entry.get("ip") if isinstance(entry, dict) else None
+                try:
+                    ip = str(ipaddress.ip_address(str(ip))) if ip else None
+                except ValueError:
+                    self.fail(path, status, f"Pod {ns}/{name}: podIPs: {ip!r} is not an IP address")
+                    return
+                if ip and ip != address and ip not in others:
+                    others.append(ip)
             labels = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("__")}
-            self.pods.append(Pod(ns, name, labels, address, ports, span_of_object(path, obj), account=_account(obj.get("spec"))))
+            self.pods.append(Pod(ns, name, labels, address, ports, span_of_object(path, obj),
+                                 account=_account(obj.get("spec")), others=tuple(others)))
             self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
         elif kind == "NetworkPolicy":
             if not str(obj.get("apiVersion", "")).startswith("networking.k8s.io/"):
