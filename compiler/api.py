@@ -356,7 +356,11 @@ def push(compiled: Compiled, target: str, **kw) -> dict:
     engine = _engine(target)
     if not hasattr(engine, "push"):
         raise UsageError(f"-t {target} has no push")
-    return engine.push(compiled.program, **kw)
+    refuse_unbound(compiled, [engine])
+    result = engine.push(compiled.program, **kw)
+    if compiled.binding is not None:  # which pods the live policy holds
+        result["binding"] = {"digest": compiled.binding.digest, "pods": len(compiled.binding.pods)}
+    return result
 
 
 def push_compiled(out_dir: str, service: str, xds_dir: str, admin: str | None = None) -> dict:
@@ -385,6 +389,7 @@ def replay(compiled: Compiled, target: str, flows_file: str | None = None, pcap:
     engine = _engine(target)
     if not hasattr(engine, "replay"):
         raise UsageError(f"-t {target} has no replay")
+    refuse_unbound(compiled, [engine])
     if (flows_file is None) == (pcap is None):
         raise UsageError("give exactly one of --flows FILE and --pcap FILE")
     flows = None

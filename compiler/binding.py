@@ -93,6 +93,17 @@ class Binding:
     def sources(self) -> SourceMap:
         return SourceMap(dict(self.texts))
 
+    @property
+    def digest(self) -> str:
+        """What the pods' addresses are, as a short digest (which binding a target holds)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for pod in sorted(self.pods, key=lambda p: (p.namespace, p.name)):
+            h.update(f"{pod.namespace}/{pod.name} {sorted(pod.labels.items())} {list(map(str, pod.prefixes))}\n"
+                     .encode())
+        return h.hexdigest()[:16]
+
 
 def read(paths: list[str]) -> Binding:
     """The pods of these Kubernetes YAML files (UsageError: unreadable; DiagnosticError: malformed, or

@@ -13,7 +13,7 @@ from anyplane.ir.source import render
 from .. import api
 from ..output import write_output
 from ..pipeline import STAGES, UsageError
-from .common import (EXIT_FAIL, bound, cli, emit_json, files_argument, format_option, handle_errors, load,
+from .common import (EXIT_FAIL, bind_option, bound, cli, emit_json, files_argument, format_option, handle_errors, load,
                      progress_reporter)
 
 #: Above this many files, `compile` lists folders rather than files.
@@ -181,6 +181,7 @@ def _warn_dead(dead, compiled) -> None:
 
 @cli.command()
 @click.argument("files", nargs=-1, type=click.Path())
+@bind_option
 @click.option("-t", "--target", required=True, help="Which engine to update (ebpf, envoy, p4).")
 @click.option("--from", "from_dir", type=click.Path(file_okay=False),
               help="envoy: push what `compile -t envoy` (or -t all) wrote to this directory, after checking its "
@@ -270,6 +271,8 @@ def push(files, target, from_dir, iface, netns, name, ingress_only, service, xds
         if result.get("connections_kept") is not None:
             click.echo(f"kept {result['connections_kept']} connections across the reload; each is judged again "
                        "under the new policy at its next packet")
+    if not output_format == "json" and result.get("binding"):
+        click.echo(f"binding {result['binding']['digest']}: {result['binding']['pods']} pods")
 
 
 @cli.command()

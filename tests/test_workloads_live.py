@@ -1,0 +1,134 @@
+"""Pods that come and go under a policy over workloads: the kernel engine on a veth pair.
+
+Namespace B is the server's pod (XDP at its ingress, tc at its egress, as `push -t ebpf --iface`
+attaches them); namespace A holds the client pods, one address each on A's end of the pair. The
+policy names workloads, never addresses; each binding (which pods exist, at which addresses) is
+pushed with `--bind` while connections are open. The program stays loaded (the same program id),
+every packet gets the verdict of the binding in force, a connection of a pod that stayed is kept,
+and one of a pod that left is cut at its next packet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import pytest
+import yaml
+
+from anyplane.backends.ebpf.engine import attached_prog
+from anyplane.backends.ebpf.loader import Classifier
+
+from .conftest import run
+from .kernel import require_kernel
+from .netns import Pair, sh
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timing]
+
+POLICY = """
+workload client { namespace shop labels app=client }
+workload server { namespace shop labels app=server port 8080 tcp }
+default deny
+allow client -> server tcp 8080
+connections { tcp 300s }
+"""
+
+
+def _until(condition, timeout: float = 30.0, what: str = "the condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+class Cluster:
+    def __init__(self, pair: Pair, tmp, name: str):
+        self.pair, self.tmp, self.name = pair, tmp, name
+        (tmp / "p.ap").write_text(POLICY)
+        for host in (3, 4, 5):
+            sh("ip", "-n", pair.a, "addr", "add", f"{pair.ip(host)}/24", "dev", pair.va)
+
+    def bind(self, clients: list[int]) -> dict:
+        """Push the policy with these client pods (by last octet) and the server pod at B."""
+        pods = [{"apiVersion": "v1", "kind": "Pod", "status": {"podIP": self.pair.ip(2)},
+                 "metadata": {"name": "server-0", "namespace": "shop", "labels": {"app": "server"}}}]
+        pods += [{"apiVersion": "v1", "kind": "Pod", "status": {"podIP": self.pair.ip(k)},
+                  "metadata": {"name": f"client-{k}", "namespace": "shop", "labels": {"app": "client"}}}
+                 for k in clients]
+        (self.tmp / "pods.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": pods}))
+        done = run("push", "-t", "ebpf", str(self.tmp / "p.ap"), "--bind", str(self.tmp / "pods.yaml"),
+                   "--iface", self.pair.vb, "--netns", self.pair.b, "--name", self.name, "--format", "json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def program(self) -> int:
+        return attached_prog(self.pair.vb, self.pair.b)
+
+    def connect(self, host: int, timeout: float):
+        """A client pod (A at .host) connects to the server; its socket, or None when it cannot."""
+        c = self.pair.socket(self.pair.a, socket.AF_INET, socket.SOCK_STREAM, timeout=timeout)
+        c.bind((self.pair.ip(host), 0))
+        try:
+            c.connect((self.pair.ip(2), 8080))
+        except OSError:
+            c.close()
+            return None
+        return c
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    require_kernel()
+    tag = os.getpid() % 200 + 20
+    name = f"wl-{tag}"
+    with Pair("wl", tag, octet=197) as pair:
+        try:
+            yield Cluster(pair, tmp_path, name)
+        finally:
+            Classifier(name).remove()
+
+
+def _arrives(server_side, data: bytes, wait: float) -> bool:
+    server_side.settimeout(wait)
+    try:
+        return server_side.recv(100) == data
+    except OSError:
+        return False
+
+
+def test_pods_come_and_go_under_one_loaded_program(cluster):
+    first = cluster.bind([3, 4])
+    assert first["reloaded"] is True and first["binding"]["pods"] == 3
+    program = cluster.program()
+    server = cluster.pair.socket(cluster.pair.b, socket.AF_INET, socket.SOCK_STREAM, timeout=30)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((cluster.pair.ip(2), 8080))
+    server.listen(16)
+    leaving = cluster.connect(3, timeout=30)
+    staying = cluster.connect(4, timeout=30)
+    assert leaving is not None and staying is not None
+    at_server = {}
+    for sock in (leaving, staying):
+        peer, (address, _) = server.accept()
+        at_server[address] = peer
+    assert cluster.connect(5, timeout=1) is None, "a pod of no workload reached the server"
+
+    # Pod .3 leaves, pod .5 starts: a new binding, the same policy.
+    second = cluster.bind([4, 5])
+    assert second["reloaded"] is False and second["generation"] != first["generation"]
+    assert second["binding"]["digest"] != first["binding"]["digest"]
+    assert cluster.program() == program, "the program was reloaded for a change of pods"
+    joined = _until(lambda: cluster.connect(5, timeout=2), what="the new pod to reach the server")
+    server.accept()
+    staying.sendall(b"still here")
+    assert _arrives(at_server[cluster.pair.ip(4)], b"still here", wait=30), "a staying pod's connection was cut"
+    leaving.sendall(b"gone")
+    assert not _arrives(at_server[cluster.pair.ip(3)], b"gone", wait=1), "a pod that left kept its connection"
+    assert cluster.connect(3, timeout=1) is None, "a pod that left reached the server"
+    for sock in (leaving, staying, joined, server, *at_server.values()):
+        sock.close()
