@@ -11,8 +11,9 @@ an assertion per namespace. The binding: N pods spread over the workloads (one a
     verify       `verify` without a binding: findings and assertions over the workloads
     bind         the same with the binding of N pods (reading the pods included)
     kernel       the kernel engine's tables for the bound policy (build), and the push of a classifier
-    change       one pod replaced by another (a new address): the push of the new binding, with the
-                 program left loaded, until a packet of the new pod is judged by it (BPF_PROG_TEST_RUN)
+    change       one pod replaced by another (a new address in the same /24): the push of the new
+                 binding, with the program left loaded and written as a delta into the idle generation,
+                 until a packet of the new pod is judged by it (BPF_PROG_TEST_RUN)
     export       `-t k8s` of the unbound policy with its proof, and the lines written per line of policy
 
 The policy does not grow with the pods; what depends on them is the binding's read and the kernel's
@@ -70,10 +71,10 @@ def pods_doc(pods: int, moved: int | None = None) -> dict:
     items = []
     for k in range(pods):
         n, t = k % namespaces, TIERS[(k // namespaces) % len(TIERS)]
-        host = k + (1 << 15) if k == moved else k
+        last = (k & 127) + (128 if k == moved else 0)  # pods at .0-.127 of each /24; a new one above
         items.append({"apiVersion": "v1", "kind": "Pod",
                       "metadata": {"name": f"{t}-{k}", "namespace": f"team{n}", "labels": {"app": t}},
-                      "status": {"podIP": f"10.{64 + (host >> 16)}.{(host >> 8) & 255}.{host & 255}"}})
+                      "status": {"podIP": f"10.{64 + (k >> 15)}.{(k >> 7) & 255}.{last}"}})
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
@@ -97,6 +98,7 @@ def kernel_figures(program, changed, tmp: Path) -> dict:
     name = f"bench-wl-{os.getpid()}"
     try:
         first, first_s = timed(lambda: push(program, None, name))
+        push(program, None, name)  # both generations hold it: a change is then written as a delta
         # The moved pod (of api-0) reaches db-0 only under the new binding.
         new = next(r.prefix for r in changed.endpoints if r.prefix.family == 4 and r.prefix.length == 32
                    and r.prefix.value not in {p.prefix.value for p in program.endpoints})

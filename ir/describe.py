@@ -23,8 +23,12 @@ def _end(program, m: Match, id_field: str, ip_field: str) -> str:
     parts = []
     if ids is not None:
         prefixes = ownership(program).prefixes
+        selectors = {i.name: i.selector for i in program.identities if i.selector is not None}
         for o in options(ids):
             for name in (o.values if isinstance(o, InSet) else (o.value,)):
+                if name in selectors:  # a workload: its pods, whatever their addresses
+                    parts.append(f"{name} (pods of {selectors[name].text()})")
+                    continue
                 owned = ", ".join(str(p) for p in prefixes.get(name, ())[:3])
                 more = ", ..." if len(prefixes.get(name, ())) > 3 else ""
                 parts.append(f"{name} ({owned}{more})" if owned else name)

@@ -27,7 +27,7 @@ from anyplane.ir.flow import Flow
 from anyplane.ir.interp import evaluate
 from anyplane.ir.source import DiagnosticError
 
-from .conftest import run
+from .conftest import ROOT, run
 
 OUTSIDE = ("192.0.2.7", "198.51.100.9", "203.0.113.200", "8.8.8.8")
 CIDRS = ("192.0.2.0/24", "198.51.100.0/25", "203.0.113.192/26", "0.0.0.0/0")
@@ -387,3 +387,15 @@ def test_the_example_verifies_unbound_exports_as_its_selectors_and_compiles_boun
     assert done.returncode == 0, done.stderr
     done = run("explain", policy, "--bind", pods, "--flow", "10.8.1.99 -> 10.8.3.5 tcp 5432")
     assert done.returncode == 0 and "deny" in done.stdout  # the debug pod is no workload's
+
+
+def test_diff_names_workloads_by_their_selectors(tmp_path):
+    old = "examples/workloads/shop.ap"
+    new = tmp_path / "shop.ap"
+    text = (ROOT / old).read_text()
+    new.write_text(text.replace("allow checkout -> postgres tcp 5432", "allow checkout, frontend -> postgres tcp 5432"))
+    done = run("diff", old, str(new))
+    assert done.returncode == 1, done.stderr
+    line = next(x for x in done.stdout.splitlines() if "-> postgres" in x and "e.g." not in x)
+    assert "frontend (pods of shop app=frontend)" in line and "postgres (pods of data app=postgres)" in line
+    assert "240." not in line and "100::" not in line
