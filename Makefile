@@ -29,7 +29,7 @@ demo: demo-sysdeps venv
 
 test: setup
 	$(BIN)/python -m pip check  # one current stack: protobuf 6, grpcio, finsy's P4Runtime, xds-protos
-	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --durations=25 $(PYTEST_ARGS)
 
 setup: sysdeps venv bpffs p4tools nca p4sh kmodels
 
