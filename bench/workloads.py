@@ -11,6 +11,8 @@ an assertion per namespace. The binding: N pods spread over the workloads (one a
     verify       `verify` without a binding: findings and assertions over the workloads
     bind         the same with the binding of N pods (reading the pods included)
     kernel       the kernel engine's tables for the bound policy (build), and the push of a classifier
+    switch       the switch's entries for the bound policy (the suite's P4Runtime server), and what the
+                 push of a changed binding writes (endpoint entries: the switch's address-to-class tables)
     change       one pod replaced by another (a new address in the same /24): the push of the new
                  binding, with the program left loaded and written as a delta into the idle generation,
                  until a packet of the new pod is judged by it (BPF_PROG_TEST_RUN)
@@ -121,6 +123,22 @@ def kernel_figures(program, changed, tmp: Path) -> dict:
         Classifier(name).remove()
 
 
+def switch_figures(program, changed) -> dict:
+    """The switch: entries for the bound policy, pushed to the suite's P4Runtime server, and the push
+    of a changed binding (the updates it writes, the seconds it takes)."""
+    from anyplane.backends.p4.pipeline import Features, p4info
+    from anyplane.backends.p4.push import push
+
+    from tests.p4server import Device, Server
+
+    with Server(Device(p4info(Features()))) as server:
+        first = push(program, server.addr)
+        second = push(changed, server.addr)
+    return {"acl_entries": first["entries"], "entries_written": first["inserted"],
+            "change_updates": second["inserted"] + second["deleted"] + second["modified"],
+            "change_s": second["seconds"]}
+
+
 def run(pods: int) -> dict:
     text = policy(pods)
     out = {"pods": pods, "workloads": sum(1 for line in text.splitlines() if line.startswith("workload")),
@@ -136,6 +154,7 @@ def run(pods: int) -> dict:
                                                              binding=binding.read([str(tmp / "pods.yaml")])))
         changed = compile_sources([("cluster.ap", text)], binding=binding.read([str(tmp / "moved.yaml")]))
         out["kernel"] = kernel_figures(bound.program, changed.program, tmp)
+        out["switch"] = switch_figures(bound.program, changed.program)
     exported, out["export_s"] = timed(lambda: api.compile_target(unbound, "k8s"))
     proof, out["proof_s"] = timed(lambda: api.prove_export(unbound, "k8s", exported))
     out["proved"] = proof.proved
@@ -162,9 +181,12 @@ def main() -> None:
                       (f", push {k['first_push_s']:.2f} s, a pod replaced: push {k['change_push_s'] * 1000:.0f} ms, "
                        f"first packet judged by it after {k['change_to_first_packet_s'] * 1000:.0f} ms "
                        f"(reloaded: {k['reloaded_on_change']})" if "first_push_s" in k else f" ({k.get('skipped')})"))
+            w = row["switch"]
+            switch = (f"switch {w['acl_entries']} ACL entries ({w['entries_written']} written in all), a pod "
+                      f"replaced: {w['change_updates']} updates in {w['change_s'] * 1000:.0f} ms")
             print(f"{n:>6} pods, {row['workloads']} workloads, {row['policy_lines']} lines: check {row['check_s']:.2f} s, "
                   f"verify {row['verify_s']:.2f} s ({row['findings']} findings), with the binding "
-                  f"{row['bind_s']:.2f} s; {kernel}; -t k8s {row['export_s']:.2f} s + proof {row['proof_s']:.2f} s "
+                  f"{row['bind_s']:.2f} s; {kernel}; {switch}; -t k8s {row['export_s']:.2f} s + proof {row['proof_s']:.2f} s "
                   f"({row['export_lines']} lines, proved: {row['proved']}); peak {row['peak_mib']} MiB", flush=True)
     if args.format == "json":
         print(json.dumps(rows, indent=2))

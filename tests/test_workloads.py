@@ -399,3 +399,37 @@ def test_diff_names_workloads_by_their_selectors(tmp_path):
     line = next(x for x in done.stdout.splitlines() if "-> postgres" in x and "e.g." not in x)
     assert "frontend (pods of shop app=frontend)" in line and "postgres (pods of data app=postgres)" in line
     assert "240." not in line and "100::" not in line
+
+
+def test_a_switch_follows_pods_with_endpoint_entries_alone(tmp_path):
+    """A pod replaced by another: the push writes the switch's endpoint tables (address to class, its
+    ipcache) in one atomic write, as received by the P4Runtime server; the ACL is untouched, and the
+    device decides as the interpreter for the new binding."""
+    from anyplane.backends.p4.pipeline import Features, p4info
+    from anyplane.backends.p4.proto import p4runtime_pb2
+    from anyplane.backends.p4.push import push
+
+    from .p4server import Device, Server
+    from .test_p4 import _assert_agree, _flows
+
+    rnd = random.Random(5)
+    workloads = _workloads(rnd)
+    text = _policy(rnd, workloads)
+    pods = _pods(rnd, workloads)
+    before = _compiled(text, _write_pods(tmp_path, pods, "before.yaml")).program
+    moved = next(p for p in pods if p["metadata"]["name"].startswith("w1-"))
+    moved["status"] = {"podIP": "10.2.9.9", "podIPs": [{"ip": "10.2.9.9"}]}
+    after = _compiled(text, _write_pods(tmp_path, pods, "after.yaml")).program
+    device = Device(p4info(Features()))
+    with Server(device) as server:
+        push(before, server.addr)
+        result = push(after, server.addr)
+        last = server.servicer.writes[-1]
+    assert (result["inserted"], result["deleted"], result["modified"]) == (2, 2, 0), result
+    assert last.atomicity == p4runtime_pb2.WriteRequest.DATAPLANE_ATOMIC
+    acl = next(t.preamble.id for t in device.p4info.tables if t.preamble.alias == "acl")
+    assert all(u.entity.table_entry.table_id != acl for u in last.updates)
+    flows = _flows(after, 1500, seed=4)
+    flows += [Flow(4, _address("10.2.9.9"), _address(p["status"]["podIP"]), 6, 40000, port)
+              for p in pods for port in (80, 5432)]
+    _assert_agree(after, device, flows)
