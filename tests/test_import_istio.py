@@ -18,7 +18,7 @@ from anyplane.ir.flow import Flow, Request
 from anyplane.ir.interp import evaluate
 from anyplane.ir.source import DiagnosticError
 
-from .conftest import run
+from .conftest import ROOT, run
 from .test_import_k8s import SETTINGS
 
 # Pods: (name, namespace, app label, service account, address); Services give ports their protocols.
@@ -442,3 +442,25 @@ def test_a_host_written_with_its_port_and_dot_spellings_is_one_host():
     sent = Request.sent_as("GET", "/x", "a.example.:8000")
     assert _verdict(program, "10.1.0.1", "10.1.0.2", 8000, sent) == "deny"
     assert _verdict(program, "10.1.0.1", "10.1.0.2", 8000, Request("GET", "/x", "b.example")) == "allow"
+
+
+GATEWAY = ("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: edge, namespace: default}\n"
+           "spec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 8080, name: http, "
+           "protocol: HTTP}\n    hosts: ['*']\n")
+
+
+def test_a_gateway_is_left_out_with_a_note_and_decides_nothing(tmp_path):
+    for name in ("namespaces.yaml", "pods.yaml", "policies.yaml"):
+        (tmp_path / name).write_text((ROOT / "examples" / "kubernetes" / name).read_text())
+    without = run("import", str(tmp_path))
+    (tmp_path / "gateway.yaml").write_text(GATEWAY)
+    done = run("import", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("warning:") == 1 and "gateway.yaml:1:1: warning: Gateway edge: left out" in done.stderr
+    assert done.stdout == without.stdout
+    peer = tmp_path / "peer.yaml"
+    peer.write_text("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict}\n"
+                    "spec: {mtls: {mode: STRICT}}\n")
+    refused = run("verify", str(tmp_path))
+    assert refused.returncode == 1 and "peer.yaml:1:1: error: PeerAuthentication strict: not imported yet" \
+        in refused.stderr, refused.stderr

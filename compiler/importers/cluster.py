@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from anyplane.ir import yaml11
-from anyplane.ir.source import Diagnostic, DiagnosticError, Span, error
+from anyplane.ir.source import Diagnostic, DiagnosticError, Span, error, warning
 
 from . import schema
 
@@ -24,7 +24,9 @@ WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Cro
 _CLUSTER_SCOPED = ("Namespace", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy",
                    "CiliumClusterwideNetworkPolicy")
 #: Istio kinds whose refusal says more than "not read" (see `object`).
-_LATER = ("PeerAuthentication", "RequestAuthentication", "Sidecar", "ServiceEntry", "Gateway", "EnvoyFilter")
+_LATER = ("PeerAuthentication", "RequestAuthentication", "Sidecar", "ServiceEntry", "EnvoyFilter")
+#: Kinds of the policy groups that decide no traffic between workloads: left out with a note.
+_ELSEWHERE = {"Gateway": "it configures a gateway's listeners for traffic entering or leaving the mesh"}
 
 
 @dataclass
@@ -167,6 +169,10 @@ class Reader:
         name = meta.get("name") if isinstance(meta, yaml11.Mapping) else None
         label = f"{kind} {name}" if isinstance(name, str) else kind
         known = schema.KINDS.get((group, kind))
+        if known is None and kind in _ELSEWHERE and group in schema.POLICY_GROUPS:
+            self.notes.append(warning(span_of_object(path, obj), "import", f"{label}: left out, since "
+                                      f"{_ELSEWHERE[kind]}, not traffic between workloads"))
+            return None
         if known is None:
             if group in schema.POLICY_GROUPS and (group, kind) not in schema.NOT_POLICY and kind not in _LATER:
                 self.fail(path, obj, f"{label} ({obj['apiVersion']}): a policy kind anyplane does not read; remove "
