@@ -451,13 +451,15 @@ def test_a_valid_cluster_with_one_field_broken_gets_an_error_at_a_position(data)
 
 def _as_workloads(pods: list[dict]) -> list[dict]:
     """The same cluster as workload controllers (one per pod) and an Addresses document."""
-    kinds = ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"]
+    kinds = ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController"]
     out, table = [], {}
     for n, pod in enumerate(pods):
         meta = pod["metadata"]
-        out.append({"apiVersion": "apps/v1", "kind": kinds[n % len(kinds)],
+        kind = kinds[n % len(kinds)]
+        core = kind == "ReplicationController"  # core/v1, its selector a plain label map
+        out.append({"apiVersion": "v1" if core else "apps/v1", "kind": kind,
                     "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
-                    "spec": {"selector": {"matchLabels": dict(meta["labels"])},
+                    "spec": {"selector": dict(meta["labels"]) if core else {"matchLabels": dict(meta["labels"])},
                              "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod["spec"]}}})
         table[f"{meta['namespace']}/{meta['name']}"] = [pod["status"]["podIP"] + "/32"]
     return out + [{"apiVersion": "anyplane.io/v1", "kind": "Addresses", "addresses": table}]

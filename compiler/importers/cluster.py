@@ -20,7 +20,7 @@ from . import schema
 
 MAX_IDENT = 63  # the longest name a policy takes (compiler/symbols.py)
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob")
 _CLUSTER_SCOPED = ("Namespace", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy",
                    "CiliumClusterwideNetworkPolicy")
 #: Istio kinds whose refusal says more than "not read" (see `object`).
