@@ -21,9 +21,12 @@ Cilium's documented semantics, which the importer follows:
   `literal/.*`, an exact host, `headers` and `headerMatches` as exact values or presence); an allow
   of the same port without HTTP rules lets every request through, as Cilium merges them.
 
+- An empty rule (`ingress: [{}]`) matches nothing: its section puts the selected endpoints in default
+  deny for the direction, the documented way to deny all of it.
+
 Refused at their position, never dropped: other L7 rules (Kafka, DNS), HTTP rules on egress or in a
 deny, regexes beyond those, FQDN, service, group, node and other entity peers, `reserved:` labels,
-an empty rule (`{}`), and a nodeSelector.
+and a nodeSelector.
 """
 
 from __future__ import annotations
@@ -140,9 +143,13 @@ def _rules(reader, pods, path, spec, ns, label, span_of, selects, parse_ports) -
 
 
 def _rule(reader, pods, path, r, direction, deny, subject, ns, label, span_of, selects, parse_ports):
-    if not isinstance(r, dict) or not [k for k in r if not k.startswith("__")]:
-        reader.fail(path, r if isinstance(r, dict) else {}, f"{label}: an empty rule: say which peers "
-                                                            f"({', '.join(PEER_KEYS[direction])})")
+    if not isinstance(r, dict):
+        reader.fail(path, {}, f"{label}: a rule is a mapping of peers ({', '.join(PEER_KEYS[direction])}) and "
+                              "toPorts")
+        return []
+    if not [k for k in r if not k.startswith("__")]:
+        # `{}` matches nothing: its section puts the endpoints in default deny (Cilium's documented way
+        # to deny every ingress or egress), and it allows or denies nothing itself.
         return []
     refused = [k for k in r if k in REFUSED or k.startswith(("to", "from")) and k not in PEER_KEYS[direction]
                and k != "toPorts" or (not k.startswith("__") and k not in PEER_KEYS[direction] + ("toPorts",))]
