@@ -131,9 +131,11 @@ def switch_figures(program, changed) -> dict:
 
     from tests.p4server import Device, Server
 
-    with Server(Device(p4info(Features()))) as server:
-        first = push(program, server.addr)
-        second = push(changed, server.addr)
+    # The default program's endpoint tables hold 4,096 entries each: a binding of more pods needs more.
+    features = Features(endpoint_size=max(4096, 2 * len(program.endpoints)))
+    with Server(Device(p4info(features))) as server:
+        first = push(program, server.addr, features=features)
+        second = push(changed, server.addr, features=features)
     return {"acl_entries": first["entries"], "entries_written": first["inserted"],
             "change_updates": second["inserted"] + second["deleted"] + second["modified"],
             "change_s": second["seconds"]}

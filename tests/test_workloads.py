@@ -433,3 +433,16 @@ def test_a_switch_follows_pods_with_endpoint_entries_alone(tmp_path):
     flows += [Flow(4, _address("10.2.9.9"), _address(p["status"]["podIP"]), 6, 40000, port)
               for p in pods for port in (80, 5432)]
     _assert_agree(after, device, flows)
+
+
+def test_a_binding_larger_than_the_switchs_endpoint_tables_is_refused_before_any_write(tmp_path):
+    from anyplane.backends.p4.engine import P4Error, build_all
+    from anyplane.backends.p4.pipeline import Features
+
+    text = "workload web { namespace shop labels app=web }\ndefault deny\nallow web -> web tcp 80\n"
+    pods = [{"apiVersion": "v1", "kind": "Pod", "status": {"podIP": f"10.3.{k // 250}.{k % 250 + 1}"},
+             "metadata": {"name": f"web-{k}", "namespace": "shop", "labels": {"app": "web"}}} for k in range(40)]
+    program = _compiled(text, _write_pods(tmp_path, pods)).program
+    build_all(program, Features(endpoint_size=64))
+    with pytest.raises(P4Error, match="the policy needs 40 entries in .*endpoint.*the table holds 32"):
+        build_all(program, Features(endpoint_size=32))

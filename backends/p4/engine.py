@@ -71,6 +71,13 @@ def build_all(program: Program, features: Features = Features()):
         raise P4Error(str(exc)) from exc
     if len(entries.acl) > features.acl_size:
         raise P4Error(f"the policy needs {len(entries.acl)} acl entries; the table holds {features.acl_size}")
+    per_table: dict[str, int] = {}
+    for e in entries.endpoints:
+        per_table[e.table] = per_table.get(e.table, 0) + 1
+    for table, n in sorted(per_table.items()):
+        if n > features.endpoint_size:
+            raise P4Error(f"the policy needs {n} entries in {table} (the addresses of its identities, a binding's "
+                          f"pods among them); the table holds {features.endpoint_size}")
     return info, names, entries
 
 
