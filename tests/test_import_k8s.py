@@ -23,7 +23,7 @@ from anyplane.compiler.pipeline import compile_sources
 from anyplane.ir.flow import Flow
 from anyplane.ir.interp import evaluate
 
-from .conftest import CI, run
+from .conftest import CI, ROOT, run
 
 NAMESPACES = {"shop": {"team": "shop"}, "ops": {"team": "ops"}, "edge": {"team": "edge", "tier": "front"}}
 LABELS = st.fixed_dictionaries({"app": st.sampled_from(["web", "db", "api"]), "tier": st.sampled_from(["a", "b"])})
@@ -584,3 +584,18 @@ def test_what_tells_two_pods_apart(extra_b, policy, flow, want_a, want_b):
             assert _verdict(program, src, dst, "TCP", flow) == want, (src, dst)
             continue
         assert _verdict(program, outside, dst, "TCP", flow) == want, dst
+
+
+def test_a_mistake_read_for_many_pods_is_said_once(tmp_path):
+    for name in ("namespaces.yaml", "pods.yaml"):
+        (tmp_path / name).write_text((ROOT / "examples" / "kubernetes" / name).read_text())
+    (tmp_path / "np.yaml").write_text(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad-op, namespace: backend}\n"
+        "spec:\n  podSelector:\n    matchExpressions:\n    - {key: app, operator: in, values: [api]}\n"
+        "  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector:\n        matchExpressions:\n"
+        "        - {key: app, operator: in, values: [web]}\n")
+    done = run("check", str(tmp_path))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.count("error:") == 2, done.stderr
+    assert "np.yaml:7:7: error: unknown selector operator 'in' (Kubernetes takes In, NotIn" in done.stderr
+    assert "np.yaml:13:11: error: unknown selector operator 'in'" in done.stderr

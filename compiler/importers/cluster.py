@@ -380,6 +380,7 @@ def selects(selector: dict | None, labels: dict, path: str, reader: Reader) -> b
         if op == "DoesNotExist" and key in labels:
             return False
         if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
-            reader.fail(path, expr, f"unknown selector operator {op!r}")
+            reader.fail(path, expr, f"unknown selector operator {op!r} (Kubernetes takes In, NotIn, Exists and "
+                                    "DoesNotExist, with this case)")
             return False
     return True

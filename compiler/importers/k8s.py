@@ -123,7 +123,8 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
                 break
             p.protocols[n] = "http"
     if reader.errors:
-        raise DiagnosticError(reader.errors + reader.notes)
+        # One mistake read for many pods (a selector, say) is said once.
+        raise DiagnosticError(list(dict.fromkeys(reader.errors + reader.notes)))
     blocks = [net for _, obj in reader.policies for net in ipblock_networks(obj)] + admin.networks(admin_rules) + \
         [n for r in cilium_rules for item in r.peers or [] if item[0] == "cidr" for n in [item[1], *item[2]]] + \
         istio.networks(istio_rules)
