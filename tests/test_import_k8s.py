@@ -475,7 +475,7 @@ def test_workload_controllers_with_addresses_decide_as_their_pods_would(data):
     assert not bad, bad[:5]
 
 
-def test_a_workload_without_addresses_and_an_address_for_nothing_are_errors(tmp_path):
+def test_a_workload_without_addresses_is_an_error_and_an_address_for_nothing_a_warning(tmp_path):
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump_all([
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"},
@@ -485,7 +485,29 @@ def test_a_workload_without_addresses_and_an_address_for_nothing_are_errors(tmp_
     done = run("check", str(path))
     assert done.returncode == 1
     assert f"{path}:1:1: error: Deployment shop/web has no addresses" in done.stderr
-    assert "Addresses: shop/api names no workload controller" in done.stderr
+    # An entry for something not in this input is left unused (one file may serve several inputs).
+    assert f"{path}:16:3: warning: Addresses: shop/api names no pod or workload controller in this input" \
+        in done.stderr, done.stderr
+
+
+def test_an_addresses_entry_gives_a_bare_pod_its_address(tmp_path):
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1", "namespace": "shop",
+                                                           "labels": {"app": "web"}}}
+    np = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "d", "namespace": "shop"},
+          "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump_all([pod, np]))
+    done = run("check", str(path))
+    assert done.returncode == 1 and "Pod shop/web-1 has no address" in done.stderr and "Addresses entry" in done.stderr
+    path.write_text(yaml.safe_dump_all([pod, np, {"apiVersion": "anyplane.io/v1", "kind": "Addresses",
+                                                  "addresses": {"shop/web-1": ["10.4.0.7"]}}]))
+    done = run("explain", str(path), "--flow", "192.0.2.1 -> 10.4.0.7 tcp 80")
+    assert done.returncode == 0, done.stderr
+    assert "shop_web-1" in done.stdout and "deny" in done.stdout, done.stdout
+    path.write_text(yaml.safe_dump_all([pod, np, {"apiVersion": "anyplane.io/v1", "kind": "Addresses",
+                                                  "addresses": {"shop/web-1": ["10.4.0.0/24"]}}]))
+    done = run("check", str(path))
+    assert done.returncode == 1 and "Addresses: shop/web-1 is a Pod: give its one address" in done.stderr
 
 
 @SETTINGS

@@ -108,6 +108,7 @@ class Reader:
         self.by_namespace: dict[str, list] = {}  # namespace -> its pods (once every pod is read)
         self.checks: dict[tuple, list] = {}  # ("json" | "schema", id of an object) -> its problems
         self.selected: dict[tuple, list] = {}  # (namespace | None, a selector's contents) -> what it selects
+        self.unaddressed: list[tuple[str, dict]] = []  # Pods without status.podIP: (path, object)
 
     def fail(self, path: str, obj, message: str) -> None:
         self.errors.append(error(span_of_object(path, obj), "import", message))
@@ -218,9 +219,8 @@ class Reader:
         elif kind == "Pod":
             status = obj.get("status") or {}
             address = status.get("podIP") or next((p.get("ip") for p in status.get("podIPs") or [] if p.get("ip")), None)
-            if not address:
-                self.fail(path, obj, f"Pod {ns}/{name} has no address: anyplane needs status.podIP "
-                                     "(kubectl get pods -o yaml shows it)")
+            if not address:  # an Addresses document may give it one (workload_pods, once all is read)
+                self.unaddressed.append((path, obj))
                 return
             try:
                 address = str(ipaddress.ip_address(str(address)))
@@ -279,7 +279,8 @@ class Reader:
                 if not parsed:
                     self.fail(path, table, f"Addresses: {key} has no address")
                     continue
-                self.addresses[key] = (parsed, span_of_object(path, table), path)
+                where = getattr(table, "key_spans", {}).get(key) or span_of_object(path, table)
+                self.addresses[key] = (parsed, where, path)
         elif kind in ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"):
             self.cilium.append((path, obj))
             if kind == "CiliumNetworkPolicy":
@@ -326,10 +327,33 @@ class Reader:
             out.append(Pod(ns, name, labels, str(nets[0].network_address), ports, span_of_object(path, obj),
                            prefixes=tuple(str(n) for n in nets), kind=kind, account=_account(template.get("spec"))))
             self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
+        for path, obj in self.unaddressed:
+            meta = obj.get("metadata") or {}
+            ns, name = meta.get("namespace") or "default", meta.get("name")
+            key = next((k for k in (f"Pod/{ns}/{name}", f"{ns}/{name}") if k in self.addresses), None)
+            if key is None:
+                self.fail(path, obj, f"Pod {ns}/{name} has no address: anyplane needs status.podIP (kubectl get pods "
+                                     f"-o yaml shows it), or an Addresses entry {ns}/{name}: [ADDRESS]")
+                continue
+            used.add(key)
+            nets = self.addresses[key][0]
+            if len(nets) != 1 or nets[0].num_addresses != 1:
+                self.errors.append(error(self.addresses[key][1], "import", f"Addresses: {key} is a Pod: give its "
+                                                                           "one address"))
+                continue
+            labels = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("__")}
+            ports = [(p.get("name"), p.get("containerPort"), p.get("protocol", "TCP"))
+                     for c in (obj.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
+            if any(not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 65535 for _, n, _ in ports):
+                self.fail(path, obj, f"Pod {ns}/{name}: a container port is not a port number (1-65535)")
+                continue
+            out.append(Pod(ns, name, labels, str(nets[0].network_address), ports, span_of_object(path, obj),
+                           account=_account(obj.get("spec"))))
+            self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
         for key, (_, where, path) in self.addresses.items():
-            if key not in used:
-                self.errors.append(error(where, "import", f"Addresses: {key} names no workload controller in "
-                                                          "the input"))
+            if key not in used:  # one Addresses file may serve several inputs
+                self.notes.append(warning(where, "import", f"Addresses: {key} names no pod or workload controller in "
+                                                           "this input: left unused"))
         return out
 
 
