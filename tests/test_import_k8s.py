@@ -621,3 +621,19 @@ def test_a_mistake_read_for_many_pods_is_said_once(tmp_path):
     assert done.stderr.count("error:") == 2, done.stderr
     assert "np.yaml:7:7: error: unknown selector operator 'in' (Kubernetes takes In, NotIn" in done.stderr
     assert "np.yaml:13:11: error: unknown selector operator 'in'" in done.stderr
+
+
+def test_two_policies_that_contain_each_other_are_said_so(tmp_path):
+    """Two copies: each is redundant while the other stays, and removing both changes the cluster."""
+    for name in ("namespaces.yaml", "pods.yaml"):
+        (tmp_path / name).write_text((ROOT / "examples" / "kubernetes" / name).read_text())
+    copy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {}, namespace: data}}\n" \
+           "spec:\n  podSelector: {{}}\n  policyTypes: [Ingress]\n"
+    (tmp_path / "np.yaml").write_text(copy.format("a") + "---\n" + copy.format("b"))
+    done = run("verify", str(tmp_path), "--format", "json")
+    messages = sorted(f["message"] for f in json.loads(done.stdout)["findings"])
+    assert messages == [
+        "NetworkPolicy data/a is redundant while NetworkPolicy data/b stays: they contain each other, so either "
+        "can go, not both",
+        "NetworkPolicy data/b is redundant while NetworkPolicy data/a stays: they contain each other, so either "
+        "can go, not both"], messages

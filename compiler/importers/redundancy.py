@@ -10,8 +10,9 @@
 gives Z3's, verify/diff.py) between the import with and without the policy or rule: the question
 network-config-analyzer's sanity check answers. When the import is per rule, a rule (or a policy
 whose isolations other policies make too) is asked without re-importing: the import less the lines
-it alone writes (`_Lines`), through the caller's `same_without`. Two copies of one policy are both redundant (either
-can go, not both). The API makes them findings of kind `redundant` (a warning unless `--fail-on
+it alone writes (`_Lines`), through the caller's `same_without`. Two policies that each make the other
+redundant (two copies, or two that contain each other) are said so: either can go, not both. The API
+makes them findings of kind `redundant` (a warning unless `--fail-on
 redundant`), at the policy's or rule's position in the YAML.
 """
 
@@ -89,12 +90,14 @@ def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bo
             return same_without(base, lines.only(rules))
         return same(base, _program(texts, drop, whole.partition, parsed)[0])
 
+    redundant = []  # (index among the findings, policy)
     for policy in structure:
         label, key = policy["label"], policy["key"]
         if not policy["selects"]:
             found(policy["span"], f"{label} selects no pod: it has no effect")
             continue
         if _same(frozenset({key}), policy):
+            redundant.append((len(out), policy))
             found(policy["span"], f"{label} is redundant: without it every flow is decided the same")
             continue
         for r in policy["rules"]:
@@ -103,4 +106,25 @@ def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bo
                 found(r["span"], f"{what} admits no peer: its selectors select no pod")
             elif _same(frozenset({key + (r["direction"], r["number"])}), policy):
                 found(r["span"], f"{what} is redundant: without it every flow is decided the same")
+    # Policies that each make the other redundant (two copies, or two that contain each other): either
+    # can go, not both. Asked of the redundant policies of one namespace (or both cluster-wide), pair by pair.
+    if 1 < len(redundant) <= MAX_PAIRED:
+        for i, (at_a, a) in enumerate(redundant):
+            for at_b, b in redundant[i + 1:]:
+                if _namespace(a) != _namespace(b):
+                    continue
+                if not same(base, _program(texts, frozenset({a["key"], b["key"]}), whole.partition, parsed)[0]):
+                    for at, mine, other in ((at_a, a, b), (at_b, b, a)):
+                        out[at] = (out[at][0], f"{mine['label']} is redundant while {other['label']} stays: they "
+                                               "contain each other, so either can go, not both")
     return out
+
+
+#: Above this many redundant policies, their pairs are not asked (each pair is a comparison).
+MAX_PAIRED = 40
+
+
+def _namespace(policy) -> str | None:
+    """A NetworkPolicy's namespace (from its label `NetworkPolicy NS/NAME`); None for a cluster-wide one."""
+    kind, _, name = policy["label"].partition(" ")
+    return name.split("/")[0] if kind == "NetworkPolicy" and "/" in name else None
