@@ -206,3 +206,34 @@ def test_a_late_ctrl_c_keeps_the_exit_status():
 def test_an_ipv6_extension_header_as_a_protocol_is_an_error(proto):
     proc = run("explain", BOOKINFO, "--flow", f"fd00:0:0:2::1 -> fd00:0:0:2::2 proto {proto}")
     assert proc.returncode == 1 and "extension header" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_diff_against_a_git_revision_and_with_several_paths_a_side(tmp_path):
+    """`diff --base REV PATHS`: a pull request's change, positions in the base read REV:PATH; `--old` and
+    `--new` take several paths a side."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "policy").mkdir(parents=True)
+    (repo / "policy" / "a.ap").write_text("service db { address 10.0.5.0/24 port 5432 tcp }\n"
+                                          "external office { address 192.0.2.0/24 }\ndefault deny\n")
+    (repo / "policy" / "b.ap").write_text("allow office -> db tcp 5432\n")
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "v1"], check=True)
+    (repo / "policy" / "b.ap").write_text("allow office -> db tcp 5433\n")
+    done = run("diff", "--base", "HEAD", str(repo / "policy"))
+    assert done.returncode == 1, done.stderr
+    assert "old: HEAD:policy/b.ap:1" in done.stdout and f"new: {repo / 'policy' / 'b.ap'}:1" in done.stdout, done.stdout
+    assert "anyplane-base-" not in done.stdout
+    same = run("diff", "--base", "HEAD", str(repo / "policy" / "a.ap"), str(repo / "policy" / "b.ap"),
+               "--format", "json")
+    assert same.returncode == 1 and "HEAD:policy/b.ap" in same.stdout
+    both = run("diff", "--old", str(repo / "policy" / "a.ap"), "--old", str(repo / "policy" / "b.ap"),
+               "--new", str(repo / "policy"))
+    assert both.returncode == 0 and "relation: equivalent" in both.stdout, both.stdout + both.stderr
+    for bad in (["diff", "--base", "HEAD"], ["diff", "--old", "x.ap"], ["diff", "a.ap"]):
+        assert run(*bad).returncode == 2
+    missing = run("diff", "--base", "no-such-rev", str(repo / "policy"))
+    assert missing.returncode == 2 and "is not in git revision 'no-such-rev'" in missing.stderr

@@ -4,8 +4,10 @@ pre-commit hooks, the composite action and the Dockerfile."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -79,3 +81,30 @@ def test_the_dockerfile_installs_the_package_and_runs_the_command():
     assert "RUN pip install --no-cache-dir . && rm -rf /src" in lines
     assert lines[-2:] == ['ENTRYPOINT ["anyplane"]', 'CMD ["--help"]']
     assert ".venv" in (ROOT / ".dockerignore").read_text().split()
+
+
+def test_the_action_writes_what_a_pull_request_changes_to_the_job_summary(tmp_path):
+    """The diff step's own script, run as the runner would (bash, inputs in the environment), on a
+    repository whose policy changed since its base revision."""
+    action = yaml.safe_load((ROOT / "action.yml").read_text())
+    step = next(s for s in action["runs"]["steps"] if "diff-base" in s.get("if", ""))
+    assert "${{" not in step["run"] and "diff-base" in action["inputs"]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "p.ap").write_text("service db { address 10.0.5.0/24 }\nexternal office { address 192.0.2.0/24 }\n"
+                               "default deny\nallow office -> db tcp 5432\n")
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "base"], check=True)
+    (repo / "p.ap").write_text((repo / "p.ap").read_text().replace("5432", "5432, 22"))
+    summary = tmp_path / "summary.md"
+    env = dict(os.environ, POLICY="p.ap", BASE="HEAD", GITHUB_STEP_SUMMARY=str(summary),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    # GitHub runs a step's bash with -e and pipefail.
+    done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=repo, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = summary.read_text()
+    assert "### anyplane: the policy against HEAD" in text and "newly allowed (1):" in text
+    assert "old: the default   new: p.ap:4" in text, text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
 
 import click
@@ -130,45 +131,106 @@ def query(files, pattern, without, with_rules, output_format) -> None:
             click.echo("as replies: no (no rule allows a connection they would answer)")
 
 
+def _at_revision(paths: list[str], rev: str, into: str) -> list[str]:
+    """The files and directories `paths` as git revision `rev` holds them, written under `into` at the
+    same relative places (UsageError: not in a git work tree, or not in that revision)."""
+    import io
+    import os
+    import subprocess
+    import tarfile
+
+    out = []
+    for p in paths:
+        where = p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p))
+        top = subprocess.run(["git", "-C", where, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+        if top.returncode != 0:
+            raise UsageError(f"--base: '{p}' is not in a git work tree")
+        root = top.stdout.strip()
+        rel = os.path.relpath(os.path.realpath(p), os.path.realpath(root))
+        archive = subprocess.run(["git", "-C", root, "archive", "--format=tar", rev, "--", rel], capture_output=True)
+        if archive.returncode != 0:
+            why = archive.stderr.decode(errors="replace").strip().splitlines()
+            raise UsageError(f"--base: '{p}' is not in git revision '{rev}' ({why[-1] if why else 'git archive failed'})")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            for member in tar.getmembers():  # files and directories only, inside `into`
+                if not (member.isfile() or member.isdir()) or member.name.startswith("/") or ".." in member.name.split("/"):
+                    raise UsageError(f"--base: revision '{rev}' holds '{member.name}', which is not a plain file")
+            tar.extractall(into)
+        out.append(os.path.join(into, rel))
+    return out
+
+
 @cli.command()
-@click.argument("old", type=click.Path())
-@click.argument("new", type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--base", "base", metavar="REV", help="Compare PATHS as git revision REV holds them (a branch, a tag, "
+                                                     "a commit) with PATHS as they are now: a pull request's change.")
+@click.option("--old", "old_paths", multiple=True, type=click.Path(), help="A file or directory of the old version "
+                                                                            "(repeatable).")
+@click.option("--new", "new_paths", multiple=True, type=click.Path(), help="A file or directory of the new version "
+                                                                            "(repeatable).")
 @bind_option
 @format_option
 @handle_errors
-def diff(old, new, output_format) -> None:
-    """What changes between policy versions OLD and NEW (files or directories); exit 1 if any."""
-    older, newer = load_pair([old], [new], bind=bound())
-    report = api.diff(older, newer)
+def diff(paths, base, old_paths, new_paths, output_format) -> None:
+    """What changes between two policy versions; exit 1 if any. `diff OLD NEW` (two files or
+    directories), `diff --old A --old B --new C` (several paths a side), or `diff --base REV PATHS...`
+    (the policy at a git revision against the working tree)."""
+    import tempfile
+
+    if base is not None:
+        if old_paths or new_paths or not paths:
+            raise UsageError("--base REV takes the PATHS to compare, and no --old or --new")
+    elif old_paths or new_paths:
+        if paths or not (old_paths and new_paths):
+            raise UsageError("--old and --new are given together, each at least once, without other paths")
+    elif len(paths) != 2:
+        raise UsageError("diff takes OLD and NEW, or --old/--new, or --base REV PATHS")
+    with tempfile.TemporaryDirectory(prefix="anyplane-base-") as tmp:
+        if base is not None:
+            old, new = _at_revision(list(paths), base, tmp), list(paths)
+        elif old_paths:
+            old, new = list(old_paths), list(new_paths)
+        else:
+            old, new = [paths[0]], [paths[1]]
+        older, newer = load_pair(old, new, bind=bound())
+        report = api.diff(older, newer)
+        # Positions in the base version read REV:PATH, as git names them.
+        shown = (lambda text: text.replace(tmp + "/", f"{base}:")) if base is not None else (lambda text: text)
+        _print_diff(report, newer, output_format, shown)
+    if report.unknown or report.differs:
+        sys.exit(EXIT_FAIL)
+
+
+def _print_diff(report, newer, output_format, shown) -> None:
+    def echo(text: str) -> None:
+        click.echo(shown(text))
     if output_format == "json":
-        emit_json(report.to_json())
+        emit_json(json.loads(shown(json.dumps(report.to_json()))))
     else:
-        click.echo(f"relation: {report.relation}")
+        echo(f"relation: {report.relation}")
         for title, classes in (("newly allowed", report.newly_allowed), ("newly denied", report.newly_denied),
                                ("changed", report.changed)):
-            click.echo(f"{title} ({len(classes)}):")
+            echo(f"{title} ({len(classes)}):")
             for c in classes:
                 what = f"  [{c.what}: {c.old} -> {c.new}]" if c.what else ""
                 if c.described:
                     share = "all of it" if c.described["whole"] else "part of it: rules above decide the rest"
-                    click.echo(f"  {c.described['text']}{what}  ({share})")
-                    click.echo(f"      e.g. {described(newer.program, c.witness, newer.pods)}")
+                    echo(f"  {c.described['text']}{what}  ({share})")
+                    echo(f"      e.g. {described(newer.program, c.witness, newer.pods)}")
                 else:
-                    click.echo(f"  {described(newer.program, c.witness, newer.pods)}{what}")
-                click.echo(f"      old: {c.old_rule or 'the default'}   new: {c.new_rule or 'the default'}")
+                    echo(f"  {described(newer.program, c.witness, newer.pods)}{what}")
+                echo(f"      old: {c.old_rule or 'the default'}   new: {c.new_rule or 'the default'}")
         if report.connections:
             old, new = (c.removeprefix("connections ") for c in report.connections)
-            click.echo(f"connections changed: {old}")
-            click.echo(f"                  -> {new}")
+            echo(f"connections changed: {old}")
+            echo(f"                  -> {new}")
             if new == "stateless" or old == "stateless":
-                click.echo("  (replies of allowed connections " + ("are no longer let through by themselves)"
+                echo("  (replies of allowed connections " + ("are no longer let through by themselves)"
                            if new == "stateless" else "now pass without a rule of their own)"))
         if report.truncated:
-            click.echo("(more classes exist; only the first ones are listed)")
+            echo("(more classes exist; only the first ones are listed)")
         if report.unknown:
-            click.echo(f"the solver gave up ({report.unknown}): the list may be incomplete")
-    if report.unknown or report.differs:
-        sys.exit(EXIT_FAIL)
+            echo(f"the solver gave up ({report.unknown}): the list may be incomplete")
 
 
 @cli.command(name="map")
