@@ -15,7 +15,7 @@ from anyplane.ir.source import DiagnosticError
 from anyplane.verify.connectivity import connectivity
 
 from .brute import universe
-from .conftest import CI, run
+from .conftest import CI, ROOT, run
 from .strategies import policies
 
 
@@ -316,3 +316,27 @@ deny b -> b udp 53 priority 25
             del edge["witness"], edge["rules"]
         assert mine == theirs, pair
     assert each.edges["b", "b"]["label"] == each.edges["a", "a"]["label"]
+
+
+def test_the_map_can_leave_out_what_only_the_default_passes_self_edges_and_what_a_diff_keeps(tmp_path):
+    whole = json.loads(run("map", "examples/kubernetes", "--format", "json").stdout)
+    done = run("map", "examples/kubernetes", "--restricted", "--no-self", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["edges"] and all(e["rules"] and e["src"] != e["dst"] for e in shown["edges"])
+    kept = [e for e in whole["edges"] if e["rules"] and e["src"] != e["dst"]]
+    assert [(e["src"], e["dst"]) for e in shown["edges"]] == [(e["src"], e["dst"]) for e in kept]
+    assert shown["left_out"]["edges"] == len(whole["edges"]) - len(kept)
+    text = run("map", "examples/kubernetes", "--restricted").stdout
+    assert "edges left out: only the default lets through)" in text
+    assert "reaches nothing" not in text  # identities with only default edges still reach something
+    # --diff --changed: only what changed between the versions.
+    new = tmp_path / "policies.yaml"
+    new.write_text((ROOT / "examples/kubernetes/policies.yaml").read_text().replace("{port: 8080}", "{port: 8081}"))
+    for name in ("namespaces.yaml", "pods.yaml"):
+        (tmp_path / name).write_text((ROOT / "examples/kubernetes" / name).read_text())
+    diff = run("map", "--diff", "examples/kubernetes", str(tmp_path), "--changed", "--format", "json")
+    assert diff.returncode == 1
+    changes = json.loads(diff.stdout)["edges"]
+    assert changes and all(e["change"] != "same" for e in changes)
+    assert run("map", "examples/kubernetes", "--changed").returncode == 2

@@ -241,12 +241,18 @@ def _print_diff(report, newer, output_format, shown) -> None:
               default="text", show_default=True,
               help="text, json, csv (an edge a line), dot (Graphviz), svg (drawn by Graphviz) or html (one "
                    "self-contained page).")
+@click.option("--restricted", is_flag=True, help="Only the edges some rule decides: leave out the pairs that "
+                                                   "nothing but the default lets through.")
+@click.option("--no-self", "no_self", is_flag=True, help="Leave out each identity's edge to itself.")
+@click.option("--changed", "changed_only", is_flag=True, help="With --diff: only the edges added, removed or changed.")
 @handle_errors
-def map_command(files, compare, output_format) -> None:
+def map_command(files, compare, output_format, restricted, no_self, changed_only) -> None:
     """Who can reach whom: an edge wherever some flow from one identity opens a connection to another,
     with the rules that allow it."""
     if compare and len(files) != 2:
         raise UsageError("map --diff takes two policies: OLD NEW (each a file or a directory)")
+    if changed_only and not compare:
+        raise UsageError("--changed goes with --diff")
     report, done = progress_reporter("map")
     try:
         if compare:
@@ -256,6 +262,7 @@ def map_command(files, compare, output_format) -> None:
             result = api.connectivity(load(list(files)), report)
     finally:
         done()
+    result = _shown_edges(result, restricted, no_self, changed_only)
     if output_format == "json":
         emit_json(result)
     elif output_format == "csv":
@@ -274,6 +281,29 @@ def map_command(files, compare, output_format) -> None:
         _map_text(result, compare)
     if compare and any(e["change"] != "same" for e in result["edges"]):
         sys.exit(EXIT_FAIL)
+
+
+def _shown_edges(result: dict, restricted: bool, no_self: bool, changed_only: bool = False) -> dict:
+    """The map with the edges the view leaves out taken away (and said so in `left_out`, with the
+    identities every edge touched): with `restricted`, an edge whose every flow only the default lets
+    through; with `no_self`, an identity's edge to itself; with `changed_only` (--diff), an edge that
+    passes the same in both versions."""
+    if not (restricted or no_self or changed_only):
+        return result
+
+    def kept(e) -> bool:
+        if no_self and e["src"] == e["dst"]:
+            return False
+        if changed_only and e.get("change") == "same":
+            return False
+        if restricted:
+            versions = [e] + [e[k] for k in ("old", "new") if isinstance(e.get(k), dict)]
+            return any(v.get("rules") for v in versions)
+        return True
+    edges = [e for e in result["edges"] if kept(e)]
+    touched = sorted({e["src"] for e in result["edges"]} | {e["dst"] for e in result["edges"]})
+    return dict(result, edges=edges, left_out={"edges": len(result["edges"]) - len(edges), "touched": touched,
+                                               "restricted": restricted, "self": no_self, "same": changed_only})
 
 
 def _compare(old: dict, new: dict) -> dict:
@@ -307,6 +337,12 @@ def _map_text(result: dict, compare: bool) -> None:
         click.echo(f"{lead}{e['src'] + ' -> ' + e['dst']:<{width}}  {how}")
         for more in rules:
             click.echo(f"{' ' * len(lead)}{'':<{width}}    {more}")
+    left = result.get("left_out")
+    if left and left["edges"]:
+        why = [w for w, on in (("only the default lets through", left["restricted"]),
+                               ("from an identity to itself", left["self"]),
+                               ("the same in both versions", left["same"])) if on]
+        click.echo(f"({left['edges']} edges left out: {', or '.join(why)})")
     if compare:
         counts = {k: sum(1 for e in result["edges"] if e["change"] == k) for k in ("added", "removed", "changed")}
         click.echo(f"{counts['added']} added, {counts['removed']} removed, {counts['changed']} changed")
@@ -314,8 +350,8 @@ def _map_text(result: dict, compare: bool) -> None:
     alike = [g for g in result["groups"] if len(g) > 1]
     if alike:
         click.echo("alike (the same connections in and out): " + "; ".join(", ".join(g) for g in alike))
-    lonely = sorted({n["name"] for n in result["nodes"]} - {e["src"] for e in result["edges"]}
-                    - {e["dst"] for e in result["edges"]})
+    touched = set(left["touched"]) if left else {e["src"] for e in result["edges"]} | {e["dst"] for e in result["edges"]}
+    lonely = sorted({n["name"] for n in result["nodes"]} - touched)
     if lonely:
         click.echo("reaches nothing and is reached by nothing: " + ", ".join(lonely))
     for n in result["nodes"]:
