@@ -31,7 +31,9 @@ def _endpoint_selector(draw) -> dict:
     return draw(st.sampled_from([{}, {"matchLabels": {"app": "web"}}, {"matchLabels": {"k8s:tier": "a"}},
                                  {"matchLabels": {"io.kubernetes.pod.namespace": "ops"}},
                                  {"matchLabels": {"io.cilium.k8s.namespace.labels.team": "edge", "app": "db"}},
-                                 {"matchExpressions": [{"key": "app", "operator": "In", "values": ["api", "db"]}]}]))
+                                 {"matchExpressions": [{"key": "app", "operator": "In", "values": ["api", "db"]}]},
+                                 {"matchLabels": {"io.cilium.k8s.policy.serviceaccount": "frontend"}},
+                                 {"matchLabels": {"k8s:io.cilium.k8s.policy.serviceaccount": "default"}}]))
 
 
 @st.composite
@@ -88,6 +90,7 @@ def _endpoint_labels(pod: dict) -> dict:
     ns = pod["metadata"]["namespace"]
     out = dict(pod["metadata"]["labels"])
     out["io.kubernetes.pod.namespace"] = ns
+    out["io.cilium.k8s.policy.serviceaccount"] = pod["spec"].get("serviceAccountName") or "default"
     for k, v in dict(NAMESPACES.get(ns, {}), **{"kubernetes.io/metadata.name": ns}).items():
         out["io.cilium.k8s.namespace.labels." + k] = v
     return out
@@ -189,6 +192,10 @@ def allowed(pods, nps, cnps, src_ip, dst_ip, proto, port) -> bool:
 @given(st.data())
 def test_imported_cilium_policies_decide_as_cilium_does(data):
     pods = data.draw(clusters())
+    for pod in pods:  # service accounts, which Cilium gives each endpoint as a label
+        account = data.draw(st.sampled_from([None, "frontend", "backend"]))
+        if account:
+            pod["spec"]["serviceAccountName"] = account
     nps = data.draw(policies(data.draw(st.integers(0, 2))))
     cnps = data.draw(cilium_policies(data.draw(st.integers(1, 3))))
     program, text = import_cluster(pods, nps, cnps)

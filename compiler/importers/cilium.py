@@ -7,8 +7,9 @@ Cilium's documented semantics, which the importer follows:
   `enableDefaultDeny` says false for it. Kubernetes NetworkPolicies isolate as usual.
 - What passes is the union of every allow (Cilium's and the NetworkPolicies'), less every deny:
   `ingressDeny`/`egressDeny` take precedence over all allows.
-- Endpoint selectors match a pod's labels, plus `io.kubernetes.pod.namespace` and the namespace's
-  labels as `io.cilium.k8s.namespace.labels.KEY` (a `k8s:` or `any:` prefix is dropped). In a
+- Endpoint selectors match a pod's labels, plus `io.kubernetes.pod.namespace`, its service account as
+  `io.cilium.k8s.policy.serviceaccount`, and the namespace's labels as
+  `io.cilium.k8s.namespace.labels.KEY` (a `k8s:` or `any:` prefix is dropped). In a
   namespaced policy every selector (the subject, and peers without a namespace label) is limited to
   the policy's namespace; an empty peer selector is every pod of it.
 - CIDR peers (`fromCIDR`, `fromCIDRSet` with `except`) are addresses outside the cluster; entities
@@ -44,6 +45,7 @@ from .ports import ALL, NONE
 ENTITIES = ("world", "cluster", "all")
 NS_LABEL = "io.kubernetes.pod.namespace"
 NS_PREFIX = "io.cilium.k8s.namespace.labels."
+ACCOUNT_LABEL = "io.cilium.k8s.policy.serviceaccount"
 PEER_KEYS = {"ingress": ("fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities"),
              "egress": ("toEndpoints", "toCIDR", "toCIDRSet", "toEntities")}
 REFUSED = ("toFQDNs", "toServices", "toGroups", "toRequires", "fromRequires", "toNodes", "fromNodes", "icmps")
@@ -65,6 +67,7 @@ class CiliumRule:
 def _labels(pod, namespaces) -> dict:
     out = dict(pod.labels)
     out[NS_LABEL] = pod.namespace
+    out[ACCOUNT_LABEL] = pod.account  # Cilium derives it from the pod's service account
     for k, v in namespaces.get(pod.namespace, {}).items():
         out[NS_PREFIX + k] = v
     return out
