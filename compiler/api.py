@@ -357,9 +357,13 @@ def push(compiled: Compiled, target: str, **kw) -> dict:
     if not hasattr(engine, "push"):
         raise UsageError(f"-t {target} has no push")
     refuse_unbound(compiled, [engine])
+    held = {"digest": compiled.binding.digest, "pods": len(compiled.binding.pods)} \
+        if compiled.binding is not None else None
+    if getattr(engine, "keeps_binding", False):  # the engine remembers which pods its policy holds
+        kw["binding"] = held
     result = engine.push(compiled.program, **kw)
-    if compiled.binding is not None:  # which pods the live policy holds
-        result["binding"] = {"digest": compiled.binding.digest, "pods": len(compiled.binding.pods)}
+    if held is not None:
+        result["binding"] = held
     return result
 
 

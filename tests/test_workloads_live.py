@@ -123,6 +123,8 @@ def test_pods_come_and_go_under_one_loaded_program(cluster):
     assert second["reloaded"] is False and second["generation"] != first["generation"]
     assert second["binding"]["digest"] != first["binding"]["digest"]
     assert cluster.program() == program, "the program was reloaded for a change of pods"
+    status = run("status", "-t", "ebpf", "--name", cluster.name, "--format", "json")
+    assert json.loads(status.stdout)["binding"] == second["binding"], status.stdout
     joined = _until(lambda: cluster.connect(5, timeout=2), what="the new pod to reach the server")
     server.accept()
     staying.sendall(b"still here")

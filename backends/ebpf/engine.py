@@ -122,10 +122,11 @@ def _prog_id(cl: Classifier) -> int:
 
 
 def push(program: Program, iface: str | None, name: str = "default", netns: str | None = None,
-         egress: bool = True) -> dict:
+         egress: bool = True, binding: dict | None = None) -> dict:
     """Make `program` the live policy of classifier `name` (attached to `iface` if given: XDP at ingress,
     and for a stateful policy with `egress`, the tc program at egress). The connection table stays:
-    each connection is judged again under the new policy at its next packet."""
+    each connection is judged again under the new policy at its next packet. `binding` (which pods gave
+    the workloads their addresses: digest, pods) is kept with the live generation, for `status`."""
     started = time.perf_counter()
     cl = Classifier(name)
     capacity = cl.layout.capacity if cl.installed else None
@@ -144,6 +145,9 @@ def push(program: Program, iface: str | None, name: str = "default", netns: str 
         if was is not None:
             cl.attach(iface, netns, egress)
     gen = cl.write(c.tables)
+    state = cl.state()
+    state["binding"] = binding
+    cl._save(state)
     if iface and (attached_prog(iface, netns) != _prog_id(cl) or egress != _egress_attached(iface, netns)):
         cl.attach(iface, netns, egress)
     return {"name": name, "iface": iface, "generation": gen, "reloaded": reloaded, "egress": bool(iface and egress),
@@ -168,7 +172,8 @@ def status(name: str = "default") -> dict:
     cl = Classifier(name)
     if not cl.installed:
         raise LoadError(f"no classifier named '{name}' is loaded (anyplane push -t ebpf ... first)")
-    return {"name": name, "generation": cl.live_gen(), "rules": cl.counters(), "connections": cl.connections()}
+    return {"name": name, "generation": cl.live_gen(), "binding": cl.state().get("binding"), "rules": cl.counters(),
+            "connections": cl.connections()}
 
 
 def expected(program: Program, parsed) -> str:
@@ -239,6 +244,8 @@ class KernelEngine(base.Engine):
     def read_back(self, program: Program, options: base.Options) -> Program:
         """The entries the classifier's tables were built from."""
         return lifted(program)
+
+    keeps_binding = True  # `status` says which pods the live policy holds
 
     def push(self, program: Program, **kw) -> dict:
         """Load or update the classifier (see `push`)."""

@@ -295,7 +295,9 @@ def status(target, name, admin, output_format) -> None:
     if output_format == "json":
         emit_json(result)
         return
-    click.echo(f"classifier '{name}', generation {result['generation']}")
+    held = result.get("binding")
+    click.echo(f"classifier '{name}', generation {result['generation']}"
+               + (f", binding {held['digest']} ({held['pods']} pods)" if held else ""))
     click.echo(f"{'packets':>12} {'bytes':>14} {'limited':>9}  rule")
     for row in result["rules"]:
         click.echo(f"{row['packets']:>12} {row['bytes']:>14} {row['rate_limited']:>9}  {row['rule']}")
