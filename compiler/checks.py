@@ -140,10 +140,14 @@ class Checker:
             return None
         side = regions(refs, excluded, self.symbols)
         if not side:
-            first, last = refs[0].span, excluded[-1].span
+            first, last = refs[0].span, (excluded or refs)[-1].span
             span = Span(first.file, first.line, first.col, last.end_line, last.end_col)
-            self.err(span, "empty-set", f"the {what} '{', '.join(r.text for r in refs)} except "
-                                        f"{', '.join(r.text for r in excluded)}' leaves no address")
+            named = ", ".join(r.text for r in refs)
+            if excluded:
+                self.err(span, "empty-set", f"the {what} '{named} except {', '.join(r.text for r in excluded)}' "
+                                            "leaves no address")
+            else:  # `name.*` of a declaration without addresses
+                self.err(span, "empty-set", f"the {what} '{named}' holds no address")
             return None
         return families(side, self.symbols)
 

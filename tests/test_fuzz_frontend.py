@@ -89,3 +89,13 @@ def test_flow_parsing_gives_diagnostics_not_tracebacks(text):
         parse_flow(text, BOOKINFO.symbols, BOOKINFO.program)
     except DiagnosticError as exc:
         render(exc.diagnostics, SourceMap({"<flow>": text}))
+
+
+def test_the_addresses_of_a_declaration_without_any_are_an_error_not_a_traceback():
+    """Found by the mutation fuzzer: `name.*` of an external whose address clause is gone."""
+    text = "external internet { }\nservice db { address 10.0.0.0/24 }\ndefault deny\nallow internet.* -> db\n"
+    try:
+        compile_sources([("f.ap", text)])
+    except DiagnosticError as exc:
+        messages = [d.message for d in exc.diagnostics]
+    assert "the source 'internet.*' holds no address" in messages and "external 'internet' has no address" in messages
