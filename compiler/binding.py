@@ -167,9 +167,12 @@ def assign(workloads: list, binding: Binding | None) -> tuple[dict, list[Diagnos
         return {name: [(p, span) for p in placeholders(k)]
                 for k, (name, _, _, span) in enumerate(workloads, start=1)}, diags
     out: dict[str, list] = {name: [] for name, *_ in workloads}
+    by_namespace: dict[str, list] = {}
+    for name, ns, labels, span in workloads:
+        by_namespace.setdefault(ns, []).append((name, labels, span))
     for pod in binding.pods:
-        mine = [(name, span) for name, ns, labels, span in workloads
-                if pod.namespace == ns and all(pod.labels.get(k) == v for k, v in labels.items())]
+        mine = [(name, span) for name, labels, span in by_namespace.get(pod.namespace, ())
+                if all(pod.labels.get(k) == v for k, v in labels.items())]
         if len(mine) > 1:
             diags.append(error(pod.span, "bind",
                                f"pod {pod.namespace}/{pod.name} is selected by workload '{mine[0][0]}' and by "

@@ -196,15 +196,17 @@ def _bind(symbols: Symbols, workloads: list[Declaration], binding, diags: list[D
     from .binding import assign, overlapping, reserved
 
     workloads.sort(key=lambda d: d.name)
-    for i, a in enumerate(workloads):
-        for b in workloads[i + 1:]:
-            if overlapping(a.selector, b.selector):
-                ns, labels = b.selector if len(b.selector[1]) >= len(a.selector[1]) else a.selector
-                both = ",".join(f"{k}={v}" for k, v in sorted({**a.selector[1], **b.selector[1]}.items()))
-                diags.append(error(b.node.name.span, "overlapping-workloads",
-                                   f"workloads '{a.name}' and '{b.name}' can select the same pod (one in namespace "
-                                   f"{ns} labelled {both or 'anything'}): give them a label key with different "
-                                   "values, or different namespaces", Note(a.node.name.span, f"'{a.name}'")))
+    by_namespace: dict[str, list[Declaration]] = {}
+    for d in workloads:
+        by_namespace.setdefault(d.selector[0], []).append(d)
+    pairs = ((a, b) for same in by_namespace.values() for i, a in enumerate(same) for b in same[i + 1:])
+    for a, b in pairs:  # workloads of different namespaces never share a pod
+        if overlapping(a.selector, b.selector):
+            both = ",".join(f"{k}={v}" for k, v in sorted({**a.selector[1], **b.selector[1]}.items()))
+            diags.append(error(b.node.name.span, "overlapping-workloads",
+                               f"workloads '{a.name}' and '{b.name}' can select the same pod (one in namespace "
+                               f"{a.selector[0]} labelled {both or 'anything'}): give them a label key with different "
+                               "values, or different namespaces", Note(a.node.name.span, f"'{a.name}'")))
     given, problems = assign([(d.name, d.selector[0], d.selector[1], d.node.name.span) for d in workloads], binding)
     diags += problems
     for d in workloads:
