@@ -10,6 +10,7 @@ NetworkPolicies') add up; denies win.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 
 import yaml
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from anyplane.ir.flow import Flow, Request
 from anyplane.ir.interp import evaluate
 
-from .conftest import run
+from .conftest import ROOT, run
 from .test_import_admin import _np_side
 from .test_import_k8s import NAMESPACES, SETTINGS, _labels_match, clusters, import_cluster, mismatches, policies
 
@@ -308,3 +309,16 @@ def test_imported_http_rules_decide_as_ciliums_proxy_does(data):
                 if (evaluate(program, f).verdict == "allow") != http_allowed(pods, cnps, src, dst, request):
                     bad.append((src, dst["metadata"]["name"], request))
     assert not bad, (bad[:5], yaml.safe_dump_all(cnps), text[-2500:])
+
+
+def test_a_cilium_policy_that_selects_no_pod_is_a_finding(tmp_path):
+    for name in ("namespaces.yaml", "pods.yaml"):
+        (tmp_path / name).write_text((ROOT / "examples" / "kubernetes" / name).read_text())
+    (tmp_path / "c.yaml").write_text(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: nobody, namespace: data}\n"
+        "spec:\n  endpointSelector: {matchLabels: {app: ghost}}\n  ingress:\n  - fromEntities: [world]\n---\n"
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: db, namespace: data}\n"
+        "spec:\n  endpointSelector: {}\n  ingress:\n  - fromEntities: [cluster]\n")
+    done = run("verify", str(tmp_path), "--format", "json")
+    messages = [f["message"] for f in json.loads(done.stdout)["findings"]]
+    assert messages == ["CiliumNetworkPolicy data/nobody selects no pod: it has no effect"], messages

@@ -96,7 +96,9 @@ def _names_namespace(selector: dict) -> bool:
                                                               for e in selector.get("matchExpressions", []))
 
 
-def read(reader, pods, objects, span_of, selects, parse_ports) -> list[CiliumRule]:
+def read(reader, pods, objects, span_of, selects, parse_ports, structure: list | None = None) -> list[CiliumRule]:
+    """Every policy's rules. A policy whose endpoints select no pod is added to `structure` (what the
+    redundancy findings read) as one that selects nothing."""
     out: list[CiliumRule] = []
     for path, obj in objects:
         kind, meta = obj.get("kind"), obj.get("metadata") or {}
@@ -110,8 +112,13 @@ def read(reader, pods, objects, span_of, selects, parse_ports) -> list[CiliumRul
         if not specs:
             reader.fail(path, obj, f"{label}: no spec")
             continue
+        got = []
         for spec in specs:
-            out += _rules(reader, pods, path, spec, ns, label, span_of, selects, parse_ports)
+            got += _rules(reader, pods, path, spec, ns, label, span_of, selects, parse_ports)
+        out += got
+        if structure is not None and got and not any(r.subject for r in got):
+            structure.append({"label": label, "span": span_of(path, obj), "selects": 0, "rules": [],
+                              "key": ("cilium", len(structure))})
     return out
 
 

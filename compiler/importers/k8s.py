@@ -92,7 +92,7 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
         for objects, read in ((reader.admin, lambda: admin.read(reader, pods, reader.admin, span_of_object, selects, drop,
                                                                 structure)),
                               (reader.cilium, lambda: cilium.read(reader, pods, reader.cilium, span_of_object, selects,
-                                                                  rule_ports))):
+                                                                  rule_ports, structure))):
             try:
                 got = read()
             except (AttributeError, TypeError, ValueError) as exc:
