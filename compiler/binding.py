@@ -110,7 +110,7 @@ def read(paths: list[str]) -> Binding:
     holding policies rather than pods)."""
     import ipaddress
 
-    from .importers.cluster import Reader
+    from .importers.cluster import Reader, span_of_object
     from .pipeline import UsageError, files_under
 
     files: list[str] = []
@@ -137,8 +137,6 @@ def read(paths: list[str]) -> Binding:
                         ("Cilium policy", reader.cilium), ("AuthorizationPolicy", reader.istio),
                         ("VirtualService or DestinationRule", reader.routing)):
         for path, obj in found:
-            from .importers.cluster import span_of_object
-
             errors.append(error(span_of_object(path, obj), "bind",
                                 f"a binding gives pods and their addresses; this {kind} is policy (import it "
                                 "as a policy file, without --bind)"))

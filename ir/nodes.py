@@ -37,10 +37,6 @@ class Selector:
     labels: tuple[tuple[str, str], ...]
     bound: bool
 
-    def selects(self, namespace: str, labels: dict) -> bool:
-        """Whether a pod of `namespace` with these labels is one of the workload's."""
-        return namespace == self.namespace and all(labels.get(k) == v for k, v in self.labels)
-
     def text(self) -> str:
         """`shop app=web,tier=frontend`"""
         return f"{self.namespace} " + (",".join(f"{k}={v}" for k, v in self.labels) or "(every pod)")

@@ -90,6 +90,12 @@ def load_example(name: str):
     return load(EXAMPLES[name])
 
 
+def example_cluster(into, *names: str) -> None:
+    """Copy the files of examples/kubernetes (its namespaces and pods unless named) into a directory."""
+    for name in names or ("namespaces.yaml", "pods.yaml"):
+        (into / name).write_text((ROOT / "examples" / "kubernetes" / name).read_text())
+
+
 def run(*args, **kw) -> subprocess.CompletedProcess:
     """The command line, as a user runs it (`anyplane ARGS...` from the checkout)."""
     return subprocess.run([sys.executable, "-m", "anyplane.compiler", *args], capture_output=True, text=True,

@@ -48,6 +48,22 @@ def loaded(program, name: str):
         cl.remove()
 
 
+@contextmanager
+def paired(prefix: str, octet: int):
+    """Two network namespaces on a veth pair (tests/netns.Pair) and the name of a classifier to push to B's
+    end; the namespaces and the classifier are removed afterwards. Kernel tests only."""
+    from .netns import Pair
+
+    require_kernel()
+    tag = os.getpid() % 200 + 20
+    name = f"{prefix}-{tag}"
+    with Pair(prefix, tag, octet=octet) as pair:
+        try:
+            yield pair, name
+        finally:
+            Classifier(name).remove()
+
+
 def kernel_verdicts(cl: Classifier, frames: list[bytes]) -> list[str]:
     """The kernel's verdict for each frame."""
     fd = cl.prog_fd()

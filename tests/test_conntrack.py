@@ -20,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from anyplane.backends.ebpf.loader import Classifier
 from anyplane.compiler.pipeline import compile_sources
 from anyplane.ir.conn import Tracker, reverse
 from anyplane.ir.flow import Flow
@@ -29,7 +28,7 @@ from anyplane.ir.project import project_l4
 from anyplane.ir.source import DiagnosticError
 
 from .conftest import load_example, run
-from .kernel import kernel_verdicts, loaded, require_kernel
+from .kernel import kernel_verdicts, loaded, paired, require_kernel
 from .strategies import policies
 from .netns import Pair, checksum, icmp_error, tcp_segment
 
@@ -128,14 +127,8 @@ def until(condition, timeout: float = 30.0, what: str = "the condition"):
 
 @pytest.fixture
 def host(tmp_path):
-    require_kernel()
-    tag = os.getpid() % 200 + 20
-    name = f"ct-{tag}"
-    with Pair("ct", tag, octet=198) as pair:
-        try:
-            yield Host(pair, tmp_path, name)
-        finally:
-            Classifier(name).remove()
+    with paired("ct", 198) as (pair, name):
+        yield Host(pair, tmp_path, name)
 
 
 def test_an_allowed_connection_gets_its_replies(host):

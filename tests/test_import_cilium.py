@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from anyplane.ir.flow import Flow, Request
 from anyplane.ir.interp import evaluate
 
-from .conftest import ROOT, run
+from .conftest import example_cluster, run
 from .test_import_admin import _np_side
 from .test_import_k8s import NAMESPACES, SETTINGS, _labels_match, clusters, import_cluster, mismatches, policies
 
@@ -312,8 +312,7 @@ def test_imported_http_rules_decide_as_ciliums_proxy_does(data):
 
 
 def test_a_cilium_policy_that_selects_no_pod_is_a_finding(tmp_path):
-    for name in ("namespaces.yaml", "pods.yaml"):
-        (tmp_path / name).write_text((ROOT / "examples" / "kubernetes" / name).read_text())
+    example_cluster(tmp_path)
     (tmp_path / "c.yaml").write_text(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: nobody, namespace: data}\n"
         "spec:\n  endpointSelector: {matchLabels: {app: ghost}}\n  ingress:\n  - fromEntities: [world]\n---\n"

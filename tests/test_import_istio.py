@@ -18,7 +18,7 @@ from anyplane.ir.flow import Flow, Request
 from anyplane.ir.interp import evaluate
 from anyplane.ir.source import DiagnosticError
 
-from .conftest import ROOT, run
+from .conftest import example_cluster, run
 from .test_import_k8s import SETTINGS
 
 # Pods: (name, namespace, app label, service account, address); Services give ports their protocols.
@@ -450,8 +450,7 @@ GATEWAY = ("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: 
 
 
 def test_a_gateway_is_left_out_with_a_note_and_decides_nothing(tmp_path):
-    for name in ("namespaces.yaml", "pods.yaml", "policies.yaml"):
-        (tmp_path / name).write_text((ROOT / "examples" / "kubernetes" / name).read_text())
+    example_cluster(tmp_path, "namespaces.yaml", "pods.yaml", "policies.yaml")
     without = run("import", str(tmp_path))
     (tmp_path / "gateway.yaml").write_text(GATEWAY)
     done = run("import", str(tmp_path))

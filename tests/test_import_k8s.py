@@ -23,7 +23,7 @@ from anyplane.compiler.pipeline import compile_sources
 from anyplane.ir.flow import Flow
 from anyplane.ir.interp import evaluate
 
-from .conftest import CI, ROOT, run
+from .conftest import CI, example_cluster, run
 
 NAMESPACES = {"shop": {"team": "shop"}, "ops": {"team": "ops"}, "edge": {"team": "edge", "tier": "front"}}
 LABELS = st.fixed_dictionaries({"app": st.sampled_from(["web", "db", "api"]), "tier": st.sampled_from(["a", "b"])})
@@ -609,8 +609,7 @@ def test_what_tells_two_pods_apart(extra_b, policy, flow, want_a, want_b):
 
 
 def test_a_mistake_read_for_many_pods_is_said_once(tmp_path):
-    for name in ("namespaces.yaml", "pods.yaml"):
-        (tmp_path / name).write_text((ROOT / "examples" / "kubernetes" / name).read_text())
+    example_cluster(tmp_path)
     (tmp_path / "np.yaml").write_text(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad-op, namespace: backend}\n"
         "spec:\n  podSelector:\n    matchExpressions:\n    - {key: app, operator: in, values: [api]}\n"
@@ -625,8 +624,7 @@ def test_a_mistake_read_for_many_pods_is_said_once(tmp_path):
 
 def test_two_policies_that_contain_each_other_are_said_so(tmp_path):
     """Two copies: each is redundant while the other stays, and removing both changes the cluster."""
-    for name in ("namespaces.yaml", "pods.yaml"):
-        (tmp_path / name).write_text((ROOT / "examples" / "kubernetes" / name).read_text())
+    example_cluster(tmp_path)
     copy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {}, namespace: data}}\n" \
            "spec:\n  podSelector: {{}}\n  policyTypes: [Ingress]\n"
     (tmp_path / "np.yaml").write_text(copy.format("a") + "---\n" + copy.format("b"))

@@ -15,7 +15,7 @@ from anyplane.ir.source import DiagnosticError
 from anyplane.verify.connectivity import connectivity
 
 from .brute import universe
-from .conftest import CI, ROOT, run
+from .conftest import CI, ROOT, example_cluster, run
 from .strategies import policies
 
 
@@ -333,8 +333,7 @@ def test_the_map_can_leave_out_what_only_the_default_passes_self_edges_and_what_
     # --diff --changed: only what changed between the versions.
     new = tmp_path / "policies.yaml"
     new.write_text((ROOT / "examples/kubernetes/policies.yaml").read_text().replace("{port: 8080}", "{port: 8081}"))
-    for name in ("namespaces.yaml", "pods.yaml"):
-        (tmp_path / name).write_text((ROOT / "examples/kubernetes" / name).read_text())
+    example_cluster(tmp_path)
     diff = run("map", "--diff", "examples/kubernetes", str(tmp_path), "--changed", "--format", "json")
     assert diff.returncode == 1
     changes = json.loads(diff.stdout)["edges"]

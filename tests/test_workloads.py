@@ -242,7 +242,7 @@ def test_engines_that_match_addresses_refuse_unbound_workloads_and_take_bound_on
     for target in ("ebpf", "p4", "envoy", "all"):
         done = run("compile", str(tmp_path / "p.ap"), "-t", target, "-o", str(tmp_path / target))
         assert done.returncode == 1, done.stderr
-        assert f"p.ap:1:10: error: workload 'web' has no addresses" in done.stderr
+        assert "p.ap:1:10: error: workload 'web' has no addresses" in done.stderr
         assert "--bind" in done.stderr and "Traceback" not in done.stderr
     done = run("compile", str(tmp_path / "p.ap"), "--bind", pods, "-t", "ebpf", "-o", str(tmp_path / "bound"))
     assert done.returncode == 0, done.stderr

@@ -11,7 +11,6 @@ and one of a pod that left is cut at its next packet.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 
@@ -19,10 +18,9 @@ import pytest
 import yaml
 
 from anyplane.backends.ebpf.engine import attached_prog
-from anyplane.backends.ebpf.loader import Classifier
 
 from .conftest import run
-from .kernel import require_kernel
+from .kernel import paired
 from .netns import Pair, sh
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timing]
@@ -83,14 +81,8 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path):
-    require_kernel()
-    tag = os.getpid() % 200 + 20
-    name = f"wl-{tag}"
-    with Pair("wl", tag, octet=197) as pair:
-        try:
-            yield Cluster(pair, tmp_path, name)
-        finally:
-            Classifier(name).remove()
+    with paired("wl", 197) as (pair, name):
+        yield Cluster(pair, tmp_path, name)
 
 
 def _arrives(server_side, data: bytes, wait: float) -> bool:

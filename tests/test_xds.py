@@ -131,7 +131,8 @@ def test_a_fleet_switches_policy_with_no_failed_request(tmp_path, delta):
         with ExitStack() as stack:
             for k in range(FLEET):
                 stack.enter_context(Upstream(f"127.{fleet.n}.{k}.1", 18080, f"web{k}"))
-            envoys = [stack.enter_context(running(fleet.bootstrap(k), fleet.admin(k))) for k in range(FLEET)]
+            for k in range(FLEET):
+                stack.enter_context(running(fleet.bootstrap(k), fleet.admin(k)))
             first = fleet.wait_current(serving, FLEET, timeout=180)  # 20 Envoys starting on 2 cores
             assert {x["service"] for x in first["nodes"]} == {f"web{k}" for k in range(FLEET)}
             assert all(fleet.get(k, "/api/x") == 200 for k in range(FLEET))

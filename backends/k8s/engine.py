@@ -739,8 +739,8 @@ def _admin(answers: dict, by_key: dict, placed: dict, program: Program) -> list[
         group[1].append(peer)
     blame.raise_any()
     # An unbound workload's placeholders are no one's addresses: a network may span them or not.
-    spare = [ipaddress.ip_network(str(r.prefix)) for r in program.endpoints
-             if any(r.identity == i.name for i in program.unbound)]
+    unbound = {i.name for i in program.unbound}
+    spare = [ipaddress.ip_network(str(r.prefix)) for r in program.endpoints if r.identity in unbound]
     out = []
     subjects = sorted({s for s, _ in rules})
     if len(subjects) > 1000:

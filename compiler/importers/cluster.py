@@ -108,7 +108,7 @@ class Reader:
         self.by_namespace: dict[str, list] = {}  # namespace -> its pods (once every pod is read)
         self.checks: dict[tuple, list] = {}  # ("json" | "schema", id of an object) -> its problems
         self.selected: dict[tuple, list] = {}  # (namespace | None, a selector's contents) -> what it selects
-        self.unaddressed: list[tuple[str, dict]] = []  # Pods without status.podIP: (path, object)
+        self.unaddressed: list[tuple[str, dict, list]] = []  # Pods without status.podIP: (path, object, ports)
 
     def fail(self, path: str, obj, message: str) -> None:
         self.errors.append(error(span_of_object(path, obj), "import", message))
@@ -218,22 +218,21 @@ class Reader:
             self.namespaces[name].setdefault("kubernetes.io/metadata.name", name)
         elif kind == "Pod":
             status = obj.get("status") or {}
+            ports = _ports(obj.get("spec"))
+            for p_name, number, _ in ports:
+                if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+                    self.fail(path, obj, f"Pod {ns}/{name}: container port {p_name or ''} {number!r} is not a port "
+                                         "number (1-65535)")
+                    return
             address = status.get("podIP") or next((p.get("ip") for p in status.get("podIPs") or [] if p.get("ip")), None)
             if not address:  # an Addresses document may give it one (workload_pods, once all is read)
-                self.unaddressed.append((path, obj))
+                self.unaddressed.append((path, obj, ports))
                 return
             try:
                 address = str(ipaddress.ip_address(str(address)))
             except ValueError:
                 self.fail(path, status, f"Pod {ns}/{name}: {address!r} is not an IP address")
                 return
-            ports = [(p.get("name"), p.get("containerPort"), p.get("protocol", "TCP"))
-                     for c in (obj.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
-            for p_name, number, _ in ports:
-                if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
-                    self.fail(path, obj, f"Pod {ns}/{name}: container port {p_name or ''} {number!r} is not a port "
-                                         "number (1-65535)")
-                    return
             others = []
             for entry in status.get("podIPs") or []:
                 ip = entry.get("ip") if isinstance(entry, dict) else None
@@ -244,8 +243,7 @@ class Reader:
                     return
                 if ip and ip != address and ip not in others:
                     others.append(ip)
-            labels = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("__")}
-            self.pods.append(Pod(ns, name, labels, address, ports, span_of_object(path, obj),
+            self.pods.append(Pod(ns, name, _labels(meta), address, ports, span_of_object(path, obj),
                                  account=_account(obj.get("spec")), others=tuple(others)))
             self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
         elif kind == "NetworkPolicy":
@@ -320,14 +318,11 @@ class Reader:
                 continue
             used.add(key)
             nets = self.addresses[key][0]
-            labels = {k: v for k, v in ((template.get("metadata") or {}).get("labels") or {}).items()
-                      if not k.startswith("__")}
-            ports = [(p.get("name"), p.get("containerPort"), p.get("protocol", "TCP"))
-                     for c in (template.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
-            out.append(Pod(ns, name, labels, str(nets[0].network_address), ports, span_of_object(path, obj),
+            out.append(Pod(ns, name, _labels(template.get("metadata")), str(nets[0].network_address),
+                           _ports(template.get("spec")), span_of_object(path, obj),
                            prefixes=tuple(str(n) for n in nets), kind=kind, account=_account(template.get("spec"))))
             self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
-        for path, obj in self.unaddressed:
+        for path, obj, ports in self.unaddressed:
             meta = obj.get("metadata") or {}
             ns, name = meta.get("namespace") or "default", meta.get("name")
             key = next((k for k in (f"Pod/{ns}/{name}", f"{ns}/{name}") if k in self.addresses), None)
@@ -341,13 +336,7 @@ class Reader:
                 self.errors.append(error(self.addresses[key][1], "import", f"Addresses: {key} is a Pod: give its "
                                                                            "one address"))
                 continue
-            labels = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("__")}
-            ports = [(p.get("name"), p.get("containerPort"), p.get("protocol", "TCP"))
-                     for c in (obj.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
-            if any(not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 65535 for _, n, _ in ports):
-                self.fail(path, obj, f"Pod {ns}/{name}: a container port is not a port number (1-65535)")
-                continue
-            out.append(Pod(ns, name, labels, str(nets[0].network_address), ports, span_of_object(path, obj),
+            out.append(Pod(ns, name, _labels(meta), str(nets[0].network_address), ports, span_of_object(path, obj),
                            account=_account(obj.get("spec"))))
             self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
         for key, (_, where, path) in self.addresses.items():
@@ -355,6 +344,17 @@ class Reader:
                 self.notes.append(warning(where, "import", f"Addresses: {key} names no pod or workload controller in "
                                                            "this input: left unused"))
         return out
+
+
+def _labels(meta) -> dict:
+    """A pod's (or a pod template's) labels, without the reader's own `__` keys."""
+    return {k: v for k, v in ((meta or {}).get("labels") or {}).items() if not k.startswith("__")}
+
+
+def _ports(spec) -> list:
+    """A pod spec's container ports: (name, number, protocol)."""
+    return [(p.get("name"), p.get("containerPort"), p.get("protocol", "TCP"))
+            for c in (spec or {}).get("containers") or [] for p in c.get("ports") or []]
 
 
 def _account(spec) -> str:
