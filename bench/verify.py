@@ -1,12 +1,17 @@
 """Verification figures: full `verify`, one query, and `diff`, on ClassBench and synthetic L7 policies.
 
-    python bench/verify.py [--sizes 1000,10000] [--format json]
+    python bench/verify.py [--sizes 1000,10000] [--format json] [--against REV]
 
 Per policy: time to load and encode, full verify (asserts, dead, redundant,
 conflicts, routes) and the solver calls it needed; the mean time of 50
 random queries after loading; and diff of two versions that differ in 10
-rules. Targets at 10k rules: verify <= 10 s, a query <= 100 ms, diff <= 5 s,
-near-linear in rule count.
+rules. Targets at 10k rules: verify <= 10 s (<= 5 s for the ClassBench
+sets), a query <= 100 ms, diff <= 5 s, near-linear in rule count.
+
+`--against REV` also times `verify` of each ClassBench set with the code of
+another commit (a git worktree, run in a child process beside a child of this
+checkout, one after the other) and says whether the findings are the same
+(kind and rule of each).
 """
 
 from __future__ import annotations
@@ -15,14 +20,16 @@ import argparse
 import json
 import random
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from anyplane.compiler.launch import tune_gc  # noqa: E402
+from anyplane.compiler.launch import GC_THRESHOLDS, tune_gc  # noqa: E402
 from anyplane.compiler.pipeline import compile_sources  # noqa: E402
 from anyplane.compiler.whatif import query_pattern  # noqa: E402
 from anyplane.verify.context import Analysis  # noqa: E402
@@ -92,14 +99,79 @@ def measure(name: str, size: int, text: str) -> dict:
             "diff_classes": len(d.newly_allowed) + len(d.newly_denied) + len(d.changed)}
 
 
+#: Run in a child: verify one ClassBench set with the `anyplane` package found under ROOT.
+CHILD = """
+import gc, json, sys, time
+sys.path.insert(0, sys.argv[1])
+from anyplane.compiler.pipeline import compile_sources
+from anyplane.verify.run import verify
+sys.path.insert(1, sys.argv[2])
+from bench import classbench
+path = classbench.DATA / sys.argv[3]
+text = classbench.to_policy(classbench.read_rules(path), path.stem)
+gc.set_threshold(*json.loads(sys.argv[4]))  # the CLI's (older commits had no launch.tune_gc)
+compiled = compile_sources([("p.ap", text)])
+t = time.perf_counter()
+report = verify(compiled.program)
+seconds = time.perf_counter() - t
+found = sorted({(f.kind, f.span.loc if f.span else "") for f in report.findings})
+print(json.dumps({"verify_s": seconds, "findings": found}))
+"""
+
+
+def _child(package_parent: Path, rules: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(package_parent), str(ROOT), rules,
+                          json.dumps(GC_THRESHOLDS)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def against(rev: str, sizes) -> list[dict]:
+    """verify of each ClassBench set here and at another commit, in children of their own."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="anyplane-bench-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), rev], check=True)
+        try:
+            for parent, target in ((Path(tmp) / "then", tree), (Path(tmp) / "now", ROOT)):
+                parent.mkdir()
+                (parent / "anyplane").symlink_to(target)
+            for size in sizes:
+                for family in ("acl1", "fw1", "ipc1"):
+                    rules = f"{family}_{NAMES.get(size, size)}.rules"
+                    if not (classbench.DATA / rules).exists():
+                        continue
+                    print(f"  {rules} here and at {rev} ...", file=sys.stderr, flush=True)
+                    now, then = _child(Path(tmp) / "now", rules), _child(Path(tmp) / "then", rules)
+                    rows.append({"rules": rules, "verify_s": now["verify_s"], "then_s": then["verify_s"],
+                                 "same_findings": now["findings"] == then["findings"],
+                                 "findings": len(now["findings"])})
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--format", choices=("text", "json"), default="text")
+    ap.add_argument("--against", metavar="REV", help="also time verify of the ClassBench sets at this commit")
     args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.against:
+        rows = against(args.against, sizes)
+        if args.format == "json":
+            print(json.dumps(rows, indent=2))
+            return
+        print(f"{'rules':<18} {'verify s':>9} {args.against[:10] + ' s':>13}  same findings")
+        for r in rows:
+            print(f"{r['rules']:<18} {r['verify_s']:>9.2f} {r['then_s']:>13.2f}  "
+                  f"{'yes' if r['same_findings'] else 'NO'} ({r['findings']})")
+        print("target: verify <= 5 s for every 10k ClassBench set")
+        return
     tune_gc()  # as the CLI runs
     rows = []
-    for name, size, text in workloads([int(s) for s in args.sizes.split(",")]):
+    for name, size, text in workloads(sizes):
         print(f"  {name} {size} ...", file=sys.stderr, flush=True)
         rows.append(measure(name, size, text))
     if args.format == "json":

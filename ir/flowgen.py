@@ -219,8 +219,8 @@ class FlowGen:
                     return f
         return self.random_flow()
 
-    def inside(self, m: Match, tries: int = 6) -> list[Flow]:
-        """Distinct flows that satisfy `m` (as many as found in `tries` attempts)."""
+    def inside(self, m: Match, tries: int = 6, enough: int | None = None) -> list[Flow]:
+        """Distinct flows that satisfy `m` (as many as found in `tries` attempts, at most `enough`)."""
         from .interp import match_holds
 
         table = self._table
@@ -231,6 +231,8 @@ class FlowGen:
                 continue
             if match_holds(m, f, table.lookup(f.family, f.src), table.lookup(f.family, f.dst)):
                 out.append(f)
+                if len(out) == enough:
+                    break
         return out
 
     def flows(self, n: int) -> list[Flow]:

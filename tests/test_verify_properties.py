@@ -166,3 +166,49 @@ def test_findings_do_not_depend_on_the_order_of_lines(text):
         if seen is None:
             seen = got
         assert got == seen, (order, got, seen)
+
+
+# -- the overlap index against pairwise tests -----------------------------------------------------------
+def _prefix_boxes():
+    from anyplane.ir.addr import Prefix
+
+    def prefix(draw_family, value, length):
+        width = 32 if draw_family == 4 else 128
+        length = min(length, width)
+        return Prefix(draw_family, (value % (1 << width)) >> (width - length) << (width - length), length)
+    prefixes = st.builds(prefix, st.sampled_from([4, 4, 6]),
+                         st.sampled_from([0x0A000000, 0x0A010000, 0x0A010200, 0xC0A80000, 1 << 127 | 5]),
+                         st.sampled_from([0, 8, 16, 24, 32, 64]))
+    ranges = st.lists(st.tuples(st.integers(0, 100), st.integers(0, 30)).map(lambda t: (t[0], t[0] + t[1])),
+                      min_size=1, max_size=3).map(tuple)
+    return st.builds(
+        lambda *fields: fields,
+        st.none() | st.lists(prefixes, min_size=0, max_size=3).map(tuple),
+        st.none() | st.lists(prefixes, min_size=1, max_size=2).map(tuple),
+        st.none() | st.frozensets(st.sampled_from([1, 6, 17, 58]), min_size=1, max_size=2),
+        st.none() | ranges, st.none() | ranges)
+
+
+@settings(max_examples=150 if CI else 60, deadline=None)
+@given(st.lists(_prefix_boxes(), min_size=1, max_size=40), _prefix_boxes(),
+       st.tuples(st.sampled_from([4, 6]), st.sampled_from([0x0A010203, 0x0A000000, 0xC0A80001, 1 << 127 | 5]),
+                 st.sampled_from([0x0A010203, 0x0A0102FF, 0]), st.sampled_from([1, 6, 17]),
+                 st.none() | st.integers(0, 140), st.none() | st.integers(0, 140)))
+def test_the_overlap_index_finds_exactly_the_overlapping_boxes(fields, query, point):
+    """The index's bit masks against the pairwise test `overlaps` and per-box containment of one header."""
+    from anyplane.verify.index import Box, OverlapIndex, members, overlaps
+
+    boxes = [Box(*f) for f in fields]
+    index = OverlapIndex(boxes)
+    q = Box(*query)
+    assert index.candidates(q) == [i for i, b in enumerate(boxes) if overlaps(b, q)]
+    family, src, dst, proto, sport, dport = point
+
+    def inside(prefixes, address):
+        return prefixes is None or any(p.contains(family, address) for p in prefixes)
+
+    def holds(ranges, port):
+        return ranges is None or (port is not None and any(lo <= port <= hi for lo, hi in ranges))
+    expected = [i for i, b in enumerate(boxes) if inside(b.src, src) and inside(b.dst, dst)
+                and (b.proto is None or proto in b.proto) and holds(b.sport, sport) and holds(b.dport, dport)]
+    assert members(index.at_mask(family, src, dst, proto, sport, dport)) == expected

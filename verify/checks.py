@@ -20,19 +20,24 @@ judged as a whole.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
 
 
 from anyplane.ir.actions import Deny, RateLimit
+from anyplane.ir.flow import Flow
 from anyplane.ir.nodes import Entry, precedence
 
 from .context import Analysis
+from .index import ascending, members, surely_meet
+from .refine import (BUDGET, DPORT, DST_IP, ICMP_CODE, ICMP_TYPE, PROTO, SPORT, SRC_IP, V6_BASE, Boxes,
+                     NotComparable, Work, _apart, _without)
 from .concrete import covers, disjoint, escape, intersection
 from .reach import prefer
 from .result import Finding, VerificationBug
 
 MAX_CONFLICT_PAIRS = 20_000
+#: Comparisons of boxes one liveness question may make before the solver answers it instead.
+LIVENESS_WORK = 500
 
 
 @dataclass
@@ -57,6 +62,7 @@ class AnomalyChecker:
     def __init__(self, analysis: Analysis, progress=None):
         self.a = analysis
         self._exact = None  # exact boxes of the program's matches (verify/refine.Boxes), made when asked
+        self._entry_boxes: dict[int, object] = {}
         self.progress = progress or (lambda done, total: None)
         self.facts: list[_EntryFacts] = [_EntryFacts() for _ in analysis.ordered]
         self.rule_of = [e.rule for e in analysis.ordered]
@@ -66,7 +72,13 @@ class AnomalyChecker:
             same = i and precedence(analysis.ordered[i - 1]) == precedence(e)
             self.first.append(self.first[i - 1] if same else i)
         self.solver_calls = 0
-        self._splits: dict[int, tuple[list[int], list[int]]] = {}
+        # Bit masks over positions: the entries of each rule, and those of each action code.
+        self.rule_mask: dict[str, int] = {}
+        self.code_mask: dict[int, int] = {}
+        for i, e in enumerate(analysis.ordered):
+            self.rule_mask[e.rule] = self.rule_mask.get(e.rule, 0) | 1 << i
+            code = self.code(e)
+            self.code_mask[code] = self.code_mask.get(code, 0) | 1 << i
 
     def code(self, e: Entry | None) -> int:
         return self.a.enc.action_code(e, self.a.program.default)
@@ -75,16 +87,21 @@ class AnomalyChecker:
         """Whether entry c takes flows before entry i whatever the line order: higher precedence."""
         return c < self.first[i]
 
+    def _masks(self, i: int) -> tuple[int, int]:
+        """Overlapping entries that outrank entry i, and the others of other rules (those that decide in
+        its place when it is removed), as bit masks over positions."""
+        cands = self.a.index.mask(self.a.boxes[i])
+        above = (1 << self.first[i]) - 1
+        return cands & above, cands & ~above & ~self.rule_mask[self.rule_of[i]]
+
     def _split(self, i: int) -> tuple[list[int], list[int]]:
-        """Overlapping entries that outrank entry i, and the others of other rules (in decision order:
-        those that decide in its place when it is removed); cached."""
-        hit = self._splits.get(i)
-        if hit is None:
-            cands = self.a.index.candidates(self.a.boxes[i])  # ascending
-            k = bisect_left(cands, self.first[i])
-            rule, rule_of = self.rule_of[i], self.rule_of
-            hit = self._splits[i] = (cands[:k], [c for c in cands[k:] if c != i and rule_of[c] != rule])
-        return hit
+        """`_masks` as positions in decision order."""
+        earlier, later = self._masks(i)
+        return members(earlier), members(later)
+
+    def _differing(self, mask: int, code: int) -> int:
+        """The entries of a mask whose action code is not `code`."""
+        return mask & ~self.code_mask.get(code, 0)
 
     def _region(self, i: int) -> list:
         """Terms: entry i matches and no earlier entry does (entry i decides)."""
@@ -100,7 +117,7 @@ class AnomalyChecker:
         a, facts = self.a, self.facts[i]
         e = a.ordered[i]
         code = self.code(e)
-        samples = a.gen.inside(e.match, tries=4)
+        samples = a.gen.inside(e.match, tries=4, enough=2)
         if samples:
             cover = next((x for x in a.matching(samples[0])
                           if self._outranks(x, i) and covers(a, a.ordered[x].match, e.match)), None)
@@ -116,14 +133,13 @@ class AnomalyChecker:
             self._decide_live(i)
             if not facts.live:
                 return
+        if self._same_after(i):  # sufficient, and cheaper than searching for a difference
+            facts.redundant = True
+            return
         if self._next_differs(i, facts.witness, code):
             facts.redundant = False
             return
-        later = self._split(i)[1]
-        if self._same_after(i, later):
-            facts.redundant = True
-            return
-        result, _ = self._solve(*self._region(i), a.code_term(later) != code)
+        result, _ = self._solve(*self._region(i), a.code_term(self._split(i)[1]) != code)
         if result == "unknown":
             facts.unknown = a.solver.reason_unknown() or "timeout"
             return
@@ -131,8 +147,19 @@ class AnomalyChecker:
         facts.solver_proved = facts.redundant
 
     def _decide_live(self, i: int) -> None:
-        """Ask the solver whether entry i decides any flow; record a witness or the covering rules."""
+        """Decide whether entry i decides any flow, over exact boxes or else with the solver; record a
+        witness or the covering rules."""
         a, facts, e = self.a, self.facts[i], self.a.ordered[i]
+        left = self._left_by_boxes(i)
+        if left == []:
+            facts.live, facts.covering = False, self._covering(i)
+            return
+        if left:
+            witness = self._point(left[0])
+            ms = a.matching(witness) if witness is not None else ()
+            if i in ms and not any(self._outranks(m, i) for m in ms):
+                facts.live, facts.witness = True, witness
+                return
         result, model = self._solve(*self._region(i))
         if result == "unknown":
             facts.unknown = a.solver.reason_unknown() or "timeout"
@@ -146,6 +173,56 @@ class AnomalyChecker:
         # the one whose line comes first).
         a.confirm(facts.witness, lambda d: d.entry is not None and (
             d.entry.rule == e.rule or precedence(d.entry) == precedence(e)), f"get decided by {e.origin.loc}")
+
+    def _exact_boxes(self):
+        if self._exact is None:
+            p = self.a.program
+            self._exact = Boxes({r.identity for r in p.endpoints} | {x.name for x in p.identities}, p.endpoints)
+        return self._exact
+
+    def _left_by_boxes(self, i: int) -> list | None:
+        """The flows of entry i that no entry of higher precedence takes, as exact boxes (verify/refine.py);
+        None when a match is not boxes or the walk outgrows its bound (the solver answers)."""
+        try:
+            budget = Work(LIVENESS_WORK)
+            holes = []
+            for c in members(self._masks(i)[0]):
+                budget.spend()
+                holes += self._boxes_of(c)
+            return _without(self._boxes_of(i), holes, budget)
+        except NotComparable:
+            return None
+
+    def _boxes_of(self, i: int) -> list:
+        """The exact boxes of entry i (remembered; NotComparable when its match is not boxes)."""
+        hit = self._entry_boxes.get(i)
+        if hit is None:
+            try:
+                hit = self._exact_boxes().boxes(self.a.ordered[i].match)
+            except NotComparable as e:
+                hit = e
+            self._entry_boxes[i] = hit
+        if isinstance(hit, NotComparable):
+            raise hit
+        return hit
+
+    @staticmethod
+    def _point(box) -> Flow | None:
+        """A flow inside an exact box (None when its corner is no flow)."""
+        def pick(dim):
+            lo, hi = box[dim][0]
+            return lo + 1 if lo < hi else lo
+        dst, src = pick(DST_IP), pick(SRC_IP)
+        family = 4 if dst < V6_BASE else 6
+        base = 0 if family == 4 else V6_BASE
+        def value(dim):
+            v = box[dim][0][0]
+            return None if v < 0 else v
+        try:
+            return Flow(family, src - base, dst - base, box[PROTO][0][0], value(SPORT), value(DPORT),
+                        icmp_type=value(ICMP_TYPE), icmp_code=value(ICMP_CODE))
+        except ValueError:
+            return None
 
     def _covering(self, i: int) -> list[int]:
         """The rules that decide the flows of a dead entry: an unsat core when the entry has few
@@ -182,9 +259,7 @@ class AnomalyChecker:
             return True
         # Aim at later entries that decide differently: start inside both, then escape.
         tried = 0
-        for c in self._split(i)[1]:
-            if self.code(a.ordered[c]) == code:
-                continue
+        for c in ascending(self._differing(self._masks(i)[1], code)):
             start = intersection(a, [e.match, a.ordered[c].match])
             if start is not None and escape(a, e.match, a.boxes[i], start, blockers) is not None:
                 return True
@@ -193,20 +268,23 @@ class AnomalyChecker:
                 break
         return False
 
-    def _same_after(self, i: int, later: list[int]) -> bool:
+    def _same_after(self, i: int) -> bool:
         """Sufficient for redundancy: every later entry up to one that covers entry i decides like it
         (or, when none covers it, every later entry and the default do). Records who decides instead."""
         a, facts = self.a, self.facts[i]
         code = self.code(a.ordered[i])
-        for c in later:
-            x = a.ordered[c]
-            if self.code(x) != code:
-                return False
-            if covers(a, x.match, a.ordered[i].match):
+        later = self._masks(i)[1]
+        differs = self._differing(later, code)
+        first_differing = differs & -differs
+        alike = later & (first_differing - 1) if differs else later
+        for c in ascending(alike):
+            if covers(a, a.ordered[c].match, a.ordered[i].match):
                 facts.deciders = [c]
                 return True
+        if differs or self.code(None) != code:
+            return False
         facts.deciders = self._sampled_deciders(i)
-        return self.code(None) == code
+        return True
 
     def _sampled_deciders(self, i: int) -> list[int]:
         """Entries that decide, in place of entry i, sample flows that entry i decides."""
@@ -270,9 +348,9 @@ class AnomalyChecker:
         """For an entry whose flows all go to entries that outrank it: whether those decide every one of
         them as the entry would (None: the solver gave up)."""
         a, code = self.a, self.code(self.a.ordered[i])
-        earlier = self._split(i)[0]
-        if all(self.code(a.ordered[c]) == code for c in earlier):
+        if not self._differing(self._masks(i)[0], code):
             return True
+        earlier = self._split(i)[0]
         # A sample flow taken by an entry that decides otherwise settles it without the solver.
         for f in a.gen.inside(a.ordered[i].match, tries=8):
             taker = next((m for m in a.matching(f) if self._outranks(m, i)), None)
@@ -291,17 +369,12 @@ class AnomalyChecker:
         that outrank entry i in decision order, taking from its flows what each one matches; an entry
         that decides otherwise and still meets what is left decides some of its flows otherwise. None
         when a match is not boxes (HTTP fields) or the walk outgrows its bound: the solver answers."""
-        from .refine import BUDGET, Boxes, NotComparable, Work, _apart, _without
-
-        a = self.a
-        if self._exact is None:
-            p = a.program
-            self._exact = Boxes({r.identity for r in p.endpoints} | {x.name for x in p.identities}, p.endpoints)
+        a, exact = self.a, self._exact_boxes()
         try:
-            left = self._exact.boxes(a.ordered[i].match)
+            left = exact.boxes(a.ordered[i].match)
             budget = Work(BUDGET)
             for c in earlier:
-                taken = self._exact.boxes(a.ordered[c].match)
+                taken = exact.boxes(a.ordered[c].match)
                 if self.code(a.ordered[c]) != code:
                     if any(not _apart(p, h) for p in left for h in taken):
                         return False
@@ -318,9 +391,9 @@ class AnomalyChecker:
         live = [i for i in positions if self.facts[i].live]
         for i in live:
             if self.facts[i].solver_proved:
-                self.facts[i].deciders = self._deciders(i)
+                self.facts[i].deciders = self._sampled_deciders(i) or self._deciders(i)
         deciders = sorted({a.ordered[c].origin for i in live for c in self.facts[i].deciders})
-        if not deciders and all(self.facts[i].solver_proved or not self._split(i)[1] for i in live):
+        if not deciders and all(self.facts[i].solver_proved or not self._masks(i)[1] for i in live):
             msg = f"this rule only repeats the default ({a.program.default}): removing it changes no decision"
         elif deciders:
             names = ", ".join(s.loc for s in deciders)
@@ -351,14 +424,20 @@ class AnomalyChecker:
         overridden: dict[str, dict] = {}
         rate: list[Finding] = []
         pairs = 0
+        denies = sum(1 << i for i, e in enumerate(a.ordered) if isinstance(e.action, Deny))
+        allows_at: dict[int, int] = {}  # allows by priority: those can clash on rates
+        for i, e in enumerate(a.ordered):
+            if not isinstance(e.action, Deny):
+                allows_at[e.priority] = allows_at.get(e.priority, 0) | 1 << i
         for i, e in enumerate(a.ordered):
             if not self.facts[i].live:
                 continue
-            earlier, _ = self._split(i)
-            for c in earlier:
+            opposite_side = (a.index.all & ~denies) if isinstance(e.action, Deny) else denies
+            if not isinstance(e.action, Deny):
+                opposite_side |= allows_at.get(e.priority, 0)
+            earlier = self._masks(i)[0] & opposite_side & ~self.rule_mask[e.rule]
+            for c in ascending(earlier):
                 x = a.ordered[c]
-                if x.rule == e.rule:
-                    continue
                 opposite = isinstance(x.action, Deny) != isinstance(e.action, Deny)
                 rate_clash = (not opposite and not isinstance(x.action, Deny) and x.priority == e.priority
                               and _rate(x) != _rate(e))
@@ -367,6 +446,11 @@ class AnomalyChecker:
                 if pairs >= MAX_CONFLICT_PAIRS:
                     break
                 pairs += 1
+                slot = overridden.get(e.rule)
+                if (not rate_clash and slot is not None and a.exact >> c & a.exact >> i & 1
+                        and surely_meet(a.boxes[c], a.boxes[i])):
+                    slot["winners"].setdefault(x.origin, x)  # the rule's witness is found: an overlap will do
+                    continue
                 if disjoint(x.match, e.match):
                     continue
                 f = intersection(a, [x.match, e.match])

@@ -26,7 +26,7 @@ from anyplane.ir.owners import ownership
 
 from .domain import Domain
 from .encode import Encoder, mk_and, mk_or
-from .index import Boxer, OverlapIndex
+from .index import Boxer, OverlapIndex, members
 from .result import Unknown, VerificationBug
 
 DEFAULT_TIMEOUT_MS = 20_000
@@ -44,6 +44,8 @@ class Analysis:
         self.boxer = Boxer(program)
         self.boxes = [self.boxer.box(e.match) for e in self.ordered]
         self.index = OverlapIndex(self.boxes)
+        # Entries whose boxes are their matches: a flow the index places in one matches it.
+        self.exact = sum(1 << i for i, e in enumerate(self.ordered) if Boxer.exact(e.match))
         self.lpm = ownership(program).table
         self.default_code = self.enc.action_code(None, program.default)
         self.solver = z3.Solver(ctx=self.enc.ctx)
@@ -156,9 +158,14 @@ class Analysis:
         flow once: the concrete searches come back to the same flows from many entries)."""
         hit = self._matching.get(f)
         if hit is None:
-            ids = self.ids(f)
-            hit = [i for i in self.index.at(f.family, f.src, f.dst, f.proto, f.sport, f.dport)
-                   if self.holds(i, f, ids)]
+            inside = self.index.at_mask(f.family, f.src, f.dst, f.proto, f.sport, f.dport)
+            held = inside & self.exact
+            if inside & ~self.exact:
+                ids = self.ids(f)
+                for i in members(inside & ~self.exact):
+                    if self.holds(i, f, ids):
+                        held |= 1 << i
+            hit = members(held)
             if len(self._matching) >= 1 << 16:
                 self._matching.clear()
             self._matching[f] = hit

@@ -122,6 +122,8 @@ class Encoder:
         self._ownership: dict[int, tuple[Program, Ownership]] = {}
         self._match_cache: dict[int, tuple[object, z3.BoolRef]] = {}
         self._prefix_cache: dict[tuple[str, Prefix], z3.BoolRef] = {}
+        self._family_terms: dict[int, z3.BoolRef] = {}
+        self._top_bits: dict[tuple[str, int, int], z3.BitVecRef] = {}
         self._not_cache: dict[int, tuple[object, z3.BoolRef]] = {}
         self._field_cache: dict[tuple, z3.BoolRef] = {}
         self.wellformed = self._wellformed()
@@ -156,12 +158,22 @@ class Encoder:
         return hit
 
     def _in_prefix(self, side: str, p: Prefix) -> z3.BoolRef:
-        fam = self.v6 if p.family == 6 else z3.Not(self.v6)
+        # Through the C API, with the family test and the address's top bits shared: policies with
+        # thousands of prefixes spend most of their encoding here.
+        fam = self._family_terms.get(p.family)
+        if fam is None:
+            fam = self._family_terms[p.family] = self.v6 if p.family == 6 else mk_not(self.v6)
         if p.length == 0:
             return fam
         width = WIDTH[p.family]
-        bits = z3.Extract(width - 1, width - p.length, self.address(side))
-        return z3.And(fam, bits == (p.value >> (width - p.length)))
+        key = (side, width, p.length)
+        bits = self._top_bits.get(key)
+        if bits is None:
+            bits = self._top_bits[key] = z3.Extract(width - 1, width - p.length, self.address(side))
+        ref = self.ctx.ref()
+        value = z3.Z3_mk_numeral(ref, str(p.value >> (width - p.length)), bits.sort().ast)
+        eq = z3.Z3_mk_eq(ref, bits.as_ast(), value)
+        return z3.BoolRef(z3.Z3_mk_and(ref, 2, (z3.Ast * 2)(fam.as_ast(), eq)), self.ctx)
 
     def ownership(self, program: Program) -> Ownership:
         """The (cached) ownership formulas of a program's endpoint table (programs rewritten from one

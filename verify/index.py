@@ -4,10 +4,12 @@ Asking the solver about every pair of rules is quadratic. Instead each match
 gets a *box*: an over-approximation of the flows it matches, per field
 (source and destination prefixes, protocols, port ranges). Two matches whose
 boxes are disjoint can never match the same flow, so every question is
-asked about the entries whose boxes overlap, found by prefix lookups:
+asked about the entries whose boxes overlap. Every field is a line of
+ranges (a prefix is the range of its addresses), and the boxes meeting a
+range are found as bit masks over positions (`_Intervals`):
 
-    ancestors of a prefix:   one dict lookup per prefix length in use
-    descendants of a prefix: a binary search in the sorted prefixes
+    lo <= b and not hi < a:  two binary searches in the boxes sorted by lo
+                             and by hi, each a prefix of cumulative masks
 
 Identity matches are boxed by the identity's declared prefixes (a superset of
 the addresses it owns), so the index never misses an overlap.
@@ -19,7 +21,8 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 from anyplane.ir import fields as F
-from anyplane.ir.addr import WIDTH, Prefix
+from anyplane.ir.addr import Prefix
+from anyplane.ir.flow import IPV6_EXTENSION_HEADERS, TCP, UDP
 from anyplane.ir.match import InSet, Match, PrefixMatch, exact_values, int_ranges, options
 from anyplane.ir.nodes import Program
 from anyplane.ir.owners import ownership
@@ -38,24 +41,10 @@ class Box:
     dport: tuple[tuple[int, int], ...] | None
 
 
-#: When the candidates times the query's prefixes are fewer, `candidates` tests the second address
-#: dimension box by box instead of looking it up.
-FILTER_DIRECTLY = 512
-
-
 def _prefixes_overlap(a: tuple[Prefix, ...] | None, b: tuple[Prefix, ...] | None) -> bool:
     if a is None or b is None:
         return True
     return any(p.covers(q) or q.covers(p) for p in a for q in b)
-
-
-def _spans(prefixes: tuple[Prefix, ...] | None) -> tuple[tuple[int, int, int], ...] | None:
-    """Prefixes as (family, first, last) integers (None: every address)."""
-    return None if prefixes is None else tuple((p.family, p.first, p.last) for p in prefixes)
-
-
-def _spans_meet(a, b) -> bool:
-    return any(fa == fb and la <= hb and lb <= ha for fa, la, ha in a for fb, lb, hb in b)
 
 
 def _ranges_overlap(a, b) -> bool:
@@ -64,17 +53,32 @@ def _ranges_overlap(a, b) -> bool:
     return any(lo1 <= hi2 and lo2 <= hi1 for lo1, hi1 in a for lo2, hi2 in b)
 
 
-def _specificity(prefixes: tuple[Prefix, ...] | None) -> int:
-    """How selective an address constraint is: its shortest prefix length (-1 for none)."""
-    return -1 if prefixes is None else min((p.length for p in prefixes), default=129)
-
-
 def overlaps(a: Box, b: Box) -> bool:
     """Whether two boxes can share a flow."""
     if a.proto is not None and b.proto is not None and not (a.proto & b.proto):
         return False
     return (_ranges_overlap(a.dport, b.dport) and _ranges_overlap(a.sport, b.sport)
             and _prefixes_overlap(a.dst, b.dst) and _prefixes_overlap(a.src, b.src))
+
+
+def surely_meet(a: Box, b: Box) -> bool:
+    """For the boxes of two exact matches (`Boxer.exact`) whose fields pairwise meet: True when some flow
+    surely lies in both (one address family for every prefix, and a protocol that carries the ports
+    they constrain); False when unsure."""
+    families = set()
+    for prefixes in (a.src, a.dst, b.src, b.dst):
+        if prefixes is not None:
+            if len(prefixes) != 1:
+                return False
+            families.add(prefixes[0].family)
+    if len(families) > 1:
+        return False
+    protos = a.proto if b.proto is None else b.proto if a.proto is None else a.proto & b.proto
+    if protos is None:
+        return True
+    if any(r is not None for r in (a.sport, a.dport, b.sport, b.dport)):
+        return bool(protos & {TCP, UDP})
+    return bool(protos - set(IPV6_EXTENSION_HEADERS)) if families == {6} else bool(protos)
 
 
 class Boxer:
@@ -106,135 +110,180 @@ class Boxer:
         out = None if fm is None else int_ranges(fm)
         return None if out is None else tuple(out)
 
+    @staticmethod
+    def exact(m: Match) -> bool:
+        """Whether the box of a match is the match itself: a flow inside the box matches it (addresses
+        as prefixes, protocols as values, ports as ranges, and no other field)."""
+        for name, fm in m.fields:
+            if name in (F.SRC_IP, F.DST_IP):
+                if not all(isinstance(o, PrefixMatch) for o in options(fm)):
+                    return False
+            elif name == F.PROTO:
+                if exact_values(fm) is None:
+                    return False
+            elif name in (F.SPORT, F.DPORT):
+                if int_ranges(fm) is None:
+                    return False
+            else:
+                return False
+        return True
+
     def box(self, m: Match) -> Box:
         """The box of a match."""
         return Box(self._addresses(m, F.SRC_ID, F.SRC_IP), self._addresses(m, F.DST_ID, F.DST_IP),
                    self._ints(m.get(F.PROTO)), self._ranges(m.get(F.SPORT)), self._ranges(m.get(F.DPORT)))
 
 
-class _PrefixDimension:
-    """Finds the items whose prefixes overlap a query prefix."""
-
-    def __init__(self):
-        self.everywhere: list[int] = []
-        self.by_length: dict[tuple[int, int], dict[int, list[int]]] = {}
-        self.sorted: dict[int, list[tuple[int, int, int]]] = {4: [], 6: []}
-
-    def add(self, item: int, prefixes: tuple[Prefix, ...] | None) -> None:
-        if prefixes is None:
-            self.everywhere.append(item)
-            return
-        for p in prefixes:
-            self.by_length.setdefault((p.family, p.length), {}).setdefault(p.value, []).append(item)
-            self.sorted[p.family].append((p.value, p.length, item))
-
-    def freeze(self) -> None:
-        for fam in self.sorted:
-            self.sorted[fam].sort()
-        self.lengths = {fam: sorted(length for f, length in self.by_length if f == fam) for fam in (4, 6)}
-        self.keys = {fam: [v for v, _, _ in self.sorted[fam]] for fam in (4, 6)}
-
-    def query(self, prefixes: tuple[Prefix, ...] | None, out: set[int]) -> None:
-        out.update(self.everywhere)
-        if prefixes is None:
-            for fam in (4, 6):
-                out.update(i for _, _, i in self.sorted[fam])
-            return
-        for q in prefixes:
-            width = WIDTH[q.family]
-            for length in self.lengths[q.family]:
-                if length > q.length:
-                    break
-                key = q.value >> (width - length) << (width - length) if length else 0
-                out.update(self.by_length[(q.family, length)].get(key, ()))
-            keys = self.keys[q.family]
-            lo, hi = bisect_left(keys, q.first), bisect_right(keys, q.last)
-            out.update(i for _, length, i in self.sorted[q.family][lo:hi] if length >= q.length)
+STRIDE = 16  # items between two cumulative masks of an _Intervals order
 
 
-    def containing(self, family: int, address: int, out: set[int]) -> None:
-        """Items whose prefixes contain one address."""
-        out.update(self.everywhere)
-        width = WIDTH[family]
-        for length in self.lengths[family]:
-            key = address >> (width - length) << (width - length) if length else 0
-            out.update(self.by_length[(family, length)].get(key, ()))
+def _cumulative(keys: list[int], items: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """Sorted keys, their items, and the bit mask of the first k*STRIDE items for every k."""
+    cum, acc = [0], 0
+    for k, item in enumerate(items, 1):
+        acc |= 1 << item
+        if k % STRIDE == 0:
+            cum.append(acc)
+    return keys, items, cum
+
+
+def _upto(cum: list[int], items: list[int], k: int) -> int:
+    """The bit mask of the first k items of an order."""
+    q = k // STRIDE
+    out = cum[q]
+    for item in items[q * STRIDE:k]:
+        out |= 1 << item
+    return out
+
+
+def members(mask: int) -> list[int]:
+    """The positions of a bit mask's set bits, ascending."""
+    if not mask:
+        return []
+    text = bin(mask)[:1:-1]  # bit 0 first
+    out, i, find = [], text.find("1"), text.find
+    while i >= 0:
+        out.append(i)
+        i = find("1", i + 1)
+    return out
+
+
+def ascending(mask: int):
+    """The positions of a bit mask's set bits, ascending, one at a time (for searches that stop early)."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
+
+
+class _Intervals:
+    """Items with integer ranges on one line, asked which items meet some ranges or hold a point.
+
+    An item with one range [lo, hi] meets [a, b] when lo <= b and not hi < a. Sorted by lo (or by
+    hi), the items meeting either condition are a prefix of that order, kept as cumulative bit masks
+    every STRIDE items: a question costs two binary searches and a few operations on masks. Items
+    with several ranges are tested one by one; items without ranges are everywhere.
+    """
+
+    def __init__(self, ranges: list):
+        self.everywhere = 0
+        self.several: list[tuple[int, tuple[tuple[int, int], ...]]] = []
+        single = []
+        for item, rs in enumerate(ranges):
+            if rs is None:
+                self.everywhere |= 1 << item
+            elif len(rs) == 1:
+                single.append((rs[0][0], rs[0][1], item))
+            elif rs:
+                self.several.append((item, tuple(rs)))
+        by_lo = sorted(single)
+        by_hi = sorted(single, key=lambda t: (t[1], t[2]))
+        self.los, self.lo_items, self.lo_cum = _cumulative([t[0] for t in by_lo], [t[2] for t in by_lo])
+        self.his, self.hi_items, self.hi_cum = _cumulative([t[1] for t in by_hi], [t[2] for t in by_hi])
+        self._memo: dict = {}
+
+    def _meeting(self, ranges) -> int:
+        hit = self.everywhere
+        for a, b in ranges:
+            started = _upto(self.lo_cum, self.lo_items, bisect_right(self.los, b))
+            ended = _upto(self.hi_cum, self.hi_items, bisect_left(self.his, a))
+            hit |= started & ~ended
+        for item, rs in self.several:
+            if any(lo <= b and a <= hi for lo, hi in rs for a, b in ranges):
+                hit |= 1 << item
+        return hit
+
+    def meeting(self, ranges: tuple[tuple[int, int], ...]) -> int:
+        """Items whose ranges meet any of these ranges (remembered: boxes repeat)."""
+        hit = self._memo.get(ranges)
+        if hit is None:
+            if len(self._memo) >= 1 << 15:
+                self._memo.clear()
+            hit = self._memo[ranges] = self._meeting(ranges)
+        return hit
+
+    def holding(self, point: int) -> int:
+        """Items whose ranges hold the point."""
+        return self._meeting(((point, point),))
+
+
+def _line(family: int, value: int) -> int:
+    """An address as a point of one line holding both families apart."""
+    return family << 129 | value
+
+
+def _address_ranges(prefixes: tuple[Prefix, ...] | None):
+    return None if prefixes is None else tuple((_line(p.family, p.first), _line(p.family, p.last)) for p in prefixes)
 
 
 class OverlapIndex:
-    """Boxes of a list of matches, queried by box or by point.
+    """Boxes of a list of matches, queried by box or by point, as bit masks over their positions.
 
-    The address dimensions are looked up in prefix indexes and intersected (a
-    wildcard dimension is not looked up: it filters nothing); protocols and
-    ports are then checked per candidate.
+    Each field is an `_Intervals` line (addresses of both families on one line, protocols as points);
+    a question intersects the masks of the constrained fields.
     """
 
     def __init__(self, boxes: list[Box]):
         self.boxes = boxes
-        self.src, self.dst = _PrefixDimension(), _PrefixDimension()
-        for i, b in enumerate(boxes):
-            self.src.add(i, b.src)
-            self.dst.add(i, b.dst)
-        self.src.freeze()
-        self.dst.freeze()
-        # Each box's prefixes as integer spans: two prefixes overlap when their spans meet.
-        self.spans = {"src": [_spans(b.src) for b in boxes], "dst": [_spans(b.dst) for b in boxes]}
+        self.all = (1 << len(boxes)) - 1
+        self.src = _Intervals([_address_ranges(b.src) for b in boxes])
+        self.dst = _Intervals([_address_ranges(b.dst) for b in boxes])
+        self.proto = _Intervals([None if b.proto is None else tuple((p, p) for p in sorted(b.proto))
+                                 for b in boxes])
+        self.sport = _Intervals([b.sport for b in boxes])
+        self.dport = _Intervals([b.dport for b in boxes])
+
+    def mask(self, box: Box) -> int:
+        """The boxes that overlap `box`, as a bit mask over positions."""
+        out = self.all
+        if box.dst is not None:
+            out &= self.dst.meeting(_address_ranges(box.dst))
+        if box.src is not None and out:
+            out &= self.src.meeting(_address_ranges(box.src))
+        if box.proto is not None and out:
+            out &= self.proto.meeting(tuple((p, p) for p in sorted(box.proto)))
+        if box.dport is not None and out:
+            out &= self.dport.meeting(tuple(box.dport))
+        if box.sport is not None and out:
+            out &= self.sport.meeting(tuple(box.sport))
+        return out
 
     def candidates(self, box: Box) -> list[int]:
         """Indices of boxes that overlap `box`, ascending."""
-        found: set[int] | None = None
-        for dim, prefixes, side in ((self.dst, box.dst, "dst"), (self.src, box.src, "src")):
-            if prefixes is None:
-                continue
-            if found is not None and len(found) * len(prefixes) < FILTER_DIRECTLY:
-                # Few candidates left: test them, rather than list every box a wide prefix holds.
-                spans = self.spans[side]
-                query = _spans(prefixes)
-                if len(query) == 1:
-                    (qf, qlo, qhi), = query
-                    found = {i for i in found if spans[i] is None
-                             or any(f == qf and lo <= qhi and qlo <= hi for f, lo, hi in spans[i])}
-                else:
-                    found = {i for i in found if spans[i] is None or _spans_meet(query, spans[i])}
-                continue
-            mine: set[int] = set()
-            dim.query(prefixes, mine)
-            found = mine if found is None else found & mine
-        if found is None:
-            found = set(range(len(self.boxes)))
-        proto, sport, dport = box.proto, box.sport, box.dport
-        boxes = self.boxes
-        if proto is not None:
-            found = [i for i in found if boxes[i].proto is None or not proto.isdisjoint(boxes[i].proto)]
-        for ranges, side in ((dport, "dport"), (sport, "sport")):
-            if ranges is None:
-                continue
-            if len(ranges) == 1:  # the common case, inline
-                (qlo, qhi), = ranges
-                found = [i for i in found if (r := getattr(boxes[i], side)) is None
-                         or any(lo <= qhi and qlo <= hi for lo, hi in r)]
-            else:
-                found = [i for i in found if (r := getattr(boxes[i], side)) is None or _ranges_overlap(ranges, r)]
-        out = sorted(found)
+        return members(self.mask(box))
+
+    def at_mask(self, family: int, src: int, dst: int, proto: int, sport: int | None, dport: int | None) -> int:
+        """The boxes that contain one flow's header, as a bit mask (a superset of the matching entries)."""
+        out = self.dst.holding(_line(family, dst))
+        if out:
+            out &= self.src.holding(_line(family, src))
+        if out:
+            out &= self.proto.holding(proto)
+        for line, port in ((self.dport, dport), (self.sport, sport)):
+            if out:
+                out &= line.everywhere if port is None else line.holding(port)
         return out
 
     def at(self, family: int, src: int, dst: int, proto: int, sport: int | None, dport: int | None) -> list[int]:
         """Indices of boxes that contain one flow's header, ascending (a superset of the matching entries)."""
-        by_dst: set[int] = set()
-        self.dst.containing(family, dst, by_dst)
-        if not by_dst:
-            return []
-        by_src: set[int] = set()
-        self.src.containing(family, src, by_src)
-        out = []
-        for i in by_dst & by_src:
-            b = self.boxes[i]
-            if b.proto is not None and proto not in b.proto:
-                continue
-            if b.dport is not None and (dport is None or not any(lo <= dport <= hi for lo, hi in b.dport)):
-                continue
-            if b.sport is not None and (sport is None or not any(lo <= sport <= hi for lo, hi in b.sport)):
-                continue
-            out.append(i)
-        out.sort()
-        return out
+        return members(self.at_mask(family, src, dst, proto, sport, dport))
