@@ -11,8 +11,11 @@ The questions are asked region by region: by destination blocks (`regions`),
 or, where one engine decides a scope, by pairs of identities (`_by_pairs`):
 identities whose addresses are the same in both programs (the same endpoint
 rows, nothing nested inside them) cut the flow space into pairs. Pairs whose
-keys (verify/alike.py) are the same in both programs are decided alike and
-need no question; pairs with the same pair of keys are asked once; the flows
+keys (verify/alike.py, with each program's default) are the same in both
+programs are decided alike and need no question; pairs with the same pair
+of keys are asked once (a policy with default deny and its export to
+Kubernetes, default allow with isolating denies, never share a key, but
+their pairs fall into a few pairs of keys); the flows
 with an end outside those identities are two more questions, each over the
 entries that can match there.
 """
@@ -298,15 +301,15 @@ def _same_addresses(policy: Program, engine: Program, names: list[str]) -> list[
 def _by_pairs(policy: Program, engines: dict[str, Program], scopes: list[Scope]) -> dict[str, list] | None:
     """Per scope, the regions left to ask when the flow space is cut by pairs of identities (module
     doc): one per class of pairs whose keys differ, one per pair that has no key, and the two `_Rest`
-    regions. None when a scope is decided by other than one engine, the defaults differ, or a scope is
-    not all flows or an identity set on one side."""
+    regions. None when a scope is decided by other than one engine, or a scope is not all flows or an
+    identity set on one side."""
     inside = None
     interned: dict = {}
     mine = None
     asked = []  # (label, sources, destinations, exempt) per scope
     for scope in scopes:
         deciding = [n for n in scope.engines if not _allows_all(engines[n])]
-        if len(deciding) != 1 or engines[deciding[0]].default != policy.default:
+        if len(deciding) != 1:
             return None
         engine = engines[deciding[0]]
         if inside is None:
@@ -335,36 +338,39 @@ def _by_pairs(policy: Program, engines: dict[str, Program], scopes: list[Scope])
     # share one pass over all pairs.
     shared = None
     if len({e for *_, e in asked}) == 1 and sum(len(s) * len(d) for _, s, d, _ in asked) > len(inside) ** 2:
-        shared = _differing(policy, mine, theirs, inside, inside, asked[0][3])
+        shared = _differing(policy, theirs_of, mine, theirs, inside, inside, asked[0][3])
     out: dict[str, list] = {}
     for label, src, dst, exempt in asked:
         if shared is None:
-            pairs = _differing(policy, mine, theirs, src, dst, exempt)
+            pairs = _differing(policy, theirs_of, mine, theirs, src, dst, exempt)
         else:
             src_set, dst_set = set(src), set(dst)
             pairs = [p for p in shared if p[0] in src_set and p[1] in dst_set]
         regions_left, classes = [], set()
         for s, d, a, b, selfless in pairs:
             # A pair of an identity with itself is asked with its like only when the scope leaves out each
-            # of its addresses with itself (else what it leaves out differs from one to another).
-            if a is not None and b is not None and (s != d or selfless):
-                if (s == d, a, b) in classes:
+            # of its addresses with itself, or none of them (else what it leaves out differs from one to
+            # another).
+            if a is not None and b is not None and (s != d or selfless or not _touched(policy, s, exempt)):
+                if (s == d, selfless, a, b) in classes:
                     continue  # asked for another pair of the class
-                classes.add((s == d, a, b))
+                classes.add((s == d, selfless, a, b))
             regions_left.append(Block(Match.of({F.SRC_ID: InSet((s,)), F.DST_ID: InSet((d,))})))
         inside_t = tuple(inside)
         out[label] = regions_left + [_Rest("src", inside_t), _Rest("dst", inside_t)]
     return out
 
 
-def _differing(policy: Program, mine: PairClasses, theirs: PairClasses, src: list[str], dst: list[str],
-               exempt: frozenset) -> list[tuple]:
+def _differing(policy: Program, engine: Program, mine_classes: PairClasses, their_classes: PairClasses,
+               src: list[str], dst: list[str], exempt: frozenset) -> list[tuple]:
     """The pairs, in order, that the two programs may decide apart: (source, destination, the policy's
-    key, the engine's key, whether the pair's flows are between two different addresses only)."""
+    key, the engine's key, whether the pair's flows are between two different addresses only). A key
+    ends with its program's default: what a pair's flows get when none of its entries match."""
+    mine, theirs = _Keys(mine_classes, policy.default), _Keys(their_classes, engine.default)
     out = []
     prefixes = ownership(policy).prefixes
     # Blocks of pairs keyed alike in both programs are judged by one pair of each (verify/alike.py).
-    space = PairSpace([mine, theirs], src, dst)
+    space = PairSpace([mine_classes, their_classes], src, dst)
     for s, d in space.singles:
         selfless = s == d and _only_hosts(policy, s, exempt)
         if selfless and len(prefixes.get(s, ())) == 1:
@@ -385,10 +391,26 @@ def _differing(policy: Program, mine: PairClasses, theirs: PairClasses, src: lis
     return out
 
 
+class _Keys:
+    """A program's pair keys, each ending with the program's default."""
+
+    def __init__(self, classes: PairClasses, default: str):
+        self.classes, self.default = classes, ("default", default)
+
+    def key(self, src: str, dst: str, selfless: bool = False) -> tuple | None:
+        k = self.classes.key(src, dst, selfless)
+        return None if k is None else k + (self.default,)
+
+
 def _only_hosts(policy: Program, name: str, exempt: set) -> bool:
     """Whether every address of an identity is one the scope leaves out with itself."""
     prefixes = ownership(policy).prefixes.get(name, ())
     return bool(prefixes) and all(p in exempt for p in prefixes)
+
+
+def _touched(policy: Program, name: str, exempt: set) -> bool:
+    """Whether some address of an identity is one the scope leaves out with itself."""
+    return any(p in exempt for p in ownership(policy).prefixes.get(name, ()))
 
 
 def _allows_all(p: Program) -> bool:
