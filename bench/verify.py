@@ -10,8 +10,9 @@ sets), a query <= 100 ms, diff <= 5 s, near-linear in rule count.
 
 `--against REV` also times `verify` of each ClassBench set with the code of
 another commit (a git worktree, run in a child process beside a child of this
-checkout, one after the other) and says whether the findings are the same
-(kind and rule of each).
+checkout, one after the other; each converts the rules with its own
+bench/classbench.py) and says whether the findings are the same (kind and
+rule of each).
 """
 
 from __future__ import annotations
@@ -114,13 +115,17 @@ compiled = compile_sources([("p.ap", text)])
 t = time.perf_counter()
 report = verify(compiled.program)
 seconds = time.perf_counter() - t
-found = sorted({(f.kind, f.span.loc if f.span else "") for f in report.findings})
+first = min(e.origin.line for e in compiled.program.acl.entries)  # findings by rule, not by line
+found = sorted({(f.kind, f.span.line - first if f.span else -1) for f in report.findings})
 print(json.dumps({"verify_s": seconds, "findings": found}))
 """
 
 
 def _child(package_parent: Path, rules: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(package_parent), str(ROOT), rules,
+    """verify in a child, with the package under `package_parent` and its tree's own bench/classbench.py
+    (the policy as that commit's language writes it)."""
+    tree = (package_parent / "anyplane").resolve()
+    out = subprocess.run([sys.executable, "-c", CHILD, str(package_parent), str(tree), rules,
                           json.dumps(GC_THRESHOLDS)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.splitlines()[-1])
@@ -143,9 +148,10 @@ def against(rev: str, sizes) -> list[dict]:
                         continue
                     print(f"  {rules} here and at {rev} ...", file=sys.stderr, flush=True)
                     now, then = _child(Path(tmp) / "now", rules), _child(Path(tmp) / "then", rules)
+                    mine, theirs = {tuple(f) for f in now["findings"]}, {tuple(f) for f in then["findings"]}
                     rows.append({"rules": rules, "verify_s": now["verify_s"], "then_s": then["verify_s"],
-                                 "same_findings": now["findings"] == then["findings"],
-                                 "findings": len(now["findings"])})
+                                 "same_findings": mine == theirs, "findings": len(mine),
+                                 "differing": sorted(mine ^ theirs)})
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     return rows
@@ -165,8 +171,10 @@ def main() -> None:
             return
         print(f"{'rules':<18} {'verify s':>9} {args.against[:10] + ' s':>13}  same findings")
         for r in rows:
+            differing = "; ".join(f"{kind} at rule {k + 1}" for kind, k in r["differing"][:4])
             print(f"{r['rules']:<18} {r['verify_s']:>9.2f} {r['then_s']:>13.2f}  "
-                  f"{'yes' if r['same_findings'] else 'NO'} ({r['findings']})")
+                  + (f"yes ({r['findings']})" if r["same_findings"] else
+                     f"{len(r['differing'])} of {r['findings']} differ: {differing}"))
         print("target: verify <= 5 s for every 10k ClassBench set")
         return
     tune_gc()  # as the CLI runs
