@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import IPV6_EXTENSION_HEADERS, TCP, UDP
-from anyplane.ir.match import InSet, Match, PrefixMatch, exact_values, int_ranges, options
+from anyplane.ir.match import InSet, Match, PrefixMatch, exact_values, int_ranges, merge_ranges, options
 from anyplane.ir.nodes import Program
 from anyplane.ir.owners import ownership
 
@@ -135,6 +135,7 @@ class Boxer:
 
 
 STRIDE = 16  # items between two cumulative masks of an _Intervals order
+POINT_TABLE_BITS = 1 << 28  # the largest table of elementary intervals' masks an _Intervals keeps (32 MiB)
 
 
 def _cumulative(keys: list[int], items: list[int]) -> tuple[list[int], list[int], list[int]]:
@@ -196,6 +197,8 @@ class _Intervals:
                 single.append((rs[0][0], rs[0][1], item))
             elif rs:
                 self.several.append((item, tuple(rs)))
+        self._single = single
+        self._points = None
         by_lo = sorted(single)
         by_hi = sorted(single, key=lambda t: (t[1], t[2]))
         self.los, self.lo_items, self.lo_cum = _cumulative([t[0] for t in by_lo], [t[2] for t in by_lo])
@@ -223,8 +226,33 @@ class _Intervals:
         return hit
 
     def holding(self, point: int) -> int:
-        """Items whose ranges hold the point."""
-        return self._meeting(((point, point),))
+        """Items whose ranges hold the point: one binary search in the elementary intervals' masks, where
+        they fit in POINT_TABLE_BITS (made on the first question), else as a range of one point."""
+        if self._points is None:
+            self._points = self._point_table()
+        if not self._points:
+            return self._meeting(((point, point),))
+        bounds, masks = self._points
+        k = bisect_right(bounds, point) - 1
+        return self.everywhere | (masks[k] if k >= 0 else 0)
+
+    def _point_table(self):
+        """(the elementary intervals' first values, the items holding each), or () when too large."""
+        ranges = [(item, ((lo, hi),)) for lo, hi, item in self._single] + self.several
+        starts: dict[int, int] = {}
+        ends: dict[int, int] = {}
+        for item, rs in ranges:
+            for lo, hi in merge_ranges(rs):
+                starts[lo] = starts.get(lo, 0) | 1 << item
+                ends[hi + 1] = ends.get(hi + 1, 0) | 1 << item
+        bounds = sorted(set(starts) | set(ends))
+        if len(bounds) * max(1, len(ranges)) > POINT_TABLE_BITS:
+            return ()
+        masks, held = [], 0
+        for b in bounds:
+            held = (held & ~ends.get(b, 0)) | starts.get(b, 0)
+            masks.append(held)
+        return bounds, masks
 
 
 def _line(family: int, value: int) -> int:
