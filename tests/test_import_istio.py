@@ -402,6 +402,23 @@ def test_what_routing_cannot_say_is_an_error_at_its_position(http, message):
     assert found[0].span.file == "mesh.yaml" and found[0].span.line > 1
 
 
+def test_a_destination_port_that_is_the_services_only_port_is_the_service():
+    """`destination.port` picks a port of the Service: with one port it says nothing more, and the routes
+    are those written without it; a port the Service does not have (or one of several) is refused."""
+    def routes(port):
+        dest = {"host": "reviews", "subset": "v2", **({"port": {"number": port}} if port else {})}
+        http = [{"match": [{"uri": {"prefix": "/reviews/"}}], "route": [{"destination": dest}]}]
+        return convert([("mesh.yaml", yaml.safe_dump_all(_routing_cluster(http)))]).text
+
+    assert routes(9080) == routes(None)
+    program = compile_sources([("<kubernetes>", routes(9080))]).program
+    assert [b.version for b in _route_of(program, Request("GET", "/reviews/1")).split] == ["reviews-v2"]
+    with pytest.raises(DiagnosticError) as exc:
+        routes(9090)
+    (d,) = [d for d in exc.value.diagnostics if "destination.port" in d.message]
+    assert "the Service's only one (this Service has port 9080)" in d.message and d.span.file == "mesh.yaml"
+
+
 def test_the_istio_example_decides_as_its_policies_say():
     from anyplane.compiler.pipeline import load
 

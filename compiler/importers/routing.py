@@ -50,6 +50,7 @@ class Routed:
     name: str
     pods: list
     span: object
+    ports: tuple = ()  # the Service's port numbers
 
 
 def _duration(p, obj, key: str) -> str | None:
@@ -130,7 +131,9 @@ def read(reader, pods, services, objects, span_of, selects):
         for p in chosen:
             if p.base:
                 p.siblings = tuple(sorted(x.ident for x in chosen if "." in x.ident))
-        routed[(ns, name)] = Routed(ns, name, anyplane_name, chosen, span_of(path, obj))
+        numbers = tuple(sorted({port.get("port") for port in (svc.get("spec") or {}).get("ports") or []
+                                if isinstance(port, dict) and isinstance(port.get("port"), int)}))
+        routed[(ns, name)] = Routed(ns, name, anyplane_name, chosen, span_of(path, obj), numbers)
     statements = []
     subsets: dict = {}
     for path, obj in objects:
@@ -368,6 +371,13 @@ def _virtual_service(reader, path, obj, routed, subsets, span_of) -> list:
     return out
 
 
+def _ports_text(ports: tuple) -> str:
+    if not ports:
+        return "this Service declares none"
+    return "this Service has port " + str(ports[0]) if len(ports) == 1 else \
+        "this Service has ports " + ", ".join(map(str, ports))
+
+
 def _route_body(p, rule, where, svc, subsets) -> str | None:
     items = []
     weights = []
@@ -379,8 +389,14 @@ def _route_body(p, rule, where, svc, subsets) -> str | None:
             p.fail(d, f"destination {dest.get('host')!r}: anyplane routes a service's requests among its own "
                       "versions, not to another Service")
             return None
-        if dest.get("port"):
-            p.fail(dest, "destination.port is not imported")
+        port = dest.get("port")
+        if port:
+            # The Service's only port: the route is the Service's (anyplane routes a service, not a port).
+            number = port.get("number") if isinstance(port, dict) else None
+            if not (isinstance(number, int) and set(port) - {"number"} <= {k for k in port if k.startswith("__")}
+                    and svc.ports == (number,)):
+                p.fail(dest, f"destination.port: anyplane routes a Service's requests whatever their port; a port "
+                             f"is imported when it is the Service's only one ({_ports_text(svc.ports)})")
         weight = d.get("weight", 100 if len(destinations) == 1 else None)
         if not isinstance(weight, int) or isinstance(weight, bool):
             p.fail(d, "each destination of a split needs a weight")
