@@ -480,3 +480,32 @@ def test_a_gateway_is_left_out_with_a_note_and_decides_nothing(tmp_path):
     refused = run("verify", str(tmp_path))
     assert refused.returncode == 1 and "peer.yaml:1:1: error: PeerAuthentication strict: not imported yet" \
         in refused.stderr, refused.stderr
+
+
+def test_a_service_entry_names_its_addresses_and_decides_nothing():
+    """A ServiceEntry outside the mesh gives addresses a name (an external of their own, cut from the
+    policies' blocks); it decides no traffic. One without addresses is left out with a note."""
+    entry = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+             "metadata": {"name": "payments", "namespace": "shop"},
+             "spec": {"hosts": ["api.payments.example"], "addresses": ["203.0.113.0/25"],
+                      "ports": [{"number": 443, "name": "https", "protocol": "TLS"}], "resolution": "STATIC",
+                      "endpoints": [{"address": "198.51.100.7"}]}}
+    dns = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+           "metadata": {"name": "search", "namespace": "shop"},
+           "spec": {"hosts": ["search.example"], "resolution": "DNS", "ports": [{"number": 443, "name": "https"}]}}
+    deny = _policy("no-db", "data", {"selector": {"matchLabels": {"app": "db"}}, "action": "DENY",
+                                     "rules": [{"from": [{"source": {"ipBlocks": ["203.0.113.0/24"]}}]}]})
+    without_entries, _ = import_mesh([deny])
+    program, text = import_mesh([entry, dns, deny])
+    assert "external external_api_payments_example { address 198.51.100.7/32 }" in text
+    assert "external external_api_payments_example_2 { address 203.0.113.0/25 }" in text
+    for src in ("203.0.113.9", "203.0.113.200", "198.51.100.7", "192.0.2.1"):
+        for dst in [p[4] for p in PODS]:
+            for port in PORTS:
+                assert _verdict(program, src, dst, port) == _verdict(without_entries, src, dst, port)
+    d = evaluate(program, Flow(4, int(ipaddress.ip_address("203.0.113.9")), int(ipaddress.ip_address(PODS[0][4])),
+                               6, 40000, 80))
+    assert d.src_id == "external_api_payments_example_2"
+    imported = convert([("mesh.yaml", yaml.safe_dump_all(cluster() + [entry, dns, deny]))])
+    (note,) = [n for n in imported.notes if "search" in n.message]
+    assert "left out" in note.message and note.span.file == "mesh.yaml"

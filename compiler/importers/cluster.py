@@ -101,6 +101,7 @@ class Reader:
         self.istio: list[tuple[str, dict]] = []
         self.services: list[tuple[str, dict]] = []
         self.routing: list[tuple[str, dict]] = []
+        self.entries: list[tuple[str, list]] = []  # ServiceEntry addresses: (a name for them, networks)
         self.addresses: dict[str, tuple[list, Span, str]] = {}  # "ns/name" -> (networks, where, path)
         self.seen: dict[tuple, Span] = {}  # (group, kind, namespace, name) -> where it is
         self.peer_lists: dict[tuple, list] = {}  # (id of a NetworkPolicy peer list, namespace) -> its peers
@@ -292,12 +293,44 @@ class Reader:
                 self.fail(path, obj, f"{kind} {name}: apiVersion {obj.get('apiVersion')!r} is not networking.istio.io")
                 return
             self.routing.append((path, obj))
-        elif kind in ("PeerAuthentication", "RequestAuthentication", "Sidecar", "ServiceEntry", "Gateway",
-                      "EnvoyFilter"):
+        elif kind == "ServiceEntry":
+            self.service_entry(path, obj, f"ServiceEntry {ns}/{name}")
+        elif kind in ("PeerAuthentication", "RequestAuthentication", "Sidecar", "Gateway", "EnvoyFilter"):
             self.fail(path, obj, f"{kind} {name}: not imported yet (NetworkPolicy, AdminNetworkPolicy, "
                                  "BaselineAdminNetworkPolicy, CiliumNetworkPolicy, AuthorizationPolicy, "
                                  "VirtualService, DestinationRule, Services, Pods, workload controllers and "
                                  "Namespaces are); remove it from the input rather than have it ignored")
+
+    def service_entry(self, path: str, obj: dict, label: str) -> None:
+        """A ServiceEntry outside the mesh names addresses: they become an external of their own (for maps
+        and answers). It decides no traffic; one that gives no address (resolved by DNS) is left out."""
+        if not str(obj.get("apiVersion", "")).startswith("networking.istio.io/"):
+            self.fail(path, obj, f"{label}: apiVersion {obj.get('apiVersion')!r} is not networking.istio.io")
+            return
+        spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+        if spec.get("location", "MESH_EXTERNAL") != "MESH_EXTERNAL":
+            self.fail(path, spec, f"{label}: location {spec.get('location')!r}: anyplane reads ServiceEntries of "
+                                  "addresses outside the mesh (MESH_EXTERNAL); mesh workloads are read as Pods")
+            return
+        hosts = spec.get("hosts")
+        if not isinstance(hosts, list) or not hosts or not all(isinstance(h, str) for h in hosts):
+            self.fail(path, spec, f"{label}: `hosts` is a list of names")
+            return
+        texts = [(spec, a) for a in spec.get("addresses") or []] + \
+            [(e, e.get("address")) for e in spec.get("endpoints") or [] if isinstance(e, dict)
+             and spec.get("resolution") == "STATIC"]
+        networks = []
+        for where, text in texts:
+            try:
+                networks.append(ipaddress.ip_network(str(text), strict=False))
+            except ValueError:
+                self.fail(path, where, f"{label}: {text!r} is not an IP address or CIDR")
+                return
+        if not networks:
+            self.notes.append(warning(span_of_object(path, obj), "import", f"{label}: left out, since it names no "
+                                      "address (its hosts resolve by DNS), and decides no traffic"))
+            return
+        self.entries.append((hosts[0], networks))
 
     def workload_pods(self) -> list[Pod]:
         """Each workload controller as the pods it makes: the template's labels and ports, the addresses an

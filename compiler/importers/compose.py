@@ -66,10 +66,16 @@ def selectors(classes: dict, pods: list[Pod], keys: set) -> dict:
     return out
 
 
-def outside_blocks(networks: list, pods: list[Pod]) -> list[tuple[str, list, str]]:
+def outside_blocks(networks: list, pods: list[Pod], named: list = ()) -> list[tuple[str, list, str]]:
     """Addresses outside the cluster, cut where ipBlocks begin and end (as network-config-analyzer
-    draws them): [(name, prefixes, "FIRST-LAST")]. IPv6 only when some block or pod is IPv6."""
+    draws them): [(name, prefixes, "FIRST-LAST")]. IPv6 only when some block or pod is IPv6. `named`:
+    (name, networks) that ServiceEntries give; a block inside one of them is named after it (the
+    innermost), and they cut the addresses too."""
     out = []
+    named = [(re.sub("_+", "_", re.sub(r"[^a-z0-9_]", "_", name.lower())).strip("_") or "entry", n)
+             for name, nets in named for n in nets]
+    networks = list(networks) + [n for _, n in named]
+    used: dict[str, int] = {}
     taken = {n for p in pods for n in p.networks}
     for version, bits in ((4, 32), (6, 128)):
         nets = [n for n in networks if n.version == version]
@@ -90,6 +96,12 @@ def outside_blocks(networks: list, pods: list[Pod]) -> list[tuple[str, list, str
                 tail = f"{first}_to_{last}".replace(".", "_").replace(":", "_")
             name = re.sub("_+", "_", f"outside_{tail}").rstrip("_") if len(cuts) > 2 else \
                 ("outside" if version == 4 else "outside6")
+            inside = [(n.prefixlen, entry) for entry, n in named
+                      if n.version == version and int(n.network_address) <= lo and hi - 1 <= int(n.broadcast_address)]
+            if inside:
+                entry = max(inside)[1]
+                used[entry] = used.get(entry, 0) + 1
+                name = f"external_{entry}" + (f"_{used[entry]}" if used[entry] > 1 else "")
             out.append((name, prefixes, f"{first}-{last}"))
     return out
 

@@ -130,11 +130,12 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
         istio.networks(istio_rules)
     for r in routed:  # a routed service's prefix holds addresses beyond its pods: outside blocks of their own
         blocks += covering_prefixes(r.pods) + [n for p in r.pods for n in p.networks]
+    blocks += [n for _, nets in reader.entries for n in nets]  # named in maps and answers: cut there too
     keys, networks = reader.keys_read | set(partition[0]), blocks + list(partition[1])
     classes = identity_classes(pods, keys, networks, routed)
     out = write_policy(pods, ingress, egress, isolated_in, isolated_out,
                 len(reader.policies) + len(reader.admin) + len(reader.cilium) + len(reader.istio),
-                outside_blocks(blocks, pods), admin_rules, cilium_rules, istio_rules, routed, route_lines, classes)
+                outside_blocks(blocks, pods, reader.entries), admin_rules, cilium_rules, istio_rules, routed, route_lines, classes)
     out.structure = structure
     out.notes = reader.notes
     for members, name in classes.values():
