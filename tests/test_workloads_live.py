@@ -126,3 +126,52 @@ def test_pods_come_and_go_under_one_loaded_program(cluster):
     assert cluster.connect(3, timeout=1) is None, "a pod that left reached the server"
     for sock in (leaving, staying, joined, server, *at_server.values()):
         sock.close()
+
+
+def test_a_push_of_a_new_binding_writes_the_address_tables_alone(tmp_path):
+    """In one process (a controller that follows pods), a push whose program differs from the last one
+    only in its binding writes the address tables of the loaded program, and the kernel then decides
+    every pod's packets as the interpreter does under the new binding (BPF_PROG_TEST_RUN)."""
+    import os
+
+    from anyplane.backends.ebpf.engine import push
+    from anyplane.backends.ebpf.loader import SLOT_REUSE_MS, Classifier
+    from anyplane.compiler import binding
+    from anyplane.compiler.pipeline import compile_sources
+    from anyplane.ir.flow import Flow
+    from anyplane.ir.interp import evaluate
+    from anyplane.ir.project import project_l4
+
+    from .kernel import kernel_verdicts, packet, require_kernel
+
+    require_kernel()
+
+    def program(clients: dict[str, str]):
+        pods = [{"apiVersion": "v1", "kind": "Pod", "status": {"podIP": "10.9.0.2"},
+                 "metadata": {"name": "server-0", "namespace": "shop", "labels": {"app": "server"}}}]
+        pods += [{"apiVersion": "v1", "kind": "Pod", "status": {"podIP": ip},
+                  "metadata": {"name": name, "namespace": "shop", "labels": {"app": "client"}}}
+                 for name, ip in clients.items()]
+        path = tmp_path / f"pods-{len(list(tmp_path.iterdir()))}.yaml"
+        path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": pods}))
+        return compile_sources([("p.ap", POLICY.replace("connections { tcp 300s }", ""))],
+                               binding=binding.read([str(path)])).program
+
+    name = f"test-rebind-{os.getpid()}"
+    before = program({"client-a": "10.9.0.3", "client-b": "10.9.0.4"})
+    after = program({"client-b": "10.9.0.4", "client-c": "10.9.0.5", "client-d": "10.9.1.77"})
+    try:
+        first = push(before, None, name)
+        time.sleep(SLOT_REUSE_MS / 1000)  # pods change seconds apart, not within a push of the last one
+        second = push(after, None, name)
+        assert first["reloaded"] and not second["reloaded"] and second["rebound"], second
+        addresses = [int.from_bytes(bytes(map(int, a.split("."))), "big")
+                     for a in ("10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.0.5", "10.9.1.77", "10.9.0.9")]
+        flows = [Flow(4, s, d, 6, 40000, port) for s in addresses for d in addresses if s != d for port in (8080, 80)]
+        got = kernel_verdicts(Classifier(name), [packet.frame(f, tcp="S") for f in flows])
+        want = ["pass" if evaluate(project_l4(after), f).verdict == "allow" else "drop" for f in flows]
+        assert got == want
+        assert got[flows.index(Flow(4, addresses[4], addresses[0], 6, 40000, 8080))] == "pass", "the new pod"
+        assert got[flows.index(Flow(4, addresses[1], addresses[0], 6, 40000, 8080))] == "drop", "the pod that left"
+    finally:
+        Classifier(name).remove()

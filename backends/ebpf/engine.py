@@ -25,6 +25,7 @@ from . import packet
 from .emit import Layout, compile_c, render
 from .loader import TC_PREF, VERDICTS, Classifier, LoadError, Tables, run_frames, tables
 from .model import Model, Unsupported, build
+from .rebind import rebind
 
 NAME = "ebpf"
 
@@ -64,7 +65,26 @@ class Compiled:
     model: Model
     tables: Tables
     layout: Layout
-    source: str
+
+    @property
+    def source(self) -> str:
+        """The C source for the layout (rendered when a push must load a program, not at every push)."""
+        key = tuple(sorted(vars(self.layout).items()))
+        if key not in _SOURCES:
+            _SOURCES[key] = render(self.layout)
+        return _SOURCES[key]
+
+
+_SOURCES: dict[tuple, str] = {}
+#: Per classifier, the program this process last pushed to it, its tables and the mark its state had
+#: after that push: a push that changes only the binding starts from them (rebind.py), unless another
+#: push came between.
+_RECENT: dict[str, tuple[Program, Compiled, tuple]] = {}
+
+
+def _mark(state: dict) -> tuple:
+    """What tells one push of a classifier from every other: its epoch and when it flipped."""
+    return state.get("epoch"), state.get("flipped_ns")
 
 
 def build_all(program: Program, capacity: int | None = None) -> Compiled:
@@ -74,8 +94,7 @@ def build_all(program: Program, capacity: int | None = None) -> Compiled:
     except Unsupported as exc:
         raise LoadError(f"the kernel engine cannot hold this policy: {exc}") from exc
     t = tables(model, labels(program), program.connections)
-    layout = t.need.grown()
-    return Compiled(model, t, layout, render(layout))
+    return Compiled(model, t, t.need.grown())
 
 
 def emit(program: Program) -> base.Output:
@@ -130,10 +149,16 @@ def push(program: Program, iface: str | None, name: str = "default", netns: str 
     started = time.perf_counter()
     cl = Classifier(name)
     capacity = cl.layout.capacity if cl.installed else None
-    try:
-        c = build_all(program, capacity)
-    except ValueError:  # more entries than the loaded program's capacity
-        c = build_all(program)
+    c, rebound = None, False
+    recent = _RECENT.get(name)
+    if recent is not None and cl.installed and _mark(cl.state()) == recent[2]:
+        c = rebind(recent[0], recent[1], program)  # only pods came and went: the address tables change
+        rebound = c is not None
+    if c is None:
+        try:
+            c = build_all(program, capacity)
+        except ValueError:  # more entries than the loaded program's capacity
+            c = build_all(program)
     reloaded, kept = False, None
     egress = egress and program.connections.stateful
     if not cl.installed or not cl.layout.fits(c.tables.need):
@@ -148,10 +173,11 @@ def push(program: Program, iface: str | None, name: str = "default", netns: str 
     state = cl.state()
     state["binding"] = binding
     cl._save(state)
+    _RECENT[name] = (program, c, _mark(state))
     if iface and (attached_prog(iface, netns) != _prog_id(cl) or egress != _egress_attached(iface, netns)):
         cl.attach(iface, netns, egress)
     return {"name": name, "iface": iface, "generation": gen, "reloaded": reloaded, "egress": bool(iface and egress),
-            "connections_kept": kept, "entries": len(c.model.entries),
+            "connections_kept": kept, "entries": len(c.model.entries), "rebound": rebound,
             "seconds": round(time.perf_counter() - started, 4)}
 
 

@@ -1,0 +1,102 @@
+"""A new binding on tables already built: pods that came and went, without building the policy again.
+
+A binding (compiler/binding.py) changes which host addresses a workload owns, never the rules. The
+kernel's tables key every address by its class (backends/classes.py: its owner and the CIDRs of the
+rules that hold it), so when only endpoint rows of single hosts change and each new host's class is
+one the tables already have:
+
+    an address that arrives    its class is written at its slot of the address table (IPv4: the
+                               three-level array, addr4.py; IPv6: one trie key)
+    an address that leaves     its slot takes the class of the longest remaining prefix holding it
+
+and every other table (the rules' bit vectors, actions, ports) stays as it is. Anything else (the
+rules changed, a prefix that is not a host, a host that is also a rule's CIDR, a class the tables do
+not have yet) returns None and the policy is built afresh. tests/test_ebpf.py checks that the result
+decides every flow as tables built afresh do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from array import array
+from bisect import bisect_left, insort
+
+from anyplane.ir import fields as F
+from anyplane.ir.addr import Prefix
+from anyplane.ir.match import PrefixMatch, options
+from anyplane.ir.nodes import Program
+
+from ..classes import AddressClasses
+from .addr4 import LEVEL1, Addr4Table
+
+
+def rules_alike(a: Program, b: Program) -> bool:
+    """Whether two programs differ at most in their endpoint rows (a binding)."""
+    return a is b or all(getattr(a, f.name) == getattr(b, f.name) for f in dataclasses.fields(a) if f.name != "endpoints")
+
+
+def _rows(program: Program) -> set[tuple[int, int, int, str]]:
+    return {(r.prefix.family, r.prefix.value, r.prefix.length, r.identity) for r in program.endpoints}
+
+
+def rebind(before: Program, compiled, program: Program):
+    """`compiled` (engine.Compiled for `before`) made to hold `program`'s binding, or None (see the module
+    doc). `compiled` itself is left as it was. The work grows with the rows that changed (and one pass
+    over the rows to find them)."""
+    if not rules_alike(before, program):
+        return None
+    old, new = _rows(before), _rows(program)
+    gone = [(Prefix(f, v, n), who) for f, v, n, who in old - new]
+    came = [(Prefix(f, v, n), who) for f, v, n, who in new - old]
+    if not (gone or came):
+        return compiled
+    if any(p.length != p.width for p, _ in gone + came):
+        return None
+    replaced = {p for p, _ in came}
+    gone = [(p, who) for p, who in gone if p not in replaced]  # a host given to another workload: re-added
+    model, tables = compiled.model, compiled.tables
+    table = Addr4Table.__new__(Addr4Table)
+    table.data = array("I", tables.addr4)
+    sides = []
+    for side, (classes, ip_field) in enumerate(((model.src, F.SRC_IP), (model.dst, F.DST_IP))):
+        cidrs = {o.prefix for e in model.entries if (fm := e.match.get(ip_field)) is not None
+                 for o in options(fm) if isinstance(o, PrefixMatch)}
+        if any(p in cidrs for p, _ in gone + came):
+            return None  # the host is also a rule's CIDR: its class changes with it
+        ids = {key: k for k, key in enumerate(classes.keys)}
+        atoms = list(classes.prefixes)  # sorted by prefix
+        for p, _ in gone + came:
+            k = bisect_left(atoms, (p, -1))
+            if k < len(atoms) and atoms[k][0] == p:
+                del atoms[k]
+        for p, who in came:
+            cls = ids.get((who, frozenset(c for c in cidrs if c.covers(p))))
+            if cls is None:
+                return None  # a class the tables do not have: its bit vector row is new
+            insort(atoms, (p, cls))
+        lengths = sorted({(q.family, q.length) for q, _ in atoms}, reverse=True)
+        for p, _ in gone:
+            if p.family == 4:
+                table.add(side, p, _enclosing(atoms, lengths, p))
+        for p, who in came:
+            if p.family == 4:
+                table.add(side, p, atoms[bisect_left(atoms, (p, -1))][1])
+        sides.append(AddressClasses(classes.keys, tuple(atoms)))
+    addr6 = [(struct.pack("=I", 8 + p.length) + bytes([side]) + p.value.to_bytes(16, "big"), cls)
+             for side, classes in enumerate(sides) for p, cls in classes.prefixes if p.family == 6]
+    need = dataclasses.replace(tables.need, chunks=(len(table.data) - 2 * LEVEL1) // 256, addr6=len(addr6))
+    model = dataclasses.replace(model, src=sides[0], dst=sides[1])
+    tables = dataclasses.replace(tables, addr4=table.data, addr6=addr6, need=need)
+    return dataclasses.replace(compiled, model=model, tables=tables, layout=need.grown())
+
+
+def _enclosing(atoms: list[tuple[Prefix, int]], lengths: list[tuple[int, int]], p: Prefix) -> int:
+    """The class of the longest atom holding `p` (0: none); `atoms` sorted by prefix."""
+    for family, length in lengths:
+        if family == p.family and length < p.length:
+            q = p.supernet(length)
+            k = bisect_left(atoms, (q, -1))
+            if k < len(atoms) and atoms[k][0] == q:
+                return atoms[k][1]
+    return 0
