@@ -509,3 +509,33 @@ def test_a_service_entry_names_its_addresses_and_decides_nothing():
     imported = convert([("mesh.yaml", yaml.safe_dump_all(cluster() + [entry, dns, deny]))])
     (note,) = [n for n in imported.notes if "search" in n.message]
     assert "left out" in note.message and note.span.file == "mesh.yaml"
+
+
+def test_namespace_puts_manifests_without_one_where_kubectl_apply_n_would(tmp_path):
+    """Istio's samples name no namespace: `--namespace` places them (pods, Services, policies alike), and
+    an object that names another namespace is refused at that line, as kubectl refuses it."""
+    objects = [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": {"app": "web"}},
+         "status": {"podIP": "10.4.0.2"}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "labels": {"app": "db"}},
+         "status": {"podIP": "10.4.0.3"}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "tool", "namespace": "ops", "labels": {"app": "t"}},
+         "status": {"podIP": "10.4.9.9"}},
+        _policy("db-from-web", None, {"selector": {"matchLabels": {"app": "db"}}, "rules": [
+            {"from": [{"source": {"namespaces": ["bookinfo"]}}]}]})]
+    del objects[3]["metadata"]["namespace"]
+    (tmp_path / "mesh.yaml").write_text(yaml.safe_dump_all(objects[:2] + objects[3:]))
+    done = run("import", str(tmp_path / "mesh.yaml"), "--namespace", "bookinfo")
+    assert done.returncode == 0, done.stderr
+    assert "Pod bookinfo/web" in done.stdout and "AuthorizationPolicy bookinfo/db-from-web" in done.stdout
+    program = compile_sources([("<kubernetes>", done.stdout)]).program
+    assert _verdict(program, "10.4.0.2", "10.4.0.3", 8080) == "allow", "a source in the policy's namespace"
+    assert _verdict(program, "203.0.113.5", "10.4.0.3", 8080) == "deny"
+    without = run("import", str(tmp_path / "mesh.yaml"))
+    assert without.returncode == 0 and "Pod default/web" in without.stdout
+    (tmp_path / "mixed.yaml").write_text(yaml.safe_dump_all(objects))
+    refused = run("verify", str(tmp_path / "mixed.yaml"), "-n", "bookinfo")
+    assert refused.returncode == 1
+    assert "mixed.yaml:" in refused.stderr and "(ops) does not match --namespace bookinfo" in refused.stderr
+    bad = run("verify", str(tmp_path / "mesh.yaml"), "--namespace", "Not_A_Name")
+    assert bad.returncode == 2 and "not a Kubernetes namespace name" in bad.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 
 import click
@@ -74,9 +75,24 @@ bind_option = click.option(
          "addresses refuse them.")
 
 
+def _remember_namespace(ctx, param, value):
+    from ..importers.cluster import NAMESPACE
+
+    if value is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+        raise click.BadParameter(f"{value!r} is not a Kubernetes namespace name")
+    NAMESPACE.set(value)  # every command sets it: one run of the CLI, one namespace
+    return value
+
+
+namespace_option = click.option(
+    "--namespace", "-n", default=None, expose_value=False, callback=_remember_namespace,
+    help="The namespace of manifests' objects that name none (as kubectl apply -n); an object that names "
+         "another is an error, as in kubectl.")
+
+
 def files_argument(fn):
-    """FILES (policy files and directories) and --bind."""
-    return bind_option(click.argument("files", nargs=-1, required=True, type=click.Path())(fn))
+    """FILES (policy files and directories), --bind and --namespace."""
+    return namespace_option(bind_option(click.argument("files", nargs=-1, required=True, type=click.Path())(fn)))
 
 
 def bound() -> list[str] | None:

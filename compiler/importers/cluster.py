@@ -8,6 +8,7 @@ LabelSelector against labels, noting the keys it reads (what tells pods apart).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import ipaddress
 import re
@@ -88,8 +89,13 @@ def span_of_object(path: str, obj) -> Span:
     return yaml11.span_of(obj, Span(path, 1, 1, 1, 2))
 
 
+#: `--namespace NS`: the namespace of objects whose metadata names none (as `kubectl apply -n NS`).
+NAMESPACE: contextvars.ContextVar[str | None] = contextvars.ContextVar("anyplane_namespace", default=None)
+
+
 class Reader:
-    def __init__(self):
+    def __init__(self, namespace: str | None = None):
+        self.namespace = namespace if namespace is not None else NAMESPACE.get()
         self.errors: list[Diagnostic] = []
         self.notes: list[Diagnostic] = []  # warnings: what Kubernetes reads otherwise than it looks
         self.namespaces: dict[str, dict] = {}
@@ -139,6 +145,8 @@ class Reader:
                 continue
             for i, obj in enumerate(items):
                 where = items.item_spans[i] if listed else yaml11.span_of(doc, Span(path, 1, 1, 1, 2))
+                if self.namespace is not None and not self.placed(obj):
+                    continue
                 obj = self.checked(path, obj, where)
                 if obj is None:
                     continue
@@ -146,6 +154,24 @@ class Reader:
                     self.object(path, obj)
                 except (AttributeError, TypeError, ValueError) as exc:
                     self.fail(path, obj, f"malformed {obj.get('kind', 'object')}: a field has the wrong shape ({exc})")
+
+    def placed(self, obj) -> bool:
+        """A namespaced object without a namespace is put in `--namespace`'s, as `kubectl apply -n` does;
+        one that names another is refused, as kubectl refuses it. False when refused."""
+        meta = obj.get("metadata") if isinstance(obj, yaml11.Mapping) else None
+        if not isinstance(meta, yaml11.Mapping) or obj.get("kind") in _CLUSTER_SCOPED:
+            return True
+        written = meta.get("namespace")
+        if written is None:
+            meta["namespace"] = self.namespace
+            meta.key_spans["namespace"] = meta.value_spans["namespace"] = meta.span
+            return True
+        if written != self.namespace:
+            self.errors.append(error(meta.value_spans.get("namespace", meta.span), "manifest", (
+                f"the namespace here ({written}) does not match --namespace {self.namespace}; kubectl refuses "
+                "the same: drop one of them")))
+            return False
+        return True
 
     def checked(self, path: str, obj, where: Span):
         """The object if it is one anyplane reads and its shape is right (schema.py); None otherwise, with
