@@ -43,7 +43,7 @@ from anyplane.ir.match import (Absent, Exact, InSet, Match, Present, PrefixMatch
 from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP
 from anyplane.ir.nodes import Entry, Program, decision_key, ordered
 
-from .index import Boxer, OverlapIndex
+from .index import Boxer, OverlapIndex, members
 
 Intervals = tuple[tuple[int, int], ...]
 Box = tuple[Intervals, ...]
@@ -375,10 +375,11 @@ class _Side:
 
     def near(self, entries: list[Entry], lo: int, hi: int) -> list[int]:
         """Positions in [lo, hi) of entries that can share a flow with one of these, in order."""
-        out: set[int] = set()
+        window = ((1 << hi) - 1) & ~((1 << lo) - 1) if hi > lo else 0
+        found = 0
         for e in entries:
-            out.update(j for j in self.index.candidates(self.boxer.box(e.match)) if lo <= j < hi)
-        return sorted(out)
+            found |= self.index.mask(self.boxer.box(e.match)) & window
+        return members(found)
 
 
 def refines(engine: Program, source: Program) -> tuple[Program | None, str]:
