@@ -441,10 +441,31 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
     # answers[(src region, dst region)] for every pair with a workload at one end (same family probes)
     answers = {}
     blocks = {family: _Blocks(program, family, regions) for family in (4, 6)}
+    # The pairs of two regions in blocks (most of them): per IP version, the block's answer, asked once.
+    grouped = {family: (b.space.src_group, b.space.dst_group, b.space._single, b.answers)
+               for family, b in blocks.items()}
+    first = {r.key: r.first for r in regions}
     for a in regions:
+        a_first = first[a.key]
         for b in regions:
             if not (a.workload or b.workload):
                 continue
+            if a is not b:
+                found, b_first = _ASK, first[b.key]
+                for family, (src_group, dst_group, single, block_answers) in grouped.items():
+                    if family not in a_first or family not in b_first:
+                        continue
+                    gs, gd = src_group.get(a.key), dst_group.get(b.key)
+                    ans = _ASK if gs is None or gd is None or (a.key, b.key) in single else \
+                        block_answers.get((gs, gd), _ASK)
+                    if ans is _ASK or (found is not _ASK and ans != found):
+                        break  # not in a block, or not asked yet, or the versions disagree: below
+                    found = ans
+                else:
+                    if found is not _ASK:
+                        if found is not None:
+                            answers[(a.key, b.key)] = found
+                        continue
             if a is b and a.workload and _single(a):
                 # Kubernetes lets a pod reach itself: the default may say otherwise (that flow is left out
                 # of the proof), a rule may not.
@@ -638,11 +659,15 @@ class _Peers:
         rule name a whole namespace, or every peer."""
         grouped: dict[str, tuple[object, list, list]] = {}
         spare = []
+        texts: dict[int, str] = {}  # id of an answer -> its text (the pairs of a block share one answer)
         for region, ans in pairs:
             if region.key in loose:
                 spare.append((region, ans))
             elif ans is not None:
-                grouped.setdefault(repr(ans), (ans, [], []))[1].append(region)
+                text = texts.get(id(ans))
+                if text is None:
+                    text = texts[id(ans)] = repr(ans)
+                grouped.setdefault(text, (ans, [], []))[1].append(region)
         for region, ans in spare:  # admitted by one rule that passes at least its answer, allowed in the others
             fits = [g for g in grouped.values() if _covers(g[0], ans)]
             home = None
