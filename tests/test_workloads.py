@@ -513,4 +513,9 @@ def test_the_kernels_tables_follow_a_new_binding_as_tables_built_afresh(tmp_path
         def trie(c):  # the IPv6 trie's keys, each with its class (as owner and CIDRs: numbers may differ)
             return sorted((key, (c.model.src, c.model.dst)[key[4]].keys[cls]) for key, cls in c.tables.addr6)
         assert trie(got) == trie(fresh), seed
+        back = rebind(after, got, before)  # and back again, from what the first rebind worked out
+        if back is not None:
+            old = build_all(before)
+            assert all(back.model.decide(f) == old.model.decide(f) for f in flows), seed
+            assert trie(back) == trie(old), seed
     assert rebound >= 16, f"only {rebound} of 32 new bindings were written as address tables alone"

@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from anyplane.ir.conn import Tracker
 from anyplane.ir.interp import evaluate
@@ -65,6 +65,7 @@ class Compiled:
     model: Model
     tables: Tables
     layout: Layout
+    memo: dict = field(default_factory=dict, compare=False)  # kept for rebinding (rebind.py)
 
     @property
     def source(self) -> str:

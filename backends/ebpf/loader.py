@@ -89,6 +89,12 @@ META = struct.Struct("=18I")
 EPOCH_AT = 11  # index of `epoch` in META: set by `write`, one more at every push
 
 
+def trie_key(side: int, p) -> bytes:
+    """An IPv6 prefix's key in the `addr6` trie: the LPM length (8 bits of side, then the prefix), the side
+    (0 source, 1 destination), the address."""
+    return struct.pack("=I", 8 + p.length) + bytes([side]) + p.value.to_bytes(16, "big")
+
+
 def tables(model: Model, labels: dict[str, str], connections: Connections = Connections()) -> Tables:
     """Map contents for a model; `labels` names rules for `status`; `connections`: the policy's
     connection state (stateful or not, timeouts, table size)."""
@@ -99,7 +105,7 @@ def tables(model: Model, labels: dict[str, str], connections: Connections = Conn
     for side, classes in enumerate((model.src, model.dst)):
         for p, cls in classes.prefixes:
             if p.family == 6:
-                addr6.append((struct.pack("=I", 8 + p.length) + bytes([side]) + p.value.to_bytes(16, "big"), cls))
+                addr6.append((trie_key(side, p), cls))
     cls_arr = array("I", bytes(4 * 3 * 65536))
     for base, fc in ((0, model.sport), (65536, model.dport), (2 * 65536, model.icmp)):
         starts = list(fc.starts) + [65536]

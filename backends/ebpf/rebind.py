@@ -11,16 +11,17 @@ one the tables already have:
 
 and every other table (the rules' bit vectors, actions, ports) stays as it is. Anything else (the
 rules changed, a prefix that is not a host, a host that is also a rule's CIDR, a class the tables do
-not have yet) returns None and the policy is built afresh. tests/test_ebpf.py checks that the result
-decides every flow as tables built afresh do.
+not have yet) returns None and the policy is built afresh. tests/test_workloads.py checks that the
+result decides every flow as tables built afresh do, and so does a second rebind from it (which reuses
+what the first one worked out: each side's CIDRs and prefix lengths, the rows it was given).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import struct
 from array import array
 from bisect import bisect_left, insort
+from operator import attrgetter
 
 from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
@@ -29,15 +30,19 @@ from anyplane.ir.nodes import Program
 
 from ..classes import AddressClasses
 from .addr4 import LEVEL1, Addr4Table
+from .loader import trie_key
 
 
 def rules_alike(a: Program, b: Program) -> bool:
-    """Whether two programs differ at most in their endpoint rows (a binding)."""
-    return a is b or all(getattr(a, f.name) == getattr(b, f.name) for f in dataclasses.fields(a) if f.name != "endpoints")
+    """Whether two programs give the kernel the same tables but for their endpoint rows (a binding): the
+    same entries, default, connection state and rules (the counters' labels)."""
+    return a is b or all(getattr(a, f) == getattr(b, f) for f in ("default", "connections", "acl", "rules"))
 
 
 def _rows(program: Program) -> set[tuple[int, int, int, str]]:
-    return {(r.prefix.family, r.prefix.value, r.prefix.length, r.identity) for r in program.endpoints}
+    prefixes = list(map(attrgetter("prefix"), program.endpoints))
+    return set(zip(map(attrgetter("family"), prefixes), map(attrgetter("value"), prefixes),
+                   map(attrgetter("length"), prefixes), map(attrgetter("identity"), program.endpoints)))
 
 
 def rebind(before: Program, compiled, program: Program):
@@ -46,7 +51,8 @@ def rebind(before: Program, compiled, program: Program):
     over the rows to find them)."""
     if not rules_alike(before, program):
         return None
-    old, new = _rows(before), _rows(program)
+    old = compiled.memo["rows"] if "rows" in compiled.memo else _rows(before)
+    new = _rows(program)
     gone = [(Prefix(f, v, n), who) for f, v, n, who in old - new]
     came = [(Prefix(f, v, n), who) for f, v, n, who in new - old]
     if not (gone or came):
@@ -59,9 +65,15 @@ def rebind(before: Program, compiled, program: Program):
     table = Addr4Table.__new__(Addr4Table)
     table.data = array("I", tables.addr4)
     sides = []
-    for side, (classes, ip_field) in enumerate(((model.src, F.SRC_IP), (model.dst, F.DST_IP))):
-        cidrs = {o.prefix for e in model.entries if (fm := e.match.get(ip_field)) is not None
-                 for o in options(fm) if isinstance(o, PrefixMatch)}
+    memo = dict(compiled.memo)  # what rebinding the same rules needs again: each side's CIDRs and lengths
+    if "cidrs" not in memo:
+        memo["cidrs"] = tuple({o.prefix for e in model.entries if (fm := e.match.get(field)) is not None
+                               for o in options(fm) if isinstance(o, PrefixMatch)} for field in (F.SRC_IP, F.DST_IP))
+    if "lengths" not in memo:
+        memo["lengths"] = tuple(frozenset((q.family, q.length) for q, _ in c.prefixes) for c in (model.src, model.dst))
+    lengths_of = []
+    for side, classes in enumerate((model.src, model.dst)):
+        cidrs = memo["cidrs"][side]
         if any(p in cidrs for p, _ in gone + came):
             return None  # the host is also a rule's CIDR: its class changes with it
         ids = {key: k for k, key in enumerate(classes.keys)}
@@ -75,7 +87,10 @@ def rebind(before: Program, compiled, program: Program):
             if cls is None:
                 return None  # a class the tables do not have: its bit vector row is new
             insort(atoms, (p, cls))
-        lengths = sorted({(q.family, q.length) for q, _ in atoms}, reverse=True)
+        # The lengths in use, or more (a length whose last atom left only costs a lookup that finds nothing).
+        known = memo["lengths"][side] | {(p.family, p.length) for p, _ in came}
+        lengths_of.append(known)
+        lengths = sorted(known, reverse=True)
         for p, _ in gone:
             if p.family == 4:
                 table.add(side, p, _enclosing(atoms, lengths, p))
@@ -83,12 +98,20 @@ def rebind(before: Program, compiled, program: Program):
             if p.family == 4:
                 table.add(side, p, atoms[bisect_left(atoms, (p, -1))][1])
         sides.append(AddressClasses(classes.keys, tuple(atoms)))
-    addr6 = [(struct.pack("=I", 8 + p.length) + bytes([side]) + p.value.to_bytes(16, "big"), cls)
-             for side, classes in enumerate(sides) for p, cls in classes.prefixes if p.family == 6]
+    addr6 = dict(tables.addr6)  # the IPv6 trie: a host that left is a key less (the trie's longest match does the rest)
+    for side, classes in enumerate(sides):
+        for p, _ in gone + came:
+            if p.family == 6:
+                addr6.pop(trie_key(side, p), None)
+        for p, _ in came:
+            if p.family == 6:
+                addr6[trie_key(side, p)] = classes.prefixes[bisect_left(classes.prefixes, (p, -1))][1]
+    addr6 = list(addr6.items())
     need = dataclasses.replace(tables.need, chunks=(len(table.data) - 2 * LEVEL1) // 256, addr6=len(addr6))
     model = dataclasses.replace(model, src=sides[0], dst=sides[1])
     tables = dataclasses.replace(tables, addr4=table.data, addr6=addr6, need=need)
-    return dataclasses.replace(compiled, model=model, tables=tables, layout=need.grown())
+    memo["lengths"], memo["rows"] = tuple(lengths_of), new
+    return dataclasses.replace(compiled, model=model, tables=tables, layout=need.grown(), memo=memo)
 
 
 def _enclosing(atoms: list[tuple[Prefix, int]], lengths: list[tuple[int, int]], p: Prefix) -> int:
