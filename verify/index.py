@@ -207,13 +207,19 @@ class _Intervals:
 
     def _meeting(self, ranges) -> int:
         hit = self.everywhere
-        for a, b in ranges:
+        query = merge_ranges(ranges)  # sorted and apart: a box's range meets at most the last one before its end
+        for a, b in query:
             started = _upto(self.lo_cum, self.lo_items, bisect_right(self.los, b))
             ended = _upto(self.hi_cum, self.hi_items, bisect_left(self.his, a))
             hit |= started & ~ended
-        for item, rs in self.several:
-            if any(lo <= b and a <= hi for lo, hi in rs for a, b in ranges):
-                hit |= 1 << item
+        if self.several:
+            starts = [a for a, _ in query]
+            for item, rs in self.several:
+                for lo, hi in rs:
+                    k = bisect_right(starts, hi) - 1
+                    if k >= 0 and query[k][1] >= lo:
+                        hit |= 1 << item
+                        break
         return hit
 
     def meeting(self, ranges: tuple[tuple[int, int], ...]) -> int:
