@@ -34,12 +34,16 @@ class Client:
     def __init__(self, device_id: int, address: str, election_id: tuple[int, int] = (0, 1)):
         self.device_id, self.election_id = device_id, election_id
         self.channel = grpc.insecure_channel(address)
-        try:
-            grpc.channel_ready_future(self.channel).result(timeout=CONNECT_TIMEOUT_S)
-        except grpc.FutureTimeoutError:
-            self.channel.close()
-            raise ClientError(f"no P4Runtime server answered at {address} (device {device_id})") from None
         self.stub = p4runtime_pb2_grpc.P4RuntimeStub(self.channel)
+        # Wait for the target with a first call rather than channel_ready_future, whose connectivity
+        # polling would hold every close of the channel for about 200 ms. Any answer, even "not
+        # implemented", says a server is there.
+        try:
+            self.stub.Capabilities(p4runtime_pb2.CapabilitiesRequest(), timeout=CONNECT_TIMEOUT_S, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self.channel.close()
+                raise ClientError(f"no P4Runtime server answered at {address} (device {device_id})") from None
         self._outbox: queue.Queue = queue.Queue()
         self._inbox: queue.Queue = queue.Queue()
         self._stream = self.stub.StreamChannel(iter(self._outbox.get, None))
