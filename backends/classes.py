@@ -54,14 +54,20 @@ class AddressClasses:
         return 0 if hit is None else hit
 
 
-def address_classes(program: Program, entries: list[Entry], side: str) -> AddressClasses:
-    """Classes for one side: atoms are endpoint prefixes and the side's CIDRs in matches."""
+def side_cidrs(entries: list[Entry], side: str) -> set[Prefix]:
+    """The CIDRs the entries match on one side ("src" or "dst")."""
     ip_field = F.SRC_IP if side == "src" else F.DST_IP
     cidrs: set[Prefix] = set()
     for e in entries:
         fm = e.match.get(ip_field)
         if fm is not None:
             cidrs.update(o.prefix for o in options(fm) if isinstance(o, PrefixMatch))
+    return cidrs
+
+
+def address_classes(program: Program, entries: list[Entry], side: str) -> AddressClasses:
+    """Classes for one side: atoms are endpoint prefixes and the side's CIDRs in matches."""
+    cidrs = side_cidrs(entries, side)
     owners = ownership(program)
     owned = owners.owner_of
     atoms = sorted(set(owned) | cidrs)

@@ -100,7 +100,8 @@ def measure(name: str, size: int, text: str) -> dict:
             "diff_classes": len(d.newly_allowed) + len(d.newly_denied) + len(d.changed)}
 
 
-#: Run in a child: verify one ClassBench set with the `anyplane` package found under ROOT.
+#: Run in a child: verify one ClassBench set (argv: the directory holding the `anyplane` package, the tree
+#: whose bench/classbench.py converts the rules, the rules file, the collector's thresholds).
 CHILD = """
 import gc, json, sys, time
 sys.path.insert(0, sys.argv[1])

@@ -88,8 +88,8 @@ def test_a_pair_is_alike_in_two_programs_only_under_the_same_default():
                                        "default deny\nallow a -> b tcp 80\n")]).program
     names, interned = ["a", "b"], {}
     mine = PairClasses(policy, names, interned)
-    same = _differing(policy, policy, mine, PairClasses(policy, names, interned), names, names, frozenset())
+    same = _differing(policy, mine, PairClasses(policy, names, interned), names, names, frozenset())
     assert same == []
     other = dataclasses.replace(policy, default="allow")
-    pairs = _differing(policy, other, mine, PairClasses(other, names, interned), names, names, frozenset())
+    pairs = _differing(policy, mine, PairClasses(other, names, interned), names, names, frozenset())
     assert [(s, d) for s, d, *_ in pairs] == [("a", "a"), ("a", "b"), ("b", "a"), ("b", "b")]

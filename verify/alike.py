@@ -12,7 +12,7 @@ two different addresses of the identity exist. On the region of a pair (source o
 identity, destination by the other) an entry matches exactly when the rest of its match does: alike
 pairs are decided alike, whatever the rest of the match holds (ports, protocols, HTTP). Two programs
 with the same endpoints and the same key for a pair (with `interned` shared) decide that pair alike
-too.
+too: a key ends with the program's default, so programs with other defaults never share one.
 
 A cluster's pairs fall into a few classes (tier to tier, across namespaces) however many namespaces
 and pods it has: the map (verify/connectivity.py) asks one pair per class, the proof of an export
@@ -43,6 +43,7 @@ class PairClasses:
 
     def __init__(self, program: Program, names: list[str], interned: dict | None = None):
         self.ordered = list(ordered(program.acl))  # the order of Analysis.ordered
+        self.default = ("default", program.default)  # what a pair gets where none of its entries match
         own = ownership(program)
         declared = own.prefixes
         spans = _Declared(declared)
@@ -119,7 +120,7 @@ class PairClasses:
                 return self._self_key(src)
             return None
         return (self.families[src] & self.families[dst],) + \
-            tuple(self.code[i] for i in self.positions(src, dst, mask))
+            tuple(self.code[i] for i in self.positions(src, dst, mask)) + (self.default,)
 
     def _self_key(self, name: str) -> tuple | None:
         """The class of an identity's pair with itself when its only entries for part of it are each

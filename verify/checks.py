@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 
 
 from anyplane.ir.actions import Deny, RateLimit
-from anyplane.ir.flow import Flow
 from anyplane.ir.nodes import Entry, precedence
+from anyplane.ir.pairspace import bit_positions
 
 from .context import Analysis
-from .index import ascending, members, surely_meet
-from .refine import (BUDGET, DPORT, DST_IP, ICMP_CODE, ICMP_TYPE, PROTO, SPORT, SRC_IP, V6_BASE, Boxes,
-                     NotComparable, Work, _apart, _without)
+from .index import members, surely_meet
+from .refine import BUDGET, Boxes, NotComparable, Work, _apart, _without, flow_in
 from .concrete import covers, disjoint, escape, intersection
 from .reach import prefer
 from .result import Finding, VerificationBug
@@ -155,7 +154,7 @@ class AnomalyChecker:
             facts.live, facts.covering = False, self._covering(i)
             return
         if left:
-            witness = self._point(left[0])
+            witness = flow_in(left[0])
             ms = a.matching(witness) if witness is not None else ()
             if i in ms and not any(self._outranks(m, i) for m in ms):
                 facts.live, facts.witness = True, witness
@@ -206,24 +205,6 @@ class AnomalyChecker:
             raise hit
         return hit
 
-    @staticmethod
-    def _point(box) -> Flow | None:
-        """A flow inside an exact box (None when its corner is no flow)."""
-        def pick(dim):
-            lo, hi = box[dim][0]
-            return lo + 1 if lo < hi else lo
-        dst, src = pick(DST_IP), pick(SRC_IP)
-        family = 4 if dst < V6_BASE else 6
-        base = 0 if family == 4 else V6_BASE
-        def value(dim):
-            v = box[dim][0][0]
-            return None if v < 0 else v
-        try:
-            return Flow(family, src - base, dst - base, box[PROTO][0][0], value(SPORT), value(DPORT),
-                        icmp_type=value(ICMP_TYPE), icmp_code=value(ICMP_CODE))
-        except ValueError:
-            return None
-
     def _covering(self, i: int) -> list[int]:
         """The rules that decide the flows of a dead entry: an unsat core when the entry has few
         overlapping predecessors, else the deciders of sample flows (Batfish's blocking lines)."""
@@ -259,7 +240,7 @@ class AnomalyChecker:
             return True
         # Aim at later entries that decide differently: start inside both, then escape.
         tried = 0
-        for c in ascending(self._differing(self._masks(i)[1], code)):
+        for c in bit_positions(self._differing(self._masks(i)[1], code)):
             start = intersection(a, [e.match, a.ordered[c].match])
             if start is not None and escape(a, e.match, a.boxes[i], start, blockers) is not None:
                 return True
@@ -277,7 +258,7 @@ class AnomalyChecker:
         differs = self._differing(later, code)
         first_differing = differs & -differs
         alike = later & (first_differing - 1) if differs else later
-        for c in ascending(alike):
+        for c in bit_positions(alike):
             if covers(a, a.ordered[c].match, a.ordered[i].match):
                 facts.deciders = [c]
                 return True
@@ -369,12 +350,12 @@ class AnomalyChecker:
         that outrank entry i in decision order, taking from its flows what each one matches; an entry
         that decides otherwise and still meets what is left decides some of its flows otherwise. None
         when a match is not boxes (HTTP fields) or the walk outgrows its bound: the solver answers."""
-        a, exact = self.a, self._exact_boxes()
+        a = self.a
         try:
-            left = exact.boxes(a.ordered[i].match)
+            left = self._boxes_of(i)
             budget = Work(BUDGET)
             for c in earlier:
-                taken = exact.boxes(a.ordered[c].match)
+                taken = self._boxes_of(c)
                 if self.code(a.ordered[c]) != code:
                     if any(not _apart(p, h) for p in left for h in taken):
                         return False
@@ -436,7 +417,7 @@ class AnomalyChecker:
             if not isinstance(e.action, Deny):
                 opposite_side |= allows_at.get(e.priority, 0)
             earlier = self._masks(i)[0] & opposite_side & ~self.rule_mask[e.rule]
-            for c in ascending(earlier):
+            for c in bit_positions(earlier):
                 x = a.ordered[c]
                 opposite = isinstance(x.action, Deny) != isinstance(e.action, Deny)
                 rate_clash = (not opposite and not isinstance(x.action, Deny) and x.priority == e.priority

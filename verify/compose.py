@@ -338,11 +338,11 @@ def _by_pairs(policy: Program, engines: dict[str, Program], scopes: list[Scope])
     # share one pass over all pairs.
     shared = None
     if len({e for *_, e in asked}) == 1 and sum(len(s) * len(d) for _, s, d, _ in asked) > len(inside) ** 2:
-        shared = _differing(policy, theirs_of, mine, theirs, inside, inside, asked[0][3])
+        shared = _differing(policy, mine, theirs, inside, inside, asked[0][3])
     out: dict[str, list] = {}
     for label, src, dst, exempt in asked:
         if shared is None:
-            pairs = _differing(policy, theirs_of, mine, theirs, src, dst, exempt)
+            pairs = _differing(policy, mine, theirs, src, dst, exempt)
         else:
             src_set, dst_set = set(src), set(dst)
             pairs = [p for p in shared if p[0] in src_set and p[1] in dst_set]
@@ -361,16 +361,14 @@ def _by_pairs(policy: Program, engines: dict[str, Program], scopes: list[Scope])
     return out
 
 
-def _differing(policy: Program, engine: Program, mine_classes: PairClasses, their_classes: PairClasses,
-               src: list[str], dst: list[str], exempt: frozenset) -> list[tuple]:
+def _differing(policy: Program, mine: PairClasses, theirs: PairClasses, src: list[str], dst: list[str],
+               exempt: frozenset) -> list[tuple]:
     """The pairs, in order, that the two programs may decide apart: (source, destination, the policy's
-    key, the engine's key, whether the pair's flows are between two different addresses only). A key
-    ends with its program's default: what a pair's flows get when none of its entries match."""
-    mine, theirs = _Keys(mine_classes, policy.default), _Keys(their_classes, engine.default)
+    key, the engine's key, whether the pair's flows are between two different addresses only)."""
     out = []
     prefixes = ownership(policy).prefixes
     # Blocks of pairs keyed alike in both programs are judged by one pair of each (verify/alike.py).
-    space = PairSpace([mine_classes, their_classes], src, dst)
+    space = PairSpace([mine, theirs], src, dst)
     for s, d in space.singles:
         selfless = s == d and _only_hosts(policy, s, exempt)
         if selfless and len(prefixes.get(s, ())) == 1:
@@ -389,17 +387,6 @@ def _differing(policy: Program, engine: Program, mine_classes: PairClasses, thei
         out.extend((s, d, a, b, False) for s, d in space.members(block))
     out.sort(key=lambda p: (p[0], p[1]))
     return out
-
-
-class _Keys:
-    """A program's pair keys, each ending with the program's default."""
-
-    def __init__(self, classes: PairClasses, default: str):
-        self.classes, self.default = classes, ("default", default)
-
-    def key(self, src: str, dst: str, selfless: bool = False) -> tuple | None:
-        k = self.classes.key(src, dst, selfless)
-        return None if k is None else k + (self.default,)
 
 
 def _only_hosts(policy: Program, name: str, exempt: set) -> bool:

@@ -138,14 +138,14 @@ STRIDE = 16  # items between two cumulative masks of an _Intervals order
 POINT_TABLE_BITS = 1 << 28  # the largest table of elementary intervals' masks an _Intervals keeps (32 MiB)
 
 
-def _cumulative(keys: list[int], items: list[int]) -> tuple[list[int], list[int], list[int]]:
-    """Sorted keys, their items, and the bit mask of the first k*STRIDE items for every k."""
+def _cumulative(items: list[int]) -> list[int]:
+    """The bit mask of the first k*STRIDE items of an order, for every k."""
     cum, acc = [0], 0
     for k, item in enumerate(items, 1):
         acc |= 1 << item
         if k % STRIDE == 0:
             cum.append(acc)
-    return keys, items, cum
+    return cum
 
 
 def _upto(cum: list[int], items: list[int], k: int) -> int:
@@ -167,14 +167,6 @@ def members(mask: int) -> list[int]:
         out.append(i)
         i = find("1", i + 1)
     return out
-
-
-def ascending(mask: int):
-    """The positions of a bit mask's set bits, ascending, one at a time (for searches that stop early)."""
-    while mask:
-        low = mask & -mask
-        yield low.bit_length() - 1
-        mask ^= low
 
 
 class _Intervals:
@@ -201,8 +193,9 @@ class _Intervals:
         self._points = None
         by_lo = sorted(single)
         by_hi = sorted(single, key=lambda t: (t[1], t[2]))
-        self.los, self.lo_items, self.lo_cum = _cumulative([t[0] for t in by_lo], [t[2] for t in by_lo])
-        self.his, self.hi_items, self.hi_cum = _cumulative([t[1] for t in by_hi], [t[2] for t in by_hi])
+        self.los, self.lo_items = [t[0] for t in by_lo], [t[2] for t in by_lo]
+        self.his, self.hi_items = [t[1] for t in by_hi], [t[2] for t in by_hi]
+        self.lo_cum, self.hi_cum = _cumulative(self.lo_items), _cumulative(self.hi_items)
         self._memo: dict = {}
 
     def _meeting(self, ranges) -> int:

@@ -40,7 +40,7 @@ from bisect import bisect_right
 from anyplane.ir import fields as F
 from anyplane.ir.match import (Absent, Exact, InSet, Match, Present, PrefixMatch, Range, Ternary,
                                merge_ranges, options)
-from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP
+from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP, Flow
 from anyplane.ir.nodes import Entry, Program, decision_key, ordered
 
 from .index import Boxer, OverlapIndex, members
@@ -225,6 +225,25 @@ class Boxes:
         if len(m.fields) != sum(1 for name in DIMENSIONS if m.get(name) is not None):
             raise NotComparable("an entry matches HTTP fields, which the boxes do not model")
         return tuple(out)
+
+
+def flow_in(box: Box) -> Flow | None:
+    """A flow inside a box of `Boxes.boxes` (its lowest corner, past the network address where it can;
+    None when that corner is no flow)."""
+    def pick(dim):
+        lo, hi = box[dim][0]
+        return lo + 1 if lo < hi else lo
+
+    def value(dim):
+        v = box[dim][0][0]
+        return None if v < 0 else v  # -1: the field is absent
+    dst, src = pick(DST_IP), pick(SRC_IP)
+    base = 0 if dst < V6_BASE else V6_BASE
+    try:
+        return Flow(4 if base == 0 else 6, src - base, dst - base, box[PROTO][0][0], value(SPORT), value(DPORT),
+                    icmp_type=value(ICMP_TYPE), icmp_code=value(ICMP_CODE))
+    except ValueError:
+        return None
 
 
 def _as_product(boxes: list[Box]) -> Box | None:

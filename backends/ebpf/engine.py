@@ -70,13 +70,12 @@ class Compiled:
     @property
     def source(self) -> str:
         """The C source for the layout (rendered when a push must load a program, not at every push)."""
-        key = tuple(sorted(vars(self.layout).items()))
-        if key not in _SOURCES:
-            _SOURCES[key] = render(self.layout)
-        return _SOURCES[key]
+        if self.layout not in _SOURCES:
+            _SOURCES[self.layout] = render(self.layout)
+        return _SOURCES[self.layout]
 
 
-_SOURCES: dict[tuple, str] = {}
+_SOURCES: dict[Layout, str] = {}
 #: Per classifier, the program this process last pushed to it, its tables and the mark its state had
 #: after that push: a push that changes only the binding starts from them (rebind.py), unless another
 #: push came between.

@@ -23,12 +23,10 @@ from array import array
 from bisect import bisect_left, insort
 from operator import attrgetter
 
-from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
-from anyplane.ir.match import PrefixMatch, options
 from anyplane.ir.nodes import Program
 
-from ..classes import AddressClasses
+from ..classes import AddressClasses, side_cidrs
 from .addr4 import LEVEL1, Addr4Table
 from .loader import trie_key
 
@@ -67,8 +65,7 @@ def rebind(before: Program, compiled, program: Program):
     sides = []
     memo = dict(compiled.memo)  # what rebinding the same rules needs again: each side's CIDRs and lengths
     if "cidrs" not in memo:
-        memo["cidrs"] = tuple({o.prefix for e in model.entries if (fm := e.match.get(field)) is not None
-                               for o in options(fm) if isinstance(o, PrefixMatch)} for field in (F.SRC_IP, F.DST_IP))
+        memo["cidrs"] = (side_cidrs(model.entries, "src"), side_cidrs(model.entries, "dst"))
     if "lengths" not in memo:
         memo["lengths"] = tuple(frozenset((q.family, q.length) for q, _ in c.prefixes) for c in (model.src, model.dst))
     lengths_of = []

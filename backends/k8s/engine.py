@@ -441,23 +441,17 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
     # answers[(src region, dst region)] for every pair with a workload at one end (same family probes)
     answers = {}
     blocks = {family: _Blocks(program, family, regions) for family in (4, 6)}
-    # The pairs of two regions in blocks (most of them): per IP version, the block's answer, asked once.
-    grouped = {family: (b.space.src_group, b.space.dst_group, b.space._single, b.answers)
-               for family, b in blocks.items()}
-    first = {r.key: r.first for r in regions}
     for a in regions:
-        a_first = first[a.key]
         for b in regions:
             if not (a.workload or b.workload):
                 continue
-            if a is not b:
-                found, b_first = _ASK, first[b.key]
-                for family, (src_group, dst_group, single, block_answers) in grouped.items():
-                    if family not in a_first or family not in b_first:
+            if a is not b:  # the pairs in blocks (most of them): the block's answer, once asked, per IP version
+                found = _ASK
+                for family, kind in blocks.items():
+                    if family not in a.first or family not in b.first:
                         continue
-                    gs, gd = src_group.get(a.key), dst_group.get(b.key)
-                    ans = _ASK if gs is None or gd is None or (a.key, b.key) in single else \
-                        block_answers.get((gs, gd), _ASK)
+                    block = kind.of(a.key, b.key)
+                    ans = _ASK if block is None else kind.answers.get(block, _ASK)
                     if ans is _ASK or (found is not _ASK and ans != found):
                         break  # not in a block, or not asked yet, or the versions disagree: below
                     found = ans

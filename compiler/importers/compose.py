@@ -69,12 +69,11 @@ def selectors(classes: dict, pods: list[Pod], keys: set) -> dict:
 def outside_blocks(networks: list, pods: list[Pod], named: list = ()) -> list[tuple[str, list, str]]:
     """Addresses outside the cluster, cut where ipBlocks begin and end (as network-config-analyzer
     draws them): [(name, prefixes, "FIRST-LAST")]. IPv6 only when some block or pod is IPv6. `named`:
-    (name, networks) that ServiceEntries give; a block inside one of them is named after it (the
-    innermost), and they cut the addresses too."""
+    (name, networks) that ServiceEntries give (among `networks` too); a block inside one of them is named
+    after it (the innermost)."""
     out = []
     named = [(re.sub("_+", "_", re.sub(r"[^a-z0-9_]", "_", name.lower())).strip("_") or "entry", n)
              for name, nets in named for n in nets]
-    networks = list(networks) + [n for _, n in named]
     used: dict[str, int] = {}
     taken = {n for p in pods for n in p.networks}
     for version, bits in ((4, 32), (6, 128)):

@@ -393,7 +393,7 @@ def _route_body(p, rule, where, svc, subsets) -> str | None:
         if port:
             # The Service's only port: the route is the Service's (anyplane routes a service, not a port).
             number = port.get("number") if isinstance(port, dict) else None
-            if not (isinstance(number, int) and set(port) - {"number"} <= {k for k in port if k.startswith("__")}
+            if not (isinstance(number, int) and all(k == "number" or k.startswith("__") for k in port)
                     and svc.ports == (number,)):
                 p.fail(dest, f"destination.port: anyplane routes a Service's requests whatever their port; a port "
                              f"is imported when it is the Service's only one ({_ports_text(svc.ports)})")
