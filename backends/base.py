@@ -156,6 +156,7 @@ class Options:
     xds: tuple = ()  # (host, port) of the xDS servers the sidecars' bootstraps point at (envoy)
     xds_delta: bool = False  # the incremental flavour of xDS (envoy)
     xds_tls: dict | None = None  # {"cert", "key", "ca"}: the sidecars' TLS to the xDS server (envoy)
+    ca: tuple | None = None  # (cert, key, chain, kept in the output) PEM: signs the sidecars' SVIDs (envoy)
 
 
 class Engine:

@@ -460,10 +460,11 @@ class Serving:
     """
 
     def __init__(self, paths: list[str], deployment_file: str | None = None, events=None, limits=None,
-                 bind: list[str] | None = None):
+                 bind: list[str] | None = None, ca: tuple | None = None, svid_ttl_s: int | None = None):
         self.paths, self.deployment_file = list(paths), deployment_file
         self.bind = list(bind or [])  # pods that give the workloads their addresses: watched as well
         self.plane = registry.get("envoy").control_plane(limits)
+        self.plane.certify(ca, svid_ttl_s)  # under mtls: the workloads' certificates over SDS
         self.events = events or (lambda kind, detail: None)
         self.seen: str | None = None
         self.version: str | None = None
@@ -518,6 +519,10 @@ class Serving:
 
     def start(self, listen: str, tls=None) -> int:
         return self.plane.start(listen, tls)
+
+    def rotate(self) -> bool:
+        """Re-issue certificates past half their life (call it often: it only signs what is due)."""
+        return self.plane.rotate()
 
     def status(self) -> dict:
         return self.plane.status()

@@ -88,7 +88,15 @@ class LabelsClause:
     span: Span
 
 
-ServiceItem = Union[AddressClause, PortClause, VersionClause, NamespaceClause, LabelsClause]
+@dataclass(frozen=True, slots=True)
+class AccountClause:
+    """`account NAME` (a workload's): the Kubernetes service account its pods run as"""
+
+    name: Word
+    span: Span
+
+
+ServiceItem = Union[AddressClause, PortClause, VersionClause, NamespaceClause, LabelsClause, AccountClause]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +117,12 @@ class Service:
     def namespace(self) -> Word | None:
         """The `namespace` clause's name (the last, when there are several: checks refuse that)."""
         found = [item.name for item in self.items if isinstance(item, NamespaceClause)]
+        return found[-1] if found else None
+
+    @property
+    def account(self) -> Word | None:
+        """The `account` clause's name (the last, when there are several: checks refuse that)."""
+        found = [item.name for item in self.items if isinstance(item, AccountClause)]
         return found[-1] if found else None
 
     @property
@@ -248,6 +262,7 @@ class Pattern:
     span: Span
     src_except: tuple[EndpointRef, ...] = ()  # patterns only: `any except office -> db`
     dst_except: tuple[EndpointRef, ...] = ()
+    peer: "Str | Word | None" = None  # flows only: `peer "spiffe://..."` or `peer plaintext`
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +291,15 @@ class Default:
     """`default allow|deny`."""
 
     verdict: Word
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Mtls:
+    """`mtls strict|permissive|off [trust-domain "DOMAIN"]`: mutual TLS between the workloads' sidecars."""
+
+    mode: Word
+    trust_domain: Str | None
     span: Span
 
 
@@ -392,7 +416,7 @@ class Assert:
     only: bool = False
 
 
-Statement = Union[Service, External, Group, Default, Stateless, Connections, Rule, Route, Limits, Assert]
+Statement = Union[Service, External, Group, Default, Stateless, Connections, Mtls, Rule, Route, Limits, Assert]
 
 
 @dataclass(frozen=True, slots=True)

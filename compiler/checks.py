@@ -97,6 +97,11 @@ class Checker:
         """Endpoints, L4 and L7 parts of a rule, assert or query pattern."""
         src = self._side(p.src, p.src_except, "source")
         dst = self._side(p.dst, p.dst_except, "destination")
+        if p.peer is not None:
+            self.err(p.peer.span, "peer-in-pattern", "'peer' is one flow's client certificate: it belongs in a "
+                                                     "flow (explain --flow), not in a pattern")
+        if src is not None and self.symbols.principals:
+            self._mtls_except(p.src_except)
         fam = lambda s: " and ".join(f"IPv{f}" for f in sorted(s)) or "no"
         if src is not None and dst is not None and not (src & dst):
             self.err(p.span, "family-mismatch",
@@ -109,6 +114,15 @@ class Checker:
         if p.l7 is not None:
             self.l7(p.l7)
             self._http_port(p)
+
+    def _mtls_except(self, excluded) -> None:
+        """Under mutual TLS a workload source is its certificate too, and a pattern cannot say "any
+        certificate but this one" yet: `except` may not take a workload out of a source."""
+        for ref in excluded:
+            if ref.kind == "name" and any(i in self.symbols.principals for i in self._ids(ref)):
+                self.err(ref.span, "mtls-except", f"under mtls, '{ref.text}' is a certificate as well as addresses, "
+                                                  "and a source cannot take a certificate out ('except'); name the "
+                                                  "sources that may connect instead")
 
     def _icmp_family(self, l4: ast.L4, common: set[int]) -> None:
         """`icmp type N` is ICMP over IPv4 and `icmp6` ICMPv6: the endpoints must have that family."""
@@ -222,6 +236,18 @@ class Checker:
         if a.only and any(r.kind == "any" for r in p.src) and not p.src_except:
             self.err(p.src[0].span, "empty-set", "'assert only any -> ...' leaves no other source to rule out; "
                                                  "name the sources that may reach the destination")
+        if a.only and self.symbols.principals:
+            for ref in p.src:
+                if ref.kind == "name" and any(i in self.symbols.principals for i in self._ids(ref)):
+                    self.err(ref.span, "mtls-except", f"under mtls, 'assert only' with the workload '{ref.text}' as "
+                                                      "a source would need every certificate but its own; assert "
+                                                      "'not reachable' of the sources to rule out instead")
+
+    def _ids(self, ref) -> tuple[str, ...]:
+        try:
+            return resolve(ref, self.symbols).identities
+        except ResolveError:
+            return ()
 
     def rule(self, r: ast.Rule) -> None:
         """A policy rule: its pattern, rate and priority."""

@@ -96,6 +96,7 @@ def explain(program: Program, flow: Flow, engines=()) -> dict:
         "as_new": as_new,
         "src": _end(program, flow.family, flow.src, d.src_id),
         "dst": _end(program, flow.family, flow.dst, d.dst_id),
+        "peer": _peer(program, flow),
         "rate": None if rate is None else {"count": rate.count, "per_s": rate.per_s, "burst": rate.burst},
         "route": route,
         "limits": None if d.limits is None else format_breaker(d.limits),
@@ -104,6 +105,15 @@ def explain(program: Program, flow: Flow, engines=()) -> dict:
         "l4_rule": decided.rule if reply else below.rule,
         "engines": _engines_on_reply(flow, below.verdict, engines) if reply else [],
     }
+
+
+def _peer(program: Program, flow) -> dict | None:
+    """The client certificate a workload's sidecar verified (mTLS): its SPIFFE ID and the workloads that
+    hold it; None when the policy has no mutual TLS."""
+    if program.mtls is None or flow.proto != 6:
+        return None
+    return {"principal": flow.peer,
+            "identities": [i.name for i in program.identities if flow.peer and i.principal == flow.peer]}
 
 
 def format_explanation(x: dict) -> str:
@@ -118,6 +128,11 @@ def format_explanation(x: dict) -> str:
                 f"it, '{first}.*' does)")
 
     lines = [f"flow      {x['flow']}", f"source    {who(x['src'])}", f"dest      {who(x['dst'])}"]
+    peer = x.get("peer")
+    if peer is not None:
+        held = ", ".join(peer["identities"]) or "no workload of the policy"
+        lines.append(f"peer      {peer['principal']} ({held})" if peer["principal"] else
+                     "peer      none: no client certificate (plaintext)")
     req = x["request"]
     if req and req["sent"] and not req["refused"]:
         lines.append(f"request   matched as {req['path']}"

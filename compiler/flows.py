@@ -12,7 +12,7 @@ for ICMPv6, code 0), and the destination's http port for `http` without a port.
 from __future__ import annotations
 
 from anyplane.ir.addr import WIDTH, Prefix
-from anyplane.ir.flow import ICMP, ICMP6, IPV6_EXTENSION_HEADERS, TCP, UDP, Flow, Request
+from anyplane.ir.flow import ICMP, ICMP6, IPV6_EXTENSION_HEADERS, TCP, UDP, Flow, Request, is_spiffe_id
 from anyplane.ir.owners import READABLE, ownership
 from anyplane.ir.nodes import Program
 from anyplane.ir.source import DiagnosticError, Span, error
@@ -167,7 +167,11 @@ def flow_from_pattern(p: ast.Pattern, symbols: Symbols, program: Program) -> Flo
         if dport is None:
             _fail((l4 or p).span, "not-concrete", "a TCP or UDP flow needs a destination port")
         sport = _one_port(l4.sports if l4 else (), "source port", p.span)
-        return Flow(src_family, src, dst, proto, DEFAULT_SPORT if sport is None else sport, dport, http=request)
+        peer = _peer(p, src_ref, symbols, program, dst_family, dst) if proto == TCP else None
+        return Flow(src_family, src, dst, proto, DEFAULT_SPORT if sport is None else sport, dport, http=request,
+                    peer=peer)
+    if p.peer is not None:
+        _fail(p.peer.span, "peer-needs-tcp", "a client certificate travels on a TCP connection")
     if request is not None:
         _fail(l4.span, "http-needs-tcp", "HTTP runs over TCP")
     if l4.kind == "icmp6" and src_family == 4:
@@ -194,6 +198,22 @@ def flow_from_pattern(p: ast.Pattern, symbols: Symbols, program: Program) -> Flo
     if proto in (TCP, UDP):
         _fail(l4.span, "not-concrete", f"use '{'tcp' if proto == TCP else 'udp'} PORT' for a flow of protocol {proto}")
     return Flow(src_family, src, dst, proto)
+
+
+def _peer(p: ast.Pattern, src_ref: ast.EndpointRef, symbols: Symbols, program: Program, family: int,
+          dst: int) -> str | None:
+    """The SPIFFE ID the flow's client proves: as written (`peer "spiffe://..."`, `peer plaintext`), else,
+    under mutual TLS, a source workload's own toward a workload's sidecar (which asks for it)."""
+    if isinstance(p.peer, ast.Str):
+        if not is_spiffe_id(p.peer.value):
+            _fail(p.peer.span, "bad-peer", "a peer is a SPIFFE ID: spiffe://TRUST_DOMAIN/PATH (e.g. "
+                                           "spiffe://cluster.local/ns/shop/sa/web)")
+        return p.peer.value
+    if p.peer is not None or src_ref.kind != "name" or src_ref.name.text not in symbols.principals:
+        return None
+    if ownership(program).table.lookup(family, dst) not in program.mesh:
+        return None
+    return symbols.principals[src_ref.name.text]
 
 
 def parse_flow(text: str, symbols: Symbols, program: Program, path: str = "<flow>") -> Flow:

@@ -67,6 +67,8 @@ def format_pattern(p: ast.Pattern) -> str:
     parts = [format_side(p.src, p.src_except), "->", format_side(p.dst, p.dst_except)]
     if p.l4 is not None:
         parts.append(format_l4(p.l4))
+    if p.peer is not None:
+        parts.append("peer " + (p.peer.raw if isinstance(p.peer, ast.Str) else p.peer.text))
     if p.l7 is not None:
         parts.append(format_l7(p.l7))
     return " ".join(parts)
@@ -94,6 +96,8 @@ def _item(item) -> str:
         return f"namespace {item.name.text}"
     if isinstance(item, ast.LabelsClause):
         return "labels " + ", ".join(w.text for w in item.labels)
+    if isinstance(item, ast.AccountClause):
+        return f"account {item.name.text}"
     if isinstance(item, ast.RouteTo):
         return "to " + ", ".join(b.version.text + (f" {b.weight.value}%" if b.weight else "") for b in item.backends)
     if isinstance(item, ast.RouteTimeout):
@@ -136,6 +140,8 @@ def format_statement(stmt) -> str:
         return f"default {stmt.verdict.text}"
     if isinstance(stmt, ast.Stateless):
         return "stateless"
+    if isinstance(stmt, ast.Mtls):
+        return f"mtls {stmt.mode.text}" + (f" trust-domain {stmt.trust_domain.raw}" if stmt.trust_domain else "")
     if isinstance(stmt, ast.Assert):
         kind = "only" if stmt.only else "reachable" if stmt.reachable else "not reachable"
         return f"assert {kind} {format_pattern(stmt.pattern)}"

@@ -73,6 +73,10 @@ def _clean_stale(parent: Path, name: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+#: Artifacts that hold a private key.
+SECRETS = (".key", "/certs/cert.yaml")
+
+
 def write_output(out_dir: str, artifacts: dict[str, str | bytes], target: str, policy_digest: str) -> list[str]:
     """Replace an output directory with exactly these artifacts and their manifest, or leave it as it
     was: the new set is built in a sibling directory and swapped in whole. A directory that is not
@@ -103,6 +107,8 @@ def write_output(out_dir: str, artifacts: dict[str, str | bytes], target: str, p
                 path.write_bytes(data)
             else:
                 path.write_text(data, encoding="utf-8")
+            if name.endswith(SECRETS):
+                os.chmod(path, 0o600)  # private keys: readable by their owner alone
         (building / MANIFEST).write_text(manifest(artifacts, target, policy_digest), encoding="utf-8")
         if root.is_dir() and _exchange(building, root.resolve()):
             shutil.rmtree(building)  # now the old output

@@ -164,6 +164,9 @@ class ToAst(Transformer):
     def namespace_clause(self, children):
         return ast.NamespaceClause(self._word(children[1]), self._s(children))
 
+    def account_clause(self, children):
+        return ast.AccountClause(self._word(children[1]), self._s(children))
+
     def labels_clause(self, children):
         return ast.LabelsClause(tuple(self._word(t) for t in children[1:]), self._s(children))
 
@@ -194,6 +197,14 @@ class ToAst(Transformer):
 
     def verdict(self, children):
         return self._word(children[0])
+
+    def mtls(self, children):
+        domain = self._str(children[3]) if len(children) > 3 else None
+        return ast.Mtls(self._word(children[1]), domain, self._s(children))
+
+    def peer(self, children):
+        tok = children[1]
+        return self._word(tok) if tok.type == "PLAINTEXT" else self._str(tok)
 
     def stateless(self, children):
         return ast.Stateless(self._s(children))
@@ -353,8 +364,9 @@ class ToAst(Transformer):
         (src, src_except, _), (dst, dst_except, _), *rest = children
         l4 = next((c for c in rest if isinstance(c, ast.L4)), None)
         l7 = next((c for c in rest if isinstance(c, ast.L7)), None)
-        return ast.Pattern(src, dst, l4, l7, self._s([src[0], l7 or l4 or dst_except or dst]),
-                           src_except, dst_except)
+        peer = next((c for c in rest if isinstance(c, (ast.Str, ast.Word))), None)
+        return ast.Pattern(src, dst, l4, l7, self._s([src[0], l7 or peer or l4 or dst_except or dst]),
+                           src_except, dst_except, peer)
 
 
 _ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r"}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anyplane.ir import printer, validate
-from anyplane.ir.nodes import Assert, Connections, Program, Table
+from anyplane.ir.nodes import Assert, Connections, Mtls, Program, Table
 from anyplane.ir.project import project_l4
 from anyplane.ir.source import DiagnosticError, SourceMap, error, render
 
@@ -29,7 +29,7 @@ from .fmt import format_file, format_pattern
 from .lower.endpoints import resolve_endpoints
 from .lower.matches import lower_pattern
 from .lower.routes import lower_limits, order_routes
-from .lower.rules import expand_rules
+from .lower.rules import expand_rules, plaintext_refused
 from .parser import parse_file
 from .suppress import suppressions
 from .values import parse_duration_ms
@@ -179,7 +179,16 @@ def lower_policy(policy: ast.Policy, symbols: Symbols) -> Program:
     asserts = tuple(Assert(s.reachable, lower_pattern(s.pattern, symbols, others=s.only), s.span,
                            format_pattern(s.pattern), s.only)
                     for s in stmts if isinstance(s, ast.Assert))
+    mtls = None
+    if symbols.mtls is not None:
+        mode, domain, stmt = symbols.mtls
+        mtls = Mtls(mode, domain, stmt.span)
+        if mode == "strict" and symbols.principals:
+            rule, refused = plaintext_refused(stmt.span, symbols, "mtls strict")
+            if refused:
+                rules, acl = (rule,) + rules, refused + acl
     program = Program(
+        mtls=mtls,
         connections=lower_connections(stmts),
         default=default.verdict.text if default else "deny",
         default_origin=default.span if default else None,

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 
 from anyplane.ir.addr import Prefix
@@ -20,6 +21,7 @@ RESERVED = frozenset("""
     version any
     tcp udp icmp icmp6 proto sport type code http host header present absent rate burst priority
     to timeout retry on per-try eject consecutive for not reachable only except stateless connections
+    mtls account peer plaintext trust-domain
 """.split())
 
 
@@ -74,6 +76,10 @@ class Symbols:
     resolved: dict[str, "Resolved"] = field(default_factory=dict)
     cache: dict[str, object] = field(default_factory=dict, repr=False)  # derived tables (lower.sets)
     placeholders: bool = False  # some workload stands on placeholder addresses (compiler/binding.py)
+    #: `mtls strict|permissive`: (mode, trust domain, the statement); None without mutual TLS
+    mtls: tuple | None = None
+    #: under mutual TLS, each workload's SPIFFE ID (`spiffe://DOMAIN/ns/NAMESPACE/sa/ACCOUNT`)
+    principals: dict[str, str] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         """Every name an endpoint may use: declarations, their versions, groups."""
@@ -162,7 +168,43 @@ def collect(policy: ast.Policy, binding=None) -> tuple[Symbols, list[Diagnostic]
         symbols.decls[name.text] = decl
     if workloads:
         _bind(symbols, workloads, binding, diags)
+    _mtls(policy, symbols, workloads, diags)
     return symbols, diags
+
+
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+
+
+def _mtls(policy: ast.Policy, symbols: Symbols, workloads: list[Declaration], diags: list[Diagnostic]) -> None:
+    """The `mtls` statement (one at most) and, when it turns mutual TLS on, every workload's SPIFFE ID."""
+    from .binding import namespace_problem
+
+    stmts = [s for s in policy.statements if isinstance(s, ast.Mtls)]
+    for extra in stmts[1:]:
+        diags.append(error(extra.span, "duplicate-clause", "mutual TLS is set twice", Note(stmts[0].span, "first set here")))
+    for d in workloads:
+        account = d.node.account
+        if account is not None and (why := namespace_problem(account.text)):
+            diags.append(error(account.span, "bad-account", why.replace("namespace", "service account")))
+        extra = [i for i in d.node.items if isinstance(i, ast.AccountClause)][1:]
+        for item in extra:
+            diags.append(error(item.span, "duplicate-clause", f"workload '{d.name}' runs as one service account"))
+    if not stmts or stmts[0].mode.text == "off":
+        return
+    stmt = stmts[0]
+    domain = DEFAULT_TRUST_DOMAIN
+    if stmt.trust_domain is not None:
+        domain = stmt.trust_domain.value
+        if not TRUST_DOMAIN.fullmatch(domain):
+            diags.append(error(stmt.trust_domain.span, "bad-trust-domain",
+                               "a trust domain is a DNS name: lower-case letters, digits, '.', '-' and '_'"))
+    symbols.mtls = (stmt.mode.text, domain, stmt)
+    for d in workloads:
+        account = d.node.account.text if d.node.account is not None else "default"
+        symbols.principals[d.name] = f"spiffe://{domain}/ns/{d.selector[0]}/sa/{account}"
+
+
+TRUST_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9._-]{0,253}[a-z0-9])?")
 
 
 def _selector(stmt: ast.Service, diags: list[Diagnostic]) -> tuple:

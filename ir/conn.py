@@ -75,7 +75,7 @@ def key(flow: Flow) -> tuple:
 def reverse(flow: Flow) -> Flow:
     """The packet that answers this one: addresses and ports swapped; an ICMP echo request's answer is
     an echo reply, and an echo reply answers an echo request."""
-    out = replace(flow, src=flow.dst, dst=flow.src, sport=flow.dport, dport=flow.sport, http=None)
+    out = replace(flow, src=flow.dst, dst=flow.src, sport=flow.dport, dport=flow.sport, http=None, peer=None)
     if flow.is_icmp:
         request, reply = ECHO[(flow.family, flow.proto)]
         if flow.icmp_type in (request, reply):
@@ -222,7 +222,8 @@ _SWAP = {"src.ip": "dst.ip", "dst.ip": "src.ip", "src.id": "dst.id", "dst.id": "
 def swapped(m) -> dict:
     """A match's fields with its ends and ports swapped (the shape of its replies), without the protocol,
     ICMP and HTTP conditions, which the caller decides."""
-    return {_SWAP.get(n, n): fm for n, fm in m.fields if not n.startswith(("icmp", "http")) and n != "proto"}
+    return {_SWAP.get(n, n): fm for n, fm in m.fields
+            if not n.startswith(("icmp", "http")) and n not in ("proto", "src.peer")}
 
 
 def reverse_matches(matches) -> tuple:
@@ -231,8 +232,8 @@ def reverse_matches(matches) -> tuple:
     an echo reply of the match answers. Empty when no reply can fall in the matches."""
     out = []
     for m in matches:
-        if any(name.startswith("http") and not isinstance(fm, Absent) for name, fm in m.fields):
-            continue
+        if any(name.startswith(("http", "src.peer")) and not isinstance(fm, Absent) for name, fm in m.fields):
+            continue  # a reply carries no request, and no client certificate
         pairs = swapped(m)
         pairs["http"] = Absent()
         proto, icmp_type = m.get("proto"), m.get("icmp.type")

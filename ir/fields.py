@@ -1,7 +1,8 @@
 """The field catalogue: every header field a match may test, with its width and layer.
 
 Layers say which engine can see a field: L3/L4 fields are visible to every
-engine (switch, kernel, sidecar); L7 fields only to the sidecar. `src.id` and
+engine (switch, kernel, sidecar); L7 fields only to the sidecar: the HTTP request, and
+`src.peer`, the identity a client proved with its certificate under mutual TLS. `src.id` and
 `dst.id` are derived fields (metadata in P4 terms): the identity that owns the
 address under longest-prefix ownership, resolved by the endpoint table.
 """
@@ -30,6 +31,7 @@ SPORT = "sport"
 DPORT = "dport"
 ICMP_TYPE = "icmp.type"
 ICMP_CODE = "icmp.code"
+SRC_PEER = "src.peer"
 HTTP = "http"
 HTTP_METHOD = "http.method"
 HTTP_PATH = "http.path"
@@ -46,6 +48,7 @@ _CATALOGUE = (
     Field(DPORT, 16, "L4", "TCP/UDP destination port"),
     Field(ICMP_TYPE, 8, "L4", "ICMP or ICMPv6 type"),
     Field(ICMP_CODE, 8, "L4", "ICMP or ICMPv6 code"),
+    Field(SRC_PEER, None, "L7", "SPIFFE ID of the client certificate the destination's sidecar verified (mTLS)"),
     Field(HTTP, 1, "L7", "the flow carries an HTTP request"),
     Field(HTTP_METHOD, None, "L7", "HTTP request method"),
     Field(HTTP_PATH, None, "L7", "HTTP request path, without the query string"),

@@ -9,6 +9,7 @@ syntax, so a flow printed by any command can be pasted into
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from . import fields as F
@@ -21,7 +22,14 @@ IPV6_EXTENSION_HEADERS = (0, 43, 44, 60)  # hop-by-hop, routing, fragment, desti
 ICMP_PROTOCOLS = (ICMP, ICMP6)
 PROTOCOL_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMP6: "icmp"}
 #: The methods a rule may name (CONNECT opens a tunnel, which the sidecar does not forward).
+SPIFFE_ID = re.compile(r"spiffe://[a-z0-9._-]{1,255}(/[A-Za-z0-9._-]+)+")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH")
+
+
+def is_spiffe_id(text: str) -> bool:
+    """`spiffe://TRUST_DOMAIN/PATH`: a trust domain of lower-case letters, digits, '.', '-' and '_', and
+    a non-empty path of segments of letters, digits, '.', '-' and '_' (the SPIFFE ID standard)."""
+    return SPIFFE_ID.fullmatch(text) is not None
 
 
 def quote(text: str) -> str:
@@ -95,6 +103,7 @@ class Flow:
     icmp_code: int | None = None
     http: Request | None = None
     fragment: bool = False
+    peer: str | None = None
 
     def __post_init__(self) -> None:
         if self.family not in WIDTH:
@@ -116,6 +125,8 @@ class Flow:
             raise ValueError("ICMP (IPv4) and ICMPv6 (IPv6) flows, and only they, carry a type and a code")
         if self.http is not None and (self.proto != TCP or self.fragment):
             raise ValueError("HTTP requests travel over TCP")
+        if self.peer is not None and (self.proto != TCP or self.fragment or not is_spiffe_id(self.peer)):
+            raise ValueError("a peer is the SPIFFE ID of a TLS client certificate, on a TCP connection")
 
     @property
     def is_icmp(self) -> bool:
@@ -135,6 +146,8 @@ class Flow:
                   F.ICMP_TYPE: self.icmp_type, F.ICMP_CODE: self.icmp_code}
         if field in simple:
             return simple[field]
+        if field == F.SRC_PEER:
+            return self.peer
         if field == F.HTTP:
             return True if self.http is not None else None
         if self.http is None:
@@ -150,8 +163,8 @@ class Flow:
         raise KeyError(f"unknown field {field!r}")
 
     def without_http(self) -> "Flow":
-        """The same flow as seen below L7 (what a kernel or switch sees)."""
-        if self.http is None:
+        """The same flow as seen below L7 (what a kernel or switch sees: no request, no certificate)."""
+        if self.http is None and self.peer is None:
             return self
         return Flow(self.family, self.src, self.dst, self.proto, self.sport, self.dport,
                     self.icmp_type, self.icmp_code, None, self.fragment)
@@ -167,6 +180,8 @@ class Flow:
             parts += [kind, "type", str(self.icmp_type), "code", str(self.icmp_code)]
         else:
             parts += ["proto", str(self.proto)] + (["fragment"] if self.fragment else [])
+        if self.peer is not None:
+            parts += ["peer", quote(self.peer)]
         if self.http is not None:
             parts += ["http", self.http.method, self.http.sent or self.http.path]
             if self.http.host is not None:
@@ -184,6 +199,8 @@ class Flow:
             out.update(sport=self.sport, dport=self.dport)
         if self.icmp_type is not None:
             out.update(icmp_type=self.icmp_type, icmp_code=self.icmp_code)
+        if self.peer is not None:
+            out["peer"] = self.peer
         if self.http is not None:
             out["http"] = {"method": self.http.method, "path": self.http.path,
                            "host": self.http.host, "headers": dict(self.http.headers)}

@@ -43,6 +43,10 @@ class FlowGen:
         self.paths: set[str] = {"/", "/x"}
         self.hosts: set[str] = {"example.com"}
         self.headers: dict[str, set[str]] = {}
+        #: client certificates under mutual TLS: the workloads' SPIFFE IDs and one no workload holds
+        self.peer_pool = sorted({i.principal for i in program.identities if i.principal is not None})
+        if program.mtls is not None:
+            self.peer_pool.append(f"spiffe://{program.mtls.trust_domain}/ns/elsewhere/sa/stranger")
         self.owned = owned_addresses(program)
         self._table = ownership(program).table
         for row in program.endpoints:
@@ -201,7 +205,8 @@ class FlowGen:
                 http = self._request(m)
                 if miss == F.HTTP_PATH and http.path != "/":
                     http = Request(http.method, http.path[:-1] or "/", http.host, http.headers)
-            return Flow(family, src, dst, proto, sport, dport, http=http)
+            peer = self._peer(get(F.SRC_PEER)) if proto == TCP and self.peer_pool else None
+            return Flow(family, src, dst, proto, sport, dport, http=http, peer=peer)
         if (proto, family) in ((ICMP, 4), (ICMP6, 6)):
             pool = sorted(self.icmp)
             tm, cm = get(F.ICMP_TYPE), get(F.ICMP_CODE)
@@ -209,6 +214,15 @@ class FlowGen:
             icmp_code = cm.value if isinstance(cm, Exact) and rng.random() < 0.8 else rng.choice(pool)
             return Flow(family, src, dst, proto, icmp_type=icmp_type, icmp_code=icmp_code)
         return Flow(family, src, dst, proto)
+
+    def _peer(self, fm) -> str | None:
+        """A client certificate: one the match names (or none, as it asks), else often none at all."""
+        rng = self.rng
+        if isinstance(fm, Absent):
+            return None
+        if isinstance(fm, InSet) and rng.random() < 0.9:
+            return rng.choice(fm.values)
+        return None if rng.random() < 0.4 else rng.choice(self.peer_pool)
 
     def flow(self) -> Flow:
         """One flow: usually aimed at a random entry, otherwise random over boundaries."""

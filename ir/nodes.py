@@ -16,6 +16,9 @@ from .memo import per_program
 from .source import Span
 
 MAX_PRIORITY = 1_000_000
+#: Above every rule a policy can write: what an engine does before it consults the rules (a sidecar under
+#: `mtls strict` refuses a connection without a client certificate).
+TOP_PRIORITY = MAX_PRIORITY + 1
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -59,6 +62,9 @@ class Identity:
     ports: tuple[Port, ...]
     origin: Span
     selector: Selector | None = field(default=None, metadata={"omit_none": True})
+    #: The SPIFFE ID its pods prove with their certificates under mutual TLS (workloads, when the policy
+    #: turns mTLS on): `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/ACCOUNT`.
+    principal: str | None = field(default=None, metadata={"omit_none": True})
 
     @property
     def http_ports(self) -> tuple[int, ...]:
@@ -93,8 +99,8 @@ class Entry:
     rule: str
 
     def __post_init__(self) -> None:
-        if not 0 <= self.priority <= MAX_PRIORITY:
-            raise ValueError(f"priority {self.priority} out of 0..{MAX_PRIORITY}")
+        if not 0 <= self.priority <= TOP_PRIORITY:
+            raise ValueError(f"priority {self.priority} out of 0..{TOP_PRIORITY}")
 
     @property
     def layer(self) -> str:
@@ -185,6 +191,21 @@ class Connections:
 
 
 @dataclass(frozen=True, slots=True)
+class Mtls:
+    """Mutual TLS on the workloads' sidecars. `strict`: a workload's sidecar accepts TCP only from a client
+    with a certificate of the trust domain; `permissive`: with one or without (a client without one is
+    judged by its address). Rules that name a workload as source match its certificate's SPIFFE ID."""
+
+    mode: str
+    trust_domain: str
+    origin: Span
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("strict", "permissive"):
+            raise ValueError(f"mtls mode must be strict or permissive, not {self.mode!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class Program:
     """A whole policy, lowered."""
 
@@ -198,6 +219,7 @@ class Program:
     asserts: tuple[Assert, ...]
     rules: tuple[Rule, ...]
     connections: Connections = Connections()
+    mtls: Mtls | None = field(default=None, metadata={"omit_none": True})
 
     def __post_init__(self) -> None:
         if self.default not in ("allow", "deny"):
@@ -221,6 +243,11 @@ class Program:
     def unbound(self) -> tuple[Identity, ...]:
         """Workloads standing on placeholder addresses (no binding gave them theirs)."""
         return tuple(i for i in self.identities if i.selector is not None and not i.selector.bound)
+
+    @property
+    def mesh(self) -> tuple[str, ...]:
+        """The identities whose sidecars speak mutual TLS (workloads with a principal), by name."""
+        return tuple(i.name for i in self.identities if i.principal is not None)
 
     def service_identities(self, service: str) -> tuple[str, ...]:
         """Names of the identities that make up a service (the service and its versions)."""

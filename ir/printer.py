@@ -102,13 +102,17 @@ def _entry_line(e: Entry, src: bool) -> str:
 def dump(program: Program, *, src: bool = True) -> str:
     """The text dump used for goldens and `--dump-after`; `src=False` drops spans."""
     at = (lambda s: f"  @{s}" if s is not None else "") if src else (lambda s: "")
-    lines = [HEADER, f"default {program.default}{at(program.default_origin)}", format_connections(program.connections),
-             "", "identities:"]
+    lines = [HEADER, f"default {program.default}{at(program.default_origin)}", format_connections(program.connections)]
+    if program.mtls is not None:
+        lines.append(f"mtls {program.mtls.mode} trust-domain {program.mtls.trust_domain}{at(program.mtls.origin)}")
+    lines += ["", "identities:"]
     for i in program.identities:
         ports = " ".join(f"{p.number}/{p.protocol}" for p in i.ports)
         workload = ""
         if i.selector is not None:
             workload = f" workload {i.selector.text()}" + ("" if i.selector.bound else " (unbound)")
+        if i.principal is not None:
+            workload += f" principal {i.principal}"
         lines.append(f"  {i.id} {i.name} {i.kind}" + (f" ports {ports}" if ports else "") + workload + at(i.origin))
     lines += ["", "endpoints:"]
     for row in program.endpoints:

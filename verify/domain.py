@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from anyplane.ir import fields as F
 from anyplane.ir.flow import HTTP_METHODS
-from anyplane.ir.match import AnyOf, Match, StrExact, StrPrefix, options
+from anyplane.ir.match import AnyOf, InSet, Match, StrExact, StrPrefix, options
 from anyplane.ir.nodes import Program
 
 # Characters that extend a path in normal form whatever precedes them ('.' could form a dot segment).
@@ -147,11 +147,13 @@ class Domain:
     paths: PathDomain
     hosts: ValueDomain
     headers: dict[str, ValueDomain]
+    #: client certificates under mutual TLS: none (plaintext), each SPIFFE ID a match names, any other
+    peers: ValueDomain = ValueDomain((), "spiffe://other.example/ns/other/sa/other")
 
     @classmethod
     def of(cls, programs: list[Program], extra: list[Match] = ()) -> "Domain":
         """The domain covering every literal of the programs (and of extra matches, e.g. a query)."""
-        exact, prefixes, hosts = set(), set(), set()
+        exact, prefixes, hosts, peers = set(), set(), set(), set()
         headers: dict[str, set[str]] = {}
         matches = list(extra)
         for p in programs:
@@ -164,9 +166,13 @@ class Domain:
                         (exact if isinstance(o, StrExact) else prefixes).add(o.value)
                     elif name == F.HTTP_HOST and isinstance(o, StrExact):
                         hosts.add(o.value)
+                    elif name == F.SRC_PEER and isinstance(o, InSet):
+                        peers.update(o.values)
                     elif name.startswith(F.HEADER_PREFIX):
                         values = headers.setdefault(name[len(F.HEADER_PREFIX):], set())
                         if isinstance(o, StrExact):
                             values.add(o.value)
+        domains = sorted({p.mtls.trust_domain for p in programs if p.mtls is not None}) or ["other.example"]
         return cls(HTTP_METHODS, PathDomain.build(exact, prefixes), ValueDomain.build(hosts, "other.example"),
-                   {h: ValueDomain.build(v, "other") for h, v in sorted(headers.items())})
+                   {h: ValueDomain.build(v, "other") for h, v in sorted(headers.items())},
+                   ValueDomain.build(peers, f"spiffe://{domains[0]}/ns/other/sa/other"))

@@ -116,6 +116,7 @@ class Encoder:
         self.path = bv("path", CLASS_BITS)
         self.host = bv("host", CLASS_BITS)
         self.headers = {h: bv(f"header:{h}", CLASS_BITS) for h in domain.headers}
+        self.peer = bv("peer", CLASS_BITS)
         self._buckets: dict[str, int] = {}
         self.has_ports = z3.Or(self.proto == TCP, self.proto == UDP)
         self.is_icmp = z3.Or(z3.And(z3.Not(self.v6), self.proto == ICMP), z3.And(self.v6, self.proto == ICMP6))
@@ -137,6 +138,7 @@ class Encoder:
         l7 += [z3.ULT(v, d.headers[h].size) for h, v in self.headers.items()]
         blank = [self.method == 0, self.path == 0, self.host == 0] + [v == 0 for v in self.headers.values()]
         return z3.And(
+            z3.ULT(self.peer, d.peers.size), z3.Implies(self.peer != 0, self.proto == TCP),
             z3.Implies(z3.Not(self.v6), z3.And(high_zero(self.src), high_zero(self.dst))),
             z3.Implies(self.v6, z3.And([self.proto != h for h in IPV6_EXTENSION_HEADERS])),
             z3.Implies(self.http, self.proto == TCP),
@@ -255,6 +257,13 @@ class Encoder:
 
     def _l7(self, name: str, fm) -> z3.BoolRef:
         d = self.domain
+        if name == F.SRC_PEER:
+            if isinstance(fm, InSet):
+                return z3.Or([self.peer == d.peers.exact(v) for v in fm.values])
+            if isinstance(fm, Absent):
+                return self.peer == 0
+            if isinstance(fm, Present):
+                return self.peer != 0
         if name == F.HTTP:
             if isinstance(fm, Present):
                 return self.http
@@ -310,7 +319,8 @@ class Encoder:
             http = None
             if proto == TCP and z3.is_true(model.eval(self.http, model_completion=True)):
                 http = self.request(val)
-            return Flow(family, src, dst, proto, val(self.sport), val(self.dport), http=http)
+            return Flow(family, src, dst, proto, val(self.sport), val(self.dport), http=http,
+                        peer=self.domain.peers.witness(val(self.peer)))
         if (proto, family) in ((ICMP, 4), (ICMP6, 6)):
             return Flow(family, src, dst, proto, icmp_type=val(self.icmp_type), icmp_code=val(self.icmp_code))
         return Flow(family, src, dst, proto)
@@ -330,7 +340,8 @@ class Encoder:
         """A term that holds exactly for this flow's equivalence class."""
         d = self.domain
         terms = [self.v6 == (flow.family == 6), self.src == flow.src, self.dst == flow.dst,
-                 self.proto == flow.proto, self.http == (flow.http is not None)]
+                 self.proto == flow.proto, self.http == (flow.http is not None),
+                 self.peer == d.peers.classify(flow.peer)]
         if flow.sport is not None:
             terms += [self.sport == flow.sport, self.dport == flow.dport]
         if flow.icmp_type is not None:

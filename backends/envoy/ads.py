@@ -41,7 +41,13 @@ from google.protobuf import any_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from .config import PING_FLOOR_S
+from .sds import SDS
 from .xds import CDS, LDS, NAMED, ORDER, SHORT, Snapshot, digest
+
+#: Every type served: secrets first (listeners and clusters that use them wait for them in Envoy anyway).
+TYPES = (SDS,) + ORDER
+ASKED = NAMED + (SDS,)  # types a node asks for by name
+NAMES = {**SHORT, SDS: "secrets"}
 
 
 @dataclass(frozen=True)
@@ -88,13 +94,15 @@ class Node:
     since: float = field(default_factory=time.time)
     left: float | None = None
     duplicate: bool = False  # another stream already claimed this node id
-    types: dict = field(default_factory=lambda: {t: TypeState() for t in ORDER})
+    types: dict = field(default_factory=lambda: {t: TypeState() for t in TYPES})
+    #: the SPIFFE IDs of the stream's client certificate: the only keys it may be given
+    spiffe: frozenset = frozenset()
 
     def to_json(self, current: str | None) -> dict:
         """The node as `status` shows it."""
         return {"id": self.id, "service": self.service, "flavour": self.flavour, "peer": self.peer,
                 "connected": self.connected, "duplicate": self.duplicate,
-                "types": {SHORT[t]: {"sent": s.sent_version, "acked": s.acked, "nacked": s.nacked,
+                "types": {NAMES[t]: {"sent": s.sent_version, "acked": s.acked, "nacked": s.nacked,
                                      "error": s.error, "responses": s.responses, "bytes": s.bytes}
                           for t, s in self.types.items() if s.subscribed},
                 "current": current is not None and any(s.subscribed for s in self.types.values())
@@ -118,6 +126,15 @@ def identities(auth_context: dict) -> set[str] | None:
     return out
 
 
+def spiffe_ids(auth_context: dict) -> frozenset[str]:
+    """The SPIFFE IDs among a TLS client certificate's URI SANs (none without TLS)."""
+    if b"ssl" not in auth_context.get("transport_security_type", []):
+        return frozenset()
+    names = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+             for raw in auth_context.get("x509_subject_alternative_name", []))
+    return frozenset(n for n in names if n.startswith("spiffe://"))
+
+
 def _host(peer: str) -> str:
     """`ipv4:127.0.0.1:5000` -> `127.0.0.1` (the address a limit per peer counts)."""
     kind, _, rest = peer.partition(":")
@@ -129,8 +146,9 @@ def _host(peer: str) -> str:
 class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     """The aggregated discovery service over one published snapshot at a time."""
 
-    def __init__(self, limits: Limits = Limits()):
+    def __init__(self, limits: Limits = Limits(), secrets=None):
         self.limits = limits
+        self.secrets = secrets  # backends/envoy/sds.Secrets: the SVIDs served (None: no SDS)
         self.snapshot: Snapshot | None = None
         self.nodes: dict[str, Node] = {}
         self.published: list[tuple[float, str]] = []
@@ -150,6 +168,11 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 return
             self.snapshot = snap
             self.published = (self.published + [(time.time(), snap.version)])[-100:]
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._wake_all)
+
+    def secrets_changed(self) -> None:
+        """Certificates were re-issued (any thread): bring every node its new ones."""
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._wake_all)
 
@@ -199,7 +222,8 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many xDS streams (from this address)")
         self._open += 1
         self._per_peer[host] = self._per_peer.get(host, 0) + 1
-        allowed = identities(context.auth_context())
+        auth = context.auth_context()
+        allowed, spiffe = identities(auth), spiffe_ids(auth)
         wake = asyncio.Event()
         self._wakes.add(wake)
         node: Node | None = None
@@ -231,6 +255,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                                 f"this client's certificate does not name service "
                                                 f"'{req.node.cluster[:100]}'")
                         node = self._join(req, flavour, peer)
+                        node.spiffe = spiffe
                     self._request(node, req, flavour)
                     reading = asyncio.ensure_future(stream.__anext__())
                 if waiting in done:
@@ -272,7 +297,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         st.subscribed = True
         error = req.error_detail.message[:self.limits.message] if req.HasField("error_detail") else None
         if flavour == "delta":
-            if req.type_url in NAMED:
+            if req.type_url in ASKED:
                 st.names = (st.names or frozenset()) | set(req.resource_names_subscribe)
                 st.names = st.names - set(req.resource_names_unsubscribe)
             if not req.response_nonce:
@@ -284,11 +309,11 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 else:
                     st.acked = version
             return
-        if req.type_url in NAMED:
+        if req.type_url in ASKED:
             st.names = frozenset(req.resource_names)
         if req.response_nonce and req.response_nonce != st.sent_nonce:
             return  # an answer to an older response
-        if req.type_url in NAMED and st.names != st.sent_names and not req.HasField("error_detail"):
+        if req.type_url in ASKED and st.names != st.sent_names and not req.HasField("error_detail"):
             st.sent_version = None  # it asks for other names: answer again
         if req.response_nonce:
             if req.HasField("error_detail") and req.error_detail.code != 0:
@@ -299,6 +324,21 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             # A sidecar that reconnects (to this replica or another) with the current version.
             st.sent_version = st.acked = req.version_info
             st.sent_names = st.names
+
+    def _secrets(self, node: Node, st: TypeState) -> tuple[str, dict[str, bytes]]:
+        """A node's secrets: the trust bundle, and its service's SVID only when its own xDS client
+        certificate carries that SPIFFE ID (what the node claims is never enough)."""
+        version, wanted = self.secrets.of(node.service)
+        principal = self.secrets.principal(node.service)
+        if principal is not None and principal not in node.spiffe:
+            wanted = {n: v for n, v in wanted.items() if n != principal}
+            version += "-no-key"
+            if st.names is None or principal in st.names:
+                st.error = (f"no key for {principal[:200]}: the client certificate of this xDS stream does not "
+                            "carry that SPIFFE ID")
+                if not st.responses:
+                    self._count("key asked without its identity")
+        return version, wanted
 
     def _ready(self, node: Node, type_url: str, version: str) -> bool:
         """Listeners wait for the clusters of the same snapshot."""
@@ -311,40 +351,45 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         snap = self.snapshot
         if snap is None:
             return
-        for type_url in ORDER:
+        for type_url in TYPES:
             st = node.types[type_url]
-            if not st.subscribed or not self._ready(node, type_url, snap.version) or st.nacked == snap.version:
+            if type_url == SDS:
+                if not st.subscribed or self.secrets is None:
+                    continue
+                version, wanted = self._secrets(node, st)
+            else:
+                version, wanted = snap.version, snap.of(node.service, type_url)
+            if not st.subscribed or not self._ready(node, type_url, snap.version) or st.nacked == version:
                 continue
-            wanted = snap.of(node.service, type_url)
-            if type_url in NAMED and st.names is not None:
+            if type_url in ASKED and st.names is not None:
                 wanted = {n: v for n, v in wanted.items() if n in st.names}
             if flavour == "sotw":
-                if st.sent_version == snap.version:
+                if st.sent_version == version:
                     continue
-                resp = discovery_pb2.DiscoveryResponse(version_info=snap.version, type_url=type_url,
+                resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url,
                                                        nonce=self._next_nonce())
                 for name in sorted(wanted):
                     resp.resources.add(type_url=type_url, value=wanted[name])
-                st.sent_version, st.sent_nonce, st.sent_names = snap.version, resp.nonce, st.names
+                st.sent_version, st.sent_nonce, st.sent_names = version, resp.nonce, st.names
             else:
                 versions = {name: digest(data) for name, data in wanted.items()}
                 changed = sorted(n for n, v in versions.items() if st.have.get(n) != v)
                 removed = sorted(n for n in st.have if n not in wanted
-                                 and (type_url not in NAMED or n in (st.names or ())))
+                                 and (type_url not in ASKED or n in (st.names or ())))
                 if not changed and not removed:
-                    if st.acked != snap.version and not st.pending:
-                        st.acked = snap.version  # nothing to send: the node already holds this snapshot
+                    if st.acked != version and not st.pending:
+                        st.acked = version  # nothing to send: the node already holds this snapshot
                     continue
                 if st.pending:
                     continue  # one response in flight per type
-                resp = discovery_pb2.DeltaDiscoveryResponse(system_version_info=snap.version, type_url=type_url,
+                resp = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version, type_url=type_url,
                                                             nonce=self._next_nonce(), removed_resources=removed)
                 for name in changed:
                     r = resp.resources.add(name=name, version=versions[name])
                     r.resource.CopyFrom(any_pb2.Any(type_url=type_url, value=wanted[name]))
-                st.pending[resp.nonce] = (dict(st.have), snap.version)
+                st.pending[resp.nonce] = (dict(st.have), version)
                 st.have = {n: versions[n] for n in wanted}
-                st.sent_version, st.sent_nonce = snap.version, resp.nonce
+                st.sent_version, st.sent_nonce = version, resp.nonce
             st.responses += 1
             st.bytes += resp.ByteSize()
             yield resp

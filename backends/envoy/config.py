@@ -18,6 +18,7 @@ from anyplane.ir.actions import RateLimit
 from anyplane.ir.nodes import Program
 
 from ..deployment import Deployment
+from .ca import SDS_BUNDLE_FILE, SDS_CERT_FILE, bundle_name
 from .inbound import TYPE, Listener, Unsupported, header_input, listener_plan, rbac_matcher, rule_names
 from .normal import HCM, NORMALISE, NORMALISE_HOST, refused_routes
 from .routes import outbound_clusters, outbound_listener
@@ -85,9 +86,68 @@ def _rate_limit(plan: Listener, dry_run: bool) -> dict | None:
     }}
 
 
+def sds_config(sds: str | None, file: str) -> dict:
+    """Where a sidecar's secrets come from: anyplane serve over ADS (None), or a directory of SDS files
+    that Envoy watches (a rotated certificate is picked up as the file is replaced)."""
+    if sds is None:
+        return {"ads": {}, "resource_api_version": "V3"}
+    return {"path_config_source": {"path": f"{sds}/{file}", "watched_directory": {"path": sds}},
+            "resource_api_version": "V3"}
+
+
+def downstream_tls(program: Program, service: str, sds: str | None) -> dict:
+    """The inbound side of mutual TLS: the workload's own certificate, and a client certificate that the
+    trust domain's CA signed and whose URI SAN is a SPIFFE ID of the trust domain."""
+    domain = program.mtls.trust_domain
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": TYPE + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": True,
+        "common_tls_context": {
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+            "tls_certificate_sds_secret_configs": [{"name": program.identity(service).principal,
+                                                    "sds_config": sds_config(sds, SDS_CERT_FILE)}],
+            "combined_validation_context": {
+                "default_validation_context": {"match_typed_subject_alt_names": [
+                    {"san_type": "URI", "matcher": {"prefix": f"spiffe://{domain}/"}}]},
+                "validation_context_sds_secret_config": {"name": bundle_name(domain),
+                                                         "sds_config": sds_config(sds, SDS_BUNDLE_FILE)}}}}}
+
+
+def upstream_tls(program: Program, service: str | None, peers: list[str], sds: str | None) -> dict:
+    """The outbound side: present the workload's certificate (when the client is a workload) and accept
+    only a server whose SPIFFE ID is one of `peers`."""
+    domain = program.mtls.trust_domain
+    common: dict = {"combined_validation_context": {
+        "default_validation_context": {"match_typed_subject_alt_names": [
+            {"san_type": "URI", "matcher": {"exact": p}} for p in sorted(set(peers))]},
+        "validation_context_sds_secret_config": {"name": bundle_name(domain),
+                                                 "sds_config": sds_config(sds, SDS_BUNDLE_FILE)}}}
+    own = program.identity(service).principal if service is not None else None
+    if own is not None:
+        common["tls_certificate_sds_secret_configs"] = [{"name": own, "sds_config": sds_config(sds, SDS_CERT_FILE)}]
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", "common_tls_context": common}}
+
+
+TLS_INSPECTOR = {"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+    "@type": TYPE + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}
+
+
+def _mesh_chains(program: Program, service: str, sds: str | None, build) -> tuple[dict, list[dict]]:
+    """A workload's listener under mutual TLS: the filter chain with TLS (`build(tls=True)`), and under
+    `permissive` one without for clients that send plaintext (told apart by the TLS inspector)."""
+    chains = [{"name": "mtls", "filter_chain_match": {"transport_protocol": "tls"},
+               "transport_socket": downstream_tls(program, service, sds), "filters": build(True)}]
+    if program.mtls.mode == "permissive":
+        chains.append({"name": "plaintext", "filter_chain_match": {"transport_protocol": "raw_buffer"},
+                       "filters": build(False)})
+    return {"listener_filters": [TLS_INSPECTOR]}, chains
+
+
 def inbound_listener(program: Program, service: str, port: int, protocol: str, deployment: Deployment,
-                     names: dict[int, str], dry_run: bool) -> tuple[dict, dict, Listener]:
-    """(listener, local application cluster, plan) for one service port."""
+                     names: dict[int, str], dry_run: bool, sds: str | None = None) -> tuple[dict, dict, Listener]:
+    """(listener, local application cluster, plan) for one service port; `sds`: where its secrets come
+    from under mutual TLS (see `sds_config`)."""
     sidecar = deployment.sidecar(service)
     http = protocol in ("http", "grpc")
     plan = listener_plan(program, service, port, http, names)
@@ -99,14 +159,14 @@ def inbound_listener(program: Program, service: str, port: int, protocol: str, d
         app["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             "explicit_http_config": {"http2_protocol_options": {}}}}
-    if http:
+    def http_chain(plan: Listener) -> list[dict]:
         filters = [_rbac(program, plan, service, dry_run, True)]
         rate = _rate_limit(plan, dry_run)
         if rate:
             filters.append(rate)
         filters.append({"name": "envoy.filters.http.router",
                         "typed_config": {"@type": TYPE + "envoy.extensions.filters.http.router.v3.Router"}})
-        chain = [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        return [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
             "@type": HCM, "stat_prefix": f"in_{port}", "codec_type": "AUTO",
             **NORMALISE, **NORMALISE_HOST,
             "access_log": _access_log(),
@@ -115,11 +175,21 @@ def inbound_listener(program: Program, service: str, port: int, protocol: str, d
                 "routes": refused_routes() + [
                     {"name": "local", "match": {"prefix": "/"}, "route": {"cluster": cluster_name}}]}]},
             "http_filters": filters}}]
-    else:
-        return _tcp_listener(program, service, port, sidecar, plan, dry_run, cluster_name), app, plan
+
     listener = {"name": f"in|{service}|{port}",
-                "address": {"socket_address": {"address": sidecar.inbound, "port_value": port}},
-                "filter_chains": [{"filters": chain}]}
+                "address": {"socket_address": {"address": sidecar.inbound, "port_value": port}}}
+    if program.identity(service).principal is not None:
+        def build(tls: bool) -> list[dict]:
+            part = plan.over(tls)
+            if http:
+                return http_chain(part)
+            return [_rbac(program, part, service, dry_run, False), _tcp_proxy(port, cluster_name)]
+        extra, chains = _mesh_chains(program, service, sds, build)
+        listener.update(extra, filter_chains=chains)
+        return listener, app, plan
+    if not http:
+        return _tcp_listener(program, service, port, sidecar, plan, dry_run, cluster_name), app, plan
+    listener["filter_chains"] = [{"filters": http_chain(plan)}]
     return listener, app, plan
 
 
@@ -137,15 +207,19 @@ def _chain_selector(matcher):
     return {k: _chain_selector(v) for k, v in matcher.items()}
 
 
+def _tcp_proxy(port: int, cluster_name: str) -> dict:
+    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": TYPE + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": f"in_{port}", "cluster": cluster_name}}
+
+
 def _tcp_listener(program: Program, service: str, port: int, sidecar, plan: Listener, dry_run: bool,
                   cluster_name: str) -> dict:
     """A TCP port. The decision is taken when the connection is accepted (the listener's filter
     chain matcher runs the policy's matcher), so a denied client never causes an upstream
     connection; the "deny" chain's RBAC filter still names the rule on the client's first bytes."""
     rbac = _rbac(program, plan, service, dry_run, False)
-    proxy = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-        "@type": TYPE + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-        "stat_prefix": f"in_{port}", "cluster": cluster_name}}
+    proxy = _tcp_proxy(port, cluster_name)
     listener = {"name": f"in|{service}|{port}",
                 "address": {"socket_address": {"address": sidecar.inbound, "port_value": port}},
                 "filter_chains": [{"name": "allow", "filters": [rbac, proxy]}]}
@@ -157,23 +231,24 @@ def _tcp_listener(program: Program, service: str, port: int, sidecar, plan: List
     return listener
 
 
-def sidecar_resources(program: Program, service: str, deployment: Deployment, dry_run: bool = False
-                      ) -> tuple[list[dict], list[dict], list[Listener]]:
-    """Every listener and cluster of one service's sidecar, and the inbound plans."""
+def sidecar_resources(program: Program, service: str, deployment: Deployment, dry_run: bool = False,
+                      sds: str | None = None) -> tuple[list[dict], list[dict], list[Listener]]:
+    """Every listener and cluster of one service's sidecar, and the inbound plans; `sds`: where its
+    secrets come from under mutual TLS (`sds_config`)."""
     names = rule_names(program)
     listeners, clusters, plans = [], [], []
     ident = program.identity(service)
     for p in ident.ports:
         if p.protocol == "udp":
             continue
-        listener, app, plan = inbound_listener(program, service, p.number, p.protocol, deployment, names, dry_run)
+        listener, app, plan = inbound_listener(program, service, p.number, p.protocol, deployment, names, dry_run, sds)
         listeners.append(listener)
         clusters.append(app)
         plans.append(plan)
     out_listener = outbound_listener(program, service, deployment)
     if out_listener is not None:
         listeners.append(out_listener)
-        clusters += outbound_clusters(program, deployment, service)
+        clusters += outbound_clusters(program, deployment, service, sds)
     return listeners, clusters, plans
 
 

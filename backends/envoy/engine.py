@@ -73,7 +73,7 @@ def reads_http(program: Program) -> dict[str, str | None]:
 
     out: dict[str, str | None] = {r.id: None for r in program.rules if r.layer == "L7"}
     for e in program.acl.entries:
-        if e.rule in out and out[e.rule] is None:
+        if e.rule in out and out[e.rule] is None and any(n.startswith(F.HTTP) for n, _ in e.match.fields):
             out[e.rule] = _http_gap(program, e.match, InSet, exact_values, int_ranges, options)
     return out
 
@@ -163,12 +163,14 @@ def report(program: Program, placed: set[int]) -> list[base.RuleReport]:
     return base.rule_rows(program, classify)
 
 
-def build(program: Program, deployment: Deployment, dry_run: bool = False):
-    """{service: (listeners, clusters)} and the set of placed entry ids."""
+def build(program: Program, deployment: Deployment, dry_run: bool = False, sds=None):
+    """{service: (listeners, clusters)} and the set of placed entry ids. `sds`: a function of the service
+    giving the directory of its SDS files, or None: secrets over ADS (anyplane serve)."""
     out, placed = {}, set()
     try:
         for svc in services(program):
-            listeners, clusters, plans = sidecar_resources(program, svc, deployment, dry_run)
+            listeners, clusters, plans = sidecar_resources(program, svc, deployment, dry_run,
+                                                           sds(svc) if sds is not None else None)
             out[svc] = (listeners, clusters)
             placed.update(id(e) for p in plans for e in p.entries)
     except Unsupported as exc:
@@ -177,10 +179,14 @@ def build(program: Program, deployment: Deployment, dry_run: bool = False):
 
 
 def emit(program: Program, deployment: Deployment | None = None, out_dir: str = ".",
-         dry_run: bool = False, xds: tuple = (), xds_delta: bool = False, xds_tls: dict | None = None) -> base.Output:
-    """The artifacts `anyplane compile -t envoy` writes (`xds`: the xDS servers the bootstraps use)."""
+         dry_run: bool = False, xds: tuple = (), xds_delta: bool = False, xds_tls: dict | None = None,
+         ca: tuple | None = None) -> base.Output:
+    """The artifacts `anyplane compile -t envoy` writes (`xds`: the xDS servers the bootstraps use; `ca`:
+    the CA that signs the sidecars' certificates under mutual TLS, see `certificates`)."""
     deployment = deployment or Deployment()
-    built, placed = build(program, deployment, dry_run)
+    # Secrets: over ADS when the sidecars have an xDS server, else from SDS files beside each bootstrap.
+    sds = None if xds else (lambda svc: os.path.abspath(os.path.join(out_dir, svc, "certs")))
+    built, placed = build(program, deployment, dry_run, sds)
     out = base.Output(report=report(program, placed))
     for svc, (listeners, clusters) in built.items():
         static = bootstrap(svc, deployment, None, listeners, clusters)
@@ -192,7 +198,38 @@ def emit(program: Program, deployment: Deployment | None = None, out_dir: str = 
                           base.Artifact(f"{svc}/bootstrap.yaml", dump(boot))]
         for name, text in xds_files(listeners, clusters, content_version(listeners, clusters)).items():
             out.artifacts.append(base.Artifact(f"{svc}/xds/{name}", text))
+    if program.mtls is not None and not xds:
+        out.artifacts += certificates(program, list(built), ca)
     out.artifacts.append(base.Artifact("report.txt", out.report_text("envoy (sidecars)")))
+    return out
+
+
+FILE_SVID_TTL_S = 7 * 24 * 3600
+
+
+def certificates(program: Program, sidecars: list[str], ca: tuple | None) -> list[base.Artifact]:
+    """Under mutual TLS without a control plane: each workload's SDS files (its certificate, valid
+    FILE_SVID_TTL_S, and the trust bundle), signed by `ca` (cert, key, chain, whether the output keeps
+    it), or by a new CA that the output keeps in ca/ for the next compile."""
+    from .ca import SDS_BUNDLE_FILE, SDS_CERT_FILE, Authority, CaError, bundle_secret, secret
+
+    domain = program.mtls.trust_domain
+    try:
+        authority = Authority.load(domain, *ca[:3]) if ca is not None else Authority.generate(domain)
+    except CaError as exc:
+        raise EnvoyError(str(exc)) from None
+    out = []
+    if ca is None or ca[3]:
+        cert, key = authority.pem()
+        out += [base.Artifact("ca/ca.pem", cert), base.Artifact("ca/ca.key", key)]
+    bundle = {"resources": [bundle_secret(domain, authority.bundle)]}
+    for svc in sidecars:
+        principal = program.identity(svc).principal
+        if principal is None:
+            continue
+        svid = authority.issue(principal, FILE_SVID_TTL_S)
+        out += [base.Artifact(f"{svc}/certs/{SDS_CERT_FILE}", json.dumps({"resources": [secret(svid)]}) + "\n"),
+                base.Artifact(f"{svc}/certs/{SDS_BUNDLE_FILE}", json.dumps(bundle) + "\n")]
     return out
 
 
@@ -240,12 +277,12 @@ class SidecarEngine(base.Engine):
     """Every service's Envoy sidecar: listeners with RBAC, rate limits, routes and clusters."""
 
     name, place, capability = "envoy", "sidecar", CAPABILITY
-    options = frozenset({"deployment", "dry_run", "out_dir", "xds"})
+    options = frozenset({"deployment", "dry_run", "out_dir", "xds", "ca"})
 
     def emit(self, program: Program, options: base.Options) -> base.Output:
         """`compile -t envoy`."""
         return emit(program, options.deployment or Deployment(), options.out_dir, options.dry_run,
-                    options.xds, options.xds_delta, options.xds_tls)
+                    options.xds, options.xds_delta, options.xds_tls, options.ca)
 
     def services(self, program: Program) -> list[str]:
         """The services that get a sidecar."""
@@ -321,6 +358,9 @@ class ControlPlane:
 
         self.server = XdsServer(limits or Limits())
         self.running = None
+        self.ca: tuple | None = None  # (cert, key, chain) PEM of the CA that signs the SVIDs (None: made here)
+        self.ttl_s: int | None = None
+        self._prepared: tuple = (None, None)
 
     def start(self, address: str, tls=None) -> int:
         """Listen on HOST:PORT (port 0: any); `tls` = (cert, key, client CA) as bytes. The bound port."""
@@ -335,16 +375,57 @@ class ControlPlane:
         from .xds import snapshot
 
         built, _ = build(program, deployment or Deployment())
-        return snapshot(built, version)
+        snap = snapshot(built, version)
+        self._prepared = (snap.version, program)
+        return snap
+
+    def certify(self, ca: tuple | None = None, ttl_s: int | None = None) -> None:
+        """Serve certificates (SDS) for policies under mtls: signed by `ca` (cert, key, chain PEM), or by
+        a CA made for the trust domain of the first such policy, which lives as long as this server."""
+        self.ca, self.ttl_s = ca, ttl_s
+
+    def _secrets_for(self, program: Program):
+        from .ca import Authority, CaError
+        from .sds import Secrets
+
+        if program.mtls is None:
+            return None
+        domain = program.mtls.trust_domain
+        current = self.server.secrets
+        if current is not None and current.authority.trust_domain == domain:
+            return current
+        try:
+            authority = Authority.load(domain, *self.ca[:3]) if self.ca else Authority.generate(domain)
+        except CaError as exc:
+            raise EnvoyError(str(exc)) from None
+        return Secrets(authority, self.ttl_s or FILE_SVID_TTL_S)
 
     def publish(self, snap) -> dict:
-        """Make a prepared snapshot the one every sidecar gets."""
+        """Make a prepared snapshot the one every sidecar gets (with its workloads' certificates, when it
+        is under mtls and certificates are served)."""
+        version, program = self._prepared
+        if version == snap.version:
+            secrets = self._secrets_for(program)
+            if secrets is not None:
+                secrets.update(program)
+            self.server.secrets = secrets
         self.server.publish(snap)
         return {"version": snap.version, "services": sorted(snap.resources)}
 
+    def rotate(self) -> bool:
+        """Re-issue the certificates past half their life and bring them to the sidecars."""
+        secrets = self.server.secrets
+        if secrets is None or not secrets.rotate():
+            return False
+        self.server.secrets_changed()
+        return True
+
     def status(self) -> dict:
-        """Every node the server remembers, its streams and limits."""
-        return self.server.status()
+        """Every node the server remembers, its streams and limits, and the certificates served."""
+        out = self.server.status()
+        if self.server.secrets is not None:
+            out["certificates"] = self.server.secrets.status()
+        return out
 
     def stop(self, grace: float = 0) -> None:
         """Close the streams and the port."""

@@ -41,6 +41,10 @@ DPORT_INPUT = {"name": "destination_port",
                "typed_config": {"@type": TYPE + "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput"}}
 
 
+PEER_INPUT = {"name": "uri_san",
+              "typed_config": {"@type": TYPE + "envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput"}}
+
+
 def header_input(name: str) -> dict:
     """Matcher input for one request header (pseudo-headers included)."""
     return {"name": f"header:{name}",
@@ -120,6 +124,11 @@ def field_predicates(m: Match, skip: set[str]) -> list[dict]:
                 out.append({"not_matcher": _predicate(header, ANY_VALUE)})
             else:
                 raise Unsupported(f"{name} {type(fm).__name__}")
+        elif name == F.SRC_PEER:
+            if isinstance(fm, InSet):
+                out.append(_or([_predicate(PEER_INPUT, {"exact": v}) for v in fm.values]))
+            elif not isinstance(fm, Absent):  # absent: only the chain without TLS holds such entries
+                raise Unsupported(f"{name} {type(fm).__name__}")
         elif name != F.HTTP:
             raise Unsupported(f"{name} is not matched by the sidecar")
     return out
@@ -140,6 +149,13 @@ class Listener:
     entries: list[Entry]
     names: dict[int, str]
     default_allow: bool
+
+    def over(self, tls: bool) -> "Listener":
+        """The entries that can hold on connections with a client certificate (`tls`) or without: a
+        workload's sidecar under mutual TLS has a filter chain for each."""
+        keep = [e for e in self.entries
+                if not isinstance(e.match.get(F.SRC_PEER), Absent if tls else InSet)]
+        return Listener(self.port, self.http, keep, self.names, self.default_allow)
 
     @property
     def rate_limited(self) -> dict[str, RateLimit]:
@@ -205,7 +221,7 @@ def listener_plan(program: Program, service: str, port: int, http: bool, names: 
             continue
         if m.get(F.ICMP_TYPE) is not None or m.get(F.ICMP_CODE) is not None:
             continue
-        if m.layer == "L7" and not http:
+        if not http and any(n.startswith(F.HTTP) for n, _ in m.fields):
             continue  # HTTP conditions never hold on a plain TCP listener
         entries.append(e)
     return Listener(port, http, entries, names, program.default == "allow")

@@ -191,9 +191,13 @@ def _breaker(program: Program, service: str) -> dict:
     return out
 
 
-def outbound_clusters(program: Program, deployment: Deployment, service: str | None = None) -> list[dict]:
+def outbound_clusters(program: Program, deployment: Deployment, service: str | None = None,
+                      sds: str | None = None) -> list[dict]:
     """A cluster per destination service (of `service`'s egress, or all) and port, and per version, with its
-    limits."""
+    limits; toward a workload under mutual TLS, TLS with `service`'s certificate (`sds`: where secrets
+    come from, backends/envoy/config.py)."""
+    from .config import upstream_tls
+
     clusters = []
     owned = _owned(program)
     for dest in (egress(program, service) if service else _services(program)):
@@ -212,5 +216,8 @@ def outbound_clusters(program: Program, deployment: Deployment, service: str | N
                             "@type": TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                             "explicit_http_config": {"http2_protocol_options": {}}}}
                 cluster.update(_breaker(program, dest.name))
+                peers = [program.identity(i).principal for i in group if program.identity(i).principal]
+                if program.mtls is not None and peers:
+                    cluster["transport_socket"] = upstream_tls(program, service, peers, sds)
                 clusters.append(cluster)
     return clusters

@@ -97,10 +97,14 @@ def _listing(written: list[str], out_dir: str) -> list[str]:
 @click.option("--xds-tls", metavar="CERT,KEY,CA",
               help="envoy: with --xds, TLS to the server: the sidecar's client certificate and key, and the CA "
                    "that signs the server's (paths as the sidecars see them).")
+@click.option("--ca", "ca_dir", type=click.Path(file_okay=False),
+              help="envoy, under mtls: the CA that signs the sidecars' certificates, a directory with ca.pem and "
+                   "ca.key (and chain.pem above it, if any) [default: the one a previous compile left in "
+                   "OUTPUT/ca, else a new one written there].")
 @format_option
 @handle_errors
 def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run, no_range, path_text, prefer,
-            capacity, no_prove, xds, xds_delta, xds_tls, output_format) -> None:
+            capacity, no_prove, xds, xds_delta, xds_tls, ca_dir, output_format) -> None:
     """Compile policy FILES into artifacts for a target."""
     if target not in api.targets():
         raise UsageError(f"unknown target '{target}'; use one of {', '.join(api.targets())}")
@@ -114,7 +118,7 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
         tls = dict(zip(("cert", "key", "ca"), parts))
     servers = _addresses(xds) if xds else ()
     given = {"deployment": deployment_file is not None, "dry_run": dry_run, "range_match": no_range,
-             "xds": bool(xds)}
+             "xds": bool(xds), "ca": ca_dir is not None}
     if target not in ("ir", "all"):
         reads = api.registry.get(target).options
         extra = [name for name, on in given.items() if on and name not in reads]
@@ -122,12 +126,12 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
             raise UsageError(f"-t {target} takes no {', '.join('--' + n.replace('_', '-') for n in extra)}"
                              .replace("--range-match", "--no-range"))
     elif target == "ir" and any(given.values()):
-        raise UsageError("-t ir takes no --deployment, --dry-run, --no-range or --xds")
+        raise UsageError("-t ir takes no --deployment, --dry-run, --no-range, --xds or --ca")
     if target != "all" and (path_text is not None or capacity or prefer != "early" or no_prove):
         raise UsageError("--path, --prefer, --capacity and --no-prove apply to -t all")
     options = api.Options(out_dir=out_dir, dry_run=dry_run, range_match=not no_range,
                           deployment=api.deployment(deployment_file) if deployment_file else None,
-                          xds=servers, xds_delta=xds_delta, xds_tls=tls)
+                          xds=servers, xds_delta=xds_delta, xds_tls=tls, ca=_ca(ca_dir, out_dir))
     compiled = load(list(files), dump_after=dump_after, dump=lambda s: click.echo(s, nl=False))
     if target == "all":
         update, close = progress_reporter("proving")
@@ -164,6 +168,23 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
         for line in _listing(written, out_dir):
             click.echo(line)
     _warn_dead(dead, compiled)
+
+
+def _ca(ca_dir: str | None, out_dir: str) -> tuple | None:
+    """(certificate, key, chain, whether it is the output's own) of the CA, as PEM bytes: the one given,
+    or the one a previous compile wrote into the output; None: a new one is made."""
+    from pathlib import Path
+
+    where = Path(ca_dir) if ca_dir is not None else Path(out_dir) / "ca"
+    if ca_dir is None and not (where / "ca.key").is_file():
+        return None
+    try:
+        cert, key = (where / "ca.pem").read_bytes(), (where / "ca.key").read_bytes()
+        chain = (where / "chain.pem").read_bytes() if (where / "chain.pem").is_file() else b""
+    except OSError as exc:
+        raise UsageError(f"--ca: cannot read the CA in '{where}': {exc.strerror or exc} (it holds ca.pem and "
+                         "ca.key)") from None
+    return cert, key, chain, ca_dir is None
 
 
 def _warn_dead(dead, compiled) -> None:
@@ -388,9 +409,14 @@ def _raise_file_limit(streams: int) -> None:
               help="Open xDS streams from one address.")
 @click.option("--hello-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds a stream may stay silent before it names its node; then it is closed.")
+@click.option("--ca", "ca_dir", type=click.Path(file_okay=False),
+              help="Under mtls: the CA that signs the workloads' certificates, a directory with ca.pem and ca.key "
+                   "(and chain.pem above it) [default: a CA made at start, which lives as long as the server].")
+@click.option("--svid-ttl", default="1h", show_default=True,
+              help="Under mtls: how long a workload's certificate is valid; it is re-issued at half of that.")
 @handle_errors
 def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tls_client_ca, once, max_streams,
-          max_streams_per_peer, hello_timeout) -> None:
+          max_streams_per_peer, hello_timeout, ca_dir, svid_ttl) -> None:
     """Serve every sidecar its listeners and clusters over xDS (ADS, state of the world and delta),
     from the policy FILES (a directory or a git checkout), watched: each change is compiled and proved
     before it is published, under the policy's digest as version."""
@@ -420,9 +446,19 @@ def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tl
                 if hasattr(detail, "diagnostics") else str(detail)
             click.echo(f"{stamp} not published (the sidecars keep the last version):\n{message}", err=True, nl=False)
 
+    from ..values import parse_duration_ms
+
+    try:
+        ttl_s = parse_duration_ms(svid_ttl) // 1000
+    except ValueError as exc:
+        raise UsageError(f"--svid-ttl: {exc}") from None
+    if ttl_s < 60:
+        raise UsageError("--svid-ttl: a certificate lives at least 1m")
+    ca = _ca(ca_dir, "") if ca_dir is not None else None
     _raise_file_limit(max_streams)
     limits = api.xds_limits(streams=max_streams, per_peer=max_streams_per_peer, hello_s=hello_timeout)
-    serving = api.Serving(list(files), deployment_file, events, limits, bind=bound())
+    serving = api.Serving(list(files), deployment_file, events, limits, bind=bound(), ca=ca[:3] if ca else None,
+                          svid_ttl_s=ttl_s)
     serving.check()
     try:
         port = serving.start(listen, tls)
@@ -460,6 +496,7 @@ def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tl
             time.sleep(interval)
             if not once:
                 serving.check()
+            serving.rotate()
     except KeyboardInterrupt:
         pass
     finally:

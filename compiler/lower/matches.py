@@ -18,7 +18,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.addr import outermost
 from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP
 from anyplane.ir.match import (Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, StrExact,
-                               StrPrefix, merge_ranges)
+                               StrPrefix, exact_values, int_ranges, merge_ranges)
 
 from .. import ast
 from ..symbols import Symbols, resolve
@@ -148,8 +148,74 @@ def lower_pattern(p: ast.Pattern, symbols: Symbols, others: bool = False) -> tup
     else:
         dst_alts = _endpoint_alternatives(p.dst, p.dst_except, symbols, F.DST_ID, F.DST_IP)
     l7 = l7_pairs(p.l7) if p.l7 is not None else []
+    sides = list(product(src_alts, dst_alts))
+    if symbols.principals and not others:
+        sides = [s for src, dst in sides for s in peer_alternatives(src, dst, symbols.principals)]
     out = []
-    for src, dst, l4 in product(src_alts, dst_alts, _l4_alternatives(p.l4, p.l7 is not None)):
+    for (src, dst), l4 in product(sides, _l4_alternatives(p.l4, p.l7 is not None)):
         pairs = [(k, v) for k, v in src + dst + l4 + l7 if v is not None]
-        out.append(Match.of(pairs))
+        if any(k == F.SRC_PEER and isinstance(v, InSet) for k, v in pairs):
+            out += at_sidecars(pairs, symbols)
+        else:
+            out.append(Match.of(pairs))
     return tuple(out)
+
+
+def sidecar_ports(names, symbols: Symbols) -> dict[tuple[int, ...], list[str]]:
+    """Workloads grouped by the TCP ports their sidecars listen on (the ports they declare)."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for name in names:
+        node = symbols.decls[name].node
+        ports = tuple(sorted({n for c in node.ports if c.protocol.text != "udp" for n in c.numbers}))
+        if ports:
+            groups.setdefault(ports, []).append(name)
+    return groups
+
+
+def at_sidecars(pairs: Pairs, symbols: Symbols) -> list[Match]:
+    """A certificate alternative narrowed to what a sidecar sees: TCP to a port its workload declares
+    (one match per group of destinations with the same ports; none when nothing is left)."""
+    fields = dict(pairs)
+    proto = fields.get(F.PROTO)
+    if proto is not None and TCP not in (exact_values(proto) or ()):
+        return []
+    fields[F.PROTO] = Exact(TCP)
+    wanted = int_ranges(fields[F.DPORT]) if F.DPORT in fields else [(0, 65535)]
+    out = []
+    for ports, names in sorted(sidecar_ports(fields[F.DST_ID].values, symbols).items()):
+        kept = [(n, n) for n in ports if any(lo <= n <= hi for lo, hi in wanted)]
+        if kept:
+            fields[F.DST_ID], fields[F.DPORT] = InSet(tuple(sorted(names))), port_match(kept)
+            out.append(Match.of([(k, v) for k, v in fields.items() if v is not None]))
+    return out
+
+
+def peer_alternatives(src: Pairs, dst: Pairs, principals: dict[str, str]) -> list[tuple[Pairs, Pairs]]:
+    """Under mutual TLS, a source that names workloads is their certificates where the destination's
+    sidecar asks for one, and their addresses on connections without a certificate:
+
+        allow web, legacy -> api      (web a workload, legacy a service with addresses)
+        ->  src.peer in {spiffe://cluster.local/ns/shop/sa/web}            dst.id in {api}
+            src.id in {web}    src.peer absent                              dst.id in {api}
+            src.id in {legacy}                                              dst.id in {api}
+
+    Only a workload's sidecar asks for certificates, so the first alternative keeps the destination's
+    workloads (every workload when the destination is addresses or `any`)."""
+    ids = dict(src).get(F.SRC_ID)
+    mesh = [i for i in ids.values if i in principals] if isinstance(ids, InSet) else []
+    if not mesh:
+        return [(src, dst)]
+    rest = [(k, v) for k, v in src if k != F.SRC_ID]
+    out: list[tuple[Pairs, Pairs]] = []
+    to = dict(dst).get(F.DST_ID)
+    targets = sorted(principals) if to is None else [i for i in to.values if i in principals] \
+        if isinstance(to, InSet) else []
+    if not targets:  # no sidecar of the destination asks for a certificate: addresses alone
+        return [(src, dst)]
+    peers = InSet(tuple(sorted({principals[i] for i in mesh})))
+    out.append((rest + [(F.SRC_PEER, peers)], [(k, v) for k, v in dst if k != F.DST_ID] + [(F.DST_ID, InSet(tuple(targets)))]))
+    out.append((rest + [(F.SRC_ID, InSet(tuple(mesh))), (F.SRC_PEER, Absent())], dst))
+    others = [i for i in ids.values if i not in principals]
+    if others:
+        out.append((rest + [(F.SRC_ID, InSet(tuple(others)))], dst))
+    return out

@@ -9,15 +9,18 @@ rule share its priority, origin and (for rate limits) one token bucket.
 
 from __future__ import annotations
 
+from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny, RateLimit
-from anyplane.ir.match import Match
-from anyplane.ir.nodes import Entry, Rule
+from anyplane.ir.flow import TCP
+from anyplane.ir.match import Absent, Exact, InSet, Match
+from anyplane.ir.nodes import TOP_PRIORITY, Entry, Rule
+from anyplane.ir.source import Span
 
 from .. import ast
 from ..fmt import format_rule
 from ..symbols import Symbols
 from ..values import parse_rate_unit
-from .matches import lower_pattern
+from .matches import lower_pattern, port_match, sidecar_ports
 
 
 def rule_action(r: ast.Rule, rule_id: str):
@@ -52,3 +55,17 @@ def expand_rules(rules: list[ast.Rule], symbols: Symbols, accepts: dict | None =
         summaries.append(summary)
         entries.extend(es)
     return tuple(summaries), tuple(entries)
+
+
+MTLS_RULE = "mtls"
+
+
+def plaintext_refused(origin: Span, symbols: Symbols, text: str) -> tuple[Rule, tuple[Entry, ...]]:
+    """`mtls strict`: a workload's sidecar refuses a TCP connection without a client certificate of the
+    trust domain on every port it listens on, before any rule is consulted: a deny above every priority."""
+    entries = []
+    for ports, names in sorted(sidecar_ports(sorted(symbols.principals), symbols).items()):
+        match = Match.of([(F.SRC_PEER, Absent()), (F.DST_ID, InSet(tuple(names))), (F.PROTO, Exact(TCP)),
+                          (F.DPORT, port_match([(n, n) for n in ports]))])
+        entries.append(Entry(TOP_PRIORITY, match, Deny(), origin, MTLS_RULE))
+    return Rule(MTLS_RULE, origin, "deny", "L7", TOP_PRIORITY, text), tuple(entries)
