@@ -208,3 +208,13 @@ class Engine:
         reads every request the rule is about, else why it cannot, said so that the user can fix the
         policy. `check` rejects a rule no engine reads."""
         return {r.id: None for r in program.rules if r.layer == "L7"}
+
+
+def refuse_mtls(program: Program, target: str, why: str) -> None:
+    """An exporter that cannot carry mutual TLS refuses a policy under `mtls` where the statement is."""
+    if program.mtls is None:
+        return
+    from anyplane.ir.source import DiagnosticError, error
+
+    raise DiagnosticError([error(program.mtls.origin, target, f"-t {target} cannot carry mutual TLS: {why} "
+                                                                "(compile the sidecars with -t envoy)")])

@@ -107,8 +107,9 @@ def start(config: dict, workdir: str, name: str) -> subprocess.Popen:
     raise SystemExit(f"{name}: Envoy did not start")
 
 
-def wrk(url: str, seconds: int, connections: int) -> dict:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+def wrk(url: str, seconds: int, connections: int, headers: dict | None = None) -> dict:
+    extra = [a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")]
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
                          capture_output=True, text=True, check=True).stdout
 
     def ms(label):
@@ -118,7 +119,7 @@ def wrk(url: str, seconds: int, connections: int) -> dict:
 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50_ms": ms("50%"),
-            "p99_ms": ms("99%"), "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+            "p90_ms": ms("90%"), "p99_ms": ms("99%"), "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
 def main() -> None:

@@ -80,6 +80,7 @@ class BoundPod:
     labels: dict
     prefixes: tuple[Prefix, ...]
     span: Span
+    account: str = "default"  # its service account (the identity its certificate names under mtls)
 
 
 @dataclass(frozen=True)
@@ -149,13 +150,15 @@ def read(paths: list[str]) -> Binding:
         nets = [ipaddress.ip_network(n) for n in p.prefixes] or [ipaddress.ip_network(a)
                                                                  for a in (p.address, *p.others)]
         out.append(BoundPod(p.namespace, p.name, dict(p.labels),
-                            tuple(Prefix(n.version, int(n.network_address), n.prefixlen) for n in nets), p.span))
+                            tuple(Prefix(n.version, int(n.network_address), n.prefixlen) for n in nets), p.span,
+                            p.account))
     return Binding(tuple(out), tuple(texts))
 
 
-def assign(workloads: list, binding: Binding | None) -> tuple[dict, list[Diagnostic]]:
+def assign(workloads: list, binding: Binding | None, accounts: dict | None = None) -> tuple[dict, list[Diagnostic]]:
     """{workload name: [(prefix, span)]}: each workload's pods' addresses, or its placeholders.
-    `workloads`: (name, namespace, {key: value}, name span) in name order."""
+    `workloads`: (name, namespace, {key: value}, name span) in name order. `accounts` (under mtls): the
+    service account each workload's pods must run as, since their certificates name it."""
     diags: list[Diagnostic] = []
     if binding is None:
         if len(workloads) >= MAX_WORKLOADS:
@@ -178,7 +181,16 @@ def assign(workloads: list, binding: Binding | None) -> tuple[dict, list[Diagnos
                                *(Note(span, f"workload '{name}'") for name, span in mine[:2])))
             continue
         if mine:
-            out[mine[0][0]] += [(p, pod.span) for p in pod.prefixes]
+            name = mine[0][0]
+            want = (accounts or {}).get(name)
+            if want is not None and pod.account != want:
+                diags.append(error(pod.span, "bind",
+                                   f"pod {pod.namespace}/{pod.name} runs as service account '{pod.account}', but workload "
+                                   f"'{name}' runs as '{want}': under mtls its certificate would name the other "
+                                   "account (give the workload that 'account', or the pod its serviceAccountName)",
+                                   Note(mine[0][1], f"workload '{name}'")))
+                continue
+            out[name] += [(p, pod.span) for p in pod.prefixes]
     return out, diags
 
 

@@ -166,9 +166,9 @@ def collect(policy: ast.Policy, binding=None) -> tuple[Symbols, list[Diagnostic]
                 decl.versions[v.name.text] = v
                 decl.version_prefixes[v.name.text] = _prefixes(v.addresses, diags)
         symbols.decls[name.text] = decl
+    _mtls(policy, symbols, workloads, diags)
     if workloads:
         _bind(symbols, workloads, binding, diags)
-    _mtls(policy, symbols, workloads, diags)
     return symbols, diags
 
 
@@ -249,7 +249,10 @@ def _bind(symbols: Symbols, workloads: list[Declaration], binding, diags: list[D
                                f"workloads '{a.name}' and '{b.name}' can select the same pod (one in namespace "
                                f"{a.selector[0]} labelled {both or 'anything'}): give them a label key with different "
                                "values, or different namespaces", Note(a.node.name.span, f"'{a.name}'")))
-    given, problems = assign([(d.name, d.selector[0], d.selector[1], d.node.name.span) for d in workloads], binding)
+    accounts = {d.name: principal.rsplit("/", 1)[1] for d in workloads
+                if (principal := symbols.principals.get(d.name)) is not None}
+    given, problems = assign([(d.name, d.selector[0], d.selector[1], d.node.name.span) for d in workloads], binding,
+                             accounts)
     diags += problems
     for d in workloads:
         d.prefixes = [(p, ast.Word(str(p), span)) for p, span in given.get(d.name, [])]

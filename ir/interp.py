@@ -17,7 +17,7 @@ definition per match kind, no indexes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import fields as F
 from .actions import CircuitBreaker, RateLimit
@@ -173,11 +173,28 @@ def _destinations(program: Program, m: Match) -> tuple | None:
     return None if out is None else tuple(out)
 
 
+@per_program
+def sidecar_scope(program: Program) -> dict[str, frozenset[int]]:
+    """Under mutual TLS: each workload whose sidecar asks for certificates, and the TCP ports it does so on
+    (the ports the workload declares)."""
+    return {i.name: frozenset(p.number for p in i.ports if p.protocol != "udp")
+            for i in program.identities if i.principal is not None}
+
+
+def as_seen(program: Program, flow: Flow, dst_id: str | None) -> Flow:
+    """The flow as the policy sees it: a client certificate counts only where a workload's sidecar asks
+    for one (TCP to a port of a workload under mtls); anywhere else nobody verifies it."""
+    if flow.peer is None or flow.dport in sidecar_scope(program).get(dst_id, ()):
+        return flow
+    return replace(flow, peer=None)
+
+
 def evaluate(program: Program, flow: Flow, without: frozenset = frozenset()) -> Decision:
     """Decide one flow: verdict, deciding entry, route and limits. `without`: ids of acl entries to
     pass over, as if the program did not have them (what a rule adds is asked so)."""
     src_id = owner(program, flow.family, flow.src)
     dst_id = owner(program, flow.family, flow.dst)
+    flow = as_seen(program, flow, dst_id)
     if flow.http is not None and flow.http.refused is not None:
         return Decision("deny", None, src_id, dst_id, refused=flow.http.refused)
 

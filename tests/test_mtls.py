@@ -375,3 +375,26 @@ def test_serve_hands_each_sidecar_its_own_key_and_rotates_it_without_a_failed_re
                 proc.wait(10)
     finally:
         serving.stop()
+
+
+def test_differential_random_clients_get_the_interpreters_verdict(tmp_path):
+    """Random (source address, certificate or none, path) against a permissive sidecar: every outcome is
+    the interpreter's verdict for the flow the sidecar sees."""
+    import random
+
+    mesh = Mesh(tmp_path, "permissive")
+    api = mesh.addr["api"]
+    rng = random.Random(29)
+    sources = [mesh.addr["web"], mesh.addr["db"], f"127.{mesh.n}.9.9"]
+    certificates = {None: None, WEB: mesh.client(mesh.ca.issue(WEB)), DB: mesh.client(mesh.ca.issue(DB)),
+                    API: mesh.client(mesh.ca.issue(API))}
+    config, admin = mesh.sidecar("api")
+    seen = {"allow": 0, "deny": 0}
+    with Upstream(api, 19090, "api"), running(config, admin):
+        for _ in range(60):
+            src, peer, path = rng.choice(sources), rng.choice(list(certificates)), rng.choice(["/items/1", "/other"])
+            got = plain(api, 9090, src, path) if peer is None else https(api, 9090, certificates[peer], src, path)
+            want = mesh.verdict(src, api, 9090, peer, path)
+            seen[want] += 1
+            assert agrees(got, want), (src, peer, path, got, want)
+    assert min(seen.values()) >= 10

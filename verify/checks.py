@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 
 from anyplane.ir.actions import Deny, RateLimit
-from anyplane.ir.nodes import Entry, precedence
+from anyplane.ir.nodes import Entry, precedence, TOP_PRIORITY
 from anyplane.ir.pairspace import bit_positions
 
 from .context import Analysis
@@ -457,7 +457,9 @@ class AnomalyChecker:
             e, winners = slot["entry"], slot["winners"]
             verb = "deny" if isinstance(e.action, Deny) else "allow"
             detail = ", ".join(f"{s.loc} ({'deny' if isinstance(w.action, Deny) else 'allow'}, "
-                               f"priority {w.priority})" for s, w in sorted(winners.items()))
+                               + ("before every rule: connections without a client certificate)"
+                                  if w.priority == TOP_PRIORITY else f"priority {w.priority})")
+                               for s, w in sorted(winners.items()))
             out.append(Finding("conflict", "info", e.origin,
                                f"this {verb} (priority {e.priority}) overlaps {detail}, which take precedence "
                                f"where they overlap", witness=slot["witness"], related=tuple(sorted(winners))))

@@ -25,6 +25,7 @@ from anyplane.ir.flow import ICMP, ICMP6, IPV6_EXTENSION_HEADERS, TCP, UDP, Flow
 from anyplane.ir.match import (Absent, AnyOf, Exact, InSet, Match, Present, PrefixMatch, Range, StrExact,
                                StrPrefix, Ternary)
 from anyplane.ir.nodes import Entry, Program, decision_key
+from anyplane.ir.interp import sidecar_scope
 from anyplane.ir.owners import ownership
 
 from .domain import Domain
@@ -127,6 +128,7 @@ class Encoder:
         self._top_bits: dict[tuple[str, int, int], z3.BitVecRef] = {}
         self._not_cache: dict[int, tuple[object, z3.BoolRef]] = {}
         self._field_cache: dict[tuple, z3.BoolRef] = {}
+        self._seen: dict[tuple, z3.BoolRef] = {}  # per program under mtls: its sidecars verify the certificate
         self.wellformed = self._wellformed()
 
     # -- the flow space ---------------------------------------------------------------
@@ -211,7 +213,8 @@ class Encoder:
     def field(self, program: Program, name: str, fm) -> z3.BoolRef:
         """The term for one field match, including the field's presence (cached: entries share most of
         their field matches; identity matches per ownership table)."""
-        key = (name, fm, id(program.endpoints) if name in (F.SRC_ID, F.DST_ID) else None)
+        key = (name, fm, id(program.endpoints) if name in (F.SRC_ID, F.DST_ID) else
+               (id(program.endpoints), id(program.identities)) if name == F.SRC_PEER else None)
         hit = self._field_cache.get(key)
         if hit is None:
             hit = self._field_cache[key] = self._field(program, name, fm)
@@ -236,6 +239,8 @@ class Encoder:
             return z3.And(self.has_ports, self._int(self.sport if name == F.SPORT else self.dport, fm, name))
         if name in (F.ICMP_TYPE, F.ICMP_CODE):
             return z3.And(self.is_icmp, self._int(self.icmp_type if name == F.ICMP_TYPE else self.icmp_code, fm, name))
+        if name == F.SRC_PEER:
+            return self._peer(program, fm)
         return self._l7(name, fm)
 
     def _int(self, var, fm, name: str) -> z3.BoolRef:
@@ -255,15 +260,30 @@ class Encoder:
             return self.false
         raise Unsupported(f"{name} does not support {type(fm).__name__}")
 
+    def seen(self, program: Program) -> z3.BoolRef:
+        """Whether a workload's sidecar verifies the flow's client certificate: TCP to a port it declares,
+        under mtls (ir/interp.as_seen). Elsewhere the certificate counts as absent."""
+        key = (id(program.endpoints), id(program.identities))
+        hit = self._seen.get(key)
+        if hit is None:
+            own = self.ownership(program)
+            terms = [z3.And(own.owned("dst", ident), z3.Or([self.dport == p for p in sorted(ports)]))
+                     for ident, ports in sorted(sidecar_scope(program).items()) if ports]
+            hit = self._seen[key] = z3.And(self.proto == TCP, mk_or(terms, self.ctx)) if terms else self.false
+        return hit
+
+    def _peer(self, program: Program, fm) -> z3.BoolRef:
+        d, seen = self.domain, self.seen(program)
+        if isinstance(fm, InSet):
+            return z3.And(seen, z3.Or([self.peer == d.peers.exact(v) for v in fm.values]))
+        if isinstance(fm, Absent):
+            return z3.Or(z3.Not(seen), self.peer == 0)
+        if isinstance(fm, Present):
+            return z3.And(seen, self.peer != 0)
+        raise Unsupported(f"{F.SRC_PEER} does not support {type(fm).__name__}")
+
     def _l7(self, name: str, fm) -> z3.BoolRef:
         d = self.domain
-        if name == F.SRC_PEER:
-            if isinstance(fm, InSet):
-                return z3.Or([self.peer == d.peers.exact(v) for v in fm.values])
-            if isinstance(fm, Absent):
-                return self.peer == 0
-            if isinstance(fm, Present):
-                return self.peer != 0
         if name == F.HTTP:
             if isinstance(fm, Present):
                 return self.http
@@ -320,10 +340,21 @@ class Encoder:
             if proto == TCP and z3.is_true(model.eval(self.http, model_completion=True)):
                 http = self.request(val)
             return Flow(family, src, dst, proto, val(self.sport), val(self.dport), http=http,
-                        peer=self.domain.peers.witness(val(self.peer)))
+                        peer=self._peer_of(model, val))
         if (proto, family) in ((ICMP, 4), (ICMP6, 6)):
             return Flow(family, src, dst, proto, icmp_type=val(self.icmp_type), icmp_code=val(self.icmp_code))
         return Flow(family, src, dst, proto)
+
+    def _peer_of(self, model: z3.ModelRef, val) -> str | None:
+        """The model's client certificate, where a sidecar of a program encoded here verifies it (elsewhere
+        it is nobody's business: the flow is the same without it)."""
+        peer = self.domain.peers.witness(val(self.peer))
+        if peer is None:
+            return None
+        for term in self._seen.values():
+            if z3.is_true(model.eval(term, model_completion=True)):
+                return peer
+        return None
 
     def request(self, val) -> Request:
         """The HTTP request of a model, from class witnesses."""

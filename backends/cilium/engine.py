@@ -280,6 +280,7 @@ class CiliumEngine(K8sEngine):
     reads_back_with = "cilium"
 
     def emit(self, program: Program, options: base.Options) -> base.Output:
+        base.refuse_mtls(program, "cilium", "CiliumNetworkPolicy has no SPIFFE certificates to match")
         grants, errors = http_grants(program)
         if errors:
             raise DiagnosticError(list(errors.values()))

@@ -333,6 +333,7 @@ class IstioEngine(K8sEngine):
     carries_routes = True
 
     def emit(self, program: Program, options: base.Options) -> base.Output:
+        base.refuse_mtls(program, "istio", "PeerAuthentication and principals are not written yet")
         kubernetes = getattr(options.deployment, "kubernetes", None)
         policies, identities = k8s_export(project_l4(program), kubernetes, expressions=False)
         routed = {e.action.service for e in program.routes.entries} | {lim.service for lim in program.limits}

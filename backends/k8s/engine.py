@@ -889,6 +889,7 @@ class K8sEngine(base.Engine):
         return [p for r in regions_of(program)[0] if r.workload and (_single(r) or _hosts(r)) for p in _prefixes(r)]
 
     def emit(self, program: Program, options: base.Options) -> base.Output:
+        base.refuse_mtls(program, "k8s", "NetworkPolicy selects pods by label and peers by address: it has no certificates")
         policies, identities = export(program, getattr(options.deployment, "kubernetes", None))
         nps, anps = split(policies)
         text = yaml11.dump_all(nps, sort_keys=False)
