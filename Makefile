@@ -99,6 +99,7 @@ bench: setup
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/ebpf.py
 	$(BIN)/python bench/envoy.py
+	$(BIN)/python bench/mtls.py
 	$(BIN)/python bench/fabric.py --bmv2
 	$(BIN)/python bench/compose.py
 	$(BIN)/python bench/wide.py
