@@ -108,7 +108,7 @@ bench: setup
 	$(BIN)/python bench/xds.py
 
 # The connectivity map of every example, drawn for docs/maps/ (docs/import.md, docs/verify.md show them).
-EXAMPLES := bookinfo canary ecommerce edge-firewall zero-trust kubernetes istio workloads
+EXAMPLES := bookinfo canary ecommerce edge-firewall zero-trust kubernetes istio workloads mesh
 maps: setup
 	@mkdir -p docs/maps
 	@for e in $(EXAMPLES); do src=examples/$$e; [ -e $$src ] || src=$$src.ap; \

@@ -65,12 +65,45 @@ def side_cidrs(entries: list[Entry], side: str) -> set[Prefix]:
     return cidrs
 
 
-def address_classes(program: Program, entries: list[Entry], side: str) -> AddressClasses:
-    """Classes for one side: atoms are endpoint prefixes and the side's CIDRs in matches."""
+def _telling(owners, cidrs: set[Prefix], named: set[str]) -> set[Prefix]:
+    """The endpoint prefixes whose addresses the entries can tell from those around them: owned by an
+    identity the entries name, meeting one of their CIDRs, or nested in such a prefix (its addresses
+    have another owner than the prefix around it). The others get the class of what is around them."""
+    import bisect
+
+    firsts = sorted((c.family, c.first, c.last) for c in cidrs)
+    lengths = {(c.family, c.length) for c in cidrs}
+
+    def meets_cidr(p: Prefix) -> bool:
+        if any(fam == p.family and length <= p.length and p.supernet(length) in cidrs for fam, length in lengths):
+            return True  # inside one of them
+        k = bisect.bisect_left(firsts, (p.family, p.first, -1))
+        return k < len(firsts) and firsts[k][0] == p.family and firsts[k][1] <= p.last  # one inside it
+
+    keep: set[Prefix] = set()
+    stack = [p for p, who in owners.owner_of.items() if who in named or meets_cidr(p)]
+    while stack:
+        p = stack.pop()
+        if p not in keep:
+            keep.add(p)
+            stack.extend(owners.children.get(p, ()))
+    return keep
+
+
+def address_classes(program: Program, entries: list[Entry], side: str, telling: bool = False) -> AddressClasses:
+    """Classes for one side: atoms are endpoint prefixes and the side's CIDRs in matches. With `telling`,
+    only the endpoint prefixes the entries can tell apart (the others fall in the class of what is around
+    them, which every entry answers alike): a lookup for these entries alone (a sidecar's listener)."""
     cidrs = side_cidrs(entries, side)
     owners = ownership(program)
     owned = owners.owner_of
-    atoms = sorted(set(owned) | cidrs)
+    if telling:
+        id_field = F.SRC_ID if side == "src" else F.DST_ID
+        named = {v for e in entries if (fm := e.match.get(id_field)) is not None for o in options(fm)
+                 for v in o.values}
+        atoms = sorted(_telling(owners, cidrs, named) | cidrs)
+    else:
+        atoms = sorted(set(owned) | cidrs)
     by_length: dict[tuple[int, int], set[int]] = {}
     for c in cidrs:
         by_length.setdefault((c.family, c.length), set()).add(c.value)

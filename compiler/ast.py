@@ -96,7 +96,16 @@ class AccountClause:
     span: Span
 
 
-ServiceItem = Union[AddressClause, PortClause, VersionClause, NamespaceClause, LabelsClause, AccountClause]
+@dataclass(frozen=True, slots=True)
+class WorkloadMtls:
+    """`mtls strict|permissive|off` inside a workload: how its own sidecar takes connections"""
+
+    mode: Word
+    span: Span
+
+
+ServiceItem = Union[AddressClause, PortClause, VersionClause, NamespaceClause, LabelsClause, AccountClause,
+                    WorkloadMtls]
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,8 @@ def _item(item) -> str:
         return "labels " + ", ".join(w.text for w in item.labels)
     if isinstance(item, ast.AccountClause):
         return f"account {item.name.text}"
+    if isinstance(item, ast.WorkloadMtls):
+        return f"mtls {item.mode.text}"
     if isinstance(item, ast.RouteTo):
         return "to " + ", ".join(b.version.text + (f" {b.weight.value}%" if b.weight else "") for b in item.backends)
     if isinstance(item, ast.RouteTimeout):

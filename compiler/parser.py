@@ -164,6 +164,9 @@ class ToAst(Transformer):
     def namespace_clause(self, children):
         return ast.NamespaceClause(self._word(children[1]), self._s(children))
 
+    def workload_mtls(self, children):
+        return ast.WorkloadMtls(self._word(children[1]), self._s(children))
+
     def account_clause(self, children):
         return ast.AccountClause(self._word(children[1]), self._s(children))
 

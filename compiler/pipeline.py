@@ -183,7 +183,7 @@ def lower_policy(policy: ast.Policy, symbols: Symbols) -> Program:
     if symbols.mtls is not None:
         mode, domain, stmt = symbols.mtls
         mtls = Mtls(mode, domain, stmt.span)
-        if mode == "strict" and symbols.principals:
+        if "strict" in symbols.modes.values():
             rule, refused = plaintext_refused(stmt.span, symbols, "mtls strict")
             if refused:
                 rules, acl = (rule,) + rules, refused + acl

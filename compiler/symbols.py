@@ -20,8 +20,7 @@ RESERVED = frozenset("""
     service workload namespace labels external group default allow deny route limits assert address port
     version any
     tcp udp icmp icmp6 proto sport type code http host header present absent rate burst priority
-    to timeout retry on per-try eject consecutive for not reachable only except stateless connections
-    mtls account peer plaintext trust-domain
+    to timeout retry on per-try eject consecutive for not reachable only except stateless connections mtls
 """.split())
 
 
@@ -80,6 +79,9 @@ class Symbols:
     mtls: tuple | None = None
     #: under mutual TLS, each workload's SPIFFE ID (`spiffe://DOMAIN/ns/NAMESPACE/sa/ACCOUNT`)
     principals: dict[str, str] = field(default_factory=dict)
+    #: under mutual TLS, how each workload's own sidecar takes connections: "strict" or "permissive"
+    #: (a workload whose sidecar says `mtls off` is absent: it asks for no certificate)
+    modes: dict[str, str] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         """Every name an endpoint may use: declarations, their versions, groups."""
@@ -189,9 +191,18 @@ def _mtls(policy: ast.Policy, symbols: Symbols, workloads: list[Declaration], di
         extra = [i for i in d.node.items if isinstance(i, ast.AccountClause)][1:]
         for item in extra:
             diags.append(error(item.span, "duplicate-clause", f"workload '{d.name}' runs as one service account"))
-    if not stmts or stmts[0].mode.text == "off":
+        own = [i for i in d.node.items if isinstance(i, ast.WorkloadMtls)]
+        for item in own[1:]:
+            diags.append(error(item.span, "duplicate-clause", f"workload '{d.name}' has one mtls mode"))
+        if own and not stmts:
+            diags.append(error(own[0].span, "mtls-without-domain", f"workload '{d.name}' sets its mtls mode, but the "
+                                                                   "policy has no 'mtls' statement (its trust domain)"))
+    if not stmts:
         return
     stmt = stmts[0]
+    if stmt.mode.text == "off" and not any(isinstance(i, ast.WorkloadMtls) and i.mode.text != "off"
+                                           for d in workloads for i in d.node.items):
+        return
     domain = DEFAULT_TRUST_DOMAIN
     if stmt.trust_domain is not None:
         domain = stmt.trust_domain.value
@@ -202,6 +213,10 @@ def _mtls(policy: ast.Policy, symbols: Symbols, workloads: list[Declaration], di
     for d in workloads:
         account = d.node.account.text if d.node.account is not None else "default"
         symbols.principals[d.name] = f"spiffe://{domain}/ns/{d.selector[0]}/sa/{account}"
+        own = [i for i in d.node.items if isinstance(i, ast.WorkloadMtls)]
+        mode = own[0].mode.text if own else stmt.mode.text
+        if mode != "off":
+            symbols.modes[d.name] = mode
 
 
 TRUST_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9._-]{0,253}[a-z0-9])?")

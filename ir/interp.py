@@ -95,10 +95,10 @@ def field_matches(fm: FieldMatch, value) -> bool:
     """Whether a field value satisfies a field match (None means the field is absent)."""
     if isinstance(fm, Absent):
         return value is None
-    if value is None:
-        return False
     if isinstance(fm, AnyOf):
         return any(field_matches(option, value) for option in fm.options)
+    if value is None:
+        return False
     if isinstance(fm, Present):
         return True
     if isinstance(fm, Exact) or isinstance(fm, StrExact):
@@ -178,7 +178,7 @@ def sidecar_scope(program: Program) -> dict[str, frozenset[int]]:
     """Under mutual TLS: each workload whose sidecar asks for certificates, and the TCP ports it does so on
     (the ports the workload declares)."""
     return {i.name: frozenset(p.number for p in i.ports if p.protocol != "udp")
-            for i in program.identities if i.principal is not None}
+            for i in program.identities if i.mtls is not None}
 
 
 def as_seen(program: Program, flow: Flow, dst_id: str | None) -> Flow:

@@ -65,6 +65,9 @@ class Identity:
     #: The SPIFFE ID its pods prove with their certificates under mutual TLS (workloads, when the policy
     #: turns mTLS on): `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/ACCOUNT`.
     principal: str | None = field(default=None, metadata={"omit_none": True})
+    #: how its own sidecar takes connections under mutual TLS: "strict" or "permissive" (None: it asks
+    #: for no certificate, though as a client it may present its own)
+    mtls: str | None = field(default=None, metadata={"omit_none": True})
 
     @property
     def http_ports(self) -> tuple[int, ...]:
@@ -192,17 +195,18 @@ class Connections:
 
 @dataclass(frozen=True, slots=True)
 class Mtls:
-    """Mutual TLS on the workloads' sidecars. `strict`: a workload's sidecar accepts TCP only from a client
-    with a certificate of the trust domain; `permissive`: with one or without (a client without one is
-    judged by its address). Rules that name a workload as source match its certificate's SPIFFE ID."""
+    """Mutual TLS on the workloads' sidecars: the policy's mode (each workload's own is `Identity.mtls`).
+    `strict`: a workload's sidecar accepts TCP only from a client with a certificate of the trust domain;
+    `permissive`: with one or without (a client without one is judged by its address); `off`: only the
+    workloads that say otherwise ask. Rules that name a workload as source match its certificate."""
 
     mode: str
     trust_domain: str
     origin: Span
 
     def __post_init__(self) -> None:
-        if self.mode not in ("strict", "permissive"):
-            raise ValueError(f"mtls mode must be strict or permissive, not {self.mode!r}")
+        if self.mode not in ("strict", "permissive", "off"):
+            raise ValueError(f"mtls mode must be strict, permissive or off, not {self.mode!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,8 +250,8 @@ class Program:
 
     @property
     def mesh(self) -> tuple[str, ...]:
-        """The identities whose sidecars speak mutual TLS (workloads with a principal), by name."""
-        return tuple(i.name for i in self.identities if i.principal is not None)
+        """The identities whose sidecars ask for client certificates (mutual TLS), by name."""
+        return tuple(i.name for i in self.identities if i.mtls is not None)
 
     def service_identities(self, service: str) -> tuple[str, ...]:
         """Names of the identities that make up a service (the service and its versions)."""

@@ -112,7 +112,7 @@ def dump(program: Program, *, src: bool = True) -> str:
         if i.selector is not None:
             workload = f" workload {i.selector.text()}" + ("" if i.selector.bound else " (unbound)")
         if i.principal is not None:
-            workload += f" principal {i.principal}"
+            workload += f" principal {i.principal}" + (f" mtls {i.mtls}" if i.mtls else " mtls off")
         lines.append(f"  {i.id} {i.name} {i.kind}" + (f" ports {ports}" if ports else "") + workload + at(i.origin))
     lines += ["", "endpoints:"]
     for row in program.endpoints:

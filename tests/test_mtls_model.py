@@ -219,3 +219,24 @@ def test_the_mesh_example_proves_on_every_engine_and_writes_certificates(tmp_pat
     assert (tmp_path / "envoy" / "ca" / "ca.pem").read_bytes() == first_ca  # the next compile keeps the CA
     assert cert.read_text() != ""
     assert run("verify", str(example / "mesh.ap")).returncode == 0
+
+
+def test_a_workload_sets_its_own_sidecars_mode():
+    text = """\
+workload gw { namespace edge labels app=gw account gw port 8443 http mtls permissive }
+workload web { namespace shop labels app=web account web port 8080 http }
+workload old { namespace shop labels app=old port 9000 tcp mtls off }
+external internet { address 0.0.0.0/0 }
+mtls strict
+default deny
+allow internet -> gw tcp 8443
+allow gw -> web http GET /*
+allow web -> old tcp 9000
+"""
+    program = compile_sources([("p.ap", text)]).program
+    assert {i.name: i.mtls for i in program.identities} == {"gw": "permissive", "web": "strict", "old": None,
+                                                            "internet": None}
+    refused = [e.match.get(F.DST_ID).values for e in program.acl.entries if e.rule == "mtls"]
+    assert refused == [("web",)]
+    assert [e.match.get(F.SRC_PEER) for e in program.acl.entries if e.rule == "r3"] == [None]  # old asks for none
+    assert errors("workload w { mtls strict }\n") == [(1, "mtls-without-domain")]

@@ -53,6 +53,12 @@ class PairClasses:
         interned = {} if interned is None else interned  # shared: keys of two programs compare
         self.code = []
         self.selves = 0  # entries for one address to itself (a pod's traffic to itself)
+        # Under mtls, a certificate names its holders: the map asks of each source its own certificate
+        # (or none), so an entry for some certificates can match only their holders' flows.
+        holders: dict[str, tuple[str, ...]] = {}
+        for ident in program.identities:
+            if ident.principal is not None:
+                holders[ident.principal] = holders.get(ident.principal, ()) + (ident.name,)
         for i, e in enumerate(self.ordered):
             bit = 1 << i
             if to_itself(e.match) is not None:
@@ -61,6 +67,12 @@ class PairClasses:
             self.code.append(interned.setdefault((rest, action_key(e.action)), len(interned)))
             for side, id_field, ip_field in (("src", F.SRC_ID, F.SRC_IP), ("dst", F.DST_ID, F.DST_IP)):
                 ids, ips = e.match.get(id_field), e.match.get(ip_field)
+                peers = e.match.get(F.SRC_PEER) if side == "src" else None
+                if ids is None and ips is None and isinstance(peers, InSet):
+                    ids = InSet(tuple(sorted({n for p in peers.values for n in holders.get(p, ())}))) \
+                        if any(p in holders for p in peers.values) else None
+                    if ids is None:
+                        continue  # a certificate nobody in the policy holds
                 if ids is None and ips is None:
                     everyone[side] |= bit
                     continue

@@ -17,6 +17,8 @@ VerificationBug), and the rules in those places.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 from dataclasses import replace as dataclass_replace
 
 import z3
@@ -26,7 +28,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.describe import PROTOCOLS, describe
 from anyplane.ir.flow import TCP, UDP
 from anyplane.ir.interp import evaluate
-from anyplane.ir.match import Exact, InSet, Match, Range, exact_values, int_ranges, merge_ranges
+from anyplane.ir.match import Absent, AnyOf, Exact, InSet, Match, Range, exact_values, int_ranges, merge_ranges
 from anyplane.ir.nodes import Program
 from anyplane.ir.owners import owned_addresses
 from anyplane.ir.pairspace import PairSpace
@@ -43,9 +45,19 @@ MAX_CELLS_PER_EDGE = 64
 _PORTED = (TCP, UDP)
 
 
+#: Under mtls, each identity's certificate (None: it holds none); unset without mtls.
+_HOLDS: ContextVar[dict | None] = ContextVar("holds", default=None)
+
+
 def _pair(src: str, dst: str, extra: Match | None = None) -> Match:
+    """The flows from one identity to another; under mtls, each with the source's own certificate or
+    none (the map draws who reaches whom while nobody holds another's key: `query` asks the rest)."""
     fields = dict(extra.fields) if extra is not None else {}
     fields["src.id"], fields["dst.id"] = InSet((src,)), InSet((dst,))
+    holds = _HOLDS.get()
+    if holds is not None and F.SRC_PEER not in fields:
+        principal = holds.get(src)
+        fields[F.SRC_PEER] = AnyOf((Absent(), InSet((principal,)))) if principal else Absent()
     return Match.of(fields)
 
 
@@ -59,6 +71,15 @@ def _admits(m: Match, src: str, dst: str) -> bool:
 
 
 def connectivity(program: Program, progress=None, alike: bool = True) -> nx.DiGraph:
+    """Who can reach whom (see `_connectivity`); under mtls, every source with its own certificate."""
+    token = _HOLDS.set({i.name: i.principal for i in program.identities} if program.mtls is not None else None)
+    try:
+        return _connectivity(program, progress, alike)
+    finally:
+        _HOLDS.reset(token)
+
+
+def _connectivity(program: Program, progress=None, alike: bool = True) -> nx.DiGraph:
     """A directed graph: a node per identity (`kind`), an edge per pair where some flow from the source
     opens a connection to the destination, with `rules` (the deciding allows, "FILE:LINE text"),
     `default` (the default allows some of it), `everything` (no flow of the pair is denied) and

@@ -138,7 +138,7 @@ def _mesh_chains(program: Program, service: str, sds: str | None, build) -> tupl
     `permissive` one without for clients that send plaintext (told apart by the TLS inspector)."""
     chains = [{"name": "mtls", "filter_chain_match": {"transport_protocol": "tls"},
                "transport_socket": downstream_tls(program, service, sds), "filters": build(True)}]
-    if program.mtls.mode == "permissive":
+    if program.identity(service).mtls == "permissive":
         chains.append({"name": "plaintext", "filter_chain_match": {"transport_protocol": "raw_buffer"},
                        "filters": build(False)})
     return {"listener_filters": [TLS_INSPECTOR]}, chains
@@ -178,7 +178,7 @@ def inbound_listener(program: Program, service: str, port: int, protocol: str, d
 
     listener = {"name": f"in|{service}|{port}",
                 "address": {"socket_address": {"address": sidecar.inbound, "port_value": port}}}
-    if program.identity(service).principal is not None:
+    if program.identity(service).mtls is not None:
         def build(tls: bool) -> list[dict]:
             part = plan.over(tls)
             if http:

@@ -271,12 +271,12 @@ def rbac_matcher(program: Program, listener: Listener, service: str) -> dict:
     """The RBAC matcher of one listener: a source trie, then per class a first-match list."""
     entries = listener.entries
     default = action("default", listener.default_allow)
-    src = address_classes(program, entries, "src")
+    src = address_classes(program, entries, "src", telling=True)
     identities = set(program.service_identities(service))
     # Destination classes, only when entries can tell this service's own addresses apart.
     dst_entries = [e for e in entries if e.match.get(F.DST_IP) is not None
                    or (e.match.get(F.DST_ID) is not None and not identities <= set(e.match.get(F.DST_ID).values))]
-    dst = address_classes(program, entries, "dst") if dst_entries else None
+    dst = address_classes(program, entries, "dst", telling=True) if dst_entries else None
 
     sides = _Sides()
     # Index the entries by what can select them, so each class looks only at its candidates.

@@ -216,7 +216,7 @@ def outbound_clusters(program: Program, deployment: Deployment, service: str | N
                             "@type": TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                             "explicit_http_config": {"http2_protocol_options": {}}}}
                 cluster.update(_breaker(program, dest.name))
-                peers = [program.identity(i).principal for i in group if program.identity(i).principal]
+                peers = [program.identity(i).principal for i in group if program.identity(i).mtls]
                 if program.mtls is not None and peers:
                     cluster["transport_socket"] = upstream_tls(program, service, peers, sds)
                 clusters.append(cluster)

@@ -176,7 +176,11 @@ def _ca(ca_dir: str | None, out_dir: str) -> tuple | None:
     from pathlib import Path
 
     where = Path(ca_dir) if ca_dir is not None else Path(out_dir) / "ca"
-    if ca_dir is None and not (where / "ca.key").is_file():
+    try:
+        kept = (where / "ca.key").is_file()
+    except OSError:  # a path the system refuses: writing the output says so
+        kept = False
+    if ca_dir is None and not kept:
         return None
     try:
         cert, key = (where / "ca.pem").read_bytes(), (where / "ca.key").read_bytes()

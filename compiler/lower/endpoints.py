@@ -28,7 +28,7 @@ def resolve_endpoints(symbols: Symbols) -> tuple[tuple[Identity, ...], tuple[End
             namespace, labels = decl.selector
             selector = Selector(namespace, tuple(sorted(labels.items())), decl.bound)
         idents.append((decl.name, decl.kind, decl.name, None, ports, decl.node.name.span, selector,
-                       symbols.principals.get(decl.name)))
+                       symbols.principals.get(decl.name), symbols.modes.get(decl.name)))
         rows += [EndpointPrefix(p, decl.name, w.span) for p, w in decl.prefixes]
         for v, clause in decl.versions.items():
             name = f"{decl.name}.{v}"

@@ -150,7 +150,7 @@ def lower_pattern(p: ast.Pattern, symbols: Symbols, others: bool = False) -> tup
     l7 = l7_pairs(p.l7) if p.l7 is not None else []
     sides = list(product(src_alts, dst_alts))
     if symbols.principals and not others:
-        sides = [s for src, dst in sides for s in peer_alternatives(src, dst, symbols.principals)]
+        sides = [s for src, dst in sides for s in peer_alternatives(src, dst, symbols.principals, symbols.modes)]
     out = []
     for (src, dst), l4 in product(sides, _l4_alternatives(p.l4, p.l7 is not None)):
         pairs = [(k, v) for k, v in src + dst + l4 + l7 if v is not None]
@@ -190,7 +190,8 @@ def at_sidecars(pairs: Pairs, symbols: Symbols) -> list[Match]:
     return out
 
 
-def peer_alternatives(src: Pairs, dst: Pairs, principals: dict[str, str]) -> list[tuple[Pairs, Pairs]]:
+def peer_alternatives(src: Pairs, dst: Pairs, principals: dict[str, str], modes: dict[str, str]
+                      ) -> list[tuple[Pairs, Pairs]]:
     """Under mutual TLS, a source that names workloads is their certificates where the destination's
     sidecar asks for one, and their addresses on connections without a certificate:
 
@@ -199,8 +200,9 @@ def peer_alternatives(src: Pairs, dst: Pairs, principals: dict[str, str]) -> lis
             src.id in {web}    src.peer absent                              dst.id in {api}
             src.id in {legacy}                                              dst.id in {api}
 
-    Only a workload's sidecar asks for certificates, so the first alternative keeps the destination's
-    workloads (every workload when the destination is addresses or `any`)."""
+    Only a workload's sidecar asks for certificates (unless the workload says `mtls off`), so the first
+    alternative keeps the destination's such workloads (all of them when the destination is addresses
+    or `any`)."""
     ids = dict(src).get(F.SRC_ID)
     mesh = [i for i in ids.values if i in principals] if isinstance(ids, InSet) else []
     if not mesh:
@@ -208,7 +210,7 @@ def peer_alternatives(src: Pairs, dst: Pairs, principals: dict[str, str]) -> lis
     rest = [(k, v) for k, v in src if k != F.SRC_ID]
     out: list[tuple[Pairs, Pairs]] = []
     to = dict(dst).get(F.DST_ID)
-    targets = sorted(principals) if to is None else [i for i in to.values if i in principals] \
+    targets = sorted(modes) if to is None else [i for i in to.values if i in modes] \
         if isinstance(to, InSet) else []
     if not targets:  # no sidecar of the destination asks for a certificate: addresses alone
         return [(src, dst)]

@@ -64,7 +64,8 @@ def plaintext_refused(origin: Span, symbols: Symbols, text: str) -> tuple[Rule, 
     """`mtls strict`: a workload's sidecar refuses a TCP connection without a client certificate of the
     trust domain on every port it listens on, before any rule is consulted: a deny above every priority."""
     entries = []
-    for ports, names in sorted(sidecar_ports(sorted(symbols.principals), symbols).items()):
+    strict = sorted(n for n, mode in symbols.modes.items() if mode == "strict")
+    for ports, names in sorted(sidecar_ports(strict, symbols).items()):
         match = Match.of([(F.SRC_PEER, Absent()), (F.DST_ID, InSet(tuple(names))), (F.PROTO, Exact(TCP)),
                           (F.DPORT, port_match([(n, n) for n in ports]))])
         entries.append(Entry(TOP_PRIORITY, match, Deny(), origin, MTLS_RULE))
