@@ -31,6 +31,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
 from anyplane.ir.interp import evaluate
 from anyplane.ir.match import InSet, Match, PrefixMatch, to_itself
+from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Program
 from anyplane.ir.owners import ownership
 from anyplane.ir.pairspace import PairSpace
@@ -39,7 +40,7 @@ from .alike import PairClasses
 from .context import Analysis
 from .domain import Domain
 from .encode import Encoder, mk_and
-from .index import overlaps
+from .index import OverlapIndex
 from .reach import prefer
 from .refine import refines
 from .result import VerificationBug
@@ -81,7 +82,7 @@ class Block:
     def term(self, a: Analysis):
         """The block as a term of one analysis."""
         out = [a.term(self.match)]
-        out += [a.outside(Match.of({F.DST_IP: PrefixMatch(p)})) for p in sorted(self.carve)]
+        out += [a.outside_dst(p) for p in sorted(self.carve)]
         return mk_and(out, a.enc.ctx)
 
     def relevant(self, a: Analysis, scope: Match | None = None) -> list[int]:
@@ -195,17 +196,22 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
     blocks = [] if paired is not None else list(_refined(a_policy, regions(policy)))
     done, total, asked = 0, (sum(map(len, paired.values())) if paired is not None else
                              len(blocks) * len(open_scopes)), 0
+    # The blocks a scope's box meets, found in an index over the blocks' boxes (built once).
+    block_index = OverlapIndex([a_policy.boxer.box(b.match) for b in blocks]) if blocks else None
     for scope in open_scopes:
         inside = [] if scope.match is None else [a_policy.term(scope.match)]
         inside += [a_policy.outside(m) for m in scope.excluded]
         box = None if scope.match is None else a_policy.boxer.box(scope.match)
         deciding = [n for n in scope.engines if not _allows_all(stand_in[n])]
-        for block in (paired[scope.label] if paired is not None else blocks):
+        if paired is not None:
+            mine = paired[scope.label]
+        else:
+            mine = blocks if box is None else [blocks[k] for k in block_index.candidates(box)]
+            done += len(blocks) - len(mine)
+        for block in mine:
             done += 1
             if progress is not None:
                 progress(done, total)
-            if box is not None and block.match is not None and not overlaps(box, a_policy.boxer.box(block.match)):
-                continue
             policy_allows = a_policy.allowed_term(block.relevant(a_policy, scope.match))
             together = mk_and([analyses[n].allowed_term(block.relevant(analyses[n], scope.match))
                                for n in deciding], enc.ctx)
@@ -400,13 +406,16 @@ def _touched(policy: Program, name: str, exempt: set) -> bool:
     return any(p in exempt for p in ownership(policy).prefixes.get(name, ()))
 
 
+@per_program
 def _allows_all(p: Program) -> bool:
     """A program that allows every flow: default allow and no entry that denies."""
     return p.default == "allow" and all(e.action.verdict == "allow" for e in p.acl.entries)
 
 
+@per_program
 def _decisions(p: Program):
-    """What decides a program's verdicts, in a form two programs can be compared by."""
+    """What decides a program's verdicts, in a form two programs can be compared by (once per program:
+    every scope asks)."""
     return (p.default, {(r.prefix, r.identity) for r in p.endpoints},
             Counter((e.priority, e.action.verdict, e.match) for e in p.acl.entries))
 

@@ -20,7 +20,9 @@ import z3
 from anyplane.ir.flow import Flow
 from anyplane.ir.flowgen import FlowGen
 from anyplane.ir.interp import evaluate, match_holds
-from anyplane.ir.match import Match
+from anyplane.ir import fields as F
+from anyplane.ir.addr import Prefix
+from anyplane.ir.match import Match, PrefixMatch
 from anyplane.ir.nodes import Entry, Program, ordered
 from anyplane.ir.owners import ownership
 
@@ -53,6 +55,8 @@ class Analysis:
         self.solver.add(self.enc.wellformed)
         self._gen: FlowGen | None = None
         self._matching: dict[Flow, list[int]] = {}
+        self._relevant: dict[Match, tuple[int, ...]] = {}
+        self._outside_dst: dict = {}
 
     # -- regions ------------------------------------------------------------------------
     def term(self, m: Match) -> z3.BoolRef:
@@ -68,11 +72,28 @@ class Analysis:
         return mk_or([self.term(m) for m in matches], self.enc.ctx) if matches else self.enc.false
 
     def relevant(self, matches) -> list[int]:
-        """Positions of the acl entries that can match some flow in the region, ascending."""
+        """Positions of the acl entries that can match some flow in the region, ascending (remembered
+        for regions of one match: a proof asks the same scopes again and again)."""
+        if len(matches) == 1:
+            hit = self._relevant.get(matches[0])
+            if hit is not None:
+                return list(hit)
         out: set[int] = set()
         for m in matches:
             out.update(self.index.candidates(self.boxer.box(m)))
-        return sorted(out)
+        found = sorted(out)
+        if len(matches) == 1:
+            if len(self._relevant) >= 4096:
+                self._relevant.clear()
+            self._relevant[matches[0]] = tuple(found)
+        return found
+
+    def outside_dst(self, p: Prefix) -> z3.BoolRef:
+        """The term of a destination outside a prefix (remembered per prefix)."""
+        hit = self._outside_dst.get(p)
+        if hit is None:
+            hit = self._outside_dst[p] = self.outside(Match.of({F.DST_IP: PrefixMatch(p)}))
+        return hit
 
     def code_term(self, positions: list[int], code=None) -> z3.ExprRef:
         """The decision's action code over the given entries (first match, else the default)."""

@@ -77,12 +77,12 @@ def pack(type_url: str, resource: dict) -> bytes:
     hit = _PACKED.get(key)
     if hit is not None:
         return hit
-    for name in _types_in(resource):
-        _import_type(name)
     msg = _MESSAGES[type_url]()
     try:
-        fill(msg, resource)
+        fill(msg, resource)  # loads the modules of the types it meets
     except _Unhandled:  # a shape the direct path leaves to json_format (none that anyplane writes)
+        for name in _types_in(resource):
+            _import_type(name)
         msg = _MESSAGES[type_url]()
         json_format.ParseDict(resource, msg)
     data = msg.SerializeToString(deterministic=True)
