@@ -186,12 +186,36 @@ def _rule_matches(rule: dict, action: str, peer, port: int, request, on_http: bo
     return False
 
 
-def istio_allows(policies, src_ip: str, dst_pod, proto: str, port: int, request) -> bool:
+def mtls_mode(peer_auth, dst_pod, port: int) -> str:
+    """Istio's resolution: a policy selecting the pod (its port-level mode first), else the namespace's,
+    else the mesh's (root namespace); UNSET inherits; PERMISSIVE by default."""
+    def mine(p, selected):
+        ns, sel = p["metadata"]["namespace"], p["spec"].get("selector")
+        if selected:
+            return ns == dst_pod[1] and sel is not None and sel["matchLabels"]["app"] == dst_pod[2]
+        return sel is None and ns == dst_pod[1] if ns != "istio-system" else sel is None
+    mode = "PERMISSIVE"
+    for layer in ([p for p in peer_auth if p["metadata"]["namespace"] == "istio-system" and mine(p, False)],
+                  [p for p in peer_auth if p["metadata"]["namespace"] != "istio-system" and mine(p, False)],
+                  [p for p in peer_auth if mine(p, True)]):
+        for p in layer:
+            got = (p["spec"].get("mtls") or {}).get("mode", "UNSET")
+            got = ((p["spec"].get("portLevelMtls") or {}).get(port) or {}).get("mode", got) \
+                if (p["spec"].get("portLevelMtls") or {}).get(port) else got
+            if got != "UNSET":
+                mode = got
+    return mode
+
+
+def istio_allows(policies, src_ip: str, dst_pod, proto: str, port: int, request, peer_auth=()) -> bool:
     if proto != "tcp":
         return True
     on_http = any(p == port and not n.startswith("tcp") for n, p in SERVICES[dst_pod[0]])
     src_pod = next((p for p in PODS if p[4] == src_ip), None)
-    peer = (src_ip, src_pod)
+    mode = mtls_mode(peer_auth, dst_pod, port)
+    if mode == "STRICT" and src_pod is None:
+        return False  # no certificate: refused before any AuthorizationPolicy
+    peer = (src_ip, src_pod if mode != "DISABLE" else None)  # without mTLS a source has no identity
     mine = [p for p in policies if p["metadata"]["namespace"] in (dst_pod[1], "istio-system")
             and (not p["spec"].get("selector") or p["spec"]["selector"]["matchLabels"]["app"] == dst_pod[2])
             and p["spec"]["action"] != "AUDIT"]
@@ -231,6 +255,43 @@ def test_imported_authorization_policies_decide_as_istio_does(policies):
     program, text = import_mesh(policies)
     bad = mismatches(program, lambda s, d, proto, port, req: istio_allows(policies, s, d, proto, port, req))
     assert not bad, f"{len(bad)} mismatches, e.g. {bad[:3]}\n{yaml.safe_dump_all(policies)}\n{text}"
+
+
+@st.composite
+def peer_authentications(draw):
+    out = []
+    for k in range(draw(st.integers(1, 3))):
+        spec = {}
+        where = draw(st.sampled_from(["shop", "data", "istio-system"]))
+        if where != "istio-system" and draw(st.booleans()):
+            spec["selector"] = {"matchLabels": {"app": draw(st.sampled_from(["web", "api", "db"]))}}
+            if draw(st.booleans()):
+                spec["portLevelMtls"] = {draw(st.sampled_from(PORTS)): {"mode": draw(st.sampled_from(
+                    ["STRICT", "PERMISSIVE", "UNSET"]))}}
+        if draw(st.integers(0, 3)):
+            spec["mtls"] = {"mode": draw(st.sampled_from(["STRICT", "PERMISSIVE", "DISABLE", "UNSET"]))}
+        out.append({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                    "metadata": {"name": f"pa{k}", "namespace": where}, "spec": spec})
+    # Istio takes one policy per level: the oracle and the importer agree on the order of the rest, so
+    # keep one per (namespace, selector).
+    seen, kept = set(), []
+    for p in out:
+        key = (p["metadata"]["namespace"], str(p["spec"].get("selector")))
+        if key not in seen:
+            seen.add(key)
+            kept.append(p)
+    return kept
+
+
+@SETTINGS
+@given(authz(), peer_authentications())
+def test_peer_authentication_decides_with_the_policies_as_istio_does(policies, peer_auth):
+    """STRICT (for the pod or one port) refuses clients outside the mesh before any AuthorizationPolicy;
+    DISABLE leaves sources without principal or namespace; PERMISSIVE and UNSET change nothing."""
+    program, text = import_mesh(policies, peer_auth)
+    bad = mismatches(program, lambda s, d, proto, port, req: istio_allows(policies, s, d, proto, port, req,
+                                                                          peer_auth))
+    assert not bad, f"{len(bad)} mismatches, e.g. {bad[:3]}\n{yaml.safe_dump_all(policies + peer_auth)}\n{text}"
 
 
 def _policy(name, ns, spec):
@@ -476,10 +537,27 @@ def test_a_gateway_is_left_out_with_a_note_and_decides_nothing(tmp_path):
     assert done.stdout == without.stdout
     peer = tmp_path / "peer.yaml"
     peer.write_text("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict}\n"
-                    "spec: {mtls: {mode: STRICT}}\n")
+                    "spec: {mtls: {mode: BOGUS}}\n")
     refused = run("verify", str(tmp_path))
-    assert refused.returncode == 1 and "peer.yaml:1:1: error: PeerAuthentication strict: not imported yet" \
-        in refused.stderr, refused.stderr
+    assert refused.returncode == 1 and "peer.yaml:4:14: error: PeerAuthentication default/strict: mtls.mode 'BOGUS' " \
+        "is not one of UNSET, DISABLE, PERMISSIVE, STRICT" in refused.stderr, refused.stderr
+
+
+def test_a_strict_mesh_refuses_the_outside_and_names_the_peer_authentication(tmp_path):
+    strict = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+              "metadata": {"name": "default", "namespace": "istio-system"}, "spec": {"mtls": {"mode": "STRICT"}}}
+    program, _ = import_mesh([strict])
+    assert _verdict(program, "203.0.113.7", "10.1.0.2", 8000) == "deny"
+    assert _verdict(program, "203.0.113.7", "10.1.0.2", 8000, proto=17) == "allow", "mTLS is TCP's"
+    assert _verdict(program, "10.1.0.1", "10.1.0.2", 8000) == "allow", "a pod presents its certificate"
+    (tmp_path / "mesh.yaml").write_text(yaml.safe_dump_all(cluster() + [strict]))
+    out = run("explain", str(tmp_path / "mesh.yaml"), "--flow", "203.0.113.7 -> shop_api tcp 8000")
+    import re
+
+    line = int(re.search(r"as new +deny +\S*mesh\.yaml:(\d+) +deny outside -> shop_api tcp", out.stdout).group(1))
+    text = (tmp_path / "mesh.yaml").read_text().splitlines()
+    start = max(k for k in range(line) if k == 0 or text[k - 1] == "---")
+    assert "kind: PeerAuthentication" in text[start:line + 8], "the deny points into the PeerAuthentication"
 
 
 def test_a_service_entry_names_its_addresses_and_decides_nothing():
@@ -539,3 +617,23 @@ def test_namespace_puts_manifests_without_one_where_kubectl_apply_n_would(tmp_pa
     assert "mixed.yaml:" in refused.stderr and "(ops) does not match --namespace bookinfo" in refused.stderr
     bad = run("verify", str(tmp_path / "mesh.yaml"), "--namespace", "Not_A_Name")
     assert bad.returncode == 2 and "not a Kubernetes namespace name" in bad.stderr
+
+
+def test_without_mutual_tls_a_source_has_no_principal_or_namespace():
+    """DISABLE on shop: api's sidecar reads no certificates, so a rule by principal or by namespace
+    matches nobody there (Istio documents both as taken from the peer certificate); db in another
+    namespace, still PERMISSIVE, keeps them."""
+    disable = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+               "metadata": {"name": "off", "namespace": "shop"}, "spec": {"mtls": {"mode": "DISABLE"}}}
+    by_principal = [_policy(f"{app}-from-web", ns, {"selector": {"matchLabels": {"app": app}}, "rules": [
+        {"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/web"]}}]}]}) for app, ns in (("api", "shop"),
+                                                                                                    ("db", "data"))]
+    by_namespace = [_policy("api-from-shop", "shop", {"selector": {"matchLabels": {"app": "api"}}, "rules": [
+        {"from": [{"source": {"namespaces": ["shop"]}}]}]})]
+    program, _ = import_mesh(by_principal, [disable])
+    assert _verdict(program, "10.1.0.1", "10.1.0.2", 9000) == "deny"
+    assert _verdict(program, "10.1.0.1", "10.1.0.3", 9000) == "allow"
+    program, _ = import_mesh(by_namespace, [disable])
+    assert _verdict(program, "10.1.0.1", "10.1.0.2", 9000) == "deny"
+    program, _ = import_mesh(by_principal)
+    assert _verdict(program, "10.1.0.1", "10.1.0.2", 9000) == "allow"

@@ -48,6 +48,12 @@ class Pod:
     base: bool = False  # the addresses a routed service owns beside its versions (read back from an export)
     siblings: tuple = ()  # for a base: the service's versions, which its name covers too
     others: tuple = ()  # its further addresses (status.podIPs beyond podIP: dual stack), for a binding
+    #: Istio PeerAuthentication: the TCP ports (ranges) whose sidecar refuses a client without a mesh
+    #: certificate (STRICT), whether its sidecar reads peers' certificates at all (not DISABLE), and the
+    #: policy that says so (span, label)
+    strict: tuple = ()
+    certified: bool = True
+    mtls_why: tuple | None = None
 
     @property
     def ident(self) -> str:
@@ -105,6 +111,7 @@ class Reader:
         self.workloads: list[tuple[str, dict]] = []
         self.cilium: list[tuple[str, dict]] = []
         self.istio: list[tuple[str, dict]] = []
+        self.peer_auth: list[tuple[str, dict]] = []
         self.services: list[tuple[str, dict]] = []
         self.routing: list[tuple[str, dict]] = []
         self.entries: list[tuple[str, list]] = []  # ServiceEntry addresses: (a name for them, networks)
@@ -321,11 +328,14 @@ class Reader:
             self.routing.append((path, obj))
         elif kind == "ServiceEntry":
             self.service_entry(path, obj, f"ServiceEntry {ns}/{name}")
-        elif kind in ("PeerAuthentication", "RequestAuthentication", "Sidecar", "Gateway", "EnvoyFilter"):
+        elif kind == "PeerAuthentication":
+            self.peer_auth.append((path, obj))
+        elif kind in ("RequestAuthentication", "Sidecar", "Gateway", "EnvoyFilter"):
             self.fail(path, obj, f"{kind} {name}: not imported yet (NetworkPolicy, AdminNetworkPolicy, "
                                  "BaselineAdminNetworkPolicy, CiliumNetworkPolicy, AuthorizationPolicy, "
-                                 "VirtualService, DestinationRule, Services, Pods, workload controllers and "
-                                 "Namespaces are); remove it from the input rather than have it ignored")
+                                 "PeerAuthentication, VirtualService, DestinationRule, Services, Pods, workload "
+                                 "controllers and Namespaces are); remove it from the input rather than have it "
+                                 "ignored")
 
     def service_entry(self, path: str, obj: dict, label: str) -> None:
         """A ServiceEntry outside the mesh names addresses: they become an external of their own (for maps

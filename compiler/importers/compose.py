@@ -299,13 +299,13 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                                [default_deny[direction][subject.ident]])
         return ports - c_denied, allows, c_denies + denies
 
-    if not (admin_rules or cilium_rules or istio_rules):
+    if not (admin_rules or cilium_rules or istio_rules or any(p.strict for p in pods)):
         depends = _by_rules(emit, reps, blocks, name_of, classes, ingress, egress, set(restricted_in),
                             set(restricted_out))
         for text, span, why in route_lines:
             emit(text, span, why)
         return Imported("\n".join(lines) + "\n", origins, len(pods), policies, depends=depends)
-    meshed = istio.subjects(istio_rules)
+    meshed = istio.subjects(istio_rules) | {p.ident for p in pods if p.strict}
     proxied = {p.ident for p in pods if cilium.http_ports(cilium_rules, p)}
     ends = reps + blocks
     for a in ends:

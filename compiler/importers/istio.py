@@ -16,6 +16,10 @@ policy for the destination workload's sidecar):
   Istio's rule for HTTP-only fields applies: an ALLOW rule that has one never matches, a DENY
   rule matches without them. A port no Service declares is taken as TCP (Istio would sniff it;
   for both actions that is the stricter reading).
+- PeerAuthentication: STRICT (for the pod, or per port) refuses a client outside the mesh (no
+  certificate) before any AuthorizationPolicy; DISABLE leaves peers unidentified (principals and
+  namespaces of sources match nothing); PERMISSIVE and UNSET change no decision. Every pod is taken to
+  run a sidecar that presents its own certificate.
 - Sources: `principals` (`cluster.local/ns/NS/sa/ACCOUNT`, the pod's service account),
   `namespaces`, `ipBlocks`, each with its `not` form; `*`, `prefix*` and `*suffix` patterns. An
   address outside the cluster has no principal and no namespace.
@@ -109,7 +113,7 @@ class Split(Exception):
     """ipBlocks that hold some of a pod's addresses (of the families the destination has) and not others."""
 
 
-def _holds(cond: Condition, peer, is_pod, within, families=(4, 6)) -> bool:
+def _holds(cond: Condition, peer, is_pod, within, families=(4, 6), certified: bool = True) -> bool:
     if cond.kind == "ip":
         if is_pod(peer):
             # a pod of several addresses is in the blocks when each of its networks that can reach the
@@ -121,17 +125,18 @@ def _holds(cond: Condition, peer, is_pod, within, families=(4, 6)) -> bool:
             hit = bool(inside) and all(inside)
         else:
             hit = any(within(peer, net) for net in cond.values)
-    elif not is_pod(peer):
-        hit = False  # outside the mesh: no principal, no namespace
+    elif not is_pod(peer) or not certified:
+        hit = False  # outside the mesh, or a sidecar that reads no certificates: no principal, no namespace
     else:
         text = principal(peer) if cond.kind == "principal" else peer.namespace
         hit = any(_matches(v, text) for v in cond.values)
     return hit != cond.negated
 
 
-def holds(rule: AuthzRule, peer, is_pod, within, families=(4, 6)) -> bool:
-    """The rule's sources (and source conditions) hold for a peer (of a destination of these IP versions)."""
-    return rule.sources is None or any(all(_holds(c, peer, is_pod, within, families) for c in alt)
+def holds(rule: AuthzRule, peer, is_pod, within, families=(4, 6), certified: bool = True) -> bool:
+    """The rule's sources (and source conditions) hold for a peer (of a destination of these IP versions;
+    `certified`: whose sidecar reads peers' certificates)."""
+    return rule.sources is None or any(all(_holds(c, peer, is_pod, within, families, certified) for c in alt)
                                        for alt in rule.sources)
 
 
@@ -193,14 +198,14 @@ def _source(p: _Parse, src: dict) -> tuple:
         elif not key.startswith("__") and key not in SOURCE_FIELDS and key[3:4].lower() + key[4:] not in SOURCE_FIELDS:
             p.fail(src, f"unknown source field {key!r}")
     for key, kind in SOURCE_FIELDS.items():
-        for negated, field in ((False, key), (True, "not" + key[0].upper() + key[1:])):
-            values = p.strings(src, field)
+        for negated, name in ((False, key), (True, "not" + key[0].upper() + key[1:])):
+            values = p.strings(src, name)
             if values is None:
                 continue
             if kind == "ip":
-                values = p.networks(src, field, values)
+                values = p.networks(src, name, values)
             else:
-                p.pattern(src, field, values)
+                p.pattern(src, name, values)
             out.append(Condition(kind, values, negated))
     return tuple(out)
 
@@ -392,6 +397,70 @@ def read(reader, pods, objects, span_of, selects) -> list[AuthzRule]:
     return out
 
 
+MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
+
+
+def peer_authentication(reader, pods, objects, span_of, selects) -> None:
+    """PeerAuthentication: each pod's mutual TLS as Istio resolves it (a policy with a selector in the
+    pod's namespace, else the namespace's policy without one, else the mesh's in the root namespace;
+    UNSET inherits, the mesh default is PERMISSIVE), set on the pods: the ports whose sidecar refuses a
+    client without a mesh certificate (`strict`), and whether peers are identified at all (`certified`:
+    not under DISABLE, where principals and namespaces of sources match nothing)."""
+    layers: dict = {}  # pod ident -> [(rank, mode, ports {port: mode}, span, label)]
+    for path, obj in objects:
+        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+        ns = meta.get("namespace") or "default"
+        label = f"PeerAuthentication {ns}/{meta.get('name')}"
+        p = _Parse(reader, path, label)
+        if not str(obj.get("apiVersion", "")).startswith("security.istio.io/"):
+            p.fail(obj, f"apiVersion {obj.get('apiVersion')!r} is not security.istio.io")
+            continue
+        if not isinstance(spec, dict):
+            p.fail(obj, "spec is a mapping")
+            continue
+        mtls = spec.get("mtls") or {}
+        mode = mtls.get("mode", "UNSET") if isinstance(mtls, dict) else None
+        if mode not in MTLS_MODES:
+            p.fail(mtls or spec, f"mtls.mode {mode!r} is not one of {', '.join(MTLS_MODES)}")
+            continue
+        selector = spec.get("selector")
+        ports: dict = {}
+        for key, value in (spec.get("portLevelMtls") or {}).items():
+            pm = value.get("mode", "UNSET") if isinstance(value, dict) else None
+            if selector is None:
+                p.fail(spec, "portLevelMtls needs a selector (Istio ignores it on a namespace or mesh policy)")
+            elif not str(key).isdigit() or not 1 <= int(key) <= 65535:
+                p.fail(spec, f"portLevelMtls: {key!r} is not a port")
+            elif pm not in MTLS_MODES:
+                p.fail(value if isinstance(value, dict) else spec, f"portLevelMtls {key}: mode {pm!r} is not one of "
+                                                                    f"{', '.join(MTLS_MODES)}")
+            elif pm == "DISABLE":
+                p.fail(value, f"portLevelMtls {key}: DISABLE on one port is not imported (the peers' certificates "
+                              "would count on some ports of the pod and not others)")
+            elif pm != "UNSET":
+                ports[int(key)] = pm
+        if not p.ok:
+            continue
+        rank = 2 if selector else (1 if ns != ROOT_NAMESPACE else 0)
+        chosen = {"matchLabels": selector.get("matchLabels") or {}} if isinstance(selector, dict) else None
+        for pod in pods:
+            if (ns == ROOT_NAMESPACE and rank == 0) or (pod.namespace == ns and selects(chosen, pod.labels, path,
+                                                                                     reader)):
+                layers.setdefault(pod.ident, []).append((rank, mode, ports, span_of(path, obj), label))
+    for pod in pods:
+        mode, ports, why = "PERMISSIVE", {}, None
+        for rank, m, pm, span, label in sorted(layers.get(pod.ident, ()), key=lambda t: t[0]):
+            if m != "UNSET":
+                mode, why = m, (span, label)
+            if pm:
+                ports, why = pm, (span, label)
+        strict = [(n, n) for n, m in ports.items() if m == "STRICT"]
+        others = [(n, n) for n, m in ports.items() if m != "STRICT"]
+        pod.strict = tuple(merge_ranges(_minus(EVERY, others) if mode == "STRICT" else strict))
+        pod.certified = mode != "DISABLE"
+        pod.mtls_why = why if pod.strict or not pod.certified else None
+
+
 def port_protocols(reader, pods, services, selects) -> dict:
     """{pod ident: {port: "http" | "grpc" | "tcp" | "udp"}}: the target ports Services declare, with the
     protocol Istio reads them as (port name prefix or appProtocol)."""
@@ -495,9 +564,16 @@ def decide(rules: list[AuthzRule], subject, peer, http_ports: tuple, is_pod, wit
                                            "match)")]
     tcp_only = _minus(EVERY, http_ports)
     families = {n.version for n in subject.networks}
+    strict = getattr(subject, "strict", ())
+    if strict and not is_pod(peer):
+        # STRICT: a client outside the mesh has no certificate, and the sidecar refuses it before any policy.
+        span, label = subject.mtls_why
+        v.denied = _union(v.denied, strict)
+        v.denies.append((strict, (span, f"{label} (STRICT: a client without a mesh certificate is refused)")))
+    certified = getattr(subject, "certified", True)
     for r in mine:
         try:
-            if not holds(r, peer, is_pod, within, families):
+            if not holds(r, peer, is_pod, within, families, certified):
                 continue
         except Split:
             raise DiagnosticError([error(r.span, "import", (

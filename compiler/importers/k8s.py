@@ -103,6 +103,8 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
             else:
                 cilium_rules = got
     istio_rules = []
+    if reader.peer_auth and not reader.errors:
+        istio.peer_authentication(reader, pods, reader.peer_auth, span_of_object, selects)
     if (reader.istio or reader.routing) and not reader.errors:
         try:
             istio_rules = istio.read(reader, pods, reader.istio, span_of_object, selects)
