@@ -1,7 +1,7 @@
 """`anyplane serve` figures: how fast a policy change reaches a fleet of real Envoys, and what it costs
 on the wire.
 
-    python bench/xds.py [--sidecars 10,50,100] [--rules 10000] [--clients 100] [--format json]
+    python bench/xds.py [--sidecars 10,50,100] [--rules 10000] [--clients 100] [--streams 1000] [--format json]
 
 1. Convergence: N Envoy sidecars (one per service) on loopback take their configuration from the
    server over ADS (state of the world). The policy changes one verdict on every service; the figure
@@ -19,6 +19,7 @@ pushes of about 1 s at 1,000 services.
 from __future__ import annotations
 
 import argparse
+import json
 import queue
 import shutil
 import subprocess
@@ -140,7 +141,8 @@ class _Client:
         from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
         self.d, self.delta, self.service = discovery_pb2, delta, service
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        # A connection of its own, as each sidecar has (channels to one address share one otherwise).
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
         self.out: queue.Queue = queue.Queue()
         call = stub.DeltaAggregatedResources if delta else stub.StreamAggregatedResources
@@ -230,19 +232,77 @@ def _wait_clients(serving, n: int, flavour: str, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
+def streams(n: int) -> dict:
+    """`anyplane serve` in a process of its own holding `n` ADS streams (protocol clients, one connection
+    each, every one subscribed to clusters and listeners and ACKing): the server's resident memory before
+    and with them, per stream, and how long it took every stream to be brought current."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * n + 256)), hard))
+    tmp = Path(tempfile.mkdtemp(prefix="anyplane-xds-streams-"))
+    port, admin = _free_port(), _free_port()
+    (tmp / "policy").mkdir()
+    (tmp / "policy" / "p.ap").write_text(_policy(10, "allow"))
+    proc = subprocess.Popen([sys.executable, "-m", "anyplane.compiler", "serve", str(tmp / "policy"),
+                             "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}",
+                             "--max-streams-per-peer", str(n + 10), "--max-streams", str(n + 10)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(ROOT))
+    clients = []
+    try:
+        deadline = time.time() + 60
+        while not _ready(f"127.0.0.1:{admin}"):
+            if time.time() > deadline or proc.poll() is not None:
+                raise SystemExit("anyplane serve did not start")
+            time.sleep(0.1)
+        time.sleep(0.5)
+        before = _rss_kib(proc.pid)
+        started = time.perf_counter()
+        clients = [_Client(port, f"web{k % 10}", False) for k in range(n)]
+        deadline = time.time() + 300
+        while True:
+            status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=10).read())
+            live = [x for x in status["nodes"] if x["connected"]]
+            if len(live) >= n and all(x["current"] for x in live):
+                break
+            if time.time() > deadline:
+                raise SystemExit(f"only {sum(x['current'] for x in live)} of {n} streams current")
+            time.sleep(0.2)
+        seconds = time.perf_counter() - started
+        time.sleep(1)
+        after = _rss_kib(proc.pid)
+        return {"case": f"streams_{n}", "streams": status["streams"]["open"], "current_s": round(seconds, 2),
+                "server_rss_mib": round(after / 1024, 1), "kib_per_stream": round((after - before) / n, 1)}
+    finally:
+        for c in clients:
+            c.close()
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sidecars", default="10,50,100")
     ap.add_argument("--rules", type=int, default=10000)
     ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--streams", type=int, default=1000, help="ADS streams one server holds (0: skip)")
     ap.add_argument("--format", choices=["text", "json"], default="text")
     args = ap.parse_args()
     cases = [("converge", int(n)) for n in args.sidecars.split(",") if n] + [("bytes", args.rules)]
+    cases += [("streams", args.streams)] if args.streams else []
 
     def measure(kind, n):
-        return convergence(n) if kind == "converge" else wire_bytes(n, args.clients)
+        return convergence(n) if kind == "converge" else streams(n) if kind == "streams" else \
+            wire_bytes(n, args.clients)
 
     def line(r):
+        if r["case"].startswith("streams"):
+            return (f"{r['streams']} ADS streams on one server: all current in {r['current_s']} s; server resident "
+                    f"{r['server_rss_mib']} MiB, {r['kib_per_stream']} KiB per stream")
         if r["case"].startswith("converge"):
             return (f"{r['sidecars']:>4} sidecars: policy change -> all ACKed in {r['seconds']:.2f} s; "
                     f"{r['rss_mib_per_envoy']} MiB resident per Envoy; {r['live']} live")
