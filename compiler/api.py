@@ -460,11 +460,12 @@ class Serving:
     """
 
     def __init__(self, paths: list[str], deployment_file: str | None = None, events=None, limits=None,
-                 bind: list[str] | None = None, ca: tuple | None = None, svid_ttl_s: int | None = None):
+                 bind: list[str] | None = None, ca: tuple | None = None, svid_ttl_s: int | None = None,
+                 tokens: dict | None = None):
         self.paths, self.deployment_file = list(paths), deployment_file
         self.bind = list(bind or [])  # pods that give the workloads their addresses: watched as well
         self.plane = registry.get("envoy").control_plane(limits)
-        self.plane.certify(ca, svid_ttl_s)  # under mtls: the workloads' certificates over SDS
+        self.plane.certify(ca, svid_ttl_s, tokens)  # under mtls: the workloads' certificates over SDS
         self.events = events or (lambda kind, detail: None)
         self.seen: str | None = None
         self.version: str | None = None

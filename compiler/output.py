@@ -74,7 +74,7 @@ def _clean_stale(parent: Path, name: str) -> None:
 
 
 #: Artifacts that hold a private key.
-SECRETS = (".key", "/certs/cert.yaml")
+SECRETS = (".key", "/certs/cert.yaml", "/bootstrap.yaml")  # a bootstrap may hold a token
 
 
 def write_output(out_dir: str, artifacts: dict[str, str | bytes], target: str, policy_digest: str) -> list[str]:

@@ -398,3 +398,78 @@ def test_differential_random_clients_get_the_interpreters_verdict(tmp_path):
             seen[want] += 1
             assert agrees(got, want), (src, peer, path, got, want)
     assert min(seen.values()) >= 10
+
+
+def test_a_bootstrap_token_proves_a_sidecars_identity_and_a_wrong_one_gets_nothing(tmp_path):
+    """serve with TLS but no client CA, and bootstrap tokens: api's sidecar, whose bootstrap carries api's
+    token, gets api's key and serves mutual TLS with it; a sidecar with an unknown token is refused."""
+    import secrets as random_tokens
+    import time
+
+    from anyplane.backends.envoy.config import ads_bootstrap
+    from anyplane.compiler import api as facade
+    from cryptography import x509
+
+    mesh = Mesh(tmp_path, "strict")
+    api_addr, web = mesh.addr["api"], mesh.addr["web"]
+    policy_dir = tmp_path / "policy"
+    policy_dir.mkdir()
+    (policy_dir / "mesh.ap").write_text(policy("strict"))
+    admin = free_port()
+    deployment = Deployment({"api": Sidecar(inbound=api_addr, app=api_addr, outbound=(api_addr, 15001),
+                                            admin=("127.0.0.1", admin))})
+    (tmp_path / "deploy.yaml").write_text(f"sidecars:\n  api: {{inbound: {api_addr}, app: {api_addr}, "
+                                          f"outbound: '{api_addr}:15001', admin: '127.0.0.1:{admin}'}}\n")
+    token = random_tokens.token_urlsafe(32)
+    cert, key = mesh.ca.pem()
+    serving = facade.Serving([str(policy_dir)], str(tmp_path / "deploy.yaml"), bind=[str(tmp_path / "pods.yaml")],
+                             ca=(cert, key, b""), tokens={token: API})
+    assert serving.check()
+    server_cert, server_key = _signed(mesh.ca, tmp_path, "xds-server",
+                                      [x509.UniformResourceIdentifier(f"spiffe://{DOMAIN}/ns/anyplane/sa/xds")])
+    (tmp_path / "ca.pem").write_bytes(mesh.ca.bundle)
+    xds_port = free_port()
+    serving.start(f"127.0.0.1:{xds_port}", (Path(server_cert).read_bytes(), Path(server_key).read_bytes(), None))
+    tls = {"ca": str(tmp_path / "ca.pem")}
+    try:
+        boot = ads_bootstrap("api", deployment, [("127.0.0.1", xds_port)], tls=tls, token=token)
+        with Upstream(api_addr, 19090, "api"), running(boot, f"127.0.0.1:{admin}"):
+            deadline = time.time() + 60
+            while https(api_addr, 9090, mesh.client(mesh.ca.issue(WEB)), web) != 200:
+                assert time.time() < deadline, serving.status()
+                time.sleep(0.2)
+            wrong = ads_bootstrap("api", deployment, [("127.0.0.1", xds_port)], tls=tls, node_id="impostor",
+                                  token=random_tokens.token_urlsafe(32))
+            wrong["admin"]["address"]["socket_address"]["port_value"] = free_port()
+            with _background(wrong, tmp_path):
+                deadline = time.time() + 60
+                while serving.status()["streams"]["refused"].get("unknown bootstrap token", 0) < 1:
+                    assert time.time() < deadline, serving.status()
+                    time.sleep(0.2)
+            assert "impostor" not in {x["id"] for x in serving.status()["nodes"]}
+    finally:
+        serving.stop()
+
+
+class _background:
+    """An Envoy that may never become ready (its xDS server refuses it), stopped afterwards."""
+
+    def __init__(self, config: dict, tmp: Path):
+        import subprocess
+
+        import yaml
+
+        from anyplane.backends.envoy.push import envoy_binary
+
+        path = tmp / f"background-{id(self)}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.proc = subprocess.Popen([envoy_binary(), "-c", str(path), "--disable-hot-restart", "--concurrency", "1",
+                                      "--log-level", "error", "--base-id", str(20 + id(self) % 1000)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(10)

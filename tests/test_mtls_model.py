@@ -240,3 +240,17 @@ allow web -> old tcp 9000
     assert refused == [("web",)]
     assert [e.match.get(F.SRC_PEER) for e in program.acl.entries if e.rule == "r3"] == [None]  # old asks for none
     assert errors("workload w { mtls strict }\n") == [(1, "mtls-without-domain")]
+
+
+def test_tokens_go_over_tls_only(tmp_path):
+    (tmp_path / "mesh.ap").write_text(POLICY.replace("MODE", "strict"))
+    (tmp_path / "tokens.yaml").write_text("t" * 40 + ": spiffe://cluster.local/ns/shop/sa/web\n")
+    (tmp_path / "short.yaml").write_text("abc: spiffe://cluster.local/ns/shop/sa/web\n")
+    (tmp_path / "token").write_text("t" * 40 + "\n")
+    clear = run("serve", str(tmp_path / "mesh.ap"), "--tokens", str(tmp_path / "tokens.yaml"), "--once")
+    assert clear.returncode == 2 and "--tokens needs TLS" in clear.stderr
+    short = run("serve", str(tmp_path / "mesh.ap"), "--tokens", str(tmp_path / "short.yaml"), "--once")
+    assert short.returncode == 2 and "at least 32 printable characters" in short.stderr
+    plain = run("compile", str(tmp_path / "mesh.ap"), "-t", "envoy", "-o", str(tmp_path / "out"), "--xds",
+                "127.0.0.1:18000", "--xds-token-file", str(tmp_path / "token"))
+    assert plain.returncode == 2 and "needs --xds-tls" in plain.stderr

@@ -23,9 +23,10 @@ No stream holds a thread: the server is asynchronous (grpc.aio) on one event loo
 take is bounded (`Limits`): streams in all and per peer address, streams per connection (HTTP/2),
 the time a stream may stay silent before it names its node, and how long a node that left is
 remembered. With TLS the client's certificate names the service it may ask for (a DNS name or a
-SPIFFE ID `spiffe://DOMAIN/ns/NS/sa/SERVICE` among its subject alternative names), and a node that
-claims another service is refused; without TLS any client that reaches the port can read every
-service's configuration (docs/deploy.md).
+SPIFFE ID `spiffe://DOMAIN/ns/NS/sa/SERVICE` among its subject alternative names), or a bootstrap
+token in the stream's `authorization: Bearer` header does (known tokens, each for one SPIFFE ID;
+TLS only); a node that claims another service is refused; without TLS any client that reaches the
+port can read every service's configuration (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -135,6 +136,25 @@ def spiffe_ids(auth_context: dict) -> frozenset[str]:
     return frozenset(n for n in names if n.startswith("spiffe://"))
 
 
+def _bearer(metadata) -> str | None:
+    """The token of an `authorization: Bearer TOKEN` header of a stream, if any."""
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer "):]
+    return None
+
+
+def _token_identity(tokens: dict[str, str], token: str) -> str | None:
+    """The SPIFFE ID a bootstrap token proves (compared in constant time with every known token)."""
+    import hmac
+
+    found = None
+    for known, spiffe in tokens.items():
+        if hmac.compare_digest(known.encode(), token.encode()):
+            found = spiffe
+    return found
+
+
 def _host(peer: str) -> str:
     """`ipv4:127.0.0.1:5000` -> `127.0.0.1` (the address a limit per peer counts)."""
     kind, _, rest = peer.partition(":")
@@ -149,6 +169,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, limits: Limits = Limits(), secrets=None):
         self.limits = limits
         self.secrets = secrets  # backends/envoy/sds.Secrets: the SVIDs served (None: no SDS)
+        self.tokens: dict[str, str] = {}  # bootstrap token -> the SPIFFE ID it proves (over TLS only)
         self.snapshot: Snapshot | None = None
         self.nodes: dict[str, Node] = {}
         self.published: list[tuple[float, str]] = []
@@ -224,6 +245,14 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._per_peer[host] = self._per_peer.get(host, 0) + 1
         auth = context.auth_context()
         allowed, spiffe = identities(auth), spiffe_ids(auth)
+        token = _bearer(context.invocation_metadata()) if self.tokens else None
+        if token is not None:
+            proved = _token_identity(self.tokens, token)
+            if proved is None or b"ssl" not in auth.get("transport_security_type", []):
+                self._count("unknown bootstrap token")
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown bootstrap token")
+            spiffe = spiffe | {proved}
+            allowed = (allowed or set()) | {proved.rsplit("/", 1)[-1]}
         wake = asyncio.Event()
         self._wakes.add(wake)
         node: Node | None = None
@@ -397,11 +426,12 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
 @dataclass
 class Tls:
-    """Server certificate and key, and the CA that signs the sidecars' client certificates."""
+    """Server certificate and key, and the CA that signs the sidecars' client certificates (None: clients
+    need none, and prove who they are with a bootstrap token)."""
 
     cert: bytes
     key: bytes
-    client_ca: bytes
+    client_ca: bytes | None
 
 
 class Running:
@@ -433,7 +463,7 @@ class Running:
             port = self.grpc.add_insecure_port(address)
         else:
             creds = grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.client_ca,
-                                                require_client_auth=True)
+                                                require_client_auth=tls.client_ca is not None)
             port = self.grpc.add_secure_port(address, creds)
         if not port:
             raise OSError(f"cannot listen on {address}")

@@ -280,10 +280,11 @@ KEEPALIVE = {"interval": f"{2 * PING_FLOOR_S}s", "timeout": f"{PING_FLOOR_S}s"}
 
 
 def ads_bootstrap(service: str, deployment: Deployment, servers: list[tuple[str, int]], delta: bool = False,
-                  node_id: str | None = None, tls: dict | None = None) -> dict:
+                  node_id: str | None = None, tls: dict | None = None, token: str | None = None) -> dict:
     """A bootstrap whose listeners and clusters come from anyplane's xDS server(s) over ADS: every
     replica an endpoint of one cluster (a sidecar whose server goes away reconnects to another).
-    `tls` (paths: cert, key, ca) makes the channel TLS with a client certificate."""
+    `tls` (paths: ca, and cert and key for a client certificate) makes the channel TLS; `token`, a
+    bootstrap token the sidecar proves its identity with instead (the bootstrap is then a secret)."""
     import ipaddress
 
     host, port = deployment.sidecar(service).admin
@@ -307,15 +308,18 @@ def ads_bootstrap(service: str, deployment: Deployment, servers: list[tuple[str,
         cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "common_tls_context": {
-                "tls_certificates": [{"certificate_chain": {"filename": tls["cert"]},
-                                      "private_key": {"filename": tls["key"]}}],
+                **({"tls_certificates": [{"certificate_chain": {"filename": tls["cert"]},
+                                          "private_key": {"filename": tls["key"]}}]} if tls.get("cert") else {}),
                 "validation_context": {"trusted_ca": {"filename": tls["ca"]}}}}}
+    grpc_service: dict = {"envoy_grpc": {"cluster_name": XDS_CLUSTER}}
+    if token is not None:
+        grpc_service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {token}"}]
     return {"node": {"id": node_id or f"sidecar~{service}", "cluster": service},
             "admin": {"address": {"socket_address": {"address": host, "port_value": port}}},
             "layered_runtime": {"layers": [{"name": "static", "static_layer": {}}]},
             "dynamic_resources": {
                 "ads_config": {"api_type": "DELTA_GRPC" if delta else "GRPC", "transport_api_version": "V3",
-                               "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                               "grpc_services": [grpc_service],
                                "set_node_on_first_message_only": True},
                 "cds_config": {"ads": {}, "resource_api_version": "V3"},
                 "lds_config": {"ads": {}, "resource_api_version": "V3"}},

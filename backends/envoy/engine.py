@@ -191,7 +191,8 @@ def emit(program: Program, deployment: Deployment | None = None, out_dir: str = 
     for svc, (listeners, clusters) in built.items():
         static = bootstrap(svc, deployment, None, listeners, clusters)
         xds_dir = os.path.abspath(os.path.join(out_dir, svc, "xds"))
-        boot = ads_bootstrap(svc, deployment, list(xds), xds_delta, tls=xds_tls) if xds else \
+        token = (xds_tls or {}).get("token")
+        boot = ads_bootstrap(svc, deployment, list(xds), xds_delta, tls=xds_tls, token=token) if xds else \
             bootstrap(svc, deployment, xds_dir)
         out.artifacts += [base.Artifact(f"{svc}/envoy.yaml", dump(static)),
                           base.Artifact(f"{svc}/envoy.json", json.dumps(static, separators=(",", ":")) + "\n"),
@@ -379,10 +380,12 @@ class ControlPlane:
         self._prepared = (snap.version, program)
         return snap
 
-    def certify(self, ca: tuple | None = None, ttl_s: int | None = None) -> None:
+    def certify(self, ca: tuple | None = None, ttl_s: int | None = None, tokens: dict | None = None) -> None:
         """Serve certificates (SDS) for policies under mtls: signed by `ca` (cert, key, chain PEM), or by
-        a CA made for the trust domain of the first such policy, which lives as long as this server."""
+        a CA made for the trust domain of the first such policy, which lives as long as this server.
+        `tokens`: bootstrap token -> the SPIFFE ID a stream that sends it proves (TLS only)."""
         self.ca, self.ttl_s = ca, ttl_s
+        self.server.tokens = dict(tokens or {})
 
     def _secrets_for(self, program: Program):
         from .ca import Authority, CaError

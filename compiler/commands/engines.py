@@ -96,7 +96,10 @@ def _listing(written: list[str], out_dir: str) -> list[str]:
 @click.option("--xds-delta", is_flag=True, help="envoy: with --xds, the incremental flavour of xDS.")
 @click.option("--xds-tls", metavar="CERT,KEY,CA",
               help="envoy: with --xds, TLS to the server: the sidecar's client certificate and key, and the CA "
-                   "that signs the server's (paths as the sidecars see them).")
+                   "that signs the server's (paths as the sidecars see them); CA alone with --xds-token-file.")
+@click.option("--xds-token-file", type=click.Path(dir_okay=False),
+              help="envoy: with --xds and --xds-tls, the bootstrap token the sidecars prove their identity with "
+                   "(serve --tokens); the bootstraps then hold it, and are written readable by their owner alone.")
 @click.option("--ca", "ca_dir", type=click.Path(file_okay=False),
               help="envoy, under mtls: the CA that signs the sidecars' certificates, a directory with ca.pem and "
                    "ca.key (and chain.pem above it, if any) [default: the one a previous compile left in "
@@ -104,18 +107,31 @@ def _listing(written: list[str], out_dir: str) -> list[str]:
 @format_option
 @handle_errors
 def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run, no_range, path_text, prefer,
-            capacity, no_prove, xds, xds_delta, xds_tls, ca_dir, output_format) -> None:
+            capacity, no_prove, xds, xds_delta, xds_tls, xds_token_file, ca_dir, output_format) -> None:
     """Compile policy FILES into artifacts for a target."""
     if target not in api.targets():
         raise UsageError(f"unknown target '{target}'; use one of {', '.join(api.targets())}")
-    if (xds_delta or xds_tls) and not xds:
-        raise UsageError("--xds-delta and --xds-tls go with --xds HOST:PORT")
+    if (xds_delta or xds_tls or xds_token_file) and not xds:
+        raise UsageError("--xds-delta, --xds-tls and --xds-token-file go with --xds HOST:PORT")
     tls = None
     if xds_tls:
         parts = xds_tls.split(",")
-        if len(parts) != 3 or not all(parts):
-            raise UsageError("--xds-tls takes CERT,KEY,CA")
-        tls = dict(zip(("cert", "key", "ca"), parts))
+        if len(parts) == 1 and parts[0] and xds_token_file:
+            tls = {"ca": parts[0]}
+        elif len(parts) != 3 or not all(parts):
+            raise UsageError("--xds-tls takes CERT,KEY,CA (or CA alone, with --xds-token-file)")
+        else:
+            tls = dict(zip(("cert", "key", "ca"), parts))
+    if xds_token_file:
+        if tls is None:
+            raise UsageError("--xds-token-file needs --xds-tls: a token sent in the clear is anyone's")
+        try:
+            token = open(xds_token_file, encoding="utf-8").read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--xds-token-file: cannot read '{xds_token_file}': {exc}") from None
+        if len(token) < 32 or not token.isascii() or not token.isprintable():
+            raise UsageError("--xds-token-file: a token is at least 32 printable characters")
+        tls["token"] = token
     servers = _addresses(xds) if xds else ()
     given = {"deployment": deployment_file is not None, "dry_run": dry_run, "range_match": no_range,
              "xds": bool(xds), "ca": ca_dir is not None}
@@ -168,6 +184,26 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
         for line in _listing(written, out_dir):
             click.echo(line)
     _warn_dead(dead, compiled)
+
+
+def _tokens(path: str) -> dict[str, str]:
+    """`TOKEN: SPIFFE_ID` pairs, each token long enough to guess at no better than chance."""
+    from anyplane.ir import yaml11
+    from anyplane.ir.flow import is_spiffe_id
+
+    try:
+        docs, problems = yaml11.load(path, open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--tokens: cannot read '{path}': {exc}") from None
+    data = dict(docs[0]) if len(docs) == 1 and not problems and isinstance(docs[0], dict) else None
+    if not data:
+        raise UsageError(f"--tokens: '{path}' holds no TOKEN: SPIFFE_ID pairs")
+    for token, spiffe in data.items():
+        if not isinstance(token, str) or len(token) < 32 or not token.isascii() or not token.isprintable():
+            raise UsageError("--tokens: a token is at least 32 printable characters")
+        if not isinstance(spiffe, str) or not is_spiffe_id(spiffe):
+            raise UsageError(f"--tokens: {str(spiffe)[:80]!r} is not a SPIFFE ID")
+    return dict(data)
 
 
 def _ca(ca_dir: str | None, out_dir: str) -> tuple | None:
@@ -418,9 +454,13 @@ def _raise_file_limit(streams: int) -> None:
                    "(and chain.pem above it) [default: a CA made at start, which lives as long as the server].")
 @click.option("--svid-ttl", default="1h", show_default=True,
               help="Under mtls: how long a workload's certificate is valid; it is re-issued at half of that.")
+@click.option("--tokens", "tokens_file", type=click.Path(dir_okay=False),
+              help="Bootstrap tokens (YAML: TOKEN: SPIFFE_ID): a sidecar that sends one (authorization: Bearer) "
+                   "is that identity, as if its client certificate said so; needs --tls-cert and --tls-key "
+                   "(--tls-client-ca then optional).")
 @handle_errors
 def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tls_client_ca, once, max_streams,
-          max_streams_per_peer, hello_timeout, ca_dir, svid_ttl) -> None:
+          max_streams_per_peer, hello_timeout, ca_dir, svid_ttl, tokens_file) -> None:
     """Serve every sidecar its listeners and clusters over xDS (ADS, state of the world and delta),
     from the policy FILES (a directory or a git checkout), watched: each change is compiled and proved
     before it is published, under the policy's digest as version."""
@@ -431,12 +471,17 @@ def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tl
 
     tls = None
     if tls_cert or tls_key or tls_client_ca:
-        if not (tls_cert and tls_key and tls_client_ca):
-            raise UsageError("TLS takes --tls-cert, --tls-key and --tls-client-ca together")
+        if not (tls_cert and tls_key and (tls_client_ca or tokens_file)):
+            raise UsageError("TLS takes --tls-cert, --tls-key and --tls-client-ca together (or --tokens instead of "
+                             "the client CA)")
         try:
-            tls = tuple(open(p, "rb").read() for p in (tls_cert, tls_key, tls_client_ca))
+            tls = tuple(open(p, "rb").read() for p in (tls_cert, tls_key)) + \
+                ((open(tls_client_ca, "rb").read(),) if tls_client_ca else (None,))
         except OSError as exc:
             raise UsageError(f"cannot read a TLS file: {exc}") from None
+    tokens = _tokens(tokens_file) if tokens_file else {}
+    if tokens and tls is None:
+        raise UsageError("--tokens needs TLS (--tls-cert, --tls-key): a token sent in the clear is anyone's")
 
     def events(kind, detail):
         stamp = time.strftime("%H:%M:%S")
@@ -462,6 +507,7 @@ def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tl
     _raise_file_limit(max_streams)
     limits = api.xds_limits(streams=max_streams, per_peer=max_streams_per_peer, hello_s=hello_timeout)
     serving = api.Serving(list(files), deployment_file, events, limits, bind=bound(), ca=ca[:3] if ca else None,
+                          tokens=tokens,
                           svid_ttl_s=ttl_s)
     serving.check()
     try:
