@@ -6,14 +6,17 @@ and every report share.
     route-unreachable, unused-version          traffic management (verify/routes.py)
     ownership                                  a name in a rule that does not cover addresses declared
                                                inside its prefixes (verify/ownership.py)
+    shared-identity                            under mtls, workloads that hold one certificate (one
+                                               namespace and service account): a rule naming one admits
+                                               the others (verify/ownership.py)
     unknown                                    the solver could not decide: never a pass
 """
 
 from __future__ import annotations
 
 KINDS = ("dead", "redundant", "conflict", "rate-conflict", "assertion-failed", "route-unreachable",
-         "unused-version", "ownership", "unknown")
+         "unused-version", "ownership", "shared-identity", "unknown")
 DEFAULT_FAIL_ON = frozenset({"dead", "rate-conflict", "assertion-failed", "unknown"})
 DEFAULT_SEVERITY = {"dead": "error", "redundant": "warning", "conflict": "info", "rate-conflict": "error",
                     "assertion-failed": "error", "route-unreachable": "warning", "unused-version": "warning",
-                    "ownership": "info", "unknown": "error"}
+                    "ownership": "info", "shared-identity": "warning", "unknown": "error"}

@@ -254,3 +254,12 @@ def test_tokens_go_over_tls_only(tmp_path):
     plain = run("compile", str(tmp_path / "mesh.ap"), "-t", "envoy", "-o", str(tmp_path / "out"), "--xds",
                 "127.0.0.1:18000", "--xds-token-file", str(tmp_path / "token"))
     assert plain.returncode == 2 and "needs --xds-tls" in plain.stderr
+
+
+def test_verify_warns_when_two_workloads_hold_one_certificate(tmp_path):
+    (tmp_path / "p.ap").write_text("workload a { namespace s labels app=a }\nworkload b { namespace s labels app=b }\n"
+                                   "workload c { namespace s labels app=c account c }\nmtls strict\nallow a -> c\n")
+    done = run("verify", str(tmp_path / "p.ap"), "--format", "json")
+    found = [f for f in json.loads(done.stdout)["findings"] if f["kind"] == "shared-identity"]
+    assert len(found) == 1 and "'a' and 'b' hold one certificate" in found[0]["message"]
+    assert found[0]["severity"] == "warning"

@@ -42,6 +42,23 @@ def _nested(program: Program) -> dict[str, list[tuple[str, object]]]:
     return out
 
 
+def check_shared_identities(program: Program) -> list[Finding]:
+    """Under mtls, a warning at each workload whose certificate another workload holds too (one namespace,
+    one service account): a rule that names one as a source admits the others."""
+    holders: dict[str, list] = {}
+    for ident in program.identities:
+        if ident.principal is not None:
+            holders.setdefault(ident.principal, []).append(ident)
+    out = []
+    for principal, same in holders.items():
+        for ident in same[1:]:
+            out.append(Finding("shared-identity", "warning", ident.origin, (
+                f"workloads '{same[0].name}' and '{ident.name}' hold one certificate ({principal}): a rule that "
+                f"names one as a source admits the other; give each its own 'account'"),
+                related=(same[0].origin,)))
+    return out
+
+
 def check_ownership(program: Program) -> list[Finding]:
     """One finding per identity named in rules whose prefixes hold surprising nested declarations, at the
     rule naming it that takes precedence (line order carries no meaning, so it does not choose)."""

@@ -12,7 +12,7 @@ from anyplane.ir.owners import ownership
 
 from .checks import AnomalyChecker
 from .context import Analysis
-from .ownership import check_ownership
+from .ownership import check_ownership, check_shared_identities
 from .reach import check_asserts
 from .result import DEFAULT_FAIL_ON, Finding, with_severities
 from .routes import check_routes
@@ -58,7 +58,8 @@ def verify(program: Program, fail_on: frozenset[str] = DEFAULT_FAIL_ON, progress
     otherwise."""
     a = Analysis(program, **({"timeout_ms": timeout_ms} if timeout_ms else {}))
     checker = AnomalyChecker(a, progress)
-    findings = check_asserts(a) + (checker.run() if rules else []) + check_routes(a) + check_ownership(program)
+    findings = check_asserts(a) + (checker.run() if rules else []) + check_routes(a) + check_ownership(program) + \
+        check_shared_identities(program)
     findings = _suppressed(with_severities(findings, fail_on), program)
     findings.sort(key=lambda f: (f.span or ("",), f.kind))
     return Report(tuple(findings), checker.solver_calls)

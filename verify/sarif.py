@@ -20,6 +20,7 @@ _DESCRIPTIONS = {
     "route-unreachable": "A route that no allowed request takes.",
     "unused-version": "A service version that receives no traffic.",
     "ownership": "A name in a rule that does not cover addresses declared inside its prefixes.",
+    "shared-identity": "Under mutual TLS, workloads that hold one certificate: a rule naming one admits the others.",
     "unknown": "The solver could not decide (timeout): not a pass.",
 }
 
