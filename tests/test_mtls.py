@@ -269,7 +269,7 @@ def _signed(ca: Authority, dir_: Path, name: str, sans: list) -> tuple[str, str]
     return str(dir_ / f"{name}.pem"), str(dir_ / f"{name}.key")
 
 
-def test_serve_hands_each_sidecar_its_own_key_and_rotates_it_without_a_failed_request(tmp_path):
+def test_serve_hands_each_sidecar_its_own_key_and_rotates_it_without_a_failed_request(tmp_path, capsys):
     """`anyplane serve` with a CA: api's sidecar, whose xDS client certificate carries api's SPIFFE ID,
     gets api's SVID over SDS and serves mutual TLS with it; the SVID is re-issued at half its life while
     web keeps sending requests, none of which fails, and the sidecar moves to the new certificate. A
@@ -370,6 +370,12 @@ def test_serve_hands_each_sidecar_its_own_key_and_rotates_it_without_a_failed_re
                     time.sleep(0.2)
                 assert "no key for " + API in secrets["error"]
                 assert serving.status()["streams"]["refused"].get("key asked without its identity", 0) >= 1
+                from anyplane.compiler.commands.engines import _xds_status
+
+                _xds_status(serving.status())  # what `anyplane status -t xds` prints
+                shown = capsys.readouterr().out
+                assert f"({secrets['error']})" in shown and "certificates of cluster.local: " in shown
+                assert f"  {API}  expires " in shown
             finally:
                 proc.terminate()
                 proc.wait(10)

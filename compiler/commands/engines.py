@@ -414,7 +414,15 @@ def _xds_status(result: dict) -> None:
             line = f"      {kind:<9} sent {t['sent'] or '-'}  acked {t['acked'] or '-'}"
             if t["nacked"]:
                 line += f"  NACKED {t['nacked']}: {t['error']}"
+            elif t["error"]:
+                line += f"  ({t['error']})"
             click.echo(line)
+    certs = result.get("certificates")
+    if certs:
+        click.echo(f"certificates of {certs['trust_domain']}: {len(certs['issued'])} SVIDs valid {certs['ttl_s']} s, "
+                   f"re-issued at half of that ({certs['rotations']} so far)")
+        for principal, expires in certs["issued"].items():
+            click.echo(f"  {principal}  expires {expires}")
 
 
 def _raise_file_limit(streams: int) -> None:
