@@ -65,10 +65,11 @@ status: {{podIP: 127.{n}.{k}.1}}
 class Mesh:
     """A compiled policy, its CA, and per workload a directory of SDS files."""
 
-    def __init__(self, tmp: Path, mode: str):
+    def __init__(self, tmp: Path, mode: str, text: str | None = None):
         self.n = n = subnet()
         (tmp / "pods.yaml").write_text(pods(n))
-        self.compiled = compile_sources([("mesh.ap", policy(mode))], binding=binding.read([str(tmp / "pods.yaml")]))
+        self.compiled = compile_sources([("mesh.ap", text or policy(mode))],
+                                        binding=binding.read([str(tmp / "pods.yaml")]))
         self.program = self.compiled.program
         self.ca = Authority.generate(DOMAIN)
         self.tmp = tmp
@@ -479,3 +480,59 @@ class _background:
     def __exit__(self, *exc):
         self.proc.terminate()
         self.proc.wait(10)
+
+
+def test_each_workload_takes_connections_as_its_own_mode_says(tmp_path):
+    """Under `mtls strict`, web says `mtls permissive` (browsers reach it) and db `mtls off` (no TLS): web's
+    sidecar takes plaintext by address and certificates alike, api's only certificates, db's plaintext
+    only; every outcome is the interpreter's verdict."""
+    text = """\
+workload web { namespace shop  labels app=web  account web  port 8080 http  mtls permissive }
+workload api { namespace shop  labels app=api  account api  port 9090 http }
+workload db  { namespace shop  labels app=db   account db   port 5432 tcp  mtls off }
+external office { address 127.0.0.0/8 }
+mtls strict
+default deny
+allow office -> web http GET /items/*
+allow web -> api http GET /items/*
+allow api -> db tcp 5432
+"""
+    mesh = Mesh(tmp_path, "strict", text)
+    web, api, db, stranger = mesh.addr["web"], mesh.addr["api"], mesh.addr["db"], f"127.{mesh.n}.9.9"
+    with Upstream(web, 18080, "web"), Upstream(api, 19090, "api"), _echo(db, 15432), \
+            running(*mesh.sidecar("web")), running(*mesh.sidecar("api")), running(*mesh.sidecar("db")):
+        plain_web = plain(web, 8080, stranger)
+        tls_web = https_to(web, 8080, mesh.client(mesh.ca.issue(API)), stranger, WEB)
+        plain_api = plain(api, 9090, web)
+        plain_db = _tcp_plain(db, 5432, api)
+        plain_db_other = _tcp_plain(db, 5432, web)
+        tls_db = _tcp_tls(db, 5432, mesh.client(mesh.ca.issue(API)), api)
+    assert (plain_web, tls_web, plain_api) == (200, 200, "refused")
+    assert (plain_db, plain_db_other, tls_db) == (b"pong", None, None)
+    assert mesh.verdict(stranger, web, 8080, None) == "allow" and mesh.verdict(stranger, web, 8080, API) == "allow"
+    assert mesh.verdict(web, api, 9090, None) == "deny"
+    assert mesh.verdict(api, db, 5432, None, None) == "allow" and mesh.verdict(web, db, 5432, None, None) == "deny"
+
+
+def https_to(host: str, port: int, ctx: ssl.SSLContext, source: str, server: str, path: str = "/items/1"):
+    """One request over TLS to a sidecar that must prove `server`'s SPIFFE ID."""
+    conn = http.client.HTTPSConnection(host, port, context=ctx, source_address=(source, 0), timeout=10)
+    try:
+        conn.connect()
+        assert dict(conn.sock.getpeercert().get("subjectAltName", ())).get("URI") == server
+        conn.request("GET", path)
+        return conn.getresponse().status
+    except (ssl.SSLError, ConnectionError, http.client.RemoteDisconnected, socket.timeout, OSError):
+        return "refused"
+    finally:
+        conn.close()
+
+
+def _tcp_plain(host: str, port: int, source: str) -> bytes | None:
+    """Bytes back for b"ping" without TLS, or None when the sidecar closes the connection."""
+    try:
+        with socket.create_connection((host, port), timeout=10, source_address=(source, 0)) as s:
+            s.sendall(b"ping")
+            return s.recv(100) or None
+    except OSError:
+        return None
