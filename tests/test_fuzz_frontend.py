@@ -31,6 +31,8 @@ VOCABULARY = [
     "\n", " ", "\t", "$", "\x00", "é",
     "workload", "namespace", "labels", "app=web", "a=", "x.io/y=z", "A_b/c=d", "k=v-", "-k=v", "shop", "Shop",
     "240.0.1.0/24", "100::7", "0.0.0.0/0",
+    "mtls", "strict", "permissive", "off", "trust-domain", '"cluster.local"', '"Bad Domain"', "account", "peer",
+    "plaintext", '"spiffe://cluster.local/ns/a/sa/b"',
 ]
 
 tokens = st.lists(st.sampled_from(VOCABULARY), max_size=40).map(" ".join)
