@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import bisect
+
 import re
 
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny
-from anyplane.ir.match import Absent, InSet, Present, StrExact, StrPrefix
+from anyplane.ir.match import Absent, InSet, Present, StrExact, StrPrefix, options
 from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Entry, Program
 from anyplane.ir.owners import ownership
@@ -112,11 +114,33 @@ def _reach(program: Program) -> dict[str, set[str]]:
         sides[svc] = (idents, [p for i in idents for p in owned.get(i, ())])
     service_of = {i.name: i.service for i in program.identities}
     every = set(sides)
+    # Every service prefix, by (family, length) and in address order: the services a CIDR meets are those
+    # with a prefix around it (a supernet of it) or inside it, found without asking every service.
+    by_length: dict[tuple[int, int], dict[int, set[str]]] = {}
+    spans = []
+    for svc, (_, prefixes) in sides.items():
+        for q in prefixes:
+            by_length.setdefault((q.family, q.length), {}).setdefault(q.value, set()).add(svc)
+            spans.append((q.family, q.first, svc))
+    spans.sort()
+
+    def meeting(o) -> set[str]:
+        out: set[str] = set()
+        for (family, length), values in by_length.items():
+            if family == o.family and length <= o.length:
+                out |= values.get(o.supernet(length).value, set())
+        k = bisect.bisect_left(spans, (o.family, o.first, ""))
+        while k < len(spans) and spans[k][0] == o.family and spans[k][1] <= o.last:
+            out.add(spans[k][2])
+            k += 1
+        return out
 
     def services(m, id_field, ip_field) -> set[str]:
-        ids = m.get(id_field)
+        ids, ips = m.get(id_field), m.get(ip_field)
+        if ids is None and ips is not None:
+            return {svc for o in options(ips) for svc in meeting(o.prefix)}
         cand = every if ids is None else {service_of[v] for v in ids.values if v in service_of}
-        if m.get(ip_field) is None:
+        if ips is None:
             return set(cand)
         return {s for s in cand if meets(m, id_field, ip_field, *sides[s])}
 
