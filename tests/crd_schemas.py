@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KMODELS = ROOT / ".kmodels"
 MODULES = {
     ("security.istio.io/v1", "AuthorizationPolicy"): "@kubernetes-models/istio/security.istio.io/v1/AuthorizationPolicy",
+    ("security.istio.io/v1", "PeerAuthentication"): "@kubernetes-models/istio/security.istio.io/v1/PeerAuthentication",
     ("networking.istio.io/v1", "VirtualService"): "@kubernetes-models/istio/networking.istio.io/v1/VirtualService",
     ("networking.istio.io/v1", "DestinationRule"): "@kubernetes-models/istio/networking.istio.io/v1/DestinationRule",
     ("cilium.io/v2", "CiliumNetworkPolicy"): "@kubernetes-models/cilium/cilium.io/v2/CiliumNetworkPolicy",

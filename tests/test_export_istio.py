@@ -291,3 +291,30 @@ def test_a_tampered_route_or_limit_is_caught(tamper, scope):
     out.read_back = lambda: back
     proof = api.prove_export(compiled, "istio", out)
     assert not proof.proved and proof.counterexample["scope"] == scope
+
+
+def test_a_strict_mesh_goes_back_to_istio_as_peer_authentication(tmp_path):
+    """An imported mesh under a STRICT PeerAuthentication takes no TCP from outside the cluster and UDP
+    from anywhere: NetworkPolicy cannot say that, so -t istio writes a STRICT PeerAuthentication per
+    workload (their sidecars refuse clients without a mesh certificate) and lets NetworkPolicy pass
+    that TCP; the read-back (the PeerAuthentications included) is proved to decide as the policy."""
+    from .test_import_istio import cluster
+
+    strict = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+              "metadata": {"name": "default", "namespace": "istio-system"}, "spec": {"mtls": {"mode": "STRICT"}}}
+    mesh = tmp_path / "in"
+    mesh.mkdir()
+    (mesh / "mesh.yaml").write_text(yaml.safe_dump_all(cluster() + [strict]))
+    refused = run("compile", str(mesh), "-t", "k8s", "-o", str(tmp_path / "k8s"))
+    assert refused.returncode == 1 and "cannot deny some ports of an address outside the cluster" in refused.stderr
+    done = run("compile", str(mesh), "-t", "istio", "-o", str(tmp_path / "out"))
+    assert done.returncode == 0 and "proved: istio" in done.stderr, done.stderr
+    written = list(yaml.safe_load_all((tmp_path / "out" / "authorizationpolicies.yaml").read_text()))
+    peer = [o for o in written if o and o["kind"] == "PeerAuthentication"]
+    assert {o["metadata"]["namespace"] for o in peer} == {"data", "ops", "shop"}  # every pod's sidecar
+    assert all(o["spec"]["mtls"] == {"mode": "STRICT"} for o in peer)
+    assert violations(peer) == []
+    permissive = dict(strict, spec={"mtls": {"mode": "PERMISSIVE"}})
+    (mesh / "mesh.yaml").write_text(yaml.safe_dump_all(cluster() + [permissive]))
+    done = run("compile", str(mesh), "-t", "istio", "-o", str(tmp_path / "out2"))
+    assert done.returncode == 0 and "PeerAuthentication" not in (tmp_path / "out2" / "authorizationpolicies.yaml").read_text()

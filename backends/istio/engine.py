@@ -335,7 +335,7 @@ class IstioEngine(K8sEngine):
     def emit(self, program: Program, options: base.Options) -> base.Output:
         base.refuse_mtls(program, "istio", "PeerAuthentication and principals are not written yet")
         kubernetes = getattr(options.deployment, "kubernetes", None)
-        policies, identities = k8s_export(project_l4(program), kubernetes, expressions=False)
+        policies, identities = k8s_export(project_l4(program), kubernetes, expressions=False, sidecars=True)
         routed = {e.action.service for e in program.routes.entries} | {lim.service for lim in program.limits}
         mapped = sorted(set((kubernetes or {}).get("workloads", {})) & {i.name for i in program.identities
                                                                          if i.service in routed})
@@ -348,6 +348,7 @@ class IstioEngine(K8sEngine):
             if service in routed:
                 spec["labels"][SERVICE_LABEL] = service
         authz, services = authorization(program, identities, routed)
+        authz = peer_authentications(identities) + authz
         vss, drs, route_services = routing(program, identities)
         services += route_services
 
@@ -368,6 +369,25 @@ class IstioEngine(K8sEngine):
             report += MESH_CONFIG
         out.artifacts.append(base.Artifact("report.txt", report))
         return out
+
+
+def peer_authentications(identities: dict) -> list[dict]:
+    """A STRICT PeerAuthentication for each identity whose sidecar refuses TCP from outside the cluster
+    (backends/k8s/engine.export with `sidecars`), selecting its pods as its NetworkPolicy does."""
+    out, seen = [], set()
+    for name, spec in sorted(identities.items()):
+        key = (spec["namespace"], tuple(sorted(spec["labels"].items())))
+        if spec.get("mtls") != "STRICT" or key in seen:
+            continue  # identities selected alike are decided alike: one policy says it for them all
+        seen.add(key)
+        body: dict = {"mtls": {"mode": "STRICT"}}
+        if spec["labels"]:
+            body = {"selector": {"matchLabels": dict(spec["labels"])}, **body}
+        out.append({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                    "metadata": {"name": f"anyplane-{k8s_name(name)}", "namespace": spec["namespace"],
+                                 "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
+                    "spec": body})
+    return out
 
 
 #: What the AuthorizationPolicies assume of the mesh: requests normalised as anyplane's sidecar does.

@@ -425,13 +425,17 @@ def _ports(answer) -> list[dict] | None:
 
 
 def export(program: Program, kubernetes: dict | None = None, expressions: bool = True,
-           exact: bool = False) -> tuple[list[dict], dict]:
+           exact: bool = False, sidecars: bool = False) -> tuple[list[dict], dict]:
     """(NetworkPolicy objects, identities: {name: {"namespace", "labels", "addresses"}}). `kubernetes`
     (the deployment's section, with an imported cluster's `selectors`) places each workload in a
     namespace and says how its pods are selected (backends/k8s/selectors.py). `expressions`: the
     selectors may use matchExpressions (False where another resource reuses them with matchLabels).
     `exact`: ingress rules admit exactly what each pair passes, as egress rules do (Cilium reads requests
-    at the destination: an ingress rule that admitted more would let them through unread)."""
+    at the destination: an ingress rule that admitted more would let them through unread). `sidecars`:
+    every workload runs an Istio sidecar, so a workload that takes no TCP from outside the cluster (and
+    the rest of what the policy lets it take from there) leaves that TCP to its sidecar's STRICT mutual
+    TLS (identities then say `"mtls": "STRICT"`): NetworkPolicy cannot deny some ports to outside
+    addresses while letting other protocols through."""
     kubernetes = declared(program, kubernetes)
     mapped = kubernetes.get("workloads", {})
     _check_rules(program)
@@ -522,6 +526,7 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
                 answers[(a.key, b.key)] = seen[1]
     blame.raise_any()
     by_key = {r.key: r for r in regions}
+    strict = _strict_sidecars(regions, answers) if sidecars else set()
     unknown = sorted(set(mapped) - {w.workload for w in workloads})
     if unknown:
         raise DiagnosticError([error(program.default_origin, "k8s", f"the deployment's kubernetes.workloads names "
@@ -574,7 +579,29 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
                                   "addresses": [str(x) for x in _prefixes(w)]}
         if p.unset:
             identities[w.workload]["unset"] = list(p.unset)
+        if w.workload in strict:
+            identities[w.workload]["mtls"] = "STRICT"
     return policies, identities
+
+
+def _strict_sidecars(regions: list[Region], answers: dict) -> set[str]:
+    """The workloads whose every outside source gets nothing over TCP and all of some other protocol
+    (else nothing at all): their sidecars' STRICT mutual TLS refuses that TCP (a client outside the
+    cluster has no mesh certificate), so NetworkPolicy lets it through (the pairs' answers become "all")."""
+    out = set()
+    for w in regions:
+        if not w.workload:
+            continue
+        outside = [r for r in regions if not r.workload and _meet(r, w)]
+        got = [answers.get((r.key, w.key)) for r in outside]
+        tcp_only = [isinstance(a, Except) and not a.ports.get("udp") and
+                    merge_ranges(list(a.ports.get("tcp", ()))) in ([(1, 65535)], [(0, 65535)]) for a in got]
+        if any(tcp_only) and all(t or a is None for t, a in zip(tcp_only, got)):
+            out.add(w.workload)
+            for r, t in zip(outside, tcp_only):
+                if t:
+                    answers[(r.key, w.key)] = "all"
+    return out
 
 
 def _alike(a: Region, b: Region, regions: list[Region], answers: dict) -> bool:
