@@ -215,7 +215,8 @@ def peer_alternatives(src: Pairs, dst: Pairs, principals: dict[str, str], modes:
     if not targets:  # no sidecar of the destination asks for a certificate: addresses alone
         return [(src, dst)]
     peers = InSet(tuple(sorted({principals[i] for i in mesh})))
-    out.append((rest + [(F.SRC_PEER, peers)], [(k, v) for k, v in dst if k != F.DST_ID] + [(F.DST_ID, InSet(tuple(targets)))]))
+    toward = [(k, v) for k, v in dst if k != F.DST_ID] + [(F.DST_ID, InSet(tuple(targets)))]
+    out.append((rest + [(F.SRC_PEER, peers)], toward))
     out.append((rest + [(F.SRC_ID, InSet(tuple(mesh))), (F.SRC_PEER, Absent())], dst))
     others = [i for i in ids.values if i not in principals]
     if others:
