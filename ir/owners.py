@@ -164,7 +164,8 @@ def described(program: Program, flow, pods: dict | None = None) -> str:
     `192.0.2.1 (internet) -> 10.0.0.1 (lb) tcp 443 sport 0` (no name for an address nobody owns).
     `pods` ((family, address) -> (pod, pods in its identity), from an import): an identity that stands
     for several pods is named with the pod at the address, `10.1.0.5 (shop_app-web: pod shop/web-2,
-    one of 4)`. An unbound workload's placeholder address is named as a pod of it."""
+    one of 4)`. An unbound workload's placeholder address is named as a pod of it, and a client
+    certificate by the workloads that hold it."""
     o = ownership(program)
     src, arrow, dst, *rest = flow.text.split(" ")
     names = [o.owner(flow.family, a) for a in (flow.src, flow.dst)]
@@ -176,6 +177,11 @@ def described(program: Program, flow, pods: dict | None = None) -> str:
         elif names[k] in unbound:
             names[k] = f"{names[k]}: a pod of the workload, unbound"
     src, dst = (f"{t} ({n})" if n else t for t, n in zip((src, dst), names))
+    if flow.peer is not None:  # the certificate's holders after it: `peer "spiffe://..." (checkout's)`
+        holders = [i.name for i in program.identities if i.principal == flow.peer]
+        quoted = next((k for k, t in enumerate(rest) if t == "peer"), None)
+        if quoted is not None and quoted + 1 < len(rest):
+            rest[quoted + 1] += f" ({', '.join(holders)}'s)" if holders else " (no workload's)"
     return " ".join([src, arrow, dst] + rest)
 
 

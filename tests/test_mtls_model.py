@@ -219,6 +219,8 @@ def test_the_mesh_example_proves_on_every_engine_and_writes_certificates(tmp_pat
     assert (tmp_path / "envoy" / "ca" / "ca.pem").read_bytes() == first_ca  # the next compile keeps the CA
     assert cert.read_text() != ""
     assert run("verify", str(example / "mesh.ap")).returncode == 0
+    stolen = run("query", str(example / "mesh.ap"), "internet -> orders")
+    assert 'peer "spiffe://shop.example/ns/shop/sa/checkout" (checkout\'s)' in stolen.stdout, stolen.stdout
 
 
 def test_a_workload_sets_its_own_sidecars_mode():
