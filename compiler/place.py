@@ -58,6 +58,7 @@ from anyplane.ir.addr import Prefix
 from anyplane.ir.conn import reverse_matches
 from anyplane.ir.match import InSet, Match, PrefixMatch, int_ranges, options
 from anyplane.ir.nodes import Program, Rule, Table, ordered
+from anyplane.ir.project import l7_conditions
 from anyplane.ir.source import Diagnostic, DiagnosticError, error
 from anyplane.verify.index import Boxer, OverlapIndex, overlaps
 
@@ -79,6 +80,13 @@ def parse_path(text) -> tuple[str, ...]:
     if bad or not parts or len(set(parts)) != len(parts):
         raise PathError(f"a path is a comma-separated subset of {', '.join(places)}, each once")
     return tuple(parts)
+
+
+def _sidecar_only(program: Program, rule_id: str) -> str:
+    """Why a deny the sidecar alone can hold goes there."""
+    kinds = l7_conditions(program, rule_id)
+    return "HTTP conditions: only the sidecar sees requests" if kinds == "HTTP" else \
+        f"{kinds} conditions: only the sidecar sees them"
 
 
 def unenforceable(program: Program) -> list[Diagnostic]:
@@ -355,7 +363,8 @@ class Planner:
         duty.why[region.label] = {
             "deny": f"L3/L4 deny: the {first} engine on the path that can hold it",
             "rate": f"packet rate limit: the {first} engine on the path that meters",
-            "http-deny": "HTTP conditions: only the sidecar sees requests",
+            "http-deny": "HTTP conditions: only the sidecar sees requests" if duty.rule is None else
+                         _sidecar_only(self.program, duty.rule.id),
             "http-rate": "request rate limit: only the sidecar counts requests",
             "default": f"the default deny: the {first} engine on the path that can hold it; it admits every allow",
         }[duty.kind]
@@ -632,7 +641,7 @@ class Planner:
                 placed = tuple(p for p in self.places if roles[p] == ADMITS)
                 if rule.layer == "L7":
                     placed = tuple(p for p in self.http_places if roles[p] == ADMITS)
-                    why = "HTTP allow: the sidecar checks its conditions" if placed else \
+                    why = f"{l7_conditions(self.program, rule.id)} allow: the sidecar checks its conditions" if placed else \
                         "nothing below it is denied by any engine: its flows pass"
                     below = [p for p in self.places if roles[p] == ADMITS_L4]
                     if below and placed:

@@ -38,6 +38,24 @@ def project_l4(program: Program) -> Program:
     return replace(program, acl=Table(program.acl.name, entries), routes=Table(program.routes.name, ()))
 
 
+@per_program
+def _l7_kinds(program: Program) -> dict[str, frozenset]:
+    kinds: dict[str, set] = {}
+    for e in program.acl.entries:
+        for name, _ in e.match.fields:
+            if name == "src.peer":
+                kinds.setdefault(e.rule, set()).add("client certificate")
+            elif name.startswith("http"):
+                kinds.setdefault(e.rule, set()).add("HTTP")
+    return {k: frozenset(v) for k, v in kinds.items()}
+
+
+def l7_conditions(program: Program, rule_id: str) -> str:
+    """What a rule asks that only the sidecar sees: "HTTP", "client certificate", or both."""
+    kinds = _l7_kinds(program).get(rule_id, frozenset({"HTTP"}))
+    return " and ".join(k for k in ("HTTP", "client certificate") if k in kinds) or "HTTP"
+
+
 def enforcement(rule: Rule) -> str:
     """How an L3/L4 engine treats a rule: enforced, as its L4 projection, or not at all."""
     if rule.layer != "L7":

@@ -205,6 +205,9 @@ def test_the_mesh_example_proves_on_every_engine_and_writes_certificates(tmp_pat
     done = run("compile", str(example / "mesh.ap"), "--bind", str(example / "pods.yaml"), "-t", "all",
                "-o", str(tmp_path / "all"))
     assert done.returncode == 0 and "proved:" in done.stderr, done.stderr
+    placement = (tmp_path / "all" / "placement.txt").read_text()
+    assert "client certificate conditions: only the sidecar sees them" in placement  # mtls strict
+    assert "client certificate allow: the sidecar checks its conditions" in placement  # checkout -> orders
     envoy = run("compile", str(example / "mesh.ap"), "--bind", str(example / "pods.yaml"), "-t", "envoy",
                 "-o", str(tmp_path / "envoy"))
     assert envoy.returncode == 0, envoy.stderr

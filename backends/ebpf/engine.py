@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from anyplane.ir.conn import Tracker
 from anyplane.ir.interp import evaluate
 from anyplane.ir.nodes import Program
-from anyplane.ir.project import ENFORCED, PROJECTED, enforcement, project_l4
+from anyplane.ir.project import ENFORCED, PROJECTED, enforcement, l7_conditions, project_l4
 
 from .. import base
 from . import packet
@@ -53,7 +53,9 @@ def report(program: Program, model: Model) -> list[base.RuleReport]:
         if status == ENFORCED:
             return base.ENFORCED, "", n
         if status == PROJECTED:
-            return base.PROJECTED, "HTTP conditions and request rates are left to the sidecar", n
+            kinds = l7_conditions(program, rule.id)
+            rates = " and request rates" if "HTTP" in kinds else ""
+            return base.PROJECTED, f"{kinds} conditions{rates} are left to the sidecar", n
         return base.NOT_ENFORCED, "a deny with HTTP conditions is not applied below L7", 0
     return base.rule_rows(program, classify)
 

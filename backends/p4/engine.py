@@ -15,7 +15,7 @@ from google.protobuf import json_format, text_format
 
 from anyplane.ir.actions import RateLimit
 from anyplane.ir.nodes import Program
-from anyplane.ir.project import PROJECTED, enforcement
+from anyplane.ir.project import PROJECTED, enforcement, l7_conditions
 from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
@@ -52,7 +52,7 @@ def report(program: Program, entries: Entries) -> list[base.RuleReport]:
         how = enforcement(rule)
         n = entries.per_rule.get(loc, 0)
         if how == PROJECTED:
-            return base.PROJECTED, "HTTP conditions are left to the sidecar", n
+            return base.PROJECTED, f"{l7_conditions(program, rule.id)} conditions are left to the sidecar", n
         if how != base.ENFORCED:
             return base.NOT_ENFORCED, "a deny with HTTP conditions cannot be applied below L7", 0
         if n == 0:
