@@ -187,8 +187,9 @@ def _rule_matches(rule: dict, action: str, peer, port: int, request, on_http: bo
 
 
 def mtls_mode(peer_auth, dst_pod, port: int) -> str:
-    """Istio's resolution: a policy selecting the pod (its port-level mode first), else the namespace's,
-    else the mesh's (root namespace); UNSET inherits; PERMISSIVE by default."""
+    """Istio's resolution (ComposePeerAuthentication): a policy selecting the pod, else the namespace's,
+    else the mesh's (root namespace); UNSET inherits from the level above, a port's UNSET from its own
+    policy's mode; PERMISSIVE by default."""
     def mine(p, selected):
         ns, sel = p["metadata"]["namespace"], p["spec"].get("selector")
         if selected:
@@ -200,10 +201,11 @@ def mtls_mode(peer_auth, dst_pod, port: int) -> str:
                   [p for p in peer_auth if mine(p, True)]):
         for p in layer:
             got = (p["spec"].get("mtls") or {}).get("mode", "UNSET")
-            got = ((p["spec"].get("portLevelMtls") or {}).get(port) or {}).get("mode", got) \
-                if (p["spec"].get("portLevelMtls") or {}).get(port) else got
             if got != "UNSET":
                 mode = got
+            on_port = ((p["spec"].get("portLevelMtls") or {}).get(port) or {}).get("mode", "UNSET")
+            if on_port != "UNSET":
+                mode = on_port
     return mode
 
 
@@ -637,3 +639,19 @@ def test_without_mutual_tls_a_source_has_no_principal_or_namespace():
     assert _verdict(program, "10.1.0.1", "10.1.0.2", 9000) == "deny"
     program, _ = import_mesh(by_principal)
     assert _verdict(program, "10.1.0.1", "10.1.0.2", 9000) == "allow"
+
+
+def test_peer_authentications_at_one_level_for_one_pod_are_an_error():
+    """istiod keeps the older of two namespace-wide (or two workload) PeerAuthentications for a pod;
+    manifests carry no creation time, so the import says so rather than guess. A port's UNSET takes its
+    own policy's mode (istiod's ComposePeerAuthentication)."""
+    def pa(name, spec, ns="shop"):
+        return {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                "metadata": {"name": name, "namespace": ns}, "spec": spec}
+    with pytest.raises(DiagnosticError) as info:
+        import_mesh([pa("a", {"mtls": {"mode": "STRICT"}}), pa("b", {"mtls": {"mode": "PERMISSIVE"}})])
+    assert "PeerAuthentication shop/a applies at the same level to pod shop/" in str(info.value.diagnostics[0])
+    program, _ = import_mesh([pa("web", {"selector": {"matchLabels": {"app": "web"}}, "mtls": {"mode": "STRICT"},
+                                         "portLevelMtls": {8000: {"mode": "UNSET"}, 9000: {"mode": "PERMISSIVE"}}})])
+    assert _verdict(program, "203.0.113.7", "10.1.0.1", 8000) == "deny"
+    assert _verdict(program, "203.0.113.7", "10.1.0.1", 9000) == "allow"

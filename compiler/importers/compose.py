@@ -334,12 +334,13 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                 if sidecar and _families(a) & _families(b) else istio.Verdicts()
             if not (into or out_of) and mesh.silent:
                 continue  # Istio leaves this pair alone, and nothing else decides it
-            # Istio judges TCP at the destination's sidecar, after the network plugin: both must allow.
-            allowed = allowed - Ports(tcp=mesh.denied)
-            reachable = allowed.tcp
+            # Istio judges TCP at the destination's sidecar, after the network plugin: both must allow. What
+            # Istio denies is said by its own lines above the others (priority 31): below them those ports
+            # may read as allowed, so that no line is written twice (a dead rule).
+            reachable = (allowed - Ports(tcp=mesh.denied)).tcp
             if mesh.allowed is not None:
                 allowed = allowed & Ports(tcp=mesh.allowed, udp=EVERY, other=True)
-            allow_texts, deny_texts = allowed.rules()
+            allow_texts, deny_texts = (allowed | Ports(tcp=mesh.denied)).rules()
             # What decided: the first rule that allowed (or denied) some of it; else what restricts the pair.
             restriction = [w for w in (restricted_in.get(b.ident) if into else None,
                                        restricted_out.get(a.ident) if out_of else None) if w] + \

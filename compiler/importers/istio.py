@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from anyplane.ir.flow import HTTP_METHODS
 from anyplane.ir.http import header_problem, host_problem, is_canonical
 from anyplane.ir.match import merge_ranges
-from anyplane.ir.source import DiagnosticError, error
+from anyplane.ir.source import DiagnosticError, error, warning
 
 from .ports import EVERY, _intersect, _minus, _union
 
@@ -441,15 +441,28 @@ def peer_authentication(reader, pods, objects, span_of, selects) -> None:
                 ports[int(key)] = pm
         if not p.ok:
             continue
-        rank = 2 if selector else (1 if ns != ROOT_NAMESPACE else 0)
-        chosen = {"matchLabels": selector.get("matchLabels") or {}} if isinstance(selector, dict) else None
+        # istiod's levels: a selector with labels picks workloads (ignored in the root namespace); without
+        # labels the policy is its namespace's, or in the root namespace the mesh's.
+        labels = (selector.get("matchLabels") or {}) if isinstance(selector, dict) else {}
+        rank = 2 if labels else (1 if ns != ROOT_NAMESPACE else 0)
+        if rank == 2 and ns == ROOT_NAMESPACE:
+            reader.notes.append(warning(span_of(path, obj), "import", f"{label}: left out, since istiod ignores a "
+                                                                       "PeerAuthentication with a selector in the root "
+                                                                       "namespace"))
+            continue
         for pod in pods:
-            if (ns == ROOT_NAMESPACE and rank == 0) or (pod.namespace == ns and selects(chosen, pod.labels, path,
-                                                                                     reader)):
+            if rank == 0 or (pod.namespace == ns and (rank == 1 or selects({"matchLabels": labels}, pod.labels, path,
+                                                                             reader))):
                 layers.setdefault(pod.ident, []).append((rank, mode, ports, span_of(path, obj), label))
     for pod in pods:
         mode, ports, why = "PERMISSIVE", {}, None
-        for rank, m, pm, span, label in sorted(layers.get(pod.ident, ()), key=lambda t: t[0]):
+        mine = sorted(layers.get(pod.ident, ()), key=lambda t: t[0])
+        for (rank, *_, label), (again, *_, span2, label2) in zip(mine, mine[1:]):
+            if rank == again:  # istiod takes the older one: the manifests do not say which
+                reader.errors.append(error(span2, "import", (
+                    f"{label2}: {label} applies at the same level to pod {pod.namespace}/{pod.name}; istiod would "
+                    "take the older of the two, which the manifests do not say: keep one")))
+        for rank, m, pm, span, label in mine:
             if m != "UNSET":
                 mode, why = m, (span, label)
             if pm:

@@ -117,7 +117,7 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
             reader.fail(first[0], first[1], f"malformed policy: a field has the wrong shape ({exc})")
     for p in pods:
         for n in cilium.http_ports(cilium_rules, p):
-            if p.ident in istio.subjects(istio_rules):
+            if p.ident in istio.subjects(istio_rules) or p.strict:
                 rule = next(r for r in cilium_rules if r.http is not None and p.ident in r.subject)
                 reader.errors.append(error(rule.span, "import", f"{rule.label}: pod {p.namespace}/{p.name} has "
                                                                 "both Cilium HTTP rules and Istio AuthorizationPolicies: "
