@@ -122,16 +122,21 @@ def _ready(admin: str) -> bool:
         return False
 
 
-def _wait(serving, nodes: int, timeout: float) -> None:
+def _current(status, n: int, timeout: float, what: str, flavour: str | None = None) -> dict:
+    """Poll `status()` until `n` connected nodes (of one flavour) are all current; the last status."""
     deadline = time.time() + timeout
     while True:
-        st = serving.status()
-        live = [x for x in st["nodes"] if x["connected"]]
-        if len(live) >= nodes and all(x["current"] for x in live):
-            return
+        st = status()
+        live = [x for x in st["nodes"] if x["connected"] and flavour in (None, x["flavour"])]
+        if len(live) >= n and all(x["current"] for x in live):
+            return st
         if time.time() > deadline:
-            raise SystemExit(f"only {sum(x['current'] for x in live)} of {nodes} sidecars converged")
-        time.sleep(0.02)
+            raise SystemExit(f"only {sum(x['current'] for x in live)} of {n} {what} current")
+        time.sleep(0.05)
+
+
+def _wait(serving, nodes: int, timeout: float) -> None:
+    _current(serving.status, nodes, timeout, "sidecars")
 
 
 class _Client:
@@ -222,14 +227,7 @@ def _sent(serving, flavour: str) -> int:
 
 
 def _wait_clients(serving, n: int, flavour: str, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while True:
-        live = [x for x in serving.status()["nodes"] if x["connected"] and x["flavour"] == flavour]
-        if len(live) >= n and all(x["current"] for x in live):
-            return
-        if time.time() > deadline:
-            raise SystemExit(f"{flavour}: only {sum(x['current'] for x in live)} of {n} clients current")
-        time.sleep(0.05)
+    _current(serving.status, n, timeout, f"{flavour} clients", flavour)
 
 
 def streams(n: int) -> dict:
@@ -259,15 +257,8 @@ def streams(n: int) -> dict:
         before = _rss_kib(proc.pid)
         started = time.perf_counter()
         clients = [_Client(port, f"web{k % 10}", False) for k in range(n)]
-        deadline = time.time() + 300
-        while True:
-            status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=10).read())
-            live = [x for x in status["nodes"] if x["connected"]]
-            if len(live) >= n and all(x["current"] for x in live):
-                break
-            if time.time() > deadline:
-                raise SystemExit(f"only {sum(x['current'] for x in live)} of {n} streams current")
-            time.sleep(0.2)
+        status = _current(lambda: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status",
+                                                                    timeout=10).read()), n, 300, "streams")
         seconds = time.perf_counter() - started
         time.sleep(1)
         after = _rss_kib(proc.pid)

@@ -9,7 +9,7 @@ import ipaddress
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from anyplane.compiler.importers.k8s import convert
@@ -290,7 +290,12 @@ def peer_authentications(draw):
 def test_peer_authentication_decides_with_the_policies_as_istio_does(policies, peer_auth):
     """STRICT (for the pod or one port) refuses clients outside the mesh before any AuthorizationPolicy;
     DISABLE leaves sources without principal or namespace; PERMISSIVE and UNSET change nothing."""
-    program, text = import_mesh(policies, peer_auth)
+    try:
+        program, text = import_mesh(policies, peer_auth)
+    except DiagnosticError as exc:  # refused, never guessed: certificates on some ports of a pod only
+        assert all("not imported (its peers' certificates would count on some ports" in d.message
+                   for d in exc.diagnostics), exc.diagnostics
+        assume(False)
     bad = mismatches(program, lambda s, d, proto, port, req: istio_allows(policies, s, d, proto, port, req,
                                                                           peer_auth))
     assert not bad, f"{len(bad)} mismatches, e.g. {bad[:3]}\n{yaml.safe_dump_all(policies + peer_auth)}\n{text}"

@@ -270,6 +270,35 @@ def _signed(ca: Authority, dir_: Path, name: str, sans: list) -> tuple[str, str]
     return str(dir_ / f"{name}.pem"), str(dir_ / f"{name}.key")
 
 
+def _serve(tmp_path: Path, mesh: Mesh, client_ca: bool, **kw):
+    """`anyplane serve` (in-process) of the strict mesh policy for api's sidecar, with the mesh's CA, on TLS
+    with a server certificate the CA signed (clients checked by it too with `client_ca`); the trust
+    bundle in tmp/ca.pem. (serving, api's deployment, its admin port, the xDS port)."""
+    from cryptography import x509
+
+    from anyplane.compiler import api as facade
+
+    api_addr = mesh.addr["api"]
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "mesh.ap").write_text(policy("strict"))
+    admin = free_port()
+    deployment = Deployment({"api": Sidecar(inbound=api_addr, app=api_addr, outbound=(api_addr, 15001),
+                                            admin=("127.0.0.1", admin))})
+    (tmp_path / "deploy.yaml").write_text(f"sidecars:\n  api: {{inbound: {api_addr}, app: {api_addr}, "
+                                          f"outbound: '{api_addr}:15001', admin: '127.0.0.1:{admin}'}}\n")
+    cert, key = mesh.ca.pem()
+    serving = facade.Serving([str(tmp_path / "policy")], str(tmp_path / "deploy.yaml"),
+                             bind=[str(tmp_path / "pods.yaml")], ca=(cert, key, b""), **kw)
+    assert serving.check()
+    server_cert, server_key = _signed(mesh.ca, tmp_path, "xds-server",
+                                      [x509.UniformResourceIdentifier(f"spiffe://{DOMAIN}/ns/anyplane/sa/xds")])
+    (tmp_path / "ca.pem").write_bytes(mesh.ca.bundle)
+    xds_port = free_port()
+    serving.start(f"127.0.0.1:{xds_port}", (Path(server_cert).read_bytes(), Path(server_key).read_bytes(),
+                                            mesh.ca.bundle if client_ca else None))
+    return serving, deployment, admin, xds_port
+
+
 def test_serve_hands_each_sidecar_its_own_key_and_rotates_it_without_a_failed_request(tmp_path, capsys):
     """`anyplane serve` with a CA: api's sidecar, whose xDS client certificate carries api's SPIFFE ID,
     gets api's SVID over SDS and serves mutual TLS with it; the SVID is re-issued at half its life while
@@ -280,29 +309,11 @@ def test_serve_hands_each_sidecar_its_own_key_and_rotates_it_without_a_failed_re
     import time
 
     from anyplane.backends.envoy.config import ads_bootstrap
-    from anyplane.compiler import api as facade
     from cryptography import x509
 
     mesh = Mesh(tmp_path, "strict")
     api_addr, web = mesh.addr["api"], mesh.addr["web"]
-    policy_dir = tmp_path / "policy"
-    policy_dir.mkdir()
-    (policy_dir / "mesh.ap").write_text(policy("strict"))
-    admin = free_port()
-    deployment = Deployment({"api": Sidecar(inbound=api_addr, app=api_addr, outbound=(api_addr, 15001),
-                                            admin=("127.0.0.1", admin))})
-    (tmp_path / "deploy.yaml").write_text(f"sidecars:\n  api: {{inbound: {api_addr}, app: {api_addr}, "
-                                          f"outbound: '{api_addr}:15001', admin: '127.0.0.1:{admin}'}}\n")
-    cert, key = mesh.ca.pem()
-    serving = facade.Serving([str(policy_dir)], str(tmp_path / "deploy.yaml"), bind=[str(tmp_path / "pods.yaml")],
-                             ca=(cert, key, b""), svid_ttl_s=6)
-    assert serving.check()
-    xds_port = free_port()
-    server_cert, server_key = _signed(mesh.ca, tmp_path, "xds-server",
-                                      [x509.UniformResourceIdentifier(f"spiffe://{DOMAIN}/ns/anyplane/sa/xds")])
-    (tmp_path / "ca.pem").write_bytes(mesh.ca.bundle)
-    serving.start(f"127.0.0.1:{xds_port}", (Path(server_cert).read_bytes(), Path(server_key).read_bytes(),
-                                            mesh.ca.bundle))
+    serving, deployment, admin, xds_port = _serve(tmp_path, mesh, client_ca=True, svid_ttl_s=6)
     own_cert, own_key = _signed(mesh.ca, tmp_path, "api-xds", [x509.UniformResourceIdentifier(API)])
     boot = ads_bootstrap("api", deployment, [("127.0.0.1", xds_port)],
                          tls={"cert": own_cert, "key": own_key, "ca": str(tmp_path / "ca.pem")})
@@ -414,29 +425,11 @@ def test_a_bootstrap_token_proves_a_sidecars_identity_and_a_wrong_one_gets_nothi
     import time
 
     from anyplane.backends.envoy.config import ads_bootstrap
-    from anyplane.compiler import api as facade
-    from cryptography import x509
 
     mesh = Mesh(tmp_path, "strict")
     api_addr, web = mesh.addr["api"], mesh.addr["web"]
-    policy_dir = tmp_path / "policy"
-    policy_dir.mkdir()
-    (policy_dir / "mesh.ap").write_text(policy("strict"))
-    admin = free_port()
-    deployment = Deployment({"api": Sidecar(inbound=api_addr, app=api_addr, outbound=(api_addr, 15001),
-                                            admin=("127.0.0.1", admin))})
-    (tmp_path / "deploy.yaml").write_text(f"sidecars:\n  api: {{inbound: {api_addr}, app: {api_addr}, "
-                                          f"outbound: '{api_addr}:15001', admin: '127.0.0.1:{admin}'}}\n")
     token = random_tokens.token_urlsafe(32)
-    cert, key = mesh.ca.pem()
-    serving = facade.Serving([str(policy_dir)], str(tmp_path / "deploy.yaml"), bind=[str(tmp_path / "pods.yaml")],
-                             ca=(cert, key, b""), tokens={token: API})
-    assert serving.check()
-    server_cert, server_key = _signed(mesh.ca, tmp_path, "xds-server",
-                                      [x509.UniformResourceIdentifier(f"spiffe://{DOMAIN}/ns/anyplane/sa/xds")])
-    (tmp_path / "ca.pem").write_bytes(mesh.ca.bundle)
-    xds_port = free_port()
-    serving.start(f"127.0.0.1:{xds_port}", (Path(server_cert).read_bytes(), Path(server_key).read_bytes(), None))
+    serving, deployment, admin, xds_port = _serve(tmp_path, mesh, client_ca=False, tokens={token: API})
     tls = {"ca": str(tmp_path / "ca.pem")}
     try:
         boot = ads_bootstrap("api", deployment, [("127.0.0.1", xds_port)], tls=tls, token=token)

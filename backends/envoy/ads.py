@@ -110,14 +110,22 @@ class Node:
                 and all(s.acked == current for s in self.types.values() if s.subscribed)}
 
 
+def _sans(auth_context: dict) -> list[str] | None:
+    """A TLS client certificate's subject alternative names; None on a connection without TLS."""
+    if b"ssl" not in auth_context.get("transport_security_type", []):
+        return None
+    return [raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            for raw in auth_context.get("x509_subject_alternative_name", [])]
+
+
 def identities(auth_context: dict) -> set[str] | None:
     """The services a client certificate may ask for: its DNS names, and the service account of a SPIFFE
     ID (`spiffe://DOMAIN/ns/NS/sa/NAME`); None on a connection without TLS."""
-    if b"ssl" not in auth_context.get("transport_security_type", []):
+    sans = _sans(auth_context)
+    if sans is None:
         return None
     out = set()
-    for raw in auth_context.get("x509_subject_alternative_name", []):
-        name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    for name in sans:
         if name.startswith("spiffe://"):
             parts = name.split("/")
             if len(parts) == 7 and parts[3] == "ns" and parts[5] == "sa":
@@ -129,11 +137,7 @@ def identities(auth_context: dict) -> set[str] | None:
 
 def spiffe_ids(auth_context: dict) -> frozenset[str]:
     """The SPIFFE IDs among a TLS client certificate's URI SANs (none without TLS)."""
-    if b"ssl" not in auth_context.get("transport_security_type", []):
-        return frozenset()
-    names = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-             for raw in auth_context.get("x509_subject_alternative_name", []))
-    return frozenset(n for n in names if n.startswith("spiffe://"))
+    return frozenset(n for n in _sans(auth_context) or () if n.startswith("spiffe://"))
 
 
 def _bearer(metadata) -> str | None:

@@ -113,6 +113,11 @@ class Authority:
             raise CaError("the CA key does not belong to the CA certificate")
         return cls(trust_domain, cert, key, chain)
 
+    @classmethod
+    def of(cls, trust_domain: str, ca: tuple | None) -> "Authority":
+        """The CA given as PEM (cert, key, chain), or a new one for the trust domain."""
+        return cls.load(trust_domain, *ca[:3]) if ca else cls.generate(trust_domain)
+
     @property
     def bundle(self) -> bytes:
         """The certificates a sidecar of the trust domain trusts (the root of the chain)."""

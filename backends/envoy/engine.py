@@ -216,7 +216,7 @@ def certificates(program: Program, sidecars: list[str], ca: tuple | None) -> lis
 
     domain = program.mtls.trust_domain
     try:
-        authority = Authority.load(domain, *ca[:3]) if ca is not None else Authority.generate(domain)
+        authority = Authority.of(domain, ca)
     except CaError as exc:
         raise EnvoyError(str(exc)) from None
     out = []
@@ -398,7 +398,7 @@ class ControlPlane:
         if current is not None and current.authority.trust_domain == domain:
             return current
         try:
-            authority = Authority.load(domain, *self.ca[:3]) if self.ca else Authority.generate(domain)
+            authority = Authority.of(domain, self.ca)
         except CaError as exc:
             raise EnvoyError(str(exc)) from None
         return Secrets(authority, self.ttl_s or FILE_SVID_TTL_S)

@@ -18,27 +18,29 @@ import hashlib
 import threading
 import time
 
-from envoy.config.core.v3 import base_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from anyplane.ir.nodes import Program
 
-from .ca import DEFAULT_TTL_S, Authority, Svid, bundle_name
+from .ca import DEFAULT_TTL_S, Authority, Svid, bundle_name, bundle_secret, secret
+from .xds import fill
 
 SDS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
-def _certificate(svid: Svid) -> bytes:
-    msg = secret_pb2.Secret(name=svid.spiffe_id, tls_certificate=common_pb2.TlsCertificate(
-        certificate_chain=base_pb2.DataSource(inline_bytes=svid.cert),
-        private_key=base_pb2.DataSource(inline_bytes=svid.key)))
+def _message(resource: dict) -> bytes:
+    """An SDS Secret (ca.py's form, as the SDS files hold it) as the serialized message."""
+    msg = secret_pb2.Secret()
+    fill(msg, {k: v for k, v in resource.items() if k != "@type"})
     return msg.SerializeToString(deterministic=True)
+
+
+def _certificate(svid: Svid) -> bytes:
+    return _message(secret(svid))
 
 
 def _bundle(trust_domain: str, pem: bytes) -> bytes:
-    msg = secret_pb2.Secret(name=bundle_name(trust_domain), validation_context=common_pb2.CertificateValidationContext(
-        trusted_ca=base_pb2.DataSource(inline_bytes=pem)))
-    return msg.SerializeToString(deterministic=True)
+    return _message(bundle_secret(trust_domain, pem))
 
 
 class Secrets:

@@ -352,16 +352,26 @@ def _product(headers) -> int:
     return n
 
 
+def _security_object(reader, path: str, obj: dict, kind: str):
+    """(namespace, spec, parse context labelled `KIND NAMESPACE/NAME`) of a security.istio.io object, or
+    None (an error at its position) for one of another API group."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    ns = meta.get("namespace") or "default"
+    p = _Parse(reader, path, f"{kind} {ns}/{meta.get('name')}")
+    if not str(obj.get("apiVersion", "")).startswith("security.istio.io/"):
+        p.fail(obj, f"apiVersion {obj.get('apiVersion')!r} is not security.istio.io/v1")
+        return None
+    return ns, spec, p
+
+
 def read(reader, pods, objects, span_of, selects) -> list[AuthzRule]:
     out: list[AuthzRule] = []
     for path, obj in objects:
-        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-        ns = meta.get("namespace") or "default"
-        label = f"AuthorizationPolicy {ns}/{meta.get('name')}"
-        p = _Parse(reader, path, label)
-        if not str(obj.get("apiVersion", "")).startswith("security.istio.io/"):
-            p.fail(obj, f"apiVersion {obj.get('apiVersion')!r} is not security.istio.io/v1")
+        found = _security_object(reader, path, obj, "AuthorizationPolicy")
+        if found is None:
             continue
+        ns, spec, p = found
+        label = p.label
         action = spec.get("action", "ALLOW")
         if action not in ("ALLOW", "DENY", "AUDIT"):
             p.fail(spec, f"action {action!r} is not imported (ALLOW, DENY and AUDIT are; CUSTOM hands the "
@@ -408,13 +418,11 @@ def peer_authentication(reader, pods, objects, span_of, selects) -> None:
     not under DISABLE, where principals and namespaces of sources match nothing)."""
     layers: dict = {}  # pod ident -> [(rank, mode, ports {port: mode}, span, label)]
     for path, obj in objects:
-        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-        ns = meta.get("namespace") or "default"
-        label = f"PeerAuthentication {ns}/{meta.get('name')}"
-        p = _Parse(reader, path, label)
-        if not str(obj.get("apiVersion", "")).startswith("security.istio.io/"):
-            p.fail(obj, f"apiVersion {obj.get('apiVersion')!r} is not security.istio.io")
+        found = _security_object(reader, path, obj, "PeerAuthentication")
+        if found is None:
             continue
+        ns, spec, p = found
+        label = p.label
         if not isinstance(spec, dict):
             p.fail(obj, "spec is a mapping")
             continue
@@ -467,6 +475,12 @@ def peer_authentication(reader, pods, objects, span_of, selects) -> None:
                 mode, why = m, (span, label)
             if pm:
                 ports, why = pm, (span, label)
+        if mode == "DISABLE" and ports:
+            reader.errors.append(error(why[0], "import", (
+                f"{why[1]}: pod {pod.namespace}/{pod.name} takes no certificates but on ports "
+                f"{', '.join(map(str, sorted(ports)))}: not imported (its peers' certificates would count on some "
+                "ports and not others)")))
+            continue
         strict = [(n, n) for n, m in ports.items() if m == "STRICT"]
         others = [(n, n) for n, m in ports.items() if m != "STRICT"]
         pod.strict = tuple(merge_ranges(_minus(EVERY, others) if mode == "STRICT" else strict))
