@@ -157,7 +157,7 @@ def read(paths: list[str]) -> Binding:
 
 def assign(workloads: list, binding: Binding | None, accounts: dict | None = None) -> tuple[dict, list[Diagnostic]]:
     """{workload name: [(prefix, span)]}: each workload's pods' addresses, or its placeholders.
-    `workloads`: (name, namespace, {key: value}, name span) in name order. `accounts` (under mtls): the
+    `workloads`: (name, namespace, {key: value}, name span[, label keys its pods lack]) in name order. `accounts` (under mtls): the
     service account each workload's pods must run as, since their certificates name it."""
     diags: list[Diagnostic] = []
     if binding is None:
@@ -166,14 +166,14 @@ def assign(workloads: list, binding: Binding | None, accounts: dict | None = Non
                                f"at most {MAX_WORKLOADS - 1} workloads stand unbound; bind them (--bind)"))
             return {}, diags
         return {name: [(p, span) for p in placeholders(k)]
-                for k, (name, _, _, span) in enumerate(workloads, start=1)}, diags
+                for k, (name, _, _, span, *_) in enumerate(workloads, start=1)}, diags
     out: dict[str, list] = {name: [] for name, *_ in workloads}
     by_namespace: dict[str, list] = {}
-    for name, ns, labels, span in workloads:
-        by_namespace.setdefault(ns, []).append((name, labels, span))
+    for name, ns, labels, span, *rest in workloads:
+        by_namespace.setdefault(ns, []).append((name, labels, span, rest[0] if rest else ()))
     for pod in binding.pods:
-        mine = [(name, span) for name, labels, span in by_namespace.get(pod.namespace, ())
-                if all(pod.labels.get(k) == v for k, v in labels.items())]
+        mine = [(name, span) for name, labels, span, absent in by_namespace.get(pod.namespace, ())
+                if all(pod.labels.get(k) == v for k, v in labels.items()) and not any(k in pod.labels for k in absent)]
         if len(mine) > 1:
             diags.append(error(pod.span, "bind",
                                f"pod {pod.namespace}/{pod.name} is selected by workload '{mine[0][0]}' and by "
@@ -195,9 +195,12 @@ def assign(workloads: list, binding: Binding | None, accounts: dict | None = Non
 
 
 def overlapping(a: tuple, b: tuple) -> bool:
-    """Whether two workloads (namespace, {key: value}) can select one pod: same namespace, and no label
-    key they both read with different values."""
-    return a[0] == b[0] and all(b[1][k] == v for k, v in a[1].items() if k in b[1])
+    """Whether two workloads (namespace, {key: value}[, keys their pods lack]) can select one pod: same
+    namespace, no label key they both read with different values, and none that one requires and the
+    other requires absent."""
+    lacks_a, lacks_b = (a[2] if len(a) > 2 else ()), (b[2] if len(b) > 2 else ())
+    return (a[0] == b[0] and all(b[1][k] == v for k, v in a[1].items() if k in b[1])
+            and not any(k in b[1] for k in lacks_a) and not any(k in a[1] for k in lacks_b))
 
 
 def members(binding: Binding, program) -> dict:

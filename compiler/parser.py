@@ -45,7 +45,7 @@ TERMINAL_WORDS = {
     "RATE": "a rate such as 100/s",
     "DURATION": "a duration such as 2s",
     "COND": "a condition such as 5xx",
-    "LABEL": "a label such as app=web",
+    "LABEL": "a label such as app=web (or !canary: pods without that key)",
 }
 _PUNCTUATION = {"LBRACE": "{", "RBRACE": "}", "COMMA": ",", "DOT": ".", "MINUS": "-", "EQUAL": "=",
                 "PERCENT": "%", "STAR": "*"}

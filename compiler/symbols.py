@@ -234,17 +234,23 @@ def _selector(stmt: ast.Service, diags: list[Diagnostic]) -> tuple:
     if stmt.namespace is not None and (why := namespace_problem(namespace)):
         diags.append(error(stmt.namespace.span, "bad-namespace", why))
     labels: dict[str, str] = {}
+    absent: list[str] = []
     spans: dict[str, ast.Word] = {}
     for w in stmt.labels:
-        key, value, why = label_problem(w.text)
+        lacks = w.text.startswith("!")
+        key, value, why = label_problem(w.text[1:] + "=" if lacks else w.text)
         if why:
             diags.append(error(w.span, "bad-label", why))
-        elif key in labels:
-            diags.append(error(w.span, "duplicate-label", f"label '{key}' is given twice (a pod carries one value "
-                                                          "of a key)", Note(spans[key].span, "first given here")))
+        elif key in spans:
+            diags.append(error(w.span, "duplicate-label",
+                               f"label '{key}' is given twice (a pod carries one value of a key, or none)",
+                               Note(spans[key].span, "first given here")))
+        elif lacks:
+            absent.append(key)
+            spans[key] = w
         else:
             labels[key], spans[key] = value, w
-    return namespace, labels
+    return namespace, labels, tuple(sorted(absent))
 
 
 def _bind(symbols: Symbols, workloads: list[Declaration], binding, diags: list[Diagnostic]) -> None:
@@ -259,14 +265,16 @@ def _bind(symbols: Symbols, workloads: list[Declaration], binding, diags: list[D
     pairs = ((a, b) for same in by_namespace.values() for i, a in enumerate(same) for b in same[i + 1:])
     for a, b in pairs:  # workloads of different namespaces never share a pod
         if overlapping(a.selector, b.selector):
-            both = ",".join(f"{k}={v}" for k, v in sorted({**a.selector[1], **b.selector[1]}.items()))
+            both = ",".join([f"{k}={v}" for k, v in sorted({**a.selector[1], **b.selector[1]}.items())]
+                            + [f"!{k}" for k in sorted({*a.selector[2], *b.selector[2]})])
             diags.append(error(b.node.name.span, "overlapping-workloads",
                                f"workloads '{a.name}' and '{b.name}' can select the same pod (one in namespace "
                                f"{a.selector[0]} labelled {both or 'anything'}): give them a label key with different "
                                "values, or different namespaces", Note(a.node.name.span, f"'{a.name}'")))
     accounts = {d.name: principal.rsplit("/", 1)[1] for d in workloads
                 if (principal := symbols.principals.get(d.name)) is not None}
-    given, problems = assign([(d.name, d.selector[0], d.selector[1], d.node.name.span) for d in workloads], binding,
+    given, problems = assign([(d.name, d.selector[0], d.selector[1], d.node.name.span, d.selector[2])
+                              for d in workloads], binding,
                              accounts)
     diags += problems
     for d in workloads:

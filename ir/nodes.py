@@ -39,10 +39,13 @@ class Selector:
     namespace: str
     labels: tuple[tuple[str, str], ...]
     bound: bool
+    #: label keys its pods do not carry (`labels !tier`, a selector's `DoesNotExist`)
+    absent: tuple[str, ...] = field(default=(), metadata={"omit_empty": True})
 
     def text(self) -> str:
-        """`shop app=web,tier=frontend`"""
-        return f"{self.namespace} " + (",".join(f"{k}={v}" for k, v in self.labels) or "(every pod)")
+        """`shop app=web,tier=frontend,!canary`"""
+        words = [f"{k}={v}" for k, v in self.labels] + [f"!{k}" for k in self.absent]
+        return f"{self.namespace} " + (",".join(words) or "(every pod)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,7 +146,7 @@ def to_data(obj):
         out = {"kind": type(obj).__name__}
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            if value is None and f.metadata.get("omit_none"):
+            if value is None and f.metadata.get("omit_none") or value == () and f.metadata.get("omit_empty"):
                 continue
             out[f.name] = to_data(value)
         return out

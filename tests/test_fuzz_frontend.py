@@ -29,7 +29,7 @@ VOCABULARY = [
     '"x-k"', '"v"', '"\\q"', '"', "10.0.0.0/8", "10.0.0.1", "10.0.0.1/24", "fd00::/64", "::", "1.2.3.4/40",
     "0", "80", "65535", "65536", "99999999999999999999", "100/s", "5/d", "2s", "0s", "250ms", "5xx", "#c\n",
     "\n", " ", "\t", "$", "\x00", "é",
-    "workload", "namespace", "labels", "app=web", "a=", "x.io/y=z", "A_b/c=d", "k=v-", "-k=v", "shop", "Shop",
+    "workload", "namespace", "labels", "app=web", "!canary", "!", "!-x", "a=", "x.io/y=z", "A_b/c=d", "k=v-", "-k=v", "shop", "Shop",
     "240.0.1.0/24", "100::7", "0.0.0.0/0",
     "mtls", "strict", "permissive", "off", "trust-domain", '"cluster.local"', '"Bad Domain"', "account", "peer",
     "plaintext", '"spiffe://cluster.local/ns/a/sa/b"',

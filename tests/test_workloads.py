@@ -45,13 +45,29 @@ def _workloads(rnd: random.Random) -> list[tuple[str, str, dict]]:
         out.append((f"w{k}", ns, labels))
     if rnd.random() < 0.3:  # a whole namespace of its own
         out.append(("everyone", "jobs", {}))
+    if rnd.random() < 0.4:  # one app, its canary pods apart: `labels app=c, !canary` and `app=c, canary=yes`
+        ns = rnd.choice(["shop", "data"])
+        out += [("stable", ns, {"app": "c", "canary": None}), ("canary", ns, {"app": "c", "canary": "yes"})]
     return out
+
+
+def _label_words(labels: dict) -> str:
+    """`labels` of a workload: None is a key its pods lack (`!key`)."""
+    return ", ".join(f"!{k}" if v is None else f"{k}={v}" for k, v in labels.items())
+
+
+def _carried(labels: dict) -> dict:
+    return {k: v for k, v in labels.items() if v is not None}
+
+
+def _selects(labels: dict, carried: dict) -> bool:
+    return all(carried.get(k) == v if v is not None else k not in carried for k, v in labels.items())
 
 
 def _policy(rnd: random.Random, workloads) -> str:
     lines = []
     for name, ns, labels in workloads:
-        label_text = ", ".join(f"{k}={v}" for k, v in labels.items())
+        label_text = _label_words(labels)
         lines.append(f"workload {name} {{ namespace {ns}" + (f" labels {label_text}" if labels else "")
                      + " port 80 http port 5432 tcp }")
     lines.append("external partners { address 198.51.100.0/25 }")
@@ -86,7 +102,8 @@ def _pods(rnd: random.Random, workloads, later: bool = False) -> list[dict]:
     for name, ns, labels in workloads:
         for k in range(rnd.randint(2, 3)):
             extra = {"pod-template-hash": f"h{k}"} if rnd.random() < 0.5 else {}
-            pods.append(pod(ns, f"{name}-{k}{'-later' if later else ''}", {**labels, **extra}, rnd.random() < 0.5))
+            pods.append(pod(ns, f"{name}-{k}{'-later' if later else ''}", {**_carried(labels), **extra},
+                            rnd.random() < 0.5))
     if not later:
         pods.append(pod("shop", "stray", {"app": "stray"}, False))
     return pods
@@ -113,7 +130,7 @@ def _stand_in(unbound, pods, workloads) -> dict:
     for p in pods:
         meta = p["metadata"]
         for name, ns, labels in workloads:
-            if meta["namespace"] == ns and all(meta["labels"].get(k) == v for k, v in labels.items()):
+            if meta["namespace"] == ns and _selects(labels, meta["labels"]):
                 owner.update({entry["ip"]: name for entry in p["status"]["podIPs"]})
     seen: dict = {}
     out = {}
@@ -214,15 +231,20 @@ def test_the_k8s_export_selects_the_workloads_labels_for_todays_and_later_pods(t
         elif isinstance(node, list):
             for v in node:
                 yield from selectors(v)
-    written = [w[2] for w in workloads]
+    written = [_carried(w[2]) for w in workloads]
     assert all(labels in written or labels == {} for labels in selectors(exported))
-    # Applied to the pods of a binding, and to pods created later with the same labels.
+    _applied_alike(tmp_path, rnd, text, workloads, {name: files[name] for name in policies})
+
+
+def _applied_alike(tmp_path, rnd, text, workloads, exported: dict) -> None:
+    """The exported objects, applied to the pods of a binding and to pods created later with the same
+    labels, decide every flow between them (and outside addresses) as the bound policy."""
     pods = _pods(rnd, workloads) + _pods(rnd, workloads, later=True)
     pods = [p for p in pods if p["metadata"]["name"] != "stray"]
     pods_file = _write_pods(tmp_path, pods)
-    for name in policies:
-        (tmp_path / name).write_text(files[name])
-    applied = load([pods_file] + [str(tmp_path / name) for name in policies]).program
+    for name, data in exported.items():
+        (tmp_path / name).write_text(data)
+    applied = load([pods_file] + [str(tmp_path / name) for name in exported]).program
     bound = _compiled(text, pods_file).program
     addresses = [p["status"]["podIP"] for p in pods] + list(OUTSIDE)
     for a in addresses:
@@ -232,6 +254,26 @@ def test_the_k8s_export_selects_the_workloads_labels_for_todays_and_later_pods(t
             for proto, port in PORTS:
                 flow = Flow(4, _address(a), _address(b), proto, 40000, port)
                 assert evaluate(applied, flow).verdict == evaluate(bound, flow).verdict, (text, a, b, proto, port)
+
+
+@pytest.mark.parametrize("target", ["k8s", "cilium"])
+def test_a_workload_of_pods_without_a_label_exports_as_does_not_exist(tmp_path, target):
+    """`labels app=c, !canary` beside `labels app=c, canary=yes`: the stable pods' policy selects no canary
+    pod, today's or later ones; Istio's matchLabels cannot say it and is refused at the workload."""
+    workloads = [("stable", "shop", {"app": "c", "canary": None}), ("canary", "shop", {"app": "c", "canary": "yes"}),
+                 ("db", "shop", {"app": "db"})]
+    text = _policy(random.Random(0), workloads).split("default")[0] + (
+        "default deny\nallow stable -> db tcp 5432\nallow canary -> stable tcp 80\n")
+    compiled = _compiled(text, None)
+    out = api.compile_target(compiled, target)
+    assert api.prove_export(compiled, target, out).proved
+    files = {a.path: a.data for a in out.artifacts if a.path.endswith(".yaml") and a.path != "identities.yaml"}
+    assert "DoesNotExist" in "".join(files.values())
+    _applied_alike(tmp_path, random.Random(1), text, workloads, files)
+    with pytest.raises(DiagnosticError) as refused:
+        api.compile_target(compiled, "istio")
+    assert "workload stable selects pods without the label canary" in str(refused.value.diagnostics[0].message)
+    assert refused.value.diagnostics[0].span.line == 1
 
 
 def test_engines_that_match_addresses_refuse_unbound_workloads_and_take_bound_ones(tmp_path):
@@ -285,6 +327,9 @@ BAD = [
     ("workload a { namespace s }\ndefault deny\nallow a.* -> a\n", "3:7", "is a workload"),
     ("workload service { namespace s }\n", "1:10", "is a keyword"),
     ("workload a { labels app }\n", "1:21", "expected a label such as app=web"),
+    ("workload a { labels !app, app=x }\n", "1:27", "label 'app' is given twice"),
+    ("workload a { namespace s labels app=x, !tier }\nworkload b { namespace s labels app=x, !canary }\n", "2:10",
+     "can select the same pod (one in namespace s labelled app=x,!canary,!tier)"),
 ]
 
 

@@ -533,10 +533,13 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
                                                                    f"{', '.join(unknown)}: no workload of the policy")])
     placed, problems = placements([w.workload for w in workloads], kubernetes, expressions)
     share = settle(placed, lambda a, b: _alike(by_key[a], by_key[b], regions, answers), expressions)
-    problems += [f"identity {name!r} is not a Kubernetes label value" for name, p in placed.items()
+    problems += [(name, f"identity {name!r} is not a Kubernetes label value") for name, p in placed.items()
                  if p.labels.get(LABEL) == name and not _NAME.fullmatch(name)]
     if problems:
-        raise DiagnosticError([error(program.default_origin, "k8s", problems[0])])
+        name, message = problems[0]
+        where = next((i.origin for i in program.identities if i.name == name and i.origin is not None),
+                     program.default_origin)
+        raise DiagnosticError([error(where, "k8s", message)])
     peers = _Peers(regions, placed, frozenset(i.name for i in program.unbound))
     into, out_of = _isolation(regions, answers)
     for isolated in (into, out_of):  # identities that share a selector share its policy

@@ -57,8 +57,8 @@ class Placement:
                 and not (expressions and set(self.unset) & set(other.labels)))
 
 
-def placements(names: list[str], kubernetes: dict | None, expressions: bool = True) -> tuple[dict, list[str]]:
-    """({identity: Placement}, errors): see the module's docstring. `expressions`: the selectors may use
+def placements(names: list[str], kubernetes: dict | None, expressions: bool = True) -> tuple[dict, list[tuple]]:
+    """({identity: Placement}, [(identity, error)]): see the module's docstring. `expressions`: the selectors may use
     matchExpressions (False for resources that take matchLabels alone)."""
     kubernetes = kubernetes or {}
     default_ns = kubernetes.get("namespace", "default")
@@ -69,7 +69,7 @@ def placements(names: list[str], kubernetes: dict | None, expressions: bool = Tr
         w = mapped.get(name)
         if w is not None:
             labels = dict(w["labels"]) if w.get("declared") else dict(w.get("labels") or {LABEL: name})
-            out[name] = Placement(w.get("namespace") or default_ns, labels, (), fixed=True)
+            out[name] = Placement(w.get("namespace") or default_ns, labels, tuple(w.get("unset") or ()), fixed=True)
         elif name in cluster:
             c = cluster[name]
             out[name] = Placement(c["namespace"], dict(c["labels"]), tuple(c["unset"]) if expressions else (),
@@ -78,12 +78,16 @@ def placements(names: list[str], kubernetes: dict | None, expressions: bool = Tr
             out[name] = Placement(default_ns, {LABEL: name})
     errors = []
     for a, pa in out.items():
+        if pa.fixed and pa.unset and not expressions:
+            errors.append((a, f"workload {a} selects pods without the label{'s' if len(pa.unset) > 1 else ''} "
+                              f"{', '.join(pa.unset)}, and this resource's selectors take matchLabels alone "
+                              "(DoesNotExist cannot be said)"))
         if pa.fixed:
             other = next((b for b, pb in out.items() if b != a and pa.selects(pb)), None)
             if other is not None:
-                errors.append(f"the labels that select {a}'s pods ({pa.labels}) select {other}'s too, in namespace "
-                              f"{pa.namespace}: give each workload labels its pods alone carry (deployment file, "
-                              "kubernetes.workloads)")
+                errors.append((a, f"the labels that select {a}'s pods ({pa.labels}) select {other}'s too, in namespace "
+                                  f"{pa.namespace}: give each workload labels its pods alone carry (deployment file, "
+                                  "kubernetes.workloads)"))
     return out, errors
 
 
@@ -94,7 +98,8 @@ def declared(program, kubernetes: dict | None) -> dict:
     mapped = dict(kubernetes.get("workloads") or {})
     for i in program.identities:
         if i.selector is not None and i.name not in mapped:
-            mapped[i.name] = {"namespace": i.selector.namespace, "labels": dict(i.selector.labels), "declared": True}
+            mapped[i.name] = {"namespace": i.selector.namespace, "labels": dict(i.selector.labels), "declared": True,
+                              "unset": list(i.selector.absent)}
     kubernetes["workloads"] = mapped
     return kubernetes
 

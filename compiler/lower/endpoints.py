@@ -25,8 +25,8 @@ def resolve_endpoints(symbols: Symbols) -> tuple[tuple[Identity, ...], tuple[End
             ports = tuple(sorted(Port(n, p.protocol.text) for p in decl.node.ports for n in p.numbers))
         selector = None
         if decl.workload:
-            namespace, labels = decl.selector
-            selector = Selector(namespace, tuple(sorted(labels.items())), decl.bound)
+            namespace, labels, absent = decl.selector
+            selector = Selector(namespace, tuple(sorted(labels.items())), decl.bound, absent)
         idents.append((decl.name, decl.kind, decl.name, None, ports, decl.node.name.span, selector,
                        symbols.principals.get(decl.name), symbols.modes.get(decl.name)))
         rows += [EndpointPrefix(p, decl.name, w.span) for p, w in decl.prefixes]
