@@ -218,3 +218,30 @@ def members(binding: Binding, program) -> dict:
                     found.setdefault(who, []).append(((p.family, p.value), f"{pod.namespace}/{pod.name}"))
     return {at: (name, len({n for _, n in pods})) for pods in found.values() for at, name in pods}
 
+
+
+def write(pods: list) -> str:
+    """The pods of an import (`importers.cluster.Pod`) as a binding file `--bind` reads: each Pod with
+    its labels, service account and addresses; each workload controller with its template's labels and
+    account, and one `anyplane.io/v1` Addresses document giving their prefixes."""
+    from anyplane.ir import yaml11
+
+    docs: list[dict] = []
+    addresses: dict[str, list[str]] = {}
+    for p in sorted(pods, key=lambda p: (p.namespace, p.kind, p.name)):
+        meta = {"name": p.name, "namespace": p.namespace, "labels": dict(p.labels)}
+        if p.kind == "Pod":
+            ips = [p.address, *p.others]
+            docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                         "spec": {"serviceAccountName": p.account},
+                         "status": {"podIP": p.address, "podIPs": [{"ip": ip} for ip in ips]}})
+        else:
+            template = {"metadata": {"labels": dict(p.labels)}, "spec": {"serviceAccountName": p.account}}
+            spec = {"template": template} if p.kind != "CronJob" else {"jobTemplate": {"spec": {"template": template}}}
+            version = {"Job": "batch/v1", "CronJob": "batch/v1", "ReplicationController": "v1"}.get(p.kind, "apps/v1")
+            docs.append({"apiVersion": version, "kind": p.kind,
+                         "metadata": {"name": p.name, "namespace": p.namespace}, "spec": spec})
+            addresses[f"{p.kind}/{p.namespace}/{p.name}"] = [str(n) for n in p.networks]
+    if addresses:
+        docs.append({"apiVersion": "anyplane.io/v1", "kind": "Addresses", "addresses": addresses})
+    return yaml11.dump_all(docs, sort_keys=False)

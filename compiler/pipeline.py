@@ -256,9 +256,9 @@ def print_notes(notes, sources: SourceMap) -> None:
         sys.stderr.write(render(notes, sources))
 
 
-def import_manifests(manifests: list[str], notes=print_notes, partition=(frozenset(), ())):
+def import_manifests(manifests: list[str], notes=print_notes, partition=(frozenset(), ()), workloads: bool = False):
     """(the manifests' texts, their translation: `importers.k8s.Imported`); errors point into them, and
-    warnings go to `notes(diagnostics, sources)`. `partition`: see `importers.k8s.convert`."""
+    warnings go to `notes(diagnostics, sources)`. `partition`, `workloads`: see `importers.k8s.convert`."""
     from .importers.k8s import convert
 
     texts = []
@@ -268,7 +268,7 @@ def import_manifests(manifests: list[str], notes=print_notes, partition=(frozens
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read '{m}': {exc}") from None
     try:
-        imported = convert(texts, partition=partition)
+        imported = convert(texts, partition=partition, workloads=workloads)
     except DiagnosticError as exc:
         exc.sources = SourceMap(dict(texts))
         raise

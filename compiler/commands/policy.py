@@ -91,17 +91,26 @@ def fmt(files, check_only, show_diff) -> None:
 @files_argument
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the policy to this file (default: "
                                                                        "standard output).")
+@click.option("--workloads", "pods_file", type=click.Path(dir_okay=False), metavar="PODS.yaml",
+              help="Write the pods' classes as workloads selected by their labels, and the pods themselves to "
+                   "PODS.yaml, the binding (`--bind PODS.yaml`) that gives them addresses.")
 @handle_errors
-def import_command(files, output) -> None:
+def import_command(files, output, pods_file) -> None:
     """Kubernetes manifests (Namespaces, Pods with addresses, NetworkPolicies; files or directories) as
     an anyplane policy file, each rule commented with the object and line it comes from. Every command
     also reads the manifests directly."""
+    from ..binding import write as write_binding
     from ..importers import split
 
     policy, manifests = split(list(files))
     if policy or not manifests:
         raise UsageError("import reads Kubernetes manifests (*.yaml, *.yml, or directories of them)")
-    _, imported = import_manifests(manifests)
+    if pods_file and output and Path(pods_file).resolve() == Path(output).resolve():
+        raise UsageError("--workloads writes the pods to a file of their own: give another path than -o")
+    _, imported = import_manifests(manifests, workloads=bool(pods_file))
+    if pods_file:
+        Path(pods_file).write_text(write_binding(imported.binding), encoding="utf-8")
+        click.echo(f"wrote {pods_file}: {len(imported.binding)} pods (the binding: --bind {pods_file})", err=True)
     if output:
         Path(output).write_text(imported.text, encoding="utf-8")
         click.echo(f"wrote {output}: {imported.pods} pods, {imported.policies} policies", err=True)

@@ -46,6 +46,8 @@ class Imported:
     #: label keys some selector reads), "unset" (keys read that other pods of its namespace carry and its
     #: own lack)}; the exporters write their selectors from it (backends/k8s)
     selectors: dict = field(default_factory=dict)
+    #: written as workloads (`convert(workloads=True)`): the pods that are their binding
+    binding: list | None = None
 
 
 def selectors(classes: dict, pods: list[Pod], keys: set) -> dict:
@@ -196,6 +198,65 @@ def identity_classes(pods: list[Pod], keys: set, blocks: list, routed) -> dict[i
     return named
 
 
+def workload_classes(pods: list[Pod], keys: set, blocks: list, routed, named: set | None = None) -> tuple[dict, list]:
+    """Pods as workloads (`anyplane import --workloads`): one class per selector, the pods of a namespace
+    with the same values of every label key some selector reads ({id of the first: (the pods, its name)},
+    errors). Every decision reads only those labels, the service account, the container and Service ports,
+    the IP versions, and the address blocks that hold the pod's addresses (`blocks`: of the policies that
+    read blocks as pods' addresses too, not NetworkPolicy's); pods of one selector that differ in the rest
+    cannot be one workload and are an error (a policy's selector cannot tell them apart either). `named`:
+    the port names the policies read (None: every container port counts)."""
+    from anyplane.ir.source import error
+
+    blocks = list(dict.fromkeys(blocks))
+    errors: list = []
+    if routed:
+        r = routed[0]
+        errors.append(error(r.span, "import", f"Service {r.namespace}/{r.k8s_name} is routed by version "
+                                              "(VirtualService): its versions are written with addresses, not yet as "
+                                              "workloads; import without --workloads"))
+        return {}, errors
+    groups: dict[tuple, list[Pod]] = {}
+    for p in pods:
+        groups.setdefault((p.namespace, tuple(sorted((k, v) for k, v in p.labels.items() if k in keys))), []).append(p)
+
+    def held(p: Pod) -> tuple:
+        out = []
+        for n in p.networks:
+            inside = frozenset(b for b in blocks if b.version == n.version and n.subnet_of(b))
+            if any(b.version == n.version and b.overlaps(n) and b not in inside for b in blocks):
+                return ("split",)
+            out.append((n.version, inside))
+        return tuple(sorted(set(out), key=lambda x: (x[0], sorted(map(str, x[1])))))
+
+    what = (("service account", lambda p: p.account),
+            ("container ports", lambda p: tuple(sorted(str(x) for x in p.ports if named is None or x[0] in named))),
+            ("IP versions", lambda p: tuple(sorted({n.version for n in p.networks}))),
+            ("ports Services declare", lambda p: tuple(sorted(p.protocols.items()))),
+            ("address blocks of the policies that hold its addresses", held))
+    out: dict[int, tuple[list[Pod], str]] = {}
+    taken: set = set()
+    for (ns, labels), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        first = members[0]
+        for aspect, of in what:
+            other = next((m for m in members[1:] if of(m) != of(first)), None)
+            if other is not None or of(first) == ("split",):
+                other = other or first
+                shown = ",".join(f"{k}={v}" for k, v in labels) or "(no label any policy reads)"
+                errors.append(error(other.span, "import",
+                                    f"{other.kind} {ns}/{other.name} and {first.kind} {ns}/{first.name} carry the same "
+                                    f"labels ({shown}) but differ in their {aspect}: no selector tells them apart, so "
+                                    "they cannot be one workload or two; import without --workloads"
+                                    if other is not first else
+                                    f"{first.kind} {ns}/{first.name}: an address block holds part of its addresses; "
+                                    "import without --workloads"))
+                break
+        name = _class_name(members, keys, taken)
+        taken.add(name)
+        out[id(first)] = (members, name)
+    return out, errors
+
+
 def _class_name(members: list[Pod], keys: set, taken: set) -> str:
     """A class of several pods: its namespace and the labels that make it one (unique, at most 63)."""
     first = members[0]
@@ -210,9 +271,12 @@ def _class_name(members: list[Pod], keys: set, taken: set) -> str:
 
 
 def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int, outside=(), admin_rules=(),
-          cilium_rules=(), istio_rules=(), routed=(), route_lines=(), classes=None) -> Imported:
+          cilium_rules=(), istio_rules=(), routed=(), route_lines=(), classes=None, workloads=None) -> Imported:
     """The policy text for what was read: per pair with a pod at one end whose traffic some policy
-    decides, the allows (and, for "all but" sets, the denies above them) that say exactly what passes."""
+    decides, the allows (and, for "all but" sets, the denies above them) that say exactly what passes.
+    `workloads` ({name: selector}, `selectors`): the classes are written as workloads selected by
+    their labels, with no address (the pods are their binding), and without the lines that say a pod
+    may reach itself: that traffic never leaves the pod, and no engine sees it."""
     lines: list[str] = []
     origins: dict[int, Span] = {}
 
@@ -237,6 +301,13 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
             continue
         ports = "".join(f"  port {n} {kind}" for n, kind in sorted(p.protocols.items()))
         members, name = classes[id(p)]
+        if workloads is not None:
+            sel = workloads[name]
+            words = [f"{k}={v}" for k, v in sel["labels"].items()] + [f"!{k}" for k in sel["unset"]]
+            shown = ", ".join(m.name for m in members[:5]) + (f" and {len(members) - 5} more" if len(members) > 5 else "")
+            emit(f"workload {name} {{ namespace {sel['namespace']}" + (f"  labels {', '.join(words)}" if words else "")
+                 + f"{ports} }}", p.span, f"{len(members)} {'Pod' if len(members) == 1 else 'Pods'} today: {shown}")
+            continue
         if name is None:
             emit(f"service {p.ident} {{ address {', '.join(str(n) for n in p.networks)}{ports} }}", p.span,
                  f"{p.kind} {p.namespace}/{p.name}")
@@ -301,7 +372,7 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
 
     if not (admin_rules or cilium_rules or istio_rules or any(p.strict for p in pods)):
         depends = _by_rules(emit, reps, blocks, name_of, classes, ingress, egress, set(restricted_in),
-                            set(restricted_out))
+                            set(restricted_out), selves=workloads is None)
         for text, span, why in route_lines:
             emit(text, span, why)
         return Imported("\n".join(lines) + "\n", origins, len(pods), policies, depends=depends)
@@ -319,12 +390,14 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
             if not (into or out_of or sidecar):
                 continue  # no policy decides this pair: the default allows it
             name_a, name_b = (name_of[id(a)] if a_pod else a.name), (name_of[id(b)] if b_pod else b.name)
-            if a is b and a.single and classes[id(a)][1] is None:
+            if a is b and workloads is not None:
+                pass  # a pod to itself: no engine sees it
+            elif a is b and a.single and classes[id(a)][1] is None:
                 # The pod to itself, above every rule; the pair says what pods created later with its
                 # labels may send each other.
                 address = a.networks[0].network_address
                 emit(f"allow {address} -> {address} priority 90", a.span, "a pod cannot block access to itself")
-            if a is b and classes[id(a)][1] is not None:  # each pod of the class to itself, above every rule
+            elif a is b and classes[id(a)][1] is not None:  # each pod of the class to itself, above every rule
                 for m in classes[id(a)][0]:
                     emit(f"allow {m.address} -> {m.address} priority 90", m.span, "a pod cannot block access to itself")
             ing, ing_allow, ing_deny = side(b, a, "ingress") if b_pod else (ALL, [], [])
@@ -374,7 +447,7 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
 
 
 def _by_rules(emit, reps: list[Pod], blocks: list[Outside], name_of: dict, classes: dict, ingress: dict,
-              egress: dict, isolated_in: set, isolated_out: set) -> dict[int, list[frozenset]]:
+              egress: dict, isolated_in: set, isolated_out: set, selves: bool = True) -> dict[int, list[frozenset]]:
     """The allows of NetworkPolicies alone, per policy rule over sets of identities (never per pair).
 
     A flow from A to B passes when B's ingress and A's egress both admit it, a side that is not
@@ -457,7 +530,7 @@ def _by_rules(emit, reps: list[Pod], blocks: list[Outside], name_of: dict, class
                     written[key].append(line)
                     depends[line] = [by]
 
-    for k in sorted(closed_in | closed_out, key=names.__getitem__):  # a pod cannot block access to itself
+    for k in sorted(closed_in | closed_out, key=names.__getitem__) if selves else ():  # a pod reaches itself
         e = ends[k]
         if classes[id(e)][1] is not None:
             for m in classes[id(e)][0]:

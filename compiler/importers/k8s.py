@@ -35,21 +35,24 @@ from anyplane.ir.source import DiagnosticError, Span, error
 
 from . import admin, cilium, istio, routing
 from .cluster import MANIFEST_SUFFIXES, Pod, Reader, selects, span_of_object, is_manifest
-from .compose import BOUNDS, Imported, covering_prefixes, identity_classes, outside_blocks, selectors, write_policy
+from .compose import (BOUNDS, Imported, covering_prefixes, identity_classes, outside_blocks, selectors, workload_classes,
+                      write_policy)
 from .networkpolicy import Rule, ipblock_networks, read_policy, rule_ports
 
 __all__ = ["MANIFEST_SUFFIXES", "Imported", "Pod", "convert", "is_manifest", "read_back"]
 
 
 def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods: list[Pod] = (),
-            partition: tuple = (frozenset(), ()), parsed: dict | None = None) -> Imported:
+            partition: tuple = (frozenset(), ()), parsed: dict | None = None, workloads: bool = False) -> Imported:
     """Manifests -> an anyplane policy (DiagnosticError for what cannot be imported). `drop` leaves
     out policies (`(n,)`, in input order from 0) or rules (`(n, "ingress"|"egress", number)`), to ask
     what each one adds; the outside addresses are cut as for the whole input all the same.
     `partition` (label keys, networks) adds to what tells pods apart: two versions compared are
     imported with the union of both's, so that they name the same identities (`Imported.partition`).
     `parsed` keeps the YAML read, by (path, text), for the next call on the same manifests (the
-    objects are read again: nothing read from them is changed)."""
+    objects are read again: nothing read from them is changed). `workloads`: the pods' classes are
+    written as workloads selected by their labels (`compose.workload_classes`), the pods being their
+    binding (`Imported.binding`)."""
     reader = Reader()
     BOUNDS.clear()  # networks of this input only
     for path, text in sources:
@@ -134,10 +137,27 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
         blocks += covering_prefixes(r.pods) + [n for p in r.pods for n in p.networks]
     blocks += [n for _, nets in reader.entries for n in nets]  # named in maps and answers: cut there too
     keys, networks = reader.keys_read | set(partition[0]), blocks + list(partition[1])
-    classes = identity_classes(pods, keys, networks, routed)
+    chosen = None
+    if workloads:
+        # NetworkPolicy's ipBlocks are outside addresses (pods are peers through selectors alone); the
+        # other kinds' blocks also match pods' addresses, which a selector cannot say.
+        by_address = admin.networks(admin_rules) + istio.networks(istio_rules) + \
+            [n for r in cilium_rules for item in r.peers or [] if item[0] == "cidr" for n in [item[1], *item[2]]]
+        named = None if admin_rules or cilium_rules else \
+            {lo for table in (ingress, egress) for rules in table.values() for r in rules
+             for _, lo, hi in r.ports or () if hi is None}
+        classes, problems = workload_classes(pods, keys, by_address, routed, named)
+        if problems:
+            raise DiagnosticError(problems)
+        chosen = selectors(classes, pods, keys)
+    else:
+        classes = identity_classes(pods, keys, networks, routed)
     out = write_policy(pods, ingress, egress, isolated_in, isolated_out,
                 len(reader.policies) + len(reader.admin) + len(reader.cilium) + len(reader.istio),
-                outside_blocks(blocks, pods, reader.entries), admin_rules, cilium_rules, istio_rules, routed, route_lines, classes)
+                outside_blocks(blocks, pods, reader.entries), admin_rules, cilium_rules, istio_rules, routed, route_lines, classes,
+                chosen)
+    if workloads:
+        out.binding = pods
     out.structure = structure
     out.notes = reader.notes
     for members, name in classes.values():
