@@ -206,6 +206,18 @@ def run(pods: int, nca: bool, verify_up_to: int, nca_timeout: float, export_up_t
                                           if a.path.endswith(".yaml") and isinstance(a.data, str))
             proof, t2 = _timed(lambda: api.prove_export(compiled, "k8s", out), "its proof")
             row["export_k8s_s"], row["export_k8s_proved"] = t + t2, proof.proved
+        # As workloads (`import --workloads`): selected by the cluster's labels, no addresses, then -t k8s.
+        wl, t = _timed(lambda: convert([("cluster.yaml", text)], workloads=True), "import --workloads")
+        wl_compiled, t2 = _timed(lambda: api.Compiled(None, None, compile_sources([(IMPORTED, wl.text)]).program, None),
+                                 "compile")
+        row["import_workloads_s"] = t + t2
+        row["workloads"] = sum(1 for i in wl_compiled.program.identities if i.selector is not None)
+        if pods <= export_up_to:
+            out, t = _timed(lambda: api.compile_target(wl_compiled, "k8s"), "workloads -t k8s")
+            row["workloads_k8s_lines"] = sum(a.data.count("\n") for a in out.artifacts
+                                             if a.path.endswith(".yaml") and a.path != "identities.yaml")
+            proof, t2 = _timed(lambda: api.prove_export(wl_compiled, "k8s", out), "its proof")
+            row["workloads_k8s_s"], row["workloads_k8s_proved"] = t + t2, proof.proved
         if pods <= istio_up_to:  # the Istio import is per pair of identities
             mesh_text = yaml.safe_dump_all(cluster(pods, mesh=True))
             mesh_imported, t = _timed(lambda: convert([("mesh.yaml", mesh_text)]))
@@ -259,6 +271,9 @@ def main() -> None:
                   f"verify {_s(r['redundancy_s'])}, -t k8s + proof {_s(r['export_k8s_s'])} "
                   f"({r['export_k8s_lines']} lines for {r['networkpolicies_lines']}, {_proved(r['export_k8s_proved'])}); "
                   f"with Istio: import {_s(r['import_istio_s'])} ({r['istio_rules']} rules); "
+                  f"as workloads: import {_s(r['import_workloads_s'])} ({r['workloads']} workloads), -t k8s + proof "
+                  f"{_s(r.get('workloads_k8s_s'))} ({r.get('workloads_k8s_lines')} lines, "
+                  f"{_proved(r.get('workloads_k8s_proved'))}); "
                   f"peak {r['peak_rss_mib']} MiB{nca}", flush=True)
     if args.format == "json":
         print(json.dumps(rows, indent=1))
