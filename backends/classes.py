@@ -65,23 +65,37 @@ def side_cidrs(entries: list[Entry], side: str) -> set[Prefix]:
     return cidrs
 
 
+def _sorted_prefixes(owners) -> tuple[list[Prefix], list[tuple[int, int]], dict[int, list[int]]]:
+    """The endpoint prefixes by (family, first address), those keys, and each family's prefix lengths
+    (made once per ownership table)."""
+    cached = owners.__dict__.get("_sorted_cache")
+    if cached is None:
+        order = sorted(owners.owner_of, key=lambda p: (p.family, p.first, p.length))
+        lengths: dict[int, set[int]] = {}
+        for p in order:
+            lengths.setdefault(p.family, set()).add(p.length)
+        cached = (order, [(p.family, p.first) for p in order], {f: sorted(n) for f, n in lengths.items()})
+        object.__setattr__(owners, "_sorted_cache", cached)
+    return cached
+
+
 def _telling(owners, cidrs: set[Prefix], named: set[str]) -> set[Prefix]:
     """The endpoint prefixes whose addresses the entries can tell from those around them: owned by an
     identity the entries name, meeting one of their CIDRs, or nested in such a prefix (its addresses
     have another owner than the prefix around it). The others get the class of what is around them."""
     import bisect
 
-    firsts = sorted((c.family, c.first, c.last) for c in cidrs)
-    lengths = {(c.family, c.length) for c in cidrs}
-
-    def meets_cidr(p: Prefix) -> bool:
-        if any(fam == p.family and length <= p.length and p.supernet(length) in cidrs for fam, length in lengths):
-            return True  # inside one of them
-        k = bisect.bisect_left(firsts, (p.family, p.first, -1))
-        return k < len(firsts) and firsts[k][0] == p.family and firsts[k][1] <= p.last  # one inside it
-
+    # Endpoint prefixes nest or are apart: one meets a CIDR when it lies inside it (its first address is
+    # in the CIDR) or holds it (a supernet of the CIDR at one of the endpoints' lengths).
+    order, firsts, lengths = _sorted_prefixes(owners)
+    stack = [p for p, who in owners.owner_of.items() if who in named]
+    for c in cidrs:
+        lo = bisect.bisect_left(firsts, (c.family, c.first))
+        hi = bisect.bisect_right(firsts, (c.family, c.last))
+        stack += order[lo:hi]
+        stack += [up for n in lengths.get(c.family, ()) if n < c.length
+                  and (up := c.supernet(n)) in owners.owner_of]
     keep: set[Prefix] = set()
-    stack = [p for p, who in owners.owner_of.items() if who in named or meets_cidr(p)]
     while stack:
         p = stack.pop()
         if p not in keep:

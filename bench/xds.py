@@ -186,6 +186,7 @@ def wire_bytes(rules: int, clients: int) -> dict:
         text = synth.generate(rules)
         (tmp / "policy" / "p.ap").write_text(text)
         serving = api.Serving([str(tmp / "policy")])
+        serving.warm()  # as `serve` runs: its proof worker up
         t0 = time.perf_counter()
         assert serving.check(), "the synthetic policy was not published"
         publish_s = time.perf_counter() - t0
@@ -217,6 +218,34 @@ def wire_bytes(rules: int, clients: int) -> dict:
             serving.seen = None
         serving.stop()
         return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(rules: int) -> dict:
+    """`serve`'s first publish of a policy of so many rules (compile, build, messages, proof), and of a
+    one-rule change (the first HTTP allow becomes a deny), with its proof worker running."""
+    tmp = Path(tempfile.mkdtemp(prefix="anyplane-xds-publish-"))
+    try:
+        (tmp / "policy").mkdir()
+        text = synth.generate(rules)
+        (tmp / "policy" / "p.ap").write_text(text)
+        serving = api.Serving([str(tmp / "policy")])
+        serving.warm()
+        time.sleep(1.0)  # the worker's imports done, as in a server that has been up a while
+        t0 = time.perf_counter()
+        assert serving.check(), "the synthetic policy was not published"
+        first = time.perf_counter() - t0
+        lines = text.splitlines()
+        k = next(i for i, line in enumerate(lines) if line.startswith("allow ") and " http" in line)
+        (tmp / "policy" / "p.ap").write_text("\n".join(lines[:k] + [lines[k].replace("allow ", "deny ", 1)]
+                                                      + lines[k + 1:]) + "\n")
+        t0 = time.perf_counter()
+        assert serving.check(), "the changed policy was not published"
+        change = time.perf_counter() - t0
+        serving.stop()
+        return {"case": f"publish_{rules}", "rules": rules, "first_publish_s": round(first, 2),
+                "one_rule_change_s": round(change, 2)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -281,16 +310,22 @@ def main() -> None:
     ap.add_argument("--rules", type=int, default=10000)
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--streams", type=int, default=1000, help="ADS streams one server holds (0: skip)")
+    ap.add_argument("--publish", default="1000,10000", help="policy sizes (rules) whose first publish and one-rule "
+                                                            "change are timed ('': skip)")
     ap.add_argument("--format", choices=["text", "json"], default="text")
     args = ap.parse_args()
     cases = [("converge", int(n)) for n in args.sidecars.split(",") if n] + [("bytes", args.rules)]
     cases += [("streams", args.streams)] if args.streams else []
+    cases += [("publish", int(n)) for n in args.publish.split(",") if n]
 
     def measure(kind, n):
         return convergence(n) if kind == "converge" else streams(n) if kind == "streams" else \
-            wire_bytes(n, args.clients)
+            publish(n) if kind == "publish" else wire_bytes(n, args.clients)
 
     def line(r):
+        if r["case"].startswith("publish"):
+            return (f"{r['rules']} rules: first publish {r['first_publish_s']} s, one-rule change "
+                    f"{r['one_rule_change_s']} s (compile, build, messages, proof; the proof in serve's worker)")
         if r["case"].startswith("streams"):
             return (f"{r['streams']} ADS streams on one server: all current in {r['current_s']} s; server resident "
                     f"{r['server_rss_mib']} MiB, {r['kib_per_stream']} KiB per stream")

@@ -450,6 +450,15 @@ def prove_sidecars(compiled: Compiled, progress=None):
     return prove_composition(program, {"envoy": engine.read_back(program, Options())}, scopes, progress=progress)
 
 
+def _prove_program(program):
+    """prove_sidecars of a program alone (what the proof worker, compiler/prover.py, is sent)."""
+    return prove_sidecars(Compiled(None, None, program, None))
+
+
+#: Policies of at least so many entries are proved in the worker process, beside building the messages.
+PARALLEL_PROOF_ABOVE = 2000
+
+
 class Serving:
     """`anyplane serve`: an xDS server for the sidecars, fed from policy files it watches.
 
@@ -469,6 +478,34 @@ class Serving:
         self.events = events or (lambda kind, detail: None)
         self.seen: str | None = None
         self.version: str | None = None
+        self._prover = None  # a worker process that proves large policies while this one builds (warm())
+        self.parallel_above = PARALLEL_PROOF_ABOVE
+
+    def warm(self) -> None:
+        """Start the proof worker (compiler/prover.py): a large policy's proof then runs on another core
+        while this process builds the sidecars' messages."""
+        if self._prover is None or not self._prover.alive():
+            from .prover import Worker
+
+            self._prover = Worker()
+
+    def _proof(self, compiled: Compiled):
+        """Start the proof (in the worker when there is one and the policy is large); returns the function
+        that waits for it. A worker that fails is dropped, and the proof made here."""
+        if self._prover is not None and len(compiled.program.acl.entries) >= self.parallel_above:
+            from .prover import WorkerError
+
+            waiting = self._prover.prove(compiled.program)
+
+            def result():
+                try:
+                    return waiting()
+                except WorkerError:
+                    self._prover.stop()
+                    self._prover = None
+                    return prove_sidecars(compiled)
+            return result
+        return lambda: prove_sidecars(compiled)
 
     def _fingerprint(self) -> str:
         import hashlib
@@ -502,8 +539,11 @@ class Serving:
             dep = deployment(self.deployment_file) if self.deployment_file else None
             dep_text = Path(self.deployment_file).read_bytes() if self.deployment_file else b""
             version = "anyplane-" + hashlib.sha256(compiled.sources.digest.encode() + dep_text).hexdigest()[:16]
-            snap = self.plane.prepare(compiled.program, dep, version)
-            proof = prove_sidecars(compiled)
+            proving = self._proof(compiled)
+            try:
+                snap = self.plane.prepare(compiled.program, dep, version)
+            finally:
+                proof = proving()  # always collected: the worker answers each program it is sent
         except (DiagnosticError, UsageError, EngineError) as exc:
             self.events("error", exc)
             return False
@@ -519,6 +559,7 @@ class Serving:
         return True
 
     def start(self, listen: str, tls=None) -> int:
+        self.warm()
         return self.plane.start(listen, tls)
 
     def rotate(self) -> bool:
@@ -530,6 +571,9 @@ class Serving:
 
     def stop(self) -> None:
         self.plane.stop()
+        if self._prover is not None:
+            self._prover.stop()
+            self._prover = None
 
 
 def xds_limits(**kw):

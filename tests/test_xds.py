@@ -436,7 +436,10 @@ def test_resources_convert_to_the_messages_json_format_makes():
         for dry_run in (False, True):
             built, _ = build(program, Deployment(), dry_run)
             for listeners, clusters in built.values():
-                for type_url, resources in xds.split(listeners, clusters).items():
+                before = json.dumps([listeners, clusters], sort_keys=True)
+                split = xds.split(listeners, clusters)
+                assert json.dumps([listeners, clusters], sort_keys=True) == before  # split copies what it changes
+                for type_url, resources in split.items():
                     for resource in resources.values():
                         for name in xds._types_in(resource):
                             xds._import_type(name)
@@ -447,3 +450,45 @@ def test_resources_convert_to_the_messages_json_format_makes():
                             parsed.SerializeToString(deterministic=True), (type_url, resource.get("name"))
                         compared += 1
     assert compared > 100
+
+
+def test_the_proof_worker_proves_as_the_server_would_and_a_dead_one_is_replaced(tmp_path):
+    """serve proves large policies in a worker process (compiler/prover.py) while it builds the messages:
+    the worker's outcome is the in-process one on every example, a version is published only once the
+    worker proved it, and a worker that dies mid-proof is replaced by a proof made in the server."""
+    from anyplane.compiler.pipeline import load
+    from anyplane.compiler.prover import Worker, WorkerError
+
+    from .conftest import EXAMPLES
+
+    worker = Worker()
+    try:
+        for paths in EXAMPLES.values():
+            compiled = load(paths)
+            here, there = api.prove_sidecars(compiled), worker.prove(compiled.program)()
+            assert (there.proved, there.counterexample, there.questions, there.engines) == \
+                (here.proved, here.counterexample, here.questions, here.engines), paths
+        assert worker.sent == len(EXAMPLES)
+        worker.proc.kill()
+        worker.proc.wait()
+        with pytest.raises(WorkerError):
+            worker.prove(compiled.program)()
+    finally:
+        worker.stop()
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "p.ap").write_text(_policy(9, 3, "allow"))
+    serving = api.Serving([str(tmp_path / "policy")])
+    serving.parallel_above = 0
+    serving.warm()
+    try:
+        assert serving.check() and serving.version is not None
+        assert serving._prover.sent == 1
+        serving._prover.proc.kill()  # dies: the next version is proved here, and a new worker starts
+        (tmp_path / "policy" / "p.ap").write_text(_policy(9, 3, "deny"))
+        assert serving.check()
+        assert serving._prover is None
+        serving.warm()
+        (tmp_path / "policy" / "p.ap").write_text(_policy(9, 3, "allow"))
+        assert serving.check() and serving._prover.sent == 1
+    finally:
+        serving.stop()

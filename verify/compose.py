@@ -26,6 +26,7 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
@@ -79,10 +80,14 @@ class Block:
     carve: frozenset[Prefix] = frozenset()
     carve_length: int = 0
 
+    @cached_property
+    def carved(self) -> list[Prefix]:
+        return sorted(self.carve)
+
     def term(self, a: Analysis):
         """The block as a term of one analysis."""
         out = [a.term(self.match)]
-        out += [a.outside_dst(p) for p in sorted(self.carve)]
+        out += [a.outside_dst(p) for p in self.carved]
         return mk_and(out, a.enc.ctx)
 
     def relevant(self, a: Analysis, scope: Match | None = None) -> list[int]:

@@ -174,8 +174,9 @@ class _Intervals:
 
     An item with one range [lo, hi] meets [a, b] when lo <= b and not hi < a. Sorted by lo (or by
     hi), the items meeting either condition are a prefix of that order, kept as cumulative bit masks
-    every STRIDE items: a question costs two binary searches and a few operations on masks. Items
-    with several ranges are tested one by one; items without ranges are everywhere.
+    every STRIDE items: a question costs two binary searches and a few operations on masks. The ranges
+    of items with several are records of their own, asked the same way (bits over records), and the
+    records met name their items; items without ranges are everywhere.
     """
 
     def __init__(self, ranges: list):
@@ -196,6 +197,13 @@ class _Intervals:
         self.los, self.lo_items = [t[0] for t in by_lo], [t[2] for t in by_lo]
         self.his, self.hi_items = [t[1] for t in by_hi], [t[2] for t in by_hi]
         self.lo_cum, self.hi_cum = _cumulative(self.lo_items), _cumulative(self.hi_items)
+        records = [(lo, hi, item) for item, rs in self.several for lo, hi in rs]
+        self.record_item = [item for _, _, item in records]
+        by_lo = sorted((lo, hi, k) for k, (lo, hi, _) in enumerate(records))
+        by_hi = sorted(((lo, hi, k) for k, (lo, hi, _) in enumerate(records)), key=lambda t: (t[1], t[2]))
+        self.r_los, self.r_lo_items = [t[0] for t in by_lo], [t[2] for t in by_lo]
+        self.r_his, self.r_hi_items = [t[1] for t in by_hi], [t[2] for t in by_hi]
+        self.r_lo_cum, self.r_hi_cum = _cumulative(self.r_lo_items), _cumulative(self.r_hi_items)
         self._memo: dict = {}
 
     def _meeting(self, ranges) -> int:
@@ -206,13 +214,14 @@ class _Intervals:
             ended = _upto(self.hi_cum, self.hi_items, bisect_left(self.his, a))
             hit |= started & ~ended
         if self.several:
-            starts = [a for a, _ in query]
-            for item, rs in self.several:
-                for lo, hi in rs:
-                    k = bisect_right(starts, hi) - 1
-                    if k >= 0 and query[k][1] >= lo:
-                        hit |= 1 << item
-                        break
+            met = 0
+            for a, b in query:
+                started = _upto(self.r_lo_cum, self.r_lo_items, bisect_right(self.r_los, b))
+                ended = _upto(self.r_hi_cum, self.r_hi_items, bisect_left(self.r_his, a))
+                met |= started & ~ended
+            item = self.record_item
+            for k in members(met):
+                hit |= 1 << item[k]
         return hit
 
     def meeting(self, ranges: tuple[tuple[int, int], ...]) -> int:

@@ -214,27 +214,34 @@ class Snapshot:
 def split(listeners: list[dict], clusters: list[dict]) -> dict:
     """A sidecar's resources by type: each static cluster's endpoints become an EDS resource, each
     HTTP connection manager's inline route table an RDS one (so an endpoint or a route can change
-    without its cluster or listener)."""
-    import copy
-
+    without its cluster or listener). The inputs stay as they are: what changes is copied on the way
+    (the rest is shared, as the messages made from it are)."""
     out = {CDS: {}, EDS: {}, LDS: {}, RDS: {}}
-    for c in copy.deepcopy(clusters):
+    for c in clusters:
         if c.get("type", "STATIC") == "STATIC" and "load_assignment" in c:
-            cla = c.pop("load_assignment")
-            cla["cluster_name"] = c["name"]
+            c = dict(c)
+            cla = dict(c.pop("load_assignment"), cluster_name=c["name"])
             c["type"] = "EDS"
             c["eds_cluster_config"] = {"eds_config": dict(_ADS, ads={})}
             out[EDS][c["name"]] = cla
         out[CDS][c["name"]] = c
-    for listener in copy.deepcopy(listeners):
-        for chain in listener.get("filter_chains", []):
-            for f in chain.get("filters", []):
-                tc = f.get("typed_config") or {}
-                if f.get("name") == HCM and "route_config" in tc:
-                    rc = tc.pop("route_config")
-                    rc.setdefault("name", f"{listener['name']}|routes")
-                    tc["rds"] = {"config_source": dict(_ADS, ads={}), "route_config_name": rc["name"]}
-                    out[RDS][rc["name"]] = rc
+    for listener in listeners:
+        if "filter_chains" in listener:
+            chains = []
+            for chain in listener["filter_chains"]:
+                filters = []
+                for f in chain.get("filters", []):
+                    tc = f.get("typed_config") or {}
+                    if f.get("name") == HCM and "route_config" in tc:
+                        tc = dict(tc)
+                        rc = dict(tc.pop("route_config"))
+                        rc.setdefault("name", f"{listener['name']}|routes")
+                        tc["rds"] = {"config_source": dict(_ADS, ads={}), "route_config_name": rc["name"]}
+                        out[RDS][rc["name"]] = rc
+                        f = dict(f, typed_config=tc)
+                    filters.append(f)
+                chains.append(dict(chain, filters=filters) if "filters" in chain else chain)
+            listener = dict(listener, filter_chains=chains)
         out[LDS][listener["name"]] = listener
     return out
 

@@ -517,6 +517,7 @@ def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tl
     serving = api.Serving(list(files), deployment_file, events, limits, bind=bound(), ca=ca[:3] if ca else None,
                           tokens=tokens,
                           svid_ttl_s=ttl_s)
+    serving.warm()  # the proof worker starts while the policy compiles
     serving.check()
     try:
         port = serving.start(listen, tls)
