@@ -184,6 +184,7 @@ def _port_has(p: dict, proto: str, port: int, dst_pod: dict | None) -> bool:
 
 def allowed(pods, nps, src_ip, dst_ip, proto, port) -> bool:
     by_ip = {p["status"]["podIP"]: p for p in pods}
+    by_ip.update({e["ip"]: p for p in pods for e in p["status"].get("podIPs", ())})  # every address of a pod
     src, dst = by_ip.get(src_ip), by_ip.get(dst_ip)
 
     def side(pod, direction, key, peer_key, peer_ip, peer_pod, dst_pod):
@@ -249,6 +250,45 @@ def test_imported_policies_decide_as_networkpolicy_does(data):
     pods = data.draw(clusters())
     nps = data.draw(policies(data.draw(st.integers(1, 4))))
     program, text = import_cluster(pods, nps)
+    ports = (53, 80, 5000, 5432, 5100, 6000, 8080, 8100, 9000)
+    bad = mismatches(program, pods, lambda *f: allowed(pods, nps, *f), ports)
+    assert not bad, (bad[:5], text)
+
+
+OUTSIDE6 = ["2001:db8::7", "fd00:9::1"]
+
+
+@SETTINGS
+@given(st.data())
+def test_dual_stack_pods_are_decided_on_every_address(data):
+    """A pod's IPv6 address (status.podIPs) is the pod's as its IPv4 one is: selectors admit it, ipBlocks
+    outside the cluster do not, and flows over either version get NetworkPolicy's verdict."""
+    pods = data.draw(clusters())
+    for k, p in enumerate(pods):
+        if data.draw(st.booleans()):
+            p["status"]["podIPs"] = [{"ip": p["status"]["podIP"]}, {"ip": f"fd00:1::{k + 1:x}"}]
+    event(f"{sum('podIPs' in p['status'] for p in pods)} of {len(pods)} pods dual stack")
+    nps = data.draw(policies(data.draw(st.integers(1, 4))))
+    for np in nps:  # IPv6 blocks beside the IPv4 ones
+        for key in ("ingress", "egress"):
+            for rule in np["spec"].get(key) or []:
+                for peer in rule.get("from" if key == "ingress" else "to") or []:
+                    if "ipBlock" in peer and data.draw(st.booleans()):
+                        peer["ipBlock"] = {"cidr": data.draw(st.sampled_from(["::/0", "2001:db8::/32", "fd00::/8"]))}
+    program, text = import_cluster(pods, nps)
+    ips = [(6, e["ip"]) for p in pods for e in p["status"].get("podIPs", ())[1:]] + [(6, a) for a in OUTSIDE6]
+    bad = []
+    for src_v, src in ips:
+        for dst_v, dst in ips:
+            if (src in OUTSIDE6 and dst in OUTSIDE6) or src == dst:
+                continue
+            a, b = int(ipaddress.ip_address(src)), int(ipaddress.ip_address(dst))
+            for proto, number in (("TCP", 6), ("UDP", 17)):
+                for port in (53, 80, 5432, 8080):
+                    want = allowed(pods, nps, src, dst, proto, port)
+                    if (evaluate(program, Flow(6, a, b, number, 40000, port)).verdict == "allow") != want:
+                        bad.append((src, dst, proto, port, want))
+    assert not bad, (bad[:5], text)
     ports = (53, 80, 5000, 5432, 5100, 6000, 8080, 8100, 9000)
     bad = mismatches(program, pods, lambda *f: allowed(pods, nps, *f), ports)
     assert not bad, (bad[:5], text)

@@ -75,11 +75,14 @@ class Pod:
 
     @property
     def networks(self) -> list:
-        return [ipaddress.ip_network(p) for p in self.prefixes] or [ipaddress.ip_network(self.address)]
+        return [ipaddress.ip_network(p) for p in self.prefixes] or \
+            [ipaddress.ip_network(a) for a in (self.address, *self.others)]
 
     @property
     def single(self) -> bool:
-        return sum(n.num_addresses for n in self.networks) == 1
+        """One address of each IP version it has (a pod, dual stack or not)."""
+        nets = self.networks
+        return all(n.num_addresses == 1 for n in nets) and len({n.version for n in nets}) == len(nets)
 
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")

@@ -181,10 +181,11 @@ def identity_classes(pods: list[Pod], keys: set, blocks: list, routed) -> dict[i
         if p.kind != "Pod" or p.name_in_policy or id(p) in alone or p.prefixes:
             out[id(p)] = [p]
             continue
-        address = ipaddress.ip_network(p.address)
+        nets = p.networks
         key = (p.namespace, tuple(sorted((k, v) for k, v in p.labels.items() if k in keys)), p.account,
-               tuple(sorted(map(str, p.ports))), tuple(sorted(p.protocols.items())), address.version,
-               frozenset(n for n in blocks if n.version == address.version and address.subnet_of(n)))
+               tuple(sorted(map(str, p.ports))), tuple(sorted(p.protocols.items())),
+               tuple(sorted(n.version for n in nets)),
+               frozenset(b for b in blocks for n in nets if n.version == b.version and n.subnet_of(b)))
         first = by_key.setdefault(key, p)
         out.setdefault(id(first), []).append(p)
     taken = {p.ident for p in pods}
@@ -395,11 +396,14 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
             elif a is b and a.single and classes[id(a)][1] is None:
                 # The pod to itself, above every rule; the pair says what pods created later with its
                 # labels may send each other.
-                address = a.networks[0].network_address
-                emit(f"allow {address} -> {address} priority 90", a.span, "a pod cannot block access to itself")
+                for n in a.networks:
+                    emit(f"allow {n.network_address} -> {n.network_address} priority 90", a.span,
+                         "a pod cannot block access to itself")
             elif a is b and classes[id(a)][1] is not None:  # each pod of the class to itself, above every rule
                 for m in classes[id(a)][0]:
-                    emit(f"allow {m.address} -> {m.address} priority 90", m.span, "a pod cannot block access to itself")
+                    for n in m.networks:
+                        emit(f"allow {n.network_address} -> {n.network_address} priority 90", m.span,
+                             "a pod cannot block access to itself")
             ing, ing_allow, ing_deny = side(b, a, "ingress") if b_pod else (ALL, [], [])
             egr, egr_allow, egr_deny = side(a, b, "egress") if a_pod else (ALL, [], [])
             allowed = ing & egr
@@ -534,10 +538,13 @@ def _by_rules(emit, reps: list[Pod], blocks: list[Outside], name_of: dict, class
         e = ends[k]
         if classes[id(e)][1] is not None:
             for m in classes[id(e)][0]:
-                emit(f"allow {m.address} -> {m.address} priority 90", m.span, "a pod cannot block access to itself")
+                for n in m.networks:
+                    emit(f"allow {n.network_address} -> {n.network_address} priority 90", m.span,
+                         "a pod cannot block access to itself")
         elif e.single:  # the pod's identity to itself is the rules' (pods created later with its labels)
-            address = e.networks[0].network_address
-            emit(f"allow {address} -> {address} priority 90", e.span, "a pod cannot block access to itself")
+            for n in e.networks:
+                emit(f"allow {n.network_address} -> {n.network_address} priority 90", e.span,
+                     "a pod cannot block access to itself")
     for r, subjects in rules["ingress"].values():
         for ports, dsts in by_ports(r, subjects).items():
             allow(peers(r) - closed_out, dsts, ports, r)
