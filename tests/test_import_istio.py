@@ -660,3 +660,32 @@ def test_peer_authentications_at_one_level_for_one_pod_are_an_error():
                                          "portLevelMtls": {8000: {"mode": "UNSET"}, 9000: {"mode": "PERMISSIVE"}}})])
     assert _verdict(program, "203.0.113.7", "10.1.0.1", 8000) == "deny"
     assert _verdict(program, "203.0.113.7", "10.1.0.1", 9000) == "allow"
+
+
+def test_strict_kinds_turns_what_is_left_out_into_errors_at_their_lines(tmp_path):
+    """A Gateway, an Ingress and a ServiceEntry resolved by DNS decide no traffic between workloads: each is
+    left out with a note at its line; `--strict-kinds` makes each an error there (exit 1), on every command
+    that reads manifests, `diff` and `import` included."""
+    objects = [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+         "status": {"podIP": "10.4.0.2"}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw", "namespace": "shop"},
+         "spec": {"selector": {"istio": "ingressgateway"}, "servers": []}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "ing", "namespace": "shop"},
+         "spec": {}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "ext", "namespace": "shop"},
+         "spec": {"hosts": ["api.example.com"], "location": "MESH_EXTERNAL", "resolution": "DNS",
+                  "ports": [{"number": 443, "name": "https", "protocol": "TLS"}]}}]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump_all(objects, sort_keys=False))
+    lines = (tmp_path / "c.yaml").read_text().splitlines()
+    starts = [k + 1 for k, line in enumerate(lines) if line.startswith("apiVersion:")]
+    relaxed = run("check", str(tmp_path / "c.yaml"))
+    assert relaxed.returncode == 0, relaxed.stderr
+    assert f"c.yaml:{starts[1]}:1: warning: Gateway gw: left out" in relaxed.stderr
+    assert f"c.yaml:{starts[3]}:1: warning: ServiceEntry shop/ext: left out" in relaxed.stderr
+    for args in (["check"], ["import"], ["diff", str(tmp_path / "c.yaml")]):
+        strict = run(*args, str(tmp_path / "c.yaml"), "--strict-kinds")
+        assert strict.returncode == 1, (args, strict.stderr)
+        for line, what in ((starts[1], "Gateway gw"), (starts[2], "Ingress ing"), (starts[3], "ServiceEntry shop/ext")):
+            assert f"c.yaml:{line}:1: error: {what}: left out" in strict.stderr, (args, strict.stderr)
+        assert "Traceback" not in strict.stderr

@@ -16,7 +16,7 @@ from .. import api, mapview
 from ..api import DEFAULT_FAIL_ON, FINDING_KINDS as KINDS
 from ..pipeline import UsageError, load_pair
 from .common import (EXIT_FAIL, bind_option, bound, cli, emit_json, files_argument, format_option, handle_errors, load,
-                     progress_reporter, with_source)
+                     namespace_option, progress_reporter, strict_kinds_option, with_source)
 
 
 def _kinds(value: str | None) -> frozenset[str]:
@@ -169,6 +169,8 @@ def _at_revision(paths: list[str], rev: str, into: str) -> list[str]:
 @click.option("--new", "new_paths", multiple=True, type=click.Path(), help="A file or directory of the new version "
                                                                             "(repeatable).")
 @bind_option
+@namespace_option
+@strict_kinds_option
 @format_option
 @handle_errors
 def diff(paths, base, old_paths, new_paths, output_format) -> None:

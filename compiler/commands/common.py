@@ -90,9 +90,23 @@ namespace_option = click.option(
          "another is an error, as in kubectl.")
 
 
+def _remember_strict_kinds(ctx, param, value):
+    from ..importers.cluster import STRICT_KINDS
+
+    STRICT_KINDS.set(bool(value))
+    return value
+
+
+strict_kinds_option = click.option(
+    "--strict-kinds", is_flag=True, expose_value=False, callback=_remember_strict_kinds,
+    help="An object of a policy group that decides no traffic between workloads (an Istio Gateway, an Ingress, "
+         "a ServiceEntry resolved by DNS) is an error rather than a note.")
+
+
 def files_argument(fn):
-    """FILES (policy files and directories), --bind and --namespace."""
-    return namespace_option(bind_option(click.argument("files", nargs=-1, required=True, type=click.Path())(fn)))
+    """FILES (policy files and directories), --bind, --namespace and --strict-kinds."""
+    return strict_kinds_option(namespace_option(bind_option(
+        click.argument("files", nargs=-1, required=True, type=click.Path())(fn))))
 
 
 def bound() -> list[str] | None:

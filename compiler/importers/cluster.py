@@ -100,11 +100,16 @@ def span_of_object(path: str, obj) -> Span:
 
 #: `--namespace NS`: the namespace of objects whose metadata names none (as `kubectl apply -n NS`).
 NAMESPACE: contextvars.ContextVar[str | None] = contextvars.ContextVar("anyplane_namespace", default=None)
+#: `--strict-kinds`: an object of a policy group that is left out (it decides no traffic between
+#: workloads) is an error rather than a note.
+STRICT_KINDS: contextvars.ContextVar[bool] = contextvars.ContextVar("anyplane_strict_kinds", default=False)
+_STRICT = " (--strict-kinds: every object of a policy group is read or refused; remove it from the input)"
 
 
 class Reader:
     def __init__(self, namespace: str | None = None):
         self.namespace = namespace if namespace is not None else NAMESPACE.get()
+        self.strict_kinds = STRICT_KINDS.get()
         self.errors: list[Diagnostic] = []
         self.notes: list[Diagnostic] = []  # warnings: what Kubernetes reads otherwise than it looks
         self.namespaces: dict[str, dict] = {}
@@ -208,8 +213,10 @@ class Reader:
         label = f"{kind} {name}" if isinstance(name, str) else kind
         known = schema.KINDS.get((group, kind))
         if known is None and kind in _ELSEWHERE and group in schema.POLICY_GROUPS:
-            self.notes.append(warning(span_of_object(path, obj), "import", f"{label}: left out, since "
-                                      f"{_ELSEWHERE[kind]}, not traffic between workloads"))
+            self._left_out(path, obj, f"{label}: left out, since {_ELSEWHERE[kind]}, not traffic between workloads")
+            return None
+        if known is None and self.strict_kinds and (group, kind) in schema.NOT_POLICY:
+            self._left_out(path, obj, f"{label}: left out, since it decides no traffic between workloads")
             return None
         if known is None:
             if group in schema.POLICY_GROUPS and (group, kind) not in schema.NOT_POLICY and kind not in _LATER:
@@ -366,10 +373,17 @@ class Reader:
                 self.fail(path, where, f"{label}: {text!r} is not an IP address or CIDR")
                 return
         if not networks:
-            self.notes.append(warning(span_of_object(path, obj), "import", f"{label}: left out, since it names no "
-                                      "address (its hosts resolve by DNS), and decides no traffic"))
+            self._left_out(path, obj, f"{label}: left out, since it names no address (its hosts resolve by DNS), "
+                                      "and decides no traffic")
             return
         self.entries.append((hosts[0], networks))
+
+    def _left_out(self, path: str, obj, message: str) -> None:
+        """An object read and not imported: a note, or under --strict-kinds an error."""
+        if self.strict_kinds:
+            self.errors.append(error(span_of_object(path, obj), "import", message + _STRICT))
+        else:
+            self.notes.append(warning(span_of_object(path, obj), "import", message))
 
     def workload_pods(self) -> list[Pod]:
         """Each workload controller as the pods it makes: the template's labels and ports, the addresses an
