@@ -32,6 +32,10 @@ class BadInput(EngineError):
     """An input file an engine reads (a capture, say) cannot be used: a usage error."""
 
 
+class NotOffered(EngineError):
+    """An optional operation (push, status, replay) the engine does not offer."""
+
+
 class Unsupported(EngineError):
     """A match, action or value an engine cannot express (reported at the rule, or placed elsewhere)."""
 
@@ -173,6 +177,54 @@ class Engine:
     #: placeholders only the analyses see, is refused; compiler/binding.py). Engines that select pods by
     #: their labels set False.
     needs_addresses: bool = True
+    #: The importer that reads its artifacts back (`compiler/importers`: "k8s", "cilium", "istio"), for
+    #: the export proof; None: the engine reads its output back itself (`Output.read_back`), or not at all.
+    reads_back_with: str | None = None
+    #: Whether its artifacts carry routes (weighted versions, retries, timeouts), compared after a read-back.
+    carries_routes: bool = False
+    #: Whether a target remembers which pods (binding) its live policy holds (`push` takes `binding=`).
+    keeps_binding: bool = False
+
+    # -- optional operations: an engine offers one by overriding it (`offers`) ---------------------------
+
+    def push(self, program: Program, **kw) -> dict:
+        """Make the policy live on a running target (the keyword arguments are the engine's own)."""
+        raise NotOffered(f"-t {self.name} has no push")
+
+    def status(self, **kw) -> dict:
+        """Counters and state of a running target."""
+        raise NotOffered(f"-t {self.name} has no status")
+
+    def replay(self, program: Program, flows=None, pcap: str | None = None) -> list[dict]:
+        """Flows (or a capture's frames) through the engine, beside the policy's verdicts."""
+        raise NotOffered(f"-t {self.name} has no replay")
+
+    def workloads(self, program: Program) -> list[str]:
+        """The identities an exporter's resources decide for (the export proof's scope); every
+        identity unless the engine says otherwise."""
+        return [i.name for i in program.identities]
+
+    def exempt(self, program: Program) -> list:
+        """Prefixes whose traffic to themselves the export leaves out of its proof (a pod reaching itself)."""
+        return []
+
+    def control_plane(self, limits=None):
+        """A server that feeds running targets their configuration (`serve`): `prepare(program,
+        deployment, version)`, `publish`, `start`, `stop`, `status`, `certify`, `rotate`."""
+        raise NotOffered(f"-t {self.name} has no control plane")
+
+    def control_plane_limits(self, **kw):
+        """The control plane's limits, from keyword values."""
+        raise NotOffered(f"-t {self.name} has no control plane")
+
+    def services(self, program: Program) -> list[str]:
+        """The services whose targets a control plane feeds (one proof scope each)."""
+        return []
+
+    def offers(self, operation: str) -> bool:
+        """Whether the engine overrides the optional operation ("push", "status", "replay",
+        "control_plane")."""
+        return getattr(type(self), operation) is not getattr(Engine, operation)
 
     def emit(self, program: Program, options: Options) -> Output:
         """The artifacts for a program, its per-rule report and (where it can) a read-back."""

@@ -3,6 +3,7 @@
     get("p4")           the engine compiled by `-t p4`
     at("fabric")        the engine at a place on a path
     engines()           every engine, in path order (fabric, kernel, sidecar, then others)
+    serving()           the engine a control plane feeds (`serve`)
     register(engine)    add one (an engine of your own, or a test's)
 
 Exporters (`k8s`: resources a cluster enforces) are engines with no place: they
@@ -49,6 +50,14 @@ def engines() -> list[Engine]:
     """Every engine, the built-in ones first in path order."""
     _load()
     return list(_engines.values())
+
+
+def serving() -> Engine:
+    """The engine whose targets a control plane feeds (`serve`): the one that offers it."""
+    found = [e for e in engines() if e.offers("control_plane")]
+    if not found:
+        raise LookupError("no engine offers a control plane")
+    return found[0]
 
 
 def names() -> list[str]:

@@ -108,7 +108,7 @@ def compile_target(compiled: Compiled, target: str, options: Options = Options()
         out = engine.emit(compiled.program, options)
     except DiagnosticError as exc:
         raise _with_sources(compiled, exc)
-    importer = getattr(engine, "reads_back_with", None)
+    importer = engine.reads_back_with
     if importer is not None and out.read_back is None:
         from .importers import read_back
 
@@ -127,7 +127,7 @@ def prove_export(compiled: Compiled, target: str, out: Output, progress=None):
 
     engine = _engine(target)
     back = out.read_back()
-    if getattr(engine, "carries_routes", False):
+    if engine.carries_routes:
         differs = _routes_differ(compiled.program, back, target)
         if differs is not None:
             from anyplane.verify.compose import Composition
@@ -354,12 +354,12 @@ def explain(compiled: Compiled, flow: str, path: str = "<flow>") -> dict:
 def push(compiled: Compiled, target: str, **kw) -> dict:
     """Make the policy live on a running engine (the keyword arguments are the engine's own)."""
     engine = _engine(target)
-    if not hasattr(engine, "push"):
+    if not engine.offers("push"):
         raise UsageError(f"-t {target} has no push")
     refuse_unbound(compiled, [engine])
     held = {"digest": compiled.binding.digest, "pods": len(compiled.binding.pods)} \
         if compiled.binding is not None else None
-    if getattr(engine, "keeps_binding", False):  # the engine remembers which pods its policy holds
+    if engine.keeps_binding:  # the engine remembers which pods its policy holds
         kw["binding"] = held
     result = engine.push(compiled.program, **kw)
     if held is not None:
@@ -372,7 +372,7 @@ def push_compiled(out_dir: str, service: str, xds_dir: str, admin: str | None = 
     from .output import read_manifest
 
     data = read_manifest(out_dir)
-    engine = registry.get("envoy")
+    engine = registry.serving()
     prefix = {engine.name: "", "all": f"{engine.name}/"}.get(data.get("target"))
     if prefix is None:
         raise UsageError(f"'{out_dir}' holds -t {data.get('target')} output, not the sidecars' "
@@ -383,7 +383,7 @@ def push_compiled(out_dir: str, service: str, xds_dir: str, admin: str | None = 
 def status(target: str, **kw) -> dict:
     """Counters of a running engine."""
     engine = _engine(target)
-    if not hasattr(engine, "status"):
+    if not engine.offers("status"):
         raise UsageError(f"-t {target} has no status")
     return engine.status(**kw)
 
@@ -391,7 +391,7 @@ def status(target: str, **kw) -> dict:
 def replay(compiled: Compiled, target: str, flows_file: str | None = None, pcap: str | None = None) -> list[dict]:
     """Flows (one per line, pattern syntax) or a capture through an engine, beside the policy's verdicts."""
     engine = _engine(target)
-    if not hasattr(engine, "replay"):
+    if not engine.offers("replay"):
         raise UsageError(f"-t {target} has no replay")
     refuse_unbound(compiled, [engine])
     if (flows_file is None) == (pcap is None):
@@ -436,7 +436,7 @@ def prove_sidecars(compiled: Compiled, progress=None):
     from anyplane.ir.match import Exact, InSet, Match
     from anyplane.verify.compose import Composition, Scope, prove as prove_composition
 
-    engine = _engine("envoy")
+    engine = registry.serving()
     program = compiled.program
     scopes = []
     for svc in engine.services(program):
@@ -444,10 +444,10 @@ def prove_sidecars(compiled: Compiled, progress=None):
         ports = tuple(sorted(p.number for p in ident.ports if p.protocol != "udp"))
         owners = tuple(sorted(i.name for i in program.identities if i.service == svc))
         scopes.append(Scope(f"sidecar of {svc}", Match.of({F.PROTO: Exact(6), F.DST_ID: InSet(owners),
-                                                           F.DPORT: InSet(ports)}), (), ("envoy",)))
+                                                           F.DPORT: InSet(ports)}), (), (engine.name,)))
     if not scopes:
-        return Composition(True, 0.0, engines=["envoy"])
-    return prove_composition(program, {"envoy": engine.read_back(program, Options())}, scopes, progress=progress)
+        return Composition(True, 0.0, engines=[engine.name])
+    return prove_composition(program, {engine.name: engine.read_back(program, Options())}, scopes, progress=progress)
 
 
 def _prove_program(program):
@@ -473,7 +473,7 @@ class Serving:
                  tokens: dict | None = None):
         self.paths, self.deployment_file = list(paths), deployment_file
         self.bind = list(bind or [])  # pods that give the workloads their addresses: watched as well
-        self.plane = registry.get("envoy").control_plane(limits)
+        self.plane = registry.serving().control_plane(limits)
         self.plane.certify(ca, svid_ttl_s, tokens)  # under mtls: the workloads' certificates over SDS
         self.events = events or (lambda kind, detail: None)
         self.seen: str | None = None
@@ -579,7 +579,7 @@ class Serving:
 def xds_limits(**kw):
     """Limits of the sidecars' xDS server (`backends/envoy/ads.py` Limits): streams in all and per peer,
     seconds a stream may stay silent before it names its node."""
-    return registry.get("envoy").control_plane_limits(**kw)
+    return registry.serving().control_plane_limits(**kw)
 
 
 class InternalError(Exception):

@@ -68,10 +68,17 @@ def test_only_the_driver_imports_backends_and_verify():
     assert not bad, "\n".join(bad)
 
 
+def _engines() -> list[str]:
+    """The built-in engines' folders (the registry's list); other folders of backends/ are shared."""
+    from anyplane.backends.registry import BUILTIN
+
+    return [name for name, _ in BUILTIN]
+
+
 def test_nothing_outside_an_engine_folder_names_an_engine():
     """Engines are plugins: the compiler, verify and the shared backend modules reach them through the
     registry, whose list of built-in engines is the one place that names them."""
-    engines = [p.name for p in (ROOT / "backends").iterdir() if p.is_dir() and (p / "__init__.py").exists()]
+    engines = _engines()
     bad = []
     for top in ("compiler", "verify", "ir", "backends"):
         for path in _sources(top):
@@ -81,6 +88,39 @@ def test_nothing_outside_an_engine_folder_names_an_engine():
                 parts = name.split(".")
                 if parts[:2] == ["anyplane", "backends"] and len(parts) > 2 and parts[2] in engines:
                     bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_engine_imports_another():
+    """What engines share lives beside them (backends/base.py, classes.py, kube/, ...), never in one of
+    them: an engine's folder imports no other engine's."""
+    engines = _engines()
+    bad = []
+    for engine in engines:
+        for path in sorted((ROOT / "backends" / engine).rglob("*.py")):
+            for name in _imports(path):
+                parts = name.split(".")
+                if parts[:2] == ["anyplane", "backends"] and len(parts) > 2 and parts[2] in engines \
+                        and parts[2] != engine:
+                    bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_driver_names_no_engine_and_asks_engines_what_they_offer():
+    """The API and the placement and proof steps reach engines through the registry (`get(target)`,
+    `serving()`) and the interface `Engine` declares (`offers`, `reads_back_with`, ...): no engine's name
+    as a string, and no getattr/hasattr on an engine."""
+    engines = set(_engines())
+    bad = []
+    for name in sorted(DRIVER):
+        path = ROOT / "compiler" / name
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in engines:
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} names engine {node.value!r}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr") \
+                    and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == "engine":
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} asks an engine with {node.func.id}")
     assert not bad, "\n".join(bad)
 
 

@@ -80,7 +80,7 @@ def _pods_at() -> dict:
 
 def _between_two(program, addresses: list) -> Conns:
     """What passes from one pod of an identity to another, by the interpreter on every port cell."""
-    from anyplane.backends.k8s.engine import OTHER_PROBES, _cells
+    from anyplane.backends.kube.export import OTHER_PROBES, _cells
     from anyplane.ir.flow import Flow
     from anyplane.ir.interp import evaluate
 

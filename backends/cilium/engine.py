@@ -5,7 +5,7 @@
                      report.txt
 
 The NetworkPolicy engine computes, for every pair of a workload and a region of addresses, what
-passes, and which workloads to isolate in which direction (backends/k8s/engine.py); this engine says
+passes, and which workloads to isolate in which direction (backends/kube/export.py); this engine says
 the same in Cilium's words: the workload's selector as `endpointSelector`, peers as
 `fromEndpoints`/`toEndpoints` (with `io.kubernetes.pod.namespace`, which `Exists` for every
 namespace), `fromCIDR`/`toCIDR` or `fromCIDRSet`/`toCIDRSet` (outside addresses, which is what
@@ -31,9 +31,9 @@ from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
-from ..k8s.engine import CAPABILITY as K8S_CAPABILITY
-from ..k8s.engine import K8sEngine, regions_of, export, split
-from ..k8s.selectors import NAMESPACE_LABEL, Placement, collapse, ip_blocks, k8s_name, pod_peer
+from ..kube.export import CAPABILITY as K8S_CAPABILITY
+from ..kube.export import KubernetesExporter, regions_of, export, split
+from ..kube.selectors import NAMESPACE_LABEL, Placement, collapse, ip_blocks, k8s_name, pod_peer
 
 CAPABILITY = base.Capability(**dict(vars(K8S_CAPABILITY), engine="cilium",
                                     fields=K8S_CAPABILITY.fields + ("http", "http.method", "http.path", "http.host",
@@ -272,7 +272,7 @@ def add_denies(policies: list[dict], anps: list[dict]) -> None:
                 spec.setdefault(direction + "Deny", []).append(rule)
 
 
-class CiliumEngine(K8sEngine):
+class CiliumEngine(KubernetesExporter):
     """`-t cilium`: CiliumNetworkPolicies, read back through the importer."""
 
     name = "cilium"

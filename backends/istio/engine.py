@@ -12,7 +12,7 @@
                      report.txt
 
 A connection passes when the NetworkPolicies and the destination's sidecar both let it. The
-NetworkPolicies say the L4 projection exactly (backends/k8s/engine.py). On a workload with HTTP
+NetworkPolicies say the L4 projection exactly (backends/kube/export.py). On a workload with HTTP
 rules, the AuthorizationPolicies add the requests' conditions:
 
     DENY   one rule per HTTP deny: its sources (ipBlocks), its ports among the workload's HTTP
@@ -47,10 +47,10 @@ from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError, error
 
 from .. import base
-from ..k8s.engine import CAPABILITY as K8S_CAPABILITY
-from ..k8s.engine import K8sEngine, regions_of, split
-from ..k8s.selectors import k8s_name
-from ..k8s.engine import export as k8s_export
+from ..kube.export import CAPABILITY as K8S_CAPABILITY
+from ..kube.export import KubernetesExporter, regions_of, split
+from ..kube.export import export as k8s_export
+from ..kube.selectors import k8s_name
 
 CAPABILITY = base.Capability(**dict(vars(K8S_CAPABILITY), engine="istio",
                                     fields=K8S_CAPABILITY.fields + ("http", "http.method", "http.path", "http.host",
@@ -323,7 +323,7 @@ def routing(program: Program, identities: dict) -> tuple[list[dict], list[dict],
     return vss, drs, svcs
 
 
-class IstioEngine(K8sEngine):
+class IstioEngine(KubernetesExporter):
     """`-t istio`: NetworkPolicies, AuthorizationPolicies and Services, read back through the importer."""
 
     name = "istio"
@@ -373,7 +373,7 @@ class IstioEngine(K8sEngine):
 
 def peer_authentications(identities: dict) -> list[dict]:
     """A STRICT PeerAuthentication for each identity whose sidecar refuses TCP from outside the cluster
-    (backends/k8s/engine.export with `sidecars`), selecting its pods as its NetworkPolicy does."""
+    (backends/kube/export.export with `sidecars`), selecting its pods as its NetworkPolicy does."""
     out, seen = [], set()
     for name, spec in sorted(identities.items()):
         key = (spec["namespace"], tuple(sorted(spec["labels"].items())))

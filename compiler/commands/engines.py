@@ -166,7 +166,7 @@ def compile(files, target, out_dir, dump_after, no_src, deployment_file, dry_run
                 sys.exit(EXIT_FAIL)
     else:
         out = api.compile_target(compiled, target, options, src=not no_src)
-        if getattr(api.registry.get(target) if target != "ir" else None, "reads_back_with", None):
+        if target != "ir" and api.registry.get(target).reads_back_with:
             import json
             proof = api.prove_export(compiled, target, out)
             out.artifacts.append(api.Artifact("proof.json", json.dumps(proof.to_json(), indent=1) + "\n"))

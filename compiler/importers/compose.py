@@ -44,7 +44,7 @@ class Imported:
     members: dict = field(default_factory=dict)
     #: how the cluster selects each identity's pods: name -> {"namespace", "labels" (the values of the
     #: label keys some selector reads), "unset" (keys read that other pods of its namespace carry and its
-    #: own lack)}; the exporters write their selectors from it (backends/k8s)
+    #: own lack)}; the exporters write their selectors from it (backends/kube)
     selectors: dict = field(default_factory=dict)
     #: written as workloads (`convert(workloads=True)`): the pods that are their binding
     binding: list | None = None

@@ -1,0 +1,933 @@
+"""Kubernetes NetworkPolicy as an engine: what a cluster's network plugin enforces.
+
+    emit(program) -> networkpolicies.yaml   a NetworkPolicy per workload whose traffic must be restricted
+                     identities.yaml        which pods each identity stands for (the contract below)
+                     report.txt
+
+The contract: every identity that is not an external (a service, or a version of one) is a set of
+pods, selected as backends/kube/selectors.py says (the deployment file's labels, an imported cluster's
+own labels, or `anyplane.io/identity: NAME`); an external, a CIDR, and every address no identity owns
+are outside the cluster. NetworkPolicy decides traffic to and from pods only, so the export is exact
+for every flow with a pod at one end (the composition proof checks it, reading the output back
+through the importer); traffic between two outside addresses is no cluster's to decide.
+
+What passes is computed, not transliterated: for every pair of a workload and a region of addresses
+(another workload, or a range of outside addresses cut where the policy's prefixes begin and end),
+the reference interpreter judges one flow per protocol and port cell (the policy's port boundaries);
+pairs whose entries are alike but for their addresses share one answer. Every pair that does not pass
+everything gets an isolated end (`_isolation`), whose rules say the pair's answer (`_Peers`): denies
+and priorities are thereby already applied. What NetworkPolicy cannot say is an error at the rule
+that decides it: source ports, ICMP types, HTTP, rate limits, a protocol other than TCP and UDP
+allowed where the rest is not, port 0, a part of a workload's addresses decided apart from the rest,
+a pod's traffic to itself denied, and a stateless policy (NetworkPolicy lets replies through).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import replace
+from functools import cached_property
+
+from anyplane.ir import fields as F
+from anyplane.ir.actions import RateLimit
+from anyplane.ir.addr import Prefix
+from anyplane.ir.flow import Flow
+from anyplane.ir.interp import evaluate, match_holds, owner
+from anyplane.ir.match import InSet, PrefixMatch, int_ranges, merge_ranges, options as alternatives, to_itself
+from anyplane.ir.memo import per_program
+from anyplane.ir.nodes import Program, Table, precedence
+from anyplane.ir.owners import ownership
+from anyplane.ir.pairspace import PairSpace, bit_positions
+from anyplane.ir import yaml11
+from anyplane.ir.source import DiagnosticError, error
+
+from .. import base
+from .selectors import (LABEL, NAMESPACE_LABEL, Cover, collapse, declared, ip_blocks, k8s_name,
+                        namespace_peer, placements, pod_peer, settle)
+TCP, UDP = 6, 17
+#: Protocols that stand for "every other protocol" when a pair is judged: ICMP echo, GRE, SCTP.
+OTHER_PROBES = {4: ((1, 8), (47, None), (132, None)), 6: ((58, 128), (47, None), (132, None))}
+
+CAPABILITY = base.Capability(
+    engine="k8s", place="", fields=("src.ip", "dst.ip", "src.id", "dst.id", "proto", "dport"),
+    match_kinds=("exact", "prefix", "range", "set"), families=(4, 6), actions=("allow", "deny"),
+    capacity=None, protocols="any", state="connections")
+
+_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+class Region:
+    """A set of addresses decided alike: a workload (its pods), or outside ranges."""
+
+    def __init__(self, key: str, workload: str | None):
+        self.key, self.workload = key, workload
+        self.ranges: dict[int, list[tuple[int, int]]] = {}  # family -> inclusive address ranges
+
+    def probe(self, family: int) -> int | None:
+        return self.first.get(family)
+
+    @cached_property
+    def first(self) -> dict[int, int]:
+        """Its first address in each IP version (asked once its ranges are all known)."""
+        return {family: r[0][0] for family, r in self.ranges.items() if r}
+
+    @cached_property
+    def families(self) -> frozenset:
+        """Its IP versions (asked once its ranges are all known)."""
+        return frozenset(self.ranges)
+
+
+def _cells(program: Program, proto: int) -> list[tuple[int, int]]:
+    cuts = {0, 65536}
+    for e in program.acl.entries:
+        fm = e.match.get(F.DPORT)
+        if fm is None:
+            continue
+        for lo, hi in int_ranges(fm) or ():
+            cuts |= {lo, hi + 1}
+    cuts = sorted(cuts)
+    return list(zip(cuts, [c - 1 for c in cuts[1:]]))
+
+
+def regions_of(program: Program) -> tuple[list[Region], dict[str, str]]:
+    """Workload regions (one per identity that is not an external) and outside regions (elementary
+    address ranges, cut at every prefix the policy names)."""
+    own = ownership(program)
+    kinds = {i.name: i.kind for i in program.identities}
+    cuts: dict[int, set[int]] = {4: {0, 1 << 32}, 6: {0, 1 << 128}}
+    prefixes = list(own.owner_of)
+    for e in program.acl.entries:
+        for side in (F.SRC_IP, F.DST_IP):
+            fm = e.match.get(side)
+            if fm is not None:
+                prefixes += [o.prefix for o in alternatives(fm) if isinstance(o, PrefixMatch)]
+    for p in prefixes:
+        cuts[p.family] |= {p.first, p.last + 1}
+    workloads: dict[str, Region] = {}
+    outside: list[Region] = []
+    for family, points in cuts.items():
+        points = sorted(points)
+        for lo, nxt in zip(points, points[1:]):
+            owner = own.owner(family, lo)
+            if owner is not None and kinds.get(owner) != "external":
+                workloads.setdefault(owner, Region(owner, owner)).ranges.setdefault(family, []).append((lo, nxt - 1))
+            else:
+                region = Region(f"{family}:{lo}", None)
+                region.ranges[family] = [(lo, nxt - 1)]
+                outside.append(region)
+    return list(workloads.values()) + outside, kinds
+
+
+def _flows(family: int, src: int, dst: int, program: Program):
+    """(key, flow) for each cell: ("tcp", lo, hi), ("udp", lo, hi), ("other", proto)."""
+    for proto, name in ((TCP, "tcp"), (UDP, "udp")):
+        for lo, hi in _cells(program, proto):
+            yield (name, lo, hi), Flow(family, src, dst, proto, 49152, lo)
+    probed = {proto for proto, _ in OTHER_PROBES[family]}
+    for proto, icmp in OTHER_PROBES[family] + tuple((p, None) for p in sorted(_protocols(program) - probed)):
+        yield ("other", proto), Flow(family, src, dst, proto, icmp_type=icmp, icmp_code=0 if icmp is not None else None)
+
+
+@per_program(keep=4)
+def _protocols(program: Program) -> frozenset:
+    """The protocols other than TCP and UDP that some entry names (each is judged with the others)."""
+    out = set()
+    for e in program.acl.entries:
+        fm = e.match.get(F.PROTO)
+        if fm is not None:
+            out.update(v for lo, hi in int_ranges(fm) or () for v in range(lo, min(hi, 255) + 1))
+    return frozenset(out - {TCP, UDP})
+
+
+class _Blame:
+    """Errors at the rules whose decisions NetworkPolicy cannot carry (one per rule)."""
+
+    def __init__(self, program: Program):
+        self.program, self.found = program, {}
+
+    def add(self, decision, message: str) -> None:
+        entry = decision.entry
+        span = entry.origin if entry is not None else self.program.default_origin
+        key = entry.rule if entry is not None else "<default>"
+        self.found.setdefault(key, error(span, "k8s", message))
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise DiagnosticError(list(self.found.values()))
+
+
+class _Narrow:
+    """The program narrowed to one pair of addresses: only the entries whose source and destination
+    sides hold for them (the same decisions for the pair's flows, without scanning every other pair's
+    rules). Which entries hold for an address is worked out once per address and side."""
+
+    def __init__(self, program: Program):
+        self.program = program
+        self.sides = [(i, e.match.only(F.SRC_IP, F.SRC_ID), e.match.only(F.DST_IP, F.DST_ID))
+                      for i, e in enumerate(program.acl.entries)]
+        self.memo: dict = {}
+        self.pairs: dict = {}
+        self.kinds: dict = {}  # (id of a region, side, family) -> (the region, its kinds of ranges)
+        # Two pairs whose entries are alike but for their addresses and identities get the same answer:
+        # each entry's shape is its precedence, verdict and the rest of its match (entries of equal
+        # precedence decide alike, so the shapes of a pair are a set).
+        ends = (F.SRC_IP, F.SRC_ID, F.DST_IP, F.DST_ID)
+        shapes: dict = {}
+        self.shape = [shapes.setdefault((precedence(e), e.action.verdict,
+                                         tuple(f for f in e.match.fields if f[0] not in ends)), len(shapes))
+                      for e in program.acl.entries]
+        self.answers: dict = {}  # (family, selfless, shapes) -> (answer,)
+        self.bits: dict = {}
+        self.every_bits: dict = {}
+        self.selves = sum(1 << i for i in _selfs(program))
+        # Per side: entries that hold for every address, those that name identities only (looked up by
+        # the address's owner) or one address only, and the rest (asked address by address).
+        self.every: list[set] = [set(), set()]
+        self.by_id: list[dict] = [{}, {}]
+        self.by_address: list[dict] = [{}, {}]
+        self.rest: list[list] = [[], []]
+        for i, *parts in self.sides:
+            for side, m in enumerate(parts):
+                if not m.fields:
+                    self.every[side].add(i)
+                elif len(m.fields) == 1 and isinstance(m.fields[0][1], InSet) and m.fields[0][0] in (F.SRC_ID, F.DST_ID):
+                    for name in m.fields[0][1].values:
+                        self.by_id[side].setdefault(name, set()).add(i)
+                elif len(m.fields) == 1 and isinstance(m.fields[0][1], PrefixMatch) and \
+                        m.fields[0][1].prefix.length == m.fields[0][1].prefix.width:
+                    p = m.fields[0][1].prefix
+                    self.by_address[side].setdefault((p.family, p.value), set()).add(i)
+                else:
+                    self.rest[side].append((i, m))
+
+    def _holding(self, side: int, family: int, address: int) -> frozenset:
+        key = (side, family, address)
+        if key not in self.memo:
+            probe = Flow(family, address, address, TCP, 49152, 1)
+            who = owner(self.program, family, address)
+            self.memo[key] = frozenset(self.every[side] | self.by_id[side].get(who, set()) |
+                                       self.by_address[side].get((family, address), set()) |
+                                       {i for i, m in self.rest[side] if match_holds(m, probe, who, who)})
+        return self.memo[key]
+
+    def _bits(self, side: int, family: int, address: int) -> int:
+        """`_holding` as a bit set (an int: pairs intersect them millions of times)."""
+        key = (side, family, address)
+        hit = self.bits.get(key)
+        if hit is None:
+            every = self.every[side]
+            hit = self.bits[key] = self.every_mask(side) | sum(1 << i for i in self._holding(side, family, address)
+                                                               if i not in every)
+        return hit
+
+    def every_mask(self, side: int) -> int:
+        """The entries that hold for every address on a side, as a bit set (once per side)."""
+        hit = self.every_bits.get(side)
+        if hit is None:
+            hit = self.every_bits[side] = sum(1 << i for i in self.every[side])
+        return hit
+
+    def shapes(self, family: int, src: int, dst: int, selfless: bool):
+        """The key of a pair's answer: the entries that hold for it, then (on a miss) their shapes."""
+        keep = self._bits(0, family, src) & self._bits(1, family, dst)
+        if selfless:
+            keep &= ~self.selves
+        return family, selfless, frozenset(self.shape[i] for i in bit_positions(keep))
+
+    def __call__(self, family: int, src: int, dst: int) -> Program:
+        key = (family, src, dst)
+        if key not in self.pairs:
+            keep = self._holding(0, family, src) & self._holding(1, family, dst)
+            entries = tuple(self.program.acl.entries[i] for i in sorted(keep))
+            self.pairs[key] = replace(self.program, acl=Table(self.program.acl.name, entries))
+        return self.pairs[key]
+
+
+_ASK = object()
+
+
+class _Blocks:
+    """The pairs of regions of one IP version cut into blocks decided alike (ir/pairspace.py), so that
+    one pair of a block is asked for all. A region is in a block on a side when the same entries hold
+    for all its ranges there (`_one_kind`); each region's entries are those that hold at its first
+    address (`_Narrow`), each entry's code is its shape. Pairs whose answers would differ only by the
+    entries' order have the same shapes, so the same answer."""
+
+    def __init__(self, program: Program, family: int, regions: list[Region]):
+        narrow = _narrow(program)
+        mine = [r for r in regions if family in r.ranges]
+        self.code = narrow.shape
+        self.everyone = {"src": narrow.every_mask(0), "dst": narrow.every_mask(1)}
+        self.full = {"src": {}, "dst": {}}
+        self.part = {"src": {}, "dst": {}}
+        self.families = {}
+        for r in mine:
+            for n, side in enumerate(("src", "dst")):
+                self.full[side][r.key] = narrow._bits(n, family, r.probe(family))
+                self.part[side][r.key] = 0
+            self.families[r.key] = family
+        srcs = [r.key for r in mine if _one_kind(program, family, r, 0)]
+        dsts = [r.key for r in mine if _one_kind(program, family, r, 1)]
+        self.space = PairSpace([self], srcs, dsts)
+        self.answers: dict = {}
+
+    def of(self, src: str, dst: str):
+        """The block of a pair (None: not in one; asked on its own)."""
+        return None if src == dst else self.space.block_of(src, dst)
+
+
+@per_program(keep=4)
+def _narrow(program: Program) -> _Narrow:
+    return _Narrow(program)
+
+
+def _answer(program: Program, family: int, src: int, dst: int, blame: _Blame, selfless: bool = False):
+    """What NetworkPolicy must allow for one pair of addresses: "all", or {"tcp": ranges, "udp": ranges}
+    (None: nothing). `selfless`: without the entries for one address to itself (the answer between two
+    pods of an identity, asked at one address)."""
+    narrow = _narrow(program)
+    key = narrow.shapes(family, src, dst, selfless)
+    hit = narrow.answers.get(key)
+    if hit is not None:
+        return hit[0]
+    blamed = len(blame.found)
+    got = _judge(narrow(family, src, dst), family, src, dst, blame, selfless)
+    if len(blame.found) == blamed:  # an answer that blamed a rule is asked again, to blame it there too
+        narrow.answers[key] = (got,)
+    return got
+
+
+def _judge(program: Program, family: int, src: int, dst: int, blame: _Blame, selfless: bool):
+    if selfless:
+        program = replace(program, acl=Table(program.acl.name, tuple(e for e in program.acl.entries
+                                                                       if not _self_entry(e))))
+    allowed: dict[str, list] = {"tcp": [], "udp": []}
+    other: dict[int, object] = {}
+    denied = []
+    for key, flow in _flows(family, src, dst, program):
+        d = evaluate(program, flow)
+        if key[0] == "other":
+            other[key[1]] = d
+        elif d.verdict == "allow":
+            allowed[key[0]].append((key[1], key[2]))
+        else:
+            denied.append(d)
+    verdicts = {d.verdict for d in other.values()}
+    if len(verdicts) > 1:
+        odd = next(d for d in other.values() if d.entry is not None) if any(d.entry for d in other.values()) \
+            else next(iter(other.values()))
+        blame.add(odd, "NetworkPolicy allows TCP and UDP ports, or every protocol: it cannot tell ICMP or "
+                       "another protocol apart from the rest")
+        return None
+    everything = all(_usable(merge_ranges(r)) == [(1, 65535)] for r in allowed.values())
+    if verdicts == {"allow"}:
+        if not everything:
+            # Every protocol but some ports: NetworkPolicy allows all, an AdminNetworkPolicy denies the rest.
+            missing = {name: _gaps(_usable(merge_ranges(r))) for name, r in allowed.items()}
+            return Except({name: gaps for name, gaps in missing.items() if gaps},
+                          next((d for d in denied if d.entry is not None), denied[0]))
+        return "all"
+    out = {}
+    for name, ranges in allowed.items():
+        merged = merge_ranges(ranges)
+        if merged and merged[0][0] == 0 and merged != [(0, 65535)]:
+            if merged[0][1] == 0:
+                merged = merged[1:]  # port 0 alone: no port a connection uses
+            else:
+                merged[0] = (1, merged[0][1])
+        if merged:
+            out[name] = merged
+    return out or None
+
+
+class Except:
+    """A pair's answer when every protocol passes but some TCP or UDP ports: NetworkPolicy allows all and
+    an AdminNetworkPolicy denies `ports` ({"tcp": ranges, "udp": ranges}); `why` decided one of them."""
+
+    def __init__(self, ports: dict, why):
+        self.ports, self.why = ports, why
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Except) and other.ports == self.ports
+
+    def __repr__(self) -> str:
+        return f"Except({self.ports!r})"
+
+
+def _usable(ranges: list) -> list:
+    """Ranges without port 0 (reserved: no connection uses it)."""
+    return [(max(lo, 1), hi) for lo, hi in ranges if hi >= 1]
+
+
+def _gaps(ranges: list) -> list:
+    out, at = [], 1
+    for lo, hi in ranges:
+        if lo > at:
+            out.append((at, lo - 1))
+        at = max(at, hi + 1)
+    if at <= 65535:
+        out.append((at, 65535))
+    return out
+
+
+def _differing(program: Program, family: int, one: tuple[int, int], other: tuple[int, int]):
+    """The decision to blame where two pairs of addresses are judged apart: in the first cell where they
+    differ, the one a rule (rather than the default) made, preferring the second pair's."""
+    for (_, a), (_, b) in zip(_flows(family, *one, program), _flows(family, *other, program)):
+        da, db = evaluate(program, a), evaluate(program, b)
+        if da.verdict != db.verdict:
+            return db if db.entry is not None or da.entry is None else da
+    return evaluate(program, Flow(family, *other, TCP, 49152, 80))
+
+
+def _first_denied(program: Program, family: int, src: int, dst: int):
+    """A denied flow's decision between two addresses, one a rule made if there is one."""
+    denied = [d for _, f in _flows(family, src, dst, program) if (d := evaluate(program, f)).verdict == "deny"]
+    return next((d for d in denied if d.entry is not None), denied[0])
+
+
+def _check_rules(program: Program) -> None:
+    """Errors at the rules NetworkPolicy cannot express at all (fields and actions outside its capability)."""
+    errors = {}
+    for e in program.acl.entries:
+        why = None
+        fields = {name for name, _ in e.match.fields}
+        if fields - set(CAPABILITY.fields):
+            extra = sorted(fields - set(CAPABILITY.fields))
+            why = f"NetworkPolicy cannot match {', '.join(extra)}: it matches peers, protocols and destination ports"
+            if F.HTTP in fields:
+                why += " (HTTP conditions need a mesh: -t envoy)"
+        elif isinstance(e.action, RateLimit):
+            why = "NetworkPolicy cannot limit rates"
+        if why and e.rule not in errors:
+            errors[e.rule] = error(e.origin, "k8s", why)
+    if not program.connections.stateful:
+        errors["<stateless>"] = error(program.default_origin, "k8s", "NetworkPolicy lets the replies of allowed "
+                                                                    "connections through: it cannot be stateless")
+    if errors:
+        raise DiagnosticError(list(errors.values()))
+
+
+def _ports(answer) -> list[dict] | None:
+    if answer == "all" or isinstance(answer, Except):
+        return None
+    out = []
+    for name in ("tcp", "udp"):
+        for lo, hi in answer.get(name, ()):
+            item = {"protocol": name.upper()}
+            if (lo, hi) not in ((0, 65535), (1, 65535)):
+                item["port"] = lo
+                if hi != lo:
+                    item["endPort"] = hi
+            out.append(item)
+    return out
+
+
+def export(program: Program, kubernetes: dict | None = None, expressions: bool = True,
+           exact: bool = False, sidecars: bool = False) -> tuple[list[dict], dict]:
+    """(NetworkPolicy objects, identities: {name: {"namespace", "labels", "addresses"}}). `kubernetes`
+    (the deployment's section, with an imported cluster's `selectors`) places each workload in a
+    namespace and says how its pods are selected (backends/kube/selectors.py). `expressions`: the
+    selectors may use matchExpressions (False where another resource reuses them with matchLabels).
+    `exact`: ingress rules admit exactly what each pair passes, as egress rules do (Cilium reads requests
+    at the destination: an ingress rule that admitted more would let them through unread). `sidecars`:
+    every workload runs an Istio sidecar, so a workload that takes no TCP from outside the cluster (and
+    the rest of what the policy lets it take from there) leaves that TCP to its sidecar's STRICT mutual
+    TLS (identities then say `"mtls": "STRICT"`): NetworkPolicy cannot deny some ports to outside
+    addresses while letting other protocols through."""
+    kubernetes = declared(program, kubernetes)
+    mapped = kubernetes.get("workloads", {})
+    _check_rules(program)
+    regions, kinds = regions_of(program)
+    blame = _Blame(program)
+    workloads = [r for r in regions if r.workload]
+    # answers[(src region, dst region)] for every pair with a workload at one end (same family probes)
+    answers = {}
+    blocks = {family: _Blocks(program, family, regions) for family in (4, 6)}
+    for a in regions:
+        for b in regions:
+            if not (a.workload or b.workload):
+                continue
+            if a is not b:  # the pairs in blocks (most of them): the block's answer, once asked, per IP version
+                found = _ASK
+                for family, kind in blocks.items():
+                    if family not in a.first or family not in b.first:
+                        continue
+                    block = kind.of(a.key, b.key)
+                    ans = _ASK if block is None else kind.answers.get(block, _ASK)
+                    if ans is _ASK or (found is not _ASK and ans != found):
+                        break  # not in a block, or not asked yet, or the versions disagree: below
+                    found = ans
+                else:
+                    if found is not _ASK:
+                        if found is not None:
+                            answers[(a.key, b.key)] = found
+                        continue
+            if a is b and a.workload and _single(a):
+                # Kubernetes lets a pod reach itself: the default may say otherwise (that flow is left out
+                # of the proof), a rule may not.
+                fam = next(iter(a.ranges))
+                if _answer(program, fam, a.probe(fam), a.probe(fam), _Blame(program)) != "all":
+                    denied = _first_denied(program, fam, a.probe(fam), a.probe(fam))
+                    if denied.entry is not None:
+                        blame.add(denied, f"Kubernetes lets a pod reach itself: the policy cannot deny "
+                                          f"{a.workload} -> {a.workload}")
+                # Between two of its pods (one created later with its labels) the rules decide.
+                ans = _answer(program, fam, a.probe(fam), a.probe(fam), blame, selfless=True)
+                if ans is not None:
+                    answers[(a.key, b.key)] = ans
+                continue
+            hosts = a is b and a.workload is not None and _hosts(a)
+            if hosts:  # pods at one address each: each reaches itself (Kubernetes'), the pairs are the policy's
+                fam = next(iter(a.ranges))
+                if _answer(program, fam, a.probe(fam), a.probe(fam), _Blame(program)) != "all":
+                    denied = _first_denied(program, fam, a.probe(fam), a.probe(fam))
+                    if denied.entry is not None:
+                        blame.add(denied, f"Kubernetes lets a pod reach itself: the policy cannot deny "
+                                          f"{a.workload} -> {a.workload}")
+            seen = None
+            for family in (4, 6):
+                s, d = a.probe(family), b.probe(family)
+                if hosts:  # two of its pods
+                    d = a.ranges[family][1][0] if len(a.ranges.get(family, ())) > 1 else None
+                if s is None or d is None:
+                    continue
+                block = None if hosts else blocks[family].of(a.key, b.key)
+                if block is not None:  # a pair of one kind of range each, in a block of pairs decided alike
+                    ans = blocks[family].answers.get(block, _ASK)
+                    if ans is _ASK:
+                        blamed = len(blame.found)
+                        ans = _answer(program, family, s, d, blame)
+                        if len(blame.found) == blamed:  # one that blames a rule is asked pair by pair
+                            blocks[family].answers[block] = ans
+                    if seen is not None and ans != seen[1]:
+                        blame.add(evaluate(program, Flow(family, s, d, TCP, 49152, 80)),
+                                  "IPv4 and IPv6 are decided apart here; a NetworkPolicy peer is the same for both")
+                    seen = (family, ans)
+                    continue
+                ans = _answer(program, family, s, d, blame)
+                if seen is not None and ans != seen[1]:
+                    blame.add(evaluate(program, Flow(family, s, d, TCP, 49152, 80)),
+                              "IPv4 and IPv6 are decided apart here; a NetworkPolicy peer is the same for both")
+                seen = (family, ans)
+                # Every range of a workload must be decided alike (a label selects all its pods). Two
+                # pairs of ranges that the same entries hold for are decided alike: one pair is asked
+                # per kind of range on each side, not every pair of ranges (pods of one identity).
+                if not hosts and _one_kind(program, family, a, 0) and _one_kind(program, family, b, 1):
+                    continue  # the pair asked is the only one
+                for ps, pd in _representative_pairs(program, family, a, b, hosts):
+                    if (ps, pd) != (s, d) and _answer(program, family, ps, pd, blame) != ans:
+                            which = a.workload if len(a.ranges[family]) > 1 else b.workload
+                            blame.add(_differing(program, family, (s, d), (ps, pd)),
+                                      f"part of {which}'s addresses is decided apart from the rest; "
+                                      f"a NetworkPolicy selects all of its pods alike")
+            if seen is not None and seen[1] is not None:
+                answers[(a.key, b.key)] = seen[1]
+    blame.raise_any()
+    by_key = {r.key: r for r in regions}
+    strict = _strict_sidecars(regions, answers) if sidecars else set()
+    unknown = sorted(set(mapped) - {w.workload for w in workloads})
+    if unknown:
+        raise DiagnosticError([error(program.default_origin, "k8s", f"the deployment's kubernetes.workloads names "
+                                                                   f"{', '.join(unknown)}: no workload of the policy")])
+    placed, problems = placements([w.workload for w in workloads], kubernetes, expressions)
+    share = settle(placed, lambda a, b: _alike(by_key[a], by_key[b], regions, answers), expressions)
+    problems += [(name, f"identity {name!r} is not a Kubernetes label value") for name, p in placed.items()
+                 if p.labels.get(LABEL) == name and not _NAME.fullmatch(name)]
+    if problems:
+        name, message = problems[0]
+        where = next((i.origin for i in program.identities if i.name == name and i.origin is not None),
+                     program.default_origin)
+        raise DiagnosticError([error(where, "k8s", message)])
+    peers = _Peers(regions, placed, frozenset(i.name for i in program.unbound))
+    into, out_of = _isolation(regions, answers)
+    for isolated in (into, out_of):  # identities that share a selector share its policy
+        for k, rep in share.items():
+            if k in isolated or rep in isolated:
+                isolated |= {k, rep}
+    policies = []
+    near: dict[frozenset, list[Region]] = {}  # IP versions -> the regions that share one with them
+    for w in sorted(workloads, key=lambda r: r.key):
+        if w.workload in share:
+            continue
+        spec: dict = {"podSelector": placed[w.workload].selector(), "policyTypes": []}
+        if w.families not in near:
+            near[w.families] = [r for r in regions if _meet(r, w)]
+        for direction, side, pairs in (
+                ("Ingress", "from", [(r, answers.get((r.key, w.key))) for r in near[w.families]]),
+                ("Egress", "to", [(r, answers.get((w.key, r.key))) for r in near[w.families]])):
+            if w.key not in (into if direction == "Ingress" else out_of):
+                continue  # the direction stays open: the other ends' policies say what it may not
+            spec["policyTypes"].append(direction)
+            # The egress rules are exact; an ingress rule may admit more from a source whose egress is isolated.
+            rules = peers.rules(w, pairs, side, out_of if direction == "Ingress" and not exact else frozenset())
+            if rules:
+                spec[direction.lower()] = rules
+        if not spec["policyTypes"]:
+            continue
+        policies.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                         "metadata": {"name": f"anyplane-{k8s_name(w.workload)}", "namespace": placed[w.workload].namespace,
+                                      "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
+                         "spec": spec})
+    names = [p["metadata"]["name"] for p in policies]
+    for i, p in enumerate(policies):  # two names that sanitise alike get a number
+        if names.count(p["metadata"]["name"]) > 1:
+            p["metadata"]["name"] += f"-{i}"
+    policies += _admin(answers, by_key, placed, program)
+    identities = {}
+    for w in workloads:
+        p = placed[w.workload]
+        identities[w.workload] = {"namespace": p.namespace, "labels": dict(p.labels),
+                                  "addresses": [str(x) for x in _prefixes(w)]}
+        if p.unset:
+            identities[w.workload]["unset"] = list(p.unset)
+        if w.workload in strict:
+            identities[w.workload]["mtls"] = "STRICT"
+    return policies, identities
+
+
+def _strict_sidecars(regions: list[Region], answers: dict) -> set[str]:
+    """The workloads whose every outside source gets nothing over TCP and all of some other protocol
+    (else nothing at all): their sidecars' STRICT mutual TLS refuses that TCP (a client outside the
+    cluster has no mesh certificate), so NetworkPolicy lets it through (the pairs' answers become "all")."""
+    out = set()
+    for w in regions:
+        if not w.workload:
+            continue
+        outside = [r for r in regions if not r.workload and _meet(r, w)]
+        got = [answers.get((r.key, w.key)) for r in outside]
+        tcp_only = [isinstance(a, Except) and not a.ports.get("udp") and
+                    merge_ranges(list(a.ports.get("tcp", ()))) in ([(1, 65535)], [(0, 65535)]) for a in got]
+        if any(tcp_only) and all(t or a is None for t, a in zip(tcp_only, got)):
+            out.add(w.workload)
+            for r, t in zip(outside, tcp_only):
+                if t:
+                    answers[(r.key, w.key)] = "all"
+    return out
+
+
+def _alike(a: Region, b: Region, regions: list[Region], answers: dict) -> bool:
+    """Whether two workloads are decided alike: the same answers with every other region, both ways,
+    and between their pods."""
+    for r in regions:
+        if r is not a and r is not b and (answers.get((r.key, a.key)) != answers.get((r.key, b.key)) or
+                                          answers.get((a.key, r.key)) != answers.get((b.key, r.key))):
+            return False
+    inner = [answers.get((a.key, b.key)), answers.get((b.key, a.key))] + \
+        [answers.get((x.key, x.key)) for x in (a, b)]
+    return all(x == inner[0] for x in inner)
+
+
+def _meet(a: Region, b: Region) -> bool:
+    """Whether two regions share an IP version (else no flow joins them: either answer will do)."""
+    return not a.families.isdisjoint(b.families)
+
+
+def _isolation(regions: list[Region], answers: dict) -> tuple[set, set]:
+    """(workloads isolated for ingress, for egress): enough that every pair that does not pass everything
+    has an isolated end, its destination's ingress or its source's egress. Pairs with an outside end
+    leave no choice; the others are covered greedily, the workload with the most pairs first (ingress
+    on a tie), so that the directions users leave open stay open."""
+    into, out_of = set(), set()
+
+    def open_(a: Region, b: Region) -> bool:  # whether the pair passes everything (or no flow joins it)
+        if a.families.isdisjoint(b.families):
+            return True
+        ans = answers.get((a.key, b.key))
+        return ans == "all" or isinstance(ans, Except)
+    work = [r for r in regions if r.workload]
+    outside = [r for r in regions if not r.workload]
+    for w in work:  # the pairs with an outside end, first: they leave no choice
+        if any(not open_(o, w) for o in outside):
+            into.add(w.key)
+        if any(not open_(w, o) for o in outside):
+            out_of.add(w.key)
+    # Then the pairs of two workloads that neither of those covers.
+    sources, destinations = [a for a in work if a.key not in out_of], [b for b in work if b.key not in into]
+    edges: dict = {}  # an end that could be isolated -> the ends that could cover its pairs instead
+    for a in sources:
+        for b in destinations:
+            if not open_(a, b):
+                edges.setdefault(("in", b.key), []).append(("out", a.key))
+                edges.setdefault(("out", a.key), []).append(("in", b.key))
+    chosen = {"in": into, "out": out_of}
+    for side, key in sorted(edges, key=lambda v: (-len(edges[v]), v[0] != "in", v[1])):
+        if any(other[1] not in chosen[other[0]] for other in edges[(side, key)]):
+            chosen[side].add(key)
+    return into, out_of
+
+
+class _Peers:
+    """A direction's peers as few selectors as say them exactly (see backends/kube/selectors.py)."""
+
+    def __init__(self, regions: list[Region], placed: dict, unbound=frozenset()):
+        self.regions, self.placed = regions, placed
+        self.by_ns: dict[str, list[Region]] = {}
+        for r in regions:
+            if r.workload:
+                self.by_ns.setdefault(placed[r.workload].namespace, []).append(r)
+        self.whole = {ns: all(placed[r.workload].from_cluster for r in rs) for ns, rs in self.by_ns.items()}
+        self.memo: dict = {}
+        self.near: dict = {}
+        # An imported cluster's blocks may span its pods' addresses, as the policies users write do; other
+        # exports' blocks never hold a workload's address (the same under every reading of ipBlock). An
+        # unbound workload's placeholders are no one's addresses: a block may span them or not.
+        cluster = bool(placed) and all(p.from_cluster for p in placed.values())
+        self.free = {f: merge_ranges(rng for r in regions if r.workload and (cluster or r.workload in unbound)
+                                     for rng in r.ranges.get(f, ())) for f in (4, 6)}
+
+    def rules(self, w: Region, pairs: list, side: str, loose=frozenset()) -> list[dict]:
+        """The rules of one direction of `w`'s: peers grouped by what they are allowed. A peer in `loose`
+        (its own policy says exactly what this pair passes) may be admitted with more, which lets a
+        rule name a whole namespace, or every peer."""
+        grouped: dict[str, tuple[object, list, list]] = {}
+        spare = []
+        texts: dict[int, str] = {}  # id of an answer -> its text (the pairs of a block share one answer)
+        for region, ans in pairs:
+            if region.key in loose:
+                spare.append((region, ans))
+            elif ans is not None:
+                text = texts.get(id(ans))
+                if text is None:
+                    text = texts[id(ans)] = repr(ans)
+                grouped.setdefault(text, (ans, [], []))[1].append(region)
+        for region, ans in spare:  # admitted by one rule that passes at least its answer, allowed in the others
+            fits = [g for g in grouped.values() if _covers(g[0], ans)]
+            home = None
+            if ans is not None:
+                home = grouped.get(repr(ans)) or (fits[0] if fits else grouped.setdefault(repr(ans), (ans, [], [])))
+                home[1].append(region)
+            for g in fits:
+                if g is not home:
+                    g[2].append(region)
+        out = []
+        for ans, group, extra in grouped.values():
+            items = self.items(w, group, extra)
+            rule = {} if items is None else {side: items}
+            ports = _ports(ans)
+            if ports is not None:
+                rule["ports"] = ports
+            out.append(rule)
+        return out
+
+    def items(self, w: Region, group: list[Region], extra: list[Region] = ()) -> list[dict] | None:
+        """The peers of one rule of `w`'s (None: every peer): `group` must be named, `extra` may be."""
+        keys = {r.key for r in group} | {r.key for r in extra}
+        near = self.near.get(frozenset(w.ranges))
+        if near is None:
+            near = self.near[frozenset(w.ranges)] = [r for r in self.regions if _meet(r, w)]
+        if all(r.key in keys for r in near):
+            return None
+        items = []
+        work = [r for r in group if r.workload]
+        if work and all(self.whole.values()) and all(r.key in keys for r in near if r.workload):
+            items.append(namespace_peer(None))
+        elif work:
+            spaces: dict[str, list[Region]] = {}
+            for r in work:
+                spaces.setdefault(self.placed[r.workload].namespace, []).append(r)
+            for ns, rs in sorted(spaces.items()):
+                if self.whole[ns] and all(r.key in keys for r in self.by_ns[ns] if _meet(r, w)):
+                    items.append(namespace_peer(ns))
+                else:
+                    here = self.placed[w.workload].namespace
+                    for r in sorted(rs, key=lambda r: r.workload):
+                        peer = pod_peer(self.placed[r.workload], here)
+                        if peer not in items:  # identities that share a selector
+                            items.append(peer)
+        wanted: dict[int, list] = {}
+        for r in group:
+            if not r.workload:
+                for f, rng in r.ranges.items():
+                    if f in w.ranges:
+                        wanted.setdefault(f, []).extend(rng)
+        return items + Cover(wanted, self.free, self.memo).blocks()
+
+
+def _covers(more, less) -> bool:
+    """Whether the answer `more` passes at least what `less` does."""
+    if less is None or more == "all" or isinstance(more, Except):
+        return True
+    if less == "all" or isinstance(less, Except):
+        return False
+    return all(any(a <= lo and hi <= b for a, b in merge_ranges(list(more.get(p, ())))) for p in ("tcp", "udp")
+               for lo, hi in less.get(p, ()))
+
+
+def _anp_ports(ports: dict) -> list[dict]:
+    out = []
+    for name in ("tcp", "udp"):
+        for lo, hi in ports.get(name, ()):
+            out.append({"portNumber": {"protocol": name.upper(), "port": lo}} if lo == hi else
+                       {"portRange": {"protocol": name.upper(), "start": lo, "end": hi}})
+    return out
+
+
+def _admin(answers: dict, by_key: dict, placed: dict, program: Program) -> list[dict]:
+    """AdminNetworkPolicies for the pairs that pass everything but some ports: a Deny of those ports at
+    the destination's ingress (from a workload), or at the source's egress (to outside addresses).
+    AdminNetworkPolicy has no ingress peer for outside addresses: such a pair is an error at its rule."""
+    rules: dict = {}  # (subject workload, direction) -> {ports repr: (ports, [peers])}
+    blame = _Blame(program)
+    for (a_key, b_key), ans in sorted(answers.items()):
+        if not isinstance(ans, Except):
+            continue
+        a, b = by_key[a_key], by_key[b_key]
+        if b.workload and a.workload:
+            subject, direction, peer = b.workload, "ingress", _anp_pods(placed[a.workload])
+        elif a.workload:
+            subject, direction, peer = a.workload, "egress", {"networks": [i["ipBlock"]["cidr"]
+                                                                           for i in collapse(ip_blocks(b))]}
+        else:
+            blame.add(ans.why, "Kubernetes cannot deny some ports of an address outside the cluster while it lets "
+                               "every other protocol through (AdminNetworkPolicy has no ingress peer for outside "
+                               "addresses)")
+            continue
+        group = rules.setdefault((subject, direction), {}).setdefault(repr(ans.ports), (ans.ports, []))
+        group[1].append(peer)
+    blame.raise_any()
+    # An unbound workload's placeholders are no one's addresses: a network may span them or not.
+    unbound = {i.name for i in program.unbound}
+    spare = [ipaddress.ip_network(str(r.prefix)) for r in program.endpoints if r.identity in unbound]
+    out = []
+    subjects = sorted({s for s, _ in rules})
+    if len(subjects) > 1000:
+        raise DiagnosticError([error(program.default_origin, "k8s", "more than 1000 workloads need an "
+                                                                   "AdminNetworkPolicy (priorities are 0-1000)")])
+    for n, subject in enumerate(subjects, start=1):
+        spec: dict = {"priority": n, "subject": _anp_pods(placed[subject])}
+        for direction, side in (("ingress", "from"), ("egress", "to")):
+            for k, (ports, peers) in enumerate(rules.get((subject, direction), {}).values(), start=1):
+                nets = [{"ipBlock": {"cidr": c}} for peer in peers for c in peer.get("networks", ())]
+                merged = [p for p in peers if "networks" not in p]
+                if nets:
+                    merged.append({"networks": [i["ipBlock"]["cidr"] for i in collapse(nets, spare)]})
+                spec.setdefault(direction, []).append({"name": f"deny-{k}", "action": "Deny", side: merged,
+                                                       "ports": _anp_ports(ports)})
+        out.append({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+                    "metadata": {"name": f"anyplane-{k8s_name(subject)}",
+                                 "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
+                    "spec": spec})
+    return out
+
+
+def _anp_pods(p) -> dict:
+    return {"pods": {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: p.namespace}}, "podSelector": p.selector()}}
+
+
+def _self_entry(e) -> bool:
+    """An entry from one address to that same address (a pod's traffic to itself)."""
+    return to_itself(e.match) is not None
+
+
+def _one_kind(program: Program, family: int, region: Region, side: int) -> bool:
+    """Whether the same entries hold for every range of a region on one side (see `_representative_pairs`)."""
+    hit = region.__dict__.get(("one", side, family))
+    if hit is None:
+        hit = region.__dict__[("one", side, family)] = len(_kinds(program, family, region, side)) == 1
+    return hit
+
+
+def _kinds(program: Program, family: int, region: Region, side: int) -> list[list[int]]:
+    """The starts of a region's ranges, grouped by the entries that hold for them on one side (an entry
+    for one address to itself aside, where each address is a pod)."""
+    narrow = _narrow(program)
+    key = (id(region), side, family)
+    hit = narrow.kinds.get(key)
+    if hit is not None and hit[0] is region:
+        return hit[1]
+    out: dict = {}
+    # An entry for one address to itself is the importer's (a pod reaches itself) where each address is
+    # a pod; elsewhere it decides part of the workload apart.
+    mine = _selfs(program) if _hosts(region) or _single(region) else frozenset()
+    for start, _ in region.ranges.get(family, ()):
+        out.setdefault(narrow._holding(side, family, start) - mine, []).append(start)
+    narrow.kinds[key] = (region, list(out.values()))
+    return narrow.kinds[key][1]
+
+
+def _representative_pairs(program: Program, family: int, a: Region, b: Region, hosts: bool):
+    """Pairs of a range start of `a` and one of `b` (two different addresses when `hosts`), one for each
+    pair of kinds: ranges are of a kind when the same entries hold for them on that side (an entry for
+    one pod's traffic to itself aside)."""
+    def kinds(region: Region, side: int) -> list[list[int]]:
+        return _kinds(program, family, region, side)
+    for src_kind in kinds(a, 0):
+        for dst_kind in kinds(b, 1):
+            ps = src_kind[0]
+            pd = next((x for x in dst_kind if not (hosts and x == ps)), None)
+            if pd is None and hosts:
+                ps = next((x for x in src_kind if x != dst_kind[0]), None)
+                pd = dst_kind[0] if ps is not None else None
+            if ps is not None and pd is not None:
+                yield ps, pd
+
+
+@per_program(keep=4)
+def _selfs(program: Program) -> frozenset:
+    return frozenset(i for i, e in enumerate(program.acl.entries) if _self_entry(e))
+
+
+def _single(region: Region) -> bool:
+    """A workload of one address (a pod): Kubernetes always lets it reach itself."""
+    return sum(hi - lo + 1 for rs in region.ranges.values() for lo, hi in rs) == 1
+
+
+def _hosts(region: Region) -> bool:
+    """A workload of several single addresses (pods no policy tells apart, as the importer makes them):
+    each pod reaches itself, whatever the policy says of the pairs."""
+    ranges = [r for rs in region.ranges.values() for r in rs]
+    return len(ranges) > 1 and all(lo == hi for lo, hi in ranges)
+
+
+def _prefixes(region: Region) -> list[Prefix]:
+    out = []
+    for family, ranges in sorted(region.ranges.items()):
+        klass = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+        for lo, hi in ranges:
+            for n in ipaddress.summarize_address_range(klass(lo), klass(hi)):
+                out.append(Prefix(family, int(n.network_address), n.prefixlen))
+    return out
+
+
+def split(policies: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(NetworkPolicies, AdminNetworkPolicies)."""
+    return ([p for p in policies if p["kind"] == "NetworkPolicy"],
+            [p for p in policies if p["kind"] == "AdminNetworkPolicy"])
+
+
+class KubernetesExporter(base.Engine):
+    """What the Kubernetes exporters share: resources a cluster enforces, selecting workloads by their
+    labels, read back through the importer (each engine names its importer: `reads_back_with`)."""
+
+    place = ""
+    capability = CAPABILITY
+    options = frozenset({"out_dir", "deployment"})
+    needs_addresses = False  # workloads are selected by their labels
+
+    def workloads(self, program: Program) -> list[str]:
+        """The identities that are pods (the others are outside the cluster)."""
+        return sorted(r.workload for r in regions_of(program)[0] if r.workload)
+
+    def exempt(self, program: Program) -> list[Prefix]:
+        """Addresses whose traffic to themselves Kubernetes always lets through (a workload of one address
+        is a pod; so is each address of a workload of single addresses): the proof leaves those flows out,
+        each address with itself."""
+        return [p for r in regions_of(program)[0] if r.workload and (_single(r) or _hosts(r)) for p in _prefixes(r)]
+
+    def emit(self, program: Program, options: base.Options) -> base.Output:
+        """NetworkPolicies (and AdminNetworkPolicies where the L4 projection needs the admin tier)."""
+        base.refuse_mtls(program, self.name, "NetworkPolicy selects pods by label and peers by address: it has no "
+                                             "certificates")
+        policies, identities = export(program, getattr(options.deployment, "kubernetes", None))
+        nps, anps = split(policies)
+        text = yaml11.dump_all(nps, sort_keys=False)
+        ident_text = yaml11.dump({"identities": identities}, sort_keys=True)
+        rows = base.rule_rows(program, lambda r: (base.ENFORCED, "", 0))
+        out = base.Output([base.Artifact("networkpolicies.yaml", text), base.Artifact("identities.yaml", ident_text)],
+                          rows)
+        if anps:
+            out.artifacts.append(base.Artifact("adminnetworkpolicies.yaml", yaml11.dump_all(anps, sort_keys=False)))
+        out.artifacts.append(base.Artifact("report.txt", out.report_text(self.name)))
+        return out
