@@ -307,14 +307,14 @@ def streams(n: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sidecars", default="10,50,100")
-    ap.add_argument("--rules", type=int, default=10000)
+    ap.add_argument("--rules", type=int, default=10000, help="policy size of the wire-bytes case (0: skip)")
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--streams", type=int, default=1000, help="ADS streams one server holds (0: skip)")
     ap.add_argument("--publish", default="1000,10000", help="policy sizes (rules) whose first publish and one-rule "
                                                             "change are timed ('': skip)")
     ap.add_argument("--format", choices=["text", "json"], default="text")
     args = ap.parse_args()
-    cases = [("converge", int(n)) for n in args.sidecars.split(",") if n] + [("bytes", args.rules)]
+    cases = [("converge", int(n)) for n in args.sidecars.split(",") if n] + ([("bytes", args.rules)] if args.rules else [])
     cases += [("streams", args.streams)] if args.streams else []
     cases += [("publish", int(n)) for n in args.publish.split(",") if n]
 
