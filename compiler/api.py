@@ -319,7 +319,8 @@ def query(compiled: Compiled, pattern: str, without: list[str] = (), with_rules:
 
 
 def connectivity(compiled: Compiled, progress=None) -> dict:
-    """Who can reach whom: `{"nodes": [{"name", "kind", "pods" (an identity of several pods: which)}], "edges": [{"src", "dst", "rules", "default",
+    """Who can reach whom: `{"nodes": [{"name", "kind", "pods" (an identity of several pods: which), "namespace"
+    (a workload's, or an imported cluster's identity's)}], "edges": [{"src", "dst", "rules", "default",
     "everything", "witness", "flows", "label", "http"}], "groups": [[name, ...]], "pairs": {"all", "asked"}}`
     (see verify/connectivity.py; `asked`: the pairs the solver was asked about, one per class of alike pairs)."""
     from anyplane.verify.connectivity import connectivity as graph_of, groups
@@ -332,7 +333,10 @@ def connectivity(compiled: Compiled, progress=None) -> dict:
         o = ownership(compiled.program)
         for (family, address), (pod, _) in compiled.pods.items():
             members.setdefault(o.owner(family, address), []).append(pod)
-    return {"nodes": [{"name": n, "kind": g.nodes[n]["kind"], **({"pods": sorted(members[n])} if n in members else {})}
+    spaces = {name: c["namespace"] for name, c in (compiled.selectors or {}).items()}  # an imported cluster's
+    spaces.update({i.name: i.selector.namespace for i in compiled.program.identities if i.selector is not None})
+    return {"nodes": [{"name": n, "kind": g.nodes[n]["kind"], **({"pods": sorted(members[n])} if n in members else {}),
+                       **({"namespace": spaces[n]} if n in spaces else {})}
                       for n in sorted(g.nodes)],
             "edges": [dict(src=s, dst=d, **g.edges[s, d]) for s, d in sorted(g.edges)],
             "groups": groups(g), "pairs": {"all": g.graph["pairs"], "asked": g.graph["asked"]}}

@@ -339,3 +339,29 @@ def test_the_map_can_leave_out_what_only_the_default_passes_self_edges_and_what_
     changes = json.loads(diff.stdout)["edges"]
     assert changes and all(e["change"] != "same" for e in changes)
     assert run("map", "examples/kubernetes", "--changed").returncode == 2
+
+
+def test_group_namespace_folds_each_namespaces_identities_and_their_edges(tmp_path):
+    """`map --group namespace`: a node per namespace (its identities and pods listed), outside addresses as
+    they are, and an edge between two nodes exactly where some identity of the first reaches one of the
+    second, with every rule of the edges it folds; for an imported cluster and for workloads alike."""
+    for paths in ([str(ROOT / "examples" / "kubernetes")], [str(ROOT / "examples" / "workloads" / "shop.ap")]):
+        plain = json.loads(run("map", *paths, "--format", "json").stdout)
+        done = run("map", *paths, "--format", "json", "--group", "namespace")
+        assert done.returncode == 0, done.stderr
+        folded = json.loads(done.stdout)
+        space = {n["name"]: n["namespace"] for n in plain["nodes"] if n.get("namespace")}
+        assert space, paths
+        node = lambda name: f"ns/{space[name]}" if name in space else name  # noqa: E731
+        assert {n["name"] for n in folded["nodes"]} == {node(n["name"]) for n in plain["nodes"]}
+        for n in folded["nodes"]:
+            if n["kind"] == "namespace":
+                assert sorted(n["identities"]) == sorted(k for k, v in space.items() if f"ns/{v}" == n["name"])
+        want: dict = {}
+        for e in plain["edges"]:
+            want.setdefault((node(e["src"]), node(e["dst"])), set()).update(e["rules"])
+        got = {(e["src"], e["dst"]): set(e["rules"]) for e in folded["edges"]}
+        assert got == want, paths
+        assert run("map", *paths, "--group", "namespace", "--format", "svg").returncode == 0
+    bad = run("map", str(ROOT / "examples" / "kubernetes"), "--group", "team")
+    assert bad.returncode == 2

@@ -247,8 +247,11 @@ def _print_diff(report, newer, output_format, shown) -> None:
                                                    "nothing but the default lets through.")
 @click.option("--no-self", "no_self", is_flag=True, help="Leave out each identity's edge to itself.")
 @click.option("--changed", "changed_only", is_flag=True, help="With --diff: only the edges added, removed or changed.")
+@click.option("--group", "group", type=click.Choice(["namespace"]), default=None,
+              help="Fold the identities of each namespace into one node (ns/NAME), their edges into one: what any "
+                   "of them reaches.")
 @handle_errors
-def map_command(files, compare, output_format, restricted, no_self, changed_only) -> None:
+def map_command(files, compare, output_format, restricted, no_self, changed_only, group) -> None:
     """Who can reach whom: an edge wherever some flow from one identity opens a connection to another,
     with the rules that allow it."""
     if compare and len(files) != 2:
@@ -264,6 +267,8 @@ def map_command(files, compare, output_format, restricted, no_self, changed_only
             result = api.connectivity(load(list(files)), report)
     finally:
         done()
+    if group == "namespace":
+        result = _by_namespace(result)
     result = _shown_edges(result, restricted, no_self, changed_only)
     if output_format == "json":
         emit_json(result)
@@ -283,6 +288,43 @@ def map_command(files, compare, output_format, restricted, no_self, changed_only
         _map_text(result, compare)
     if compare and any(e["change"] != "same" for e in result["edges"]):
         sys.exit(EXIT_FAIL)
+
+
+def _by_namespace(result: dict) -> dict:
+    """The map with each namespace's identities folded into one node `ns/NAME` (what has no namespace,
+    an address outside the cluster, stays as it is): an edge between two nodes wherever one of the
+    first's identities reaches one of the second's, with every rule and flow of the edges it folds."""
+    fold = {n["name"]: f"ns/{n['namespace']}" for n in result["nodes"] if n.get("namespace")}
+    nodes: dict[str, dict] = {}
+    for n in result["nodes"]:
+        name = fold.get(n["name"], n["name"])
+        if name not in nodes:
+            nodes[name] = {"name": name, "kind": "namespace" if n["name"] in fold else n["kind"],
+                           **({"identities": []} if n["name"] in fold else {})}
+        if n["name"] in fold:
+            nodes[name]["identities"].append(n["name"])
+            nodes[name].setdefault("pods", []).extend(n.get("pods", []))
+    edges: dict[tuple, dict] = {}
+    for e in result["edges"]:
+        key = (fold.get(e["src"], e["src"]), fold.get(e["dst"], e["dst"]))
+        got = edges.get(key)
+        if got is None:
+            edges[key] = dict(e, src=key[0], dst=key[1], rules=list(e["rules"]), flows=list(e["flows"]),
+                              http=list(e["http"]), labels=[e["label"]], folded=1)
+            continue
+        got["rules"] += [r for r in e["rules"] if r not in got["rules"]]
+        got["flows"] += [f for f in e["flows"] if f not in got["flows"]]
+        got["http"] += [h for h in e["http"] if h not in got["http"]]
+        got["labels"] += [e["label"]] if e["label"] not in got["labels"] else []
+        got["default"] = got["default"] or e["default"]
+        got["everything"] = got["everything"] or e["everything"]
+        got["folded"] += 1
+        if "change" in e and e["change"] != got.get("change"):
+            got["change"] = "changed"
+    for e in edges.values():
+        labels = e.pop("labels")
+        e["label"] = "any protocol" if e["everything"] else "; ".join(labels)
+    return dict(result, nodes=[nodes[k] for k in sorted(nodes)], edges=[edges[k] for k in sorted(edges)], groups=[])
 
 
 def _shown_edges(result: dict, restricted: bool, no_self: bool, changed_only: bool = False) -> dict:
@@ -357,7 +399,11 @@ def _map_text(result: dict, compare: bool) -> None:
     if lonely:
         click.echo("reaches nothing and is reached by nothing: " + ", ".join(lonely))
     for n in result["nodes"]:
-        if n.get("pods"):
+        if n.get("identities"):  # a namespace folded (--group namespace)
+            shown = ", ".join(n["identities"][:5]) + (f" and {len(n['identities']) - 5} more"
+                                                      if len(n["identities"]) > 5 else "")
+            click.echo(f"{n['name']} folds {len(n['identities'])} identities: {shown}")
+        elif n.get("pods"):
             shown = ", ".join(n["pods"][:5]) + (f" and {len(n['pods']) - 5} more" if len(n["pods"]) > 5 else "")
             click.echo(f"{n['name']} stands for {len(n['pods'])} pods no policy tells apart: {shown}")
 
