@@ -230,3 +230,32 @@ def test_established_tcp_segments_through_the_switch(switch, stateless):
     got = ["allow" if fwd else "deny" for fwd in switch.send(frames, gap=0.001)]
     assert got == [switch_expected(program, f, flags) for f, flags in probes]
     assert got.count("allow") == (2 if stateless else 6)
+
+
+def test_bmv2_follows_pods_with_endpoint_entries_alone(switch, tmp_path):
+    """A bound policy on the real switch, then one of its pods replaced by a pod at another address: the
+    push writes only the endpoint tables (two inserts, two deletes), and the frames BMv2 forwards are the
+    interpreter's for the new binding, the new pod's connections included."""
+    from .test_workloads import _address, _compiled, _pods, _policy, _workloads, _write_pods
+
+    rnd = random.Random(5)
+    workloads = _workloads(rnd)
+    text = _policy(rnd, workloads)
+    pods = _pods(rnd, workloads)
+    before = _compiled(text, _write_pods(tmp_path, pods, "before.yaml")).program
+    moved = next(p for p in pods if p["metadata"]["name"].startswith("w1-"))
+    moved["status"] = {"podIP": "10.2.9.9", "podIPs": [{"ip": "10.2.9.9"}]}
+    after = _compiled(text, _write_pods(tmp_path, pods, "after.yaml")).program
+    _push(switch, before, pipeline_config=switch.pipeline)
+    _agree(switch, before, 300, seed=3)
+    result = _push(switch, after)
+    assert (result["inserted"], result["deleted"], result["modified"]) == (2, 2, 0), result
+    _agree(switch, after, 600, seed=4)
+    projected = project_l4(after)
+    flows = [Flow(4, _address("10.2.9.9"), _address(p["status"]["podIP"]), proto, 40000, port)
+             for p in pods if p is not moved for proto, port in ((6, 80), (6, 5432), (17, 53))]
+    flows += [Flow(4, f.dst, f.src, f.proto, 40000, f.dport) for f in flows]
+    verdicts = [evaluate(projected, f).verdict == "allow" for f in flows]
+    assert any(verdicts) and not all(verdicts)  # the new pod's place in the policy shows both ways
+    got = _forwarded(switch, [packet.frame(f, payload=k.to_bytes(4, "big")) for k, f in enumerate(flows)], verdicts)
+    assert got == verdicts
