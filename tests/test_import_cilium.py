@@ -64,6 +64,10 @@ def cilium_rule(draw, direction: str, deny: bool):
                                       {"port": "http", "protocol": "TCP"}]))
             ports.append(p)
         rule["toPorts"] = [{"ports": ports}]
+    if draw(st.integers(0, 3)) == 0:  # ICMP messages beside (or instead of) the ports
+        types = draw(st.lists(st.sampled_from([8, 0, 13, "EchoRequest", "8"]), min_size=1, max_size=2))
+        rule["icmps"] = [{"fields": [{"type": t, **({"family": "IPv4"} if draw(st.booleans()) else {})}
+                                     for t in types]}]
     return rule
 
 
@@ -118,7 +122,7 @@ def _peer(rule: dict, direction: str, policy_ns: str, ip: str, pod: dict | None)
     prefix = "from" if direction == "ingress" else "to"
     if not rule:
         return False  # `{}` matches no peer
-    keys = [k for k in rule if k != "toPorts"]
+    keys = [k for k in rule if k not in ("toPorts", "icmps")]
     if not keys:
         return True
     for sel in rule.get(prefix + "Endpoints") or []:
@@ -136,9 +140,14 @@ def _peer(rule: dict, direction: str, policy_ns: str, ip: str, pod: dict | None)
 
 
 def _port(rule: dict, proto: str, port: int | None, dst_pod: dict | None) -> bool:
-    if not rule.get("toPorts"):
+    """The rule's L4 part: `toPorts` and `icmps` together (either restricts the rule to what it lists;
+    the ICMP flows asked are echo requests, type 8)."""
+    if not rule.get("toPorts") and not rule.get("icmps"):
         return True
-    for tp in rule["toPorts"]:
+    if proto == "ICMP":
+        return any(f.get("family", "IPv4") == "IPv4" and f["type"] in (8, "8", "EchoRequest")
+                   for item in rule.get("icmps") or [] for f in item["fields"])
+    for tp in rule.get("toPorts") or []:
         for p in tp["ports"]:
             want = p.get("protocol", "ANY")
             if want not in ("ANY", proto) or port is None:
@@ -219,12 +228,19 @@ def test_what_is_not_imported_is_an_error_at_its_position(tmp_path):
                                                                     "rules": {"kafka": [{"topic": "t"}]}}]}]}},
         {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "c", "namespace": "shop"},
          "spec": {"endpointSelector": {}, "ingress": [{"fromEntities": ["host"]}]}},
+        {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "e", "namespace": "shop"},
+         "spec": {"endpointSelector": {}, "ingress": [{"icmps": [{"fields": [{"type": "Bogus"}]}]}]}},
+        {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "f", "namespace": "shop"},
+         "spec": {"endpointSelector": {}, "ingress": [{"icmps": [{"fields": [{"type": 8, "family": "IPv5"}]}]}]}},
+        {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "g", "namespace": "shop"},
+         "spec": {"endpointSelector": {}, "ingress": [{"icmps": [{"fields": [{"type": 300}]}]}]}},
     ]))
     done = run("check", str(path))
     assert done.returncode == 1 and "Traceback" not in done.stderr
     for text in ("toFQDNs peers are not imported", "egress HTTP rules are not yet", "path '/a.*'",
                  "L7 rules other than http (kafka)",
-                 "entity 'host' is not imported"):
+                 "entity 'host' is not imported", "'Bogus' is not an IPv4 ICMP message name",
+                 "icmps family 'IPv5' is not IPv4 or IPv6", "icmps type 300 is not an ICMP type"):
         assert text in done.stderr, done.stderr
     assert str(path) + ":" in done.stderr
 

@@ -15,7 +15,9 @@ Cilium's documented semantics, which the importer follows:
 - CIDR peers (`fromCIDR`, `fromCIDRSet` with `except`) are addresses outside the cluster; entities
   `world` (outside), `cluster` (every pod) and `all`.
 - A rule without peers (only `toPorts`) admits every peer. Ports: a number or a name (looked up on
-  the destination pod), `endPort`, protocol TCP, UDP or ANY.
+  the destination pod), `endPort`, protocol TCP, UDP or ANY. `icmps` (types by number or Cilium's
+  message name, family IPv4 or IPv6) admit those ICMP messages beside the rule's `toPorts`; a rule
+  with either admits no other protocol.
 
 - HTTP rules (`toPorts.rules.http`) on an ingress allow: on those ports, Cilium's proxy lets through
   the requests that match one of them (method names joined by `|`, a path written exactly or as
@@ -48,7 +50,23 @@ NS_PREFIX = "io.cilium.k8s.namespace.labels."
 ACCOUNT_LABEL = "io.cilium.k8s.policy.serviceaccount"
 PEER_KEYS = {"ingress": ("fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities"),
              "egress": ("toEndpoints", "toCIDR", "toCIDRSet", "toEntities")}
-REFUSED = ("toFQDNs", "toServices", "toGroups", "toRequires", "fromRequires", "toNodes", "fromNodes", "icmps")
+REFUSED = ("toFQDNs", "toServices", "toGroups", "toRequires", "fromRequires", "toNodes", "fromNodes")
+#: ICMP message names Cilium takes for `icmps` types (its ICMP rule API), by family.
+ICMP_NAMES = {
+    "IPv4": {"EchoReply": 0, "DestinationUnreachable": 3, "Redirect": 5, "Echo": 8, "EchoRequest": 8,
+             "RouterAdvertisement": 9, "RouterSelection": 10, "TimeExceeded": 11, "ParameterProblem": 12,
+             "Timestamp": 13, "TimestampReply": 14, "Photuris": 40, "ExtendedEchoRequest": 42,
+             "ExtendedEchoReply": 43},
+    "IPv6": {"DestinationUnreachable": 1, "PacketTooBig": 2, "TimeExceeded": 3, "ParameterProblem": 4,
+             "EchoRequest": 128, "EchoReply": 129, "MulticastListenerQuery": 130, "MulticastListenerReport": 131,
+             "MulticastListenerDone": 132, "RouterSolicitation": 133, "RouterAdvertisement": 134,
+             "NeighborSolicitation": 135, "NeighborAdvertisement": 136, "RedirectMessage": 137,
+             "RouterRenumbering": 138, "ICMPNodeInformationQuery": 139, "ICMPNodeInformationResponse": 140,
+             "InverseNeighborDiscoverySolicitation": 141, "InverseNeighborDiscoveryAdvertisement": 142,
+             "HomeAgentAddressDiscoveryRequest": 144, "HomeAgentAddressDiscoveryReply": 145,
+             "MobilePrefixSolicitation": 146, "MobilePrefixAdvertisement": 147,
+             "DuplicateAddressRequestCodeSuffix": 157, "DuplicateAddressConfirmationCodeSuffix": 158,
+             "ExtendedEchoRequest": 160, "ExtendedEchoReply": 161}}
 
 
 @dataclass
@@ -162,7 +180,7 @@ def _rule(reader, pods, path, r, direction, deny, subject, ns, label, span_of, s
         # to deny every ingress or egress), and it allows or denies nothing itself.
         return []
     refused = [k for k in r if k in REFUSED or k.startswith(("to", "from")) and k not in PEER_KEYS[direction]
-               and k != "toPorts" or (not k.startswith("__") and k not in PEER_KEYS[direction] + ("toPorts",))]
+               and k != "toPorts" or (not k.startswith("__") and k not in PEER_KEYS[direction] + ("toPorts", "icmps"))]
     if refused:
         reader.fail(path, r, f"{label}: {', '.join(sorted(refused))} peers are not imported")
         return []
@@ -218,10 +236,50 @@ def _rule(reader, pods, path, r, direction, deny, subject, ns, label, span_of, s
                 ports += parsed
             else:
                 l7.append(([x for x in parsed if x[0] == "tcp"], http))
+    if r.get("icmps"):
+        icmps = _icmps(reader, path, r["icmps"], label)
+        if icmps is None:
+            return []
+        ports = (ports or []) + icmps
     out = []
     if ports is None or ports or not l7:
         out.append(CiliumRule(direction, deny, subject, peers, ports, span_of(path, r), label))
     out += [CiliumRule(direction, deny, subject, peers, tcp, span_of(path, r), label, http) for tcp, http in l7]
+    return out
+
+
+def _icmps(reader, path, items, label) -> list | None:
+    """`icmps: [{fields: [{type, family}]}]` as port-list items ("icmp" or "icmp6", type, type): the
+    ICMP messages the rule admits beside its `toPorts` (None and an error when one is malformed)."""
+    out = []
+    for item in items if isinstance(items, list) else [items]:
+        fields = item.get("fields") if isinstance(item, dict) else None
+        if not isinstance(fields, list) or not fields:
+            reader.fail(path, item if isinstance(item, dict) else {}, f"{label}: an icmps entry lists `fields` "
+                                                                      "(type, family)")
+            return None
+        for f in fields:
+            family = f.get("family", "IPv4") if isinstance(f, dict) else None
+            t = f.get("type") if isinstance(f, dict) else None
+            if family not in ICMP_NAMES:
+                reader.fail(path, f if isinstance(f, dict) else item, f"{label}: icmps family {family!r} is not IPv4 "
+                                                                      "or IPv6")
+                return None
+            if isinstance(t, str) and not t.isdigit():
+                if t not in ICMP_NAMES[family]:
+                    reader.fail(path, f, f"{label}: {t!r} is not an {family} ICMP message name Cilium takes "
+                                         f"(or give its number)")
+                    return None
+                t = ICMP_NAMES[family][t]
+            try:
+                t = int(t)
+            except (TypeError, ValueError):
+                t = -1
+            if isinstance(f.get("type"), bool) or not 0 <= t <= 255:
+                reader.fail(path, f, f"{label}: icmps type {f.get('type')!r} is not an ICMP type (0-255)")
+                return None
+            proto = "icmp" if family == "IPv4" else "icmp6"
+            out.append((proto, t, t))
     return out
 
 

@@ -416,7 +416,7 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
             # may read as allowed, so that no line is written twice (a dead rule).
             reachable = (allowed - Ports(tcp=mesh.denied)).tcp
             if mesh.allowed is not None:
-                allowed = allowed & Ports(tcp=mesh.allowed, udp=EVERY, other=True)
+                allowed = allowed & (Ports(tcp=mesh.allowed) | (ALL - Ports(tcp=EVERY)))
             allow_texts, deny_texts = (allowed | Ports(tcp=mesh.denied)).rules()
             # What decided: the first rule that allowed (or denied) some of it; else what restricts the pair.
             restriction = [w for w in (restricted_in.get(b.ident) if into else None,
