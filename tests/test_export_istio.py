@@ -24,7 +24,7 @@ from anyplane.ir.interp import evaluate
 from anyplane.ir.owners import owned_addresses
 from anyplane.ir.source import DiagnosticError
 
-from .conftest import run
+from .conftest import CI, ROOT, run
 from .crd_schemas import MODULES as SCHEMAS
 from .crd_schemas import violations
 from .strategies import policies
@@ -126,7 +126,7 @@ def test_a_tampered_export_is_caught_by_the_proof():
 @pytest.mark.parametrize("rule, fragment", [
     ("deny any -> api http DELETE /*\nallow web -> api http * /* priority 5",
      "Istio applies every DENY policy before any ALLOW"),
-    ("deny web -> api tcp 9080\nallow web -> api http GET /health priority 5",
+    ("deny web -> api http GET /admin/*\nallow web -> api http GET /* priority 5",
      "Istio applies every DENY policy before any ALLOW"),
     ("allow web -> api http GET /api/* rate 10/s", "cannot limit rates"),
 ])
@@ -137,6 +137,52 @@ def test_what_istio_cannot_say_is_an_error_at_the_rule(tmp_path, rule, fragment)
     assert done.returncode == 1
     assert fragment in done.stderr, done.stderr
     assert f"{tmp_path / 'p.ap'}:" in done.stderr and "^" in done.stderr
+
+
+def test_an_l4_deny_under_an_http_allow_goes_to_the_sidecar_and_is_proved(tmp_path):
+    """`allow web -> api http GET /health` above `deny web -> api tcp 9080`: NetworkPolicy cannot deny a
+    port whose requests are partly allowed, so every TCP decision toward the workloads is written as
+    AuthorizationPolicies (an ALLOW of GET /health closing the rest), the NetworkPolicies let TCP to
+    them through, and the read-back is proved."""
+    base = "\n".join(line for line in SHOP.splitlines() if not line.startswith(("allow", "deny")))
+    (tmp_path / "p.ap").write_text(base + "\ndeny web -> api tcp 9080\nallow web -> api http GET /health priority 5\n")
+    done = run("compile", str(tmp_path / "p.ap"), "-t", "istio", "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "proved: istio" in done.stderr
+    policies = [d for d in yaml.safe_load_all((tmp_path / "out" / "authorizationpolicies.yaml").read_text()) if d]
+    api_allow = next(d for d in policies if d["metadata"]["name"] == "anyplane-api-allow")
+    assert any(op["operation"].get("paths") == ["/health"] for r in api_allow["spec"]["rules"] for op in r.get("to", []))
+
+
+def test_every_imported_istio_input_goes_back_to_istio_and_is_proved():
+    """The Istio example and random AuthorizationPolicies (tests/test_import_istio.py's generator), imported
+    (with random PeerAuthentications) and exported with -t istio: each export reads back to exactly the
+    imported policy, and Istio's schema takes it."""
+    from hypothesis import HealthCheck, settings
+
+    from anyplane.compiler.importers.k8s import convert
+    from anyplane.compiler.pipeline import load
+
+    from .test_import_istio import authz, cluster, peer_authentications
+
+    compiled = load([str(ROOT / "examples" / "istio")])
+    assert api.prove_export(compiled, "istio", api.compile_target(compiled, "istio")).proved
+
+    @settings(max_examples=100 if CI else 25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(authz(), peer_authentications())
+    def check(policies, peer_auth):
+        try:
+            imported = convert([("mesh.yaml", yaml.safe_dump_all(cluster() + policies + peer_auth))])
+        except DiagnosticError:  # two PeerAuthentications at one level, say: refused by the importer
+            event("not imported")
+            return
+        compiled = compile_sources([("<kubernetes>", imported.text)])
+        out = api.compile_target(compiled, "istio")
+        proof = api.prove_export(compiled, "istio", out)
+        assert proof.proved, (proof.counterexample, yaml.safe_dump_all(policies))
+        written = [d for d in yaml.safe_load_all(_files(out)["authorizationpolicies.yaml"]) if d]
+        assert violations(written) == []  # Istio's published schema takes them
+    check()
 
 
 def test_under_default_allow_only_denies_are_written(tmp_path):

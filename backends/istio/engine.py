@@ -21,6 +21,11 @@ rules, the AuthorizationPolicies add the requests' conditions:
            conditions if it has any; and one rule for every port that is not HTTP, which the
            NetworkPolicies decide alone
 
+Where NetworkPolicy cannot say the L4 projection (some TCP ports of an address denied while every
+other protocol passes) or an L4 deny sits under an HTTP allow, every TCP decision toward the
+workloads is written as AuthorizationPolicies instead, cell by cell (`_tcp_rules`), and the
+NetworkPolicies let TCP to the workloads through (`open_tcp_to_workloads`).
+
 Istio applies every DENY before any ALLOW, and an ALLOW policy closes what it does not match. So
 the export is exact when, among the rules that reach a workload's HTTP port, no allow takes
 precedence over a deny it overlaps where either of them has HTTP conditions (an HTTP deny under an
@@ -39,7 +44,8 @@ from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny
 from anyplane.ir.flow import Flow
 from anyplane.ir.interp import match_holds, owner
-from anyplane.ir.match import Absent, Match, Present, StrExact, StrPrefix, exact_values, int_ranges, merge_ranges
+from anyplane.ir.match import (Absent, Match, Present, StrExact, StrPrefix, exact_values, int_ranges, merge_ranges,
+                               to_itself)
 from anyplane.ir.match import options as alternatives
 from anyplane.ir.nodes import Program, ordered
 from anyplane.ir.project import project_l4
@@ -165,9 +171,49 @@ def _service_ports(ports) -> list[dict]:
             for n, proto in sorted({(p.number, p.protocol) for p in ports})]
 
 
-def authorization(program: Program, identities: dict, routed=frozenset()) -> tuple[list[dict], list[dict]]:
+#: Istio names ports one by one (`ports`, `notPorts`): a rule's ports are written so while there are at
+#: most this many.
+MAX_LISTED_PORTS = 64
+
+
+def _port_list(ranges: list[tuple[int, int]]) -> dict | None:
+    """An operation's ports for TCP port ranges: {} (every port), {"ports": [...]}, {"notPorts": [...]}
+    or None (too many either way)."""
+    ranges = merge_ranges([(max(lo, 1), hi) for lo, hi in ranges if hi >= 1])
+    if ranges == [(1, 65535)]:
+        return {}
+    count = sum(hi - lo + 1 for lo, hi in ranges)
+    if count <= MAX_LISTED_PORTS:
+        return {"ports": [str(n) for lo, hi in ranges for n in range(lo, hi + 1)]}
+    missing, at = [], 1
+    for lo, hi in ranges:
+        missing += list(range(at, lo))
+        at = hi + 1
+    missing += list(range(at, 65536))
+    return {"notPorts": [str(n) for n in missing]} if len(missing) <= MAX_LISTED_PORTS else None
+
+
+def open_tcp_to_workloads(program: Program) -> Program:
+    """The program with every TCP connection to a workload let through (one entry above all): what the
+    NetworkPolicies say when the AuthorizationPolicies decide TCP to the workloads."""
+    import dataclasses
+
+    from anyplane.ir.match import Exact, InSet
+    from anyplane.ir.nodes import TOP_PRIORITY, Entry, Table
+
+    workloads = tuple(sorted(r.workload for r in regions_of(program)[0] if r.workload))
+    if not workloads:
+        return program
+    top = Entry(TOP_PRIORITY, Match.of({F.PROTO: Exact(TCP), F.DST_ID: InSet(workloads)}), Allow(),
+                program.default_origin, program.rules[0].id if program.rules else "default")
+    return dataclasses.replace(program, acl=Table(program.acl.name, (top, *program.acl.entries)))
+
+
+def authorization(program: Program, identities: dict, routed=frozenset(), tcp: bool = False) -> tuple[list[dict], list[dict]]:
     """(AuthorizationPolicies, Services) for the workloads whose requests have rules (a Service per
-    workload with declared ports; a routed service's Service is written with its routes)."""
+    workload with declared ports; a routed service's Service is written with its routes). `tcp`: every
+    TCP decision toward a workload is written (the NetworkPolicies let TCP to workloads through:
+    `open_tcp_to_workloads`), not only those of its HTTP ports."""
     regions, _ = regions_of(program)
     reach = _Reach(program, regions)
     entries = [e for e in ordered(program.acl) if _tcp(e)]
@@ -183,44 +229,74 @@ def authorization(program: Program, identities: dict, routed=frozenset()) -> tup
                                           "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
                              "spec": {"selector": dict(labels), "ports": _service_ports(ident.ports)}})
         http = sorted(set(ident.http_ports))
-        # Entries that reach one of the workload's HTTP ports, with the sources they hold there.
+        # Entries that reach one of the workload's HTTP ports (`tcp`: any TCP port of it; ports as ranges),
+        # with the sources they hold there.
         hits = []
         for e in entries:
-            ports = [p for p in http if any(lo <= p <= hi for lo, hi in _ports(e))]
+            if tcp and to_itself(e.match) is not None:
+                continue  # a pod to itself: Kubernetes lets it through, and the read-back says so
+            if tcp:
+                ports = [(lo, hi) for lo, hi in _ports(e)] if e.layer != "L7" else \
+                    [(p, p) for p in http if any(lo <= p <= hi for lo, hi in _ports(e))]
+            else:
+                ports = [(p, p) for p in http if any(lo <= p <= hi for lo, hi in _ports(e))]
             if ports:
                 src = reach.sources(e, w)
                 if src:
                     hits.append((e, ports, src))
-        if not any(e.layer == "L7" for e, _, _ in hits):
+        if not tcp and not any(e.layer == "L7" for e, _, _ in hits):
             continue
-        for i, (a, a_ports, a_src) in enumerate(hits):
+        for i, (a, a_ports, a_src) in enumerate(hits if not tcp else ()):
             for d, d_ports, d_src in hits[i + 1:]:
                 if isinstance(a.action, Deny) or not isinstance(d.action, Deny) or "L7" not in (a.layer, d.layer):
                     continue
-                if set(a_ports) & set(d_ports) and any(r in d_src for r in a_src) and d.rule not in errors:
+                meet = any(max(l1, l2) <= min(h1, h2) for l1, h1 in a_ports for l2, h2 in d_ports)
+                if meet and any(r in d_src for r in a_src) and d.rule not in errors:
                     errors[d.rule] = error(d.origin, "istio", (
                         f"Istio applies every DENY policy before any ALLOW: this deny overlaps an allow that takes "
                         f"precedence over it ({a.origin}), which AuthorizationPolicies cannot say (give the deny a "
                         "higher priority, or narrow one of them)"))
         for e, _, _ in hits:
-            why = _exportable(e) if e.layer == "L7" else None
+            why = _exportable(e) if e.layer == "L7" or tcp else None
             if why and e.rule not in errors:
                 errors[e.rule] = error(e.origin, "istio", why)
         deny_rules, allow_rules = [], []
         every = {(r, f) for r in regions for f in w.ranges if r.probe(f) is not None}
+        if tcp:
+            deny_rules, allow_rules, closed = _tcp_rules(program, hits, every, errors)
+            for action, rules in (("DENY", deny_rules), ("ALLOW", allow_rules)):
+                if rules or (action == "ALLOW" and closed):
+                    policies.append({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                                     "metadata": {"name": f"anyplane-{k8s_name(w.workload)}-{action.lower()}",
+                                                  "namespace": ns,
+                                                  "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
+                                     "spec": {"selector": {"matchLabels": dict(labels)}, "action": action,
+                                              "rules": rules}})
+            continue
         for e, ports, src in hits:
-            op, when = _operation(e, ports)
+            listed = _port_list(ports)
+            if listed is None:
+                if e.rule not in errors:
+                    errors[e.rule] = error(e.origin, "istio", (
+                        f"an AuthorizationPolicy names TCP ports one by one (at most {MAX_LISTED_PORTS} here, or "
+                        "all but that many): this rule's ports are too many"))
+                continue
+            op, when = _operation(e, [])
+            del op["ports"]
+            op = {**listed, **op}
             rule: dict = {}
             if set(src) != every:
                 rule["from"] = [{"source": {"ipBlocks": _cidrs(src)}}]
-            rule["to"] = [{"operation": op}]
+            rule["to"] = [{"operation": op}] if op else []
+            if not rule["to"]:
+                del rule["to"]
             if when:
                 rule["when"] = when
-            if isinstance(e.action, Deny) and e.layer == "L7":
+            if isinstance(e.action, Deny) and (e.layer == "L7" or tcp):
                 deny_rules.append(rule)
             elif not isinstance(e.action, Deny) and program.default == "deny":
                 allow_rules.append(rule)
-        if program.default == "deny":
+        if program.default == "deny" and not tcp:
             allow_rules.append({"to": [{"operation": {"notPorts": [str(p) for p in http]}}]})
         for action, rules in (("DENY", deny_rules), ("ALLOW", allow_rules)):
             if rules or (action == "ALLOW" and program.default == "deny"):
@@ -231,6 +307,98 @@ def authorization(program: Program, identities: dict, routed=frozenset()) -> tup
     if errors:
         raise DiagnosticError(list(errors.values()))
     return policies, services
+
+
+def _tcp_rules(program: Program, hits: list, every: set, errors: dict) -> tuple[list, list, bool]:
+    """Every TCP decision toward one workload as Istio rules: (DENY rules, ALLOW rules, whether an ALLOW
+    policy must close what they do not match).
+
+    The source regions and port intervals the entries tell apart cut the connections into cells. In a
+    cell, the entries that hold it decide in order: requests conditions (L7) first, until an entry
+    without them (or the default) decides the rest. Istio applies every DENY before any ALLOW, and an
+    ALLOW policy closes what it does not match. So a cell the rest of which is allowed is an ALLOW of
+    the cell, with a DENY for each L7 deny before it; one the rest of which is denied is an ALLOW for
+    each L7 allow before it (and a DENY for each L7 deny). An L7 allow before an L7 deny in one cell
+    would let Istio deny requests anyplane allows: an error at the deny."""
+    cuts = {1, 65536}
+    for _, ports, _ in hits:
+        for lo, hi in ports:
+            cuts |= {max(lo, 1), hi + 1}
+    bounds = sorted(c for c in cuts if 1 <= c <= 65536)
+    intervals = list(zip(bounds, [b - 1 for b in bounds[1:]]))
+    full: dict[tuple, set] = {}  # interval -> sources whose cell is allowed outright
+    conditional: dict[tuple, dict] = {}  # (entry index, verdict) -> {interval: sources}
+    closed = program.default == "deny"
+    for key in every:
+        for lo, hi in intervals:
+            conds, final = [], program.default
+            for k, (e, ports, src) in enumerate(hits):
+                if key not in src or not any(plo <= lo and hi <= phi for plo, phi in ports):
+                    continue
+                if e.layer == "L7":
+                    conds.append((k, "deny" if isinstance(e.action, Deny) else "allow"))
+                    continue
+                final = "deny" if isinstance(e.action, Deny) else "allow"
+                break
+            seen_allow = None
+            for k, verdict in conds:
+                if verdict == "allow":
+                    seen_allow = seen_allow if seen_allow is not None else k
+                elif seen_allow is not None:
+                    e = hits[k][0]
+                    errors.setdefault(e.rule, error(e.origin, "istio", (
+                        f"Istio applies every DENY policy before any ALLOW: this deny's requests may match an allow "
+                        f"that takes precedence over it ({hits[seen_allow][0].origin}), which AuthorizationPolicies "
+                        "cannot say (give the deny a higher priority, or narrow one of them)")))
+            for k, verdict in conds:
+                if verdict == "deny" or final == "deny":
+                    conditional.setdefault((k, verdict), {}).setdefault((lo, hi), set()).add(key)
+            if final == "allow":
+                full.setdefault((lo, hi), set()).add(key)
+            else:
+                closed = True
+
+    def written(ports: list, sources: set, e=None) -> dict | None:
+        listed = _port_list(ports)
+        if listed is None:
+            return None
+        op, when = _operation(e, []) if e is not None else ({"ports": []}, [])
+        del op["ports"]
+        op = {**listed, **op}
+        rule: dict = {}
+        if sources != every:
+            rule["from"] = [{"source": {"ipBlocks": _cidrs(sorted(sources, key=lambda x: (x[0].key, x[1])))}}]
+        if op:
+            rule["to"] = [{"operation": op}]
+        if when:
+            rule["when"] = when
+        return rule
+
+    too_many = ("an AuthorizationPolicy names TCP ports one by one (at most " + str(MAX_LISTED_PORTS) +
+                " here, or all but that many): the ports decided alike here are too many")
+    deny_rules, allow_rules = [], []
+    if closed:  # the cells allowed outright, grouped by their sources
+        by_sources: dict[frozenset, list] = {}
+        for interval, sources in full.items():
+            by_sources.setdefault(frozenset(sources), []).append(interval)
+        for sources, ports in sorted(by_sources.items(), key=lambda kv: sorted(kv[1])):
+            rule = written(ports, set(sources))
+            if rule is None:
+                errors.setdefault("<ports>", error(program.default_origin, "istio", too_many))
+                continue
+            allow_rules.append(rule)
+    for (k, verdict), cells in sorted(conditional.items()):
+        e = hits[k][0]
+        by_sources = {}
+        for interval, sources in cells.items():
+            by_sources.setdefault(frozenset(sources), []).append(interval)
+        for sources, ports in sorted(by_sources.items(), key=lambda kv: sorted(kv[1])):
+            rule = written(ports, set(sources), e)
+            if rule is None:
+                errors.setdefault(e.rule, error(e.origin, "istio", too_many))
+                continue
+            (deny_rules if verdict == "deny" else allow_rules).append(rule)
+    return deny_rules, allow_rules, closed
 
 
 SERVICE_LABEL = "anyplane.io/service"
@@ -335,7 +503,6 @@ class IstioEngine(KubernetesExporter):
     def emit(self, program: Program, options: base.Options) -> base.Output:
         base.refuse_mtls(program, "istio", "PeerAuthentication and principals are not written yet")
         kubernetes = getattr(options.deployment, "kubernetes", None)
-        policies, identities = k8s_export(project_l4(program), kubernetes, expressions=False, sidecars=True)
         routed = {e.action.service for e in program.routes.entries} | {lim.service for lim in program.limits}
         mapped = sorted(set((kubernetes or {}).get("workloads", {})) & {i.name for i in program.identities
                                                                          if i.service in routed})
@@ -343,11 +510,25 @@ class IstioEngine(KubernetesExporter):
             raise DiagnosticError([error(program.default_origin, "istio", (
                 f"{mapped[0]} has labels of its own in the deployment file, and its service has routes or limits: "
                 f"-t istio labels a routed service's pods {SERVICE_LABEL}: SERVICE itself"))])
-        for name, spec in identities.items():
-            service = program.identity(name).service
-            if service in routed:
-                spec["labels"][SERVICE_LABEL] = service
-        authz, services = authorization(program, identities, routed)
+
+        def written(l4: Program, tcp: bool):
+            policies, identities = k8s_export(l4, kubernetes, expressions=False, sidecars=True)
+            for name, spec in identities.items():
+                service = program.identity(name).service
+                if service in routed:
+                    spec["labels"][SERVICE_LABEL] = service
+            return (policies, identities, *authorization(program, identities, routed, tcp))
+        try:
+            policies, identities, authz, services = written(project_l4(program), False)
+        except DiagnosticError as refused:
+            # What NetworkPolicy and HTTP-only AuthorizationPolicies cannot say of TCP to a workload (some
+            # TCP ports of an address denied while every other protocol passes, as an Istio-only policy
+            # decides; an L4 deny under an HTTP allow), the sidecars can: every TCP decision toward the
+            # workloads goes to the AuthorizationPolicies, and the NetworkPolicies let that TCP through.
+            try:
+                policies, identities, authz, services = written(open_tcp_to_workloads(project_l4(program)), True)
+            except DiagnosticError:
+                raise refused from None
         authz = peer_authentications(identities) + authz
         vss, drs, route_services = routing(program, identities)
         services += route_services
