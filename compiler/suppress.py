@@ -8,6 +8,12 @@
 The comment applies to the rule on its own line, or else to the next statement,
 which must be a rule. verify still reports the finding, marked suppressed (in
 JSON and SARIF); it never fails the run.
+
+    # anyplane: imported
+
+before a file's first statement says its rules are a translation (`anyplane import` writes it): their
+dead, redundant and conflicting rules are the translation's, accepted on every rule of the file, as
+`verify` of the manifests themselves leaves them out. Remove the line to make the rules your own.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from anyplane.ir.source import Diagnostic, Span, error
 from . import ast
 
 DIRECTIVE = re.compile(r"#\s*anyplane\s*:\s*(.*?)\s*$")
+#: What a translation's rules may be without it being the author's finding.
+TRANSLATION = ("dead", "redundant", "conflict")
 ALLOW = re.compile(r"allow\s+([a-z-]+(?:\s*,\s*[a-z-]+)*)$")
 
 
@@ -34,6 +42,15 @@ def suppressions(policy: ast.Policy) -> tuple[dict[Span, tuple[str, ...]], list[
         for c in f.comments:
             m = DIRECTIVE.match(c.text)
             if m is None:
+                continue
+            if m.group(1) == "imported":
+                if statements and c.span.line > statements[0].span.line:
+                    diags.append(error(c.span, "bad-directive", "'# anyplane: imported' goes before the file's "
+                                                                "first statement"))
+                    continue
+                for st in statements:
+                    if isinstance(st, ast.Rule):
+                        out[st.span] = tuple(dict.fromkeys(out.get(st.span, ()) + TRANSLATION))
                 continue
             allow = ALLOW.match(m.group(1))
             if allow is None:

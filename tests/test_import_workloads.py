@@ -205,3 +205,25 @@ def test_a_usage_error_when_both_outputs_are_one_file(tmp_path):
     done = run("import", str(ROOT / "examples/kubernetes"), "--workloads", str(tmp_path / "x"), "-o", str(tmp_path / "x"))
     assert done.returncode == 2 and "another path" in done.stderr
 
+
+
+def test_an_imported_file_verifies_as_its_manifests_do(tmp_path):
+    """`anyplane import -o F` marks F `# anyplane: imported`: `verify F` passes where `verify` of the
+    manifests does, the translation's dead and redundant lines reported as suppressed; without the mark
+    they are the author's findings again. The mark after a statement is an error at it."""
+    manifests = [str(ROOT / "examples/istio/authorization.yaml"), str(ROOT / "examples/istio/workloads.yaml")]
+    assert run("verify", *manifests).returncode == 0
+    out = tmp_path / "mesh.ap"
+    assert run("import", *manifests, "-o", str(out)).returncode == 0
+    text = out.read_text()
+    assert "\n# anyplane: imported\n" in text
+    done = run("verify", str(out), "--format", "json")
+    assert done.returncode == 0, done.stdout[-2000:]
+    found = json.loads(done.stdout)["findings"]
+    assert found and all(f["suppressed"] for f in found if f["kind"] in ("dead", "redundant", "conflict"))
+    (tmp_path / "mine.ap").write_text(text.replace("# anyplane: imported\n", ""))
+    assert run("verify", str(tmp_path / "mine.ap")).returncode == 1
+    lines = text.splitlines()
+    (tmp_path / "late.ap").write_text("\n".join(lines[:12] + ["# anyplane: imported"] + lines[12:]) + "\n")
+    late = run("check", str(tmp_path / "late.ap"))
+    assert late.returncode == 1 and "goes before the file's first statement" in late.stderr

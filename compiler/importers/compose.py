@@ -291,6 +291,9 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
 
     emit("# imported from Kubernetes manifests: NetworkPolicy, AdminNetworkPolicy, CiliumNetworkPolicy and Istio "
          "semantics (docs/import.md)")
+    emit("# The rules below are the translation's: their dead, redundant and conflicting lines are not findings of "
+         "yours (remove the next line to make them yours).")
+    emit("# anyplane: imported")
     emit("default allow")
     in_service = {id(p): r for r in routed for p in r.pods}
     classes = classes if classes is not None else {id(p): ([p], None) for p in pods}
