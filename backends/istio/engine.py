@@ -367,7 +367,11 @@ def _tcp_rules(program: Program, hits: list, every: set, errors: dict) -> tuple[
         op = {**listed, **op}
         rule: dict = {}
         if sources != every:
-            rule["from"] = [{"source": {"ipBlocks": _cidrs(sorted(sources, key=lambda x: (x[0].key, x[1])))}}]
+            order = lambda x: (x[0].key, x[1])  # noqa: E731
+            held, rest = _cidrs(sorted(sources, key=order)), _cidrs(sorted(every - sources, key=order))
+            # The fewer blocks: those the sources hold, or those of the workload's other peers (no flow joins
+            # the workload and an address of a version it does not have).
+            rule["from"] = [{"source": {"ipBlocks": held} if len(held) <= len(rest) else {"notIpBlocks": rest}}]
         if op:
             rule["to"] = [{"operation": op}]
         if when:
