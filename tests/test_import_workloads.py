@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import event, given
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from anyplane.compiler import binding
@@ -35,7 +35,7 @@ from anyplane.ir.interp import evaluate
 from anyplane.ir.match import int_ranges
 from anyplane.ir.source import DiagnosticError
 
-from .conftest import ROOT, run
+from .conftest import CI, ROOT, run
 from .test_import_k8s import SETTINGS, allowed, mismatches, replicated
 
 PORTS = (53, 80, 5000, 5432, 5100, 6000, 8080, 8100, 9000)
@@ -227,3 +227,52 @@ def test_an_imported_file_verifies_as_its_manifests_do(tmp_path):
     (tmp_path / "late.ap").write_text("\n".join(lines[:12] + ["# anyplane: imported"] + lines[12:]) + "\n")
     late = run("check", str(tmp_path / "late.ap"))
     assert late.returncode == 1 and "goes before the file's first statement" in late.stderr
+
+
+@settings(max_examples=60 if CI else 15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_workloads_decide_as_the_per_pod_import_under_every_tier(tmp_path_factory, data):
+    """Cilium policies, AdminNetworkPolicies, and Istio AuthorizationPolicies with PeerAuthentications
+    (the oracle tests' generators): imported as workloads and bound to the pods, every flow between pods
+    and outside addresses is decided as the per-pod import decides it; or the import is refused because
+    pods no selector tells apart resolve a named port differently."""
+    from .test_import_admin import admin_policy
+    from .test_import_cilium import cilium_policies
+    from .test_import_istio import PODS as MESH_PODS
+    from .test_import_istio import authz, peer_authentications
+    from .test_import_istio import cluster as mesh_cluster
+    from .test_import_k8s import NAMESPACES, OUTSIDE, clusters
+
+    spaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(v)}}
+              for n, v in NAMESPACES.items()]
+    pods = data.draw(clusters())
+    ips = [p["status"]["podIP"] for p in pods] + OUTSIDE
+    cases = [(spaces + pods + data.draw(cilium_policies(data.draw(st.integers(1, 3)))), ips),
+             (spaces + pods + [data.draw(admin_policy("AdminNetworkPolicy", 10 + k, k))
+                               for k in range(data.draw(st.integers(1, 2)))], ips),
+             (mesh_cluster() + data.draw(authz()) + data.draw(peer_authentications()),
+              [p[4] for p in MESH_PODS] + ["203.0.113.5", "10.9.9.9"])]
+    for docs, addresses in cases:
+        text = yaml.safe_dump_all(docs)
+        try:
+            direct = compile_sources([("<kubernetes>", convert([("c.yaml", text)]).text)]).program
+        except DiagnosticError:
+            event("an input the importer refuses")
+            continue
+        try:
+            imported = convert([("c.yaml", text)], workloads=True)
+        except DiagnosticError as exc:
+            assert all("differ in their container ports" in d.message for d in exc.diagnostics), exc.diagnostics
+            event("refused: a named port resolved two ways")
+            continue
+        program = _bound(imported.text, binding.write(imported.binding), tmp_path_factory.mktemp("b"))
+        event("compared")
+        for a in addresses:
+            for b in addresses:
+                if a == b:
+                    continue
+                src, dst = int(ipaddress.ip_address(a)), int(ipaddress.ip_address(b))
+                for proto, port in ((6, 80), (6, 5432), (6, 8080), (6, 9080), (6, 8000), (17, 53), (1, None)):
+                    flow = Flow(4, src, dst, proto, 40000, port) if port else Flow(4, src, dst, 1, icmp_type=8,
+                                                                                   icmp_code=0)
+                    assert evaluate(program, flow).verdict == evaluate(direct, flow).verdict, (a, b, proto, port)

@@ -143,9 +143,11 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
         # other kinds' blocks also match pods' addresses, which a selector cannot say.
         by_address = admin.networks(admin_rules) + istio.networks(istio_rules) + \
             [n for r in cilium_rules for item in r.peers or [] if item[0] == "cidr" for n in [item[1], *item[2]]]
-        named = None if admin_rules or cilium_rules else \
-            {lo for table in (ingress, egress) for rules in table.values() for r in rules
-             for _, lo, hi in r.ports or () if hi is None}
+        # The named ports some rule reads (NetworkPolicy, the admin tiers, Cilium): only those must resolve
+        # alike on one workload's pods.
+        named = {lo for table in (ingress, egress) for rules in table.values() for r in rules
+                 for _, lo, hi in r.ports or () if hi is None}
+        named |= {lo for r in [*admin_rules, *cilium_rules] for _, lo, hi in r.ports or () if hi is None}
         classes, problems = workload_classes(pods, keys, by_address, routed, named)
         if problems:
             raise DiagnosticError(problems)
