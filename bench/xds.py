@@ -1,7 +1,8 @@
 """`anyplane serve` figures: how fast a policy change reaches a fleet of real Envoys, and what it costs
 on the wire.
 
-    python bench/xds.py [--sidecars 10,50,100] [--rules 10000] [--clients 100] [--streams 1000] [--format json]
+    python bench/xds.py [--sidecars 10,50,100] [--rules 10000] [--clients 100] [--streams 1000]
+                        [--publish 1000,10000] [--rotate 100] [--format json]
 
 1. Convergence: N Envoy sidecars (one per service) on loopback take their configuration from the
    server over ADS (state of the world). The policy changes one verdict on every service; the figure
@@ -10,6 +11,12 @@ on the wire.
 2. Bytes: a synthetic policy of `--rules` rules; `--clients` protocol clients (each a sidecar of one
    service that ACKs what it gets) per flavour. One rule changes; the figure is the bytes the server
    sends for it, state of the world against delta.
+
+3. Streams: one server holding `--streams` ADS streams, its memory per stream.
+4. Publish: `serve`'s first publish of a `--publish` rules policy, and of a one-rule change.
+5. Rotation: `--rotate` real Envoys under `mtls strict`, each proving its identity with a bootstrap
+   token and taking its SVID over SDS; every SVID is re-issued at once, and the figures are the signing,
+   every sidecar's ACK, and every sidecar's admin showing the new certificate.
 
 Anchor: istiod's `pilot_proxy_convergence_time` (the delay between a configuration change and all
 proxies getting it), whose buckets run from 0.1 s to 30 s; Istio's own performance pages report
@@ -103,6 +110,118 @@ def convergence(sidecars: int) -> dict:
         serving.stop()
         return {"case": f"converge_{sidecars}", "sidecars": sidecars, "seconds": round(seconds, 3),
                 "rss_mib_per_envoy": round(sum(rss) / len(rss) / 1024, 1), "live": ready}
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rotation(sidecars: int) -> dict:
+    """N Envoy sidecars of N workloads under `mtls strict`, each proving its identity to `serve` with a
+    bootstrap token over TLS and taking its SVID over SDS. Every SVID is then due (the server's clock moved
+    past half their life): the figure is the time from `rotate()` to every sidecar having ACKed its new
+    certificate, and the new serial as each sidecar's admin shows it."""
+    import secrets as tokens_module
+
+
+    from anyplane.backends.deployment import Deployment, Sidecar
+    from anyplane.backends.envoy.ca import Authority
+    from anyplane.backends.envoy.config import ads_bootstrap
+
+    domain = "cluster.local"
+    tmp = Path(tempfile.mkdtemp(prefix="anyplane-xds-rotate-"))
+    procs = []
+    try:
+        (tmp / "policy").mkdir()
+        lines = [f"workload w{k} {{ namespace mesh labels app=w{k} account w{k} port 8080 http }}"
+                 for k in range(sidecars)]
+        lines += ["mtls strict", "default deny"] + [f"allow w0 -> w{k} http GET /*" for k in range(1, sidecars)]
+        (tmp / "policy" / "p.ap").write_text("\n".join(lines) + "\n")
+        addr = {k: f"127.{90 + k // 200}.{k % 200}.1" for k in range(sidecars)}
+        pods = [{"apiVersion": "v1", "kind": "Pod", "status": {"podIP": addr[k]}, "spec": {"serviceAccountName": f"w{k}"},
+                 "metadata": {"name": f"w{k}-0", "namespace": "mesh", "labels": {"app": f"w{k}"}}}
+                for k in range(sidecars)]
+        (tmp / "pods.yaml").write_text(yaml.safe_dump_all(pods))
+        admins = {k: _free_port() for k in range(sidecars)}
+        dep = {"sidecars": {f"w{k}": {"inbound": addr[k], "app": addr[k], "admin": f"127.0.0.1:{admins[k]}",
+                                      "outbound": f"{addr[k]}:15001"} for k in range(sidecars)}}
+        (tmp / "deployment.yaml").write_text(yaml.safe_dump(dep))
+        deployment = Deployment({f"w{k}": Sidecar(inbound=addr[k], app=addr[k], outbound=(addr[k], 15001),
+                                                  admin=("127.0.0.1", admins[k])) for k in range(sidecars)})
+        ca = Authority.generate(domain)
+        cert, key = ca.pem()
+        tokens = {tokens_module.token_urlsafe(32): f"spiffe://{domain}/ns/mesh/sa/w{k}" for k in range(sidecars)}
+        by_spiffe = {v: t for t, v in tokens.items()}
+        serving = api.Serving([str(tmp / "policy")], str(tmp / "deployment.yaml"), bind=[str(tmp / "pods.yaml")],
+                              ca=(cert, key, b""), tokens=tokens)
+        assert serving.check(), "the mesh policy was not published"
+        server = ca.issue(f"spiffe://{domain}/ns/anyplane/sa/xds", 3600)
+        (tmp / "ca.pem").write_bytes(ca.bundle)
+        port = serving.start("127.0.0.1:0", (server.cert, server.key, None))
+        for k in range(sidecars):
+            boot = ads_bootstrap(f"w{k}", deployment, [("127.0.0.1", port)], tls={"ca": str(tmp / "ca.pem")},
+                                 token=by_spiffe[f"spiffe://{domain}/ns/mesh/sa/w{k}"])
+            path = tmp / f"w{k}.yaml"
+            path.write_text(yaml.safe_dump(boot))
+            procs.append(subprocess.Popen([envoy_binary(), "-c", str(path), "--disable-hot-restart", "--concurrency",
+                                           "1", "--log-level", "error", "--base-id", str(500 + k)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        try:
+            _wait(serving, sidecars, 120)
+        except SystemExit:
+            print(json.dumps(serving.status(), indent=1, default=str)[:3000], file=sys.stderr)
+            raise
+
+        def serials() -> dict:
+            out = {}
+            for k in range(sidecars):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{admins[k]}/certs", timeout=5) as resp:
+                        certs = json.load(resp)["certificates"]
+                except OSError:
+                    continue
+                out[k] = sorted(c["serial_number"] for entry in certs for c in entry.get("cert_chain") or [])
+            return out
+        deadline = time.time() + 120
+        while len([v for v in serials().values() if v]) < sidecars:  # each listener holds its SVID
+            if time.time() > deadline:
+                raise SystemExit("not every sidecar holds its certificate")
+            time.sleep(0.5)
+        before = serials()
+
+        def acked_secrets() -> dict:
+            return {x["id"]: x["types"]["secrets"]["acked"] for x in serving.status()["nodes"]
+                    if x["connected"] and "secrets" in x["types"]}
+        held = acked_secrets()
+        secrets = serving.plane.server.secrets
+        secrets.clock = lambda: time.time() + secrets.ttl_s  # every SVID past half its life
+        started = time.perf_counter()
+        assert serving.rotate(), "nothing was due"
+        signed = time.perf_counter() - started
+        while True:  # every node has ACKed secrets of another version than it held
+            now_acked = acked_secrets()
+            if len(now_acked) >= sidecars and all(v is not None and v != held.get(n) for n, v in now_acked.items()):
+                break
+            if time.perf_counter() - started > 300:
+                raise SystemExit("not every sidecar ACKed its new certificate")
+            time.sleep(0.01)
+        acked = time.perf_counter() - started
+        while True:  # and the admin of every sidecar shows the new serial
+            now = serials()
+            if all(now.get(k) and now[k] != before.get(k) for k in range(sidecars)):
+                break
+            if time.perf_counter() - started > 120:
+                raise SystemExit("not every sidecar shows its new certificate")
+            time.sleep(0.2)
+        shown = time.perf_counter() - started
+        serving.stop()
+        return {"case": f"rotate_{sidecars}", "sidecars": sidecars, "signed_s": round(signed, 3),
+                "acked_s": round(acked, 3), "in_use_s": round(shown, 3)}
     finally:
         for p in procs:
             p.terminate()
@@ -310,6 +429,7 @@ def main() -> None:
     ap.add_argument("--rules", type=int, default=10000, help="policy size of the wire-bytes case (0: skip)")
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--streams", type=int, default=1000, help="ADS streams one server holds (0: skip)")
+    ap.add_argument("--rotate", type=int, default=100, help="real sidecars whose SVIDs are rotated at once (0: skip)")
     ap.add_argument("--publish", default="1000,10000", help="policy sizes (rules) whose first publish and one-rule "
                                                             "change are timed ('': skip)")
     ap.add_argument("--format", choices=["text", "json"], default="text")
@@ -317,12 +437,16 @@ def main() -> None:
     cases = [("converge", int(n)) for n in args.sidecars.split(",") if n] + ([("bytes", args.rules)] if args.rules else [])
     cases += [("streams", args.streams)] if args.streams else []
     cases += [("publish", int(n)) for n in args.publish.split(",") if n]
+    cases += [("rotate", args.rotate)] if args.rotate else []
 
     def measure(kind, n):
         return convergence(n) if kind == "converge" else streams(n) if kind == "streams" else \
-            publish(n) if kind == "publish" else wire_bytes(n, args.clients)
+            publish(n) if kind == "publish" else rotation(n) if kind == "rotate" else wire_bytes(n, args.clients)
 
     def line(r):
+        if r["case"].startswith("rotate"):
+            return (f"{r['sidecars']} sidecars under mtls strict (SVIDs over SDS): every SVID re-issued in "
+                    f"{r['signed_s']} s, ACKed by all in {r['acked_s']} s, in use (admin /certs) in {r['in_use_s']} s")
         if r["case"].startswith("publish"):
             return (f"{r['rules']} rules: first publish {r['first_publish_s']} s, one-rule change "
                     f"{r['one_rule_change_s']} s (compile, build, messages, proof; the proof in serve's worker)")

@@ -438,6 +438,10 @@ def test_a_bootstrap_token_proves_a_sidecars_identity_and_a_wrong_one_gets_nothi
             while https(api_addr, 9090, mesh.client(mesh.ca.issue(WEB)), web) != 200:
                 assert time.time() < deadline, serving.status()
                 time.sleep(0.2)
+            # A sidecar that ACKed its configuration and its secrets is current (its secrets' versions are its own).
+            while not all(x["current"] for x in serving.status()["nodes"] if x["connected"]):
+                assert time.time() < deadline, serving.status()
+                time.sleep(0.2)
             wrong = ads_bootstrap("api", deployment, [("127.0.0.1", xds_port)], tls=tls, node_id="impostor",
                                   token=random_tokens.token_urlsafe(32))
             wrong["admin"]["address"]["socket_address"]["port_value"] = free_port()

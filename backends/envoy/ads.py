@@ -106,8 +106,11 @@ class Node:
                 "types": {NAMES[t]: {"sent": s.sent_version, "acked": s.acked, "nacked": s.nacked,
                                      "error": s.error, "responses": s.responses, "bytes": s.bytes}
                           for t, s in self.types.items() if s.subscribed},
+                # Current: every configuration type ACKed at the published version, and its secrets (whose
+                # versions are the node's own) ACKed as last sent.
                 "current": current is not None and any(s.subscribed for s in self.types.values())
-                and all(s.acked == current for s in self.types.values() if s.subscribed)}
+                and all((s.acked == s.sent_version is not None) if t == SDS else s.acked == current
+                        for t, s in self.types.items() if s.subscribed)}
 
 
 def _sans(auth_context: dict) -> list[str] | None:
