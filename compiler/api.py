@@ -474,11 +474,12 @@ class Serving:
 
     def __init__(self, paths: list[str], deployment_file: str | None = None, events=None, limits=None,
                  bind: list[str] | None = None, ca: tuple | None = None, svid_ttl_s: int | None = None,
-                 tokens: dict | None = None):
+                 tokens: dict | None = None, ca_keep: str | None = None):
         self.paths, self.deployment_file = list(paths), deployment_file
         self.bind = list(bind or [])  # pods that give the workloads their addresses: watched as well
         self.plane = registry.serving().control_plane(limits)
-        self.plane.certify(ca, svid_ttl_s, tokens)  # under mtls: the workloads' certificates over SDS
+        # under mtls: the workloads' certificates over SDS (a CA made here is kept in `ca_keep`)
+        self.plane.certify(ca, svid_ttl_s, tokens, ca_keep)
         self.events = events or (lambda kind, detail: None)
         self.seen: str | None = None
         self.version: str | None = None

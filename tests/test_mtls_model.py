@@ -268,3 +268,23 @@ def test_verify_warns_when_two_workloads_hold_one_certificate(tmp_path):
     found = [f for f in json.loads(done.stdout)["findings"] if f["kind"] == "shared-identity"]
     assert len(found) == 1 and "'a' and 'b' hold one certificate" in found[0]["message"]
     assert found[0]["severity"] == "warning"
+
+
+def test_serve_keeps_the_ca_it_makes_in_an_empty_ca_directory(tmp_path):
+    """`serve --ca DIR` with a directory that holds no CA yet: the CA made for the policy's trust domain is
+    written there (its key readable by its owner alone), and the next server loads it, so the sidecars
+    keep trusting the certificates they hold across a restart."""
+    from anyplane.compiler import api
+
+    mesh = ROOT / "examples" / "mesh"
+    keep = tmp_path / "ca"
+    first = api.Serving([str(mesh / "mesh.ap")], bind=[str(mesh / "pods.yaml")], ca_keep=str(keep))
+    assert first.check()
+    made = first.plane.server.secrets.authority
+    assert (keep / "ca.key").stat().st_mode & 0o777 == 0o600 and (keep / "ca.pem").is_file()
+    again = api.Serving([str(mesh / "mesh.ap")], bind=[str(mesh / "pods.yaml")],
+                        ca=((keep / "ca.pem").read_bytes(), (keep / "ca.key").read_bytes(), b""))
+    assert again.check()
+    assert again.plane.server.secrets.authority.bundle == made.bundle
+    without = api.Serving([str(mesh / "mesh.ap")], bind=[str(mesh / "pods.yaml")])
+    assert without.check() and without.plane.server.secrets.authority.bundle != made.bundle  # made per start

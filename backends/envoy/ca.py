@@ -188,6 +188,20 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def keep(directory: str | os.PathLike, authority: "Authority") -> None:
+    """Write a CA made here into a directory (ca.pem, and ca.key readable by its owner alone), each file
+    replaced atomically, so that the next start loads it rather than making another."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    cert, key = authority.pem()
+    for name, data, mode in (("ca.key", key, 0o600), ("ca.pem", cert, 0o644)):
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, d / name)
+
+
 SDS_CERT_FILE = "cert.yaml"
 SDS_BUNDLE_FILE = "bundle.yaml"
 

@@ -361,6 +361,7 @@ class ControlPlane:
         self.running = None
         self.ca: tuple | None = None  # (cert, key, chain) PEM of the CA that signs the SVIDs (None: made here)
         self.ttl_s: int | None = None
+        self.keep: str | None = None  # where a CA made here is written for the next start
         self._prepared: tuple = (None, None)
 
     def start(self, address: str, tls=None) -> int:
@@ -380,11 +381,13 @@ class ControlPlane:
         self._prepared = (snap.version, program)
         return snap
 
-    def certify(self, ca: tuple | None = None, ttl_s: int | None = None, tokens: dict | None = None) -> None:
+    def certify(self, ca: tuple | None = None, ttl_s: int | None = None, tokens: dict | None = None,
+                keep: str | None = None) -> None:
         """Serve certificates (SDS) for policies under mtls: signed by `ca` (cert, key, chain PEM), or by
-        a CA made for the trust domain of the first such policy, which lives as long as this server.
-        `tokens`: bootstrap token -> the SPIFFE ID a stream that sends it proves (TLS only)."""
-        self.ca, self.ttl_s = ca, ttl_s
+        a CA made for the trust domain of the first such policy: written into `keep` (a directory) for the
+        next start, else living as long as this server. `tokens`: bootstrap token -> the SPIFFE ID a stream
+        that sends it proves (TLS only)."""
+        self.ca, self.ttl_s, self.keep = ca, ttl_s, keep
         self.server.tokens = dict(tokens or {})
 
     def _secrets_for(self, program: Program):
@@ -401,6 +404,14 @@ class ControlPlane:
             authority = Authority.of(domain, self.ca)
         except CaError as exc:
             raise EnvoyError(str(exc)) from None
+        if self.ca is None and self.keep is not None:
+            from .ca import keep
+
+            try:
+                keep(self.keep, authority)
+            except OSError as exc:
+                raise EnvoyError(f"cannot keep the CA in '{self.keep}': {exc.strerror or exc}") from None
+            self.ca = (*authority.pem(), b"")  # the one it keeps from now on
         return Secrets(authority, self.ttl_s or FILE_SVID_TTL_S)
 
     def publish(self, snap) -> dict:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import sys
 
 import click
@@ -459,7 +460,8 @@ def _raise_file_limit(streams: int) -> None:
               help="Seconds a stream may stay silent before it names its node; then it is closed.")
 @click.option("--ca", "ca_dir", type=click.Path(file_okay=False),
               help="Under mtls: the CA that signs the workloads' certificates, a directory with ca.pem and ca.key "
-                   "(and chain.pem above it) [default: a CA made at start, which lives as long as the server].")
+                   "(and chain.pem above it); an empty or new directory gets the CA made for the policy's trust "
+                   "domain, for the next start [default: a CA made at start, which lives as long as the server].")
 @click.option("--svid-ttl", default="1h", show_default=True,
               help="Under mtls: how long a workload's certificate is valid; it is re-issued at half of that.")
 @click.option("--tokens", "tokens_file", type=click.Path(dir_okay=False),
@@ -511,10 +513,14 @@ def serve(files, listen, admin, deployment_file, interval, tls_cert, tls_key, tl
         raise UsageError(f"--svid-ttl: {exc}") from None
     if ttl_s < 60:
         raise UsageError("--svid-ttl: a certificate lives at least 1m")
-    ca = _ca(ca_dir, "") if ca_dir is not None else None
+    # A --ca directory without a CA yet: the CA made for the policy's trust domain is written there, and
+    # the next start loads it (the sidecars keep trusting the certificates they hold).
+    fresh = ca_dir is not None and not (Path(ca_dir) / "ca.key").exists() and not (Path(ca_dir) / "ca.pem").exists()
+    ca = _ca(ca_dir, "") if ca_dir is not None and not fresh else None
     _raise_file_limit(max_streams)
     limits = api.xds_limits(streams=max_streams, per_peer=max_streams_per_peer, hello_s=hello_timeout)
     serving = api.Serving(list(files), deployment_file, events, limits, bind=bound(), ca=ca[:3] if ca else None,
+                          ca_keep=ca_dir if fresh else None,
                           tokens=tokens,
                           svid_ttl_s=ttl_s)
     serving.warm()  # the proof worker starts while the policy compiles
