@@ -243,7 +243,7 @@ def workload_classes(pods: list[Pod], keys: set, blocks: list, routed, named: se
             other = next((m for m in members[1:] if of(m) != of(first)), None)
             if other is not None or of(first) == ("split",):
                 other = other or first
-                shown = ",".join(f"{k}={v}" for k, v in labels) or "(no label any policy reads)"
+                shown = ",".join(f"{k}={v}" for k, v in labels) or "none that a policy reads"
                 errors.append(error(other.span, "import",
                                     f"{other.kind} {ns}/{other.name} and {first.kind} {ns}/{first.name} carry the same "
                                     f"labels ({shown}) but differ in their {aspect}: no selector tells them apart, so "
