@@ -101,7 +101,6 @@ class Capability:
     engine: str
     place: str  # where it sits on a path, e.g. fabric, kernel or sidecar
     fields: tuple[str, ...]
-    match_kinds: tuple[str, ...]
     families: tuple[int, ...]
     actions: tuple[str, ...]
     capacity: int | None
@@ -131,7 +130,7 @@ class Capability:
     def to_json(self) -> dict:
         """The capability as a JSON object (placement reports carry it)."""
         return {"engine": self.engine, "place": self.place, "fields": list(self.fields),
-                "match_kinds": list(self.match_kinds), "families": list(self.families),
+                "families": list(self.families),
                 "actions": list(self.actions), "capacity": self.capacity, "protocols": self.protocols,
                 "state": self.state}
 

@@ -28,8 +28,7 @@ from anyplane.ir.nodes import Entry, Program, Table, decision_key
 from anyplane.ir.project import project_l4
 
 ID_FIELDS = (F.SRC_ID, F.DST_ID)
-CAPABILITY = base.Capability(engine="textacl", place="firewall", fields=base.L4_FIELDS,
-                             match_kinds=("exact", "prefix", "range", "set"), families=(4, 6),
+CAPABILITY = base.Capability(engine="textacl", place="firewall", fields=base.L4_FIELDS, families=(4, 6),
                              actions=("allow", "deny"), capacity=None, state="connections")
 
 

@@ -31,8 +31,7 @@ NAME = "ebpf"
 
 
 CAPABILITY = base.Capability(
-    engine="ebpf", place="kernel", fields=base.L4_FIELDS,
-    match_kinds=("exact", "prefix", "range", "set"), families=(4, 6),
+    engine="ebpf", place="kernel", fields=base.L4_FIELDS, families=(4, 6),
     actions=("allow", "deny", "packet-rate-limit", "counters"), capacity=None, state="connections")
 
 

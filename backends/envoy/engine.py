@@ -30,7 +30,6 @@ CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 CAPABILITY = base.Capability(
     engine="envoy", place="sidecar",
     fields=base.L4_FIELDS + ("src.peer", "http", "http.method", "http.path", "http.host", "http.header.*"),
-    match_kinds=("exact", "prefix", "range", "set", "string-exact", "string-prefix", "present", "absent"),
     families=(4, 6), actions=("allow", "deny", "request-rate-limit", "routes", "retries", "timeouts",
                               "circuit-breaking", "outlier-ejection"),
     capacity=None, protocols="tcp", state="connections")

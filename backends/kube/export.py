@@ -50,8 +50,8 @@ TCP, UDP = 6, 17
 OTHER_PROBES = {4: ((1, 8), (47, None), (132, None)), 6: ((58, 128), (47, None), (132, None))}
 
 CAPABILITY = base.Capability(
-    engine="k8s", place="", fields=("src.ip", "dst.ip", "src.id", "dst.id", "proto", "dport"),
-    match_kinds=("exact", "prefix", "range", "set"), families=(4, 6), actions=("allow", "deny"),
+    engine="k8s", place="", fields=("src.ip", "dst.ip", "src.id", "dst.id", "proto", "dport"), families=(4, 6),
+    actions=("allow", "deny"),
     capacity=None, protocols="any", state="connections")
 
 _NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")

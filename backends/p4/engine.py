@@ -25,8 +25,7 @@ from .proto import p4runtime_pb2
 
 
 CAPABILITY = base.Capability(
-    engine="p4", place="fabric", fields=base.L4_FIELDS,
-    match_kinds=("exact", "prefix", "range", "set", "ternary"), families=(4, 6),
+    engine="p4", place="fabric", fields=base.L4_FIELDS, families=(4, 6),
     actions=("allow", "deny", "packet-rate-limit", "counters"), capacity=Features().acl_size, state="tcp-established")
 
 
