@@ -73,6 +73,23 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def _envoy(bootstrap: Path, base_id: int) -> subprocess.Popen:
+    """An Envoy on one core, quiet, from a bootstrap file."""
+    return subprocess.Popen([envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart", "--concurrency", "1",
+                             "--log-level", "error", "--base-id", str(base_id)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop(procs: list) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def convergence(sidecars: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="anyplane-xds-bench-"))
     procs = []
@@ -95,9 +112,7 @@ def convergence(sidecars: int) -> dict:
         for k in range(sidecars):
             boot = tmp / f"web{k}.yaml"
             boot.write_text(files[f"web{k}/bootstrap.yaml"])
-            procs.append(subprocess.Popen([envoy_binary(), "-c", str(boot), "--disable-hot-restart", "--concurrency",
-                                           "1", "--log-level", "error", "--base-id", str(k + 1)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(_envoy(boot, k + 1))
         _wait(serving, sidecars, 300)
         time.sleep(1)
         rss = [_rss_kib(p.pid) for p in procs]
@@ -111,13 +126,7 @@ def convergence(sidecars: int) -> dict:
         return {"case": f"converge_{sidecars}", "sidecars": sidecars, "seconds": round(seconds, 3),
                 "rss_mib_per_envoy": round(sum(rss) / len(rss) / 1024, 1), "live": ready}
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -168,9 +177,7 @@ def rotation(sidecars: int) -> dict:
                                  token=by_spiffe[f"spiffe://{domain}/ns/mesh/sa/w{k}"])
             path = tmp / f"w{k}.yaml"
             path.write_text(yaml.safe_dump(boot))
-            procs.append(subprocess.Popen([envoy_binary(), "-c", str(path), "--disable-hot-restart", "--concurrency",
-                                           "1", "--log-level", "error", "--base-id", str(500 + k)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(_envoy(path, 500 + k))
         try:
             _wait(serving, sidecars, 120)
         except SystemExit:
@@ -223,13 +230,7 @@ def rotation(sidecars: int) -> dict:
         return {"case": f"rotate_{sidecars}", "sidecars": sidecars, "signed_s": round(signed, 3),
                 "acked_s": round(acked, 3), "in_use_s": round(shown, 3)}
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

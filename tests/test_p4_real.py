@@ -236,16 +236,9 @@ def test_bmv2_follows_pods_with_endpoint_entries_alone(switch, tmp_path):
     """A bound policy on the real switch, then one of its pods replaced by a pod at another address: the
     push writes only the endpoint tables (two inserts, two deletes), and the frames BMv2 forwards are the
     interpreter's for the new binding, the new pod's connections included."""
-    from .test_workloads import _address, _compiled, _pods, _policy, _workloads, _write_pods
+    from .test_workloads import _address, a_pod_replaced
 
-    rnd = random.Random(5)
-    workloads = _workloads(rnd)
-    text = _policy(rnd, workloads)
-    pods = _pods(rnd, workloads)
-    before = _compiled(text, _write_pods(tmp_path, pods, "before.yaml")).program
-    moved = next(p for p in pods if p["metadata"]["name"].startswith("w1-"))
-    moved["status"] = {"podIP": "10.2.9.9", "podIPs": [{"ip": "10.2.9.9"}]}
-    after = _compiled(text, _write_pods(tmp_path, pods, "after.yaml")).program
+    before, after, pods, moved = a_pod_replaced(tmp_path)
     _push(switch, before, pipeline_config=switch.pipeline)
     _agree(switch, before, 300, seed=3)
     result = _push(switch, after)

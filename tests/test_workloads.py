@@ -446,6 +446,20 @@ def test_diff_names_workloads_by_their_selectors(tmp_path):
     assert "240." not in line and "100::" not in line
 
 
+def a_pod_replaced(tmp_path) -> tuple:
+    """(the bound policy before, after, the pods after, the moved pod): a random policy over random pods,
+    then one pod of w1 replaced by a pod at 10.2.9.9."""
+    rnd = random.Random(5)
+    workloads = _workloads(rnd)
+    text = _policy(rnd, workloads)
+    pods = _pods(rnd, workloads)
+    before = _compiled(text, _write_pods(tmp_path, pods, "before.yaml")).program
+    moved = next(p for p in pods if p["metadata"]["name"].startswith("w1-"))
+    moved["status"] = {"podIP": "10.2.9.9", "podIPs": [{"ip": "10.2.9.9"}]}
+    after = _compiled(text, _write_pods(tmp_path, pods, "after.yaml")).program
+    return before, after, pods, moved
+
+
 def test_a_switch_follows_pods_with_endpoint_entries_alone(tmp_path):
     """A pod replaced by another: the push writes the switch's endpoint tables (address to class, its
     ipcache) in one atomic write, as received by the P4Runtime server; the ACL is untouched, and the
@@ -457,14 +471,7 @@ def test_a_switch_follows_pods_with_endpoint_entries_alone(tmp_path):
     from .p4server import Device, Server
     from .test_p4 import _assert_agree, _flows
 
-    rnd = random.Random(5)
-    workloads = _workloads(rnd)
-    text = _policy(rnd, workloads)
-    pods = _pods(rnd, workloads)
-    before = _compiled(text, _write_pods(tmp_path, pods, "before.yaml")).program
-    moved = next(p for p in pods if p["metadata"]["name"].startswith("w1-"))
-    moved["status"] = {"podIP": "10.2.9.9", "podIPs": [{"ip": "10.2.9.9"}]}
-    after = _compiled(text, _write_pods(tmp_path, pods, "after.yaml")).program
+    before, after, pods, _ = a_pod_replaced(tmp_path)
     device = Device(p4info(Features()))
     with Server(device) as server:
         push(before, server.addr)

@@ -124,9 +124,9 @@ class _Reach:
         return out
 
 
-def _operation(entry, ports: list[int]) -> tuple[dict, list]:
-    """The entry's HTTP conditions as an Istio operation (with `ports`) and `when` conditions."""
-    op: dict = {"ports": [str(p) for p in ports]}
+def _operation(entry) -> tuple[dict, list]:
+    """The entry's HTTP conditions as an Istio operation and `when` conditions."""
+    op: dict = {}
     when = []
     for name, fm in entry.match.fields:
         if name == F.HTTP_METHOD:
@@ -191,6 +191,32 @@ def _port_list(ranges: list[tuple[int, int]]) -> dict | None:
         at = hi + 1
     missing += list(range(at, 65536))
     return {"notPorts": [str(n) for n in missing]} if len(missing) <= MAX_LISTED_PORTS else None
+
+
+TOO_MANY_PORTS = (f"an AuthorizationPolicy names TCP ports one by one (at most {MAX_LISTED_PORTS} here, or all but "
+                  "that many): the ports this rule decides are too many")
+
+
+def _rule(entry, ports: list, sources: set, every: set) -> dict | None:
+    """One AuthorizationPolicy rule: `entry`'s HTTP conditions (None: none) on these TCP port ranges, from
+    these (region, family) sources of the workload's peers (`every`); None when the ports cannot be listed."""
+    listed = _port_list(ports)
+    if listed is None:
+        return None
+    op, when = _operation(entry) if entry is not None else ({}, [])
+    op = {**listed, **op}
+    rule: dict = {}
+    if sources != every:
+        order = lambda x: (x[0].key, x[1])  # noqa: E731
+        held, rest = _cidrs(sorted(sources, key=order)), _cidrs(sorted(every - sources, key=order))
+        # The fewer blocks: those the sources hold, or those of the workload's other peers (no flow joins
+        # the workload and an address of a version it does not have).
+        rule["from"] = [{"source": {"ipBlocks": held} if len(held) <= len(rest) else {"notIpBlocks": rest}}]
+    if op:
+        rule["to"] = [{"operation": op}]
+    if when:
+        rule["when"] = when
+    return rule
 
 
 def open_tcp_to_workloads(program: Program) -> Program:
@@ -274,29 +300,15 @@ def authorization(program: Program, identities: dict, routed=frozenset(), tcp: b
                                               "rules": rules}})
             continue
         for e, ports, src in hits:
-            listed = _port_list(ports)
-            if listed is None:
-                if e.rule not in errors:
-                    errors[e.rule] = error(e.origin, "istio", (
-                        f"an AuthorizationPolicy names TCP ports one by one (at most {MAX_LISTED_PORTS} here, or "
-                        "all but that many): this rule's ports are too many"))
+            rule = _rule(e, ports, set(src), every)
+            if rule is None:
+                errors.setdefault(e.rule, error(e.origin, "istio", TOO_MANY_PORTS))
                 continue
-            op, when = _operation(e, [])
-            del op["ports"]
-            op = {**listed, **op}
-            rule: dict = {}
-            if set(src) != every:
-                rule["from"] = [{"source": {"ipBlocks": _cidrs(src)}}]
-            rule["to"] = [{"operation": op}] if op else []
-            if not rule["to"]:
-                del rule["to"]
-            if when:
-                rule["when"] = when
-            if isinstance(e.action, Deny) and (e.layer == "L7" or tcp):
+            if isinstance(e.action, Deny) and e.layer == "L7":
                 deny_rules.append(rule)
             elif not isinstance(e.action, Deny) and program.default == "deny":
                 allow_rules.append(rule)
-        if program.default == "deny" and not tcp:
+        if program.default == "deny":
             allow_rules.append({"to": [{"operation": {"notPorts": [str(p) for p in http]}}]})
         for action, rules in (("DENY", deny_rules), ("ALLOW", allow_rules)):
             if rules or (action == "ALLOW" and program.default == "deny"):
@@ -358,37 +370,15 @@ def _tcp_rules(program: Program, hits: list, every: set, errors: dict) -> tuple[
             else:
                 closed = True
 
-    def written(ports: list, sources: set, e=None) -> dict | None:
-        listed = _port_list(ports)
-        if listed is None:
-            return None
-        op, when = _operation(e, []) if e is not None else ({"ports": []}, [])
-        del op["ports"]
-        op = {**listed, **op}
-        rule: dict = {}
-        if sources != every:
-            order = lambda x: (x[0].key, x[1])  # noqa: E731
-            held, rest = _cidrs(sorted(sources, key=order)), _cidrs(sorted(every - sources, key=order))
-            # The fewer blocks: those the sources hold, or those of the workload's other peers (no flow joins
-            # the workload and an address of a version it does not have).
-            rule["from"] = [{"source": {"ipBlocks": held} if len(held) <= len(rest) else {"notIpBlocks": rest}}]
-        if op:
-            rule["to"] = [{"operation": op}]
-        if when:
-            rule["when"] = when
-        return rule
-
-    too_many = ("an AuthorizationPolicy names TCP ports one by one (at most " + str(MAX_LISTED_PORTS) +
-                " here, or all but that many): the ports decided alike here are too many")
     deny_rules, allow_rules = [], []
     if closed:  # the cells allowed outright, grouped by their sources
         by_sources: dict[frozenset, list] = {}
         for interval, sources in full.items():
             by_sources.setdefault(frozenset(sources), []).append(interval)
         for sources, ports in sorted(by_sources.items(), key=lambda kv: sorted(kv[1])):
-            rule = written(ports, set(sources))
+            rule = _rule(None, ports, set(sources), every)
             if rule is None:
-                errors.setdefault("<ports>", error(program.default_origin, "istio", too_many))
+                errors.setdefault("<ports>", error(program.default_origin, "istio", TOO_MANY_PORTS))
                 continue
             allow_rules.append(rule)
     for (k, verdict), cells in sorted(conditional.items()):
@@ -397,9 +387,9 @@ def _tcp_rules(program: Program, hits: list, every: set, errors: dict) -> tuple[
         for interval, sources in cells.items():
             by_sources.setdefault(frozenset(sources), []).append(interval)
         for sources, ports in sorted(by_sources.items(), key=lambda kv: sorted(kv[1])):
-            rule = written(ports, set(sources), e)
+            rule = _rule(e, ports, set(sources), every)
             if rule is None:
-                errors.setdefault(e.rule, error(e.origin, "istio", too_many))
+                errors.setdefault(e.rule, error(e.origin, "istio", TOO_MANY_PORTS))
                 continue
             (deny_rules if verdict == "deny" else allow_rules).append(rule)
     return deny_rules, allow_rules, closed

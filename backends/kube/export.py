@@ -387,6 +387,15 @@ def _first_denied(program: Program, family: int, src: int, dst: int):
     return next((d for d in denied if d.entry is not None), denied[0])
 
 
+def _blame_self_deny(program: Program, a: Region, fam: int, blame: _Blame) -> None:
+    """A rule that denies a workload's pod some traffic to itself is an error at the rule: Kubernetes
+    always lets a pod reach itself (a default that does is left out of the proof)."""
+    if _answer(program, fam, a.probe(fam), a.probe(fam), _Blame(program)) != "all":
+        denied = _first_denied(program, fam, a.probe(fam), a.probe(fam))
+        if denied.entry is not None:
+            blame.add(denied, f"Kubernetes lets a pod reach itself: the policy cannot deny {a.workload} -> {a.workload}")
+
+
 def _check_rules(program: Program) -> None:
     """Errors at the rules NetworkPolicy cannot express at all (fields and actions outside its capability)."""
     errors = {}
@@ -468,11 +477,7 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
                 # Kubernetes lets a pod reach itself: the default may say otherwise (that flow is left out
                 # of the proof), a rule may not.
                 fam = next(iter(a.ranges))
-                if _answer(program, fam, a.probe(fam), a.probe(fam), _Blame(program)) != "all":
-                    denied = _first_denied(program, fam, a.probe(fam), a.probe(fam))
-                    if denied.entry is not None:
-                        blame.add(denied, f"Kubernetes lets a pod reach itself: the policy cannot deny "
-                                          f"{a.workload} -> {a.workload}")
+                _blame_self_deny(program, a, fam, blame)
                 # Between two of its pods (one created later with its labels) the rules decide.
                 ans = _answer(program, fam, a.probe(fam), a.probe(fam), blame, selfless=True)
                 if ans is not None:
@@ -480,12 +485,7 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
                 continue
             hosts = a is b and a.workload is not None and _hosts(a)
             if hosts:  # pods at one address each: each reaches itself (Kubernetes'), the pairs are the policy's
-                fam = next(iter(a.ranges))
-                if _answer(program, fam, a.probe(fam), a.probe(fam), _Blame(program)) != "all":
-                    denied = _first_denied(program, fam, a.probe(fam), a.probe(fam))
-                    if denied.entry is not None:
-                        blame.add(denied, f"Kubernetes lets a pod reach itself: the policy cannot deny "
-                                          f"{a.workload} -> {a.workload}")
+                _blame_self_deny(program, a, next(iter(a.ranges)), blame)
             seen = None
             for family in (4, 6):
                 s, d = a.probe(family), b.probe(family)
