@@ -28,7 +28,7 @@ from anyplane.ir.nodes import Connections
 
 from ..base import EngineError
 from . import bpfsys as B
-from .addr4 import LEVEL1, build_addr4
+from .addr4 import ELEMENT, LEVEL1, build_addr4
 from .emit import Layout
 from .model import Model
 
@@ -67,8 +67,8 @@ class Tables:
     addr4: array
     addr6: list[tuple[bytes, int]]
     cls: array
-    bv: bytes
-    bv_rows: int
+    row: bytes   # every field's rows (struct row): summary and block ids
+    blk: bytes   # the block pool (struct block)
     act: bytes
     tb: bytes
     meta: bytes
@@ -111,19 +111,20 @@ def tables(model: Model, labels: dict[str, str], connections: Connections = Conn
         starts = list(fc.starts) + [65536]
         for k in range(len(fc.starts)):
             cls_arr[base + starts[k]:base + starts[k + 1]] = array("I", [k + 1]) * (starts[k + 1] - starts[k])
-    bases, rows = {}, []
+    bases, rows, bits = {}, [], model.bits
     for name in ("src", "dst", "proto", "sport", "dport", "icmp"):
         bases[name] = len(rows)
-        matrix = model.bits[name]
-        rows += [matrix.value(r) for r in range(len(matrix.rows))]
+        rows += [bits.row_value(name, r) for r in range(bits.row_count(name))]
+    blk = [bits.block_value(content) for content in bits.pool]
     act = b"".join(struct.pack("=IIII", verdict, slot, bucket, 0) for verdict, slot, bucket in model.actions)
     tb = b"".join(struct.pack("=QQQQQ", *bucket(rl)) for rl in model.buckets)
     c = connections
     meta = META.pack(bases["src"], bases["dst"], bases["proto"], bases["sport"], bases["dport"],
                      bases["icmp"], model.default_verdict, cap, len(model.entries), 0, int(c.stateful), 0,
                      c.tcp_s, c.tcp_opening_s, c.tcp_closing_s, c.udp_s, c.icmp_s, c.other_s)
-    need = Layout(cap, len(rows), (len(addr4) - 2 * LEVEL1) // 256, len(addr6), len(model.buckets), c.max)
-    return Tables(addr4, addr6, cls_arr, b"".join(rows), len(rows), act, tb, meta,
+    need = Layout(cap, len(rows), (len(addr4) - 2 * LEVEL1) // ELEMENT, len(addr6), len(model.buckets), c.max,
+                  len(blk))
+    return Tables(addr4, addr6, cls_arr, b"".join(rows), b"".join(blk), act, tb, meta,
                   [labels.get(r, r) for r in model.rules], need)
 
 
@@ -305,12 +306,13 @@ class Classifier:
         if wait > 0:
             time.sleep(wait)
             started += wait
-        slots4 = 2 * LEVEL1 + 256 * layout.chunks
+        elements4 = (2 * LEVEL1) // ELEMENT + layout.chunks
         ncpu = B.possible_cpus()
         regions = {  # map -> (value size, first key of the idle region, contents)
-            "addr4": (4, idle * slots4, t.addr4.tobytes()),
+            "addr4": (4 * ELEMENT, idle * elements4, t.addr4.tobytes()),
             "cls": (4, idle * 3 * 65536, t.cls.tobytes()),
-            "bv": (len(t.bv) // max(1, t.bv_rows), idle * layout.rows, t.bv),
+            "row": (layout.row_size, idle * layout.rows, t.row),
+            "blk": (layout.block_size, idle * layout.blocks, t.blk),
             "act": (16, idle * layout.capacity, t.act),
             "tb": (40, idle * layout.buckets, t.tb),
             "meta": (META.size, idle, _with_epoch(t.meta, state.get("epoch", 0) + 1)),
@@ -352,21 +354,22 @@ class Classifier:
         """
         n = len(values) // value_size if value_size else 0
         if previous is not None and len(previous) == len(values):
-            keys = _changed(previous, values, value_size)
+            runs = _changed(previous, values, value_size)
         else:
-            keys = range(n)
+            runs = [(0, n)] if n else []
         fd = self._map(name)
+        written = 0
         try:
             chunk = max(1, (1 << 20) // value_size)
-            keys = list(keys)
-            for start in range(0, len(keys), chunk):
-                part = keys[start:start + chunk]
-                blob = b"".join(values[k * value_size:(k + 1) * value_size] for k in part) \
-                    if len(part) != n else values
-                B.map_update_batch(fd, array("I", (base + k for k in part)).tobytes(), blob, len(part))
+            for first, end in runs:
+                for start in range(first, end, chunk):
+                    stop = min(end, start + chunk)
+                    B.map_update_batch(fd, array("I", range(base + start, base + stop)).tobytes(),
+                                       values[start * value_size:stop * value_size], stop - start)
+                written += end - first
         finally:
             os.close(fd)
-        return len(keys)
+        return written
 
     # -- cached region contents: what each generation's regions hold, so a push writes only changes ---
     def _cache_path(self, gen: int, region: str) -> Path:
@@ -374,7 +377,7 @@ class Classifier:
 
     def _read_cache(self, gen: int) -> dict[str, bytes]:
         out = {}
-        for region in ("addr4", "cls", "bv", "act", "tb", "meta", "labels"):
+        for region in ("addr4", "cls", "row", "blk", "act", "tb", "meta", "labels"):
             try:
                 out[region] = self._cache_path(gen, region).read_bytes()
             except OSError:
@@ -469,6 +472,14 @@ class Classifier:
                 "bytes_per_entry": CT_KEY.size + CT_VAL.size, "by_protocol": by_proto, "tcp_states": by_state,
                 "timeouts_s": timeouts, "counted": counted}
 
+    def map_bytes(self) -> int:
+        """The memory the kernel accounts to the program's maps (bytes_memlock, summed)."""
+        info = json.loads(_run(["bpftool", "-j", "prog", "show", "pinned", str(self.prog_path)]))
+        total = 0
+        for map_id in info.get("map_ids", []):
+            total += int(json.loads(_run(["bpftool", "-j", "map", "show", "id", str(map_id)])).get("bytes_memlock", 0))
+        return total
+
     def _meta(self, gen: int) -> bytes:
         fd = self._map("meta")
         try:
@@ -487,18 +498,23 @@ def _with_epoch(meta: bytes, epoch: int) -> bytes:
 BLOCK = 4096
 
 
-def _changed(old: bytes, new: bytes, size: int) -> list[int]:
-    """Indices of elements to rewrite: every element of each 4 KiB block that differs.
+def _changed(old: bytes, new: bytes, size: int) -> list[tuple[int, int]]:
+    """Runs [first, end) of element indices to rewrite: every element of each 4 KiB block that differs.
 
     Rewriting an unchanged element is harmless and cheaper than finding it in Python.
     """
-    out: list[int] = []
+    out: list[tuple[int, int]] = []
     per_block = max(1, BLOCK // size)
     block = per_block * size
+    count = len(new) // size
     for start in range(0, len(new), block):
         if old[start:start + block] != new[start:start + block]:
             first = start // size
-            out.extend(range(first, min(first + per_block, len(new) // size)))
+            end = min(first + per_block, count)
+            if out and out[-1][1] == first:
+                out[-1] = (out[-1][0], end)
+            else:
+                out.append((first, end))
     return out
 
 

@@ -3,26 +3,35 @@
     IR (projected acl, decision order) ->
       address classes per side   LPM prefix -> class id (owner, CIDRs containing it)
       16-bit field classes       port / ICMP type+code -> class id (0 = field absent)
-      bit vectors                per field value class: which entries accept it
+      bit vectors                per field value class: which entries accept it, cut into blocks
+                                 of 4,096 entries; equal blocks stored once (a pool)
       actions                    per entry: verdict, rule (counter), rate bucket
 
 A packet's decision is the first entry (lowest bit) set in the AND of its
 fields' bit vectors: entries are numbered in decision order, so the lowest
-set bit is the entry that decides, whatever the number of entries. Each bit
-vector carries a summary (bit k set when 64-bit word k is non-zero) so the
-AND visits only words that can hold a match. The policy is data: changing it
-rewrites maps, never the program.
+set bit is the entry that decides, whatever the number of entries. A row
+(one class of one field) is a summary (bit b: block b is not empty) and one
+block id per block; a block is a summary word (bit k: word k is not zero) and
+its 64 words. The AND visits only the blocks every row marks, and in them only
+the words every block marks.
+
+Blocks make the memory grow with what the entries of each block tell apart,
+not with classes x entries: 100k ClassBench rules have about 99k source
+classes, and one row per class of 100k bits would be 1.2 GB; restricted to
+4,096 entries, most classes' blocks are the same few contents.
+The policy is data: changing it rewrites maps, never the program.
 """
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
 
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.flow import Flow
-from anyplane.ir.match import InSet, Ternary, int_ranges, options
+from anyplane.ir.match import InSet, Ternary, int_ranges, merge_ranges, options
 from anyplane.ir.nodes import Entry, Program, ordered
 from anyplane.ir.project import project_l4
 
@@ -31,7 +40,7 @@ from ..classes import AddressClasses, address_classes
 
 MIN_CAPACITY = 64
 WORD = 64
-SUMMARY_SPAN = WORD * WORD  # entries covered by one summary word
+BLOCK_BITS = WORD * WORD  # entries per block: one summary word marks its non-zero words
 VERDICT_DENY, VERDICT_ALLOW = 0, 1
 NO_BUCKET = 0xFFFFFFFF
 
@@ -92,32 +101,6 @@ def field_classes(ranges_per_entry: list[list[tuple[int, int]] | None]) -> Field
     return FieldClasses(tuple(sorted(cuts)))
 
 
-class BitRows:
-    """A bit matrix: one row per class, one bit per entry; rows start as the wildcard mask."""
-
-    def __init__(self, rows: int, width: int, wildcard: int):
-        self.width = width
-        mask = wildcard.to_bytes(width // 8, "little")
-        self.rows = [bytearray(mask) for _ in range(rows)]
-
-    def set(self, row: int, bit: int) -> None:
-        self.rows[row][bit >> 3] |= 1 << (bit & 7)
-
-    def value(self, row: int) -> bytes:
-        """The map value for a row: summary words, then the bit words (little-endian u64)."""
-        words = self.rows[row]
-        n_words = self.width // WORD
-        summary = 0
-        for k in range(n_words):
-            if any(words[k * 8:(k + 1) * 8]):
-                summary |= 1 << k
-        n_summary = max(1, n_words // WORD)
-        return summary.to_bytes(n_summary * 8, "little") + bytes(words)
-
-    def test(self, row: int, bit: int) -> bool:
-        return bool(self.rows[row][bit >> 3] >> (bit & 7) & 1)
-
-
 @dataclass
 class Model:
     """Every table of the classifier for one program."""
@@ -130,7 +113,7 @@ class Model:
     sport: FieldClasses
     dport: FieldClasses
     icmp: FieldClasses
-    bits: dict[str, BitRows]
+    bits: Blocks
     actions: list[tuple[int, int, int]]
     rules: list[str]
     buckets: list[RateLimit]
@@ -146,61 +129,202 @@ class Model:
             "dport": self.dport.classify(f.dport),
             "icmp": self.icmp.classify(f.icmp_type << 8 | f.icmp_code if f.icmp_type is not None else None),
         }
-        for bit in range(len(self.entries)):
-            if all(self.bits[field].test(row, bit) for field, row in rows.items()):
-                return self.actions[bit][0], bit
-        return self.default_verdict, None
+        bit = self.bits.first(rows)
+        if bit is None or bit >= len(self.entries):
+            return self.default_verdict, None
+        return self.actions[bit][0], bit
 
 
-def _address_bits(program, entries, side, classes: AddressClasses, width) -> BitRows:
-    """Row of a class = wildcard entries | entries naming its owner | entries naming a CIDR containing it."""
+class Blocks:
+    """Every field's bit vectors, cut into blocks of entries; equal blocks are stored once.
+
+    A row (one class of one field) is a list of block ids, one per block of `span` entries; a block
+    id names its content in `pool` (an int of `span` bits, bit k = entry block * span + k). Id 0 is
+    the empty block. Rows of one class differ from rows of another only in the blocks holding the
+    entries that tell the classes apart, so the pool grows with the entries and what each block of
+    them distinguishes, not with classes x entries."""
+
+    def __init__(self, capacity: int):
+        self.span = min(capacity, BLOCK_BITS)
+        self.count = capacity // self.span
+        self.pool: list[int] = [0]
+        self._ids: dict[int, int] = {0: 0}
+        self._sums: list[int] = [0]  # per pool id: its summary
+        self.rows: dict[str, array] = {}  # field -> block ids, row-major (row * count + block)
+
+    def intern(self, content: int) -> int:
+        """The id of a block's content (a new id for content not seen before)."""
+        got = self._ids.get(content)
+        if got is None:
+            got = self._ids[content] = len(self.pool)
+            self.pool.append(content)
+            self._sums.append(self.summary(content))
+        return got
+
+    def row_count(self, field: str) -> int:
+        return len(self.rows[field]) // self.count
+
+    def block(self, field: str, row: int, block: int) -> int:
+        """The content of one block of one row."""
+        return self.pool[self.rows[field][row * self.count + block]]
+
+    def test(self, field: str, row: int, bit: int) -> bool:
+        return bool(self.block(field, row, bit // self.span) >> (bit % self.span) & 1)
+
+    def first(self, rows: dict[str, int]) -> int | None:
+        """The lowest entry whose bit is set in every field's row (None: no entry)."""
+        for b in range(self.count):
+            x = -1
+            for field, row in rows.items():
+                x &= self.block(field, row, b)
+                if not x:
+                    break
+            if x:
+                return b * self.span + (x & -x).bit_length() - 1
+        return None
+
+    def row_value(self, field: str, row: int) -> bytes:
+        """A row as the map holds it (struct row): its summary words (bit b: block b is not empty), each
+        block's summary (bit k: word k of the block is not zero), then the block ids. With the blocks'
+        summaries in the row, the AND of six rows' summaries picks the words to read before any block
+        is loaded."""
+        ids = self.rows[field][row * self.count:(row + 1) * self.count]
+        top = 0
+        for b, i in enumerate(ids):
+            if i:
+                top |= 1 << b
+        sums = array("Q", map(self._sums.__getitem__, ids))
+        pad = array("I", ids.tolist() + [0] * (self.count & 1))
+        return top.to_bytes(8 * top_words(self.count), "little") + sums.tobytes() + pad.tobytes()
+
+    def summary(self, content: int) -> int:
+        """Bit k set when 64-bit word k of a block is not zero."""
+        out = 0
+        for k, w in enumerate(array("Q", content.to_bytes(self.span // 8, "little"))):
+            if w:
+                out |= 1 << k
+        return out
+
+    def block_value(self, content: int) -> bytes:
+        """A block as the map holds it (struct block): its words."""
+        return content.to_bytes(self.span // 8, "little")
+
+
+def top_words(blocks: int) -> int:
+    """Summary words of a row: one bit per block."""
+    return max(1, -(-blocks // WORD))
+
+
+def _blocked(blocks: Blocks, rows: int, span_masks) -> array:
+    """Block ids for `rows` rows. `span_masks(b)` gives block b's rows: (the content of every row not
+    listed, {row: content})."""
+    n = blocks.count
+    out = array("I", bytes(4 * rows * n))
+    for b in range(n):
+        default, special = span_masks(b)
+        d = blocks.intern(default)
+        if d:
+            out[b::n] = array("I", [d]) * rows
+        for row, content in special.items():
+            out[row * n + b] = blocks.intern(content)
+    return out
+
+
+def _address_rows(entries, side, classes: AddressClasses, blocks: Blocks) -> array:
+    """Row of a class = wildcard entries | entries naming its owner | entries naming a CIDR containing it.
+    Per block, only the classes that the block's entries tell apart get a row of their own."""
     id_field, ip_field = (F.SRC_ID, F.SRC_IP) if side == "src" else (F.DST_ID, F.DST_IP)
-    wild, by_owner, by_cidr = 0, {}, {}
+    span = blocks.span
+    per_block = [(0, {}, {}) for _ in range(blocks.count)]  # wild, by owner, by CIDR (bits local to the block)
     for i, e in enumerate(entries):
         ids, ips = e.match.get(id_field), e.match.get(ip_field)
         if ids is not None and ips is not None:
             raise Unsupported(f"{side} matched by both identity and address")
+        b, bit = divmod(i, span)
+        wild, by_owner, by_cidr = per_block[b]
         if ids is None and ips is None:
-            wild |= 1 << i
+            per_block[b] = (wild | 1 << bit, by_owner, by_cidr)
         for ident in (ids.values if isinstance(ids, InSet) else ()) if ids is not None else ():
-            by_owner[ident] = by_owner.get(ident, 0) | 1 << i
+            by_owner[ident] = by_owner.get(ident, 0) | 1 << bit
         for o in options(ips) if ips is not None else ():
-            by_cidr[o.prefix] = by_cidr.get(o.prefix, 0) | 1 << i
-    rows = BitRows(0, width, 0)
-    for owner, member in classes.keys:
-        bits = wild | by_owner.get(owner, 0)
+            by_cidr[o.prefix] = by_cidr.get(o.prefix, 0) | 1 << bit
+    with_cidr: dict = {}
+    with_owner: dict = {}
+    for k, (owner, member) in enumerate(classes.keys):
+        with_owner.setdefault(owner, []).append(k)
         for c in member:
-            bits |= by_cidr.get(c, 0)
-        rows.rows.append(bytearray(bits.to_bytes(width // 8, "little")))
-    return rows
+            with_cidr.setdefault(c, []).append(k)
+
+    def span_masks(b):
+        wild, by_owner, by_cidr = per_block[b]
+        told = set()
+        for c in by_cidr:
+            told.update(with_cidr.get(c, ()))
+        for o in by_owner:
+            told.update(with_owner.get(o, ()))
+        special = {}
+        for k in told:
+            owner, member = classes.keys[k]
+            bits = wild | by_owner.get(owner, 0)
+            for c in member:
+                bits |= by_cidr.get(c, 0)
+            special[k] = bits
+        return wild, special
+    return _blocked(blocks, len(classes.keys), span_masks)
 
 
-def _range_bits(classes: FieldClasses, ranges_per_entry, width) -> BitRows:
-    wild = sum(1 << i for i, r in enumerate(ranges_per_entry) if r is None)
-    rows = BitRows(classes.count, width, wild)
-    starts = classes.starts
-    for i, ranges in enumerate(ranges_per_entry):
-        for lo, hi in ranges or ():
-            for k in range(bisect_right(starts, lo), bisect_right(starts, hi) + 1):
-                rows.set(k, i)
-    return rows
-
-
-def _proto_bits(entries, width) -> BitRows:
-    wild = sum(1 << i for i, e in enumerate(entries) if e.match.get(F.PROTO) is None)
-    rows = BitRows(256, width, wild)
-    for i, e in enumerate(entries):
-        fm = e.match.get(F.PROTO)
-        if fm is None:
+def _swept_rows(count: int, intervals_per_entry, blocks: Blocks) -> array:
+    """Rows of a field whose classes are numbered 0..count-1 and each entry holds a set of class
+    intervals (None: every class). Per block, one sweep over the classes: an entry's bit is toggled where
+    each of its (disjoint) intervals starts and after it ends, so the running XOR is the row."""
+    span = blocks.span
+    wilds = [0] * blocks.count
+    toggles: list[dict[int, int]] = [{} for _ in range(blocks.count)]
+    for i, intervals in enumerate(intervals_per_entry):
+        b, bit = divmod(i, span)
+        if intervals is None:
+            wilds[b] |= 1 << bit
             continue
-        for o in options(fm):
-            if isinstance(o, Ternary):
-                values = [v for v in range(256) if v & o.mask == o.value]
-            else:
-                values = [v for lo, hi in _field_ranges(o, F.PROTO) for v in range(lo, hi + 1)]
-            for v in values:
-                rows.set(v, i)
-    return rows
+        t = toggles[b]
+        for lo, hi in intervals:
+            t[lo] = t.get(lo, 0) ^ 1 << bit
+            t[hi + 1] = t.get(hi + 1, 0) ^ 1 << bit
+
+    def span_masks(b):
+        wild, t = wilds[b], toggles[b]
+        if not t:
+            return wild, {}
+        special, run = {}, 0
+        marks = sorted(k for k in t if k < count)
+        for n, k in enumerate(marks):
+            run ^= t[k]
+            end = marks[n + 1] if n + 1 < len(marks) else count
+            if run:
+                for row in range(k, end):
+                    special[row] = wild | run
+        return wild, special
+    return _blocked(blocks, count, span_masks)
+
+
+def _class_intervals(classes: FieldClasses, ranges) -> list[tuple[int, int]] | None:
+    """A field's value ranges as intervals of its classes (merged: disjoint)."""
+    if ranges is None:
+        return None
+    starts = classes.starts
+    return merge_ranges((bisect_right(starts, lo), bisect_right(starts, hi)) for lo, hi in ranges)
+
+
+def _proto_intervals(e: Entry) -> list[tuple[int, int]] | None:
+    fm = e.match.get(F.PROTO)
+    if fm is None:
+        return None
+    values: list[tuple[int, int]] = []
+    for o in options(fm):
+        if isinstance(o, Ternary):
+            values += [(v, v) for v in range(256) if v & o.mask == o.value]
+        else:
+            values += _field_ranges(o, F.PROTO)
+    return merge_ranges(values)
 
 
 def supported(e: Entry) -> str | None:
@@ -228,14 +352,12 @@ def build(program: Program, capacity: int | None = None) -> Model:
     dport_r = [_field_ranges(e.match.get(F.DPORT), F.DPORT) if e.match.get(F.DPORT) else None for e in entries]
     icmp_r = [_icmp_ranges(e) for e in entries]
     sport, dport, icmp = field_classes(sport_r), field_classes(dport_r), field_classes(icmp_r)
-    bits = {
-        "src": _address_bits(projected, entries, "src", src, width),
-        "dst": _address_bits(projected, entries, "dst", dst, width),
-        "proto": _proto_bits(entries, width),
-        "sport": _range_bits(sport, sport_r, width),
-        "dport": _range_bits(dport, dport_r, width),
-        "icmp": _range_bits(icmp, icmp_r, width),
-    }
+    bits = Blocks(width)
+    bits.rows["src"] = _address_rows(entries, "src", src, bits)
+    bits.rows["dst"] = _address_rows(entries, "dst", dst, bits)
+    bits.rows["proto"] = _swept_rows(256, [_proto_intervals(e) for e in entries], bits)
+    for name, classes, ranges in (("sport", sport, sport_r), ("dport", dport, dport_r), ("icmp", icmp, icmp_r)):
+        bits.rows[name] = _swept_rows(classes.count, [_class_intervals(classes, r) for r in ranges], bits)
     rules: list[str] = []  # counter slots, in order of first use; the default counts at slot `capacity`
     rule_index: dict[str, int] = {}
     for e in entries:

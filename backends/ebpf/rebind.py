@@ -6,7 +6,7 @@ rules that hold it), so when only endpoint rows of single hosts change and each 
 one the tables already have:
 
     an address that arrives    its class is written at its slot of the address table (IPv4: the
-                               three-level array, addr4.py; IPv6: one trie key)
+                               multibit trie of arrays, addr4.py; IPv6: one trie key)
     an address that leaves     its slot takes the class of the longest remaining prefix holding it
 
 and every other table (the rules' bit vectors, actions, ports) stays as it is. Anything else (the
@@ -27,7 +27,7 @@ from anyplane.ir.addr import Prefix
 from anyplane.ir.nodes import Program
 
 from ..classes import AddressClasses, side_cidrs
-from .addr4 import LEVEL1, Addr4Table
+from .addr4 import Addr4Table
 from .loader import trie_key
 
 
@@ -104,7 +104,7 @@ def rebind(before: Program, compiled, program: Program):
             if p.family == 6:
                 addr6[trie_key(side, p)] = classes.prefixes[bisect_left(classes.prefixes, (p, -1))][1]
     addr6 = list(addr6.items())
-    need = dataclasses.replace(tables.need, chunks=(len(table.data) - 2 * LEVEL1) // 256, addr6=len(addr6))
+    need = dataclasses.replace(tables.need, chunks=table.chunks, addr6=len(addr6))
     model = dataclasses.replace(model, src=sides[0], dst=sides[1])
     tables = dataclasses.replace(tables, addr4=table.data, addr6=addr6, need=need)
     memo["lengths"], memo["rows"] = tuple(lengths_of), new

@@ -10,7 +10,11 @@
 // fragments), classify each field into a class, AND six bit vectors (one per
 // field: source, destination, protocol, source port, destination port, ICMP)
 // and take the lowest set bit: entries are numbered in decision order, so that
-// entry decides. Verdicts for malformed input are documented in docs/engines.md.
+// entry decides. A bit vector is a row of block ids into a pool of blocks of
+// BLOCK_WORDS words, equal blocks stored once; a row's summary marks its
+// non-empty blocks and, per block, its non-zero words, so the AND loads only
+// the blocks and reads only the words all six mark. Verdicts for malformed input are documented in
+// docs/engines.md.
 //
 // Connections (unless the policy is stateless): an LRU hash `ct` remembers the
 // connections the policy allowed, keyed by their opening packet. A reply of a
@@ -28,17 +32,20 @@
 #include <bpf/bpf_endian.h>
 
 #define CAPACITY 64
-#define WORDS (CAPACITY / 64)
-#define SUMMARY 1
+#define BLOCK_WORDS 1
+#define BLOCKS 1
+#define TOP 1
+#define POOL 128
 #define ROWS 576
-#define ADDR4_SLOTS (2 * 65536 + 256 * 64)
+#define ADDR4_ELEMENTS (2 * LEVEL1 / CHUNK + 64)
 #define ADDR6_ENTRIES 64
 #define BUCKETS 64
 #define MAX_VLANS 2
 #define MAX_EXT_HEADERS 6
 #define POINTER 0x80000000u
 #define LEVEL1 65536u
-#define CHUNK 256u
+#define STRIDE 4
+#define CHUNK 16u
 #define NO_BUCKET 0xffffffffu
 #define ABSENT 0xffffffffu
 #define CT_MAX 262144
@@ -55,7 +62,8 @@
 #define STAT_CUT 3
 #define STATS 4
 
-struct bitvec { __u64 sum[SUMMARY]; __u64 w[WORDS]; };
+struct row { __u64 top[TOP]; __u64 sum[BLOCKS]; __u32 blk[BLOCKS + (BLOCKS & 1)]; };
+struct block { __u64 w[BLOCK_WORDS]; };
 struct action { __u32 verdict; __u32 rule; __u32 bucket; __u32 pad; };
 struct counter { __u64 packets; __u64 bytes; __u64 limited; };
 struct bucket { __u64 tokens; __u64 last; __u64 count; __u64 period; __u64 burst; };
@@ -69,6 +77,7 @@ struct meta {
 struct ct_key { __u8 family, proto; __u16 sport, dport, pad; __u8 src[16], dst[16]; };
 struct ct_val { __u64 last; __u32 epoch, rule, bucket, icmp, state, pad; };
 struct decision { __u32 verdict, rule, bucket, pad; };
+struct slots { __u32 s[CHUNK]; };
 struct addr6_key { __u32 prefixlen; __u8 side; __u8 addr[16]; } __attribute__((packed));
 
 #define ARRAY(name, v, n) \
@@ -76,9 +85,10 @@ struct addr6_key { __u32 prefixlen; __u8 side; __u8 addr[16]; } __attribute__((p
 
 ARRAY(gen, __u32, 1);
 ARRAY(meta, struct meta, 2);
-ARRAY(addr4, __u32, 2 * ADDR4_SLOTS);
+ARRAY(addr4, struct slots, 2 * ADDR4_ELEMENTS);
 ARRAY(cls, __u32, 2 * 3 * 65536);
-ARRAY(bv, struct bitvec, 2 * ROWS);
+ARRAY(row, struct row, 2 * ROWS);
+ARRAY(blk, struct block, 2 * POOL);
 ARRAY(act, struct action, 2 * CAPACITY);
 ARRAY(tb, struct bucket, 2 * BUCKETS);
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __type(key, __u32); __type(value, struct counter);
@@ -265,26 +275,23 @@ static __always_inline int parse(void *data, void *end, struct flow *f, struct f
     return 1;
 }
 
+// An IPv4 address's class: 16 bits at level 1, then 4 bits per chunk (addr4.py). A chunk is one element.
 static __always_inline __u32 class4(__u32 region, __u32 side, __u32 a)
 {
-    __u32 k = region + side * LEVEL1 + (a >> 16);
-    __u32 *v = bpf_map_lookup_elem(&addr4, &k);
+    __u32 k = region + side * (LEVEL1 / CHUNK) + (a >> 20);
+    struct slots *v = bpf_map_lookup_elem(&addr4, &k);
     if (!v)
         return 0;
-    __u32 c = *v;
-    if (c & POINTER) {
-        k = region + 2 * LEVEL1 + (c & ~POINTER) * CHUNK + ((a >> 8) & 0xff);
+    __u32 c = v->s[(a >> 16) & (CHUNK - 1)];
+#pragma unroll
+    for (int shift = 16 - STRIDE; shift >= 0; shift -= STRIDE) {
+        if (!(c & POINTER))
+            break;
+        k = region + 2 * (LEVEL1 / CHUNK) + (c & ~POINTER);
         v = bpf_map_lookup_elem(&addr4, &k);
         if (!v)
             return 0;
-        c = *v;
-        if (c & POINTER) {
-            k = region + 2 * LEVEL1 + (c & ~POINTER) * CHUNK + (a & 0xff);
-            v = bpf_map_lookup_elem(&addr4, &k);
-            if (!v)
-                return 0;
-            c = *v;
-        }
+        c = v->s[(a >> shift) & (CHUNK - 1)];
     }
     return c;
 }
@@ -332,31 +339,57 @@ static __always_inline int take_token(struct bucket *b)
 }
 
 struct search {
-    struct bitvec *v[6];
+    struct row *r[6];
+    __u32 pool;   // the live generation's first block
     __u32 entry;
 };
 
-// One summary word: visit the 64-bit words it marks, stop at the first
-// word where all six vectors share a bit.
-static __always_inline long search_word(__u32 s, struct search *st)
+// One block: the words all six rows' summaries of it mark; the six blocks are loaded only when there is
+// one. Stop at the first word where all six share a bit. 1: found (st->entry) or no block to read; 0: none
+// in this block.
+static __always_inline long search_block(__u32 b, struct search *st)
 {
-    if (s >= SUMMARY)
+    if (b >= BLOCKS)
         return 1;
-    struct bitvec *v0 = st->v[0], *v1 = st->v[1], *v2 = st->v[2], *v3 = st->v[3], *v4 = st->v[4], *v5 = st->v[5];
-    __u64 m = v0->sum[s] & v1->sum[s] & v2->sum[s] & v3->sum[s] & v4->sum[s] & v5->sum[s];
-    for (int k = 0; k < 64 && m; k++) {
-        __u32 w = s * 64 + ctz64(m);
+    asm volatile("" : "+r"(b));   // as for w below: a bound the verifier can see
+    b &= BLOCKS - 1;
+    __u64 m = st->r[0]->sum[b] & st->r[1]->sum[b] & st->r[2]->sum[b] & st->r[3]->sum[b] & st->r[4]->sum[b]
+        & st->r[5]->sum[b];
+    if (!m)
+        return 0;
+    struct block *v[6];
+#pragma unroll
+    for (int i = 0; i < 6; i++) {
+        __u32 k = st->pool + st->r[i]->blk[b];
+        v[i] = bpf_map_lookup_elem(&blk, &k);
+        if (!v[i])
+            return 1;
+    }
+    for (int k = 0; k < BLOCK_WORDS && m; k++) {
+        __u32 w = ctz64(m);
         m &= m - 1;
-        if (w >= WORDS)
-            break;
         // A no-op after the check, kept opaque to clang: the verifier needs a bound it can see.
         asm volatile("" : "+r"(w));
-        w &= WORDS - 1;
-        __u64 x = v0->w[w] & v1->w[w] & v2->w[w] & v3->w[w] & v4->w[w] & v5->w[w];
+        w &= BLOCK_WORDS - 1;
+        __u64 x = v[0]->w[w] & v[1]->w[w] & v[2]->w[w] & v[3]->w[w] & v[4]->w[w] & v[5]->w[w];
         if (x) {
-            st->entry = w * 64 + ctz64(x);
+            st->entry = b * BLOCK_WORDS * 64 + w * 64 + ctz64(x);
             return 1;
         }
+    }
+    return 0;
+}
+
+// One summary word of the rows: the blocks it marks in all six, in order.
+static __always_inline long search_top(__u32 t, struct search *st)
+{
+    __u64 m = st->r[0]->top[t] & st->r[1]->top[t] & st->r[2]->top[t] & st->r[3]->top[t] & st->r[4]->top[t]
+        & st->r[5]->top[t];
+    for (int k = 0; k < 64 && m; k++) {
+        __u32 b = t * 64 + ctz64(m);
+        m &= m - 1;
+        if (search_block(b, st))
+            return 1;
     }
     return 0;
 }
@@ -372,7 +405,7 @@ __noinline int classify(struct flow *f, struct meta *mt, __u32 g, struct decisio
     g &= 1;
     __u32 src, dst;
     if (f->family == 4) {
-        __u32 region = g * ADDR4_SLOTS;
+        __u32 region = g * ADDR4_ELEMENTS;
         src = class4(region, 0, f->src4);
         dst = class4(region, 1, f->dst4);
     } else {
@@ -389,15 +422,15 @@ __noinline int classify(struct flow *f, struct meta *mt, __u32 g, struct decisio
         rows + mt->dport_base + field_class(cls_region + 65536, f->dport),
         rows + mt->icmp_base + field_class(cls_region + 2 * 65536, f->icmp),
     };
-    struct search st = { .entry = ABSENT };
+    struct search st = { .pool = g * POOL, .entry = ABSENT };
 #pragma unroll
     for (int i = 0; i < 6; i++) {
-        st.v[i] = bpf_map_lookup_elem(&bv, &keys[i]);
-        if (!st.v[i])
+        st.r[i] = bpf_map_lookup_elem(&row, &keys[i]);
+        if (!st.r[i])
             return -1;
     }
-    for (__u32 s = 0; s < SUMMARY; s++)
-        if (search_word(s, &st))
+    for (__u32 t = 0; t < TOP; t++)
+        if (search_top(t, &st))
             break;
     d->verdict = mt->default_verdict;
     d->rule = mt->default_rule;
