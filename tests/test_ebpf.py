@@ -15,7 +15,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
-from anyplane.backends.ebpf import packet
+from anyplane.backends.ebpf import loader, packet
 from anyplane.backends.ebpf.engine import build_all
 from anyplane.backends.ebpf.loader import LoadError
 from anyplane.compiler.pipeline import compile_sources
@@ -100,9 +100,13 @@ def test_random_policies_pass_the_verifier_and_agree(text):
         assert_agree(cl, program, frames, got)
 
 
-@pytest.mark.parametrize("name", ["acl1_1k", "fw1_1k", "ipc1_1k", "fw1_10k"])
-def test_classbench_traces_agree_with_interpreter_and_first_match(name):
-    """The whole trace; the 10k set also shows that the verifier accepts the program at that size."""
+@pytest.mark.parametrize("name,pooled", [("acl1_1k", False), ("fw1_1k", False), ("ipc1_1k", False),
+                                         ("fw1_10k", False), ("fw1_1k", True), ("ipc1_10k", True)])
+def test_classbench_traces_agree_with_interpreter_and_first_match(name, pooled, monkeypatch):
+    """The whole trace; the 10k sets also show that the verifier accepts the program at that size. `pooled`:
+    the rows name their blocks in the pool, as they do beyond 32 MiB of rows (the 100k sets)."""
+    if pooled:
+        monkeypatch.setattr(loader, "INLINE_BYTES", 0)
     rules = classbench.read_rules(classbench.DATA / f"{name}.rules")
     program = compile_sources([(f"{name}.ap", classbench.to_policy(rules, name))]).program
     trace = classbench.read_trace(classbench.DATA / f"{name}.trace")
@@ -116,7 +120,8 @@ def test_classbench_traces_agree_with_interpreter_and_first_match(name):
             flows.append(Flow(4, src, dst, proto, icmp_type=8, icmp_code=0))
         else:
             flows.append(Flow(4, src, dst, proto))
-    with loaded(program, name) as (cl, _):
+    with loaded(program, name) as (cl, c):
+        assert c.layout.pooled == pooled
         got = kernel_verdicts(cl, [packet.frame(f) for f in flows])
     projected = project_l4(program)
     for (src, dst, sport, dport, proto), f, verdict in zip(trace, flows, got):
@@ -310,7 +315,7 @@ def test_policy_that_outgrows_the_program_is_reported():
 # kernel's verdict for each frame, and the map memory the kernel accounts to the program.
 _BIG = """
 import json, sys
-from anyplane.backends.ebpf import packet
+from anyplane.backends.ebpf import loader, packet
 from anyplane.backends.ebpf.emit import compile_c
 from anyplane.backends.ebpf.engine import build_all
 from anyplane.backends.ebpf.loader import VERDICTS, Classifier, run_frames

@@ -84,6 +84,8 @@ def bucket(rl: RateLimit) -> tuple[int, int, int, int, int]:
     return rl.burst * period, 0, count, period, rl.burst
 
 
+INLINE_BYTES = 32 << 20
+
 #: struct meta (xdp.c.j2): table bases, default, entries, connection state, policy epoch, timeouts.
 META = struct.Struct("=18I")
 EPOCH_AT = 11  # index of `epoch` in META: set by `write`, one more at every push
@@ -112,10 +114,14 @@ def tables(model: Model, labels: dict[str, str], connections: Connections = Conn
         for k in range(len(fc.starts)):
             cls_arr[base + starts[k]:base + starts[k + 1]] = array("I", [k + 1]) * (starts[k + 1] - starts[k])
     bases, rows, bits = {}, [], model.bits
-    for name in ("src", "dst", "proto", "sport", "dport", "icmp"):
+    names = ("src", "dst", "proto", "sport", "dport", "icmp")
+    # Rows hold their words while every row in full fits INLINE_BYTES (one load less per block a packet
+    # visits); beyond, they name blocks in the pool.
+    pooled = sum(bits.row_count(name) for name in names) * cap // 8 > INLINE_BYTES
+    for name in names:
         bases[name] = len(rows)
-        rows += [bits.row_value(name, r) for r in range(bits.row_count(name))]
-    blk = [bits.block_value(content) for content in bits.pool]
+        rows += [bits.row_value(name, r, pooled) for r in range(bits.row_count(name))]
+    blk = [bits.block_value(content) for content in bits.pool] if pooled else []
     act = b"".join(struct.pack("=IIII", verdict, slot, bucket, 0) for verdict, slot, bucket in model.actions)
     tb = b"".join(struct.pack("=QQQQQ", *bucket(rl)) for rl in model.buckets)
     c = connections

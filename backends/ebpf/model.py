@@ -183,19 +183,21 @@ class Blocks:
                 return b * self.span + (x & -x).bit_length() - 1
         return None
 
-    def row_value(self, field: str, row: int) -> bytes:
+    def row_value(self, field: str, row: int, pooled: bool = True) -> bytes:
         """A row as the map holds it (struct row): its summary words (bit b: block b is not empty), each
-        block's summary (bit k: word k of the block is not zero), then the block ids. With the blocks'
-        summaries in the row, the AND of six rows' summaries picks the words to read before any block
-        is loaded."""
+        block's summary (bit k: word k of the block is not zero), then the block ids (`pooled`) or the
+        blocks' words. With the blocks' summaries in the row, the AND of six rows' summaries picks the
+        words to read before any block is loaded."""
         ids = self.rows[field][row * self.count:(row + 1) * self.count]
         top = 0
         for b, i in enumerate(ids):
             if i:
                 top |= 1 << b
         sums = array("Q", map(self._sums.__getitem__, ids))
-        pad = array("I", ids.tolist() + [0] * (self.count & 1))
-        return top.to_bytes(8 * top_words(self.count), "little") + sums.tobytes() + pad.tobytes()
+        head = top.to_bytes(8 * top_words(self.count), "little") + sums.tobytes()
+        if not pooled:
+            return head + b"".join(self.block_value(self.pool[i]) for i in ids)
+        return head + array("I", ids.tolist() + [0] * (self.count & 1)).tobytes()
 
     def summary(self, content: int) -> int:
         """Bit k set when 64-bit word k of a block is not zero."""

@@ -35,8 +35,8 @@
 #define BLOCK_WORDS 1
 #define BLOCKS 1
 #define TOP 1
-#define POOL 128
-#define ROWS 576
+#define POOL 1
+#define ROWS 512
 #define ADDR4_ELEMENTS (2 * LEVEL1 / CHUNK + 64)
 #define ADDR6_ENTRIES 64
 #define BUCKETS 64
@@ -62,7 +62,8 @@
 #define STAT_CUT 3
 #define STATS 4
 
-struct row { __u64 top[TOP]; __u64 sum[BLOCKS]; __u32 blk[BLOCKS + (BLOCKS & 1)]; };
+// Rows small enough to hold their blocks' words themselves: no pool to look up.
+struct row { __u64 top[TOP]; __u64 sum[BLOCKS]; __u64 w[BLOCKS * BLOCK_WORDS]; };
 struct block { __u64 w[BLOCK_WORDS]; };
 struct action { __u32 verdict; __u32 rule; __u32 bucket; __u32 pad; };
 struct counter { __u64 packets; __u64 bytes; __u64 limited; };
@@ -275,7 +276,7 @@ static __always_inline int parse(void *data, void *end, struct flow *f, struct f
     return 1;
 }
 
-// An IPv4 address's class: 16 bits at level 1, then 4 bits per chunk (addr4.py). A chunk is one element.
+// An IPv4 address's class: 16 bits at level 1, then STRIDE bits per chunk (addr4.py). A chunk is one element.
 static __always_inline __u32 class4(__u32 region, __u32 side, __u32 a)
 {
     __u32 k = region + side * (LEVEL1 / CHUNK) + (a >> 20);
@@ -357,13 +358,10 @@ static __always_inline long search_block(__u32 b, struct search *st)
         & st->r[5]->sum[b];
     if (!m)
         return 0;
-    struct block *v[6];
+    __u64 *v[6];
 #pragma unroll
     for (int i = 0; i < 6; i++) {
-        __u32 k = st->pool + st->r[i]->blk[b];
-        v[i] = bpf_map_lookup_elem(&blk, &k);
-        if (!v[i])
-            return 1;
+        v[i] = &st->r[i]->w[b * BLOCK_WORDS];
     }
     for (int k = 0; k < BLOCK_WORDS && m; k++) {
         __u32 w = ctz64(m);
@@ -371,7 +369,7 @@ static __always_inline long search_block(__u32 b, struct search *st)
         // A no-op after the check, kept opaque to clang: the verifier needs a bound it can see.
         asm volatile("" : "+r"(w));
         w &= BLOCK_WORDS - 1;
-        __u64 x = v[0]->w[w] & v[1]->w[w] & v[2]->w[w] & v[3]->w[w] & v[4]->w[w] & v[5]->w[w];
+        __u64 x = v[0][w] & v[1][w] & v[2][w] & v[3][w] & v[4][w] & v[5][w];
         if (x) {
             st->entry = b * BLOCK_WORDS * 64 + w * 64 + ctz64(x);
             return 1;
