@@ -369,7 +369,11 @@ static __always_inline long search_block(__u32 b, struct search *st)
         // A no-op after the check, kept opaque to clang: the verifier needs a bound it can see.
         asm volatile("" : "+r"(w));
         w &= BLOCK_WORDS - 1;
-        __u64 x = v[0][w] & v[1][w] & v[2][w] & v[3][w] & v[4][w] & v[5][w];
+        // Source and destination first: they tell entries apart the most, and a word they share no bit
+        // in needs no other load.
+        __u64 x = v[0][w] & v[1][w];
+        if (x)
+            x &= v[2][w] & v[3][w] & v[4][w] & v[5][w];
         if (x) {
             st->entry = b * BLOCK_WORDS * 64 + w * 64 + ctz64(x);
             return 1;
