@@ -366,7 +366,7 @@ def push(compiled: Compiled, target: str, **kw) -> dict:
     if engine.keeps_binding:  # the engine remembers which pods its policy holds
         kw["binding"] = held
     result = engine.push(compiled.program, **kw)
-    if held is not None:
+    if held is not None and result.get("binding") is None:  # an engine that keeps it says more (its generation)
         result["binding"] = held
     return result
 

@@ -95,7 +95,7 @@ def _arrives(server_side, data: bytes, wait: float) -> bool:
 
 def test_pods_come_and_go_under_one_loaded_program(cluster):
     first = cluster.bind([3, 4])
-    assert first["reloaded"] is True and first["binding"]["pods"] == 3
+    assert first["reloaded"] is True and first["binding"]["pods"] == 3 and first["binding"]["generation"] == 1
     program = cluster.program()
     server = cluster.pair.socket(cluster.pair.b, socket.AF_INET, socket.SOCK_STREAM, timeout=30)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -113,10 +113,11 @@ def test_pods_come_and_go_under_one_loaded_program(cluster):
     # Pod .3 leaves, pod .5 starts: a new binding, the same policy.
     second = cluster.bind([4, 5])
     assert second["reloaded"] is False and second["generation"] != first["generation"]
-    assert second["binding"]["digest"] != first["binding"]["digest"]
+    assert second["binding"]["digest"] != first["binding"]["digest"] and second["binding"]["generation"] == 2
     assert cluster.program() == program, "the program was reloaded for a change of pods"
     status = run("status", "-t", "ebpf", "--name", cluster.name, "--format", "json")
     assert json.loads(status.stdout)["binding"] == second["binding"], status.stdout
+    assert cluster.bind([4, 5])["binding"]["generation"] == 2, "the same pods again are the same binding"
     joined = _until(lambda: cluster.connect(5, timeout=2), what="the new pod to reach the server")
     server.accept()
     staying.sendall(b"still here")

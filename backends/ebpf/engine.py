@@ -147,7 +147,8 @@ def push(program: Program, iface: str | None, name: str = "default", netns: str 
     """Make `program` the live policy of classifier `name` (attached to `iface` if given: XDP at ingress,
     and for a stateful policy with `egress`, the tc program at egress). The connection table stays:
     each connection is judged again under the new policy at its next packet. `binding` (which pods gave
-    the workloads their addresses: digest, pods) is kept with the live generation, for `status`."""
+    the workloads their addresses: digest, pods) is kept with the live generation, for `status`, with the
+    binding's own generation: 1 for the first, one more at each push that brings other pods."""
     started = time.perf_counter()
     cl = Classifier(name)
     capacity = cl.layout.capacity if cl.installed else None
@@ -173,13 +174,18 @@ def push(program: Program, iface: str | None, name: str = "default", netns: str 
             cl.attach(iface, netns, egress)
     gen = cl.write(c.tables)
     state = cl.state()
+    before = state.get("binding")
+    if binding is not None:  # the binding's own generation: one more at each push of other pods
+        held = before.get("generation", 1) if before else 0
+        changed = not before or before.get("digest") != binding.get("digest")
+        binding = dict(binding, generation=held + 1 if changed else held)
     state["binding"] = binding
     cl._save(state)
     _RECENT[name] = (program, c, _mark(state))
     if iface and (attached_prog(iface, netns) != _prog_id(cl) or egress != _egress_attached(iface, netns)):
         cl.attach(iface, netns, egress)
     return {"name": name, "iface": iface, "generation": gen, "reloaded": reloaded, "egress": bool(iface and egress),
-            "connections_kept": kept, "entries": len(c.model.entries), "rebound": rebound,
+            "connections_kept": kept, "entries": len(c.model.entries), "rebound": rebound, "binding": binding,
             "seconds": round(time.perf_counter() - started, 4)}
 
 

@@ -334,7 +334,9 @@ def push(files, target, from_dir, iface, netns, name, ingress_only, service, xds
             click.echo(f"kept {result['connections_kept']} connections across the reload; each is judged again "
                        "under the new policy at its next packet")
     if not output_format == "json" and result.get("binding"):
-        click.echo(f"binding {result['binding']['digest']}: {result['binding']['pods']} pods")
+        held = result["binding"]
+        click.echo(f"binding {held['digest']}: {held['pods']} pods"
+                   + (f" (generation {held['generation']})" if "generation" in held else ""))
 
 
 @cli.command()
@@ -359,7 +361,8 @@ def status(target, name, admin, output_format) -> None:
         return
     held = result.get("binding")
     click.echo(f"classifier '{name}', generation {result['generation']}"
-               + (f", binding {held['digest']} ({held['pods']} pods)" if held else ""))
+               + (f", binding {held['digest']} ({held['pods']} pods"
+                  + (f", generation {held['generation']}" if "generation" in held else "") + ")" if held else ""))
     click.echo(f"{'packets':>12} {'bytes':>14} {'limited':>9}  rule")
     for row in result["rules"]:
         click.echo(f"{row['packets']:>12} {row['bytes']:>14} {row['rate_limited']:>9}  {row['rule']}")
