@@ -71,3 +71,22 @@ def test_bit_vectors_of_several_blocks_decide_as_the_interpreter():
             assert model.entries[entry].rule == want.entry.rule, f.text
             decided.add(entry // model.bits.span)
     assert len(decided) >= 2  # flows decided in more than one block
+
+
+def test_compiled_objects_are_cached_by_source_and_toolchain(tmp_path, monkeypatch):
+    """The second compile of a source is the cache's file, byte for byte what clang makes; another source
+    is another file; a damaged file is compiled again."""
+    from anyplane.backends.ebpf.emit import Layout, compile_c, render
+
+    monkeypatch.setenv("ANYPLANE_CACHE_DIR", str(tmp_path / "a"))
+    one, two = render(Layout(64, 512, 64, 64, 64, 262144, 0)), render(Layout(128, 512, 64, 64, 64, 262144, 0))
+    first = compile_c(one)
+    files = list((tmp_path / "a" / "bpf").iterdir())
+    assert len(files) == 1 and files[0].read_bytes() == first
+    assert compile_c(one) == first
+    compile_c(two)
+    assert len(list((tmp_path / "a" / "bpf").iterdir())) == 2
+    files[0].write_bytes(b"not an object")
+    assert compile_c(one) == first
+    monkeypatch.setenv("ANYPLANE_CACHE_DIR", str(tmp_path / "b"))  # a fresh compile: the same bytes
+    assert compile_c(one) == first

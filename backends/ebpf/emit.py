@@ -7,6 +7,7 @@ travels as map data (model.py, loader.py).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -100,21 +101,64 @@ def _include_dirs() -> list[str]:
     return [d for d in dirs if os.path.isdir(d)]
 
 
+def _cache_dir() -> str:
+    """Where compiled objects are kept: $ANYPLANE_CACHE_DIR, else $XDG_CACHE_HOME/anyplane, else
+    ~/.cache/anyplane (each under bpf/)."""
+    root = os.environ.get("ANYPLANE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "anyplane")
+    return os.path.join(root, "bpf")
+
+
+#: Files whose change changes what clang makes of the same source (the compiler and the headers read).
+_TOOLCHAIN = ("/usr/include/linux/bpf.h", "/usr/include/bpf/bpf_helpers.h", "/usr/include/bpf/bpf_helper_defs.h")
+
+
+def _cache_key(clang: str, cmd: list[str], source: str) -> str:
+    h = hashlib.sha256()
+    for path in (os.path.realpath(clang),) + _TOOLCHAIN:
+        try:
+            st = os.stat(path)
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+        except OSError:
+            h.update(f"{path}:-\0".encode())
+    h.update("\0".join(cmd).encode() + b"\0" + source.encode())
+    return h.hexdigest()
+
+
 def compile_c(source: str) -> bytes:
-    """clang -target bpf: C source -> ELF object bytes."""
+    """clang -target bpf: C source -> ELF object bytes. An object made before from the same source, flags
+    and toolchain is taken from the cache (_cache_dir) instead: the kernel tests load the same few
+    programs hundreds of times."""
     clang = shutil.which("clang")
     if clang is None:
         raise CompileError("clang not found: install Debian's clang and libbpf-dev (make setup does)")
+    flags = ["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function"] \
+        + [f"-I{d}" for d in _include_dirs()]
+    cached = os.path.join(_cache_dir(), _cache_key(clang, flags, source) + ".o")
+    try:
+        with open(cached, "rb") as fh:
+            data = fh.read()
+        if data[:4] == b"\x7fELF":
+            return data
+    except OSError:
+        pass
     with tempfile.TemporaryDirectory() as tmp:
         src, obj = os.path.join(tmp, "xdp.c"), os.path.join(tmp, "xdp.o")
         with open(src, "w") as fh:
             fh.write(source)
         # The temporary directory must not reach the debug info: the same source gives the same object.
-        cmd = [clang, "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function",
-               f"-ffile-prefix-map={tmp}=anyplane"]
-        cmd += [f"-I{d}" for d in _include_dirs()] + ["-c", src, "-o", obj]
+        cmd = [clang] + flags + [f"-ffile-prefix-map={tmp}=anyplane", "-c", src, "-o", obj]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise CompileError(f"clang failed:\n{proc.stderr}")
         with open(obj, "rb") as fh:
-            return fh.read()
+            data = fh.read()
+    try:  # a cache that cannot be written is no cache, not an error
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        part = f"{cached}.{os.getpid()}.tmp"
+        with open(part, "wb") as fh:
+            fh.write(data)
+        os.replace(part, cached)
+    except OSError:
+        pass
+    return data
