@@ -7,6 +7,7 @@ classifier); packet-hygiene verdicts are the documented ones, written out here.
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import threading
@@ -15,7 +16,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
-from anyplane.backends.ebpf import loader, packet
+from anyplane.backends.ebpf import loader, model, packet
 from anyplane.backends.ebpf.engine import build_all
 from anyplane.backends.ebpf.loader import LoadError
 from anyplane.compiler.pipeline import compile_sources
@@ -100,13 +101,17 @@ def test_random_policies_pass_the_verifier_and_agree(text):
         assert_agree(cl, program, frames, got)
 
 
-@pytest.mark.parametrize("name,pooled", [("acl1_1k", False), ("fw1_1k", False), ("ipc1_1k", False),
-                                         ("fw1_10k", False), ("fw1_1k", True), ("ipc1_10k", True)])
-def test_classbench_traces_agree_with_interpreter_and_first_match(name, pooled, monkeypatch):
+@pytest.mark.parametrize("name,pooled,fields", [("acl1_1k", False, 3), ("fw1_1k", False, 3), ("ipc1_1k", False, 3),
+                                                ("fw1_10k", False, 3), ("fw1_1k", True, 3), ("ipc1_10k", True, 3),
+                                                ("ipc1_1k", False, 6), ("fw1_10k", True, 6)])
+def test_classbench_traces_agree_with_interpreter_and_first_match(name, pooled, fields, monkeypatch):
     """The whole trace; the 10k sets also show that the verifier accepts the program at that size. `pooled`:
-    the rows name their blocks in the pool, as they do beyond 32 MiB of rows (the 100k sets)."""
+    the rows name their blocks in the pool, as they do beyond 32 MiB of rows (the 100k sets). `fields`: 3 where
+    protocol, ports and ICMP are one combined field, 6 where its tables would be too large."""
     if pooled:
         monkeypatch.setattr(loader, "INLINE_BYTES", 0)
+    if fields == 6:
+        monkeypatch.setattr(model, "L4_BUDGET", 0)
     rules = classbench.read_rules(classbench.DATA / f"{name}.rules")
     program = compile_sources([(f"{name}.ap", classbench.to_policy(rules, name))]).program
     trace = classbench.read_trace(classbench.DATA / f"{name}.trace")
@@ -121,7 +126,7 @@ def test_classbench_traces_agree_with_interpreter_and_first_match(name, pooled, 
         else:
             flows.append(Flow(4, src, dst, proto))
     with loaded(program, name) as (cl, c):
-        assert c.layout.pooled == pooled
+        assert c.layout.pooled == pooled and len(c.model.fields) == fields
         got = kernel_verdicts(cl, [packet.frame(f) for f in flows])
     projected = project_l4(program)
     for (src, dst, sport, dport, proto), f, verdict in zip(trace, flows, got):
@@ -315,7 +320,7 @@ def test_policy_that_outgrows_the_program_is_reported():
 # kernel's verdict for each frame, and the map memory the kernel accounts to the program.
 _BIG = """
 import json, sys
-from anyplane.backends.ebpf import loader, packet
+from anyplane.backends.ebpf import loader, model, packet
 from anyplane.backends.ebpf.emit import compile_c
 from anyplane.backends.ebpf.engine import build_all
 from anyplane.backends.ebpf.loader import VERDICTS, Classifier, run_frames
@@ -384,3 +389,21 @@ def test_a_100k_rule_classbench_set_loads_within_its_memory_and_decides_like_the
         oracle = "drop" if first is None or classbench.is_deny(first) else "pass"
         interp = "pass" if evaluate(projected, f).verdict == "allow" else "drop"
         assert verdict == oracle == interp, (f.text, verdict, oracle, interp)
+
+
+@pytest.mark.parametrize("capacity", [64, 16384, 262144])
+@pytest.mark.parametrize("combined", [True, False])
+@pytest.mark.parametrize("pooled", [True, False])
+def test_the_verifier_accepts_every_shape_of_the_program(capacity, combined, pooled):
+    """The program's loops are bounded by its sizes, and the kernel's verifier walks them within its million
+    instructions: every capacity up to 262,144 entries, with three rows or six, rows pooled or not."""
+    from anyplane.backends.ebpf.emit import Layout, compile_c, render
+    from anyplane.backends.ebpf.loader import Classifier
+
+    layout = Layout(capacity, 512, 64, 64, 64, 262144, 1024 if pooled else 0, 1024 if combined else 0)
+    cl = Classifier(f"test-shape-{capacity}-{int(combined)}{int(pooled)}-{os.getpid()}")
+    try:
+        cl.install(compile_c(render(layout)), layout)
+        assert cl.installed
+    finally:
+        cl.remove()

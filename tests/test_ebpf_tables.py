@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anyplane.backends.ebpf.addr4 import build_addr4
-from anyplane.backends.ebpf.engine import build_all
+from anyplane.backends.ebpf.model import build
 from anyplane.compiler.pipeline import compile_sources
 from anyplane.ir.addr import Prefix
 from anyplane.ir.flowgen import FlowGen
@@ -42,9 +43,11 @@ def test_the_ipv4_table_gives_every_address_its_longest_prefixs_class(raw, probe
             assert table.lookup(s, a) == want, (s, a)
 
 
-def test_bit_vectors_of_several_blocks_decide_as_the_interpreter():
+@pytest.mark.parametrize("combine", [True, False])
+def test_bit_vectors_of_several_blocks_decide_as_the_interpreter(combine):
     """9,000 entries: three blocks of 4,096. Rules overlap within and across blocks, so that the first
-    entry holding a flow is in any block, and some flows are decided by no entry."""
+    entry holding a flow is in any block, and some flows are decided by no entry. `combine`: protocol,
+    ports and ICMP as one field (three rows ANDed) or as four."""
     rng = random.Random(4)
     lines = ["default deny", "stateless"]
     for k in range(9000):
@@ -54,11 +57,13 @@ def test_bit_vectors_of_several_blocks_decide_as_the_interpreter():
                   .supernet(rng.choice((24, 28, 32))))
         lo = rng.randrange(0, 2000)
         verb = rng.choice(("allow", "deny"))
-        what = rng.choice((f"tcp {lo}-{lo + rng.randrange(300)}", f"udp {lo}", "tcp", ""))  # some wildcards
+        what = rng.choice((f"tcp {lo}-{lo + rng.randrange(300)}", f"udp {lo}", "tcp", "",  # some wildcards
+                           f"icmp type {rng.choice((0, 3, 8))}", "proto 47"))
         lines.append(f"{verb} {src} -> {dst} {what}".rstrip())
     program = compile_sources([("big.ap", "\n".join(lines) + "\n")]).program
-    model = build_all(program).model
+    model = build(program, combine=combine)
     assert model.bits.count >= 2 and len(model.entries) > 2 * model.bits.span
+    assert len(model.fields) == (3 if combine else 6)
     projected = project_l4(program)
     flows = list(FlowGen(program, seed=2).flows(700))
     decided = set()

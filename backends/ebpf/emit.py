@@ -39,6 +39,7 @@ class Layout:
     buckets: int
     connections: int = 262144  # the connection table's size: the policy's, exactly (not grown)
     blocks: int = -1  # the block pool's size; 0: rows hold their blocks' words themselves (no pool)
+    l4t: int = 0  # the combined protocol and port field's tables; 0: four fields (model.L4Classes)
 
     @property
     def block_words(self) -> int:
@@ -71,13 +72,15 @@ class Layout:
     def fits(self, need: "Layout") -> bool:
         """Whether a policy needing `need` fits these sizes (and asks for this connection table)."""
         return all(getattr(need, f) <= getattr(self, f) for f in ("capacity", "rows", "chunks", "addr6", "buckets", "blocks")) \
-            and need.connections == self.connections and need.pooled == self.pooled and need.blocks >= 0
+            and need.connections == self.connections and need.pooled == self.pooled and need.blocks >= 0 \
+            and need.l4t <= self.l4t and (need.l4t > 0) == (self.l4t > 0)
 
     def grown(self) -> "Layout":
         """Room for the policy to grow by half before the program must be rebuilt."""
         up = lambda n, floor: max(floor, -(-int(n * 1.5) // 64) * 64)  # noqa: E731
         return Layout(self.capacity, up(self.rows, 512), up(self.chunks, 64), up(self.addr6, 64),
-                      up(self.buckets, 64), self.connections, up(self.blocks, 64) if self.pooled else self.blocks)
+                      up(self.buckets, 64), self.connections, up(self.blocks, 64) if self.pooled else self.blocks,
+                      up(self.l4t, 1024) if self.l4t else 0)
 
 
 def render(layout: Layout) -> str:
@@ -90,7 +93,8 @@ def render(layout: Layout) -> str:
     template = env.from_string(resources.files("anyplane.backends.ebpf").joinpath("templates/xdp.c.j2").read_text())
     return template.render(header=HEADER, capacity=int(cap), block_words=layout.block_words,
                            row_blocks=layout.row_blocks, top=top_words(layout.row_blocks),
-                           pooled=int(layout.pooled), pool=max(1, int(layout.blocks)), rows=int(layout.rows), chunks=int(layout.chunks), addr6=int(layout.addr6),
+                           pooled=int(layout.pooled), pool=max(1, int(layout.blocks)), rows=int(layout.rows),
+                           combined=int(layout.l4t > 0), l4t=max(1, int(layout.l4t)), chunks=int(layout.chunks), addr6=int(layout.addr6),
                            buckets=int(layout.buckets), connections=int(layout.connections), stride=STRIDE)
 
 

@@ -20,7 +20,7 @@ import struct
 import subprocess
 import time
 from array import array
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from anyplane.ir.actions import RateLimit
@@ -74,6 +74,7 @@ class Tables:
     meta: bytes
     labels: list[str]
     need: Layout
+    l4t: array = field(default_factory=lambda: array("I"))  # the combined field's tables (model.L4Classes)
 
 
 def bucket(rl: RateLimit) -> tuple[int, int, int, int, int]:
@@ -86,8 +87,9 @@ def bucket(rl: RateLimit) -> tuple[int, int, int, int, int]:
 
 INLINE_BYTES = 32 << 20
 
-#: struct meta (xdp.c.j2): table bases, default, entries, connection state, policy epoch, timeouts.
-META = struct.Struct("=18I")
+#: struct meta (xdp.c.j2): table bases, default, entries, connection state, policy epoch, timeouts, and
+#: the combined field's table offsets and sizes.
+META = struct.Struct("=22I")
 EPOCH_AT = 11  # index of `epoch` in META: set by `write`, one more at every push
 
 
@@ -114,7 +116,7 @@ def tables(model: Model, labels: dict[str, str], connections: Connections = Conn
         for k in range(len(fc.starts)):
             cls_arr[base + starts[k]:base + starts[k + 1]] = array("I", [k + 1]) * (starts[k + 1] - starts[k])
     bases, rows, bits = {}, [], model.bits
-    names = ("src", "dst", "proto", "sport", "dport", "icmp")
+    names = model.fields
     # Rows hold their words while every row in full fits INLINE_BYTES (one load less per block a packet
     # visits); beyond, they name blocks in the pool.
     pooled = sum(bits.row_count(name) for name in names) * cap // 8 > INLINE_BYTES
@@ -125,13 +127,18 @@ def tables(model: Model, labels: dict[str, str], connections: Connections = Conn
     act = b"".join(struct.pack("=IIII", verdict, slot, bucket, 0) for verdict, slot, bucket in model.actions)
     tb = b"".join(struct.pack("=QQQQQ", *bucket(rl)) for rl in model.buckets)
     c = connections
-    meta = META.pack(bases["src"], bases["dst"], bases["proto"], bases["sport"], bases["dport"],
-                     bases["icmp"], model.default_verdict, cap, len(model.entries), 0, int(c.stateful), 0,
-                     c.tcp_s, c.tcp_opening_s, c.tcp_closing_s, c.udp_s, c.icmp_s, c.other_s)
+    l4 = model.l4
+    # Combined, the protocol's base is the combined field's; its tables follow in the l4t region.
+    l4t = array("I", l4.proto + l4.first + l4.second) if l4 is not None else array("I")
+    combined = (256 + len(l4.first), l4.sports, l4.dports + l4.icmps, l4.dports) if l4 is not None else (0, 0, 0, 0)
+    meta = META.pack(bases["src"], bases["dst"], bases.get("l4", bases.get("proto", 0)), bases.get("sport", 0),
+                     bases.get("dport", 0), bases.get("icmp", 0), model.default_verdict, cap, len(model.entries), 0,
+                     int(c.stateful), 0, c.tcp_s, c.tcp_opening_s, c.tcp_closing_s, c.udp_s, c.icmp_s, c.other_s,
+                     *combined)
     need = Layout(cap, len(rows), (len(addr4) - 2 * LEVEL1) // ELEMENT, len(addr6), len(model.buckets), c.max,
-                  len(blk))
+                  len(blk), len(l4t))
     return Tables(addr4, addr6, cls_arr, b"".join(rows), b"".join(blk), act, tb, meta,
-                  [labels.get(r, r) for r in model.rules], need)
+                  [labels.get(r, r) for r in model.rules], need, l4t)
 
 
 class Classifier:
@@ -319,6 +326,7 @@ class Classifier:
             "cls": (4, idle * 3 * 65536, t.cls.tobytes()),
             "row": (layout.row_size, idle * layout.rows, t.row),
             "blk": (layout.block_size, idle * layout.blocks, t.blk),
+            "l4t": (4, idle * layout.l4t, t.l4t.tobytes()),
             "act": (16, idle * layout.capacity, t.act),
             "tb": (40, idle * layout.buckets, t.tb),
             "meta": (META.size, idle, _with_epoch(t.meta, state.get("epoch", 0) + 1)),
@@ -383,7 +391,7 @@ class Classifier:
 
     def _read_cache(self, gen: int) -> dict[str, bytes]:
         out = {}
-        for region in ("addr4", "cls", "row", "blk", "act", "tb", "meta", "labels"):
+        for region in ("addr4", "cls", "row", "blk", "l4t", "act", "tb", "meta", "labels"):
             try:
                 out[region] = self._cache_path(gen, region).read_bytes()
             except OSError:

@@ -117,6 +117,12 @@ class Model:
     actions: list[tuple[int, int, int]]
     rules: list[str]
     buckets: list[RateLimit]
+    l4: "L4Classes | None" = None  # protocol, ports and ICMP as one field (None: four fields)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The fields whose rows a packet ANDs, in the program's order."""
+        return ("src", "dst", "l4") if self.l4 is not None else ("src", "dst", "proto", "sport", "dport", "icmp")
 
     # -- the reference evaluation of the tables (what the C program computes) ---------------
     def decide(self, f: Flow) -> tuple[int, int | None]:
@@ -129,6 +135,9 @@ class Model:
             "dport": self.dport.classify(f.dport),
             "icmp": self.icmp.classify(f.icmp_type << 8 | f.icmp_code if f.icmp_type is not None else None),
         }
+        if self.l4 is not None:
+            rows = {"src": rows["src"], "dst": rows["dst"],
+                    "l4": self.l4.classify(rows["proto"], rows["sport"], rows["dport"], rows["icmp"])}
         bit = self.bits.first(rows)
         if bit is None or bit >= len(self.entries):
             return self.default_verdict, None
@@ -329,6 +338,71 @@ def _proto_intervals(e: Entry) -> list[tuple[int, int]] | None:
     return merge_ranges(values)
 
 
+L4_BUDGET = 1 << 18  # table entries (and rows ANDed) the combined field may take; beyond, four fields
+
+
+@dataclass(frozen=True)
+class L4Classes:
+    """Protocol, source port, destination port and ICMP as one field, in two steps of table lookups (the
+    recursive flow classification idea): a protocol's class (equal rows) and the source port class give a
+    first class; it and the destination port class (or, for a packet without ports, the ICMP class) give
+    the field's class, whose row is the AND of the four rows. A packet then ANDs three rows, not six."""
+
+    proto: tuple[int, ...]  # protocol -> its class (256 values)
+    first: tuple[int, ...]  # proto class * sports + sport class -> first class
+    second: tuple[int, ...]  # first class * (dports + icmps) + dport class, or + dports + ICMP class -> class
+    sports: int
+    dports: int
+    icmps: int
+
+    def classify(self, proto: int, sport: int, dport: int, icmp: int) -> int:
+        """The combined class (sport, dport, icmp: their field classes, 0 = absent)."""
+        one = self.first[self.proto[proto & 0xFF] * self.sports + sport]
+        return self.second[one * (self.dports + self.icmps) + (dport if dport else self.dports + icmp)]
+
+    @property
+    def size(self) -> int:
+        """Entries of the three tables."""
+        return 256 + len(self.first) + len(self.second)
+
+
+def _combined(bits: Blocks) -> tuple[L4Classes, array] | None:
+    """The four port and protocol fields' rows as one field (None when its tables would pass L4_BUDGET)."""
+    n = bits.count
+    pool, intern = bits.pool, bits.intern
+
+    def row(field, k):
+        return tuple(bits.rows[field][k * n:(k + 1) * n])
+
+    def anded(a, b):
+        return tuple(x if x == y else intern(pool[x] & pool[y]) for x, y in zip(a, b))
+
+    classes: dict = {}
+    proto = tuple(classes.setdefault(row("proto", v), len(classes)) for v in range(256))
+    protos = list(classes)
+    sports, dports, icmps = (bits.row_count(f) for f in ("sport", "dport", "icmp"))
+    if len(protos) * sports + len(protos) * sports * (dports + icmps) > 4 * L4_BUDGET:
+        return None
+    ones: dict = {}
+    first = tuple(ones.setdefault(anded(p, row("sport", k)), len(ones)) for p in protos for k in range(sports))
+    if len(first) + len(ones) * (dports + icmps) > L4_BUDGET:
+        return None
+    seconds: dict = {}
+    lasts = [row("dport", d) for d in range(dports)]
+    icmp_rows = [row("icmp", i) for i in range(icmps)]
+    no_port, no_icmp = lasts[0], icmp_rows[0]
+    second = []
+    for one in ones:
+        with_icmp_absent = anded(one, no_icmp)
+        for d in range(dports):
+            second.append(seconds.setdefault(anded(with_icmp_absent, lasts[d]), len(seconds)))
+        with_no_port = anded(one, no_port)
+        for i in range(icmps):
+            second.append(seconds.setdefault(anded(with_no_port, icmp_rows[i]), len(seconds)))
+    rows = array("I", [b for r in seconds for b in r])
+    return L4Classes(proto, first, tuple(second), sports, dports, icmps), rows
+
+
 def supported(e: Entry) -> str | None:
     """Why this engine cannot hold an entry (None when it can)."""
     for name, _ in e.match.fields:
@@ -337,8 +411,9 @@ def supported(e: Entry) -> str | None:
     return None
 
 
-def build(program: Program, capacity: int | None = None) -> Model:
-    """The classifier tables for a program's L4 projection."""
+def build(program: Program, capacity: int | None = None, combine: bool = True) -> Model:
+    """The classifier tables for a program's L4 projection (`combine`: protocol, ports and ICMP as one
+    field where its tables stay within L4_BUDGET)."""
     projected = project_l4(program)
     entries = list(ordered(projected.acl))
     for e in entries:
@@ -360,6 +435,12 @@ def build(program: Program, capacity: int | None = None) -> Model:
     bits.rows["proto"] = _swept_rows(256, [_proto_intervals(e) for e in entries], bits)
     for name, classes, ranges in (("sport", sport, sport_r), ("dport", dport, dport_r), ("icmp", icmp, icmp_r)):
         bits.rows[name] = _swept_rows(classes.count, [_class_intervals(classes, r) for r in ranges], bits)
+    combined = _combined(bits) if combine else None
+    l4 = None
+    if combined is not None:
+        l4, bits.rows["l4"] = combined
+        for name in ("proto", "sport", "dport", "icmp"):
+            del bits.rows[name]
     rules: list[str] = []  # counter slots, in order of first use; the default counts at slot `capacity`
     rule_index: dict[str, int] = {}
     for e in entries:
@@ -379,4 +460,4 @@ def build(program: Program, capacity: int | None = None) -> Model:
             bucket = bucket_index[e.action.bucket]
         actions.append((verdict, rule_index[e.rule], bucket))
     default = VERDICT_ALLOW if program.default == "allow" else VERDICT_DENY
-    return Model(entries, width, default, src, dst, sport, dport, icmp, bits, actions, rules, buckets)
+    return Model(entries, width, default, src, dst, sport, dport, icmp, bits, actions, rules, buckets, l4)
