@@ -7,9 +7,12 @@ classifier); packet-hygiene verdicts are the documented ones, written out here.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -28,7 +31,7 @@ from anyplane.ir.source import DiagnosticError
 
 from bench import classbench
 
-from .conftest import EXAMPLES, load_example
+from .conftest import EXAMPLES, ROOT, load_example
 from .kernel import kernel_verdicts, loaded, reference_verdicts, require_kernel
 from .strategies import policies
 
@@ -101,6 +104,20 @@ def test_random_policies_pass_the_verifier_and_agree(text):
         assert_agree(cl, program, frames, got)
 
 
+def trace_flows(headers) -> list[Flow]:
+    """ClassBench headers (src, dst, sport, dport, proto) as flows: ports for TCP and UDP, an echo request
+    for ICMP (ClassBench rules do not read its type), the protocol alone otherwise."""
+    flows = []
+    for src, dst, sport, dport, proto in headers:
+        if proto in (6, 17):
+            flows.append(Flow(4, src, dst, proto, sport, dport))
+        elif proto == 1:
+            flows.append(Flow(4, src, dst, proto, icmp_type=8, icmp_code=0))
+        else:
+            flows.append(Flow(4, src, dst, proto))
+    return flows
+
+
 @pytest.mark.parametrize("name,pooled,fields", [("acl1_1k", False, 3), ("fw1_1k", False, 3), ("ipc1_1k", False, 3),
                                                 ("fw1_10k", False, 3), ("fw1_1k", True, 3), ("ipc1_10k", True, 3),
                                                 ("ipc1_1k", False, 6), ("fw1_10k", True, 6)])
@@ -117,14 +134,7 @@ def test_classbench_traces_agree_with_interpreter_and_first_match(name, pooled, 
     trace = classbench.read_trace(classbench.DATA / f"{name}.trace")
     if len(rules) > 5000:  # the oracles are linear searches in Python: a sample of the trace
         trace = random.Random(3).sample(trace, 200)
-    flows = []
-    for src, dst, sport, dport, proto in trace:
-        if proto in (6, 17):
-            flows.append(Flow(4, src, dst, proto, sport, dport))
-        elif proto == 1:
-            flows.append(Flow(4, src, dst, proto, icmp_type=8, icmp_code=0))
-        else:
-            flows.append(Flow(4, src, dst, proto))
+    flows = trace_flows(trace)
     with loaded(program, name) as (cl, c):
         assert c.layout.pooled == pooled and len(c.model.fields) == fields
         got = kernel_verdicts(cl, [packet.frame(f) for f in flows])
@@ -352,27 +362,13 @@ def test_a_100k_rule_classbench_set_loads_within_its_memory_and_decides_like_the
     """acl1_100k (99,310 entries, about 99k source classes: one 100k-bit row per class would be 1.2 GB).
     The compile stays within 2 GiB, the maps within 1 GiB, and random trace packets (the 10k trace's
     headers and a corner of random rules) get the first-match oracle's and the interpreter's verdict."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from .conftest import ROOT
-
     name = "acl1_100k"
     rules = classbench.read_rules(classbench.DATA / f"{name}.rules")
     rng = random.Random(7)
     headers = rng.sample(classbench.read_trace(classbench.DATA / "acl1_10k.trace"), 60)
     for r in rng.sample(rules, 60):  # a corner of a rule: it matches that rule, or one before it
         headers.append((r.src[0], r.dst[0], r.sport[0], r.dport[1], r.proto if r.proto_mask else 6))
-    flows = []
-    for src, dst, sport, dport, proto in headers:
-        if proto in (6, 17):
-            flows.append(Flow(4, src, dst, proto, sport, dport))
-        elif proto == 1:
-            flows.append(Flow(4, src, dst, proto, icmp_type=8, icmp_code=0))
-        else:
-            flows.append(Flow(4, src, dst, proto))
+    flows = trace_flows(headers)
     fields = [{"family": 4, "src": f.src, "dst": f.dst, "proto": f.proto, "sport": f.sport, "dport": f.dport,
                "icmp_type": f.icmp_type, "icmp_code": f.icmp_code} for f in flows]
     proc = subprocess.run([sys.executable, "-c", _BIG], input=json.dumps([name, fields]), capture_output=True,

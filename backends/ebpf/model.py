@@ -177,9 +177,6 @@ class Blocks:
         """The content of one block of one row."""
         return self.pool[self.rows[field][row * self.count + block]]
 
-    def test(self, field: str, row: int, bit: int) -> bool:
-        return bool(self.block(field, row, bit // self.span) >> (bit % self.span) & 1)
-
     def first(self, rows: dict[str, int]) -> int | None:
         """The lowest entry whose bit is set in every field's row (None: no entry)."""
         for b in range(self.count):
