@@ -218,7 +218,7 @@ def run(pods: int, nca: bool, verify_up_to: int, nca_timeout: float, export_up_t
                                              if a.path.endswith(".yaml") and a.path != "identities.yaml")
             proof, t2 = _timed(lambda: api.prove_export(wl_compiled, "k8s", out), "its proof")
             row["workloads_k8s_s"], row["workloads_k8s_proved"] = t + t2, proof.proved
-        if pods <= istio_up_to:  # the Istio import is per pair of identities
+        if pods <= istio_up_to:  # the Istio import decides per pair of identities
             mesh_text = yaml.safe_dump_all(cluster(pods, mesh=True))
             mesh_imported, t = _timed(lambda: convert([("mesh.yaml", mesh_text)]))
             mesh_compiled, t2 = _timed(lambda: api.Compiled(None, None, compile_sources(

@@ -55,8 +55,20 @@ class Pod:
     certified: bool = True
     mtls_why: tuple | None = None
 
+    def __setattr__(self, key, value) -> None:
+        # `ident` and `networks` are read millions of times by the composition: kept until a field changes.
+        object.__setattr__(self, key, value)
+        self.__dict__.pop("_ident", None)
+        self.__dict__.pop("_networks", None)
+
     @property
     def ident(self) -> str:
+        kept = self.__dict__.get("_ident")
+        if kept is None:
+            kept = self.__dict__["_ident"] = self._make_ident()
+        return kept
+
+    def _make_ident(self) -> str:
         if self.name_in_policy:
             return self.name_in_policy
         text = f"{self.namespace}_{self.name.replace('.', '__')}"
@@ -75,8 +87,11 @@ class Pod:
 
     @property
     def networks(self) -> list:
-        return [ipaddress.ip_network(p) for p in self.prefixes] or \
-            [ipaddress.ip_network(a) for a in (self.address, *self.others)]
+        kept = self.__dict__.get("_networks")
+        if kept is None:
+            kept = self.__dict__["_networks"] = tuple(ipaddress.ip_network(p) for p in self.prefixes) or \
+                tuple(ipaddress.ip_network(a) for a in (self.address, *self.others))
+        return list(kept)
 
     @property
     def single(self) -> bool:

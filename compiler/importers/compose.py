@@ -1,7 +1,8 @@
 """The composition: pods into identities, and the tiers' verdicts into one anyplane policy text.
 
 With NetworkPolicies alone the text is written per policy rule over sets of identities (`_by_rules`);
-with the admin tiers, Cilium or Istio, per pair of identities (`write_policy`). Outside addresses are cut
+with the admin tiers, Cilium or Istio, decided per pair of identities and written as one line per set of
+pairs that the same rule decides alike (`write_policy`). Outside addresses are cut
 where the policies' blocks begin and end (`outside_blocks`).
 """
 
@@ -357,17 +358,27 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                                         and ident in r.subject), (None, ""))
             emit(deny.format(named[ident]), where, f"{label} decides its {direction}")
 
+    kept: dict[tuple, list] = {}
+
+    def mine(rules: list, subject) -> list:
+        """The rules of one tier that select the subject (every tier's decisions filter by it)."""
+        key = (id(rules), subject.ident)
+        if key not in kept:
+            kept[key] = [r for r in rules if subject.ident in r.subject]
+        return kept[key]
+
     def side(subject, peer, direction, with_http=False):
         table, isolated = (ingress, isolated_in) if direction == "ingress" else (egress, isolated_out)
         dst = subject if direction == "ingress" else (peer if isinstance(peer, Pod) else None)
         ports_of = lambda spec: Ports.of(resolve_ports(spec, dst))  # noqa: E731
         np_ports, np_why = _np(table[subject.ident], peer, dst)
         # Cilium merges its allows with the NetworkPolicies' and puts its denies above everything.
-        c_allowed, c_allows, c_denied, c_denies = cilium.verdicts(cilium_rules, subject, peer, direction, ports_of,
-                                                                  _within, lambda q: isinstance(q, Pod), with_http)
+        c_allowed, c_allows, c_denied, c_denies = cilium.verdicts(mine(cilium_rules, subject), subject, peer,
+                                                                  direction, ports_of, _within,
+                                                                  lambda q: isinstance(q, Pod), with_http)
         closed = subject.ident in isolated or subject.ident in default_deny[direction]
-        ports, allows, denies = admin.decide(admin_rules, subject, peer, direction, closed, np_ports | c_allowed,
-                                             ports_of, _within)
+        ports, allows, denies = admin.decide(mine(admin_rules, subject), subject, peer, direction, closed,
+                                             np_ports | c_allowed, ports_of, _within)
         if closed:
             allows = allows + np_why + c_allows
             denies = denies + ([isolated[subject.ident][0]] if subject.ident in isolated else
@@ -380,6 +391,11 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
         for text, span, why in route_lines:
             emit(text, span, why)
         return Imported("\n".join(lines) + "\n", origins, len(pods), policies, depends=depends)
+    pending: dict[tuple, dict[str, set]] = {}  # (action, ports, priority, span, label) -> {dst: {srcs}}
+
+    def pair(action: str, src: str, dst: str, suffix: str, priority: int, span, label: str) -> None:
+        pending.setdefault((action, suffix, priority, span, label), {}).setdefault(dst, set()).add(src)
+
     meshed = istio.subjects(istio_rules) | {p.ident for p in pods if p.strict}
     proxied = {p.ident for p in pods if cilium.http_ports(cilium_rules, p)}
     ends = reps + blocks
@@ -410,7 +426,7 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
             ing, ing_allow, ing_deny = side(b, a, "ingress") if b_pod else (ALL, [], [])
             egr, egr_allow, egr_deny = side(a, b, "egress") if a_pod else (ALL, [], [])
             allowed = ing & egr
-            mesh = istio.decide(istio_rules, b, a, _http_ports(b), lambda q: isinstance(q, Pod), _within) \
+            mesh = istio.decide(mine(istio_rules, b), b, a, _http_ports(b), lambda q: isinstance(q, Pod), _within) \
                 if sidecar and _families(a) & _families(b) else istio.Verdicts()
             if not (into or out_of) and mesh.silent:
                 continue  # Istio leaves this pair alone, and nothing else decides it
@@ -429,25 +445,37 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
             why_allow = (ing_allow + egr_allow + mesh.allow_why + restriction or [(None, "")])[0]
             why_deny = (ing_deny + egr_deny + restriction or [(None, "")])[0]
             for suffix in allow_texts:
-                emit(f"allow {name_a} -> {name_b}{suffix} priority 20", why_allow[0], why_allow[1])
+                pair("allow", name_a, name_b, suffix, 20, *why_allow)
             for suffix in deny_texts:
-                emit(f"deny {name_a} -> {name_b}{suffix} priority 30", why_deny[0], why_deny[1])
+                pair("deny", name_a, name_b, suffix, 30, *why_deny)
             for ranges, why in mesh.denies:  # Istio's DENY rules, each named where it decides
-                emit(f"deny {name_a} -> {name_b}{Ports(tcp=ranges).rules()[0][0]} priority 31", *why)
+                pair("deny", name_a, name_b, Ports(tcp=ranges).rules()[0][0], 31, *why)
             if b_pod and b.ident in proxied:
                 # Cilium's proxy lets through the requests its HTTP rules match, where the rules' ports
                 # would pass if they were L4 allows (every tier and the source's egress considered).
                 web = (side(b, a, "ingress", with_http=True)[0] & egr).tcp
-                for ranges, part, why in cilium.http_allows(cilium_rules, b, a, _within, lambda q: isinstance(q, Pod)):
+                for ranges, part, why in cilium.http_allows(mine(cilium_rules, b), b, a, _within,
+                                                            lambda q: isinstance(q, Pod)):
                     ports = _intersect(ranges, web)
                     if ports:
-                        emit(f"allow {name_a} -> {name_b}{Ports(tcp=ports).rules()[0][0]}{part} priority 35", *why)
+                        pair("allow", name_a, name_b, f"{Ports(tcp=ports).rules()[0][0]}{part}", 35, *why)
             for ranges, part, why in mesh.http_allows:
                 ports = _intersect(ranges, reachable)
                 if ports:
-                    emit(f"allow {name_a} -> {name_b}{Ports(tcp=ports).rules()[0][0]}{part} priority 35", *why)
+                    pair("allow", name_a, name_b, f"{Ports(tcp=ports).rules()[0][0]}{part}", 35, *why)
             for ranges, part, why in mesh.http_denies:
-                emit(f"deny {name_a} -> {name_b}{Ports(tcp=ranges).rules()[0][0]}{part} priority 40", *why)
+                pair("deny", name_a, name_b, f"{Ports(tcp=ranges).rules()[0][0]}{part}", 40, *why)
+    # Lines of one action, ports, priority and origin are one line over every pair they hold: the
+    # sources that share the same destinations are listed together (each priority has one action, so
+    # joining lines changes no decision).
+    for (action, suffix, priority, span, label), by_dst in pending.items():
+        by_srcs: dict[tuple, list[str]] = {}
+        for dst, srcs in by_dst.items():
+            by_srcs.setdefault(tuple(sorted(srcs)), []).append(dst)
+        for srcs, dsts in by_srcs.items():
+            for src in _joined(srcs):
+                for dst in _joined(dsts):
+                    emit(f"{action} {src} -> {dst}{suffix} priority {priority}", span, label)
     for text, span, why in route_lines:
         emit(text, span, why)
     return Imported("\n".join(lines) + "\n", origins, len(pods), policies)
@@ -574,6 +602,11 @@ def _lists(names: list[str], members) -> list[str]:
     """Endpoint lists for a rule's side: the plain names in one, each name with `except` alone."""
     plain = sorted(names[k] for k in members if " except " not in names[k])
     return ([", ".join(plain)] if plain else []) + sorted(names[k] for k in members if " except " in names[k])
+
+
+def _joined(names) -> list[str]:
+    """Endpoint lists for a rule's side from names: the plain ones in one, each with `except` alone."""
+    return _lists(list(names), range(len(names)))
 
 
 def covering_prefixes(members: list[Pod]) -> list:
