@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from .space import to_prefixes
+
 WIDTH = {4: 32, 6: 128}
 
 
@@ -59,6 +61,15 @@ class Prefix:
         """True when every address of `other` lies inside this prefix."""
         return (other.family == self.family and other.length >= self.length
                 and (other.value & self.mask) == self.value)
+
+    def overlaps(self, other: "Prefix") -> bool:
+        """True when the two share an address (one covers the other)."""
+        return self.covers(other) or other.covers(self)
+
+    @classmethod
+    def range_of(cls, family: int, lo: int, hi: int) -> list["Prefix"]:
+        """The fewest prefixes whose addresses are exactly [lo, hi] (a range as CIDRs)."""
+        return [cls(family, v, n) for v, n in to_prefixes(WIDTH[family], lo, hi)]
 
     def supernet(self, length: int) -> "Prefix":
         """The prefix of `length` (at most this one's) that covers this one."""

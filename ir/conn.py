@@ -35,6 +35,7 @@ from .interp import evaluate, field_matches, match_holds, owner
 from .match import Absent, AnyOf, Exact, Match, PrefixMatch, Range, int_ranges, options
 from .nodes import Entry, Program
 from .project import project_l4
+from .space import holes
 
 #: ICMP queries that open a connection, and the type of their answer.
 ECHO = {(4, ICMP): (8, 0), (6, ICMP6): (128, 129)}
@@ -241,7 +242,7 @@ def reverse_matches(matches) -> tuple:
             allowed = int_ranges(proto) if proto is not None else [(0, 255)]
             for family, addresses in _by_family(pairs.get("src.ip")):
                 icmp = {4: ICMP, 6: ICMP6}[family]  # the other number is a plain protocol in this family
-                plain = [r for lo, hi in allowed or () for r in _split(lo, hi, (icmp,))]
+                plain = [r for lo, hi in allowed or () for r in holes(lo, hi, (icmp,))]
                 if plain:
                     out.append(Match.of(dict(pairs, proto=AnyOf(tuple(Range(lo, hi) for lo, hi in plain)),
                                              **{"src.ip": addresses})))
@@ -267,19 +268,6 @@ def _by_family(fm) -> list:
         mine = [o for o in options(fm) if isinstance(o, PrefixMatch) and o.prefix.family == family]
         if mine:
             out.append((family, mine[0] if len(mine) == 1 else AnyOf(tuple(mine))))
-    return out
-
-
-def _split(lo: int, hi: int, holes) -> list[tuple[int, int]]:
-    """[lo, hi] without the values in `holes`, as ranges."""
-    out, start = [], lo
-    for h in sorted(holes):
-        if start <= h <= hi:
-            if start < h:
-                out.append((start, h - 1))
-            start = h + 1
-    if start <= hi:
-        out.append((start, hi))
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Iterable, Union
 
 from .addr import Prefix
 from .fields import lookup, sort_key
+from .space import merge
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,14 +181,9 @@ def int_ranges(fm: FieldMatch) -> list[tuple[int, int]] | None:
 
 
 def merge_ranges(ranges) -> list[tuple[int, int]]:
-    """Inclusive integer ranges, sorted, with overlapping and adjacent ones merged."""
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
+    """Inclusive integer ranges, sorted, with overlapping and adjacent ones merged (ir/space.py's
+    `merge`, as a list)."""
+    return list(merge(ranges))
 
 
 def to_itself(m: Match) -> Prefix | None:

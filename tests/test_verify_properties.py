@@ -179,8 +179,11 @@ def _prefix_boxes():
     prefixes = st.builds(prefix, st.sampled_from([4, 4, 6]),
                          st.sampled_from([0x0A000000, 0x0A010000, 0x0A010200, 0xC0A80000, 1 << 127 | 5]),
                          st.sampled_from([0, 8, 16, 24, 32, 64]))
+    from anyplane.ir.space import merge
+
+    # A box's port ranges are a set of ranges (sorted and merged), as `Boxer.box` makes them.
     ranges = st.lists(st.tuples(st.integers(0, 100), st.integers(0, 30)).map(lambda t: (t[0], t[0] + t[1])),
-                      min_size=1, max_size=3).map(tuple)
+                      min_size=1, max_size=3).map(merge)
     return st.builds(
         lambda *fields: fields,
         st.none() | st.lists(prefixes, min_size=0, max_size=3).map(tuple),

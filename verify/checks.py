@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.nodes import Entry, precedence, TOP_PRIORITY
 from anyplane.ir.pairspace import bit_positions
+from anyplane.ir.space import box_apart
 
 from .context import Analysis
 from .index import members, surely_meet
-from .refine import BUDGET, Boxes, NotComparable, Work, _apart, _without, flow_in
+from .refine import BUDGET, Boxes, NotComparable, Work, flow_in, without
 from .concrete import covers, disjoint, escape, intersection
 from .reach import prefer
 from .result import Finding, VerificationBug
@@ -188,7 +189,7 @@ class AnomalyChecker:
             for c in members(self._masks(i)[0]):
                 budget.spend()
                 holes += self._boxes_of(c)
-            return _without(self._boxes_of(i), holes, budget)
+            return without(self._boxes_of(i), holes, budget)
         except NotComparable:
             return None
 
@@ -357,10 +358,10 @@ class AnomalyChecker:
             for c in earlier:
                 taken = self._boxes_of(c)
                 if self.code(a.ordered[c]) != code:
-                    if any(not _apart(p, h) for p in left for h in taken):
+                    if any(not box_apart(p, h) for p in left for h in taken):
                         return False
                     continue
-                left = _without(left, taken, budget)
+                left = without(left, taken, budget)
                 if not left:
                     return True
         except NotComparable:

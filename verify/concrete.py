@@ -17,9 +17,9 @@ from anyplane.ir.flow import HTTP_METHODS, ICMP, ICMP6, TCP, UDP, Flow, Request
 from anyplane.ir.interp import match_holds
 from anyplane.ir.match import (Absent, Exact, InSet, Match, PrefixMatch, Present, Range, StrExact, StrPrefix,
                              exact_values, options)
+from anyplane.ir.space import meet, merge
 
 from .context import Analysis
-from .domain import intersect_ranges
 
 
 def _values(fms, universe):
@@ -99,10 +99,10 @@ def _request(a: Analysis, matches: list[Match]) -> Request | None:
         return None
     method = "GET" if "GET" in methods else methods[0]
     dom = a.domain.paths
-    allowed = [(0, len(dom.classes) - 1)]
+    allowed = ((0, len(dom.classes) - 1),)
     for m in matches:
         if m.get(F.HTTP_PATH) is not None:
-            allowed = intersect_ranges(allowed, dom.ranges(m.get(F.HTTP_PATH)))
+            allowed = meet(allowed, merge(dom.ranges(m.get(F.HTTP_PATH))))
     if not allowed:
         return None
     paths = [dom.witnesses[lo] for lo, _ in allowed]

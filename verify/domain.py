@@ -98,11 +98,6 @@ class PathDomain:
         return next(i for i, c in enumerate(self.classes) if c == (want, lit))
 
 
-def intersect_ranges(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Pairwise intersection of two lists of inclusive ranges."""
-    return [(max(x, u), min(y, v)) for x, y in a for u, v in b if max(x, u) <= min(y, v)]
-
-
 @dataclass(frozen=True)
 class ValueDomain:
     """Absent (0), each literal (1..n), any other present value (n+1)."""

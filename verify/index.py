@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import IPV6_EXTENSION_HEADERS, TCP, UDP
-from anyplane.ir.match import InSet, Match, PrefixMatch, exact_values, int_ranges, merge_ranges, options
+from anyplane.ir.match import InSet, Match, PrefixMatch, exact_values, int_ranges, options
 from anyplane.ir.nodes import Program
 from anyplane.ir.owners import ownership
+from anyplane.ir.space import Intervals, meets, merge
 
 ALL = None
 
@@ -37,20 +38,18 @@ class Box:
     src: tuple[Prefix, ...] | None
     dst: tuple[Prefix, ...] | None
     proto: frozenset[int] | None
-    sport: tuple[tuple[int, int], ...] | None
-    dport: tuple[tuple[int, int], ...] | None
+    sport: Intervals | None  # sets of ranges: sorted and merged (ir/space.py)
+    dport: Intervals | None
 
 
 def _prefixes_overlap(a: tuple[Prefix, ...] | None, b: tuple[Prefix, ...] | None) -> bool:
     if a is None or b is None:
         return True
-    return any(p.covers(q) or q.covers(p) for p in a for q in b)
+    return any(p.overlaps(q) for p in a for q in b)
 
 
 def _ranges_overlap(a, b) -> bool:
-    if a is None or b is None:
-        return True
-    return any(lo1 <= hi2 and lo2 <= hi1 for lo1, hi1 in a for lo2, hi2 in b)
+    return a is None or b is None or meets(a, b)
 
 
 def overlaps(a: Box, b: Box) -> bool:
@@ -108,7 +107,7 @@ class Boxer:
     @staticmethod
     def _ranges(fm) -> tuple[tuple[int, int], ...] | None:
         out = None if fm is None else int_ranges(fm)
-        return None if out is None else tuple(out)
+        return None if out is None else merge(out)
 
     @staticmethod
     def exact(m: Match) -> bool:
@@ -208,7 +207,7 @@ class _Intervals:
 
     def _meeting(self, ranges) -> int:
         hit = self.everywhere
-        query = merge_ranges(ranges)  # sorted and apart: a box's range meets at most the last one before its end
+        query = merge(ranges)  # sorted and apart: a box's range meets at most the last one before its end
         for a, b in query:
             started = _upto(self.lo_cum, self.lo_items, bisect_right(self.los, b))
             ended = _upto(self.hi_cum, self.hi_items, bisect_left(self.his, a))
@@ -250,7 +249,7 @@ class _Intervals:
         starts: dict[int, int] = {}
         ends: dict[int, int] = {}
         for item, rs in ranges:
-            for lo, hi in merge_ranges(rs):
+            for lo, hi in merge(rs):
                 starts[lo] = starts.get(lo, 0) | 1 << item
                 ends[hi + 1] = ends.get(hi + 1, 0) | 1 << item
         bounds = sorted(set(starts) | set(ends))

@@ -38,15 +38,12 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from anyplane.ir import fields as F
-from anyplane.ir.match import (Absent, Exact, InSet, Match, Present, PrefixMatch, Range, Ternary,
-                               merge_ranges, options)
+from anyplane.ir.match import Absent, Exact, InSet, Match, Present, PrefixMatch, Range, Ternary, options
 from anyplane.ir.flow import ICMP, ICMP6, TCP, UDP, Flow
 from anyplane.ir.nodes import Entry, Program, decision_key, ordered
+from anyplane.ir.space import Box, Intervals, box_apart, box_inside, box_meet, boxes_without, meet, merge, minus
 
 from .index import Boxer, OverlapIndex, members
-
-Intervals = tuple[tuple[int, int], ...]
-Box = tuple[Intervals, ...]
 
 V6_BASE = 1 << 32
 ADDRESSES = ((0, V6_BASE + (1 << 128) - 1),)
@@ -65,39 +62,6 @@ class NotComparable(Exception):
     """Some match cannot be written as boxes (HTTP fields, a non-prefix ternary)."""
 
 
-def _merge(spans) -> Intervals:
-    return tuple(merge_ranges(spans))
-
-
-def _intersect(a: Intervals, b: Intervals) -> Intervals:
-    out, i, j = [], 0, 0
-    while i < len(a) and j < len(b):
-        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if lo <= hi:
-            out.append((lo, hi))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return tuple(out)
-
-
-def _minus(a: Intervals, b: Intervals) -> Intervals:
-    out = []
-    for lo, hi in a:
-        for blo, bhi in b:
-            if bhi < lo or blo > hi:
-                continue
-            if blo > lo:
-                out.append((lo, blo - 1))
-            lo = bhi + 1
-            if lo > hi:
-                break
-        if lo <= hi:
-            out.append((lo, hi))
-    return tuple(out)
-
-
 V4, V6 = ((0, V6_BASE - 1),), ((V6_BASE, ADDRESSES[0][1]),)
 NO_VALUE = ((-1, -1),)
 DST_IP, SRC_IP, DPORT, SPORT, PROTO, DST_ID, SRC_ID, ICMP_TYPE, ICMP_CODE = range(len(DIMENSIONS))
@@ -108,7 +72,7 @@ def _protocols(family: int):
     be present, ICMP fields may be present)."""
     icmp = ICMP if family == 4 else ICMP6
     return (((TCP, TCP), (UDP, UDP)), True, False), (((icmp, icmp),), False, True), \
-        (_minus(((0, 255),), _merge([(TCP, TCP), (UDP, UDP), (icmp, icmp)])), False, False)
+        (minus(((0, 255),), merge([(TCP, TCP), (UDP, UDP), (icmp, icmp)])), False, False)
 
 
 class Boxes:
@@ -127,7 +91,7 @@ class Boxes:
         for row in endpoints:
             base = 0 if row.prefix.family == 4 else V6_BASE
             owned.setdefault(self.code[row.identity], []).append((base + row.prefix.first, base + row.prefix.last))
-        self.owned = {k: _merge(v) for k, v in owned.items()}
+        self.owned = {k: merge(v) for k, v in owned.items()}
 
     def boxes(self, m: Match) -> list[Box]:
         """The boxes of a match (NotComparable for HTTP fields)."""
@@ -140,7 +104,7 @@ class Boxes:
             if ids == self.ids or ids[0][0] == 0 or len(codes) > SPLIT_OWNERS:
                 sides.append([(ids, box[ip_dim])])
             else:
-                sides.append([(((c, c),), _intersect(box[ip_dim], self.owned.get(c, ()))) for c in codes])
+                sides.append([(((c, c),), meet(box[ip_dim], self.owned.get(c, ()))) for c in codes])
         out = []
         for (dst_ids, dst_ip), (src_ids, src_ip) in ((d, s) for d in sides[0] for s in sides[1]):
             b = list(box)
@@ -153,16 +117,16 @@ class Boxes:
         """The box cut to one family and protocol class at a time, without impossible field values."""
         out = []
         for family, part in ((4, V4), (6, V6)):
-            dst, src = _intersect(b[DST_IP], part), _intersect(b[SRC_IP], part)
+            dst, src = meet(b[DST_IP], part), meet(b[SRC_IP], part)
             if not dst or not src:
                 continue
             for protos, ports, icmp in _protocols(family):
                 c = list(b)
-                c[DST_IP], c[SRC_IP], c[PROTO] = dst, src, _intersect(b[PROTO], protos)
+                c[DST_IP], c[SRC_IP], c[PROTO] = dst, src, meet(b[PROTO], protos)
                 if not ports:
-                    c[DPORT], c[SPORT] = _intersect(c[DPORT], NO_VALUE), _intersect(c[SPORT], NO_VALUE)
+                    c[DPORT], c[SPORT] = meet(c[DPORT], NO_VALUE), meet(c[SPORT], NO_VALUE)
                 if not icmp:
-                    c[ICMP_TYPE], c[ICMP_CODE] = _intersect(c[ICMP_TYPE], NO_VALUE), _intersect(c[ICMP_CODE], NO_VALUE)
+                    c[ICMP_TYPE], c[ICMP_CODE] = meet(c[ICMP_TYPE], NO_VALUE), meet(c[ICMP_CODE], NO_VALUE)
                 if all(c):
                     out.append(tuple(c))
         return out
@@ -174,7 +138,7 @@ class Boxes:
                 raise NotComparable(type(o).__name__)
             base = 0 if o.prefix.family == 4 else V6_BASE
             spans.append((base + o.prefix.first, base + o.prefix.last))
-        return _merge(spans)
+        return merge(spans)
 
     def _identity(self, fm) -> Intervals:
         spans = []
@@ -183,7 +147,7 @@ class Boxes:
             if values is None or any(v not in self.code for v in values):
                 raise NotComparable(type(o).__name__)
             spans += [(self.code[v], self.code[v]) for v in values]
-        return _merge(spans)
+        return merge(spans)
 
     @staticmethod
     def _integer(fm, name: str) -> Intervals:
@@ -207,7 +171,7 @@ class Boxes:
                 spans.append((o.value, o.value | free))
             else:
                 raise NotComparable(type(o).__name__)
-        return _merge(spans)
+        return merge(spans)
 
     def _box(self, m: Match) -> Box:
         out = []
@@ -257,11 +221,7 @@ def _as_product(boxes: list[Box]) -> Box | None:
         count *= len(values)
     if count != len(distinct):
         return None
-    return tuple(_merge(span for v in values for span in v) for values in per_field)
-
-
-def _empty(box: Box) -> bool:
-    return any(not dim for dim in box)
+    return tuple(merge(span for v in values for span in v) for values in per_field)
 
 
 class Work:
@@ -283,7 +243,7 @@ def same_flows(a: list[Box], b: list[Box], budget: Work | None = None) -> bool:
     if pa is not None and pb is not None:
         return pa == pb
     budget = budget or Work(BUDGET)
-    return not _without(a, b, budget) and not _without(b, a, budget)
+    return not without(a, b, budget) and not without(b, a, budget)
 
 
 def _groups(entries: list[Entry]) -> list[tuple[str, list[Entry]]] | None:
@@ -301,79 +261,20 @@ def _groups(entries: list[Entry]) -> list[tuple[str, list[Entry]]] | None:
     return out
 
 
-def _cut(p: Box, h: Box) -> list[Box]:
-    """p minus h, as disjoint boxes."""
-    meet = tuple(_intersect(a, b) for a, b in zip(p, h))
-    if _empty(meet):
-        return [p]
-    out = []
-    for d in range(len(p)):
-        outside = _minus(p[d], h[d])
-        if outside:
-            out.append(p[:d] + (outside,) + p[d + 1:])
-        p = p[:d] + (meet[d],) + p[d + 1:]
-    return out
-
-
-def _apart(p: Box, h: Box) -> bool:
-    """Whether two boxes share no point (one interval per dimension is the common case)."""
-    for a, b in zip(p, h):
-        if len(a) == 1 and len(b) == 1:
-            if a[0][1] < b[0][0] or b[0][1] < a[0][0]:
-                return True
-        elif not _intersect(a, b):
-            return True
-    return False
-
-
-def _inside(p: Box, h: Box) -> bool:
-    """Whether box p lies inside box h."""
-    for a, b in zip(p, h):
-        if len(b) == 1:
-            if a[0][0] < b[0][0] or a[-1][1] > b[0][1]:
-                return False
-        elif _minus(a, b):
-            return False
-    return True
-
-
-def _without(pieces: list[Box], holes, budget: Work) -> list[Box]:
-    """The pieces minus every hole (a hole that covers a piece removes it whole)."""
-    holes = list(holes)
-    out: list[Box] = []
-    work = [(p, 0) for p in pieces]
-    while work:
-        p, k = work.pop()
-        while k < len(holes):
-            h = holes[k]
-            k += 1
-            budget.spend()
-            if _apart(p, h):
-                continue
-            if _inside(p, h):
-                break
-            parts = _cut(p, h)
-            budget.spend(len(parts))
-            work.extend((q, k) for q in parts)
-            break
-        else:
-            out.append(p)
-    return out
-
-
-def _meet(p: Box, h: Box) -> Box:
-    return tuple(_intersect(a, b) for a, b in zip(p, h))
+def without(pieces: list[Box], holes, budget: Work) -> list[Box]:
+    """The pieces minus every hole, within the budget."""
+    return boxes_without(pieces, holes, budget.spend)
 
 
 def _taken(pieces: list[Box], holes: list[Box], budget: Work) -> bool:
     """Whether the holes cover every piece."""
     budget.spend(len(holes) * len(pieces))
     near = [h for h in holes if _meets(pieces, h)]
-    return not _without(pieces, near, budget)
+    return not without(pieces, near, budget)
 
 
 def _meets(pieces: list[Box], h: Box) -> bool:
-    return any(not _apart(p, h) for p in pieces)
+    return any(not box_apart(p, h) for p in pieces)
 
 
 class _Side:
@@ -444,13 +345,13 @@ def _refines(engine: Program, source: Program, mine: dict[str, list[Entry]], the
         have = [b for e in ours for b in boxes.boxes(e.match)]
         if have and same_flows(have, want, budget):
             continue
-        if _without(have, want, budget):
+        if without(have, want, budget):
             return None, f"rule {rule}: the entries cover other flows"
-        lost = _without(want, have, budget)
+        lost = without(want, have, budget)
         # Flows of the rule that an earlier rule of the source takes never reach it in either program.
         before = [b for i in src.near(wanted, 0, begin) for b in src.boxes(i)]
         budget.spend(len(before) * len(lost))
-        lost = [p for p in lost if not any(_inside(p, h) for h in before)]
+        lost = [p for p in lost if not any(box_inside(p, h) for h in before)]
         # Walk down the engine's later entries: a piece inside an entry of the rule's verdict is done.
         # Where an entry deciding otherwise meets a piece, those flows must all be taken before: by an
         # earlier rule of the source or by an entry of the rule's verdict met so far.
@@ -459,11 +360,11 @@ def _refines(engine: Program, source: Program, mine: dict[str, list[Entry]], the
                 break
             got = eng.boxes(j)
             budget.spend(len(lost) * len(got))
-            met = [_meet(p, h) for h in got for p in lost if not _apart(p, h)]
+            met = [box_meet(p, h) for h in got for p in lost if not box_apart(p, h)]
             if not met:
                 continue
             if eng.ordered[j].action.verdict == verdict:
-                lost = [p for p in lost if not any(_inside(p, h) for h in got)]
+                lost = [p for p in lost if not any(box_inside(p, h) for h in got)]
                 before += got
             elif not _taken(met, before, budget):
                 return None, (f"rule {rule}: flows it leaves out reach rule {eng.ordered[j].rule}, "

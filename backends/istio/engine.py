@@ -38,10 +38,9 @@ VirtualServices and DestinationRules together) and proves it.
 
 from __future__ import annotations
 
-import ipaddress
-
 from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny
+from anyplane.ir.addr import Prefix
 from anyplane.ir.flow import Flow
 from anyplane.ir.interp import match_holds, owner
 from anyplane.ir.match import (Absent, Match, Present, StrExact, StrPrefix, exact_values, int_ranges, merge_ranges,
@@ -51,6 +50,7 @@ from anyplane.ir.nodes import Program, ordered
 from anyplane.ir.project import project_l4
 from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError, error
+from anyplane.ir.space import merge
 
 from .. import base
 from ..kube.export import CAPABILITY as K8S_CAPABILITY
@@ -77,12 +77,11 @@ def _tcp(entry) -> bool:
 
 def _cidrs(held) -> list[str]:
     """[(region, family)] as the fewest CIDRs."""
-    nets = []
+    by_family: dict[int, list] = {}
     for r, family in held:
-        klass = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
-        for lo, hi in r.ranges[family]:
-            nets += list(ipaddress.summarize_address_range(klass(lo), klass(hi)))
-    return [str(n) for v in (4, 6) for n in ipaddress.collapse_addresses(x for x in nets if x.version == v)]
+        by_family.setdefault(family, []).extend(r.ranges[family])
+    return [str(p) for family in (4, 6) for lo, hi in merge(by_family.get(family, ()))
+            for p in Prefix.range_of(family, lo, hi)]
 
 
 class _Reach:

@@ -38,6 +38,7 @@ from anyplane.ir.match import InSet, PrefixMatch, int_ranges, merge_ranges, opti
 from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Program, Table, precedence
 from anyplane.ir.owners import ownership
+from anyplane.ir.space import complement, merge
 from anyplane.ir.pairspace import PairSpace, bit_positions
 from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError, error
@@ -361,14 +362,8 @@ def _usable(ranges: list) -> list:
 
 
 def _gaps(ranges: list) -> list:
-    out, at = [], 1
-    for lo, hi in ranges:
-        if lo > at:
-            out.append((at, lo - 1))
-        at = max(at, hi + 1)
-    if at <= 65535:
-        out.append((at, 65535))
-    return out
+    """The ports 1-65535 that sorted ranges leave out."""
+    return list(complement(merge(ranges), 1, 65535))
 
 
 def _differing(program: Program, family: int, one: tuple[int, int], other: tuple[int, int]):
@@ -882,13 +877,8 @@ def _hosts(region: Region) -> bool:
 
 
 def _prefixes(region: Region) -> list[Prefix]:
-    out = []
-    for family, ranges in sorted(region.ranges.items()):
-        klass = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
-        for lo, hi in ranges:
-            for n in ipaddress.summarize_address_range(klass(lo), klass(hi)):
-                out.append(Prefix(family, int(n.network_address), n.prefixlen))
-    return out
+    return [p for family, ranges in sorted(region.ranges.items()) for lo, hi in ranges
+            for p in Prefix.range_of(family, lo, hi)]
 
 
 def split(policies: list[dict]) -> tuple[list[dict], list[dict]]:

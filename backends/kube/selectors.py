@@ -28,6 +28,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from anyplane.ir.addr import Prefix
 from anyplane.ir.match import merge_ranges
 
 LABEL = "anyplane.io/identity"
@@ -197,7 +198,7 @@ def _cover(family: int, wanted: list, free: list) -> list[dict]:
         return out
 
     def nets(ranges) -> list[str]:
-        return [str(n) for a, b in ranges for n in ipaddress.summarize_address_range(klass(a), klass(b))]
+        return [str(p) for a, b in ranges for p in Prefix.range_of(family, a, b)]
 
     def block(lo: int, length: int, excepted: list[str]) -> dict:
         out: dict = {"cidr": f"{klass(lo)}/{length}"}
@@ -236,12 +237,8 @@ def _cover(family: int, wanted: list, free: list) -> list[dict]:
 
 def ip_blocks(region) -> list[dict]:
     """A region's address ranges (`region.ranges`: IP version -> inclusive ranges) as ipBlocks."""
-    out = []
-    for family, ranges in sorted(region.ranges.items()):
-        klass = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
-        for lo, hi in ranges:
-            out += [{"ipBlock": {"cidr": str(n)}} for n in ipaddress.summarize_address_range(klass(lo), klass(hi))]
-    return out
+    return [{"ipBlock": {"cidr": str(p)}} for family, ranges in sorted(region.ranges.items()) for lo, hi in ranges
+            for p in Prefix.range_of(family, lo, hi)]
 
 
 def collapse(items: list[dict], free=()) -> list[dict]:

@@ -17,32 +17,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from anyplane.ir.match import merge_ranges
+from anyplane.ir.space import meet, merge, minus
 
 EVERY = ((0, 65535),)
 
 
+# The importers' port sets come from manifests in any order: each is made a set of ranges first.
+
 def _union(a, b) -> tuple:
-    return tuple(merge_ranges(list(a) + list(b)))
+    return merge((*a, *b))
 
 
 def _intersect(a, b) -> tuple:
-    out = [(max(l1, l2), min(h1, h2)) for l1, h1 in a for l2, h2 in b if max(l1, l2) <= min(h1, h2)]
-    return tuple(merge_ranges(out))
+    return meet(merge(a), merge(b))
 
 
 def _minus(a, b) -> tuple:
-    out = []
-    for lo, hi in a:
-        at = lo
-        for blo, bhi in merge_ranges(list(b)):
-            if bhi < at or blo > hi:
-                continue
-            if blo > at:
-                out.append((at, blo - 1))
-            at = max(at, bhi + 1)
-        if at <= hi:
-            out.append((at, hi))
-    return tuple(merge_ranges(out))
+    return minus(merge(a), merge(b))
 
 
 @dataclass(frozen=True)
