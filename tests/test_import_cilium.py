@@ -18,8 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 
+from anyplane.compiler.importers.k8s import convert
+from anyplane.compiler.pipeline import compile_sources
 from anyplane.ir.flow import Flow, Request
 from anyplane.ir.interp import evaluate
+from anyplane.ir.source import DiagnosticError
 
 from .conftest import example_cluster, run
 from .test_import_admin import _np_side
@@ -239,7 +242,7 @@ def test_what_is_not_imported_is_an_error_at_its_position(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     for text in ("toFQDNs peers are not imported", "egress HTTP rules are not yet", "path '/a.*'",
                  "L7 rules other than http (kafka)",
-                 "entity 'host' is not imported", "'Bogus' is not an IPv4 ICMP message name",
+                 "entity 'host' is the nodes' addresses: give the Node objects", "'Bogus' is not an IPv4 ICMP message name",
                  "icmps family 'IPv5' is not IPv4 or IPv6", "icmps type 300 is not an ICMP type"):
         assert text in done.stderr, done.stderr
     assert str(path) + ":" in done.stderr
@@ -337,3 +340,92 @@ def test_a_cilium_policy_that_selects_no_pod_is_a_finding(tmp_path):
     done = run("verify", str(tmp_path), "--format", "json")
     messages = [f["message"] for f in json.loads(done.stdout)["findings"]]
     assert messages == ["CiliumNetworkPolicy data/nobody selects no pod: it has no effect"], messages
+
+
+# -- entities the cluster defines: host, remote-node, kube-apiserver ------------------------------------
+
+def _node_cluster(apiserver_kind: str = "Endpoints") -> list[dict]:
+    """Two nodes; pods a-1 (node n1) and a-2 (node n2) of app a, and b (node n1); the API server at an
+    address of its own."""
+    nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+              "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]}}
+             for name, ip in (("n1", "10.250.0.1"), ("n2", "10.250.0.2"))]
+    api = ({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "kubernetes", "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": "10.250.0.10"}], "ports": [{"name": "https", "port": 6443}]}]}
+           if apiserver_kind == "Endpoints" else
+           {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": "IPv4", "endpoints": [{"addresses": ["10.250.0.10"]}], "ports": [{"port": 6443}]})
+    pods = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
+             "spec": {"nodeName": node, "containers": [{"name": "c"}]}, "status": {"podIP": ip}}
+            for name, app, node, ip in (("a-1", "a", "n1", "10.1.0.1"), ("a-2", "a", "n2", "10.1.0.2"),
+                                        ("b", "b", "n1", "10.1.0.3"))]
+    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}, *nodes, api, *pods]
+
+
+def _cnp(name: str, spec: dict) -> dict:
+    return {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": name, "namespace": "shop"}, "spec": spec}
+
+
+ENTITY_POLICIES = [
+    _cnp("a-from-its-host", {"endpointSelector": {"matchLabels": {"app": "a"}},
+                             "ingress": [{"fromEntities": ["host"]}]}),
+    _cnp("b-out", {"endpointSelector": {"matchLabels": {"app": "b"}}, "egress": [
+        {"toEntities": ["kube-apiserver"], "toPorts": [{"ports": [{"port": "6443", "protocol": "TCP"}]}]},
+        {"toEntities": ["remote-node"]}]}),
+    _cnp("b-from-world", {"endpointSelector": {"matchLabels": {"app": "b"}},
+                          "ingress": [{"fromEntities": ["world"]}]})]
+
+
+def test_the_entities_a_cluster_defines_are_its_nodes_and_api_server():
+    """Cilium's entities, as its documentation defines them: `host` is the node the selected endpoint
+    runs on, `remote-node` every other node, `kube-apiserver` the addresses of Service default/kubernetes,
+    and `world` none of those (nor any pod). Nodes come from Node objects, the API server from its
+    Endpoints or EndpointSlice."""
+    cases = [  # (source, destination, port, allowed)
+        ("10.250.0.1", "10.1.0.1", 80, True), ("10.250.0.2", "10.1.0.2", 80, True),  # each from its own node
+        ("10.250.0.2", "10.1.0.1", 80, False), ("10.250.0.1", "10.1.0.2", 80, False),  # not from the other
+        ("203.0.113.5", "10.1.0.1", 80, False), ("10.1.0.3", "10.1.0.1", 80, False),
+        ("10.1.0.3", "10.250.0.10", 6443, True), ("10.1.0.3", "10.250.0.10", 80, False),
+        ("10.1.0.3", "10.250.0.2", 22, True),  # n2 is remote for b (on n1)
+        ("10.1.0.3", "10.250.0.1", 22, False), ("10.1.0.3", "8.8.8.8", 53, False),
+        ("203.0.113.5", "10.1.0.3", 8080, True),  # the world
+        ("10.250.0.2", "10.1.0.3", 8080, False), ("10.250.0.10", "10.1.0.3", 8080, False),  # nodes, API server
+        ("10.1.0.1", "10.1.0.3", 8080, False)]
+    for kind in ("Endpoints", "EndpointSlice"):
+        text = convert([("c.yaml", yaml.safe_dump_all(_node_cluster(kind) + ENTITY_POLICIES))]).text
+        program = compile_sources([("<kubernetes>", text)]).program
+        for src, dst, port, allowed in cases:
+            flow = Flow(4, int(ipaddress.ip_address(src)), int(ipaddress.ip_address(dst)), 6, 40000, port)
+            assert (evaluate(program, flow).verdict == "allow") == allowed, (kind, src, dst, port, text)
+        assert "external_node_n1" in text and "external_kube_apiserver" in text
+
+
+def test_entities_without_their_addresses_and_pods_on_different_nodes_as_one_workload_are_refused():
+    bare = [d for d in _node_cluster() if d["kind"] not in ("Node", "Endpoints")]
+    for policy, said in ((ENTITY_POLICIES[0], "entity 'host' is the nodes' addresses: give the Node objects"),
+                         (ENTITY_POLICIES[1], "entity 'kube-apiserver' is the addresses of Service default/kubernetes")):
+        try:
+            convert([("c.yaml", yaml.safe_dump_all(bare + [policy]))])
+        except DiagnosticError as exc:
+            assert any(said in d.message for d in exc.diagnostics), exc.diagnostics
+        else:
+            raise AssertionError("imported without the entity's addresses")
+    unplaced = [d for d in _node_cluster()]
+    unplaced[-1] = {**unplaced[-1], "spec": {"containers": [{"name": "c"}]}}  # pod b names no node
+    try:
+        convert([("c.yaml", yaml.safe_dump_all(unplaced + [_cnp("b-host", {
+            "endpointSelector": {"matchLabels": {"app": "b"}}, "ingress": [{"fromEntities": ["host"]}]})]))])
+    except DiagnosticError as exc:
+        assert any("Pod shop/b names no node (spec.nodeName)" in d.message for d in exc.diagnostics), exc.diagnostics
+    else:
+        raise AssertionError("imported a host entity for a pod on no node")
+    # The pods of app a run on two nodes: no selector tells them apart, and `host` does.
+    try:
+        convert([("c.yaml", yaml.safe_dump_all(_node_cluster() + ENTITY_POLICIES))], workloads=True)
+    except DiagnosticError as exc:
+        assert any("differ in their node" in d.message for d in exc.diagnostics), exc.diagnostics
+    else:
+        raise AssertionError("pods on two nodes written as one workload under a host entity")

@@ -12,8 +12,11 @@ Cilium's documented semantics, which the importer follows:
   `io.cilium.k8s.namespace.labels.KEY` (a `k8s:` or `any:` prefix is dropped). In a
   namespaced policy every selector (the subject, and peers without a namespace label) is limited to
   the policy's namespace; an empty peer selector is every pod of it.
-- CIDR peers (`fromCIDR`, `fromCIDRSet` with `except`) are addresses outside the cluster; entities
-  `world` (outside), `cluster` (every pod) and `all`.
+- CIDR peers (`fromCIDR`, `fromCIDRSet` with `except`) are addresses outside the cluster. Entities:
+  `all`; `cluster` (every pod and node); `host` (the node each selected pod runs on, from its
+  `spec.nodeName` and the Node objects' addresses); `remote-node` (every other node); `kube-apiserver`
+  (the Endpoints or EndpointSlice of Service default/kubernetes); `world` (every outside address that
+  is none of those).
 - A rule without peers (only `toPorts`) admits every peer. Ports: a number or a name (looked up on
   the destination pod), `endPort`, protocol TCP, UDP or ANY. `icmps` (types by number or Cilium's
   message name, family IPv4 or IPv6) admit those ICMP messages beside the rule's `toPorts`; a rule
@@ -28,8 +31,8 @@ Cilium's documented semantics, which the importer follows:
   deny for the direction, the documented way to deny all of it.
 
 Refused at their position, never dropped: other L7 rules (Kafka, DNS), HTTP rules on egress or in a
-deny, regexes beyond those, FQDN, service, group, node and other entity peers, `reserved:` labels,
-and a nodeSelector.
+deny, regexes beyond those, FQDN, service, group and node peers, the entities health, init, ingress
+and unmanaged, `reserved:` labels, and a nodeSelector.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from anyplane.ir.match import merge_ranges
 from .istio import _quote, printable
 from .ports import ALL, NONE
 
-ENTITIES = ("world", "cluster", "all")
+ENTITIES = ("world", "cluster", "all", "host", "remote-node", "kube-apiserver")
 NS_LABEL = "io.kubernetes.pod.namespace"
 NS_PREFIX = "io.cilium.k8s.namespace.labels."
 ACCOUNT_LABEL = "io.cilium.k8s.policy.serviceaccount"
@@ -74,7 +77,10 @@ class CiliumRule:
     direction: str    # "ingress" or "egress"
     deny: bool
     subject: frozenset  # pod idents
-    peers: list | None  # None: every peer; else ("pods", idents) | ("cidr", net, excepts) | ("world",) | ("all",)
+    #: None: every peer; else ("pods", idents) | ("cidr", net, excepts) | ("world", networks of the cluster's
+    #: nodes and API server) | ("all",) | ("host", {node: networks}) | ("remote-node", {node: networks}) |
+    #: ("kube-apiserver", networks) | ("nodes", networks)
+    peers: list | None
     ports: list | None  # importer port list; None: every port and protocol
     span: object
     label: str
@@ -204,10 +210,12 @@ def _rule(reader, pods, path, r, direction, deny, subject, ns, label, span_of, s
             return []
         for entity in r.get(PEER_KEYS[direction][3]) or []:
             if entity not in ENTITIES:
-                reader.fail(path, r, f"{label}: entity {entity!r} is not imported (world, cluster, all are)")
+                reader.fail(path, r, f"{label}: entity {entity!r} is not imported ({', '.join(ENTITIES)} are)")
                 return []
-            peers.append(("world",) if entity == "world" else ("all",) if entity == "all" else ("pods", frozenset(
-                p.ident for p in pods)))
+            got = _entity(reader, pods, path, r, entity, subject, label)
+            if got is None:
+                return []
+            peers += got
     ports = None
     l7 = []  # (ports, http parts) of toPorts entries with HTTP rules
     if r.get("toPorts"):
@@ -246,6 +254,43 @@ def _rule(reader, pods, path, r, direction, deny, subject, ns, label, span_of, s
         out.append(CiliumRule(direction, deny, subject, peers, ports, span_of(path, r), label))
     out += [CiliumRule(direction, deny, subject, peers, tcp, span_of(path, r), label, http) for tcp, http in l7]
     return out
+
+
+def node_networks(reader) -> list:
+    """The addresses of the cluster's nodes and API server, which Cilium's entities tell from `world`."""
+    return [n for nets in reader.nodes.values() for n in nets] + [n for n in reader.apiserver]
+
+
+def _entity(reader, pods, path, r, entity, subject, label) -> list | None:
+    """The peers of one entity (None, with an error, where the input does not say where it is). Cilium's
+    `cluster` is every endpoint of the cluster and its nodes (`host`, `remote-node`); `world` is every
+    address outside it, which the API server's addresses are not either; `host` is the node each
+    selected endpoint runs on, `remote-node` every other node."""
+    if entity == "all":
+        return [("all",)]
+    if entity == "world":
+        return [("world", tuple(node_networks(reader)))]
+    if entity == "cluster":
+        return [("pods", frozenset(p.ident for p in pods)), ("nodes", tuple(n for nets in reader.nodes.values()
+                                                                            for n in nets))]
+    if entity == "kube-apiserver":
+        if not reader.apiserver:
+            reader.fail(path, r, f"{label}: entity 'kube-apiserver' is the addresses of Service default/kubernetes: "
+                                 "give its Endpoints or EndpointSlice (kubectl get endpoints kubernetes -o yaml)")
+            return None
+        return [("kube-apiserver", tuple(reader.apiserver))]
+    if not reader.nodes:
+        reader.fail(path, r, f"{label}: entity {entity!r} is the nodes' addresses: give the Node objects "
+                             "(kubectl get nodes -o yaml)")
+        return None
+    if entity == "host":
+        for p in pods:
+            if p.ident in subject and p.node not in reader.nodes:
+                reader.fail(path, r, f"{label}: entity 'host' is the node each selected pod runs on: Pod "
+                                     f"{p.namespace}/{p.name} " + (f"runs on node {p.node!r}, which no Node object "
+                                                                  "gives" if p.node else "names no node (spec.nodeName)"))
+                return None
+    return [(entity, dict(reader.nodes))]
 
 
 def _icmps(reader, path, items, label) -> list | None:
@@ -376,18 +421,28 @@ def _http_rules(reader, path, tp, rules, direction, deny, label) -> tuple | None
     return tuple(parts)
 
 
-def _holds(peers, peer, within, is_pod) -> bool:
+def _holds(peers, peer, within, is_pod, subject=None) -> bool:
+    """Whether a rule's peers hold a peer (a pod, or a block of outside addresses, which the nodes' and
+    the API server's addresses are cut into blocks of their own) of `subject`, the pod the rule selects."""
     if peers is None:
         return True
     for item in peers:
-        if item[0] == "pods" and is_pod(peer) and peer.ident in item[1]:
+        kind = item[0]
+        if kind == "pods" and is_pod(peer) and peer.ident in item[1]:
             return True
-        if item[0] == "all":
+        if kind == "all":
             return True
-        if item[0] == "world" and not is_pod(peer):
+        if is_pod(peer):
+            continue
+        if kind == "world" and not any(within(peer, n) for n in item[1]):
             return True
-        if item[0] == "cidr" and not is_pod(peer) and within(peer, item[1]) and \
-                not any(within(peer, e) for e in item[2]):
+        if kind == "cidr" and within(peer, item[1]) and not any(within(peer, e) for e in item[2]):
+            return True
+        if kind in ("nodes", "kube-apiserver") and any(within(peer, n) for n in item[1]):
+            return True
+        if kind in ("host", "remote-node") and any(
+                within(peer, n) for node, nets in item[1].items() if (node == subject.node) == (kind == "host")
+                for n in nets):
             return True
     return False
 
@@ -405,7 +460,7 @@ def http_allows(rules: list[CiliumRule], subject, peer, within, is_pod) -> list:
     for r in rules:
         if r.http is None or r.direction != "ingress" or subject.ident not in r.subject:
             continue
-        if _holds(r.peers, peer, within, is_pod):
+        if _holds(r.peers, peer, within, is_pod, subject):
             ranges = tuple(merge_ranges([(lo, hi) for _, lo, hi in r.ports]))
             out += [(ranges, part, (r.span, r.label)) for part in r.http]
     return out
@@ -425,7 +480,7 @@ def verdicts(rules: list[CiliumRule], subject, peer, direction: str, ports_of, w
         if r.direction != direction or subject.ident not in r.subject or r.peers == [] or \
                 (r.http is not None and not with_http):
             continue
-        if not _holds(r.peers, peer, within, is_pod):
+        if not _holds(r.peers, peer, within, is_pod, subject):
             continue
         cells = ports_of(r.ports) if r.ports is not None else ALL
         if r.deny:

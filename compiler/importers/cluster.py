@@ -23,7 +23,7 @@ MAX_IDENT = 63  # the longest name a policy takes (compiler/symbols.py)
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob")
 _CLUSTER_SCOPED = ("Namespace", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy",
-                   "CiliumClusterwideNetworkPolicy")
+                   "CiliumClusterwideNetworkPolicy", "Node")
 #: Istio kinds whose refusal says more than "not read" (see `object`).
 _LATER = ("PeerAuthentication", "RequestAuthentication", "Sidecar", "ServiceEntry", "EnvoyFilter")
 #: Kinds of the policy groups that decide no traffic between workloads: left out with a note.
@@ -54,6 +54,7 @@ class Pod:
     strict: tuple = ()
     certified: bool = True
     mtls_why: tuple | None = None
+    node: str = ""  # spec.nodeName: the node it runs on (Cilium's `host` and `remote-node` read it)
 
     def __setattr__(self, key, value) -> None:
         # `ident` and `networks` are read millions of times by the composition: kept until a field changes.
@@ -146,6 +147,8 @@ class Reader:
         self.checks: dict[tuple, list] = {}  # ("json" | "schema", id of an object) -> its problems
         self.selected: dict[tuple, list] = {}  # (namespace | None, a selector's contents) -> what it selects
         self.unaddressed: list[tuple[str, dict, list]] = []  # Pods without status.podIP: (path, object, ports)
+        self.nodes: dict[str, list] = {}  # Node name -> its addresses (networks): status.addresses
+        self.apiserver: list = []  # the API server's addresses: Endpoints or EndpointSlices of default/kubernetes
 
     def fail(self, path: str, obj, message: str) -> None:
         self.errors.append(error(span_of_object(path, obj), "import", message))
@@ -302,8 +305,10 @@ class Reader:
                     return
                 if ip and ip != address and ip not in others:
                     others.append(ip)
+            node = (obj.get("spec") or {}).get("nodeName")
             self.pods.append(Pod(ns, name, _labels(meta), address, ports, span_of_object(path, obj),
-                                 account=_account(obj.get("spec")), others=tuple(others)))
+                                 account=_account(obj.get("spec")), others=tuple(others),
+                                 node=node if isinstance(node, str) else ""))
             self.namespaces.setdefault(ns, {"kubernetes.io/metadata.name": ns})
         elif kind == "NetworkPolicy":
             if not str(obj.get("apiVersion", "")).startswith("networking.k8s.io/"):
@@ -353,6 +358,20 @@ class Reader:
             self.routing.append((path, obj))
         elif kind == "ServiceEntry":
             self.service_entry(path, obj, f"ServiceEntry {ns}/{name}")
+        elif kind == "Node":
+            nets = self._networks(path, obj, f"Node {name}", [a.get("address") for a in
+                                                              (obj.get("status") or {}).get("addresses") or []
+                                                              if a.get("type") in ("InternalIP", "ExternalIP")])
+            if nets is not None:
+                self.nodes[name] = nets
+        elif kind in ("Endpoints", "EndpointSlice") and ns == "default" and (
+                name == "kubernetes" if kind == "Endpoints" else
+                (meta.get("labels") or {}).get("kubernetes.io/service-name") == "kubernetes"):
+            ips = [a.get("ip") for sub in obj.get("subsets") or [] for a in sub.get("addresses") or []] \
+                if kind == "Endpoints" else [ip for e in obj.get("endpoints") or [] for ip in e.get("addresses") or []]
+            nets = self._networks(path, obj, f"{kind} default/{name}", ips)
+            if nets is not None:
+                self.apiserver += [n for n in nets if n not in self.apiserver]
         elif kind == "PeerAuthentication":
             self.peer_auth.append((path, obj))
         elif kind in ("RequestAuthentication", "Sidecar", "Gateway", "EnvoyFilter"):
@@ -361,6 +380,20 @@ class Reader:
                                  "PeerAuthentication, VirtualService, DestinationRule, Services, Pods, workload "
                                  "controllers and Namespaces are); remove it from the input rather than have it "
                                  "ignored")
+
+    def _networks(self, path: str, obj: dict, label: str, addresses: list) -> list | None:
+        """Host networks of addresses written in an object (None, with an error, for one that is not an
+        address)."""
+        out = []
+        for a in addresses:
+            try:
+                net = ipaddress.ip_network(ipaddress.ip_address(str(a)))
+            except ValueError:
+                self.fail(path, obj, f"{label}: {a!r} is not an IP address")
+                return None
+            if net not in out:
+                out.append(net)
+        return out
 
     def service_entry(self, path: str, obj: dict, label: str) -> None:
         """A ServiceEntry outside the mesh names addresses: they become an external of their own (for maps

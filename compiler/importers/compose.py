@@ -165,7 +165,8 @@ def _np(rules: list[Rule], peer, dst_pod) -> tuple[Ports, list]:
         [(r.span, r.policy) for r in hit]
 
 
-def identity_classes(pods: list[Pod], keys: set, blocks: list, routed) -> dict[int, tuple[list[Pod], str | None]]:
+def identity_classes(pods: list[Pod], keys: set, blocks: list, routed,
+                     by_node: bool = False) -> dict[int, tuple[list[Pod], str | None]]:
     """Pods no policy can tell apart, as one identity: id of the first (which stands for them all) -> (the
     pods, the identity's name; None for a pod alone, named as before). Two pods are alike when they share the namespace, the value of every label key some selector
     reads, the service account, the container ports (named ports resolve alike), the ports Services
@@ -173,7 +174,7 @@ def identity_classes(pods: list[Pod], keys: set, blocks: list, routed) -> dict[i
     importer makes about a pod reads only these, so the first pod's decisions are every member's, and
     the policy grows with what the policies distinguish, not with the pods. Pods routed as a Service's
     versions, pods of workload controllers (whole prefixes) and pods read back from an export stay
-    alone."""
+    alone. `by_node`: the node a pod runs on tells pods apart too (Cilium's `host` and `remote-node`)."""
     alone = {id(p) for r in routed for p in r.pods}
     blocks = list(dict.fromkeys(blocks))  # policies repeat their blocks: each is asked once per pod
     out: dict[int, list[Pod]] = {}
@@ -186,7 +187,8 @@ def identity_classes(pods: list[Pod], keys: set, blocks: list, routed) -> dict[i
         key = (p.namespace, tuple(sorted((k, v) for k, v in p.labels.items() if k in keys)), p.account,
                tuple(sorted(map(str, p.ports))), tuple(sorted(p.protocols.items())),
                tuple(sorted(n.version for n in nets)),
-               frozenset(b for b in blocks for n in nets if n.version == b.version and n.subnet_of(b)))
+               frozenset(b for b in blocks for n in nets if n.version == b.version and n.subnet_of(b)),
+               p.node if by_node else "")
         first = by_key.setdefault(key, p)
         out.setdefault(id(first), []).append(p)
     taken = {p.ident for p in pods}
@@ -200,7 +202,8 @@ def identity_classes(pods: list[Pod], keys: set, blocks: list, routed) -> dict[i
     return named
 
 
-def workload_classes(pods: list[Pod], keys: set, blocks: list, routed, named: set | None = None) -> tuple[dict, list]:
+def workload_classes(pods: list[Pod], keys: set, blocks: list, routed, named: set | None = None,
+                     by_node: bool = False) -> tuple[dict, list]:
     """Pods as workloads (`anyplane import --workloads`): one class per selector, the pods of a namespace
     with the same values of every label key some selector reads ({id of the first: (the pods, its name)},
     errors). Every decision reads only those labels, the service account, the container and Service ports,
@@ -235,7 +238,8 @@ def workload_classes(pods: list[Pod], keys: set, blocks: list, routed, named: se
             ("container ports", lambda p: tuple(sorted(str(x) for x in p.ports if named is None or x[0] in named))),
             ("IP versions", lambda p: tuple(sorted({n.version for n in p.networks}))),
             ("ports Services declare", lambda p: tuple(sorted(p.protocols.items()))),
-            ("address blocks of the policies that hold its addresses", held))
+            ("address blocks of the policies that hold its addresses", held)) + \
+        ((("node (Cilium's host and remote-node entities read it)", lambda p: p.node),) if by_node else ())
     out: dict[int, tuple[list[Pod], str]] = {}
     taken: set = set()
     for (ns, labels), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):

@@ -136,6 +136,22 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
     for r in routed:  # a routed service's prefix holds addresses beyond its pods: outside blocks of their own
         blocks += covering_prefixes(r.pods) + [n for p in r.pods for n in p.networks]
     blocks += [n for _, nets in reader.entries for n in nets]  # named in maps and answers: cut there too
+    named = list(reader.entries)
+    entities = {item[0] for r in cilium_rules for item in r.peers or []}
+    if entities & {"world", "nodes", "host", "remote-node", "kube-apiserver"}:
+        # Cilium tells the nodes and the API server from `world`: their addresses are blocks of their own.
+        named += [(f"node {name}", nets) for name, nets in sorted(reader.nodes.items())] + \
+            ([("kube-apiserver", reader.apiserver)] if reader.apiserver else [])
+        blocks += cilium.node_networks(reader)
+        taken = {n: p for p in pods for n in p.networks}
+        clash = next(((n, taken[n]) for n in cilium.node_networks(reader) if n in taken), None)
+        if clash is not None:
+            p = clash[1]
+            raise DiagnosticError([error(p.span, "import", (
+                f"Pod {p.namespace}/{p.name} has the address {clash[0].network_address} of a node or the API server "
+                "(a pod on the host's network): Cilium counts its traffic as the node's; leave host-network pods "
+                "out of the input"))])
+    by_node = bool(entities & {"host", "remote-node"})
     keys, networks = reader.keys_read | set(partition[0]), blocks + list(partition[1])
     chosen = None
     if workloads:
@@ -145,18 +161,18 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
             [n for r in cilium_rules for item in r.peers or [] if item[0] == "cidr" for n in [item[1], *item[2]]]
         # The named ports some rule reads (NetworkPolicy, the admin tiers, Cilium): only those must resolve
         # alike on one workload's pods.
-        named = {lo for table in (ingress, egress) for rules in table.values() for r in rules
-                 for _, lo, hi in r.ports or () if hi is None}
-        named |= {lo for r in [*admin_rules, *cilium_rules] for _, lo, hi in r.ports or () if hi is None}
-        classes, problems = workload_classes(pods, keys, by_address, routed, named)
+        named_ports = {lo for table in (ingress, egress) for rules in table.values() for r in rules
+                       for _, lo, hi in r.ports or () if hi is None}
+        named_ports |= {lo for r in [*admin_rules, *cilium_rules] for _, lo, hi in r.ports or () if hi is None}
+        classes, problems = workload_classes(pods, keys, by_address, routed, named_ports, by_node)
         if problems:
             raise DiagnosticError(problems)
         chosen = selectors(classes, pods, keys)
     else:
-        classes = identity_classes(pods, keys, networks, routed)
+        classes = identity_classes(pods, keys, networks, routed, by_node)
     out = write_policy(pods, ingress, egress, isolated_in, isolated_out,
                 len(reader.policies) + len(reader.admin) + len(reader.cilium) + len(reader.istio),
-                outside_blocks(blocks, pods, reader.entries), admin_rules, cilium_rules, istio_rules, routed, route_lines, classes,
+                outside_blocks(blocks, pods, named), admin_rules, cilium_rules, istio_rules, routed, route_lines, classes,
                 chosen)
     if workloads:
         out.binding = pods

@@ -193,6 +193,23 @@ CNP_SPEC = Struct("ClusterNetworkPolicySpec", {
         ("action", "to")))},
     ("tier", "priority", "subject"))
 
+# Where the cluster's nodes and its API server are: Cilium's entities `host`, `remote-node` and
+# `kube-apiserver` name them (compiler/importers/cilium.py).
+NODE_ADDRESS = Struct("NodeAddress", {"type": STR, "address": STR}, ("type", "address"))
+NODE = _object("Node", OPAQUE, status=Struct("NodeStatus", {"addresses": ListOf(NODE_ADDRESS), **_opaque(
+    "allocatable", "capacity", "conditions", "config", "daemonEndpoints", "declaredFeatures", "features", "images",
+    "nodeInfo", "phase", "runtimeHandlers", "volumesAttached", "volumesInUse")}))
+ENDPOINT_ADDRESS = Struct("EndpointAddress", {"ip": STR, "hostname": STR, "nodeName": STR, "targetRef": OPAQUE},
+                          ("ip",))
+ENDPOINTS = Struct("Endpoints", {"apiVersion": STR, "kind": STR, "metadata": OBJECT_META, "subsets": ListOf(Struct(
+    "EndpointSubset", {"addresses": ListOf(ENDPOINT_ADDRESS), "notReadyAddresses": ListOf(ENDPOINT_ADDRESS),
+                       "ports": OPAQUE}))})
+ENDPOINT_SLICE = Struct("EndpointSlice", {
+    "apiVersion": STR, "kind": STR, "metadata": OBJECT_META, "addressType": STR, "ports": OPAQUE,
+    "endpoints": ListOf(Struct("Endpoint", {"addresses": STRINGS, **_opaque(
+        "conditions", "deprecatedTopology", "hints", "hostname", "nodeName", "targetRef", "zone")}, ("addresses",)))},
+    ("addressType", "endpoints"))
+
 # ---- anyplane.io: where workload controllers' pods are ----------------------------------------------
 
 ADDRESSES = Struct("Addresses", {"apiVersion": STR, "kind": STR, "metadata": OBJECT_META,
@@ -234,6 +251,9 @@ KINDS: dict[tuple[str, str], tuple[tuple[str, ...], Struct]] = {
     ("policy.networking.k8s.io", "ClusterNetworkPolicy"): (("v1alpha2",), _object("ClusterNetworkPolicy", CNP_SPEC,
                                                                                   ("metadata", "spec"))),
     ("anyplane.io", "Addresses"): (("v1",), ADDRESSES),
+    ("", "Node"): (("v1",), NODE),
+    ("", "Endpoints"): (("v1",), ENDPOINTS),
+    ("discovery.k8s.io", "EndpointSlice"): (("v1",), ENDPOINT_SLICE),
     ("cilium.io", "CiliumNetworkPolicy"): (("v2",), Struct("CiliumNetworkPolicy", {
         "apiVersion": STR, "kind": STR, "metadata": OBJECT_META, "spec": OPAQUE, "specs": OPAQUE, "status": OPAQUE})),
     ("cilium.io", "CiliumClusterwideNetworkPolicy"): (("v2",), Struct("CiliumClusterwideNetworkPolicy", {
