@@ -3,6 +3,8 @@
     tests/golden/<example>/ir.txt                the IR dump
     tests/golden/<example>/<engine>/...          each engine's artifacts for the whole policy
     tests/golden/<example>/all/placement.txt     compile -t all: the placement report and the proof
+    tests/golden/exports/<input>/<engine>/...    the Kubernetes, Cilium and Istio resources of the inputs
+                                                 each exporter can write
     tests/golden/<engine>/...                    what does not depend on the policy (the P4 program,
                                                  the XDP program per table layout): stored once
 
@@ -20,6 +22,7 @@ import pytest
 
 from anyplane.backends.base import Options
 from anyplane.compiler import api
+from anyplane.compiler.pipeline import load
 from anyplane.ir import printer
 
 from .conftest import EXAMPLES, ROOT, load_example
@@ -54,6 +57,27 @@ def test_engine_artifacts_match_golden(name, engine, golden):
         golden("p4/anyplane.p4", files["anyplane.p4"])
         plain = api.compile_target(load_example(name), "p4", Options(range_match=False))
         golden("p4/anyplane-no-range.p4", next(a.data for a in plain.artifacts if a.path == "anyplane.p4"))
+
+
+#: The exporters' inputs: those of the examples (and the recipes) that each exporter can write.
+EXPORTS = {
+    "kubernetes": (["examples/kubernetes"], ("k8s", "cilium", "istio")),
+    "istio": (["examples/istio"], ("istio",)),
+    "workloads": (["examples/workloads"], ("k8s", "cilium", "istio")),
+    "recipes": (["tests/recipes"], ("k8s", "cilium")),
+    "canary": (EXAMPLES["canary"], ("cilium", "istio")),
+}
+
+
+@pytest.mark.parametrize("name,engine", [(n, e) for n, (_, engines) in sorted(EXPORTS.items()) for e in engines])
+def test_exported_resources_match_golden(name, engine, golden):
+    """Every resource file an exporter writes (and its report), for the inputs it can write: a change
+    in what users apply to their clusters shows in review."""
+    out = api.compile_target(load(EXPORTS[name][0]), engine, Options(out_dir="out"))
+    files = {a.path: a.data for a in out.artifacts if isinstance(a.data, str) and a.data}
+    assert any(path.endswith(".yaml") and path != "identities.yaml" for path in files)
+    for path, data in sorted(files.items()):
+        golden(f"exports/{name}/{engine}/{path}", data)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
