@@ -192,6 +192,7 @@ def bmv2(tmp_path_factory):
 
 @settings(max_examples=10 if CI else 4, deadline=None, suppress_health_check=list(HealthCheck))
 @given(text=policies(small=True), seed=st.integers(0, 1000))
+@pytest.mark.switch
 def test_the_real_switch_decides_like_the_interpreter(bmv2, text, seed):
     """The switch engine's live runner is BMv2: the policy pushed to it, frames forwarded or dropped."""
     from anyplane.backends.p4.pipeline import Features

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 
+import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
@@ -120,6 +121,7 @@ def _chromium() -> str:
     return found
 
 
+@pytest.mark.browser
 def test_html_page_loads_in_chromium_and_shows_every_identity(tmp_path):
     """One self-contained page: headless Chromium runs it without a console message, and every
     identity and edge is on it (the filter script has counted the edges)."""

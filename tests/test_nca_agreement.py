@@ -65,6 +65,8 @@ DIFF_PAIRS = [
     ("33-no-policies.yaml", "31-selector-matches-nothing.yaml"),  # equivalent: the ghost selects nothing
 ]
 
+pytestmark = pytest.mark.peer
+
 if peer.nca_binary() is None:
     if os.environ.get("CI") == "true":
         pytest.fail("network-config-analyzer is not installed: `make nca` installs it", pytrace=False)

@@ -358,6 +358,7 @@ def _p4sh() -> str:
     return str(binary)
 
 
+@pytest.mark.switch
 @pytest.mark.parametrize("example", ["bookinfo", "edge-firewall"])
 def test_p4runtime_shell_reads_back_what_anyplane_pushed(tmp_path, example):
     """The operator's tool on protobuf 3.20, anyplane on protobuf 6: p4runtime-shell connects to the

@@ -33,6 +33,8 @@ from bench import classbench
 from .bmv2 import Bmv2, compile_program, tool
 from .conftest import EXAMPLES, load_example
 
+pytestmark = pytest.mark.switch
+
 FEATURES = {"range": Features(), "no-range": Features(range_match=False)}
 
 

@@ -8,6 +8,7 @@ where the policies' blocks begin and end (`outside_blocks`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -371,7 +372,39 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
             kept[key] = [r for r in rules if subject.ident in r.subject]
         return kept[key]
 
+    is_pod = lambda q: isinstance(q, Pod)  # noqa: E731
+    decided: dict[tuple, tuple] = {}  # what one side decides, by what of the peer it reads
+    alike: dict = {}  # each decision (a side's, or Istio's) once per value
+    relevant: dict[tuple, tuple] = {}
+
     def side(subject, peer, direction, with_http=False):
+        """What one direction of `subject`'s admits from or to `peer`: asked once per subject and the
+        part of the peer its rules read (which of their peers hold it; on egress, the named ports it
+        resolves), since the many peers that read alike are decided alike."""
+        key = (subject.ident, direction)
+        rules = relevant.get(key)
+        if rules is None:
+            table = ingress if direction == "ingress" else egress
+            c_rules = [r for r in mine(cilium_rules, subject) if r.direction == direction]
+            a_rules = [r for r in mine(admin_rules, subject) if r.direction == direction]
+            named = direction == "egress" and any(hi is None for r in [*table[subject.ident], *c_rules, *a_rules]
+                                                  for _, _, hi in r.ports or ())
+            lists = list({id(r.peers): r.peers for r in table[subject.ident] if r.peers is not None}.values())
+            rules = relevant[key] = (lists, c_rules, a_rules, named)
+        lists, c_rules, a_rules, named = rules
+        read = (subject.ident, direction, with_http, is_pod(peer),
+                tuple(any(_holds(x, peer) for x in peers) for peers in lists),
+                tuple(cilium._holds(r.peers, peer, _within, is_pod, subject) for r in c_rules),
+                tuple(admin.holds(r, peer, _within) for r in a_rules),
+                tuple(map(tuple, peer.ports)) if named and is_pod(peer) else None)
+        got = decided.get(read)
+        if got is None:
+            ports, allows, denies = _side(subject, peer, direction, with_http)
+            # One object per value, so that what follows is asked once per pair of values (`combined`).
+            got = decided[read] = alike.setdefault((ports, tuple(allows), tuple(denies)), (ports, allows, denies))
+        return got
+
+    def _side(subject, peer, direction, with_http=False):
         table, isolated = (ingress, isolated_in) if direction == "ingress" else (egress, isolated_out)
         dst = subject if direction == "ingress" else (peer if isinstance(peer, Pod) else None)
         ports_of = lambda spec: Ports.of(resolve_ports(spec, dst))  # noqa: E731
@@ -400,13 +433,37 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
     def pair(action: str, src: str, dst: str, suffix: str, priority: int, span, label: str) -> None:
         pending.setdefault((action, suffix, priority, span, label), {}).setdefault(dst, set()).add(src)
 
+    meshes: dict[tuple, istio.Verdicts] = {}
+
+    def mesh_of(b, a) -> istio.Verdicts:
+        """Istio's decision at b's sidecar for a peer: once per what of the peer b's rules read."""
+        rules = mine(istio_rules, b)
+        families = {n.version for n in b.networks}
+        try:
+            read = (b.ident, is_pod(a), tuple(istio.holds(r, a, is_pod, _within, families, b.certified) for r in rules))
+        except istio.Split:
+            read = None  # decide says why, at the rule
+        got = meshes.get(read) if read is not None else None
+        if got is None:
+            got = istio.decide(rules, b, a, _http_ports(b), is_pod, _within)
+            value = (got.denied, got.allowed, *(tuple(x) for x in (got.denies, got.http_allows, got.http_denies,
+                                                                   got.allow_why, got.restricted)))
+            got = alike.setdefault(("istio",) + value, got)
+            if read is not None:
+                meshes[read] = got
+        return got
+
     meshed = istio.subjects(istio_rules) | {p.ident for p in pods if p.strict}
     proxied = {p.ident for p in pods if cilium.http_ports(cilium_rules, p)}
     ends = reps + blocks
+    families = {id(e): _families(e) for e in ends}
+    open_side = (ALL, [], [])  # a side no policy of the pod's decides (an outside block's)
+    no_mesh = istio.Verdicts()
+    combined: dict[tuple, tuple] = {}  # (ingress, egress, Istio) decisions, by identity -> what passes
     for a in ends:
         for b in ends:
             a_pod, b_pod = isinstance(a, Pod), isinstance(b, Pod)
-            if not _families(a) & _families(b):
+            if not families[id(a)] & families[id(b)]:
                 continue  # no flow joins an IPv4-only end and an IPv6-only one
             into = b_pod and b.ident in restricted_in
             out_of = a_pod and a.ident in restricted_out
@@ -427,20 +484,24 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                     for n in m.networks:
                         emit(f"allow {n.network_address} -> {n.network_address} priority 90", m.span,
                              "a pod cannot block access to itself")
-            ing, ing_allow, ing_deny = side(b, a, "ingress") if b_pod else (ALL, [], [])
-            egr, egr_allow, egr_deny = side(a, b, "egress") if a_pod else (ALL, [], [])
-            allowed = ing & egr
-            mesh = istio.decide(mine(istio_rules, b), b, a, _http_ports(b), lambda q: isinstance(q, Pod), _within) \
-                if sidecar and _families(a) & _families(b) else istio.Verdicts()
+            ing_side = side(b, a, "ingress") if b_pod else open_side
+            egr_side = side(a, b, "egress") if a_pod else open_side
+            (ing, ing_allow, ing_deny), (egr, egr_allow, egr_deny) = ing_side, egr_side
+            mesh = mesh_of(b, a) if sidecar else no_mesh
             if not (into or out_of) and mesh.silent:
                 continue  # Istio leaves this pair alone, and nothing else decides it
-            # Istio judges TCP at the destination's sidecar, after the network plugin: both must allow. What
-            # Istio denies is said by its own lines above the others (priority 31): below them those ports
-            # may read as allowed, so that no line is written twice (a dead rule).
-            reachable = (allowed - Ports(tcp=mesh.denied)).tcp
-            if mesh.allowed is not None:
-                allowed = allowed & (Ports(tcp=mesh.allowed) | (ALL - Ports(tcp=EVERY)))
-            allow_texts, deny_texts = (allowed | Ports(tcp=mesh.denied)).rules()
+            texts = combined.get((id(ing_side), id(egr_side), id(mesh)))
+            if texts is None:
+                # Istio judges TCP at the destination's sidecar, after the network plugin: both must allow.
+                # What Istio denies is said by its own lines above the others (priority 31): below them those
+                # ports may read as allowed, so that no line is written twice (a dead rule).
+                allowed = ing & egr
+                reachable = (allowed - Ports(tcp=mesh.denied)).tcp
+                if mesh.allowed is not None:
+                    allowed = allowed & (Ports(tcp=mesh.allowed) | (ALL - Ports(tcp=EVERY)))
+                texts = combined[(id(ing_side), id(egr_side), id(mesh))] = \
+                    (reachable, *(allowed | Ports(tcp=mesh.denied)).rules())
+            reachable, allow_texts, deny_texts = texts
             # What decided: the first rule that allowed (or denied) some of it; else what restricts the pair.
             restriction = [w for w in (restricted_in.get(b.ident) if into else None,
                                        restricted_out.get(a.ident) if out_of else None) if w] + \
@@ -453,7 +514,7 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
             for suffix in deny_texts:
                 pair("deny", name_a, name_b, suffix, 30, *why_deny)
             for ranges, why in mesh.denies:  # Istio's DENY rules, each named where it decides
-                pair("deny", name_a, name_b, Ports(tcp=ranges).rules()[0][0], 31, *why)
+                pair("deny", name_a, name_b, _tcp(ranges), 31, *why)
             if b_pod and b.ident in proxied:
                 # Cilium's proxy lets through the requests its HTTP rules match, where the rules' ports
                 # would pass if they were L4 allows (every tier and the source's egress considered).
@@ -462,13 +523,13 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                                                             lambda q: isinstance(q, Pod)):
                     ports = _intersect(ranges, web)
                     if ports:
-                        pair("allow", name_a, name_b, f"{Ports(tcp=ports).rules()[0][0]}{part}", 35, *why)
+                        pair("allow", name_a, name_b, f"{_tcp(ports)}{part}", 35, *why)
             for ranges, part, why in mesh.http_allows:
                 ports = _intersect(ranges, reachable)
                 if ports:
-                    pair("allow", name_a, name_b, f"{Ports(tcp=ports).rules()[0][0]}{part}", 35, *why)
+                    pair("allow", name_a, name_b, f"{_tcp(ports)}{part}", 35, *why)
             for ranges, part, why in mesh.http_denies:
-                pair("deny", name_a, name_b, f"{Ports(tcp=ranges).rules()[0][0]}{part}", 40, *why)
+                pair("deny", name_a, name_b, f"{_tcp(ranges)}{part}", 40, *why)
     # Lines of one action, ports, priority and origin are one line over every pair they hold: the
     # sources that share the same destinations are listed together (each priority has one action, so
     # joining lines changes no decision).
@@ -628,6 +689,12 @@ def covering_prefixes(members: list[Pod]) -> list:
             net = net.supernet()
         out.append(net)
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _tcp(ranges: tuple) -> str:
+    """The rule suffix that says these TCP ports (` tcp 80, 8080-8090`)."""
+    return Ports(tcp=ranges).rules()[0][0]
 
 
 def _families(end) -> set:
