@@ -220,6 +220,16 @@ def exported_or_refused(text: str, target: str) -> None:
     assert proof.proved, (proof.counterexample, text)
 
 
+def test_a_deny_to_part_of_a_workloads_addresses_is_refused_where_the_sidecars_decide_tcp():
+    """An AuthorizationPolicy selects every pod of a workload: a deny toward one address inside it (where
+    the NetworkPolicies cannot say it, so the sidecars decide TCP) is refused at the rule, not dropped."""
+    text = "service a { address 10.0.0.0/16 port 80 http }\ndefault allow\ndeny a -> 10.0.1.7 tcp 79\n"
+    with pytest.raises(DiagnosticError) as refused:
+        api.compile_target(_compiled(text), "istio")
+    assert [(d.span.line, "part of a's addresses is decided apart" in d.message)
+            for d in refused.value.diagnostics] == [(3, True)]
+
+
 @SETTINGS
 @given(policies(max_rules=5, small=True))
 def test_random_policies_export_exactly_or_are_refused_at_a_rule(text):

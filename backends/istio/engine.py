@@ -99,9 +99,16 @@ class _Reach:
         out = []
         src_part, dst_part = entry.match.only(F.SRC_IP, F.SRC_ID), entry.match.only(F.DST_IP, F.DST_ID)
         for family in workload.ranges:
-            dst = workload.probe(family)
-            if not match_holds(dst_part, self._probe(family, 0, dst), None, owner(self.program, family, dst)):
+            # The policy selects every pod of the workload: the entry holds for all its addresses, or none.
+            held = [match_holds(dst_part, self._probe(family, 0, lo), None, owner(self.program, family, lo))
+                    for lo, _ in workload.ranges[family]]
+            if any(held) and not all(held):
+                raise DiagnosticError([error(entry.origin, "istio", (
+                    f"part of {workload.workload}'s addresses is decided apart from the rest; an AuthorizationPolicy "
+                    "selects a workload's pods alike"))])
+            if not held or not held[0]:
                 continue
+            dst = workload.probe(family)
             for r in self.regions:
                 held = [match_holds(src_part, self._probe(family, lo, dst), owner(self.program, family, lo), None)
                         for lo, _ in r.ranges.get(family, ())]
