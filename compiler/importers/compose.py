@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from anyplane.ir.match import merge_ranges
+from anyplane.ir.pairspace import bit_positions
 from anyplane.ir.source import Span
 
 from . import admin, cilium, istio
@@ -377,10 +378,9 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
     alike: dict = {}  # each decision (a side's, or Istio's) once per value
     relevant: dict[tuple, tuple] = {}
 
-    def side(subject, peer, direction, with_http=False):
-        """What one direction of `subject`'s admits from or to `peer`: asked once per subject and the
-        part of the peer its rules read (which of their peers hold it; on egress, the named ports it
-        resolves), since the many peers that read alike are decided alike."""
+    def relevant_of(subject, direction) -> tuple:
+        """What of a peer one direction of the subject's reads: (NetworkPolicy peer lists, Cilium rules,
+        admin rules, whether a named port is resolved on the peer)."""
         key = (subject.ident, direction)
         rules = relevant.get(key)
         if rules is None:
@@ -391,7 +391,13 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                                                   for _, _, hi in r.ports or ())
             lists = list({id(r.peers): r.peers for r in table[subject.ident] if r.peers is not None}.values())
             rules = relevant[key] = (lists, c_rules, a_rules, named)
-        lists, c_rules, a_rules, named = rules
+        return rules
+
+    def side(subject, peer, direction, with_http=False):
+        """What one direction of `subject`'s admits from or to `peer`: asked once per subject and the
+        part of the peer its rules read (which of their peers hold it; on egress, the named ports it
+        resolves), since the many peers that read alike are decided alike."""
+        lists, c_rules, a_rules, named = relevant_of(subject, direction)
         read = (subject.ident, direction, with_http, is_pod(peer),
                 tuple(any(_holds(x, peer) for x in peers) for peers in lists),
                 tuple(cilium._holds(r.peers, peer, _within, is_pod, subject) for r in c_rules),
@@ -453,15 +459,77 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                 meshes[read] = got
         return got
 
+    # Every end's decision for one subject, a row at a time: the ends are cut (bit sets over `ends`) into
+    # the classes that the subject's rules read alike, and one end of each class is asked.
+    ends = reps + blocks
+    every = (1 << len(ends)) - 1
+    masks: dict[tuple, int] = {}
+    rows: dict[tuple, list | None] = {}
+
+    def mask(key: tuple, test) -> int:
+        got = masks.get(key)
+        if got is None:
+            got = masks[key] = int("".join("1" if test(e) else "0" for e in reversed(ends)) or "0", 2)
+        return got
+
+    def port_cuts() -> list[int]:
+        if ("ports",) not in masks:
+            groups: dict = {}
+            for k, e in enumerate(ends):
+                groups.setdefault(tuple(map(tuple, e.ports)) if is_pod(e) else None, []).append(k)
+            masks[("ports",)] = [sum(1 << k for k in ks) for ks in groups.values()]
+        return masks[("ports",)]
+
+    def fill(cuts: list[int], ask) -> list:
+        out: list = [None] * len(ends)
+        classes = [every]
+        for cut in cuts:
+            classes = [part for c in classes for part in (c & cut, c & ~cut) if part]
+        for members in classes:
+            got = ask(ends[(members & -members).bit_length() - 1])
+            for k in bit_positions(members):
+                out[k] = got
+        return out
+
+    def side_row(subject, direction) -> list:
+        key = (id(subject), direction)
+        if key not in rows:
+            lists, c_rules, a_rules, named = relevant_of(subject, direction)
+            cuts = [mask(("pod",), is_pod)]
+            cuts += [mask(("np", id(peers)), lambda e, peers=peers: any(_holds(x, e) for x in peers)) for peers in lists]
+            for r in c_rules:
+                local = any(item[0] in ("host", "remote-node") for item in r.peers or ())
+                cuts.append(mask(("cilium", id(r), subject.node if local else None),
+                                 lambda e, r=r: cilium._holds(r.peers, e, _within, is_pod, subject)))
+            cuts += [mask(("admin", id(r)), lambda e, r=r: admin.holds(r, e, _within)) for r in a_rules]
+            cuts += port_cuts() if named else []
+            rows[key] = fill(cuts, lambda peer: side(subject, peer, direction))
+        return rows[key]
+
+    def mesh_row(b) -> list | None:
+        """Istio's decision at b's sidecar for every end (None: some rule's blocks split a pod, which
+        `istio.decide` reports at the rule)."""
+        key = (id(b), "istio")
+        if key not in rows:
+            families = frozenset(n.version for n in b.networks)
+            try:
+                cuts = [mask(("pod",), is_pod)] + [
+                    mask(("istio", id(r), families, b.certified),
+                         lambda e, r=r: istio.holds(r, e, is_pod, _within, families, b.certified))
+                    for r in mine(istio_rules, b)]
+                rows[key] = fill(cuts, lambda peer: mesh_of(b, peer))
+            except istio.Split:
+                rows[key] = None
+        return rows[key]
+
     meshed = istio.subjects(istio_rules) | {p.ident for p in pods if p.strict}
     proxied = {p.ident for p in pods if cilium.http_ports(cilium_rules, p)}
-    ends = reps + blocks
     families = {id(e): _families(e) for e in ends}
     open_side = (ALL, [], [])  # a side no policy of the pod's decides (an outside block's)
     no_mesh = istio.Verdicts()
     combined: dict[tuple, tuple] = {}  # (ingress, egress, Istio) decisions, by identity -> what passes
-    for a in ends:
-        for b in ends:
+    for i, a in enumerate(ends):
+        for j, b in enumerate(ends):
             a_pod, b_pod = isinstance(a, Pod), isinstance(b, Pod)
             if not families[id(a)] & families[id(b)]:
                 continue  # no flow joins an IPv4-only end and an IPv6-only one
@@ -484,10 +552,13 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                     for n in m.networks:
                         emit(f"allow {n.network_address} -> {n.network_address} priority 90", m.span,
                              "a pod cannot block access to itself")
-            ing_side = side(b, a, "ingress") if b_pod else open_side
-            egr_side = side(a, b, "egress") if a_pod else open_side
+            ing_side = side_row(b, "ingress")[i] if b_pod else open_side
+            egr_side = side_row(a, "egress")[j] if a_pod else open_side
             (ing, ing_allow, ing_deny), (egr, egr_allow, egr_deny) = ing_side, egr_side
-            mesh = mesh_of(b, a) if sidecar else no_mesh
+            mesh = no_mesh
+            if sidecar:
+                row = mesh_row(b)
+                mesh = row[i] if row is not None else mesh_of(b, a)
             if not (into or out_of) and mesh.silent:
                 continue  # Istio leaves this pair alone, and nothing else decides it
             texts = combined.get((id(ing_side), id(egr_side), id(mesh)))
