@@ -1,6 +1,6 @@
 """Figures for reading and writing cluster policies: import, map, export with its proof, and the peer.
 
-    python bench/cluster.py [--pods 200,1000,5000] [--verify-up-to 1000] [--export-up-to 5000] [--istio-up-to 1000]
+    python bench/cluster.py [--pods 200,1000,5000] [--verify-up-to 1000] [--export-up-to 5000] [--istio-up-to 5000]
                             [--format json] [--no-nca]
 
 A cluster of N pods in N/20 namespaces (tiers web, api, db, cache, worker; namespaces in teams of
@@ -172,7 +172,7 @@ def _nca(args: list[str], cwd: Path, timeout: float) -> float | None:
 
 
 def run(pods: int, nca: bool, verify_up_to: int, nca_timeout: float, export_up_to: int = 5000,
-        istio_up_to: int = 1000) -> dict:
+        istio_up_to: int = 5000) -> dict:
     row: dict = {"pods": pods}
     objects = cluster(pods, mesh=False)
     text = yaml.safe_dump_all(objects)
@@ -251,7 +251,7 @@ def main() -> None:
     ap.add_argument("--no-nca", action="store_true")
     ap.add_argument("--export-up-to", type=int, default=5000,
                     help="export (-t k8s) with its proof up to so many pods")
-    ap.add_argument("--istio-up-to", type=int, default=1000,
+    ap.add_argument("--istio-up-to", type=int, default=5000,
                     help="import the Istio cluster up to so many pods")
     ap.add_argument("--verify-up-to", type=int, default=1000,
                     help="run `verify` (and NCA's sanity check) on clusters of at most so many pods")

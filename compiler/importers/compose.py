@@ -472,6 +472,28 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
             got = masks[key] = int("".join("1" if test(e) else "0" for e in reversed(ends)) or "0", 2)
         return got
 
+    at = {id(e): k for k, e in enumerate(ends)}
+    outside_at = [k for k, e in enumerate(ends) if not isinstance(e, Pod)]
+
+    def np_mask(peers: list) -> int:
+        """The ends a NetworkPolicy rule's peers hold: its selectors' pods (by the identities that stand
+        for them), and the outside blocks in its ipBlocks."""
+        key = ("np", id(peers))
+        got = masks.get(key)
+        if got is None:
+            got = 0
+            for spec in peers:
+                if spec[0] == "pods":
+                    if len(spec) > 2:
+                        held = () if spec[2] is None else spec[2]
+                        got |= sum(1 << at[x] for x in held if x in at)
+                    else:
+                        got |= sum(1 << at[id(p)] for p in spec[1] if id(p) in at)
+                else:
+                    got |= sum(1 << k for k in outside_at if _holds(spec, ends[k]))
+            masks[key] = got
+        return got
+
     def port_cuts() -> list[int]:
         if ("ports",) not in masks:
             groups: dict = {}
@@ -496,7 +518,7 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
         if key not in rows:
             lists, c_rules, a_rules, named = relevant_of(subject, direction)
             cuts = [mask(("pod",), is_pod)]
-            cuts += [mask(("np", id(peers)), lambda e, peers=peers: any(_holds(x, e) for x in peers)) for peers in lists]
+            cuts += [np_mask(peers) for peers in lists]
             for r in c_rules:
                 local = any(item[0] in ("host", "remote-node") for item in r.peers or ())
                 cuts.append(mask(("cilium", id(r), subject.node if local else None),
@@ -528,33 +550,54 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
     open_side = (ALL, [], [])  # a side no policy of the pod's decides (an outside block's)
     no_mesh = istio.Verdicts()
     combined: dict[tuple, tuple] = {}  # (ingress, egress, Istio) decisions, by identity -> what passes
+    n = len(ends)
+    is_pod_at = [isinstance(e, Pod) for e in ends]
+    family_at = [families[id(e)] for e in ends]
+    name_at = [name_of[id(e)] if is_pod_at[k] else e.name for k, e in enumerate(ends)]
+    into_at = [is_pod_at[k] and e.ident in restricted_in for k, e in enumerate(ends)]
+    out_at = [is_pod_at[k] and e.ident in restricted_out for k, e in enumerate(ends)]
+    sidecar_at = [is_pod_at[k] and e.ident in meshed for k, e in enumerate(ends)]
+    proxied_at = [is_pod_at[k] and e.ident in proxied for k, e in enumerate(ends)]
+    # What restricts an end's ingress (egress): where the pair's lines point when no rule allowed or denied.
+    closed_in = [[restricted_in[e.ident]] if into_at[k] and restricted_in[e.ident] else [] for k, e in enumerate(ends)]
+    closed_out = [[restricted_out[e.ident]] if out_at[k] and restricted_out[e.ident] else []
+                  for k, e in enumerate(ends)]
+    admin_in = [[(r.span, r.label) for r in admin_rules if r.direction == "ingress" and e.ident in r.subject]
+                if into_at[k] else [] for k, e in enumerate(ends)]
+    admin_out = [[(r.span, r.label) for r in admin_rules if r.direction == "egress" and e.ident in r.subject]
+                 if out_at[k] else [] for k, e in enumerate(ends)]
+    decided_dsts = [k for k in range(n) if into_at[k] or sidecar_at[k]]
+    rows_in: list = [None] * n
     for i, a in enumerate(ends):
-        for j, b in enumerate(ends):
-            a_pod, b_pod = isinstance(a, Pod), isinstance(b, Pod)
-            if not families[id(a)] & families[id(b)]:
+        a_pod = is_pod_at[i]
+        egr_row = side_row(a, "egress") if a_pod else None
+        for j in (range(n) if out_at[i] else decided_dsts):  # pairs no policy decides: the default allows them
+            if not family_at[i] & family_at[j]:
                 continue  # no flow joins an IPv4-only end and an IPv6-only one
-            into = b_pod and b.ident in restricted_in
-            out_of = a_pod and a.ident in restricted_out
-            sidecar = b_pod and b.ident in meshed
-            if not (into or out_of or sidecar):
-                continue  # no policy decides this pair: the default allows it
-            name_a, name_b = (name_of[id(a)] if a_pod else a.name), (name_of[id(b)] if b_pod else b.name)
+            b = ends[j]
+            b_pod, into, out_of, sidecar = is_pod_at[j], into_at[j], out_at[i], sidecar_at[j]
+            name_a, name_b = name_at[i], name_at[j]
             if a is b and workloads is not None:
                 pass  # a pod to itself: no engine sees it
             elif a is b and a.single and classes[id(a)][1] is None:
                 # The pod to itself, above every rule; the pair says what pods created later with its
                 # labels may send each other.
-                for n in a.networks:
-                    emit(f"allow {n.network_address} -> {n.network_address} priority 90", a.span,
+                for net in a.networks:
+                    emit(f"allow {net.network_address} -> {net.network_address} priority 90", a.span,
                          "a pod cannot block access to itself")
             elif a is b and classes[id(a)][1] is not None:  # each pod of the class to itself, above every rule
                 for m in classes[id(a)][0]:
-                    for n in m.networks:
-                        emit(f"allow {n.network_address} -> {n.network_address} priority 90", m.span,
+                    for net in m.networks:
+                        emit(f"allow {net.network_address} -> {net.network_address} priority 90", m.span,
                              "a pod cannot block access to itself")
-            ing_side = side_row(b, "ingress")[i] if b_pod else open_side
-            egr_side = side_row(a, "egress")[j] if a_pod else open_side
-            (ing, ing_allow, ing_deny), (egr, egr_allow, egr_deny) = ing_side, egr_side
+            if b_pod:
+                row = rows_in[j]
+                if row is None:
+                    row = rows_in[j] = side_row(b, "ingress")
+                ing_side = row[i]
+            else:
+                ing_side = open_side
+            egr_side = egr_row[j] if a_pod else open_side
             mesh = no_mesh
             if sidecar:
                 row = mesh_row(b)
@@ -563,44 +606,30 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                 continue  # Istio leaves this pair alone, and nothing else decides it
             texts = combined.get((id(ing_side), id(egr_side), id(mesh)))
             if texts is None:
-                # Istio judges TCP at the destination's sidecar, after the network plugin: both must allow.
-                # What Istio denies is said by its own lines above the others (priority 31): below them those
-                # ports may read as allowed, so that no line is written twice (a dead rule).
-                allowed = ing & egr
-                reachable = (allowed - Ports(tcp=mesh.denied)).tcp
-                if mesh.allowed is not None:
-                    allowed = allowed & (Ports(tcp=mesh.allowed) | (ALL - Ports(tcp=EVERY)))
-                texts = combined[(id(ing_side), id(egr_side), id(mesh))] = \
-                    (reachable, *(allowed | Ports(tcp=mesh.denied)).rules())
-            reachable, allow_texts, deny_texts = texts
+                texts = combined[(id(ing_side), id(egr_side), id(mesh))] = _combine(ing_side[0], egr_side[0], mesh)
+            allow_texts, deny_texts, istio_lines = texts
             # What decided: the first rule that allowed (or denied) some of it; else what restricts the pair.
-            restriction = [w for w in (restricted_in.get(b.ident) if into else None,
-                                       restricted_out.get(a.ident) if out_of else None) if w] + \
-                [(r.span, r.label) for r in admin_rules if (into and r.direction == "ingress" and b.ident in r.subject)
-                 or (out_of and r.direction == "egress" and a.ident in r.subject)] + mesh.restricted
-            why_allow = (ing_allow + egr_allow + mesh.allow_why + restriction or [(None, "")])[0]
-            why_deny = (ing_deny + egr_deny + restriction or [(None, "")])[0]
-            for suffix in allow_texts:
-                pair("allow", name_a, name_b, suffix, 20, *why_allow)
-            for suffix in deny_texts:
-                pair("deny", name_a, name_b, suffix, 30, *why_deny)
-            for ranges, why in mesh.denies:  # Istio's DENY rules, each named where it decides
-                pair("deny", name_a, name_b, _tcp(ranges), 31, *why)
-            if b_pod and b.ident in proxied:
+            if allow_texts:
+                why = _first(ing_side[1], egr_side[1], mesh.allow_why, closed_in[j], closed_out[i], admin_in[j],
+                             admin_out[i], mesh.restricted)
+                for suffix in allow_texts:
+                    pair("allow", name_a, name_b, suffix, 20, *why)
+            if deny_texts:
+                why = _first(ing_side[2], egr_side[2], closed_in[j], closed_out[i], admin_in[j], admin_out[i],
+                             mesh.restricted)
+                for suffix in deny_texts:
+                    pair("deny", name_a, name_b, suffix, 30, *why)
+            for key in istio_lines:  # Istio's DENY rules at L4, and its HTTP rules, each named where it decides
+                pending.setdefault(key, {}).setdefault(name_b, set()).add(name_a)
+            if proxied_at[j]:
                 # Cilium's proxy lets through the requests its HTTP rules match, where the rules' ports
                 # would pass if they were L4 allows (every tier and the source's egress considered).
-                web = (side(b, a, "ingress", with_http=True)[0] & egr).tcp
+                web = (side(b, a, "ingress", with_http=True)[0] & egr_side[0]).tcp
                 for ranges, part, why in cilium.http_allows(mine(cilium_rules, b), b, a, _within,
                                                             lambda q: isinstance(q, Pod)):
                     ports = _intersect(ranges, web)
                     if ports:
                         pair("allow", name_a, name_b, f"{_tcp(ports)}{part}", 35, *why)
-            for ranges, part, why in mesh.http_allows:
-                ports = _intersect(ranges, reachable)
-                if ports:
-                    pair("allow", name_a, name_b, f"{_tcp(ports)}{part}", 35, *why)
-            for ranges, part, why in mesh.http_denies:
-                pair("deny", name_a, name_b, f"{_tcp(ranges)}{part}", 40, *why)
     # Lines of one action, ports, priority and origin are one line over every pair they hold: the
     # sources that share the same destinations are listed together (each priority has one action, so
     # joining lines changes no decision).
@@ -738,6 +767,38 @@ def _lists(names: list[str], members) -> list[str]:
     """Endpoint lists for a rule's side: the plain names in one, each name with `except` alone."""
     plain = sorted(names[k] for k in members if " except " not in names[k])
     return ([", ".join(plain)] if plain else []) + sorted(names[k] for k in members if " except " in names[k])
+
+
+def _combine(ing: Ports, egr: Ports, mesh) -> tuple[list, list, list]:
+    """What passes a pair, from what its destination's ingress, its source's egress and the destination's
+    sidecar (Istio) decide: (suffixes to allow at priority 20, suffixes to deny at 30, Istio's own lines
+    as `pending` keys).
+
+    Istio judges TCP at the destination's sidecar, after the network plugin: both must allow. What
+    Istio denies is said by its own lines above the others (priority 31): below them those ports may
+    read as allowed, so that no line is written twice (a dead rule)."""
+    reachable, allow_texts, deny_texts = _passing(ing, egr, mesh.denied, mesh.allowed)
+    lines = [("deny", _tcp(ranges), 31, *why) for ranges, why in mesh.denies]
+    lines += [("allow", f"{_tcp(ports)}{part}", 35, *why) for ranges, part, why in mesh.http_allows
+              for ports in (_intersect(ranges, reachable),) if ports]
+    lines += [("deny", f"{_tcp(ranges)}{part}", 40, *why) for ranges, part, why in mesh.http_denies]
+    return allow_texts, deny_texts, lines
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _passing(ing: Ports, egr: Ports, denied: tuple, allowed: tuple | None) -> tuple:
+    """(the TCP ports that reach the sidecar, suffixes to allow, suffixes to deny) for `_combine`: the
+    same few port sets recur across namespaces."""
+    passing = ing & egr
+    reachable = (passing - Ports(tcp=denied)).tcp
+    if allowed is not None:
+        passing = passing & (Ports(tcp=allowed) | (ALL - Ports(tcp=EVERY)))
+    return (reachable, *(passing | Ports(tcp=denied)).rules())
+
+
+def _first(*whys) -> tuple:
+    """The first (span, label) of the lists, else none."""
+    return next((w[0] for w in whys if w), (None, ""))
 
 
 def _joined(names) -> list[str]:
