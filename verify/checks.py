@@ -33,7 +33,7 @@ from .index import members, surely_meet
 from .refine import BUDGET, Boxes, NotComparable, Work, flow_in, without
 from .concrete import covers, disjoint, escape, intersection
 from .reach import prefer
-from .result import Finding, VerificationBug
+from .result import Finding, Sat, Unknown, Unsat, VerificationBug
 
 MAX_CONFLICT_PAIRS = 20_000
 #: Comparisons of boxes one liveness question may make before the solver answers it instead.
@@ -139,11 +139,11 @@ class AnomalyChecker:
         if self._next_differs(i, facts.witness, code):
             facts.redundant = False
             return
-        result, _ = self._solve(*self._region(i), a.code_term(self._split(i)[1]) != code)
-        if result == "unknown":
-            facts.unknown = a.solver.reason_unknown() or "timeout"
+        result = self._solve(*self._region(i), a.code_term(self._split(i)[1]) != code)
+        if isinstance(result, Unknown):
+            facts.unknown = result.reason
             return
-        facts.redundant = result == "unsat"
+        facts.redundant = isinstance(result, Unsat)
         facts.solver_proved = facts.redundant
 
     def _decide_live(self, i: int) -> None:
@@ -160,15 +160,15 @@ class AnomalyChecker:
             if i in ms and not any(self._outranks(m, i) for m in ms):
                 facts.live, facts.witness = True, witness
                 return
-        result, model = self._solve(*self._region(i))
-        if result == "unknown":
-            facts.unknown = a.solver.reason_unknown() or "timeout"
+        result = self._solve(*self._region(i))
+        if isinstance(result, Unknown):
+            facts.unknown = result.reason
             return
-        facts.live = result == "sat"
+        facts.live = isinstance(result, Sat)
         if not facts.live:
             facts.covering = self._covering(i)
             return
-        facts.witness = a.enc.flow(model)
+        facts.witness = a.enc.flow(result.model)
         # Decided by the entry, or by one of equal precedence (they decide alike; the interpreter reports
         # the one whose line comes first).
         a.confirm(facts.witness, lambda d: d.entry is not None and (
@@ -341,10 +341,10 @@ class AnomalyChecker:
         alike = self._taken_alike_by_boxes(i, earlier, code)
         if alike is not None:
             return alike
-        result, _ = self._solve(a.term(a.ordered[i].match), a.code_term(earlier) != code)
-        if result == "unknown":
+        result = self._solve(a.term(a.ordered[i].match), a.code_term(earlier) != code)
+        if isinstance(result, Unknown):
             return None
-        return result == "unsat"
+        return isinstance(result, Unsat)
 
     def _taken_alike_by_boxes(self, i: int, earlier: list[int], code) -> bool | None:
         """The same question over exact boxes (verify/refine.py), without the solver: walk the entries
@@ -391,10 +391,10 @@ class AnomalyChecker:
         found: list[int] = []
         while len(found) < 3 and later:
             region = self._region(i) + [a.outside(a.ordered[c].match) for c in found]
-            result, model = self._solve(*region, a.region([a.ordered[c].match for c in later]))
-            if result != "sat":
+            result = self._solve(*region, a.region([a.ordered[c].match for c in later]))
+            if not isinstance(result, Sat):
                 break
-            c = a.first(later, a.enc.flow(model))
+            c = a.first(later, a.enc.flow(result.model))
             if c is None or c in found:
                 break
             found.append(c)
@@ -438,10 +438,10 @@ class AnomalyChecker:
                 f = intersection(a, [x.match, e.match])
                 if f is None:
                     overlap = [a.term(x.match), a.term(e.match)]
-                    result, model = self._solve(*overlap)
-                    if result != "sat":
+                    result = self._solve(*overlap)
+                    if not isinstance(result, Sat):
                         continue
-                    f = a.enc.flow(prefer(a, overlap, model))
+                    f = a.enc.flow(prefer(a, overlap, result.model))
                 ids = a.ids(f)
                 if not (a.holds(c, f, ids) and a.holds(i, f, ids)):
                     raise VerificationBug(f"overlap witness {f.text} does not match both rules")

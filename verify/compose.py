@@ -44,7 +44,7 @@ from .encode import Encoder, mk_and
 from .index import OverlapIndex
 from .reach import prefer
 from .refine import refines
-from .result import VerificationBug
+from .result import UNSAT, Unknown, Unsat, VerificationBug
 
 
 @dataclass
@@ -196,7 +196,7 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
     enc = Encoder(Domain.of([policy, *stand_in.values()]))
     a_policy = Analysis(policy, encoder=enc, timeout_ms=timeout_ms)
     analyses = {name: Analysis(p, encoder=enc, timeout_ms=timeout_ms) for name, p in stand_in.items()}
-    result, model, question, scope = "unsat", None, [], open_scopes[0]
+    result, question, scope = UNSAT, [], open_scopes[0]
     paired = _by_pairs(policy, stand_in, open_scopes) if pairs else None
     blocks = [] if paired is not None else list(_refined(a_policy, regions(policy)))
     done, total, asked = 0, (sum(map(len, paired.values())) if paired is not None else
@@ -221,18 +221,18 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
             together = mk_and([analyses[n].allowed_term(block.relevant(analyses[n], scope.match))
                                for n in deciding], enc.ctx)
             question = [block.term(a_policy), *inside, policy_allows != together]
-            result, model = a_policy.solve(*question)
+            result = a_policy.solve(*question)
             asked += 1
-            if result != "unsat":
+            if not isinstance(result, Unsat):
                 break
-        if result != "unsat":
+        if not isinstance(result, Unsat):
             break
-    if result == "unknown":
-        return Composition(False, time.perf_counter() - started, unknown=a_policy.unknown().reason, engines=names,
+    if isinstance(result, Unknown):
+        return Composition(False, time.perf_counter() - started, unknown=result.reason, engines=names,
                            refined=refined, questions=asked)
-    if result == "unsat":
+    if isinstance(result, Unsat):
         return Composition(True, time.perf_counter() - started, engines=names, refined=refined, questions=asked)
-    flow = enc.flow(prefer(a_policy, question, model))
+    flow = enc.flow(prefer(a_policy, question, result.model))
     want = evaluate(policy, flow)
     got = {name: evaluate(engines[name], flow) for name in scope.engines}
     together_verdict = "allow" if all(d.verdict == "allow" for d in got.values()) else "deny"

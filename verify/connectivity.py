@@ -36,7 +36,7 @@ from anyplane.ir.pairspace import PairSpace
 from .alike import PairClasses
 from .context import Analysis
 from .reach import reachability
-from .result import VerificationBug
+from .result import Unknown, Unsat, VerificationBug
 
 #: Allow rules asked about per pair, beyond the first witness.
 MAX_RULES_PER_EDGE = 12
@@ -146,7 +146,7 @@ def _connectivity(program: Program, progress=None, alike: bool = True) -> nx.DiG
         if not r.reachable:
             continue
         edge = {"rules": [], "default": False, "witness": r.witness.text, "http": [], "decided": [],
-                "everything": a.solve(a.region([m]), z3.Not(a.allowed_term(a.relevant([m]))))[0] == "unsat"}
+                "everything": isinstance(a.solve(a.region([m]), z3.Not(a.allowed_term(a.relevant([m])))), Unsat)}
         _record(program, r.witness, edge, texts, a)
         edge["flow"] = r.witness
         found[(src, dst)] = edge
@@ -276,12 +276,12 @@ def _flows(a: Analysis, cells, everything: bool, src: str, dst: str) -> list[dic
         else:
             region = a.region([m])
         term = a.allowed_term(a.relevant([_pair(src, dst) if cell["protocol"] == "other" else m]))
-        some = a.solve(region, term)[0]
-        if some == "unknown":
+        some = a.solve(region, term)
+        if isinstance(some, Unknown):
             raise VerificationBug(f"the solver gave up on {src} -> {dst} {cell}")
-        if some == "unsat":
+        if isinstance(some, Unsat):
             continue
-        every = a.solve(region, z3.Not(term))[0] == "unsat"
+        every = isinstance(a.solve(region, z3.Not(term)), Unsat)
         item = dict(cell, all=every)
         last = out[-1] if out else None
         if (last is not None and "ports" in item and "ports" in last and last["protocol"] == item["protocol"]

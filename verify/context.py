@@ -29,7 +29,7 @@ from anyplane.ir.owners import ownership
 from .domain import Domain
 from .encode import Encoder, mk_and, mk_or
 from .index import Boxer, OverlapIndex, members
-from .result import Unknown, VerificationBug
+from .result import UNSAT, Outcome, Sat, Unknown, VerificationBug
 
 DEFAULT_TIMEOUT_MS = 20_000
 
@@ -124,8 +124,8 @@ class Analysis:
         return self._position
 
     # -- solving ------------------------------------------------------------------------
-    def solve(self, *terms) -> tuple[str, z3.ModelRef | None]:
-        """("sat", model) | ("unsat", None) | ("unknown", None)."""
+    def solve(self, *terms) -> Outcome:
+        """Whether some flow satisfies every term: `Sat(model)`, `Unsat()` or `Unknown(reason)`."""
         s = self.solver
         s.push()
         try:
@@ -134,14 +134,10 @@ class Analysis:
             z3.Z3_solver_assert(s.ctx.ref(), s.solver, mk_and(terms, self.enc.ctx).as_ast() if terms else self.enc.true.as_ast())
             result = s.check()
             if result == z3.sat:
-                return "sat", s.model()
-            return ("unsat", None) if result == z3.unsat else ("unknown", None)
+                return Sat(s.model())
+            return UNSAT if result == z3.unsat else Unknown(s.reason_unknown() or "unknown")
         finally:
             s.pop()
-
-    def unknown(self) -> Unknown:
-        """Why the last check was undecided."""
-        return Unknown(self.solver.reason_unknown() or "unknown")
 
     def core(self, base: list, tracked: dict[str, z3.BoolRef]) -> list[str]:
         """Names of a subset of `tracked` constraints that, with `base`, is unsatisfiable."""

@@ -28,7 +28,7 @@ from .context import Analysis
 from .domain import Domain
 from .encode import Encoder, mk_and, mk_or
 from .reach import prefer
-from .result import VerificationBug
+from .result import Sat, Unknown, Unsat, VerificationBug
 
 MAX_CLASSES = 64
 
@@ -182,12 +182,13 @@ def diff(old: Program, new: Program, limit: int = MAX_CLASSES) -> DiffReport:
         if len(report.newly_allowed) + len(report.newly_denied) + len(report.changed) >= limit:
             report.truncated = True
             break
-        result, model = a_old.solve(*question, *blocked)
-        if result == "unknown":
-            report.unknown = a_old.solver.reason_unknown() or "timeout"
+        out = a_old.solve(*question, *blocked)
+        if isinstance(out, Unknown):
+            report.unknown = out.reason
             break
-        if result == "unsat":
+        if isinstance(out, Unsat):
             break
+        model = out.model
         so = model.eval(old_sel, model_completion=True).as_long()
         sn = model.eval(new_sel, model_completion=True).as_long()
         pin = [old_sel == so, new_sel == sn]
@@ -196,7 +197,7 @@ def diff(old: Program, new: Program, limit: int = MAX_CLASSES) -> DiffReport:
         cls = _classify(report, f, d_old, d_new)
         cls.described = _in_words(new if d_new.entry is not None else old, d_new.entry or d_old.entry,
                                    a_new if d_new.entry is not None else a_old,
-                                   lambda m: a_old.solve(m, z3.Not(z3.And(region, *pin)))[0] == "unsat")
+                                   lambda m: isinstance(a_old.solve(m, z3.Not(z3.And(region, *pin))), Unsat))
         blocked.append(z3.Not(mk_and(pin + ([_route_pin(a_old, a_new, model, codes)] if routes_differ else []), enc.ctx)))
     return report
 
@@ -223,10 +224,10 @@ def changed_without(a: Analysis, entries: list[Entry]):
     code = lambda e: codes.code(action_key(e.action) if e else (a.program.default,))  # noqa: E731
     question = [a.region(matches), a.code_term(rel, code) != a.code_term([i for i in rel if id(a.ordered[i])
                                                                           not in gone], code)]
-    result, model = a.solve(*question)
-    if result != "sat":
-        return None if result == "unsat" else "unknown"
-    f = a.enc.flow(model)  # a yes or no is asked: the flow is for the interpreter, not for reading
+    out = a.solve(*question)
+    if not isinstance(out, Sat):
+        return None if isinstance(out, Unsat) else "unknown"
+    f = a.enc.flow(out.model)  # a yes or no is asked: the flow is for the interpreter, not for reading
     if decided(evaluate(a.program, f)) == decided(evaluate(a.program, f, without=without)):
         raise VerificationBug(f"{f.text} is decided alike with and without the entries taken out")
     return f

@@ -26,7 +26,7 @@ from anyplane.ir.source import Span
 
 from .context import Analysis
 from .concrete import escape, intersection, polish
-from .result import Finding, VerificationBug
+from .result import Finding, Sat, Unknown, VerificationBug
 
 WELL_KNOWN_PORTS = (80, 443, 8080, 22, 53, 3306, 5432, 6379, 9090)
 MAX_BLOCKERS = 8
@@ -149,11 +149,11 @@ def reachability(a: Analysis, pattern: tuple[Match, ...], blockers: bool = True)
     positions = a.relevant(pattern)
     region = a.region(pattern)
     base = [region, a.allowed_term(positions)]
-    result, model = a.solve(*base)
-    if result == "unknown":
-        return Reachability(None, reason=a.solver.reason_unknown() or "timeout")
-    if result == "sat":
-        f = a.enc.flow(prefer(a, base, model))
+    result = a.solve(*base)
+    if isinstance(result, Unknown):
+        return Reachability(None, reason=result.reason)
+    if isinstance(result, Sat):
+        f = a.enc.flow(prefer(a, base, result.model))
         d = a.confirm(f, lambda d: d.verdict == "allow", "get allowed")
         _check_in_pattern(a, f, pattern)
         return Reachability(True, f, d.entry.origin if d.entry else None, owners=a.ids(f),
@@ -213,12 +213,12 @@ def _blockers(a: Analysis, pattern, positions: list[int], region) -> Reachabilit
     blockers: list[Entry] = []
     default = False
     while len(seen) < MAX_BLOCKERS:
-        result, model = a.solve(region, *[sel != s for s in seen])
-        if result != "sat":
+        result = a.solve(region, *[sel != s for s in seen])
+        if not isinstance(result, Sat):
             break
-        f = a.enc.flow(model)
+        f = a.enc.flow(result.model)
         d = a.confirm(f, lambda d: d.verdict == "deny", "get denied")
-        k = model.eval(sel, model_completion=True).as_long()
+        k = result.model.eval(sel, model_completion=True).as_long()
         seen.append(k)
         if d.entry is None:
             default = True

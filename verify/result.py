@@ -1,7 +1,10 @@
 """What the verifier says: solver outcomes and findings.
 
-    Proved                       the property holds for every flow
-    Counterexample(flow, rules)  a concrete flow, re-evaluated by the interpreter
+What the solver answers a question (a conjunction of terms over one flow), `Analysis.solve`:
+
+    Sat(model)                   some flow satisfies it: the model of one (made a concrete flow and
+                                 re-evaluated by the interpreter before anyone sees it)
+    Unsat()                      no flow satisfies it
     Unknown(reason)              the solver gave up: never counted as a pass
 
 A `Finding` is one line of `anyplane verify` output: a kind, a severity, the
@@ -16,7 +19,7 @@ from anyplane.ir.findings import DEFAULT_FAIL_ON, DEFAULT_SEVERITY, KINDS
 from anyplane.ir.flow import Flow
 from anyplane.ir.source import Span
 
-__all__ = ["KINDS", "DEFAULT_FAIL_ON", "DEFAULT_SEVERITY", "Finding", "Proved", "Counterexample", "Unknown",
+__all__ = ["KINDS", "DEFAULT_FAIL_ON", "DEFAULT_SEVERITY", "Finding", "Sat", "Unsat", "UNSAT", "Unknown", "Outcome",
            "VerificationBug", "with_severities"]
 
 
@@ -25,16 +28,15 @@ class VerificationBug(Exception):
 
 
 @dataclass(frozen=True)
-class Proved:
-    """The property holds for every flow."""
+class Sat:
+    """Some flow satisfies the question: the solver's model of one (a z3 model)."""
+
+    model: object
 
 
 @dataclass(frozen=True)
-class Counterexample:
-    """A flow that shows the property failing, and the rules involved (their origins)."""
-
-    flow: Flow
-    rules: tuple[Span, ...] = ()
+class Unsat:
+    """No flow satisfies the question."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class Unknown:
     """The solver could not decide (timeout or resource limit)."""
 
     reason: str
+
+
+Outcome = Sat | Unsat | Unknown
+UNSAT = Unsat()
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.match import InSet, Match
 
 from .context import Analysis
-from .result import Finding
+from .result import Finding, Unknown, Unsat
 
 
 def _service_of(e) -> str:
@@ -30,14 +30,14 @@ def check_routes(a: Analysis) -> list[Finding]:
         higher = [h for h in routes[:k] if _service_of(h) == _service_of(r)]
         positions = a.relevant([r.match])
         terms = [a.term(r.match), a.allowed_term(positions)] + [z3.Not(a.term(h.match)) for h in higher]
-        result, _ = a.solve(*terms)
-        if result == "unsat" and r.origin not in reported:
+        out_ = a.solve(*terms)
+        if isinstance(out_, Unsat) and r.origin not in reported:
             reported.add(r.origin)
             why = "routes of higher precedence catch every allowed request it matches" if higher else \
                 "no allowed request matches it"
             out.append(Finding("route-unreachable", "warning", r.origin, f"this route is never taken: {why}",
                                related=tuple(sorted({h.origin for h in higher}))))
-        elif result == "unknown":
+        elif isinstance(out_, Unknown):
             out.append(Finding("unknown", "error", r.origin, "the solver could not decide whether this route is taken"))
     return out + _unused_versions(a, routes)
 
@@ -56,8 +56,7 @@ def _unused_versions(a: Analysis, routes) -> list[Finding]:
         positions = a.relevant([to_service])
         caught = z3.Or([a.term(r.match) for r in split])
         terms = [a.term(to_service), a.allowed_term(positions), a.enc.http, z3.Not(caught)]
-        result, _ = a.solve(*terms)
-        if result != "unsat":
+        if not isinstance(a.solve(*terms), Unsat):
             continue
         for ident in ids:
             version = a.program.identity(ident).version
