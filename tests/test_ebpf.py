@@ -274,6 +274,33 @@ def test_policy_swaps_are_atomic_under_load():
     assert {tuple(v) for v in seen} >= {tuple(expected(p1, f) for f in flows), tuple(expected(p2, f) for f in flows)}
 
 
+def test_a_push_writes_what_changed_and_the_kernel_decides_as_the_new_policy():
+    """Both generations hold a policy of 1,500 rules; a verdict flip then rewrites its rule's action
+    block (and the generation's header), and a new rule (more rows, and a port class that renumbers the
+    classes above it: regions grow) rewrites less than half. Each time the kernel decides as the
+    interpreter does; the pushes come from a new process (no cached images in memory), which reads
+    the generation's files."""
+    rules = [f"allow 10.1.{k // 250}.{k % 250 + 1} -> b tcp {1000 + k} priority {3000 - k}" for k in range(1500)]
+    text = "external b { address 10.2.0.0/16 }\ndefault deny\n" + "\n".join(rules) + "\n"
+    base = compile_sources([("p.ap", text)]).program
+    flipped = compile_sources([("p.ap", text.replace("allow 10.1.3.8 ", "deny  10.1.3.8 "))]).program
+    grown = compile_sources([("p.ap", text + "allow 10.1.7.0/24 -> b udp 5353\n")]).program
+    flows = [Flow(4, 0x0A010308, 0x0A020202, 6, 1234, 1757), Flow(4, 0x0A010101, 0x0A020202, 6, 1234, 1000),
+             Flow(4, 0x0A010701, 0x0A020202, 17, 1234, 5353), Flow(4, 0x0A010101, 0x0A020202, 17, 1234, 5353)]
+    frames = [packet.frame(f) for f in flows]
+    with loaded(base, "delta") as (cl, c):
+        whole = cl.last_write["entries_written"]
+        for program, most in ((flipped, 300), (grown, whole // 2)):
+            for _ in range(2):  # both generations hold the base policy
+                time.sleep(loader.SLOT_REUSE_MS / 1000 + 0.01)
+                cl.write(c.tables)
+            time.sleep(loader.SLOT_REUSE_MS / 1000 + 0.01)
+            fresh = loader.Classifier(cl.name)  # another process: it reads the cached files
+            fresh.write(build_all(program, c.layout.capacity).tables)
+            assert 0 < fresh.last_write["entries_written"] <= most, (fresh.last_write, whole)
+            assert kernel_verdicts(cl, frames) == [expected(program, f) for f in flows]
+
+
 def test_a_failed_push_leaves_the_old_policy_in_force(monkeypatch):
     p1 = compile_sources([("p1.ap", POLICY_1)]).program
     p2 = compile_sources([("p2.ap", POLICY_2)]).program

@@ -75,6 +75,16 @@ class Tables:
     labels: list[str]
     need: Layout
     l4t: array = field(default_factory=lambda: array("I"))  # the combined field's tables (model.L4Classes)
+    _image: dict | None = field(default=None, init=False, repr=False, compare=False)  # not carried by replace()
+
+    def image(self) -> dict[str, bytes]:
+        """The bytes of each region but `meta` (and the counters' labels), made once per policy: a push
+        compares them with what the idle generation holds."""
+        if self._image is None:
+            self._image = {"addr4": self.addr4.tobytes(), "cls": self.cls.tobytes(), "row": self.row,
+                           "blk": self.blk, "l4t": self.l4t.tobytes(), "act": self.act, "tb": self.tb,
+                           "labels": json.dumps(self.labels, separators=(",", ":")).encode()}
+        return self._image
 
 
 def bucket(rl: RateLimit) -> tuple[int, int, int, int, int]:
@@ -148,6 +158,9 @@ class Classifier:
         self.name = name
         self.root = PIN_ROOT / name
         self.state_path = STATE_ROOT / f"{name}.json"
+        # The cached regions this process read or wrote, with their files' identity (inode, size, mtime):
+        # kept while the file is unchanged, so that a process pushing many times reads each file once.
+        self._kept: dict[Path, tuple[tuple, bytes]] = {}
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -321,29 +334,25 @@ class Classifier:
             started += wait
         elements4 = (2 * LEVEL1) // ELEMENT + layout.chunks
         ncpu = B.possible_cpus()
-        regions = {  # map -> (value size, first key of the idle region, contents)
-            "addr4": (4 * ELEMENT, idle * elements4, t.addr4.tobytes()),
-            "cls": (4, idle * 3 * 65536, t.cls.tobytes()),
-            "row": (layout.row_size, idle * layout.rows, t.row),
-            "blk": (layout.block_size, idle * layout.blocks, t.blk),
-            "l4t": (4, idle * layout.l4t, t.l4t.tobytes()),
-            "act": (16, idle * layout.capacity, t.act),
-            "tb": (40, idle * layout.buckets, t.tb),
-            "meta": (META.size, idle, _with_epoch(t.meta, state.get("epoch", 0) + 1)),
+        image = dict(t.image(), meta=_with_epoch(t.meta, state.get("epoch", 0) + 1))
+        regions = {  # map -> (value size, first key of the idle region)
+            "addr4": (4 * ELEMENT, idle * elements4), "cls": (4, idle * 3 * 65536),
+            "row": (layout.row_size, idle * layout.rows), "blk": (layout.block_size, idle * layout.blocks),
+            "l4t": (4, idle * layout.l4t), "act": (16, idle * layout.capacity), "tb": (40, idle * layout.buckets),
+            "meta": (META.size, idle),
         }
         previous = self._read_cache(idle)
-        image = {name: data for name, (_, _, data) in regions.items()}
-        image["labels"] = json.dumps(t.labels, separators=(",", ":")).encode()
+        changed = [name for name, data in image.items() if previous.get(name) != data]
         written = 0
         try:
-            for name, (size, base, data) in regions.items():
-                if previous.get(name) != data:
+            for name in changed:
+                if name in regions:
                     self._forget_cache(idle, name)  # the region is about to change
-                    written += self._fill(name, size, base, data, previous.get(name))
+                    size, base = regions[name]
+                    written += self._fill(name, size, base, image[name], previous.get(name))
             self._trie(idle, state.get("addr6", {}).get(str(idle), []), t.addr6)
         except (B.BpfError, OSError) as exc:
             raise LoadError(f"could not write the new policy ({exc}); the previous policy stays in force") from exc
-        self._write_cache(idle, {k: v for k, v in image.items() if previous.get(k) != v})
         self.last_write = {"entries_written": written}
         gen_fd = self._map("gen")
         try:
@@ -351,6 +360,9 @@ class Classifier:
         finally:
             os.close(gen_fd)
         self.last_write["seconds_to_live"] = time.perf_counter() - started
+        # What the generation holds now, for the next push's comparison (after the flip: a process that
+        # stops before this leaves no cache for it, and the next push writes the region whole).
+        self._write_cache(idle, {name: image[name] for name in changed})
         state.update(gen=idle, flipped_ns=time.time_ns(), epoch=state.get("epoch", 0) + 1)
         state.setdefault("addr6", {})[str(idle)] = [k.hex() for k, _ in t.addr6]
         self._save(state)
@@ -367,7 +379,7 @@ class Classifier:
         Returns how many elements were written.
         """
         n = len(values) // value_size if value_size else 0
-        if previous is not None and len(previous) == len(values):
+        if previous is not None:  # of another length: what lies past the shorter one is written whole
             runs = _changed(previous, values, value_size)
         else:
             runs = [(0, n)] if n else []
@@ -392,14 +404,25 @@ class Classifier:
     def _read_cache(self, gen: int) -> dict[str, bytes]:
         out = {}
         for region in ("addr4", "cls", "row", "blk", "l4t", "act", "tb", "meta", "labels"):
+            path = self._cache_path(gen, region)
             try:
-                out[region] = self._cache_path(gen, region).read_bytes()
+                st = path.stat()
             except OSError:
-                pass
+                continue
+            seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+            kept = self._kept.get(path)
+            if kept is None or kept[0] != seen:
+                try:
+                    kept = self._kept[path] = (seen, path.read_bytes())
+                except OSError:
+                    continue
+            out[region] = kept[1]
         return out
 
     def _forget_cache(self, gen: int, region: str) -> None:
-        self._cache_path(gen, region).unlink(missing_ok=True)
+        path = self._cache_path(gen, region)
+        self._kept.pop(path, None)
+        path.unlink(missing_ok=True)
 
     def _write_cache(self, gen: int, regions: dict[str, bytes]) -> None:
         for region, data in regions.items():
@@ -407,6 +430,8 @@ class Classifier:
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(data)
             os.replace(tmp, path)
+            st = path.stat()
+            self._kept[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), data)
 
     def _trie(self, gen: int, old: list[str], new: list[tuple[bytes, int]]) -> None:
         fd = self._map(f"addr6_{gen}")
@@ -513,7 +538,8 @@ BLOCK = 4096
 
 
 def _changed(old: bytes, new: bytes, size: int) -> list[tuple[int, int]]:
-    """Runs [first, end) of element indices to rewrite: every element of each 4 KiB block that differs.
+    """Runs [first, end) of element indices of `new` to rewrite: every element of each 4 KiB block that
+    differs (past the end of `old`, every block).
 
     Rewriting an unchanged element is harmless and cheaper than finding it in Python.
     """
