@@ -1,9 +1,11 @@
 """The composition: pods into identities, and the tiers' verdicts into one anyplane policy text.
 
 With NetworkPolicies alone the text is written per policy rule over sets of identities (`_by_rules`);
-with the admin tiers, Cilium or Istio, decided per pair of identities and written as one line per set of
-pairs that the same rule decides alike (`write_policy`). Outside addresses are cut
-where the policies' blocks begin and end (`outside_blocks`).
+with the admin tiers, Cilium or Istio, what passes each pair of identities is known (`write_policy`),
+and written as one line per set of pairs that the same rule decides alike. The pairs are not asked one
+by one: each identity's rules cut the other ends into classes they cannot tell apart (bit sets), one
+end of each class is asked, and a pair combines its three decisions (ingress, egress, Istio's) once
+per triple. Outside addresses are cut where the policies' blocks begin and end (`outside_blocks`).
 """
 
 from __future__ import annotations
