@@ -1,6 +1,7 @@
 """Figures for reading and writing cluster policies: import, map, export with its proof, and the peer.
 
-    python bench/cluster.py [--pods 200,1000,5000] [--verify-up-to 1000] [--export-up-to 5000] [--istio-up-to 5000]
+    python bench/cluster.py [--pods 200,1000,5000] [--verify-up-to 5000] [--nca-sanity-up-to 1000]
+                            [--export-up-to 5000] [--istio-up-to 5000]
                             [--format json] [--no-nca]
 
 A cluster of N pods in N/20 namespaces (tiers web, api, db, cache, worker; namespaces in teams of
@@ -172,7 +173,7 @@ def _nca(args: list[str], cwd: Path, timeout: float) -> float | None:
 
 
 def run(pods: int, nca: bool, verify_up_to: int, nca_timeout: float, export_up_to: int = 5000,
-        istio_up_to: int = 5000) -> dict:
+        sanity_up_to: int = 1000, istio_up_to: int = 5000) -> dict:
     row: dict = {"pods": pods}
     objects = cluster(pods, mesh=False)
     text = yaml.safe_dump_all(objects)
@@ -230,7 +231,7 @@ def run(pods: int, nca: bool, verify_up_to: int, nca_timeout: float, export_up_t
             row["nca_connectivity_s"] = _nca(["--connectivity", str(d / "policies.yaml"), "--output_format", "txt"]
                                              + lists, d, nca_timeout)
             row["nca_redundancy_s"] = _nca(["--sanity", str(d / "policies.yaml")] + lists, d, nca_timeout) \
-                if pods <= verify_up_to else None
+                if pods <= sanity_up_to else None
     return row
 
 
@@ -253,14 +254,17 @@ def main() -> None:
                     help="export (-t k8s) with its proof up to so many pods")
     ap.add_argument("--istio-up-to", type=int, default=5000,
                     help="import the Istio cluster up to so many pods")
-    ap.add_argument("--verify-up-to", type=int, default=1000,
-                    help="run `verify` (and NCA's sanity check) on clusters of at most so many pods")
+    ap.add_argument("--nca-sanity-up-to", type=int, default=1000,
+                    help="run NCA's sanity check (the peer of `verify`) on clusters of at most so many pods")
+    ap.add_argument("--verify-up-to", type=int, default=5000,
+                    help="run `verify` on clusters of at most so many pods")
     ap.add_argument("--nca-timeout", type=float, default=900, help="seconds each NCA run may take")
     args = ap.parse_args()
     tune_gc()  # as the CLI runs
     rows = []
     for n in (int(x) for x in args.pods.split(",")):
-        rows.append(run(n, not args.no_nca, args.verify_up_to, args.nca_timeout, args.export_up_to, args.istio_up_to))
+        rows.append(run(n, not args.no_nca, args.verify_up_to, args.nca_timeout, args.export_up_to,
+                        args.nca_sanity_up_to, args.istio_up_to))
         if args.format == "txt":
             r = rows[-1]
             nca = (f"\n      nca: connectivity {_s(r['nca_connectivity_s'])}, sanity {_s(r.get('nca_redundancy_s'))}"
