@@ -422,6 +422,18 @@ def test_entities_without_their_addresses_and_pods_on_different_nodes_as_one_wor
         assert any("Pod shop/b names no node (spec.nodeName)" in d.message for d in exc.diagnostics), exc.diagnostics
     else:
         raise AssertionError("imported a host entity for a pod on no node")
+    # A pod on the host's network has its node's address: Cilium counts its traffic as the node's.
+    hosted = _node_cluster() + [{"apiVersion": "v1", "kind": "Pod",
+                                 "metadata": {"name": "agent", "namespace": "shop", "labels": {"app": "agent"}},
+                                 "spec": {"nodeName": "n1", "hostNetwork": True, "containers": [{"name": "c"}]},
+                                 "status": {"podIP": "10.250.0.1"}}]
+    try:
+        convert([("c.yaml", yaml.safe_dump_all(hosted + ENTITY_POLICIES))])
+    except DiagnosticError as exc:
+        assert any("Pod shop/agent has the address 10.250.0.1 of a node" in d.message for d in exc.diagnostics), \
+            exc.diagnostics
+    else:
+        raise AssertionError("imported a pod at its node's address")
     # The pods of app a run on two nodes: no selector tells them apart, and `host` does.
     try:
         convert([("c.yaml", yaml.safe_dump_all(_node_cluster() + ENTITY_POLICIES))], workloads=True)

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from anyplane.ir.flow import HTTP_METHODS
 from anyplane.ir.http import header_problem, host_problem, is_canonical
 from anyplane.ir.match import merge_ranges
+from anyplane.ir.source import DiagnosticError, error
 
 from .istio import _quote, printable
 from .ports import ALL, NONE
@@ -259,6 +260,30 @@ def _rule(reader, pods, path, r, direction, deny, subject, ns, label, span_of, s
 def node_networks(reader) -> list:
     """The addresses of the cluster's nodes and API server, which Cilium's entities tell from `world`."""
     return [n for nets in reader.nodes.values() for n in nets] + [n for n in reader.apiserver]
+
+
+def node_blocks(reader, rules: list[CiliumRule], pods) -> list[tuple[str, list]]:
+    """The nodes' and the API server's addresses as named blocks of outside addresses, where some rule
+    names an entity that tells them from `world` ([] otherwise); a DiagnosticError for a pod at one of
+    them (a pod on the host's network, whose traffic Cilium counts as the node's)."""
+    entities = {item[0] for r in rules for item in r.peers or []}
+    if not entities & {"world", "nodes", "host", "remote-node", "kube-apiserver"}:
+        return []
+    taken = {n: p for p in pods for n in p.networks}
+    clash = next(((n, taken[n]) for n in node_networks(reader) if n in taken), None)
+    if clash is not None:
+        net, p = clash
+        raise DiagnosticError([error(p.span, "import", (
+            f"Pod {p.namespace}/{p.name} has the address {net.network_address} of a node or the API server (a pod "
+            "on the host's network): Cilium counts its traffic as the node's; leave host-network pods out of the "
+            "input"))])
+    return [(f"node {name}", nets) for name, nets in sorted(reader.nodes.items())] + \
+        ([("kube-apiserver", list(reader.apiserver))] if reader.apiserver else [])
+
+
+def reads_nodes(rules: list[CiliumRule]) -> bool:
+    """Whether some rule names `host` or `remote-node`: which node a pod runs on then tells pods apart."""
+    return any(item[0] in ("host", "remote-node") for r in rules for item in r.peers or [])
 
 
 def _entity(reader, pods, path, r, entity, subject, label) -> list | None:

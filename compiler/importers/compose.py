@@ -376,8 +376,7 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
         return kept[key]
 
     is_pod = lambda q: isinstance(q, Pod)  # noqa: E731
-    decided: dict[tuple, tuple] = {}  # what one side decides, by what of the peer it reads
-    alike: dict = {}  # each decision (a side's, or Istio's) once per value
+    alike: dict = {}  # each decision (a side's, or Istio's) once per value: `combined` keys on identity
     relevant: dict[tuple, tuple] = {}
 
     def relevant_of(subject, direction) -> tuple:
@@ -396,31 +395,15 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
         return rules
 
     def side(subject, peer, direction, with_http=False):
-        """What one direction of `subject`'s admits from or to `peer`: asked once per subject and the
-        part of the peer its rules read (which of their peers hold it; on egress, the named ports it
-        resolves), since the many peers that read alike are decided alike."""
-        lists, c_rules, a_rules, named = relevant_of(subject, direction)
-        read = (subject.ident, direction, with_http, is_pod(peer),
-                tuple(any(_holds(x, peer) for x in peers) for peers in lists),
-                tuple(cilium._holds(r.peers, peer, _within, is_pod, subject) for r in c_rules),
-                tuple(admin.holds(r, peer, _within) for r in a_rules),
-                tuple(map(tuple, peer.ports)) if named and is_pod(peer) else None)
-        got = decided.get(read)
-        if got is None:
-            ports, allows, denies = _side(subject, peer, direction, with_http)
-            # One object per value, so that what follows is asked once per pair of values (`combined`).
-            got = decided[read] = alike.setdefault((ports, tuple(allows), tuple(denies)), (ports, allows, denies))
-        return got
-
-    def _side(subject, peer, direction, with_http=False):
+        """What one direction of `subject`'s admits from or to `peer` (ports, allowing rules, denying
+        rules), one object per value."""
         table, isolated = (ingress, isolated_in) if direction == "ingress" else (egress, isolated_out)
         dst = subject if direction == "ingress" else (peer if isinstance(peer, Pod) else None)
         ports_of = lambda spec: Ports.of(resolve_ports(spec, dst))  # noqa: E731
         np_ports, np_why = _np(table[subject.ident], peer, dst)
         # Cilium merges its allows with the NetworkPolicies' and puts its denies above everything.
         c_allowed, c_allows, c_denied, c_denies = cilium.verdicts(mine(cilium_rules, subject), subject, peer,
-                                                                  direction, ports_of, _within,
-                                                                  lambda q: isinstance(q, Pod), with_http)
+                                                                  direction, ports_of, _within, is_pod, with_http)
         closed = subject.ident in isolated or subject.ident in default_deny[direction]
         ports, allows, denies = admin.decide(mine(admin_rules, subject), subject, peer, direction, closed,
                                              np_ports | c_allowed, ports_of, _within)
@@ -428,7 +411,8 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
             allows = allows + np_why + c_allows
             denies = denies + ([isolated[subject.ident][0]] if subject.ident in isolated else
                                [default_deny[direction][subject.ident]])
-        return ports - c_denied, allows, c_denies + denies
+        ports, denies = ports - c_denied, c_denies + denies
+        return alike.setdefault((ports, tuple(allows), tuple(denies)), (ports, allows, denies))
 
     if not (admin_rules or cilium_rules or istio_rules or any(p.strict for p in pods)):
         depends = _by_rules(emit, reps, blocks, name_of, classes, ingress, egress, set(restricted_in),
@@ -438,28 +422,15 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
         return Imported("\n".join(lines) + "\n", origins, len(pods), policies, depends=depends)
     pending: dict[tuple, dict[str, set]] = {}  # (action, ports, priority, span, label) -> {dst: {srcs}}
 
-    def pair(action: str, src: str, dst: str, suffix: str, priority: int, span, label: str) -> None:
-        pending.setdefault((action, suffix, priority, span, label), {}).setdefault(dst, set()).add(src)
-
-    meshes: dict[tuple, istio.Verdicts] = {}
+    def pair(line: tuple, src: str, dst: str) -> None:
+        pending.setdefault(line, {}).setdefault(dst, set()).add(src)
 
     def mesh_of(b, a) -> istio.Verdicts:
-        """Istio's decision at b's sidecar for a peer: once per what of the peer b's rules read."""
-        rules = mine(istio_rules, b)
-        families = {n.version for n in b.networks}
-        try:
-            read = (b.ident, is_pod(a), tuple(istio.holds(r, a, is_pod, _within, families, b.certified) for r in rules))
-        except istio.Split:
-            read = None  # decide says why, at the rule
-        got = meshes.get(read) if read is not None else None
-        if got is None:
-            got = istio.decide(rules, b, a, _http_ports(b), is_pod, _within)
-            value = (got.denied, got.allowed, *(tuple(x) for x in (got.denies, got.http_allows, got.http_denies,
-                                                                   got.allow_why, got.restricted)))
-            got = alike.setdefault(("istio",) + value, got)
-            if read is not None:
-                meshes[read] = got
-        return got
+        """Istio's decision at b's sidecar for a peer, one object per value."""
+        got = istio.decide(mine(istio_rules, b), b, a, _http_ports(b), is_pod, _within)
+        value = (got.denied, got.allowed, *(tuple(x) for x in (got.denies, got.http_allows, got.http_denies,
+                                                               got.allow_why, got.restricted)))
+        return alike.setdefault(("istio",) + value, got)
 
     # Every end's decision for one subject, a row at a time: the ends are cut (bit sets over `ends`) into
     # the classes that the subject's rules read alike, and one end of each class is asked.
@@ -515,8 +486,10 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                 out[k] = got
         return out
 
-    def side_row(subject, direction) -> list:
-        key = (id(subject), direction)
+    def side_row(subject, direction, with_http=False) -> list:
+        """`side(subject, end, direction)` for every end; `with_http`: Cilium's HTTP rules as if they
+        allowed their ports outright."""
+        key = (id(subject), direction, with_http)
         if key not in rows:
             lists, c_rules, a_rules, named = relevant_of(subject, direction)
             cuts = [mask(("pod",), is_pod)]
@@ -527,12 +500,12 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                                  lambda e, r=r: cilium._holds(r.peers, e, _within, is_pod, subject)))
             cuts += [mask(("admin", id(r)), lambda e, r=r: admin.holds(r, e, _within)) for r in a_rules]
             cuts += port_cuts() if named else []
-            rows[key] = fill(cuts, lambda peer: side(subject, peer, direction))
+            rows[key] = fill(cuts, lambda peer: side(subject, peer, direction, with_http))
         return rows[key]
 
     def mesh_row(b) -> list | None:
         """Istio's decision at b's sidecar for every end (None: some rule's blocks split a pod, which
-        `istio.decide` reports at the rule)."""
+        `istio.decide` reports at the rule, asked pair by pair)."""
         key = (id(b), "istio")
         if key not in rows:
             families = frozenset(n.version for n in b.networks)
@@ -548,13 +521,12 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
 
     meshed = istio.subjects(istio_rules) | {p.ident for p in pods if p.strict}
     proxied = {p.ident for p in pods if cilium.http_ports(cilium_rules, p)}
-    families = {id(e): _families(e) for e in ends}
     open_side = (ALL, [], [])  # a side no policy of the pod's decides (an outside block's)
     no_mesh = istio.Verdicts()
     combined: dict[tuple, tuple] = {}  # (ingress, egress, Istio) decisions, by identity -> what passes
     n = len(ends)
     is_pod_at = [isinstance(e, Pod) for e in ends]
-    family_at = [families[id(e)] for e in ends]
+    family_at = [_families(e) for e in ends]
     name_at = [name_of[id(e)] if is_pod_at[k] else e.name for k, e in enumerate(ends)]
     into_at = [is_pod_at[k] and e.ident in restricted_in for k, e in enumerate(ends)]
     out_at = [is_pod_at[k] and e.ident in restricted_out for k, e in enumerate(ends)]
@@ -615,23 +587,22 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                 why = _first(ing_side[1], egr_side[1], mesh.allow_why, closed_in[j], closed_out[i], admin_in[j],
                              admin_out[i], mesh.restricted)
                 for suffix in allow_texts:
-                    pair("allow", name_a, name_b, suffix, 20, *why)
+                    pair(("allow", suffix, 20, *why), name_a, name_b)
             if deny_texts:
                 why = _first(ing_side[2], egr_side[2], closed_in[j], closed_out[i], admin_in[j], admin_out[i],
                              mesh.restricted)
                 for suffix in deny_texts:
-                    pair("deny", name_a, name_b, suffix, 30, *why)
-            for key in istio_lines:  # Istio's DENY rules at L4, and its HTTP rules, each named where it decides
-                pending.setdefault(key, {}).setdefault(name_b, set()).add(name_a)
+                    pair(("deny", suffix, 30, *why), name_a, name_b)
+            for line in istio_lines:  # Istio's DENY rules at L4, and its HTTP rules, each named where it decides
+                pair(line, name_a, name_b)
             if proxied_at[j]:
                 # Cilium's proxy lets through the requests its HTTP rules match, where the rules' ports
                 # would pass if they were L4 allows (every tier and the source's egress considered).
-                web = (side(b, a, "ingress", with_http=True)[0] & egr_side[0]).tcp
-                for ranges, part, why in cilium.http_allows(mine(cilium_rules, b), b, a, _within,
-                                                            lambda q: isinstance(q, Pod)):
+                web = (side_row(b, "ingress", with_http=True)[i][0] & egr_side[0]).tcp
+                for ranges, part, why in cilium.http_allows(mine(cilium_rules, b), b, a, _within, is_pod):
                     ports = _intersect(ranges, web)
                     if ports:
-                        pair("allow", name_a, name_b, f"{_tcp(ports)}{part}", 35, *why)
+                        pair(("allow", f"{_tcp(ports)}{part}", 35, *why), name_a, name_b)
     # Lines of one action, ports, priority and origin are one line over every pair they hold: the
     # sources that share the same destinations are listed together (each priority has one action, so
     # joining lines changes no decision).

@@ -136,22 +136,10 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
     for r in routed:  # a routed service's prefix holds addresses beyond its pods: outside blocks of their own
         blocks += covering_prefixes(r.pods) + [n for p in r.pods for n in p.networks]
     blocks += [n for _, nets in reader.entries for n in nets]  # named in maps and answers: cut there too
-    named = list(reader.entries)
-    entities = {item[0] for r in cilium_rules for item in r.peers or []}
-    if entities & {"world", "nodes", "host", "remote-node", "kube-apiserver"}:
-        # Cilium tells the nodes and the API server from `world`: their addresses are blocks of their own.
-        named += [(f"node {name}", nets) for name, nets in sorted(reader.nodes.items())] + \
-            ([("kube-apiserver", reader.apiserver)] if reader.apiserver else [])
-        blocks += cilium.node_networks(reader)
-        taken = {n: p for p in pods for n in p.networks}
-        clash = next(((n, taken[n]) for n in cilium.node_networks(reader) if n in taken), None)
-        if clash is not None:
-            p = clash[1]
-            raise DiagnosticError([error(p.span, "import", (
-                f"Pod {p.namespace}/{p.name} has the address {clash[0].network_address} of a node or the API server "
-                "(a pod on the host's network): Cilium counts its traffic as the node's; leave host-network pods "
-                "out of the input"))])
-    by_node = bool(entities & {"host", "remote-node"})
+    nodes = cilium.node_blocks(reader, cilium_rules, pods)  # the nodes and the API server, named
+    named = list(reader.entries) + nodes
+    blocks += [n for _, nets in nodes for n in nets]
+    by_node = cilium.reads_nodes(cilium_rules)
     keys, networks = reader.keys_read | set(partition[0]), blocks + list(partition[1])
     chosen = None
     if workloads:
