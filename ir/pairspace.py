@@ -17,10 +17,17 @@ from bisect import bisect_left, bisect_right
 
 def bit_positions(x: int):
     """The positions of the bits set in x, ascending."""
-    while x:
-        low = x & -x
-        yield low.bit_length() - 1
-        x ^= low
+    if x.bit_count() <= 8:  # few bits: each step costs the length of x
+        while x:
+            low = x & -x
+            yield low.bit_length() - 1
+            x ^= low
+        return
+    digits = bin(x)[::-1]  # digit i is bit i (then "b0")
+    i = digits.find("1")
+    while i >= 0:
+        yield i
+        i = digits.find("1", i + 1)
 
 
 class PairSpace:

@@ -277,3 +277,64 @@ def test_every_protocol_but_some_ports_becomes_an_admin_network_policy_deny(tmp_
     assert cnps["anyplane-web"]["ingressDeny"][0]["toPorts"] == [{"ports": [{"port": "22", "protocol": "TCP"}]}]
     assert violations(list(cnps and [d for d in yaml.safe_load_all(
         (tmp_path / "cilium" / "ciliumnetworkpolicies.yaml").read_text()) if d])) == []
+
+
+def _namespaced_cluster(spaces: int) -> str:
+    """Namespaces alike: web takes 8080 from outside the private ranges, api reaches 192.0.2.0/24 on 443."""
+    docs = []
+    for n in range(spaces):
+        ns = f"team{n}"
+        docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        for k, app in enumerate(("web", "api")):
+            docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{app}-{n}", "namespace": ns,
+                                                                        "labels": {"app": app}},
+                         "status": {"podIP": f"10.1.{n}.{k + 1}"}})
+        docs.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                     "metadata": {"name": "web", "namespace": ns},
+                     "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{
+                         "from": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}],
+                         "ports": [{"port": 8080}]}]}})
+        docs.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                     "metadata": {"name": "api", "namespace": ns},
+                     "spec": {"podSelector": {"matchLabels": {"app": "api"}}, "policyTypes": ["Egress"],
+                              "egress": [{"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"port": 443}]}]}})
+    return yaml.safe_dump_all(docs)
+
+
+@pytest.mark.parametrize("which", ["one", "all"])
+def test_the_proof_finds_an_export_changed_at_its_outside_peers(tmp_path, which):
+    """The proof asks the flows with an end outside the identities both sides declare alike once per
+    class of workloads decided alike (not over every entry at once): an exported ipBlock changed in one
+    namespace, or in all of them alike, is found, and the counterexample is a flow between a changed
+    workload and an address outside the cluster."""
+    from anyplane.compiler.importers import read_back
+
+    (tmp_path / "c.yaml").write_text(_namespaced_cluster(4))
+    compiled = load([str(tmp_path / "c.yaml")])
+    out = api.compile_target(compiled, "k8s")
+    assert api.prove_export(compiled, "k8s", out).proved
+    files = {a.path: a.data for a in out.artifacts}
+    nps = [d for d in yaml.safe_load_all(files["networkpolicies.yaml"]) if d]
+    changed = set()
+    for np_ in nps:
+        if which == "one" and np_["metadata"]["namespace"] != "team2":
+            continue
+        for direction in ("ingress", "egress"):
+            for rule in np_["spec"].get(direction, ()):
+                for peer in rule.get("from", rule.get("to", ())):
+                    if "ipBlock" in peer:  # a block cut where the policy cuts none: no identity of its own
+                        block = peer["ipBlock"]
+                        if "except" in block:
+                            block["except"] = block["except"] + ["203.0.113.0/24"]
+                        else:
+                            block["cidr"] = "192.0.2.0/25"
+                        changed.add(np_["metadata"]["namespace"])
+    assert changed == ({"team2"} if which == "one" else {f"team{n}" for n in range(4)})
+    files["networkpolicies.yaml"] = yaml.safe_dump_all(nps)
+    out.read_back = lambda: read_back(api._engine("k8s").reads_back_with, files)
+    proof = api.prove_export(compiled, "k8s", out)
+    assert not proof.proved and proof.counterexample
+    src, _, dst, *_ = proof.counterexample["flow"].split()
+    pod, outside = (dst, src) if dst.startswith("10.1.") else (src, dst)
+    assert ipaddress.ip_address(outside) not in ipaddress.ip_network("10.0.0.0/8"), proof.counterexample
+    assert pod.startswith("10.1.2." if which == "one" else "10.1."), proof.counterexample

@@ -52,6 +52,7 @@ class PairClasses:
         part = {side: {n: 0 for n in names} for side in ("src", "dst")}
         interned = {} if interned is None else interned  # shared: keys of two programs compare
         self.code = []
+        names_set = set(names)
         self.selves = 0  # entries for one address to itself (a pod's traffic to itself)
         # Under mtls, a certificate names its holders: the map asks of each source its own certificate
         # (or none), so an entry for some certificates can match only their holders' flows.
@@ -83,7 +84,7 @@ class PairClasses:
                             full[side][n] |= bit
                     continue
                 near = names if ips is None or _nets(ips) is None else \
-                    {n for net in _nets(ips) for n in spans.near(net)} & set(names)
+                    {n for net in _nets(ips) for n in spans.near(net)} & names_set
                 for n in near:
                     how = _covers(ids, ips, n, declared.get(n, ()), own)
                     if how == "full":
@@ -102,7 +103,6 @@ class PairClasses:
         # identity -> (family, address) -> the position of its entry for that address to itself, for the
         # identities whose addresses are all hosts with one such entry each (None: not so)
         self.hosts: dict[str, dict | None] = {}
-        names_set = set(names)
         for i, e in enumerate(self.ordered):
             host = to_itself(e.match)
             if host is None or len(e.match.fields) != 2:

@@ -35,10 +35,11 @@ from anyplane.ir.match import InSet, Match, PrefixMatch, to_itself
 from anyplane.ir.memo import per_program
 from anyplane.ir.nodes import Program
 from anyplane.ir.owners import ownership
-from anyplane.ir.pairspace import PairSpace
+from anyplane.ir.pairspace import PairSpace, bit_positions
 
 from .alike import PairClasses
 from .context import Analysis
+from .diff import action_key
 from .domain import Domain
 from .encode import Encoder, mk_and
 from .index import OverlapIndex
@@ -205,7 +206,7 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
     block_index = OverlapIndex([a_policy.boxer.box(b.match) for b in blocks]) if blocks else None
     for scope in open_scopes:
         inside = [] if scope.match is None else [a_policy.term(scope.match)]
-        inside += [a_policy.outside(m) for m in scope.excluded]
+        excluded = _Excluded(a_policy, scope.excluded)
         box = None if scope.match is None else a_policy.boxer.box(scope.match)
         deciding = [n for n in scope.engines if not _allows_all(stand_in[n])]
         if paired is not None:
@@ -220,7 +221,7 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
             policy_allows = a_policy.allowed_term(block.relevant(a_policy, scope.match))
             together = mk_and([analyses[n].allowed_term(block.relevant(analyses[n], scope.match))
                                for n in deciding], enc.ctx)
-            question = [block.term(a_policy), *inside, policy_allows != together]
+            question = [block.term(a_policy), *inside, *excluded.meeting(block), policy_allows != together]
             result = a_policy.solve(*question)
             asked += 1
             if not isinstance(result, Unsat):
@@ -245,6 +246,39 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
                        questions=asked)
 
 
+class _Excluded:
+    """A scope's excluded flows as terms (each `outside` one), asked only of the blocks they can meet: a
+    pod's traffic to itself meets only the blocks whose sources and destinations may be its identity's
+    (an export's proof leaves thousands of them out; asserting them all in every question costs more
+    than the question)."""
+
+    def __init__(self, a: Analysis, excluded: tuple[Match, ...]):
+        own = ownership(a.program)
+        self.by_owner: dict[str | None, list] = {}  # an address's owner -> its traffic to itself left out
+        self.other: list = []  # the rest, asked everywhere
+        for m in excluded:
+            host = to_itself(m) if len(m.fields) == 2 else None
+            if host is None:
+                self.other.append(a.outside(m))
+            else:
+                self.by_owner.setdefault(own.covering_owner(host), []).append(a.outside(m))
+        self.every = self.other + [t for ts in self.by_owner.values() for t in ts]
+
+    def meeting(self, block) -> list:
+        if isinstance(block, _Rest):  # the source outside `inside`, or the source in and the destination out
+            inside = set(block.inside)
+            return self.other if block.side == "dst" else \
+                self.other + [t for o, ts in self.by_owner.items() if o not in inside for t in ts]
+        names = None
+        for f in (F.SRC_ID, F.DST_ID):
+            ids = block.match.get(f)
+            if isinstance(ids, InSet):
+                names = set(ids.values) if names is None else names & set(ids.values)
+        if names is None:
+            return self.every
+        return self.other + [t for o in sorted(names) for t in self.by_owner.get(o, ())]
+
+
 class _Rest:
     """The flows with an end outside the identities `inside` (whose addresses both programs place alike):
     the source outside (`side` "src"), or the source inside and the destination outside ("dst"). Its
@@ -267,6 +301,76 @@ class _Rest:
         own, inside = ownership(a.program), set(self.inside)
         candidates = a.relevant([scope]) if scope is not None else range(len(a.ordered))
         return [i for i in candidates if not _kept_to(a.ordered[i].match, ids, ips, inside, own)]
+
+
+class _RestPart(_Rest):
+    """A `_Rest` region narrowed at its other end: to one identity of `inside` (`end`), or, for the
+    source outside, to the destination outside them too (`end` None)."""
+
+    def __init__(self, side: str, inside: tuple[str, ...], end: str | None):
+        super().__init__(side, inside)
+        self.end = end
+        self.other = F.DST_ID if side == "src" else F.SRC_ID
+
+    def term(self, a: Analysis):
+        if self.end is None:
+            there = a.outside(Match.of({self.other: InSet(self.inside)}))
+        else:
+            there = a.term(Match.of({self.other: InSet((self.end,))}))
+        return mk_and([super().term(a), there], a.enc.ctx)
+
+    def relevant(self, a: Analysis, scope: Match | None = None) -> list[int]:
+        out = super().relevant(a, scope)
+        if self.end is not None:
+            near = set(a.relevant([Match.of({self.other: InSet((self.end,))})]))
+            return [i for i in out if i in near]
+        ids, ips = (F.DST_ID, F.DST_IP) if self.side == "src" else (F.SRC_ID, F.SRC_IP)
+        own, inside = ownership(a.program), set(self.inside)
+        return [i for i in out if not _kept_to(a.ordered[i].match, ids, ips, inside, own)]
+
+
+def _rest_parts(policy: Program, engine: Program, mine: PairClasses, theirs: PairClasses,
+                inside: tuple[str, ...]) -> list[_Rest]:
+    """The flows with an end outside `inside` (`_Rest`), cut by the identity at the other end: the
+    identities whose entries for such flows are, in both programs, in order, the same matches but for
+    that end's identity and addresses, with the same actions, are decided alike by the two programs and
+    left out; of each class of the others, one identity is asked (one question each, over few entries:
+    a question over every entry of a cluster's policy costs Z3 more than the square of their number).
+    An identity that some entry holds for part of is asked alone. Under certificates (`src.peer`) the
+    whole regions are asked."""
+    if any(f == F.SRC_PEER for p in (policy, engine) for e in p.acl.entries for f, _ in e.match.fields):
+        return [_Rest("src", inside), _Rest("dst", inside)]
+    out: list[_Rest] = []
+    inside_set = set(inside)
+    for side, ids, ips, other, drop in (("src", F.SRC_ID, F.SRC_IP, "dst", (F.DST_ID, F.DST_IP)),
+                                        ("dst", F.DST_ID, F.DST_IP, "src", (F.SRC_ID, F.SRC_IP))):
+        interned: dict = {}
+        keys: dict[str, list] = {n: [] for n in inside}
+        for pc, program in ((mine, policy), (theirs, engine)):
+            own = ownership(program)
+            relevant, codes = 0, []
+            for i, e in enumerate(pc.ordered):
+                if not _kept_to(e.match, ids, ips, inside_set, own):
+                    relevant |= 1 << i
+                rest = tuple((k, v) for k, v in e.match.fields if k not in drop)
+                codes.append(interned.setdefault((rest, action_key(e.action)), len(interned)))
+            for n in inside:
+                if keys[n] is None or pc.part[other][n] & relevant:
+                    keys[n] = None
+                else:
+                    keys[n].append(tuple(codes[i] for i in bit_positions(pc.full[other][n] & relevant)) +
+                                   (pc.default,))
+        classes: dict = {}
+        for n in inside:
+            key = keys[n]
+            if key is None:
+                out.append(_RestPart(side, inside, n))
+            elif key[0] != key[1] and tuple(key) not in classes:
+                classes[tuple(key)] = n
+                out.append(_RestPart(side, inside, n))
+        if side == "src":
+            out.append(_RestPart(side, inside, None))
+    return out
 
 
 def _kept_to(m: Match, id_field: str, ip_field: str, inside: set, own) -> bool:
@@ -351,6 +455,7 @@ def _by_pairs(policy: Program, engines: dict[str, Program], scopes: list[Scope])
     if len({e for *_, e in asked}) == 1 and sum(len(s) * len(d) for _, s, d, _ in asked) > len(inside) ** 2:
         shared = _differing(policy, mine, theirs, inside, inside, asked[0][3])
     out: dict[str, list] = {}
+    rests = None
     for label, src, dst, exempt in asked:
         if shared is None:
             pairs = _differing(policy, mine, theirs, src, dst, exempt)
@@ -368,7 +473,9 @@ def _by_pairs(policy: Program, engines: dict[str, Program], scopes: list[Scope])
                 classes.add((s == d, selfless, a, b))
             regions_left.append(Block(Match.of({F.SRC_ID: InSet((s,)), F.DST_ID: InSet((d,))})))
         inside_t = tuple(inside)
-        out[label] = regions_left + [_Rest("src", inside_t), _Rest("dst", inside_t)]
+        if rests is None:
+            rests = _rest_parts(policy, theirs_of, mine, theirs, inside_t)
+        out[label] = regions_left + rests
     return out
 
 

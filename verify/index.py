@@ -138,12 +138,14 @@ POINT_TABLE_BITS = 1 << 28  # the largest table of elementary intervals' masks a
 
 
 def _cumulative(items: list[int]) -> list[int]:
-    """The bit mask of the first k*STRIDE items of an order, for every k."""
-    cum, acc = [0], 0
+    """The bit mask of the first k*STRIDE items of an order, for every k (set in a byte array, read as
+    an integer once per stride: setting bits of a growing integer one by one costs its length each)."""
+    cum = [0]
+    bits = bytearray(max(items, default=0) // 8 + 1)
     for k, item in enumerate(items, 1):
-        acc |= 1 << item
+        bits[item >> 3] |= 1 << (item & 7)
         if k % STRIDE == 0:
-            cum.append(acc)
+            cum.append(int.from_bytes(bits, "little"))
     return cum
 
 

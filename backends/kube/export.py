@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections import Counter
 from dataclasses import replace
 from functools import cached_property
 
@@ -203,23 +204,27 @@ class _Narrow:
                     self.rest[side].append((i, m))
 
     def _holding(self, side: int, family: int, address: int) -> frozenset:
+        """The entries that hold for an address on a side."""
+        return self.every[side] | self._own(side, family, address)
+
+    def _own(self, side: int, family: int, address: int) -> frozenset:
+        """The entries that hold for an address on a side, but those that hold for every address."""
         key = (side, family, address)
-        if key not in self.memo:
+        hit = self.memo.get(key)
+        if hit is None:
             probe = Flow(family, address, address, TCP, 49152, 1)
             who = owner(self.program, family, address)
-            self.memo[key] = frozenset(self.every[side] | self.by_id[side].get(who, set()) |
-                                       self.by_address[side].get((family, address), set()) |
-                                       {i for i, m in self.rest[side] if match_holds(m, probe, who, who)})
-        return self.memo[key]
+            hit = self.memo[key] = frozenset(self.by_id[side].get(who, set()) |
+                                             self.by_address[side].get((family, address), set()) |
+                                             {i for i, m in self.rest[side] if match_holds(m, probe, who, who)})
+        return hit
 
     def _bits(self, side: int, family: int, address: int) -> int:
         """`_holding` as a bit set (an int: pairs intersect them millions of times)."""
         key = (side, family, address)
         hit = self.bits.get(key)
         if hit is None:
-            every = self.every[side]
-            hit = self.bits[key] = self.every_mask(side) | sum(1 << i for i in self._holding(side, family, address)
-                                                               if i not in every)
+            hit = self.bits[key] = self.every_mask(side) | sum(1 << i for i in self._own(side, family, address))
         return hit
 
     def every_mask(self, side: int) -> int:
@@ -246,6 +251,7 @@ class _Narrow:
 
 
 _ASK = object()
+_NOBODY: frozenset = frozenset()
 
 
 class _Blocks:
@@ -428,6 +434,169 @@ def _ports(answer) -> list[dict] | None:
     return out
 
 
+def _decide(program: Program, blocks: dict, a: Region, b: Region, blame: _Blame):
+    """What NetworkPolicy must let through from region `a` to region `b` (`_answer`'s values; None:
+    nothing). A pair in a block in every IP version both have takes the blocks' answers once asked."""
+    if a is not b:  # the pairs in blocks: the block's answer, once asked, per IP version
+        found = _ASK
+        for family, kind in blocks.items():
+            if family not in a.first or family not in b.first:
+                continue
+            block = kind.of(a.key, b.key)
+            ans = _ASK if block is None else kind.answers.get(block, _ASK)
+            if ans is _ASK or (found is not _ASK and ans != found):
+                break  # not in a block, or not asked yet, or the versions disagree: below
+            found = ans
+        else:
+            if found is not _ASK:
+                return found
+    if a is b and a.workload and _single(a):
+        # Kubernetes lets a pod reach itself: the default may say otherwise (that flow is left out
+        # of the proof), a rule may not.
+        fam = next(iter(a.ranges))
+        _blame_self_deny(program, a, fam, blame)
+        # Between two of its pods (one created later with its labels) the rules decide.
+        return _answer(program, fam, a.probe(fam), a.probe(fam), blame, selfless=True)
+    hosts = a is b and a.workload is not None and _hosts(a)
+    if hosts:  # pods at one address each: each reaches itself (Kubernetes'), the pairs are the policy's
+        _blame_self_deny(program, a, next(iter(a.ranges)), blame)
+    seen = None
+    for family in (4, 6):
+        s, d = a.probe(family), b.probe(family)
+        if hosts:  # two of its pods
+            d = a.ranges[family][1][0] if len(a.ranges.get(family, ())) > 1 else None
+        if s is None or d is None:
+            continue
+        block = None if hosts else blocks[family].of(a.key, b.key)
+        if block is not None:  # a pair of one kind of range each, in a block of pairs decided alike
+            ans = blocks[family].answers.get(block, _ASK)
+            if ans is _ASK:
+                blamed = len(blame.found)
+                ans = _answer(program, family, s, d, blame)
+                if len(blame.found) == blamed:  # one that blames a rule is asked pair by pair
+                    blocks[family].answers[block] = ans
+            if seen is not None and ans != seen[1]:
+                blame.add(evaluate(program, Flow(family, s, d, TCP, 49152, 80)),
+                          "IPv4 and IPv6 are decided apart here; a NetworkPolicy peer is the same for both")
+            seen = (family, ans)
+            continue
+        ans = _answer(program, family, s, d, blame)
+        if seen is not None and ans != seen[1]:
+            blame.add(evaluate(program, Flow(family, s, d, TCP, 49152, 80)),
+                      "IPv4 and IPv6 are decided apart here; a NetworkPolicy peer is the same for both")
+        seen = (family, ans)
+        # Every range of a workload must be decided alike (a label selects all its pods). Two
+        # pairs of ranges that the same entries hold for are decided alike: one pair is asked
+        # per kind of range on each side, not every pair of ranges (pods of one identity).
+        if not hosts and _one_kind(program, family, a, 0) and _one_kind(program, family, b, 1):
+            continue  # the pair asked is the only one
+        for ps, pd in _representative_pairs(program, family, a, b, hosts):
+            if (ps, pd) != (s, d) and _answer(program, family, ps, pd, blame) != ans:
+                which = a.workload if len(a.ranges[family]) > 1 else b.workload
+                blame.add(_differing(program, family, (s, d), (ps, pd)),
+                          f"part of {which}'s addresses is decided apart from the rest; "
+                          f"a NetworkPolicy selects all of its pods alike")
+    return None if seen is None else seen[1]
+
+
+class _Answers:
+    """What each pair of regions with a workload at one end passes (`_decide`; None: nothing), without
+    a visit per pair. A region's groups are its block groups (`_Blocks`) in each of its IP versions, per
+    side; the pairs of a source's groups and a destination's fall in one block in every IP version both
+    have, so one pair answers for all. Asked one by one (`one`): each region with itself, every pair of
+    a region in no block on its side, and the pairs ir/pairspace.py keys one by one in some version."""
+
+    def __init__(self, regions: list[Region], blocks: dict):
+        self.regions = regions
+        self.by_key = {r.key: r for r in regions}
+        self.index = {r.key: n for n, r in enumerate(regions)}
+        self.one: dict[tuple[str, str], object] = {}
+        self.mine: tuple[dict, dict] = ({}, {})  # per side: region key -> {other end: answer} of `one`
+        self.block: dict = {}  # (source's groups, destination's groups) -> answer
+        self.groups: tuple[dict, dict] = ({}, {})  # per side: region key -> its groups (None: in no block)
+        self.members: tuple[dict, dict] = ({}, {})  # per side: groups -> their regions, in order
+        for r in regions:
+            for side, of in ((0, "src_group"), (1, "dst_group")):
+                groups = tuple((f, getattr(blocks[f].space, of).get(r.key)) for f in sorted(r.first))
+                if any(g is None for _, g in groups):
+                    groups = None
+                else:
+                    self.members[side].setdefault(groups, []).append(r)
+                self.groups[side][r.key] = groups
+
+    def fill(self, program: Program, blocks: dict, blame: _Blame) -> bool:
+        """Ask the pairs asked one by one and one pair of each block, in the order of the regions (as
+        the pairs would be asked one by one). False when something is blamed (then nothing is kept)."""
+        by_key, regions = self.by_key, self.regions
+        alone: set[tuple[str, str]] = {(r.key, r.key) for r in regions if r.workload}
+        for side in (0, 1):
+            for r in regions:
+                if self.groups[side][r.key] is None:
+                    alone.update(((r.key, o.key) if side == 0 else (o.key, r.key))
+                                 for o in regions if r.workload or o.workload)
+        for kind in blocks.values():
+            alone.update((s, d) for s, d in kind.space.singles if by_key[s].workload or by_key[d].workload)
+        asked: dict[tuple[str, str], tuple] = {}  # a block's pair -> its block
+        for sg, srcs in self.members[0].items():
+            for dg, dsts in self.members[1].items():
+                if {f for f, _ in sg}.isdisjoint(f for f, _ in dg):
+                    continue  # no flow joins them
+                pair = next(((a.key, b.key) for a in srcs for b in dsts
+                             if (a.workload or b.workload) and (a.key, b.key) not in alone), None)
+                if pair is not None:
+                    asked[pair] = (sg, dg)
+        index = self.index
+        for pair in sorted(alone | set(asked), key=lambda p: (index[p[0]], index[p[1]])):
+            ans = _decide(program, blocks, by_key[pair[0]], by_key[pair[1]], blame)
+            if blame.found:
+                return False
+            if pair in asked:
+                self.block[asked[pair]] = ans
+            else:
+                self[pair] = ans
+        return True
+
+    def __setitem__(self, pair: tuple[str, str], ans) -> None:
+        self.one[pair] = ans
+        self.mine[0].setdefault(pair[0], {})[pair[1]] = ans
+        self.mine[1].setdefault(pair[1], {})[pair[0]] = ans
+
+    def get(self, pair: tuple[str, str]):
+        hit = self.one.get(pair, _ASK)
+        if hit is not _ASK:
+            return hit
+        a, b = self.by_key[pair[0]], self.by_key[pair[1]]
+        if not (a.workload or b.workload):
+            return None
+        return self.block.get((self.groups[0][pair[0]], self.groups[1][pair[1]]))
+
+    def peers(self, w: Region, side: int) -> list[tuple[Region, object]]:
+        """(region, answer) for every region `w` passes something with, in the regions' order: its
+        sources (side 0: `w` is the destination) or its destinations (side 1)."""
+        out = [(self.by_key[k], ans) for k, ans in self.mine[1 - side].get(w.key, {}).items() if ans is not None]
+        mine = self.groups[1 - side][w.key]
+        if mine is not None:
+            for groups, rs in self.members[side].items():
+                ans = self.block.get((groups, mine) if side == 0 else (mine, groups))
+                if ans is not None:
+                    out += [(r, ans) for r in rs if ((r.key, w.key) if side == 0 else (w.key, r.key)) not in self.one]
+        index = self.index
+        out.sort(key=lambda p: index[p[0].key])
+        return out
+
+    def excepts(self):
+        """((source key, destination key), answer) for every pair whose answer is an `Except`."""
+        for pair, ans in self.one.items():
+            if isinstance(ans, Except):
+                yield pair, ans
+        for (sg, dg), ans in self.block.items():
+            if isinstance(ans, Except):
+                for a in self.members[0][sg]:
+                    for b in self.members[1][dg]:
+                        if (a.workload or b.workload) and (a.key, b.key) not in self.one:
+                            yield (a.key, b.key), ans
+
+
 def export(program: Program, kubernetes: dict | None = None, expressions: bool = True,
            exact: bool = False, sidecars: bool = False) -> tuple[list[dict], dict]:
     """(NetworkPolicy objects, identities: {name: {"namespace", "labels", "addresses"}}). `kubernetes`
@@ -446,79 +615,16 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
     regions, kinds = regions_of(program)
     blame = _Blame(program)
     workloads = [r for r in regions if r.workload]
-    # answers[(src region, dst region)] for every pair with a workload at one end (same family probes)
-    answers = {}
     blocks = {family: _Blocks(program, family, regions) for family in (4, 6)}
-    for a in regions:
-        for b in regions:
-            if not (a.workload or b.workload):
-                continue
-            if a is not b:  # the pairs in blocks (most of them): the block's answer, once asked, per IP version
-                found = _ASK
-                for family, kind in blocks.items():
-                    if family not in a.first or family not in b.first:
-                        continue
-                    block = kind.of(a.key, b.key)
-                    ans = _ASK if block is None else kind.answers.get(block, _ASK)
-                    if ans is _ASK or (found is not _ASK and ans != found):
-                        break  # not in a block, or not asked yet, or the versions disagree: below
-                    found = ans
-                else:
-                    if found is not _ASK:
-                        if found is not None:
-                            answers[(a.key, b.key)] = found
-                        continue
-            if a is b and a.workload and _single(a):
-                # Kubernetes lets a pod reach itself: the default may say otherwise (that flow is left out
-                # of the proof), a rule may not.
-                fam = next(iter(a.ranges))
-                _blame_self_deny(program, a, fam, blame)
-                # Between two of its pods (one created later with its labels) the rules decide.
-                ans = _answer(program, fam, a.probe(fam), a.probe(fam), blame, selfless=True)
-                if ans is not None:
-                    answers[(a.key, b.key)] = ans
-                continue
-            hosts = a is b and a.workload is not None and _hosts(a)
-            if hosts:  # pods at one address each: each reaches itself (Kubernetes'), the pairs are the policy's
-                _blame_self_deny(program, a, next(iter(a.ranges)), blame)
-            seen = None
-            for family in (4, 6):
-                s, d = a.probe(family), b.probe(family)
-                if hosts:  # two of its pods
-                    d = a.ranges[family][1][0] if len(a.ranges.get(family, ())) > 1 else None
-                if s is None or d is None:
-                    continue
-                block = None if hosts else blocks[family].of(a.key, b.key)
-                if block is not None:  # a pair of one kind of range each, in a block of pairs decided alike
-                    ans = blocks[family].answers.get(block, _ASK)
-                    if ans is _ASK:
-                        blamed = len(blame.found)
-                        ans = _answer(program, family, s, d, blame)
-                        if len(blame.found) == blamed:  # one that blames a rule is asked pair by pair
-                            blocks[family].answers[block] = ans
-                    if seen is not None and ans != seen[1]:
-                        blame.add(evaluate(program, Flow(family, s, d, TCP, 49152, 80)),
-                                  "IPv4 and IPv6 are decided apart here; a NetworkPolicy peer is the same for both")
-                    seen = (family, ans)
-                    continue
-                ans = _answer(program, family, s, d, blame)
-                if seen is not None and ans != seen[1]:
-                    blame.add(evaluate(program, Flow(family, s, d, TCP, 49152, 80)),
-                              "IPv4 and IPv6 are decided apart here; a NetworkPolicy peer is the same for both")
-                seen = (family, ans)
-                # Every range of a workload must be decided alike (a label selects all its pods). Two
-                # pairs of ranges that the same entries hold for are decided alike: one pair is asked
-                # per kind of range on each side, not every pair of ranges (pods of one identity).
-                if not hosts and _one_kind(program, family, a, 0) and _one_kind(program, family, b, 1):
-                    continue  # the pair asked is the only one
-                for ps, pd in _representative_pairs(program, family, a, b, hosts):
-                    if (ps, pd) != (s, d) and _answer(program, family, ps, pd, blame) != ans:
-                            which = a.workload if len(a.ranges[family]) > 1 else b.workload
-                            blame.add(_differing(program, family, (s, d), (ps, pd)),
-                                      f"part of {which}'s addresses is decided apart from the rest; "
-                                      f"a NetworkPolicy selects all of its pods alike")
-            if seen is not None and seen[1] is not None:
-                answers[(a.key, b.key)] = seen[1]
+    answers = _Answers(regions, blocks)
+    if not answers.fill(program, blocks, blame):
+        # Something NetworkPolicy cannot say: every pair is asked, in order, so that each rule it comes
+        # from is blamed, with the message of the first pair that shows it.
+        blame = _Blame(program)
+        for a in regions:
+            for b in regions:
+                if a.workload or b.workload:
+                    _decide(program, blocks, a, b, blame)
     blame.raise_any()
     by_key = {r.key: r for r in regions}
     strict = _strict_sidecars(regions, answers) if sidecars else set()
@@ -542,21 +648,17 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
             if k in isolated or rep in isolated:
                 isolated |= {k, rep}
     policies = []
-    near: dict[frozenset, list[Region]] = {}  # IP versions -> the regions that share one with them
     for w in sorted(workloads, key=lambda r: r.key):
         if w.workload in share:
             continue
         spec: dict = {"podSelector": placed[w.workload].selector(), "policyTypes": []}
-        if w.families not in near:
-            near[w.families] = [r for r in regions if _meet(r, w)]
-        for direction, side, pairs in (
-                ("Ingress", "from", [(r, answers.get((r.key, w.key))) for r in near[w.families]]),
-                ("Egress", "to", [(r, answers.get((w.key, r.key))) for r in near[w.families]])):
+        for direction, side, end in (("Ingress", "from", 0), ("Egress", "to", 1)):
             if w.key not in (into if direction == "Ingress" else out_of):
                 continue  # the direction stays open: the other ends' policies say what it may not
             spec["policyTypes"].append(direction)
             # The egress rules are exact; an ingress rule may admit more from a source whose egress is isolated.
-            rules = peers.rules(w, pairs, side, out_of if direction == "Ingress" and not exact else frozenset())
+            rules = peers.rules(w, answers.peers(w, end), side,
+                                out_of if direction == "Ingress" and not exact else _NOBODY)
             if rules:
                 spec[direction.lower()] = rules
         if not spec["policyTypes"]:
@@ -565,9 +667,9 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
                          "metadata": {"name": f"anyplane-{k8s_name(w.workload)}", "namespace": placed[w.workload].namespace,
                                       "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
                          "spec": spec})
-    names = [p["metadata"]["name"] for p in policies]
+    names = Counter(p["metadata"]["name"] for p in policies)
     for i, p in enumerate(policies):  # two names that sanitise alike get a number
-        if names.count(p["metadata"]["name"]) > 1:
+        if names[p["metadata"]["name"]] > 1:
             p["metadata"]["name"] += f"-{i}"
     policies += _admin(answers, by_key, placed, program)
     identities = {}
@@ -582,7 +684,7 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
     return policies, identities
 
 
-def _strict_sidecars(regions: list[Region], answers: dict) -> set[str]:
+def _strict_sidecars(regions: list[Region], answers: _Answers) -> set[str]:
     """The workloads whose every outside source gets nothing over TCP and all of some other protocol
     (else nothing at all): their sidecars' STRICT mutual TLS refuses that TCP (a client outside the
     cluster has no mesh certificate), so NetworkPolicy lets it through (the pairs' answers become "all")."""
@@ -602,7 +704,7 @@ def _strict_sidecars(regions: list[Region], answers: dict) -> set[str]:
     return out
 
 
-def _alike(a: Region, b: Region, regions: list[Region], answers: dict) -> bool:
+def _alike(a: Region, b: Region, regions: list[Region], answers: _Answers) -> bool:
     """Whether two workloads are decided alike: the same answers with every other region, both ways,
     and between their pods."""
     for r in regions:
@@ -619,7 +721,7 @@ def _meet(a: Region, b: Region) -> bool:
     return not a.families.isdisjoint(b.families)
 
 
-def _isolation(regions: list[Region], answers: dict) -> tuple[set, set]:
+def _isolation(regions: list[Region], answers: _Answers) -> tuple[set, set]:
     """(workloads isolated for ingress, for egress): enough that every pair that does not pass everything
     has an isolated end, its destination's ingress or its source's egress. Pairs with an outside end
     leave no choice; the others are covered greedily, the workload with the most pairs first (ingress
@@ -629,7 +731,9 @@ def _isolation(regions: list[Region], answers: dict) -> tuple[set, set]:
     def open_(a: Region, b: Region) -> bool:  # whether the pair passes everything (or no flow joins it)
         if a.families.isdisjoint(b.families):
             return True
-        ans = answers.get((a.key, b.key))
+        return passes(answers.get((a.key, b.key)))
+
+    def passes(ans) -> bool:
         return ans == "all" or isinstance(ans, Except)
     work = [r for r in regions if r.workload]
     outside = [r for r in regions if not r.workload]
@@ -638,14 +742,33 @@ def _isolation(regions: list[Region], answers: dict) -> tuple[set, set]:
             into.add(w.key)
         if any(not open_(w, o) for o in outside):
             out_of.add(w.key)
-    # Then the pairs of two workloads that neither of those covers.
+    # Then the pairs of two workloads that neither of those covers: those asked one by one, and those of
+    # each block that does not pass everything.
     sources, destinations = [a for a in work if a.key not in out_of], [b for b in work if b.key not in into]
     edges: dict = {}  # an end that could be isolated -> the ends that could cover its pairs instead
+
+    def edge(a: str, b: str) -> None:
+        edges.setdefault(("in", b), set()).add(("out", a))
+        edges.setdefault(("out", a), set()).add(("in", b))
+    ends = {b.key: b for b in destinations}
     for a in sources:
-        for b in destinations:
-            if not open_(a, b):
-                edges.setdefault(("in", b.key), []).append(("out", a.key))
-                edges.setdefault(("out", a.key), []).append(("in", b.key))
+        for b, ans in answers.mine[0].get(a.key, {}).items():
+            if b in ends and not a.families.isdisjoint(ends[b].families) and not passes(ans):
+                edge(a.key, b)
+    by_groups: tuple[dict, dict] = ({}, {})
+    for side, rs in ((0, sources), (1, destinations)):
+        for r in rs:
+            groups = answers.groups[side][r.key]
+            if groups is not None:
+                by_groups[side].setdefault(groups, []).append(r)
+    for sg, srcs in by_groups[0].items():
+        for dg, dsts in by_groups[1].items():
+            if {f for f, _ in sg}.isdisjoint(f for f, _ in dg) or passes(answers.block.get((sg, dg))):
+                continue
+            for a in srcs:
+                for b in dsts:
+                    if (a.key, b.key) not in answers.one:
+                        edge(a.key, b.key)
     chosen = {"in": into, "out": out_of}
     for side, key in sorted(edges, key=lambda v: (-len(edges[v]), v[0] != "in", v[1])):
         if any(other[1] not in chosen[other[0]] for other in edges[(side, key)]):
@@ -673,32 +796,36 @@ class _Peers:
                                      for rng in r.ranges.get(f, ())) for f in (4, 6)}
 
     def rules(self, w: Region, pairs: list, side: str, loose=frozenset()) -> list[dict]:
-        """The rules of one direction of `w`'s: peers grouped by what they are allowed. A peer in `loose`
-        (its own policy says exactly what this pair passes) may be admitted with more, which lets a
-        rule name a whole namespace, or every peer."""
+        """The rules of one direction of `w`'s: peers grouped by what they are allowed. `pairs`: (region,
+        answer) for the regions `w` passes something with; every other region near it gets nothing. A
+        peer in `loose` (its own policy says exactly what this pair passes) may be admitted with more,
+        which lets a rule name a whole namespace, or every peer: a loose peer that gets nothing may be
+        admitted by every rule."""
         grouped: dict[str, tuple[object, list, list]] = {}
         spare = []
         texts: dict[int, str] = {}  # id of an answer -> its text (the pairs of a block share one answer)
         for region, ans in pairs:
             if region.key in loose:
                 spare.append((region, ans))
-            elif ans is not None:
+            else:
                 text = texts.get(id(ans))
                 if text is None:
                     text = texts[id(ans)] = repr(ans)
                 grouped.setdefault(text, (ans, [], []))[1].append(region)
         for region, ans in spare:  # admitted by one rule that passes at least its answer, allowed in the others
             fits = [g for g in grouped.values() if _covers(g[0], ans)]
-            home = None
-            if ans is not None:
-                home = grouped.get(repr(ans)) or (fits[0] if fits else grouped.setdefault(repr(ans), (ans, [], [])))
-                home[1].append(region)
+            home = grouped.get(repr(ans)) or (fits[0] if fits else grouped.setdefault(repr(ans), (ans, [], [])))
+            home[1].append(region)
             for g in fits:
                 if g is not home:
                     g[2].append(region)
+        # The loose peers near `w` that get nothing, counted (all of them and per namespace).
+        near = self._near(w, loose)
+        free = Counter(near.loose_ns)
+        free.subtract(self.placed[r.workload].namespace for r, _ in spare)
         out = []
         for ans, group, extra in grouped.values():
-            items = self.items(w, group, extra)
+            items = self.items(w, group, extra, near, (near.loose - len(spare), free))
             rule = {} if items is None else {side: items}
             ports = _ports(ans)
             if ports is not None:
@@ -706,24 +833,33 @@ class _Peers:
             out.append(rule)
         return out
 
-    def items(self, w: Region, group: list[Region], extra: list[Region] = ()) -> list[dict] | None:
-        """The peers of one rule of `w`'s (None: every peer): `group` must be named, `extra` may be."""
-        keys = {r.key for r in group} | {r.key for r in extra}
-        near = self.near.get(frozenset(w.ranges))
-        if near is None:
-            near = self.near[frozenset(w.ranges)] = [r for r in self.regions if _meet(r, w)]
-        if all(r.key in keys for r in near):
+    def _near(self, w: Region, loose) -> "_Near":
+        """What is near `w` (shares an IP version with it), counted: regions, workloads, workloads per
+        namespace, and those of `loose`."""
+        key = (w.families, id(loose))
+        hit = self.near.get(key)
+        if hit is None or hit.loose_set is not loose:
+            hit = self.near[key] = _Near([r for r in self.regions if _meet(r, w)], loose, self.placed)
+        return hit
+
+    def items(self, w: Region, group: list[Region], extra: list[Region], near: "_Near",
+              free: tuple[int, Counter]) -> list[dict] | None:
+        """The peers of one rule of `w`'s (None: every peer): `group` must be named, `extra` may be, and
+        so may `free` more workloads near `w` (`near`): their number, and per namespace."""
+        named = {r.key: r for r in group} | {r.key: r for r in extra}
+        if len(named) + free[0] == near.regions:
             return None
         items = []
         work = [r for r in group if r.workload]
-        if work and all(self.whole.values()) and all(r.key in keys for r in near if r.workload):
+        per_ns = Counter(self.placed[r.workload].namespace for r in named.values() if r.workload)
+        if work and all(self.whole.values()) and sum(per_ns.values()) + free[0] == near.workloads:
             items.append(namespace_peer(None))
         elif work:
             spaces: dict[str, list[Region]] = {}
             for r in work:
                 spaces.setdefault(self.placed[r.workload].namespace, []).append(r)
             for ns, rs in sorted(spaces.items()):
-                if self.whole[ns] and all(r.key in keys for r in self.by_ns[ns] if _meet(r, w)):
+                if self.whole[ns] and per_ns[ns] + free[1][ns] == near.per_ns[ns]:
                     items.append(namespace_peer(ns))
                 else:
                     here = self.placed[w.workload].namespace
@@ -738,6 +874,18 @@ class _Peers:
                     if f in w.ranges:
                         wanted.setdefault(f, []).extend(rng)
         return items + Cover(wanted, self.free, self.memo).blocks()
+
+
+class _Near:
+    """The regions that share an IP version with a workload, counted (`_Peers._near`)."""
+
+    def __init__(self, near: list[Region], loose, placed: dict):
+        work = [r for r in near if r.workload]
+        self.regions, self.workloads = len(near), len(work)
+        self.per_ns = Counter(placed[r.workload].namespace for r in work)
+        self.loose_set = loose
+        mine = [r for r in work if r.key in loose]
+        self.loose, self.loose_ns = len(mine), Counter(placed[r.workload].namespace for r in mine)
 
 
 def _covers(more, less) -> bool:
@@ -759,15 +907,13 @@ def _anp_ports(ports: dict) -> list[dict]:
     return out
 
 
-def _admin(answers: dict, by_key: dict, placed: dict, program: Program) -> list[dict]:
+def _admin(answers: _Answers, by_key: dict, placed: dict, program: Program) -> list[dict]:
     """AdminNetworkPolicies for the pairs that pass everything but some ports: a Deny of those ports at
     the destination's ingress (from a workload), or at the source's egress (to outside addresses).
     AdminNetworkPolicy has no ingress peer for outside addresses: such a pair is an error at its rule."""
     rules: dict = {}  # (subject workload, direction) -> {ports repr: (ports, [peers])}
     blame = _Blame(program)
-    for (a_key, b_key), ans in sorted(answers.items()):
-        if not isinstance(ans, Except):
-            continue
+    for (a_key, b_key), ans in sorted(answers.excepts()):
         a, b = by_key[a_key], by_key[b_key]
         if b.workload and a.workload:
             subject, direction, peer = b.workload, "ingress", _anp_pods(placed[a.workload])
@@ -837,7 +983,7 @@ def _kinds(program: Program, family: int, region: Region, side: int) -> list[lis
     # a pod; elsewhere it decides part of the workload apart.
     mine = _selfs(program) if _hosts(region) or _single(region) else frozenset()
     for start, _ in region.ranges.get(family, ()):
-        out.setdefault(narrow._holding(side, family, start) - mine, []).append(start)
+        out.setdefault(narrow._own(side, family, start) - mine, []).append(start)
     narrow.kinds[key] = (region, list(out.values()))
     return narrow.kinds[key][1]
 
