@@ -95,6 +95,14 @@ class AuthzRule:
         return bool(self.headers) or any(o.http for o in self.operations)
 
 
+def _by_namespace(pods) -> dict:
+    """The pods of each namespace, in order."""
+    out: dict = {}
+    for x in pods:
+        out.setdefault(x.namespace, []).append(x)
+    return out
+
+
 def principal(pod) -> str:
     return f"{TRUST_DOMAIN}/ns/{pod.namespace}/sa/{pod.account}"
 
@@ -366,6 +374,7 @@ def _security_object(reader, path: str, obj: dict, kind: str):
 
 def read(reader, pods, objects, span_of, selects) -> list[AuthzRule]:
     out: list[AuthzRule] = []
+    by_ns = _by_namespace(pods)
     for path, obj in objects:
         found = _security_object(reader, path, obj, "AuthorizationPolicy")
         if found is None:
@@ -384,8 +393,8 @@ def read(reader, pods, objects, span_of, selects) -> list[AuthzRule]:
             continue
         selector = spec.get("selector")
         selector = {"matchLabels": selector.get("matchLabels") or {}} if isinstance(selector, dict) else {}
-        subject = frozenset(x.ident for x in pods if (ns == ROOT_NAMESPACE or x.namespace == ns)
-                            and selects(selector, x.labels, path, reader))
+        subject = frozenset(x.ident for x in (pods if ns == ROOT_NAMESPACE else by_ns.get(ns, ()))
+                            if selects(selector, x.labels, path, reader))
         if action == "AUDIT":
             continue  # logs, decides nothing
         rules = spec.get("rules")
@@ -492,13 +501,14 @@ def port_protocols(reader, pods, services, selects) -> dict:
     """{pod ident: {port: "http" | "grpc" | "tcp" | "udp"}}: the target ports Services declare, with the
     protocol Istio reads them as (port name prefix or appProtocol)."""
     out: dict = {}
+    by_ns = _by_namespace(pods)
     for path, obj in services:
         meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
         ns = meta.get("namespace") or "default"
         selector = spec.get("selector")
         if not isinstance(selector, dict) or not selector:
             continue  # a Service without a selector names no pods
-        chosen = [x for x in pods if x.namespace == ns and selects({"matchLabels": selector}, x.labels, path, reader)]
+        chosen = [x for x in by_ns.get(ns, ()) if selects({"matchLabels": selector}, x.labels, path, reader)]
         for sp in spec.get("ports") or []:
             proto = str(sp.get("protocol", "TCP")).upper()
             name = str(sp.get("appProtocol") or sp.get("name") or "").lower()
