@@ -146,6 +146,7 @@ class Reader:
         self.by_namespace: dict[str, list] = {}  # namespace -> its pods (once every pod is read)
         self.checks: dict[tuple, list] = {}  # ("json" | "schema", id of an object) -> its problems
         self.selected: dict[tuple, list] = {}  # (namespace | None, a selector's contents) -> what it selects
+        self.namespace_index: tuple[int, dict] = (-1, {})  # (namespaces indexed, {(key, value): their names})
         self.unaddressed: list[tuple[str, dict, list]] = []  # Pods without status.podIP: (path, object, ports)
         self.nodes: dict[str, list] = {}  # Node name -> its addresses (networks): status.addresses
         self.apiserver: list = []  # the API server's addresses: Endpoints or EndpointSlices of default/kubernetes
@@ -513,6 +514,34 @@ def selector_key(selector: dict | None):
     except (AttributeError, TypeError):
         return None
     return key
+
+
+def namespaces_selected(selector: dict, path: str, reader: Reader) -> list[str]:
+    """The namespaces a selector selects, sorted. One of labels alone is looked up by its first label
+    in an index of the namespaces' labels (a cluster's policies name namespaces by label hundreds of
+    times); the others are asked of every namespace."""
+    labels = selector.get("matchLabels") if isinstance(selector, dict) else None
+    first = None
+    if isinstance(labels, dict) and not selector.get("matchExpressions"):
+        first = next(((k, v) for k, v in labels.items() if not str(k).startswith("__")), None)
+        try:
+            hash(first)
+        except TypeError:
+            first = None
+    if first is None:
+        return sorted(n for n, got in reader.namespaces.items() if selects(selector, got, path, reader))
+    if reader.namespace_index[0] != len(reader.namespaces):
+        index: dict = {}
+        for n, got in reader.namespaces.items():
+            for pair in got.items():
+                try:
+                    index.setdefault(pair, []).append(n)
+                except TypeError:
+                    continue  # a value Kubernetes would refuse: no selector's label equals it
+        reader.namespace_index = (len(reader.namespaces), index)
+    reader.keys_read.update(labels)  # as `selects` notes them
+    return sorted(n for n in reader.namespace_index[1].get(first, ())
+                  if selects(selector, reader.namespaces[n], path, reader))
 
 
 def selects(selector: dict | None, labels: dict, path: str, reader: Reader) -> bool:

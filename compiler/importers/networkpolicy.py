@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from anyplane.ir.match import merge_ranges
 from anyplane.ir.source import Span
 
-from .cluster import Pod, Reader, selector_key, selects, span_of_object
+from .cluster import Pod, Reader, namespaces_selected, selector_key, selects, span_of_object
 
 PORTS_ALL = "all"
 PROTOCOLS = {"TCP": "tcp", "UDP": "udp"}
@@ -46,8 +46,7 @@ def _peers(reader: Reader, path: str, ns: str, items) -> list:
             spaces = [ns]
         else:
             spaces = _selected(reader, None, ns_sel, path,
-                               lambda: sorted(n for n, labels in reader.namespaces.items()
-                                              if selects(ns_sel, labels, path, reader)))
+                               lambda: namespaces_selected(ns_sel, path, reader))
         pods = [p for space in spaces for p in _selected(
             reader, space, pod_sel, path,
             lambda: [p for p in reader.by_namespace.get(space, ()) if selects(pod_sel or {}, p.labels, path, reader)])]
