@@ -24,6 +24,14 @@ from typing import Callable
 from anyplane.ir.nodes import Program
 from anyplane.ir.project import project_l4
 
+class Follower:
+    """Pushes to one running target, one policy after another (`Engine.follow`): `push(program,
+    extra)` with the push's keyword arguments in `extra`; `close()` when done."""
+
+    def __init__(self, push, close=lambda: None):
+        self.push, self.close = push, close
+
+
 class EngineError(Exception):
     """An engine failed and says why in words (toolchain, kernel, Envoy, a deployment file, a push)."""
 
@@ -190,6 +198,11 @@ class Engine:
         """Make the policy live on a running target (the keyword arguments are the engine's own)."""
         raise NotOffered(f"-t {self.name} has no push")
 
+    def follow(self, **kw) -> "Follower":
+        """What pushes policy after policy to one running target (`push --watch`), keeping what the engine
+        can reuse between pushes; by default, each push as a push alone."""
+        return Follower(lambda program, extra: self.push(program, **kw, **extra))
+
     def status(self, **kw) -> dict:
         """Counters and state of a running target."""
         raise NotOffered(f"-t {self.name} has no status")
@@ -222,7 +235,7 @@ class Engine:
 
     def offers(self, operation: str) -> bool:
         """Whether the engine overrides the optional operation ("push", "status", "replay",
-        "control_plane")."""
+        "control_plane"; "follow" is offered with "push")."""
         return getattr(type(self), operation) is not getattr(Engine, operation)
 
     def emit(self, program: Program, options: Options) -> Output:

@@ -13,6 +13,7 @@ and the sidecar (backends/envoy/inbound.py) build their lookups from this.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
@@ -20,6 +21,20 @@ from anyplane.ir.lpm import LpmTable
 from anyplane.ir.match import PrefixMatch, options
 from anyplane.ir.owners import nesting, ownership
 from anyplane.ir.nodes import Entry, Program
+
+
+def rules_alike(a: Program, b: Program) -> bool:
+    """Whether two programs differ at most in their endpoint rows (a binding: pods that came and went):
+    the same entries, default, connection state and rules (the counters' labels). An engine that keys
+    its rules by class or identity then changes only its address tables."""
+    return a is b or all(getattr(a, f) == getattr(b, f) for f in ("default", "connections", "acl", "rules"))
+
+
+def endpoint_rows(program: Program) -> set[tuple[int, int, int, str]]:
+    """The program's endpoint rows as (family, value, length, identity): what a binding changes."""
+    prefixes = list(map(attrgetter("prefix"), program.endpoints))
+    return set(zip(map(attrgetter("family"), prefixes), map(attrgetter("value"), prefixes),
+                   map(attrgetter("length"), prefixes), map(attrgetter("identity"), program.endpoints)))
 
 
 @dataclass(frozen=True)

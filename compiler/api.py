@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -463,6 +464,74 @@ def _prove_program(program):
 PARALLEL_PROOF_ABOVE = 2000
 
 
+def fingerprint(paths: list[str], more: list[str] = ()) -> str:
+    """A digest of every file a policy is read from (policy files and manifests under `paths`, and
+    `more`: bindings, a deployment file), names and contents: what a watcher compares."""
+    import hashlib
+    from .importers import split
+    from .importers.k8s import MANIFEST_SUFFIXES
+    from .pipeline import POLICY_SUFFIX, files_under
+
+    h = hashlib.sha256()
+    policy, manifests = split(list(paths))
+    files = []
+    for p in policy + manifests + list(more):
+        files += files_under(p, (POLICY_SUFFIX,) + MANIFEST_SUFFIXES) if os.path.isdir(p) else [p]
+    for f in files:
+        h.update(f.encode() + b"\0")
+        try:
+            h.update(Path(f).read_bytes())
+        except OSError:
+            h.update(b"<unreadable>")
+    return h.hexdigest()
+
+
+class Following:
+    """`anyplane push --watch`: a running kernel or switch follows the policy files and the pods that
+    bind its workloads. Each time the files change (`check`, called every few seconds): load, then push;
+    a policy that fails to load or to push is reported (`events("error", exc)`) and the target keeps
+    the last one it took. The engine's follower keeps what it can between pushes (the switch one
+    primary session and its memory of the target, the kernel its last tables), so a change of pods alone
+    writes only the address entries that changed. `events("pushed", result)` hears of each push."""
+
+    def __init__(self, paths: list[str], target: str, bind: list[str] | None = None, events=None, **kw):
+        self.paths, self.bind = list(paths), list(bind or [])
+        self.engine = _engine(target)
+        if not self.engine.offers("push"):
+            raise UsageError(f"-t {target} has no push")
+        self.follower = self.engine.follow(**kw)
+        self.events = events or (lambda kind, detail: None)
+        self.seen: str | None = None
+
+    def check(self) -> bool:
+        """Push the files' policy if they changed; True when it went out."""
+        seen = fingerprint(self.paths, self.bind)
+        if seen == self.seen:
+            return False
+        self.seen = seen
+        try:
+            compiled = load(self.paths, bind=self.bind)
+            refuse_unbound(compiled, [self.engine])
+            extra = {}
+            if self.engine.keeps_binding:
+                extra["binding"] = {"digest": compiled.binding.digest, "pods": len(compiled.binding.pods)} \
+                    if compiled.binding is not None else None
+            started = time.perf_counter()
+            result = self.follower.push(compiled.program, extra)
+            result["push_s"] = round(time.perf_counter() - started, 4)
+        except (DiagnosticError, UsageError, EngineError) as exc:
+            self.events("error", exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the target from following the files
+            self.events("error", InternalError(exc))
+            return False
+        self.events("pushed", result)
+        return True
+
+    def close(self) -> None:
+        self.follower.close()
+
+
 class Serving:
     """`anyplane serve`: an xDS server for the sidecars, fed from policy files it watches.
 
@@ -513,23 +582,7 @@ class Serving:
         return lambda: prove_sidecars(compiled)
 
     def _fingerprint(self) -> str:
-        import hashlib
-        from .importers import split
-        from .importers.k8s import MANIFEST_SUFFIXES
-        from .pipeline import POLICY_SUFFIX, files_under
-
-        h = hashlib.sha256()
-        policy, manifests = split(self.paths)
-        files = []
-        for p in policy + manifests + self.bind + ([self.deployment_file] if self.deployment_file else []):
-            files += files_under(p, (POLICY_SUFFIX,) + MANIFEST_SUFFIXES) if os.path.isdir(p) else [p]
-        for f in files:
-            h.update(f.encode() + b"\0")
-            try:
-                h.update(Path(f).read_bytes())
-            except OSError:
-                h.update(b"<unreadable>")
-        return h.hexdigest()
+        return fingerprint(self.paths, self.bind + ([self.deployment_file] if self.deployment_file else []))
 
     def check(self) -> bool:
         """Publish the files' policy if it changed and proves; True when a new version went out."""

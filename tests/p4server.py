@@ -66,7 +66,8 @@ class Device:
         return None
 
     def snapshot(self):
-        return copy.deepcopy((self.tables, self.defaults, self.meters))
+        # `apply` never changes a stored entry in place (it stores copies, or deletes): the dicts are enough.
+        return {t: dict(rows) for t, rows in self.tables.items()}, dict(self.defaults), dict(self.meters)
 
     def restore(self, snap):
         self.tables, self.defaults, self.meters = snap
@@ -208,6 +209,7 @@ class Servicer(p4runtime_pb2_grpc.P4RuntimeServicer):
         self.device, self.device_id, self.atomic = device, device_id, atomic
         self.lock = threading.Lock()
         self.writes: list[p4runtime_pb2.WriteRequest] = []
+        self.reads = 0  # Read RPCs answered
 
     def _fail(self, context, results: list[tuple[int, str]]):
         status = status_pb2.Status(code=code_pb2.UNKNOWN, message="write failed")
@@ -250,6 +252,7 @@ class Servicer(p4runtime_pb2_grpc.P4RuntimeServicer):
     def Read(self, request, context):
         resp = p4runtime_pb2.ReadResponse()
         with self.lock:
+            self.reads += 1
             for ent in request.entities:
                 if ent.HasField("table_entry"):
                     tid = ent.table_entry.table_id

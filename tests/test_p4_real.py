@@ -254,3 +254,45 @@ def test_bmv2_follows_pods_with_endpoint_entries_alone(switch, tmp_path):
     assert any(verdicts) and not all(verdicts)  # the new pod's place in the policy shows both ways
     got = _forwarded(switch, [packet.frame(f, payload=k.to_bytes(4, "big")) for k, f in enumerate(flows)], verdicts)
     assert got == verdicts
+
+
+def test_a_session_follows_pods_and_reads_again_once_another_controller_was_primary(switch, tmp_path):
+    """`push --watch`'s session on the real switch: after the first push, a pod replaced is two inserts
+    and two deletes of endpoint entries, with no read. When another controller becomes primary, BMv2 says
+    so on the session's stream: its memory is dropped, a push while the other is primary is refused, and
+    once it has gone the session connects, reads the switch again and restores the policy."""
+    from anyplane.backends.p4.client import Client
+    from anyplane.backends.p4.engine import P4Error
+    from anyplane.backends.p4.push import Session
+
+    from .test_workloads import a_pod_replaced
+
+    before, after, _, _ = a_pod_replaced(tmp_path)
+    session = Session(switch.addr, switch.device_id)
+    try:
+        _push(switch, before, pipeline_config=switch.pipeline, session=session)
+        result = _push(switch, after, session=session)
+        assert result["endpoints_only"] and (result["inserted"], result["deleted"], result["modified"]) == (2, 2, 0)
+        _agree(switch, after, 300, seed=4)
+        other = Client(switch.device_id, switch.addr, election_id=(0, 5))
+        try:
+            deadline = time.monotonic() + 30
+            while session.ready():
+                assert time.monotonic() < deadline, "the session did not hear that another controller is primary"
+                time.sleep(0.05)
+            with pytest.raises(P4Error, match="primary"):
+                _push(switch, before, session=session)
+        finally:
+            other.close()
+        deadline = time.monotonic() + 30
+        while True:  # the switch lets the session be primary again once the other stream has closed
+            try:
+                again = _push(switch, before, session=session)
+                break
+            except P4Error:
+                assert time.monotonic() < deadline, "the session could not become primary again"
+                time.sleep(0.1)
+        assert not again["endpoints_only"] and (again["inserted"], again["deleted"]) == (2, 2), again
+        _agree(switch, before, 300, seed=3)
+    finally:
+        session.close()

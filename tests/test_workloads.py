@@ -571,3 +571,78 @@ def test_the_kernels_tables_follow_a_new_binding_as_tables_built_afresh(tmp_path
             assert all(back.model.decide(f) == old.model.decide(f) for f in flows), seed
             assert trie(back) == trie(old), seed
     assert rebound >= 16, f"only {rebound} of 32 new bindings were written as address tables alone"
+
+
+def test_push_watch_follows_pods_through_one_session_with_endpoint_entries_alone(tmp_path):
+    """`push -t p4 --watch`: the first push reads the target and writes the policy; a pod replaced then
+    takes one atomic write of endpoint entries alone, as received by the P4Runtime server, with no read
+    of the target in between (the session remembers it); a broken policy is reported and leaves the
+    target as it was; SIGTERM stops it cleanly. The device decides as the interpreter for the new pods."""
+    import os
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from anyplane.backends.p4.pipeline import Features, p4info
+    from anyplane.backends.p4.proto import p4runtime_pb2
+
+    from .p4server import Device, Server
+    from .test_p4 import _assert_agree, _flows
+
+    before, after, pods, moved = a_pod_replaced(tmp_path)
+    rnd = random.Random(5)
+    text = _policy(rnd, _workloads(rnd))  # the text a_pod_replaced compiled
+    assert _compiled(text, str(tmp_path / "after.yaml")).program.acl == after.acl
+    policy = tmp_path / "policy.ap"
+    policy.write_text(text)
+    moved_ip = moved["status"]["podIP"]
+    pods_file = tmp_path / "watched.yaml"
+    pods_file.write_text((tmp_path / "before.yaml").read_text())
+    device = Device(p4info(Features()))
+    lines: queue.Queue = queue.Queue()
+    with Server(device) as server:
+        proc = subprocess.Popen([sys.executable, "-m", "anyplane.compiler", "push", str(policy), "--bind",
+                                 str(pods_file), "-t", "p4", "--grpc-addr", server.addr, "--watch", "--interval",
+                                 "0.05", "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=ROOT)
+        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+
+        def event(deadline_s: float = 120) -> dict:
+            return json.loads(lines.get(timeout=deadline_s))
+        try:
+            first = event()
+            assert first["event"] == "pushed" and first["inserted"] > 0 and not first["endpoints_only"], first
+            reads = server.servicer.reads
+            assert reads > 0 and len(server.servicer.writes) == 1
+            swap = tmp_path / "swap.yaml"
+            swap.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": pods}))
+            os.replace(swap, pods_file)  # the pods after: one replaced by a pod at a new address
+            second = event()
+            assert second["event"] == "pushed" and second["endpoints_only"], second
+            assert (second["inserted"], second["deleted"], second["modified"]) == (2, 2, 0), second
+            assert server.servicer.reads == reads  # no read: the session remembers the target
+            last = server.servicer.writes[-1]
+            assert last.atomicity == p4runtime_pb2.WriteRequest.DATAPLANE_ATOMIC
+            tables = {t.preamble.id: t.preamble.alias for t in device.p4info.tables}
+            assert {tables[u.entity.table_entry.table_id] for u in last.updates} <= \
+                {"src_endpoint_v4", "dst_endpoint_v4", "src_endpoint_v6", "dst_endpoint_v6"}
+            flows = _flows(after, 600, seed=4)
+            flows += [Flow(4, _address(moved_ip), _address(p["status"]["podIP"]), 6, 40000, port)
+                      for p in pods for port in (80, 5432)]
+            _assert_agree(after, device, flows)
+            writes = len(server.servicer.writes)
+            policy.write_text(text + "allow ->\n")  # broken: reported, nothing written
+            bad = event()
+            assert bad["event"] == "error" and "policy.ap" in bad["message"], bad
+            assert len(server.servicer.writes) == writes
+            _assert_agree(after, device, flows[:200])
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                rc = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+    assert rc == 0, proc.stderr.read()

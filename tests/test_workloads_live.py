@@ -176,3 +176,55 @@ def test_a_push_of_a_new_binding_writes_the_address_tables_alone(tmp_path):
         assert got[flows.index(Flow(4, addresses[1], addresses[0], 6, 40000, 8080))] == "drop", "the pod that left"
     finally:
         Classifier(name).remove()
+
+
+def test_push_watch_follows_the_pods_file_with_the_address_tables_alone(cluster):
+    """`push -t ebpf --watch`: the pods file changes while it runs; the next push rebinds the loaded
+    program (address tables alone, the same program), and the new pod reaches the server."""
+    import os
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from .conftest import ROOT
+
+    cluster.bind([4])
+    program = cluster.program()
+    pods_file = cluster.tmp / "pods.yaml"
+    proc = subprocess.Popen([sys.executable, "-m", "anyplane.compiler", "push", "-t", "ebpf", str(cluster.tmp / "p.ap"),
+                             "--bind", str(pods_file), "--iface", cluster.pair.vb, "--netns", cluster.pair.b,
+                             "--name", cluster.name, "--watch", "--interval", "0.05", "--format", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    server = cluster.pair.socket(cluster.pair.b, socket.AF_INET, socket.SOCK_STREAM, timeout=30)
+    try:
+        first = json.loads(lines.get(timeout=120))
+        assert first["event"] == "pushed" and first["binding"]["pods"] == 2, first
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((cluster.pair.ip(2), 8080))
+        server.listen(16)
+        assert cluster.connect(5, timeout=1) is None, "a pod of no workload reached the server"
+        items = yaml.safe_load(pods_file.read_text())["items"]
+        items.append({"apiVersion": "v1", "kind": "Pod", "status": {"podIP": cluster.pair.ip(5)},
+                      "metadata": {"name": "client-5", "namespace": "shop", "labels": {"app": "client"}}})
+        swap = cluster.tmp / "swap.yaml"
+        swap.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
+        os.replace(swap, pods_file)
+        second = json.loads(lines.get(timeout=120))
+        assert second["event"] == "pushed" and second["rebound"] and not second["reloaded"], second
+        assert second["binding"]["pods"] == 3 and second["binding"]["generation"] == first["binding"]["generation"] + 1
+        assert cluster.program() == program, "the program was reloaded for a change of pods"
+        joined = _until(lambda: cluster.connect(5, timeout=2), what="the new pod to reach the server")
+        joined.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        server.close()
+    assert rc == 0, proc.stderr.read()

@@ -21,26 +21,13 @@ from __future__ import annotations
 import dataclasses
 from array import array
 from bisect import bisect_left, insort
-from operator import attrgetter
 
 from anyplane.ir.addr import Prefix
 from anyplane.ir.nodes import Program
 
-from ..classes import AddressClasses, side_cidrs
+from ..classes import AddressClasses, endpoint_rows, rules_alike, side_cidrs
 from .addr4 import Addr4Table
 from .loader import trie_key
-
-
-def rules_alike(a: Program, b: Program) -> bool:
-    """Whether two programs give the kernel the same tables but for their endpoint rows (a binding): the
-    same entries, default, connection state and rules (the counters' labels)."""
-    return a is b or all(getattr(a, f) == getattr(b, f) for f in ("default", "connections", "acl", "rules"))
-
-
-def _rows(program: Program) -> set[tuple[int, int, int, str]]:
-    prefixes = list(map(attrgetter("prefix"), program.endpoints))
-    return set(zip(map(attrgetter("family"), prefixes), map(attrgetter("value"), prefixes),
-                   map(attrgetter("length"), prefixes), map(attrgetter("identity"), program.endpoints)))
 
 
 def rebind(before: Program, compiled, program: Program):
@@ -49,8 +36,8 @@ def rebind(before: Program, compiled, program: Program):
     over the rows to find them)."""
     if not rules_alike(before, program):
         return None
-    old = compiled.memo["rows"] if "rows" in compiled.memo else _rows(before)
-    new = _rows(program)
+    old = compiled.memo["rows"] if "rows" in compiled.memo else endpoint_rows(before)
+    new = endpoint_rows(program)
     gone = [(Prefix(f, v, n), who) for f, v, n, who in old - new]
     came = [(Prefix(f, v, n), who) for f, v, n, who in new - old]
     if not (gone or came):

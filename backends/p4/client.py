@@ -5,6 +5,7 @@
     client.p4info()            -> p4.config.v1.P4Info the target runs
     client.read(entity)        -> [p4.v1.Entity]
     client.write(request)      (device id and election id filled in; grpc.RpcError as the target sends it)
+    client.primary()           -> whether it is still the primary on an open stream
     client.close()
 
 What `push` needs and nothing more, on protobuf 6 (see proto.py). Arbitration follows P4Runtime §5:
@@ -46,6 +47,7 @@ class Client:
                 raise ClientError(f"no P4Runtime server answered at {address} (device {device_id})") from None
         self._outbox: queue.Queue = queue.Queue()
         self._inbox: queue.Queue = queue.Queue()
+        self._lost = False
         self._stream = self.stub.StreamChannel(iter(self._outbox.get, None))
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
@@ -82,6 +84,20 @@ class Client:
                     raise ClientError(f"another controller is primary for device {self.device_id} "
                                       f"({got.arbitration.status.message or 'not primary'})")
                 return
+
+    def primary(self) -> bool:
+        """Whether this client is still the primary on an open stream (what the target said since:
+        another controller's higher election id, or the stream's end, says no)."""
+        while not self._lost:
+            try:
+                got = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if got is None or isinstance(got, grpc.RpcError):
+                self._lost = True
+            elif got.HasField("arbitration") and got.arbitration.status.code != code_pb2.OK:
+                self._lost = True
+        return not self._lost
 
     def _stamp(self, req) -> None:
         req.device_id = self.device_id

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 
 from google.protobuf import json_format, text_format
@@ -70,14 +72,16 @@ def build_all(program: Program, features: Features = Features()):
         raise P4Error(str(exc)) from exc
     if len(entries.acl) > features.acl_size:
         raise P4Error(f"the policy needs {len(entries.acl)} acl entries; the table holds {features.acl_size}")
-    per_table: dict[str, int] = {}
-    for e in entries.endpoints:
-        per_table[e.table] = per_table.get(e.table, 0) + 1
+    check_endpoints(Counter(e.table for e in entries.endpoints), features)
+    return info, names, entries
+
+
+def check_endpoints(per_table: Counter, features: Features) -> None:
+    """An error when an endpoint table would hold more entries than it has."""
     for table, n in sorted(per_table.items()):
         if n > features.endpoint_size:
             raise P4Error(f"the policy needs {n} entries in {table} (the addresses of its identities, a binding's "
                           f"pods among them); the table holds {features.endpoint_size}")
-    return info, names, entries
 
 
 def emit(program: Program, features: Features = Features()) -> base.Output:
@@ -162,12 +166,23 @@ class FabricEngine(base.Engine):
         return len(entries.acl), entries.unsupported
 
     def push(self, program: Program, grpc_addr: str, device_id: int = 1, range_match: bool = True,
-             pipeline_config: tuple[str, str] | None = None, election_id: int = 1, dry_run: bool = False) -> dict:
-        """Write the entries to a P4Runtime target as one batch of differences (backends/p4/push.py)."""
+             pipeline_config: tuple[str, str] | None = None, election_id: int = 1, dry_run: bool = False,
+             session=None) -> dict:
+        """Write the entries to a P4Runtime target as one batch of differences (backends/p4/push.py);
+        `session` (push.Session) remembers the target between pushes."""
         from .push import push
 
         return push(program, grpc_addr, device_id, Features(range_match=range_match), pipeline_config,
-                    (0, election_id), dry_run)
+                    (0, election_id), dry_run, session)
+
+    def follow(self, grpc_addr: str, device_id: int = 1, election_id: int = 1, **kw) -> base.Follower:
+        """Pushes through one primary session: after the first, the target is not read again, and a
+        change of pods alone writes only the endpoint entries that changed (push.Session)."""
+        from .push import Session
+
+        session = Session(grpc_addr, device_id, (0, election_id))
+        return base.Follower(lambda program, extra: self.push(program, grpc_addr, device_id, election_id=election_id,
+                                                              session=session, **kw, **extra), session.close)
 
 
 ENGINE = FabricEngine()

@@ -360,19 +360,33 @@ def _replies(program: Program, rules: dict, ids: dict[str, int], features: Featu
     return acl
 
 
+def identity_ids(program: Program) -> dict[str, int]:
+    """The number each identity is known by in the tables (1 up, by name)."""
+    return {ident.name: k for k, ident in enumerate(sorted(program.identities, key=lambda i: i.name), start=1)}
+
+
+def endpoint_entries(rows, ids: dict[str, int]) -> list[P4Entry]:
+    """The endpoint tables (the switch's ipcache) for endpoint rows (prefix, identity): each prefix, per
+    side, sets its identity's number."""
+    out = []
+    tables = {f"{side}_endpoint_{fam}": t for side in ("src", "dst") for fam in ("v4", "v6")
+              for t in ENDPOINT_TABLES if t[0] == f"{side}_endpoint_{fam}"}
+    for p, identity in rows:
+        fam = "v4" if p.family == 4 else "v6"
+        for side in ("src", "dst"):
+            table, key_name, _, action = tables[f"{side}_endpoint_{fam}"]
+            out.append(P4Entry(table, {key_name: ("lpm", p.value, p.length)}, action,
+                               (("id", ids[identity]),), location=str(p)))
+    return out
+
+
 def build(program: Program, features: Features = Features()) -> Entries:
     """All entries for a program."""
-    ids = {ident.name: k for k, ident in enumerate(sorted(program.identities, key=lambda i: i.name), start=1)}
+    ids = identity_ids(program)
     if len(ids) >= 1 << ID_BITS:
         raise Unsupported(f"{len(ids)} identities: the ids are {ID_BITS} bits wide")
     out = Entries(default="acl_allow" if program.default == "allow" else "acl_deny", ids=ids)
-    for row in program.endpoints:
-        p = row.prefix
-        fam = "v4" if p.family == 4 else "v6"
-        for side in ("src", "dst"):
-            table, key_name, _, action = next(t for t in ENDPOINT_TABLES if t[0] == f"{side}_endpoint_{fam}")
-            out.endpoints.append(P4Entry(table, {key_name: ("lpm", p.value, p.length)}, action,
-                                         (("id", ids[row.identity]),), location=str(p)))
+    out.endpoints = endpoint_entries(((row.prefix, row.identity) for row in program.endpoints), ids)
     rules = {r.id: r for r in program.rules}
     buckets: dict[tuple, list[dict]] = {}
     meters: dict[str, int] = {}

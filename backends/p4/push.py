@@ -12,14 +12,20 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
+from dataclasses import replace
 
 import grpc
 from google.protobuf import text_format
 
+from anyplane.ir.addr import Prefix
 from anyplane.ir.nodes import Program
 
+from ..classes import endpoint_rows, rules_alike
+
 from .client import Client, ClientError
-from .engine import P4Error, build_all, write_request
+from .engine import P4Error, build_all, check_endpoints, write_request
+from .entries import endpoint_entries, fill_table_entry, identity_ids
 from .pipeline import Features, Names
 from .proto import code_pb2, p4runtime_pb2, status_pb2
 
@@ -81,14 +87,15 @@ def current_state(client, names: Names) -> list[p4runtime_pb2.Entity]:
     return out
 
 
-def delta(current: list[p4runtime_pb2.Entity], desired: list[tuple[p4runtime_pb2.Update, str]]):
-    """(updates, sources, inverse updates) taking the target from `current` to `desired`."""
-    have = {_key(e): e for e in current}
+def delta(current, desired: list[tuple[p4runtime_pb2.Update, str]]):
+    """(updates, sources, inverse updates, what the target then holds) taking the target from `current`
+    (its entities, or a {key: entity} of them) to `desired`."""
+    have = current if isinstance(current, dict) else {_key(e): e for e in current}
     updates, sources, undo = [], [], []
-    wanted = set()
+    wanted: dict[bytes, p4runtime_pb2.Entity] = {}
     for u, src in desired:
         k = _key(u.entity)
-        wanted.add(k)
+        wanted[k] = u.entity
         old = have.get(k)
         if u.entity.HasField("table_entry") and u.entity.table_entry.is_default_action or \
                 u.entity.HasField("meter_entry"):
@@ -122,7 +129,73 @@ def delta(current: list[p4runtime_pb2.Entity], desired: list[tuple[p4runtime_pb2
             updates.append(p4runtime_pb2.Update(type=p4runtime_pb2.Update.DELETE, entity=old))
             undo.append(p4runtime_pb2.Update(type=p4runtime_pb2.Update.INSERT, entity=old))
         sources.append("(entry no longer in the policy)")
+    after = {k: e for k, e in have.items() if k in wanted or (e.HasField("table_entry") and
+                                                             e.table_entry.is_default_action)}
+    after.update(wanted)
+    return updates, sources, undo, after
+
+
+def _endpoint_delta(names: Names, held: dict, ids: dict, old: set, new: set):
+    """(updates, sources, inverse updates) taking the endpoint tables (the switch's ipcache) from the
+    endpoint rows `old` to `new` ((family, value, length, identity) each), when only the binding changed;
+    `held`: what the target holds."""
+    def entities(rows) -> list[tuple[p4runtime_pb2.Entity, str]]:
+        out = []
+        for e in endpoint_entries([(Prefix(f, v, n), who) for f, v, n, who in sorted(rows)], ids):
+            ent = p4runtime_pb2.Entity()
+            fill_table_entry(ent.table_entry, names, e)
+            out.append((ent, e.location))
+        return out
+    gone = {_key(ent): ent for ent, _ in entities(old - new)}
+    came = entities(new - old)
+    updates, sources, undo = [], [], []
+    for ent, where in came:
+        k = _key(ent)
+        was = gone.pop(k, None)
+        if was is None:
+            updates.append(p4runtime_pb2.Update(type=p4runtime_pb2.Update.INSERT, entity=ent))
+            undo.append(p4runtime_pb2.Update(type=p4runtime_pb2.Update.DELETE, entity=ent))
+        else:  # a prefix given to another identity
+            updates.append(p4runtime_pb2.Update(type=p4runtime_pb2.Update.MODIFY, entity=ent))
+            undo.append(p4runtime_pb2.Update(type=p4runtime_pb2.Update.MODIFY, entity=held.get(k, was)))
+        sources.append(where)
+    for k, ent in gone.items():
+        ent = held.get(k, ent)
+        updates.append(p4runtime_pb2.Update(type=p4runtime_pb2.Update.DELETE, entity=ent))
+        undo.append(p4runtime_pb2.Update(type=p4runtime_pb2.Update.INSERT, entity=ent))
+        sources.append("(entry no longer in the policy)")
     return updates, sources, undo
+
+
+class Session:
+    """A primary connection to one target that remembers what the target holds, for a process that
+    pushes again and again (`push --watch`). Its first push reads every table, as a push without a
+    session does; later ones work out their delta against that memory, which the session's own writes
+    keep true: while it is primary, no other controller may write (P4Runtime §5). When the stream ends
+    or another controller becomes primary, or a push fails, the memory is dropped and the next push
+    connects and reads again. A push that changes only the binding keeps the ACL it built the last time
+    and writes just the endpoint entries that changed."""
+
+    def __init__(self, grpc_addr: str, device_id: int = 1, election_id: tuple[int, int] = (0, 1)):
+        self.addr, self.device_id, self.election_id = grpc_addr, device_id, election_id
+        self.client: Client | None = None
+        self.held: dict | None = None  # {key: entity} as the target holds them
+        # (features, program, its entries but the endpoint ones, its endpoint rows, the P4Info's names) of
+        # the last push that landed
+        self.last: tuple | None = None
+
+    def ready(self) -> bool:
+        """Whether the memory can be trusted: connected, still primary, read at least once."""
+        if self.client is not None and not self.client.primary():
+            self.reset()
+        return self.client is not None and self.held is not None
+
+    def reset(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.client, self.held, self.last = None, None, None
+
+    close = reset
 
 
 class Rejected(Exception):
@@ -168,66 +241,117 @@ def _describe(errors, sources) -> str:
 
 def push(program: Program, grpc_addr: str, device_id: int = 1, features: Features = Features(),
          pipeline_config: tuple[str, str] | None = None, election_id: tuple[int, int] = (0, 1),
-         dry_run: bool = False) -> dict:
-    """Make the target hold exactly this policy's entries, or leave it as it was."""
-    info, names, entries = build_all(program, features)
-    desired_req, desired_sources = write_request(names, entries, device_id, election_id)
+         dry_run: bool = False, session: Session | None = None) -> dict:
+    """Make the target hold exactly this policy's entries, or leave it as it was. `session`: a Session
+    for this target, kept between pushes (its memory stands for reading the target, and a push that
+    changes only the binding writes the endpoint entries that changed, without building the ACL)."""
+    started = time.perf_counter()
+    if session is not None and (pipeline_config is not None or
+                                (session.addr, session.device_id, session.election_id) != (grpc_addr, device_id, election_id)):
+        session.reset()
+    remembered = session is not None and not dry_run and session.ready()
+    rows = None
+    if remembered and session.last is not None and session.last[0] == features:
+        _, before, kept, before_rows, names = session.last
+        if rules_alike(before, program) and identity_ids(program) == kept.ids:
+            rows = endpoint_rows(program)
+            families = Counter(f for f, *_ in rows)
+            check_endpoints(Counter({f"{side}_endpoint_v{f}": n for f, n in families.items() for side in ("src", "dst")}),
+                            features)
+            info, entries = None, kept
+    if rows is None:
+        info, names, entries = build_all(program, features)
+        kept = replace(entries, endpoints=[])
     if dry_run:
+        desired_req, _ = write_request(names, entries, device_id, election_id)
         return {"dry_run": True, "updates": len(desired_req.updates),
                 "write_request": text_format.MessageToString(desired_req)}
-    started = time.perf_counter()
-    try:
-        client = Client(device_id, grpc_addr, election_id)
-    except ClientError as exc:
-        raise P4Error(str(exc)) from None
-    try:
+    if remembered:
+        client = session.client
+    else:
         try:
-            if pipeline_config is not None:
-                client.set_pipeline(*pipeline_config)
-            _check_pipeline(info, client.p4info())
-            current = current_state(client, names)
-        except grpc.RpcError as exc:
-            raise P4Error(f"the target at {grpc_addr} failed: {exc.code().name} {exc.details()}") from None
-        except OSError as exc:
-            raise P4Error(f"cannot read the pipeline config: {exc}") from None
-        updates, sources, undo = delta(current, list(zip(desired_req.updates, desired_sources)))
-        if not updates:
-            return {"dry_run": False, "updates": 0, "inserted": 0, "modified": 0, "deleted": 0,
-                    "entries": len(entries.acl), "atomicity": None,
-                    "seconds": round(time.perf_counter() - started, 3)}
-        for atomicity in ATOMICITIES:
-            req = p4runtime_pb2.WriteRequest(device_id=device_id, atomicity=atomicity)
-            req.updates.extend(updates)
+            client = Client(device_id, grpc_addr, election_id)
+        except ClientError as exc:
+            raise P4Error(str(exc)) from None
+    landed = False
+    try:
+        if remembered:
+            current = session.held
+        else:
             try:
-                _write(client, req)
-                break
-            except Rejected as exc:
-                detail = _describe(exc.errors, sources)
-                if atomicity != p4runtime_pb2.WriteRequest.CONTINUE_ON_ERROR:
-                    raise P4Error(f"the target rejected the write ({detail}); it rolled the batch back "
-                                  "and keeps the previous entries") from None
-                failed = {idx for idx, _ in exc.errors}
-                back = [u for k, u in enumerate(undo) if k not in failed and u is not None]
-                if back:
-                    revert = p4runtime_pb2.WriteRequest(device_id=device_id, atomicity=atomicity)
-                    revert.updates.extend(reversed(back))
-                    try:
-                        _write(client, revert)
-                    except Rejected as again:
-                        raise P4Error(f"the target rejected the write ({detail}) and then rejected the "
-                                      f"rollback ({_describe(again.errors, [])}): its entries are MIXED") from None
-                raise P4Error(f"the target rejected the write ({detail}); the {len(back)} updates that had "
-                              "landed were undone: it keeps the previous entries") from None
+                if pipeline_config is not None:
+                    client.set_pipeline(*pipeline_config)
+                _check_pipeline(info, client.p4info())
+                current = current_state(client, names)
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    continue
                 raise P4Error(f"the target at {grpc_addr} failed: {exc.code().name} {exc.details()}") from None
+            except OSError as exc:
+                raise P4Error(f"cannot read the pipeline config: {exc}") from None
+        after = None
+        if rows is not None:  # only the binding changed: the endpoint entries that differ
+            updates, sources, undo = _endpoint_delta(names, current, kept.ids, before_rows, rows)
+        else:
+            desired_req, desired_sources = write_request(names, entries, device_id, election_id)
+            updates, sources, undo, after = delta(current, list(zip(desired_req.updates, desired_sources)))
+        atomicity = _write_all(client, device_id, grpc_addr, updates, sources, undo) if updates else None
+        if session is not None:
+            if after is None:  # the memory follows the updates that landed
+                held = session.held
+                for u in updates:
+                    if u.type == p4runtime_pb2.Update.DELETE:
+                        held.pop(_key(u.entity), None)
+                    else:
+                        held[_key(u.entity)] = u.entity
+            else:
+                session.held = after
+            session.client = client
+            session.last = (features, program, kept, rows if rows is not None else endpoint_rows(program), names)
+        landed = True
         kinds = [u.type for u in updates]
         return {"dry_run": False, "updates": len(updates),
                 "inserted": kinds.count(p4runtime_pb2.Update.INSERT),
                 "modified": kinds.count(p4runtime_pb2.Update.MODIFY),
                 "deleted": kinds.count(p4runtime_pb2.Update.DELETE),
-                "entries": len(entries.acl), "atomicity": p4runtime_pb2.WriteRequest.Atomicity.Name(atomicity),
-                "seconds": round(time.perf_counter() - started, 3)}
+                "entries": len(entries.acl),
+                "atomicity": p4runtime_pb2.WriteRequest.Atomicity.Name(atomicity) if atomicity is not None else None,
+                "endpoints_only": rows is not None, "seconds": round(time.perf_counter() - started, 4)}
     finally:
-        client.close()
+        if session is None:
+            client.close()
+        elif not landed:
+            if client is not session.client:
+                client.close()
+            session.reset()
+
+
+def _write_all(client: Client, device_id: int, grpc_addr: str, updates, sources, undo) -> int:
+    """Write the updates as one batch, as atomically as the target offers; the atomicity used. A
+    rejected batch is undone (P4Error says what the target then holds)."""
+    for atomicity in ATOMICITIES:
+        req = p4runtime_pb2.WriteRequest(device_id=device_id, atomicity=atomicity)
+        req.updates.extend(updates)
+        try:
+            _write(client, req)
+            return atomicity
+        except Rejected as exc:
+            detail = _describe(exc.errors, sources)
+            if atomicity != p4runtime_pb2.WriteRequest.CONTINUE_ON_ERROR:
+                raise P4Error(f"the target rejected the write ({detail}); it rolled the batch back "
+                              "and keeps the previous entries") from None
+            failed = {idx for idx, _ in exc.errors}
+            back = [u for k, u in enumerate(undo) if k not in failed and u is not None]
+            if back:
+                revert = p4runtime_pb2.WriteRequest(device_id=device_id, atomicity=atomicity)
+                revert.updates.extend(reversed(back))
+                try:
+                    _write(client, revert)
+                except Rejected as again:
+                    raise P4Error(f"the target rejected the write ({detail}) and then rejected the "
+                                  f"rollback ({_describe(again.errors, [])}): its entries are MIXED") from None
+            raise P4Error(f"the target rejected the write ({detail}); the {len(back)} updates that had "
+                          "landed were undone: it keeps the previous entries") from None
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                continue
+            raise P4Error(f"the target at {grpc_addr} failed: {exc.code().name} {exc.details()}") from None
+    raise P4Error(f"the target at {grpc_addr} offers no atomicity of writes this client knows")

@@ -266,11 +266,19 @@ def _warn_dead(dead, compiled) -> None:
 @click.option("--election-id", type=int, default=1, show_default=True, help="p4: the election id (low 64 bits).")
 @click.option("--pipeline-config", help="p4: P4INFO,DEVICE_CONFIG files to set the pipeline first.")
 @click.option("--no-range", is_flag=True, help="p4: the target has no range match.")
+@click.option("--watch", is_flag=True,
+              help="ebpf, p4: keep running, and push again whenever FILES or the --bind pods change (a change of "
+                   "pods alone writes only the address entries); stop with Ctrl-C or SIGTERM.")
+@click.option("--interval", type=click.FloatRange(0.05), default=1.0, show_default=True,
+              help="With --watch: seconds between looks at the files.")
 @format_option
 @handle_errors
 def push(files, target, from_dir, iface, netns, name, ingress_only, service, xds_dir, admin, deployment_file, dry_run, grpc_addr,
-         device_id, election_id, pipeline_config, no_range, output_format) -> None:
+         device_id, election_id, pipeline_config, no_range, watch, interval, output_format) -> None:
     """Make FILES the live policy of a running engine (atomically; the old one stays on failure)."""
+    if watch and (target not in ("ebpf", "p4") or from_dir or dry_run):
+        raise UsageError("--watch applies to -t ebpf and -t p4 with policy FILES, without --dry-run "
+                         "(the sidecars follow files with `anyplane serve`)")
     if bool(files) == bool(from_dir):
         raise UsageError("give the policy FILES, or --from DIR with a compiled output (envoy)")
     if from_dir and (target != "envoy" or deployment_file or dry_run):
@@ -293,6 +301,12 @@ def push(files, target, from_dir, iface, netns, name, ingress_only, service, xds
         if len(parts) != 2 or not all(parts):
             raise UsageError("--pipeline-config takes P4INFO,DEVICE_CONFIG")
         pipeline = (parts[0], parts[1])
+    if watch:
+        kw = dict(grpc_addr=grpc_addr, device_id=device_id, range_match=not no_range, pipeline_config=pipeline,
+                  election_id=election_id) if target == "p4" else \
+            dict(iface=iface, name=name, netns=netns, egress=not ingress_only)
+        _follow(list(files), target, kw, interval, output_format)
+        return
     if from_dir:
         result = api.push_compiled(from_dir, service, xds_dir, admin)
     else:
@@ -337,6 +351,48 @@ def push(files, target, from_dir, iface, netns, name, ingress_only, service, xds
         held = result["binding"]
         click.echo(f"binding {held['digest']}: {held['pods']} pods"
                    + (f" (generation {held['generation']})" if "generation" in held else ""))
+
+
+def _follow(files: list[str], target: str, kw: dict, interval: float, output_format: str) -> None:
+    """`push --watch`: push, then push again at each change of the files, until interrupted. One line
+    per push or failure (JSON with --format json); a failure leaves the target as it was."""
+    import json
+    import signal
+    import time
+
+    def events(kind, detail):
+        if output_format == "json":
+            if kind == "pushed":
+                click.echo(json.dumps({"event": "pushed", **detail}, sort_keys=True, default=str))
+            else:
+                click.echo(json.dumps({"event": "error", "message": str(detail)}, sort_keys=True))
+            return
+        stamp = time.strftime("%H:%M:%S")
+        if kind == "pushed":
+            if target == "p4":
+                what = f"{detail['updates']} updates" + (" (endpoint entries only)" if detail.get("endpoints_only") else "")
+            else:
+                what = f"generation {detail['generation']}" + (" (address tables only)" if detail.get("rebound") else "")
+            held = detail.get("binding") or {}
+            pods = f", {held['pods']} pods" if held else ""
+            click.echo(f"{stamp} pushed: {what}{pods} in {detail['push_s'] * 1000:.1f} ms")
+        else:
+            message = render(detail.diagnostics, getattr(detail, "sources", None)) \
+                if hasattr(detail, "diagnostics") else f"error: {detail}\n"
+            click.echo(f"{stamp} not pushed (the target keeps the last policy):\n{message}", err=True, nl=False)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    following = api.Following(files, target, bound(), events, **kw)
+    try:
+        while True:
+            following.check()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        following.close()
 
 
 @cli.command()
