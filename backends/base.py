@@ -19,10 +19,13 @@ one error type, `EngineError`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from anyplane.ir.nodes import Program
 from anyplane.ir.project import project_l4
+
+if TYPE_CHECKING:
+    from .deployment import Deployment
 
 class Follower:
     """Pushes to one running target, one policy after another (`Engine.follow`): `push(program,
@@ -162,7 +165,7 @@ class Options:
     out_dir: str = "."
     dry_run: bool = False
     range_match: bool = True
-    deployment: object | None = None  # the sidecars' sockets and endpoints (backends.envoy.deployment)
+    deployment: Deployment | None = None  # the sidecars' sockets and endpoints (backends/deployment.py)
     capacity: int | None = None  # entries the engine may use (None: its own)
     xds: tuple = ()  # (host, port) of the xDS servers the sidecars' bootstraps point at (envoy)
     xds_delta: bool = False  # the incremental flavour of xDS (envoy)

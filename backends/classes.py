@@ -8,6 +8,8 @@ destination) match of the entries, so engines classify an address once, by
 longest prefix over the atoms, and decide on the class. Class 0 is "in no
 atom": owned by nobody and inside no CIDR. The kernel (backends/ebpf/model.py)
 and the sidecar (backends/envoy/inbound.py) build their lookups from this.
+`rules_alike` and `endpoint_rows` tell a change of binding alone (the kernel's
+rebind.py, the switch's push session), where only the address tables change.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anyplane.backends import registry
 from anyplane.backends.base import Artifact, BadInput, EngineError, Options, Output, RuleReport
@@ -38,6 +39,9 @@ from .explain import explain as explain_flow
 from .flows import parse_flow
 from .pipeline import Compiled, UsageError, load
 from .whatif import edit, query_pattern
+
+if TYPE_CHECKING:
+    from anyplane.verify.compose import Composition
 
 __all__ = ["load", "targets", "compile_target", "compile_paths", "Built", "verify", "query", "diff", "explain",
            "connectivity",
@@ -183,7 +187,7 @@ class Built:
 
     output: Output
     plan: place.Plan
-    proof: object | None
+    proof: Composition | None
 
 
 def compile_paths(compiled: Compiled, path: str | None = None, prefer: str = "early",

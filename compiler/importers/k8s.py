@@ -65,11 +65,7 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
         reader.by_namespace.setdefault(p.namespace, []).append(p)
     routed, route_lines = [], []
     if reader.routing and not reader.errors:
-        try:
-            routed, route_lines = routing.read(reader, pods, reader.services, reader.routing, span_of_object, selects)
-        except (AttributeError, TypeError, ValueError) as exc:
-            reader.fail(reader.routing[0][0], reader.routing[0][1], f"malformed routing: a field has the wrong "
-                                                                    f"shape ({exc})")
+        routed, route_lines = routing.read(reader, pods, reader.services, reader.routing, span_of_object, selects)
     routed += routing.identity_services(pods, routed)
     seen: dict[str, Pod] = {}
     for p in pods:
@@ -82,10 +78,7 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
     isolated_out: dict[str, list[Span]] = {}
     structure = []
     for n, (path, obj) in enumerate(reader.policies):
-        try:
-            structure.append(read_policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out, n, drop))
-        except (AttributeError, TypeError, ValueError) as exc:
-            reader.fail(path, obj, f"malformed NetworkPolicy: a field has the wrong shape ({exc})")
+        structure.append(read_policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_out, n, drop))
     for held in structure:  # whether some pod it isolates, no other NetworkPolicy isolates that way
         tables = {"ingress": isolated_in, "egress": isolated_out}
         held["alone"] = any(len(tables[d].get(ident, ())) <= 1 for d, idents in held.pop("isolates").items()
@@ -96,11 +89,7 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
                                                                 structure)),
                               (reader.cilium, lambda: cilium.read(reader, pods, reader.cilium, span_of_object, selects,
                                                                   rule_ports, structure))):
-            try:
-                got = read()
-            except (AttributeError, TypeError, ValueError) as exc:
-                reader.fail(objects[0][0], objects[0][1], f"malformed policy: a field has the wrong shape ({exc})")
-                continue
+            got = read()
             if objects is reader.admin:
                 admin_rules = got
             else:
@@ -109,15 +98,11 @@ def convert(sources: list[tuple[str, str]], drop: frozenset = frozenset(), pods:
     if reader.peer_auth and not reader.errors:
         istio.peer_authentication(reader, pods, reader.peer_auth, span_of_object, selects)
     if (reader.istio or reader.routing) and not reader.errors:
-        try:
-            istio_rules = istio.read(reader, pods, reader.istio, span_of_object, selects)
-            for p in pods:
-                p.protocols = {}
-            for ident, protocols in istio.port_protocols(reader, pods, reader.services, selects).items():
-                seen[ident].protocols = protocols
-        except (AttributeError, TypeError, ValueError) as exc:
-            first = (reader.istio or reader.routing)[0]
-            reader.fail(first[0], first[1], f"malformed policy: a field has the wrong shape ({exc})")
+        istio_rules = istio.read(reader, pods, reader.istio, span_of_object, selects)
+        for p in pods:
+            p.protocols = {}
+        for ident, protocols in istio.port_protocols(reader, pods, reader.services, selects).items():
+            seen[ident].protocols = protocols
     for p in pods:
         for n in cilium.http_ports(cilium_rules, p):
             if p.ident in istio.subjects(istio_rules) or p.strict:
