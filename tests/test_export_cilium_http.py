@@ -80,3 +80,25 @@ def test_what_cilium_cannot_say_is_an_error_at_the_rule(tmp_path, extra):
 @given(mesh_policies())
 def test_mesh_policies_export_to_cilium_exactly_or_are_refused_at_a_rule(text):
     exported_or_refused(text, "cilium")
+
+
+def test_icmp_types_become_cilium_icmps_and_are_proved(tmp_path):
+    """NetworkPolicy cannot say ICMP types (an error at the rule for -t k8s); -t cilium writes them as
+    `icmps` beside the ports, for the peers that may send them, and the round trip is proved."""
+    (tmp_path / "p.ap").write_text(
+        "service web { address 10.0.1.0/24 port 80 http }\nservice db { address 10.0.2.0/24 port 5432 tcp }\n"
+        "external monitor { address 192.0.2.0/24 }\ndefault deny\nallow web -> db tcp 5432\n"
+        "allow monitor -> web, db icmp type 8\nallow web -> db icmp type 3\nallow monitor -> web tcp 80\n")
+    done = run("compile", str(tmp_path / "p.ap"), "-t", "k8s", "-o", str(tmp_path / "k8s"))
+    assert done.returncode == 1 and f"{tmp_path / 'p.ap'}:6:" in done.stderr and "icmp.type" in done.stderr
+    done = run("compile", str(tmp_path / "p.ap"), "-t", "cilium", "-o", str(tmp_path / "cilium"))
+    assert done.returncode == 0 and "proved: cilium" in done.stdout + done.stderr, done.stderr
+    docs = {d["metadata"]["name"]: d["spec"] for d in
+            yaml.safe_load_all((tmp_path / "cilium" / "ciliumnetworkpolicies.yaml").read_text()) if d}
+    assert violations([{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": n},
+                        "spec": s} for n, s in docs.items()]) == []
+    web_from_monitor = next(r for r in docs["anyplane-web"]["ingress"] if r.get("fromCIDR") == ["192.0.2.0/24"])
+    assert web_from_monitor["icmps"] == [{"fields": [{"type": 8, "family": "IPv4"}]}]
+    assert web_from_monitor["toPorts"] == [{"ports": [{"port": "80", "protocol": "TCP"}]}]
+    db_from_web = next(r for r in docs["anyplane-db"]["ingress"] if "fromEndpoints" in r)
+    assert db_from_web["icmps"] == [{"fields": [{"type": 3, "family": "IPv4"}]}]

@@ -441,3 +441,37 @@ def test_entities_without_their_addresses_and_pods_on_different_nodes_as_one_wor
         assert any("differ in their node" in d.message for d in exc.diagnostics), exc.diagnostics
     else:
         raise AssertionError("pods on two nodes written as one workload under a host entity")
+
+
+@SETTINGS
+@given(st.data())
+def test_imported_cilium_policies_go_back_to_cilium_and_are_proved(data):
+    """Random Cilium policies (with `icmps`, entities, CIDR sets and NetworkPolicies beside them),
+    imported, then written back with `-t cilium`: proved through the importer, ICMP types included (the
+    export says them apart as `icmps`), or refused at a rule. Most go back."""
+    from hypothesis import event
+
+    from anyplane.compiler import api
+
+    from .crd_schemas import violations
+
+    pods = data.draw(clusters())
+    nps = data.draw(policies(data.draw(st.integers(0, 1))))
+    cnps = data.draw(cilium_policies(data.draw(st.integers(1, 3))))
+    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(lab)}}
+                  for n, lab in NAMESPACES.items()]
+    imported = convert([("c.yaml", yaml.safe_dump_all(namespaces + pods + nps + cnps))])
+    compiled = api.Compiled(None, None, compile_sources([("<kubernetes>", imported.text)]).program, None,
+                            selectors=imported.selectors)
+    icmp = any(e.match.get("icmp.type") is not None for e in compiled.program.acl.entries)
+    try:
+        out = api.compile_target(compiled, "cilium")
+    except DiagnosticError as exc:
+        event("refused: " + exc.diagnostics[0].message[:50])
+        return
+    event("proved" + (" with ICMP types" if icmp else ""))
+    written = [d for d in yaml.safe_load_all(next(a.data for a in out.artifacts if a.path == "ciliumnetworkpolicies.yaml"))
+               if d]
+    assert violations(written) == []
+    proof = api.prove_export(compiled, "cilium", out)
+    assert proof.proved, (proof.counterexample, imported.text[-2000:])

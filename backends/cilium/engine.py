@@ -9,7 +9,8 @@ passes, and which workloads to isolate in which direction (backends/kube/export.
 the same in Cilium's words: the workload's selector as `endpointSelector`, peers as
 `fromEndpoints`/`toEndpoints` (with `io.kubernetes.pod.namespace`, which `Exists` for every
 namespace), `fromCIDR`/`toCIDR` or `fromCIDRSet`/`toCIDRSet` (outside addresses, which is what
-Cilium's CIDR rules match), every peer as the entity `all`, ports as `toPorts`, and
+Cilium's CIDR rules match), every peer as the entity `all`, ports as `toPorts`, ICMP and ICMPv6
+types as `icmps` (the export says them apart, where NetworkPolicy cannot), and
 `enableDefaultDeny` on the directions it isolates, so that a workload with nothing allowed in such a
 direction is closed in it. Errors at rules are `-t k8s`'s, for the same
 reasons. The driver reads the output back through the Cilium importer and proves it.
@@ -36,9 +37,10 @@ from ..kube.export import KubernetesExporter, regions_of, export, split
 from ..kube.selectors import NAMESPACE_LABEL, Placement, collapse, ip_blocks, k8s_name, pod_peer
 
 CAPABILITY = base.Capability(**dict(vars(K8S_CAPABILITY), engine="cilium",
-                                    fields=K8S_CAPABILITY.fields + ("http", "http.method", "http.path", "http.host",
-                                                                    "http.header.*")))
+                                    fields=K8S_CAPABILITY.fields + ("icmp.type", "http", "http.method", "http.path",
+                                                                    "http.host", "http.header.*")))
 META = set(".^$*+?()[]{}|\\")
+ICMP_FIELDS = 40
 NS_LABEL = "io.kubernetes.pod.namespace"
 TCP = 6
 
@@ -89,6 +91,9 @@ def _rule(rule: dict, side: str, peers_key: str) -> dict:
                 item["endPort"] = p["endPort"]
             ports.append(item)
         out["toPorts"] = [{"ports": ports}]
+    if rule.get("icmps"):  # Cilium takes at most 40 fields in one ICMP rule
+        fields = rule["icmps"]
+        out["icmps"] = [{"fields": fields[k:k + ICMP_FIELDS]} for k in range(0, len(fields), ICMP_FIELDS)]
     return out
 
 
@@ -286,7 +291,7 @@ class CiliumEngine(KubernetesExporter):
             raise DiagnosticError(list(errors.values()))
         # The L3/L4 rules as -t k8s computes them; the HTTP rules are added where they let requests through.
         l4 = replace(program, acl=Table(program.acl.name, tuple(e for e in program.acl.entries if e.layer != "L7")))
-        policies, identities = export(l4, getattr(options.deployment, "kubernetes", None), exact=True)
+        policies, identities = export(l4, getattr(options.deployment, "kubernetes", None), exact=True, icmp=True)
         nps, anps = split(policies)
         cilium = [cilium_policy(p) for p in nps]
         add_denies(cilium, anps)

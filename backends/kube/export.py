@@ -27,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
+from contextvars import ContextVar
 from dataclasses import replace
 from functools import cached_property
 
@@ -121,14 +122,38 @@ def regions_of(program: Program) -> tuple[list[Region], dict[str, str]]:
     return list(workloads.values()) + outside, kinds
 
 
+#: Whether the export says ICMP types apart (Cilium's `icmps`): then ICMP (ICMPv6) is judged per type,
+#: as "icmp4" ("icmp6") cells, and is not one of the other protocols. Set by `export(icmp=True)`.
+_ICMP: ContextVar[bool] = ContextVar("icmp_types", default=False)
+ICMP_PROTOCOL = {4: 1, 6: 58}
+
+
 def _flows(family: int, src: int, dst: int, program: Program):
-    """(key, flow) for each cell: ("tcp", lo, hi), ("udp", lo, hi), ("other", proto)."""
+    """(key, flow) for each cell: ("tcp", lo, hi), ("udp", lo, hi), ("icmp4" or "icmp6", lo, hi) when
+    ICMP types are said apart (`_ICMP`), ("other", proto)."""
     for proto, name in ((TCP, "tcp"), (UDP, "udp")):
         for lo, hi in _cells(program, proto):
             yield (name, lo, hi), Flow(family, src, dst, proto, 49152, lo)
+    probes = OTHER_PROBES[family]
+    if _ICMP.get():
+        for lo, hi in _type_cells(program):
+            yield (f"icmp{family}", lo, hi), Flow(family, src, dst, ICMP_PROTOCOL[family], icmp_type=lo, icmp_code=0)
+        probes = tuple((p, t) for p, t in probes if p != ICMP_PROTOCOL[family])
     probed = {proto for proto, _ in OTHER_PROBES[family]}
-    for proto, icmp in OTHER_PROBES[family] + tuple((p, None) for p in sorted(_protocols(program) - probed)):
+    for proto, icmp in probes + tuple((p, None) for p in sorted(_protocols(program) - probed)):
         yield ("other", proto), Flow(family, src, dst, proto, icmp_type=icmp, icmp_code=0 if icmp is not None else None)
+
+
+@per_program(keep=4)
+def _type_cells(program: Program) -> list[tuple[int, int]]:
+    """ICMP types 0-255 cut where the entries' type matches begin and end."""
+    cuts = {0, 256}
+    for e in program.acl.entries:
+        fm = e.match.get(F.ICMP_TYPE)
+        for lo, hi in (int_ranges(fm) or ()) if fm is not None else ():
+            cuts |= {lo, min(hi, 255) + 1}
+    cuts = sorted(cuts)
+    return list(zip(cuts, [c - 1 for c in cuts[1:]]))
 
 
 @per_program(keep=4)
@@ -294,7 +319,7 @@ def _answer(program: Program, family: int, src: int, dst: int, blame: _Blame, se
     (None: nothing). `selfless`: without the entries for one address to itself (the answer between two
     pods of an identity, asked at one address)."""
     narrow = _narrow(program)
-    key = narrow.shapes(family, src, dst, selfless)
+    key = narrow.shapes(family, src, dst, selfless) + (_ICMP.get(),)
     hit = narrow.answers.get(key)
     if hit is not None:
         return hit[0]
@@ -310,6 +335,9 @@ def _judge(program: Program, family: int, src: int, dst: int, blame: _Blame, sel
         program = replace(program, acl=Table(program.acl.name, tuple(e for e in program.acl.entries
                                                                        if not _self_entry(e))))
     allowed: dict[str, list] = {"tcp": [], "udp": []}
+    types = f"icmp{family}"
+    if _ICMP.get():
+        allowed[types] = []
     other: dict[int, object] = {}
     denied = []
     for key, flow in _flows(family, src, dst, program):
@@ -327,17 +355,26 @@ def _judge(program: Program, family: int, src: int, dst: int, blame: _Blame, sel
         blame.add(odd, "NetworkPolicy allows TCP and UDP ports, or every protocol: it cannot tell ICMP or "
                        "another protocol apart from the rest")
         return None
-    everything = all(_usable(merge_ranges(r)) == [(1, 65535)] for r in allowed.values())
+    everything = all(_usable(merge_ranges(r)) == [(1, 65535)] for name, r in allowed.items() if name in ("tcp", "udp"))
+    every_type = types not in allowed or merge_ranges(allowed[types]) == [(0, 255)]
     if verdicts == {"allow"}:
+        if not every_type:
+            blame.add(next((d for d in denied if d.entry is not None), denied[0]),
+                      "Cilium cannot deny some ICMP types while it lets every other protocol through")
+            return None
         if not everything:
             # Every protocol but some ports: NetworkPolicy allows all, an AdminNetworkPolicy denies the rest.
-            missing = {name: _gaps(_usable(merge_ranges(r))) for name, r in allowed.items()}
+            missing = {name: _gaps(_usable(merge_ranges(r))) for name, r in allowed.items() if name != types}
             return Except({name: gaps for name, gaps in missing.items() if gaps},
                           next((d for d in denied if d.entry is not None), denied[0]))
         return "all"
     out = {}
     for name, ranges in allowed.items():
         merged = merge_ranges(ranges)
+        if name == types:
+            if merged:
+                out[name] = merged
+            continue
         if merged and merged[0][0] == 0 and merged != [(0, 65535)]:
             if merged[0][1] == 0:
                 merged = merged[1:]  # port 0 alone: no port a connection uses
@@ -403,6 +440,8 @@ def _check_rules(program: Program) -> None:
     for e in program.acl.entries:
         why = None
         fields = {name for name, _ in e.match.fields}
+        if _ICMP.get():
+            fields.discard(F.ICMP_TYPE)
         if fields - set(CAPABILITY.fields):
             extra = sorted(fields - set(CAPABILITY.fields))
             why = f"NetworkPolicy cannot match {', '.join(extra)}: it matches peers, protocols and destination ports"
@@ -432,6 +471,14 @@ def _ports(answer) -> list[dict] | None:
                     item["endPort"] = hi
             out.append(item)
     return out
+
+
+def _icmps(answer) -> list[dict]:
+    """The ICMP types an answer lets through (when they are said apart), as Cilium's ICMP fields."""
+    if not isinstance(answer, dict):
+        return []
+    return [{"type": t, "family": family} for key, family in (("icmp4", "IPv4"), ("icmp6", "IPv6"))
+            for lo, hi in answer.get(key, ()) for t in range(lo, hi + 1)]
 
 
 def _decide(program: Program, blocks: dict, a: Region, b: Region, blame: _Blame):
@@ -475,16 +522,10 @@ def _decide(program: Program, blocks: dict, a: Region, b: Region, blame: _Blame)
                 ans = _answer(program, family, s, d, blame)
                 if len(blame.found) == blamed:  # one that blames a rule is asked pair by pair
                     blocks[family].answers[block] = ans
-            if seen is not None and ans != seen[1]:
-                blame.add(evaluate(program, Flow(family, s, d, TCP, 49152, 80)),
-                          "IPv4 and IPv6 are decided apart here; a NetworkPolicy peer is the same for both")
-            seen = (family, ans)
+            seen = _versions(program, seen, family, ans, s, d, blame)
             continue
         ans = _answer(program, family, s, d, blame)
-        if seen is not None and ans != seen[1]:
-            blame.add(evaluate(program, Flow(family, s, d, TCP, 49152, 80)),
-                      "IPv4 and IPv6 are decided apart here; a NetworkPolicy peer is the same for both")
-        seen = (family, ans)
+        seen = _versions(program, seen, family, ans, s, d, blame)
         # Every range of a workload must be decided alike (a label selects all its pods). Two
         # pairs of ranges that the same entries hold for are decided alike: one pair is asked
         # per kind of range on each side, not every pair of ranges (pods of one identity).
@@ -497,6 +538,21 @@ def _decide(program: Program, blocks: dict, a: Region, b: Region, blame: _Blame)
                           f"part of {which}'s addresses is decided apart from the rest; "
                           f"a NetworkPolicy selects all of its pods alike")
     return None if seen is None else seen[1]
+
+
+def _versions(program: Program, seen, family: int, ans, s: int, d: int, blame: _Blame):
+    """(family, the pair's answer) once IPv4's and IPv6's are both in: they must be the same (a peer is
+    the same for both), but for ICMP types, which are each version's own (`icmp4`, `icmp6`)."""
+    if seen is None or ans == seen[1]:
+        return family, ans
+    a, b = ({} if x is None else x for x in (seen[1], ans))
+    icmp = ("icmp4", "icmp6")
+    if isinstance(a, dict) and isinstance(b, dict) and \
+            {k: v for k, v in a.items() if k not in icmp} == {k: v for k, v in b.items() if k not in icmp}:
+        return family, {**a, **b} or None
+    blame.add(evaluate(program, Flow(family, s, d, TCP, 49152, 80)),
+              "IPv4 and IPv6 are decided apart here; a NetworkPolicy peer is the same for both")
+    return family, ans
 
 
 class _Answers:
@@ -598,7 +654,7 @@ class _Answers:
 
 
 def export(program: Program, kubernetes: dict | None = None, expressions: bool = True,
-           exact: bool = False, sidecars: bool = False) -> tuple[list[dict], dict]:
+           exact: bool = False, sidecars: bool = False, icmp: bool = False) -> tuple[list[dict], dict]:
     """(NetworkPolicy objects, identities: {name: {"namespace", "labels", "addresses"}}). `kubernetes`
     (the deployment's section, with an imported cluster's `selectors`) places each workload in a
     namespace and says how its pods are selected (backends/kube/selectors.py). `expressions`: the
@@ -608,7 +664,18 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
     every workload runs an Istio sidecar, so a workload that takes no TCP from outside the cluster (and
     the rest of what the policy lets it take from there) leaves that TCP to its sidecar's STRICT mutual
     TLS (identities then say `"mtls": "STRICT"`): NetworkPolicy cannot deny some ports to outside
-    addresses while letting other protocols through."""
+    addresses while letting other protocols through. `icmp`: ICMP types are said apart (Cilium's `icmps`):
+    answers carry the ICMP (ICMPv6) types that pass as "icmp4" ("icmp6"), and rules as "icmps"."""
+    token = _ICMP.set(icmp)
+    try:
+        return _export(program, kubernetes, expressions, exact, sidecars)
+    finally:
+        _ICMP.reset(token)
+
+
+def _export(program: Program, kubernetes: dict | None, expressions: bool, exact: bool,
+            sidecars: bool) -> tuple[list[dict], dict]:
+    """`export`, with the ICMP mode set."""
     kubernetes = declared(program, kubernetes)
     mapped = kubernetes.get("workloads", {})
     _check_rules(program)
@@ -827,9 +894,11 @@ class _Peers:
         for ans, group, extra in grouped.values():
             items = self.items(w, group, extra, near, (near.loose - len(spare), free))
             rule = {} if items is None else {side: items}
-            ports = _ports(ans)
-            if ports is not None:
+            ports, icmps = _ports(ans), _icmps(ans)
+            if ports is not None and (ports or not icmps):
                 rule["ports"] = ports
+            if icmps:  # ICMP types said apart (-t cilium): its `icmps`, beside the ports
+                rule["icmps"] = icmps
             out.append(rule)
         return out
 
@@ -894,8 +963,8 @@ def _covers(more, less) -> bool:
         return True
     if less == "all" or isinstance(less, Except):
         return False
-    return all(any(a <= lo and hi <= b for a, b in merge_ranges(list(more.get(p, ())))) for p in ("tcp", "udp")
-               for lo, hi in less.get(p, ()))
+    return all(any(a <= lo and hi <= b for a, b in merge_ranges(list(more.get(p, ()))))
+               for p in ("tcp", "udp", "icmp4", "icmp6") for lo, hi in less.get(p, ()))
 
 
 def _anp_ports(ports: dict) -> list[dict]:
