@@ -494,7 +494,8 @@ class Following:
     """`anyplane push --watch`: a running kernel or switch follows the policy files and the pods that
     bind its workloads. Each time the files change (`check`, called every few seconds): load, then push;
     a policy that fails to load or to push is reported (`events("error", exc)`) and the target keeps
-    the last one it took. The engine's follower keeps what it can between pushes (the switch one
+    the last one it took. A push the target failed (it is down, or another controller is primary) is
+    tried again at the next check, its error said once. The engine's follower keeps what it can between pushes (the switch one
     primary session and its memory of the target, the kernel its last tables), so a change of pods alone
     writes only the address entries that changed. `events("pushed", result)` hears of each push."""
 
@@ -506,9 +507,11 @@ class Following:
         self.follower = self.engine.follow(**kw)
         self.events = events or (lambda kind, detail: None)
         self.seen: str | None = None
+        self.failing: str | None = None  # what the target said when the last push failed (said once)
 
     def check(self) -> bool:
-        """Push the files' policy if they changed; True when it went out."""
+        """Push the files' policy if they changed, or if the last push failed at the target; True when it
+        went out."""
         seen = fingerprint(self.paths, self.bind)
         if seen == self.seen:
             return False
@@ -523,12 +526,19 @@ class Following:
             started = time.perf_counter()
             result = self.follower.push(compiled.program, extra)
             result["push_s"] = round(time.perf_counter() - started, 4)
-        except (DiagnosticError, UsageError, EngineError) as exc:
+        except EngineError as exc:  # the target failed (down, or another controller is primary): tried again
+            self.seen = None
+            if str(exc) != self.failing:
+                self.events("error", exc)
+            self.failing = str(exc)
+            return False
+        except (DiagnosticError, UsageError) as exc:  # the policy: tried again once the files change
             self.events("error", exc)
             return False
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the target from following the files
             self.events("error", InternalError(exc))
             return False
+        self.failing = None
         self.events("pushed", result)
         return True
 

@@ -296,13 +296,13 @@ class Servicer(p4runtime_pb2_grpc.P4RuntimeServicer):
 
 
 class Server:
-    """A running server on 127.0.0.1 (an ephemeral port): `with Server(device) as s: s.addr`."""
+    """A running server on 127.0.0.1 (an ephemeral port, or `port`): `with Server(device) as s: s.addr`."""
 
-    def __init__(self, device: Device, device_id: int = 1, atomic: bool = True):
+    def __init__(self, device: Device, device_id: int = 1, atomic: bool = True, port: int = 0):
         self.servicer = Servicer(device, device_id, atomic)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         p4runtime_pb2_grpc.add_P4RuntimeServicer_to_server(self.servicer, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         self.addr = f"127.0.0.1:{self.port}"
 
     def __enter__(self):

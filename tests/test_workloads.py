@@ -646,3 +646,32 @@ def test_push_watch_follows_pods_through_one_session_with_endpoint_entries_alone
                 proc.kill()
                 raise
     assert rc == 0, proc.stderr.read()
+
+
+def test_a_watcher_tries_a_target_that_was_down_again_and_says_so_once(tmp_path, monkeypatch):
+    """`push --watch` started before its switch: the failed push is reported once, tried at every look
+    although the files did not change, and lands once the target answers."""
+    import socket
+
+    from anyplane.backends.p4.pipeline import Features, p4info
+
+    from .p4server import Device, Server
+
+    monkeypatch.setattr("anyplane.backends.p4.client.CONNECT_TIMEOUT_S", 2.0)  # how long a look waits for the target
+    (tmp_path / "p.ap").write_text("service a { address 10.0.0.1/32 }\nservice b { address 10.0.0.2/32 }\n"
+                                   "default deny\nallow a -> b tcp 80\n")
+    with socket.socket() as s:  # a port nobody listens on, for now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    heard = []
+    following = api.Following([str(tmp_path / "p.ap")], "p4", [], lambda kind, detail: heard.append((kind, detail)),
+                              grpc_addr=f"127.0.0.1:{port}")
+    try:
+        assert not following.check() and not following.check()
+        assert [kind for kind, _ in heard] == ["error"] and "no P4Runtime server" in str(heard[0][1])
+        with Server(Device(p4info(Features())), port=port) as server:
+            assert following.check()
+            assert heard[-1][0] == "pushed" and heard[-1][1]["inserted"] > 0 and server.servicer.writes
+            assert not following.check()  # nothing changed: nothing sent
+    finally:
+        following.close()
