@@ -605,14 +605,21 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                         pair(("allow", f"{_tcp(ports)}{part}", 35, *why), name_a, name_b)
     # Lines of one action, ports, priority and origin are one line over every pair they hold: the
     # sources that share the same destinations are listed together (each priority has one action, so
-    # joining lines changes no decision).
+    # joining lines changes no decision). A side that lists every end is `any`: the ends hold every
+    # address of each IP version a pod has (the outside blocks are the rest), and no flow joins two
+    # versions, so `any` adds no flow; a policy that names every source (an Istio DENY without `from`)
+    # then writes one line per namespace, not one that lists the whole cluster.
+    everyone = set(name_at)
+
+    def side_of(names) -> list[str]:
+        return ["any"] if len(names) >= len(everyone) and set(names) == everyone else _joined(names)
     for (action, suffix, priority, span, label), by_dst in pending.items():
         by_srcs: dict[tuple, list[str]] = {}
         for dst, srcs in by_dst.items():
             by_srcs.setdefault(tuple(sorted(srcs)), []).append(dst)
         for srcs, dsts in by_srcs.items():
-            for src in _joined(srcs):
-                for dst in _joined(dsts):
+            for src in side_of(srcs):
+                for dst in side_of(dsts):
                     emit(f"{action} {src} -> {dst}{suffix} priority {priority}", span, label)
     for text, span, why in route_lines:
         emit(text, span, why)
