@@ -773,3 +773,72 @@ def _mesh_allows(policies, src_pod, ns: str, app: str, port: int, request) -> bo
             continue
         return True
     return False
+
+
+def _isolated(ns: str) -> list[dict]:
+    """NetworkPolicies that isolate a `_mesh_of` namespace's ingress: web takes 8080 from every pod, the
+    api 8080 from its web and 9090 from `ops`, the db 5432 from its api."""
+    def np(name, app, peers, port):
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": ns},
+                "spec": {"podSelector": {"matchLabels": {"app": app}}, "policyTypes": ["Ingress"],
+                         "ingress": [{"from": peers, "ports": [{"port": port}]}]}}
+    return [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "deny", "namespace": ns},
+             "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}},
+            np("web", "web", [{"namespaceSelector": {}}], 8080),
+            np("api", "api", [{"podSelector": {"matchLabels": {"app": "web"}}}], 8080),
+            np("api-metrics", "api", [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}}],
+               9090),
+            np("db", "db", [{"podSelector": {"matchLabels": {"app": "api"}}}], 5432)]
+
+
+def _lines_with_origins(text: str) -> list[tuple[str, str]]:
+    """An imported text's lines, each with the comment above it (where it comes from), in order of
+    text: lines of one priority have one action, so their order decides nothing."""
+    lines = text.splitlines()
+    return sorted((lines[k - 1] if k and lines[k - 1].startswith("#") else "", line)
+                  for k, line in enumerate(lines) if line and not line.startswith("#"))
+
+
+def test_networkpolicies_and_istio_together_decide_as_both_do_at_cluster_shape(monkeypatch):
+    """Isolated namespaces under Istio: most pairs (another namespace's pods to a pod whose ingress lets
+    them nothing) are decided by class, not pair by pair, and write the very text pair by pair writes
+    (lines and where each comes from); every flow is decided as the NetworkPolicies and Istio's
+    documented semantics together decide it (both must let it through)."""
+    from anyplane.compiler.importers import compose
+
+    docs = _mesh_of(4)
+    for k in range(4):
+        docs += _isolated(f"team{k}")
+    text = convert([("mesh.yaml", yaml.safe_dump_all(docs))]).text
+    monkeypatch.setattr(compose, "BY_CLASS", False)
+    assert _lines_with_origins(convert([("mesh.yaml", yaml.safe_dump_all(docs))]).text) == _lines_with_origins(text)
+    program = compile_sources([("<kubernetes>", text)]).program
+    policies = [d for d in docs if d["kind"] == "AuthorizationPolicy"]
+    pods = {d["status"]["podIP"]: d for d in docs if d["kind"] == "Pod"}
+
+    def np_allows(src_pod, ns: str, app: str, port: int) -> bool:
+        same = src_pod is not None and src_pod["metadata"]["namespace"] == ns
+        src_app = src_pod["metadata"]["labels"]["app"] if src_pod else None
+        if app == "web":
+            return src_pod is not None and port == 8080
+        if app == "api":
+            return (same and src_app == "web" and port == 8080) or \
+                (src_pod is not None and src_pod["metadata"]["namespace"] == "ops" and port == 9090)
+        return same and src_app == "api" and port == 5432
+    checked = allowed = 0
+    sources = ["10.200.0.1", "203.0.113.9"] + [f"10.{k}.{j}.1" for k in range(4) for j in range(3)]
+    for src in sources:
+        for dst, (ns, app) in (("10.1.0.2", ("team1", "web")), ("10.1.1.2", ("team1", "api")),
+                               ("10.3.1.1", ("team3", "api")), ("10.3.2.2", ("team3", "db"))):
+            for port, request in ((8080, Request("GET", "/x")), (8080, Request("POST", "/x")),
+                                  (8080, Request("GET", "/admin/a")), (9090, None), (5432, None)):
+                if src == dst:
+                    continue  # a pod reaches itself
+                got = evaluate(program, Flow(4, int(ipaddress.ip_address(src)), int(ipaddress.ip_address(dst)), 6,
+                                             40000, port, http=request)).verdict == "allow"
+                want = np_allows(pods.get(src), ns, app, port) and \
+                    _mesh_allows(policies, pods.get(src), ns, app, port, request)
+                assert got == want, (src, dst, port, request, got)
+                checked += 1
+                allowed += want
+    assert checked == 275 and 0 < allowed < checked

@@ -280,6 +280,11 @@ def _class_name(members: list[Pod], keys: set, taken: set) -> str:
     return text
 
 
+#: Whether the tiers' import decides the pairs it can by class (`write_policy`); pair by pair is the
+#: reference the tests hold it to.
+BY_CLASS = True
+
+
 def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int, outside=(), admin_rules=(),
           cilium_rules=(), istio_rules=(), routed=(), route_lines=(), classes=None, workloads=None) -> Imported:
     """The policy text for what was read: per pair with a pod at one end whose traffic some policy
@@ -366,14 +371,18 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                                         and ident in r.subject), (None, ""))
             emit(deny.format(named[ident]), where, f"{label} decides its {direction}")
 
-    kept: dict[tuple, list] = {}
+    kept: dict[int, dict] = {}
 
     def mine(rules: list, subject) -> list:
-        """The rules of one tier that select the subject (every tier's decisions filter by it)."""
-        key = (id(rules), subject.ident)
-        if key not in kept:
-            kept[key] = [r for r in rules if subject.ident in r.subject]
-        return kept[key]
+        """The rules of one tier that select the subject (every tier's decisions filter by it), from an
+        index of the tier's rules by the identities they select (made once per tier)."""
+        by_subject = kept.get(id(rules))
+        if by_subject is None:
+            by_subject = kept[id(rules)] = {}
+            for r in rules:
+                for ident in r.subject:
+                    by_subject.setdefault(ident, []).append(r)
+        return by_subject.get(subject.ident, [])
 
     is_pod = lambda q: isinstance(q, Pod)  # noqa: E731
     alike: dict = {}  # each decision (a side's, or Istio's) once per value: `combined` keys on identity
@@ -411,7 +420,7 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
             allows = allows + np_why + c_allows
             denies = denies + ([isolated[subject.ident][0]] if subject.ident in isolated else
                                [default_deny[direction][subject.ident]])
-        ports, denies = ports - c_denied, c_denies + denies
+        ports, denies = alike.setdefault(("ports", ports - c_denied), ports - c_denied), c_denies + denies
         return alike.setdefault((ports, tuple(allows), tuple(denies)), (ports, allows, denies))
 
     if not (admin_rules or cilium_rules or istio_rules or any(p.strict for p in pods)):
@@ -439,11 +448,22 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
     masks: dict[tuple, int] = {}
     rows: dict[tuple, list | None] = {}
 
-    def mask(key: tuple, test) -> int:
+    def mask(key: tuple, test, among=None) -> int:
+        """The ends that pass `test`, as a bit set (remembered by `key`); `among`: the namespaces outside
+        which none does (only their pods are asked)."""
         got = masks.get(key)
         if got is None:
-            got = masks[key] = int("".join("1" if test(e) else "0" for e in reversed(ends)) or "0", 2)
+            if among is None:
+                got = int("".join("1" if test(e) else "0" for e in reversed(ends)) or "0", 2)
+            else:
+                got = sum(1 << k for ns in among for k in pods_in.get(ns, ()) if test(ends[k]))
+            masks[key] = got
         return got
+
+    pods_in: dict[str, list[int]] = {}  # namespace -> the positions of its pods among the ends
+    for k, e in enumerate(ends):
+        if isinstance(e, Pod):
+            pods_in.setdefault(e.namespace, []).append(k)
 
     at = {id(e): k for k, e in enumerate(ends)}
     outside_at = [k for k, e in enumerate(ends) if not isinstance(e, Pod)]
@@ -476,15 +496,24 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
         return masks[("ports",)]
 
     def fill(cuts: list[int], ask) -> list:
-        out: list = [None] * len(ends)
         classes = [every]
         for cut in cuts:
             classes = [part for c in classes for part in (c & cut, c & ~cut) if part]
+        # The largest class fills the row at once; the others are set end by end.
+        largest = max(classes, key=int.bit_count)
+        first = ask(ends[(largest & -largest).bit_length() - 1])
+        out: list = [first] * len(ends)
+        cells = [(largest, first)]
         for members in classes:
-            got = ask(ends[(members & -members).bit_length() - 1])
-            for k in bit_positions(members):
-                out[k] = got
+            if members is not largest:
+                got = ask(ends[(members & -members).bit_length() - 1])
+                cells.append((members, got))
+                for k in bit_positions(members):
+                    out[k] = got
+        row_cells[id(out)] = cells
         return out
+
+    row_cells: dict[int, list] = {}  # id of a row -> its classes: (the ends' bit set, the decision)
 
     def side_row(subject, direction, with_http=False) -> list:
         """`side(subject, end, direction)` for every end; `with_http`: Cilium's HTTP rules as if they
@@ -512,7 +541,8 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
             try:
                 cuts = [mask(("pod",), is_pod)] + [
                     mask(("istio", id(r), families, b.certified),
-                         lambda e, r=r: istio.holds(r, e, is_pod, _within, families, b.certified))
+                         lambda e, r=r: istio.holds(r, e, is_pod, _within, families, b.certified),
+                         istio.namespaces_held(r))
                     for r in mine(istio_rules, b)]
                 rows[key] = fill(cuts, lambda peer: mesh_of(b, peer))
             except istio.Split:
@@ -542,12 +572,67 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                  if out_at[k] else [] for k, e in enumerate(ends)]
     decided_dsts = [k for k in range(n) if into_at[k] or sidecar_at[k]]
     rows_in: list = [None] * n
+    # Pairs decided by class, not one by one: for each destination, the sources its ingress lets
+    # nothing through from and whose decision at its sidecar is one class write Istio's lines alone
+    # (what passes is nothing, whatever the source's egress says; Istio's lines do not depend on it).
+    # Those sources are added to the lines at once. Classes where Istio closes ports at L4 (whose lines
+    # point at the source's rules), or says nothing, and Cilium's proxied pods stay pair by pair.
+    done = [0] * n
+    visits_all = (1 << n) - 1
+    out_mask = sum(1 << k for k in range(n) if out_at[k])
+    decided = set(decided_dsts)
+    meeting: dict = {}  # IP versions -> the ends that share one with them
+    for j in range(n if BY_CLASS else 0):
+        b = ends[j]
+        if proxied_at[j] or not sidecar_at[j]:
+            continue
+        versions = frozenset(family_at[j])
+        if versions not in meeting:
+            meeting[versions] = sum(1 << k for k in range(n) if family_at[k] & family_at[j])
+        visit = (visits_all if j in decided else out_mask) & meeting[versions] & ~(1 << j)
+        mrow = mesh_row(b)
+        if not visit or mrow is None:
+            continue
+        if is_pod_at[j]:
+            rows_in[j] = rows_in[j] or side_row(b, "ingress")
+            ing_cells = row_cells[id(rows_in[j])]
+        else:
+            ing_cells = [(visits_all, open_side)]
+        name_b = name_at[j]
+        for m1, ing_side in ing_cells:
+            if ing_side[0] or not m1 & visit:
+                continue  # the ingress lets something through: pair by pair
+            for m2, mesh in row_cells[id(mrow)]:
+                cell = m1 & m2 & visit
+                if not cell or mesh.silent or mesh.denied:
+                    continue
+                key = (id(ing_side[0]), "any egress", id(mesh))
+                texts = combined.get(key)
+                if texts is None:
+                    texts = combined[key] = _combine(ing_side[0], ALL, mesh)
+                allow_texts, deny_texts, istio_lines = texts
+                if allow_texts or deny_texts:
+                    continue
+                names = [name_at[k] for k in bit_positions(cell)]
+                for line in istio_lines:
+                    pending.setdefault(line, {}).setdefault(name_b, set()).update(names)
+                done[j] |= cell
+    # The lines a pair gets follow from its three decisions and what restricts each end: remembered per
+    # such key (the restrictions interned by value, so ends restricted alike share one).
+    interned: dict = {}
+    dst_key = [id(interned.setdefault((tuple(closed_in[k]), tuple(admin_in[k])), (closed_in[k], admin_in[k])))
+               for k in range(n)]
+    src_key = [id(interned.setdefault(("out", tuple(closed_out[k]), tuple(admin_out[k])), (closed_out[k], admin_out[k])))
+               for k in range(n)]
+    outcomes: dict[tuple, list] = {}
     for i, a in enumerate(ends):
         a_pod = is_pod_at[i]
         egr_row = side_row(a, "egress") if a_pod else None
         for j in (range(n) if out_at[i] else decided_dsts):  # pairs no policy decides: the default allows them
             if not family_at[i] & family_at[j]:
                 continue  # no flow joins an IPv4-only end and an IPv6-only one
+            if done[j] >> i & 1:
+                continue  # decided with its class (above)
             b = ends[j]
             b_pod, into, out_of, sidecar = is_pod_at[j], into_at[j], out_at[i], sidecar_at[j]
             name_a, name_b = name_at[i], name_at[j]
@@ -578,23 +663,35 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                 mesh = row[i] if row is not None else mesh_of(b, a)
             if not (into or out_of) and mesh.silent:
                 continue  # Istio leaves this pair alone, and nothing else decides it
-            texts = combined.get((id(ing_side), id(egr_side), id(mesh)))
-            if texts is None:
-                texts = combined[(id(ing_side), id(egr_side), id(mesh))] = _combine(ing_side[0], egr_side[0], mesh)
-            allow_texts, deny_texts, istio_lines = texts
-            # What decided: the first rule that allowed (or denied) some of it; else what restricts the pair.
-            if allow_texts:
-                why = _first(ing_side[1], egr_side[1], mesh.allow_why, closed_in[j], closed_out[i], admin_in[j],
-                             admin_out[i], mesh.restricted)
-                for suffix in allow_texts:
-                    pair(("allow", suffix, 20, *why), name_a, name_b)
-            if deny_texts:
-                why = _first(ing_side[2], egr_side[2], closed_in[j], closed_out[i], admin_in[j], admin_out[i],
-                             mesh.restricted)
-                for suffix in deny_texts:
-                    pair(("deny", suffix, 30, *why), name_a, name_b)
-            for line in istio_lines:  # Istio's DENY rules at L4, and its HTTP rules, each named where it decides
-                pair(line, name_a, name_b)
+            outcome = (id(ing_side), id(egr_side), id(mesh), dst_key[j], src_key[i])
+            got = outcomes.get(outcome)
+            if got is None:
+                # What passes depends on the ports and Istio's decision, not on which rules decided it.
+                key = (id(ing_side[0]), id(egr_side[0]), id(mesh))
+                texts = combined.get(key)
+                if texts is None:
+                    texts = combined[key] = _combine(ing_side[0], egr_side[0], mesh)
+                allow_texts, deny_texts, istio_lines = texts
+                got = []
+                # What decided: the first rule that allowed (or denied) some of it; else what restricts the pair.
+                if allow_texts:
+                    why = _first(ing_side[1], egr_side[1], mesh.allow_why, closed_in[j], closed_out[i], admin_in[j],
+                                 admin_out[i], mesh.restricted)
+                    got += [("allow", suffix, 20, *why) for suffix in allow_texts]
+                if deny_texts:
+                    why = _first(ing_side[2], egr_side[2], closed_in[j], closed_out[i], admin_in[j], admin_out[i],
+                                 mesh.restricted)
+                    got += [("deny", suffix, 30, *why) for suffix in deny_texts]
+                got += istio_lines  # Istio's DENY rules at L4, and its HTTP rules, each named where it decides
+                outcomes[outcome] = got
+            for line in got:
+                slot = pending.get(line)
+                if slot is None:
+                    slot = pending[line] = {}
+                srcs = slot.get(name_b)
+                if srcs is None:
+                    srcs = slot[name_b] = set()
+                srcs.add(name_a)
             if proxied_at[j]:
                 # Cilium's proxy lets through the requests its HTTP rules match, where the rules' ports
                 # would pass if they were L4 allows (every tier and the source's egress considered).

@@ -141,6 +141,49 @@ def _holds(cond: Condition, peer, is_pod, within, families=(4, 6), certified: bo
     return hit != cond.negated
 
 
+def namespaces_held(rule: AuthzRule) -> frozenset | None:
+    """The namespaces outside which no peer holds the rule's sources (None: a peer anywhere may): each
+    alternative names its namespaces through a principal (`TRUST_DOMAIN/ns/NS/sa/...`, exact or with a
+    trailing `*` after the namespace) or a namespace (exact), not negated. An alternative with an ipBlock
+    condition is not narrowed (its blocks are asked of every pod)."""
+    if rule.sources is None:
+        return None
+    out: set = set()
+    head = f"{TRUST_DOMAIN}/ns/"
+    for alt in rule.sources:
+        if any(c.kind == "ip" for c in alt):
+            return None
+        named = None
+        for c in alt:
+            if c.negated or c.kind not in ("principal", "namespace"):
+                continue
+            found: set = set()
+            for v in c.values:
+                if c.kind == "namespace":
+                    if "*" in v:
+                        break
+                    found.add(v)
+                    continue
+                exact = not v.endswith("*")
+                text = v if exact else v[:-1]
+                if "*" in text:
+                    break
+                if not text.startswith(head):
+                    if exact:
+                        continue  # no pod's principal
+                    break
+                ns, slash, _ = text[len(head):].partition("/")
+                if not slash:  # a prefix that ends inside the namespace's name
+                    break
+                found.add(ns)
+            else:
+                named = found if named is None else named & found
+        if named is None:
+            return None
+        out |= named
+    return frozenset(out)
+
+
 def holds(rule: AuthzRule, peer, is_pod, within, families=(4, 6), certified: bool = True) -> bool:
     """The rule's sources (and source conditions) hold for a peer (of a destination of these IP versions;
     `certified`: whose sidecar reads peers' certificates)."""
