@@ -102,3 +102,26 @@ def test_icmp_types_become_cilium_icmps_and_are_proved(tmp_path):
     assert web_from_monitor["toPorts"] == [{"ports": [{"port": "80", "protocol": "TCP"}]}]
     db_from_web = next(r for r in docs["anyplane-db"]["ingress"] if "fromEndpoints" in r)
     assert db_from_web["icmps"] == [{"fields": [{"type": 3, "family": "IPv4"}]}]
+
+
+def test_what_passes_but_some_ports_or_types_becomes_a_cilium_deny_even_from_outside(tmp_path):
+    """Everything passes but some ports or ICMP types: Kubernetes needs an AdminNetworkPolicy, which has
+    no ingress peer for outside addresses (an error for -t k8s at the rule); Cilium's `ingressDeny`
+    takes CIDRs and `icmps`, so -t cilium writes it and the round trip is proved."""
+    (tmp_path / "p.ap").write_text(
+        "service web { address 10.0.1.0/24 port 80 http }\nservice db { address 10.0.2.0/24 port 5432 tcp }\n"
+        "external scanners { address 192.0.2.0/24 }\ndefault allow\ndeny scanners -> web icmp type 8\n"
+        "deny scanners -> db tcp 22\ndeny web -> db icmp type 13\n")
+    done = run("compile", str(tmp_path / "p.ap"), "-t", "k8s", "-o", str(tmp_path / "k8s"))
+    assert done.returncode == 1 and f"{tmp_path / 'p.ap'}:5:" in done.stderr
+    done = run("compile", str(tmp_path / "p.ap"), "-t", "cilium", "-o", str(tmp_path / "cilium"))
+    assert done.returncode == 0 and "proved: cilium" in done.stdout + done.stderr, done.stderr
+    docs = {d["metadata"]["name"]: d["spec"] for d in
+            yaml.safe_load_all((tmp_path / "cilium" / "ciliumnetworkpolicies.yaml").read_text()) if d}
+    assert violations([{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": n},
+                        "spec": s} for n, s in docs.items()]) == []
+    assert docs["anyplane-web"]["ingressDeny"] == [
+        {"fromCIDR": ["192.0.2.0/24"], "icmps": [{"fields": [{"type": 8, "family": "IPv4"}]}]}]
+    db = docs["anyplane-db"]["ingressDeny"]
+    assert {"fromCIDR": ["192.0.2.0/24"], "toPorts": [{"ports": [{"port": "22", "protocol": "TCP"}]}]} in db
+    assert any(r.get("icmps") == [{"fields": [{"type": 13, "family": "IPv4"}]}] and "fromEndpoints" in r for r in db)

@@ -273,7 +273,11 @@ def add_denies(policies: list[dict], anps: list[dict]) -> None:
                     if "end" in item:
                         entry["endPort"] = item["end"]
                     ports.append(entry)
-                rule["toPorts"] = [{"ports": ports}]
+                if ports:
+                    rule["toPorts"] = [{"ports": ports}]
+                fields = r.get("icmps") or []
+                if fields:
+                    rule["icmps"] = [{"fields": fields[k:k + ICMP_FIELDS]} for k in range(0, len(fields), ICMP_FIELDS)]
                 spec.setdefault(direction + "Deny", []).append(rule)
 
 
@@ -291,7 +295,8 @@ class CiliumEngine(KubernetesExporter):
             raise DiagnosticError(list(errors.values()))
         # The L3/L4 rules as -t k8s computes them; the HTTP rules are added where they let requests through.
         l4 = replace(program, acl=Table(program.acl.name, tuple(e for e in program.acl.entries if e.layer != "L7")))
-        policies, identities = export(l4, getattr(options.deployment, "kubernetes", None), exact=True, icmp=True)
+        policies, identities = export(l4, getattr(options.deployment, "kubernetes", None), exact=True, icmp=True,
+                                      cidr_denies=True)
         nps, anps = split(policies)
         cilium = [cilium_policy(p) for p in nps]
         add_denies(cilium, anps)

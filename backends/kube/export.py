@@ -125,6 +125,9 @@ def regions_of(program: Program) -> tuple[list[Region], dict[str, str]]:
 #: Whether the export says ICMP types apart (Cilium's `icmps`): then ICMP (ICMPv6) is judged per type,
 #: as "icmp4" ("icmp6") cells, and is not one of the other protocols. Set by `export(icmp=True)`.
 _ICMP: ContextVar[bool] = ContextVar("icmp_types", default=False)
+#: Whether a subject's deny may name outside addresses as its sources (Cilium's `ingressDeny` takes CIDRs;
+#: AdminNetworkPolicy has no ingress peer for them). Set by `export(cidr_denies=True)`.
+_CIDR_DENIES: ContextVar[bool] = ContextVar("cidr_denies", default=False)
 ICMP_PROTOCOL = {4: 1, 6: 58}
 
 
@@ -358,13 +361,12 @@ def _judge(program: Program, family: int, src: int, dst: int, blame: _Blame, sel
     everything = all(_usable(merge_ranges(r)) == [(1, 65535)] for name, r in allowed.items() if name in ("tcp", "udp"))
     every_type = types not in allowed or merge_ranges(allowed[types]) == [(0, 255)]
     if verdicts == {"allow"}:
-        if not every_type:
-            blame.add(next((d for d in denied if d.entry is not None), denied[0]),
-                      "Cilium cannot deny some ICMP types while it lets every other protocol through")
-            return None
-        if not everything:
-            # Every protocol but some ports: NetworkPolicy allows all, an AdminNetworkPolicy denies the rest.
+        if not (everything and every_type):
+            # Every protocol but some ports (or ICMP types): NetworkPolicy allows all, an AdminNetworkPolicy
+            # (or Cilium's deny) denies the rest.
             missing = {name: _gaps(_usable(merge_ranges(r))) for name, r in allowed.items() if name != types}
+            if not every_type:
+                missing[types] = list(complement(merge(allowed[types]), 0, 255))
             return Except({name: gaps for name, gaps in missing.items() if gaps},
                           next((d for d in denied if d.entry is not None), denied[0]))
         return "all"
@@ -654,7 +656,8 @@ class _Answers:
 
 
 def export(program: Program, kubernetes: dict | None = None, expressions: bool = True,
-           exact: bool = False, sidecars: bool = False, icmp: bool = False) -> tuple[list[dict], dict]:
+           exact: bool = False, sidecars: bool = False, icmp: bool = False,
+           cidr_denies: bool = False) -> tuple[list[dict], dict]:
     """(NetworkPolicy objects, identities: {name: {"namespace", "labels", "addresses"}}). `kubernetes`
     (the deployment's section, with an imported cluster's `selectors`) places each workload in a
     namespace and says how its pods are selected (backends/kube/selectors.py). `expressions`: the
@@ -665,12 +668,16 @@ def export(program: Program, kubernetes: dict | None = None, expressions: bool =
     the rest of what the policy lets it take from there) leaves that TCP to its sidecar's STRICT mutual
     TLS (identities then say `"mtls": "STRICT"`): NetworkPolicy cannot deny some ports to outside
     addresses while letting other protocols through. `icmp`: ICMP types are said apart (Cilium's `icmps`):
-    answers carry the ICMP (ICMPv6) types that pass as "icmp4" ("icmp6"), and rules as "icmps"."""
-    token = _ICMP.set(icmp)
+    answers carry the ICMP (ICMPv6) types that pass as "icmp4" ("icmp6"), and rules as "icmps".
+    `cidr_denies`: the denies of ports (and types) a pair leaves out of everything else may come from
+    outside addresses (written as AdminNetworkPolicy-shaped rules with ingress `networks`, which only
+    `-t cilium` reads)."""
+    token, token2 = _ICMP.set(icmp), _CIDR_DENIES.set(cidr_denies)
     try:
         return _export(program, kubernetes, expressions, exact, sidecars)
     finally:
         _ICMP.reset(token)
+        _CIDR_DENIES.reset(token2)
 
 
 def _export(program: Program, kubernetes: dict | None, expressions: bool, exact: bool,
@@ -989,6 +996,9 @@ def _admin(answers: _Answers, by_key: dict, placed: dict, program: Program) -> l
         elif a.workload:
             subject, direction, peer = a.workload, "egress", {"networks": [i["ipBlock"]["cidr"]
                                                                            for i in collapse(ip_blocks(b))]}
+        elif _CIDR_DENIES.get():  # Cilium denies from CIDRs
+            subject, direction, peer = b.workload, "ingress", {"networks": [i["ipBlock"]["cidr"]
+                                                                            for i in collapse(ip_blocks(a))]}
         else:
             blame.add(ans.why, "Kubernetes cannot deny some ports of an address outside the cluster while it lets "
                                "every other protocol through (AdminNetworkPolicy has no ingress peer for outside "
@@ -1013,8 +1023,10 @@ def _admin(answers: _Answers, by_key: dict, placed: dict, program: Program) -> l
                 merged = [p for p in peers if "networks" not in p]
                 if nets:
                     merged.append({"networks": [i["ipBlock"]["cidr"] for i in collapse(nets, spare)]})
-                spec.setdefault(direction, []).append({"name": f"deny-{k}", "action": "Deny", side: merged,
-                                                       "ports": _anp_ports(ports)})
+                rule = {"name": f"deny-{k}", "action": "Deny", side: merged, "ports": _anp_ports(ports)}
+                if _icmps(ports):  # ICMP types said apart: only -t cilium reads them
+                    rule["icmps"] = _icmps(ports)
+                spec.setdefault(direction, []).append(rule)
         out.append({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
                     "metadata": {"name": f"anyplane-{k8s_name(subject)}",
                                  "labels": {"app.kubernetes.io/managed-by": "anyplane"}},
