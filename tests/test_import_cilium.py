@@ -448,7 +448,7 @@ def test_entities_without_their_addresses_and_pods_on_different_nodes_as_one_wor
 def test_imported_cilium_policies_go_back_to_cilium_and_are_proved(data):
     """Random Cilium policies (with `icmps`, entities, CIDR sets and NetworkPolicies beside them),
     imported, then written back with `-t cilium`: proved through the importer, ICMP types included (the
-    export says them apart as `icmps`), or refused at a rule. Most go back."""
+    export says them apart as `icmps`, in allows and in denies), or refused at a rule."""
     from hypothesis import event
 
     from anyplane.compiler import api
