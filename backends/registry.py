@@ -23,13 +23,23 @@ from .base import Engine
 BUILTIN = (("p4", "anyplane.backends.p4.engine"), ("ebpf", "anyplane.backends.ebpf.engine"),
            ("envoy", "anyplane.backends.envoy.engine"), ("k8s", "anyplane.backends.k8s.engine"),
            ("cilium", "anyplane.backends.cilium.engine"), ("istio", "anyplane.backends.istio.engine"))
+#: The built-in engines on a path that read HTTP requests, known without importing the others (a test
+#: holds this to what each engine's capability says).
+READS_HTTP = ("envoy",)
 _engines: dict[str, Engine] = {}
 
 
-def _load() -> None:
+def _load(only=None) -> None:
     for name, module in BUILTIN:
-        if name not in _engines:
+        if name not in _engines and (only is None or name in only):
             _engines[name] = import_module(module).ENGINE
+
+
+def http_readers() -> list[Engine]:
+    """The engines on a path that read HTTP (what `check` asks of them); the built-in ones that do not
+    are not imported for it (each pulls its own toolchain)."""
+    _load(READS_HTTP)
+    return [e for e in _engines.values() if e.place and e.capability.sees_http]
 
 
 def register(engine: Engine) -> Engine:

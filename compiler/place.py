@@ -92,7 +92,7 @@ def _sidecar_only(program: Program, rule_id: str) -> str:
 def unenforceable(program: Program) -> list[Diagnostic]:
     """An error for every rule with HTTP conditions that no registered engine that sees HTTP reads in
     full (the sidecar reads requests only on a service's http ports), with the engines' reasons."""
-    readers = [registry.at(p) for p in registry.places() if registry.at(p).capability.sees_http]
+    readers = registry.http_readers()
     verdicts = [engine.reads_http(program) for engine in readers]
     out = []
     for rule in program.rules:

@@ -140,3 +140,28 @@ def test_installed_packages_live_under_anyplane():
     on_disk = {str(p.parent.relative_to(ROOT)) for top in ALLOWED for p in (ROOT / top).rglob("__init__.py")}
     assert on_disk == set(folders), "every package folder must be mapped in package-dir"
     assert set(folders.values()) == set(config["packages"]), "every mapped package must be listed"
+
+
+def test_check_imports_no_engine_it_does_not_ask():
+    """`check` asks only the engines that read HTTP (whether a rule's HTTP conditions can be enforced):
+    the switch's protobuf and the kernel's loader are not imported for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom anyplane.compiler.pipeline import load\nload(['examples/bookinfo.ap'])\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('anyplane.backends.', 'google.protobuf'))))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    loaded = done.stdout
+    assert "anyplane.backends.envoy.engine" in loaded  # the sidecar reads HTTP: asked
+    for absent in ("anyplane.backends.p4.", "anyplane.backends.ebpf.", "anyplane.backends.cilium.",
+                   "anyplane.backends.istio.", "google.protobuf"):
+        assert absent not in loaded, absent
+
+
+def test_the_registry_knows_which_built_in_engines_read_http():
+    from anyplane.backends import registry
+
+    builtin = {name for name, _ in registry.BUILTIN}
+    readers = {e.name for e in registry.engines() if e.name in builtin and e.place and e.capability.sees_http}
+    assert readers == set(registry.READS_HTTP)
