@@ -57,9 +57,11 @@ def unregister(name: str) -> None:
 
 
 def engines() -> list[Engine]:
-    """Every engine, the built-in ones first in path order."""
+    """Every engine, the built-in ones first in path order (whichever was imported first), then the
+    others in the order they were registered."""
     _load()
-    return list(_engines.values())
+    order = {name: k for k, (name, _) in enumerate(BUILTIN)}
+    return sorted(_engines.values(), key=lambda e: order.get(e.name, len(order)))
 
 
 def serving() -> Engine:

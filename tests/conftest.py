@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from anyplane.compiler.pipeline import compile_sources, load
 
@@ -20,6 +21,21 @@ EXAMPLES = {
     "zero-trust": ["examples/zero-trust"],
 }
 CI = os.environ.get("CI") == "true"
+
+# One Hypothesis profile for CI and one for local runs (HYPOTHESIS_PROFILE picks another): no deadline
+# (a shared machine's pauses are not the code's); a test states its CI budget through `examples`.
+settings.register_profile("ci", deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci" if CI else "dev")
+settings.load_profile(PROFILE)
+#: The share of each CI budget a profile runs.
+SCALE = {"ci": 1.0, "dev": 0.3}
+
+
+def examples(ci: int) -> int:
+    """How many examples a property test draws: its CI budget, scaled by the active profile (a local run
+    draws about a third)."""
+    return max(1, round(ci * SCALE.get(PROFILE, 1.0)))
 
 
 def pytest_addoption(parser):

@@ -21,7 +21,7 @@ from anyplane.ir.owners import ownership
 from anyplane.ir import fields as F
 from anyplane.verify.compose import Scope, _allows_all, _by_pairs, prove
 
-from .conftest import CI
+from .conftest import examples
 from .test_import_k8s import replicated
 
 
@@ -31,7 +31,7 @@ def _cluster(data):
     return compile_sources([("<kubernetes>", text)]).program
 
 
-@settings(max_examples=40 if CI else 12, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_pairs_and_blocks_prove_and_refute_alike(data):
     policy = _cluster(data)

@@ -22,7 +22,7 @@ from anyplane.ir.source import DiagnosticError
 from anyplane.verify.reach import reply_reachability
 
 from .brute import universe
-from .conftest import CI, run
+from .conftest import examples, run
 from .strategies import patterns, policies
 
 POLICY = """
@@ -155,7 +155,7 @@ def test_diff_reports_connection_settings(tmp_path):
     assert run("diff", str(old), str(old)).returncode == 0
 
 
-SETTINGS = settings(max_examples=120 if CI else 40, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=examples(120), deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @SETTINGS

@@ -24,7 +24,7 @@ from anyplane.ir.interp import evaluate
 from anyplane.ir.owners import owned_addresses
 from anyplane.ir.source import DiagnosticError
 
-from .conftest import CI, ROOT, run
+from .conftest import ROOT, examples, run
 from .crd_schemas import MODULES as SCHEMAS
 from .crd_schemas import violations
 from .strategies import policies
@@ -168,7 +168,7 @@ def test_every_imported_istio_input_goes_back_to_istio_and_is_proved():
     compiled = load([str(ROOT / "examples" / "istio")])
     assert api.prove_export(compiled, "istio", api.compile_target(compiled, "istio")).proved
 
-    @settings(max_examples=100 if CI else 25, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=examples(100), deadline=None, suppress_health_check=list(HealthCheck))
     @given(authz(), peer_authentications())
     def check(policies, peer_auth):
         try:

@@ -25,7 +25,7 @@ from anyplane.ir.owners import owned_addresses, ownership
 from anyplane.ir.source import DiagnosticError
 
 from .brute import _address_classes
-from .conftest import CI, run
+from .conftest import examples, run
 from .crd_schemas import violations
 from .strategies import policies
 from .test_import_admin import allowed as admin_allowed
@@ -65,7 +65,7 @@ def _pods(program, identities) -> list[dict]:
     return pods
 
 
-SETTINGS = settings(max_examples=120 if CI else 30, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=examples(120), deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @SETTINGS

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from anyplane.compiler.cli import cli
 
-from .conftest import CI
+from .conftest import examples
 
-FAST = settings(max_examples=900 if CI else 200, deadline=None, suppress_health_check=list(HealthCheck))
-SLOW = settings(max_examples=250 if CI else 60, deadline=None, suppress_health_check=list(HealthCheck))
+FAST = settings(max_examples=examples(900), deadline=None, suppress_health_check=list(HealthCheck))
+SLOW = settings(max_examples=examples(250), deadline=None, suppress_health_check=list(HealthCheck))
 
 def mostly(usual, odd):
     """`usual` 29 times in 30, `odd` (extreme or invalid) otherwise: a policy makes many choices, and

@@ -15,9 +15,9 @@ from anyplane.compiler.flows import parse_flow
 from anyplane.compiler.pipeline import compile_sources
 from anyplane.ir.source import DiagnosticError, SourceMap, render
 
-from .conftest import CI, ROOT
+from .conftest import ROOT, examples
 
-EXAMPLES = 2000 if CI else 300
+EXAMPLES = examples(2000)
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 VOCABULARY = [

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from anyplane.compiler.importers.k8s import convert
 from anyplane.ir.source import DiagnosticError
 
-from .conftest import CI, ROOT, run
+from .conftest import ROOT, examples, run
 
 COMMANDS = [("check",), ("verify",), ("map",), ("import",)]
 
@@ -168,7 +168,7 @@ def _manifests(name: str) -> str:
 
 
 @pytest.mark.parametrize("name", ["kubernetes", "istio", "tiers"])
-@settings(max_examples=400 if CI else 80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_damage_to_a_manifest_is_an_error_at_a_position_or_imports(name, data):
     """A valid cluster's text with a few random edits (YAML 1.1 scalars, structure characters, tags,

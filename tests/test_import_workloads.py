@@ -35,7 +35,7 @@ from anyplane.ir.interp import evaluate
 from anyplane.ir.match import int_ranges
 from anyplane.ir.source import DiagnosticError
 
-from .conftest import CI, ROOT, run
+from .conftest import ROOT, examples, run
 from .test_import_k8s import SETTINGS, allowed, mismatches, replicated
 
 PORTS = (53, 80, 5000, 5432, 5100, 6000, 8080, 8100, 9000)
@@ -229,7 +229,7 @@ def test_an_imported_file_verifies_as_its_manifests_do(tmp_path):
     assert late.returncode == 1 and "goes before the file's first statement" in late.stderr
 
 
-@settings(max_examples=60 if CI else 15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_workloads_decide_as_the_per_pod_import_under_every_tier(tmp_path_factory, data):
     """Cilium policies, AdminNetworkPolicies, and Istio AuthorizationPolicies with PeerAuthentications

@@ -165,3 +165,16 @@ def test_the_registry_knows_which_built_in_engines_read_http():
     builtin = {name for name, _ in registry.BUILTIN}
     readers = {e.name for e in registry.engines() if e.name in builtin and e.place and e.capability.sees_http}
     assert readers == set(registry.READS_HTTP)
+
+
+def test_the_engines_keep_their_path_order_whichever_was_imported_first():
+    """`check` imports the sidecar's engine before the others: the path order stays fabric, kernel,
+    sidecar (placement's default path and every report read it)."""
+    import subprocess
+    import sys
+
+    code = ("from anyplane.backends import registry\nregistry.http_readers()\n"
+            "print(registry.places())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['fabric', 'kernel', 'sidecar']"

@@ -16,7 +16,7 @@ from anyplane.compiler.importers import schema
 from anyplane.compiler.importers.k8s import convert
 from anyplane.ir.source import DiagnosticError
 
-from .conftest import CI, run
+from .conftest import examples, run
 
 DEFS = json.loads((Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / "v1.37.0-local-strict"
                    / "_definitions.json").read_text())["$defs"]
@@ -159,7 +159,7 @@ def _fields(obj, prefix=()):
             yield from _fields(v, prefix + (i,))
 
 
-@settings(max_examples=200 if CI else 50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_a_misspelt_field_anywhere_is_an_error_never_a_silent_default(data):
     """Any field of a valid cluster renamed to a near miss (a letter's case changed, one dropped or

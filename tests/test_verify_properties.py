@@ -24,10 +24,10 @@ from anyplane.verify.reach import reachability
 from anyplane.verify.run import verify
 
 from .brute import universe
-from .conftest import CI
+from .conftest import examples
 from .strategies import policies, patterns
 
-EXAMPLES = 120 if CI else 40
+EXAMPLES = examples(120)
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 
@@ -143,7 +143,7 @@ def test_diff_matches_brute_force(text, data):
         assert c.described["whole"] == all(same), (c.described, c.old_rule, c.new_rule)
 
 
-@settings(max_examples=25 if CI else 8, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
 @given(policies(max_rules=4, small=True))
 @example("external a { address 10.0.0.0/16 }\ndefault deny\nallow a -> a tcp 80\nallow a -> a\n")
 @example("external a { address 10.0.0.0/16 }\ndefault allow\ndeny a -> a udp\ndeny a -> a\n"
@@ -192,7 +192,7 @@ def _prefix_boxes():
         st.none() | ranges, st.none() | ranges)
 
 
-@settings(max_examples=150 if CI else 60, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.lists(_prefix_boxes(), min_size=1, max_size=40), _prefix_boxes(),
        st.tuples(st.sampled_from([4, 6]), st.sampled_from([0x0A010203, 0x0A000000, 0xC0A80001, 1 << 127 | 5]),
                  st.sampled_from([0x0A010203, 0x0A0102FF, 0]), st.sampled_from([1, 6, 17]),

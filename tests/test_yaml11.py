@@ -15,7 +15,7 @@ from anyplane.ir import yaml11
 from anyplane.ir.source import DiagnosticError
 
 from . import kubectl
-from .conftest import CI
+from .conftest import examples
 
 BOOLS = [s for w in ("y", "yes", "true", "on", "n", "no", "false", "off") for s in (w, w.capitalize(), w.upper())]
 NULLS = ["~", "null", "Null", "NULL"]
@@ -108,7 +108,7 @@ def test_merges_and_tags_as_go_yaml_reads_them():
     assert _same(json.loads(json.dumps(_ours(_doc(body))[0])), theirs[0])
 
 
-@settings(max_examples=25 if CI else 8, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(st.lists(st.text(alphabet="0123456789yYnNoOfFtT_.+-:eExXbB~ ", min_size=1, max_size=7), min_size=20,
                 max_size=40, unique=True))
 def test_what_anyplane_writes_kubernetes_reads_as_written(texts):
