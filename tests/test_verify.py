@@ -41,6 +41,19 @@ def test_dead_rule_with_the_rules_that_cover_it():
     assert [s.line for s in fs[0].related] == [7] and fs[0].severity == "error"
 
 
+def test_a_rule_by_prefix_taken_by_a_rule_by_owner_is_redundant_not_dead():
+    """`a.*` (a prefix) and `a` (its owner) hold the same addresses: a rule over the prefix that a rule
+    over the owner outranks is taken alike, though the rate-limited rule below them meets the prefix.
+    Walked as boxes, the prefix's flows less the owner's left flows of other owners at a's addresses,
+    which cannot exist; those are cut away before a rule that decides otherwise is met."""
+    program = compile_text("service a { address fd00::/64 port 80 http }\ndefault allow\n"
+                           "allow fd00::/112 -> a.* rate 10/s priority 1\nallow a -> any priority 2\n"
+                           "allow a.* -> a udp 79-82\n").program
+    found = {(f.span.line, f.kind) for f in verify(program).findings if f.kind in ("dead", "redundant")}
+    assert (5, "redundant") in found and (5, "dead") not in found, found
+    assert (3, "dead") in found  # the rate-limited allow: taken by the plain allow, which decides otherwise
+
+
 def test_dead_when_several_rules_together_cover_it():
     fs = findings("allow corp -> db tcp 0-5432 priority 2\ndeny corp -> db tcp 5433-65535 priority 2\n"
                   "deny corp -> db tcp priority 1\n", "dead")

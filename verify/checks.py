@@ -189,7 +189,7 @@ class AnomalyChecker:
             for c in members(self._masks(i)[0]):
                 budget.spend()
                 holes += self._boxes_of(c)
-            return without(self._boxes_of(i), holes, budget)
+            return self._exact_boxes().feasible(without(self._boxes_of(i), holes, budget))
         except NotComparable:
             return None
 
@@ -361,7 +361,7 @@ class AnomalyChecker:
                     if any(not box_apart(p, h) for p in left for h in taken):
                         return False
                     continue
-                left = without(left, taken, budget)
+                left = self._exact_boxes().feasible(without(left, taken, budget))
                 if not left:
                     return True
         except NotComparable:

@@ -92,6 +92,31 @@ class Boxes:
             base = 0 if row.prefix.family == 4 else V6_BASE
             owned.setdefault(self.code[row.identity], []).append((base + row.prefix.first, base + row.prefix.last))
         self.owned = {k: merge(v) for k, v in owned.items()}
+        self.unowned = minus(ADDRESSES, merge([span for spans in self.owned.values() for span in spans]))
+
+    def feasible(self, boxes: list[Box]) -> list[Box]:
+        """The boxes without flows that cannot exist: an address with an owner other than the box's
+        identities on that side. What is left of a match once another's flows are taken away names
+        identities and addresses apart (all owners but one, all of a prefix), so it may hold only such
+        flows. NotComparable when a side names too many owners to cut."""
+        out = []
+        for b in boxes:
+            sides = []
+            for id_dim, ip_dim in ((DST_ID, DST_IP), (SRC_ID, SRC_IP)):
+                ids, ips = b[id_dim], b[ip_dim]
+                if ids == self.ids:
+                    sides.append([(ids, ips)])  # every owner, and none: every address
+                    continue
+                codes = [c for lo, hi in ids for c in range(lo, hi + 1)]
+                if len(codes) > SPLIT_OWNERS:
+                    raise NotComparable("owners")
+                cut = [(((c, c),), meet(ips, self.owned.get(c, ()) if c else self.unowned)) for c in codes]
+                sides.append([(i, a) for i, a in cut if a])
+            for (dst_ids, dst_ip), (src_ids, src_ip) in ((d, s) for d in sides[0] for s in sides[1]):
+                c = list(b)
+                c[DST_ID], c[DST_IP], c[SRC_ID], c[SRC_IP] = dst_ids, dst_ip, src_ids, src_ip
+                out.append(tuple(c))
+        return out
 
     def boxes(self, m: Match) -> list[Box]:
         """The boxes of a match (NotComparable for HTTP fields)."""
