@@ -45,6 +45,7 @@ def _complete(root: Path) -> str:
     return data["policy"]
 
 
+@pytest.mark.slow  # twenty interrupted compiles of a 2,000-rule policy: a soak test
 def test_interrupted_or_killed_compiles_leave_the_old_or_the_new_output(tmp_path):
     old, new = tmp_path / "old.ap", tmp_path / "new.ap"
     old.write_text(_synth(2000, 1))
