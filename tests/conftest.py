@@ -96,6 +96,19 @@ def golden(request):
     return check
 
 
+def stop_watcher(proc: subprocess.Popen) -> int:
+    """SIGTERM to a `push --watch` (or any long-running command) and its exit code (killed, and the test
+    failed, if it does not stop within a minute)."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
 def compile_text(text: str, path: str = "t.ap"):
     """Compile one in-memory policy file."""
     return compile_sources([(path, text)])

@@ -82,6 +82,18 @@ def test_mesh_policies_export_to_cilium_exactly_or_are_refused_at_a_rule(text):
     exported_or_refused(text, "cilium")
 
 
+def _cilium_specs(tmp_path) -> dict:
+    """`compile -t cilium` of tmp_path/p.ap, proved; each policy's spec by name, checked against Cilium's
+    schema."""
+    done = run("compile", str(tmp_path / "p.ap"), "-t", "cilium", "-o", str(tmp_path / "cilium"))
+    assert done.returncode == 0 and "proved: cilium" in done.stdout + done.stderr, done.stderr
+    docs = {d["metadata"]["name"]: d["spec"] for d in
+            yaml.safe_load_all((tmp_path / "cilium" / "ciliumnetworkpolicies.yaml").read_text()) if d}
+    assert violations([{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": n},
+                        "spec": s} for n, s in docs.items()]) == []
+    return docs
+
+
 def test_icmp_types_become_cilium_icmps_and_are_proved(tmp_path):
     """NetworkPolicy cannot say ICMP types (an error at the rule for -t k8s); -t cilium writes them as
     `icmps` beside the ports, for the peers that may send them, and the round trip is proved."""
@@ -91,12 +103,7 @@ def test_icmp_types_become_cilium_icmps_and_are_proved(tmp_path):
         "allow monitor -> web, db icmp type 8\nallow web -> db icmp type 3\nallow monitor -> web tcp 80\n")
     done = run("compile", str(tmp_path / "p.ap"), "-t", "k8s", "-o", str(tmp_path / "k8s"))
     assert done.returncode == 1 and f"{tmp_path / 'p.ap'}:6:" in done.stderr and "icmp.type" in done.stderr
-    done = run("compile", str(tmp_path / "p.ap"), "-t", "cilium", "-o", str(tmp_path / "cilium"))
-    assert done.returncode == 0 and "proved: cilium" in done.stdout + done.stderr, done.stderr
-    docs = {d["metadata"]["name"]: d["spec"] for d in
-            yaml.safe_load_all((tmp_path / "cilium" / "ciliumnetworkpolicies.yaml").read_text()) if d}
-    assert violations([{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": n},
-                        "spec": s} for n, s in docs.items()]) == []
+    docs = _cilium_specs(tmp_path)
     web_from_monitor = next(r for r in docs["anyplane-web"]["ingress"] if r.get("fromCIDR") == ["192.0.2.0/24"])
     assert web_from_monitor["icmps"] == [{"fields": [{"type": 8, "family": "IPv4"}]}]
     assert web_from_monitor["toPorts"] == [{"ports": [{"port": "80", "protocol": "TCP"}]}]
@@ -114,12 +121,7 @@ def test_what_passes_but_some_ports_or_types_becomes_a_cilium_deny_even_from_out
         "deny scanners -> db tcp 22\ndeny web -> db icmp type 13\n")
     done = run("compile", str(tmp_path / "p.ap"), "-t", "k8s", "-o", str(tmp_path / "k8s"))
     assert done.returncode == 1 and f"{tmp_path / 'p.ap'}:5:" in done.stderr
-    done = run("compile", str(tmp_path / "p.ap"), "-t", "cilium", "-o", str(tmp_path / "cilium"))
-    assert done.returncode == 0 and "proved: cilium" in done.stdout + done.stderr, done.stderr
-    docs = {d["metadata"]["name"]: d["spec"] for d in
-            yaml.safe_load_all((tmp_path / "cilium" / "ciliumnetworkpolicies.yaml").read_text()) if d}
-    assert violations([{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": n},
-                        "spec": s} for n, s in docs.items()]) == []
+    docs = _cilium_specs(tmp_path)
     assert docs["anyplane-web"]["ingressDeny"] == [
         {"fromCIDR": ["192.0.2.0/24"], "icmps": [{"fields": [{"type": 8, "family": "IPv4"}]}]}]
     db = docs["anyplane-db"]["ingressDeny"]

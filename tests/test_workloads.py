@@ -27,7 +27,7 @@ from anyplane.ir.flow import Flow
 from anyplane.ir.interp import evaluate
 from anyplane.ir.source import DiagnosticError
 
-from .conftest import ROOT, run
+from .conftest import ROOT, run, stop_watcher
 
 OUTSIDE = ("192.0.2.7", "198.51.100.9", "203.0.113.200", "8.8.8.8")
 CIDRS = ("192.0.2.0/24", "198.51.100.0/25", "203.0.113.192/26", "0.0.0.0/0")
@@ -580,7 +580,6 @@ def test_push_watch_follows_pods_through_one_session_with_endpoint_entries_alone
     target as it was; SIGTERM stops it cleanly. The device decides as the interpreter for the new pods."""
     import os
     import queue
-    import signal
     import subprocess
     import sys
     import threading
@@ -639,12 +638,7 @@ def test_push_watch_follows_pods_through_one_session_with_endpoint_entries_alone
             assert len(server.servicer.writes) == writes
             _assert_agree(after, device, flows[:200])
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                rc = proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                raise
+            rc = stop_watcher(proc)
     assert rc == 0, proc.stderr.read()
 
 

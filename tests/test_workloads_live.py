@@ -183,12 +183,11 @@ def test_push_watch_follows_the_pods_file_with_the_address_tables_alone(cluster)
     program (address tables alone, the same program), and the new pod reaches the server."""
     import os
     import queue
-    import signal
     import subprocess
     import sys
     import threading
 
-    from .conftest import ROOT
+    from .conftest import ROOT, stop_watcher
 
     cluster.bind([4])
     program = cluster.program()
@@ -220,11 +219,6 @@ def test_push_watch_follows_the_pods_file_with_the_address_tables_alone(cluster)
         joined = _until(lambda: cluster.connect(5, timeout=2), what="the new pod to reach the server")
         joined.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        rc = stop_watcher(proc)
         server.close()
     assert rc == 0, proc.stderr.read()

@@ -91,10 +91,14 @@ def _rule(rule: dict, side: str, peers_key: str) -> dict:
                 item["endPort"] = p["endPort"]
             ports.append(item)
         out["toPorts"] = [{"ports": ports}]
-    if rule.get("icmps"):  # Cilium takes at most 40 fields in one ICMP rule
-        fields = rule["icmps"]
-        out["icmps"] = [{"fields": fields[k:k + ICMP_FIELDS]} for k in range(0, len(fields), ICMP_FIELDS)]
+    if rule.get("icmps"):
+        out["icmps"] = _icmp_rules(rule["icmps"])
     return out
+
+
+def _icmp_rules(fields: list[dict]) -> list[dict]:
+    """ICMP fields ({type, family}) as Cilium's ICMP rules, which take at most 40 fields each."""
+    return [{"fields": fields[k:k + ICMP_FIELDS]} for k in range(0, len(fields), ICMP_FIELDS)]
 
 
 def cilium_policy(np: dict) -> dict:
@@ -275,9 +279,8 @@ def add_denies(policies: list[dict], anps: list[dict]) -> None:
                     ports.append(entry)
                 if ports:
                     rule["toPorts"] = [{"ports": ports}]
-                fields = r.get("icmps") or []
-                if fields:
-                    rule["icmps"] = [{"fields": fields[k:k + ICMP_FIELDS]} for k in range(0, len(fields), ICMP_FIELDS)]
+                if r.get("icmps"):
+                    rule["icmps"] = _icmp_rules(r["icmps"])
                 spec.setdefault(direction + "Deny", []).append(rule)
 
 

@@ -81,14 +81,14 @@ class Region:
         return frozenset(self.ranges)
 
 
-def _cells(program: Program, proto: int) -> list[tuple[int, int]]:
-    cuts = {0, 65536}
+def _cells(program: Program, field: str = F.DPORT, top: int = 65535) -> list[tuple[int, int]]:
+    """A field's values 0..top (destination ports, ICMP types) cut where the entries' matches on it
+    begin and end."""
+    cuts = {0, top + 1}
     for e in program.acl.entries:
-        fm = e.match.get(F.DPORT)
-        if fm is None:
-            continue
-        for lo, hi in int_ranges(fm) or ():
-            cuts |= {lo, hi + 1}
+        fm = e.match.get(field)
+        for lo, hi in (int_ranges(fm) or ()) if fm is not None else ():
+            cuts |= {lo, min(hi, top) + 1}
     cuts = sorted(cuts)
     return list(zip(cuts, [c - 1 for c in cuts[1:]]))
 
@@ -135,28 +135,16 @@ def _flows(family: int, src: int, dst: int, program: Program):
     """(key, flow) for each cell: ("tcp", lo, hi), ("udp", lo, hi), ("icmp4" or "icmp6", lo, hi) when
     ICMP types are said apart (`_ICMP`), ("other", proto)."""
     for proto, name in ((TCP, "tcp"), (UDP, "udp")):
-        for lo, hi in _cells(program, proto):
+        for lo, hi in _cells(program):
             yield (name, lo, hi), Flow(family, src, dst, proto, 49152, lo)
     probes = OTHER_PROBES[family]
     if _ICMP.get():
-        for lo, hi in _type_cells(program):
+        for lo, hi in _cells(program, F.ICMP_TYPE, 255):
             yield (f"icmp{family}", lo, hi), Flow(family, src, dst, ICMP_PROTOCOL[family], icmp_type=lo, icmp_code=0)
         probes = tuple((p, t) for p, t in probes if p != ICMP_PROTOCOL[family])
     probed = {proto for proto, _ in OTHER_PROBES[family]}
     for proto, icmp in probes + tuple((p, None) for p in sorted(_protocols(program) - probed)):
         yield ("other", proto), Flow(family, src, dst, proto, icmp_type=icmp, icmp_code=0 if icmp is not None else None)
-
-
-@per_program(keep=4)
-def _type_cells(program: Program) -> list[tuple[int, int]]:
-    """ICMP types 0-255 cut where the entries' type matches begin and end."""
-    cuts = {0, 256}
-    for e in program.acl.entries:
-        fm = e.match.get(F.ICMP_TYPE)
-        for lo, hi in (int_ranges(fm) or ()) if fm is not None else ():
-            cuts |= {lo, min(hi, 255) + 1}
-    cuts = sorted(cuts)
-    return list(zip(cuts, [c - 1 for c in cuts[1:]]))
 
 
 @per_program(keep=4)

@@ -617,14 +617,6 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                 for line in istio_lines:
                     pending.setdefault(line, {}).setdefault(name_b, set()).update(names)
                 done[j] |= cell
-    # The lines a pair gets follow from its three decisions and what restricts each end: remembered per
-    # such key (the restrictions interned by value, so ends restricted alike share one).
-    interned: dict = {}
-    dst_key = [id(interned.setdefault((tuple(closed_in[k]), tuple(admin_in[k])), (closed_in[k], admin_in[k])))
-               for k in range(n)]
-    src_key = [id(interned.setdefault(("out", tuple(closed_out[k]), tuple(admin_out[k])), (closed_out[k], admin_out[k])))
-               for k in range(n)]
-    outcomes: dict[tuple, list] = {}
     for i, a in enumerate(ends):
         a_pod = is_pod_at[i]
         egr_row = side_row(a, "egress") if a_pod else None
@@ -663,35 +655,25 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                 mesh = row[i] if row is not None else mesh_of(b, a)
             if not (into or out_of) and mesh.silent:
                 continue  # Istio leaves this pair alone, and nothing else decides it
-            outcome = (id(ing_side), id(egr_side), id(mesh), dst_key[j], src_key[i])
-            got = outcomes.get(outcome)
-            if got is None:
-                # What passes depends on the ports and Istio's decision, not on which rules decided it.
-                key = (id(ing_side[0]), id(egr_side[0]), id(mesh))
-                texts = combined.get(key)
-                if texts is None:
-                    texts = combined[key] = _combine(ing_side[0], egr_side[0], mesh)
-                allow_texts, deny_texts, istio_lines = texts
-                got = []
-                # What decided: the first rule that allowed (or denied) some of it; else what restricts the pair.
-                if allow_texts:
-                    why = _first(ing_side[1], egr_side[1], mesh.allow_why, closed_in[j], closed_out[i], admin_in[j],
-                                 admin_out[i], mesh.restricted)
-                    got += [("allow", suffix, 20, *why) for suffix in allow_texts]
-                if deny_texts:
-                    why = _first(ing_side[2], egr_side[2], closed_in[j], closed_out[i], admin_in[j], admin_out[i],
-                                 mesh.restricted)
-                    got += [("deny", suffix, 30, *why) for suffix in deny_texts]
-                got += istio_lines  # Istio's DENY rules at L4, and its HTTP rules, each named where it decides
-                outcomes[outcome] = got
-            for line in got:
-                slot = pending.get(line)
-                if slot is None:
-                    slot = pending[line] = {}
-                srcs = slot.get(name_b)
-                if srcs is None:
-                    srcs = slot[name_b] = set()
-                srcs.add(name_a)
+            # What passes depends on the ports and Istio's decision, not on which rules decided it.
+            key = (id(ing_side[0]), id(egr_side[0]), id(mesh))
+            texts = combined.get(key)
+            if texts is None:
+                texts = combined[key] = _combine(ing_side[0], egr_side[0], mesh)
+            allow_texts, deny_texts, istio_lines = texts
+            # What decided: the first rule that allowed (or denied) some of it; else what restricts the pair.
+            if allow_texts:
+                why = _first(ing_side[1], egr_side[1], mesh.allow_why, closed_in[j], closed_out[i], admin_in[j],
+                             admin_out[i], mesh.restricted)
+                for suffix in allow_texts:
+                    pair(("allow", suffix, 20, *why), name_a, name_b)
+            if deny_texts:
+                why = _first(ing_side[2], egr_side[2], closed_in[j], closed_out[i], admin_in[j], admin_out[i],
+                             mesh.restricted)
+                for suffix in deny_texts:
+                    pair(("deny", suffix, 30, *why), name_a, name_b)
+            for line in istio_lines:  # Istio's DENY rules at L4, and its HTTP rules, each named where it decides
+                pair(line, name_a, name_b)
             if proxied_at[j]:
                 # Cilium's proxy lets through the requests its HTTP rules match, where the rules' ports
                 # would pass if they were L4 allows (every tier and the source's egress considered).
