@@ -89,7 +89,7 @@ def _between_two(program, addresses: list) -> Conns:
     src, dst = (int(a) for a in addresses)
     tcp, udp = [], []
     for proto, out in ((6, tcp), (17, udp)):
-        for lo, hi in _cells(program, proto):
+        for lo, hi in _cells(program):  # destination ports, cut where the rules cut them
             if hi and evaluate(program, Flow(4, src, dst, proto, 49152, max(lo, 1))).verdict == "allow":
                 out.append((lo, hi))
     other = any(evaluate(program, Flow(4, src, dst, number, icmp_type=icmp, icmp_code=0 if icmp is not None else None))
