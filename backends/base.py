@@ -214,6 +214,11 @@ class Engine:
         """Flows (or a capture's frames) through the engine, beside the policy's verdicts."""
         raise NotOffered(f"-t {self.name} has no replay")
 
+    def read_live(self, program: Program, **kw) -> Program:
+        """What a running target decides now, read from it and decoded as IR (`status --prove`);
+        `program` gives what the target does not hold (identities, rule origins)."""
+        raise NotOffered(f"-t {self.name} cannot be read back while it runs")
+
     def workloads(self, program: Program) -> list[str]:
         """The identities an exporter's resources decide for (the export proof's scope); every
         identity unless the engine says otherwise."""
@@ -237,7 +242,7 @@ class Engine:
         return []
 
     def offers(self, operation: str) -> bool:
-        """Whether the engine overrides the optional operation ("push", "status", "replay",
+        """Whether the engine overrides the optional operation ("push", "status", "replay", "read_live",
         "control_plane"; "follow" is offered with "push")."""
         return getattr(type(self), operation) is not getattr(Engine, operation)
 

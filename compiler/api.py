@@ -397,6 +397,21 @@ def status(target: str, **kw) -> dict:
     return engine.status(**kw)
 
 
+def prove_live(compiled: Compiled, target: str, **kw):
+    """The proof that a running target decides what the policy decides: what it holds now, read from it
+    and decoded as IR, against the policy (its L4 projection for an engine below HTTP)."""
+    from anyplane.ir.project import project_l4
+    from anyplane.verify.compose import prove as prove_composition
+
+    engine = _engine(target)
+    if not engine.offers("read_live"):
+        raise UsageError(f"-t {target} cannot be read back while it runs")
+    program = compiled.program
+    policy = program if engine.capability.sees_http else project_l4(program)
+    live = engine.read_live(program, **kw)
+    return prove_composition(policy, {engine.name: live}, sources={engine.name: policy})
+
+
 def replay(compiled: Compiled, target: str, flows_file: str | None = None, pcap: str | None = None) -> list[dict]:
     """Flows (one per line, pattern syntax) or a capture through an engine, beside the policy's verdicts."""
     engine = _engine(target)

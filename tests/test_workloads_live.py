@@ -96,6 +96,8 @@ def _arrives(server_side, data: bytes, wait: float) -> bool:
 def test_pods_come_and_go_under_one_loaded_program(cluster):
     first = cluster.bind([3, 4])
     assert first["reloaded"] is True and first["binding"]["pods"] == 3 and first["binding"]["generation"] == 1
+    old_pods = cluster.tmp / "pods-before.yaml"
+    old_pods.write_text((cluster.tmp / "pods.yaml").read_text())
     program = cluster.program()
     server = cluster.pair.socket(cluster.pair.b, socket.AF_INET, socket.SOCK_STREAM, timeout=30)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -117,6 +119,17 @@ def test_pods_come_and_go_under_one_loaded_program(cluster):
     assert cluster.program() == program, "the program was reloaded for a change of pods"
     status = run("status", "-t", "ebpf", "--name", cluster.name, "--format", "json")
     assert json.loads(status.stdout)["binding"] == second["binding"], status.stdout
+    # The tables the kernel holds now, read back from its maps and decoded, are proved against the policy
+    # with the new pods; against the pods before, the proof fails at a pod that came or left.
+    policy = str(cluster.tmp / "p.ap")
+    proved = run("status", "-t", "ebpf", "--name", cluster.name, "--prove", policy, "--bind",
+                 str(cluster.tmp / "pods.yaml"))
+    assert proved.returncode == 0 and "proved: the live tables decide exactly what" in proved.stdout, proved
+    stale = run("status", "-t", "ebpf", "--name", cluster.name, "--prove", policy, "--bind", str(old_pods),
+                "--format", "json")
+    assert stale.returncode == 1, stale
+    flow = json.loads(stale.stdout)["proof"]["counterexample"]["flow"]
+    assert flow.split()[0] in (cluster.pair.ip(3), cluster.pair.ip(5)), flow
     assert cluster.bind([4, 5])["binding"]["generation"] == 2, "the same pods again are the same binding"
     joined = _until(lambda: cluster.connect(5, timeout=2), what="the new pod to reach the server")
     server.accept()
@@ -174,6 +187,13 @@ def test_a_push_of_a_new_binding_writes_the_address_tables_alone(tmp_path):
         assert got == want
         assert got[flows.index(Flow(4, addresses[4], addresses[0], 6, 40000, 8080))] == "pass", "the new pod"
         assert got[flows.index(Flow(4, addresses[1], addresses[0], 6, 40000, 8080))] == "drop", "the pod that left"
+        # What the kernel holds after the rebind, read from its maps, is proved against the new binding.
+        from anyplane.backends.ebpf.engine import ENGINE
+        from anyplane.verify.compose import prove
+
+        live = ENGINE.read_live(after, name=name)
+        assert prove(project_l4(after), {"ebpf": live}).proved
+        assert not prove(project_l4(before), {"ebpf": ENGINE.read_live(before, name=name)}).proved
     finally:
         Classifier(name).remove()
 

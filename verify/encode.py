@@ -236,8 +236,12 @@ class Encoder:
         if name == F.PROTO:
             return self._int(self.proto, fm, name)
         if name in (F.SPORT, F.DPORT):
+            if isinstance(fm, Absent):  # a flow without ports (not TCP or UDP, or a later fragment)
+                return z3.Not(self.has_ports)
             return z3.And(self.has_ports, self._int(self.sport if name == F.SPORT else self.dport, fm, name))
         if name in (F.ICMP_TYPE, F.ICMP_CODE):
+            if isinstance(fm, Absent):
+                return z3.Not(self.is_icmp)
             return z3.And(self.is_icmp, self._int(self.icmp_type if name == F.ICMP_TYPE else self.icmp_code, fm, name))
         if name == F.SRC_PEER:
             return self._peer(program, fm)

@@ -17,7 +17,7 @@ SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
 MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 0, 1, 2, 3, 4
 OBJ_PIN, OBJ_GET, PROG_TEST_RUN = 6, 7, 10
 MAP_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD = 14, 15
-MAP_UPDATE_BATCH = 26
+MAP_LOOKUP_BATCH, MAP_UPDATE_BATCH = 24, 26
 
 ARRAY, PERCPU_ARRAY, LPM_TRIE, ARRAY_OF_MAPS = 2, 6, 11, 12
 F_NO_PREALLOC, F_INNER_MAP = 1, 1 << 12
@@ -108,6 +108,33 @@ def map_update_batch(fd: int, keys: bytes, values: bytes, count: int) -> None:
     attr = bytearray(ATTR_SIZE)
     struct.pack_into("=QQQQII", attr, 0, 0, 0, _ptr(k), _ptr(v), count, fd)
     _call(MAP_UPDATE_BATCH, attr, "batch update")
+
+
+def map_lookup_batch(fd: int, first: int, count: int, value_size: int) -> bytes:
+    """BPF_MAP_LOOKUP_BATCH over an array map: the values of keys first .. first + count - 1. The
+    kernel walks keys after the one given (`in_batch`), so the walk starts from first - 1."""
+    out = bytearray()
+    key = first
+    chunk = max(1, (1 << 20) // value_size)
+    while key < first + count:
+        n = min(chunk, first + count - key)
+        start = ctypes.create_string_buffer(struct.pack("=I", key - 1), 4) if key else None
+        after = ctypes.create_string_buffer(4)
+        keys, values = ctypes.create_string_buffer(4 * n), ctypes.create_string_buffer(value_size * n)
+        attr = bytearray(ATTR_SIZE)
+        struct.pack_into("=QQQQII", attr, 0, _ptr(start) if start is not None else 0, _ptr(after), _ptr(keys),
+                         _ptr(values), n, fd)
+        try:
+            _call(MAP_LOOKUP_BATCH, attr, "batch lookup")
+        except BpfError as exc:
+            if exc.errno != 2:  # ENOENT: the map ended before n keys
+                raise
+        got = struct.unpack_from("=I", attr, 32)[0]
+        if not got:
+            raise BpfError(2, f"bpf batch lookup: no element at key {key}")
+        out += values.raw[:got * value_size]
+        key += got
+    return bytes(out)
 
 
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:

@@ -22,6 +22,7 @@ from anyplane.ir.project import ENFORCED, PROJECTED, enforcement, l7_conditions,
 
 from .. import base
 from . import packet
+from .decode import decode
 from .emit import Layout, compile_c, render
 from .loader import TC_PREF, VERDICTS, Classifier, LoadError, Tables, run_frames, tables
 from .model import Model, Unsupported, build
@@ -103,7 +104,7 @@ def emit(program: Program) -> base.Output:
     c = build_all(program)
     t = c.tables
     out = base.Output(report=report(program, c.model))
-    out.read_back = lambda: lifted(program, c.model)
+    out.read_back = lambda: read_back(program, t)
     meta = {"layout": vars(c.layout), "need": vars(t.need), "entries": len(c.model.entries),
             "classes": {"src": len(c.model.src.keys), "dst": len(c.model.dst.keys),
                         "sport": c.model.sport.count, "dport": c.model.dport.count, "icmp": c.model.icmp.count},
@@ -249,6 +250,12 @@ def replay(program: Program, frames: list[bytes], name: str = "replay") -> list[
         cl.remove()
 
 
+def read_back(program: Program, tables) -> Program:
+    """What one generation's map contents (loader.Tables) decide, as IR (decode.py): the composition
+    proof then covers the bytes a push writes, not the entries they were built from."""
+    return decode(program, dict(tables.image(), meta=tables.meta), tables.addr6)
+
+
 def lifted(program: Program, model=None) -> Program:
     """What the classifier's tables decide, as IR: the entries the bit vectors were built from,
     in their order, and the default (for the composition proof; the kernel tests check that the
@@ -276,8 +283,8 @@ class KernelEngine(base.Engine):
         return emit(program)
 
     def read_back(self, program: Program, options: base.Options) -> Program:
-        """The entries the classifier's tables were built from."""
-        return lifted(program)
+        """What the classifier's maps decide, decoded from their bytes (decode.py)."""
+        return read_back(program, build_all(program).tables)
 
     keeps_binding = True  # `status` says which pods the live policy holds
 
@@ -288,6 +295,15 @@ class KernelEngine(base.Engine):
     def status(self, **kw) -> dict:
         """Counters per rule of the live policy."""
         return status(**kw)
+
+    def read_live(self, program: Program, name: str = "default", **kw) -> Program:
+        """What the live generation of a loaded classifier decides: its maps, read from the kernel and
+        decoded (decode.py)."""
+        cl = Classifier(name)
+        if not cl.installed:
+            raise LoadError(f"no classifier named '{name}' is loaded (anyplane push -t ebpf ... first)")
+        image, addr6 = cl.image()
+        return decode(program, image, addr6)
 
     def replay(self, program: Program, flows=None, pcap: str | None = None) -> list[dict]:
         """Flows (as packets below L7) or a pcap capture through the compiled program in the kernel,

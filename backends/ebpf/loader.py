@@ -519,6 +519,35 @@ class Classifier:
             total += int(json.loads(_run(["bpftool", "-j", "map", "show", "id", str(map_id)])).get("bytes_memlock", 0))
         return total
 
+    def image(self, gen: int | None = None) -> tuple[dict[str, bytes], list[tuple[bytes, int]]]:
+        """What one generation of the maps holds (the live one by default), read from the kernel: the
+        regions decode.py reads back, and the IPv6 trie's keys with their classes. The counters' labels
+        are the ones this host wrote with the policy (they are not in the maps)."""
+        gen = self.live_gen() if gen is None else gen
+        layout = self.layout
+        meta = self._meta(gen)
+        values = META.unpack(meta)
+        if values[7] != layout.capacity:
+            raise LoadError(f"generation {gen} holds tables for {values[7]} entries, the program {layout.capacity}")
+        elements4 = (2 * LEVEL1) // ELEMENT + layout.chunks
+        regions = {"addr4": (4 * ELEMENT, elements4), "cls": (4, 3 * 65536), "row": (layout.row_size, layout.rows),
+                   "blk": (layout.block_size, max(0, layout.blocks)), "l4t": (4, layout.l4t),
+                   "act": (16, values[8]), "tb": (40, layout.buckets)}
+        out = {"meta": meta, "labels": self._read_cache(gen).get("labels", b"[]")}
+        for name, (size, count) in regions.items():
+            fd = self._map(name)
+            try:
+                out[name] = B.map_lookup_batch(fd, gen * (layout.capacity if name == "act" else count), count, size) \
+                    if count else b""
+            finally:
+                os.close(fd)
+        fd = self._map(f"addr6_{gen}")
+        try:
+            addr6 = [(key, struct.unpack("=I", B.map_lookup(fd, key, 4))[0]) for key in B.map_keys(fd, 21)]
+        finally:
+            os.close(fd)
+        return out, addr6
+
     def _meta(self, gen: int) -> bytes:
         fd = self._map("meta")
         try:

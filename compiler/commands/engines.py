@@ -400,20 +400,35 @@ def _follow(files: list[str], target: str, kw: dict, interval: float, output_for
 @click.option("--name", default="default", show_default=True, help="ebpf: name of the classifier instance.")
 @click.option("--admin", "admin", default="127.0.0.1:18001", show_default=True,
               help="xds: the admin address of `anyplane serve`.")
+@click.option("--prove", "prove_files", multiple=True, type=click.Path(), metavar="PATH",
+              help="ebpf: policy files (repeatable) the live tables must decide as: they are read from the kernel, "
+                   "decoded and proved against the policy; exit 1 when they differ.")
+@bind_option
 @format_option
 @handle_errors
-def status(target, name, admin, output_format) -> None:
+def status(target, name, admin, prove_files, output_format) -> None:
     """Counters per policy rule of a running engine; or every sidecar of `anyplane serve` (-t xds)."""
     if target == "xds":
+        if prove_files:
+            raise UsageError("--prove applies to -t ebpf")
         result = api.serve_status(admin)
         if output_format == "json":
             emit_json(result)
         else:
             _xds_status(result)
         return
+    if bound() and not prove_files:
+        raise UsageError("--bind gives the pods of the --prove policy")
     result = api.status(target, name=name)
+    proved = True
+    if prove_files:
+        proof = api.prove_live(load(prove_files), target, name=name)
+        proved, text = _live_proof_lines(proof, prove_files)
+        result["proof"] = dict(proof.to_json(), policy=list(prove_files))
     if output_format == "json":
         emit_json(result)
+        if not proved:
+            sys.exit(EXIT_FAIL)
         return
     held = result.get("binding")
     click.echo(f"classifier '{name}', generation {result['generation']}"
@@ -435,6 +450,25 @@ def status(target, name, admin, output_format) -> None:
                    f"cut by a push {c['cut']}")
     elif conns:
         click.echo("connections: not tracked (the policy is stateless)")
+    if prove_files:
+        click.echo(text)
+        if not proved:
+            sys.exit(EXIT_FAIL)
+
+
+def _live_proof_lines(result, files) -> tuple[bool, str]:
+    """(proved, what to print) for the proof of a running target's tables."""
+    policy = " ".join(files)
+    if result.proved:
+        return True, f"proved: the live tables decide exactly what {policy} decides ({result.seconds:.2f} s)"
+    if result.unknown:
+        return False, f"anyplane: error: the proof of the live tables is undecided ({result.unknown})"
+    cex = result.counterexample
+    (engine, got), = cex["engines"].items()
+    return False, "\n".join([f"anyplane: error: the live tables do not decide what {policy} decides",
+                             f"  flow      {cex['flow']}",
+                             f"  policy    {cex['policy']['verdict']} ({cex['policy']['rule'] or 'default'})",
+                             f"  {engine:<9} {got['verdict']} ({got['rule'] or 'default'})"])
 
 
 @cli.command()
