@@ -29,7 +29,8 @@ def rules_alike(a: Program, b: Program) -> bool:
     """Whether two programs differ at most in their endpoint rows (a binding: pods that came and went):
     the same entries, default, connection state and rules (the counters' labels). An engine that keys
     its rules by class or identity then changes only its address tables."""
-    return a is b or all(getattr(a, f) == getattr(b, f) for f in ("default", "connections", "acl", "rules"))
+    return a is b or all(getattr(a, f) is getattr(b, f) or getattr(a, f) == getattr(b, f)
+                         for f in ("default", "connections", "acl", "rules"))
 
 
 def endpoint_rows(program: Program) -> set[tuple[int, int, int, str]]:

@@ -209,12 +209,13 @@ def members(binding: Binding, program) -> dict:
     from anyplane.ir.owners import ownership
 
     own = ownership(program)
+    selected = {i.name for i in program.identities if i.selector is not None}
     found: dict[str, list] = {}
     for pod in binding.pods:
         for p in pod.prefixes:
             if p.length == p.width:
                 who = own.owner(p.family, p.value)
-                if who is not None and program.identity(who).selector is not None:
+                if who in selected:
                     found.setdefault(who, []).append(((p.family, p.value), f"{pod.namespace}/{pod.name}"))
     return {at: (name, len({n for _, n in pods})) for pods in found.values() for at, name in pods}
 

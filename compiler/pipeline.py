@@ -215,6 +215,26 @@ def _no_gc_pauses():
             gc.enable()
 
 
+#: Per policy text, the rules of the last program compiled from it with a binding: a later binding of
+#: the same policy (pods that came and went) whose rules come out the same gets these very objects, so
+#: that an engine tells a change of pods alone by identity, at once (backends/classes.rules_alike).
+_BOUND_RULES: dict[tuple, tuple] = {}
+_BOUND_KEEP = 4
+
+
+def _share_rules(sources: list[tuple[str, str]], program: Program) -> Program:
+    key = tuple(sources)
+    last = _BOUND_RULES.get(key)
+    mine = (program.acl, program.rules, program.connections, program.default)
+    if last is not None and last == mine:
+        program = dataclasses.replace(program, acl=last[0], rules=last[1], connections=last[2])
+    else:
+        if len(_BOUND_RULES) >= _BOUND_KEEP and key not in _BOUND_RULES:
+            _BOUND_RULES.pop(next(iter(_BOUND_RULES)))
+        _BOUND_RULES[key] = mine
+    return program
+
+
 def compile_sources(sources: list[tuple[str, str]], dump_after: str | None = None, dump=print,
                     binding=None) -> Compiled:
     """Run the whole pipeline on in-memory sources. `binding` (compiler/binding.py) gives the
@@ -226,7 +246,8 @@ def compile_sources(sources: list[tuple[str, str]], dump_after: str | None = Non
         return compiled
     from .binding import members
 
-    return dataclasses.replace(compiled, binding=binding, pods=members(binding, compiled.program))
+    program = _share_rules(sources, compiled.program)
+    return dataclasses.replace(compiled, program=program, binding=binding, pods=members(binding, program))
 
 
 def _compile(sources, source_map: SourceMap, dump_after: str | None, dump, binding=None) -> Compiled:

@@ -460,6 +460,27 @@ def a_pod_replaced(tmp_path) -> tuple:
     return before, after, pods, moved
 
 
+def test_a_new_binding_of_the_same_policy_shares_its_rules_with_the_last(tmp_path):
+    """Pods that came and went: the program compiled with the new binding holds the very rule objects of
+    the last one (an engine then tells a change of pods alone at once), its own endpoints, and decides
+    as a compile that shares nothing."""
+    from anyplane.backends.classes import endpoint_rows, rules_alike
+    from anyplane.compiler import pipeline
+
+    before, after, pods, moved = a_pod_replaced(tmp_path)
+    rnd = random.Random(5)  # a_pod_replaced's policy
+    text = _policy(rnd, _workloads(rnd))
+    assert after.acl is before.acl and after.rules is before.rules
+    assert endpoint_rows(after) != endpoint_rows(before) and rules_alike(before, after)
+    pipeline._BOUND_RULES.clear()
+    fresh = _compiled(text, _write_pods(tmp_path, pods, "fresh.yaml")).program
+    assert fresh.acl is not before.acl and fresh.acl == after.acl
+    assert [(r.prefix, r.identity) for r in fresh.endpoints] == [(r.prefix, r.identity) for r in after.endpoints]
+    other = _compiled(text + "deny any -> 10.99.0.0/16 priority 9\n",
+                      _write_pods(tmp_path, pods, "other.yaml")).program
+    assert other.acl is not after.acl, "another policy text shares nothing"
+
+
 def test_a_switch_follows_pods_with_endpoint_entries_alone(tmp_path):
     """A pod replaced by another: the push writes the switch's endpoint tables (address to class, its
     ipcache) in one atomic write, as received by the P4Runtime server; the ACL is untouched, and the
