@@ -281,7 +281,8 @@ def verify(compiled: Compiled, fail_on=None, timeout_s: int = 20, progress=None)
         return changed_without(analyses["analysis"], entries) is None
 
     found = findings(list(compiled.manifests), lambda a, b: not diff(a, b, limit=1).differs, same_without)
-    extra = with_severities([Finding("redundant", "warning", span, message) for span, message in found],
+    extra = with_severities([Finding("redundant", "warning", span, message, related=related)
+                             for span, message, related in found],
                             fail_on or DEFAULT_FAIL_ON)
     return dataclasses.replace(report, findings=tuple(sorted(kept + tuple(extra), key=lambda f: (f.span or ("",), f.kind))))
 

@@ -662,16 +662,36 @@ def test_a_mistake_read_for_many_pods_is_said_once(tmp_path):
     assert "np.yaml:13:11: error: unknown selector operator 'in'" in done.stderr
 
 
-def test_two_policies_that_contain_each_other_are_said_so(tmp_path):
-    """Two copies: each is redundant while the other stays, and removing both changes the cluster."""
+def test_two_policies_that_contain_each_other_are_one_finding(tmp_path):
+    """Two copies: each is redundant while the other stays, and removing both changes the cluster. One
+    finding says so, at the later copy."""
     example_cluster(tmp_path)
     copy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {}, namespace: data}}\n" \
            "spec:\n  podSelector: {{}}\n  policyTypes: [Ingress]\n"
     (tmp_path / "np.yaml").write_text(copy.format("a") + "---\n" + copy.format("b"))
     done = run("verify", str(tmp_path), "--format", "json")
-    messages = sorted(f["message"] for f in json.loads(done.stdout)["findings"])
-    assert messages == [
-        "NetworkPolicy data/a is redundant while NetworkPolicy data/b stays: they contain each other, so either "
-        "can go, not both",
-        "NetworkPolicy data/b is redundant while NetworkPolicy data/a stays: they contain each other, so either "
-        "can go, not both"], messages
+    found = json.loads(done.stdout)["findings"]
+    assert [f["message"] for f in found] == [
+        "NetworkPolicy data/b is equivalent to NetworkPolicy data/a here: each is redundant while the other stays, "
+        "and removing both changes the cluster, so keep one"], found
+    assert found[0]["location"].endswith("np.yaml:8:1") and found[0]["related"][0].endswith("np.yaml:1"), found
+
+
+def test_a_redundant_policy_names_the_policy_that_covers_it(tmp_path):
+    """`db-from-api` admits api to db on 5432; `db-from-shop` admits every pod of the namespace to db on
+    every port. The first is redundant given the second (without the second, the first adds api's 5432);
+    a policy that selects other pods is not named."""
+    example_cluster(tmp_path)
+    np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {}, namespace: data}}\n" \
+         "spec:\n  podSelector: {{matchLabels: {{app: {}}}}}\n  policyTypes: [Ingress]\n  ingress:\n{}"
+    (tmp_path / "np.yaml").write_text(
+        np.format("cache-from-backend", "redis",
+                  "  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: backend}}}]\n") + "---\n"
+        + np.format("db-from-api", "postgres", "  - from: [{namespaceSelector: {}}]\n    ports: [{port: 5432}]\n")
+        + "---\n" + np.format("db-from-all", "postgres", "  - from: [{namespaceSelector: {}}]\n"))
+    done = run("verify", str(tmp_path), "--format", "json")
+    found = json.loads(done.stdout)["findings"]
+    assert [f["message"] for f in found] == [
+        "NetworkPolicy data/db-from-api is redundant given NetworkPolicy data/db-from-all: while NetworkPolicy "
+        "data/db-from-all stays, every flow is decided the same without it"], found
+    assert found[0]["related"][0].endswith("np.yaml:20"), found[0]["related"]

@@ -347,6 +347,8 @@ def _our_findings(scenario: Path) -> set:
     for f in json.loads(done.stdout)["findings"]:
         if m := re.match(r"(ingress|egress) rule (\d+) of NetworkPolicy (\S+) ", f["message"]):
             out.add(("rule", m.group(3), m.group(1), int(m.group(2))))
+        elif m := re.match(r"NetworkPolicy (\S+) is equivalent to NetworkPolicy (\S+) here", f["message"]):
+            out |= {("policy", m.group(1)), ("policy", m.group(2))}  # NCA calls each of the two redundant
         elif m := re.match(r"NetworkPolicy (\S+) ", f["message"]):
             out.add(("policy", m.group(1)))
         else:

@@ -99,7 +99,8 @@ def read(reader, pods, objects, span_of, selects, drop=frozenset(), structure=No
         if subject is None:
             continue
         key = ("admin", n)
-        held = {"label": label, "span": span_of(path, obj), "selects": len(subject), "rules": [], "key": key}
+        held = {"label": label, "span": span_of(path, obj), "selects": len(subject), "rules": [], "key": key,
+                "pods": frozenset(subject)}
         if structure is not None:
             structure.append(held)
         for direction, side in (("ingress", "from"), ("egress", "to")):

@@ -131,7 +131,8 @@ def read_policy(reader, pods, path, obj, ingress, egress, isolated_in, isolated_
                                                                        reader)]
     where = span_of_object(path, spec.get("podSelector") if isinstance(spec.get("podSelector"), dict) else obj)
     held = {"label": label, "span": span_of_object(path, obj), "selects": len(selected), "rules": [], "key": (n,),
-            "isolates": {d.lower(): [p.ident for p in selected] for d in ("Ingress", "Egress") if d in types}}
+            "isolates": {d.lower(): [p.ident for p in selected] for d in ("Ingress", "Egress") if d in types},
+            "pods": frozenset(p.ident for p in selected)}
     for direction, key, table, isolated in (("Ingress", "ingress", ingress, isolated_in),
                                              ("Egress", "egress", egress, isolated_out)):
         if direction not in types:

@@ -3,7 +3,11 @@
     NetworkPolicy (or AdminNetworkPolicy, BaselineAdminNetworkPolicy) P selects no pod
                                                         it has no effect
     ingress rule N of P admits no peer                  its selectors select no pod
-    NetworkPolicy P is redundant                        without it, every flow is decided the same
+    NetworkPolicy P is redundant given Q                without it, every flow is decided the same;
+                                                        without Q too, not (Q covers it)
+    NetworkPolicy P is redundant                        the same, and no one policy covers it alone
+    NetworkPolicy P is equivalent to Q here             each is redundant while the other stays, and
+                                                        removing both changes the cluster: keep one
     ingress rule N of P is redundant                    without it, every flow is decided the same
 
 "Decided the same" is the semantic diff the caller passes (`same(program, program)`: the API
@@ -11,7 +15,10 @@ gives Z3's, verify/diff.py) between the import with and without the policy or ru
 network-config-analyzer's sanity check answers. When the import is per rule, a rule (or a policy
 whose isolations other policies make too) is asked without re-importing: the import less the lines
 it alone writes (`_Lines`), through the caller's `same_without`. Two policies that each make the other
-redundant (two copies, or two that contain each other) are said so: either can go, not both. The API
+redundant (two copies, or two that contain each other) are one finding, at the later one: either can
+go, not both. A policy that selects some of a redundant one's pods, without which the redundant one
+adds something, is named as what covers it (asked of a few such policies, the most overlapping first).
+The API
 makes them findings of kind `redundant` (a warning unless `--fail-on
 redundant`), at the policy's or rule's position in the YAML.
 """
@@ -63,9 +70,9 @@ class _Lines:
 
 
 def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bool],
-             same_without: Callable[[Program, list], bool] | None = None) -> list[tuple[Span, str]]:
+             same_without: Callable[[Program, list], bool] | None = None) -> list[tuple[Span, str, tuple]]:
     """The redundancy findings of the NetworkPolicies and admin policies in these manifests:
-    (position, message). `same_without(program, entries)`: whether the program decides every flow
+    (position, message, the positions of the policies it names). `same_without(program, entries)`: whether the program decides every flow
     alike without these acl entries (asked for each rule when the import is per rule); else `same`
     compares the import with the one made without the policy or rule."""
     parsed: dict = {}  # the YAML is read once
@@ -79,8 +86,8 @@ def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bo
     lines = _Lines(base, imported.depends) if imported.depends is not None else None
     out = []
 
-    def found(span, message):
-        out.append((span, message))
+    def found(span, message, related=()):
+        out.append((span, message, related))
 
     def _same(drop, policy):
         (key,) = drop
@@ -106,22 +113,50 @@ def findings(texts: list[tuple[str, str]], same: Callable[[Program, Program], bo
                 found(r["span"], f"{what} admits no peer: its selectors select no pod")
             elif _same(frozenset({key + (r["direction"], r["number"])}), policy):
                 found(r["span"], f"{what} is redundant: without it every flow is decided the same")
+    without: dict = {}  # policy keys left out -> the import without them
+
+    def without_(*keys):
+        drop = frozenset(keys)
+        if drop not in without:
+            without[drop] = _program(texts, drop, whole.partition, parsed)[0]
+        return without[drop]
+
     # Policies that each make the other redundant (two copies, or two that contain each other): either
-    # can go, not both. Asked of the redundant policies of one namespace (or both cluster-wide), pair by pair.
+    # can go, not both; one finding, at the later. Asked of the redundant policies of one namespace (or
+    # both cluster-wide), pair by pair.
+    paired, gone = set(), set()
     if 1 < len(redundant) <= MAX_PAIRED:
         for i, (at_a, a) in enumerate(redundant):
             for at_b, b in redundant[i + 1:]:
-                if _namespace(a) != _namespace(b):
+                if _namespace(a) != _namespace(b) or at_a in gone or at_b in gone:
                     continue
-                if not same(base, _program(texts, frozenset({a["key"], b["key"]}), whole.partition, parsed)[0]):
-                    for at, mine, other in ((at_a, a, b), (at_b, b, a)):
-                        out[at] = (out[at][0], f"{mine['label']} is redundant while {other['label']} stays: they "
-                                               "contain each other, so either can go, not both")
-    return out
+                if not same(base, without_(a["key"], b["key"])):
+                    out[at_b] = (out[at_b][0], f"{b['label']} is equivalent to {a['label']} here: each is redundant "
+                                               "while the other stays, and removing both changes the cluster, so "
+                                               "keep one", (a["span"],))
+                    gone.add(at_a)
+                    paired |= {at_a, at_b}
+    # What covers a redundant policy: a policy selecting some of its pods, without which it adds something.
+    if len(redundant) <= MAX_PAIRED:
+        for at, policy in redundant:
+            if at in paired:
+                continue
+            mine = policy.get("pods", frozenset())
+            others = sorted((p for p in structure if p is not policy and p.get("selects") and p.get("pods", frozenset()) & mine),
+                            key=lambda p: -len(p["pods"] & mine))[:MAX_COVERERS]
+            for other in others:
+                if not same(without_(other["key"]), without_(other["key"], policy["key"])):
+                    out[at] = (out[at][0], f"{policy['label']} is redundant given {other['label']}: while "
+                                           f"{other['label']} stays, every flow is decided the same without it",
+                               (other["span"],))
+                    break
+    return [f for k, f in enumerate(out) if k not in gone]
 
 
-#: Above this many redundant policies, their pairs are not asked (each pair is a comparison).
+#: Above this many redundant policies, their pairs and coverers are not asked (each is a comparison).
 MAX_PAIRED = 40
+#: The policies asked whether they cover a redundant one, the most overlapping first.
+MAX_COVERERS = 6
 
 
 def _namespace(policy) -> str | None:
