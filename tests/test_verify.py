@@ -218,6 +218,30 @@ def test_diff_reports_classes_with_witnesses(tmp_path):
     assert run("diff", "examples/bookinfo.ap", "examples/bookinfo.ap").returncode == 0
 
 
+def test_a_diff_class_says_which_flows_changed_not_which_rule_decides(tmp_path):
+    """The frontend's egress to the backend on its named port is taken away: the class is that pair and
+    that port (NCA prints the same), not the backend's isolating deny that now decides it; its witness
+    runs between two pods."""
+    for side in ("old", "new"):
+        (tmp_path / side).mkdir()
+        for name in ("namespaces.yaml", "pods.yaml", "policies.yaml"):
+            (tmp_path / side / name).write_text((ROOT / "examples" / "kubernetes" / name).read_text())
+    policies = tmp_path / "new" / "policies.yaml"
+    text, n = re.subn(r"  - to: \[\{namespaceSelector: \{matchLabels: \{kubernetes.io/metadata.name: backend\}\}\}\]\n"
+                      r"    ports: \[\{port: http\}\]\n", "", policies.read_text())
+    assert n == 1
+    policies.write_text(text)
+    proc = run("diff", str(tmp_path / "old"), str(tmp_path / "new"), "--format", "json")
+    assert proc.returncode == 1, proc.stderr
+    data = json.loads(proc.stdout)
+    (closed,) = data["newly_denied"]
+    assert not data["newly_allowed"] and closed["class"]["exact"]
+    assert closed["class"]["text"] == "frontend_app-web -> backend_api tcp port 9090", closed["class"]
+    assert closed["witness"]["src"] != closed["witness"]["dst"]
+    shown = run("diff", str(tmp_path / "old"), str(tmp_path / "new")).stdout
+    assert "  frontend_app-web -> backend_api tcp port 9090\n" in shown, shown
+
+
 def test_diff_of_shuffled_policy_is_equivalent():
     program = load_example("edge-firewall").program
     report = diff(program, program)

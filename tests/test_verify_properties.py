@@ -18,6 +18,7 @@ from anyplane.ir.actions import RateLimit
 from anyplane.ir.interp import evaluate, match_holds, owner
 from anyplane.ir.nodes import Table, precedence
 from anyplane.ir.source import DiagnosticError, Span
+from anyplane.verify.classes import holds
 from anyplane.verify.context import Analysis
 from anyplane.verify.diff import diff
 from anyplane.verify.reach import reachability
@@ -132,9 +133,17 @@ def test_diff_matches_brute_force(text, data):
     for c in report.newly_denied:
         assert (evaluate(old.program, c.witness).verdict, evaluate(new.program, c.witness).verdict) == ("allow", "deny")
     for c in report.newly_allowed + report.newly_denied + report.changed:
-        # The class in words is the deciding entry's flows; "whole" says whether every one of them is
-        # decided by the class's two rules.
         d_old, d_new = evaluate(old.program, c.witness), evaluate(new.program, c.witness)
+        if c.flows is not None:
+            # The class's flows, as boxes: exactly the flows decided by the class's two entries.
+            boxes, boxer = c.flows
+            assert c.described["exact"] and holds(boxes, boxer, new.program, c.witness)
+            for f in flows:
+                mine = (evaluate(old.program, f).entry, evaluate(new.program, f).entry) == (d_old.entry, d_new.entry)
+                assert holds(boxes, boxer, new.program, f) == mine, (f.text, c.described["text"])
+            continue
+        # Otherwise the class in words is the deciding entry's flows; "whole" says whether every one of
+        # them is decided by the class's two rules.
         program, entry = (new.program, d_new.entry) if d_new.entry is not None else (old.program, d_old.entry)
         ids = lambda f, p=program: (owner(p, f.family, f.src), owner(p, f.family, f.dst))  # noqa: E731
         inside = [f for f in flows if entry is None or match_holds(entry.match, f, *ids(f))]

@@ -24,6 +24,7 @@ from anyplane.ir.interp import evaluate
 from anyplane.ir.nodes import Entry, Program
 from anyplane.ir.printer import format_connections
 
+from .classes import class_flows, say
 from .context import Analysis
 from .domain import Domain
 from .encode import Encoder, mk_and, mk_or
@@ -56,9 +57,12 @@ class DiffClass:
     what: str = ""
     old: str = ""
     new: str = ""
-    #: The class in words: the deciding rule's flows (`ir.describe`), and `whole`: whether every one
-    #: of them changed this way (else only part of them did: rules above decide the rest).
+    #: The class in words: its flows (verify/classes.py, `exact`), or, where they cannot be written as
+    #: boxes, the deciding rule's flows (`ir.describe`) and `whole`: whether every one of them changed
+    #: this way (else only part of them did: rules above decide the rest).
     described: dict = field(default_factory=dict)
+    #: Its flows as (boxes, the Boxes that wrote them), when they could be written so.
+    flows: tuple | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
         """`{"witness", "old_rule", "new_rule", "class"}` (+ what changed for `changed`)."""
@@ -192,12 +196,18 @@ def diff(old: Program, new: Program, limit: int = MAX_CLASSES) -> DiffReport:
         so = model.eval(old_sel, model_completion=True).as_long()
         sn = model.eval(new_sel, model_completion=True).as_long()
         pin = [old_sel == so, new_sel == sn]
-        f = enc.flow(prefer(a_old, question + blocked + pin, model))
+        # A witness between two addresses (a pod's traffic to itself is no example of a change).
+        f = enc.flow(prefer(a_old, question + blocked + pin, model, first=(enc.src != enc.dst,)))
         d_old, d_new = evaluate(old, f), evaluate(new, f)
         cls = _classify(report, f, d_old, d_new)
-        cls.described = _in_words(new if d_new.entry is not None else old, d_new.entry or d_old.entry,
-                                   a_new if d_new.entry is not None else a_old,
-                                   lambda m: isinstance(a_old.solve(m, z3.Not(z3.And(region, *pin))), Unsat))
+        # A route's change is not the deciding entries' alone: its class is said by the rule.
+        flows = class_flows(old, new, d_old.entry, d_new.entry) if cls.what != "route" else None
+        cls.flows = flows if flows is not None and flows[0] else None
+        cls.described = say(new, *cls.flows) if cls.flows is not None else {}
+        if not cls.described:  # HTTP conditions, or a class the boxes cannot hold: the deciding rule's flows
+            cls.described = _in_words(new if d_new.entry is not None else old, d_new.entry or d_old.entry,
+                                       a_new if d_new.entry is not None else a_old,
+                                       lambda m: isinstance(a_old.solve(m, z3.Not(z3.And(region, *pin))), Unsat))
         blocked.append(z3.Not(mk_and(pin + ([_route_pin(a_old, a_new, model, codes)] if routes_differ else []), enc.ctx)))
     return report
 

@@ -216,8 +216,9 @@ def _print_diff(report, newer, output_format, shown) -> None:
             for c in classes:
                 what = f"  [{c.what}: {c.old} -> {c.new}]" if c.what else ""
                 if c.described:
-                    share = "all of it" if c.described["whole"] else "part of it: rules above decide the rest"
-                    echo(f"  {c.described['text']}{what}  ({share})")
+                    share = "" if c.described.get("exact") else \
+                        "  (all of it)" if c.described["whole"] else "  (part of it: rules above decide the rest)"
+                    echo(f"  {c.described['text']}{what}{share}")
                     echo(f"      e.g. {described(newer.program, c.witness, newer.pods)}")
                 else:
                     echo(f"  {described(newer.program, c.witness, newer.pods)}{what}")
