@@ -31,33 +31,47 @@ from .refine import (ADDRESSES, BUDGET, DPORT, DST_ID, DST_IP, ICMP_CODE, ICMP_T
 SHOWN = 4
 
 
-def class_flows(old: Program, new: Program, e_old: Entry | None, e_new: Entry | None):
-    """(the boxes of the flows old decides by e_old and new by e_new, the Boxes that wrote them), or None
-    when they cannot be written as boxes within the work bound (HTTP conditions, other ownership tables,
-    both sides by their default)."""
-    if e_old is None and e_new is None:
-        return None
-    if {(r.prefix, r.identity) for r in old.endpoints} != {(r.prefix, r.identity) for r in new.endpoints}:
-        return None
-    names = {r.identity for r in old.endpoints} | {i.name for i in old.identities} | {i.name for i in new.identities}
-    boxes = Boxes(names, old.endpoints)
-    budget = Work(BUDGET)
-    try:
-        sides = [_Side(old, boxes), _Side(new, boxes)]
-        entries = [e_old, e_new]
-        first = 0 if e_old is not None else 1
-        flows = _decided_by(sides[first], entries[first], budget)
-        other, e = sides[1 - first], entries[1 - first]
-        if e is not None:
-            mine = _decided_by(other, e, budget)
-            budget.spend(len(flows) * len(mine))
-            flows = [box_meet(p, q) for p in flows for q in mine if not box_apart(p, q)]
-        else:  # the other version's default: no entry of it takes them
-            holes = [b for j in other.near([entries[first]], 0, len(other.ordered)) for b in other.boxes(j)]
-            flows = without(flows, holes, budget)
-        return boxes.feasible(flows), boxes
-    except NotComparable:
-        return None
+class ClassFlows:
+    """The flows of a diff's classes, as boxes: one per pair of versions, its boxes and overlap indexes
+    built once for all the classes."""
+
+    def __init__(self, old: Program, new: Program):
+        self.old, self.new = old, new
+        self.comparable = {(r.prefix, r.identity) for r in old.endpoints} == \
+            {(r.prefix, r.identity) for r in new.endpoints}
+        self._sides = None
+
+    def sides(self):
+        if self._sides is None:
+            names = {r.identity for r in self.old.endpoints} | {i.name for i in self.old.identities} | \
+                {i.name for i in self.new.identities}
+            boxes = Boxes(names, self.old.endpoints)
+            self._sides = boxes, [_Side(self.old, boxes), _Side(self.new, boxes)]
+        return self._sides
+
+    def of(self, e_old: Entry | None, e_new: Entry | None):
+        """(the boxes of the flows old decides by e_old and new by e_new, the Boxes that wrote them), or
+        None when they cannot be written as boxes within the work bound (HTTP conditions, other ownership
+        tables, both sides by their default)."""
+        if (e_old is None and e_new is None) or not self.comparable:
+            return None
+        budget = Work(BUDGET)
+        try:
+            boxes, sides = self.sides()
+            entries = [e_old, e_new]
+            first = 0 if e_old is not None else 1
+            flows = _decided_by(sides[first], entries[first], budget)
+            other, e = sides[1 - first], entries[1 - first]
+            if e is not None:
+                mine = _decided_by(other, e, budget)
+                budget.spend(len(flows) * len(mine))
+                flows = [box_meet(p, q) for p in flows for q in mine if not box_apart(p, q)]
+            else:  # the other version's default: no entry of it takes them
+                holes = [b for j in other.near([entries[first]], 0, len(other.ordered)) for b in other.boxes(j)]
+                flows = without(flows, holes, budget)
+            return boxes.feasible(flows), boxes
+        except NotComparable:
+            return None
 
 
 def holds(flows: list[Box], boxes: Boxes, program: Program, flow) -> bool:
@@ -78,7 +92,9 @@ def _or_absent(v):
 
 def _decided_by(side: _Side, e: Entry, budget: Work) -> list[Box]:
     """The flows an entry decides: its boxes less those of the entries before it."""
-    at = next(k for k, x in enumerate(side.ordered) if x is e)
+    at = next((k for k, x in enumerate(side.ordered) if x is e), None)
+    if at is None:
+        raise NotComparable("an entry of neither version")
     holes = [b for j in side.near([e], 0, at) for b in side.boxes(j)]
     return without(side.boxes(at), holes, budget)
 

@@ -24,7 +24,7 @@ from anyplane.ir.interp import evaluate
 from anyplane.ir.nodes import Entry, Program
 from anyplane.ir.printer import format_connections
 
-from .classes import class_flows, say
+from .classes import ClassFlows, say
 from .context import Analysis
 from .domain import Domain
 from .encode import Encoder, mk_and, mk_or
@@ -182,6 +182,7 @@ def diff(old: Program, new: Program, limit: int = MAX_CLASSES) -> DiffReport:
         question = [region, z3.Or(old_code != new_code,
                                   z3.And(old_code != 0, new_code != 0, enc.http, r_old != r_new))]
     blocked: list[z3.BoolRef] = []
+    class_flows = ClassFlows(old, new)
     while True:
         if len(report.newly_allowed) + len(report.newly_denied) + len(report.changed) >= limit:
             report.truncated = True
@@ -201,7 +202,7 @@ def diff(old: Program, new: Program, limit: int = MAX_CLASSES) -> DiffReport:
         d_old, d_new = evaluate(old, f), evaluate(new, f)
         cls = _classify(report, f, d_old, d_new)
         # A route's change is not the deciding entries' alone: its class is said by the rule.
-        flows = class_flows(old, new, d_old.entry, d_new.entry) if cls.what != "route" else None
+        flows = class_flows.of(d_old.entry, d_new.entry) if cls.what != "route" else None
         cls.flows = flows if flows is not None and flows[0] else None
         cls.described = say(new, *cls.flows) if cls.flows is not None else {}
         if not cls.described:  # HTTP conditions, or a class the boxes cannot hold: the deciding rule's flows
