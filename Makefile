@@ -41,7 +41,7 @@ test-fast: sysdeps venv kmodels
 setup: sysdeps venv bpffs p4tools nca p4sh kmodels
 
 # p4runtime-shell, the tool an operator opens on a switch, pins protobuf 3.20: it gets an environment
-# of its own, and tests/test_p4.py has it read back what anyplane pushed.
+# of its own, and tests/backends/p4/test_p4.py has it read back what anyplane pushed.
 P4SH_VERSION := 0.0.6
 p4sh: .p4sh/.installed-$(P4SH_VERSION)
 .p4sh/.installed-$(P4SH_VERSION):
@@ -59,7 +59,7 @@ kmodels: .kmodels/.installed-istio-3.0.1-cilium-4.0.0
 	touch $@
 
 # IBM's network-config-analyzer, the peer the Kubernetes importer is checked against
-# (tests/test_nca_agreement.py): a virtualenv of its own, since its pins clash with ours.
+# (tests/importers/test_nca_agreement.py): a virtualenv of its own, since its pins clash with ours.
 NCA_VERSION := 2.1.0
 nca: .nca/.installed-$(NCA_VERSION)
 .nca/.installed-$(NCA_VERSION):

@@ -21,7 +21,7 @@ A box is a tuple of sets, one per dimension: the points whose every coordinate l
 
 Users: the importers' port sets (compiler/importers/ports.py), the verifier's rule-by-rule refinement
 and overlap index (verify/refine.py, verify/index.py), the Kubernetes exporters' ipBlocks
-(backends/kube), and the connection model's replies (ir/conn.py). tests/test_space.py holds each
+(backends/kube), and the connection model's replies (ir/conn.py). tests/ir/test_space.py holds each
 operation against sets of integers.
 """
 

@@ -29,7 +29,7 @@ that hold for it, so statements about boxes are statements about flows.
 The check is sufficient, not necessary: when it fails (an engine merged
 rules, restricted entries to a listener, or the comparison outgrew its work
 bound) the caller compares the engine with the solver instead. It never
-says "alike" when a flow is decided otherwise; tests/test_refine.py checks
+says "alike" when a flow is decided otherwise; tests/verify/test_refine.py checks
 that against exhaustive enumeration.
 """
 

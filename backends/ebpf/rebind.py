@@ -11,7 +11,7 @@ one the tables already have:
 
 and every other table (the rules' bit vectors, actions, ports) stays as it is. Anything else (the
 rules changed, a prefix that is not a host, a host that is also a rule's CIDR, a class the tables do
-not have yet) returns None and the policy is built afresh. tests/test_workloads.py checks that the
+not have yet) returns None and the policy is built afresh. tests/compiler/test_workloads.py checks that the
 result decides every flow as tables built afresh do, and so does a second rebind from it (which reuses
 what the first one worked out: each side's CIDRs and prefix lengths, the rows it was given).
 """

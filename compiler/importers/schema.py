@@ -6,7 +6,7 @@ position, never a field quietly ignored:
       -> unknown field "matchlabels" in LabelSelector (did you mean "matchLabels"?)
 
 The field names are the API's own (Kubernetes 1.37, policy.networking.k8s.io v1alpha1 and v1alpha2);
-tests/test_manifest_schema.py holds every struct here against Kubernetes' published schema. Parts of an
+tests/importers/test_manifest_schema.py holds every struct here against Kubernetes' published schema. Parts of an
 object that decide nothing about traffic (a container's probes, a pod's volumes) are `OPAQUE`: any value
 is taken, as their own validation is Kubernetes' business.
 
