@@ -2,6 +2,8 @@
 and every report share.
 
     dead, redundant, conflict, rate-conflict   rule anomalies (verify/checks.py)
+    fragments-only                             a rule that decides only non-first fragments (packets
+                                               without ports or ICMP type): rules above take the rest
     assertion-failed                           an assert that does not hold (verify/reach.py)
     route-unreachable, unused-version          traffic management (verify/routes.py)
     ownership                                  a name in a rule that does not cover addresses declared
@@ -14,9 +16,9 @@ and every report share.
 
 from __future__ import annotations
 
-KINDS = ("dead", "redundant", "conflict", "rate-conflict", "assertion-failed", "route-unreachable",
+KINDS = ("dead", "redundant", "fragments-only", "conflict", "rate-conflict", "assertion-failed", "route-unreachable",
          "unused-version", "ownership", "shared-identity", "unknown")
 DEFAULT_FAIL_ON = frozenset({"dead", "rate-conflict", "assertion-failed", "unknown"})
-DEFAULT_SEVERITY = {"dead": "error", "redundant": "warning", "conflict": "info", "rate-conflict": "error",
+DEFAULT_SEVERITY = {"dead": "error", "redundant": "warning", "fragments-only": "warning", "conflict": "info", "rate-conflict": "error",
                     "assertion-failed": "error", "route-unreachable": "warning", "unused-version": "warning",
                     "ownership": "info", "shared-identity": "warning", "unknown": "error"}

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import z3
+
 
 from anyplane.ir.actions import Deny, RateLimit
 from anyplane.ir.nodes import Entry, precedence, TOP_PRIORITY
@@ -30,7 +32,7 @@ from anyplane.ir.space import box_apart
 
 from .context import Analysis
 from .index import members, surely_meet
-from .refine import BUDGET, Boxes, NotComparable, Work, flow_in, without
+from .refine import BUDGET, Boxes, NotComparable, Work, flow_in, fragments_only, without
 from .concrete import covers, disjoint, escape, intersection
 from .reach import prefer
 from .result import Finding, Sat, Unknown, Unsat, VerificationBug
@@ -49,6 +51,7 @@ class _EntryFacts:
     deciders: list[int] = field(default_factory=list)
     solver_proved: bool = False
     unknown: str | None = None
+    fragments_only: bool = False  # live, but only for non-first fragments (no ports, no ICMP type)
 
 
 def _rate(e: Entry):
@@ -155,12 +158,20 @@ class AnomalyChecker:
             facts.live, facts.covering = False, self._covering(i)
             return
         if left:
-            witness = flow_in(left[0])
+            whole = [b for b in left if not fragments_only(b)]
+            witness = flow_in((whole or left)[0])
             ms = a.matching(witness) if witness is not None else ()
             if i in ms and not any(self._outranks(m, i) for m in ms):
                 facts.live, facts.witness = True, witness
+                if not whole:
+                    facts.fragments_only, facts.covering = True, self._covering(i, fragments=False)
                 return
-        result = self._solve(*self._region(i))
+        # A packet with its ports or ICMP type first; a non-first fragment only if there is no such packet.
+        result = self._solve(*self._region(i), z3.Not(a.enc.fragment))
+        if isinstance(result, Unsat):
+            result = self._solve(*self._region(i))
+            if isinstance(result, Sat):
+                facts.fragments_only, facts.covering = True, self._covering(i, fragments=False)
         if isinstance(result, Unknown):
             facts.unknown = result.reason
             return
@@ -206,14 +217,16 @@ class AnomalyChecker:
             raise hit
         return hit
 
-    def _covering(self, i: int) -> list[int]:
-        """The rules that decide the flows of a dead entry: an unsat core when the entry has few
-        overlapping predecessors, else the deciders of sample flows (Batfish's blocking lines)."""
+    def _covering(self, i: int, fragments: bool = True) -> list[int]:
+        """The rules that decide the flows of a dead entry (`fragments` False: its flows but non-first
+        fragments): an unsat core when the entry has few overlapping predecessors, else the deciders of
+        sample flows (Batfish's blocking lines)."""
         a, e = self.a, self.a.ordered[i]
         earlier = self._split(i)[0]
         if len(earlier) <= 64:
             tracked = {str(c): a.outside(a.ordered[c].match) for c in earlier}
-            return [int(n) for n in a.core([a.term(e.match)], tracked)]
+            base = [a.term(e.match)] + ([] if fragments else [z3.Not(a.enc.fragment)])
+            return [int(n) for n in a.core(base, tracked)]
         found = []
         for f in a.gen.inside(e.match, tries=24):
             first = next((m for m in a.matching(f) if self._outranks(m, i)), None)
@@ -324,6 +337,14 @@ class AnomalyChecker:
             live = [f for f in facts if f.live]
             if live and all(f.redundant for f in live):
                 out.append(self._redundant(rule, positions))
+                continue
+            if live and all(f.fragments_only for f in live):
+                covering = sorted({a.ordered[c].origin for f in facts for c in f.covering})
+                names = ", ".join(s.loc for s in covering) or "the rules before it"
+                out.append(Finding("fragments-only", "warning", rule.origin,
+                                   f"this rule decides only non-first fragments (packets that carry no ports or "
+                                   f"ICMP type): {names} take every other packet it matches",
+                                   witness=live[0].witness, related=tuple(covering)))
         return out
 
     def _taken_alike(self, i: int) -> bool | None:

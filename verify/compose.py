@@ -28,6 +28,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import z3
+
 from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
 from anyplane.ir.interp import evaluate
@@ -171,7 +173,7 @@ class Scope:
 
 def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | None = None,
           timeout_ms: int = 60_000, sources: dict[str, Program] | None = None, progress=None,
-          pairs: bool = True) -> Composition:
+          pairs: bool = True, fragments: bool = True, same_address: bool = True) -> Composition:
     """Prove that, within every scope, AND(allows of its engines) == policy allows for every flow and request.
 
     `sources` (optional) names the program each engine was compiled from. An
@@ -180,7 +182,10 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
     and terms the policy shares. Scopes whose engines then trivially decide
     like the policy are settled without the solver. `progress(done, total)`
     is called as the solver's questions are answered. `pairs`: cut by pairs of identities where that
-    applies (module doc); False asks by destination blocks only.
+    applies (module doc); False asks by destination blocks only. `fragments`: False leaves non-first
+    fragments out (a Kubernetes export: its resources do not say how a later fragment is judged);
+    `same_address` False, the flows from an address to itself (a pod reaching itself, which no
+    NetworkPolicy judges).
     """
     started = time.perf_counter()
     scopes = scopes or [Scope("default", None, (), tuple(engines))]
@@ -204,6 +209,7 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
                              len(blocks) * len(open_scopes)), 0
     # The blocks a scope's box meets, found in an index over the blocks' boxes (built once).
     block_index = OverlapIndex([a_policy.boxer.box(b.match) for b in blocks]) if blocks else None
+    whole = ([] if fragments else [z3.Not(enc.fragment)]) + ([] if same_address else [enc.src != enc.dst])
     for scope in open_scopes:
         inside = [] if scope.match is None else [a_policy.term(scope.match)]
         excluded = _Excluded(a_policy, scope.excluded)
@@ -221,7 +227,7 @@ def prove(policy: Program, engines: dict[str, Program], scopes: list[Scope] | No
             policy_allows = a_policy.allowed_term(block.relevant(a_policy, scope.match))
             together = mk_and([analyses[n].allowed_term(block.relevant(analyses[n], scope.match))
                                for n in deciding], enc.ctx)
-            question = [block.term(a_policy), *inside, *excluded.meeting(block), policy_allows != together]
+            question = [block.term(a_policy), *inside, *excluded.meeting(block), *whole, policy_allows != together]
             result = a_policy.solve(*question)
             asked += 1
             if not isinstance(result, Unsat):

@@ -129,6 +129,7 @@ def _connectivity(program: Program, progress=None, alike: bool = True) -> nx.DiG
                 continue
             add(key, pair, block)
     a = Analysis(program, extra=[_pair(s, d) for s, d in asked])
+    a.solver.add(z3.Not(a.enc.fragment))  # an edge is a flow that opens a connection: never a later fragment
     if classes is not None and [id(e) for e in classes.ordered] != [id(e) for e in a.ordered]:
         raise VerificationBug("the entries are not in one decision order")
     graph = nx.DiGraph(pairs=total, asked=len(asked))
@@ -158,6 +159,8 @@ def _connectivity(program: Program, progress=None, alike: bool = True) -> nx.DiG
     cells = {key: _cells(a, *key) for key in found}
     b = Analysis(program, extra=[m for ms in narrowed.values() for m in ms]
                  + [m for cs in cells.values() for _, m in cs or ()]) if found else None
+    if b is not None:
+        b.solver.add(z3.Not(b.enc.fragment))
     for n, ((src, dst), edge) in enumerate(found.items()):
         if progress:
             progress(len(asked) + n + 1, len(asked) + len(found))

@@ -118,9 +118,13 @@ class Encoder:
         self.host = bv("host", CLASS_BITS)
         self.headers = {h: bv(f"header:{h}", CLASS_BITS) for h in domain.headers}
         self.peer = bv("peer", CLASS_BITS)
+        #: a non-first fragment: no transport header, so no ports and no ICMP type (ir/flow.py), as the
+        #: interpreter, the kernel and the switch see it
+        self.fragment = z3.Bool("fragment", ctx)
         self._buckets: dict[str, int] = {}
-        self.has_ports = z3.Or(self.proto == TCP, self.proto == UDP)
-        self.is_icmp = z3.Or(z3.And(z3.Not(self.v6), self.proto == ICMP), z3.And(self.v6, self.proto == ICMP6))
+        self.has_ports = z3.And(z3.Or(self.proto == TCP, self.proto == UDP), z3.Not(self.fragment))
+        self.is_icmp = z3.And(z3.Or(z3.And(z3.Not(self.v6), self.proto == ICMP), z3.And(self.v6, self.proto == ICMP6)),
+                              z3.Not(self.fragment))
         self._ownership: dict[int, tuple[Program, Ownership]] = {}
         self._match_cache: dict[int, tuple[object, z3.BoolRef]] = {}
         self._prefix_cache: dict[tuple[str, Prefix], z3.BoolRef] = {}
@@ -140,10 +144,10 @@ class Encoder:
         l7 += [z3.ULT(v, d.headers[h].size) for h, v in self.headers.items()]
         blank = [self.method == 0, self.path == 0, self.host == 0] + [v == 0 for v in self.headers.values()]
         return z3.And(
-            z3.ULT(self.peer, d.peers.size), z3.Implies(self.peer != 0, self.proto == TCP),
+            z3.ULT(self.peer, d.peers.size), z3.Implies(self.peer != 0, z3.And(self.proto == TCP, z3.Not(self.fragment))),
             z3.Implies(z3.Not(self.v6), z3.And(high_zero(self.src), high_zero(self.dst))),
             z3.Implies(self.v6, z3.And([self.proto != h for h in IPV6_EXTENSION_HEADERS])),
-            z3.Implies(self.http, self.proto == TCP),
+            z3.Implies(self.http, z3.And(self.proto == TCP, z3.Not(self.fragment))),
             z3.Implies(z3.Not(self.has_ports), z3.And(self.sport == 0, self.dport == 0)),
             z3.Implies(z3.Not(self.is_icmp), z3.And(self.icmp_type == 0, self.icmp_code == 0)),
             z3.If(self.http, z3.And(l7), z3.And(blank)),
@@ -273,7 +277,7 @@ class Encoder:
             own = self.ownership(program)
             terms = [z3.And(own.owned("dst", ident), z3.Or([self.dport == p for p in sorted(ports)]))
                      for ident, ports in sorted(sidecar_scope(program).items()) if ports]
-            hit = self._seen[key] = z3.And(self.proto == TCP, mk_or(terms, self.ctx)) if terms else self.false
+            hit = self._seen[key] = z3.And(self.proto == TCP, self.has_ports, mk_or(terms, self.ctx)) if terms else self.false
         return hit
 
     def _peer(self, program: Program, fm) -> z3.BoolRef:
@@ -339,6 +343,8 @@ class Encoder:
         family = 6 if v6 else 4
         mask = (1 << WIDTH[family]) - 1
         src, dst, proto = val(self.src) & mask, val(self.dst) & mask, val(self.proto)
+        if z3.is_true(model.eval(self.fragment, model_completion=True)):
+            return Flow(family, src, dst, proto, fragment=True)
         if proto in (TCP, UDP):
             http = None
             if proto == TCP and z3.is_true(model.eval(self.http, model_completion=True)):
@@ -375,7 +381,7 @@ class Encoder:
         """A term that holds exactly for this flow's equivalence class."""
         d = self.domain
         terms = [self.v6 == (flow.family == 6), self.src == flow.src, self.dst == flow.dst,
-                 self.proto == flow.proto, self.http == (flow.http is not None),
+                 self.proto == flow.proto, self.fragment == flow.fragment, self.http == (flow.http is not None),
                  self.peer == d.peers.classify(flow.peer)]
         if flow.sport is not None:
             terms += [self.sport == flow.sport, self.dport == flow.dport]

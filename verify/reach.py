@@ -83,7 +83,7 @@ def prefer(a: Analysis, base: list, model: z3.ModelRef, first: tuple = ()) -> z3
     (`first`: the caller's own, asked before the others)."""
     enc = a.enc
     f = enc.flow(model)
-    prefs: list[z3.BoolRef] = [*first, z3.Not(enc.http)]
+    prefs: list[z3.BoolRef] = [z3.Not(enc.fragment), *first, z3.Not(enc.http)]
     src_id, dst_id = a.ids(f)
     for ident, var in ((src_id, enc.src), (dst_id, enc.dst)):
         owned = a.gen.owned.get(ident, []) if ident else []

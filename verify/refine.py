@@ -217,22 +217,37 @@ class Boxes:
 
 
 def flow_in(box: Box) -> Flow | None:
-    """A flow inside a box of `Boxes.boxes` (its lowest corner, past the network address where it can;
-    None when that corner is no flow)."""
+    """A flow inside a box of `Boxes.boxes` (its lowest corner, past the network address where it can,
+    with its ports or ICMP type where the box has flows that carry them; a non-first fragment where a
+    TCP, UDP or ICMP box has only flows without them; None when that corner is no flow)."""
     def pick(dim):
         lo, hi = box[dim][0]
         return lo + 1 if lo < hi else lo
 
     def value(dim):
-        v = box[dim][0][0]
+        lo, hi = box[dim][0]
+        v = lo if lo >= 0 else 0 if hi >= 0 else -1
         return None if v < 0 else v  # -1: the field is absent
     dst, src = pick(DST_IP), pick(SRC_IP)
     base = 0 if dst < V6_BASE else V6_BASE
+    family, proto = (4 if base == 0 else 6), box[PROTO][0][0]
+    sport, dport, icmp_type, icmp_code = value(SPORT), value(DPORT), value(ICMP_TYPE), value(ICMP_CODE)
+    fragment = (proto in (TCP, UDP) and dport is None) or ((proto, family) in ((ICMP, 4), (ICMP6, 6)) and icmp_type is None)
     try:
-        return Flow(4 if base == 0 else 6, src - base, dst - base, box[PROTO][0][0], value(SPORT), value(DPORT),
-                    icmp_type=value(ICMP_TYPE), icmp_code=value(ICMP_CODE))
+        if fragment:
+            return Flow(family, src - base, dst - base, proto, fragment=True)
+        return Flow(family, src - base, dst - base, proto, sport, dport, icmp_type=icmp_type, icmp_code=icmp_code)
     except ValueError:
         return None
+
+
+def fragments_only(box: Box) -> bool:
+    """Whether every flow of a box is a non-first fragment (TCP or UDP without ports, ICMP without a type)."""
+    protos = box[PROTO]
+    ports = all(lo >= min(TCP, UDP) and hi <= max(TCP, UDP) and all(p in (TCP, UDP) for p in range(lo, hi + 1))
+                for lo, hi in protos) and box[DPORT] == NO_VALUE
+    icmp = all(lo == hi and lo in (ICMP, ICMP6) for lo, hi in protos) and box[ICMP_TYPE] == NO_VALUE
+    return ports or icmp
 
 
 def _as_product(boxes: list[Box]) -> Box | None:

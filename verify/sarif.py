@@ -14,6 +14,7 @@ _LEVEL = {"error": "error", "warning": "warning", "info": "note", "note": "note"
 _DESCRIPTIONS = {
     "dead": "A rule that decides no flow: rules before it decide every flow it matches.",
     "redundant": "A rule whose removal changes no decision.",
+    "fragments-only": "A rule that decides only non-first fragments: rules before it take every packet with ports.",
     "conflict": "An allow and a deny overlap; priority decides where they do.",
     "rate-conflict": "Overlapping allows at the same priority with different rate limits.",
     "assertion-failed": "An assert that does not hold.",

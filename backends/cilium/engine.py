@@ -168,7 +168,7 @@ def http_grants(program: Program) -> tuple[list, dict]:
                         "selector names a workload's pods alike")))
                     continue
                 if answers and answers[0] is not None:
-                    grants.append((src, w, port, answers[0][0]))
+                    grants.append((src, w, port, answers[0][0], answers[0][1]))
     return grants, errors
 
 
@@ -215,15 +215,24 @@ def _peer_item(region, identities: dict) -> list[dict]:
     return ip_blocks(region)
 
 
-def add_http(policies: list[dict], grants: list, identities: dict) -> None:
+def add_http(policies: list[dict], grants: list, identities: dict) -> dict:
     """The grants as ingress rules with HTTP rules on the workload's policy, and as egress rules of the
-    port on the source's (Cilium reads requests at the destination)."""
+    port on the source's (Cilium reads requests at the destination). Errors by rule: a grant to a
+    workload whose requests the L3/L4 rules refuse only by a deny (no policy of its own isolates it),
+    since a Cilium deny wins over every allow, HTTP ones included."""
     by_name = {p["metadata"]["name"]: p["spec"] for p in policies}
+    errors: dict = {}
     grouped: dict = {}  # the same rules on the same port of a workload: one ingress rule for all its sources
-    for src, w, port, rules in grants:
-        grouped.setdefault((w.key, port, repr(rules)), (w, port, rules, []))[3].append(src)
-    for w, port, rules, sources in grouped.values():
-        spec = by_name[f"anyplane-{k8s_name(w.workload)}"]
+    for src, w, port, rules, leading in grants:
+        grouped.setdefault((w.key, port, repr(rules)), (w, port, rules, [], leading))[3].append(src)
+    for w, port, rules, sources, leading in grouped.values():
+        spec = by_name.get(f"anyplane-{k8s_name(w.workload)}")
+        if spec is None:
+            for e in leading:
+                errors.setdefault(e.rule, error(e.origin, "cilium", (
+                    f"the requests this rule lets through to {w.workload} on port {port} are refused below "
+                    "HTTP by a deny, and a Cilium deny wins over every allow, HTTP ones included")))
+            continue
         ports = [{"port": str(port), "protocol": "TCP"}]
         rule: dict = {}
         for item in collapse([i for src in sources for i in _peer_item(src, identities)]):
@@ -231,7 +240,9 @@ def add_http(policies: list[dict], grants: list, identities: dict) -> None:
             rule.setdefault(key, []).append(value)
         rule["toPorts"] = [{"ports": ports, "rules": {"http": rules}}]
         spec.setdefault("ingress", []).append(rule)
-    for src, w, port, rules in grants:
+    for src, w, port, rules, _ in grants:
+        if f"anyplane-{k8s_name(w.workload)}" not in by_name:
+            continue
         ports = [{"port": str(port), "protocol": "TCP"}]
         if src.workload:
             out: dict = {}
@@ -242,6 +253,7 @@ def add_http(policies: list[dict], grants: list, identities: dict) -> None:
             source = by_name.get(f"anyplane-{k8s_name(src.workload)}")
             if source is not None and source["enableDefaultDeny"]["egress"]:  # else its egress is open
                 source.setdefault("egress", []).append(out)
+    return errors
 
 
 def add_denies(policies: list[dict], anps: list[dict]) -> None:
@@ -303,7 +315,9 @@ class CiliumEngine(KubernetesExporter):
         nps, anps = split(policies)
         cilium = [cilium_policy(p) for p in nps]
         add_denies(cilium, anps)
-        add_http(cilium, grants, identities)
+        errors = add_http(cilium, grants, identities)
+        if errors:
+            raise DiagnosticError(list(errors.values()))
         for p in cilium:  # a direction that allows nothing: closed outright (the schema wants a section)
             for key, deny, side in (("ingress", "ingressDeny", "fromEntities"), ("egress", "egressDeny", "toEntities")):
                 if p["spec"]["enableDefaultDeny"][key] and not p["spec"].get(key):

@@ -56,9 +56,23 @@ def test_a_rule_by_prefix_taken_by_a_rule_by_owner_is_redundant_not_dead():
 
 def test_dead_when_several_rules_together_cover_it():
     fs = findings("allow corp -> db tcp 0-5432 priority 2\ndeny corp -> db tcp 5433-65535 priority 2\n"
-                  "deny corp -> db tcp priority 1\n", "dead")
+                  "deny corp -> db tcp 5000-6000 priority 1\n", "dead")
     assert lines(fs) == [9]
     assert sorted(s.line for s in fs[0].related) == [7, 8]
+
+
+def test_a_rule_that_decides_only_fragments_is_said_so_not_dead():
+    """Two rules cover every TCP port; `tcp` without ports still decides the non-first fragments, which
+    carry no ports (as the interpreter, the kernel and the switch see them). An allow there is live only
+    for them; a deny there repeats the default for them, so it is redundant."""
+    rules = "deny corp -> db tcp 0-5432 priority 2\ndeny corp -> db tcp 5433-65535 priority 2\n"
+    found = findings(rules + "allow corp -> db tcp priority 1\n")
+    assert [(f.kind, f.span.line) for f in found if f.kind != "conflict"] == [("fragments-only", 9)], found
+    (f,) = [f for f in found if f.kind == "fragments-only"]
+    assert f.severity == "warning" and sorted(s.line for s in f.related) == [7, 8], f
+    assert f.witness.fragment and f.witness.proto == 6
+    assert [(f.kind, f.span.line) for f in findings(rules + "deny corp -> db tcp priority 1\n")
+            if f.kind != "conflict"] == [("redundant", 7), ("redundant", 8), ("redundant", 9)]
 
 
 def test_a_deny_that_only_repeats_the_default_is_redundant():
