@@ -21,6 +21,7 @@ from anyplane.ir.nodes import Program
 from anyplane.ir.project import ENFORCED, PROJECTED, enforcement, l7_conditions, project_l4
 
 from .. import base
+from ..classes import endpoint_rows
 from . import packet
 from .decode import decode
 from .emit import Layout, compile_c, render
@@ -163,6 +164,8 @@ def push(program: Program, iface: str | None, name: str = "default", netns: str 
             c = build_all(program, capacity)
         except ValueError:  # more entries than the loaded program's capacity
             c = build_all(program)
+        if program.endpoints:  # what the next push of a new binding compares with, worked out now
+            c.memo["rows"] = endpoint_rows(program)
     reloaded, kept = False, None
     egress = egress and program.connections.stateful
     if not cl.installed or not cl.layout.fits(c.tables.need):

@@ -60,7 +60,9 @@ def rebind(before: Program, compiled, program: Program):
         cidrs = memo["cidrs"][side]
         if any(p in cidrs for p, _ in gone + came):
             return None  # the host is also a rule's CIDR: its class changes with it
-        ids = {key: k for k, key in enumerate(classes.keys)}
+        if "ids" not in memo:  # each side's class numbers by key, the same for every binding of these rules
+            memo["ids"] = tuple({key: k for k, key in enumerate(c.keys)} for c in (model.src, model.dst))
+        ids = memo["ids"][side]
         atoms = list(classes.prefixes)  # sorted by prefix
         for p, _ in gone + came:
             k = bisect_left(atoms, (p, -1))
