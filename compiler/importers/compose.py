@@ -429,10 +429,12 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
         for text, span, why in route_lines:
             emit(text, span, why)
         return Imported("\n".join(lines) + "\n", origins, len(pods), policies, depends=depends)
-    pending: dict[tuple, dict[str, set]] = {}  # (action, ports, priority, span, label) -> {dst: {srcs}}
+    # (action, ports, priority, span, label) -> {a destination end: its sources, a bit mask over the ends}
+    pending: dict[tuple, dict[int, int]] = {}
 
-    def pair(line: tuple, src: str, dst: str) -> None:
-        pending.setdefault(line, {}).setdefault(dst, set()).add(src)
+    def pair(line: tuple, src: int, dst: int) -> None:
+        by_dst = pending.setdefault(line, {})
+        by_dst[dst] = by_dst.get(dst, 0) | 1 << src
 
     def mesh_of(b, a) -> istio.Verdicts:
         """Istio's decision at b's sidecar for a peer, one object per value."""
@@ -598,7 +600,6 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
             ing_cells = row_cells[id(rows_in[j])]
         else:
             ing_cells = [(visits_all, open_side)]
-        name_b = name_at[j]
         for m1, ing_side in ing_cells:
             if ing_side[0] or not m1 & visit:
                 continue  # the ingress lets something through: pair by pair
@@ -613,9 +614,9 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                 allow_texts, deny_texts, istio_lines = texts
                 if allow_texts or deny_texts:
                     continue
-                names = [name_at[k] for k in bit_positions(cell)]
                 for line in istio_lines:
-                    pending.setdefault(line, {}).setdefault(name_b, set()).update(names)
+                    by_dst = pending.setdefault(line, {})
+                    by_dst[j] = by_dst.get(j, 0) | cell
                 done[j] |= cell
     for i, a in enumerate(ends):
         a_pod = is_pod_at[i]
@@ -627,7 +628,6 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                 continue  # decided with its class (above)
             b = ends[j]
             b_pod, into, out_of, sidecar = is_pod_at[j], into_at[j], out_at[i], sidecar_at[j]
-            name_a, name_b = name_at[i], name_at[j]
             if a is b and workloads is not None:
                 pass  # a pod to itself: no engine sees it
             elif a is b and a.single and classes[id(a)][1] is None:
@@ -666,14 +666,14 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                 why = _first(ing_side[1], egr_side[1], mesh.allow_why, closed_in[j], closed_out[i], admin_in[j],
                              admin_out[i], mesh.restricted)
                 for suffix in allow_texts:
-                    pair(("allow", suffix, 20, *why), name_a, name_b)
+                    pair(("allow", suffix, 20, *why), i, j)
             if deny_texts:
                 why = _first(ing_side[2], egr_side[2], closed_in[j], closed_out[i], admin_in[j], admin_out[i],
                              mesh.restricted)
                 for suffix in deny_texts:
-                    pair(("deny", suffix, 30, *why), name_a, name_b)
+                    pair(("deny", suffix, 30, *why), i, j)
             for line in istio_lines:  # Istio's DENY rules at L4, and its HTTP rules, each named where it decides
-                pair(line, name_a, name_b)
+                pair(line, i, j)
             if proxied_at[j]:
                 # Cilium's proxy lets through the requests its HTTP rules match, where the rules' ports
                 # would pass if they were L4 allows (every tier and the source's egress considered).
@@ -681,7 +681,7 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
                 for ranges, part, why in cilium.http_allows(mine(cilium_rules, b), b, a, _within, is_pod):
                     ports = _intersect(ranges, web)
                     if ports:
-                        pair(("allow", f"{_tcp(ports)}{part}", 35, *why), name_a, name_b)
+                        pair(("allow", f"{_tcp(ports)}{part}", 35, *why), i, j)
     # Lines of one action, ports, priority and origin are one line over every pair they hold: the
     # sources that share the same destinations are listed together (each priority has one action, so
     # joining lines changes no decision). A side that lists every end is `any`: the ends hold every
@@ -693,11 +693,11 @@ def write_policy(pods, ingress, egress, isolated_in, isolated_out, policies: int
     def side_of(names) -> list[str]:
         return ["any"] if len(names) >= len(everyone) and set(names) == everyone else _joined(names)
     for (action, suffix, priority, span, label), by_dst in pending.items():
-        by_srcs: dict[tuple, list[str]] = {}
+        by_srcs: dict[int, list[str]] = {}  # the destinations that share their sources
         for dst, srcs in by_dst.items():
-            by_srcs.setdefault(tuple(sorted(srcs)), []).append(dst)
+            by_srcs.setdefault(srcs, []).append(name_at[dst])
         for srcs, dsts in by_srcs.items():
-            for src in side_of(srcs):
+            for src in side_of(sorted(name_at[k] for k in bit_positions(srcs))):
                 for dst in side_of(dsts):
                     emit(f"{action} {src} -> {dst}{suffix} priority {priority}", span, label)
     for text, span, why in route_lines:
