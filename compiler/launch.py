@@ -43,6 +43,9 @@ def main() -> None:
     except Interrupted as stop:
         sys.stderr.write("anyplane: interrupted\n")
         _finished()
+        # An object the signal caught half-built (a solver term, say) may fail in its finaliser as Python
+        # shuts down: that is no news to the user, who asked to stop.
+        sys.unraisablehook = lambda unraisable: None
         sys.exit(128 + stop.signum)
     except SystemExit:
         _finished()

@@ -190,7 +190,7 @@ def bmv2(tmp_path_factory):
         yield sw
 
 
-@settings(max_examples=examples(10), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(10), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=policies(small=True), seed=st.integers(0, 1000))
 @pytest.mark.switch
 def test_the_real_switch_decides_like_the_interpreter(bmv2, text, seed):
@@ -215,7 +215,7 @@ def _loopback(text: str, n: int) -> str:
 
 
 @pytest.mark.envoy
-@settings(max_examples=examples(6), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(6), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=policies(small=True), seed=st.integers(0, 1000))
 def test_live_sidecars_decide_like_the_interpreter(text, seed):
     from anyplane.backends.deployment import Deployment, Sidecar

@@ -229,7 +229,7 @@ def test_an_imported_file_verifies_as_its_manifests_do(tmp_path):
     assert late.returncode == 1 and "goes before the file's first statement" in late.stderr
 
 
-@settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_workloads_decide_as_the_per_pod_import_under_every_tier(tmp_path_factory, data):
     """Cilium policies, AdminNetworkPolicies, and Istio AuthorizationPolicies with PeerAuthentications

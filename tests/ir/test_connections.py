@@ -155,7 +155,7 @@ def test_diff_reports_connection_settings(tmp_path):
     assert run("diff", str(old), str(old)).returncode == 0
 
 
-SETTINGS = settings(max_examples=examples(120), deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -20,7 +20,7 @@ from ..conftest import CI, ROOT, example_cluster, examples, run
 from ..strategies import policies
 
 
-@settings(max_examples=examples(80), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policies(max_rules=5, small=True))
 def test_edges_are_exactly_the_pairs_some_flow_connects(text):
     try:
@@ -154,7 +154,7 @@ def test_every_example_has_its_map_in_docs():
     assert examples <= pictures, f"make maps draws {sorted(examples - pictures)}"
 
 
-@settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_alike_pairs_are_answered_as_if_each_were_asked(data):
     """A cluster of replicas in several namespaces: pairs of identities alike (verify/connectivity.py)
@@ -198,7 +198,7 @@ def test_alike_pairs_are_answered_as_if_each_were_asked(data):
         assert mine == theirs, pair
 
 
-@settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_blocks_of_pairs_are_keyed_as_each_of_their_pairs(data):
     """verify/alike.py PairSpace cuts the pairs into blocks without visiting each: on random clusters
@@ -257,7 +257,7 @@ def _one_sided(draw):
     return "\n".join(body) + "\n"
 
 
-@settings(max_examples=examples(150), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(policies(max_rules=8, small=True), _one_sided()), st.data())
 def test_blocks_of_pairs_hold_for_written_policies(text, data):
     """The same on policies written in the language, whose one-sided rules of different verdicts and

@@ -37,7 +37,7 @@ from ..brute import universe
 from ..conftest import examples
 from ..strategies import policies
 
-SETTINGS = settings(max_examples=examples(300), deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _compile(text):
@@ -210,7 +210,7 @@ def test_left_out_rules_are_accepted_exactly_when_no_flow_changes(body, rule, ac
     assert (_differences(engine, source) == []) == accepted
 
 
-@settings(max_examples=examples(120), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policies(max_rules=6, small=True), st.sampled_from(["early", "late", "everywhere"]))
 def test_a_proved_composition_holds_for_every_flow_class(text, prefer):
     """The whole proof (rule-by-rule stand-ins, then the solver) against exhaustive enumeration: when it

@@ -29,7 +29,7 @@ from ..conftest import examples
 from ..strategies import policies, patterns
 
 EXAMPLES = examples(120)
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _compile(text):
@@ -152,7 +152,7 @@ def test_diff_matches_brute_force(text, data):
         assert c.described["whole"] == all(same), (c.described, c.old_rule, c.new_rule)
 
 
-@settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policies(max_rules=4, small=True))
 @example("external a { address 10.0.0.0/16 }\ndefault deny\nallow a -> a tcp 80\nallow a -> a\n")
 @example("external a { address 10.0.0.0/16 }\ndefault allow\ndeny a -> a udp\ndeny a -> a\n"
