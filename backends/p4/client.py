@@ -32,7 +32,9 @@ class ClientError(Exception):
 
 
 class Client:
-    def __init__(self, device_id: int, address: str, election_id: tuple[int, int] = (0, 1)):
+    def __init__(self, device_id: int, address: str, election_id: tuple[int, int] = (0, 1), arbitrate: bool = True):
+        """Connect; with `arbitrate`, open the stream and become primary (a reader that only reads
+        needs neither: Read takes no election id)."""
         self.device_id, self.election_id = device_id, election_id
         self.channel = grpc.insecure_channel(address)
         self.stub = p4runtime_pb2_grpc.P4RuntimeStub(self.channel)
@@ -48,6 +50,9 @@ class Client:
         self._outbox: queue.Queue = queue.Queue()
         self._inbox: queue.Queue = queue.Queue()
         self._lost = False
+        self._stream = None
+        if not arbitrate:
+            return
         self._stream = self.stub.StreamChannel(iter(self._outbox.get, None))
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
@@ -131,7 +136,8 @@ class Client:
     def close(self) -> None:
         self._outbox.put(None)
         try:
-            self._stream.cancel()
+            if self._stream is not None:
+                self._stream.cancel()
         except Exception:  # noqa: BLE001 - closing must not fail
             pass
         self.channel.close()

@@ -148,6 +148,42 @@ class FabricEngine(base.Engine):
         """The entries read back from the WriteRequest."""
         return lifted(program, self.features(options, unbounded=True))
 
+    def read_live(self, program: Program, grpc_addr: str = "", device_id: int = 1, range_match: bool = True,
+                  **kw) -> Program:
+        """What a running switch decides now: every entry of anyplane's tables read over P4Runtime (as a
+        reader: no arbitration, nothing written) and lifted into IR as the WriteRequest's read-back is.
+        An entry the policy would write names its rule; any other keeps its place and no rule."""
+        import grpc
+
+        from .client import Client, ClientError
+        from .lift import LiftError, lift
+        from .push import _check_pipeline, _key, current_state
+
+        info, names, entries = build_all(program, Features(range_match=range_match))
+        desired, sources = write_request(names, entries)
+        label = {_key(u.entity): src for u, src in zip(desired.updates, sources)}
+        try:
+            client = Client(device_id, grpc_addr, arbitrate=False)
+        except ClientError as exc:
+            raise P4Error(str(exc)) from None
+        try:
+            _check_pipeline(info, client.p4info())
+            state = current_state(client, names)
+        except grpc.RpcError as exc:
+            raise P4Error(f"the target at {grpc_addr} failed: {exc.code().name} {exc.details()}") from None
+        finally:
+            client.close()
+        live = p4runtime_pb2.WriteRequest()
+        held = []
+        for e in state:
+            if e.HasField("table_entry"):
+                live.updates.add(type=p4runtime_pb2.Update.INSERT, entity=e)
+                held.append(label.get(_key(e), ""))
+        try:
+            return lift(program, info, live, held, {v: k for k, v in entries.ids.items()})
+        except LiftError as exc:
+            raise P4Error(f"the switch at {grpc_addr} holds what anyplane never writes: {exc}") from None
+
     def holds(self, action) -> str | None:
         """A meter holds whole packets per second (within 10% of the rule's rate)."""
         if isinstance(action, RateLimit):

@@ -401,16 +401,35 @@ def _follow(files: list[str], target: str, kw: dict, interval: float, output_for
 @click.option("--admin", "admin", default="127.0.0.1:18001", show_default=True,
               help="xds: the admin address of `anyplane serve`.")
 @click.option("--prove", "prove_files", multiple=True, type=click.Path(), metavar="PATH",
-              help="ebpf: policy files (repeatable) the live tables must decide as: they are read from the kernel, "
-                   "decoded and proved against the policy; exit 1 when they differ.")
+              help="ebpf, p4: policy files (repeatable) the live tables must decide as: they are read from the "
+                   "kernel (or the switch), decoded and proved against the policy; exit 1 when they differ.")
+@click.option("--grpc-addr", help="p4: the P4Runtime target HOST:PORT to read (with --prove).")
+@click.option("--device-id", type=int, default=1, show_default=True, help="p4: the P4Runtime device id.")
+@click.option("--no-range", is_flag=True, help="p4: the target has no range match.")
 @bind_option
 @format_option
 @handle_errors
-def status(target, name, admin, prove_files, output_format) -> None:
-    """Counters per policy rule of a running engine; or every sidecar of `anyplane serve` (-t xds)."""
+def status(target, name, admin, prove_files, grpc_addr, device_id, no_range, output_format) -> None:
+    """Counters per policy rule of a running engine; or every sidecar of `anyplane serve` (-t xds); with
+    --prove, whether the live tables decide as a policy."""
+    if target != "p4" and (grpc_addr or no_range):
+        raise UsageError("--grpc-addr and --no-range apply to -t p4")
+    if target == "p4":
+        if not (grpc_addr and prove_files):
+            raise UsageError("status -t p4 reads a switch's tables back: give --grpc-addr HOST:PORT and --prove POLICY")
+        proof = api.prove_live(load(prove_files), "p4", grpc_addr=grpc_addr, device_id=device_id,
+                               range_match=not no_range)
+        proved, text = _live_proof_lines(proof, prove_files)
+        if output_format == "json":
+            emit_json({"target": "p4", "grpc_addr": grpc_addr, "proof": dict(proof.to_json(), policy=list(prove_files))})
+        else:
+            click.echo(text)
+        if not proved:
+            sys.exit(EXIT_FAIL)
+        return
     if target == "xds":
         if prove_files:
-            raise UsageError("--prove applies to -t ebpf")
+            raise UsageError("--prove applies to -t ebpf and -t p4")
         result = api.serve_status(admin)
         if output_format == "json":
             emit_json(result)

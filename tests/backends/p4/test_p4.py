@@ -194,6 +194,45 @@ def test_second_push_writes_only_the_difference():
     _assert_agree(v2, device, _flows(v2, 2000, seed=2))
 
 
+def test_status_reads_the_switchs_tables_back_and_proves_them(tmp_path):
+    """`status -t p4 --prove POLICY` reads every entry of a running switch (here the suite's P4Runtime
+    server, as a reader that writes nothing), lifts it into IR and proves it: the pushed policy is proved,
+    another policy is refuted at a flow that shows the difference, and so is the pushed policy once an
+    entry on the switch was changed behind anyplane's back."""
+    from ...conftest import run
+
+    text = "service db { address 10.0.5.0/24 port 5432 tcp }\ndefault deny\nallow 10.1.0.0/16 -> db tcp 5432\n"
+    pushed, other = tmp_path / "v1.ap", tmp_path / "v2.ap"
+    pushed.write_text(text + "allow 10.2.0.0/16 -> db tcp 5432\n")
+    other.write_text(text + "allow 10.2.0.0/16 -> db tcp 5433\n")
+    device = Device(p4info(Features()))
+    with Server(device) as server:
+        push(compile_sources([(str(pushed), pushed.read_text())]).program, server.addr)
+        writes = len(server.servicer.writes)
+        ok = run("status", "-t", "p4", "--grpc-addr", server.addr, "--prove", str(pushed))
+        assert ok.returncode == 0 and "proved: the live tables decide exactly what" in ok.stdout, ok
+        bad = run("status", "-t", "p4", "--grpc-addr", server.addr, "--prove", str(other), "--format", "json")
+        assert bad.returncode == 1, bad
+        flow = json.loads(bad.stdout)["proof"]["counterexample"]["flow"]
+        assert flow.startswith("10.2.") and "tcp 543" in flow, flow
+        assert len(server.servicer.writes) == writes, "a status wrote to the switch"
+        # An allow turned into a deny on the switch itself: the pushed policy no longer proves.
+        acl = next(t for t in device.p4info.tables if t.preamble.alias == "acl")
+        deny = next(a for a in device.p4info.actions if a.preamble.alias == "acl_deny")
+        established = next(f.id for f in acl.match_fields if f.name == "meta.tcp_established")
+        key, entry = next((k, e) for k, e in device.tables[acl.preamble.id].items()
+                          if not e.is_default_action and all(m.field_id != established for m in e.match))
+        changed = p4runtime_pb2.TableEntry()
+        changed.CopyFrom(entry)
+        changed.action.action.action_id = deny.preamble.id
+        del changed.action.action.params[:]
+        device.tables[acl.preamble.id][key] = changed
+        tampered = run("status", "-t", "p4", "--grpc-addr", server.addr, "--prove", str(pushed))
+        assert tampered.returncode == 1 and "the live tables do not decide what" in tampered.stderr + tampered.stdout
+    usage = run("status", "-t", "p4", "--prove", str(pushed))
+    assert usage.returncode == 2 and "--grpc-addr" in usage.stderr
+
+
 def test_the_server_rejects_what_the_spec_forbids():
     info = p4info(Features())
     device = Device(info)

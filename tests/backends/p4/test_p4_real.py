@@ -130,6 +130,15 @@ def test_push_sets_the_pipeline_and_changes_only_what_differs(switch):
     assert second["modified"] >= 1 and second["deleted"] >= 1  # the default changes, one entry goes
     _agree(switch, v2, 300)
     assert _push(switch, v2)["updates"] == 0
+    # What BMv2 holds, read back from it and lifted, is proved against v2 and refuted against v1.
+    from anyplane.backends.p4.engine import FabricEngine
+    from anyplane.verify.compose import prove
+
+    live = FabricEngine().read_live(v2, grpc_addr=switch.addr, device_id=switch.device_id,
+                                    range_match=switch.features.range_match)
+    assert prove(project_l4(v2), {"p4": live}).proved
+    assert not prove(project_l4(v1), {"p4": FabricEngine().read_live(
+        v1, grpc_addr=switch.addr, device_id=switch.device_id, range_match=switch.features.range_match)}).proved
 
 
 def test_a_rejected_batch_leaves_entries_and_defaults_as_they_were(tmp_path):
