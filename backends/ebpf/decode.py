@@ -79,6 +79,7 @@ class _Decoder:
         self.buckets: dict[int, str] = {}  # a kernel bucket -> the policy's bucket it is
         self.owners: _Owners | None = None
         self.address_sides: set | None = None
+        self.unnamed = False  # the counters' labels are unknown: rules are named by their slots
 
     # -- the rows ------------------------------------------------------------------------------
     def _rows(self) -> list[list[int]]:
@@ -305,7 +306,12 @@ class _Decoder:
         return out + [(VERDICT_DENY, 0, NO_BUCKET)] * (self.capacity - self.n)
 
     def _rule_ids(self):
-        labels = json.loads(self.image.get("labels", b"[]") or b"[]")
+        """slot -> rule id, from the counters' labels; without them (not kept on this host) each entry's
+        rule is its slot, and a rate is held to any rate the policy says."""
+        if "labels" not in self.image:
+            self.unnamed = True
+            return lambda slot: f"kernel slot {slot}"
+        labels = json.loads(self.image["labels"] or b"[]")
         by_label: dict[str, str] = {}
         for r in self.source.rules:
             by_label.setdefault(f"{r.origin.loc} {r.text}", r.id)
@@ -334,7 +340,8 @@ class _Decoder:
         rate = Fraction(count * 10**6, period)
         for e in self.source.acl.entries:
             a = e.action
-            if e.rule == rule and isinstance(a, RateLimit) and a.per_second == rate and a.burst == burst:
+            if (e.rule == rule or self.unnamed) and isinstance(a, RateLimit) and a.per_second == rate \
+                    and a.burst == burst:
                 if self.buckets.setdefault(bucket, a.bucket) != a.bucket:
                     raise DecodeError(f"bucket {bucket} is shared by rate limits the policy keeps apart")
                 return a

@@ -533,7 +533,10 @@ class Classifier:
         regions = {"addr4": (4 * ELEMENT, elements4), "cls": (4, 3 * 65536), "row": (layout.row_size, layout.rows),
                    "blk": (layout.block_size, max(0, layout.blocks)), "l4t": (4, layout.l4t),
                    "act": (16, values[8]), "tb": (40, layout.buckets)}
-        out = {"meta": meta, "labels": self._read_cache(gen).get("labels", b"[]")}
+        out = {"meta": meta}
+        labels = self._read_cache(gen).get("labels")
+        if labels is not None:  # written by this host's anyplane beside the maps; else rules go unnamed
+            out["labels"] = labels
         for name, (size, count) in regions.items():
             fd = self._map(name)
             try:

@@ -192,6 +192,17 @@ def test_bytes_the_builder_never_writes_are_an_error(what):
         decode(program, image, addr6)
 
 
+def test_maps_without_their_labels_decode_with_rules_named_by_slot():
+    """The counters' labels are not in the maps (a host that did not write them reads the kernel): the
+    entries decode all the same, each rule named by its counter slot, and still decide as the policy."""
+    program = compile_sources([("p.ap", POLICY)]).program
+    image, addr6 = _image(program)
+    del image["labels"]
+    back = decode(program, image, addr6)
+    assert all(e.rule.startswith("kernel slot ") for e in back.acl.entries)
+    assert not _agrees(program, back) and prove(project_l4(program), {"ebpf": back}).proved
+
+
 def test_longest_prefix_ranges_cover_the_line_with_the_longest_holder():
     got = lpm_ranges([(0, 255, "a"), (16, 31, "b"), (20, 20, "c"), (100, 100, "d")], 8, None)
     assert got == [(0, 15, "a"), (16, 19, "b"), (20, 20, "c"), (21, 31, "b"), (32, 99, "a"), (100, 100, "d"),
