@@ -3,6 +3,7 @@
 The interpreter resolves ownership by a linear scan, which is the definition;
 this is the fast equivalent for tools that resolve many addresses (flow
 generation, address-class computation). Tests check the two agree.
+`lpm_ranges` writes a longest-prefix table as the ranges of addresses each value holds.
 """
 
 from __future__ import annotations
@@ -52,3 +53,35 @@ class LpmTable(Generic[V]):
         """The value of the longest prefix containing the address, or None."""
         hit = self.lookup_prefix(family, address)
         return hit[1] if hit else None
+
+
+def lpm_ranges(prefixes: list[tuple[int, int, object]], width: int, rest) -> list[tuple[int, int, object]]:
+    """Longest-prefix match as ranges: (lo, hi, value) for prefixes given as (first, last, value) cover
+    [0, 2**width) with the value of the longest prefix holding each address (`rest` where none does).
+    Prefixes nest or are apart; of two equal ones, the later wins."""
+    out: list[list] = []
+
+    def emit(lo, hi, value):
+        if lo > hi:
+            return
+        if out and out[-1][2] == value and out[-1][1] + 1 == lo:
+            out[-1][1] = hi
+        else:
+            out.append([lo, hi, value])
+
+    stack: list[tuple[int, object]] = []
+    at = 0
+    for first, last, value in sorted(prefixes, key=lambda p: (p[0], -p[1])):
+        while stack and stack[-1][0] < first:
+            end, v = stack.pop()
+            emit(at, end, v)
+            at = end + 1
+        emit(at, first - 1, stack[-1][1] if stack else rest)
+        at = first
+        stack.append((last, value))
+    while stack:
+        end, v = stack.pop()
+        emit(at, end, v)
+        at = max(at, end + 1)
+    emit(at, (1 << width) - 1, rest)
+    return [tuple(r) for r in out]

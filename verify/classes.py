@@ -21,11 +21,10 @@ from anyplane.ir.flow import ICMP, ICMP6, PROTOCOL_NAMES, TCP, UDP
 from anyplane.ir.nodes import Entry, Program
 from anyplane.ir.space import Box, box_apart, box_meet, meet, merge, to_prefixes
 
-from anyplane.ir import fields as F
 from anyplane.ir.addr import Prefix
 
 from .refine import (ADDRESSES, BUDGET, DPORT, DST_ID, DST_IP, ICMP_CODE, ICMP_TYPE, INTEGER, PROTO, SPORT, SRC_ID,
-                     SRC_IP, V4, V6, V6_BASE, Boxes, NotComparable, Work, _Side, without)
+                     SRC_IP, V4, V6, V6_BASE, Boxes, DIMENSIONS, NotComparable, Side, Work, without)
 
 #: Boxes a class is said with, at most (the rest are counted).
 SHOWN = 4
@@ -46,7 +45,7 @@ class ClassFlows:
             names = {r.identity for r in self.old.endpoints} | {i.name for i in self.old.identities} | \
                 {i.name for i in self.new.identities}
             boxes = Boxes(names, self.old.endpoints)
-            self._sides = boxes, [_Side(self.old, boxes), _Side(self.new, boxes)]
+            self._sides = boxes, [Side(self.old, boxes), Side(self.new, boxes)]
         return self._sides
 
     def of(self, e_old: Entry | None, e_new: Entry | None):
@@ -90,7 +89,7 @@ def _or_absent(v):
     return -1 if v is None else v
 
 
-def _decided_by(side: _Side, e: Entry, budget: Work) -> list[Box]:
+def _decided_by(side: Side, e: Entry, budget: Work) -> list[Box]:
     """The flows an entry decides: its boxes less those of the entries before it."""
     at = next((k for k, x in enumerate(side.ordered) if x is e), None)
     if at is None:
@@ -136,7 +135,7 @@ MERGE_UP_TO = 64
 
 def _l4_whole(b: Box) -> bool:
     """Whether a box holds every port and ICMP value its protocols can carry."""
-    return all(b[d] in ((INTEGER[DIMENSION_NAMES[d]],), ((-1, -1),)) for d in (DPORT, SPORT, ICMP_TYPE, ICMP_CODE))
+    return all(b[d] in ((INTEGER[DIMENSIONS[d]],), ((-1, -1),)) for d in (DPORT, SPORT, ICMP_TYPE, ICMP_CODE))
 
 
 def _merged(flows: list[Box]) -> list[Box]:
@@ -208,7 +207,7 @@ def _l4(b: Box, whole: bool = False) -> dict:
     if whole:
         return {"protocols": protocols, "ports": "any port", "icmp": None,
                 "l4": protocols + (", any port" if set(protos) & {TCP, UDP} else "")}
-    whole = lambda dim: b[dim] == (INTEGER[DIMENSION_NAMES[dim]],)  # noqa: E731
+    whole = lambda dim: b[dim] == (INTEGER[DIMENSIONS[dim]],)  # noqa: E731
     ports = None
     if set(protos) & {TCP, UDP} and not whole(DPORT):
         ports = f"port {_ranges(b[DPORT])}"
@@ -220,7 +219,3 @@ def _l4(b: Box, whole: bool = False) -> dict:
     l4 = protocols + (f" {ports}" if ports else f" {icmp}" if icmp else
                       ", any port" if set(protos) & {TCP, UDP} else "")
     return {"protocols": protocols, "ports": ports or ("any port" if icmp is None else None), "icmp": icmp, "l4": l4}
-
-
-DIMENSION_NAMES = {DST_IP: F.DST_IP, SRC_IP: F.SRC_IP, DPORT: F.DPORT, SPORT: F.SPORT, PROTO: F.PROTO,
-                   DST_ID: F.DST_ID, SRC_ID: F.SRC_ID, ICMP_TYPE: F.ICMP_TYPE, ICMP_CODE: F.ICMP_CODE}

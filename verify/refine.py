@@ -244,8 +244,7 @@ def flow_in(box: Box) -> Flow | None:
 def fragments_only(box: Box) -> bool:
     """Whether every flow of a box is a non-first fragment (TCP or UDP without ports, ICMP without a type)."""
     protos = box[PROTO]
-    ports = all(lo >= min(TCP, UDP) and hi <= max(TCP, UDP) and all(p in (TCP, UDP) for p in range(lo, hi + 1))
-                for lo, hi in protos) and box[DPORT] == NO_VALUE
+    ports = all(p in (TCP, UDP) for lo, hi in protos for p in range(lo, hi + 1)) and box[DPORT] == NO_VALUE
     icmp = all(lo == hi and lo in (ICMP, ICMP6) for lo, hi in protos) and box[ICMP_TYPE] == NO_VALUE
     return ports or icmp
 
@@ -317,7 +316,7 @@ def _meets(pieces: list[Box], h: Box) -> bool:
     return any(not box_apart(p, h) for p in pieces)
 
 
-class _Side:
+class Side:
     """One program's entries in decision order: their boxes (built when first asked for), and an
     overlap index to find neighbours."""
 
@@ -369,7 +368,7 @@ def refines(engine: Program, source: Program) -> tuple[Program | None, str]:
 
 def _refines(engine: Program, source: Program, mine: dict[str, list[Entry]], theirs, ranks: list[int]):
     boxes = Boxes({r.identity for r in source.endpoints} | {i.name for i in source.identities}, source.endpoints)
-    src, eng = _Side(source, boxes), _Side(engine, boxes)
+    src, eng = Side(source, boxes), Side(engine, boxes)
     eng_at = {id(e): k for k, e in enumerate(eng.ordered)}
     starts = [eng_at[id(mine[rule][0])] for rule in mine] + [len(eng.ordered)]
     src_pos, budget = 0, Work(BUDGET + WORK_PER_ENTRY * (len(src.ordered) + len(eng.ordered)))

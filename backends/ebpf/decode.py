@@ -37,6 +37,7 @@ from anyplane.ir import fields as F
 from anyplane.ir.actions import Allow, Deny, RateLimit
 from anyplane.ir.addr import Prefix
 from anyplane.ir.match import Absent, AnyOf, InSet, Match, PrefixMatch, Range
+from anyplane.ir.lpm import lpm_ranges
 from anyplane.ir.nodes import Entry, Program, Table
 from anyplane.ir.pairspace import bit_positions as _bits
 from anyplane.ir.source import Span
@@ -526,38 +527,6 @@ def _inside(ranges, lo: int, hi: int) -> bool:
     """Whether [lo, hi] lies in one of the (merged) ranges."""
     k = bisect_right(ranges, (lo, float("inf"))) - 1
     return k >= 0 and ranges[k][0] <= lo and hi <= ranges[k][1]
-
-
-def lpm_ranges(prefixes: list[tuple[int, int, object]], width: int, rest) -> list[tuple[int, int, object]]:
-    """Longest-prefix match as ranges: (lo, hi, value) for prefixes given as (first, last, value) cover
-    [0, 2**width) with the value of the longest prefix holding each address (`rest` where none does).
-    Prefixes nest or are apart; of two equal ones, the later wins."""
-    out: list[list] = []
-
-    def emit(lo, hi, value):
-        if lo > hi:
-            return
-        if out and out[-1][2] == value and out[-1][1] + 1 == lo:
-            out[-1][1] = hi
-        else:
-            out.append([lo, hi, value])
-
-    stack: list[tuple[int, object]] = []
-    at = 0
-    for first, last, value in sorted(prefixes, key=lambda p: (p[0], -p[1])):
-        while stack and stack[-1][0] < first:
-            end, v = stack.pop()
-            emit(at, end, v)
-            at = end + 1
-        emit(at, first - 1, stack[-1][1] if stack else rest)
-        at = first
-        stack.append((last, value))
-    while stack:
-        end, v = stack.pop()
-        emit(at, end, v)
-        at = max(at, end + 1)
-    emit(at, (1 << width) - 1, rest)
-    return [tuple(r) for r in out]
 
 
 class _Owners:

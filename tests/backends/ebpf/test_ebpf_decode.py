@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from anyplane.backends.ebpf.decode import DecodeError, decode, lpm_ranges
+from anyplane.backends.ebpf.decode import DecodeError, decode
 from anyplane.backends.ebpf.engine import labels
 from anyplane.backends.ebpf.loader import META, tables
 from anyplane.backends.ebpf.model import build
@@ -22,6 +22,7 @@ from anyplane.compiler.pipeline import compile_sources, load
 from anyplane.ir.flow import Flow
 from anyplane.ir.flowgen import FlowGen
 from anyplane.ir.interp import evaluate
+from anyplane.ir.lpm import lpm_ranges
 from anyplane.ir.project import project_l4
 from anyplane.verify.compose import prove
 from anyplane.verify.refine import refines
